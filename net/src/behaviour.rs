@@ -1,0 +1,171 @@
+//! The composed libp2p behaviour and the swarm built around it.
+
+use std::time::Duration;
+
+use libp2p::swarm::NetworkBehaviour;
+use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::{
+    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, connection_limits, gossipsub,
+    identify, kad, mdns, noise, ping, tcp, yamux,
+};
+
+use crate::gossip::advert_topic;
+use crate::limits::{
+    CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX, GOSSIP_BYTES_MAX, IDLE_CONNECTION_TIMEOUT,
+    PENDING_INCOMING_MAX,
+};
+
+/// Protocol name of Hearth's Kademlia DHT, kept apart from the public IPFS one.
+const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/kad/1.0.0");
+
+/// How often gossipsub maintains its mesh and sends gossip.
+const GOSSIP_HEARTBEAT: Duration = Duration::from_millis(700);
+
+/// Errors from building a swarm: libp2p's are of many types.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// How the swarm starts.
+#[derive(Clone, Debug)]
+pub struct NetConfig {
+    /// Addresses to listen on.
+    pub listen: Vec<Multiaddr>,
+    /// Discover peers on the LAN with mDNS.
+    pub mdns: bool,
+    /// `agent_version` sent in identify, for example `hearth-node/0.1.0`.
+    pub agent: String,
+}
+
+impl Default for NetConfig {
+    fn default() -> Self {
+        Self {
+            listen: vec![
+                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
+            ],
+            mdns: true,
+            agent: format!("hearth/{}", env!("CARGO_PKG_VERSION")),
+        }
+    }
+}
+
+pub use derived::{Behaviour, BehaviourEvent};
+
+/// The derive generates `BehaviourEvent` without docs; its variants are the fields' events.
+mod derived {
+    #![allow(missing_docs)]
+
+    use super::*;
+
+    /// Everything a Hearth peer speaks.
+    #[derive(NetworkBehaviour)]
+    pub struct Behaviour {
+        /// Refuses peers blocked for misbehaving; listed first so they are refused before anything else.
+        pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+        /// Caps connections (see [`crate::CONNECTIONS_MAX`]).
+        pub limits: connection_limits::Behaviour,
+        /// Exchanges listen addresses and protocol versions.
+        pub identify: identify::Behaviour,
+        /// Keeps connections alive and measures round trips.
+        pub ping: ping::Behaviour,
+        /// Finds peers on the LAN.
+        pub mdns: Toggle<mdns::tokio::Behaviour>,
+        /// Finds peers across networks from bootstrap peers.
+        pub kad: kad::Behaviour<kad::store::MemoryStore>,
+        /// Carries signed adverts.
+        pub gossipsub: gossipsub::Behaviour,
+    }
+}
+
+impl Behaviour {
+    fn new(key: &libp2p::identity::Keypair, config: &NetConfig) -> Result<Self, BoxError> {
+        let peer_id = key.public().to_peer_id();
+
+        let gossip_config = gossipsub::ConfigBuilder::default()
+            .heartbeat_interval(GOSSIP_HEARTBEAT)
+            .validation_mode(gossipsub::ValidationMode::Strict)
+            .validate_messages()
+            .max_transmit_size(GOSSIP_BYTES_MAX)
+            .build()
+            .map_err(|e| e.to_string())?;
+        let mut gossipsub =
+            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
+        gossipsub.with_peer_score(peer_score_params(), gossipsub::PeerScoreThresholds::default())?;
+
+        let mdns = if config.mdns {
+            match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
+                Ok(mdns) => Some(mdns),
+                Err(error) => {
+                    tracing::warn!(%error, "mDNS unavailable; LAN peers will not be found automatically");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+
+        let mut kad = kad::Behaviour::with_config(
+            peer_id,
+            kad::store::MemoryStore::new(peer_id),
+            kad::Config::new(KAD_PROTOCOL),
+        );
+        // Every Hearth peer answers DHT queries: volunteer swarms are small enough that waiting for
+        // autonat to confirm a public address first would leave the DHT empty.
+        kad.set_mode(Some(kad::Mode::Server));
+
+        Ok(Self {
+            blocked: allow_block_list::Behaviour::default(),
+            limits: connection_limits::Behaviour::new(
+                connection_limits::ConnectionLimits::default()
+                    .with_max_established(Some(CONNECTIONS_MAX))
+                    .with_max_pending_incoming(Some(PENDING_INCOMING_MAX))
+                    .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX)),
+            ),
+            identify: identify::Behaviour::new(
+                identify::Config::new(identify_protocol(), key.public())
+                    .with_agent_version(config.agent.clone()),
+            ),
+            ping: ping::Behaviour::default(),
+            mdns: mdns.into(),
+            kad,
+            gossipsub,
+        })
+    }
+}
+
+/// The identify protocol version: peers that announce another are not Hearth peers of this version.
+pub(crate) fn identify_protocol() -> String {
+    format!("/hearth/{}", hearth_protocol::PROTOCOL_VERSION)
+}
+
+/// Peer scoring for the advert topic: invalid messages cost heavily (three put a peer past the
+/// graylist threshold); the mesh-delivery penalties are off, since honest nodes publish only their
+/// own heartbeat and would otherwise be punished for quiet.
+fn peer_score_params() -> gossipsub::PeerScoreParams {
+    let mut params = gossipsub::PeerScoreParams::default();
+    let topic = gossipsub::TopicScoreParams {
+        topic_weight: 1.0,
+        mesh_message_deliveries_weight: 0.0,
+        mesh_failure_penalty_weight: 0.0,
+        invalid_message_deliveries_weight: -10.0,
+        invalid_message_deliveries_decay: 0.9,
+        ..Default::default()
+    };
+    params.topics.insert(advert_topic().hash(), topic);
+    params
+}
+
+/// Build a swarm for `key`, listening on `config.listen`.
+pub fn build_swarm(key: &hearth_protocol::SecretKey, config: &NetConfig) -> Result<Swarm<Behaviour>, BoxError> {
+    let mut swarm = SwarmBuilder::with_existing_identity(crate::keypair(key))
+        .with_tokio()
+        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_quic()
+        .with_behaviour(|key| Behaviour::new(key, config))?
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
+        .build();
+    swarm.behaviour_mut().gossipsub.subscribe(&advert_topic())?;
+    for addr in &config.listen {
+        swarm.listen_on(addr.clone())?;
+    }
+    Ok(swarm)
+}

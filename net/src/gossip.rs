@@ -1,0 +1,114 @@
+//! Adverts on gossip: publishing our own, and checking everyone else's before anything trusts them.
+
+use hearth_protocol::{Message, PeerId, SecretKey, Signed};
+use libp2p::{Swarm, gossipsub};
+
+use crate::penalties::{Penalties, Verdict};
+use crate::{Behaviour, from_libp2p_peer_id};
+
+/// The gossip topic adverts travel on; the suffix is the protocol version.
+pub const ADVERT_TOPIC: &str = "hearth/adverts/1";
+
+pub(crate) fn advert_topic() -> gossipsub::IdentTopic {
+    gossipsub::IdentTopic::new(ADVERT_TOPIC)
+}
+
+/// A message that passed every check, with the identity that signed it.
+#[derive(Clone, Debug)]
+pub struct Received {
+    /// The signer, who is also the gossip author.
+    pub from: PeerId,
+    /// The decoded, validated message.
+    pub message: Message,
+}
+
+/// Why a gossip message was refused.
+#[derive(Debug, thiserror::Error)]
+enum Rejection {
+    #[error(transparent)]
+    Protocol(#[from] hearth_protocol::Error),
+    #[error("signed by {signer} but published by {author}")]
+    WrongAuthor { signer: PeerId, author: String },
+}
+
+/// Gossip in and out for one swarm, with the strikes of peers that sent invalid messages.
+#[derive(Debug, Default)]
+pub struct Gossip {
+    penalties: Penalties<libp2p::PeerId>,
+}
+
+impl Gossip {
+    /// Sign `message` and publish it on the advert topic. Fails when no subscribed peer is connected
+    /// yet; the caller retries on its next heartbeat.
+    pub fn publish(
+        &self,
+        swarm: &mut Swarm<Behaviour>,
+        key: &SecretKey,
+        message: &Message,
+    ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+        let frame = Signed::seal(key, message)?;
+        swarm.behaviour_mut().gossipsub.publish(advert_topic(), frame)?;
+        Ok(())
+    }
+
+    /// Check a gossip message: frame, signature over the raw payload, decode, limits, and that the
+    /// signer is the gossip author (so nobody can replay another peer's advert as their own). Valid
+    /// messages are accepted for forwarding and returned; invalid ones are rejected (gossipsub lowers
+    /// the sender's score), logged with the sender, and struck against it, which blocks it at
+    /// [`crate::BAD_MESSAGES_MAX`].
+    pub fn receive(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        propagation_source: libp2p::PeerId,
+        message_id: gossipsub::MessageId,
+        message: gossipsub::Message,
+    ) -> Option<Received> {
+        let checked = Signed::open(&message.data).map_err(Rejection::from).and_then(|(signer, msg)| {
+            let author = message.source.as_ref().and_then(from_libp2p_peer_id);
+            if author == Some(signer) {
+                Ok(msg)
+            } else {
+                Err(Rejection::WrongAuthor {
+                    signer,
+                    author: message.source.map_or("nobody".into(), |a| a.to_string()),
+                })
+            }
+        });
+        let gossip = &mut swarm.behaviour_mut().gossipsub;
+        match checked {
+            Ok(msg) => {
+                gossip.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    gossipsub::MessageAcceptance::Accept,
+                );
+                let from = from_libp2p_peer_id(&message.source?)?;
+                Some(Received { from, message: msg })
+            }
+            Err(error) => {
+                gossip.report_message_validation_result(
+                    &message_id,
+                    &propagation_source,
+                    gossipsub::MessageAcceptance::Reject,
+                );
+                let bytes = message.data.len();
+                match self.penalties.strike(&propagation_source) {
+                    Verdict::Warn(strikes) => {
+                        tracing::warn!(peer = %propagation_source, %error, bytes, strikes, "dropped invalid message");
+                    }
+                    Verdict::Block => {
+                        tracing::warn!(peer = %propagation_source, %error, bytes, "dropped invalid message; blocking peer after repeated invalid messages");
+                        gossip.blacklist_peer(&propagation_source);
+                        swarm.behaviour_mut().blocked.block_peer(propagation_source);
+                    }
+                }
+                None
+            }
+        }
+    }
+
+    /// Strikes recorded against `peer`.
+    pub fn strikes(&self, peer: &libp2p::PeerId) -> u32 {
+        self.penalties.strikes(peer)
+    }
+}

@@ -1,0 +1,125 @@
+//! Length-prefixed, versioned frames of postcard.
+//!
+//! ```text
+//! +----------------+-------------+------------------------------+
+//! | len: u32 LE    | version: u16| postcard payload (len bytes) |
+//! +----------------+-------------+------------------------------+
+//! ```
+//!
+//! Readers check the header with [`read_header`] before allocating anything for the payload, so a
+//! hostile length costs nothing. A frame whose version differs from [`PROTOCOL_VERSION`] is refused
+//! whole.
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::{Error, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, PROTOCOL_VERSION, Result};
+
+/// Encode `value` as one frame. Refuses values whose encoding is over [`FRAME_BYTES_MAX`], so we
+/// never send what a peer must refuse.
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    let mut frame = postcard::to_extend(value, vec![0u8; FRAME_HEADER_BYTES])
+        .map_err(|e| Error::Malformed(e.to_string()))?;
+    let len = frame.len() - FRAME_HEADER_BYTES;
+    if len > FRAME_BYTES_MAX {
+        return Err(Error::TooLarge { len, max: FRAME_BYTES_MAX });
+    }
+    frame[..FRAME_HEADER_BYTES].copy_from_slice(&header(len));
+    Ok(frame)
+}
+
+/// The header of a frame whose payload is `len` bytes.
+pub fn header(len: usize) -> [u8; FRAME_HEADER_BYTES] {
+    let mut header = [0u8; FRAME_HEADER_BYTES];
+    let len = u32::try_from(len).expect("payload lengths are bounded by FRAME_BYTES_MAX");
+    header[..4].copy_from_slice(&len.to_le_bytes());
+    header[4..].copy_from_slice(&PROTOCOL_VERSION.to_le_bytes());
+    header
+}
+
+/// Check a frame header and return the payload length it announces. Call this before allocating
+/// room for the payload.
+pub fn read_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<usize> {
+    let version = u16::from_le_bytes([header[4], header[5]]);
+    if version != PROTOCOL_VERSION {
+        return Err(Error::Version { got: version, want: PROTOCOL_VERSION });
+    }
+    let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
+    if len > FRAME_BYTES_MAX {
+        return Err(Error::TooLarge { len, max: FRAME_BYTES_MAX });
+    }
+    Ok(len)
+}
+
+/// Split a whole frame into its checked payload.
+pub fn payload(frame: &[u8]) -> Result<&[u8]> {
+    let header: &[u8; FRAME_HEADER_BYTES] = frame
+        .get(..FRAME_HEADER_BYTES)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Error::Truncated { got: frame.len(), need: FRAME_HEADER_BYTES })?;
+    let announced = read_header(header)?;
+    let payload = &frame[FRAME_HEADER_BYTES..];
+    if payload.len() != announced {
+        return Err(Error::LengthMismatch { announced, actual: payload.len() });
+    }
+    Ok(payload)
+}
+
+/// Decode a whole frame into a `T`. Trailing bytes after the value are an error: two encodings of
+/// one value must not both be accepted.
+pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T> {
+    from_postcard(payload(frame)?)
+}
+
+/// Decode exactly one `T` from postcard bytes, refusing trailing bytes.
+pub(crate) fn from_postcard<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+    let (value, rest) =
+        postcard::take_from_bytes(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
+    if !rest.is_empty() {
+        return Err(Error::Malformed(format!("{} trailing bytes", rest.len())));
+    }
+    Ok(value)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn header_checks_come_before_allocation() {
+        let mut frame = encode(&(1u32, String::from("hi"))).expect("small");
+        assert_eq!(decode::<(u32, String)>(&frame).expect("ok"), (1, "hi".into()));
+
+        // Oversized announcement: refused from the header alone.
+        frame[..4].copy_from_slice(&u32::MAX.to_le_bytes());
+        let head: [u8; FRAME_HEADER_BYTES] = frame[..FRAME_HEADER_BYTES].try_into().expect("6");
+        assert_eq!(read_header(&head), Err(Error::TooLarge { len: u32::MAX as usize, max: FRAME_BYTES_MAX }));
+
+        // Wrong version.
+        let mut frame = encode(&7u8).expect("small");
+        frame[4] = 9;
+        assert!(matches!(decode::<u8>(&frame), Err(Error::Version { got: 9, .. })));
+
+        // Truncated and padded.
+        let frame = encode(&7u8).expect("small");
+        assert!(matches!(decode::<u8>(&frame[..3]), Err(Error::Truncated { .. })));
+        let mut padded = frame.clone();
+        padded.push(0);
+        assert!(matches!(decode::<u8>(&padded), Err(Error::LengthMismatch { .. })));
+    }
+
+    #[test]
+    fn oversized_values_are_not_encoded() {
+        let big = vec![0u8; FRAME_BYTES_MAX + 1];
+        assert!(matches!(encode(&big), Err(Error::TooLarge { .. })));
+    }
+
+    #[test]
+    fn trailing_bytes_are_refused() {
+        let mut payload = postcard::to_stdvec(&5u8).expect("small");
+        payload.push(0);
+        let mut frame = header(payload.len()).to_vec();
+        frame.extend_from_slice(&payload);
+        assert!(matches!(decode::<u8>(&frame), Err(Error::Malformed(_))));
+    }
+}

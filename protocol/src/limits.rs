@@ -1,0 +1,19 @@
+//! Every limit of the wire format, in one place, each with the reason for its size.
+
+/// Version of the framing and message schema. A frame with another version is refused whole: postcard
+/// is not self-describing, so decoding a newer schema with an older one would misread it silently.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes before a frame's payload: a `u32` payload length and a `u16` version, both little-endian.
+pub const FRAME_HEADER_BYTES: usize = 6;
+
+/// Largest payload a frame may carry. Adverts and receipts are well under 4 KiB; 16 KiB leaves room
+/// for a long model list while keeping what a hostile peer can make us buffer small. Tensors never
+/// travel in these frames (they use their own streams).
+pub const FRAME_BYTES_MAX: usize = 16 * 1024;
+
+/// Most models one advert may list; a volunteer machine holds a handful, not thousands.
+pub const ADVERT_MODELS_MAX: usize = 64;
+
+/// Longest free-text field (device name, CPU feature, class string) an advert may carry.
+pub const ADVERT_STRING_BYTES_MAX: usize = 256;

@@ -1,0 +1,33 @@
+//! The messages peers exchange. Each travels inside a [`crate::Signed`] envelope.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Capabilities, Result};
+
+/// Everything that can be inside a signed envelope. New variants go at the end, and the protocol
+/// version rises when an existing one changes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// A node's capabilities, published on gossip at start and on every heartbeat.
+    Advert(Advert),
+}
+
+impl Message {
+    /// Check the limits the schema cannot express.
+    pub fn validate(&self) -> Result<()> {
+        match self {
+            Message::Advert(advert) => advert.capabilities.validate(),
+        }
+    }
+}
+
+/// A node's heartbeat: who it is (the envelope's signer), what it offers, and when to expect the next.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Advert {
+    /// Increases by one with every advert from the same process; restarts at 0 with the process.
+    pub seq: u64,
+    /// The interval at which the node sends adverts, so the coordinator knows when one is missed.
+    pub heartbeat_interval_ms: u32,
+    /// What the node offers.
+    pub capabilities: Capabilities,
+}

@@ -39,7 +39,9 @@ impl Default for NetConfig {
     fn default() -> Self {
         Self {
             listen: vec![
-                "/ip4/0.0.0.0/udp/0/quic-v1".parse().expect("valid multiaddr"),
+                "/ip4/0.0.0.0/udp/0/quic-v1"
+                    .parse()
+                    .expect("valid multiaddr"),
                 "/ip4/0.0.0.0/tcp/0".parse().expect("valid multiaddr"),
             ],
             mdns: true,
@@ -87,9 +89,14 @@ impl Behaviour {
             .max_transmit_size(GOSSIP_BYTES_MAX)
             .build()
             .map_err(|e| e.to_string())?;
-        let mut gossipsub =
-            gossipsub::Behaviour::new(gossipsub::MessageAuthenticity::Signed(key.clone()), gossip_config)?;
-        gossipsub.with_peer_score(peer_score_params(), gossipsub::PeerScoreThresholds::default())?;
+        let mut gossipsub = gossipsub::Behaviour::new(
+            gossipsub::MessageAuthenticity::Signed(key.clone()),
+            gossip_config,
+        )?;
+        gossipsub.with_peer_score(
+            peer_score_params(),
+            gossipsub::PeerScoreThresholds::default(),
+        )?;
 
         let mdns = if config.mdns {
             match mdns::tokio::Behaviour::new(mdns::Config::default(), peer_id) {
@@ -133,7 +140,7 @@ impl Behaviour {
 }
 
 /// The identify protocol version: peers that announce another are not Hearth peers of this version.
-pub(crate) fn identify_protocol() -> String {
+pub fn identify_protocol() -> String {
     format!("/hearth/{}", hearth_protocol::PROTOCOL_VERSION)
 }
 
@@ -155,10 +162,17 @@ fn peer_score_params() -> gossipsub::PeerScoreParams {
 }
 
 /// Build a swarm for `key`, listening on `config.listen`.
-pub fn build_swarm(key: &hearth_protocol::SecretKey, config: &NetConfig) -> Result<Swarm<Behaviour>, BoxError> {
+pub fn build_swarm(
+    key: &hearth_protocol::SecretKey,
+    config: &NetConfig,
+) -> Result<Swarm<Behaviour>, BoxError> {
     let mut swarm = SwarmBuilder::with_existing_identity(crate::keypair(key))
         .with_tokio()
-        .with_tcp(tcp::Config::default().nodelay(true), noise::Config::new, yamux::Config::default)?
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )?
         .with_quic()
         .with_behaviour(|key| Behaviour::new(key, config))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))

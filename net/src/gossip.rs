@@ -47,7 +47,10 @@ impl Gossip {
         message: &Message,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let frame = Signed::seal(key, message)?;
-        swarm.behaviour_mut().gossipsub.publish(advert_topic(), frame)?;
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(advert_topic(), frame)?;
         Ok(())
     }
 
@@ -63,17 +66,19 @@ impl Gossip {
         message_id: gossipsub::MessageId,
         message: gossipsub::Message,
     ) -> Option<Received> {
-        let checked = Signed::open(&message.data).map_err(Rejection::from).and_then(|(signer, msg)| {
-            let author = message.source.as_ref().and_then(from_libp2p_peer_id);
-            if author == Some(signer) {
-                Ok(msg)
-            } else {
-                Err(Rejection::WrongAuthor {
-                    signer,
-                    author: message.source.map_or("nobody".into(), |a| a.to_string()),
-                })
-            }
-        });
+        let checked = Signed::open(&message.data)
+            .map_err(Rejection::from)
+            .and_then(|(signer, msg)| {
+                let author = message.source.as_ref().and_then(from_libp2p_peer_id);
+                if author == Some(signer) {
+                    Ok(msg)
+                } else {
+                    Err(Rejection::WrongAuthor {
+                        signer,
+                        author: message.source.map_or("nobody".into(), |a| a.to_string()),
+                    })
+                }
+            });
         let gossip = &mut swarm.behaviour_mut().gossipsub;
         match checked {
             Ok(msg) => {

@@ -42,8 +42,14 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<(SecretKey, bool), Ide
         Err(IdentityError::Io { source, .. }) if source.kind() == std::io::ErrorKind::NotFound => {}
         Err(other) => return Err(other),
     }
-    let io = |source| IdentityError::Io { path: path.clone(), source };
-    create_private_dir(data_dir).map_err(|source| IdentityError::Io { path: data_dir.into(), source })?;
+    let io = |source| IdentityError::Io {
+        path: path.clone(),
+        source,
+    };
+    create_private_dir(data_dir).map_err(|source| IdentityError::Io {
+        path: data_dir.into(),
+        source,
+    })?;
     let mut seed = [0u8; SecretKey::BYTES];
     getrandom::fill(&mut seed).map_err(|e| IdentityError::Random(e.to_string()))?;
     let key = SecretKey::from_bytes(&seed);
@@ -69,10 +75,16 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<(SecretKey, bool), Ide
 /// Load the identity in `data_dir`; fails if there is none.
 pub fn load_identity(data_dir: &Path) -> Result<SecretKey, IdentityError> {
     let path = data_dir.join(IDENTITY_FILE);
-    let mut bytes = fs::read(&path).map_err(|source| IdentityError::Io { path: path.clone(), source })?;
+    let mut bytes = fs::read(&path).map_err(|source| IdentityError::Io {
+        path: path.clone(),
+        source,
+    })?;
     let key = <[u8; SecretKey::BYTES]>::try_from(bytes.as_slice())
         .map(|seed| SecretKey::from_bytes(&seed))
-        .map_err(|_| IdentityError::Corrupt { path: path.clone(), len: bytes.len() });
+        .map_err(|_| IdentityError::Corrupt {
+            path: path.clone(),
+            len: bytes.len(),
+        });
     bytes.fill(0);
     warn_if_readable_by_others(&path);
     key
@@ -121,7 +133,10 @@ mod tests {
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            let mode = fs::metadata(data.join(IDENTITY_FILE)).expect("file").permissions().mode();
+            let mode = fs::metadata(data.join(IDENTITY_FILE))
+                .expect("file")
+                .permissions()
+                .mode();
             assert_eq!(mode & 0o777, 0o600);
         }
     }
@@ -130,6 +145,9 @@ mod tests {
     fn corrupt_key_is_an_error_not_a_new_identity() {
         let dir = tempfile::tempdir().expect("tempdir");
         fs::write(dir.path().join(IDENTITY_FILE), b"short").expect("write");
-        assert!(matches!(load_or_create_identity(dir.path()), Err(IdentityError::Corrupt { len: 5, .. })));
+        assert!(matches!(
+            load_or_create_identity(dir.path()),
+            Err(IdentityError::Corrupt { len: 5, .. })
+        ));
     }
 }

@@ -11,12 +11,16 @@
 //! is its libp2p identity and its receipt signer ([`keypair`], [`to_libp2p_peer_id`]).
 
 mod behaviour;
+mod discovery;
 mod gossip;
 mod identity_file;
 mod limits;
 mod penalties;
 
-pub use behaviour::{Behaviour, BehaviourEvent, BoxError, NetConfig, build_swarm};
+pub use behaviour::{
+    Behaviour, BehaviourEvent, BoxError, NetConfig, build_swarm, identify_protocol,
+};
+pub use discovery::discover;
 pub use gossip::{ADVERT_TOPIC, Gossip, Received};
 pub use identity_file::{IDENTITY_FILE, IdentityError, load_identity, load_or_create_identity};
 pub use libp2p;

@@ -23,7 +23,9 @@ pub struct Penalties<P> {
 
 impl<P> Default for Penalties<P> {
     fn default() -> Self {
-        Self { strikes: HashMap::new() }
+        Self {
+            strikes: HashMap::new(),
+        }
     }
 }
 
@@ -37,7 +39,11 @@ impl<P: Eq + Hash + Clone> Penalties<P> {
         }
         let count = self.strikes.entry(peer.clone()).or_insert(0);
         *count += 1;
-        if *count >= BAD_MESSAGES_MAX { Verdict::Block } else { Verdict::Warn(*count) }
+        if *count >= BAD_MESSAGES_MAX {
+            Verdict::Block
+        } else {
+            Verdict::Warn(*count)
+        }
     }
 
     /// Strikes recorded against `peer`.

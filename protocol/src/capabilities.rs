@@ -84,7 +84,10 @@ impl Capabilities {
             )));
         }
         if self.cpu_features.len() > ADVERT_MODELS_MAX {
-            return Err(Error::Limit(format!("{} CPU features listed", self.cpu_features.len())));
+            return Err(Error::Limit(format!(
+                "{} CPU features listed",
+                self.cpu_features.len()
+            )));
         }
         let strings = [&self.device, &self.cpu_model, &self.os, &self.arch]
             .into_iter()
@@ -99,7 +102,10 @@ impl Capabilities {
             }
         }
         if !(self.score.is_finite() && self.score >= 0.0) {
-            return Err(Error::Limit(format!("score {} is not a finite non-negative number", self.score)));
+            return Err(Error::Limit(format!(
+                "score {} is not a finite non-negative number",
+                self.score
+            )));
         }
         if self.memory_free_bytes > self.memory_total_bytes {
             return Err(Error::Limit("more memory free than in total".into()));

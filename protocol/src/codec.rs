@@ -22,7 +22,10 @@ pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
         .map_err(|e| Error::Malformed(e.to_string()))?;
     let len = frame.len() - FRAME_HEADER_BYTES;
     if len > FRAME_BYTES_MAX {
-        return Err(Error::TooLarge { len, max: FRAME_BYTES_MAX });
+        return Err(Error::TooLarge {
+            len,
+            max: FRAME_BYTES_MAX,
+        });
     }
     frame[..FRAME_HEADER_BYTES].copy_from_slice(&header(len));
     Ok(frame)
@@ -42,11 +45,17 @@ pub fn header(len: usize) -> [u8; FRAME_HEADER_BYTES] {
 pub fn read_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<usize> {
     let version = u16::from_le_bytes([header[4], header[5]]);
     if version != PROTOCOL_VERSION {
-        return Err(Error::Version { got: version, want: PROTOCOL_VERSION });
+        return Err(Error::Version {
+            got: version,
+            want: PROTOCOL_VERSION,
+        });
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
     if len > FRAME_BYTES_MAX {
-        return Err(Error::TooLarge { len, max: FRAME_BYTES_MAX });
+        return Err(Error::TooLarge {
+            len,
+            max: FRAME_BYTES_MAX,
+        });
     }
     Ok(len)
 }
@@ -56,11 +65,17 @@ pub fn payload(frame: &[u8]) -> Result<&[u8]> {
     let header: &[u8; FRAME_HEADER_BYTES] = frame
         .get(..FRAME_HEADER_BYTES)
         .and_then(|h| h.try_into().ok())
-        .ok_or(Error::Truncated { got: frame.len(), need: FRAME_HEADER_BYTES })?;
+        .ok_or(Error::Truncated {
+            got: frame.len(),
+            need: FRAME_HEADER_BYTES,
+        })?;
     let announced = read_header(header)?;
     let payload = &frame[FRAME_HEADER_BYTES..];
     if payload.len() != announced {
-        return Err(Error::LengthMismatch { announced, actual: payload.len() });
+        return Err(Error::LengthMismatch {
+            announced,
+            actual: payload.len(),
+        });
     }
     Ok(payload)
 }
@@ -88,24 +103,42 @@ mod tests {
     #[test]
     fn header_checks_come_before_allocation() {
         let mut frame = encode(&(1u32, String::from("hi"))).expect("small");
-        assert_eq!(decode::<(u32, String)>(&frame).expect("ok"), (1, "hi".into()));
+        assert_eq!(
+            decode::<(u32, String)>(&frame).expect("ok"),
+            (1, "hi".into())
+        );
 
         // Oversized announcement: refused from the header alone.
         frame[..4].copy_from_slice(&u32::MAX.to_le_bytes());
         let head: [u8; FRAME_HEADER_BYTES] = frame[..FRAME_HEADER_BYTES].try_into().expect("6");
-        assert_eq!(read_header(&head), Err(Error::TooLarge { len: u32::MAX as usize, max: FRAME_BYTES_MAX }));
+        assert_eq!(
+            read_header(&head),
+            Err(Error::TooLarge {
+                len: u32::MAX as usize,
+                max: FRAME_BYTES_MAX
+            })
+        );
 
         // Wrong version.
         let mut frame = encode(&7u8).expect("small");
         frame[4] = 9;
-        assert!(matches!(decode::<u8>(&frame), Err(Error::Version { got: 9, .. })));
+        assert!(matches!(
+            decode::<u8>(&frame),
+            Err(Error::Version { got: 9, .. })
+        ));
 
         // Truncated and padded.
         let frame = encode(&7u8).expect("small");
-        assert!(matches!(decode::<u8>(&frame[..3]), Err(Error::Truncated { .. })));
+        assert!(matches!(
+            decode::<u8>(&frame[..3]),
+            Err(Error::Truncated { .. })
+        ));
         let mut padded = frame.clone();
         padded.push(0);
-        assert!(matches!(decode::<u8>(&padded), Err(Error::LengthMismatch { .. })));
+        assert!(matches!(
+            decode::<u8>(&padded),
+            Err(Error::LengthMismatch { .. })
+        ));
     }
 
     #[test]

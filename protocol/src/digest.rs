@@ -107,7 +107,10 @@ mod tests {
     fn model_id_is_plain_blake3() {
         // blake3 of the empty input, from the blake3 test vectors.
         let id = ModelId::of_bytes(b"");
-        assert_eq!(id.to_string(), "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262");
+        assert_eq!(
+            id.to_string(),
+            "af1349b9f5f9a1a6a0404dea36dcc9499bcb25c9adc112b7cc9a93cae41f3262"
+        );
         assert_eq!(id.to_string().parse::<ModelId>().expect("hex"), id);
     }
 

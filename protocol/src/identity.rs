@@ -10,9 +10,9 @@ pub(crate) mod fixed_bytes;
 use std::fmt;
 use std::str::FromStr;
 
+use crate::{Error, Result};
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 use serde::{Deserialize, Serialize};
-use crate::{Error, Result};
 
 /// An ed25519 secret key. Prints as `SecretKey(..)`; the key material is zeroed on drop (the
 /// `zeroize` feature of ed25519-dalek).
@@ -84,6 +84,18 @@ impl PublicKey {
     }
 }
 
+impl Ord for PublicKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.0.as_bytes().cmp(other.0.as_bytes())
+    }
+}
+
+impl PartialOrd for PublicKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
 impl fmt::Debug for PublicKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "PublicKey({})", self.peer_id())
@@ -109,7 +121,11 @@ pub struct Signature(pub [u8; 64]);
 
 impl fmt::Debug for Signature {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Signature({:02x}{:02x}{:02x}{:02x}..)", self.0[0], self.0[1], self.0[2], self.0[3])
+        write!(
+            f,
+            "Signature({:02x}{:02x}{:02x}{:02x}..)",
+            self.0[0], self.0[1], self.0[2], self.0[3]
+        )
     }
 }
 
@@ -126,7 +142,7 @@ impl<'de> Deserialize<'de> for Signature {
 }
 
 /// A peer's identity: its public key, displayed as libp2p displays the peer id of an ed25519 key.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct PeerId(PublicKey);
 
 /// The identity multihash header (code 0x00, length 36) followed by the protobuf header of an
@@ -220,7 +236,10 @@ mod tests {
 
     #[test]
     fn secret_key_debug_hides_the_secret() {
-        assert_eq!(format!("{:?}", SecretKey::from_bytes(&[1; 32])), "SecretKey(..)");
+        assert_eq!(
+            format!("{:?}", SecretKey::from_bytes(&[1; 32])),
+            "SecretKey(..)"
+        );
     }
 
     #[test]
@@ -228,14 +247,22 @@ mod tests {
         let key = SecretKey::from_bytes(&[3; 32]);
         let sig = key.sign(b"hello");
         assert!(key.public().verify(b"hello", &sig).is_ok());
-        assert_eq!(key.public().verify(b"hellO", &sig), Err(Error::BadSignature));
+        assert_eq!(
+            key.public().verify(b"hellO", &sig),
+            Err(Error::BadSignature)
+        );
         let other = SecretKey::from_bytes(&[4; 32]).public();
         assert_eq!(other.verify(b"hello", &sig), Err(Error::BadSignature));
     }
 
     #[test]
     fn garbage_peer_ids_are_refused() {
-        for s in ["", "0OIl", "12D3KooW", "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N"] {
+        for s in [
+            "",
+            "0OIl",
+            "12D3KooW",
+            "QmYyQSo1c1Ym7orWxLYvCrM2EmxFTANf8wXmmE7DWjhx5N",
+        ] {
             assert!(s.parse::<PeerId>().is_err(), "{s}");
         }
     }

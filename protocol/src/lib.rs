@@ -13,6 +13,7 @@
 //!   and the signature is checked over the raw payload bytes before the payload is decoded.
 #![deny(unsafe_code)]
 
+pub mod api;
 mod capabilities;
 pub mod codec;
 mod digest;
@@ -28,7 +29,8 @@ pub use digest::{Digest, ModelId};
 pub use error::{Error, Result};
 pub use identity::{PeerId, PublicKey, SecretKey, Signature};
 pub use limits::{
-    ADVERT_MODELS_MAX, ADVERT_STRING_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, PROTOCOL_VERSION,
+    ADVERT_MODELS_MAX, ADVERT_STRING_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    PROTOCOL_VERSION,
 };
 pub use message::{Advert, Message};
 pub use receipt::{Receipt, ReceiptBody, Subject};

@@ -66,7 +66,11 @@ impl Receipt {
     /// Sign `body` with `key`.
     pub fn sign(key: &SecretKey, body: ReceiptBody) -> Self {
         let signature = key.sign(&body.digest().0);
-        Self { body, signer: key.public(), signature }
+        Self {
+            body,
+            signer: key.public(),
+            signature,
+        }
     }
 
     /// Check the signature. A receipt that passes binds its signer to every field of the body.
@@ -117,5 +121,4 @@ mod tests {
         stolen.signer = SecretKey::from_bytes(&[8; 32]).public();
         assert!(stolen.verify().is_err());
     }
-
 }

@@ -30,16 +30,21 @@ impl Signed {
         let payload =
             postcard::to_stdvec(message).map_err(|e| crate::Error::Malformed(e.to_string()))?;
         let signature = key.sign(&Digest::of(SIGNED_CONTEXT, &payload).0);
-        codec::encode(&Signed { signer: key.public(), signature, payload })
+        codec::encode(&Signed {
+            signer: key.public(),
+            signature,
+            payload,
+        })
     }
 
     /// Check and decode a frame from the wire: header, signature over the raw payload, then the
     /// message and its limits. Returns the signer's peer id with the message.
     pub fn open(frame: &[u8]) -> Result<(PeerId, Message)> {
         let envelope: Signed = codec::decode(frame)?;
-        envelope
-            .signer
-            .verify(&Digest::of(SIGNED_CONTEXT, &envelope.payload).0, &envelope.signature)?;
+        envelope.signer.verify(
+            &Digest::of(SIGNED_CONTEXT, &envelope.payload).0,
+            &envelope.signature,
+        )?;
         let message: Message = codec::from_postcard(&envelope.payload)?;
         message.validate()?;
         Ok((envelope.signer.peer_id(), message))
@@ -55,7 +60,9 @@ mod serde_bytes_vec {
         serializer.serialize_bytes(bytes)
     }
 
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(deserializer: D) -> Result<Vec<u8>, D::Error> {
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<Vec<u8>, D::Error> {
         <&[u8]>::deserialize(deserializer).map(<[u8]>::to_vec)
     }
 }

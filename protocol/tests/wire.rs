@@ -3,44 +3,80 @@
 use std::collections::BTreeMap;
 
 use hearth_protocol::{
-    Advert, Backend, Capabilities, Digest, Error, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, KernelFamily,
-    Message, ModelId, PROTOCOL_VERSION, Receipt, ReceiptBody, SecretKey, Signed, Subject, codec,
+    Advert, Backend, Capabilities, Digest, Error, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
+    KernelFamily, Message, ModelId, PROTOCOL_VERSION, Receipt, ReceiptBody, SecretKey, Signed,
+    Subject, codec,
 };
 use proptest::prelude::*;
 
 fn backend() -> impl Strategy<Value = Backend> {
-    prop_oneof![Just(Backend::Cpu), Just(Backend::Cuda), Just(Backend::Metal)]
+    prop_oneof![
+        Just(Backend::Cpu),
+        Just(Backend::Cuda),
+        Just(Backend::Metal)
+    ]
 }
 
 fn capabilities() -> impl Strategy<Value = Capabilities> {
     (
-        (backend(), ".{0,40}", any::<u64>(), any::<u64>(), any::<u32>()),
-        (".{0,40}", any::<u32>(), prop::collection::vec("[a-z0-9_]{1,12}", 0..8), any::<u64>()),
-        (0.0f64..1e6, prop::collection::btree_map(prop_oneof![Just(KernelFamily::Llm), Just(KernelFamily::Embed)], "[a-z0-9./-]{1,30}", 0..3)),
+        (
+            backend(),
+            ".{0,40}",
+            any::<u64>(),
+            any::<u64>(),
+            any::<u32>(),
+        ),
+        (
+            ".{0,40}",
+            any::<u32>(),
+            prop::collection::vec("[a-z0-9_]{1,12}", 0..8),
+            any::<u64>(),
+        ),
+        (
+            0.0f64..1e6,
+            prop::collection::btree_map(
+                prop_oneof![Just(KernelFamily::Llm), Just(KernelFamily::Embed)],
+                "[a-z0-9./-]{1,30}",
+                0..3,
+            ),
+        ),
         prop::collection::vec(any::<[u8; 32]>(), 0..5),
     )
-        .prop_map(|((backend, device, total, free, threads), (cpu_model, cpu_cores, cpu_features, host), (score, numeric_class), models)| Capabilities {
-            backend,
-            device,
-            memory_total_bytes: total.max(free),
-            memory_free_bytes: free.min(total),
-            threads,
-            cpu_model,
-            cpu_cores,
-            cpu_features,
-            host_memory_total_bytes: host,
-            os: "linux".into(),
-            arch: "x86_64".into(),
-            score,
-            numeric_class,
-            models: models.into_iter().map(|m| ModelId(Digest(m))).collect(),
-        })
+        .prop_map(
+            |(
+                (backend, device, total, free, threads),
+                (cpu_model, cpu_cores, cpu_features, host),
+                (score, numeric_class),
+                models,
+            )| Capabilities {
+                backend,
+                device,
+                memory_total_bytes: total.max(free),
+                memory_free_bytes: free.min(total),
+                threads,
+                cpu_model,
+                cpu_cores,
+                cpu_features,
+                host_memory_total_bytes: host,
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                score,
+                numeric_class,
+                models: models.into_iter().map(|m| ModelId(Digest(m))).collect(),
+            },
+        )
 }
 
 fn advert() -> impl Strategy<Value = Message> {
-    (any::<u64>(), any::<u32>(), capabilities()).prop_map(|(seq, heartbeat_interval_ms, capabilities)| {
-        Message::Advert(Advert { seq, heartbeat_interval_ms, capabilities })
-    })
+    (any::<u64>(), any::<u32>(), capabilities()).prop_map(
+        |(seq, heartbeat_interval_ms, capabilities)| {
+            Message::Advert(Advert {
+                seq,
+                heartbeat_interval_ms,
+                capabilities,
+            })
+        },
+    )
 }
 
 fn sample_capabilities() -> Capabilities {
@@ -107,19 +143,35 @@ proptest! {
 #[test]
 fn bad_frames_are_refused_with_the_reason() {
     let key = SecretKey::from_bytes(&[5; 32]);
-    let message = Message::Advert(Advert { seq: 1, heartbeat_interval_ms: 2000, capabilities: sample_capabilities() });
+    let message = Message::Advert(Advert {
+        seq: 1,
+        heartbeat_interval_ms: 2000,
+        capabilities: sample_capabilities(),
+    });
     let frame = Signed::seal(&key, &message).expect("fits");
 
     // Wrong version.
     let mut wrong = frame.clone();
     wrong[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
-    assert_eq!(Signed::open(&wrong), Err(Error::Version { got: PROTOCOL_VERSION + 1, want: PROTOCOL_VERSION }));
+    assert_eq!(
+        Signed::open(&wrong),
+        Err(Error::Version {
+            got: PROTOCOL_VERSION + 1,
+            want: PROTOCOL_VERSION
+        })
+    );
 
     // Oversized: the header alone condemns it.
     let mut big = codec::header(0).to_vec();
     big[..4].copy_from_slice(&((FRAME_BYTES_MAX + 1) as u32).to_le_bytes());
     big.resize(FRAME_HEADER_BYTES + FRAME_BYTES_MAX + 1, 0);
-    assert_eq!(Signed::open(&big), Err(Error::TooLarge { len: FRAME_BYTES_MAX + 1, max: FRAME_BYTES_MAX }));
+    assert_eq!(
+        Signed::open(&big),
+        Err(Error::TooLarge {
+            len: FRAME_BYTES_MAX + 1,
+            max: FRAME_BYTES_MAX
+        })
+    );
 
     // Malformed: a valid header over garbage.
     let mut garbage = codec::header(4).to_vec();
@@ -135,14 +187,29 @@ fn bad_frames_are_refused_with_the_reason() {
     // Validly signed but over the limits: refused after decoding.
     let mut caps = sample_capabilities();
     caps.device = "x".repeat(1000);
-    let loud = Message::Advert(Advert { seq: 1, heartbeat_interval_ms: 2000, capabilities: caps });
-    assert!(matches!(Signed::open(&Signed::seal(&key, &loud).expect("fits")), Err(Error::Limit(_))));
+    let loud = Message::Advert(Advert {
+        seq: 1,
+        heartbeat_interval_ms: 2000,
+        capabilities: caps,
+    });
+    assert!(matches!(
+        Signed::open(&Signed::seal(&key, &loud).expect("fits")),
+        Err(Error::Limit(_))
+    ));
 }
 
 #[test]
 fn capabilities_json_has_the_documented_fields() {
     let json = serde_json::to_value(sample_capabilities()).expect("json");
-    for field in ["backend", "device", "memory_total_bytes", "memory_free_bytes", "threads", "score", "numeric_class"] {
+    for field in [
+        "backend",
+        "device",
+        "memory_total_bytes",
+        "memory_free_bytes",
+        "threads",
+        "score",
+        "numeric_class",
+    ] {
         assert!(json.get(field).is_some(), "missing {field} in {json}");
     }
     assert_eq!(json["backend"], "cpu");

@@ -70,6 +70,15 @@ impl Hardware {
         }
     }
 
+    /// Host RAM available to new work now, bytes; `None` where it cannot be read.
+    pub fn available_memory_bytes() -> Option<u64> {
+        System::new_with_specifics(
+            RefreshKind::nothing().with_memory(MemoryRefreshKind::nothing().with_ram()),
+        )
+        .ok()
+        .map(|system| system.available_memory())
+    }
+
     /// The device a node computes on: the first GPU if the build found one, else the CPU.
     pub fn primary_device(&self) -> Device {
         self.gpus.first().cloned().unwrap_or_else(|| Device {
@@ -108,7 +117,10 @@ pub fn numeric_class(family: KernelFamily, hardware: &Hardware, device: &Device)
         Backend::Cpu => format!("{}-{}", hardware.arch, hardware.simd_tier()),
         Backend::Cuda | Backend::Metal => device.name.to_lowercase().replace(' ', "-"),
     };
-    format!("{KERNELS_VERSION}/{family}/{}/{path}", device.backend.as_str())
+    format!(
+        "{KERNELS_VERSION}/{family}/{}/{path}",
+        device.backend.as_str()
+    )
 }
 
 fn cpu_features() -> Vec<String> {
@@ -122,7 +134,18 @@ fn cpu_features() -> Vec<String> {
                 }
             )*};
         }
-        probe!("sse4.2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512vl", "avx512vnni", "avxvnni");
+        probe!(
+            "sse4.2",
+            "avx",
+            "avx2",
+            "fma",
+            "f16c",
+            "avx512f",
+            "avx512bw",
+            "avx512vl",
+            "avx512vnni",
+            "avxvnni"
+        );
     }
     #[cfg(target_arch = "aarch64")]
     {
@@ -212,15 +235,25 @@ mod tests {
         hw.cpu_features = vec!["avx2".into(), "fma".into()];
         let cpu = hw.primary_device();
         assert_eq!(cpu.backend, Backend::Cpu);
-        assert_eq!(numeric_class(KernelFamily::Llm, &hw, &cpu), "k0/llm/cpu/x86_64-avx2");
-        hw.cpu_features.extend(["avx512f".into(), "avx512bw".into()]);
-        assert_eq!(numeric_class(KernelFamily::Embed, &hw, &cpu), "k0/embed/cpu/x86_64-avx512");
+        assert_eq!(
+            numeric_class(KernelFamily::Llm, &hw, &cpu),
+            "k0/llm/cpu/x86_64-avx2"
+        );
+        hw.cpu_features
+            .extend(["avx512f".into(), "avx512bw".into()]);
+        assert_eq!(
+            numeric_class(KernelFamily::Embed, &hw, &cpu),
+            "k0/embed/cpu/x86_64-avx512"
+        );
         let gpu = Device {
             backend: Backend::Cuda,
             name: "NVIDIA H100 80GB HBM3".into(),
             memory_total_bytes: 1,
             memory_free_bytes: 1,
         };
-        assert_eq!(numeric_class(KernelFamily::Llm, &hw, &gpu), "k0/llm/cuda/nvidia-h100-80gb-hbm3");
+        assert_eq!(
+            numeric_class(KernelFamily::Llm, &hw, &gpu),
+            "k0/llm/cuda/nvidia-h100-80gb-hbm3"
+        );
     }
 }

@@ -24,7 +24,12 @@ pub(crate) fn encode(bytes: &[u8]) -> String {
     }
     let mut out = String::with_capacity(zeros + digits.len());
     out.extend(std::iter::repeat_n('1', zeros));
-    out.extend(digits.iter().rev().map(|&d| char::from(ALPHABET[usize::from(d)])));
+    out.extend(
+        digits
+            .iter()
+            .rev()
+            .map(|&d| char::from(ALPHABET[usize::from(d)])),
+    );
     out
 }
 
@@ -61,8 +66,14 @@ mod tests {
         // From the base58 draft specification.
         assert_eq!(encode(b"Hello World!"), "2NEpo7TZRRrLZSi2U");
         assert_eq!(encode(&[0, 0, 0x28, 0x7f, 0xb4, 0xcd]), "11233QC4");
-        assert_eq!(decode("11233QC4").as_deref(), Some(&[0, 0, 0x28, 0x7f, 0xb4, 0xcd][..]));
-        assert_eq!(decode("2NEpo7TZRRrLZSi2U").as_deref(), Some(&b"Hello World!"[..]));
+        assert_eq!(
+            decode("11233QC4").as_deref(),
+            Some(&[0, 0, 0x28, 0x7f, 0xb4, 0xcd][..])
+        );
+        assert_eq!(
+            decode("2NEpo7TZRRrLZSi2U").as_deref(),
+            Some(&b"Hello World!"[..])
+        );
         assert_eq!(decode("0"), None);
     }
 

@@ -1,0 +1,34 @@
+//! The coordinator's error type.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+/// Why a coordinator could not start or keep running.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The identity key could not be loaded or made.
+    #[error(transparent)]
+    Identity(#[from] hearth_net::IdentityError),
+    /// The swarm could not be built or could not listen.
+    #[error("swarm: {0}")]
+    Swarm(#[from] hearth_net::BoxError),
+    /// The HTTP address could not be bound.
+    #[error("cannot serve HTTP on {addr}: {source}")]
+    Http {
+        /// The address.
+        addr: SocketAddr,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A file in the data folder could not be written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+}
+
+/// The coordinator's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;

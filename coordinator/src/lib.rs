@@ -1,0 +1,19 @@
+//! The Hearth coordinator.
+//!
+//! Flow: nodes' signed adverts arrive on gossip → the swarm loop checks them ([`hearth_net::Gossip`])
+//! → the sans-IO [`Registry`] keeps each peer's capabilities and decides who is online → the HTTP API
+//! reads the registry through the loop (`GET /v1/peers`, `GET /v1/swarm`).
+//!
+//! The decisions live in pure state machines (`handle(now_ms, input) -> outputs`) so the simulator and
+//! tests drive them without sockets or clocks; [`run`] is the thin shell around them.
+
+mod error;
+mod http;
+mod limits;
+mod registry;
+mod service;
+
+pub use error::{Error, Result};
+pub use limits::*;
+pub use registry::{Input, Output, Registry};
+pub use service::{API_URL_FILE, CoordinatorConfig, run};

@@ -1,0 +1,306 @@
+//! The registry of peers: who is in the swarm, with what hardware, and who has gone quiet.
+//!
+//! A sans-IO state machine: it is given the time and its inputs, and returns what happened. Nothing
+//! in here reads a clock or touches a socket.
+
+use std::collections::BTreeMap;
+
+use hearth_protocol::api::PeerEntry;
+use hearth_protocol::{Advert, Capabilities, PeerId};
+
+use crate::limits::{
+    HEARTBEAT_INTERVAL_MAX_MS, HEARTBEAT_INTERVAL_MIN_MS, HEARTBEATS_MISSED_MAX, PEERS_MAX,
+};
+
+/// What the registry is told.
+#[derive(Clone, Debug)]
+pub enum Input {
+    /// A checked advert from `from` (its signer).
+    Advert {
+        /// The advertising peer.
+        from: PeerId,
+        /// What it advertised.
+        advert: Advert,
+    },
+    /// Time passed; check for silent peers.
+    Tick,
+}
+
+/// What happened, for the shell to log or act on.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Output {
+    /// A peer advertised for the first time.
+    Joined(PeerId),
+    /// An offline peer advertised again.
+    Returned(PeerId),
+    /// A peer missed [`HEARTBEATS_MISSED_MAX`] heartbeats.
+    Offline {
+        /// The peer.
+        peer: PeerId,
+        /// How long it has been silent.
+        silent_ms: u64,
+    },
+    /// A new peer was not admitted because the registry is full of online peers.
+    Refused(PeerId),
+}
+
+#[derive(Clone, Debug)]
+struct Record {
+    capabilities: Capabilities,
+    first_seen_ms: u64,
+    last_seen_ms: u64,
+    heartbeat_interval_ms: u64,
+    adverts: u64,
+    online: bool,
+}
+
+impl Record {
+    fn deadline_ms(&self) -> u64 {
+        self.last_seen_ms + HEARTBEATS_MISSED_MAX * self.heartbeat_interval_ms
+    }
+}
+
+/// Every peer the coordinator has heard from, at most [`PEERS_MAX`].
+#[derive(Debug, Default)]
+pub struct Registry {
+    peers: BTreeMap<PeerId, Record>,
+}
+
+impl Registry {
+    /// Apply one input at time `now_ms` (milliseconds on any monotonic clock).
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
+        match input {
+            Input::Advert { from, advert } => self.on_advert(now_ms, from, advert),
+            Input::Tick => self.on_tick(now_ms),
+        }
+    }
+
+    fn on_advert(&mut self, now_ms: u64, from: PeerId, advert: Advert) -> Vec<Output> {
+        let heartbeat_interval_ms = u64::from(advert.heartbeat_interval_ms)
+            .clamp(HEARTBEAT_INTERVAL_MIN_MS, HEARTBEAT_INTERVAL_MAX_MS);
+        if let Some(record) = self.peers.get_mut(&from) {
+            record.capabilities = advert.capabilities;
+            record.last_seen_ms = now_ms;
+            record.heartbeat_interval_ms = heartbeat_interval_ms;
+            record.adverts += 1;
+            let returned = !record.online;
+            record.online = true;
+            return if returned {
+                vec![Output::Returned(from)]
+            } else {
+                Vec::new()
+            };
+        }
+        if self.peers.len() >= PEERS_MAX && !self.forget_one_offline() {
+            return vec![Output::Refused(from)];
+        }
+        self.peers.insert(
+            from,
+            Record {
+                capabilities: advert.capabilities,
+                first_seen_ms: now_ms,
+                last_seen_ms: now_ms,
+                heartbeat_interval_ms,
+                adverts: 1,
+                online: true,
+            },
+        );
+        vec![Output::Joined(from)]
+    }
+
+    fn on_tick(&mut self, now_ms: u64) -> Vec<Output> {
+        let mut outputs = Vec::new();
+        for (peer, record) in &mut self.peers {
+            if record.online && now_ms > record.deadline_ms() {
+                record.online = false;
+                outputs.push(Output::Offline {
+                    peer: *peer,
+                    silent_ms: now_ms - record.last_seen_ms,
+                });
+            }
+        }
+        outputs
+    }
+
+    /// Drop the offline peer silent the longest; false if every peer is online.
+    fn forget_one_offline(&mut self) -> bool {
+        let oldest = self
+            .peers
+            .iter()
+            .filter(|(_, r)| !r.online)
+            .min_by_key(|(_, r)| r.last_seen_ms)
+            .map(|(peer, _)| *peer);
+        oldest.is_some_and(|peer| self.peers.remove(&peer).is_some())
+    }
+
+    /// Every known peer, online or not, as the HTTP API shows them.
+    pub fn entries(&self, now_ms: u64) -> Vec<PeerEntry> {
+        self.peers
+            .iter()
+            .map(|(peer, r)| PeerEntry {
+                peer_id: *peer,
+                online: r.online,
+                last_seen_ms_ago: now_ms.saturating_sub(r.last_seen_ms),
+                known_for_ms: now_ms.saturating_sub(r.first_seen_ms),
+                adverts: r.adverts,
+                capabilities: r.capabilities.clone(),
+            })
+            .collect()
+    }
+
+    /// Peers currently online.
+    pub fn online(&self) -> usize {
+        self.peers.values().filter(|r| r.online).count()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use hearth_protocol::{Backend, SecretKey};
+
+    use super::*;
+
+    fn advert(interval_ms: u32) -> Advert {
+        Advert {
+            seq: 0,
+            heartbeat_interval_ms: interval_ms,
+            capabilities: Capabilities {
+                backend: Backend::Cpu,
+                device: "cpu".into(),
+                memory_total_bytes: 1,
+                memory_free_bytes: 1,
+                threads: 1,
+                cpu_model: "cpu".into(),
+                cpu_cores: 1,
+                cpu_features: vec![],
+                host_memory_total_bytes: 1,
+                os: "linux".into(),
+                arch: "x86_64".into(),
+                score: 1.0,
+                numeric_class: BTreeMap::new(),
+                models: vec![],
+            },
+        }
+    }
+
+    fn peer(n: u64) -> PeerId {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&n.to_le_bytes());
+        SecretKey::from_bytes(&seed).public().peer_id()
+    }
+
+    #[test]
+    fn offline_after_the_missed_heartbeats_and_back_on_the_next_advert() {
+        let mut registry = Registry::default();
+        let a = peer(1);
+        assert_eq!(
+            registry.handle(
+                0,
+                Input::Advert {
+                    from: a,
+                    advert: advert(1000)
+                }
+            ),
+            vec![Output::Joined(a)]
+        );
+        let limit = HEARTBEATS_MISSED_MAX * 1000;
+        assert!(
+            registry.handle(limit, Input::Tick).is_empty(),
+            "not yet past the deadline"
+        );
+        assert_eq!(
+            registry.handle(limit + 1, Input::Tick),
+            vec![Output::Offline {
+                peer: a,
+                silent_ms: limit + 1
+            }]
+        );
+        assert!(
+            registry.handle(limit + 2, Input::Tick).is_empty(),
+            "reported once"
+        );
+        assert!(!registry.entries(limit + 2)[0].online);
+        assert_eq!(
+            registry.handle(
+                limit + 5,
+                Input::Advert {
+                    from: a,
+                    advert: advert(1000)
+                }
+            ),
+            vec![Output::Returned(a)]
+        );
+        let entry = &registry.entries(limit + 5)[0];
+        assert!(entry.online);
+        assert_eq!(entry.adverts, 2);
+    }
+
+    #[test]
+    fn claimed_intervals_are_clamped() {
+        let mut registry = Registry::default();
+        let a = peer(1);
+        registry.handle(
+            0,
+            Input::Advert {
+                from: a,
+                advert: advert(u32::MAX),
+            },
+        );
+        let latest = HEARTBEATS_MISSED_MAX * HEARTBEAT_INTERVAL_MAX_MS + 1;
+        assert_eq!(
+            registry.handle(latest, Input::Tick).len(),
+            1,
+            "a huge claimed interval does not keep a dead peer online"
+        );
+    }
+
+    #[test]
+    fn full_registry_forgets_offline_peers_before_refusing() {
+        let mut registry = Registry::default();
+        for n in 0..PEERS_MAX as u64 {
+            registry.handle(
+                0,
+                Input::Advert {
+                    from: peer(n),
+                    advert: advert(1000),
+                },
+            );
+        }
+        let newcomer = peer(u64::MAX);
+        assert_eq!(
+            registry.handle(
+                1,
+                Input::Advert {
+                    from: newcomer,
+                    advert: advert(1000)
+                }
+            ),
+            vec![Output::Refused(newcomer)]
+        );
+        // Everyone but peer 0 keeps advertising; peer 0 goes offline and makes room.
+        for n in 1..PEERS_MAX as u64 {
+            registry.handle(
+                3500,
+                Input::Advert {
+                    from: peer(n),
+                    advert: advert(1000),
+                },
+            );
+        }
+        registry.handle(3501, Input::Tick);
+        assert_eq!(
+            registry.handle(
+                3502,
+                Input::Advert {
+                    from: newcomer,
+                    advert: advert(1000)
+                }
+            ),
+            vec![Output::Joined(newcomer)]
+        );
+        assert_eq!(registry.entries(3502).len(), PEERS_MAX);
+        assert!(registry.entries(3502).iter().all(|e| e.peer_id != peer(0)));
+    }
+}

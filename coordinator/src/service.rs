@@ -1,0 +1,264 @@
+//! The coordinator's shell: one event loop owns the swarm and the registry.
+//!
+//! ```text
+//!  HTTP handlers ──(Command + oneshot)──▶ ┌──────── loop ────────┐
+//!  tick timer ──────────────────────────▶ │ registry.handle(..)  │ ◀──▶ swarm (gossip adverts)
+//!  shutdown future ─────────────────────▶ └──────────────────────┘
+//! ```
+
+use std::fs;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use futures::StreamExt;
+use hearth_net::libp2p::multiaddr::Protocol;
+use hearth_net::libp2p::swarm::SwarmEvent;
+use hearth_net::libp2p::{Multiaddr, Swarm, gossipsub};
+use hearth_net::{
+    Behaviour, BehaviourEvent, Gossip, NetConfig, build_swarm, discover, load_or_create_identity,
+};
+use hearth_protocol::api::SwarmInfo;
+use hearth_protocol::{Message, PeerId};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::http::{Command, router};
+use crate::limits::{COMMAND_QUEUE_MAX, TICK_INTERVAL_MS};
+use crate::registry::{Input, Output, Registry};
+use crate::{Error, Result};
+
+/// File in the data folder holding the URL the HTTP API listens on, written once it is bound (useful
+/// with `--http 127.0.0.1:0`).
+pub const API_URL_FILE: &str = "api.url";
+
+/// Everything a coordinator needs to start.
+#[derive(Clone, Debug)]
+pub struct CoordinatorConfig {
+    /// Folder holding the identity key and the coordinator's state.
+    pub data_dir: PathBuf,
+    /// Transports, listen addresses, mDNS.
+    pub net: NetConfig,
+    /// Where the HTTP API listens.
+    pub http: SocketAddr,
+}
+
+impl CoordinatorConfig {
+    /// Default swarm port (QUIC on UDP and TCP alike).
+    pub const SWARM_PORT: u16 = 7071;
+    /// Default HTTP address: loopback, since the API has no TLS yet.
+    pub const HTTP_ADDR: &str = "127.0.0.1:7070";
+
+    /// A configuration with Hearth's defaults for everything but the data folder.
+    pub fn new(data_dir: PathBuf) -> Self {
+        let port = Self::SWARM_PORT;
+        Self {
+            data_dir,
+            net: NetConfig {
+                listen: vec![
+                    format!("/ip4/0.0.0.0/udp/{port}/quic-v1")
+                        .parse()
+                        .expect("valid multiaddr"),
+                    format!("/ip4/0.0.0.0/tcp/{port}")
+                        .parse()
+                        .expect("valid multiaddr"),
+                ],
+                agent: format!("hearth-coordinator/{}", env!("CARGO_PKG_VERSION")),
+                ..NetConfig::default()
+            },
+            http: Self::HTTP_ADDR.parse().expect("valid socket address"),
+        }
+    }
+}
+
+/// Run a coordinator until `shutdown` resolves.
+pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (key, created) = load_or_create_identity(&config.data_dir)?;
+    let peer = key.public().peer_id();
+    let span = tracing::info_span!("coordinator", peer = %peer.short());
+    async move {
+        tracing::info!(peer_id = %peer, created, data_dir = %config.data_dir.display(), "identity");
+        let swarm = build_swarm(&key, &config.net)?;
+
+        let listener = tokio::net::TcpListener::bind(config.http)
+            .await
+            .map_err(|source| Error::Http {
+                addr: config.http,
+                source,
+            })?;
+        let http_addr = listener.local_addr().map_err(|source| Error::Http {
+            addr: config.http,
+            source,
+        })?;
+        let url = format!("http://{http_addr}");
+        write_atomically(&config.data_dir.join(API_URL_FILE), &format!("{url}\n"))?;
+        tracing::info!(%url, "HTTP API");
+
+        let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
+        let server = tokio::spawn(
+            async move {
+                let serve =
+                    axum::serve(listener, router(commands_tx)).with_graceful_shutdown(async move {
+                        let _ = http_stopped.await;
+                    });
+                if let Err(error) = serve.await {
+                    tracing::error!(%error, "HTTP server failed");
+                }
+            }
+            .in_current_span(),
+        );
+
+        let mut coordinator = Coordinator {
+            swarm,
+            peer,
+            gossip: Gossip::default(),
+            registry: Registry::default(),
+            listen_addrs: Vec::new(),
+            started: Instant::now(),
+        };
+        coordinator.event_loop(commands, shutdown).await;
+        let _ = stop_http.send(());
+        let _ = server.await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+struct Coordinator {
+    swarm: Swarm<Behaviour>,
+    peer: PeerId,
+    gossip: Gossip,
+    registry: Registry,
+    listen_addrs: Vec<Multiaddr>,
+    started: Instant,
+}
+
+impl Coordinator {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    async fn event_loop(
+        &mut self,
+        mut commands: mpsc::Receiver<Command>,
+        shutdown: impl Future<Output = ()>,
+    ) {
+        let mut tick = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
+        tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(command) = commands.recv() => self.on_command(command),
+                _ = tick.tick() => {
+                    let outputs = self.registry.handle(self.now_ms(), Input::Tick);
+                    self.log(outputs);
+                }
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Peers(reply) => {
+                let _ = reply.send(self.registry.entries(self.now_ms()));
+            }
+            Command::Swarm(reply) => {
+                let suffix = Protocol::P2p(hearth_net::to_libp2p_peer_id(&self.peer));
+                let addrs = self
+                    .listen_addrs
+                    .iter()
+                    .map(|a| a.clone().with(suffix.clone()).to_string())
+                    .collect();
+                let _ = reply.send(SwarmInfo {
+                    peer_id: self.peer,
+                    addrs,
+                    protocol_version: hearth_protocol::PROTOCOL_VERSION,
+                });
+            }
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => {
+                tracing::info!(%address, "listening");
+                self.listen_addrs.push(address);
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } => {
+                self.listen_addrs.retain(|a| a != &address)
+            }
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, "disconnected");
+            }
+            SwarmEvent::Behaviour(event) => {
+                if let Some(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                })) = discover(&mut self.swarm, event)
+                    && let Some(received) = self.gossip.receive(
+                        &mut self.swarm,
+                        propagation_source,
+                        message_id,
+                        message,
+                    )
+                {
+                    let Message::Advert(advert) = received.message;
+                    let outputs = self.registry.handle(
+                        self.now_ms(),
+                        Input::Advert {
+                            from: received.from,
+                            advert,
+                        },
+                    );
+                    self.log(outputs);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn log(&self, outputs: Vec<Output>) {
+        for output in outputs {
+            match output {
+                Output::Joined(peer) => {
+                    tracing::info!(%peer, online = self.registry.online(), "peer joined")
+                }
+                Output::Returned(peer) => {
+                    tracing::info!(%peer, online = self.registry.online(), "peer back online")
+                }
+                Output::Offline { peer, silent_ms } => {
+                    tracing::info!(%peer, silent_ms, online = self.registry.online(), "peer offline");
+                }
+                Output::Refused(peer) => tracing::warn!(%peer, "registry full; peer not admitted"),
+            }
+        }
+    }
+}
+
+/// Write `contents` to `path` through a temporary file and a rename, so readers never see half.
+fn write_atomically(path: &Path, contents: &str) -> Result<()> {
+    let io = |source| Error::Io {
+        path: path.into(),
+        source,
+    };
+    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
+    fs::write(&tmp, contents).map_err(io)?;
+    fs::rename(&tmp, path).map_err(io)
+}

@@ -1,0 +1,42 @@
+//! The node's configuration, with its defaults in one place.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use hearth_net::NetConfig;
+
+use crate::limits::HEARTBEAT_INTERVAL;
+
+/// Everything a node needs to start.
+#[derive(Clone, Debug)]
+pub struct NodeConfig {
+    /// Folder holding the identity key and the node's state.
+    pub data_dir: PathBuf,
+    /// Coordinators (or other peers) to join: multiaddrs, or a coordinator's HTTP URL.
+    pub join: Vec<String>,
+    /// Folder of model files the node holds.
+    pub models_dir: PathBuf,
+    /// Transports, listen addresses, mDNS.
+    pub net: NetConfig,
+    /// Interval between adverts.
+    pub heartbeat_interval: Duration,
+    /// Threads the node will use for work; defaults to all the cores it may use.
+    pub threads: Option<u32>,
+}
+
+impl NodeConfig {
+    /// A configuration with Hearth's defaults for everything but the data folder.
+    pub fn new(data_dir: PathBuf, models_dir: PathBuf) -> Self {
+        Self {
+            data_dir,
+            join: Vec::new(),
+            models_dir,
+            net: NetConfig {
+                agent: format!("hearth-node/{}", env!("CARGO_PKG_VERSION")),
+                ..NetConfig::default()
+            },
+            heartbeat_interval: HEARTBEAT_INTERVAL,
+            threads: None,
+        }
+    }
+}

@@ -1,0 +1,304 @@
+//! The node's event loop: one task owns the swarm.
+//!
+//! ```text
+//!  resolver task ──(join addrs)──▶ ┌──────────── loop ─────────────┐
+//!  heartbeat timer ──────────────▶ │ dial, publish signed adverts, │ ◀──▶ swarm (QUIC / TCP)
+//!  redial timer ─────────────────▶ │ check gossip, feed Kademlia   │
+//!  shutdown future ──────────────▶ └───────────────────────────────┘
+//! ```
+
+use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::time::Duration;
+
+use futures::StreamExt;
+use hearth_kernels::{BENCHMARK_DURATION, Hardware, benchmark_gflops_per_thread};
+use hearth_net::libp2p::core::ConnectedPoint;
+use hearth_net::libp2p::multiaddr::Protocol;
+use hearth_net::libp2p::swarm::SwarmEvent;
+use hearth_net::libp2p::swarm::dial_opts::DialOpts;
+use hearth_net::libp2p::{Multiaddr, PeerId, Swarm, gossipsub};
+use hearth_net::{
+    Behaviour, BehaviourEvent, Gossip, build_swarm, discover, load_or_create_identity,
+};
+use hearth_protocol::{Advert, Backend, Capabilities, Message, SecretKey};
+use tokio::sync::mpsc;
+use tokio::time::{Instant, MissedTickBehavior};
+use tracing::Instrument;
+
+use crate::join::{JoinTarget, resolve};
+use crate::limits::REDIAL_INTERVAL;
+use crate::{NodeConfig, Result, capabilities, scan_models};
+
+/// Least time between two adverts sent because a new subscriber appeared.
+const EAGER_ADVERT_GAP: Duration = Duration::from_millis(250);
+
+/// Resolved join addresses waiting for the loop; one message per target per resolution round.
+const JOIN_QUEUE_MAX: usize = 16;
+
+/// Run a node until `shutdown` resolves.
+pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    let (key, created) = load_or_create_identity(&config.data_dir)?;
+    let peer = key.public().peer_id();
+    let span = tracing::info_span!("node", peer = %peer.short());
+    async move {
+        tracing::info!(peer_id = %peer, created, data_dir = %config.data_dir.display(), "identity");
+        let targets = config
+            .join
+            .iter()
+            .map(|t| t.parse())
+            .collect::<Result<Vec<JoinTarget>>>()?;
+        if targets.is_empty() {
+            tracing::warn!("no --join given: this node only finds peers on the LAN (mDNS)");
+        }
+
+        let models_dir = config.models_dir.clone();
+        let (hardware, gflops, models) = tokio::task::spawn_blocking(move || {
+            (
+                Hardware::detect(),
+                benchmark_gflops_per_thread(BENCHMARK_DURATION),
+                scan_models(&models_dir),
+            )
+        })
+        .await
+        .expect("hardware probe does not panic");
+        let models = models?;
+        let caps = capabilities(
+            &hardware,
+            config.threads,
+            gflops,
+            models.iter().map(|(_, id)| *id).collect(),
+        );
+        tracing::info!(
+            backend = caps.backend.as_str(),
+            device = %caps.device,
+            threads = caps.threads,
+            score = caps.score,
+            models = caps.models.len(),
+            "hardware"
+        );
+
+        let swarm = build_swarm(&key, &config.net)?;
+        let mut node = Node {
+            swarm,
+            key,
+            gossip: Gossip::default(),
+            caps,
+            seq: 0,
+            heartbeat_interval: config.heartbeat_interval,
+            last_advert: None,
+            join: Join::new(targets),
+        };
+        node.event_loop(shutdown).await;
+        tracing::info!("stopped");
+        Ok(())
+    }
+    .instrument(span)
+    .await
+}
+
+struct Node {
+    swarm: Swarm<Behaviour>,
+    key: SecretKey,
+    gossip: Gossip,
+    caps: Capabilities,
+    seq: u64,
+    heartbeat_interval: Duration,
+    last_advert: Option<Instant>,
+    join: Join,
+}
+
+impl Node {
+    async fn event_loop(&mut self, shutdown: impl Future<Output = ()>) {
+        let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
+        heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let mut redial = tokio::time::interval(REDIAL_INTERVAL);
+        redial.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        let (addr_tx, mut addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                () = &mut shutdown => break,
+                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                Some(addrs) = addr_rx.recv() => self.join.dial(&mut self.swarm, addrs),
+                _ = heartbeat.tick() => self.advertise(),
+                _ = redial.tick() => {
+                    if !self.join.connected(&self.swarm) {
+                        self.join.refresh(&mut self.swarm, &addr_tx);
+                    }
+                }
+            }
+        }
+    }
+
+    fn advertise(&mut self) {
+        if self.caps.backend == Backend::Cpu
+            && let Some(free) = Hardware::available_memory_bytes()
+        {
+            self.caps.memory_free_bytes = free.min(self.caps.memory_total_bytes);
+        }
+        let advert = Message::Advert(Advert {
+            seq: self.seq,
+            heartbeat_interval_ms: u32::try_from(self.heartbeat_interval.as_millis())
+                .unwrap_or(u32::MAX),
+            capabilities: self.caps.clone(),
+        });
+        match self.gossip.publish(&mut self.swarm, &self.key, &advert) {
+            Ok(()) => {
+                tracing::debug!(seq = self.seq, "advert sent");
+                self.seq += 1;
+                self.last_advert = Some(Instant::now());
+            }
+            // No subscriber connected yet: normal while joining; the next heartbeat tries again.
+            Err(error) => tracing::debug!(%error, "advert not sent"),
+        }
+    }
+
+    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+        match event {
+            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
+            SwarmEvent::ConnectionEstablished {
+                peer_id, endpoint, ..
+            } => {
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.join.on_connected(peer_id, &endpoint);
+            }
+            SwarmEvent::ConnectionClosed {
+                peer_id,
+                num_established: 0,
+                ..
+            } => {
+                tracing::debug!(peer = %peer_id, "disconnected");
+            }
+            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
+                tracing::debug!(peer = ?peer_id, %error, "dial failed");
+            }
+            SwarmEvent::Behaviour(event) => match discover(&mut self.swarm, event) {
+                Some(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                })) => {
+                    if let Some(received) = self.gossip.receive(
+                        &mut self.swarm,
+                        propagation_source,
+                        message_id,
+                        message,
+                    ) {
+                        tracing::trace!(from = %received.from, "gossip");
+                    }
+                }
+                Some(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
+                    // A new subscriber (the coordinator, at first): tell it about us now rather
+                    // than at the next heartbeat.
+                    if self
+                        .last_advert
+                        .is_none_or(|t| t.elapsed() >= EAGER_ADVERT_GAP)
+                    {
+                        self.advertise();
+                    }
+                }
+                _ => {}
+            },
+            _ => {}
+        }
+    }
+}
+
+/// The peers a node was told to join, and how to reach them again.
+struct Join {
+    targets: Vec<JoinTarget>,
+    /// Addresses by the peer id in their `/p2p/` suffix.
+    by_peer: HashMap<PeerId, Vec<Multiaddr>>,
+    /// Addresses given without a peer id; their peer is learnt on connection.
+    bare: HashSet<Multiaddr>,
+    /// Peers that are join targets.
+    peers: HashSet<PeerId>,
+    resolver: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Join {
+    fn new(targets: Vec<JoinTarget>) -> Self {
+        Self {
+            targets,
+            by_peer: HashMap::new(),
+            bare: HashSet::new(),
+            peers: HashSet::new(),
+            resolver: None,
+        }
+    }
+
+    /// Whether the node holds a connection to at least one join peer (or has nothing to join).
+    fn connected(&self, swarm: &Swarm<Behaviour>) -> bool {
+        self.targets.is_empty() || self.peers.iter().any(|p| swarm.is_connected(p))
+    }
+
+    /// Re-resolve the targets (in the background) and redial what is already known.
+    fn refresh(&mut self, swarm: &mut Swarm<Behaviour>, tx: &mpsc::Sender<Vec<Multiaddr>>) {
+        if self.resolver.as_ref().is_none_or(|r| r.is_finished()) {
+            let targets = self.targets.clone();
+            let tx = tx.clone();
+            self.resolver = Some(tokio::spawn(
+                async move {
+                    for target in &targets {
+                        match resolve(target).await {
+                            Ok(addrs) => {
+                                let _ = tx.send(addrs).await;
+                            }
+                            Err(error) => tracing::warn!(%error, "cannot join yet; retrying"),
+                        }
+                    }
+                }
+                .in_current_span(),
+            ));
+        }
+        let known: Vec<Multiaddr> = self
+            .by_peer
+            .values()
+            .flatten()
+            .chain(&self.bare)
+            .cloned()
+            .collect();
+        self.dial(swarm, known);
+    }
+
+    fn dial(&mut self, swarm: &mut Swarm<Behaviour>, addrs: Vec<Multiaddr>) {
+        let mut grouped: HashMap<PeerId, Vec<Multiaddr>> = HashMap::new();
+        for addr in addrs {
+            match addr.iter().last() {
+                Some(Protocol::P2p(peer)) => grouped.entry(peer).or_default().push(addr),
+                _ => {
+                    self.bare.insert(addr.clone());
+                    if let Err(error) = swarm.dial(addr.clone()) {
+                        tracing::debug!(%addr, %error, "dial failed");
+                    }
+                }
+            }
+        }
+        for (peer, addrs) in grouped {
+            self.peers.insert(peer);
+            for addr in &addrs {
+                swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
+            }
+            self.by_peer.insert(peer, addrs.clone());
+            if !swarm.is_connected(&peer)
+                && let Err(error) = swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build())
+            {
+                tracing::debug!(%peer, %error, "dial failed");
+            }
+        }
+        // Find the rest of the swarm through the peers just added.
+        let _ = swarm.behaviour_mut().kad.bootstrap();
+    }
+
+    fn on_connected(&mut self, peer: PeerId, endpoint: &ConnectedPoint) {
+        if let ConnectedPoint::Dialer { address, .. } = endpoint
+            && self.bare.contains(address)
+            && self.peers.insert(peer)
+        {
+            tracing::info!(%peer, %address, "joined");
+        } else if self.peers.contains(&peer) {
+            tracing::info!(%peer, "connected to join peer");
+        }
+    }
+}

@@ -1,0 +1,22 @@
+//! The Hearth node daemon.
+//!
+//! A node loads (or creates) its identity, measures its hardware, joins the swarm through the
+//! coordinator it was given (a multiaddr, or the coordinator's HTTP URL from which it learns the
+//! multiaddrs), and publishes a signed [`hearth_protocol::Advert`] at start and on every heartbeat.
+//! One event loop owns the swarm ([`run`]); it stops when the shutdown future resolves.
+
+mod advert;
+mod config;
+mod error;
+mod event_loop;
+mod join;
+mod limits;
+mod store;
+
+pub use advert::capabilities;
+pub use config::NodeConfig;
+pub use error::{Error, Result};
+pub use event_loop::run;
+pub use join::{JoinTarget, resolve};
+pub use limits::*;
+pub use store::scan_models;

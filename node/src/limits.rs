@@ -1,0 +1,19 @@
+//! The node's bounds and timings, each with its reason.
+
+use std::time::Duration;
+
+/// Default interval between adverts. The coordinator marks a node offline after a few missed ones,
+/// so this sets how fast a dead node is noticed; each advert is about 500 bytes.
+pub const HEARTBEAT_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How often a node that has lost every connection to its join peers dials them again.
+pub const REDIAL_INTERVAL: Duration = Duration::from_secs(5);
+
+/// How long one HTTP request to learn the coordinator's addresses may take.
+pub const JOIN_HTTP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Largest `/v1/swarm` answer read, so a hostile URL cannot make the node buffer without bound.
+pub const JOIN_RESPONSE_BYTES_MAX: usize = 64 * 1024;
+
+/// Model files hashed at start; a volunteer's folder holds a handful.
+pub const MODEL_FILES_MAX: usize = hearth_protocol::ADVERT_MODELS_MAX;

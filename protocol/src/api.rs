@@ -1,0 +1,35 @@
+//! JSON shapes of the coordinator's HTTP API that more than one crate reads or writes: the
+//! coordinator serves them, nodes and the CLI parse them.
+
+use serde::{Deserialize, Serialize};
+
+use crate::{Capabilities, PeerId};
+
+/// `GET /v1/swarm`: how to reach the coordinator's swarm. Open to everyone, since nodes use it to
+/// join before they hold any key.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SwarmInfo {
+    /// The coordinator's peer id.
+    pub peer_id: PeerId,
+    /// Multiaddrs it listens on, each ending in `/p2p/<peer_id>`.
+    pub addrs: Vec<String>,
+    /// The wire protocol version it speaks.
+    pub protocol_version: u16,
+}
+
+/// One element of `GET /v1/peers`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PeerEntry {
+    /// The peer.
+    pub peer_id: PeerId,
+    /// Whether its heartbeats are arriving.
+    pub online: bool,
+    /// Milliseconds since its last advert arrived.
+    pub last_seen_ms_ago: u64,
+    /// Milliseconds since the coordinator first heard from it.
+    pub known_for_ms: u64,
+    /// Adverts received from it.
+    pub adverts: u64,
+    /// What it advertised last.
+    pub capabilities: Capabilities,
+}

@@ -1,0 +1,154 @@
+//! The command line: every command, flag and environment variable of `hearth`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// Hearth: a volunteer-compute inference network. Peers pool spare machines into a swarm; a
+/// coordinator schedules work and verifies every result; anyone allowed in submits jobs.
+///
+/// Every command reads an optional TOML config (--config, HEARTH_CONFIG, default
+/// ~/.config/hearth/config.toml); flags and HEARTH_* variables override it.
+#[derive(Debug, Parser)]
+#[command(
+    name = "hearth",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
+pub(crate) struct Cli {
+    /// TOML config file. A missing default file is fine; a missing or invalid named one is an error.
+    #[arg(long, global = true, env = "HEARTH_CONFIG", value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Create the identity a node (or coordinator) will use, and print its peer id.
+    ///
+    /// The key is written to DATA_DIR/identity.key with mode 0600. If one exists it is kept and its
+    /// peer id printed: an identity is never overwritten.
+    Keygen(KeygenArgs),
+    /// Run a node: join the swarm, advertise this machine's hardware, take work.
+    Node(NodeArgs),
+    /// Run a coordinator: learn the swarm from adverts and serve the HTTP API.
+    Coordinator(CoordinatorArgs),
+    /// List the swarm's peers and their hardware, as the coordinator sees them.
+    Peers(PeersArgs),
+    /// Start a coordinator and nodes on this machine and show the swarm forming.
+    ///
+    /// Everything runs on 127.0.0.1 with throwaway data folders, removed at the end. Stops the
+    /// children cleanly when done or on Ctrl-C.
+    Demo(DemoArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct KeygenArgs {
+    /// Folder for the identity [default: ~/.local/share/hearth/node].
+    #[arg(long, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Print JSON: {"peer_id", "created", "path"}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct NodeArgs {
+    /// Folder for the identity and node state [default: ~/.local/share/hearth/node].
+    #[arg(long, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Coordinator to join: a multiaddr (/ip4/…/udp/7071/quic-v1/p2p/…) or its HTTP URL
+    /// (http://host:7070), from which the node learns the multiaddrs. Repeat for several.
+    #[arg(
+        long,
+        env = "HEARTH_JOIN",
+        value_name = "COORDINATOR",
+        value_delimiter = ','
+    )]
+    pub(crate) join: Vec<String>,
+    /// Folder of model files [default: ~/.cache/hearth/models].
+    #[arg(long, env = "HEARTH_MODELS", value_name = "DIR")]
+    pub(crate) models: Option<PathBuf>,
+    /// Multiaddr to listen on; repeat for several [default: QUIC and TCP on 0.0.0.0, random ports].
+    #[arg(
+        long,
+        env = "HEARTH_LISTEN",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub(crate) listen: Vec<String>,
+    /// Do not look for peers on the LAN with mDNS.
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+    /// Worker threads [default: every core this process may use].
+    #[arg(long, env = "HEARTH_THREADS", value_name = "N")]
+    pub(crate) threads: Option<u32>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CoordinatorArgs {
+    /// Folder for the identity and coordinator state [default: ~/.local/share/hearth/coordinator].
+    #[arg(long, env = "HEARTH_DATA_DIR", value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Multiaddr for the swarm to listen on; repeat for several [default: QUIC and TCP on
+    /// 0.0.0.0 port 7071].
+    #[arg(
+        long,
+        env = "HEARTH_LISTEN",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub(crate) listen: Vec<String>,
+    /// Address of the HTTP API; port 0 picks a free one, written to DATA_DIR/api.url
+    /// [default: 127.0.0.1:7070].
+    #[arg(long, env = "HEARTH_HTTP", value_name = "ADDR")]
+    pub(crate) http: Option<SocketAddr>,
+    /// Do not look for peers on the LAN with mDNS.
+    #[arg(long)]
+    pub(crate) no_mdns: bool,
+}
+
+/// How a client command reaches the coordinator.
+#[derive(Debug, Args)]
+pub(crate) struct ClientArgs {
+    /// Coordinator HTTP API [default: http://127.0.0.1:7070].
+    #[arg(long, env = "HEARTH_API", value_name = "URL")]
+    pub(crate) api: Option<String>,
+    /// API key, sent as a bearer token.
+    #[arg(
+        long,
+        env = "HEARTH_API_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub(crate) api_key: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct PeersArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Print the coordinator's JSON: an array of {peer_id, online, capabilities, …}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct DemoArgs {
+    /// Nodes to start.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub(crate) nodes: u32,
+    /// Keep the swarm running after it forms, until Ctrl-C.
+    #[arg(long)]
+    pub(crate) hold: bool,
+    /// Give up if the swarm has not formed after this many seconds.
+    #[arg(long, default_value_t = 60, value_name = "SECONDS")]
+    pub(crate) timeout: u64,
+    /// Folder of model files the nodes hold [default: ~/.cache/hearth/models].
+    #[arg(long, env = "HEARTH_MODELS", value_name = "DIR")]
+    pub(crate) models: Option<PathBuf>,
+}

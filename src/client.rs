@@ -1,0 +1,75 @@
+//! The HTTP client every client command shares: base URL, API key, one-line errors.
+
+use anyhow::{Context, bail};
+use serde::de::DeserializeOwned;
+
+use crate::cli::ClientArgs;
+use crate::config::{DEFAULT_API, FileConfig};
+
+/// A coordinator's HTTP API.
+pub(crate) struct Client {
+    base: String,
+    api_key: Option<String>,
+    http: reqwest::Client,
+}
+
+/// How long a client request may take before the command gives up.
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+impl Client {
+    pub(crate) fn new(args: &ClientArgs, file: &FileConfig) -> anyhow::Result<Self> {
+        let base = args
+            .api
+            .clone()
+            .or_else(|| file.api.clone())
+            .unwrap_or_else(|| DEFAULT_API.into());
+        let base = base.trim_end_matches('/').to_string();
+        reqwest::Url::parse(&base).with_context(|| format!("--api {base:?} is not a URL"))?;
+        let api_key = args.api_key.clone().or_else(|| file.api_key.clone());
+        let http = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .build()?;
+        Ok(Self {
+            base,
+            api_key,
+            http,
+        })
+    }
+
+    /// `GET path` as JSON.
+    pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.get(&url);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let response = request.send().await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot reach the coordinator at {}: {} (is `hearth coordinator` running? set --api or HEARTH_API)",
+                self.base,
+                root_cause(&e)
+            )
+        })?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .with_context(|| format!("reading {url}"))?;
+        if !status.is_success() {
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            bail!("{url}: {status}: {message}");
+        }
+        serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
+    }
+}
+
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(next) = cause.source() {
+        cause = next;
+    }
+    cause.to_string()
+}

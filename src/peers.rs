@@ -1,0 +1,63 @@
+//! `hearth peers`.
+
+use hearth_protocol::api::PeerEntry;
+
+use crate::cli::PeersArgs;
+use crate::client::Client;
+use crate::config::FileConfig;
+
+pub(crate) async fn run(args: PeersArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let client = Client::new(&args.client, file)?;
+    let peers: Vec<serde_json::Value> = client.get("/v1/peers").await?;
+    if args.json {
+        // Pass the coordinator's objects through whole: fields added later reach scripts unchanged.
+        println!("{}", serde_json::to_string_pretty(&peers)?);
+        return Ok(());
+    }
+    let peers: Vec<PeerEntry> = peers
+        .into_iter()
+        .map(serde_json::from_value)
+        .collect::<Result<_, _>>()?;
+    print!("{}", table(&peers));
+    Ok(())
+}
+
+/// The human view of the swarm: one line per peer, then a count.
+pub(crate) fn table(peers: &[PeerEntry]) -> String {
+    use std::fmt::Write;
+
+    let mut out = String::new();
+    if peers.is_empty() {
+        out.push_str("no peers yet\n");
+        return out;
+    }
+    let _ = writeln!(
+        out,
+        "{:<52}  {:<7}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>7}",
+        "PEER", "STATE", "BACKEND", "DEVICE", "MEMORY FREE/TOTAL", "THREADS", "SCORE", "SEEN"
+    );
+    for p in peers {
+        let c = &p.capabilities;
+        let memory = format!("{}/{}", gib(c.memory_free_bytes), gib(c.memory_total_bytes));
+        let device: String = c.device.chars().take(28).collect();
+        let _ = writeln!(
+            out,
+            "{:<52}  {:<7}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}s",
+            p.peer_id.to_string(),
+            if p.online { "online" } else { "offline" },
+            c.backend.as_str(),
+            device,
+            memory,
+            c.threads,
+            c.score,
+            p.last_seen_ms_ago / 1000,
+        );
+    }
+    let online = peers.iter().filter(|p| p.online).count();
+    let _ = writeln!(out, "{} peers, {online} online", peers.len());
+    out
+}
+
+fn gib(bytes: u64) -> String {
+    format!("{:.1}", bytes as f64 / f64::from(1u32 << 30))
+}

@@ -1,0 +1,59 @@
+//! `hearth node` and `hearth coordinator`: merge flags, environment and config, then run until a
+//! signal.
+
+use hearth_coordinator::CoordinatorConfig;
+use hearth_net::libp2p::Multiaddr;
+use hearth_node::NodeConfig;
+
+use crate::cli::{CoordinatorArgs, NodeArgs};
+use crate::config::{FileConfig, default_data_dir, default_models_dir, pick};
+use crate::shutdown_signal;
+
+pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()> {
+    let data_dir = pick(args.data_dir, file.node.data_dir, || {
+        default_data_dir("node")
+    })?;
+    let models_dir = pick(args.models, file.models, default_models_dir)?;
+    let mut config = NodeConfig::new(data_dir, models_dir);
+    config.join = non_empty(args.join).or(file.node.join).unwrap_or_default();
+    if let Some(listen) = non_empty(args.listen).or(file.node.listen) {
+        config.net.listen = multiaddrs(&listen)?;
+    }
+    config.net.mdns = !args.no_mdns && file.node.mdns.unwrap_or(true);
+    config.threads = args.threads.or(file.node.threads);
+    if config.threads == Some(0) {
+        anyhow::bail!("--threads must be at least 1");
+    }
+    hearth_node::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyhow::Result<()> {
+    let data_dir = pick(args.data_dir, file.coordinator.data_dir, || {
+        default_data_dir("coordinator")
+    })?;
+    let mut config = CoordinatorConfig::new(data_dir);
+    if let Some(listen) = non_empty(args.listen).or(file.coordinator.listen) {
+        config.net.listen = multiaddrs(&listen)?;
+    }
+    if let Some(http) = args.http.or(file.coordinator.http) {
+        config.http = http;
+    }
+    config.net.mdns = !args.no_mdns && file.coordinator.mdns.unwrap_or(true);
+    hearth_coordinator::run(config, shutdown_signal()).await?;
+    Ok(())
+}
+
+fn non_empty(values: Vec<String>) -> Option<Vec<String>> {
+    (!values.is_empty()).then_some(values)
+}
+
+fn multiaddrs(values: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    values
+        .iter()
+        .map(|v| {
+            v.parse()
+                .map_err(|e| anyhow::anyhow!("--listen {v:?}: not a multiaddr ({e})"))
+        })
+        .collect()
+}

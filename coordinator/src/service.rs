@@ -17,7 +17,8 @@ use hearth_net::libp2p::multiaddr::Protocol;
 use hearth_net::libp2p::swarm::SwarmEvent;
 use hearth_net::libp2p::{Multiaddr, Swarm, gossipsub};
 use hearth_net::{
-    Behaviour, BehaviourEvent, Gossip, NetConfig, build_swarm, discover, load_or_create_identity,
+    Behaviour, BehaviourEvent, Connections, Gossip, NetConfig, build_swarm, discover,
+    load_or_create_identity,
 };
 use hearth_protocol::api::SwarmInfo;
 use hearth_protocol::{Message, PeerId};
@@ -115,6 +116,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             swarm,
             peer,
             gossip: Gossip::default(),
+            connections: Connections::default(),
             registry: Registry::default(),
             listen_addrs: Vec::new(),
             started: Instant::now(),
@@ -133,6 +135,7 @@ struct Coordinator {
     swarm: Swarm<Behaviour>,
     peer: PeerId,
     gossip: Gossip,
+    connections: Connections,
     registry: Registry,
     listen_addrs: Vec<Multiaddr>,
     started: Instant,
@@ -195,16 +198,25 @@ impl Coordinator {
                 self.listen_addrs.retain(|a| a != &address)
             }
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.connections
+                    .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                tracing::debug!(peer = %peer_id, "disconnected");
+                self.connections.on_closed(peer_id, connection_id);
+                if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, "disconnected");
+                }
             }
             SwarmEvent::Behaviour(event) => {
                 if let Some(BehaviourEvent::Gossipsub(gossipsub::Event::Message {

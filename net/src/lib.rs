@@ -11,6 +11,7 @@
 //! is its libp2p identity and its receipt signer ([`keypair`], [`to_libp2p_peer_id`]).
 
 mod behaviour;
+mod connections;
 mod discovery;
 mod gossip;
 mod identity_file;
@@ -20,6 +21,7 @@ mod penalties;
 pub use behaviour::{
     Behaviour, BehaviourEvent, BoxError, NetConfig, build_swarm, identify_protocol,
 };
+pub use connections::Connections;
 pub use discovery::discover;
 pub use gossip::{ADVERT_TOPIC, Gossip, Received};
 pub use identity_file::{IDENTITY_FILE, IdentityError, load_identity, load_or_create_identity};

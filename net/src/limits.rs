@@ -27,3 +27,8 @@ pub const BAD_MESSAGES_MAX: u32 = 3;
 /// Peers whose strikes are remembered at once; beyond it the ones with the fewest strikes are
 /// forgotten, so a Sybil flood cannot grow the table without bound.
 pub const PENALTY_PEERS_MAX: usize = 4096;
+
+/// Age past which an older connection from a peer that connects again is taken as left over from
+/// before a restart. Two peers dialing each other at once make connections milliseconds apart; a
+/// restarted process takes longer than this to come back.
+pub const STALE_CONNECTION_GRACE: Duration = Duration::from_secs(1);

@@ -19,7 +19,7 @@ use hearth_net::libp2p::swarm::SwarmEvent;
 use hearth_net::libp2p::swarm::dial_opts::DialOpts;
 use hearth_net::libp2p::{Multiaddr, PeerId, Swarm, gossipsub};
 use hearth_net::{
-    Behaviour, BehaviourEvent, Gossip, build_swarm, discover, load_or_create_identity,
+    Behaviour, BehaviourEvent, Connections, Gossip, build_swarm, discover, load_or_create_identity,
 };
 use hearth_protocol::{Advert, Backend, Capabilities, Message, SecretKey};
 use tokio::sync::mpsc;
@@ -79,17 +79,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         );
 
         let swarm = build_swarm(&key, &config.net)?;
+        let (addr_tx, addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
         let mut node = Node {
             swarm,
             key,
             gossip: Gossip::default(),
+            connections: Connections::default(),
+            addr_tx,
             caps,
             seq: 0,
             heartbeat_interval: config.heartbeat_interval,
             last_advert: None,
             join: Join::new(targets),
         };
-        node.event_loop(shutdown).await;
+        node.event_loop(addr_rx, shutdown).await;
         tracing::info!("stopped");
         Ok(())
     }
@@ -101,6 +104,9 @@ struct Node {
     swarm: Swarm<Behaviour>,
     key: SecretKey,
     gossip: Gossip,
+    connections: Connections,
+    /// Where resolved join addresses are sent back to the loop.
+    addr_tx: mpsc::Sender<Vec<Multiaddr>>,
     caps: Capabilities,
     seq: u64,
     heartbeat_interval: Duration,
@@ -109,12 +115,15 @@ struct Node {
 }
 
 impl Node {
-    async fn event_loop(&mut self, shutdown: impl Future<Output = ()>) {
+    async fn event_loop(
+        &mut self,
+        mut addr_rx: mpsc::Receiver<Vec<Multiaddr>>,
+        shutdown: impl Future<Output = ()>,
+    ) {
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(MissedTickBehavior::Delay);
-        let (addr_tx, mut addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
@@ -124,7 +133,7 @@ impl Node {
                 _ = heartbeat.tick() => self.advertise(),
                 _ = redial.tick() => {
                     if !self.join.connected(&self.swarm) {
-                        self.join.refresh(&mut self.swarm, &addr_tx);
+                        self.join.refresh(&mut self.swarm, &self.addr_tx);
                     }
                 }
             }
@@ -158,17 +167,30 @@ impl Node {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
             SwarmEvent::ConnectionEstablished {
-                peer_id, endpoint, ..
+                peer_id,
+                connection_id,
+                endpoint,
+                ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                self.connections
+                    .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
                 self.join.on_connected(peer_id, &endpoint);
             }
             SwarmEvent::ConnectionClosed {
                 peer_id,
-                num_established: 0,
+                connection_id,
+                num_established,
                 ..
             } => {
-                tracing::debug!(peer = %peer_id, "disconnected");
+                self.connections.on_closed(peer_id, connection_id);
+                if num_established == 0 {
+                    tracing::debug!(peer = %peer_id, "disconnected");
+                    // Lost a join peer: dial it again now rather than at the next redial tick.
+                    if self.join.peers.contains(&peer_id) {
+                        self.join.refresh(&mut self.swarm, &self.addr_tx);
+                    }
+                }
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");

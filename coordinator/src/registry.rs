@@ -19,8 +19,8 @@ pub enum Input {
     Advert {
         /// The advertising peer.
         from: PeerId,
-        /// What it advertised.
-        advert: Advert,
+        /// What it advertised (boxed: adverts are large, ticks are empty).
+        advert: Box<Advert>,
     },
     /// Time passed; check for silent peers.
     Tick,
@@ -70,7 +70,7 @@ impl Registry {
     /// Apply one input at time `now_ms` (milliseconds on any monotonic clock).
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
         match input {
-            Input::Advert { from, advert } => self.on_advert(now_ms, from, advert),
+            Input::Advert { from, advert } => self.on_advert(now_ms, from, *advert),
             Input::Tick => self.on_tick(now_ms),
         }
     }
@@ -200,7 +200,7 @@ mod tests {
                 0,
                 Input::Advert {
                     from: a,
-                    advert: advert(1000)
+                    advert: Box::new(advert(1000))
                 }
             ),
             vec![Output::Joined(a)]
@@ -227,7 +227,7 @@ mod tests {
                 limit + 5,
                 Input::Advert {
                     from: a,
-                    advert: advert(1000)
+                    advert: Box::new(advert(1000))
                 }
             ),
             vec![Output::Returned(a)]
@@ -245,7 +245,7 @@ mod tests {
             0,
             Input::Advert {
                 from: a,
-                advert: advert(u32::MAX),
+                advert: Box::new(advert(u32::MAX)),
             },
         );
         let latest = HEARTBEATS_MISSED_MAX * HEARTBEAT_INTERVAL_MAX_MS + 1;
@@ -264,7 +264,7 @@ mod tests {
                 0,
                 Input::Advert {
                     from: peer(n),
-                    advert: advert(1000),
+                    advert: Box::new(advert(1000)),
                 },
             );
         }
@@ -274,7 +274,7 @@ mod tests {
                 1,
                 Input::Advert {
                     from: newcomer,
-                    advert: advert(1000)
+                    advert: Box::new(advert(1000))
                 }
             ),
             vec![Output::Refused(newcomer)]
@@ -285,7 +285,7 @@ mod tests {
                 3500,
                 Input::Advert {
                     from: peer(n),
-                    advert: advert(1000),
+                    advert: Box::new(advert(1000)),
                 },
             );
         }
@@ -295,7 +295,7 @@ mod tests {
                 3502,
                 Input::Advert {
                     from: newcomer,
-                    advert: advert(1000)
+                    advert: Box::new(advert(1000))
                 }
             ),
             vec![Output::Joined(newcomer)]

@@ -236,7 +236,7 @@ impl Coordinator {
                         self.now_ms(),
                         Input::Advert {
                             from: received.from,
-                            advert,
+                            advert: Box::new(advert),
                         },
                     );
                     self.log(outputs);

@@ -28,7 +28,7 @@ enum Rejection {
     #[error(transparent)]
     Protocol(#[from] hearth_protocol::Error),
     #[error("signed by {signer} but published by {author}")]
-    WrongAuthor { signer: PeerId, author: String },
+    WrongAuthor { signer: String, author: String },
 }
 
 /// Gossip in and out for one swarm, with the strikes of peers that sent invalid messages.
@@ -74,7 +74,7 @@ impl Gossip {
                     Ok(msg)
                 } else {
                     Err(Rejection::WrongAuthor {
-                        signer,
+                        signer: signer.to_string(),
                         author: message.source.map_or("nobody".into(), |a| a.to_string()),
                     })
                 }

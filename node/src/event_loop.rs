@@ -210,15 +210,14 @@ impl Node {
                         tracing::trace!(from = %received.from, "gossip");
                     }
                 }
-                Some(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. })) => {
-                    // A new subscriber (the coordinator, at first): tell it about us now rather
-                    // than at the next heartbeat.
+                // A new subscriber (the coordinator, at first): tell it about us now rather than
+                // at the next heartbeat.
+                Some(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. }))
                     if self
                         .last_advert
-                        .is_none_or(|t| t.elapsed() >= EAGER_ADVERT_GAP)
-                    {
-                        self.advertise();
-                    }
+                        .is_none_or(|t| t.elapsed() >= EAGER_ADVERT_GAP) =>
+                {
+                    self.advertise();
                 }
                 _ => {}
             },

@@ -72,7 +72,7 @@ impl PublicKey {
 
     /// The peer id of this key.
     pub fn peer_id(&self) -> PeerId {
-        PeerId(*self)
+        PeerId(self.to_bytes())
     }
 
     /// Check `signature` over `message`, refusing malleable and small-order forms.
@@ -142,8 +142,10 @@ impl<'de> Deserialize<'de> for Signature {
 }
 
 /// A peer's identity: its public key, displayed as libp2p displays the peer id of an ed25519 key.
+/// Holds the 32 compressed key bytes, checked to be a valid key when the id is made, so ids stay
+/// small to copy and compare.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PeerId(PublicKey);
+pub struct PeerId([u8; PublicKey::BYTES]);
 
 /// The identity multihash header (code 0x00, length 36) followed by the protobuf header of an
 /// ed25519 `PublicKey` message (field 1 = key type 1, field 2 = 32 bytes).
@@ -152,14 +154,14 @@ const PEER_ID_PREFIX: [u8; 6] = [0x00, 0x24, 0x08, 0x01, 0x12, 0x20];
 impl PeerId {
     /// The public key this id names.
     pub fn public_key(&self) -> PublicKey {
-        self.0
+        PublicKey::from_bytes(&self.0).expect("peer ids are made from valid keys only")
     }
 
     /// The multihash bytes libp2p uses for this peer id.
     pub fn to_multihash_bytes(&self) -> Vec<u8> {
         let mut bytes = Vec::with_capacity(PEER_ID_PREFIX.len() + PublicKey::BYTES);
         bytes.extend_from_slice(&PEER_ID_PREFIX);
-        bytes.extend_from_slice(&self.0.to_bytes());
+        bytes.extend_from_slice(&self.0);
         bytes
     }
 
@@ -169,7 +171,7 @@ impl PeerId {
             .strip_prefix(&PEER_ID_PREFIX[..])
             .and_then(|key| <&[u8; PublicKey::BYTES]>::try_from(key).ok())
             .ok_or_else(|| Error::InvalidPeerId("not an ed25519 identity multihash".into()))?;
-        PublicKey::from_bytes(key).map(Self)
+        PublicKey::from_bytes(key).map(|key| key.peer_id())
     }
 
     /// The last six characters of the id: enough to tell peers apart in logs.
@@ -205,7 +207,7 @@ impl Serialize for PeerId {
         if serializer.is_human_readable() {
             serializer.collect_str(self)
         } else {
-            self.0.serialize(serializer)
+            fixed_bytes::serialize(&self.0, serializer)
         }
     }
 }
@@ -216,7 +218,7 @@ impl<'de> Deserialize<'de> for PeerId {
             let s = String::deserialize(deserializer)?;
             s.parse().map_err(serde::de::Error::custom)
         } else {
-            PublicKey::deserialize(deserializer).map(Self)
+            PublicKey::deserialize(deserializer).map(|key| key.peer_id())
         }
     }
 }

@@ -1,0 +1,236 @@
+//! Hostile peers and careless users: invalid gossip is dropped with a warning naming the sender, the
+//! sender is penalized and, after repeated offences, blocked; the coordinator keeps serving.
+
+mod support;
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use hearth_net::libp2p::swarm::SwarmEvent;
+use hearth_net::libp2p::{Multiaddr, PeerId, Swarm, gossipsub};
+use hearth_net::{ADVERT_TOPIC, Behaviour, BehaviourEvent, NetConfig, build_swarm};
+use hearth_protocol::api::SwarmInfo;
+use hearth_protocol::{
+    Advert, Backend, Capabilities, FRAME_BYTES_MAX, Message, PROTOCOL_VERSION, SecretKey, Signed,
+    codec,
+};
+use support::{Process, entry, keygen, peers, wait_for_api, wait_until};
+
+fn rogue(seed: u8) -> (SecretKey, Swarm<Behaviour>) {
+    let key = SecretKey::from_bytes(&[seed; 32]);
+    let config = NetConfig {
+        listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
+        mdns: false,
+        agent: "rogue".into(),
+    };
+    let swarm = build_swarm(&key, &config).expect("swarm");
+    (key, swarm)
+}
+
+fn advert() -> Message {
+    Message::Advert(Advert {
+        seq: 0,
+        heartbeat_interval_ms: 2000,
+        capabilities: Capabilities {
+            backend: Backend::Cpu,
+            device: "definitely real".into(),
+            memory_total_bytes: 1 << 40,
+            memory_free_bytes: 1 << 40,
+            threads: 1024,
+            cpu_model: "definitely real".into(),
+            cpu_cores: 1024,
+            cpu_features: vec![],
+            host_memory_total_bytes: 1 << 40,
+            os: "linux".into(),
+            arch: "x86_64".into(),
+            score: 1e6,
+            numeric_class: Default::default(),
+            models: vec![],
+        },
+    })
+}
+
+/// Poll `swarm` until `done` returns true for an event, or `timeout` passes. Returns whether it did.
+async fn drive(
+    swarm: &mut Swarm<Behaviour>,
+    timeout: Duration,
+    mut done: impl FnMut(&SwarmEvent<BehaviourEvent>) -> bool,
+) -> bool {
+    tokio::time::timeout(timeout, async {
+        loop {
+            let event = swarm.select_next_some().await;
+            if done(&event) {
+                return;
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
+/// Connect `swarm` to the coordinator and wait until it knows the coordinator takes adverts.
+async fn join(swarm: &mut Swarm<Behaviour>, coordinator: PeerId, addrs: &[Multiaddr]) {
+    for addr in addrs {
+        swarm.dial(addr.clone()).expect("dial");
+    }
+    let subscribed = drive(swarm, Duration::from_secs(10), |event| {
+        matches!(event, SwarmEvent::Behaviour(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. })) if *peer_id == coordinator)
+    })
+    .await;
+    assert!(subscribed, "rogue never saw the coordinator subscribe");
+}
+
+async fn publish(swarm: &mut Swarm<Behaviour>, frames: Vec<Vec<u8>>) {
+    for frame in frames {
+        swarm
+            .behaviour_mut()
+            .gossipsub
+            .publish(gossipsub::IdentTopic::new(ADVERT_TOPIC), frame)
+            .expect("publish");
+        // Let it go out before the next.
+        drive(swarm, Duration::from_millis(300), |_| false).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("coordinator");
+    let mut coordinator = Process::start(
+        "coordinator",
+        tmp.path(),
+        &[],
+        &[
+            "coordinator",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+            "--http",
+            "127.0.0.1:0",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+    );
+    let api = wait_for_api(&dir, &mut coordinator);
+    let node_dir = tmp.path().join("node");
+    let honest = keygen(&node_dir);
+    let _node = Process::start(
+        "node",
+        tmp.path(),
+        &[],
+        &[
+            "node",
+            "--data-dir",
+            node_dir.to_str().expect("utf-8"),
+            "--join",
+            &api,
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+        ],
+    );
+    wait_until(Duration::from_secs(10), "honest node online", || {
+        entry(&peers(&[], &api), &honest)
+            .is_some_and(|p| p["online"] == true)
+            .then_some(())
+    });
+
+    let info: SwarmInfo = reqwest::get(format!("{api}/v1/swarm"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let coordinator_id = hearth_net::to_libp2p_peer_id(&info.peer_id);
+    let addrs: Vec<Multiaddr> = info
+        .addrs
+        .iter()
+        .map(|a| a.parse().expect("multiaddr"))
+        .collect();
+
+    // Rogue 1: an oversized frame and one of a future protocol version. Two strikes: warned, not blocked.
+    let (key1, mut rogue1) = rogue(0xA1);
+    join(&mut rogue1, coordinator_id, &addrs).await;
+    let mut oversized = codec::header(FRAME_BYTES_MAX + 1).to_vec();
+    oversized.resize(oversized.len() + FRAME_BYTES_MAX + 1, 7);
+    let mut future = Signed::seal(&key1, &advert()).expect("seal");
+    future[4..6].copy_from_slice(&(PROTOCOL_VERSION + 1).to_le_bytes());
+    publish(&mut rogue1, vec![oversized, future]).await;
+
+    // Rogue 2: garbage, a forged signature, and another peer's advert passed off as its own.
+    let (key2, mut rogue2) = rogue(0xB2);
+    join(&mut rogue2, coordinator_id, &addrs).await;
+    let mut envelope: Signed =
+        codec::decode(&Signed::seal(&key2, &advert()).expect("seal")).expect("decode");
+    envelope.signature.0[0] ^= 1;
+    let forged_signature = codec::encode(&envelope).expect("encode");
+    let someone_else = Signed::seal(&SecretKey::from_bytes(&[0xC3; 32]), &advert()).expect("seal");
+    // A valid header over bytes that decode as nothing.
+    let mut garbage = codec::header(8).to_vec();
+    garbage.extend_from_slice(&[0xff; 8]);
+    publish(&mut rogue2, vec![garbage, forged_signature, someone_else]).await;
+
+    // The third strike blocks rogue 2: its connection is closed and it cannot come back.
+    if rogue2.is_connected(&coordinator_id) {
+        let closed = drive(&mut rogue2, Duration::from_secs(10), |event| {
+            matches!(event, SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if *peer_id == coordinator_id)
+        })
+        .await;
+        assert!(closed, "blocked rogue still connected");
+    }
+    for addr in &addrs {
+        let _ = rogue2.dial(addr.clone());
+    }
+    drive(&mut rogue2, Duration::from_secs(3), |_| false).await;
+    assert!(
+        !rogue2.is_connected(&coordinator_id),
+        "blocked rogue reconnected"
+    );
+    // Rogue 1 stays connected: two strikes are a warning.
+    drive(&mut rogue1, Duration::from_millis(500), |_| false).await;
+    assert!(
+        rogue1.is_connected(&coordinator_id),
+        "rogue 1 was cut off before the limit"
+    );
+
+    let log = coordinator.log_text();
+    let id1 = rogue1.local_peer_id().to_string();
+    let id2 = rogue2.local_peer_id().to_string();
+    let warned = |peer: &str, reason: &str| {
+        log.lines().any(|l| {
+            l.contains("WARN")
+                && l.contains("dropped invalid message")
+                && l.contains(&format!("peer={peer}"))
+                && l.contains(reason)
+        })
+    };
+    for (peer, reason) in [
+        (&id1, "frame too large"),
+        (&id1, &format!("protocol version {}", PROTOCOL_VERSION + 1)),
+        (&id2, "malformed payload"),
+        (&id2, "bad signature"),
+        (&id2, "signed by"),
+    ] {
+        assert!(
+            warned(peer, reason),
+            "no warning naming {peer} for {reason:?}:\n{log}"
+        );
+    }
+    assert!(
+        log.lines()
+            .any(|l| l.contains("blocking peer") && l.contains(&id2)),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("blocking peer") && l.contains(&id1)),
+        "{log}"
+    );
+
+    // Nothing the rogues sent reached the registry, and the coordinator still serves.
+    coordinator.assert_running();
+    let listed = peers(&[], &api);
+    assert_eq!(listed.len(), 1, "{listed:#?}");
+    assert_eq!(listed[0]["peer_id"], honest.as_str());
+    assert_eq!(listed[0]["online"], true);
+}

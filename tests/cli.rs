@@ -1,0 +1,96 @@
+//! The command line's answers to bad input: one clear line and a non-zero exit.
+
+mod support;
+
+use std::process::Output;
+
+use support::run_hearth;
+
+fn one_line_error(out: &Output) -> String {
+    assert!(
+        !out.status.success(),
+        "expected failure; stdout: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr).trim_end().to_string();
+    assert_eq!(stderr.lines().count(), 1, "one line expected:\n{stderr}");
+    stderr
+}
+
+#[test]
+fn unknown_flags_get_one_line_and_exit_2() {
+    let out = run_hearth(&[], &["node", "--no-such-flag"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(one_line_error(&out).contains("--no-such-flag"));
+    let out = run_hearth(&[], &["frobnicate"]);
+    assert!(one_line_error(&out).contains("frobnicate"));
+}
+
+#[test]
+fn unreadable_or_invalid_config_gets_one_line() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("missing.toml");
+    let out = run_hearth(
+        &[],
+        &["--config", missing.to_str().expect("utf-8"), "peers"],
+    );
+    assert!(one_line_error(&out).contains("missing.toml"));
+
+    let bad = tmp.path().join("bad.toml");
+    std::fs::write(&bad, "[node]\nthreads = \"lots\"\n").expect("write");
+    let out = run_hearth(&[], &["--config", bad.to_str().expect("utf-8"), "peers"]);
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("bad.toml") && line.contains("line 2"),
+        "{line}"
+    );
+}
+
+#[test]
+fn config_file_supplies_what_flags_leave_out() {
+    // The API URL comes from the file; the error names it, so it was used.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let file = tmp.path().join("config.toml");
+    std::fs::write(&file, "api = \"http://127.0.0.1:9\"\n").expect("write");
+    let out = run_hearth(&[], &["--config", file.to_str().expect("utf-8"), "peers"]);
+    assert!(one_line_error(&out).contains("http://127.0.0.1:9"));
+    // A flag beats the file.
+    let out = run_hearth(
+        &[],
+        &[
+            "--config",
+            file.to_str().expect("utf-8"),
+            "peers",
+            "--api",
+            "http://127.0.0.1:10",
+        ],
+    );
+    assert!(one_line_error(&out).contains("http://127.0.0.1:10"));
+}
+
+#[test]
+fn keygen_keeps_an_existing_identity() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let first = support::keygen(tmp.path());
+    assert!(first.starts_with("12D3KooW"), "{first}");
+    assert_eq!(support::keygen(tmp.path()), first);
+}
+
+#[test]
+fn every_command_has_help() {
+    for command in [
+        &["--help"][..],
+        &["node", "--help"],
+        &["coordinator", "--help"],
+        &["peers", "--help"],
+        &["keygen", "--help"],
+        &["demo", "--help"],
+    ] {
+        let out = run_hearth(&[], command);
+        assert!(out.status.success(), "{command:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains("Usage:"),
+            "{command:?}"
+        );
+    }
+}

@@ -12,16 +12,11 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use futures::StreamExt;
+use hearth_net::libp2p::Multiaddr;
 use hearth_net::libp2p::multiaddr::Protocol;
-use hearth_net::libp2p::swarm::SwarmEvent;
-use hearth_net::libp2p::{Multiaddr, Swarm, gossipsub};
-use hearth_net::{
-    Behaviour, BehaviourEvent, Connections, Gossip, NetConfig, build_swarm, discover,
-    load_or_create_identity,
-};
+use hearth_net::{NetConfig, NetEvent, Network, load_or_create_identity};
+use hearth_protocol::Message;
 use hearth_protocol::api::SwarmInfo;
-use hearth_protocol::{Message, PeerId};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -81,7 +76,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
     let span = tracing::info_span!("coordinator", peer = %peer.short());
     async move {
         tracing::info!(peer_id = %peer, created, data_dir = %config.data_dir.display(), "identity");
-        let swarm = build_swarm(&key, &config.net)?;
+        let network = Network::new(key, &config.net)?;
 
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
@@ -113,10 +108,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         );
 
         let mut coordinator = Coordinator {
-            swarm,
-            peer,
-            gossip: Gossip::default(),
-            connections: Connections::default(),
+            network,
             registry: Registry::default(),
             listen_addrs: Vec::new(),
             started: Instant::now(),
@@ -132,10 +124,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
 }
 
 struct Coordinator {
-    swarm: Swarm<Behaviour>,
-    peer: PeerId,
-    gossip: Gossip,
-    connections: Connections,
+    network: Network,
     registry: Registry,
     listen_addrs: Vec<Multiaddr>,
     started: Instant,
@@ -157,7 +146,7 @@ impl Coordinator {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
+                event = self.network.next() => self.on_event(event),
                 Some(command) = commands.recv() => self.on_command(command),
                 _ = tick.tick() => {
                     let outputs = self.registry.handle(self.now_ms(), Input::Tick);
@@ -173,14 +162,15 @@ impl Coordinator {
                 let _ = reply.send(self.registry.entries(self.now_ms()));
             }
             Command::Swarm(reply) => {
-                let suffix = Protocol::P2p(hearth_net::to_libp2p_peer_id(&self.peer));
+                let peer = self.network.local_peer();
+                let suffix = Protocol::P2p(hearth_net::to_libp2p_peer_id(&peer));
                 let addrs = self
                     .listen_addrs
                     .iter()
                     .map(|a| a.clone().with(suffix.clone()).to_string())
                     .collect();
                 let _ = reply.send(SwarmInfo {
-                    peer_id: self.peer,
+                    peer_id: peer,
                     addrs,
                     protocol_version: hearth_protocol::PROTOCOL_VERSION,
                 });
@@ -188,61 +178,20 @@ impl Coordinator {
         }
     }
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    fn on_event(&mut self, event: NetEvent) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => {
-                tracing::info!(%address, "listening");
-                self.listen_addrs.push(address);
+            NetEvent::Listening(address) => self.listen_addrs.push(address),
+            NetEvent::ListenExpired(address) => self.listen_addrs.retain(|a| a != &address),
+            NetEvent::Message(received) => {
+                let Message::Advert(advert) = received.message;
+                let input = Input::Advert {
+                    from: received.from,
+                    advert: Box::new(advert),
+                };
+                let outputs = self.registry.handle(self.now_ms(), input);
+                self.log(outputs);
             }
-            SwarmEvent::ExpiredListenAddr { address, .. } => {
-                self.listen_addrs.retain(|a| a != &address)
-            }
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                ..
-            } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.connections
-                    .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
-            }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                connection_id,
-                num_established,
-                ..
-            } => {
-                self.connections.on_closed(peer_id, connection_id);
-                if num_established == 0 {
-                    tracing::debug!(peer = %peer_id, "disconnected");
-                }
-            }
-            SwarmEvent::Behaviour(event) => {
-                if let Some(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                    propagation_source,
-                    message_id,
-                    message,
-                })) = discover(&mut self.swarm, event)
-                    && let Some(received) = self.gossip.receive(
-                        &mut self.swarm,
-                        propagation_source,
-                        message_id,
-                        message,
-                    )
-                {
-                    let Message::Advert(advert) = received.message;
-                    let outputs = self.registry.handle(
-                        self.now_ms(),
-                        Input::Advert {
-                            from: received.from,
-                            advert: Box::new(advert),
-                        },
-                    );
-                    self.log(outputs);
-                }
-            }
-            _ => {}
+            NetEvent::Connected { .. } | NetEvent::Disconnected(_) | NetEvent::Subscribed(_) => {}
         }
     }
 

@@ -21,14 +21,14 @@ use crate::limits::STALE_CONNECTION_GRACE;
 
 /// When each open connection was established, per peer. Bounded by the connection limits.
 #[derive(Debug, Default)]
-pub struct Connections {
+pub(crate) struct Connections {
     open: HashMap<PeerId, Vec<(ConnectionId, Instant)>>,
 }
 
 impl Connections {
     /// Record a new connection; drop all of the peer's connections if it replaces a stale one.
     /// Returns true when it did.
-    pub fn on_established(
+    pub(crate) fn on_established(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         peer: PeerId,
@@ -50,7 +50,7 @@ impl Connections {
     }
 
     /// Forget a closed connection.
-    pub fn on_closed(&mut self, peer: PeerId, connection: ConnectionId) {
+    pub(crate) fn on_closed(&mut self, peer: PeerId, connection: ConnectionId) {
         if let Some(open) = self.open.get_mut(&peer) {
             open.retain(|(id, _)| *id != connection);
             if open.is_empty() {

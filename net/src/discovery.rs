@@ -7,7 +7,10 @@ use libp2p::{Swarm, identify, mdns};
 use crate::{Behaviour, BehaviourEvent, identify_protocol};
 
 /// Act on the discovery events in `event` (mDNS, identify) and hand back every other event.
-pub fn discover(swarm: &mut Swarm<Behaviour>, event: BehaviourEvent) -> Option<BehaviourEvent> {
+pub(crate) fn discover(
+    swarm: &mut Swarm<Behaviour>,
+    event: BehaviourEvent,
+) -> Option<BehaviourEvent> {
     match event {
         BehaviourEvent::Mdns(mdns::Event::Discovered(found)) => {
             for (peer, addr) in found {

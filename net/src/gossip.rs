@@ -33,14 +33,14 @@ enum Rejection {
 
 /// Gossip in and out for one swarm, with the strikes of peers that sent invalid messages.
 #[derive(Debug, Default)]
-pub struct Gossip {
+pub(crate) struct Gossip {
     penalties: Penalties<libp2p::PeerId>,
 }
 
 impl Gossip {
     /// Sign `message` and publish it on the advert topic. Fails when no subscribed peer is connected
     /// yet; the caller retries on its next heartbeat.
-    pub fn publish(
+    pub(crate) fn publish(
         &self,
         swarm: &mut Swarm<Behaviour>,
         key: &SecretKey,
@@ -59,7 +59,7 @@ impl Gossip {
     /// messages are accepted for forwarding and returned; invalid ones are rejected (gossipsub lowers
     /// the sender's score), logged with the sender, and struck against it, which blocks it at
     /// [`crate::BAD_MESSAGES_MAX`].
-    pub fn receive(
+    pub(crate) fn receive(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         propagation_source: libp2p::PeerId,
@@ -110,10 +110,5 @@ impl Gossip {
                 None
             }
         }
-    }
-
-    /// Strikes recorded against `peer`.
-    pub fn strikes(&self, peer: &libp2p::PeerId) -> u32 {
-        self.penalties.strikes(peer)
     }
 }

@@ -3,9 +3,10 @@
 //! Both roles join the same swarm with the same transports and behaviours, so this crate builds it
 //! once ([`build_swarm`]): QUIC with TCP + noise + yamux as fallback, identify, ping, mDNS on a LAN,
 //! Kademlia seeded with bootstrap peers, gossipsub for adverts, connection limits and a block list.
-//! Each role's event loop owns its swarm and hands gossip to [`Gossip::receive`], which opens the
-//! signed envelope, reports the verdict to gossipsub's peer scoring, and blocks peers that keep sending
-//! bad messages.
+//! Each role's event loop owns a [`Network`], which handles what every peer does with swarm events
+//! (discovery, stale connections, and checking gossip: opening the signed envelope, reporting
+//! the verdict to gossipsub's peer scoring, blocking peers that keep sending bad messages) and hands
+//! the role only the [`NetEvent`]s it acts on.
 //!
 //! Identity: a node's key lives in its data folder ([`load_or_create_identity`]); the same ed25519 key
 //! is its libp2p identity and its receipt signer ([`keypair`], [`to_libp2p_peer_id`]).
@@ -16,18 +17,20 @@ mod discovery;
 mod gossip;
 mod identity_file;
 mod limits;
+mod network;
 mod penalties;
 
 pub use behaviour::{
     Behaviour, BehaviourEvent, BoxError, NetConfig, build_swarm, identify_protocol,
 };
-pub use connections::Connections;
-pub use discovery::discover;
-pub use gossip::{ADVERT_TOPIC, Gossip, Received};
+use connections::Connections;
+use discovery::discover;
+use gossip::Gossip;
+pub use gossip::{ADVERT_TOPIC, Received};
 pub use identity_file::{IDENTITY_FILE, IdentityError, load_identity, load_or_create_identity};
 pub use libp2p;
 pub use limits::*;
-pub use penalties::{Penalties, Verdict};
+pub use network::{NetEvent, Network};
 
 use hearth_protocol::SecretKey;
 

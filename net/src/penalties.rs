@@ -8,7 +8,7 @@ use crate::limits::{BAD_MESSAGES_MAX, PENALTY_PEERS_MAX};
 
 /// What to do with a peer after a strike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Verdict {
+pub(crate) enum Verdict {
     /// Drop the message and warn; the peer has this many strikes.
     Warn(u32),
     /// The peer reached [`BAD_MESSAGES_MAX`]: block it.
@@ -17,7 +17,7 @@ pub enum Verdict {
 
 /// Strike counts per peer, bounded by [`PENALTY_PEERS_MAX`].
 #[derive(Debug)]
-pub struct Penalties<P> {
+pub(crate) struct Penalties<P> {
     strikes: HashMap<P, u32>,
 }
 
@@ -31,7 +31,7 @@ impl<P> Default for Penalties<P> {
 
 impl<P: Eq + Hash + Clone> Penalties<P> {
     /// Record an invalid message from `peer`.
-    pub fn strike(&mut self, peer: &P) -> Verdict {
+    pub(crate) fn strike(&mut self, peer: &P) -> Verdict {
         if !self.strikes.contains_key(peer) && self.strikes.len() >= PENALTY_PEERS_MAX {
             // Forget the least-struck peers (the ones with one strike) to make room.
             let floor = self.strikes.values().copied().min().unwrap_or(0);
@@ -47,18 +47,15 @@ impl<P: Eq + Hash + Clone> Penalties<P> {
     }
 
     /// Strikes recorded against `peer`.
-    pub fn strikes(&self, peer: &P) -> u32 {
+    #[cfg(test)]
+    fn strikes(&self, peer: &P) -> u32 {
         self.strikes.get(peer).copied().unwrap_or(0)
     }
 
     /// Peers tracked.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    fn len(&self) -> usize {
         self.strikes.len()
-    }
-
-    /// Whether no peer has a strike.
-    pub fn is_empty(&self) -> bool {
-        self.strikes.is_empty()
     }
 }
 

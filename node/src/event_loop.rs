@@ -11,17 +11,13 @@ use std::collections::{HashMap, HashSet};
 use std::future::Future;
 use std::time::Duration;
 
-use futures::StreamExt;
 use hearth_kernels::{BENCHMARK_DURATION, Hardware, benchmark_gflops_per_thread};
 use hearth_net::libp2p::core::ConnectedPoint;
 use hearth_net::libp2p::multiaddr::Protocol;
-use hearth_net::libp2p::swarm::SwarmEvent;
 use hearth_net::libp2p::swarm::dial_opts::DialOpts;
-use hearth_net::libp2p::{Multiaddr, PeerId, Swarm, gossipsub};
-use hearth_net::{
-    Behaviour, BehaviourEvent, Connections, Gossip, build_swarm, discover, load_or_create_identity,
-};
-use hearth_protocol::{Advert, Backend, Capabilities, Message, SecretKey};
+use hearth_net::libp2p::{Multiaddr, PeerId, Swarm};
+use hearth_net::{Behaviour, NetEvent, Network, load_or_create_identity};
+use hearth_protocol::{Advert, Backend, Capabilities, Message};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
@@ -78,13 +74,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "hardware"
         );
 
-        let swarm = build_swarm(&key, &config.net)?;
         let (addr_tx, addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
         let mut node = Node {
-            swarm,
-            key,
-            gossip: Gossip::default(),
-            connections: Connections::default(),
+            network: Network::new(key, &config.net)?,
             addr_tx,
             caps,
             seq: 0,
@@ -101,10 +93,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 }
 
 struct Node {
-    swarm: Swarm<Behaviour>,
-    key: SecretKey,
-    gossip: Gossip,
-    connections: Connections,
+    network: Network,
     /// Where resolved join addresses are sent back to the loop.
     addr_tx: mpsc::Sender<Vec<Multiaddr>>,
     caps: Capabilities,
@@ -128,12 +117,12 @@ impl Node {
         loop {
             tokio::select! {
                 () = &mut shutdown => break,
-                event = self.swarm.select_next_some() => self.on_swarm_event(event),
-                Some(addrs) = addr_rx.recv() => self.join.dial(&mut self.swarm, addrs),
+                event = self.network.next() => self.on_event(event),
+                Some(addrs) = addr_rx.recv() => self.join.dial(&mut self.network.swarm, addrs),
                 _ = heartbeat.tick() => self.advertise(),
                 _ = redial.tick() => {
-                    if !self.join.connected(&self.swarm) {
-                        self.join.refresh(&mut self.swarm, &self.addr_tx);
+                    if !self.join.connected(&self.network.swarm) {
+                        self.join.refresh(&mut self.network.swarm, &self.addr_tx);
                     }
                 }
             }
@@ -152,7 +141,7 @@ impl Node {
                 .unwrap_or(u32::MAX),
             capabilities: self.caps.clone(),
         });
-        match self.gossip.publish(&mut self.swarm, &self.key, &advert) {
+        match self.network.publish(&advert) {
             Ok(()) => {
                 tracing::debug!(seq = self.seq, "advert sent");
                 self.seq += 1;
@@ -163,64 +152,23 @@ impl Node {
         }
     }
 
-    fn on_swarm_event(&mut self, event: SwarmEvent<BehaviourEvent>) {
+    fn on_event(&mut self, event: NetEvent) {
         match event {
-            SwarmEvent::NewListenAddr { address, .. } => tracing::info!(%address, "listening"),
-            SwarmEvent::ConnectionEstablished {
-                peer_id,
-                connection_id,
-                endpoint,
-                ..
-            } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
-                self.connections
-                    .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
-                self.join.on_connected(peer_id, &endpoint);
+            NetEvent::Connected { peer, endpoint } => self.join.on_connected(peer, &endpoint),
+            // Lost a join peer: dial it again now rather than at the next redial tick.
+            NetEvent::Disconnected(peer) if self.join.peers.contains(&peer) => {
+                self.join.refresh(&mut self.network.swarm, &self.addr_tx);
             }
-            SwarmEvent::ConnectionClosed {
-                peer_id,
-                connection_id,
-                num_established,
-                ..
-            } => {
-                self.connections.on_closed(peer_id, connection_id);
-                if num_established == 0 {
-                    tracing::debug!(peer = %peer_id, "disconnected");
-                    // Lost a join peer: dial it again now rather than at the next redial tick.
-                    if self.join.peers.contains(&peer_id) {
-                        self.join.refresh(&mut self.swarm, &self.addr_tx);
-                    }
-                }
+            // A new subscriber (the coordinator, at first): tell it about us now rather than at the
+            // next heartbeat.
+            NetEvent::Subscribed(_)
+                if self
+                    .last_advert
+                    .is_none_or(|t| t.elapsed() >= EAGER_ADVERT_GAP) =>
+            {
+                self.advertise();
             }
-            SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
-                tracing::debug!(peer = ?peer_id, %error, "dial failed");
-            }
-            SwarmEvent::Behaviour(event) => match discover(&mut self.swarm, event) {
-                Some(BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                    propagation_source,
-                    message_id,
-                    message,
-                })) => {
-                    if let Some(received) = self.gossip.receive(
-                        &mut self.swarm,
-                        propagation_source,
-                        message_id,
-                        message,
-                    ) {
-                        tracing::trace!(from = %received.from, "gossip");
-                    }
-                }
-                // A new subscriber (the coordinator, at first): tell it about us now rather than
-                // at the next heartbeat.
-                Some(BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { .. }))
-                    if self
-                        .last_advert
-                        .is_none_or(|t| t.elapsed() >= EAGER_ADVERT_GAP) =>
-                {
-                    self.advertise();
-                }
-                _ => {}
-            },
+            NetEvent::Message(received) => tracing::trace!(from = %received.from, "gossip"),
             _ => {}
         }
     }

@@ -196,6 +196,19 @@ fn bad_frames_are_refused_with_the_reason() {
         Signed::open(&Signed::seal(&key, &loud).expect("fits")),
         Err(Error::Limit(_))
     ));
+
+    // A NaN score (found by the fuzzer: it cannot even equal itself) is refused the same way.
+    let mut caps = sample_capabilities();
+    caps.score = f64::NAN;
+    let nan = Message::Advert(Advert {
+        seq: 1,
+        heartbeat_interval_ms: 2000,
+        capabilities: caps,
+    });
+    assert!(matches!(
+        Signed::open(&Signed::seal(&key, &nan).expect("fits")),
+        Err(Error::Limit(_))
+    ));
 }
 
 #[test]

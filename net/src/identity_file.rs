@@ -55,20 +55,23 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<(SecretKey, bool), Ide
     let key = SecretKey::from_bytes(&seed);
     seed.fill(0);
 
-    // Write beside the final name and rename, so a crash never leaves a half-written key; create_new
-    // so two processes racing on one folder cannot both win.
+    // Write beside the final name, then link it into place: a crash never leaves a half-written key,
+    // and the link fails if another process made a key first, in which case theirs is kept so the
+    // folder has one identity.
     let tmp = data_dir.join(format!("{IDENTITY_FILE}.tmp{}", std::process::id()));
     let mut file = private_file_options().open(&tmp).map_err(io)?;
     let mut bytes = key.to_bytes();
     let written = file.write_all(&bytes).and_then(|()| file.sync_all());
     bytes.fill(0);
-    written.map_err(io)?;
-    if path.exists() {
-        // Another process made one first: use theirs, so the folder keeps one identity.
-        let _ = fs::remove_file(&tmp);
-        return load_identity(data_dir).map(|key| (key, false));
+    let linked = written.and_then(|()| fs::hard_link(&tmp, &path));
+    let _ = fs::remove_file(&tmp);
+    match linked {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            return load_identity(data_dir).map(|key| (key, false));
+        }
+        Err(source) => return Err(io(source)),
     }
-    fs::rename(&tmp, &path).map_err(io)?;
     Ok((key, true))
 }
 

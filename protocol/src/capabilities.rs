@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-use crate::{ADVERT_MODELS_MAX, ADVERT_STRING_BYTES_MAX, Error, ModelId, Result};
+use crate::{
+    ADVERT_FEATURES_MAX, ADVERT_MODELS_MAX, ADVERT_STRING_BYTES_MAX, Error, ModelId, Result,
+};
 
 /// Where a peer runs its kernels.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -83,7 +85,7 @@ impl Capabilities {
                 self.models.len()
             )));
         }
-        if self.cpu_features.len() > ADVERT_MODELS_MAX {
+        if self.cpu_features.len() > ADVERT_FEATURES_MAX {
             return Err(Error::Limit(format!(
                 "{} CPU features listed",
                 self.cpu_features.len()

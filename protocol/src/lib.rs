@@ -29,8 +29,8 @@ pub use digest::{Digest, ModelId};
 pub use error::{Error, Result};
 pub use identity::{PeerId, PublicKey, SecretKey, Signature};
 pub use limits::{
-    ADVERT_MODELS_MAX, ADVERT_STRING_BYTES_MAX, FRAME_BYTES_MAX, FRAME_HEADER_BYTES,
-    PROTOCOL_VERSION,
+    ADVERT_FEATURES_MAX, ADVERT_MODELS_MAX, ADVERT_STRING_BYTES_MAX, FRAME_BYTES_MAX,
+    FRAME_HEADER_BYTES, PROTOCOL_VERSION,
 };
 pub use message::{Advert, Message};
 pub use receipt::{Receipt, ReceiptBody, Subject};

@@ -15,5 +15,8 @@ pub const FRAME_BYTES_MAX: usize = 16 * 1024;
 /// Most models one advert may list; a volunteer machine holds a handful, not thousands.
 pub const ADVERT_MODELS_MAX: usize = 64;
 
+/// Most CPU features one advert may list; the kernels care about a dozen.
+pub const ADVERT_FEATURES_MAX: usize = 64;
+
 /// Longest free-text field (device name, CPU feature, class string) an advert may carry.
 pub const ADVERT_STRING_BYTES_MAX: usize = 256;

@@ -17,7 +17,8 @@ struct Topology {
     http: String,
     node_prefixes: Vec<Vec<String>>,
     node_listen: Vec<String>,
-    node_flags: Vec<String>,
+    /// Flags for the nodes and the coordinator alike.
+    flags: Vec<String>,
     /// Where `hearth peers` runs (it must reach the HTTP address).
     client_prefix: Vec<String>,
 }
@@ -40,6 +41,7 @@ fn scenario(topology: &Topology) -> String {
     for addr in &topology.coordinator_listen {
         args.extend(["--listen", addr]);
     }
+    args.extend(topology.flags.iter().map(String::as_str));
     let mut coordinator = Process::start(
         "coordinator",
         logs,
@@ -60,7 +62,7 @@ fn scenario(topology: &Topology) -> String {
         for addr in &topology.node_listen {
             args.extend(["--listen", addr]);
         }
-        args.extend(topology.node_flags.iter().map(String::as_str));
+        args.extend(topology.flags.iter().map(String::as_str));
         Process::start(
             &format!("node{i}"),
             logs,
@@ -149,7 +151,7 @@ fn swarm_forms_on_loopback_and_survives_a_node_restart() {
         node_prefixes: vec![vec![]; 3],
         node_listen: loopback,
         // Other tests' swarms run on this host at the same time: no LAN discovery here.
-        node_flags: vec!["--no-mdns".into()],
+        flags: vec!["--no-mdns".into()],
         client_prefix: vec![],
     });
 }
@@ -189,7 +191,7 @@ fn swarm_forms_across_network_namespaces() {
             "/ip4/0.0.0.0/tcp/0".into(),
         ],
         // Each namespace is its own LAN segment on the bridge: mDNS stays on, as on a real LAN.
-        node_flags: vec![],
+        flags: vec![],
         client_prefix: exec(&ns.hub),
     });
     // The nodes reached the coordinator from their own interfaces, not over loopback.

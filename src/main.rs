@@ -5,6 +5,7 @@ mod client;
 mod config;
 mod demo;
 mod keygen;
+mod local;
 mod models;
 mod peers;
 mod serve;
@@ -64,6 +65,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Node(args) => serve::node(args, file).await,
             Command::Coordinator(args) => serve::coordinator(args, file).await,
             Command::Peers(args) => peers::run(args, &file).await,
+            Command::Local(args) => local::run(args, &file),
             Command::Models(args) => models::run(args, &file),
             Command::Demo(args) => demo::run(args, &file).await,
         }

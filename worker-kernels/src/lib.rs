@@ -9,11 +9,17 @@
 
 mod benchmark;
 mod catalog;
+mod error;
 mod hardware;
+mod llm;
 
 pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
 pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2, catalog_model};
+pub use error::{Error, Result};
 pub use hardware::{Device, Hardware, KERNELS_VERSION, numeric_class};
+pub use llm::{
+    GgufModel, GgufTokenizer, LlmConfig, SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput,
+};
 
 /// The [`hearth_protocol::ModelId`] of a model file: the blake3 of its bytes, read in 64 KiB pieces.
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<hearth_protocol::ModelId> {

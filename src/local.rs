@@ -1,0 +1,165 @@
+//! `hearth local …`: run a model on this machine alone, without a swarm. The reference path the
+//! swarm's answers are checked against, and the quickest way to see a model work.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use candle_core::Device;
+use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2, Stage, StageInput, StageOutput};
+use serde_json::json;
+
+use crate::cli::{GenerateArgs, LocalArgs, LocalCommand, ScoreArgs};
+use crate::config::{FileConfig, default_models_dir, pick};
+
+/// The one session `hearth local` runs.
+const SESSION: u64 = 0;
+
+pub(crate) fn run(args: LocalArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let models = pick(args.models, file.models.clone(), default_models_dir)?;
+    match args.command {
+        LocalCommand::Generate(g) => generate(g, &models),
+        LocalCommand::Score(s) => score(s, &models),
+    }
+}
+
+/// The model at `path`, or the default LLM in the models folder, with its tokenizer and one stage
+/// over all its layers.
+fn open_llm(
+    path: Option<PathBuf>,
+    models: &std::path::Path,
+) -> anyhow::Result<(GgufModel, GgufTokenizer, Stage)> {
+    let path = path.unwrap_or_else(|| models.join(SMOLLM2.files[0].path));
+    if !path.exists() {
+        anyhow::bail!(
+            "{}: no such model file (run `hearth models fetch`, or pass --model PATH)",
+            path.display()
+        );
+    }
+    let model = GgufModel::open(&path).with_context(|| {
+        "(run `hearth models fetch` to get the default model again)".to_string()
+    })?;
+    let tokenizer = GgufTokenizer::from_model(&model)?;
+    let stage = Stage::load(&model, 0..model.config.layers, &Device::Cpu)?;
+    Ok((model, tokenizer, stage))
+}
+
+fn logits_row(output: StageOutput) -> anyhow::Result<Vec<f32>> {
+    match output {
+        StageOutput::Logits(logits) => Ok(logits.squeeze(0)?.to_vec1()?),
+        StageOutput::Hidden(_) => anyhow::bail!("a stage over all layers returned hidden states"),
+    }
+}
+
+fn argmax(row: &[f32]) -> (u32, f32) {
+    // The first maximum wins ties, as in llama.cpp's greedy sampler.
+    row.iter()
+        .enumerate()
+        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
+            if v > bv { (i as u32, v) } else { (bi, bv) }
+        })
+}
+
+fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> {
+    let (model, tokenizer, mut stage) = open_llm(args.model, models)?;
+    let prompt = if args.chat {
+        chat_prompt(&args.prompt)
+    } else {
+        args.prompt.clone()
+    };
+    let prompt_ids = tokenizer.encode(&prompt, args.special || args.chat)?;
+    if prompt_ids.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
+    let started = std::time::Instant::now();
+    let mut logits =
+        logits_row(stage.forward(SESSION, StageInput::Tokens(prompt_ids.clone()), 0, false)?)?;
+    let prefill = started.elapsed();
+    let mut generated = Vec::new();
+    let mut pos = prompt_ids.len();
+    for _ in 0..args.max_tokens {
+        let (next, _) = argmax(&logits);
+        generated.push(next);
+        if next == tokenizer.eos || pos + 1 >= model.config.context {
+            break;
+        }
+        logits = logits_row(stage.forward(SESSION, StageInput::Tokens(vec![next]), pos, false)?)?;
+        pos += 1;
+    }
+    let elapsed = started.elapsed();
+    let text = tokenizer.decode(&generated)?;
+    if args.json {
+        let decode = elapsed.saturating_sub(prefill).as_secs_f64();
+        println!(
+            "{}",
+            json!({
+                "model": model.id,
+                "prompt_ids": prompt_ids,
+                "token_ids": generated,
+                "text": text,
+                "prefill_ms": prefill.as_secs_f64() * 1e3,
+                "decode_tokens_per_s": if decode > 0.0 { (generated.len().saturating_sub(1)) as f64 / decode } else { 0.0 },
+            })
+        );
+    } else {
+        println!("{text}");
+    }
+    Ok(())
+}
+
+fn score(args: ScoreArgs, models: &std::path::Path) -> anyhow::Result<()> {
+    let (model, tokenizer, mut stage) = open_llm(args.model, models)?;
+    let prompt_ids = tokenizer.encode(&args.prompt, args.special)?;
+    if prompt_ids.is_empty() {
+        anyhow::bail!("the prompt is empty");
+    }
+    if let Some(bad) = args
+        .ids
+        .iter()
+        .find(|&&id| id as usize >= model.config.vocab)
+    {
+        anyhow::bail!(
+            "--ids: {bad} is outside the vocabulary of {}",
+            model.config.vocab
+        );
+    }
+    // Teacher forcing: the prompt, then every given id but the last, in one pass; position i's logits
+    // predict given id i.
+    let mut input = prompt_ids.clone();
+    input.extend(args.ids.iter().take(args.ids.len().saturating_sub(1)));
+    let logits = match stage.forward(SESSION, StageInput::Tokens(input), 0, true)? {
+        StageOutput::Logits(l) => l,
+        StageOutput::Hidden(_) => anyhow::bail!("a stage over all layers returned hidden states"),
+    };
+    let first = prompt_ids.len() - 1;
+    let mut positions = Vec::new();
+    for (i, &id) in args.ids.iter().enumerate() {
+        let row: Vec<f32> = logits.get(first + i)?.to_vec1()?;
+        let (best, max) = argmax(&row);
+        positions
+            .push(json!({ "id": id, "logit": row[id as usize], "max_logit": max, "argmax": best }));
+    }
+    let out = json!({ "model": model.id, "prompt_ids": prompt_ids, "positions": positions });
+    if args.json {
+        println!("{out}");
+    } else {
+        for p in &positions {
+            println!(
+                "id {:>6}  logit {:>9.4}  max {:>9.4}  argmax {:>6}",
+                p["id"],
+                p["logit"].as_f64().unwrap_or(0.0),
+                p["max_logit"].as_f64().unwrap_or(0.0),
+                p["argmax"]
+            );
+        }
+    }
+    Ok(())
+}
+
+/// SmolLM2's chat template (ChatML, with the model's default system prompt) applied to one user
+/// message. The template in the GGUF's metadata is Jinja; a template engine arrives with the OpenAI
+/// API, which needs every template.
+fn chat_prompt(user: &str) -> String {
+    format!(
+        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
+    )
+}

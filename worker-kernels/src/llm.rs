@@ -1,0 +1,9 @@
+//! Decoder-only language models from GGUF files, run as stages of any range of layers.
+
+mod gguf;
+mod stage;
+mod tokenizer;
+
+pub use gguf::{GgufModel, LlmConfig};
+pub use stage::{SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput};
+pub use tokenizer::GgufTokenizer;

@@ -1,0 +1,374 @@
+//! A stage: a contiguous range of a model's layers, with a KV cache per session.
+//!
+//! The first stage embeds token ids; the last applies the final norm and the LM head (the token
+//! embedding itself when the model ties them, as SmolLM2 does). A stage in between takes and returns
+//! hidden states. Chained stages compute exactly what one stage over all layers computes: the same
+//! operations in the same order.
+//!
+//! One layer, in llama.cpp's order:
+//! ```text
+//! h = x + Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
+//! y = h + Wdown · (silu(Wgate · norm(h)) ⊙ Wup · norm(h))
+//! ```
+//! with RoPE on interleaved pairs, and key/value heads shared by groups of query heads.
+
+use std::collections::HashMap;
+use std::ops::Range;
+
+use candle_core::quantized::QMatMul;
+use candle_core::{DType, Device, Module, Tensor};
+
+use crate::llm::{GgufModel, LlmConfig};
+use crate::{Error, Result};
+
+/// Sessions one stage keeps a KV cache for; the least recently used is dropped beyond it.
+pub const SESSIONS_MAX: usize = 64;
+
+/// Names a generation, so a stage serving several keeps their caches apart.
+pub type SessionId = u64;
+
+/// What a stage is given.
+#[derive(Debug)]
+pub enum StageInput {
+    /// Token ids (first stage only).
+    Tokens(Vec<u32>),
+    /// Hidden states from the previous stage, `[seq, hidden]`.
+    Hidden(Tensor),
+}
+
+/// What a stage returns.
+#[derive(Debug)]
+pub enum StageOutput {
+    /// Hidden states for the next stage, `[seq, hidden]`.
+    Hidden(Tensor),
+    /// Logits over the vocabulary, `[rows, vocab]` (every position, or the last only).
+    Logits(Tensor),
+}
+
+struct Block {
+    attn_norm: Tensor,
+    wq: QMatMul,
+    wk: QMatMul,
+    wv: QMatMul,
+    wo: QMatMul,
+    ffn_norm: Tensor,
+    gate: QMatMul,
+    up: QMatMul,
+    down: QMatMul,
+}
+
+struct Session {
+    /// Per layer of this stage: keys and values `[1, kv_heads, positions, head_dim]`.
+    kv: Vec<Option<(Tensor, Tensor)>>,
+    /// The position the next input starts at.
+    next_pos: usize,
+    /// For least-recently-used eviction.
+    last_used: u64,
+}
+
+/// A loaded range of layers.
+pub struct Stage {
+    config: LlmConfig,
+    layers: Range<usize>,
+    device: Device,
+    embedding: Option<Tensor>,
+    blocks: Vec<Block>,
+    head: Option<(Tensor, QMatMul)>,
+    cos: Tensor,
+    sin: Tensor,
+    sessions: HashMap<SessionId, Session>,
+    uses: u64,
+}
+
+impl Stage {
+    /// Load `layers` of `model` onto `device`: only those blocks, plus the token embedding on the first
+    /// stage and the final norm and LM head on the last.
+    pub fn load(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
+        let config = model.config.clone();
+        if layers.start >= layers.end || layers.end > config.layers {
+            return Err(Error::Request(format!(
+                "layers {layers:?} are not a range within 0..{}",
+                config.layers
+            )));
+        }
+        let dense =
+            |name: &str| -> Result<Tensor> { Ok(model.tensor(name, device)?.dequantize(device)?) };
+        let matmul = |name: &str| -> Result<QMatMul> {
+            Ok(QMatMul::from_qtensor(model.tensor(name, device)?)?)
+        };
+        let embedding = if layers.start == 0 {
+            Some(dense("token_embd.weight")?)
+        } else {
+            None
+        };
+        let blocks = layers
+            .clone()
+            .map(|i| {
+                let t = |part: &str| format!("blk.{i}.{part}.weight");
+                Ok(Block {
+                    attn_norm: dense(&t("attn_norm"))?,
+                    wq: matmul(&t("attn_q"))?,
+                    wk: matmul(&t("attn_k"))?,
+                    wv: matmul(&t("attn_v"))?,
+                    wo: matmul(&t("attn_output"))?,
+                    ffn_norm: dense(&t("ffn_norm"))?,
+                    gate: matmul(&t("ffn_gate"))?,
+                    up: matmul(&t("ffn_up"))?,
+                    down: matmul(&t("ffn_down"))?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let head = if layers.end == config.layers {
+            // Tied embeddings: without an output matrix the LM head is the token embedding.
+            let name = if model.has_tensor("output.weight") {
+                "output.weight"
+            } else {
+                "token_embd.weight"
+            };
+            Some((dense("output_norm.weight")?, matmul(name)?))
+        } else {
+            None
+        };
+        let (cos, sin) = rope_tables(&config, device)?;
+        Ok(Self {
+            config,
+            layers,
+            device: device.clone(),
+            embedding,
+            blocks,
+            head,
+            cos,
+            sin,
+            sessions: HashMap::new(),
+            uses: 0,
+        })
+    }
+
+    /// The layers this stage runs.
+    pub fn layers(&self) -> Range<usize> {
+        self.layers.clone()
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlmConfig {
+        &self.config
+    }
+
+    /// Run `input` (positions `pos..pos + len`) through the stage for `session`. Position 0 starts the
+    /// session afresh; any other position must continue where the session's last input ended. The
+    /// last stage returns logits for every position when `all_logits`, else for the last one.
+    pub fn forward(
+        &mut self,
+        session: SessionId,
+        input: StageInput,
+        pos: usize,
+        all_logits: bool,
+    ) -> Result<StageOutput> {
+        let mut x = match input {
+            StageInput::Tokens(ids) => {
+                let embedding = self.embedding.as_ref().ok_or_else(|| {
+                    Error::Request(format!(
+                        "stage {:?} takes hidden states, not tokens",
+                        self.layers
+                    ))
+                })?;
+                if let Some(bad) = ids.iter().find(|&&id| id as usize >= self.config.vocab) {
+                    return Err(Error::Request(format!(
+                        "token id {bad} is outside the vocabulary"
+                    )));
+                }
+                let ids = Tensor::new(ids.as_slice(), &self.device)?;
+                embedding.index_select(&ids, 0)?
+            }
+            StageInput::Hidden(hidden) => {
+                if self.embedding.is_some() {
+                    return Err(Error::Request(
+                        "the first stage takes tokens, not hidden states".into(),
+                    ));
+                }
+                hidden.to_dtype(DType::F32)?
+            }
+        };
+        let (seq, width) = x.dims2()?;
+        if seq == 0 || width != self.config.hidden {
+            return Err(Error::Request(format!(
+                "input is {seq}×{width}, expected n×{}",
+                self.config.hidden
+            )));
+        }
+        if pos + seq > self.config.context {
+            return Err(Error::Request(format!(
+                "positions up to {} exceed the context of {}",
+                pos + seq,
+                self.config.context
+            )));
+        }
+        self.uses += 1;
+        let state = self.session(session, pos)?;
+        let mut kv = std::mem::take(&mut state.kv);
+
+        let mask = causal_mask(seq, pos, &self.device)?;
+        let cos = self.cos.narrow(0, pos, seq)?;
+        let sin = self.sin.narrow(0, pos, seq)?;
+        x = x.unsqueeze(0)?;
+        for (block, cache) in self.blocks.iter().zip(kv.iter_mut()) {
+            x = self.block(block, &x, cache, mask.as_ref(), &cos, &sin)?;
+        }
+        let state = self.sessions.get_mut(&session).expect("session made above");
+        state.kv = kv;
+        state.next_pos = pos + seq;
+
+        let x = x.squeeze(0)?;
+        match &self.head {
+            None => Ok(StageOutput::Hidden(x)),
+            Some((norm, head)) => {
+                let x = if all_logits {
+                    x
+                } else {
+                    x.narrow(0, seq - 1, 1)?
+                };
+                let x =
+                    candle_nn::ops::rms_norm(&x.contiguous()?, norm, self.config.rms_eps as f32)?;
+                Ok(StageOutput::Logits(head.forward(&x)?))
+            }
+        }
+    }
+
+    /// Free a session's cache.
+    pub fn end_session(&mut self, session: SessionId) {
+        self.sessions.remove(&session);
+    }
+
+    /// The session's state, made fresh at position 0, checked for continuity otherwise.
+    fn session(&mut self, session: SessionId, pos: usize) -> Result<&mut Session> {
+        if pos == 0 {
+            if !self.sessions.contains_key(&session) && self.sessions.len() >= SESSIONS_MAX {
+                let oldest = self
+                    .sessions
+                    .iter()
+                    .min_by_key(|(_, s)| s.last_used)
+                    .map(|(id, _)| *id);
+                if let Some(oldest) = oldest {
+                    self.sessions.remove(&oldest);
+                }
+            }
+            self.sessions.insert(
+                session,
+                Session {
+                    kv: vec![None; self.blocks.len()],
+                    next_pos: 0,
+                    last_used: self.uses,
+                },
+            );
+        }
+        let state = self.sessions.get_mut(&session).ok_or_else(|| {
+            Error::Request(format!(
+                "session {session} is unknown here; start it at position 0"
+            ))
+        })?;
+        if state.next_pos != pos {
+            return Err(Error::Request(format!(
+                "session {session} is at position {}, not {pos}",
+                state.next_pos
+            )));
+        }
+        state.last_used = self.uses;
+        Ok(state)
+    }
+
+    fn block(
+        &self,
+        b: &Block,
+        x: &Tensor,
+        cache: &mut Option<(Tensor, Tensor)>,
+        mask: Option<&Tensor>,
+        cos: &Tensor,
+        sin: &Tensor,
+    ) -> Result<Tensor> {
+        let c = &self.config;
+        let eps = c.rms_eps as f32;
+        let (_, seq, hidden) = x.dims3()?;
+
+        let h = candle_nn::ops::rms_norm(x, &b.attn_norm, eps)?;
+        let q =
+            b.wq.forward(&h)?
+                .reshape((1, seq, c.heads, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+        let k =
+            b.wk.forward(&h)?
+                .reshape((1, seq, c.kv_heads, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+        let v =
+            b.wv.forward(&h)?
+                .reshape((1, seq, c.kv_heads, c.head_dim))?
+                .transpose(1, 2)?
+                .contiguous()?;
+        let q = candle_nn::rotary_emb::rope_i(&q, cos, sin)?;
+        let k = candle_nn::rotary_emb::rope_i(&k, cos, sin)?;
+        let (k, v) = match cache.take() {
+            None => (k, v),
+            Some((k_past, v_past)) => (
+                Tensor::cat(&[&k_past, &k], 2)?,
+                Tensor::cat(&[&v_past, &v], 2)?,
+            ),
+        };
+        *cache = Some((k.clone(), v.clone()));
+
+        let group = c.heads / c.kv_heads;
+        let k = repeat_kv(&k, group)?;
+        let v = repeat_kv(&v, group)?;
+        let scores = (q.matmul(&k.t()?.contiguous()?)? / (c.head_dim as f64).sqrt())?;
+        let scores = match mask {
+            Some(mask) => scores.broadcast_add(mask)?,
+            None => scores,
+        };
+        let attn = candle_nn::ops::softmax_last_dim(&scores)?.matmul(&v.contiguous()?)?;
+        let attn = attn.transpose(1, 2)?.reshape((1, seq, hidden))?;
+        let x = (x + b.wo.forward(&attn)?)?;
+
+        let h = candle_nn::ops::rms_norm(&x, &b.ffn_norm, eps)?;
+        let ffn = (candle_nn::ops::silu(&b.gate.forward(&h)?)? * b.up.forward(&h)?)?;
+        Ok((x + b.down.forward(&ffn)?)?)
+    }
+}
+
+/// `cos` and `sin` of every position's rotation angles, `[context, head_dim / 2]`.
+fn rope_tables(c: &LlmConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+    let half = c.head_dim / 2;
+    let inv_freq: Vec<f32> = (0..half)
+        .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
+        .collect();
+    let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
+    let positions = Tensor::arange(0u32, c.context as u32, device)?
+        .to_dtype(DType::F32)?
+        .reshape((c.context, 1))?;
+    let angles = positions.matmul(&inv_freq)?;
+    Ok((angles.cos()?, angles.sin()?))
+}
+
+/// Additive mask hiding later positions: `[seq, pos + seq]`, 0 where visible, -inf where not. One
+/// token attends to everything before it and needs none.
+fn causal_mask(seq: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
+    if seq == 1 {
+        return Ok(None);
+    }
+    let total = pos + seq;
+    let mask: Vec<f32> = (0..seq)
+        .flat_map(|i| (0..total).map(move |j| if j > pos + i { f32::NEG_INFINITY } else { 0.0 }))
+        .collect();
+    Ok(Some(Tensor::from_vec(mask, (seq, total), device)?))
+}
+
+/// `[1, kv_heads, n, d]` → `[1, kv_heads * group, n, d]`, each key/value head repeated for its group
+/// of query heads.
+fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
+    if group == 1 {
+        return Ok(x.clone());
+    }
+    let (b, heads, n, d) = x.dims4()?;
+    Ok(x.unsqueeze(2)?
+        .expand((b, heads, group, n, d))?
+        .reshape((b, heads * group, n, d))?)
+}

@@ -75,15 +75,17 @@ fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> 
         logits_row(stage.forward(SESSION, StageInput::Tokens(prompt_ids.clone()), 0, false)?)?;
     let prefill = started.elapsed();
     let mut generated = Vec::new();
-    let mut pos = prompt_ids.len();
-    for _ in 0..args.max_tokens {
+    // Each generated token is fed back at the next position.
+    for pos in prompt_ids.len()..prompt_ids.len() + args.max_tokens {
         let (next, _) = argmax(&logits);
         generated.push(next);
-        if next == tokenizer.eos || pos + 1 >= model.config.context {
+        if next == tokenizer.eos
+            || pos + 1 >= model.config.context
+            || generated.len() == args.max_tokens
+        {
             break;
         }
         logits = logits_row(stage.forward(SESSION, StageInput::Tokens(vec![next]), pos, false)?)?;
-        pos += 1;
     }
     let elapsed = started.elapsed();
     let text = tokenizer.decode(&generated)?;

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use anyhow::Context;
 use candle_core::Device;
 use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2, Stage, StageInput, StageOutput};
 use serde_json::json;
@@ -35,9 +34,8 @@ fn open_llm(
             path.display()
         );
     }
-    let model = GgufModel::open(&path).with_context(|| {
-        "(run `hearth models fetch` to get the default model again)".to_string()
-    })?;
+    let model = GgufModel::open(&path)
+        .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` restores the default model)"))?;
     let tokenizer = GgufTokenizer::from_model(&model)?;
     let stage = Stage::load(&model, 0..model.config.layers, &Device::Cpu)?;
     Ok((model, tokenizer, stage))

@@ -60,8 +60,8 @@ impl GgufModel {
             reason,
         };
         let mut reader = BufReader::new(File::open(path).map_err(io)?);
-        let content =
-            Content::read(&mut reader).map_err(|e| bad(format!("not a GGUF file ({e})")))?;
+        let content = Content::read(&mut reader)
+            .map_err(|e| bad(format!("not a GGUF file ({})", first_line(&e))))?;
         let arch = content
             .metadata
             .get("general.architecture")
@@ -151,7 +151,17 @@ impl GgufModel {
             .tensor(&mut reader, name, device)
             .map_err(|e| Error::Model {
                 path: self.path.clone(),
-                reason: format!("tensor {name}: {e}"),
+                reason: format!("tensor {name}: {}", first_line(&e)),
             })
     }
+}
+
+/// candle's errors carry a backtrace when RUST_BACKTRACE is set; a user needs the first line.
+fn first_line(error: &impl std::fmt::Display) -> String {
+    error
+        .to_string()
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_string()
 }

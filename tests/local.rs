@@ -1,0 +1,134 @@
+//! `hearth local`: the default model on this machine, through the CLI. Needs `hearth models fetch`.
+
+mod support;
+
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use support::hearth;
+
+fn local(args: &[&str], threads: Option<&str>) -> Output {
+    let mut command = Command::new(hearth());
+    command.arg("local").args(args).env_remove("HEARTH_CONFIG");
+    if let Some(threads) = threads {
+        command.env("RAYON_NUM_THREADS", threads);
+    }
+    command.output().expect("run hearth")
+}
+
+fn json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("json")
+}
+
+#[test]
+fn greedy_generation_names_the_capital() {
+    let out = json(&local(
+        &[
+            "generate",
+            "--prompt",
+            "The capital of France is",
+            "--max-tokens",
+            "4",
+            "--json",
+        ],
+        None,
+    ));
+    // llama.cpp's greedy continuation starts " Paris." (7042, 30); "The" is 504 in llama.cpp's tokenizer.
+    assert_eq!(out["prompt_ids"][0], 504);
+    assert_eq!(out["token_ids"][0], 7042);
+    assert_eq!(out["token_ids"].as_array().expect("ids").len(), 4);
+    assert!(
+        out["text"].as_str().expect("text").starts_with(" Paris"),
+        "{out}"
+    );
+}
+
+#[test]
+fn logits_are_bit_identical_across_runs_and_thread_counts() {
+    let args = [
+        "score",
+        "--prompt",
+        "Replicas agree bit for bit when",
+        "--ids",
+        "260,3012,1345,30",
+        "--json",
+    ];
+    let one = json(&local(&args, Some("1")));
+    let two = json(&local(&args, Some("2")));
+    let again = json(&local(&args, Some("2")));
+    // serde_json prints f32 logits with every digit needed to round-trip, so equal text is equal bits.
+    assert_eq!(one["positions"], two["positions"], "1 vs 2 threads");
+    assert_eq!(two["positions"], again["positions"], "run to run");
+    assert_eq!(one["positions"].as_array().expect("positions").len(), 4);
+}
+
+#[test]
+fn chat_prompts_end_at_the_end_of_turn() {
+    let out = json(&local(
+        &[
+            "generate",
+            "--chat",
+            "--prompt",
+            "Say hello.",
+            "--max-tokens",
+            "48",
+            "--json",
+        ],
+        None,
+    ));
+    let ids = out["prompt_ids"].as_array().expect("ids");
+    assert!(ids.len() > 10, "the template wraps the message: {out}");
+    // The model answers and ends its turn; generation stops at the end-of-sequence token (2).
+    let generated = out["token_ids"].as_array().expect("ids");
+    assert_eq!(generated.last(), Some(&Value::from(2)), "{out}");
+    assert!(
+        out["text"].as_str().expect("text").ends_with("<|im_end|>"),
+        "{out}"
+    );
+}
+
+#[test]
+fn missing_or_corrupt_models_get_one_line_naming_the_file() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let missing = tmp.path().join("nope.gguf");
+    let out = local(
+        &[
+            "generate",
+            "--model",
+            missing.to_str().expect("utf-8"),
+            "--prompt",
+            "x",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("nope.gguf") && err.contains("hearth models fetch"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+
+    let corrupt = tmp.path().join("corrupt.gguf");
+    std::fs::write(&corrupt, b"GGUF but not really").expect("write");
+    let out = local(
+        &[
+            "generate",
+            "--model",
+            corrupt.to_str().expect("utf-8"),
+            "--prompt",
+            "x",
+        ],
+        None,
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("corrupt.gguf"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+}

@@ -199,6 +199,22 @@ pub(crate) enum LocalCommand {
     Generate(GenerateArgs),
     /// Feed a prompt, then given token ids (teacher forcing), and print each id's logit.
     Score(ScoreArgs),
+    /// Embed every {"id", "text"} line of a JSONL file into {"id", "embedding"} lines, in order.
+    Embed(EmbedArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EmbedArgs {
+    /// Embedder folder (model.safetensors, config.json, tokenizer.json) [default: the fetched
+    /// all-MiniLM-L6-v2].
+    #[arg(long, value_name = "DIR")]
+    pub(crate) model: Option<PathBuf>,
+    /// Input JSONL: one {"id", "text"} object per line.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// Output JSONL: one {"id", "embedding"} per input line, in input order.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) output: PathBuf,
 }
 
 #[derive(Debug, Args)]

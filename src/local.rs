@@ -4,10 +4,13 @@
 use std::path::PathBuf;
 
 use candle_core::Device;
-use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2, Stage, StageInput, StageOutput};
+use hearth_kernels::{
+    Embedder, GgufModel, GgufTokenizer, MINILM, SMOLLM2, Stage, StageInput, StageOutput,
+};
 use serde_json::json;
+use std::io::Write;
 
-use crate::cli::{GenerateArgs, LocalArgs, LocalCommand, ScoreArgs};
+use crate::cli::{EmbedArgs, GenerateArgs, LocalArgs, LocalCommand, ScoreArgs};
 use crate::config::{FileConfig, default_models_dir, pick};
 
 /// The one session `hearth local` runs.
@@ -18,6 +21,7 @@ pub(crate) fn run(args: LocalArgs, file: &FileConfig) -> anyhow::Result<()> {
     match args.command {
         LocalCommand::Generate(g) => generate(g, &models),
         LocalCommand::Score(s) => score(s, &models),
+        LocalCommand::Embed(e) => embed(e, &models),
     }
 }
 
@@ -162,4 +166,54 @@ fn chat_prompt(user: &str) -> String {
     format!(
         "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
     )
+}
+
+/// Texts embedded per forward pass: large enough to amortise the pass, small enough that padding to
+/// the longest text in the batch stays cheap.
+const EMBED_BATCH: usize = 32;
+
+fn embed(args: EmbedArgs, models: &std::path::Path) -> anyhow::Result<()> {
+    // Check every input line before loading anything.
+    let inputs = crate::jsonl::read_inputs(&args.input, "text")?;
+    let dir = args.model.unwrap_or_else(|| {
+        models.join(
+            std::path::Path::new(MINILM.files[0].path)
+                .parent()
+                .expect("the embedder is a folder"),
+        )
+    });
+    if !dir.join("model.safetensors").exists() {
+        anyhow::bail!(
+            "{}: no model.safetensors here (run `hearth models fetch`, or pass --model DIR)",
+            dir.display()
+        );
+    }
+    let embedder = Embedder::load(&dir, &Device::Cpu)?;
+    let tmp = args.output.with_extension("jsonl.partial");
+    let mut out = std::io::BufWriter::new(
+        std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?,
+    );
+    let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    for (n, batch) in inputs.chunks(EMBED_BATCH).enumerate() {
+        let texts: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
+        for ((id, _), vector) in batch.iter().zip(embedder.embed(&texts)?) {
+            serde_json::to_writer(&mut out, &json!({ "id": id, "embedding": vector }))?;
+            out.write_all(b"\n")?;
+        }
+        if progress {
+            eprint!(
+                "\rembedded {}/{}",
+                (n * EMBED_BATCH + batch.len()),
+                inputs.len()
+            );
+        }
+    }
+    if progress {
+        eprintln!();
+    }
+    out.flush()?;
+    drop(out);
+    // Only a complete output takes the final name.
+    std::fs::rename(&tmp, &args.output)?;
+    Ok(())
 }

@@ -4,6 +4,7 @@ mod cli;
 mod client;
 mod config;
 mod demo;
+mod jsonl;
 mod keygen;
 mod local;
 mod models;

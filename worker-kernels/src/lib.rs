@@ -9,12 +9,14 @@
 
 mod benchmark;
 mod catalog;
+mod embed;
 mod error;
 mod hardware;
 mod llm;
 
 pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
 pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2, catalog_model};
+pub use embed::{EMBED_TOKENS_MAX, Embedder};
 pub use error::{Error, Result};
 pub use hardware::{Device, Hardware, KERNELS_VERSION, numeric_class};
 pub use llm::{

@@ -1,0 +1,91 @@
+#!/usr/bin/env python3
+"""Reference data from llama.cpp for Hearth's agreement tests.
+
+Runs SmolLM2-135M-Instruct Q4_1 (the same GGUF Hearth fetches) through llama.cpp, via the PyPI
+package llama-cpp-python, and writes tests/data/llama_cpp_reference.json with:
+  - tokenization of varied texts (code, digits, Unicode, whitespace runs, special tokens);
+  - for each prompt: the prompt ids, 24 greedy ids (prompt evaluated as one batch, then one token at a
+    time), and at every step the top-2 logits and their margin.
+
+CI does not run this (building llama.cpp takes ~15 minutes on 2 cores); the tests read its output.
+To regenerate:
+    python3 -m venv /tmp/refenv
+    CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/refenv/bin/pip install llama-cpp-python==0.3.36 numpy
+    /tmp/refenv/bin/python scripts/reference/llama_cpp.py [MODELS_DIR]
+"""
+import hashlib
+import json
+import os
+import sys
+
+import numpy as np
+from llama_cpp import Llama, __version__ as llama_cpp_version
+
+GREEDY_TOKENS = 24
+PROMPTS = [
+    ("code", "def fibonacci(n):\n    "),
+    ("code", "import numpy as np\n\n# Compute the mean of a list\n"),
+    ("prose", "The capital of France is"),
+    ("prose", "Once upon a time, in a small village by the sea,"),
+    ("numbers", "1, 2, 3, 5, 8, 13,"),
+    ("numbers", "Water boils at 100 degrees Celsius, which is"),
+]
+TOKENIZE = [
+    ("The", False),
+    ("fn main() {\n    println!(\"{}\", 1 + 2);\n}\n", False),
+    ("Numbers: 3.14159, 1,000,000 and 42nd; 2024-11-25.", False),
+    ("Unicode: naïve café, 日本語, emoji 🦀🔥, Ελληνικά", False),
+    ("   leading, trailing and   runs   of spaces \t\ttabs\n\n\nnewlines   ", False),
+    ("<|im_start|>user\nhi<|im_end|>", True),
+    ("<|im_start|>user\nhi<|im_end|>", False),
+]
+
+
+def main():
+    models = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser("~/.cache/hearth/models")
+    path = os.path.join(models, "smollm2-135m-instruct-q4_1.gguf")
+    with open(path, "rb") as f:
+        sha256 = hashlib.sha256(f.read()).hexdigest()
+    llm = Llama(model_path=path, n_ctx=512, n_batch=512, n_threads=2, logits_all=True, verbose=False)
+
+    tokenize = [
+        {"text": text, "special": special, "ids": llm.tokenize(text.encode(), add_bos=False, special=special)}
+        for text, special in TOKENIZE
+    ]
+
+    prompts = []
+    for kind, prompt in PROMPTS:
+        llm.reset()
+        prompt_ids = llm.tokenize(prompt.encode(), add_bos=False, special=False)
+        llm.eval(prompt_ids)
+        steps = []
+        for _ in range(GREEDY_TOKENS):
+            logits = np.array(llm.scores[llm.n_tokens - 1], dtype=np.float32)
+            order = np.argsort(-logits, kind="stable")
+            top1, top2 = int(order[0]), int(order[1])
+            steps.append({
+                "id": top1,
+                "logit": float(logits[top1]),
+                "second_id": top2,
+                "second_logit": float(logits[top2]),
+                "margin": float(logits[top1] - logits[top2]),
+            })
+            llm.eval([top1])
+        prompts.append({"kind": kind, "prompt": prompt, "prompt_ids": prompt_ids, "greedy": steps})
+
+    out = {
+        "generator": f"llama-cpp-python {llama_cpp_version}, scripts/reference/llama_cpp.py",
+        "model_sha256": sha256,
+        "n_threads": 2,
+        "tokenize": tokenize,
+        "prompts": prompts,
+    }
+    dest = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", "llama_cpp_reference.json")
+    with open(dest, "w") as f:
+        json.dump(out, f, indent=1, ensure_ascii=False)
+        f.write("\n")
+    print(f"wrote {os.path.normpath(dest)}")
+
+
+if __name__ == "__main__":
+    main()

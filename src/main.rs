@@ -1,5 +1,6 @@
 //! `hearth`: the one binary of Hearth. Node, coordinator and client commands.
 
+mod bench;
 mod cli;
 mod client;
 mod config;
@@ -45,6 +46,11 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    if let Command::Bench(args) = &cli.command
+        && let Some(threads) = args.threads
+    {
+        set_compute_threads(threads);
+    }
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -67,10 +73,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Command::Coordinator(args) => serve::coordinator(args, file).await,
             Command::Peers(args) => peers::run(args, &file).await,
             Command::Local(args) => local::run(args, &file),
+            Command::Bench(args) => bench::run(args, &file),
             Command::Models(args) => models::run(args, &file),
             Command::Demo(args) => demo::run(args, &file).await,
         }
     })
+}
+
+/// candle sizes its thread pools from `RAYON_NUM_THREADS` when they are first used, and offers no
+/// other way to set them.
+#[allow(unsafe_code)]
+fn set_compute_threads(threads: u32) {
+    // SAFETY: called first thing in main, before the runtime or any other thread exists, so no
+    // other thread can be reading the environment.
+    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
 }
 
 /// Diagnostics go to stderr through `tracing`; `HEARTH_LOG` (or `RUST_LOG`) filters them.

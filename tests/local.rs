@@ -137,22 +137,51 @@ fn embed(input: &str, threads: Option<&str>) -> (Output, Vec<Value>) {
     let tmp = tempfile::tempdir().expect("tempdir");
     let (src, dst) = (tmp.path().join("in.jsonl"), tmp.path().join("out.jsonl"));
     std::fs::write(&src, input).expect("write");
-    let out = local(&["embed", "--input", src.to_str().expect("utf-8"), "--output", dst.to_str().expect("utf-8")], threads);
+    let out = local(
+        &[
+            "embed",
+            "--input",
+            src.to_str().expect("utf-8"),
+            "--output",
+            dst.to_str().expect("utf-8"),
+        ],
+        threads,
+    );
     let lines = std::fs::read_to_string(&dst)
-        .map(|text| text.lines().map(|l| serde_json::from_str(l).expect("json line")).collect())
+        .map(|text| {
+            text.lines()
+                .map(|l| serde_json::from_str(l).expect("json line"))
+                .collect()
+        })
         .unwrap_or_default();
     (out, lines)
 }
 
 #[test]
 fn embeddings_keep_order_are_unit_length_and_reproducible() {
-    let input: String = (0..40).map(|i| format!("{{\"id\": {i}, \"text\": \"sentence number {i} about {}\"}}\n", ["cats", "rust", "rain", "music"][i % 4])).collect();
+    let input: String = (0..40)
+        .map(|i| {
+            format!(
+                "{{\"id\": {i}, \"text\": \"sentence number {i} about {}\"}}\n",
+                ["cats", "rust", "rain", "music"][i % 4]
+            )
+        })
+        .collect();
     let (out, one) = embed(&input, Some("1"));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(one.len(), 40, "one output line per input, across batches");
     for (i, line) in one.iter().enumerate() {
         assert_eq!(line["id"], i, "input order");
-        let v: Vec<f64> = line["embedding"].as_array().expect("vector").iter().map(|x| x.as_f64().expect("number")).collect();
+        let v: Vec<f64> = line["embedding"]
+            .as_array()
+            .expect("vector")
+            .iter()
+            .map(|x| x.as_f64().expect("number"))
+            .collect();
         assert_eq!(v.len(), 384);
         let norm: f64 = v.iter().map(|x| x * x).sum::<f64>().sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "unit length: {norm}");
@@ -161,15 +190,27 @@ fn embeddings_keep_order_are_unit_length_and_reproducible() {
     assert_eq!(one, two, "1 vs 2 threads");
     // Similar sentences are closer than unrelated ones: the vectors carry meaning, not noise.
     let dot = |a: &Value, b: &Value| -> f64 {
-        a["embedding"].as_array().expect("v").iter().zip(b["embedding"].as_array().expect("v")).map(|(x, y)| x.as_f64().expect("n") * y.as_f64().expect("n")).sum()
+        a["embedding"]
+            .as_array()
+            .expect("v")
+            .iter()
+            .zip(b["embedding"].as_array().expect("v"))
+            .map(|(x, y)| x.as_f64().expect("n") * y.as_f64().expect("n"))
+            .sum()
     };
-    assert!(dot(&one[0], &one[4]) > dot(&one[0], &one[1]), "cats~cats should beat cats~rust");
+    assert!(
+        dot(&one[0], &one[4]) > dot(&one[0], &one[1]),
+        "cats~cats should beat cats~rust"
+    );
 }
 
 #[test]
 fn bad_embed_input_is_refused_with_its_line_and_nothing_is_written() {
     let (out, lines) = embed("{\"id\": 1, \"text\": \"fine\"}\n{\"id\": 2}\n", None);
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && err.contains(":2:") && err.contains("\"text\""), "{err}");
+    assert!(
+        !out.status.success() && err.contains(":2:") && err.contains("\"text\""),
+        "{err}"
+    );
     assert!(lines.is_empty(), "no output for a refused input");
 }

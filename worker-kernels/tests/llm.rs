@@ -250,3 +250,29 @@ fn report_batch_invariance() {
         );
     }
 }
+
+#[test]
+fn tokenizer_matches_llama_cpp_reference() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../tests/data/llama_cpp_reference.json"
+    ))
+    .expect("reference");
+    let reference: serde_json::Value = serde_json::from_str(&text).expect("json");
+    let t = tokenizer();
+    for case in reference["tokenize"].as_array().expect("cases") {
+        let text = case["text"].as_str().expect("text");
+        let special = case["special"].as_bool().expect("special");
+        let theirs: Vec<u32> = case["ids"]
+            .as_array()
+            .expect("ids")
+            .iter()
+            .map(|v| v.as_u64().expect("id") as u32)
+            .collect();
+        assert_eq!(
+            t.encode(text, special).expect("encode"),
+            theirs,
+            "{text:?} special={special}"
+        );
+    }
+}

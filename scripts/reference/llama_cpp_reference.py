@@ -11,7 +11,7 @@ CI does not run this (building llama.cpp takes ~15 minutes on 2 cores); the test
 To regenerate:
     python3 -m venv /tmp/refenv
     CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/refenv/bin/pip install llama-cpp-python==0.3.36 numpy
-    /tmp/refenv/bin/python scripts/reference/llama_cpp.py [MODELS_DIR]
+    /tmp/refenv/bin/python scripts/reference/llama_cpp_reference.py [MODELS_DIR]
 """
 import hashlib
 import json
@@ -74,7 +74,7 @@ def main():
         prompts.append({"kind": kind, "prompt": prompt, "prompt_ids": prompt_ids, "greedy": steps})
 
     out = {
-        "generator": f"llama-cpp-python {llama_cpp_version}, scripts/reference/llama_cpp.py",
+        "generator": f"llama-cpp-python {llama_cpp_version}, scripts/reference/llama_cpp_reference.py",
         "model_sha256": sha256,
         "n_threads": 2,
         "tokenize": tokenize,

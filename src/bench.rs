@@ -1,0 +1,74 @@
+//! `hearth bench local`: how fast this machine runs the default LLM alone.
+//!
+//! Prompt speed is a 128-token prefill; decode speed is 64 one-token steps after it. Each is the
+//! median of three runs, so one scheduling hiccup on a shared machine does not make the figure.
+
+use std::time::Instant;
+
+use candle_core::Device;
+use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2, Stage, StageInput};
+use serde_json::json;
+
+use crate::cli::{BenchArgs, BenchCommand};
+use crate::config::{FileConfig, default_models_dir, pick};
+
+/// Prompt length of the prefill measurement, as in llama.cpp's `llama-bench -p 128`.
+const PROMPT_TOKENS: usize = 128;
+/// Decode steps measured.
+const DECODE_TOKENS: usize = 64;
+/// Runs per figure; the median is reported.
+const RUNS: usize = 3;
+
+pub(crate) fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let BenchCommand::Local { model, json } = args.command;
+    let models = pick(args.models, file.models.clone(), default_models_dir)?;
+    let path = model.unwrap_or_else(|| models.join(SMOLLM2.files[0].path));
+    let model = GgufModel::open(&path)
+        .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` gets the default model)"))?;
+    let tokenizer = GgufTokenizer::from_model(&model)?;
+    let text = "Volunteer computing pools spare machines into one system that anyone can join. "
+        .repeat(16);
+    let mut prompt = tokenizer.encode(&text, false)?;
+    prompt.truncate(PROMPT_TOKENS);
+    let mut stage = Stage::load(&model, 0..model.config.layers, &Device::Cpu)?;
+
+    let mut prefill = Vec::new();
+    let mut decode = Vec::new();
+    for run in 0..RUNS {
+        let session = run as u64;
+        let start = Instant::now();
+        stage.forward(session, StageInput::Tokens(prompt.clone()), 0, false)?;
+        prefill.push(PROMPT_TOKENS as f64 / start.elapsed().as_secs_f64());
+        let start = Instant::now();
+        for step in 0..DECODE_TOKENS {
+            // The token fed does not change the cost; a fixed one keeps runs identical.
+            stage.forward(
+                session,
+                StageInput::Tokens(vec![prompt[step % prompt.len()]]),
+                PROMPT_TOKENS + step,
+                false,
+            )?;
+        }
+        decode.push(DECODE_TOKENS as f64 / start.elapsed().as_secs_f64());
+        stage.end_session(session);
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (prompt_tps, decode_tps) = (median(&mut prefill), median(&mut decode));
+    let threads = candle_core::utils::get_num_threads();
+    if json {
+        println!(
+            "{}",
+            json!({ "model": model.id, "threads": threads, "prompt_tokens": PROMPT_TOKENS, "prompt_tokens_per_s": prompt_tps, "decode_tokens": DECODE_TOKENS, "decode_tokens_per_s": decode_tps })
+        );
+    } else {
+        println!("{} on {threads} thread(s):", path.display());
+        println!(
+            "  prompt  {prompt_tps:>8.1} tokens/s  ({PROMPT_TOKENS}-token prefill, median of {RUNS})"
+        );
+        println!("  decode  {decode_tps:>8.1} tokens/s  ({DECODE_TOKENS} steps, median of {RUNS})");
+    }
+    Ok(())
+}

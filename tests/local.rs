@@ -214,3 +214,48 @@ fn bad_embed_input_is_refused_with_its_line_and_nothing_is_written() {
     );
     assert!(lines.is_empty(), "no output for a refused input");
 }
+
+/// Largest difference per dimension allowed against sentence-transformers.
+const EMBED_DIFF_MAX: f64 = 1e-5;
+
+#[test]
+fn embeddings_match_sentence_transformers() {
+    let text = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/data/minilm_reference.json"
+    ))
+    .expect("reference");
+    let reference: Value = serde_json::from_str(&text).expect("json");
+    let texts = reference["texts"].as_array().expect("texts");
+    let input: String = texts
+        .iter()
+        .enumerate()
+        .map(|(i, t)| format!("{}\n", serde_json::json!({ "id": i, "text": t })))
+        .collect();
+    let (out, ours) = embed(&input, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let mut worst = 0f64;
+    for (line, theirs) in ours
+        .iter()
+        .zip(reference["embeddings"].as_array().expect("embeddings"))
+    {
+        for (a, b) in line["embedding"]
+            .as_array()
+            .expect("v")
+            .iter()
+            .zip(theirs.as_array().expect("v"))
+        {
+            worst = worst.max((a.as_f64().expect("n") - b.as_f64().expect("n")).abs());
+        }
+    }
+    assert_eq!(ours.len(), texts.len());
+    println!("embeddings: max |difference| from sentence-transformers {worst:e}");
+    assert!(
+        worst <= EMBED_DIFF_MAX,
+        "max difference {worst:e} over {EMBED_DIFF_MAX:e}"
+    );
+}

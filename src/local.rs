@@ -5,7 +5,8 @@ use std::path::PathBuf;
 
 use candle_core::Device;
 use hearth_kernels::{
-    Embedder, GgufModel, GgufTokenizer, MINILM, SMOLLM2, Stage, StageInput, StageOutput,
+    ChatMessage, ChatTemplate, Embedder, GgufModel, GgufTokenizer, MINILM, SMOLLM2, Stage,
+    StageInput, StageOutput,
 };
 use serde_json::json;
 use std::io::Write;
@@ -64,7 +65,17 @@ fn argmax(row: &[f32]) -> (u32, f32) {
 fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> {
     let (model, tokenizer, mut stage) = open_llm(args.model, models)?;
     let prompt = if args.chat {
-        chat_prompt(&args.prompt)
+        let template = ChatTemplate::from_model(&model)?.ok_or_else(|| {
+            anyhow::anyhow!(
+                "{}: the model has no chat template; drop --chat",
+                model.path().display()
+            )
+        })?;
+        let message = ChatMessage {
+            role: "user".into(),
+            content: args.prompt.clone(),
+        };
+        template.render(&[message], true)?
     } else {
         args.prompt.clone()
     };
@@ -157,15 +168,6 @@ fn score(args: ScoreArgs, models: &std::path::Path) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// SmolLM2's chat template (ChatML, with the model's default system prompt) applied to one user
-/// message. The template in the GGUF's metadata is Jinja; a template engine arrives with the OpenAI
-/// API, which needs every template.
-fn chat_prompt(user: &str) -> String {
-    format!(
-        "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n"
-    )
 }
 
 /// Texts embedded per forward pass: large enough to amortise the pass, small enough that padding to

@@ -1,9 +1,11 @@
 //! Decoder-only language models from GGUF files, run as stages of any range of layers.
 
+mod chat;
 mod gguf;
 mod stage;
 mod tokenizer;
 
+pub use chat::{ChatMessage, ChatTemplate};
 pub use gguf::{GgufModel, LlmConfig};
 pub use stage::{SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput};
 pub use tokenizer::GgufTokenizer;

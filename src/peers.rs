@@ -33,8 +33,16 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<52}  {:<7}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>7}",
-        "PEER", "STATE", "BACKEND", "DEVICE", "MEMORY FREE/TOTAL", "THREADS", "SCORE", "SEEN"
+        "{:<52}  {:<7}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>7}",
+        "PEER",
+        "STATE",
+        "BACKEND",
+        "DEVICE",
+        "MEMORY FREE/TOTAL",
+        "THREADS",
+        "SCORE",
+        "MODELS",
+        "SEEN"
     );
     for p in peers {
         let c = &p.capabilities;
@@ -42,7 +50,7 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
         let device: String = c.device.chars().take(28).collect();
         let _ = writeln!(
             out,
-            "{:<52}  {:<7}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}s",
+            "{:<52}  {:<7}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6}s",
             p.peer_id.to_string(),
             if p.online { "online" } else { "offline" },
             c.backend.as_str(),
@@ -50,6 +58,7 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
             memory,
             c.threads,
             c.score,
+            c.models.len(),
             p.last_seen_ms_ago / 1000,
         );
     }

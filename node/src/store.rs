@@ -12,8 +12,9 @@ use crate::{Error, Result};
 /// File extensions that hold models Hearth can run.
 const MODEL_EXTENSIONS: [&str; 2] = ["gguf", "safetensors"];
 
-/// The ids of the model files directly inside `dir`, in file-name order. A missing folder holds no
-/// models; an unreadable one is an error. At most [`MODEL_FILES_MAX`] files are hashed.
+/// The ids of the model files in `dir` and in its direct subfolders (a safetensors model is a folder
+/// of weights, config and tokenizer), in path order. A missing folder holds no models; an unreadable
+/// one is an error. At most [`MODEL_FILES_MAX`] files are hashed.
 pub fn scan_models(dir: &Path) -> Result<Vec<(PathBuf, ModelId)>> {
     let entries = match fs::read_dir(dir) {
         Ok(entries) => entries,
@@ -25,16 +26,36 @@ pub fn scan_models(dir: &Path) -> Result<Vec<(PathBuf, ModelId)>> {
             });
         }
     };
-    let mut files: Vec<PathBuf> = entries
-        .filter_map(|entry| entry.ok().map(|e| e.path()))
-        .filter(|path| {
-            path.is_file()
-                && path
-                    .extension()
-                    .and_then(|ext| ext.to_str())
-                    .is_some_and(|ext| MODEL_EXTENSIONS.contains(&ext))
-        })
-        .collect();
+    let is_model = |path: &Path| {
+        path.is_file()
+            && path
+                .extension()
+                .and_then(|ext| ext.to_str())
+                .is_some_and(|ext| MODEL_EXTENSIONS.contains(&ext))
+    };
+    let mut files = Vec::new();
+    for path in entries.filter_map(|entry| entry.ok().map(|e| e.path())) {
+        if path.is_dir() {
+            // Hidden folders are fetches in progress.
+            if path
+                .file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+            {
+                continue;
+            }
+            let inner = fs::read_dir(&path).map_err(|source| Error::Models {
+                path: path.clone(),
+                source,
+            })?;
+            files.extend(
+                inner
+                    .filter_map(|e| e.ok().map(|e| e.path()))
+                    .filter(|p| is_model(p)),
+            );
+        } else if is_model(&path) {
+            files.push(path);
+        }
+    }
     files.sort();
     if files.len() > MODEL_FILES_MAX {
         tracing::warn!(
@@ -74,7 +95,11 @@ mod tests {
         let ids: Vec<ModelId> = found.iter().map(|(_, id)| *id).collect();
         assert_eq!(
             ids,
-            vec![ModelId::of_bytes(b""), ModelId::of_bytes(b"weights")]
+            vec![
+                ModelId::of_bytes(b""),
+                ModelId::of_bytes(b"weights"),
+                ModelId::of_bytes(b"bert")
+            ]
         );
         assert!(
             scan_models(&dir.path().join("missing"))

@@ -1,11 +1,15 @@
-//! Hearth's compute side.
+//! Hearth's compute side: where inference happens.
 //!
-//! Today this crate answers "what can this machine do?": it detects the host's hardware
-//! ([`Hardware::detect`]), picks the device a node computes on ([`Hardware::primary_device`]), names the
-//! numeric class of its kernels ([`numeric_class`]) and measures a start-up score ([`benchmark`]).
-//! The node turns that into the [`hearth_protocol::Capabilities`] it advertises. It also names the
-//! models Hearth can fetch ([`CATALOG`]) with the blake3 of each file. Model loading and the
-//! layer-range executor come next, in this crate.
+//! - **Models.** [`GgufModel`] opens a llama-family GGUF (SmolLM2-135M-Instruct Q4_1 by default);
+//!   [`GgufTokenizer`] is built from its metadata and tokenizes as llama.cpp does; [`ChatTemplate`]
+//!   renders its chat template. [`Embedder`] runs a BERT sentence embedder (all-MiniLM-L6-v2).
+//!   [`CATALOG`] names the models Hearth fetches, with the blake3 of every file.
+//! - **Stages.** [`Stage::load`] loads any range of a model's layers and runs it with a KV cache per
+//!   session: token ids or hidden states in, hidden states or logits out. Chained stages compute
+//!   bit for bit what one stage over all layers computes.
+//! - **The machine.** [`Hardware::detect`] reads the host's CPU, memory and GPUs (with the `cuda` /
+//!   `metal` features), [`numeric_class`] names the code path that decides the bits, and
+//!   [`benchmark_gflops_per_thread`] gives a start-up score. The node advertises all of it.
 
 mod benchmark;
 mod catalog;

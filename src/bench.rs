@@ -5,12 +5,11 @@
 
 use std::time::Instant;
 
-use candle_core::Device;
 use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2, Stage, StageInput};
 use serde_json::json;
 
 use crate::cli::{BenchArgs, BenchCommand};
-use crate::config::{FileConfig, default_models_dir, pick};
+use crate::config::FileConfig;
 
 /// Prompt length of the prefill measurement, as in llama.cpp's `llama-bench -p 128`.
 const PROMPT_TOKENS: usize = 128;
@@ -21,7 +20,7 @@ const RUNS: usize = 3;
 
 pub(crate) fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()> {
     let BenchCommand::Local { model, json } = args.command;
-    let models = pick(args.models, file.models.clone(), default_models_dir)?;
+    let models = args.models.resolve(file)?;
     let path = model.unwrap_or_else(|| models.join(SMOLLM2.files[0].path));
     let model = GgufModel::open(&path)
         .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` gets the default model)"))?;
@@ -30,7 +29,11 @@ pub(crate) fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()> {
         .repeat(16);
     let mut prompt = tokenizer.encode(&text, false)?;
     prompt.truncate(PROMPT_TOKENS);
-    let mut stage = Stage::load(&model, 0..model.config.layers, &Device::Cpu)?;
+    let mut stage = Stage::load(
+        &model,
+        0..model.config.layers,
+        &hearth_kernels::compute_device(),
+    )?;
 
     let mut prefill = Vec::new();
     let mut decode = Vec::new();

@@ -76,9 +76,8 @@ pub(crate) struct NodeArgs {
         value_delimiter = ','
     )]
     pub(crate) join: Vec<String>,
-    /// Folder of model files [default: ~/.cache/hearth/models].
-    #[arg(long, env = "HEARTH_MODELS", value_name = "DIR")]
-    pub(crate) models: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) models: ModelsDir,
     /// Multiaddr to listen on; repeat for several [default: QUIC and TCP on 0.0.0.0, random ports].
     #[arg(
         long,
@@ -154,16 +153,14 @@ pub(crate) struct DemoArgs {
     /// Give up if the swarm has not formed after this many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub(crate) timeout: u64,
-    /// Folder of model files the nodes hold [default: ~/.cache/hearth/models].
-    #[arg(long, env = "HEARTH_MODELS", value_name = "DIR")]
-    pub(crate) models: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) models: ModelsDir,
 }
 
 #[derive(Debug, Args)]
 pub(crate) struct ModelsArgs {
-    /// Folder of model files [default: ~/.cache/hearth/models].
-    #[arg(long, global = true, env = "HEARTH_MODELS", value_name = "DIR")]
-    pub(crate) models: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) models: ModelsDir,
     #[command(subcommand)]
     pub(crate) command: ModelsCommand,
 }
@@ -188,9 +185,8 @@ pub(crate) enum ModelsCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct LocalArgs {
-    /// Folder of model files [default: ~/.cache/hearth/models].
-    #[arg(long, global = true, env = "HEARTH_MODELS", value_name = "DIR")]
-    pub(crate) models: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) models: ModelsDir,
     #[command(subcommand)]
     pub(crate) command: LocalCommand,
 }
@@ -262,9 +258,8 @@ pub(crate) struct ScoreArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct BenchArgs {
-    /// Folder of model files [default: ~/.cache/hearth/models].
-    #[arg(long, global = true, env = "HEARTH_MODELS", value_name = "DIR")]
-    pub(crate) models: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) models: ModelsDir,
     /// Compute threads [default: every core; RAYON_NUM_THREADS also sets it].
     #[arg(long, global = true, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) threads: Option<u32>,
@@ -283,4 +278,28 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// Where model files live; every command that touches models takes it.
+#[derive(Debug, Args)]
+pub(crate) struct ModelsDir {
+    /// Folder of model files [default: ~/.cache/hearth/models].
+    #[arg(
+        long = "models",
+        global = true,
+        env = "HEARTH_MODELS",
+        value_name = "DIR"
+    )]
+    pub(crate) dir: Option<PathBuf>,
+}
+
+impl ModelsDir {
+    /// The folder: the flag or HEARTH_MODELS, else the config file's `models`, else the default.
+    pub(crate) fn resolve(&self, file: &crate::config::FileConfig) -> anyhow::Result<PathBuf> {
+        crate::config::pick(
+            self.dir.clone(),
+            file.models.clone(),
+            crate::config::default_models_dir,
+        )
+    }
 }

@@ -13,7 +13,7 @@ use tokio::process::{Child, Command};
 
 use crate::cli::{ClientArgs, DemoArgs};
 use crate::client::Client;
-use crate::config::{FileConfig, default_models_dir, pick};
+use crate::config::FileConfig;
 use crate::peers::table;
 use crate::shutdown_signal;
 
@@ -25,7 +25,7 @@ const STOP_GRACE: Duration = Duration::from_secs(5);
 const COORDINATOR_START_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub(crate) async fn run(args: DemoArgs, file: &FileConfig) -> anyhow::Result<()> {
-    let models = pick(args.models.clone(), file.models.clone(), default_models_dir)?;
+    let models = args.models.resolve(file)?;
     let dir = std::env::temp_dir().join(format!("hearth-demo-{}", std::process::id()));
     std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
     let mut swarm = Children {

@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use candle_core::Device;
 use hearth_kernels::{
     ChatMessage, ChatTemplate, Embedder, GgufModel, GgufTokenizer, MINILM, SMOLLM2, Stage,
     StageInput, StageOutput,
@@ -12,13 +11,13 @@ use serde_json::json;
 use std::io::Write;
 
 use crate::cli::{EmbedArgs, GenerateArgs, LocalArgs, LocalCommand, ScoreArgs};
-use crate::config::{FileConfig, default_models_dir, pick};
+use crate::config::FileConfig;
 
 /// The one session `hearth local` runs.
 const SESSION: u64 = 0;
 
 pub(crate) fn run(args: LocalArgs, file: &FileConfig) -> anyhow::Result<()> {
-    let models = pick(args.models, file.models.clone(), default_models_dir)?;
+    let models = args.models.resolve(file)?;
     match args.command {
         LocalCommand::Generate(g) => generate(g, &models),
         LocalCommand::Score(s) => score(s, &models),
@@ -42,7 +41,11 @@ fn open_llm(
     let model = GgufModel::open(&path)
         .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` restores the default model)"))?;
     let tokenizer = GgufTokenizer::from_model(&model)?;
-    let stage = Stage::load(&model, 0..model.config.layers, &Device::Cpu)?;
+    let stage = Stage::load(
+        &model,
+        0..model.config.layers,
+        &hearth_kernels::compute_device(),
+    )?;
     Ok((model, tokenizer, stage))
 }
 
@@ -190,7 +193,7 @@ fn embed(args: EmbedArgs, models: &std::path::Path) -> anyhow::Result<()> {
             dir.display()
         );
     }
-    let embedder = Embedder::load(&dir, &Device::Cpu)?;
+    let embedder = Embedder::load(&dir, &hearth_kernels::compute_device())?;
     let tmp = args.output.with_extension("jsonl.partial");
     let mut out = std::io::BufWriter::new(
         std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?,

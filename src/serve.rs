@@ -6,14 +6,14 @@ use hearth_net::libp2p::Multiaddr;
 use hearth_node::NodeConfig;
 
 use crate::cli::{CoordinatorArgs, NodeArgs};
-use crate::config::{FileConfig, default_data_dir, default_models_dir, pick};
+use crate::config::{FileConfig, default_data_dir, pick};
 use crate::shutdown_signal;
 
 pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()> {
+    let models_dir = args.models.resolve(&file)?;
     let data_dir = pick(args.data_dir, file.node.data_dir, || {
         default_data_dir("node")
     })?;
-    let models_dir = pick(args.models, file.models, default_models_dir)?;
     let mut config = NodeConfig::new(data_dir, models_dir);
     config.join = non_empty(args.join).or(file.node.join).unwrap_or_default();
     if let Some(listen) = non_empty(args.listen).or(file.node.listen) {

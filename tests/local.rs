@@ -2,18 +2,19 @@
 
 mod support;
 
-use std::process::{Command, Output};
+use std::process::Output;
 
 use serde_json::Value;
-use support::hearth;
+use support::run_hearth_env;
 
 fn local(args: &[&str], threads: Option<&str>) -> Output {
-    let mut command = Command::new(hearth());
-    command.arg("local").args(args).env_remove("HEARTH_CONFIG");
-    if let Some(threads) = threads {
-        command.env("RAYON_NUM_THREADS", threads);
+    let args: Vec<&str> = std::iter::once("local")
+        .chain(args.iter().copied())
+        .collect();
+    match threads {
+        Some(threads) => run_hearth_env(&args, &[("RAYON_NUM_THREADS", threads)]),
+        None => run_hearth_env(&args, &[]),
     }
-    command.output().expect("run hearth")
 }
 
 fn json(out: &Output) -> Value {

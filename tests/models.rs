@@ -2,18 +2,13 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::Value;
-use support::hearth;
+use support::run_hearth_env;
 
 fn models(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(hearth())
-        .args(["models", "--models", dir.to_str().expect("utf-8")])
-        .args(args)
-        .env_remove("HEARTH_CONFIG")
-        .output()
-        .expect("run hearth")
+    let mut all = vec!["models", "--models", dir.to_str().expect("utf-8")];
+    all.extend(args);
+    run_hearth_env(&all, &[])
 }
 
 fn listed(dir: &std::path::Path) -> Vec<Value> {
@@ -89,17 +84,8 @@ fn a_corrupt_file_is_reported_and_fetched_again() {
 #[test]
 fn fetching_without_python_says_what_is_missing() {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let out = Command::new(hearth())
-        .args([
-            "models",
-            "--models",
-            tmp.path().to_str().expect("utf-8"),
-            "fetch",
-        ])
-        .env("PATH", tmp.path())
-        .env_remove("HEARTH_CONFIG")
-        .output()
-        .expect("run hearth");
+    let path = tmp.path().to_str().expect("utf-8");
+    let out = run_hearth_env(&["models", "--models", path, "fetch"], &[("PATH", path)]);
     assert!(!out.status.success());
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(stderr.contains("python3 with pip"), "{stderr}");

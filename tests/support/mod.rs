@@ -26,21 +26,12 @@ impl Process {
     pub fn start(name: &str, logs: &Path, prefix: &[&str], args: &[&str]) -> Self {
         let log = logs.join(format!("{name}.log"));
         let file = std::fs::File::create(&log).expect("log file");
-        let mut command = match prefix.split_first() {
-            Some((program, rest)) => {
-                let mut c = Command::new(program);
-                c.args(rest).arg(hearth());
-                c
-            }
-            None => Command::new(hearth()),
-        };
-        let child = command
+        let child = command(prefix)
             .args(args)
             .env(
                 "HEARTH_LOG",
                 "info,hearth_net=debug,hearth_coordinator=debug",
             )
-            .env_remove("HEARTH_CONFIG")
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))
             .stderr(file)
@@ -77,8 +68,8 @@ impl Drop for Process {
     }
 }
 
-/// Run `hearth ARGS` to completion.
-pub fn run_hearth(prefix: &[&str], args: &[&str]) -> Output {
+/// `hearth`, run through `prefix` (for example `ip netns exec NS`) when given.
+fn command(prefix: &[&str]) -> Command {
     let mut command = match prefix.split_first() {
         Some((program, rest)) => {
             let mut c = Command::new(program);
@@ -87,9 +78,20 @@ pub fn run_hearth(prefix: &[&str], args: &[&str]) -> Output {
         }
         None => Command::new(hearth()),
     };
+    command.env_remove("HEARTH_CONFIG");
     command
+}
+
+/// Run `hearth ARGS` to completion.
+pub fn run_hearth(prefix: &[&str], args: &[&str]) -> Output {
+    command(prefix).args(args).output().expect("run hearth")
+}
+
+/// Run `hearth ARGS` to completion with extra environment variables.
+pub fn run_hearth_env(args: &[&str], env: &[(&str, &str)]) -> Output {
+    command(&[])
         .args(args)
-        .env_remove("HEARTH_CONFIG")
+        .envs(env.iter().copied())
         .output()
         .expect("run hearth")
 }

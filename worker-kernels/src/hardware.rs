@@ -104,6 +104,22 @@ impl Hardware {
     }
 }
 
+/// The device models run on: the first CUDA GPU in a `cuda` build, the Apple GPU in a `metal` build,
+/// the CPU otherwise or when no such GPU answers.
+pub fn compute_device() -> candle_core::Device {
+    let gpu = if cfg!(feature = "cuda") {
+        candle_core::Device::cuda_if_available(0)
+    } else if cfg!(feature = "metal") {
+        candle_core::Device::metal_if_available(0)
+    } else {
+        Ok(candle_core::Device::Cpu)
+    };
+    gpu.unwrap_or_else(|error| {
+        tracing::warn!(%error, "GPU unavailable; computing on the CPU");
+        candle_core::Device::Cpu
+    })
+}
+
 /// The numeric class of `family` kernels on `device` of this host: kernel version, backend, and the
 /// code path that decides the bits (CPU architecture and SIMD tier, or the GPU's name). Two peers with
 /// the same class are expected to produce identical bits; the kernels issue makes CPU classes

@@ -39,7 +39,7 @@ pub(crate) enum Command {
     Coordinator(CoordinatorArgs),
     /// List the swarm's peers and their hardware, as the coordinator sees them.
     Peers(PeersArgs),
-    /// Run a model on this machine alone (no swarm): generate text, or score given tokens.
+    /// Run a model on this machine alone (no swarm): generate text, score given tokens, embed texts.
     Local(LocalArgs),
     /// Measure how fast this machine runs models.
     Bench(BenchArgs),

@@ -8,10 +8,8 @@
 
 mod support;
 
-use std::process::Command;
-
 use serde_json::Value;
-use support::hearth;
+use support::{run_hearth_env, stdout_json};
 
 /// Largest gap allowed between Hearth's top logit and its logit for llama.cpp's token.
 const LOGIT_GAP_MAX: f64 = 0.3;
@@ -28,18 +26,10 @@ fn reference() -> Value {
 }
 
 fn hearth_json(args: &[&str]) -> Value {
-    let out = Command::new(hearth())
-        .arg("local")
-        .args(args)
-        .env_remove("HEARTH_CONFIG")
-        .output()
-        .expect("run");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    let args: Vec<&str> = std::iter::once("local")
+        .chain(args.iter().copied())
+        .collect();
+    stdout_json(&run_hearth_env(&args, &[]))
 }
 
 fn ids(v: &Value) -> Vec<u64> {

@@ -5,7 +5,7 @@ mod support;
 use std::process::Output;
 
 use serde_json::Value;
-use support::run_hearth_env;
+use support::{run_hearth_env, stdout_json as json};
 
 fn local(args: &[&str], threads: Option<&str>) -> Output {
     let args: Vec<&str> = std::iter::once("local")
@@ -15,15 +15,6 @@ fn local(args: &[&str], threads: Option<&str>) -> Output {
         Some(threads) => run_hearth_env(&args, &[("RAYON_NUM_THREADS", threads)]),
         None => run_hearth_env(&args, &[]),
     }
-}
-
-fn json(out: &Output) -> Value {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
 }
 
 #[test]

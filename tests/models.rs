@@ -3,7 +3,7 @@
 mod support;
 
 use serde_json::Value;
-use support::run_hearth_env;
+use support::{run_hearth_env, stdout_json};
 
 fn models(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
     let mut all = vec!["models", "--models", dir.to_str().expect("utf-8")];
@@ -12,13 +12,7 @@ fn models(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
 }
 
 fn listed(dir: &std::path::Path) -> Vec<Value> {
-    let out = models(dir, &["list", "--json"]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("json")
+    serde_json::from_value(stdout_json(&models(dir, &["list", "--json"]))).expect("an array")
 }
 
 #[test]

@@ -96,6 +96,16 @@ pub fn run_hearth_env(args: &[&str], env: &[(&str, &str)]) -> Output {
         .expect("run hearth")
 }
 
+/// The JSON a successful command printed; panics with its stderr if it failed.
+pub fn stdout_json(out: &Output) -> Value {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the command prints JSON")
+}
+
 /// `hearth peers --json --api API`, parsed. Empty when the coordinator does not answer yet.
 pub fn peers(prefix: &[&str], api: &str) -> Vec<Value> {
     let out = run_hearth(prefix, &["peers", "--json", "--api", api]);

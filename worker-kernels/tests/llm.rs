@@ -210,10 +210,11 @@ fn sessions_are_kept_apart_and_checked_for_continuity() {
     );
 }
 
-/// Batch invariance: is a prefill of N tokens bit-identical to N one-token steps? Reported, not
-/// asserted: candle's kernels do not promise it (the kernels issue makes it hold).
+/// Batch invariance: is a prefill of N tokens bit-identical to N one-token steps? It holds for a
+/// short prefill, which is asserted; for a long one candle's kernels change path with the batch size
+/// and it does not, which is reported (the kernels issue makes it hold everywhere).
 #[test]
-fn report_batch_invariance() {
+fn batch_invariance_holds_for_short_prefills_and_is_reported_for_long_ones() {
     let short = "Pipelines replay a prefix as one prefill to rebuild a cache.".to_string();
     let long = short.repeat(10);
     for text in [short, long] {
@@ -248,6 +249,13 @@ fn report_batch_invariance() {
             "batch invariance: {identical} of {} positions bit-identical between one prefill and one-token steps; max |logit diff| {max_diff:e}",
             prompt.len()
         );
+        if prompt.len() <= 16 {
+            assert_eq!(
+                identical,
+                prompt.len(),
+                "a short prefill must equal one-token steps bit for bit"
+            );
+        }
     }
 }
 

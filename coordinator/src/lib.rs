@@ -4,16 +4,21 @@
 //! → the sans-IO [`Registry`] keeps each peer's capabilities and decides who is online → the HTTP API
 //! reads the registry through the loop (`GET /v1/peers`, `GET /v1/swarm`).
 //!
+//! The [`Ledger`] (trust per peer and numeric class, strikes, quarantine, credit) is the first core
+//! of sharded jobs; the scheduler and verifier that feed it come next.
+//!
 //! The decisions live in pure state machines (`handle(now_ms, input) -> outputs`) so the simulator and
 //! tests drive them without sockets or clocks; [`run`] is the thin shell around them.
 
 mod error;
 mod http;
+mod ledger;
 mod limits;
 mod registry;
 mod service;
 
 pub use error::{Error, Result};
+pub use ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
 pub use limits::*;
 pub use registry::{Input, Output, Registry};
 pub use service::{API_URL_FILE, CoordinatorConfig, run};

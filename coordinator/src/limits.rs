@@ -22,3 +22,28 @@ pub const COMMAND_QUEUE_MAX: usize = 256;
 
 /// Largest HTTP request body accepted (the API so far has no bodies worth more).
 pub const HTTP_BODY_BYTES_MAX: usize = 64 * 1024;
+
+/// A new peer's estimated error rate, per numeric class: BOINC's starting value. Untrusted until it
+/// falls below [`TRUST_ERROR_RATE_MAX`].
+pub const ERROR_RATE_INITIAL: f64 = 0.1;
+/// Each valid result multiplies the error estimate by this (BOINC's adaptive replication).
+pub const ERROR_RATE_VALID_FACTOR: f64 = 0.95;
+/// Each invalid result adds this to the error estimate (BOINC's), capped at 1.
+pub const ERROR_RATE_INVALID_STEP: f64 = 0.1;
+/// Error estimate under which a peer may run units alone (with spot checks). From the initial 0.1
+/// it takes 14 valid results in a row to get there.
+pub const TRUST_ERROR_RATE_MAX: f64 = 0.05;
+/// Valid results in a row a peer needs, whatever its estimate, before it runs anything alone.
+pub const TRUST_VALID_RUN_MIN: u32 = 10;
+/// Least probability that a trusted peer's unit is replicated anyway, so trust is re-earned
+/// continually and a peer that turns after earning it is caught.
+pub const SPOT_CHECK_PROBABILITY_MIN: f64 = 0.1;
+/// Spot-check probability per unit of error estimate, above the minimum: shakier peers are checked
+/// more (at the trust threshold, 0.2).
+pub const SPOT_CHECK_PER_ERROR: f64 = 4.0;
+/// Strikes (results that lost to a quorum without proof of malice) that quarantine a peer.
+pub const STRIKES_QUARANTINE: u32 = 3;
+/// First quarantine; each repeat doubles it.
+pub const QUARANTINE_BASE_MS: u64 = 10 * 60 * 1000;
+/// Longest quarantine: a week, after which the peer starts again untrusted.
+pub const QUARANTINE_MAX_MS: u64 = 7 * 24 * 60 * 60 * 1000;

@@ -46,11 +46,10 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    if let Command::Bench(args) = &cli.command
-        && let Some(threads) = args.threads
-    {
-        set_compute_threads(threads);
-    }
+    configure_kernels(match &cli.command {
+        Command::Bench(args) => args.threads,
+        _ => None,
+    });
     init_logging();
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -80,13 +79,27 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     })
 }
 
-/// candle sizes its thread pools from `RAYON_NUM_THREADS` when they are first used, and offers no
-/// other way to set them.
+/// How long candle's matmul threads spin waiting for each other before they sleep, unless
+/// `CANDLE_BARRIER_POOL_SPIN_LIMIT` says otherwise. candle's default (25,000) collapses when another
+/// process holds a core, as on any volunteer's machine: measured here at 2 threads with one core busy,
+/// decode fell from 20.0 to 4.2 tokens/s, and 1,000 brought it to 9.5; on a quiet machine 1,000 costs
+/// about 7% (19.9 → 18.5).
+const KERNEL_SPIN_LIMIT: &str = "1000";
+
+/// candle reads its thread count (`RAYON_NUM_THREADS`) and spin limit from the environment when its
+/// pools first start, and offers no other way to set them.
 #[allow(unsafe_code)]
-fn set_compute_threads(threads: u32) {
+fn configure_kernels(threads: Option<u32>) {
     // SAFETY: called first thing in main, before the runtime or any other thread exists, so no
     // other thread can be reading the environment.
-    unsafe { std::env::set_var("RAYON_NUM_THREADS", threads.to_string()) };
+    unsafe {
+        if let Some(threads) = threads {
+            std::env::set_var("RAYON_NUM_THREADS", threads.to_string());
+        }
+        if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
+            std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", KERNEL_SPIN_LIMIT);
+        }
+    }
 }
 
 /// Diagnostics go to stderr through `tracing`; `HEARTH_LOG` (or `RUST_LOG`) filters them.

@@ -89,9 +89,11 @@ pub(crate) struct NodeArgs {
     /// Do not look for peers on the LAN with mDNS.
     #[arg(long)]
     pub(crate) no_mdns: bool,
-    /// Worker threads [default: every core this process may use].
-    #[arg(long, env = "HEARTH_THREADS", value_name = "N")]
-    pub(crate) threads: Option<u32>,
+    /// Most threads the node computes on [default: the free cores: those this process may use, less
+    /// the host's current load].
+    #[arg(long, alias = "threads", env = "HEARTH_MAX_THREADS", value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) max_threads: Option<u32>,
 }
 
 #[derive(Debug, Args)]

@@ -10,7 +10,7 @@
 //! join = ["http://coordinator.lan:7070"]
 //! listen = ["/ip4/0.0.0.0/udp/7072/quic-v1"]
 //! mdns = true
-//! threads = 4
+//! max_threads = 4
 //!
 //! [coordinator]
 //! data_dir = "/var/lib/hearth/coordinator"
@@ -49,7 +49,8 @@ pub(crate) struct NodeSection {
     pub(crate) join: Option<Vec<String>>,
     pub(crate) listen: Option<Vec<String>>,
     pub(crate) mdns: Option<bool>,
-    pub(crate) threads: Option<u32>,
+    #[serde(alias = "threads")]
+    pub(crate) max_threads: Option<u32>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -46,12 +46,25 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let file = match FileConfig::load(cli.config.as_deref()) {
+        Ok(file) => file,
+        Err(error) => {
+            eprintln!("error: {error:#}");
+            return ExitCode::FAILURE;
+        }
+    };
     configure_kernels(match &cli.command {
         Command::Bench(args) => args.threads,
+        // A node computes on the threads it advertises: the flag, the config, else the free cores.
+        Command::Node(args) => Some(
+            args.max_threads
+                .or(file.node.max_threads)
+                .unwrap_or_else(hearth_kernels::free_cores),
+        ),
         _ => None,
     });
     init_logging();
-    match run(cli) {
+    match run(cli, file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("error: {error:#}");
@@ -60,8 +73,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
-    let file = FileConfig::load(cli.config.as_deref())?;
+fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;

@@ -20,9 +20,9 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
         config.net.listen = multiaddrs(&listen)?;
     }
     config.net.mdns = !args.no_mdns && file.node.mdns.unwrap_or(true);
-    config.threads = args.threads.or(file.node.threads);
+    config.threads = args.max_threads.or(file.node.max_threads);
     if config.threads == Some(0) {
-        anyhow::bail!("--threads must be at least 1");
+        anyhow::bail!("--max-threads must be at least 1");
     }
     hearth_node::run(config, shutdown_signal()).await?;
     Ok(())

@@ -127,6 +127,8 @@ async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
             "--no-mdns",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",
+            "--max-threads",
+            "1",
         ],
     );
     wait_until(Duration::from_secs(10), "honest node online", || {
@@ -233,4 +235,8 @@ async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
     assert_eq!(listed.len(), 1, "{listed:#?}");
     assert_eq!(listed[0]["peer_id"], honest.as_str());
     assert_eq!(listed[0]["online"], true);
+    assert_eq!(
+        listed[0]["capabilities"]["threads"], 1,
+        "the node advertises --max-threads"
+    );
 }

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 use hearth_kernels::{Hardware, numeric_class};
 use hearth_protocol::{Capabilities, KernelFamily, ModelId};
 
-/// The capabilities of this host: its primary device, `threads` worker threads (all usable cores when
+/// The capabilities of this host: its primary device, `threads` worker threads (the free cores when
 /// `None`), a score from the start-up benchmark (`gflops_per_thread` × threads), and `models`.
 pub fn capabilities(
     hardware: &Hardware,
@@ -15,7 +15,7 @@ pub fn capabilities(
 ) -> Capabilities {
     let device = hardware.primary_device();
     let threads = threads
-        .unwrap_or(hardware.cpu_cores)
+        .unwrap_or_else(hearth_kernels::free_cores)
         .clamp(1, hardware.cpu_cores.max(1));
     let numeric_class = [KernelFamily::Llm, KernelFamily::Embed]
         .into_iter()

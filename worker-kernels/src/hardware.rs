@@ -104,6 +104,17 @@ impl Hardware {
     }
 }
 
+/// Cores free for work now: those this process may use, less the host's one-minute load average
+/// (rounded), at least 1. BOINC's reading of "spare": what the owner is not using.
+pub fn free_cores() -> u32 {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get() as u32);
+    let busy = System::load_average()
+        .map_or(0.0, |load| load.one)
+        .round()
+        .max(0.0) as u32;
+    cores.saturating_sub(busy).clamp(1, cores)
+}
+
 /// The device models run on: the first CUDA GPU in a `cuda` build, the Apple GPU in a `metal` build,
 /// the CPU otherwise or when no such GPU answers.
 pub fn compute_device() -> candle_core::Device {

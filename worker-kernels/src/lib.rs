@@ -22,7 +22,7 @@ pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
 pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2, catalog_model};
 pub use embed::{EMBED_TOKENS_MAX, Embedder};
 pub use error::{Error, Result};
-pub use hardware::{Device, Hardware, KERNELS_VERSION, compute_device, numeric_class};
+pub use hardware::{Device, Hardware, KERNELS_VERSION, compute_device, free_cores, numeric_class};
 pub use llm::{
     ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, LlmConfig, SESSIONS_MAX, SessionId, Stage,
     StageInput, StageOutput,

@@ -19,6 +19,8 @@ use crate::shutdown_signal;
 
 /// How often the demo polls the coordinator while the swarm forms.
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
+/// How often the demo looks for the coordinator's API URL file while it starts.
+const API_FILE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a child gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// How long the coordinator gets to start serving HTTP.
@@ -158,7 +160,7 @@ async fn wait_for_api(file: &Path, swarm: &mut Children) -> anyhow::Result<Strin
                 COORDINATOR_START_TIMEOUT.as_secs()
             );
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(API_FILE_POLL_INTERVAL).await;
     }
 }
 

@@ -140,7 +140,7 @@ impl Behaviour {
 }
 
 /// The identify protocol version: peers that announce another are not Hearth peers of this version.
-pub fn identify_protocol() -> String {
+pub(crate) fn identify_protocol() -> String {
     format!("/hearth/{}", hearth_protocol::PROTOCOL_VERSION)
 }
 

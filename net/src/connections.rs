@@ -27,14 +27,13 @@ pub(crate) struct Connections {
 
 impl Connections {
     /// Record a new connection; drop all of the peer's connections if it replaces a stale one.
-    /// Returns true when it did.
     pub(crate) fn on_established(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         peer: PeerId,
         connection: ConnectionId,
         endpoint: &ConnectedPoint,
-    ) -> bool {
+    ) {
         let now = Instant::now();
         let open = self.open.entry(peer).or_default();
         let stale = endpoint.is_listener()
@@ -46,7 +45,6 @@ impl Connections {
             tracing::info!(%peer, "peer reconnected while an older connection lingers; resetting its connections");
             let _ = swarm.disconnect_peer_id(peer);
         }
-        stale
     }
 
     /// Forget a closed connection.

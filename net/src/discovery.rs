@@ -4,7 +4,8 @@
 use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::{Swarm, identify, mdns};
 
-use crate::{Behaviour, BehaviourEvent, identify_protocol};
+use crate::behaviour::identify_protocol;
+use crate::{Behaviour, BehaviourEvent};
 
 /// Act on the discovery events in `event` (mDNS, identify) and hand back every other event.
 pub(crate) fn discover(

@@ -71,7 +71,10 @@ impl Gossip {
             .and_then(|(signer, msg)| {
                 let author = message.source.as_ref().and_then(from_libp2p_peer_id);
                 if author == Some(signer) {
-                    Ok(msg)
+                    Ok(Received {
+                        from: signer,
+                        message: msg,
+                    })
                 } else {
                     Err(Rejection::WrongAuthor {
                         signer: signer.to_string(),
@@ -81,14 +84,13 @@ impl Gossip {
             });
         let gossip = &mut swarm.behaviour_mut().gossipsub;
         match checked {
-            Ok(msg) => {
+            Ok(received) => {
                 gossip.report_message_validation_result(
                     &message_id,
                     &propagation_source,
                     gossipsub::MessageAcceptance::Accept,
                 );
-                let from = from_libp2p_peer_id(&message.source?)?;
-                Some(Received { from, message: msg })
+                Some(received)
             }
             Err(error) => {
                 gossip.report_message_validation_result(

@@ -20,9 +20,7 @@ mod limits;
 mod network;
 mod penalties;
 
-pub use behaviour::{
-    Behaviour, BehaviourEvent, BoxError, NetConfig, build_swarm, identify_protocol,
-};
+pub use behaviour::{Behaviour, BehaviourEvent, BoxError, NetConfig, build_swarm};
 use connections::Connections;
 use discovery::discover;
 use gossip::Gossip;

@@ -72,8 +72,3 @@ pub const MINILM: CatalogModel = CatalogModel {
 
 /// Every catalogued model, defaults first.
 pub const CATALOG: [CatalogModel; 2] = [SMOLLM2, MINILM];
-
-/// The catalogued model called `name`.
-pub fn catalog_model(name: &str) -> Option<&'static CatalogModel> {
-    CATALOG.iter().find(|m| m.name == name)
-}

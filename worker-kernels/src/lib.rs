@@ -19,7 +19,7 @@ mod hardware;
 mod llm;
 
 pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
-pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2, catalog_model};
+pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2};
 pub use embed::{EMBED_TOKENS_MAX, Embedder};
 pub use error::{Error, Result};
 pub use hardware::{Device, Hardware, KERNELS_VERSION, compute_device, free_cores, numeric_class};

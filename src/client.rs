@@ -14,7 +14,10 @@ pub(crate) struct Client {
 }
 
 /// How long a client request may take before the command gives up.
-const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// How long a request that uploads a job may take.
+const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Client {
     pub(crate) fn new(args: &ClientArgs, file: &FileConfig) -> anyhow::Result<Self> {
@@ -39,7 +42,33 @@ impl Client {
     /// `GET path` as JSON.
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.get(&url);
+        let body = self.send(self.http.get(&url), &url).await?;
+        serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
+    }
+
+    /// `GET path` as bytes (JSONL answers).
+    pub(crate) async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
+        let url = format!("{}{path}", self.base);
+        self.send(self.http.get(&url), &url).await
+    }
+
+    /// `POST path` with a JSON body, answer as JSON.
+    pub(crate) async fn post<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+    ) -> anyhow::Result<T> {
+        let url = format!("{}{path}", self.base);
+        let request = self.http.post(&url).json(body).timeout(UPLOAD_TIMEOUT);
+        let body = self.send(request, &url).await?;
+        serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
+    }
+
+    async fn send(
+        &self,
+        mut request: reqwest::RequestBuilder,
+        url: &str,
+    ) -> anyhow::Result<Vec<u8>> {
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }
@@ -62,7 +91,7 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             bail!("{url}: {status}: {message}");
         }
-        serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
+        Ok(body.to_vec())
     }
 }
 

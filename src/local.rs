@@ -5,8 +5,9 @@ use std::path::PathBuf;
 
 use hearth_kernels::{
     ChatMessage, ChatTemplate, Embedder, GgufModel, GgufTokenizer, MINILM, SMOLLM2, Stage,
-    StageInput, StageOutput,
+    StageInput, StageOutput, argmax, generate_greedy,
 };
+use hearth_protocol::work::UnitOutput;
 use serde_json::json;
 use std::io::Write;
 
@@ -49,22 +50,6 @@ fn open_llm(
     Ok((model, tokenizer, stage))
 }
 
-fn logits_row(output: StageOutput) -> anyhow::Result<Vec<f32>> {
-    match output {
-        StageOutput::Logits(logits) => Ok(logits.squeeze(0)?.to_vec1()?),
-        StageOutput::Hidden(_) => anyhow::bail!("a stage over all layers returned hidden states"),
-    }
-}
-
-fn argmax(row: &[f32]) -> (u32, f32) {
-    // The first maximum wins ties, as in llama.cpp's greedy sampler.
-    row.iter()
-        .enumerate()
-        .fold((0, f32::NEG_INFINITY), |(bi, bv), (i, &v)| {
-            if v > bv { (i as u32, v) } else { (bi, bv) }
-        })
-}
-
 fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> {
     let (model, tokenizer, mut stage) = open_llm(args.model, models)?;
     let prompt = if args.chat {
@@ -86,24 +71,14 @@ fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> 
     if prompt_ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
-    let started = std::time::Instant::now();
-    let mut logits =
-        logits_row(stage.forward(SESSION, StageInput::Tokens(prompt_ids.clone()), 0, false)?)?;
-    let prefill = started.elapsed();
-    let mut generated = Vec::new();
-    // Each generated token is fed back at the next position.
-    for pos in prompt_ids.len()..prompt_ids.len() + args.max_tokens {
-        let (next, _) = argmax(&logits);
-        generated.push(next);
-        if next == tokenizer.eos
-            || pos + 1 >= model.config.context
-            || generated.len() == args.max_tokens
-        {
-            break;
-        }
-        logits = logits_row(stage.forward(SESSION, StageInput::Tokens(vec![next]), pos, false)?)?;
-    }
-    let elapsed = started.elapsed();
+    let run = generate_greedy(
+        &mut stage,
+        tokenizer.eos,
+        &prompt_ids,
+        args.max_tokens,
+        SESSION,
+    )?;
+    let (generated, prefill, elapsed) = (run.token_ids, run.prefill, run.total);
     let text = tokenizer.decode(&generated)?;
     if args.json {
         let decode = elapsed.saturating_sub(prefill).as_secs_f64();
@@ -201,10 +176,12 @@ fn embed(args: EmbedArgs, models: &std::path::Path) -> anyhow::Result<()> {
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
     for (n, batch) in inputs.chunks(EMBED_BATCH).enumerate() {
         let texts: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
-        for ((id, _), vector) in batch.iter().zip(embedder.embed(&texts)?) {
-            serde_json::to_writer(&mut out, &json!({ "id": id, "embedding": vector }))?;
-            out.write_all(b"\n")?;
-        }
+        let ids: Vec<String> = batch.iter().map(|(id, _)| id.to_string()).collect();
+        // The swarm's own line format and per-text computation, so outputs compare bit for bit.
+        let vectors = UnitOutput::Embeddings(embedder.embed_each(&texts)?);
+        let mut lines = String::new();
+        hearth_coordinator::output_lines(&ids, &vectors, &mut lines);
+        out.write_all(lines.as_bytes())?;
         if progress {
             eprint!(
                 "\rembedded {}/{}",

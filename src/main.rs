@@ -5,6 +5,7 @@ mod cli;
 mod client;
 mod config;
 mod demo;
+mod jobs;
 mod jsonl;
 mod keygen;
 mod local;
@@ -87,6 +88,11 @@ fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args, &file),
             Command::Models(args) => models::run(args, &file),
             Command::Demo(args) => demo::run(args, &file).await,
+            Command::Embed(args) => jobs::embed(args, &file).await,
+            Command::Batch(args) => jobs::batch(args, &file).await,
+            Command::Jobs(args) => jobs::list(args, &file).await,
+            Command::Job(args) => jobs::job(args, &file).await,
+            Command::Verify(args) => jobs::verify(args),
         }
     })
 }

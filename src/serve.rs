@@ -24,6 +24,11 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
     if config.threads == Some(0) {
         anyhow::bail!("--max-threads must be at least 1");
     }
+    config.max_concurrent = args.max_concurrent;
+    #[cfg(feature = "fault-injection")]
+    {
+        config.fault = args.fault;
+    }
     hearth_node::run(config, shutdown_signal()).await?;
     Ok(())
 }
@@ -40,6 +45,7 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
         config.http = http;
     }
     config.net.mdns = !args.no_mdns && file.coordinator.mdns.unwrap_or(true);
+    config.policy.replicas = args.replicas;
     hearth_coordinator::run(config, shutdown_signal()).await?;
     Ok(())
 }

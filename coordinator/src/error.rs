@@ -28,6 +28,15 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The journal could not be opened, read or written. Fatal: nothing may be acknowledged that
+    /// is not committed.
+    #[error("journal {path}: {message}")]
+    Journal {
+        /// The journal file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The coordinator's result type.

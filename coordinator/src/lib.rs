@@ -12,13 +12,22 @@
 
 mod error;
 mod http;
+pub mod journal;
 mod ledger;
 mod limits;
 mod registry;
+pub mod scheduler;
 mod service;
+pub mod verifier;
+mod work;
 
 pub use error::{Error, Result};
 pub use ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
 pub use limits::*;
 pub use registry::{Input, Output, Registry};
+pub use scheduler::{
+    Delivery, JobSpec, JobState, JobStatus, Offer, Policy, Scheduler, UnitSpec, UnitState,
+    UnitStatus, deadline_ms, unit_size,
+};
 pub use service::{API_URL_FILE, CoordinatorConfig, run};
+pub use work::{JobInput, SubmitJob, Unavailable, output_lines};

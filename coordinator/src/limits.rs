@@ -47,3 +47,34 @@ pub const STRIKES_QUARANTINE: u32 = 3;
 pub const QUARANTINE_BASE_MS: u64 = 10 * 60 * 1000;
 /// Longest quarantine: a week, after which the peer starts again untrusted.
 pub const QUARANTINE_MAX_MS: u64 = 7 * 24 * 60 * 60 * 1000;
+
+/// Replicas disagreement may add to a unit beyond the ones it started with; past it the unit fails
+/// (visibly) rather than burning the swarm on an input no two peers agree on.
+pub const REPLICAS_EXTRA_MAX: u32 = 3;
+/// Assignments of one unit (timeouts, refusals, lost peers included) before it fails.
+pub const ASSIGNMENTS_MAX: u32 = 12;
+/// Benchmark score of the reference peer the timing constants below are for (one core of this
+/// project's 2-core CI machine scores about this).
+pub const REFERENCE_SCORE: f64 = 20.0;
+/// Milliseconds one input takes on the reference peer (MiniLM on a short text: about 8 ms; a
+/// generated token of SmolLM2 about 50 ms; this is the embedder's, with the slack below for LLMs).
+pub const ITEM_MS_AT_REFERENCE: f64 = 10.0;
+/// A deadline is this many times the expected time, so a busy volunteer machine is not written off.
+pub const DEADLINE_SLACK: f64 = 20.0;
+/// The shortest deadline: covers a model load and a slow start.
+pub const DEADLINE_MIN_MS: u64 = 60_000;
+/// Work one unit should take on a typical peer when the submitter does not set `--unit-size`: long
+/// enough that a round trip and a journal commit are noise, short enough to spread a job.
+pub const UNIT_TARGET_MS: u64 = 500;
+/// Most inputs per unit chosen by default.
+pub const UNIT_ITEMS_DEFAULT_MAX: usize = 64;
+
+/// Largest `POST /v1/jobs` body: a batch of tens of thousands of sentences.
+pub const JOB_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
+/// Most inputs in one job.
+pub const JOB_INPUTS_MAX: usize = 100_000;
+/// Most replicas a submitter may ask for per unit.
+pub const REPLICAS_MAX: u32 = 8;
+/// How long a node's request for work is held before it is answered empty (below the work
+/// protocol's request timeout).
+pub const WORK_FETCH_HOLD_MS: u64 = 10_000;

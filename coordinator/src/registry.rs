@@ -144,8 +144,21 @@ impl Registry {
                 known_for_ms: now_ms.saturating_sub(r.first_seen_ms),
                 adverts: r.adverts,
                 capabilities: r.capabilities.clone(),
+                reliability: 0.0,
+                credit: 0.0,
+                strikes: 0,
+                quarantined: false,
+                quarantine_reason: None,
             })
             .collect()
+    }
+
+    /// What an online peer advertised last.
+    pub fn capabilities(&self, peer: &PeerId) -> Option<&Capabilities> {
+        self.peers
+            .get(peer)
+            .filter(|r| r.online)
+            .map(|r| &r.capabilities)
     }
 
     /// Peers currently online.

@@ -18,12 +18,14 @@ use hearth_net::{NetConfig, NetEvent, Network, load_or_create_identity};
 use hearth_protocol::Message;
 use hearth_protocol::api::SwarmInfo;
 use tokio::sync::mpsc;
-use tokio::time::{Instant, MissedTickBehavior};
+use tokio::time::MissedTickBehavior;
 use tracing::Instrument;
 
 use crate::http::{Command, router};
 use crate::limits::{COMMAND_QUEUE_MAX, TICK_INTERVAL_MS};
 use crate::registry::{Input, Output, Registry};
+use crate::scheduler::Policy;
+use crate::work::Work;
 use crate::{Error, Result};
 
 /// File in the data folder holding the URL the HTTP API listens on, written once it is bound (useful
@@ -39,6 +41,8 @@ pub struct CoordinatorConfig {
     pub net: NetConfig,
     /// Where the HTTP API listens.
     pub http: SocketAddr,
+    /// How sharded jobs are replicated.
+    pub policy: Policy,
 }
 
 impl CoordinatorConfig {
@@ -65,6 +69,7 @@ impl CoordinatorConfig {
                 ..NetConfig::default()
             },
             http: Self::HTTP_ADDR.parse().expect("valid socket address"),
+            policy: Policy::default(),
         }
     }
 }
@@ -77,6 +82,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
     async move {
         tracing::info!(peer_id = %peer, created, data_dir = %config.data_dir.display(), "identity");
         let network = Network::new(key, &config.net)?;
+        let work = Work::open(&config.data_dir, config.policy)?;
 
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
@@ -110,14 +116,18 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         let mut coordinator = Coordinator {
             network,
             registry: Registry::default(),
+            work,
             listen_addrs: Vec::new(),
-            started: Instant::now(),
         };
-        coordinator.event_loop(commands, shutdown).await;
+        let result = coordinator.event_loop(commands, shutdown).await;
         let _ = stop_http.send(());
         let _ = server.await;
-        tracing::info!("stopped");
-        Ok(())
+        if let Err(error) = &result {
+            tracing::error!(%error, "stopped on a journal failure");
+        } else {
+            tracing::info!("stopped");
+        }
+        result
     }
     .instrument(span)
     .await
@@ -126,40 +136,92 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
 struct Coordinator {
     network: Network,
     registry: Registry,
+    work: Work,
     listen_addrs: Vec<Multiaddr>,
-    started: Instant,
 }
 
 impl Coordinator {
+    /// Wall-clock milliseconds: deadlines in the journal must mean the same after a restart.
     fn now_ms(&self) -> u64 {
-        u64::try_from(self.started.elapsed().as_millis()).unwrap_or(u64::MAX)
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 
     async fn event_loop(
         &mut self,
         mut commands: mpsc::Receiver<Command>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> Result<()> {
         let mut tick = tokio::time::interval(Duration::from_millis(TICK_INTERVAL_MS));
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
-                event = self.network.next() => self.on_event(event),
-                Some(command) = commands.recv() => self.on_command(command),
+                () = &mut shutdown => return Ok(()),
+                event = self.network.next() => self.on_event(event)?,
+                Some(command) = commands.recv() => self.on_command(command)?,
                 _ = tick.tick() => {
-                    let outputs = self.registry.handle(self.now_ms(), Input::Tick);
-                    self.log(outputs);
+                    let now = self.now_ms();
+                    let outputs = self.registry.handle(now, Input::Tick);
+                    self.log(outputs)?;
+                    self.work.tick(&mut self.network, now)?;
                 }
             }
         }
     }
 
-    fn on_command(&mut self, command: Command) {
+    fn on_command(&mut self, command: Command) -> Result<()> {
+        let now = self.now_ms();
         match command {
             Command::Peers(reply) => {
-                let _ = reply.send(self.registry.entries(self.now_ms()));
+                let mut peers = self.registry.entries(now);
+                for peer in &mut peers {
+                    let standing = self.work.standing(&peer.peer_id, now);
+                    peer.reliability = standing.reliability;
+                    peer.credit = standing.credit;
+                    peer.strikes = standing.strikes;
+                    peer.quarantined = standing.quarantined;
+                    peer.quarantine_reason = standing.quarantine_reason;
+                }
+                let _ = reply.send(peers);
+            }
+            Command::Submit(request, reply) => {
+                let answer =
+                    match self
+                        .work
+                        .submit(&mut self.network, &self.registry, now, *request)
+                    {
+                        Ok(committed) => Ok(committed?),
+                        Err(refusal) => Err(refusal),
+                    };
+                let _ = reply.send(answer);
+            }
+            Command::Jobs(reply) => {
+                let _ = reply.send(self.work.jobs());
+            }
+            Command::Job { id, units, reply } => {
+                let _ = reply.send(self.work.status(id, units)?);
+            }
+            Command::Output {
+                id,
+                receipts,
+                reply,
+            } => {
+                let answer = if receipts {
+                    self.work.receipts(id)
+                } else {
+                    self.work.output(id)
+                };
+                let _ = reply.send(answer);
+            }
+            Command::Cancel { id, reply } => {
+                let found = self.work.cancel(&mut self.network, now, id)?;
+                let _ = reply.send(if found {
+                    self.work.status(id, false)?
+                } else {
+                    None
+                });
             }
             Command::Swarm(reply) => {
                 let peer = self.network.local_peer();
@@ -176,9 +238,11 @@ impl Coordinator {
                 });
             }
         }
+        Ok(())
     }
 
-    fn on_event(&mut self, event: NetEvent) {
+    fn on_event(&mut self, event: NetEvent) -> Result<()> {
+        let now = self.now_ms();
         match event {
             NetEvent::Listening(address) => self.listen_addrs.push(address),
             NetEvent::ListenExpired(address) => self.listen_addrs.retain(|a| a != &address),
@@ -188,14 +252,38 @@ impl Coordinator {
                     from: received.from,
                     advert: Box::new(advert),
                 };
-                let outputs = self.registry.handle(self.now_ms(), input);
-                self.log(outputs);
+                let outputs = self.registry.handle(now, input);
+                self.log(outputs)?;
             }
-            NetEvent::Connected { .. } | NetEvent::Disconnected(_) | NetEvent::Subscribed(_) => {}
+            NetEvent::WorkRequest {
+                peer,
+                request,
+                channel,
+            } => {
+                self.work.on_request(
+                    &mut self.network,
+                    &self.registry,
+                    now,
+                    peer,
+                    request,
+                    channel,
+                )?;
+            }
+            NetEvent::Connected { peer, endpoint } => {
+                if let Some(peer) = hearth_net::from_libp2p_peer_id(&peer) {
+                    self.work
+                        .connected(peer, network_of(endpoint.get_remote_address()));
+                }
+            }
+            NetEvent::Disconnected(_)
+            | NetEvent::Subscribed(_)
+            | NetEvent::WorkResponse { .. }
+            | NetEvent::WorkFailed { .. } => {}
         }
+        Ok(())
     }
 
-    fn log(&self, outputs: Vec<Output>) {
+    fn log(&mut self, outputs: Vec<Output>) -> Result<()> {
         for output in outputs {
             match output {
                 Output::Joined(peer) => {
@@ -206,11 +294,32 @@ impl Coordinator {
                 }
                 Output::Offline { peer, silent_ms } => {
                     tracing::info!(%peer, silent_ms, online = self.registry.online(), "peer offline");
+                    let now = self.now_ms();
+                    self.work.peer_lost(&mut self.network, now, peer)?;
                 }
                 Output::Refused(peer) => tracing::warn!(%peer, "registry full; peer not admitted"),
             }
         }
+        Ok(())
     }
+}
+
+/// The network a peer connects from, for spreading replicas: its IPv4 /24 or IPv6 /48.
+fn network_of(address: &Multiaddr) -> String {
+    for protocol in address {
+        match protocol {
+            Protocol::Ip4(ip) => {
+                let [a, b, c, _] = ip.octets();
+                return format!("{a}.{b}.{c}.0/24");
+            }
+            Protocol::Ip6(ip) => {
+                let s = ip.segments();
+                return format!("{:x}:{:x}:{:x}::/48", s[0], s[1], s[2]);
+            }
+            _ => {}
+        }
+    }
+    address.to_string()
 }
 
 /// Write `contents` to `path` through a temporary file and a rename, so readers never see half.

@@ -6,14 +6,15 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     Multiaddr, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, connection_limits, gossipsub,
-    identify, kad, mdns, noise, ping, tcp, yamux,
+    identify, kad, mdns, noise, ping, request_response, tcp, yamux,
 };
 
 use crate::gossip::advert_topic;
 use crate::limits::{
     CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX, GOSSIP_BYTES_MAX, IDLE_CONNECTION_TIMEOUT,
-    PENDING_INCOMING_MAX,
+    PENDING_INCOMING_MAX, WORK_REQUEST_TIMEOUT, WORK_STREAMS_MAX,
 };
+use crate::work::{WORK_STREAM_PROTOCOL, WorkCodec};
 
 /// Protocol name of Hearth's Kademlia DHT, kept apart from the public IPFS one.
 const KAD_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/kad/1.0.0");
@@ -75,6 +76,8 @@ mod derived {
         pub kad: kad::Behaviour<kad::store::MemoryStore>,
         /// Carries signed adverts.
         pub gossipsub: gossipsub::Behaviour,
+        /// Carries work units and their results ([`crate::WorkCodec`]).
+        pub work: request_response::Behaviour<WorkCodec>,
     }
 }
 
@@ -135,6 +138,16 @@ impl Behaviour {
             mdns: mdns.into(),
             kad,
             gossipsub,
+            work: request_response::Behaviour::with_codec(
+                WorkCodec,
+                [(
+                    WORK_STREAM_PROTOCOL,
+                    request_response::ProtocolSupport::Full,
+                )],
+                request_response::Config::default()
+                    .with_request_timeout(WORK_REQUEST_TIMEOUT)
+                    .with_max_concurrent_streams(WORK_STREAMS_MAX),
+            ),
         })
     }
 }

@@ -19,6 +19,7 @@ mod identity_file;
 mod limits;
 mod network;
 mod penalties;
+mod work;
 
 pub use behaviour::{Behaviour, BehaviourEvent, BoxError, NetConfig, build_swarm};
 use connections::Connections;
@@ -29,6 +30,7 @@ pub use identity_file::{IDENTITY_FILE, IdentityError, load_identity, load_or_cre
 pub use libp2p;
 pub use limits::*;
 pub use network::{NetEvent, Network};
+pub use work::{WORK_STREAM_PROTOCOL, WorkCodec};
 
 use hearth_protocol::SecretKey;
 

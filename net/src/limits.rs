@@ -32,3 +32,13 @@ pub const PENALTY_PEERS_MAX: usize = 4096;
 /// before a restart. Two peers dialing each other at once make connections milliseconds apart; a
 /// restarted process takes longer than this to come back.
 pub const STALE_CONNECTION_GRACE: Duration = Duration::from_secs(1);
+
+/// How long a work request may wait for its answer. The coordinator holds a node's request for work
+/// up to [`WORK_FETCH_HOLD`] (a long poll), so this must be longer than that.
+pub const WORK_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How long the coordinator holds a request for work before answering it empty.
+pub const WORK_FETCH_HOLD: Duration = Duration::from_secs(10);
+
+/// Work-protocol streams open at once per connection.
+pub const WORK_STREAMS_MAX: usize = 64;

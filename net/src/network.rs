@@ -5,8 +5,10 @@
 //! it. The role's own loop sees only what it acts on ([`NetEvent`]).
 
 use futures::StreamExt;
+use hearth_protocol::work::{WorkRequest, WorkResponse};
 use hearth_protocol::{Message, PeerId, SecretKey};
 use libp2p::core::ConnectedPoint;
+use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, gossipsub};
 
@@ -16,6 +18,8 @@ use crate::{
 };
 
 /// What a role's event loop is told.
+// Events are handled one at a time and moved, never queued in bulk: boxing would only add a copy.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug)]
 pub enum NetEvent {
     /// Now listening on this address.
@@ -35,6 +39,29 @@ pub enum NetEvent {
     Subscribed(libp2p::PeerId),
     /// A gossip message passed every check.
     Message(Received),
+    /// A peer sent a work request; answer it with [`Network::respond`].
+    WorkRequest {
+        /// The sender (the connection's authenticated identity).
+        peer: PeerId,
+        /// What it asks.
+        request: WorkRequest,
+        /// Where the answer goes.
+        channel: ResponseChannel<WorkResponse>,
+    },
+    /// The answer to a work request this peer sent.
+    WorkResponse {
+        /// The request it answers.
+        id: OutboundRequestId,
+        /// The answer.
+        response: WorkResponse,
+    },
+    /// A work request this peer sent got no answer.
+    WorkFailed {
+        /// The request.
+        id: OutboundRequestId,
+        /// Why, for logs.
+        error: String,
+    },
 }
 
 /// A running swarm with Hearth's shared event handling.
@@ -66,6 +93,26 @@ impl Network {
     /// Sign and publish `message` on gossip.
     pub fn publish(&mut self, message: &Message) -> Result<(), BoxError> {
         self.gossip.publish(&mut self.swarm, &self.key, message)
+    }
+
+    /// Send a work request to `peer` (dialing it if need be); the answer comes as
+    /// [`NetEvent::WorkResponse`] or [`NetEvent::WorkFailed`] with the returned id.
+    pub fn request(&mut self, peer: &PeerId, request: WorkRequest) -> OutboundRequestId {
+        let peer = crate::to_libp2p_peer_id(peer);
+        self.swarm.behaviour_mut().work.send_request(&peer, request)
+    }
+
+    /// Answer a work request. Returns false if the requester is gone.
+    pub fn respond(
+        &mut self,
+        channel: ResponseChannel<WorkResponse>,
+        response: WorkResponse,
+    ) -> bool {
+        self.swarm
+            .behaviour_mut()
+            .work
+            .send_response(channel, response)
+            .is_ok()
     }
 
     /// The next event the role acts on. Cancel-safe: events are handled whole between awaits.
@@ -127,9 +174,51 @@ impl Network {
                 BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                     Some(NetEvent::Subscribed(peer_id))
                 }
+                BehaviourEvent::Work(event) => self.on_work(event),
                 _ => None,
             },
             _ => None,
+        }
+    }
+
+    fn on_work(
+        &mut self,
+        event: request_response::Event<WorkRequest, WorkResponse>,
+    ) -> Option<NetEvent> {
+        match event {
+            request_response::Event::Message { peer, message, .. } => match message {
+                request_response::Message::Request {
+                    request, channel, ..
+                } => {
+                    let Some(from) = crate::from_libp2p_peer_id(&peer) else {
+                        tracing::warn!(%peer, "work request from a non-ed25519 peer; dropped");
+                        return None;
+                    };
+                    Some(NetEvent::WorkRequest {
+                        peer: from,
+                        request,
+                        channel,
+                    })
+                }
+                request_response::Message::Response {
+                    request_id,
+                    response,
+                } => Some(NetEvent::WorkResponse {
+                    id: request_id,
+                    response,
+                }),
+            },
+            request_response::Event::OutboundFailure {
+                request_id, error, ..
+            } => Some(NetEvent::WorkFailed {
+                id: request_id,
+                error: error.to_string(),
+            }),
+            request_response::Event::InboundFailure { peer, error, .. } => {
+                tracing::debug!(%peer, %error, "inbound work request failed");
+                None
+            }
+            request_response::Event::ResponseSent { .. } => None,
         }
     }
 }

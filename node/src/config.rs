@@ -22,6 +22,11 @@ pub struct NodeConfig {
     pub heartbeat_interval: Duration,
     /// Threads the node will use for work; defaults to all the cores it may use.
     pub threads: Option<u32>,
+    /// Units the node runs at once.
+    pub max_concurrent: u32,
+    /// Misbehave on purpose, to show the swarm catching it.
+    #[cfg(feature = "fault-injection")]
+    pub fault: Option<crate::Fault>,
 }
 
 impl NodeConfig {
@@ -37,6 +42,9 @@ impl NodeConfig {
             },
             heartbeat_interval: HEARTBEAT_INTERVAL,
             threads: None,
+            max_concurrent: 1,
+            #[cfg(feature = "fault-injection")]
+            fault: None,
         }
     }
 }

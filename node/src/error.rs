@@ -35,6 +35,14 @@ pub enum Error {
         /// The underlying error.
         source: std::io::Error,
     },
+    /// The outbox could not be opened, read or written.
+    #[error("outbox {path}: {message}")]
+    Outbox {
+        /// The outbox file.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 /// The node's result type.

@@ -24,7 +24,9 @@ use tracing::Instrument;
 
 use crate::join::{JoinTarget, resolve};
 use crate::limits::REDIAL_INTERVAL;
+use crate::worker::{Finished, Worker};
 use crate::{NodeConfig, Result, capabilities, scan_models};
+use hearth_protocol::work::WorkResponse;
 
 /// Least time between two adverts sent because a new subscriber appeared.
 const EAGER_ADVERT_GAP: Duration = Duration::from_millis(250);
@@ -74,8 +76,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             "hardware"
         );
 
+        let (worker, results) = Worker::start(
+            key.clone(),
+            &config.data_dir,
+            models
+                .iter()
+                .map(|(path, id)| (*id, path.clone()))
+                .collect(),
+            config.max_concurrent as usize,
+            #[cfg(feature = "fault-injection")]
+            config.fault,
+        )?;
+        #[cfg(feature = "fault-injection")]
+        if let Some(fault) = config.fault {
+            tracing::warn!(%fault, "fault injection on: this node misbehaves on purpose");
+        }
         let (addr_tx, addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
         let mut node = Node {
+            worker,
             network: Network::new(key, &config.net)?,
             addr_tx,
             caps,
@@ -84,9 +102,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             last_advert: None,
             join: Join::new(targets),
         };
-        node.event_loop(addr_rx, shutdown).await;
+        let result = node.event_loop(addr_rx, results, shutdown).await;
         tracing::info!("stopped");
-        Ok(())
+        result
     }
     .instrument(span)
     .await
@@ -94,6 +112,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 
 struct Node {
     network: Network,
+    worker: Worker,
     /// Where resolved join addresses are sent back to the loop.
     addr_tx: mpsc::Sender<Vec<Multiaddr>>,
     caps: Capabilities,
@@ -107,8 +126,11 @@ impl Node {
     async fn event_loop(
         &mut self,
         mut addr_rx: mpsc::Receiver<Vec<Multiaddr>>,
+        mut results: mpsc::Receiver<Finished>,
         shutdown: impl Future<Output = ()>,
-    ) {
+    ) -> Result<()> {
+        let mut poll = tokio::time::interval(Worker::poll_interval());
+        poll.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut heartbeat = tokio::time::interval(self.heartbeat_interval);
         heartbeat.set_missed_tick_behavior(MissedTickBehavior::Delay);
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
@@ -116,8 +138,17 @@ impl Node {
         tokio::pin!(shutdown);
         loop {
             tokio::select! {
-                () = &mut shutdown => break,
-                event = self.network.next() => self.on_event(event),
+                () = &mut shutdown => return Ok(()),
+                event = self.network.next() => self.on_event(event)?,
+                Some(finished) = results.recv() => {
+                    let coordinator = self.coordinator();
+                    self.worker.finished(&mut self.network, coordinator, &self.caps, finished)?;
+                    self.worker.poll(&mut self.network, coordinator)?;
+                }
+                _ = poll.tick() => {
+                    let coordinator = self.coordinator();
+                    self.worker.poll(&mut self.network, coordinator)?;
+                }
                 Some(addrs) = addr_rx.recv() => self.join.dial(&mut self.network.swarm, addrs),
                 _ = heartbeat.tick() => self.advertise(),
                 _ = redial.tick() => {
@@ -152,8 +183,30 @@ impl Node {
         }
     }
 
-    fn on_event(&mut self, event: NetEvent) {
+    /// The coordinator to work for: the first join peer connected.
+    fn coordinator(&self) -> Option<hearth_protocol::PeerId> {
+        self.join
+            .peers
+            .iter()
+            .find(|p| self.network.swarm.is_connected(p))
+            .and_then(hearth_net::from_libp2p_peer_id)
+    }
+
+    fn on_event(&mut self, event: NetEvent) -> Result<()> {
         match event {
+            NetEvent::WorkResponse { id, response } => {
+                self.worker.response(id, Ok(response))?;
+                let coordinator = self.coordinator();
+                self.worker.poll(&mut self.network, coordinator)?;
+            }
+            NetEvent::WorkFailed { id, error } => self.worker.response(id, Err(error))?,
+            NetEvent::WorkRequest { peer, channel, .. } => {
+                tracing::debug!(%peer, "work request to a node; refused");
+                self.network.respond(
+                    channel,
+                    WorkResponse::Rejected("this peer is a node, not a coordinator".into()),
+                );
+            }
             NetEvent::Connected { peer, endpoint } => self.join.on_connected(peer, &endpoint),
             // Lost a join peer: dial it again now rather than at the next redial tick.
             NetEvent::Disconnected(peer) if self.join.peers.contains(&peer) => {
@@ -171,6 +224,7 @@ impl Node {
             NetEvent::Message(received) => tracing::trace!(from = %received.from, "gossip"),
             _ => {}
         }
+        Ok(())
     }
 }
 

@@ -9,14 +9,20 @@ mod advert;
 mod config;
 mod error;
 mod event_loop;
+#[cfg(feature = "fault-injection")]
+mod fault;
 mod join;
 mod limits;
 mod store;
+mod worker;
 
 pub use advert::capabilities;
 pub use config::NodeConfig;
 pub use error::{Error, Result};
 pub use event_loop::run;
+#[cfg(feature = "fault-injection")]
+pub use fault::Fault;
 pub use join::{JoinTarget, resolve};
 pub use limits::*;
 pub use store::scan_models;
+pub use worker::OUTBOX_FILE;

@@ -17,3 +17,17 @@ pub const JOIN_RESPONSE_BYTES_MAX: usize = 64 * 1024;
 
 /// Model files hashed at start; a volunteer's folder holds a handful.
 pub const MODEL_FILES_MAX: usize = hearth_protocol::ADVERT_MODELS_MAX;
+
+/// Units queued for the executor beyond the one it runs (the coordinator gives at most the slots
+/// asked for, so this is never reached by an honest coordinator).
+pub const EXECUTOR_QUEUE_MAX: usize = 64;
+
+/// Wait before asking again after a request for work failed or was answered oddly.
+pub const FETCH_RETRY: Duration = Duration::from_secs(1);
+
+/// How often the outbox is offered to the coordinator again while results wait in it.
+pub const REDELIVER_INTERVAL: Duration = Duration::from_secs(2);
+
+/// How much longer a unit takes on a node started with `--fault slow`.
+#[cfg(feature = "fault-injection")]
+pub const FAULT_SLOW_DELAY: Duration = Duration::from_secs(5);

@@ -32,4 +32,19 @@ pub struct PeerEntry {
     pub adverts: u64,
     /// What it advertised last.
     pub capabilities: Capabilities,
+    /// 1 − its worst error estimate over its numeric classes (the ledger's).
+    #[serde(default)]
+    pub reliability: f64,
+    /// Credit for verified work (one per accepted input).
+    #[serde(default)]
+    pub credit: f64,
+    /// Strikes since its last quarantine.
+    #[serde(default)]
+    pub strikes: u32,
+    /// Whether it is quarantined now.
+    #[serde(default)]
+    pub quarantined: bool,
+    /// Why it was last quarantined.
+    #[serde(default)]
+    pub quarantine_reason: Option<String>,
 }

@@ -18,14 +18,17 @@ use crate::{Error, FRAME_BYTES_MAX, FRAME_HEADER_BYTES, PROTOCOL_VERSION, Result
 /// Encode `value` as one frame. Refuses values whose encoding is over [`FRAME_BYTES_MAX`], so we
 /// never send what a peer must refuse.
 pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    encode_max(value, FRAME_BYTES_MAX)
+}
+
+/// [`encode`] with another payload limit, for the work protocol's larger frames
+/// ([`crate::WORK_FRAME_BYTES_MAX`]).
+pub fn encode_max<T: Serialize>(value: &T, max: usize) -> Result<Vec<u8>> {
     let mut frame = postcard::to_extend(value, vec![0u8; FRAME_HEADER_BYTES])
         .map_err(|e| Error::Malformed(e.to_string()))?;
     let len = frame.len() - FRAME_HEADER_BYTES;
-    if len > FRAME_BYTES_MAX {
-        return Err(Error::TooLarge {
-            len,
-            max: FRAME_BYTES_MAX,
-        });
+    if len > max {
+        return Err(Error::TooLarge { len, max });
     }
     frame[..FRAME_HEADER_BYTES].copy_from_slice(&header(len));
     Ok(frame)
@@ -43,6 +46,11 @@ pub fn header(len: usize) -> [u8; FRAME_HEADER_BYTES] {
 /// Check a frame header and return the payload length it announces. Call this before allocating
 /// room for the payload.
 pub fn read_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<usize> {
+    read_header_max(header, FRAME_BYTES_MAX)
+}
+
+/// [`read_header`] with another payload limit.
+pub fn read_header_max(header: &[u8; FRAME_HEADER_BYTES], max: usize) -> Result<usize> {
     let version = u16::from_le_bytes([header[4], header[5]]);
     if version != PROTOCOL_VERSION {
         return Err(Error::Version {
@@ -51,11 +59,8 @@ pub fn read_header(header: &[u8; FRAME_HEADER_BYTES]) -> Result<usize> {
         });
     }
     let len = u32::from_le_bytes([header[0], header[1], header[2], header[3]]) as usize;
-    if len > FRAME_BYTES_MAX {
-        return Err(Error::TooLarge {
-            len,
-            max: FRAME_BYTES_MAX,
-        });
+    if len > max {
+        return Err(Error::TooLarge { len, max });
     }
     Ok(len)
 }
@@ -86,8 +91,8 @@ pub fn decode<T: DeserializeOwned>(frame: &[u8]) -> Result<T> {
     from_postcard(payload(frame)?)
 }
 
-/// Decode exactly one `T` from postcard bytes, refusing trailing bytes.
-pub(crate) fn from_postcard<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
+/// Decode exactly one `T` from postcard bytes (a payload already checked), refusing trailing bytes.
+pub fn from_postcard<T: DeserializeOwned>(bytes: &[u8]) -> Result<T> {
     let (value, rest) =
         postcard::take_from_bytes(bytes).map_err(|e| Error::Malformed(e.to_string()))?;
     if !rest.is_empty() {

@@ -20,3 +20,17 @@ pub const ADVERT_FEATURES_MAX: usize = 64;
 
 /// Longest free-text field (device name, CPU feature, class string) an advert may carry.
 pub const ADVERT_STRING_BYTES_MAX: usize = 256;
+
+/// Largest payload of a work-protocol frame (assignments, results). A unit of embeddings is
+/// `items × 384 × 4` bytes; a unit of prompts is bounded by [`UNIT_INPUT_BYTES_MAX`]. Both fit with
+/// room to spare, and a hostile length still costs nothing before the header is checked.
+pub const WORK_FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
+
+/// Most bytes of input text one work unit carries, so an assignment always fits its frame.
+pub const UNIT_INPUT_BYTES_MAX: usize = 2 * 1024 * 1024;
+
+/// Most inputs in one work unit.
+pub const UNIT_ITEMS_MAX: usize = 1024;
+
+/// Most tokens a batch-generate unit may ask for per prompt.
+pub const GENERATE_TOKENS_MAX: u32 = 4096;

@@ -78,6 +78,17 @@ impl Embedder {
         })
     }
 
+    /// Unit-length embeddings of `texts`, each computed alone, so a text's embedding never depends
+    /// on which texts share its batch (padding and matrix shapes would change its bits). This is what
+    /// the swarm and `hearth local embed` both run, so their outputs compare bit for bit.
+    pub fn embed_each(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let mut out = Vec::with_capacity(texts.len());
+        for text in texts {
+            out.extend(self.embed(&[text])?);
+        }
+        Ok(out)
+    }
+
     /// Unit-length embeddings of `texts`, one per text, computed as one batch.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {

@@ -24,8 +24,8 @@ pub use embed::{EMBED_TOKENS_MAX, Embedder};
 pub use error::{Error, Result};
 pub use hardware::{Device, Hardware, KERNELS_VERSION, compute_device, free_cores, numeric_class};
 pub use llm::{
-    ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, LlmConfig, SESSIONS_MAX, SessionId, Stage,
-    StageInput, StageOutput,
+    ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, Greedy, LlmConfig, SESSIONS_MAX,
+    SessionId, Stage, StageInput, StageOutput, argmax, generate_greedy,
 };
 
 /// The [`hearth_protocol::ModelId`] of a model file: the blake3 of its bytes, read in 64 KiB pieces.

@@ -2,10 +2,12 @@
 
 mod chat;
 mod gguf;
+mod greedy;
 mod stage;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use gguf::{GgufModel, LlmConfig};
+pub use greedy::{Greedy, argmax, generate_greedy};
 pub use stage::{SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput};
 pub use tokenizer::GgufTokenizer;

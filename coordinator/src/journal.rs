@@ -1,0 +1,341 @@
+//! The journal: every state change of sharded jobs, in redb, committed before anything is
+//! acknowledged.
+//!
+//! The scheduler is deterministic, so the journal records its *inputs* (in order, with their
+//! times) and rebuilds its state after a crash by replaying them. Beside the log it keeps what the
+//! scheduler never sees: each job's payload (ids and texts) and each delivered output with its
+//! receipt. Decisions are recorded too, as facts (`Accepted`), the first time they are made; a replay
+//! that re-derives a decision finds its fact and writes nothing, so each accepted unit appears in
+//! the log exactly once (`hearth coordinator journal` prints it).
+//!
+//! | table     | key                 | value |
+//! |-----------|---------------------|-------|
+//! | `log`     | sequence number     | [`Entry`] (postcard) |
+//! | `jobs`    | job id              | [`JobPayload`] (postcard) |
+//! | `outputs` | (job, unit, peer)   | [`StoredOutput`] (postcard) |
+
+use std::path::{Path, PathBuf};
+
+use hearth_protocol::work::{Task, UnitOutput};
+use hearth_protocol::{ModelId, PeerId, Receipt};
+use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use serde::{Deserialize, Serialize};
+
+use crate::scheduler::Input;
+use crate::{Error, Result};
+
+/// The journal's file in the coordinator's data folder.
+pub const JOURNAL_FILE: &str = "journal.redb";
+
+const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
+const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
+const OUTPUTS: TableDefinition<(u64, u64, &[u8]), &[u8]> = TableDefinition::new("outputs");
+
+/// What a job computes, beyond what the scheduler knows.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum JobKind {
+    /// `hearth embed`.
+    Embed,
+    /// `hearth batch generate`.
+    Generate {
+        /// Tokens per prompt.
+        max_tokens: u32,
+    },
+}
+
+/// A job as submitted: ids, texts and how they were cut into units.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobPayload {
+    /// The job id.
+    pub id: u64,
+    /// What it computes.
+    pub kind: JobKind,
+    /// The model.
+    pub model: ModelId,
+    /// Input ids, in order.
+    pub ids: Vec<String>,
+    /// Input texts, in order.
+    pub texts: Vec<String>,
+    /// Inputs per unit (the last unit may hold fewer).
+    pub unit_size: u32,
+    /// Replicas asked for, if any.
+    pub replicas: Option<u32>,
+    /// When it was submitted (ms since the Unix epoch).
+    pub submitted_ms: u64,
+}
+
+impl JobPayload {
+    /// Units in the job.
+    pub fn units(&self) -> u64 {
+        (self.texts.len() as u64).div_ceil(u64::from(self.unit_size.max(1)))
+    }
+
+    /// Input indices of unit `unit`.
+    pub fn range(&self, unit: u64) -> std::ops::Range<usize> {
+        let size = self.unit_size.max(1) as usize;
+        let start = (unit as usize).saturating_mul(size).min(self.texts.len());
+        start..(start + size).min(self.texts.len())
+    }
+
+    /// The task of unit `unit`.
+    pub fn task(&self, unit: u64) -> Task {
+        let texts = self.texts[self.range(unit)].to_vec();
+        match self.kind {
+            JobKind::Embed => Task::Embed { texts },
+            JobKind::Generate { max_tokens } => Task::Generate {
+                prompts: texts,
+                max_tokens,
+            },
+        }
+    }
+}
+
+/// A delivered result, kept until the job is gone.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct StoredOutput {
+    /// The receipt it came with.
+    pub receipt: Receipt,
+    /// The output.
+    pub output: UnitOutput,
+}
+
+/// One log entry.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
+    /// When (ms since the Unix epoch).
+    pub now_ms: u64,
+    /// What.
+    pub record: Record,
+}
+
+/// What a log entry records.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Record {
+    /// An input the scheduler handled.
+    Input(Input),
+    /// A unit was accepted with `peer`'s output: a fact, written once.
+    Accepted {
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+        /// Whose output.
+        peer: PeerId,
+    },
+}
+
+/// Writes to commit together.
+#[derive(Default)]
+pub struct Batch {
+    entries: Vec<Entry>,
+    job: Option<JobPayload>,
+    output: Option<(u64, u64, PeerId, StoredOutput)>,
+}
+
+impl Batch {
+    /// Append a log entry.
+    pub fn entry(&mut self, now_ms: u64, record: Record) -> &mut Self {
+        self.entries.push(Entry { now_ms, record });
+        self
+    }
+
+    /// Store a job's payload.
+    pub fn job(&mut self, job: JobPayload) -> &mut Self {
+        self.job = Some(job);
+        self
+    }
+
+    /// Store a delivered output.
+    pub fn output(&mut self, job: u64, unit: u64, peer: PeerId, output: StoredOutput) -> &mut Self {
+        self.output = Some((job, unit, peer, output));
+        self
+    }
+
+    /// Whether there is nothing to write.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty() && self.job.is_none() && self.output.is_none()
+    }
+}
+
+/// The open journal.
+pub struct Journal {
+    db: Database,
+    path: PathBuf,
+    next_seq: u64,
+}
+
+fn db_error(path: &Path, error: impl std::fmt::Display) -> Error {
+    Error::Journal {
+        path: path.into(),
+        message: error.to_string(),
+    }
+}
+
+impl Journal {
+    /// Open (or create) the journal in `data_dir`.
+    pub fn open(data_dir: &Path) -> Result<Self> {
+        let path = data_dir.join(JOURNAL_FILE);
+        let db = Database::create(&path).map_err(|e| db_error(&path, e))?;
+        let tx = db.begin_write().map_err(|e| db_error(&path, e))?;
+        let next_seq = {
+            tx.open_table(JOBS).map_err(|e| db_error(&path, e))?;
+            tx.open_table(OUTPUTS).map_err(|e| db_error(&path, e))?;
+            let log = tx.open_table(LOG).map_err(|e| db_error(&path, e))?;
+            let last = log.last().map_err(|e| db_error(&path, e))?;
+            last.map_or(0, |(k, _)| k.value() + 1)
+        };
+        tx.commit().map_err(|e| db_error(&path, e))?;
+        Ok(Self { db, path, next_seq })
+    }
+
+    /// Commit `batch` durably. Only after this returns may its effects be acknowledged.
+    pub fn commit(&mut self, batch: Batch) -> Result<()> {
+        if batch.is_empty() {
+            return Ok(());
+        }
+        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
+        let tx = self.db.begin_write().map_err(|e| err(&e))?;
+        let mut seq = self.next_seq;
+        {
+            let mut log = tx.open_table(LOG).map_err(|e| err(&e))?;
+            for entry in &batch.entries {
+                let bytes = postcard::to_stdvec(entry).map_err(|e| err(&e))?;
+                log.insert(seq, bytes.as_slice()).map_err(|e| err(&e))?;
+                seq += 1;
+            }
+            if let Some(job) = &batch.job {
+                let bytes = postcard::to_stdvec(job).map_err(|e| err(&e))?;
+                let mut jobs = tx.open_table(JOBS).map_err(|e| err(&e))?;
+                jobs.insert(job.id, bytes.as_slice()).map_err(|e| err(&e))?;
+            }
+            if let Some((job, unit, peer, output)) = &batch.output {
+                let bytes = postcard::to_stdvec(output).map_err(|e| err(&e))?;
+                let mut outputs = tx.open_table(OUTPUTS).map_err(|e| err(&e))?;
+                let key = peer.to_multihash_bytes();
+                outputs
+                    .insert((*job, *unit, key.as_slice()), bytes.as_slice())
+                    .map_err(|e| err(&e))?;
+            }
+        }
+        tx.commit().map_err(|e| err(&e))?;
+        self.next_seq = seq;
+        Ok(())
+    }
+
+    /// Every log entry, in order.
+    pub fn entries(&self) -> Result<Vec<Entry>> {
+        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        let log = tx.open_table(LOG).map_err(|e| err(&e))?;
+        let mut entries = Vec::new();
+        for item in log.iter().map_err(|e| err(&e))? {
+            let (_, value) = item.map_err(|e| err(&e))?;
+            entries.push(postcard::from_bytes(value.value()).map_err(|e| err(&e))?);
+        }
+        Ok(entries)
+    }
+
+    /// Every job's payload.
+    pub fn jobs(&self) -> Result<Vec<JobPayload>> {
+        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        let jobs = tx.open_table(JOBS).map_err(|e| err(&e))?;
+        let mut out = Vec::new();
+        for item in jobs.iter().map_err(|e| err(&e))? {
+            let (_, value) = item.map_err(|e| err(&e))?;
+            out.push(postcard::from_bytes(value.value()).map_err(|e| err(&e))?);
+        }
+        Ok(out)
+    }
+
+    /// The outputs delivered for one unit, by peer.
+    pub fn outputs(&self, job: u64, unit: u64) -> Result<Vec<(PeerId, StoredOutput)>> {
+        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        let outputs = tx.open_table(OUTPUTS).map_err(|e| err(&e))?;
+        let low: (u64, u64, &[u8]) = (job, unit, &[]);
+        let high: (u64, u64, &[u8]) = (job, unit + 1, &[]);
+        let mut out = Vec::new();
+        for item in outputs.range(low..high).map_err(|e| err(&e))? {
+            let (key, value) = item.map_err(|e| err(&e))?;
+            let peer = PeerId::from_multihash_bytes(key.value().2).map_err(|e| err(&e))?;
+            out.push((
+                peer,
+                postcard::from_bytes(value.value()).map_err(|e| err(&e))?,
+            ));
+        }
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_protocol::{Digest, ReceiptBody, SecretKey, Subject};
+
+    use super::*;
+
+    #[test]
+    fn what_is_committed_survives_reopening() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let key = SecretKey::from_bytes(&[5; 32]);
+        let peer = key.public().peer_id();
+        let payload = JobPayload {
+            id: 7,
+            kind: JobKind::Embed,
+            model: ModelId::of_bytes(b"m"),
+            ids: vec!["a".into(), "b".into(), "c".into()],
+            texts: vec!["x".into(), "y".into(), "z".into()],
+            unit_size: 2,
+            replicas: Some(2),
+            submitted_ms: 1,
+        };
+        assert_eq!(payload.units(), 2);
+        assert_eq!(payload.range(1), 2..3);
+        let output = UnitOutput::Embeddings(vec![vec![1.0]]);
+        let stored = StoredOutput {
+            receipt: Receipt::sign(
+                &key,
+                ReceiptBody {
+                    subject: Subject::Unit { job: 7, unit: 1 },
+                    model: payload.model,
+                    input: Digest::of("i", b""),
+                    output: output.digest(),
+                    numeric_class: "c".into(),
+                },
+            ),
+            output,
+        };
+        {
+            let mut journal = Journal::open(dir.path()).expect("open");
+            let mut batch = Batch::default();
+            batch
+                .job(payload.clone())
+                .entry(5, Record::Input(Input::Tick));
+            journal.commit(batch).expect("commit");
+            let mut batch = Batch::default();
+            batch.output(7, 1, peer, stored.clone()).entry(
+                6,
+                Record::Accepted {
+                    job: 7,
+                    unit: 1,
+                    peer,
+                },
+            );
+            journal.commit(batch).expect("commit");
+        }
+        let mut journal = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(journal.jobs().expect("jobs"), vec![payload]);
+        let entries = journal.entries().expect("entries");
+        assert_eq!(entries.len(), 2);
+        assert_eq!(entries[1].now_ms, 6);
+        assert_eq!(
+            journal.outputs(7, 1).expect("outputs"),
+            vec![(peer, stored)]
+        );
+        assert!(journal.outputs(7, 0).expect("outputs").is_empty());
+        let mut batch = Batch::default();
+        batch.entry(9, Record::Input(Input::Cancel(7)));
+        journal.commit(batch).expect("append after reopen");
+        assert_eq!(journal.entries().expect("entries").len(), 3);
+    }
+}

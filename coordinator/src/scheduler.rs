@@ -1,0 +1,1058 @@
+//! The scheduler: which peer runs which unit, when a unit is done, and what each peer has earned.
+//!
+//! A sans-IO state machine (`handle(now_ms, input) -> outputs`). It knows jobs as lists of units (an
+//! input digest and an item count each), never their texts, and results as digests, never their
+//! bytes: the shell keeps the bytes and the journal. It owns the [`Ledger`] and applies the
+//! [`verifier`](crate::verifier)'s rules to every result.
+//!
+//! - **Pull.** A node asks for work ([`Input::Ready`]); the scheduler answers with
+//!   [`Output::Assign`]s in the same call, or remembers the peer as waiting until `until_ms` and
+//!   assigns as soon as something fits (a new job, a reopened unit, a quarantine that ended).
+//! - **Replicas.** Each unit runs on `r` distinct peers: the job's `--replicas`, else the policy's,
+//!   else adaptive (the ledger decides at the unit's first assignment: a trusted peer not drawn for
+//!   a spot check runs it alone, anyone else with a second replica). Replicas prefer peers of
+//!   distinct networks. Disagreement adds replicas, up to [`REPLICAS_EXTRA_MAX`] beyond `r`; then
+//!   the unit fails.
+//! - **Deadlines** come from the peer's score and the unit's size ([`deadline_ms`]); a missed one,
+//!   a refusal or a lost peer reopens the unit, up to [`ASSIGNMENTS_MAX`] assignments per unit.
+//! - **Determinism.** Given the same inputs in the same order, the same outputs: randomness comes
+//!   from a seeded generator inside, maps are ordered. The shell journals the inputs and replays
+//!   them after a crash to rebuild this state exactly.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hearth_protocol::{Digest, KernelFamily, ModelId, PeerId};
+use serde::{Deserialize, Serialize};
+
+use crate::ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
+use crate::limits::{
+    ASSIGNMENTS_MAX, DEADLINE_MIN_MS, DEADLINE_SLACK, ITEM_MS_AT_REFERENCE, PEERS_MAX,
+    REFERENCE_SCORE, REPLICAS_EXTRA_MAX, UNIT_ITEMS_DEFAULT_MAX, UNIT_TARGET_MS,
+};
+use crate::verifier::{Outcome, best_group, loser_fault, quorum};
+
+/// A unit as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitSpec {
+    /// The input digest every receipt for it must carry.
+    pub input: Digest,
+    /// Inputs in the unit (the measure of its work and its credit).
+    pub items: u32,
+}
+
+/// A job as the scheduler sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// Its id, given by the shell.
+    pub id: u64,
+    /// Which kernels run it.
+    pub family: KernelFamily,
+    /// The model, by file digest.
+    pub model: ModelId,
+    /// Replicas per unit; `None` for the scheduler's policy.
+    pub replicas: Option<u32>,
+    /// The units, in order.
+    pub units: Vec<UnitSpec>,
+}
+
+/// What a peer offers when it asks for work.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Offer {
+    /// Its numeric class per kernel family (a family it lacks, it cannot run).
+    pub classes: BTreeMap<KernelFamily, String>,
+    /// Models it holds.
+    pub models: Vec<ModelId>,
+    /// Its benchmark score (higher is faster).
+    pub score: f64,
+    /// The network it is on (for spreading replicas), if known.
+    pub network: Option<String>,
+}
+
+/// A result as delivered, after the shell's checks of the bytes.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Delivery {
+    /// Who delivered it (the connection's authenticated identity).
+    pub peer: PeerId,
+    /// The job and unit it was delivered for.
+    pub job: u64,
+    /// See `job`.
+    pub unit: u64,
+    /// The receipt's signer.
+    pub signer: PeerId,
+    /// Whether the receipt's signature verified (checked by the shell, over the receipt's bytes).
+    pub signature_ok: bool,
+    /// The job and unit the receipt names.
+    pub subject: (u64, u64),
+    /// The receipt's input digest.
+    pub input: Digest,
+    /// The receipt's output digest.
+    pub output: Digest,
+    /// Whether the delivered bytes hash to `output` and fit the task (checked by the shell).
+    pub output_ok: bool,
+    /// The receipt's numeric class.
+    pub class: String,
+    /// Earlier results of other classes this one agrees with (the shell's tolerance check).
+    pub agrees_across: BTreeSet<PeerId>,
+}
+
+/// An event for the scheduler.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum Input {
+    /// A new job.
+    Submit(JobSpec),
+    /// `peer` asks for up to `slots` units, and will wait for them until `until_ms`.
+    Ready {
+        /// The peer.
+        peer: PeerId,
+        /// Units it can take.
+        slots: u32,
+        /// When its request expires (the shell then answers it empty).
+        until_ms: u64,
+        /// What it can run.
+        offer: Offer,
+    },
+    /// A result arrived.
+    Delivered(Delivery),
+    /// `peer` cannot run its assignment of this unit.
+    Refused {
+        /// The peer.
+        peer: PeerId,
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+    },
+    /// `peer` left the swarm: its assignments reopen.
+    PeerLost(PeerId),
+    /// Stop a job.
+    Cancel(u64),
+    /// Time passed: deadlines.
+    Tick,
+}
+
+/// A job's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JobState {
+    /// No unit given out yet.
+    Queued,
+    /// Units running.
+    Running,
+    /// Every unit accepted.
+    Done,
+    /// Every unit finished and at least one failed.
+    Failed,
+    /// Cancelled by its submitter.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether nothing more will happen to the job.
+    pub fn finished(self) -> bool {
+        matches!(self, Self::Done | Self::Failed | Self::Cancelled)
+    }
+}
+
+/// A unit's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UnitState {
+    /// Waiting for a peer.
+    Pending,
+    /// Assigned to at least one peer, not decided.
+    Running,
+    /// A quorum agreed.
+    Done,
+    /// No quorum within the replica cap, or too many failed assignments.
+    Failed,
+}
+
+/// What the shell must do or know.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Output {
+    /// Send this unit to `peer` (answering its waiting request).
+    Assign {
+        /// The peer.
+        peer: PeerId,
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+        /// Milliseconds it has.
+        deadline_ms: u64,
+    },
+    /// The unit is decided: `peer`'s output (digest `digest`) is the unit's result.
+    Accepted {
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+        /// Whose delivered output to keep.
+        peer: PeerId,
+        /// Its digest.
+        digest: Digest,
+    },
+    /// The unit failed.
+    UnitFailed {
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+        /// Why.
+        reason: String,
+    },
+    /// The job finished (done, failed or cancelled).
+    JobFinished {
+        /// The job.
+        job: u64,
+        /// How.
+        state: JobState,
+    },
+    /// A delivery was refused; `fault` says whether it counts against the peer.
+    Rejected {
+        /// The peer.
+        peer: PeerId,
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+        /// Why, for logs and the node.
+        reason: String,
+    },
+    /// A result was judged (for logs and the dashboard).
+    Verdict {
+        /// The peer.
+        peer: PeerId,
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+        /// `None` for a valid result.
+        fault: Option<Fault>,
+    },
+    /// The ledger changed a peer's standing.
+    Ledger(LedgerOutput),
+}
+
+/// A unit's progress, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct UnitStatus {
+    /// Its index in the job.
+    pub id: u64,
+    /// Its state.
+    pub state: UnitState,
+    /// Results delivered for it (valid or not).
+    pub executions: u32,
+    /// Replicas it is meant to have now (grows on disagreement).
+    pub replicas: u32,
+    /// Peers running it now.
+    pub running: Vec<PeerId>,
+    /// Peers whose results were accepted.
+    pub accepted: Vec<PeerId>,
+}
+
+/// A job's progress, as the API shows it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct JobStatus {
+    /// The job.
+    pub id: u64,
+    /// Its state.
+    pub state: JobState,
+    /// Units in it.
+    pub units_total: u64,
+    /// Units accepted.
+    pub units_done: u64,
+    /// Units failed.
+    pub units_failed: u64,
+    /// Units assigned and not decided.
+    pub units_running: u64,
+    /// Results delivered, over all units.
+    pub executions: u64,
+    /// Results rejected (faults), over all units.
+    pub rejected: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Assignment {
+    deadline_at_ms: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Unit {
+    spec: UnitSpec,
+    /// Replicas wanted; 0 until the first assignment decides it.
+    target: u32,
+    /// The quorum, fixed at the first assignment.
+    quorum: u32,
+    /// Replicas wanted at the first assignment, so the cap is relative to it.
+    initial_target: u32,
+    running: BTreeMap<PeerId, Assignment>,
+    outcomes: Vec<Outcome>,
+    /// Peers that ran (or were given) it, who must not get it again.
+    tried: BTreeSet<PeerId>,
+    accepted: Option<Vec<usize>>,
+    failed: bool,
+    assignments: u32,
+    executions: u32,
+    rejected: u32,
+}
+
+impl Unit {
+    fn decided(&self) -> bool {
+        self.accepted.is_some() || self.failed
+    }
+
+    fn needed(&self) -> u32 {
+        if self.decided() {
+            return 0;
+        }
+        if self.target == 0 {
+            return 1;
+        }
+        let have = self.outcomes.len() as u32 + self.running.len() as u32;
+        self.target.saturating_sub(have)
+    }
+
+    fn state(&self) -> UnitState {
+        if self.accepted.is_some() {
+            UnitState::Done
+        } else if self.failed {
+            UnitState::Failed
+        } else if self.running.is_empty() && self.outcomes.is_empty() {
+            UnitState::Pending
+        } else {
+            UnitState::Running
+        }
+    }
+}
+
+#[derive(Clone, Debug)]
+struct Job {
+    spec: JobSpec,
+    units: Vec<Unit>,
+    /// Units that need another replica (kept so matching never scans finished units).
+    open: BTreeSet<u64>,
+    state: JobState,
+    done: u64,
+    failed: u64,
+}
+
+#[derive(Clone, Debug)]
+struct Waiting {
+    slots: u32,
+    until_ms: u64,
+    offer: Offer,
+}
+
+/// Scheduler policy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Policy {
+    /// Replicas per unit for jobs that do not say; `None` for adaptive replication.
+    pub replicas: Option<u32>,
+    /// Seed of the generator behind spot checks.
+    pub seed: u64,
+}
+
+impl Default for Policy {
+    fn default() -> Self {
+        Self {
+            replicas: None,
+            seed: 0x4845_4152_5448,
+        }
+    }
+}
+
+/// The scheduler, verifier and ledger of sharded jobs, as one deterministic state machine.
+#[derive(Debug)]
+pub struct Scheduler {
+    policy: Policy,
+    rng: u64,
+    jobs: BTreeMap<u64, Job>,
+    waiting: BTreeMap<PeerId, Waiting>,
+    /// What each peer offered last (its classes and network outlive its request).
+    offers: BTreeMap<PeerId, Offer>,
+    /// Where each peer's assignments are, so losing a peer costs its units, not a scan.
+    assigned: BTreeMap<PeerId, BTreeSet<(u64, u64)>>,
+    ledger: Ledger,
+}
+
+/// Milliseconds to allow a peer of `score` for `items` inputs.
+pub fn deadline_ms(items: u32, score: f64) -> u64 {
+    let speed = (score / REFERENCE_SCORE).clamp(0.01, 100.0);
+    let expected = f64::from(items) * ITEM_MS_AT_REFERENCE / speed;
+    DEADLINE_MIN_MS.max((expected * DEADLINE_SLACK) as u64)
+}
+
+/// Inputs per unit when the submitter does not say: about [`UNIT_TARGET_MS`] of work on a peer of
+/// `score` (the median of the swarm's), within 1..=[`UNIT_ITEMS_DEFAULT_MAX`].
+pub fn unit_size(score: f64) -> usize {
+    let speed = (score / REFERENCE_SCORE).clamp(0.01, 100.0);
+    let items = (UNIT_TARGET_MS as f64 * speed / ITEM_MS_AT_REFERENCE) as usize;
+    items.clamp(1, UNIT_ITEMS_DEFAULT_MAX)
+}
+
+impl Scheduler {
+    /// An empty scheduler.
+    pub fn new(policy: Policy) -> Self {
+        Self {
+            policy,
+            rng: policy.seed | 1,
+            jobs: BTreeMap::new(),
+            waiting: BTreeMap::new(),
+            offers: BTreeMap::new(),
+            assigned: BTreeMap::new(),
+            ledger: Ledger::default(),
+        }
+    }
+
+    /// Apply one event at `now_ms`.
+    pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
+        let mut out = Vec::new();
+        match input {
+            Input::Submit(spec) => self.submit(spec, &mut out),
+            Input::Ready {
+                peer,
+                slots,
+                until_ms,
+                offer,
+            } => {
+                if self.offers.len() >= PEERS_MAX && !self.offers.contains_key(&peer) {
+                    // Forget a peer with no work out, so the table stays bounded.
+                    let idle = self
+                        .offers
+                        .keys()
+                        .find(|p| !self.assigned.contains_key(p))
+                        .copied();
+                    if let Some(idle) = idle {
+                        self.offers.remove(&idle);
+                    }
+                }
+                self.offers.insert(peer, offer.clone());
+                self.waiting.insert(
+                    peer,
+                    Waiting {
+                        slots: slots.max(1),
+                        until_ms,
+                        offer,
+                    },
+                );
+            }
+            Input::Delivered(delivery) => self.deliver(now_ms, delivery, &mut out),
+            Input::Refused { peer, job, unit } => {
+                if self.unassign(peer, job, unit) {
+                    self.reopen(job, unit, &mut out);
+                }
+            }
+            Input::PeerLost(peer) => {
+                self.waiting.remove(&peer);
+                for (job, unit) in self.assigned.remove(&peer).unwrap_or_default() {
+                    if let Some(u) = self.unit_mut(job, unit) {
+                        u.running.remove(&peer);
+                    }
+                    self.reopen(job, unit, &mut out);
+                }
+            }
+            Input::Cancel(job) => self.cancel(job, &mut out),
+            Input::Tick => self.expire(now_ms, &mut out),
+        }
+        self.dispatch(now_ms, &mut out);
+        out
+    }
+
+    /// Forget every waiting peer: after a restart no request is held any more.
+    pub fn forget_waiting(&mut self) {
+        self.waiting.clear();
+    }
+
+    /// Whether `peer` is waiting for work.
+    pub fn is_waiting(&self, peer: &PeerId) -> bool {
+        self.waiting.contains_key(peer)
+    }
+
+    /// A job's progress.
+    pub fn job(&self, id: u64) -> Option<JobStatus> {
+        let job = self.jobs.get(&id)?;
+        Some(JobStatus {
+            id,
+            state: job.state,
+            units_total: job.units.len() as u64,
+            units_done: job.done,
+            units_failed: job.failed,
+            units_running: job
+                .units
+                .iter()
+                .filter(|u| u.state() == UnitState::Running)
+                .count() as u64,
+            executions: job.units.iter().map(|u| u64::from(u.executions)).sum(),
+            rejected: job.units.iter().map(|u| u64::from(u.rejected)).sum(),
+        })
+    }
+
+    /// Every job's progress, oldest first.
+    pub fn jobs(&self) -> Vec<JobStatus> {
+        self.jobs.keys().filter_map(|&id| self.job(id)).collect()
+    }
+
+    /// Each unit of a job.
+    pub fn units(&self, id: u64) -> Option<Vec<UnitStatus>> {
+        let job = self.jobs.get(&id)?;
+        Some(
+            job.units
+                .iter()
+                .enumerate()
+                .map(|(i, u)| UnitStatus {
+                    id: i as u64,
+                    state: u.state(),
+                    executions: u.executions,
+                    replicas: u.target,
+                    running: u.running.keys().copied().collect(),
+                    accepted: u
+                        .accepted
+                        .iter()
+                        .flatten()
+                        .map(|&k| u.outcomes[k].peer)
+                        .collect(),
+                })
+                .collect(),
+        )
+    }
+
+    /// A peer's standing in the ledger.
+    pub fn standing(&self, peer: &PeerId, now_ms: u64) -> Standing {
+        self.ledger.standing(peer, now_ms)
+    }
+
+    fn unit_mut(&mut self, job: u64, unit: u64) -> Option<&mut Unit> {
+        self.jobs
+            .get_mut(&job)
+            .and_then(|j| j.units.get_mut(usize::try_from(unit).ok()?))
+    }
+
+    fn draw(&mut self) -> f64 {
+        // splitmix64: small, seedable, and the same everywhere.
+        self.rng = self.rng.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.rng;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^= z >> 31;
+        (z >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    fn submit(&mut self, spec: JobSpec, out: &mut Vec<Output>) {
+        if self.jobs.contains_key(&spec.id) {
+            return;
+        }
+        let units: Vec<Unit> = spec
+            .units
+            .iter()
+            .map(|s| Unit {
+                spec: s.clone(),
+                target: 0,
+                quorum: 0,
+                initial_target: 0,
+                running: BTreeMap::new(),
+                outcomes: Vec::new(),
+                tried: BTreeSet::new(),
+                accepted: None,
+                failed: false,
+                assignments: 0,
+                executions: 0,
+                rejected: 0,
+            })
+            .collect();
+        let open = (0..units.len() as u64).collect();
+        let id = spec.id;
+        let empty = units.is_empty();
+        self.jobs.insert(
+            id,
+            Job {
+                spec,
+                units,
+                open,
+                state: JobState::Queued,
+                done: 0,
+                failed: 0,
+            },
+        );
+        if empty {
+            self.finish_if_complete(id, out);
+        }
+    }
+
+    fn cancel(&mut self, id: u64, out: &mut Vec<Output>) {
+        let Some(job) = self.jobs.get_mut(&id) else {
+            return;
+        };
+        if job.state.finished() {
+            return;
+        }
+        job.state = JobState::Cancelled;
+        job.open.clear();
+        for (i, unit) in job.units.iter_mut().enumerate() {
+            for peer in std::mem::take(&mut unit.running).into_keys() {
+                if let Some(set) = self.assigned.get_mut(&peer) {
+                    set.remove(&(id, i as u64));
+                }
+            }
+        }
+        out.push(Output::JobFinished {
+            job: id,
+            state: JobState::Cancelled,
+        });
+    }
+
+    fn unassign(&mut self, peer: PeerId, job: u64, unit: u64) -> bool {
+        if let Some(set) = self.assigned.get_mut(&peer) {
+            set.remove(&(job, unit));
+            if set.is_empty() {
+                self.assigned.remove(&peer);
+            }
+        }
+        self.unit_mut(job, unit)
+            .is_some_and(|u| u.running.remove(&peer).is_some())
+    }
+
+    /// After an assignment ended without a result: put the unit back in the open set, or fail it.
+    fn reopen(&mut self, job_id: u64, unit_id: u64, out: &mut Vec<Output>) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        if job.state.finished() {
+            return;
+        }
+        let Some(unit) = job.units.get_mut(unit_id as usize) else {
+            return;
+        };
+        if unit.decided() {
+            return;
+        }
+        if unit.assignments >= ASSIGNMENTS_MAX && unit.running.is_empty() {
+            self.fail(
+                job_id,
+                unit_id,
+                format!("{ASSIGNMENTS_MAX} assignments without a quorum"),
+                out,
+            );
+            return;
+        }
+        if unit.needed() > 0 {
+            job.open.insert(unit_id);
+        }
+    }
+
+    fn fail(&mut self, job_id: u64, unit_id: u64, reason: String, out: &mut Vec<Output>) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        let unit = &mut job.units[unit_id as usize];
+        unit.failed = true;
+        job.failed += 1;
+        job.open.remove(&unit_id);
+        let running: Vec<PeerId> = std::mem::take(&mut unit.running).into_keys().collect();
+        for peer in running {
+            if let Some(set) = self.assigned.get_mut(&peer) {
+                set.remove(&(job_id, unit_id));
+            }
+        }
+        out.push(Output::UnitFailed {
+            job: job_id,
+            unit: unit_id,
+            reason,
+        });
+        self.finish_if_complete(job_id, out);
+    }
+
+    fn finish_if_complete(&mut self, job_id: u64, out: &mut Vec<Output>) {
+        let Some(job) = self.jobs.get_mut(&job_id) else {
+            return;
+        };
+        if job.state.finished() || job.done + job.failed < job.units.len() as u64 {
+            return;
+        }
+        job.state = if job.failed > 0 {
+            JobState::Failed
+        } else {
+            JobState::Done
+        };
+        out.push(Output::JobFinished {
+            job: job_id,
+            state: job.state,
+        });
+    }
+
+    fn expire(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        let mut late = Vec::new();
+        for (&peer, units) in &self.assigned {
+            for &(job, unit) in units {
+                let deadline = self.jobs.get(&job).and_then(|j| {
+                    j.units
+                        .get(unit as usize)
+                        .and_then(|u| u.running.get(&peer))
+                        .map(|a| a.deadline_at_ms)
+                });
+                if deadline.is_some_and(|d| d <= now_ms) {
+                    late.push((peer, job, unit));
+                }
+            }
+        }
+        for (peer, job, unit) in late {
+            self.unassign(peer, job, unit);
+            let class = self.class_of(job, &peer);
+            out.extend(
+                self.ledger
+                    .handle(
+                        now_ms,
+                        LedgerInput::Fault {
+                            peer,
+                            class,
+                            fault: Fault::Timeout,
+                        },
+                    )
+                    .into_iter()
+                    .map(Output::Ledger),
+            );
+            out.push(Output::Verdict {
+                peer,
+                job,
+                unit,
+                fault: Some(Fault::Timeout),
+            });
+            self.reopen(job, unit, out);
+        }
+        self.waiting.retain(|_, w| w.until_ms > now_ms);
+    }
+
+    fn class_of(&self, job: u64, peer: &PeerId) -> String {
+        let family = self.jobs.get(&job).map(|j| j.spec.family);
+        self.offers
+            .get(peer)
+            .and_then(|o| family.and_then(|f| o.classes.get(&f)).cloned())
+            .unwrap_or_else(|| "unknown".into())
+    }
+
+    fn judge_fault(
+        &mut self,
+        now_ms: u64,
+        (peer, job, unit): (PeerId, u64, u64),
+        class: String,
+        fault: Fault,
+        out: &mut Vec<Output>,
+    ) {
+        out.push(Output::Verdict {
+            peer,
+            job,
+            unit,
+            fault: Some(fault),
+        });
+        out.extend(
+            self.ledger
+                .handle(now_ms, LedgerInput::Fault { peer, class, fault })
+                .into_iter()
+                .map(Output::Ledger),
+        );
+    }
+
+    fn deliver(&mut self, now_ms: u64, d: Delivery, out: &mut Vec<Output>) {
+        let reject = |out: &mut Vec<Output>, reason: &str| {
+            out.push(Output::Rejected {
+                peer: d.peer,
+                job: d.job,
+                unit: d.unit,
+                reason: reason.into(),
+            });
+        };
+        let Some(unit) = self.unit_mut(d.job, d.unit) else {
+            return reject(out, "no such unit");
+        };
+        if unit.outcomes.iter().any(|o| o.peer == d.peer) {
+            // A redelivery from an outbox whose acknowledgement was lost: already counted.
+            return;
+        }
+        let expected_input = unit.spec.input;
+        let items = unit.spec.items;
+        if !unit.running.contains_key(&d.peer) {
+            return reject(
+                out,
+                "unit not assigned to this peer (late, cancelled or reassigned)",
+            );
+        }
+        self.unassign(d.peer, d.job, d.unit);
+        let unit = self.unit_mut(d.job, d.unit).expect("checked above");
+        unit.executions += 1;
+
+        let receipt_problem = if !d.signature_ok {
+            Some("receipt signature does not verify")
+        } else if d.signer != d.peer {
+            Some("receipt signed by another peer")
+        } else if d.subject != (d.job, d.unit) {
+            Some("receipt is for another unit")
+        } else if d.input != expected_input {
+            Some("receipt's input digest is not this unit's")
+        } else if !d.output_ok {
+            Some("output does not match the receipt's digest or the task")
+        } else {
+            None
+        };
+        if let Some(problem) = receipt_problem {
+            unit.rejected += 1;
+            reject(out, problem);
+            self.judge_fault(
+                now_ms,
+                (d.peer, d.job, d.unit),
+                d.class.clone(),
+                Fault::BadReceipt,
+                out,
+            );
+            self.reopen(d.job, d.unit, out);
+            return;
+        }
+
+        let outcome = Outcome {
+            peer: d.peer,
+            digest: d.output,
+            class: d.class,
+            agrees_across: d.agrees_across,
+        };
+        unit.outcomes.push(outcome);
+        let index = unit.outcomes.len() - 1;
+
+        if let Some(group) = unit.accepted.clone() {
+            // A late replica of a decided unit: judged against the accepted group.
+            let members: Vec<&Outcome> = group.iter().map(|&k| &unit.outcomes[k]).collect();
+            let new = &unit.outcomes[index];
+            if crate::verifier::agree(members[0], new) {
+                unit.accepted.as_mut().expect("decided").push(index);
+                self.valid(now_ms, d.peer, d.job, d.unit, items, out);
+            } else {
+                let fault = loser_fault(new, &members);
+                let class = new.class.clone();
+                unit.rejected += 1;
+                self.judge_fault(now_ms, (d.peer, d.job, d.unit), class, fault, out);
+            }
+            return;
+        }
+        self.decide(now_ms, d.job, d.unit, out);
+    }
+
+    fn decide(&mut self, now_ms: u64, job_id: u64, unit_id: u64, out: &mut Vec<Output>) {
+        let unit = self.unit_mut(job_id, unit_id).expect("caller checked");
+        let group = best_group(&unit.outcomes);
+        if group.len() as u32 >= unit.quorum.max(1) {
+            let members: Vec<&Outcome> = group.iter().map(|&k| &unit.outcomes[k]).collect();
+            let rep = members[0].clone();
+            let losers: Vec<(PeerId, String, Fault)> = unit
+                .outcomes
+                .iter()
+                .enumerate()
+                .filter(|(k, _)| !group.contains(k))
+                .map(|(_, o)| (o.peer, o.class.clone(), loser_fault(o, &members)))
+                .collect();
+            let winners: Vec<PeerId> = members.iter().map(|o| o.peer).collect();
+            unit.rejected += losers.len() as u32;
+            unit.accepted = Some(group);
+            let items = unit.spec.items;
+            let job = self.jobs.get_mut(&job_id).expect("caller checked");
+            job.done += 1;
+            job.open.remove(&unit_id);
+            out.push(Output::Accepted {
+                job: job_id,
+                unit: unit_id,
+                peer: rep.peer,
+                digest: rep.digest,
+            });
+            for peer in winners {
+                self.valid(now_ms, peer, job_id, unit_id, items, out);
+            }
+            for (peer, class, fault) in losers {
+                self.judge_fault(now_ms, (peer, job_id, unit_id), class, fault, out);
+            }
+            self.finish_if_complete(job_id, out);
+            return;
+        }
+        // No quorum yet. If every replica is in, disagreement: add one, up to the cap.
+        if unit.running.is_empty() && unit.outcomes.len() as u32 >= unit.target {
+            if unit.target >= unit.initial_target + REPLICAS_EXTRA_MAX {
+                let reason = format!(
+                    "{} results, no {} of them agree",
+                    unit.outcomes.len(),
+                    unit.quorum
+                );
+                self.fail(job_id, unit_id, reason, out);
+                return;
+            }
+            unit.target += 1;
+            if unit.quorum < 2 {
+                // A lone trusted result that a spot check contradicted needs a real quorum now.
+                unit.quorum = 2;
+                unit.target = unit.target.max(3);
+            }
+        }
+        self.reopen(job_id, unit_id, out);
+    }
+
+    fn valid(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        job: u64,
+        unit: u64,
+        items: u32,
+        out: &mut Vec<Output>,
+    ) {
+        let class = self
+            .jobs
+            .get(&job)
+            .and_then(|j| j.units.get(unit as usize))
+            .and_then(|u| u.outcomes.iter().find(|o| o.peer == peer))
+            .map(|o| o.class.clone())
+            .unwrap_or_default();
+        out.push(Output::Verdict {
+            peer,
+            job,
+            unit,
+            fault: None,
+        });
+        out.extend(
+            self.ledger
+                .handle(
+                    now_ms,
+                    LedgerInput::Valid {
+                        peer,
+                        class,
+                        credit: f64::from(items),
+                    },
+                )
+                .into_iter()
+                .map(Output::Ledger),
+        );
+    }
+
+    /// Give waiting peers what fits them.
+    fn dispatch(&mut self, now_ms: u64, out: &mut Vec<Output>) {
+        if self.waiting.is_empty() || self.jobs.values().all(|j| j.open.is_empty()) {
+            return;
+        }
+        let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
+        for peer in peers {
+            let Some(waiting) = self.waiting.get(&peer).cloned() else {
+                continue;
+            };
+            if waiting.until_ms <= now_ms {
+                continue;
+            }
+            let mut given = 0;
+            while given < waiting.slots {
+                let Some((job, unit)) = self.pick(now_ms, &peer, &waiting.offer) else {
+                    break;
+                };
+                self.assign(now_ms, peer, &waiting.offer, job, unit, out);
+                given += 1;
+            }
+            if given > 0 {
+                // Its request is answered; it asks again when it has room.
+                self.waiting.remove(&peer);
+            }
+        }
+    }
+
+    /// The first open unit `peer` may run: oldest job first, a unit it has not run, of a model it
+    /// holds; first looking for units none of whose peers share its network.
+    fn pick(&mut self, now_ms: u64, peer: &PeerId, offer: &Offer) -> Option<(u64, u64)> {
+        let mut fallback = None;
+        for (&job_id, job) in &self.jobs {
+            if job.state.finished() || job.open.is_empty() {
+                continue;
+            }
+            let Some(class) = offer.classes.get(&job.spec.family) else {
+                continue;
+            };
+            if !offer.models.contains(&job.spec.model) {
+                continue;
+            }
+            if self.ledger.replication(peer, class, now_ms, 1.0) == Replication::Refuse {
+                return None;
+            }
+            for &unit_id in &job.open {
+                let unit = &job.units[unit_id as usize];
+                if unit.tried.contains(peer) || unit.needed() == 0 {
+                    continue;
+                }
+                let shares_network = offer.network.is_some()
+                    && unit
+                        .running
+                        .keys()
+                        .chain(unit.outcomes.iter().map(|o| &o.peer))
+                        .any(|p| {
+                            self.offers.get(p).and_then(|o| o.network.as_ref())
+                                == offer.network.as_ref()
+                        });
+                if !shares_network {
+                    return Some((job_id, unit_id));
+                }
+                fallback.get_or_insert((job_id, unit_id));
+            }
+        }
+        fallback
+    }
+
+    fn assign(
+        &mut self,
+        now_ms: u64,
+        peer: PeerId,
+        offer: &Offer,
+        job_id: u64,
+        unit_id: u64,
+        out: &mut Vec<Output>,
+    ) {
+        let family = self.jobs[&job_id].spec.family;
+        let class = offer.classes.get(&family).cloned().unwrap_or_default();
+        let job_replicas = self.jobs[&job_id].spec.replicas.or(self.policy.replicas);
+        let first = self.jobs[&job_id].units[unit_id as usize].target == 0;
+        let draw = if first && job_replicas.is_none() {
+            self.draw()
+        } else {
+            0.0
+        };
+        let adaptive = if first && job_replicas.is_none() {
+            match self.ledger.replication(&peer, &class, now_ms, draw) {
+                Replication::Single => 1,
+                Replication::Replicate | Replication::Refuse => 2,
+            }
+        } else {
+            0
+        };
+        let job = self.jobs.get_mut(&job_id).expect("picked");
+        if job.state == JobState::Queued {
+            job.state = JobState::Running;
+        }
+        let unit = &mut job.units[unit_id as usize];
+        if first {
+            let target = job_replicas.map_or(adaptive, |r| r.max(1));
+            unit.target = target;
+            unit.initial_target = target;
+            unit.quorum = quorum(target);
+        }
+        let deadline = deadline_ms(unit.spec.items, offer.score);
+        unit.running.insert(
+            peer,
+            Assignment {
+                deadline_at_ms: now_ms + deadline,
+            },
+        );
+        unit.tried.insert(peer);
+        unit.assignments += 1;
+        if unit.needed() == 0 {
+            job.open.remove(&unit_id);
+        }
+        self.assigned
+            .entry(peer)
+            .or_default()
+            .insert((job_id, unit_id));
+        out.push(Output::Assign {
+            peer,
+            job: job_id,
+            unit: unit_id,
+            deadline_ms: deadline,
+        });
+    }
+}

@@ -1,0 +1,628 @@
+//! The shell around the [`Scheduler`]: it checks the bytes (signatures, digests), journals every
+//! input before acting on it, holds nodes' requests for work, and keeps the texts and outputs the
+//! scheduler never sees.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use hearth_net::Network;
+use hearth_net::libp2p::request_response::ResponseChannel;
+use hearth_protocol::work::{Assignment, UnitOutput, WorkRequest, WorkResponse, input_digest};
+use hearth_protocol::{
+    Capabilities, KernelFamily, PeerId, Subject, UNIT_INPUT_BYTES_MAX, UNIT_ITEMS_MAX,
+};
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::journal::{Batch, JobKind, JobPayload, Journal, Record, StoredOutput};
+use crate::limits::{JOB_INPUTS_MAX, REPLICAS_MAX, WORK_FETCH_HOLD_MS};
+use crate::scheduler::{
+    Delivery, Input, JobSpec, JobState, JobStatus, Offer, Output, Policy, Scheduler, UnitSpec,
+    unit_size,
+};
+use crate::verifier::within_tolerance;
+use crate::{LedgerOutput, Registry, Result, Standing};
+
+/// `POST /v1/jobs`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct SubmitJob {
+    /// `embed` or `generate`.
+    pub kind: String,
+    /// The model's id (blake3 of its file, hex).
+    pub model: hearth_protocol::ModelId,
+    /// The inputs: `{"id", "text"}`.
+    pub inputs: Vec<JobInput>,
+    /// Tokens per prompt (`generate` only).
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Replicas per unit; absent for the coordinator's policy.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+    /// Inputs per unit; absent to size units by the swarm's scores.
+    #[serde(default)]
+    pub unit_size: Option<u32>,
+}
+
+/// One input of a job.
+#[derive(Clone, Debug, Deserialize, Serialize)]
+pub struct JobInput {
+    /// The submitter's id for it (any JSON value), echoed in the output.
+    pub id: Value,
+    /// The text (or prompt).
+    pub text: String,
+}
+
+/// A job's output or receipts cannot be had (yet).
+#[derive(Debug)]
+pub enum Unavailable {
+    /// No such job.
+    NotFound,
+    /// Not done yet, or failed/cancelled.
+    NotDone(JobState),
+    /// The journal failed.
+    Journal(String),
+}
+
+pub(crate) struct Work {
+    scheduler: Scheduler,
+    journal: Journal,
+    payloads: BTreeMap<u64, JobPayload>,
+    accepted: BTreeMap<(u64, u64), PeerId>,
+    parked: BTreeMap<PeerId, (ResponseChannel<WorkResponse>, u64)>,
+    networks: BTreeMap<PeerId, String>,
+    next_job: u64,
+}
+
+fn offer(capabilities: &Capabilities, network: Option<String>) -> Offer {
+    Offer {
+        classes: capabilities.numeric_class.clone(),
+        models: capabilities.models.clone(),
+        score: capabilities.score,
+        network,
+    }
+}
+
+impl Work {
+    /// Open the journal in `data_dir` and rebuild the scheduler from it.
+    pub(crate) fn open(data_dir: &Path, policy: Policy) -> Result<Self> {
+        let journal = Journal::open(data_dir)?;
+        let payloads: BTreeMap<u64, JobPayload> =
+            journal.jobs()?.into_iter().map(|j| (j.id, j)).collect();
+        let mut work = Self {
+            scheduler: Scheduler::new(policy),
+            next_job: payloads.keys().next_back().map_or(1, |id| id + 1),
+            payloads,
+            journal,
+            accepted: BTreeMap::new(),
+            parked: BTreeMap::new(),
+            networks: BTreeMap::new(),
+        };
+        let entries = work.journal.entries()?;
+        let mut facts = BTreeMap::new();
+        let mut inputs = 0;
+        for entry in &entries {
+            if let Record::Accepted { job, unit, peer } = entry.record {
+                facts.insert((job, unit), peer);
+            }
+        }
+        for entry in entries {
+            let Record::Input(input) = entry.record else {
+                continue;
+            };
+            inputs += 1;
+            for output in work.scheduler.handle(entry.now_ms, input) {
+                if let Output::Accepted {
+                    job, unit, peer, ..
+                } = output
+                {
+                    if facts.get(&(job, unit)) != Some(&peer) {
+                        tracing::error!(
+                            job,
+                            unit,
+                            "replay accepted a unit the journal has no record of accepting"
+                        );
+                    }
+                    work.accepted.insert((job, unit), peer);
+                }
+            }
+        }
+        work.scheduler.forget_waiting();
+        if inputs > 0 {
+            tracing::info!(
+                inputs,
+                jobs = work.payloads.len(),
+                units_accepted = work.accepted.len(),
+                "journal replayed"
+            );
+        }
+        Ok(work)
+    }
+
+    /// Handle `input` at `now_ms`: run the scheduler, commit the input (and `batch`, and any new
+    /// decisions) to the journal, and only then act on the outputs.
+    fn step(
+        &mut self,
+        net: &mut Network,
+        now_ms: u64,
+        input: Input,
+        mut batch: Batch,
+        always_log: bool,
+    ) -> Result<Vec<Output>> {
+        let outputs = self.scheduler.handle(now_ms, input.clone());
+        if always_log || !outputs.is_empty() {
+            batch.entry(now_ms, Record::Input(input));
+        }
+        for output in &outputs {
+            if let Output::Accepted {
+                job, unit, peer, ..
+            } = output
+            {
+                batch.entry(
+                    now_ms,
+                    Record::Accepted {
+                        job: *job,
+                        unit: *unit,
+                        peer: *peer,
+                    },
+                );
+            }
+        }
+        self.journal.commit(batch)?;
+        self.act(net, &outputs);
+        Ok(outputs)
+    }
+
+    fn act(&mut self, net: &mut Network, outputs: &[Output]) {
+        let mut assignments: BTreeMap<PeerId, Vec<Assignment>> = BTreeMap::new();
+        for output in outputs {
+            match output {
+                Output::Assign {
+                    peer,
+                    job,
+                    unit,
+                    deadline_ms,
+                } => {
+                    let Some(payload) = self.payloads.get(job) else {
+                        continue;
+                    };
+                    assignments.entry(*peer).or_default().push(Assignment {
+                        job: *job,
+                        unit: *unit,
+                        model: payload.model,
+                        task: payload.task(*unit),
+                        deadline_ms: *deadline_ms,
+                    });
+                }
+                Output::Accepted {
+                    job, unit, peer, ..
+                } => {
+                    self.accepted.insert((*job, *unit), *peer);
+                }
+                Output::UnitFailed { job, unit, reason } => {
+                    tracing::warn!(job, unit, %reason, "unit failed");
+                }
+                Output::JobFinished { job, state } => {
+                    tracing::info!(job, ?state, "job finished");
+                }
+                Output::Rejected {
+                    peer,
+                    job,
+                    unit,
+                    reason,
+                } => {
+                    tracing::warn!(%peer, job, unit, %reason, "result rejected");
+                }
+                Output::Verdict {
+                    peer,
+                    job,
+                    unit,
+                    fault,
+                } => match fault {
+                    None => tracing::debug!(%peer, job, unit, "result valid"),
+                    Some(fault) => tracing::info!(%peer, job, unit, ?fault, "result invalid"),
+                },
+                Output::Ledger(LedgerOutput::Quarantined {
+                    peer,
+                    until_ms,
+                    reason,
+                }) => tracing::warn!(%peer, until_ms, %reason, "peer quarantined"),
+                Output::Ledger(LedgerOutput::Trusted { peer, class }) => {
+                    tracing::info!(%peer, %class, "peer trusted to run units alone");
+                }
+                Output::Ledger(LedgerOutput::LostTrust { peer, class }) => {
+                    tracing::info!(%peer, %class, "peer lost trust");
+                }
+            }
+        }
+        for (peer, units) in assignments {
+            match self.parked.remove(&peer) {
+                Some((channel, _)) => {
+                    tracing::debug!(%peer, units = units.len(), "assigned");
+                    if !net.respond(channel, WorkResponse::Assign(units)) {
+                        tracing::debug!(%peer, "peer gone before its assignment was sent");
+                    }
+                }
+                None => tracing::warn!(%peer, "assignment for a peer with no request held"),
+            }
+        }
+    }
+
+    /// Record the network a peer connects from (replicas prefer distinct ones).
+    pub(crate) fn connected(&mut self, peer: PeerId, network: String) {
+        self.networks.insert(peer, network);
+    }
+
+    pub(crate) fn submit(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        now_ms: u64,
+        request: SubmitJob,
+    ) -> std::result::Result<Result<u64>, String> {
+        let kind = match (request.kind.as_str(), request.max_tokens) {
+            ("embed", _) => JobKind::Embed,
+            ("generate", Some(max_tokens))
+                if (1..=hearth_protocol::GENERATE_TOKENS_MAX).contains(&max_tokens) =>
+            {
+                JobKind::Generate { max_tokens }
+            }
+            ("generate", _) => {
+                return Err(format!(
+                    "generate needs max_tokens in 1..={}",
+                    hearth_protocol::GENERATE_TOKENS_MAX
+                ));
+            }
+            (other, _) => return Err(format!("unknown job kind {other:?} (embed, generate)")),
+        };
+        if request.inputs.is_empty() {
+            return Err("the job has no inputs".into());
+        }
+        if request.inputs.len() > JOB_INPUTS_MAX {
+            return Err(format!("more than {JOB_INPUTS_MAX} inputs in one job"));
+        }
+        if let Some(r) = request.replicas
+            && !(1..=REPLICAS_MAX).contains(&r)
+        {
+            return Err(format!("replicas must be 1..={REPLICAS_MAX}"));
+        }
+        let unit_size = match request.unit_size {
+            Some(n) if (1..=UNIT_ITEMS_MAX as u32).contains(&n) => n,
+            Some(_) => return Err(format!("unit_size must be 1..={UNIT_ITEMS_MAX}")),
+            None => {
+                let mut scores: Vec<f64> = registry
+                    .entries(now_ms)
+                    .iter()
+                    .filter(|p| p.online)
+                    .map(|p| p.capabilities.score)
+                    .collect();
+                scores.sort_by(f64::total_cmp);
+                let median = scores.get(scores.len() / 2).copied().unwrap_or(0.0);
+                unit_size(median) as u32
+            }
+        };
+        let (ids, texts): (Vec<String>, Vec<String>) = request
+            .inputs
+            .into_iter()
+            .map(|i| (i.id.to_string(), i.text))
+            .unzip();
+        let id = self.next_job;
+        let payload = JobPayload {
+            id,
+            kind,
+            model: request.model,
+            ids,
+            texts,
+            unit_size,
+            replicas: request.replicas,
+            submitted_ms: now_ms,
+        };
+        let mut units = Vec::new();
+        for unit in 0..payload.units() {
+            let task = payload.task(unit);
+            if task.input_bytes() > UNIT_INPUT_BYTES_MAX {
+                return Err(format!(
+                    "unit {unit} holds more than {UNIT_INPUT_BYTES_MAX} bytes of text; use a smaller unit size"
+                ));
+            }
+            units.push(UnitSpec {
+                input: input_digest(id, unit, &payload.model, &task),
+                items: task.items() as u32,
+            });
+        }
+        let spec = JobSpec {
+            id,
+            family: match kind {
+                JobKind::Embed => KernelFamily::Embed,
+                JobKind::Generate { .. } => KernelFamily::Llm,
+            },
+            model: payload.model,
+            replicas: request.replicas,
+            units,
+        };
+        self.next_job += 1;
+        let mut batch = Batch::default();
+        batch.job(payload.clone());
+        self.payloads.insert(id, payload);
+        tracing::info!(
+            job = id,
+            units = spec.units.len(),
+            unit_size,
+            "job submitted"
+        );
+        Ok(self
+            .step(net, now_ms, Input::Submit(spec), batch, true)
+            .map(|_| id))
+    }
+
+    pub(crate) fn cancel(&mut self, net: &mut Network, now_ms: u64, job: u64) -> Result<bool> {
+        if !self.payloads.contains_key(&job) {
+            return Ok(false);
+        }
+        self.step(net, now_ms, Input::Cancel(job), Batch::default(), true)?;
+        Ok(true)
+    }
+
+    pub(crate) fn tick(&mut self, net: &mut Network, now_ms: u64) -> Result<()> {
+        self.step(net, now_ms, Input::Tick, Batch::default(), false)?;
+        let expired: Vec<PeerId> = self
+            .parked
+            .iter()
+            .filter(|(_, (_, until))| *until <= now_ms)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in expired {
+            if let Some((channel, _)) = self.parked.remove(&peer) {
+                net.respond(channel, WorkResponse::Assign(Vec::new()));
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn peer_lost(&mut self, net: &mut Network, now_ms: u64, peer: PeerId) -> Result<()> {
+        self.parked.remove(&peer);
+        self.step(net, now_ms, Input::PeerLost(peer), Batch::default(), false)
+            .map(drop)
+    }
+
+    pub(crate) fn on_request(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        now_ms: u64,
+        peer: PeerId,
+        request: WorkRequest,
+        channel: ResponseChannel<WorkResponse>,
+    ) -> Result<()> {
+        match request {
+            WorkRequest::Fetch { slots } => {
+                let Some(capabilities) = registry.capabilities(&peer) else {
+                    // Not heard on gossip yet: nothing to match it by. It asks again shortly.
+                    net.respond(channel, WorkResponse::Assign(Vec::new()));
+                    return Ok(());
+                };
+                let offer = offer(capabilities, self.networks.get(&peer).cloned());
+                if let Some((old, _)) = self.parked.remove(&peer) {
+                    net.respond(old, WorkResponse::Assign(Vec::new()));
+                }
+                let until_ms = now_ms + WORK_FETCH_HOLD_MS;
+                self.parked.insert(peer, (channel, until_ms));
+                let input = Input::Ready {
+                    peer,
+                    slots: slots.clamp(1, 64),
+                    until_ms,
+                    offer,
+                };
+                self.step(net, now_ms, input, Batch::default(), true)?;
+            }
+            WorkRequest::Refuse { job, unit, reason } => {
+                tracing::info!(%peer, job, unit, %reason, "unit refused");
+                let input = Input::Refused { peer, job, unit };
+                self.step(net, now_ms, input, Batch::default(), true)?;
+                net.respond(channel, WorkResponse::Ack);
+            }
+            WorkRequest::Deliver {
+                job,
+                unit,
+                receipt,
+                output,
+            } => {
+                let Some(payload) = self.payloads.get(&job) else {
+                    net.respond(channel, WorkResponse::Rejected("no such job".into()));
+                    return Ok(());
+                };
+                if unit >= payload.units() {
+                    net.respond(channel, WorkResponse::Rejected("no such unit".into()));
+                    return Ok(());
+                }
+                // The bytes are checked here, in the shell; the scheduler gets the marks.
+                let task = payload.task(unit);
+                let signature_ok = receipt.verify().is_ok();
+                let output_ok = output.digest() == receipt.body.output
+                    && output.fits(&task)
+                    && receipt.body.model == payload.model;
+                let subject = match receipt.body.subject {
+                    Subject::Unit { job, unit } => (job, unit),
+                    Subject::Step { .. } => (u64::MAX, u64::MAX),
+                };
+                let class = receipt.body.numeric_class.clone();
+                let agrees_across = if signature_ok && output_ok {
+                    self.journal
+                        .outputs(job, unit)?
+                        .into_iter()
+                        .filter(|(p, o)| {
+                            *p != peer
+                                && o.receipt.body.numeric_class != class
+                                && within_tolerance(&o.output, &output)
+                        })
+                        .map(|(p, _)| p)
+                        .collect()
+                } else {
+                    Default::default()
+                };
+                let delivery = Delivery {
+                    peer,
+                    job,
+                    unit,
+                    signer: receipt.peer_id(),
+                    signature_ok,
+                    subject,
+                    input: receipt.body.input,
+                    output: receipt.body.output,
+                    output_ok,
+                    class,
+                    agrees_across,
+                };
+                let mut batch = Batch::default();
+                if signature_ok && output_ok {
+                    batch.output(job, unit, peer, StoredOutput { receipt, output });
+                }
+                let outputs = self.step(net, now_ms, Input::Delivered(delivery), batch, true)?;
+                let rejected = outputs.iter().find_map(|o| match o {
+                    Output::Rejected {
+                        peer: p,
+                        job: j,
+                        unit: u,
+                        reason,
+                    } if (*p, *j, *u) == (peer, job, unit) => Some(reason.clone()),
+                    _ => None,
+                });
+                net.respond(
+                    channel,
+                    rejected.map_or(WorkResponse::Ack, WorkResponse::Rejected),
+                );
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn standing(&self, peer: &PeerId, now_ms: u64) -> Standing {
+        self.scheduler.standing(peer, now_ms)
+    }
+
+    pub(crate) fn jobs(&self) -> Vec<JobStatus> {
+        self.scheduler.jobs()
+    }
+
+    /// `GET /v1/jobs/{id}`: the status, with each unit when `units` (and, per unit, how many times
+    /// the journal records it accepted: `journal_accepts`, which must be 1 for a done unit).
+    pub(crate) fn status(&self, id: u64, units: bool) -> Result<Option<Value>> {
+        let (Some(status), Some(payload)) = (self.scheduler.job(id), self.payloads.get(&id)) else {
+            return Ok(None);
+        };
+        let mut value = serde_json::to_value(&status).unwrap_or_default();
+        value["kind"] = json!(match payload.kind {
+            JobKind::Embed => "embed",
+            JobKind::Generate { .. } => "generate",
+        });
+        value["model"] = json!(payload.model);
+        value["inputs"] = json!(payload.texts.len());
+        value["unit_size"] = json!(payload.unit_size);
+        value["replicas"] = json!(payload.replicas);
+        value["submitted_ms"] = json!(payload.submitted_ms);
+        if units {
+            let mut accepts: BTreeMap<u64, u32> = BTreeMap::new();
+            for entry in self.journal.entries()? {
+                if let Record::Accepted { job, unit, .. } = entry.record
+                    && job == id
+                {
+                    *accepts.entry(unit).or_default() += 1;
+                }
+            }
+            let units: Vec<Value> = self
+                .scheduler
+                .units(id)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|u| {
+                    let mut v = serde_json::to_value(&u).unwrap_or_default();
+                    v["journal_accepts"] = json!(accepts.get(&u.id).copied().unwrap_or(0));
+                    v
+                })
+                .collect();
+            value["units"] = json!(units);
+        }
+        Ok(Some(value))
+    }
+
+    fn accepted_outputs(
+        &self,
+        id: u64,
+    ) -> std::result::Result<(&JobPayload, Vec<StoredOutput>), Unavailable> {
+        let status = self.scheduler.job(id).ok_or(Unavailable::NotFound)?;
+        let payload = self.payloads.get(&id).ok_or(Unavailable::NotFound)?;
+        if status.state != JobState::Done {
+            return Err(Unavailable::NotDone(status.state));
+        }
+        let mut outputs = Vec::new();
+        for unit in 0..payload.units() {
+            let peer = self.accepted.get(&(id, unit)).ok_or_else(|| {
+                Unavailable::Journal(format!("unit {unit} is done but has no accepted output"))
+            })?;
+            let stored = self
+                .journal
+                .outputs(id, unit)
+                .map_err(|e| Unavailable::Journal(e.to_string()))?
+                .into_iter()
+                .find(|(p, _)| p == peer)
+                .map(|(_, o)| o)
+                .ok_or_else(|| Unavailable::Journal(format!("unit {unit}'s output is missing")))?;
+            outputs.push(stored);
+        }
+        Ok((payload, outputs))
+    }
+
+    /// `GET /v1/jobs/{id}/output`: one JSON line per input, in input order.
+    pub(crate) fn output(&self, id: u64) -> std::result::Result<String, Unavailable> {
+        let (payload, outputs) = self.accepted_outputs(id)?;
+        let mut text = String::new();
+        for (unit, stored) in outputs.iter().enumerate() {
+            let ids = &payload.ids[payload.range(unit as u64)];
+            output_lines(ids, &stored.output, &mut text);
+        }
+        Ok(text)
+    }
+
+    /// `GET /v1/jobs/{id}/receipts`: one JSON line per unit with its signed receipt.
+    pub(crate) fn receipts(&self, id: u64) -> std::result::Result<String, Unavailable> {
+        let (payload, outputs) = self.accepted_outputs(id)?;
+        let mut text = String::new();
+        for (unit, stored) in outputs.iter().enumerate() {
+            let input_ids: Vec<Value> = payload.ids[payload.range(unit as u64)]
+                .iter()
+                .map(|id| serde_json::from_str(id).unwrap_or(Value::Null))
+                .collect();
+            let line = json!({
+                "job": id,
+                "unit": unit,
+                "input_ids": input_ids,
+                "receipt": stored.receipt,
+            });
+            text.push_str(&line.to_string());
+            text.push('\n');
+        }
+        Ok(text)
+    }
+}
+
+/// The output lines of one unit: `{"id":…,"embedding":[…]}` or `{"id":…,"token_ids":[…],"text":…}`,
+/// `ids` being each input's id as JSON text. Embedding components are printed as the f64 of the
+/// f32, which parses back to the same f32 bits on any reader (`hearth verify` relies on it).
+pub fn output_lines(ids: &[String], output: &UnitOutput, text: &mut String) {
+    use std::fmt::Write;
+    match output {
+        UnitOutput::Embeddings(vectors) => {
+            for (id, embedding) in ids.iter().zip(vectors) {
+                let wide: Vec<f64> = embedding.iter().map(|&x| f64::from(x)).collect();
+                let numbers = serde_json::to_string(&wide).expect("finite floats encode");
+                let _ = writeln!(text, r#"{{"id":{id},"embedding":{numbers}}}"#);
+            }
+        }
+        UnitOutput::Completions(completions) => {
+            for (id, c) in ids.iter().zip(completions) {
+                let ids = serde_json::to_string(&c.token_ids).expect("integers encode");
+                let words = serde_json::to_string(&c.text).expect("strings encode");
+                let _ = writeln!(text, r#"{{"id":{id},"token_ids":{ids},"text":{words}}}"#);
+            }
+        }
+    }
+}

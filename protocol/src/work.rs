@@ -1,0 +1,383 @@
+//! The work protocol: how the units of a sharded job travel between the coordinator and its nodes.
+//!
+//! Nodes pull, as BOINC clients do: a node asks for work ([`WorkRequest::Fetch`]); the coordinator
+//! answers at once with assignments or holds the request until it has some (a long poll, answered
+//! empty after a while). The node computes, keeps the result in its outbox, and delivers it
+//! ([`WorkRequest::Deliver`]) with a signed [`Receipt`]; the coordinator answers [`WorkResponse::Ack`]
+//! only once the result is committed to its journal, and the node then forgets it.
+//!
+//! ## Canonical encodings
+//! A receipt binds digests, not bytes; the bytes digested are:
+//! - **input**: blake3 in derive-key mode, context `hearth 2026 unit input v1`, over the postcard
+//!   encoding of `(job: u64, unit: u64, model: ModelId, task: Task)`. Binding job and unit means a
+//!   receipt for one unit can never pass as another's.
+//! - **output**: blake3 in derive-key mode, context `hearth 2026 unit output v1`, over
+//!   [`UnitOutput::canonical`]: a kind byte (`0` embeddings, `1` completions), the item count as
+//!   `u32` little-endian, then per item, in input order: for an embedding the dimension (`u32` LE)
+//!   and each `f32`'s bits (LE); for a completion the token count (`u32` LE), each token id (`u32`
+//!   LE), the text's byte length (`u32` LE) and its UTF-8 bytes. Anyone holding the output lines can
+//!   recompute it (`hearth verify`).
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    Digest, Error, GENERATE_TOKENS_MAX, KernelFamily, ModelId, Receipt, Result,
+    UNIT_INPUT_BYTES_MAX, UNIT_ITEMS_MAX,
+};
+
+/// libp2p protocol name of the work protocol.
+pub const WORK_PROTOCOL: &str = "/hearth/work/1";
+
+/// Domain of a unit's input digest.
+const INPUT_CONTEXT: &str = "hearth 2026 unit input v1";
+/// Domain of a unit's output digest.
+const OUTPUT_CONTEXT: &str = "hearth 2026 unit output v1";
+
+/// Widest embedding a result may carry (MiniLM's is 384).
+pub const EMBEDDING_DIMS_MAX: usize = 8192;
+
+/// What a unit asks for.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Task {
+    /// Embed each text.
+    Embed {
+        /// The texts, in order.
+        texts: Vec<String>,
+    },
+    /// Complete each prompt greedily.
+    Generate {
+        /// The prompts, in order.
+        prompts: Vec<String>,
+        /// Most tokens to generate per prompt.
+        max_tokens: u32,
+    },
+}
+
+impl Task {
+    /// The kernel family that runs it (and whose numeric class its results carry).
+    pub fn family(&self) -> KernelFamily {
+        match self {
+            Self::Embed { .. } => KernelFamily::Embed,
+            Self::Generate { .. } => KernelFamily::Llm,
+        }
+    }
+
+    /// Inputs in the unit.
+    pub fn items(&self) -> usize {
+        match self {
+            Self::Embed { texts } => texts.len(),
+            Self::Generate { prompts, .. } => prompts.len(),
+        }
+    }
+
+    /// Bytes of input text in the unit.
+    pub fn input_bytes(&self) -> usize {
+        match self {
+            Self::Embed { texts: t } | Self::Generate { prompts: t, .. } => {
+                t.iter().map(String::len).sum()
+            }
+        }
+    }
+
+    /// Check the limits the schema cannot express.
+    pub fn validate(&self) -> Result<()> {
+        let items = self.items();
+        if items == 0 || items > UNIT_ITEMS_MAX {
+            return Err(Error::Limit(format!(
+                "a unit holds 1..={UNIT_ITEMS_MAX} inputs, not {items}"
+            )));
+        }
+        if self.input_bytes() > UNIT_INPUT_BYTES_MAX {
+            return Err(Error::Limit(format!(
+                "a unit's inputs exceed {UNIT_INPUT_BYTES_MAX} bytes"
+            )));
+        }
+        if let Self::Generate { max_tokens, .. } = self
+            && (*max_tokens == 0 || *max_tokens > GENERATE_TOKENS_MAX)
+        {
+            return Err(Error::Limit(format!(
+                "max_tokens must be 1..={GENERATE_TOKENS_MAX}, not {max_tokens}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// The input digest a receipt for `(job, unit)` must carry (see the module docs).
+pub fn input_digest(job: u64, unit: u64, model: &ModelId, task: &Task) -> Digest {
+    let bytes = postcard::to_stdvec(&(job, unit, model, task)).expect("a task always encodes");
+    Digest::of(INPUT_CONTEXT, &bytes)
+}
+
+/// One unit given to one node.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Assignment {
+    /// The job.
+    pub job: u64,
+    /// The unit within the job.
+    pub unit: u64,
+    /// The model to run, by the blake3 of its file.
+    pub model: ModelId,
+    /// What to compute.
+    pub task: Task,
+    /// Milliseconds the node has, from now, before the unit is given to someone else.
+    pub deadline_ms: u64,
+}
+
+/// One completion of a batch-generate unit.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Completion {
+    /// The generated token ids (the prompt's not included).
+    pub token_ids: Vec<u32>,
+    /// Their decoded text.
+    pub text: String,
+}
+
+/// A unit's result, one item per input, in input order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum UnitOutput {
+    /// One vector per text.
+    Embeddings(Vec<Vec<f32>>),
+    /// One completion per prompt.
+    Completions(Vec<Completion>),
+}
+
+impl UnitOutput {
+    /// Items in the output.
+    pub fn items(&self) -> usize {
+        match self {
+            Self::Embeddings(v) => v.len(),
+            Self::Completions(c) => c.len(),
+        }
+    }
+
+    /// Whether this output answers `task` in shape: the right kind, one item per input.
+    pub fn fits(&self, task: &Task) -> bool {
+        let kind = matches!(
+            (self, task),
+            (Self::Embeddings(_), Task::Embed { .. })
+                | (Self::Completions(_), Task::Generate { .. })
+        );
+        kind && self.items() == task.items()
+            && match self {
+                Self::Embeddings(v) => v.iter().all(|e| e.len() <= EMBEDDING_DIMS_MAX),
+                Self::Completions(_) => true,
+            }
+    }
+
+    /// The canonical bytes its digest covers (see the module docs).
+    pub fn canonical(&self) -> Vec<u8> {
+        let len = |n: usize| {
+            u32::try_from(n)
+                .expect("bounded by the frame limit")
+                .to_le_bytes()
+        };
+        let mut out = Vec::new();
+        match self {
+            Self::Embeddings(vectors) => {
+                out.push(0);
+                out.extend(len(vectors.len()));
+                for v in vectors {
+                    out.extend(len(v.len()));
+                    for x in v {
+                        out.extend(x.to_bits().to_le_bytes());
+                    }
+                }
+            }
+            Self::Completions(completions) => {
+                out.push(1);
+                out.extend(len(completions.len()));
+                for c in completions {
+                    out.extend(len(c.token_ids.len()));
+                    for id in &c.token_ids {
+                        out.extend(id.to_le_bytes());
+                    }
+                    out.extend(len(c.text.len()));
+                    out.extend(c.text.as_bytes());
+                }
+            }
+        }
+        out
+    }
+
+    /// The output digest a receipt for it must carry.
+    pub fn digest(&self) -> Digest {
+        Digest::of(OUTPUT_CONTEXT, &self.canonical())
+    }
+}
+
+/// A node's request on the work protocol.
+// A delivery is the big variant by design; each request is decoded once and moved, never stored.
+#[allow(clippy::large_enum_variant)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WorkRequest {
+    /// Give me up to `slots` units (held until there is work, or answered empty after a while).
+    Fetch {
+        /// Units the node can take now.
+        slots: u32,
+    },
+    /// Here is a result for the unit `(job, unit)` this node was assigned.
+    Deliver {
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+        /// The signed statement of what was computed.
+        receipt: Receipt,
+        /// The result itself; its digest must be the receipt's output digest.
+        output: UnitOutput,
+    },
+    /// I cannot run this unit (model missing, input the kernels refuse); give it to someone else.
+    Refuse {
+        /// The job.
+        job: u64,
+        /// The unit.
+        unit: u64,
+        /// Why, for the coordinator's log.
+        reason: String,
+    },
+}
+
+/// The coordinator's answer.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum WorkResponse {
+    /// Units to run (empty: none now, ask again).
+    Assign(Vec<Assignment>),
+    /// The delivery or refusal is committed; forget it.
+    Ack,
+    /// The delivery is refused for good (the unit is unknown or no longer yours); forget it too.
+    Rejected(String),
+}
+
+/// Decode a work request from a frame, checking its limits.
+pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
+    let request: WorkRequest = decode_work(frame)?;
+    if let WorkRequest::Deliver { output, .. } = &request
+        && output.items() > UNIT_ITEMS_MAX
+    {
+        return Err(Error::Limit(format!("more than {UNIT_ITEMS_MAX} outputs")));
+    }
+    Ok(request)
+}
+
+/// Decode a work response from a frame, checking its limits.
+pub fn decode_response(frame: &[u8]) -> Result<WorkResponse> {
+    let response: WorkResponse = decode_work(frame)?;
+    if let WorkResponse::Assign(assignments) = &response {
+        for a in assignments {
+            a.task.validate()?;
+        }
+    }
+    Ok(response)
+}
+
+fn decode_work<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T> {
+    let header = frame
+        .get(..crate::FRAME_HEADER_BYTES)
+        .and_then(|h| h.try_into().ok())
+        .ok_or(Error::Truncated {
+            got: frame.len(),
+            need: crate::FRAME_HEADER_BYTES,
+        })?;
+    let announced = crate::codec::read_header_max(header, crate::WORK_FRAME_BYTES_MAX)?;
+    let payload = &frame[crate::FRAME_HEADER_BYTES..];
+    if payload.len() != announced {
+        return Err(Error::LengthMismatch {
+            announced,
+            actual: payload.len(),
+        });
+    }
+    crate::codec::from_postcard(payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::codec::encode_max;
+    use crate::{ReceiptBody, SecretKey, Subject, WORK_FRAME_BYTES_MAX};
+
+    #[test]
+    fn input_digest_binds_job_unit_model_and_task() {
+        let model = ModelId::of_bytes(b"m");
+        let task = Task::Embed {
+            texts: vec!["a".into()],
+        };
+        let d = input_digest(1, 2, &model, &task);
+        assert_ne!(d, input_digest(1, 3, &model, &task));
+        assert_ne!(d, input_digest(2, 2, &model, &task));
+        assert_ne!(d, input_digest(1, 2, &ModelId::of_bytes(b"n"), &task));
+        let other = Task::Embed {
+            texts: vec!["b".into()],
+        };
+        assert_ne!(d, input_digest(1, 2, &model, &other));
+    }
+
+    #[test]
+    fn canonical_output_is_the_documented_bytes() {
+        let out = UnitOutput::Completions(vec![Completion {
+            token_ids: vec![7, 258],
+            text: "hi".into(),
+        }]);
+        let want = [
+            vec![1u8],
+            1u32.to_le_bytes().to_vec(),
+            2u32.to_le_bytes().to_vec(),
+            7u32.to_le_bytes().to_vec(),
+            258u32.to_le_bytes().to_vec(),
+            2u32.to_le_bytes().to_vec(),
+            b"hi".to_vec(),
+        ]
+        .concat();
+        assert_eq!(out.canonical(), want);
+        let emb = UnitOutput::Embeddings(vec![vec![1.0, -0.0]]);
+        let want = [
+            vec![0u8],
+            1u32.to_le_bytes().to_vec(),
+            2u32.to_le_bytes().to_vec(),
+            1.0f32.to_bits().to_le_bytes().to_vec(),
+            (-0.0f32).to_bits().to_le_bytes().to_vec(),
+        ]
+        .concat();
+        assert_eq!(emb.canonical(), want);
+        // -0.0 and 0.0 compare equal as floats but are different results.
+        assert_ne!(
+            emb.digest(),
+            UnitOutput::Embeddings(vec![vec![1.0, 0.0]]).digest()
+        );
+    }
+
+    #[test]
+    fn requests_round_trip_and_limits_hold() {
+        let key = SecretKey::from_bytes(&[3; 32]);
+        let output = UnitOutput::Embeddings(vec![vec![0.5; 384]; 4]);
+        let receipt = Receipt::sign(
+            &key,
+            ReceiptBody {
+                subject: Subject::Unit { job: 1, unit: 0 },
+                model: ModelId::of_bytes(b"m"),
+                input: Digest::of("x", b"y"),
+                output: output.digest(),
+                numeric_class: "k0/embed/cpu/x".into(),
+            },
+        );
+        let request = WorkRequest::Deliver {
+            job: 1,
+            unit: 0,
+            receipt,
+            output,
+        };
+        let frame = encode_max(&request, WORK_FRAME_BYTES_MAX).expect("encodes");
+        assert_eq!(decode_request(&frame).expect("decodes"), request);
+        assert!(decode_request(&frame[..frame.len() - 1]).is_err());
+
+        let bad = WorkResponse::Assign(vec![Assignment {
+            job: 1,
+            unit: 0,
+            model: ModelId::of_bytes(b"m"),
+            task: Task::Embed { texts: vec![] },
+            deadline_ms: 1,
+        }]);
+        let frame = encode_max(&bad, WORK_FRAME_BYTES_MAX).expect("encodes");
+        assert!(matches!(decode_response(&frame), Err(Error::Limit(_))));
+    }
+}

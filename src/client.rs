@@ -73,11 +73,11 @@ impl Client {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| {
-            anyhow::anyhow!(
+            anyhow::Error::new(Unreachable).context(format!(
                 "cannot reach the coordinator at {}: {} (is `hearth coordinator` running? set --api or HEARTH_API)",
                 self.base,
                 root_cause(&e)
-            )
+            ))
         })?;
         let status = response.status();
         let body = response
@@ -93,6 +93,23 @@ impl Client {
         }
         Ok(body.to_vec())
     }
+}
+
+/// Marks an error as "the coordinator did not answer at all" (as opposed to answering no).
+#[derive(Debug)]
+struct Unreachable;
+
+impl std::fmt::Display for Unreachable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("coordinator unreachable")
+    }
+}
+
+impl std::error::Error for Unreachable {}
+
+/// Whether `error` means the coordinator could not be reached.
+pub(crate) fn is_unreachable(error: &anyhow::Error) -> bool {
+    error.downcast_ref::<Unreachable>().is_some()
 }
 
 fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {

@@ -22,6 +22,9 @@ use crate::jsonl::{LINE_BYTES_MAX, read_inputs};
 /// How often a waiting client asks for progress.
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// How long a waiting client keeps trying a coordinator that stopped answering (a restart).
+const UNREACHABLE_PATIENCE: Duration = Duration::from_secs(60);
+
 fn model_id(model: &CatalogModel) -> ModelId {
     model.files[0]
         .blake3
@@ -84,8 +87,24 @@ async fn submit(
 /// Poll a job until it is finished, drawing a progress bar on a terminal.
 async fn wait(client: &Client, id: u64) -> anyhow::Result<Value> {
     let terminal = std::io::stderr().is_terminal();
+    let mut unreachable_since: Option<std::time::Instant> = None;
     loop {
-        let status: Value = client.get(&format!("/v1/jobs/{id}")).await?;
+        let status: Value = match client.get(&format!("/v1/jobs/{id}")).await {
+            Ok(status) => {
+                unreachable_since = None;
+                status
+            }
+            // A coordinator restarting resumes its jobs from its journal: keep waiting for it.
+            Err(error) if crate::client::is_unreachable(&error) => {
+                let since = *unreachable_since.get_or_insert_with(std::time::Instant::now);
+                if since.elapsed() > UNREACHABLE_PATIENCE {
+                    return Err(error);
+                }
+                tokio::time::sleep(POLL_INTERVAL).await;
+                continue;
+            }
+            Err(error) => return Err(error),
+        };
         if terminal {
             eprint!("\r{}", progress(&status));
         }

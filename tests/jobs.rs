@@ -1,0 +1,396 @@
+//! Sharded jobs on real processes with the real embedder: liars caught, nodes and the coordinator
+//! killed mid-job, and the output always bit for bit what one machine computes alone.
+
+mod support;
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Process, keygen, peers, run_hearth, stdout_json, wait_for_api, wait_until};
+use tempfile::TempDir;
+
+/// Texts to embed: varied lengths, some repeated words, ids of both JSON kinds.
+fn write_texts(path: &Path, n: usize) {
+    let words = [
+        "hearth",
+        "volunteer",
+        "swarm",
+        "quorum",
+        "receipt",
+        "kernel",
+        "co-op",
+        "ember",
+        "lantern",
+        "river",
+    ];
+    let mut text = String::new();
+    for i in 0..n {
+        let sentence: Vec<&str> = (0..3 + i % 11)
+            .map(|k| words[(i * 7 + k * 3) % 10])
+            .collect();
+        let id = if i % 2 == 0 {
+            Value::from(format!("t{i}"))
+        } else {
+            Value::from(i)
+        };
+        let line = serde_json::json!({ "id": id, "text": sentence.join(" ") });
+        text.push_str(&line.to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("write inputs");
+}
+
+/// What `hearth local embed` makes of `input`: the reference.
+fn local_embed(input: &Path, output: &Path) -> Vec<u8> {
+    let out = run_hearth(
+        &[],
+        &[
+            "local",
+            "embed",
+            "--input",
+            input.to_str().expect("utf-8"),
+            "--output",
+            output.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(output).expect("reference output")
+}
+
+fn free_port() -> u16 {
+    let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let port = tcp.local_addr().expect("addr").port();
+    // The swarm listens on QUIC (UDP) and TCP at the same port.
+    drop(UdpSocket::bind(("127.0.0.1", port)).expect("udp port free too"));
+    port
+}
+
+struct Swarm {
+    tmp: TempDir,
+    coordinator: Process,
+    coordinator_args: Vec<String>,
+    api: String,
+    nodes: Vec<(String, Process)>,
+}
+
+impl Swarm {
+    /// A coordinator on fixed loopback ports (so a restart comes back where nodes look for it) and
+    /// one node per entry of `faults`.
+    fn start(faults: &[Option<&str>]) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let dir = tmp.path().join("coordinator");
+        let port = free_port();
+        let http = free_port();
+        let coordinator_args: Vec<String> = [
+            "coordinator",
+            "--no-mdns",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+            "--http",
+            &format!("127.0.0.1:{http}"),
+            "--listen",
+            &format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
+            "--listen",
+            &format!("/ip4/127.0.0.1/tcp/{port}"),
+        ]
+        .map(String::from)
+        .to_vec();
+        let mut coordinator = Process::start(
+            "coordinator",
+            tmp.path(),
+            &[],
+            &coordinator_args
+                .iter()
+                .map(String::as_str)
+                .collect::<Vec<_>>(),
+        );
+        let api = wait_for_api(&dir, &mut coordinator);
+        let mut swarm = Self {
+            tmp,
+            coordinator,
+            coordinator_args,
+            api,
+            nodes: Vec::new(),
+        };
+        for (i, fault) in faults.iter().enumerate() {
+            swarm.start_node(i, *fault);
+        }
+        let want = faults.len();
+        wait_until(Duration::from_secs(60), "every node online", || {
+            let online = peers(&[], &swarm.api)
+                .iter()
+                .filter(|p| p["online"] == true)
+                .count();
+            (online == want).then_some(())
+        });
+        swarm
+    }
+
+    fn start_node(&mut self, i: usize, fault: Option<&str>) {
+        let dir = self.tmp.path().join(format!("node{i}"));
+        let peer_id = keygen(&dir);
+        let mut args = vec![
+            "node",
+            "--no-mdns",
+            "--max-threads",
+            "1",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+            "--join",
+            &self.api,
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ];
+        if let Some(fault) = fault {
+            args.extend(["--fault", fault]);
+        }
+        let name = format!("node{i}");
+        let process = Process::start(&name, self.tmp.path(), &[], &args);
+        self.nodes.push((peer_id, process));
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    fn hearth(&self, args: &[&str]) -> std::process::Output {
+        let mut all = args.to_vec();
+        all.extend(["--api", &self.api]);
+        run_hearth(&[], &all)
+    }
+
+    fn status(&self, job: &str, units: bool) -> Value {
+        let mut args = vec!["job", job, "--json"];
+        if units {
+            args.push("--units");
+        }
+        stdout_json(&self.hearth(&args))
+    }
+
+    /// `hearth embed --detach`, returning the job id.
+    fn submit(&self, input: &Path, replicas: &str, unit_size: &str) -> String {
+        let out = self.hearth(&[
+            "embed",
+            "--input",
+            input.to_str().expect("utf-8"),
+            "--replicas",
+            replicas,
+            "--unit-size",
+            unit_size,
+            "--detach",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    }
+
+    /// Wait for the job and fetch its output and receipts.
+    fn finish(&self, job: &str) -> (Vec<u8>, PathBuf) {
+        let output = self.path(&format!("job{job}.jsonl"));
+        let receipts = self.path(&format!("job{job}.receipts.jsonl"));
+        let out = self.hearth(&[
+            "job",
+            job,
+            "--wait",
+            "--output",
+            output.to_str().expect("utf-8"),
+            "--receipts",
+            receipts.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}\ncoordinator log:\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.coordinator.log_text()
+        );
+        (std::fs::read(&output).expect("output"), receipts)
+    }
+
+    fn peer(&self, peer_id: &str) -> Value {
+        peers(&[], &self.api)
+            .into_iter()
+            .find(|p| p["peer_id"] == peer_id)
+            .unwrap_or_else(|| panic!("{peer_id} not listed"))
+    }
+}
+
+/// The output verifies offline against its receipts, and a tampered copy does not.
+fn assert_receipts_verify(swarm: &Swarm, output: &[u8], receipts: &Path) {
+    let output_path = swarm.path("checked.jsonl");
+    std::fs::write(&output_path, output).expect("write");
+    let verify = |path: &Path| {
+        run_hearth(
+            &[],
+            &[
+                "verify",
+                "--receipts",
+                receipts.to_str().expect("utf-8"),
+                "--output",
+                path.to_str().expect("utf-8"),
+                "--json",
+            ],
+        )
+    };
+    let report = verify(&output_path);
+    let json: Value = serde_json::from_slice(&report.stdout).expect("verify --json");
+    assert!(report.status.success() && json["ok"] == true, "{json}");
+    // Change one number in line 7: verify must name those lines.
+    let text = String::from_utf8(output.to_vec()).expect("utf-8");
+    let mut lines: Vec<String> = text.lines().map(String::from).collect();
+    lines[6] = lines[6].replacen("\"embedding\":[", "\"embedding\":[0.5,", 1);
+    let tampered = swarm.path("tampered.jsonl");
+    std::fs::write(&tampered, lines.join("\n") + "\n").expect("write");
+    let report = verify(&tampered);
+    let json: Value = serde_json::from_slice(&report.stdout).expect("verify --json");
+    assert!(!report.status.success(), "{json}");
+    assert!(
+        json["problems"].to_string().contains("tampered.jsonl:5-8"),
+        "{json}"
+    );
+}
+
+/// Most credit a liar may hold: a replaying node answers its first unit honestly (it has nothing to
+/// replay yet), and earns that unit's 4 inputs.
+fn honest_credit_before_lying(fault: &str) -> f64 {
+    if fault == "replay" { 4.0 } else { 0.0 }
+}
+
+fn liars_are_caught(faults: &[&str]) {
+    let mut kinds: Vec<Option<&str>> = vec![None; 4];
+    kinds.extend(faults.iter().map(|f| Some(*f)));
+    let swarm = Swarm::start(&kinds);
+    let input = swarm.path("texts.jsonl");
+    write_texts(&input, 200);
+    let reference = local_embed(&input, &swarm.path("reference.jsonl"));
+
+    let job = swarm.submit(&input, "2", "4");
+    let (output, receipts) = swarm.finish(&job);
+    assert!(
+        output == reference,
+        "the swarm's output differs from `hearth local embed`"
+    );
+    let status = swarm.status(&job, true);
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["units_total"], 50);
+    assert_eq!(status["units_failed"], 0);
+    assert!(
+        status["rejected"].as_u64().expect("rejected") >= 1,
+        "{status}"
+    );
+
+    for (i, (peer_id, _)) in swarm.nodes.iter().enumerate() {
+        let entry = swarm.peer(peer_id);
+        let liar = i >= 4;
+        assert_eq!(entry["quarantined"], liar, "node{i}: {entry}");
+        if liar {
+            assert!(entry["quarantine_reason"].is_string(), "{entry}");
+            let credit = entry["credit"].as_f64().expect("credit");
+            assert!(
+                credit <= honest_credit_before_lying(faults[i - 4]),
+                "a liar earned credit: {entry}"
+            );
+        } else {
+            assert!(entry["credit"].as_f64().expect("credit") > 0.0, "{entry}");
+            assert!(entry["reliability"].as_f64().expect("reliability") > 0.9);
+            assert_eq!(entry["strikes"], 0);
+        }
+    }
+    // No receipt from a liar backs an accepted result.
+    let receipts_text = std::fs::read_to_string(&receipts).expect("receipts");
+    assert_eq!(receipts_text.lines().count(), 50);
+    assert_receipts_verify(&swarm, &output, &receipts);
+    let signers: Vec<String> = receipts_text
+        .lines()
+        .map(|l| {
+            let v: Value = serde_json::from_str(l).expect("json");
+            v["receipt"]["signer"].as_str().unwrap_or("").to_string()
+        })
+        .collect();
+    assert!(signers.iter().all(|s| !s.is_empty()));
+}
+
+#[test]
+fn a_wrong_output_liar_is_quarantined_and_the_output_is_exact() {
+    liars_are_caught(&["wrong-output"]);
+}
+
+#[test]
+fn bad_signatures_and_replays_are_quarantined_and_the_output_is_exact() {
+    liars_are_caught(&["bad-signature", "replay"]);
+}
+
+#[test]
+fn a_node_killed_mid_job_costs_nothing() {
+    let mut swarm = Swarm::start(&[None, None, None]);
+    let input = swarm.path("texts.jsonl");
+    write_texts(&input, 240);
+    let reference = local_embed(&input, &swarm.path("reference.jsonl"));
+    let job = swarm.submit(&input, "2", "2");
+    wait_until(Duration::from_secs(60), "the job under way", || {
+        (swarm.status(&job, false)["units_done"].as_u64()? >= 10).then_some(())
+    });
+    let victim = &mut swarm.nodes[0].1;
+    victim.kill();
+    let done_at_kill = swarm.status(&job, false)["units_done"].clone();
+    assert_ne!(done_at_kill, 120, "the job finished before the kill");
+    let (output, _) = swarm.finish(&job);
+    assert!(
+        output == reference,
+        "output differs after a node was killed"
+    );
+    let status = swarm.status(&job, false);
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["units_failed"], 0);
+}
+
+#[test]
+fn a_coordinator_killed_mid_job_resumes_it_from_its_journal() {
+    let mut swarm = Swarm::start(&[None, None, None]);
+    let input = swarm.path("texts.jsonl");
+    write_texts(&input, 300);
+    let reference = local_embed(&input, &swarm.path("reference.jsonl"));
+    let job = swarm.submit(&input, "2", "2");
+    wait_until(Duration::from_secs(60), "the job under way", || {
+        (swarm.status(&job, false)["units_done"].as_u64()? >= 15).then_some(())
+    });
+    let before_kill = swarm.status(&job, false);
+    swarm.coordinator.kill();
+    assert_eq!(before_kill["state"], "running", "{before_kill}");
+    let log_before = swarm.coordinator.log_text();
+    let args: Vec<&str> = swarm.coordinator_args.iter().map(String::as_str).collect();
+    swarm.coordinator = Process::start("coordinator-restarted", swarm.tmp.path(), &[], &args);
+    // `hearth job --wait` rides out the moments the coordinator is not listening yet.
+    let (output, _) = swarm.finish(&job);
+    assert!(
+        output == reference,
+        "output differs after a coordinator restart"
+    );
+    let status = swarm.status(&job, true);
+    assert_eq!(status["state"], "done");
+    assert_eq!(status["units_total"], 150);
+    let units = status["units"].as_array().expect("units");
+    for unit in units {
+        assert_eq!(unit["state"], "done", "{unit}");
+        assert_eq!(
+            unit["journal_accepts"], 1,
+            "unit accepted other than once: {unit}"
+        );
+    }
+    let restarted = swarm.coordinator.log_text();
+    assert!(
+        restarted.contains("journal replayed"),
+        "before:\n{log_before}\nafter:\n{restarted}"
+    );
+}

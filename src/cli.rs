@@ -56,10 +56,11 @@ pub(crate) enum Command {
     Job(JobArgs),
     /// Check a job's receipts against its output, offline: every signature, every line's digest.
     Verify(VerifyArgs),
-    /// Start a coordinator and nodes on this machine and show the swarm forming.
+    /// Start a coordinator and nodes on this machine, form the swarm, and run real jobs on it.
     ///
-    /// Everything runs on 127.0.0.1 with throwaway data folders, removed at the end. Stops the
-    /// children cleanly when done or on Ctrl-C.
+    /// The swarm embeds sentences and completes prompts, every unit on two peers, while one node
+    /// lies on purpose and is caught. Everything runs on 127.0.0.1 with throwaway data folders,
+    /// removed at the end. Stops the children cleanly when done or on Ctrl-C.
     Demo(DemoArgs),
 }
 
@@ -284,6 +285,10 @@ pub(crate) struct DemoArgs {
     /// Keep the swarm running after it forms, until Ctrl-C.
     #[arg(long)]
     pub(crate) hold: bool,
+    /// Start no lying node (by default one node runs with --fault wrong-output, to show the swarm
+    /// catching it).
+    #[arg(long)]
+    pub(crate) no_liar: bool,
     /// Give up if the swarm has not formed after this many seconds.
     #[arg(long, default_value_t = 60, value_name = "SECONDS")]
     pub(crate) timeout: u64,

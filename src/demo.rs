@@ -2,15 +2,14 @@
 //! clean stop.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use hearth_coordinator::API_URL_FILE;
 use hearth_protocol::api::PeerEntry;
-use tokio::process::{Child, Command};
 
+use crate::children::{Children, LOOPBACK, path_str, wait_for_api};
 use crate::cli::{ClientArgs, DemoArgs};
 use crate::client::Client;
 use crate::config::FileConfig;
@@ -19,12 +18,6 @@ use crate::shutdown_signal;
 
 /// How often the demo polls the coordinator while the swarm forms.
 const POLL_INTERVAL: Duration = Duration::from_millis(300);
-/// How often the demo looks for the coordinator's API URL file while it starts.
-const API_FILE_POLL_INTERVAL: Duration = Duration::from_millis(100);
-/// How long a child gets to stop after SIGTERM before it is killed.
-const STOP_GRACE: Duration = Duration::from_secs(5);
-/// How long the coordinator gets to start serving HTTP.
-const COORDINATOR_START_TIMEOUT: Duration = Duration::from_secs(20);
 
 pub(crate) async fn run(args: DemoArgs, file: &FileConfig) -> anyhow::Result<()> {
     let models = args.models.resolve(file)?;
@@ -51,13 +44,7 @@ pub(crate) async fn run(args: DemoArgs, file: &FileConfig) -> anyhow::Result<()>
 }
 
 async fn form(args: &DemoArgs, models: &Path, swarm: &mut Children) -> anyhow::Result<()> {
-    let loopback = [
-        "--listen",
-        "/ip4/127.0.0.1/udp/0/quic-v1",
-        "--listen",
-        "/ip4/127.0.0.1/tcp/0",
-        "--no-mdns",
-    ];
+    let loopback = LOOPBACK;
     let coordinator_dir = swarm.dir.join("coordinator");
     println!(
         "Starting a coordinator and {} nodes on 127.0.0.1 (throwaway data in {})",
@@ -85,8 +72,16 @@ async fn form(args: &DemoArgs, models: &Path, swarm: &mut Children) -> anyhow::R
     )?;
 
     let started = Instant::now();
-    for n in 1..=args.nodes {
-        let data = swarm.dir.join(format!("node{n}"));
+    let liar = cfg!(feature = "fault-injection") && !args.no_liar;
+    let total = args.nodes + u32::from(liar);
+    for n in 1..=total {
+        let is_liar = liar && n == total;
+        let name = if is_liar {
+            "liar".to_string()
+        } else {
+            format!("node{n}")
+        };
+        let data = swarm.dir.join(&name);
         let mut node_args = vec![
             "node",
             "--data-dir",
@@ -95,9 +90,15 @@ async fn form(args: &DemoArgs, models: &Path, swarm: &mut Children) -> anyhow::R
             &api,
             "--models",
             path_str(models)?,
+            "--max-threads",
+            "1",
         ];
         node_args.extend(loopback);
-        swarm.spawn(&format!("node{n}"), &node_args)?;
+        if is_liar {
+            println!("One node is started with --fault wrong-output: it lies about its results.");
+            node_args.extend(["--fault", "wrong-output"]);
+        }
+        swarm.spawn(&name, &node_args)?;
     }
 
     let deadline = started + Duration::from_secs(args.timeout);
@@ -119,7 +120,7 @@ async fn form(args: &DemoArgs, models: &Path, swarm: &mut Children) -> anyhow::R
                 );
             }
         }
-        if peers.iter().filter(|p| p.online).count() >= args.nodes as usize {
+        if peers.iter().filter(|p| p.online).count() >= total as usize {
             println!(
                 "\nThe swarm formed in {:.1}s:\n",
                 started.elapsed().as_secs_f64()
@@ -129,14 +130,15 @@ async fn form(args: &DemoArgs, models: &Path, swarm: &mut Children) -> anyhow::R
         }
         if Instant::now() > deadline {
             bail!(
-                "only {} of {} nodes joined within {}s",
+                "only {} of {total} nodes joined within {}s",
                 seen.len(),
-                args.nodes,
                 args.timeout
             );
         }
         tokio::time::sleep(POLL_INTERVAL).await;
     }
+
+    jobs(&client).await?;
 
     if args.hold {
         println!(
@@ -147,109 +149,87 @@ async fn form(args: &DemoArgs, models: &Path, swarm: &mut Children) -> anyhow::R
     Ok(())
 }
 
-async fn wait_for_api(file: &Path, swarm: &mut Children) -> anyhow::Result<String> {
-    let deadline = Instant::now() + COORDINATOR_START_TIMEOUT;
-    loop {
-        if let Ok(url) = std::fs::read_to_string(file) {
-            return Ok(url.trim().to_string());
+/// Sentences the demo embeds.
+const DEMO_TEXTS: [&str; 8] = [
+    "A group that owns its machines owns its AI.",
+    "Volunteers lend spare cycles to a shared swarm.",
+    "Every result is signed by the peer that computed it.",
+    "Redundant execution catches peers that lie.",
+    "The coordinator journals every state change.",
+    "Nobody is trusted by default.",
+    "Embeddings turn sentences into vectors.",
+    "The hearth keeps the village warm.",
+];
+
+/// Prompts the demo completes.
+const DEMO_PROMPTS: [&str; 2] = [
+    "The capital of France is",
+    "A volunteer computing network is",
+];
+
+/// Run a replicated embed job and a batch-generate job through the swarm and show what the
+/// verifier made of them.
+async fn jobs(client: &Client) -> anyhow::Result<()> {
+    let inputs: Vec<(serde_json::Value, String)> = (0..64)
+        .map(|i| {
+            (
+                i.into(),
+                format!("{} ({i})", DEMO_TEXTS[i % DEMO_TEXTS.len()]),
+            )
+        })
+        .collect();
+    println!(
+        "\nEmbedding {} sentences on the swarm: all-MiniLM-L6-v2, 4 per work unit, each unit on 2 peers",
+        inputs.len()
+    );
+    let mut request = crate::jobs::embed_request(&inputs);
+    request["replicas"] = 2.into();
+    request["unit_size"] = 4.into();
+    let started = Instant::now();
+    let id = crate::jobs::post_job(client, &request).await?;
+    let status = crate::jobs::wait(client, id).await?;
+    println!(
+        "  job {id} {} in {:.1}s: {} units, {} executions, {} results rejected",
+        status["state"].as_str().unwrap_or("?"),
+        started.elapsed().as_secs_f64(),
+        status["units_total"],
+        status["executions"],
+        status["rejected"],
+    );
+
+    let prompts: Vec<(serde_json::Value, String)> = DEMO_PROMPTS
+        .iter()
+        .enumerate()
+        .map(|(i, p)| (i.into(), (*p).to_string()))
+        .collect();
+    println!(
+        "\nCompleting {} prompts with SmolLM2-135M (greedy, 16 tokens, each on 2 peers):",
+        prompts.len()
+    );
+    let mut request = crate::jobs::generate_request(&prompts, 16);
+    request["replicas"] = 2.into();
+    request["unit_size"] = 1.into();
+    let id = crate::jobs::post_job(client, &request).await?;
+    let status = crate::jobs::wait(client, id).await?;
+    if status["state"] == "done" {
+        let bytes = client.get_bytes(&format!("/v1/jobs/{id}/output")).await?;
+        for (line, (_, prompt)) in String::from_utf8_lossy(&bytes).lines().zip(&prompts) {
+            let value: serde_json::Value = serde_json::from_str(line)?;
+            println!("  {prompt}{}", value["text"].as_str().unwrap_or(""));
         }
-        swarm.check_alive()?;
-        if Instant::now() > deadline {
-            bail!(
-                "the coordinator did not start serving within {}s",
-                COORDINATOR_START_TIMEOUT.as_secs()
-            );
-        }
-        tokio::time::sleep(API_FILE_POLL_INTERVAL).await;
-    }
-}
-
-fn path_str(path: &Path) -> anyhow::Result<&str> {
-    path.to_str()
-        .with_context(|| format!("{} is not UTF-8", path.display()))
-}
-
-/// The demo's child processes, each logging to a file in the demo folder.
-struct Children {
-    dir: PathBuf,
-    children: Vec<(String, Child)>,
-}
-
-impl Children {
-    fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
-        let exe = std::env::current_exe().context("finding the hearth binary")?;
-        let log = std::fs::File::create(self.log_path(name))?;
-        let child = Command::new(exe)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .kill_on_drop(true)
-            .spawn()
-            .with_context(|| format!("starting {name}"))?;
-        self.children.push((name.to_string(), child));
-        Ok(())
+    } else {
+        println!("  job {id} {}", status["state"]);
     }
 
-    fn log_path(&self, name: &str) -> PathBuf {
-        self.dir.join(format!("{name}.log"))
+    let peers: Vec<PeerEntry> = client.get("/v1/peers").await?;
+    println!("\nThe swarm after the jobs:\n");
+    print!("{}", table(&peers));
+    for p in peers.iter().filter(|p| p.quarantined) {
+        println!(
+            "\n{} is quarantined: {}",
+            p.peer_id,
+            p.quarantine_reason.as_deref().unwrap_or("?")
+        );
     }
-
-    fn check_alive(&mut self) -> anyhow::Result<()> {
-        for (name, child) in &mut self.children {
-            if let Some(status) = child.try_wait()? {
-                bail!("{name} exited early ({status})");
-            }
-        }
-        Ok(())
-    }
-
-    fn show_logs(&self) {
-        for (name, _) in &self.children {
-            if let Ok(log) = std::fs::read_to_string(self.log_path(name)) {
-                let tail: Vec<&str> = log.lines().rev().take(10).collect();
-                eprintln!("--- last lines of {name}'s log ---");
-                for line in tail.iter().rev() {
-                    eprintln!("{line}");
-                }
-            }
-        }
-    }
-
-    /// SIGTERM every child, nodes first, then wait; kill what has not stopped after the grace time.
-    async fn stop(&mut self) {
-        for (_, child) in self.children.iter_mut().rev() {
-            terminate(child);
-        }
-        for (name, child) in self.children.iter_mut().rev() {
-            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
-                Ok(Ok(status)) if status.success() => {}
-                Ok(Ok(status)) => eprintln!("{name} stopped with {status}"),
-                Ok(Err(error)) => eprintln!("{name}: {error}"),
-                Err(_) => {
-                    eprintln!(
-                        "{name} did not stop within {}s; killing it",
-                        STOP_GRACE.as_secs()
-                    );
-                    let _ = child.kill().await;
-                }
-            }
-        }
-        println!("Stopped {} processes.", self.children.len());
-    }
-}
-
-#[cfg(unix)]
-fn terminate(child: &mut Child) {
-    use nix::sys::signal::{Signal, kill};
-    use nix::unistd::Pid;
-
-    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
-        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
-    }
-}
-
-#[cfg(not(unix))]
-fn terminate(child: &mut Child) {
-    let _ = child.start_kill();
+    Ok(())
 }

@@ -35,46 +35,36 @@ fn model_id(model: &CatalogModel) -> ModelId {
 
 pub(crate) async fn embed(args: EmbedJobArgs, file: &FileConfig) -> anyhow::Result<()> {
     let inputs = read_inputs(&args.input, "text")?;
-    let request = json!({ "kind": "embed", "model": model_id(&MINILM) });
-    submit(request, inputs, &args.job, args.output.as_deref(), file).await
+    let count = inputs.len();
+    let request = embed_request(&inputs);
+    submit(request, count, &args.job, args.output.as_deref(), file).await
 }
 
 pub(crate) async fn batch(args: BatchArgs, file: &FileConfig) -> anyhow::Result<()> {
     let BatchCommand::Generate(args) = args.command;
     let inputs = read_inputs(&args.input, "prompt")?;
-    let request = json!({
-        "kind": "generate",
-        "model": model_id(&SMOLLM2),
-        "max_tokens": args.max_tokens,
-    });
-    submit(request, inputs, &args.job, args.output.as_deref(), file).await
+    let count = inputs.len();
+    let request = generate_request(&inputs, args.max_tokens);
+    submit(request, count, &args.job, args.output.as_deref(), file).await
 }
 
 /// Submit a job whose inputs were all checked already, then follow it to its output unless
 /// detached.
 async fn submit(
     mut request: Value,
-    inputs: Vec<(Value, String)>,
+    count: usize,
     options: &JobOptions,
     output: Option<&Path>,
     file: &FileConfig,
 ) -> anyhow::Result<()> {
     let client = Client::new(&options.client, file)?;
-    let count = inputs.len();
-    request["inputs"] = inputs
-        .into_iter()
-        .map(|(id, text)| json!({ "id": id, "text": text }))
-        .collect();
     if let Some(r) = options.replicas {
         request["replicas"] = json!(r);
     }
     if let Some(n) = options.unit_size {
         request["unit_size"] = json!(n);
     }
-    let answer: Value = client.post("/v1/jobs", &request).await?;
-    let id = answer["id"]
-        .as_u64()
-        .context("the coordinator answered without a job id")?;
+    let id = post_job(&client, &request).await?;
     if options.detach {
         println!("{id}");
         return Ok(());
@@ -84,8 +74,38 @@ async fn submit(
     finish(&client, id, &status, output, None).await
 }
 
+/// `POST /v1/jobs`: the new job's id.
+pub(crate) async fn post_job(client: &Client, request: &Value) -> anyhow::Result<u64> {
+    let answer: Value = client.post("/v1/jobs", request).await?;
+    answer["id"]
+        .as_u64()
+        .context("the coordinator answered without a job id")
+}
+
+/// The job request for embedding `inputs` with the default embedder.
+pub(crate) fn embed_request(inputs: &[(Value, String)]) -> Value {
+    json!({ "kind": "embed", "model": model_id(&MINILM), "inputs": inputs_json(inputs) })
+}
+
+/// The job request for completing `inputs` greedily with the default LLM.
+pub(crate) fn generate_request(inputs: &[(Value, String)], max_tokens: u32) -> Value {
+    json!({
+        "kind": "generate",
+        "model": model_id(&SMOLLM2),
+        "max_tokens": max_tokens,
+        "inputs": inputs_json(inputs),
+    })
+}
+
+fn inputs_json(inputs: &[(Value, String)]) -> Value {
+    inputs
+        .iter()
+        .map(|(id, text)| json!({ "id": id, "text": text }))
+        .collect()
+}
+
 /// Poll a job until it is finished, drawing a progress bar on a terminal.
-async fn wait(client: &Client, id: u64) -> anyhow::Result<Value> {
+pub(crate) async fn wait(client: &Client, id: u64) -> anyhow::Result<Value> {
     let terminal = std::io::stderr().is_terminal();
     let mut unreachable_since: Option<std::time::Instant> = None;
     loop {

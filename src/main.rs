@@ -1,6 +1,7 @@
 //! `hearth`: the one binary of Hearth. Node, coordinator and client commands.
 
 mod bench;
+mod children;
 mod cli;
 mod client;
 mod config;

@@ -33,7 +33,7 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<52}  {:<7}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>7}",
+        "{:<52}  {:<11}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>6}  {:>8}  {:>7}  {:>7}",
         "PEER",
         "STATE",
         "BACKEND",
@@ -42,6 +42,9 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
         "THREADS",
         "SCORE",
         "MODELS",
+        "RELIAB",
+        "CREDIT",
+        "STRIKES",
         "SEEN"
     );
     for p in peers {
@@ -50,15 +53,22 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
         let device: String = c.device.chars().take(28).collect();
         let _ = writeln!(
             out,
-            "{:<52}  {:<7}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6}s",
+            "{:<52}  {:<11}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6.3}  {:>8.0}  {:>7}  {:>6}s",
             p.peer_id.to_string(),
-            if p.online { "online" } else { "offline" },
+            match (p.quarantined, p.online) {
+                (true, _) => "quarantined",
+                (false, true) => "online",
+                (false, false) => "offline",
+            },
             c.backend.as_str(),
             device,
             memory,
             c.threads,
             c.score,
             c.models.len(),
+            p.reliability,
+            p.credit,
+            p.strikes,
             p.last_seen_ms_ago / 1000,
         );
     }

@@ -1,0 +1,131 @@
+//! Child `hearth` processes on this machine: the demo's and the swarm benchmark's local swarms.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tokio::process::{Child, Command};
+
+/// How often to look for the coordinator's API URL file while it starts.
+const API_FILE_POLL_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a child gets to stop after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long the coordinator gets to start serving HTTP.
+const COORDINATOR_START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Flags that keep a child on loopback with OS-chosen ports.
+pub(crate) const LOOPBACK: [&str; 5] = [
+    "--listen",
+    "/ip4/127.0.0.1/udp/0/quic-v1",
+    "--listen",
+    "/ip4/127.0.0.1/tcp/0",
+    "--no-mdns",
+];
+
+pub(crate) async fn wait_for_api(file: &Path, swarm: &mut Children) -> anyhow::Result<String> {
+    let deadline = Instant::now() + COORDINATOR_START_TIMEOUT;
+    loop {
+        if let Ok(url) = std::fs::read_to_string(file) {
+            return Ok(url.trim().to_string());
+        }
+        swarm.check_alive()?;
+        if Instant::now() > deadline {
+            bail!(
+                "the coordinator did not start serving within {}s",
+                COORDINATOR_START_TIMEOUT.as_secs()
+            );
+        }
+        tokio::time::sleep(API_FILE_POLL_INTERVAL).await;
+    }
+}
+
+pub(crate) fn path_str(path: &Path) -> anyhow::Result<&str> {
+    path.to_str()
+        .with_context(|| format!("{} is not UTF-8", path.display()))
+}
+
+/// The demo's child processes, each logging to a file in the demo folder.
+pub(crate) struct Children {
+    pub(crate) dir: PathBuf,
+    pub(crate) children: Vec<(String, Child)>,
+}
+
+impl Children {
+    pub(crate) fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
+        let exe = std::env::current_exe().context("finding the hearth binary")?;
+        let log = std::fs::File::create(self.log_path(name))?;
+        let child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .kill_on_drop(true)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        self.children.push((name.to_string(), child));
+        Ok(())
+    }
+
+    pub(crate) fn log_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    pub(crate) fn check_alive(&mut self) -> anyhow::Result<()> {
+        for (name, child) in &mut self.children {
+            if let Some(status) = child.try_wait()? {
+                bail!("{name} exited early ({status})");
+            }
+        }
+        Ok(())
+    }
+
+    pub(crate) fn show_logs(&self) {
+        for (name, _) in &self.children {
+            if let Ok(log) = std::fs::read_to_string(self.log_path(name)) {
+                let tail: Vec<&str> = log.lines().rev().take(10).collect();
+                eprintln!("--- last lines of {name}'s log ---");
+                for line in tail.iter().rev() {
+                    eprintln!("{line}");
+                }
+            }
+        }
+    }
+
+    /// SIGTERM every child, nodes first, then wait; kill what has not stopped after the grace time.
+    pub(crate) async fn stop(&mut self) {
+        for (_, child) in self.children.iter_mut().rev() {
+            terminate(child);
+        }
+        for (name, child) in self.children.iter_mut().rev() {
+            match tokio::time::timeout(STOP_GRACE, child.wait()).await {
+                Ok(Ok(status)) if status.success() => {}
+                Ok(Ok(status)) => eprintln!("{name} stopped with {status}"),
+                Ok(Err(error)) => eprintln!("{name}: {error}"),
+                Err(_) => {
+                    eprintln!(
+                        "{name} did not stop within {}s; killing it",
+                        STOP_GRACE.as_secs()
+                    );
+                    let _ = child.kill().await;
+                }
+            }
+        }
+        println!("Stopped {} processes.", self.children.len());
+    }
+}
+
+#[cfg(unix)]
+fn terminate(child: &mut Child) {
+    use nix::sys::signal::{Signal, kill};
+    use nix::unistd::Pid;
+
+    if let Some(pid) = child.id().and_then(|id| i32::try_from(id).ok()) {
+        let _ = kill(Pid::from_raw(pid), Signal::SIGTERM);
+    }
+}
+
+#[cfg(not(unix))]
+fn terminate(child: &mut Child) {
+    let _ = child.start_kill();
+}

@@ -1,4 +1,5 @@
-//! `hearth bench local`: how fast this machine runs the default LLM alone.
+//! `hearth bench local`: how fast this machine runs the default LLM alone. (`hearth bench swarm` is
+//! in `bench_swarm.rs`.)
 //!
 //! Prompt speed is a 128-token prefill; decode speed is 64 one-token steps after it. Each is the
 //! median of three runs, so one scheduling hiccup on a shared machine does not make the figure.
@@ -18,9 +19,23 @@ const DECODE_TOKENS: usize = 64;
 /// Runs per figure; the median is reported.
 const RUNS: usize = 3;
 
-pub(crate) fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()> {
-    let BenchCommand::Local { model, json } = args.command;
+pub(crate) async fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()> {
     let models = args.models.resolve(file)?;
+    match args.command {
+        BenchCommand::Local { model, json } => local(model, json, &models),
+        BenchCommand::Swarm {
+            texts,
+            unit_size,
+            json,
+        } => crate::bench_swarm::run(texts as usize, unit_size, json, &models).await,
+    }
+}
+
+fn local(
+    model: Option<std::path::PathBuf>,
+    json: bool,
+    models: &std::path::Path,
+) -> anyhow::Result<()> {
     let path = model.unwrap_or_else(|| models.join(SMOLLM2.files[0].path));
     let model = GgufModel::open(&path)
         .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` gets the default model)"))?;

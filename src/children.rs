@@ -92,8 +92,18 @@ impl Children {
         }
     }
 
+    /// [`Children::stop`] without the closing line.
+    pub(crate) async fn stop_quietly(&mut self) {
+        self.stop_children().await;
+    }
+
     /// SIGTERM every child, nodes first, then wait; kill what has not stopped after the grace time.
     pub(crate) async fn stop(&mut self) {
+        self.stop_children().await;
+        println!("Stopped {} processes.", self.children.len());
+    }
+
+    async fn stop_children(&mut self) {
         for (_, child) in self.children.iter_mut().rev() {
             terminate(child);
         }
@@ -111,7 +121,6 @@ impl Children {
                 }
             }
         }
-        println!("Stopped {} processes.", self.children.len());
     }
 }
 

@@ -417,6 +417,22 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Embedding throughput: this machine alone (at --threads, default every core) against a local
+    /// swarm of 2 nodes at 1 thread each plus a coordinator, at replicas 1, replicas 2 and adaptive
+    /// replication (measured over the second half of a job on a fresh swarm), in one run.
+    Swarm {
+        /// Texts per measured job.
+        #[arg(long, default_value_t = 1024, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(16..=100_000))]
+        texts: u32,
+        /// Texts per work unit.
+        #[arg(long, default_value_t = 16, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=1024))]
+        unit_size: u32,
+        /// Print JSON: {single_texts_per_s, replicas_1: {texts_per_s, ratio}, …}.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// Where model files live; every command that touches models takes it.

@@ -73,11 +73,11 @@ impl Client {
             request = request.bearer_auth(key);
         }
         let response = request.send().await.map_err(|e| {
-            anyhow::Error::new(Unreachable).context(format!(
+            anyhow::Error::new(Unreachable(format!(
                 "cannot reach the coordinator at {}: {} (is `hearth coordinator` running? set --api or HEARTH_API)",
                 self.base,
                 root_cause(&e)
-            ))
+            )))
         })?;
         let status = response.status();
         let body = response
@@ -95,13 +95,13 @@ impl Client {
     }
 }
 
-/// Marks an error as "the coordinator did not answer at all" (as opposed to answering no).
+/// "The coordinator did not answer at all" (as opposed to answering no), with the message to show.
 #[derive(Debug)]
-struct Unreachable;
+struct Unreachable(String);
 
 impl std::fmt::Display for Unreachable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("coordinator unreachable")
+        f.write_str(&self.0)
     }
 }
 

@@ -1,6 +1,7 @@
 //! `hearth`: the one binary of Hearth. Node, coordinator and client commands.
 
 mod bench;
+mod bench_swarm;
 mod children;
 mod cli;
 mod client;
@@ -86,7 +87,7 @@ fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
             Command::Coordinator(args) => serve::coordinator(args, file).await,
             Command::Peers(args) => peers::run(args, &file).await,
             Command::Local(args) => local::run(args, &file),
-            Command::Bench(args) => bench::run(args, &file),
+            Command::Bench(args) => bench::run(args, &file).await,
             Command::Models(args) => models::run(args, &file),
             Command::Demo(args) => demo::run(args, &file).await,
             Command::Embed(args) => jobs::embed(args, &file).await,

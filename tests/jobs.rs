@@ -394,3 +394,123 @@ fn a_coordinator_killed_mid_job_resumes_it_from_its_journal() {
         "before:\n{log_before}\nafter:\n{restarted}"
     );
 }
+
+#[test]
+fn bad_input_is_refused_up_front_and_nothing_is_submitted() {
+    let swarm = Swarm::start(&[None]);
+    let cases: [(&str, &str, &str); 4] = [
+        (
+            "not-json",
+            "{\"id\": 1, \"text\": \"fine\"}\nnot json\n",
+            ":2: not JSON",
+        ),
+        (
+            "no-text",
+            "{\"id\": 1, \"text\": \"a\"}\n{\"id\": 2}\n",
+            ":2: no \"text\"",
+        ),
+        ("empty", "\n\n", "no input lines"),
+        (
+            "long",
+            &format!("{{\"id\": 1, \"text\": \"{}\"}}\n", "x".repeat(1 << 21)),
+            ":1: line longer",
+        ),
+    ];
+    for (name, content, expected) in cases {
+        let path = swarm.path(&format!("{name}.jsonl"));
+        std::fs::write(&path, content).expect("write");
+        let out = swarm.hearth(&[
+            "embed",
+            "--input",
+            path.to_str().expect("utf-8"),
+            "--output",
+            swarm.path("never.jsonl").to_str().expect("utf-8"),
+        ]);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{name} was accepted");
+        assert!(stderr.contains(expected), "{name}: {stderr}");
+    }
+    let jobs = stdout_json(&swarm.hearth(&["jobs", "--json"]));
+    assert_eq!(
+        jobs,
+        serde_json::json!([]),
+        "a bad input half-submitted a job"
+    );
+}
+
+#[test]
+fn batch_generate_on_the_swarm_matches_local_generation() {
+    let swarm = Swarm::start(&[None, None]);
+    let prompts = [
+        "The capital of France is",
+        "Volunteer computing means",
+        "1, 2, 3,",
+    ];
+    let input = swarm.path("prompts.jsonl");
+    let lines: Vec<String> = prompts
+        .iter()
+        .enumerate()
+        .map(|(i, p)| serde_json::json!({ "id": i, "prompt": p }).to_string())
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").expect("write");
+    let output = swarm.path("completions.jsonl");
+    let out = swarm.hearth(&[
+        "batch",
+        "generate",
+        "--input",
+        input.to_str().expect("utf-8"),
+        "--output",
+        output.to_str().expect("utf-8"),
+        "--max-tokens",
+        "8",
+        "--replicas",
+        "2",
+        "--unit-size",
+        "2",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let text = std::fs::read_to_string(&output).expect("output");
+    let results: Vec<Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("json line"))
+        .collect();
+    assert_eq!(results.len(), prompts.len());
+    for (i, (result, prompt)) in results.iter().zip(prompts).enumerate() {
+        assert_eq!(result["id"], i);
+        let local = stdout_json(&run_hearth(
+            &[],
+            &[
+                "local",
+                "generate",
+                "--prompt",
+                prompt,
+                "--max-tokens",
+                "8",
+                "--json",
+            ],
+        ));
+        assert_eq!(result["token_ids"], local["token_ids"], "{prompt}");
+        assert_eq!(result["text"], local["text"], "{prompt}");
+    }
+}
+
+#[test]
+fn the_demo_runs_jobs_and_catches_its_liar() {
+    let out = run_hearth(&[], &["demo", "--nodes", "3", "--timeout", "60"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("job 1 done"), "{stdout}");
+    assert!(stdout.contains("The capital of France is"), "{stdout}");
+    assert!(
+        stdout.contains("is quarantined: result lost a quorum"),
+        "{stdout}"
+    );
+}

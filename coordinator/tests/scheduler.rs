@@ -67,6 +67,9 @@ fn delivery(p: PeerId, job: u64, unit: u64, output: Digest) -> Delivery {
     }
 }
 
+/// How a simulated peer answers a unit.
+type Answer = fn(u64, u64) -> Digest;
+
 /// Drives a scheduler with peers that answer every assignment at once.
 struct World {
     s: Scheduler,
@@ -108,7 +111,7 @@ impl World {
     }
 
     /// Run until nothing is assigned any more: each peer asks, answers with `answer`.
-    fn run(&mut self, peers: &[(PeerId, &str, fn(u64, u64) -> Digest)]) {
+    fn run(&mut self, peers: &[(PeerId, &str, Answer)]) {
         for _ in 0..10_000 {
             let mut any = false;
             for &(p, network, answer) in peers {
@@ -153,7 +156,7 @@ fn replicas_go_to_distinct_peers_and_agreeing_results_are_accepted() {
     let mut w = World::new(Policy::default());
     w.handle(Input::Submit(job(1, 10, Some(2))));
     let honest = [
-        (peer(1), "net-a", truth as fn(u64, u64) -> Digest),
+        (peer(1), "net-a", truth as Answer),
         (peer(2), "net-b", truth),
         (peer(3), "net-c", truth),
     ];
@@ -182,7 +185,7 @@ fn a_liar_loses_its_quorum_is_quarantined_and_nothing_wrong_is_accepted() {
     w.handle(Input::Submit(job(1, 40, Some(2))));
     let liar = peer(9);
     let peers = [
-        (liar, "net-x", lie as fn(u64, u64) -> Digest),
+        (liar, "net-x", lie as Answer),
         (peer(1), "net-a", truth),
         (peer(2), "net-b", truth),
         (peer(3), "net-c", truth),
@@ -279,7 +282,7 @@ fn adaptive_replication_lets_trusted_peers_run_alone_with_spot_checks() {
     let mut w = World::new(Policy::default());
     w.handle(Input::Submit(job(1, 200, None)));
     let peers = [
-        (peer(1), "net-a", truth as fn(u64, u64) -> Digest),
+        (peer(1), "net-a", truth as Answer),
         (peer(2), "net-b", truth),
     ];
     w.run(&peers);
@@ -306,7 +309,7 @@ fn the_same_inputs_give_the_same_outputs() {
     let script = |w: &mut World| {
         w.handle(Input::Submit(job(1, 30, None)));
         w.run(&[
-            (peer(1), "a", truth as fn(u64, u64) -> Digest),
+            (peer(1), "a", truth as Answer),
             (peer(2), "b", truth),
             (peer(3), "c", lie),
         ]);

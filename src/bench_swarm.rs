@@ -10,14 +10,11 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::bail;
-use hearth_coordinator::API_URL_FILE;
 use hearth_kernels::{Embedder, MINILM};
 use serde_json::{Value, json};
 
-use crate::children::{Children, LOOPBACK, path_str, wait_for_api};
-use crate::cli::ClientArgs;
+use crate::children::Children;
 use crate::client::Client;
-use crate::config::FileConfig;
 use crate::jobs::{embed_request, post_job};
 
 /// Nodes in the benchmark swarm, each at one thread.
@@ -150,39 +147,9 @@ async fn measure_swarm(
     unit_size: u32,
     quiet: bool,
 ) -> anyhow::Result<[f64; 3]> {
-    let coordinator_dir = swarm.dir.join("coordinator");
-    let mut args = vec![
-        "coordinator",
-        "--data-dir",
-        path_str(&coordinator_dir)?,
-        "--http",
-        "127.0.0.1:0",
-    ];
-    args.extend(LOOPBACK);
-    swarm.spawn("coordinator", &args)?;
-    let api = wait_for_api(&coordinator_dir.join(API_URL_FILE), swarm).await?;
-    let client = Client::new(
-        &ClientArgs {
-            api: Some(api.clone()),
-            api_key: None,
-        },
-        &FileConfig::default(),
-    )?;
+    let (api, client) = swarm.start_coordinator().await?;
     for n in 0..NODES {
-        let data = swarm.dir.join(format!("node{n}"));
-        let mut args = vec![
-            "node",
-            "--data-dir",
-            path_str(&data)?,
-            "--join",
-            &api,
-            "--models",
-            path_str(models)?,
-            "--max-threads",
-            "1",
-        ];
-        args.extend(LOOPBACK);
-        swarm.spawn(&format!("node{n}"), &args)?;
+        swarm.start_node(&format!("node{n}"), &api, models, &[])?;
     }
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {

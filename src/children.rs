@@ -5,7 +5,12 @@ use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
+use hearth_coordinator::API_URL_FILE;
 use tokio::process::{Child, Command};
+
+use crate::cli::ClientArgs;
+use crate::client::Client;
+use crate::config::FileConfig;
 
 /// How often to look for the coordinator's API URL file while it starts.
 const API_FILE_POLL_INTERVAL: Duration = Duration::from_millis(100);
@@ -65,6 +70,55 @@ impl Children {
             .with_context(|| format!("starting {name}"))?;
         self.children.push((name.to_string(), child));
         Ok(())
+    }
+
+    /// Start a coordinator on loopback (data in `DIR/coordinator`); its API URL and a client for it.
+    pub(crate) async fn start_coordinator(&mut self) -> anyhow::Result<(String, Client)> {
+        let dir = self.dir.join("coordinator");
+        let mut args = vec![
+            "coordinator",
+            "--data-dir",
+            path_str(&dir)?,
+            "--http",
+            "127.0.0.1:0",
+        ];
+        args.extend(LOOPBACK);
+        self.spawn("coordinator", &args)?;
+        let api = wait_for_api(&dir.join(API_URL_FILE), self).await?;
+        let client = Client::new(
+            &ClientArgs {
+                api: Some(api.clone()),
+                api_key: None,
+            },
+            &FileConfig::default(),
+        )?;
+        Ok((api, client))
+    }
+
+    /// Start a node named `name` on loopback at one thread (data in `DIR/name`), joining `api`,
+    /// with `extra` flags.
+    pub(crate) fn start_node(
+        &mut self,
+        name: &str,
+        api: &str,
+        models: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<()> {
+        let data = self.dir.join(name);
+        let mut args = vec![
+            "node",
+            "--data-dir",
+            path_str(&data)?,
+            "--join",
+            api,
+            "--models",
+            path_str(models)?,
+            "--max-threads",
+            "1",
+        ];
+        args.extend(LOOPBACK);
+        args.extend(extra);
+        self.spawn(name, &args)
     }
 
     pub(crate) fn log_path(&self, name: &str) -> PathBuf {

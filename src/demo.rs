@@ -6,11 +6,10 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hearth_coordinator::API_URL_FILE;
 use hearth_protocol::api::PeerEntry;
 
-use crate::children::{Children, LOOPBACK, path_str, wait_for_api};
-use crate::cli::{ClientArgs, DemoArgs};
+use crate::children::Children;
+use crate::cli::DemoArgs;
 use crate::client::Client;
 use crate::config::FileConfig;
 use crate::peers::table;
@@ -44,32 +43,13 @@ pub(crate) async fn run(args: DemoArgs, file: &FileConfig) -> anyhow::Result<()>
 }
 
 async fn form(args: &DemoArgs, models: &Path, swarm: &mut Children) -> anyhow::Result<()> {
-    let loopback = LOOPBACK;
-    let coordinator_dir = swarm.dir.join("coordinator");
     println!(
         "Starting a coordinator and {} nodes on 127.0.0.1 (throwaway data in {})",
         args.nodes,
         swarm.dir.display()
     );
-    let mut coordinator_args = vec![
-        "coordinator",
-        "--data-dir",
-        path_str(&coordinator_dir)?,
-        "--http",
-        "127.0.0.1:0",
-    ];
-    coordinator_args.extend(loopback);
-    swarm.spawn("coordinator", &coordinator_args)?;
-
-    let api = wait_for_api(&coordinator_dir.join(API_URL_FILE), swarm).await?;
+    let (api, client) = swarm.start_coordinator().await?;
     println!("Coordinator API at {api}");
-    let client = Client::new(
-        &ClientArgs {
-            api: Some(api.clone()),
-            api_key: None,
-        },
-        &FileConfig::default(),
-    )?;
 
     let started = Instant::now();
     let liar = cfg!(feature = "fault-injection") && !args.no_liar;
@@ -81,24 +61,12 @@ async fn form(args: &DemoArgs, models: &Path, swarm: &mut Children) -> anyhow::R
         } else {
             format!("node{n}")
         };
-        let data = swarm.dir.join(&name);
-        let mut node_args = vec![
-            "node",
-            "--data-dir",
-            path_str(&data)?,
-            "--join",
-            &api,
-            "--models",
-            path_str(models)?,
-            "--max-threads",
-            "1",
-        ];
-        node_args.extend(loopback);
+        let mut extra = Vec::new();
         if is_liar {
             println!("One node is started with --fault wrong-output: it lies about its results.");
-            node_args.extend(["--fault", "wrong-output"]);
+            extra.extend(["--fault", "wrong-output"]);
         }
-        swarm.spawn(&name, &node_args)?;
+        swarm.start_node(&name, &api, models, &extra)?;
     }
 
     let deadline = started + Duration::from_secs(args.timeout);

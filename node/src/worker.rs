@@ -237,7 +237,8 @@ pub(crate) struct Worker {
     /// Units handed to the executor and not finished.
     busy: usize,
     slots: usize,
-    fetch: Option<OutboundRequestId>,
+    /// The request for work in flight, and when it was sent.
+    fetch: Option<(OutboundRequestId, Instant)>,
     next_fetch: Instant,
     deliveries: BTreeMap<OutboundRequestId, (u64, u64)>,
     next_redeliver: Instant,
@@ -304,7 +305,8 @@ impl Worker {
         let now = Instant::now();
         if self.fetch.is_none() && self.busy < self.slots && now >= self.next_fetch {
             let slots = (self.slots - self.busy) as u32;
-            self.fetch = Some(net.request(&coordinator, WorkRequest::Fetch { slots }));
+            let id = net.request(&coordinator, WorkRequest::Fetch { slots });
+            self.fetch = Some((id, now));
         }
         if self.deliveries.is_empty() && now >= self.next_redeliver {
             self.next_redeliver = now + REDELIVER_INTERVAL;
@@ -396,7 +398,9 @@ impl Worker {
         id: OutboundRequestId,
         response: std::result::Result<WorkResponse, String>,
     ) -> Result<()> {
-        if self.fetch == Some(id) {
+        if let Some((fetch, sent)) = self.fetch
+            && fetch == id
+        {
             self.fetch = None;
             match response {
                 Ok(WorkResponse::Assign(units)) if !units.is_empty() => {
@@ -411,7 +415,13 @@ impl Worker {
                         }
                     }
                 }
-                Ok(WorkResponse::Assign(_)) => {}
+                // Answered empty at once (the coordinator has not heard our advert yet): wait a
+                // moment rather than ask again in a loop. Empty after a held request: ask again.
+                Ok(WorkResponse::Assign(_)) => {
+                    if sent.elapsed() < FETCH_RETRY {
+                        self.next_fetch = Instant::now() + FETCH_RETRY;
+                    }
+                }
                 Ok(other) => {
                     tracing::debug!(?other, "unexpected answer to a fetch");
                     self.next_fetch = Instant::now() + FETCH_RETRY;

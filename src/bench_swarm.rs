@@ -19,6 +19,8 @@ use crate::jobs::{embed_request, post_job};
 
 /// Nodes in the benchmark swarm, each at one thread.
 const NODES: usize = 2;
+/// Texts per batch of the batched reference figure.
+const BATCH: usize = 32;
 /// How often progress is sampled while a job runs.
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(20);
 /// Longest a measured job may take.
@@ -75,6 +77,13 @@ pub(crate) async fn run(
     let start = Instant::now();
     embedder.embed_each(&all)?;
     let single = count as f64 / start.elapsed().as_secs_f64();
+    // For context only: batching pads texts to a common length, which changes their bits, so
+    // neither `hearth local embed` nor the swarm does it.
+    let start = Instant::now();
+    for chunk in all.chunks(BATCH) {
+        embedder.embed(chunk)?;
+    }
+    let batched = count as f64 / start.elapsed().as_secs_f64();
     drop(embedder);
     if !json {
         println!("single process, {threads} threads: {single:.1} texts/s");
@@ -103,6 +112,7 @@ pub(crate) async fn run(
                 "unit_size": unit_size,
                 "single_threads": threads,
                 "single_texts_per_s": single,
+                "single_batched_texts_per_s": batched,
                 "nodes": NODES,
                 "node_threads": 1,
                 "replicas_1": { "texts_per_s": r1, "ratio": ratio(r1) },
@@ -134,6 +144,11 @@ pub(crate) async fn run(
             "  {:<34} {adaptive:>9.1}  {:>6.2}",
             "swarm, adaptive (second half)",
             ratio(adaptive)
+        );
+        println!(
+            "  {:<34} {batched:>9.1}  {:>6.2}   (context: padding changes bits)",
+            format!("single process, batches of {BATCH}"),
+            ratio(batched)
         );
     }
     Ok(())

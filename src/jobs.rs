@@ -303,7 +303,7 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
     let outputs = read_lines(&args.output)?;
     let mut problems: Vec<String> = Vec::new();
     let mut signers = BTreeSet::new();
-    let mut cursor = 0usize;
+    let mut covered = BTreeSet::new();
     let mut checked_receipts = 0;
     for (n, line) in receipts.iter().enumerate() {
         let at = format!("{}:{}", args.receipts.display(), n + 1);
@@ -344,28 +344,39 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             .as_array()
             .map(|a| a.iter().map(Value::to_string).collect())
             .unwrap_or_default();
-        if ids.is_empty() {
-            problems.push(format!("{at}: no \"input_ids\""));
+        let numbers: Vec<usize> = value["input_lines"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|n| n.as_u64())
+                    .map(|n| n as usize)
+                    .collect()
+            })
+            .unwrap_or_default();
+        if ids.is_empty() || numbers.len() != ids.len() {
+            problems.push(format!(
+                "{at}: no \"input_ids\" with matching \"input_lines\""
+            ));
             continue;
         }
-        let first_line = cursor + 1;
+        let out = args.output.display();
         let mut items = Vec::new();
-        for id in &ids {
-            let Some(line) = outputs.get(cursor) else {
+        for (id, &number) in ids.iter().zip(&numbers) {
+            let Some(line) = number.checked_sub(1).and_then(|i| outputs.get(i)) else {
                 problems.push(format!(
-                    "{at}: input {id} has no line in {} (it ends at line {cursor})",
-                    args.output.display()
+                    "{at}: input {id} is at line {number}, which {out} lacks"
                 ));
                 break;
             };
-            cursor += 1;
+            if !covered.insert(number) {
+                problems.push(format!("{out}:{number}: covered by two receipts"));
+            }
             match parse_output_line(line) {
                 Ok((line_id, item)) if &line_id == id => items.push(item),
                 Ok((line_id, _)) => problems.push(format!(
-                    "{}:{cursor}: id {line_id}, but the receipt names {id} here",
-                    args.output.display()
+                    "{out}:{number}: id {line_id}, but the receipt names {id} here"
                 )),
-                Err(e) => problems.push(format!("{}:{cursor}: {e}", args.output.display())),
+                Err(e) => problems.push(format!("{out}:{number}: {e}")),
             }
         }
         if items.len() != ids.len() {
@@ -384,27 +395,27 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
                 .collect::<Option<Vec<_>>>()
                 .map(UnitOutput::Completions)
         };
+        let lines = numbers
+            .iter()
+            .map(usize::to_string)
+            .collect::<Vec<_>>()
+            .join(",");
         match output {
             Some(output) if output.digest() == receipt.body.output => {}
             Some(_) => problems.push(format!(
-                "{}:{first_line}-{cursor}: these lines do not match the digest signed in {at}",
-                args.output.display()
+                "{out}: lines {lines} do not match the digest signed in {at}"
             )),
             None => problems.push(format!(
-                "{}:{first_line}-{cursor}: lines without a valid \"embedding\" or \"token_ids\"/\"text\"",
-                args.output.display()
+                "{out}: lines {lines} lack a valid \"embedding\" or \"token_ids\"/\"text\""
             )),
         }
     }
-    let extra = outputs[cursor.min(outputs.len())..]
-        .iter()
-        .filter(|l| !l.trim().is_empty())
-        .count();
-    if extra > 0 {
+    let lines = outputs.iter().filter(|l| !l.trim().is_empty()).count();
+    let uncovered = lines.saturating_sub(covered.len());
+    if uncovered > 0 {
         problems.push(format!(
-            "{}:{}: {extra} lines no receipt covers",
-            args.output.display(),
-            cursor + 1
+            "{}: {uncovered} lines no receipt covers",
+            args.output.display()
         ));
     }
     if args.json {
@@ -412,7 +423,7 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
             "{}",
             json!({
                 "receipts": checked_receipts,
-                "lines": cursor,
+                "lines": covered.len(),
                 "signers": signers,
                 "problems": problems,
                 "ok": problems.is_empty(),
@@ -425,7 +436,8 @@ pub(crate) fn verify(args: VerifyArgs) -> anyhow::Result<()> {
         }
         writeln!(
             out,
-            "{checked_receipts} receipts, {cursor} output lines, {} signers: {}",
+            "{checked_receipts} receipts, {} output lines, {} signers: {}",
+            covered.len(),
             signers.len(),
             if problems.is_empty() {
                 "all verified".to_string()

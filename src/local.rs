@@ -148,9 +148,10 @@ fn score(args: ScoreArgs, models: &std::path::Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Texts embedded per forward pass: large enough to amortise the pass, small enough that padding to
-/// the longest text in the batch stays cheap.
-const EMBED_BATCH: usize = 32;
+/// Texts handed to the embedder at once: it batches those of equal token count among them (no
+/// padding, so every text's bits are what it gets alone), so larger is faster; this bounds memory
+/// and sets how often progress is shown.
+const EMBED_CHUNK: usize = 1024;
 
 fn embed(args: EmbedArgs, models: &std::path::Path) -> anyhow::Result<()> {
     // Check every input line before loading anything.
@@ -174,7 +175,7 @@ fn embed(args: EmbedArgs, models: &std::path::Path) -> anyhow::Result<()> {
         std::fs::File::create(&tmp).map_err(|e| anyhow::anyhow!("{}: {e}", tmp.display()))?,
     );
     let progress = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    for (n, batch) in inputs.chunks(EMBED_BATCH).enumerate() {
+    for (n, batch) in inputs.chunks(EMBED_CHUNK).enumerate() {
         let texts: Vec<&str> = batch.iter().map(|(_, t)| t.as_str()).collect();
         let ids: Vec<String> = batch.iter().map(|(id, _)| id.to_string()).collect();
         // The swarm's own line format and per-text computation, so outputs compare bit for bit.
@@ -185,7 +186,7 @@ fn embed(args: EmbedArgs, models: &std::path::Path) -> anyhow::Result<()> {
         if progress {
             eprint!(
                 "\rembedded {}/{}",
-                (n * EMBED_BATCH + batch.len()),
+                (n * EMBED_CHUNK + batch.len()),
                 inputs.len()
             );
         }

@@ -58,6 +58,10 @@ pub struct JobPayload {
     pub texts: Vec<String>,
     /// Inputs per unit (the last unit may hold fewer).
     pub unit_size: u32,
+    /// Input indices in unit order: unit `u` holds `order[u * unit_size..]`, up to `unit_size` of
+    /// them. Inputs are ordered by length (stably), as sentence-transformers orders a batch, so a
+    /// unit's texts are alike in length and a node can batch them without padding.
+    pub order: Vec<u32>,
     /// Replicas asked for, if any.
     pub replicas: Option<u32>,
     /// When it was submitted (ms since the Unix epoch).
@@ -70,16 +74,27 @@ impl JobPayload {
         (self.texts.len() as u64).div_ceil(u64::from(self.unit_size.max(1)))
     }
 
-    /// Input indices of unit `unit`.
-    pub fn range(&self, unit: u64) -> std::ops::Range<usize> {
+    /// The order that puts inputs of like length together: indices sorted by byte length, stably.
+    pub fn order_by_length(texts: &[String]) -> Vec<u32> {
+        let mut order: Vec<u32> = (0..texts.len() as u32).collect();
+        order.sort_by_key(|&i| texts[i as usize].len());
+        order
+    }
+
+    /// Input indices of unit `unit`, in the unit's order.
+    pub fn inputs(&self, unit: u64) -> &[u32] {
         let size = self.unit_size.max(1) as usize;
-        let start = (unit as usize).saturating_mul(size).min(self.texts.len());
-        start..(start + size).min(self.texts.len())
+        let start = (unit as usize).saturating_mul(size).min(self.order.len());
+        &self.order[start..(start + size).min(self.order.len())]
     }
 
     /// The task of unit `unit`.
     pub fn task(&self, unit: u64) -> Task {
-        let texts = self.texts[self.range(unit)].to_vec();
+        let texts = self
+            .inputs(unit)
+            .iter()
+            .map(|&i| self.texts[i as usize].clone())
+            .collect();
         match self.kind {
             JobKind::Embed => Task::Embed { texts },
             JobKind::Generate { max_tokens } => Task::Generate {
@@ -284,13 +299,15 @@ mod tests {
             kind: JobKind::Embed,
             model: ModelId::of_bytes(b"m"),
             ids: vec!["a".into(), "b".into(), "c".into()],
-            texts: vec!["x".into(), "y".into(), "z".into()],
+            texts: vec!["xx".into(), "y".into(), "zzz".into()],
             unit_size: 2,
+            order: JobPayload::order_by_length(&["xx".into(), "y".into(), "zzz".into()]),
             replicas: Some(2),
             submitted_ms: 1,
         };
         assert_eq!(payload.units(), 2);
-        assert_eq!(payload.range(1), 2..3);
+        assert_eq!(payload.inputs(0), [1, 0], "shortest first");
+        assert_eq!(payload.inputs(1), [2]);
         let output = UnitOutput::Embeddings(vec![vec![1.0]]);
         let stored = StoredOutput {
             receipt: Receipt::sign(

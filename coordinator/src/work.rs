@@ -311,6 +311,7 @@ impl Work {
             kind,
             model: request.model,
             ids,
+            order: JobPayload::order_by_length(&texts),
             texts,
             unit_size,
             replicas: request.replicas,
@@ -574,12 +575,20 @@ impl Work {
     /// `GET /v1/jobs/{id}/output`: one JSON line per input, in input order.
     pub(crate) fn output(&self, id: u64) -> std::result::Result<String, Unavailable> {
         let (payload, outputs) = self.accepted_outputs(id)?;
-        let mut text = String::new();
+        let mut lines: Vec<String> = vec![String::new(); payload.texts.len()];
         for (unit, stored) in outputs.iter().enumerate() {
-            let ids = &payload.ids[payload.range(unit as u64)];
-            output_lines(ids, &stored.output, &mut text);
+            let inputs = payload.inputs(unit as u64);
+            let ids: Vec<String> = inputs
+                .iter()
+                .map(|&i| payload.ids[i as usize].clone())
+                .collect();
+            let mut text = String::new();
+            output_lines(&ids, &stored.output, &mut text);
+            for (&i, line) in inputs.iter().zip(text.lines()) {
+                lines[i as usize] = format!("{line}\n");
+            }
         }
-        Ok(text)
+        Ok(lines.concat())
     }
 
     /// `GET /v1/jobs/{id}/receipts`: one JSON line per unit with its signed receipt.
@@ -587,14 +596,16 @@ impl Work {
         let (payload, outputs) = self.accepted_outputs(id)?;
         let mut text = String::new();
         for (unit, stored) in outputs.iter().enumerate() {
-            let input_ids: Vec<Value> = payload.ids[payload.range(unit as u64)]
+            let inputs = payload.inputs(unit as u64);
+            let input_ids: Vec<Value> = inputs
                 .iter()
-                .map(|id| serde_json::from_str(id).unwrap_or(Value::Null))
+                .map(|&i| serde_json::from_str(&payload.ids[i as usize]).unwrap_or(Value::Null))
                 .collect();
             let line = json!({
                 "job": id,
                 "unit": unit,
                 "input_ids": input_ids,
+                "input_lines": inputs.iter().map(|&i| i + 1).collect::<Vec<u32>>(),
                 "receipt": stored.receipt,
             });
             text.push_str(&line.to_string());

@@ -16,6 +16,9 @@ use crate::{Error, Result, hash_file};
 /// all-MiniLM-L6-v2 (its tokenizer.json says 128; the library overrides it with 256).
 pub const EMBED_TOKENS_MAX: usize = 256;
 
+/// Most texts of one token count run as one batch by [`Embedder::embed_each`].
+pub const EMBED_BATCH_MAX: usize = 32;
+
 /// A loaded sentence embedder.
 pub struct Embedder {
     model: BertModel,
@@ -78,18 +81,38 @@ impl Embedder {
         })
     }
 
-    /// Unit-length embeddings of `texts`, each computed alone, so a text's embedding never depends
-    /// on which texts share its batch (padding and matrix shapes would change its bits). This is what
-    /// the swarm and `hearth local embed` both run, so their outputs compare bit for bit.
+    /// Unit-length embeddings of `texts`, each bit for bit what it would be computed alone, so a
+    /// text's embedding never depends on which texts share its unit: texts are batched only with
+    /// texts of the same token count, so nothing is padded. This is what the swarm and
+    /// `hearth local embed` both run, so their outputs compare bit for bit.
     pub fn embed_each(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
-        let mut out = Vec::with_capacity(texts.len());
-        for text in texts {
-            out.extend(self.embed(&[text])?);
+        let encodings: Vec<tokenizers::Encoding> = texts
+            .iter()
+            .map(|t| {
+                self.tokenizer
+                    .encode(*t, true)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))
+            })
+            .collect::<Result<_>>()?;
+        let mut by_length: std::collections::BTreeMap<usize, Vec<usize>> = Default::default();
+        for (i, e) in encodings.iter().enumerate() {
+            by_length.entry(e.len()).or_default().push(i);
+        }
+        let mut out = vec![Vec::new(); texts.len()];
+        for indices in by_length.values() {
+            for chunk in indices.chunks(EMBED_BATCH_MAX) {
+                let batch: Vec<tokenizers::Encoding> =
+                    chunk.iter().map(|&i| encodings[i].clone()).collect();
+                for (&i, vector) in chunk.iter().zip(self.forward(&batch)?) {
+                    out[i] = vector;
+                }
+            }
         }
         Ok(out)
     }
 
-    /// Unit-length embeddings of `texts`, one per text, computed as one batch.
+    /// Unit-length embeddings of `texts`, one per text, computed as one batch padded to the longest
+    /// (faster, but padding changes the bits of the shorter texts' results).
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         if texts.is_empty() {
             return Ok(Vec::new());
@@ -98,6 +121,11 @@ impl Embedder {
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        self.forward(&encodings)
+    }
+
+    /// Mean-pooled, L2-normalised embeddings of encodings of one length.
+    fn forward(&self, encodings: &[tokenizers::Encoding]) -> Result<Vec<Vec<f32>>> {
         let rows = |f: fn(&tokenizers::Encoding) -> &[u32]| -> Result<Tensor> {
             let data: Vec<Tensor> = encodings
                 .iter()

@@ -20,7 +20,7 @@ mod llm;
 
 pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
 pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2};
-pub use embed::{EMBED_TOKENS_MAX, Embedder};
+pub use embed::{EMBED_BATCH_MAX, EMBED_TOKENS_MAX, Embedder};
 pub use error::{Error, Result};
 pub use hardware::{Device, Hardware, KERNELS_VERSION, compute_device, free_cores, numeric_class};
 pub use llm::{

@@ -149,6 +149,8 @@ impl Work {
         always_log: bool,
     ) -> Result<Vec<Output>> {
         let outputs = self.scheduler.handle(now_ms, input.clone());
+        // Only a tick may go unlogged when it changed nothing: every other input changes state
+        // that a replay must reproduce, outputs or not.
         if always_log || !outputs.is_empty() {
             batch.entry(now_ms, Record::Input(input));
         }
@@ -381,7 +383,9 @@ impl Work {
 
     pub(crate) fn peer_lost(&mut self, net: &mut Network, now_ms: u64, peer: PeerId) -> Result<()> {
         self.parked.remove(&peer);
-        self.step(net, now_ms, Input::PeerLost(peer), Batch::default(), false)
+        // Logged even when nothing follows at once: it reopens the peer's units, which a replay
+        // must see before any later assignment of them.
+        self.step(net, now_ms, Input::PeerLost(peer), Batch::default(), true)
             .map(drop)
     }
 

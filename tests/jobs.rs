@@ -63,12 +63,22 @@ fn local_embed(input: &Path, output: &Path) -> Vec<u8> {
     std::fs::read(output).expect("reference output")
 }
 
-fn free_port() -> u16 {
-    let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
-    let port = tcp.local_addr().expect("addr").port();
-    // The swarm listens on QUIC (UDP) and TCP at the same port.
-    drop(UdpSocket::bind(("127.0.0.1", port)).expect("udp port free too"));
-    port
+/// Two distinct free ports on loopback, free for TCP and UDP alike (the swarm listens on QUIC and TCP
+/// at one port). Every socket is held until both are chosen, so the two cannot coincide.
+fn free_ports() -> [u16; 2] {
+    let mut held = Vec::new();
+    let mut ports = Vec::new();
+    while ports.len() < 2 {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)) {
+            ports.push(port);
+            held.push((tcp, Some(udp)));
+        } else {
+            held.push((tcp, None));
+        }
+    }
+    [ports[0], ports[1]]
 }
 
 struct Swarm {
@@ -85,8 +95,7 @@ impl Swarm {
     fn start(faults: &[Option<&str>]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("coordinator");
-        let port = free_port();
-        let http = free_port();
+        let [port, http] = free_ports();
         let coordinator_args: Vec<String> = [
             "coordinator",
             "--no-mdns",
@@ -523,4 +532,39 @@ fn the_demo_runs_jobs_and_catches_its_liar() {
         stdout.contains("is quarantined: result lost a quorum"),
         "{stdout}"
     );
+}
+
+#[test]
+fn a_result_finished_while_the_coordinator_is_down_is_delivered_from_the_outbox() {
+    // A slow node is still computing when the coordinator dies; it finishes, cannot deliver, keeps
+    // the result in its outbox, and delivers it to the restarted coordinator.
+    let mut swarm = Swarm::start(&[Some("slow")]);
+    let input = swarm.path("texts.jsonl");
+    write_texts(&input, 4);
+    let reference = local_embed(&input, &swarm.path("reference.jsonl"));
+    let job = swarm.submit(&input, "1", "4");
+    wait_until(Duration::from_secs(30), "the unit assigned", || {
+        (swarm.status(&job, false)["units_running"] == 1).then_some(())
+    });
+    swarm.coordinator.kill();
+    let node_log = || swarm.nodes[0].1.log_text();
+    wait_until(
+        Duration::from_secs(30),
+        "the result kept in the outbox",
+        || {
+            node_log()
+                .contains("result kept in the outbox")
+                .then_some(())
+        },
+    );
+    let args: Vec<&str> = swarm.coordinator_args.iter().map(String::as_str).collect();
+    swarm.coordinator = Process::start("coordinator-restarted", swarm.tmp.path(), &[], &args);
+    let (output, _) = swarm.finish(&job);
+    assert!(
+        output == reference,
+        "output differs after delivery from the outbox"
+    );
+    let status = swarm.status(&job, false);
+    assert_eq!(status["executions"], 1, "{status}");
+    assert!(node_log().contains("result acknowledged"), "{}", node_log());
 }

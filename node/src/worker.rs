@@ -386,8 +386,13 @@ impl Worker {
             output,
         };
         self.outbox.put(&pending)?;
-        if let Some(coordinator) = coordinator {
-            self.send(net, &coordinator, pending);
+        match coordinator {
+            Some(coordinator) => self.send(net, &coordinator, pending),
+            None => tracing::info!(
+                job = a.job,
+                unit = a.unit,
+                "no coordinator connected; result kept in the outbox"
+            ),
         }
         Ok(())
     }
@@ -438,7 +443,7 @@ impl Worker {
         };
         match response {
             Ok(WorkResponse::Ack) => {
-                tracing::debug!(job, unit, "result acknowledged");
+                tracing::info!(job, unit, "result acknowledged");
                 self.outbox.remove(job, unit)?;
                 #[cfg(feature = "fault-injection")]
                 self.count_delivery();
@@ -451,7 +456,7 @@ impl Worker {
             }
             Ok(WorkResponse::Assign(_)) => {}
             Err(error) => {
-                tracing::debug!(job, unit, %error, "delivery failed; kept in the outbox");
+                tracing::info!(job, unit, %error, "delivery failed; result kept in the outbox");
                 self.next_redeliver = Instant::now() + REDELIVER_INTERVAL;
             }
         }

@@ -7,7 +7,9 @@ use std::path::Path;
 
 use hearth_net::Network;
 use hearth_net::libp2p::request_response::ResponseChannel;
-use hearth_protocol::work::{Assignment, UnitOutput, WorkRequest, WorkResponse, input_digest};
+use hearth_protocol::work::{
+    Assignment, UnitOutput, WorkRequest, WorkResponse, digest_canonical, input_digest,
+};
 use hearth_protocol::{
     Capabilities, KernelFamily, PeerId, Subject, UNIT_INPUT_BYTES_MAX, UNIT_ITEMS_MAX,
 };
@@ -439,25 +441,28 @@ impl Work {
                     net.respond(channel, WorkResponse::Rejected("no such unit".into()));
                     return Ok(());
                 }
-                // The bytes are checked here, in the shell; the scheduler gets the marks.
+                // The bytes are checked here, in the shell, and the scheduler gets the marks: the
+                // signature first, then the output bytes' digest, and only then are they parsed.
                 let task = payload.task(unit);
                 let signature_ok = receipt.verify().is_ok();
-                let output_ok = output.digest() == receipt.body.output
-                    && output.fits(&task)
-                    && receipt.body.model == payload.model;
+                let parsed = (signature_ok && digest_canonical(&output) == receipt.body.output)
+                    .then(|| UnitOutput::from_canonical(&output).ok())
+                    .flatten()
+                    .filter(|o| o.fits(&task));
+                let output_ok = parsed.is_some() && receipt.body.model == payload.model;
                 let subject = match receipt.body.subject {
                     Subject::Unit { job, unit } => (job, unit),
                     Subject::Step { .. } => (u64::MAX, u64::MAX),
                 };
                 let class = receipt.body.numeric_class.clone();
-                let agrees_across = if signature_ok && output_ok {
+                let agrees_across = if let (Some(output), true) = (&parsed, output_ok) {
                     self.journal
                         .outputs(job, unit)?
                         .into_iter()
                         .filter(|(p, o)| {
                             *p != peer
                                 && o.receipt.body.numeric_class != class
-                                && within_tolerance(&o.output, &output)
+                                && within_tolerance(&o.output, output)
                         })
                         .map(|(p, _)| p)
                         .collect()
@@ -478,7 +483,7 @@ impl Work {
                     agrees_across,
                 };
                 let mut batch = Batch::default();
-                if signature_ok && output_ok {
+                if let (Some(output), true) = (parsed, output_ok) {
                     batch.output(job, unit, peer, StoredOutput { receipt, output });
                 }
                 let outputs = self.step(net, now_ms, Input::Delivered(delivery), batch, true)?;

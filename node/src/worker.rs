@@ -328,7 +328,7 @@ impl Worker {
                 job,
                 unit,
                 receipt: pending.receipt,
-                output: pending.output,
+                output: pending.output.canonical(),
             },
         );
         self.deliveries.insert(id, (job, unit));

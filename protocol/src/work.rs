@@ -202,7 +202,83 @@ impl UnitOutput {
 
     /// The output digest a receipt for it must carry.
     pub fn digest(&self) -> Digest {
-        Digest::of(OUTPUT_CONTEXT, &self.canonical())
+        digest_canonical(&self.canonical())
+    }
+
+    /// Parse [`UnitOutput::canonical`] bytes, refusing anything over the limits or left over.
+    pub fn from_canonical(bytes: &[u8]) -> Result<Self> {
+        let mut r = Reader(bytes);
+        let kind = r.take(1)?[0];
+        let items = r.len(UNIT_ITEMS_MAX)?;
+        let output = match kind {
+            0 => {
+                let mut vectors = Vec::with_capacity(items);
+                for _ in 0..items {
+                    let dims = r.len(EMBEDDING_DIMS_MAX)?;
+                    let raw = r.take(dims * 4)?;
+                    vectors.push(
+                        raw.chunks_exact(4)
+                            .map(|b| f32::from_bits(u32::from_le_bytes([b[0], b[1], b[2], b[3]])))
+                            .collect(),
+                    );
+                }
+                Self::Embeddings(vectors)
+            }
+            1 => {
+                let mut completions = Vec::with_capacity(items);
+                for _ in 0..items {
+                    let n = r.len(GENERATE_TOKENS_MAX as usize)?;
+                    let raw = r.take(n * 4)?;
+                    let token_ids = raw
+                        .chunks_exact(4)
+                        .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                        .collect();
+                    let len = r.len(crate::WORK_FRAME_BYTES_MAX)?;
+                    let text = std::str::from_utf8(r.take(len)?)
+                        .map_err(|e| Error::Malformed(format!("completion text: {e}")))?
+                        .to_string();
+                    completions.push(Completion { token_ids, text });
+                }
+                Self::Completions(completions)
+            }
+            other => return Err(Error::Malformed(format!("unknown output kind {other}"))),
+        };
+        if !r.0.is_empty() {
+            return Err(Error::Malformed(format!("{} trailing bytes", r.0.len())));
+        }
+        Ok(output)
+    }
+}
+
+/// The output digest of canonical output bytes (see the module docs).
+pub fn digest_canonical(bytes: &[u8]) -> Digest {
+    Digest::of(OUTPUT_CONTEXT, bytes)
+}
+
+/// A cursor over canonical bytes.
+struct Reader<'a>(&'a [u8]);
+
+impl Reader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8]> {
+        if self.0.len() < n {
+            return Err(Error::Truncated {
+                got: self.0.len(),
+                need: n,
+            });
+        }
+        let (head, rest) = self.0.split_at(n);
+        self.0 = rest;
+        Ok(head)
+    }
+
+    /// A `u32` count, at most `max`.
+    fn len(&mut self, max: usize) -> Result<usize> {
+        let b = self.take(4)?;
+        let n = u32::from_le_bytes([b[0], b[1], b[2], b[3]]) as usize;
+        if n > max {
+            return Err(Error::Limit(format!("count {n} over {max}")));
+        }
+        Ok(n)
     }
 }
 
@@ -224,8 +300,9 @@ pub enum WorkRequest {
         unit: u64,
         /// The signed statement of what was computed.
         receipt: Receipt,
-        /// The result itself; its digest must be the receipt's output digest.
-        output: UnitOutput,
+        /// The result in its canonical encoding ([`UnitOutput::canonical`]): the receiver checks
+        /// the receipt's signature and this digest before it parses a byte of it.
+        output: Vec<u8>,
     },
     /// I cannot run this unit (model missing, input the kernels refuse); give it to someone else.
     Refuse {
@@ -251,13 +328,7 @@ pub enum WorkResponse {
 
 /// Decode a work request from a frame, checking its limits.
 pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
-    let request: WorkRequest = decode_work(frame)?;
-    if let WorkRequest::Deliver { output, .. } = &request
-        && output.items() > UNIT_ITEMS_MAX
-    {
-        return Err(Error::Limit(format!("more than {UNIT_ITEMS_MAX} outputs")));
-    }
-    Ok(request)
+    decode_work(frame)
 }
 
 /// Decode a work response from a frame, checking its limits.
@@ -347,6 +418,39 @@ mod tests {
     }
 
     #[test]
+    fn canonical_bytes_parse_back_and_nothing_else_does() {
+        let outputs = [
+            UnitOutput::Embeddings(vec![vec![0.25, -1.5, f32::MIN_POSITIVE], vec![]]),
+            UnitOutput::Completions(vec![
+                Completion {
+                    token_ids: vec![1, 2, 49_151],
+                    text: "héllo".into(),
+                },
+                Completion {
+                    token_ids: vec![],
+                    text: String::new(),
+                },
+            ]),
+        ];
+        for output in outputs {
+            let bytes = output.canonical();
+            assert_eq!(UnitOutput::from_canonical(&bytes).expect("parses"), output);
+            for cut in 0..bytes.len() {
+                assert!(UnitOutput::from_canonical(&bytes[..cut]).is_err(), "{cut}");
+            }
+            let mut longer = bytes.clone();
+            longer.push(0);
+            assert!(UnitOutput::from_canonical(&longer).is_err());
+        }
+        let mut huge = vec![0u8];
+        huge.extend(u32::MAX.to_le_bytes());
+        assert!(matches!(
+            UnitOutput::from_canonical(&huge),
+            Err(Error::Limit(_))
+        ));
+    }
+
+    #[test]
     fn requests_round_trip_and_limits_hold() {
         let key = SecretKey::from_bytes(&[3; 32]);
         let output = UnitOutput::Embeddings(vec![vec![0.5; 384]; 4]);
@@ -364,7 +468,7 @@ mod tests {
             job: 1,
             unit: 0,
             receipt,
-            output,
+            output: output.canonical(),
         };
         let frame = encode_max(&request, WORK_FRAME_BYTES_MAX).expect("encodes");
         assert_eq!(decode_request(&frame).expect("decodes"), request);

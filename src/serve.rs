@@ -34,6 +34,7 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
 }
 
 pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyhow::Result<()> {
+    let models_dir = args.models.resolve(&file)?;
     let data_dir = pick(args.data_dir, file.coordinator.data_dir, || {
         default_data_dir("coordinator")
     })?;
@@ -46,6 +47,7 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     }
     config.net.mdns = !args.no_mdns && file.coordinator.mdns.unwrap_or(true);
     config.policy.replicas = args.replicas;
+    config.models_dir = Some(models_dir);
     hearth_coordinator::run(config, shutdown_signal()).await?;
     Ok(())
 }

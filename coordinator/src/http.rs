@@ -11,6 +11,7 @@
 //! | `GET /v1/jobs/{id}/output` | the output, JSONL in input order (409 until the job is done) |
 //! | `GET /v1/jobs/{id}/receipts` | the accepted results' signed receipts, JSONL, one per unit |
 //! | `POST /v1/jobs/{id}/cancel` | cancel a job |
+//! | `POST /v1/generate` | pipelined generation ([`GenerateRequest`]): `{"stream": true}` answers NDJSON lines `{"token_id", "text"}` then `{"done": {…}}`; otherwise the summary `{token_ids, text, route, reroutes, receipts, …}` |
 
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
 use axum::http::StatusCode;
@@ -21,8 +22,10 @@ use hearth_protocol::api::{PeerEntry, SwarmInfo};
 use serde_json::json;
 use tokio::sync::{mpsc, oneshot};
 
+use crate::limits::GENERATE_TOKENS_DEFAULT;
 use crate::limits::{HTTP_BODY_BYTES_MAX, JOB_BODY_BYTES_MAX};
 use crate::scheduler::JobStatus;
+use crate::sessions::{GenerateRequest, SessionEvent};
 use crate::work::{SubmitJob, Unavailable};
 
 /// A question for the event loop, with where to send the answer.
@@ -30,6 +33,11 @@ pub(crate) enum Command {
     Peers(oneshot::Sender<Vec<PeerEntry>>),
     Swarm(oneshot::Sender<SwarmInfo>),
     Submit(Box<SubmitJob>, oneshot::Sender<Result<u64, String>>),
+    Generate(
+        Box<GenerateRequest>,
+        mpsc::Sender<SessionEvent>,
+        oneshot::Sender<Result<(), String>>,
+    ),
     Jobs(oneshot::Sender<Vec<JobStatus>>),
     Job {
         id: u64,
@@ -63,6 +71,7 @@ pub(crate) fn router(commands: mpsc::Sender<Command>) -> Router {
         .route("/v1/jobs/{id}/output", get(output))
         .route("/v1/jobs/{id}/receipts", get(receipts))
         .route("/v1/jobs/{id}/cancel", post(cancel))
+        .route("/v1/generate", post(generate))
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
         .with_state(commands)
@@ -93,6 +102,69 @@ async fn submit(
         Ok(Err(refusal)) => error(StatusCode::BAD_REQUEST, &refusal),
         Err(response) => response,
     }
+}
+
+#[derive(serde::Deserialize)]
+struct GenerateBody {
+    #[serde(flatten)]
+    request: GenerateRequest,
+    #[serde(default)]
+    stream: bool,
+}
+
+async fn generate(
+    State(commands): Commands,
+    body: Result<Json<GenerateBody>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let GenerateBody { request, stream } = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+    };
+    let tokens = request.max_tokens.unwrap_or(GENERATE_TOKENS_DEFAULT) as usize;
+    let (events_tx, mut events) = mpsc::channel(tokens.clamp(1, 4096) + 2);
+    match ask(&commands, |reply| {
+        Command::Generate(Box::new(request), events_tx, reply)
+    })
+    .await
+    {
+        Ok(Ok(())) => {}
+        Ok(Err(refusal)) => return error(StatusCode::BAD_REQUEST, &refusal),
+        Err(response) => return response,
+    }
+    if stream {
+        let lines = futures::stream::unfold(Some(events), |events| async move {
+            let mut events = events?;
+            let line = match events.recv().await? {
+                SessionEvent::Token { id, text } => {
+                    (json!({ "token_id": id, "text": text }), Some(events))
+                }
+                SessionEvent::Done(summary) => (json!({ "done": summary }), None),
+                SessionEvent::Failed(message) => (
+                    json!({ "error": { "message": message, "type": "server_error" } }),
+                    None,
+                ),
+            };
+            Some((
+                Ok::<_, std::convert::Infallible>(format!("{}\n", line.0)),
+                line.1,
+            ))
+        });
+        return (
+            [("content-type", "application/x-ndjson")],
+            axum::body::Body::from_stream(lines),
+        )
+            .into_response();
+    }
+    while let Some(event) = events.recv().await {
+        match event {
+            SessionEvent::Token { .. } => {}
+            SessionEvent::Done(summary) => return Json(summary).into_response(),
+            SessionEvent::Failed(message) => {
+                return error(StatusCode::SERVICE_UNAVAILABLE, &message);
+            }
+        }
+    }
+    error(StatusCode::SERVICE_UNAVAILABLE, "coordinator is stopping")
 }
 
 async fn jobs(State(commands): Commands) -> Response {

@@ -15,9 +15,11 @@ mod http;
 pub mod journal;
 mod ledger;
 mod limits;
+pub mod pipeline;
 mod registry;
 pub mod scheduler;
 mod service;
+mod sessions;
 pub mod verifier;
 mod work;
 
@@ -30,4 +32,5 @@ pub use scheduler::{
     UnitStatus, deadline_ms, unit_size,
 };
 pub use service::{API_URL_FILE, CoordinatorConfig, run};
+pub use sessions::{GenerateRequest, SessionEvent};
 pub use work::{JobInput, SubmitJob, Unavailable, output_lines};

@@ -78,3 +78,13 @@ pub const REPLICAS_MAX: u32 = 8;
 /// How long a node's request for work is held before it is answered empty (below the work
 /// protocol's request timeout).
 pub const WORK_FETCH_HOLD_MS: u64 = 10_000;
+
+/// Tokens a generation makes when the request does not say.
+pub const GENERATE_TOKENS_DEFAULT: u32 = 64;
+/// Pipeline sessions running at once; more are refused until one ends.
+pub const SESSIONS_MAX: usize = 64;
+/// Stages a route has when the request does not say (fewer if fewer peers hold the model).
+pub const STAGES_DEFAULT: usize = 3;
+/// A pipeline step unanswered this long counts as its stage failing (a step is milliseconds; a
+/// prompt's prefill on a slow peer, seconds).
+pub const STEP_TIMEOUT_MS: u64 = 15_000;

@@ -25,6 +25,7 @@ use crate::http::{Command, router};
 use crate::limits::{COMMAND_QUEUE_MAX, TICK_INTERVAL_MS};
 use crate::registry::{Input, Output, Registry};
 use crate::scheduler::Policy;
+use crate::sessions::Sessions;
 use crate::work::Work;
 use crate::{Error, Result};
 
@@ -43,6 +44,8 @@ pub struct CoordinatorConfig {
     pub http: SocketAddr,
     /// How sharded jobs are replicated.
     pub policy: Policy,
+    /// Where the default LLM is, for tokenizing prompts of pipelined generation.
+    pub models_dir: Option<PathBuf>,
 }
 
 impl CoordinatorConfig {
@@ -70,6 +73,7 @@ impl CoordinatorConfig {
             },
             http: Self::HTTP_ADDR.parse().expect("valid socket address"),
             policy: Policy::default(),
+            models_dir: None,
         }
     }
 }
@@ -117,6 +121,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             network,
             registry: Registry::default(),
             work,
+            sessions: Sessions::new(config.models_dir.clone()),
             listen_addrs: Vec::new(),
         };
         let result = coordinator.event_loop(commands, shutdown).await;
@@ -137,6 +142,7 @@ struct Coordinator {
     network: Network,
     registry: Registry,
     work: Work,
+    sessions: Sessions,
     listen_addrs: Vec<Multiaddr>,
 }
 
@@ -166,6 +172,9 @@ impl Coordinator {
                     let outputs = self.registry.handle(now, Input::Tick);
                     self.log(outputs)?;
                     self.work.tick(&mut self.network, now)?;
+                    let work = &self.work;
+                    let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
+                    self.sessions.tick(&mut self.network, &self.registry, &standing, now);
                 }
             }
         }
@@ -195,6 +204,19 @@ impl Coordinator {
                         Ok(committed) => Ok(committed?),
                         Err(refusal) => Err(refusal),
                     };
+                let _ = reply.send(answer);
+            }
+            Command::Generate(request, events, reply) => {
+                let work = &self.work;
+                let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
+                let answer = self.sessions.start(
+                    &mut self.network,
+                    &self.registry,
+                    &standing,
+                    now,
+                    *request,
+                    events,
+                );
                 let _ = reply.send(answer);
             }
             Command::Jobs(reply) => {
@@ -275,10 +297,31 @@ impl Coordinator {
                         .connected(peer, network_of(endpoint.get_remote_address()));
                 }
             }
-            NetEvent::Disconnected(_)
-            | NetEvent::Subscribed(_)
-            | NetEvent::WorkResponse { .. }
-            | NetEvent::WorkFailed { .. } => {}
+            NetEvent::WorkResponse { id, response } => {
+                let work = &self.work;
+                let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
+                self.sessions.on_response(
+                    &mut self.network,
+                    &self.registry,
+                    &standing,
+                    now,
+                    id,
+                    Ok(response),
+                );
+            }
+            NetEvent::WorkFailed { id, error } => {
+                let work = &self.work;
+                let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
+                self.sessions.on_response(
+                    &mut self.network,
+                    &self.registry,
+                    &standing,
+                    now,
+                    id,
+                    Err(error),
+                );
+            }
+            NetEvent::Disconnected(_) | NetEvent::Subscribed(_) => {}
         }
         Ok(())
     }
@@ -296,6 +339,15 @@ impl Coordinator {
                     tracing::info!(%peer, silent_ms, online = self.registry.online(), "peer offline");
                     let now = self.now_ms();
                     self.work.peer_lost(&mut self.network, now, peer)?;
+                    let work = &self.work;
+                    let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
+                    self.sessions.peer_lost(
+                        &mut self.network,
+                        &self.registry,
+                        &standing,
+                        now,
+                        peer,
+                    );
                 }
                 Output::Refused(peer) => tracing::warn!(%peer, "registry full; peer not admitted"),
             }

@@ -421,6 +421,12 @@ impl Work {
                 };
                 self.step(net, now_ms, input, Batch::default(), true)?;
             }
+            WorkRequest::Forward(_) | WorkRequest::EndSession { .. } => {
+                net.respond(
+                    channel,
+                    WorkResponse::Rejected("a coordinator runs no pipeline stages".into()),
+                );
+            }
             WorkRequest::Refuse { job, unit, reason } => {
                 tracing::info!(%peer, job, unit, %reason, "unit refused");
                 let input = Input::Refused { peer, job, unit };

@@ -24,9 +24,12 @@ use tracing::Instrument;
 
 use crate::join::{JoinTarget, resolve};
 use crate::limits::REDIAL_INTERVAL;
+use crate::limits::STAGE_QUEUE_MAX;
+use crate::stages::StageJob;
 use crate::worker::{Finished, Worker};
 use crate::{NodeConfig, Result, capabilities, scan_models};
-use hearth_protocol::work::WorkResponse;
+use hearth_net::libp2p::request_response::ResponseChannel;
+use hearth_protocol::work::{WorkRequest, WorkResponse};
 
 /// Least time between two adverts sent because a new subscriber appeared.
 const EAGER_ADVERT_GAP: Duration = Duration::from_millis(250);
@@ -91,9 +94,27 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         if let Some(fault) = config.fault {
             tracing::warn!(%fault, "fault injection on: this node misbehaves on purpose");
         }
+        let (answers_tx, answers) = mpsc::channel(STAGE_QUEUE_MAX);
+        let stages = crate::stages::spawn(
+            key.clone(),
+            caps.numeric_class
+                .get(&hearth_protocol::KernelFamily::Llm)
+                .cloned()
+                .unwrap_or_default(),
+            models
+                .iter()
+                .map(|(path, id)| (*id, path.clone()))
+                .collect(),
+            answers_tx,
+            #[cfg(feature = "fault-injection")]
+            config.fault,
+        );
         let (addr_tx, addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
         let mut node = Node {
             worker,
+            stages,
+            steps: HashMap::new(),
+            next_step: 0,
             network: Network::new(key, &config.net)?,
             addr_tx,
             caps,
@@ -102,7 +123,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             last_advert: None,
             join: Join::new(targets),
         };
-        let result = node.event_loop(addr_rx, results, shutdown).await;
+        let result = node.event_loop(addr_rx, results, answers, shutdown).await;
         tracing::info!("stopped");
         result
     }
@@ -113,6 +134,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
 struct Node {
     network: Network,
     worker: Worker,
+    /// The stage thread.
+    stages: std::sync::mpsc::SyncSender<StageJob>,
+    /// Pipeline steps on the stage thread, by key, with where their answers go.
+    steps: HashMap<u64, ResponseChannel<WorkResponse>>,
+    next_step: u64,
     /// Where resolved join addresses are sent back to the loop.
     addr_tx: mpsc::Sender<Vec<Multiaddr>>,
     caps: Capabilities,
@@ -127,6 +153,7 @@ impl Node {
         &mut self,
         mut addr_rx: mpsc::Receiver<Vec<Multiaddr>>,
         mut results: mpsc::Receiver<Finished>,
+        mut answers: mpsc::Receiver<(u64, WorkResponse)>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         let mut poll = tokio::time::interval(Worker::poll_interval());
@@ -140,6 +167,11 @@ impl Node {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
                 event = self.network.next() => self.on_event(event)?,
+                Some((key, response)) = answers.recv() => {
+                    if let Some(channel) = self.steps.remove(&key) {
+                        self.network.respond(channel, response);
+                    }
+                }
                 Some(finished) = results.recv() => {
                     let coordinator = self.coordinator();
                     self.worker.finished(&mut self.network, coordinator, &self.caps, finished)?;
@@ -192,6 +224,56 @@ impl Node {
             .and_then(hearth_net::from_libp2p_peer_id)
     }
 
+    /// A request from a peer: pipeline steps from the coordinator go to the stage thread; nodes
+    /// answer nothing else.
+    fn on_request(
+        &mut self,
+        peer: hearth_protocol::PeerId,
+        request: WorkRequest,
+        channel: ResponseChannel<WorkResponse>,
+    ) {
+        let from_coordinator = self
+            .join
+            .peers
+            .contains(&hearth_net::to_libp2p_peer_id(&peer));
+        let refuse = |net: &mut Network, channel, why: &str| {
+            net.respond(channel, WorkResponse::Rejected(why.into()));
+        };
+        match request {
+            WorkRequest::Forward(_) | WorkRequest::EndSession { .. } if !from_coordinator => {
+                tracing::debug!(%peer, "pipeline request from a peer that is not our coordinator");
+                refuse(&mut self.network, channel, "not this node's coordinator");
+            }
+            WorkRequest::Forward(forward) => {
+                let key = self.next_step;
+                self.next_step += 1;
+                match self
+                    .stages
+                    .try_send(StageJob::Forward(key, Box::new(forward)))
+                {
+                    Ok(()) => {
+                        self.steps.insert(key, channel);
+                    }
+                    Err(_) => refuse(&mut self.network, channel, "stage queue full"),
+                }
+            }
+            WorkRequest::EndSession { session } => {
+                let _ = self.stages.try_send(StageJob::End(session));
+                self.network.respond(channel, WorkResponse::Ack);
+            }
+            WorkRequest::Fetch { .. }
+            | WorkRequest::Deliver { .. }
+            | WorkRequest::Refuse { .. } => {
+                tracing::debug!(%peer, "work request to a node; refused");
+                refuse(
+                    &mut self.network,
+                    channel,
+                    "this peer is a node, not a coordinator",
+                );
+            }
+        }
+    }
+
     fn on_event(&mut self, event: NetEvent) -> Result<()> {
         match event {
             NetEvent::WorkResponse { id, response } => {
@@ -200,13 +282,11 @@ impl Node {
                 self.worker.poll(&mut self.network, coordinator)?;
             }
             NetEvent::WorkFailed { id, error } => self.worker.response(id, Err(error))?,
-            NetEvent::WorkRequest { peer, channel, .. } => {
-                tracing::debug!(%peer, "work request to a node; refused");
-                self.network.respond(
-                    channel,
-                    WorkResponse::Rejected("this peer is a node, not a coordinator".into()),
-                );
-            }
+            NetEvent::WorkRequest {
+                peer,
+                request,
+                channel,
+            } => self.on_request(peer, request, channel),
             NetEvent::Connected { peer, endpoint } => self.join.on_connected(peer, &endpoint),
             // Lost a join peer: dial it again now rather than at the next redial tick.
             NetEvent::Disconnected(peer) if self.join.peers.contains(&peer) => {

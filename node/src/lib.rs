@@ -13,6 +13,7 @@ mod event_loop;
 mod fault;
 mod join;
 mod limits;
+mod stages;
 mod store;
 mod worker;
 

@@ -31,3 +31,12 @@ pub const REDELIVER_INTERVAL: Duration = Duration::from_secs(2);
 /// How much longer a unit takes on a node started with `--fault slow`.
 #[cfg(feature = "fault-injection")]
 pub const FAULT_SLOW_DELAY: Duration = Duration::from_secs(5);
+
+/// Pipeline steps queued for the stage thread; beyond it a step is refused at once.
+pub const STAGE_QUEUE_MAX: usize = 64;
+
+/// A pipeline session's caches are freed after this long unused (a driver that vanished).
+pub const STAGE_SESSION_TTL: Duration = Duration::from_secs(300);
+
+/// Layer ranges a node keeps loaded at once; the least recently used is dropped for a new one.
+pub const STAGES_LOADED_MAX: usize = 4;

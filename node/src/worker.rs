@@ -454,7 +454,7 @@ impl Worker {
                 #[cfg(feature = "fault-injection")]
                 self.count_delivery();
             }
-            Ok(WorkResponse::Assign(_)) => {}
+            Ok(WorkResponse::Assign(_) | WorkResponse::Forwarded { .. }) => {}
             Err(error) => {
                 tracing::info!(job, unit, %error, "delivery failed; result kept in the outbox");
                 self.next_redeliver = Instant::now() + REDELIVER_INTERVAL;

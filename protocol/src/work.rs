@@ -282,6 +282,94 @@ impl Reader<'_> {
     }
 }
 
+/// Domain of a pipeline step's input digest.
+const STEP_INPUT_CONTEXT: &str = "hearth 2026 step input v1";
+/// Domain of a pipeline step's output digest.
+const STEP_OUTPUT_CONTEXT: &str = "hearth 2026 step output v1";
+
+/// Most candidates a last stage returns with its chosen token.
+pub const TOP_LOGITS_MAX: usize = 16;
+
+/// What flows into a pipeline stage.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StageData {
+    /// Token ids, for the first stage.
+    Tokens(Vec<u32>),
+    /// Hidden states: `rows` rows of the model's width, f32 little-endian, row-major.
+    Hidden {
+        /// Rows (positions).
+        rows: u32,
+        /// The floats' bytes.
+        bytes: Vec<u8>,
+    },
+}
+
+impl StageData {
+    /// Positions it covers.
+    pub fn rows(&self) -> usize {
+        match self {
+            Self::Tokens(ids) => ids.len(),
+            Self::Hidden { rows, .. } => *rows as usize,
+        }
+    }
+}
+
+/// What a pipeline stage returns.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum StageResult {
+    /// Hidden states for the next stage.
+    Hidden(StageData),
+    /// The last stage: the greedy next token (the lowest id among equal maxima) and the highest
+    /// logits of the last position, best first.
+    Next {
+        /// The chosen token.
+        token: u32,
+        /// `(token, logit)` pairs, best first, at most [`TOP_LOGITS_MAX`].
+        top: Vec<(u32, f32)>,
+    },
+}
+
+impl StageResult {
+    /// The digest a step receipt for it carries: blake3 (context `hearth 2026 step output v1`) of
+    /// its postcard encoding.
+    pub fn digest(&self) -> Digest {
+        Digest::of(
+            STEP_OUTPUT_CONTEXT,
+            &postcard::to_stdvec(self).expect("a stage result always encodes"),
+        )
+    }
+}
+
+/// One step of a pipeline session at one stage: run `input`, at positions `pos..`, through layers
+/// `layers.0..layers.1` of `model`, in the stage's cache for `session`.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Forward {
+    /// The session.
+    pub session: u64,
+    /// The step (0 is the prompt's prefill, then one per generated token).
+    pub step: u64,
+    /// The model, by file digest.
+    pub model: ModelId,
+    /// The layer range `[start, end)`.
+    pub layers: (u32, u32),
+    /// Position of the input's first row (0 starts the session afresh).
+    pub pos: u32,
+    /// The input.
+    pub input: StageData,
+}
+
+impl Forward {
+    /// The input digest a step receipt for it carries: blake3 (context `hearth 2026 step input v1`)
+    /// of the postcard encoding of the whole request, which binds session, step, model, layers,
+    /// position and input.
+    pub fn digest(&self) -> Digest {
+        Digest::of(
+            STEP_INPUT_CONTEXT,
+            &postcard::to_stdvec(self).expect("a forward request always encodes"),
+        )
+    }
+}
+
 /// A node's request on the work protocol.
 // A delivery is the big variant by design; each request is decoded once and moved, never stored.
 #[allow(clippy::large_enum_variant)]
@@ -304,6 +392,13 @@ pub enum WorkRequest {
         /// the receipt's signature and this digest before it parses a byte of it.
         output: Vec<u8>,
     },
+    /// Run one pipeline step (from the coordinator to a stage node).
+    Forward(Forward),
+    /// The session is over: free its caches (from the coordinator to a stage node).
+    EndSession {
+        /// The session.
+        session: u64,
+    },
     /// I cannot run this unit (model missing, input the kernels refuse); give it to someone else.
     Refuse {
         /// The job.
@@ -316,6 +411,8 @@ pub enum WorkRequest {
 }
 
 /// The coordinator's answer.
+// As with requests: each answer is decoded once and moved, never stored in bulk.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub enum WorkResponse {
     /// Units to run (empty: none now, ask again).
@@ -324,6 +421,13 @@ pub enum WorkResponse {
     Ack,
     /// The delivery is refused for good (the unit is unknown or no longer yours); forget it too.
     Rejected(String),
+    /// A pipeline step's result, with the stage's signed receipt (subject: the step).
+    Forwarded {
+        /// The result.
+        output: StageResult,
+        /// Binds session, step, layer start, model, input digest and output digest.
+        receipt: Receipt,
+    },
 }
 
 /// Decode a work request from a frame, checking its limits.

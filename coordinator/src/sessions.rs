@@ -1,0 +1,428 @@
+//! The shell around pipeline [`Driver`]s: plans routes from the registry, sends steps on the work
+//! protocol, checks each stage's receipt where it arrives, streams tokens to the HTTP client.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+use std::time::Instant;
+
+use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2};
+use hearth_net::Network;
+use hearth_net::libp2p::request_response::OutboundRequestId;
+use hearth_protocol::work::{WorkRequest, WorkResponse};
+use hearth_protocol::{KernelFamily, ModelId, PeerId};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::sync::mpsc;
+
+use crate::limits::{GENERATE_TOKENS_DEFAULT, SESSIONS_MAX, STAGES_DEFAULT, STEP_TIMEOUT_MS};
+use crate::pipeline::{Action, Candidate, Driver, plan};
+use crate::{Registry, Standing};
+
+/// `POST /v1/generate`.
+#[derive(Clone, Debug, Deserialize)]
+pub struct GenerateRequest {
+    /// The prompt, as raw text.
+    pub prompt: String,
+    /// Most tokens to generate.
+    #[serde(default)]
+    pub max_tokens: Option<u32>,
+    /// Stages to cut the model into.
+    #[serde(default)]
+    pub stages: Option<u32>,
+}
+
+/// What a session tells its HTTP client.
+#[derive(Debug)]
+pub enum SessionEvent {
+    /// A token and the text it adds.
+    Token {
+        /// The token id.
+        id: u32,
+        /// The text it adds to what came before.
+        text: String,
+    },
+    /// Finished: the summary (`token_ids`, `text`, `route`, `reroutes`, `receipts`, …).
+    Done(Value),
+    /// Could not finish.
+    Failed(String),
+}
+
+/// The default LLM as the coordinator knows it: enough to tokenize and plan.
+struct Llm {
+    id: ModelId,
+    tokenizer: GgufTokenizer,
+    layers: u32,
+    context: usize,
+}
+
+struct Live {
+    driver: Driver,
+    events: mpsc::Sender<SessionEvent>,
+    /// Text already sent, so each token sends only what it adds.
+    text_sent: usize,
+    started: Instant,
+    prompt_tokens: usize,
+    first_token_ms: Option<f64>,
+    /// When the request in flight went out, and to which stage index.
+    sent: Option<(Instant, u32)>,
+    /// Round trips per layer start: (count, total ms).
+    hops: BTreeMap<u32, (u64, f64)>,
+}
+
+pub(crate) struct Sessions {
+    models_dir: Option<PathBuf>,
+    llm: Option<Llm>,
+    live: BTreeMap<u64, Live>,
+    requests: HashMap<OutboundRequestId, u64>,
+    next: u64,
+}
+
+impl Sessions {
+    pub(crate) fn new(models_dir: Option<PathBuf>) -> Self {
+        Self {
+            models_dir,
+            llm: None,
+            live: BTreeMap::new(),
+            requests: HashMap::new(),
+            next: 1,
+        }
+    }
+
+    fn llm(&mut self) -> Result<&Llm, String> {
+        if self.llm.is_none() {
+            let dir = self.models_dir.clone().ok_or(
+                "this coordinator has no models folder (start it with --models DIR) to tokenize with",
+            )?;
+            let path = dir.join(SMOLLM2.files[0].path);
+            let model = GgufModel::open(&path).map_err(|e| {
+                format!("{e} (the coordinator tokenizes prompts with the default model's tokenizer; run `hearth models fetch`)")
+            })?;
+            let tokenizer = GgufTokenizer::from_model(&model).map_err(|e| e.to_string())?;
+            self.llm = Some(Llm {
+                id: model.id,
+                tokenizer,
+                layers: model.config.layers as u32,
+                context: model.config.context,
+            });
+        }
+        Ok(self.llm.as_ref().expect("loaded above"))
+    }
+
+    /// The peers that may serve stages of `model`: online, holding it, able to run LLMs, not
+    /// quarantined.
+    fn candidates(
+        registry: &Registry,
+        standing: &dyn Fn(&PeerId) -> Standing,
+        now_ms: u64,
+        model: &ModelId,
+    ) -> Vec<Candidate> {
+        registry
+            .entries(now_ms)
+            .into_iter()
+            .filter(|p| {
+                p.online
+                    && p.capabilities.models.contains(model)
+                    && p.capabilities
+                        .numeric_class
+                        .contains_key(&KernelFamily::Llm)
+                    && !standing(&p.peer_id).quarantined
+            })
+            .map(|p| Candidate {
+                peer: p.peer_id,
+                score: p.capabilities.score,
+            })
+            .collect()
+    }
+
+    /// Start a session; its tokens and summary go to `events`.
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn start(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        standing: &dyn Fn(&PeerId) -> Standing,
+        now_ms: u64,
+        request: GenerateRequest,
+        events: mpsc::Sender<SessionEvent>,
+    ) -> Result<(), String> {
+        if self.live.len() >= SESSIONS_MAX {
+            return Err(format!(
+                "{SESSIONS_MAX} sessions are running; try again shortly"
+            ));
+        }
+        let max_tokens = request.max_tokens.unwrap_or(GENERATE_TOKENS_DEFAULT);
+        if !(1..=hearth_protocol::GENERATE_TOKENS_MAX).contains(&max_tokens) {
+            return Err(format!(
+                "max_tokens must be 1..={}",
+                hearth_protocol::GENERATE_TOKENS_MAX
+            ));
+        }
+        let llm = self.llm()?;
+        let (model, layers, context) = (llm.id, llm.layers, llm.context);
+        let prompt = llm
+            .tokenizer
+            .encode(&request.prompt, false)
+            .map_err(|e| e.to_string())?;
+        let eos = llm.tokenizer.eos;
+        if prompt.is_empty() {
+            return Err("the prompt is empty".into());
+        }
+        if prompt.len() >= context {
+            return Err(format!(
+                "the prompt is {} tokens; the model's context is {context}",
+                prompt.len()
+            ));
+        }
+        let candidates = Self::candidates(registry, standing, now_ms, &model);
+        let stages = request
+            .stages
+            .map_or(STAGES_DEFAULT.min(candidates.len()).max(1), |k| k as usize);
+        let route = plan(&candidates, layers, stages)
+            .map_err(|e| format!("no route for model {model}: {e}"))?;
+        let session = self.next;
+        self.next += 1;
+        tracing::info!(
+            session,
+            stages = route.len(),
+            prompt_tokens = prompt.len(),
+            "generation started"
+        );
+        let prompt_tokens = prompt.len();
+        let (driver, actions) = Driver::new(
+            session,
+            model,
+            route,
+            prompt,
+            max_tokens as usize,
+            eos,
+            context,
+        );
+        self.live.insert(
+            session,
+            Live {
+                driver,
+                events,
+                text_sent: 0,
+                started: Instant::now(),
+                prompt_tokens,
+                first_token_ms: None,
+                sent: None,
+                hops: BTreeMap::new(),
+            },
+        );
+        self.act(net, session, actions);
+        Ok(())
+    }
+
+    /// An answer to one of our requests, if it was a pipeline step. Returns whether it was.
+    pub(crate) fn on_response(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        standing: &dyn Fn(&PeerId) -> Standing,
+        now_ms: u64,
+        id: OutboundRequestId,
+        response: Result<WorkResponse, String>,
+    ) -> bool {
+        let Some(session) = self.requests.remove(&id) else {
+            return false;
+        };
+        let Some(live) = self.live.get_mut(&session) else {
+            return true;
+        };
+        let (Some(peer), Some(forward)) = (live.driver.awaiting(), live.driver.pending().cloned())
+        else {
+            return true;
+        };
+        if let Some((sent, layer_start)) = live.sent.take() {
+            let hop = live.hops.entry(layer_start).or_default();
+            hop.0 += 1;
+            hop.1 += sent.elapsed().as_secs_f64() * 1e3;
+        }
+        let actions = match response {
+            Ok(WorkResponse::Forwarded { output, receipt }) => {
+                let signature_ok = receipt.verify().is_ok();
+                if Driver::receipt_matches(&forward, &peer, &output, &receipt, signature_ok) {
+                    live.driver.on_result(output, receipt)
+                } else {
+                    tracing::warn!(%peer, session, step = forward.step, "stage receipt does not check");
+                    let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                    live.driver
+                        .on_failure(peer, "its receipt did not check", &candidates)
+                }
+            }
+            Ok(WorkResponse::Rejected(reason)) => {
+                tracing::warn!(%peer, session, %reason, "stage refused a step");
+                let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                live.driver
+                    .on_failure(peer, &format!("refused: {reason}"), &candidates)
+            }
+            Ok(other) => {
+                let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                live.driver
+                    .on_failure(peer, &format!("answered {other:?} to a step"), &candidates)
+            }
+            Err(error) => {
+                tracing::warn!(%peer, session, %error, "stage did not answer");
+                let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                live.driver
+                    .on_failure(peer, &format!("no answer: {error}"), &candidates)
+            }
+        };
+        self.act(net, session, actions);
+        true
+    }
+
+    /// `peer` left the swarm: sessions routed through it move on without it.
+    pub(crate) fn peer_lost(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        standing: &dyn Fn(&PeerId) -> Standing,
+        now_ms: u64,
+        peer: PeerId,
+    ) {
+        let sessions: Vec<u64> = self.live.keys().copied().collect();
+        for session in sessions {
+            let Some(live) = self.live.get_mut(&session) else {
+                continue;
+            };
+            if !live.driver.route().iter().any(|h| h.peer_id == peer) {
+                continue;
+            }
+            let awaited = live.driver.awaiting() == Some(peer);
+            let model = live.driver.pending().map(|f| f.model);
+            let candidates = model
+                .map(|m| Self::candidates(registry, standing, now_ms, &m))
+                .unwrap_or_default();
+            let actions = live.driver.on_failure(peer, "left the swarm", &candidates);
+            if awaited {
+                // The request in flight is abandoned; its late answer must not count.
+                self.requests.retain(|_, s| *s != session);
+            }
+            self.act(net, session, actions);
+        }
+    }
+
+    /// Steps unanswered for too long count as failures.
+    pub(crate) fn tick(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        standing: &dyn Fn(&PeerId) -> Standing,
+        now_ms: u64,
+    ) {
+        let late: Vec<(u64, PeerId)> = self
+            .live
+            .iter()
+            .filter_map(|(id, live)| {
+                let (sent, _) = live.sent?;
+                (sent.elapsed().as_millis() as u64 > STEP_TIMEOUT_MS)
+                    .then(|| live.driver.awaiting().map(|p| (*id, p)))
+                    .flatten()
+            })
+            .collect();
+        for (session, peer) in late {
+            self.requests.retain(|_, s| *s != session);
+            let Some(live) = self.live.get_mut(&session) else {
+                continue;
+            };
+            live.sent = None;
+            let model = live.driver.pending().map(|f| f.model);
+            let candidates = model
+                .map(|m| Self::candidates(registry, standing, now_ms, &m))
+                .unwrap_or_default();
+            let actions = live.driver.on_failure(
+                peer,
+                &format!("no answer within {STEP_TIMEOUT_MS} ms"),
+                &candidates,
+            );
+            self.act(net, session, actions);
+        }
+    }
+
+    fn act(&mut self, net: &mut Network, session: u64, actions: Vec<Action>) {
+        for action in actions {
+            let Some(live) = self.live.get_mut(&session) else {
+                return;
+            };
+            match action {
+                Action::Send { peer, forward } => {
+                    live.sent = Some((Instant::now(), forward.layers.0));
+                    let id = net.request(&peer, WorkRequest::Forward(forward));
+                    self.requests.insert(id, session);
+                }
+                Action::Token(id) => {
+                    if live.first_token_ms.is_none() {
+                        live.first_token_ms = Some(live.started.elapsed().as_secs_f64() * 1e3);
+                    }
+                    let text = self
+                        .llm
+                        .as_ref()
+                        .and_then(|l| l.tokenizer.decode(&live.driver.generated).ok())
+                        .unwrap_or_default();
+                    // Send only whole characters: a token may end mid-way through one.
+                    let delta = if text.ends_with('\u{fffd}') {
+                        String::new()
+                    } else {
+                        let delta = text.get(live.text_sent..).unwrap_or_default().to_string();
+                        live.text_sent = text.len();
+                        delta
+                    };
+                    let _ = live
+                        .events
+                        .try_send(SessionEvent::Token { id, text: delta });
+                }
+                Action::Finished { error, peers } => {
+                    for peer in peers {
+                        net.request(&peer, WorkRequest::EndSession { session });
+                    }
+                    let live = self.live.remove(&session).expect("present");
+                    self.requests.retain(|_, s| *s != session);
+                    let event = match error {
+                        Some(error) => {
+                            tracing::warn!(session, %error, "generation failed");
+                            SessionEvent::Failed(error)
+                        }
+                        None => SessionEvent::Done(self.summary(&live)),
+                    };
+                    let _ = live.events.try_send(event);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn summary(&self, live: &Live) -> Value {
+        let d = &live.driver;
+        let text = self
+            .llm
+            .as_ref()
+            .and_then(|l| l.tokenizer.decode(&d.generated).ok())
+            .unwrap_or_default();
+        let elapsed = live.started.elapsed().as_secs_f64();
+        let decode_s = elapsed - live.first_token_ms.unwrap_or(0.0) / 1e3;
+        let hop_ms: Vec<Value> = live
+            .hops
+            .iter()
+            .map(|(start, (n, total))| json!({ "layer_start": start, "round_trips": n, "mean_ms": total / *n as f64 }))
+            .collect();
+        tracing::info!(
+            tokens = d.generated.len(),
+            reroutes = d.reroutes.len(),
+            "generation done"
+        );
+        json!({
+            "token_ids": d.generated,
+            "text": text,
+            "prompt_tokens": live.prompt_tokens,
+            "route": d.route(),
+            "reroutes": d.reroutes,
+            "receipts": d.receipts,
+            "elapsed_ms": elapsed * 1e3,
+            "first_token_ms": live.first_token_ms,
+            "decode_tokens_per_s": if d.generated.len() > 1 && decode_s > 0.0 { (d.generated.len() - 1) as f64 / decode_s } else { 0.0 },
+            "hops": hop_ms,
+        })
+    }
+}

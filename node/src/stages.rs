@@ -1,0 +1,251 @@
+//! The node's side of pipelined inference: it serves whatever layer ranges the coordinator asks
+//! for, loading only those layers, keeping a KV cache per session, and signing each step.
+//!
+//! Steps run on their own thread (a step is milliseconds; a sharded unit may be seconds, and must
+//! not hold a pipeline up). The loop hands a step over with a key and gets the answer back with the
+//! same key, so it can reply on the request's channel.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Instant;
+
+use candle_core::Tensor;
+use hearth_kernels::{GgufModel, Stage, StageInput, StageOutput};
+use hearth_protocol::work::{Forward, StageData, StageResult, TOP_LOGITS_MAX, WorkResponse};
+use hearth_protocol::{ModelId, Receipt, ReceiptBody, SecretKey, Subject};
+use tokio::sync::mpsc;
+
+#[cfg(feature = "fault-injection")]
+use crate::Fault;
+use crate::limits::{STAGE_QUEUE_MAX, STAGE_SESSION_TTL, STAGES_LOADED_MAX};
+
+/// What the loop asks of the stage thread.
+pub(crate) enum StageJob {
+    /// Run a step; answer with this key.
+    Forward(u64, Box<Forward>),
+    /// Free a session everywhere.
+    End(u64),
+}
+
+/// A loaded range of one model's layers.
+type RangeKey = (ModelId, u32, u32);
+
+struct Server {
+    key: SecretKey,
+    class: String,
+    models: HashMap<ModelId, PathBuf>,
+    stages: HashMap<RangeKey, Stage>,
+    /// Last use of each (range, session), for the idle TTL.
+    sessions: HashMap<(RangeKey, u64), Instant>,
+    #[cfg(feature = "fault-injection")]
+    fault: Option<Fault>,
+}
+
+impl Server {
+    fn stage(&mut self, f: &Forward) -> Result<&mut Stage, String> {
+        let key = (f.model, f.layers.0, f.layers.1);
+        if !self.stages.contains_key(&key) {
+            let path = self
+                .models
+                .get(&f.model)
+                .ok_or_else(|| format!("model {} is not on this node", f.model))?;
+            let model = GgufModel::open(path).map_err(|e| e.to_string())?;
+            let (start, end) = (f.layers.0 as usize, f.layers.1 as usize);
+            if start >= end || end > model.config.layers {
+                return Err(format!(
+                    "layers {start}..{end} are not a range of the model's {}",
+                    model.config.layers
+                ));
+            }
+            if self.stages.len() >= STAGES_LOADED_MAX {
+                // Drop the range used least recently, with its sessions.
+                let oldest = self
+                    .sessions
+                    .iter()
+                    .min_by_key(|(_, t)| **t)
+                    .map(|((k, _), _)| *k)
+                    .or_else(|| self.stages.keys().next().copied());
+                if let Some(oldest) = oldest {
+                    self.stages.remove(&oldest);
+                    self.sessions.retain(|(k, _), _| *k != oldest);
+                }
+            }
+            let stage = Stage::load(&model, start..end, &hearth_kernels::compute_device())
+                .map_err(|e| e.to_string())?;
+            tracing::info!(model = %f.model, layers = ?(start..end), "stage loaded");
+            self.stages.insert(key, stage);
+        }
+        Ok(self.stages.get_mut(&key).expect("loaded above"))
+    }
+
+    fn expire(&mut self) {
+        let now = Instant::now();
+        let stale: Vec<(RangeKey, u64)> = self
+            .sessions
+            .iter()
+            .filter(|(_, t)| now.duration_since(**t) > STAGE_SESSION_TTL)
+            .map(|(k, _)| *k)
+            .collect();
+        for (range, session) in stale {
+            if let Some(stage) = self.stages.get_mut(&range) {
+                stage.end_session(session);
+            }
+            self.sessions.remove(&(range, session));
+        }
+    }
+
+    fn forward(&mut self, f: &Forward) -> Result<StageResult, String> {
+        self.expire();
+        let stage = self.stage(f)?;
+        let hidden = stage.config().hidden;
+        let input = match &f.input {
+            StageData::Tokens(ids) => StageInput::Tokens(ids.clone()),
+            StageData::Hidden { rows, bytes } => {
+                let floats: Vec<f32> = bytes
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                if floats.len() != *rows as usize * hidden || bytes.len() % 4 != 0 {
+                    return Err(format!("hidden input is not {rows}×{hidden} floats"));
+                }
+                let tensor =
+                    Tensor::from_vec(floats, (*rows as usize, hidden), &candle_core::Device::Cpu)
+                        .map_err(|e| e.to_string())?;
+                StageInput::Hidden(tensor)
+            }
+        };
+        let output = stage
+            .forward(f.session, input, f.pos as usize, false)
+            .map_err(|e| e.to_string())?;
+        let result = match output {
+            StageOutput::Hidden(x) => {
+                let rows = x.dims2().map_err(|e| e.to_string())?.0;
+                let floats: Vec<f32> = x
+                    .flatten_all()
+                    .and_then(|t| t.to_vec1())
+                    .map_err(|e| e.to_string())?;
+                let bytes = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
+                StageResult::Hidden(StageData::Hidden {
+                    rows: rows as u32,
+                    bytes,
+                })
+            }
+            StageOutput::Logits(logits) => {
+                let row: Vec<f32> = logits
+                    .squeeze(0)
+                    .and_then(|t| t.to_vec1())
+                    .map_err(|e| e.to_string())?;
+                let (token, _) = hearth_kernels::argmax(&row);
+                let mut order: Vec<u32> = (0..row.len() as u32).collect();
+                order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+                let top = order
+                    .into_iter()
+                    .take(TOP_LOGITS_MAX)
+                    .map(|i| (i, row[i as usize]))
+                    .collect();
+                StageResult::Next { token, top }
+            }
+        };
+        self.sessions.insert(
+            ((f.model, f.layers.0, f.layers.1), f.session),
+            Instant::now(),
+        );
+        #[cfg(feature = "fault-injection")]
+        let result = self.inject(result);
+        Ok(result)
+    }
+
+    fn end(&mut self, session: u64) {
+        for stage in self.stages.values_mut() {
+            stage.end_session(session);
+        }
+        self.sessions.retain(|(_, s), _| *s != session);
+    }
+
+    fn sign(&self, f: &Forward, output: &StageResult) -> Receipt {
+        Receipt::sign(
+            &self.key,
+            ReceiptBody {
+                subject: Subject::Step {
+                    session: f.session,
+                    step: f.step,
+                    layer_start: f.layers.0,
+                },
+                model: f.model,
+                input: f.digest(),
+                output: output.digest(),
+                numeric_class: self.class.clone(),
+            },
+        )
+    }
+
+    /// `--fault wrong-output`: shift the activations (or the chosen token) so the text goes wrong.
+    #[cfg(feature = "fault-injection")]
+    fn inject(&self, result: StageResult) -> StageResult {
+        if self.fault != Some(Fault::WrongOutput) {
+            return result;
+        }
+        match result {
+            StageResult::Hidden(StageData::Hidden { rows, mut bytes }) => {
+                for chunk in bytes.chunks_exact_mut(4) {
+                    let v = f32::from_le_bytes([chunk[0], chunk[1], chunk[2], chunk[3]]);
+                    chunk.copy_from_slice(&(v * 1.5 + 0.25).to_le_bytes());
+                }
+                StageResult::Hidden(StageData::Hidden { rows, bytes })
+            }
+            StageResult::Next { token, top } => StageResult::Next {
+                token: (token + 1) % 49_152,
+                top,
+            },
+            other => other,
+        }
+    }
+}
+
+/// Start the stage thread. Answers come back as `(key, response)`.
+pub(crate) fn spawn(
+    key: SecretKey,
+    class: String,
+    models: HashMap<ModelId, PathBuf>,
+    answers: mpsc::Sender<(u64, WorkResponse)>,
+    #[cfg(feature = "fault-injection")] fault: Option<Fault>,
+) -> std::sync::mpsc::SyncSender<StageJob> {
+    let (tx, rx) = std::sync::mpsc::sync_channel::<StageJob>(STAGE_QUEUE_MAX);
+    let span = tracing::Span::current();
+    std::thread::Builder::new()
+        .name("hearth-stages".into())
+        .spawn(move || {
+            let _enter = span.enter();
+            let mut server = Server {
+                key,
+                class,
+                models,
+                stages: HashMap::new(),
+                sessions: HashMap::new(),
+                #[cfg(feature = "fault-injection")]
+                fault,
+            };
+            while let Ok(job) = rx.recv() {
+                match job {
+                    StageJob::Forward(key, f) => {
+                        let response = match server.forward(&f) {
+                            Ok(output) => {
+                                let receipt = server.sign(&f, &output);
+                                WorkResponse::Forwarded { output, receipt }
+                            }
+                            Err(reason) => {
+                                tracing::warn!(session = f.session, step = f.step, %reason, "step refused");
+                                WorkResponse::Rejected(reason)
+                            }
+                        };
+                        if answers.blocking_send((key, response)).is_err() {
+                            break;
+                        }
+                    }
+                    StageJob::End(session) => server.end(session),
+                }
+            }
+        })
+        .expect("the stage thread starts");
+    tx
+}

@@ -3,13 +3,12 @@
 
 mod support;
 
-use std::net::{TcpListener, UdpSocket};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use serde_json::Value;
-use support::{Process, keygen, peers, run_hearth, stdout_json, wait_for_api, wait_until};
-use tempfile::TempDir;
+use support::local_swarm::Swarm;
+use support::{Process, run_hearth, stdout_json, wait_until};
 
 /// Texts to embed: varied lengths, some repeated words, ids of both JSON kinds.
 fn write_texts(path: &Path, n: usize) {
@@ -61,178 +60,6 @@ fn local_embed(input: &Path, output: &Path) -> Vec<u8> {
         String::from_utf8_lossy(&out.stderr)
     );
     std::fs::read(output).expect("reference output")
-}
-
-/// Two distinct free ports on loopback, free for TCP and UDP alike (the swarm listens on QUIC and TCP
-/// at one port). Every socket is held until both are chosen, so the two cannot coincide.
-fn free_ports() -> [u16; 2] {
-    let mut held = Vec::new();
-    let mut ports = Vec::new();
-    while ports.len() < 2 {
-        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
-        let port = tcp.local_addr().expect("addr").port();
-        if let Ok(udp) = UdpSocket::bind(("127.0.0.1", port)) {
-            ports.push(port);
-            held.push((tcp, Some(udp)));
-        } else {
-            held.push((tcp, None));
-        }
-    }
-    [ports[0], ports[1]]
-}
-
-struct Swarm {
-    tmp: TempDir,
-    coordinator: Process,
-    coordinator_args: Vec<String>,
-    api: String,
-    nodes: Vec<(String, Process)>,
-}
-
-impl Swarm {
-    /// A coordinator on fixed loopback ports (so a restart comes back where nodes look for it) and
-    /// one node per entry of `faults`.
-    fn start(faults: &[Option<&str>]) -> Self {
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let dir = tmp.path().join("coordinator");
-        let [port, http] = free_ports();
-        let coordinator_args: Vec<String> = [
-            "coordinator",
-            "--no-mdns",
-            "--data-dir",
-            dir.to_str().expect("utf-8"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--listen",
-            &format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
-            "--listen",
-            &format!("/ip4/127.0.0.1/tcp/{port}"),
-        ]
-        .map(String::from)
-        .to_vec();
-        let mut coordinator = Process::start(
-            "coordinator",
-            tmp.path(),
-            &[],
-            &coordinator_args
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
-        let api = wait_for_api(&dir, &mut coordinator);
-        let mut swarm = Self {
-            tmp,
-            coordinator,
-            coordinator_args,
-            api,
-            nodes: Vec::new(),
-        };
-        for (i, fault) in faults.iter().enumerate() {
-            swarm.start_node(i, *fault);
-        }
-        let want = faults.len();
-        wait_until(Duration::from_secs(60), "every node online", || {
-            let online = peers(&[], &swarm.api)
-                .iter()
-                .filter(|p| p["online"] == true)
-                .count();
-            (online == want).then_some(())
-        });
-        swarm
-    }
-
-    fn start_node(&mut self, i: usize, fault: Option<&str>) {
-        let dir = self.tmp.path().join(format!("node{i}"));
-        let peer_id = keygen(&dir);
-        let mut args = vec![
-            "node",
-            "--no-mdns",
-            "--max-threads",
-            "1",
-            "--data-dir",
-            dir.to_str().expect("utf-8"),
-            "--join",
-            &self.api,
-            "--listen",
-            "/ip4/127.0.0.1/udp/0/quic-v1",
-        ];
-        if let Some(fault) = fault {
-            args.extend(["--fault", fault]);
-        }
-        let name = format!("node{i}");
-        let process = Process::start(&name, self.tmp.path(), &[], &args);
-        self.nodes.push((peer_id, process));
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.tmp.path().join(name)
-    }
-
-    fn hearth(&self, args: &[&str]) -> std::process::Output {
-        let mut all = args.to_vec();
-        all.extend(["--api", &self.api]);
-        run_hearth(&[], &all)
-    }
-
-    fn status(&self, job: &str, units: bool) -> Value {
-        let mut args = vec!["job", job, "--json"];
-        if units {
-            args.push("--units");
-        }
-        stdout_json(&self.hearth(&args))
-    }
-
-    /// `hearth embed --detach`, returning the job id.
-    fn submit(&self, input: &Path, replicas: &str, unit_size: &str) -> String {
-        let out = self.hearth(&[
-            "embed",
-            "--input",
-            input.to_str().expect("utf-8"),
-            "--replicas",
-            replicas,
-            "--unit-size",
-            unit_size,
-            "--detach",
-        ]);
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8(out.stdout)
-            .expect("utf-8")
-            .trim()
-            .to_string()
-    }
-
-    /// Wait for the job and fetch its output and receipts.
-    fn finish(&self, job: &str) -> (Vec<u8>, PathBuf) {
-        let output = self.path(&format!("job{job}.jsonl"));
-        let receipts = self.path(&format!("job{job}.receipts.jsonl"));
-        let out = self.hearth(&[
-            "job",
-            job,
-            "--wait",
-            "--output",
-            output.to_str().expect("utf-8"),
-            "--receipts",
-            receipts.to_str().expect("utf-8"),
-        ]);
-        assert!(
-            out.status.success(),
-            "{}\ncoordinator log:\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            self.coordinator.log_text()
-        );
-        (std::fs::read(&output).expect("output"), receipts)
-    }
-
-    fn peer(&self, peer_id: &str) -> Value {
-        peers(&[], &self.api)
-            .into_iter()
-            .find(|p| p["peer_id"] == peer_id)
-            .unwrap_or_else(|| panic!("{peer_id} not listed"))
-    }
 }
 
 /// The output verifies offline against its receipts, and a tampered copy does not.

@@ -1,6 +1,7 @@
 //! Shared harness for the tests that start real `hearth` processes.
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
 
+pub mod local_swarm;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

@@ -1,0 +1,157 @@
+//! Pipelined generation on real processes with the default model: a 3-stage chain gives what one
+//! machine gives, token for token, even when a stage's node is killed mid-sentence.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::Value;
+use support::local_swarm::Swarm;
+use support::{hearth, run_hearth, stdout_json};
+
+const PROMPTS: [&str; 3] = [
+    "The capital of France is",
+    "def fibonacci(n):",
+    "Volunteer computing lets people",
+];
+
+fn local_tokens(prompt: &str, max_tokens: &str) -> Value {
+    stdout_json(&run_hearth(
+        &[],
+        &[
+            "local",
+            "generate",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            max_tokens,
+            "--json",
+        ],
+    ))["token_ids"]
+        .clone()
+}
+
+fn generate(swarm: &Swarm, prompt: &str, max_tokens: &str) -> Value {
+    stdout_json(&swarm.hearth(&[
+        "generate",
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        max_tokens,
+        "--stages",
+        "3",
+        "--json",
+    ]))
+}
+
+#[test]
+fn a_three_stage_pipeline_generates_what_one_machine_does() {
+    let swarm = Swarm::start(&[None, None, None]);
+    for prompt in PROMPTS {
+        let result = generate(&swarm, prompt, "16");
+        assert_eq!(
+            result["token_ids"],
+            local_tokens(prompt, "16"),
+            "{prompt}: {result}"
+        );
+        let route = result["route"].as_array().expect("route");
+        assert_eq!(route.len(), 3, "{result}");
+        // Three distinct peers cover layers 0..30 in order, without gaps.
+        let mut next = 0;
+        let mut peers = std::collections::BTreeSet::new();
+        for hop in route {
+            assert_eq!(hop["layers"][0], next, "{result}");
+            next = hop["layers"][1].as_u64().expect("end");
+            peers.insert(hop["peer_id"].as_str().expect("peer").to_string());
+        }
+        assert_eq!((next, peers.len()), (30, 3), "{result}");
+        assert_eq!(result["reroutes"], serde_json::json!([]));
+        // A receipt per stage per step, each signed by the stage's peer.
+        let steps = result["token_ids"].as_array().expect("ids").len();
+        let receipts = result["receipts"].as_array().expect("receipts");
+        assert_eq!(receipts.len(), 3 * steps, "{result}");
+    }
+    // Streaming prints the same text as it comes.
+    let out = swarm.hearth(&[
+        "generate",
+        "--prompt",
+        PROMPTS[0],
+        "--max-tokens",
+        "16",
+        "--stream",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let local = stdout_json(&run_hearth(
+        &[],
+        &[
+            "local",
+            "generate",
+            "--prompt",
+            PROMPTS[0],
+            "--max-tokens",
+            "16",
+            "--json",
+        ],
+    ));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim_end(),
+        local["text"].as_str().expect("text").trim_end()
+    );
+}
+
+#[test]
+fn a_stage_killed_mid_generation_is_replaced_and_the_output_is_unchanged() {
+    let mut swarm = Swarm::start(&[None, None, None]);
+    let prompt = PROMPTS[1];
+    let expected = local_tokens(prompt, "40");
+    let output = swarm.path("generation.json");
+    let child = Command::new(hearth())
+        .args([
+            "generate",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "40",
+            "--stages",
+            "3",
+            "--json",
+            "--api",
+            &swarm.api,
+        ])
+        .env_remove("HEARTH_CONFIG")
+        .stdout(std::fs::File::create(&output).expect("output file"))
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start hearth generate");
+    // Let it make a few tokens, then kill a stage: with 3 stages on 3 nodes, every node is one.
+    std::thread::sleep(Duration::from_millis(1500));
+    swarm.nodes[1].1.kill();
+    let out = child.wait_with_output().expect("generate finishes");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let result: Value =
+        serde_json::from_slice(&std::fs::read(&output).expect("read")).expect("JSON");
+    assert_eq!(result["token_ids"], expected, "{result}");
+    let reroutes = result["reroutes"].as_array().expect("reroutes");
+    assert_eq!(reroutes.len(), 1, "{result}");
+    let killed = &swarm.nodes[1].0;
+    assert_eq!(&reroutes[0]["failed_peer"], killed, "{result}");
+    assert!(
+        reroutes[0]["step"].as_u64().expect("step") > 0,
+        "killed before the first token: {result}"
+    );
+    let route = result["route"].as_array().expect("route");
+    assert!(route.iter().all(|h| &h["peer_id"] != killed), "{result}");
+    // Fewer nodes than stages now: a survivor serves two ranges.
+    let peers: std::collections::BTreeSet<&str> =
+        route.iter().filter_map(|h| h["peer_id"].as_str()).collect();
+    assert_eq!((route.len(), peers.len()), (3, 2), "{result}");
+}

@@ -169,6 +169,12 @@ pub(crate) struct SwarmGenerateArgs {
     /// Stages to cut the model into [default: 3, or fewer if fewer peers hold the model].
     #[arg(long, value_name = "K", value_parser = clap::value_parser!(u32).range(1..=30))]
     pub(crate) stages: Option<u32>,
+    /// How stages are checked: window (each window of 8 tokens replayed by an independent peer
+    /// before its tokens are released), sampled (a quarter of windows), after (tokens at once,
+    /// every window checked at the end, corrections reported), off.
+    #[arg(long, value_name = "MODE", default_value = "window",
+          value_parser = ["window", "sampled", "after", "off"])]
+    pub(crate) verify: String,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
 }

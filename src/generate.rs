@@ -15,6 +15,7 @@ pub(crate) async fn run(args: SwarmGenerateArgs, file: &FileConfig) -> anyhow::R
         "prompt": args.prompt,
         "max_tokens": args.max_tokens,
         "stream": true,
+        "verify": args.verify,
     });
     if let Some(k) = args.stages {
         request["stages"] = k.into();
@@ -29,6 +30,15 @@ pub(crate) async fn run(args: SwarmGenerateArgs, file: &FileConfig) -> anyhow::R
                 if args.stream && !args.json {
                     let _ = out.write_all(text.as_bytes());
                     let _ = out.flush();
+                }
+            } else if let Some(correction) = line.get("correction") {
+                if args.stream && !args.json {
+                    let _ = write!(
+                        out,
+                        "\n[a stage was caught lying: tokens from {} on are generated again]\n{}",
+                        correction["from"],
+                        correction["text"].as_str().unwrap_or("")
+                    );
                 }
             } else if let Some(done) = line.get("done") {
                 summary = done.clone();
@@ -66,8 +76,9 @@ pub(crate) async fn run(args: SwarmGenerateArgs, file: &FileConfig) -> anyhow::R
             })
             .collect();
         eprintln!(
-            "{} tokens, {:.1} tokens/s; route: {}; reroutes: {}",
+            "{} tokens ({} verified), {:.1} tokens/s; route: {}; reroutes: {}",
             summary["token_ids"].as_array().map_or(0, Vec::len),
+            summary["verified_tokens"],
             summary["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
             route.join(", "),
             summary["reroutes"].as_array().map_or(0, Vec::len),

@@ -67,10 +67,19 @@ fn a_three_stage_pipeline_generates_what_one_machine_does() {
         }
         assert_eq!((next, peers.len()), (30, 3), "{result}");
         assert_eq!(result["reroutes"], serde_json::json!([]));
-        // A receipt per stage per step, each signed by the stage's peer.
+        // A receipt per stage per step (beside the verifiers' for their replays).
         let steps = result["token_ids"].as_array().expect("ids").len();
         let receipts = result["receipts"].as_array().expect("receipts");
-        assert_eq!(receipts.len(), 3 * steps, "{result}");
+        let session_steps = receipts
+            .iter()
+            .filter(|r| {
+                r["body"]["subject"]["Step"]["session"]
+                    .as_u64()
+                    .is_some_and(|s| s < 1 << 62)
+            })
+            .count();
+        assert_eq!(session_steps, 3 * steps, "{result}");
+        assert_eq!(result["verified_tokens"], steps, "{result}");
     }
     // Streaming prints the same text as it comes.
     let out = swarm.hearth(&[
@@ -154,4 +163,38 @@ fn a_stage_killed_mid_generation_is_replaced_and_the_output_is_unchanged() {
     let peers: std::collections::BTreeSet<&str> =
         route.iter().filter_map(|h| h["peer_id"].as_str()).collect();
     assert_eq!((route.len(), peers.len()), (3, 2), "{result}");
+}
+
+#[test]
+fn a_lying_stage_is_caught_struck_and_the_output_is_still_exact() {
+    // Three nodes for three stages: the liar is certainly one of them, and the other two are there
+    // to check it and to break the tie.
+    let swarm = Swarm::start(&[None, None, Some("wrong-output")]);
+    let liar = swarm.nodes[2].0.clone();
+    let prompt = PROMPTS[0];
+    let result = generate(&swarm, prompt, "24");
+    assert_eq!(result["token_ids"], local_tokens(prompt, "24"), "{result}");
+    assert_eq!(result["verify"], "window");
+    assert_eq!(result["verified_tokens"], 24, "{result}");
+    let windows = result["windows"].as_array().expect("windows");
+    assert!(
+        windows.iter().any(|w| {
+            (w["outcome"] == "stage-wrong" && w["stage_peer"] == liar.as_str())
+                || (w["outcome"] == "verifier-wrong" && w["verifier"] == liar.as_str())
+        }),
+        "the liar was never caught: {result}"
+    );
+    assert!(
+        result["route"]
+            .as_array()
+            .expect("route")
+            .iter()
+            .all(|h| h["peer_id"] != liar.as_str()),
+        "{result}"
+    );
+    let entry = swarm.peer(&liar);
+    assert!(entry["strikes"].as_u64().expect("strikes") >= 1, "{entry}");
+    for (peer_id, _) in &swarm.nodes[..2] {
+        assert_eq!(swarm.peer(peer_id)["strikes"], 0);
+    }
 }

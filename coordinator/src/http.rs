@@ -138,6 +138,10 @@ async fn generate(
                 SessionEvent::Token { id, text } => {
                     (json!({ "token_id": id, "text": text }), Some(events))
                 }
+                SessionEvent::Correction { from, text } => (
+                    json!({ "correction": { "from": from, "text": text } }),
+                    Some(events),
+                ),
                 SessionEvent::Done(summary) => (json!({ "done": summary }), None),
                 SessionEvent::Failed(message) => (
                     json!({ "error": { "message": message, "type": "server_error" } }),
@@ -157,7 +161,7 @@ async fn generate(
     }
     while let Some(event) = events.recv().await {
         match event {
-            SessionEvent::Token { .. } => {}
+            SessionEvent::Token { .. } | SessionEvent::Correction { .. } => {}
             SessionEvent::Done(summary) => return Json(summary).into_response(),
             SessionEvent::Failed(message) => {
                 return error(StatusCode::SERVICE_UNAVAILABLE, &message);

@@ -22,7 +22,7 @@ use crate::limits::{
 };
 
 /// What went wrong with a result.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Fault {
     /// It disagreed with other replicas where disagreement proves nothing (another numeric class, or
     /// no quorum of its own class): a strike.

@@ -116,6 +116,57 @@ pub struct Reroute {
     pub reason: String,
 }
 
+/// How a session's stages are checked.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Verify {
+    /// Every window is checked before its tokens are released.
+    Window,
+    /// A random share ([`SAMPLED_SHARE`]) of windows is checked before release; the rest are released
+    /// unchecked.
+    Sampled,
+    /// Tokens are released at once; every window is checked at the end, and a correction reported.
+    After,
+    /// No checks.
+    Off,
+}
+
+/// Share of windows `--verify sampled` checks.
+pub const SAMPLED_SHARE: f64 = 0.25;
+
+/// Steps (generated tokens; the prompt's prefill is the first) per verification window.
+pub const VERIFY_WINDOW_TOKENS: u64 = 8;
+
+/// Largest difference between a stage's hidden states and a verifier's replay of them that still
+/// agrees, relative to the row's largest magnitude (at least 1). A replay runs a window as one
+/// prefill where the stage ran it token by token; this project's kernels are not yet
+/// batch-invariant, so the two differ by rounding that grows with position (measured below 1e-3 on
+/// the default model); a stage that lies moves activations far more.
+pub const HIDDEN_REL_TOLERANCE: f32 = 0.02;
+
+/// A last stage's token agrees with a verifier's replay when it is the verifier's top token, or
+/// within this many logits of it (a near tie that the replay's rounding can flip).
+pub const TOKEN_LOGIT_MARGIN: f32 = 0.5;
+
+/// What one window's check of one stage found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct WindowCheck {
+    /// Steps `[start, end)` of the window.
+    pub steps: (u64, u64),
+    /// The stage's layers.
+    pub layers: (u32, u32),
+    /// The stage's peer.
+    pub stage_peer: PeerId,
+    /// Who replayed the window.
+    pub verifier: Option<PeerId>,
+    /// Who broke a tie, if the verifier disagreed.
+    pub tie_breaker: Option<PeerId>,
+    /// `agreed`, `stage-wrong`, `verifier-wrong`, `undecided` or `unchecked`.
+    pub outcome: String,
+    /// The largest relative difference seen (hidden states) or logit gap (tokens).
+    pub max_difference: f32,
+}
+
 /// What the driver tells the shell.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Action {
@@ -126,15 +177,45 @@ pub enum Action {
         /// The step.
         forward: Forward,
     },
-    /// A token was generated.
+    /// A token is released to the client.
     Token(u32),
+    /// Tokens from this index on, already released, were wrong and are being generated again.
+    Correction(usize),
+    /// `peer` returned wrong results: a strike in the ledger.
+    Fault {
+        /// The peer.
+        peer: PeerId,
+        /// What it did.
+        reason: String,
+    },
     /// The session is over (`error` when it could not finish); free these peers' caches.
     Finished {
         /// Why it stopped early, if it did.
         error: Option<String>,
-        /// Every peer that served a stage.
+        /// Every peer that served a stage or checked one.
         peers: Vec<PeerId>,
     },
+}
+
+#[derive(Clone, Debug)]
+enum Purpose {
+    /// A generation step (or a replay owed to the hop's peer).
+    Step,
+    /// A verifier's replay of a window; `tie` when it is the tie-break after a disagreement.
+    Check {
+        window: (u64, u64),
+        /// First step the replay covers (0 when the verifier starts afresh).
+        from: u64,
+        first: Option<(PeerId, f32)>,
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Pending {
+    hop: usize,
+    peer: PeerId,
+    forward: Forward,
+    purpose: Purpose,
 }
 
 /// One generation session along a route.
@@ -143,31 +224,55 @@ pub struct Driver {
     session: u64,
     model: ModelId,
     route: Vec<Hop>,
-    prompt_len: usize,
+    prompt: Vec<u32>,
     max_tokens: usize,
     eos: u32,
     context: usize,
+    verify: Verify,
+    rng: u64,
     /// Generated tokens.
     pub generated: Vec<u32>,
+    /// Tokens released to the client.
+    released: usize,
     /// The step in flight (0: the prompt).
     step: u64,
-    /// The hop whose answer is awaited, and the request sent to it.
-    awaiting: Option<(usize, Forward)>,
-    /// Every input sent to each layer range, in order, for replays.
+    awaiting: Option<Pending>,
+    /// Every input sent to each layer range, in order, for replays and checks.
     history: BTreeMap<(u32, u32), Vec<Forward>>,
-    /// Inputs a range's new peer must see again before the next one.
+    /// Each range's output per step.
+    outputs: BTreeMap<((u32, u32), u64), StageResult>,
+    /// Inputs a range's peer must see again before the next one.
     replay: BTreeMap<(u32, u32), VecDeque<Forward>>,
-    /// Peers that failed this session.
+    /// Steps below this are checked (or released unchecked by `sampled`).
+    verified: u64,
+    /// Steps whose windows a verifier actually checked.
+    pub verified_steps: u64,
+    /// Per range, the verifier whose cache holds the range's inputs up to a step.
+    verifiers: BTreeMap<(u32, u32), (PeerId, u64)>,
+    /// Generation reached its end; finish once checked.
+    finishing: bool,
+    /// Peers that failed or lied this session.
     failed: BTreeSet<PeerId>,
-    /// Every stage receipt, in the order answers came.
+    /// Every receipt, stages' and verifiers', in the order answers came.
     pub receipts: Vec<Receipt>,
     /// Stages replaced.
     pub reroutes: Vec<Reroute>,
+    /// Every window check.
+    pub checks: Vec<WindowCheck>,
+    /// Released tokens later corrected: (from index, the tokens that were wrong).
+    pub corrections: Vec<(usize, Vec<u32>)>,
     done: bool,
 }
 
+/// The session id verifiers replay a session's windows under (their caches stay apart from the
+/// session's own on a peer that serves both).
+fn check_session(session: u64) -> u64 {
+    session | (1 << 62)
+}
+
 impl Driver {
-    /// A session generating up to `max_tokens` after `prompt` along `route`.
+    /// A session generating up to `max_tokens` after `prompt` along `route`, checked as `verify`.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         session: u64,
         model: ModelId,
@@ -176,23 +281,34 @@ impl Driver {
         max_tokens: usize,
         eos: u32,
         context: usize,
+        verify: Verify,
     ) -> (Self, Vec<Action>) {
         let mut driver = Self {
             session,
             model,
             route,
-            prompt_len: prompt.len(),
+            prompt: prompt.clone(),
             max_tokens,
             eos,
             context,
+            verify,
+            rng: session.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
             generated: Vec::new(),
+            released: 0,
             step: 0,
             awaiting: None,
             history: BTreeMap::new(),
+            outputs: BTreeMap::new(),
             replay: BTreeMap::new(),
+            verified: 0,
+            verified_steps: 0,
+            verifiers: BTreeMap::new(),
+            finishing: false,
             failed: BTreeSet::new(),
             receipts: Vec::new(),
             reroutes: Vec::new(),
+            checks: Vec::new(),
+            corrections: Vec::new(),
             done: false,
         };
         let actions = driver.send(0, StageData::Tokens(prompt), 0);
@@ -206,14 +322,29 @@ impl Driver {
 
     /// The peer whose answer is awaited.
     pub fn awaiting(&self) -> Option<PeerId> {
-        self.awaiting
-            .as_ref()
-            .map(|(hop, _)| self.route[*hop].peer_id)
+        self.awaiting.as_ref().map(|p| p.peer)
+    }
+
+    /// The request awaited now.
+    pub fn pending(&self) -> Option<&Forward> {
+        self.awaiting.as_ref().map(|p| &p.forward)
+    }
+
+    /// How the session is checked.
+    pub fn verify_mode(&self) -> Verify {
+        self.verify
     }
 
     /// Whether the session is over.
     pub fn is_done(&self) -> bool {
         self.done
+    }
+
+    fn draw(&mut self) -> f64 {
+        self.rng ^= self.rng << 13;
+        self.rng ^= self.rng >> 7;
+        self.rng ^= self.rng << 17;
+        (self.rng >> 11) as f64 / (1u64 << 53) as f64
     }
 
     /// Send `input` (at `pos`) to hop `hop` for the current step, after any replay it owes.
@@ -226,6 +357,7 @@ impl Driver {
             layers,
             pos,
             input,
+            all_positions: false,
         };
         self.history
             .entry(layers)
@@ -234,11 +366,10 @@ impl Driver {
         self.dispatch(hop, forward)
     }
 
-    /// Send `forward` to `hop`, or first the inputs the hop's new peer owes (the forward then goes
-    /// last in that queue).
+    /// Send `forward` to `hop`, or first the inputs the hop's peer owes (the forward then goes last
+    /// in that queue).
     fn dispatch(&mut self, hop: usize, forward: Forward) -> Vec<Action> {
         let layers = self.route[hop].layers;
-        let peer = self.route[hop].peer_id;
         let next = match self.replay.get_mut(&layers) {
             Some(queue) => {
                 queue.push_back(forward);
@@ -249,11 +380,23 @@ impl Driver {
         if self.replay.get(&layers).is_some_and(VecDeque::is_empty) {
             self.replay.remove(&layers);
         }
-        self.awaiting = Some((hop, next.clone()));
-        vec![Action::Send {
+        self.request(hop, self.route[hop].peer_id, next, Purpose::Step)
+    }
+
+    fn request(
+        &mut self,
+        hop: usize,
+        peer: PeerId,
+        forward: Forward,
+        purpose: Purpose,
+    ) -> Vec<Action> {
+        self.awaiting = Some(Pending {
+            hop,
             peer,
-            forward: next,
-        }]
+            forward: forward.clone(),
+            purpose,
+        });
+        vec![Action::Send { peer, forward }]
     }
 
     /// Whether `receipt` is a valid statement of `forward` → `output` by `peer`. The shell checks
@@ -278,17 +421,22 @@ impl Driver {
             && receipt.body.output == output.digest()
     }
 
-    /// The request awaited now.
-    pub fn pending(&self) -> Option<&Forward> {
-        self.awaiting.as_ref().map(|(_, f)| f)
-    }
-
-    /// The awaited stage answered (with a receipt the shell found valid for it).
-    pub fn on_result(&mut self, output: StageResult, receipt: Receipt) -> Vec<Action> {
-        let Some((hop, forward)) = self.awaiting.take() else {
+    /// The awaited peer answered (with a receipt the shell found valid for it).
+    pub fn on_result(
+        &mut self,
+        output: StageResult,
+        receipt: Receipt,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let Some(pending) = self.awaiting.take() else {
             return Vec::new();
         };
         self.receipts.push(receipt);
+        if let Purpose::Check { .. } = pending.purpose {
+            return self.on_check(pending, output, candidates);
+        }
+        let hop = pending.hop;
+        let forward = pending.forward;
         let layers = self.route[hop].layers;
         // Still rebuilding the hop's cache: send it the next input it owes.
         if let Some(queue) = self.replay.get_mut(&layers)
@@ -297,12 +445,9 @@ impl Driver {
             if queue.is_empty() {
                 self.replay.remove(&layers);
             }
-            self.awaiting = Some((hop, next.clone()));
-            return vec![Action::Send {
-                peer: self.route[hop].peer_id,
-                forward: next,
-            }];
+            return self.request(hop, self.route[hop].peer_id, next, Purpose::Step);
         }
+        self.outputs.insert((layers, forward.step), output.clone());
         let next_pos = forward.pos + forward.input.rows() as u32;
         match output {
             StageResult::Hidden(data) if hop + 1 < self.route.len() => {
@@ -310,12 +455,29 @@ impl Driver {
             }
             StageResult::Next { token, .. } if hop + 1 == self.route.len() => {
                 self.generated.push(token);
-                let mut actions = vec![Action::Token(token)];
-                let input_end = self.prompt_len + self.generated.len() - 1;
-                if token == self.eos
+                let mut actions = Vec::new();
+                if matches!(self.verify, Verify::After | Verify::Off) {
+                    actions.extend(self.release(self.generated.len()));
+                }
+                let end = token == self.eos
                     || self.generated.len() >= self.max_tokens
-                    || input_end + 1 >= self.context
-                {
+                    || next_pos as usize + 1 >= self.context;
+                let steps = self.step + 1;
+                if end {
+                    self.finishing = true;
+                }
+                let window_full = steps - self.verified >= VERIFY_WINDOW_TOKENS;
+                let check_now = match self.verify {
+                    Verify::Window | Verify::Sampled => window_full || end,
+                    Verify::After => end,
+                    Verify::Off => false,
+                };
+                if check_now && self.verified < steps {
+                    actions.extend(self.next_check(candidates));
+                    return actions;
+                }
+                if end {
+                    actions.extend(self.release(self.generated.len()));
                     actions.push(self.finish(None));
                     return actions;
                 }
@@ -330,6 +492,458 @@ impl Driver {
         }
     }
 
+    fn release(&mut self, upto: usize) -> Vec<Action> {
+        let upto = upto.min(self.generated.len());
+        let tokens = self.generated[self.released.min(upto)..upto].to_vec();
+        self.released = self.released.max(upto);
+        tokens.into_iter().map(Action::Token).collect()
+    }
+
+    /// The window after the last checked step, and the hop to check next (from the first).
+    fn next_window(&self) -> (u64, u64) {
+        let steps = self.step + 1;
+        (
+            self.verified,
+            steps.min(self.verified + VERIFY_WINDOW_TOKENS),
+        )
+    }
+
+    /// Start checking the next window (hop 0), or skip it when `sampled` did not draw it.
+    fn next_check(&mut self, candidates: &[Candidate]) -> Vec<Action> {
+        let window = self.next_window();
+        if self.verify == Verify::Sampled && self.draw() >= SAMPLED_SHARE {
+            for hop in 0..self.route.len() {
+                self.checks.push(WindowCheck {
+                    steps: window,
+                    layers: self.route[hop].layers,
+                    stage_peer: self.route[hop].peer_id,
+                    verifier: None,
+                    tie_breaker: None,
+                    outcome: "unchecked".into(),
+                    max_difference: 0.0,
+                });
+            }
+            return self.window_done(window, false, candidates);
+        }
+        self.check_hop(window, 0, candidates)
+    }
+
+    /// Ask a verifier to replay `window` of hop `hop`'s range.
+    fn check_hop(
+        &mut self,
+        window: (u64, u64),
+        hop: usize,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let layers = self.route[hop].layers;
+        let stage = self.route[hop].peer_id;
+        let usable = |p: &PeerId| *p != stage && !self.failed.contains(p);
+        let verifier = match self.verifiers.get(&layers) {
+            Some((p, _)) if usable(p) && candidates.iter().any(|c| c.peer == *p) => Some(*p),
+            _ => candidates
+                .iter()
+                .filter(|c| usable(&c.peer))
+                .max_by(|a, b| a.score.total_cmp(&b.score).then(b.peer.cmp(&a.peer)))
+                .map(|c| c.peer),
+        };
+        let Some(verifier) = verifier else {
+            self.checks.push(WindowCheck {
+                steps: window,
+                layers,
+                stage_peer: stage,
+                verifier: None,
+                tie_breaker: None,
+                outcome: "unchecked".into(),
+                max_difference: 0.0,
+            });
+            return self.hop_checked(window, hop, false, candidates);
+        };
+        let from = match self.verifiers.get(&layers) {
+            Some((p, upto)) if *p == verifier && *upto == window.0 => window.0,
+            _ => 0,
+        };
+        let forward = self.replay_request(layers, from, window.1);
+        self.request(
+            hop,
+            verifier,
+            forward,
+            Purpose::Check {
+                window,
+                from,
+                first: None,
+            },
+        )
+    }
+
+    /// One request replaying steps `from..to` of a range as a single prefill.
+    fn replay_request(&self, layers: (u32, u32), from: u64, to: u64) -> Forward {
+        let inputs: Vec<&Forward> = self
+            .history
+            .get(&layers)
+            .into_iter()
+            .flatten()
+            .filter(|f| f.step >= from && f.step < to)
+            .collect();
+        let pos = inputs.first().map_or(0, |f| f.pos);
+        let input = match inputs.first().map(|f| &f.input) {
+            Some(StageData::Tokens(_)) => StageData::Tokens(
+                inputs
+                    .iter()
+                    .flat_map(|f| match &f.input {
+                        StageData::Tokens(ids) => ids.clone(),
+                        StageData::Hidden { .. } => Vec::new(),
+                    })
+                    .collect(),
+            ),
+            _ => {
+                let mut rows = 0;
+                let mut bytes = Vec::new();
+                for f in &inputs {
+                    if let StageData::Hidden { rows: r, bytes: b } = &f.input {
+                        rows += r;
+                        bytes.extend_from_slice(b);
+                    }
+                }
+                StageData::Hidden { rows, bytes }
+            }
+        };
+        Forward {
+            session: check_session(self.session),
+            step: to.saturating_sub(1),
+            model: self.model,
+            layers,
+            pos,
+            input,
+            all_positions: true,
+        }
+    }
+
+    /// How far a replay's `output` (covering steps `from..`) is from the stage's outputs for the
+    /// steps of `window`: the largest relative difference, or `None` if it disagrees.
+    fn compare(
+        &self,
+        layers: (u32, u32),
+        from: u64,
+        window: (u64, u64),
+        output: &StageResult,
+    ) -> Option<f32> {
+        let inputs: Vec<&Forward> = self
+            .history
+            .get(&layers)
+            .into_iter()
+            .flatten()
+            .filter(|f| f.step >= from && f.step < window.1)
+            .collect();
+        let mut row = 0usize;
+        let mut worst = 0f32;
+        for f in inputs {
+            let rows = f.input.rows();
+            let last_row = row + rows - 1;
+            if f.step >= window.0 {
+                let recorded = self.outputs.get(&(layers, f.step))?;
+                match (recorded, output) {
+                    (
+                        StageResult::Hidden(StageData::Hidden { bytes: mine, .. }),
+                        StageResult::Hidden(StageData::Hidden { bytes: theirs, .. }),
+                    ) => {
+                        let width = mine.len() / rows / 4;
+                        let floats = |b: &[u8]| -> Vec<f32> {
+                            b.chunks_exact(4)
+                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                                .collect()
+                        };
+                        let a = floats(mine);
+                        let b = floats(theirs.get(row * width * 4..(row + rows) * width * 4)?);
+                        if a.len() != b.len() {
+                            return None;
+                        }
+                        for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
+                            let scale = rb.iter().fold(1f32, |m, x| m.max(x.abs()));
+                            let diff = ra
+                                .iter()
+                                .zip(rb)
+                                .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
+                                / scale;
+                            if diff.is_nan() || diff > HIDDEN_REL_TOLERANCE {
+                                return None;
+                            }
+                            worst = worst.max(diff);
+                        }
+                    }
+                    (StageResult::Next { token, .. }, StageResult::NextEach(each)) => {
+                        let (best, top) = each.get(last_row)?;
+                        if best != token {
+                            let max = top.first()?.1;
+                            let mine = top.iter().find(|(t, _)| t == token)?.1;
+                            let gap = max - mine;
+                            if gap.is_nan() || gap > TOKEN_LOGIT_MARGIN {
+                                return None;
+                            }
+                            worst = worst.max(gap);
+                        }
+                    }
+                    _ => return None,
+                }
+            }
+            row += rows;
+        }
+        Some(worst)
+    }
+
+    /// A verifier's (or tie-breaker's) answer.
+    fn on_check(
+        &mut self,
+        pending: Pending,
+        output: StageResult,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let Purpose::Check {
+            window,
+            from,
+            first,
+        } = pending.purpose
+        else {
+            return Vec::new();
+        };
+        let hop = pending.hop;
+        let layers = self.route[hop].layers;
+        let stage = self.route[hop].peer_id;
+        let verdict = self.compare(layers, from, window, &output);
+        match (first, verdict) {
+            (None, Some(diff)) => {
+                self.checks.push(WindowCheck {
+                    steps: window,
+                    layers,
+                    stage_peer: stage,
+                    verifier: Some(pending.peer),
+                    tie_breaker: None,
+                    outcome: "agreed".into(),
+                    max_difference: diff,
+                });
+                self.verifiers.insert(layers, (pending.peer, window.1));
+                self.hop_checked(window, hop, true, candidates)
+            }
+            (None, None) => {
+                // Two peers disagree: a third decides.
+                let verifier = pending.peer;
+                self.verifiers.remove(&layers);
+                let third = candidates
+                    .iter()
+                    .filter(|c| {
+                        c.peer != stage && c.peer != verifier && !self.failed.contains(&c.peer)
+                    })
+                    .max_by(|a, b| a.score.total_cmp(&b.score).then(b.peer.cmp(&a.peer)))
+                    .map(|c| c.peer);
+                match third {
+                    Some(third) => {
+                        let forward = self.replay_request(layers, 0, window.1);
+                        self.request(
+                            hop,
+                            third,
+                            forward,
+                            Purpose::Check {
+                                window,
+                                from: 0,
+                                first: Some((verifier, f32::NAN)),
+                            },
+                        )
+                    }
+                    None => {
+                        self.checks.push(WindowCheck {
+                            steps: window,
+                            layers,
+                            stage_peer: stage,
+                            verifier: Some(verifier),
+                            tie_breaker: None,
+                            outcome: "undecided".into(),
+                            max_difference: f32::NAN,
+                        });
+                        // No majority to be had: distrust the stage without blaming it.
+                        self.regenerate(
+                            window,
+                            hop,
+                            stage,
+                            "a verifier disagreed and no third peer could decide",
+                            None,
+                            candidates,
+                        )
+                    }
+                }
+            }
+            (Some((verifier, _)), Some(diff)) => {
+                // The tie-breaker sides with the stage: the verifier lied.
+                self.checks.push(WindowCheck {
+                    steps: window,
+                    layers,
+                    stage_peer: stage,
+                    verifier: Some(verifier),
+                    tie_breaker: Some(pending.peer),
+                    outcome: "verifier-wrong".into(),
+                    max_difference: diff,
+                });
+                self.failed.insert(verifier);
+                self.verifiers.insert(layers, (pending.peer, window.1));
+                let mut actions = vec![Action::Fault {
+                    peer: verifier,
+                    reason: format!(
+                        "its replay of layers {}..{} (steps {}..{}) disagreed with the stage and a tie-breaker",
+                        layers.0, layers.1, window.0, window.1
+                    ),
+                }];
+                actions.extend(self.hop_checked(window, hop, true, candidates));
+                actions
+            }
+            (Some((verifier, _)), None) => {
+                self.checks.push(WindowCheck {
+                    steps: window,
+                    layers,
+                    stage_peer: stage,
+                    verifier: Some(verifier),
+                    tie_breaker: Some(pending.peer),
+                    outcome: "stage-wrong".into(),
+                    max_difference: f32::NAN,
+                });
+                let reason = format!(
+                    "its output for layers {}..{} (steps {}..{}) disagreed with two independent replays",
+                    layers.0, layers.1, window.0, window.1
+                );
+                self.regenerate(
+                    window,
+                    hop,
+                    stage,
+                    &reason,
+                    Some(reason.clone()),
+                    candidates,
+                )
+            }
+        }
+    }
+
+    /// Hop `hop` of `window` is settled: check the next hop, or close the window.
+    fn hop_checked(
+        &mut self,
+        window: (u64, u64),
+        hop: usize,
+        checked: bool,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        if hop + 1 < self.route.len() {
+            return self.check_hop(window, hop + 1, candidates);
+        }
+        self.window_done(window, checked, candidates)
+    }
+
+    fn window_done(
+        &mut self,
+        window: (u64, u64),
+        checked: bool,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        self.verified = window.1;
+        if checked {
+            self.verified_steps += window.1 - window.0;
+        }
+        let mut actions = Vec::new();
+        if matches!(self.verify, Verify::Window | Verify::Sampled) {
+            actions.extend(self.release(window.1 as usize));
+        }
+        let steps = self.step + 1;
+        if self.verified < steps
+            && (self.finishing || steps - self.verified >= VERIFY_WINDOW_TOKENS)
+        {
+            actions.extend(self.next_check(candidates));
+            return actions;
+        }
+        if self.finishing {
+            actions.extend(self.release(self.generated.len()));
+            actions.push(self.finish(None));
+            return actions;
+        }
+        // Generation goes on with the last token.
+        let token = *self.generated.last().expect("a window holds a token");
+        let pos = (self.prompt.len() + self.generated.len() - 1) as u32;
+        self.step += 1;
+        actions.extend(self.send(0, StageData::Tokens(vec![token]), pos));
+        actions
+    }
+
+    /// Hop `hop`'s output in `window` was wrong: drop everything from the window's start, give the
+    /// range to another peer, rebuild every stage's cache from the checked inputs, generate again.
+    fn regenerate(
+        &mut self,
+        window: (u64, u64),
+        hop: usize,
+        stage: PeerId,
+        reason: &str,
+        fault: Option<String>,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if let Some(reason) = fault {
+            actions.push(Action::Fault {
+                peer: stage,
+                reason,
+            });
+        }
+        self.failed.insert(stage);
+        let layers = self.route[hop].layers;
+        let usable: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| !self.failed.contains(&c.peer))
+            .cloned()
+            .collect();
+        let Some(new) = replacement(&self.route, &usable) else {
+            actions.push(self.finish(Some(format!(
+                "no route: layers {}..{} need a peer other than {stage} ({reason})",
+                layers.0, layers.1
+            ))));
+            return actions;
+        };
+        self.reroutes.push(Reroute {
+            step: window.0,
+            failed_peer: stage,
+            layers,
+            replacement: new,
+            reason: reason.to_string(),
+        });
+        for h in self.route.iter_mut().filter(|h| h.peer_id == stage) {
+            h.peer_id = new;
+        }
+        // Back to the last checked point.
+        let keep = window.0;
+        if self.released > keep as usize {
+            self.corrections.push((
+                keep as usize,
+                self.generated[keep as usize..self.released].to_vec(),
+            ));
+            actions.push(Action::Correction(keep as usize));
+            self.released = keep as usize;
+        }
+        self.generated.truncate(keep as usize);
+        self.outputs.retain(|(_, step), _| *step < keep);
+        self.verifiers.clear();
+        self.replay.clear();
+        for (range, inputs) in self.history.iter_mut() {
+            inputs.retain(|f| f.step < keep);
+            if !inputs.is_empty() {
+                self.replay.insert(*range, inputs.iter().cloned().collect());
+            }
+        }
+        self.finishing = false;
+        self.step = keep;
+        let (input, pos) = if keep == 0 {
+            (StageData::Tokens(self.prompt.clone()), 0)
+        } else {
+            let token = self.generated[keep as usize - 1];
+            (
+                StageData::Tokens(vec![token]),
+                (self.prompt.len() + keep as usize - 1) as u32,
+            )
+        };
+        actions.extend(self.send(0, input, pos));
+        actions
+    }
+
     /// `peer` failed (no answer, a refused step, a receipt that does not check, or it left the
     /// swarm): give its ranges to others from `candidates` and go on.
     pub fn on_failure(
@@ -338,15 +952,31 @@ impl Driver {
         reason: &str,
         candidates: &[Candidate],
     ) -> Vec<Action> {
-        if self.done || !self.route.iter().any(|h| h.peer_id == peer) {
+        if self.done {
+            return Vec::new();
+        }
+        let awaited = self.awaiting.clone().filter(|p| p.peer == peer);
+        // A verifier that fails: check the window again with another.
+        if let Some(Pending {
+            hop,
+            purpose: Purpose::Check { window, .. },
+            ..
+        }) = &awaited
+        {
+            self.failed.insert(peer);
+            self.awaiting = None;
+            self.verifiers.retain(|_, (p, _)| *p != peer);
+            let (window, hop) = (*window, *hop);
+            return self.check_hop(window, hop, candidates);
+        }
+        if !self.route.iter().any(|h| h.peer_id == peer) {
+            self.failed.insert(peer);
+            self.verifiers.retain(|_, (p, _)| *p != peer);
             return Vec::new();
         }
         self.failed.insert(peer);
-        let awaited = self
-            .awaiting
-            .as_ref()
-            .map(|(hop, _)| *hop)
-            .filter(|&hop| self.route[hop].peer_id == peer);
+        self.verifiers.retain(|_, (p, _)| *p != peer);
+        let awaited_hop = awaited.map(|p| p.hop);
         let usable: Vec<Candidate> = candidates
             .iter()
             .filter(|c| !self.failed.contains(&c.peer))
@@ -379,7 +1009,7 @@ impl Driver {
                 .cloned()
                 .unwrap_or_default()
                 .into();
-            if awaited == Some(hop) {
+            if awaited_hop == Some(hop) {
                 owed.pop_back();
             }
             if owed.is_empty() {
@@ -388,7 +1018,7 @@ impl Driver {
                 self.replay.insert(layers, owed);
             }
         }
-        match awaited {
+        match awaited_hop {
             Some(hop) => {
                 self.awaiting = None;
                 let layers = self.route[hop].layers;
@@ -409,6 +1039,8 @@ impl Driver {
         self.awaiting = None;
         let mut peers: Vec<PeerId> = self.route.iter().map(|h| h.peer_id).collect();
         peers.extend(self.failed.iter().copied());
+        peers.extend(self.checks.iter().filter_map(|c| c.verifier));
+        peers.extend(self.checks.iter().filter_map(|c| c.tie_breaker));
         peers.sort();
         peers.dedup();
         Action::Finished { error, peers }

@@ -128,6 +128,15 @@ pub enum Input {
     Cancel(u64),
     /// Time passed: deadlines.
     Tick,
+    /// A pipeline stage's result was judged (by the session driver's checks).
+    StageVerdict {
+        /// The peer.
+        peer: PeerId,
+        /// Its numeric class.
+        class: String,
+        /// `None` for a result that checked out.
+        fault: Option<Fault>,
+    },
 }
 
 /// A job's state.
@@ -454,6 +463,22 @@ impl Scheduler {
             }
             Input::Cancel(job) => self.cancel(job, &mut out),
             Input::Tick => self.expire(now_ms, &mut out),
+            Input::StageVerdict { peer, class, fault } => {
+                let input = match fault {
+                    Some(fault) => LedgerInput::Fault { peer, class, fault },
+                    None => LedgerInput::Valid {
+                        peer,
+                        class,
+                        credit: 0.0,
+                    },
+                };
+                out.extend(
+                    self.ledger
+                        .handle(now_ms, input)
+                        .into_iter()
+                        .map(Output::Ledger),
+                );
+            }
         }
         self.dispatch(now_ms, &mut out);
         out

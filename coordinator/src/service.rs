@@ -165,7 +165,10 @@ impl Coordinator {
         loop {
             tokio::select! {
                 () = &mut shutdown => return Ok(()),
-                event = self.network.next() => self.on_event(event)?,
+                event = self.network.next() => {
+                    self.on_event(event)?;
+                    self.record_stage_faults()?;
+                }
                 Some(command) = commands.recv() => self.on_command(command)?,
                 _ = tick.tick() => {
                     let now = self.now_ms();
@@ -175,9 +178,20 @@ impl Coordinator {
                     let work = &self.work;
                     let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
                     self.sessions.tick(&mut self.network, &self.registry, &standing, now);
+                    self.record_stage_faults()?;
                 }
             }
         }
+    }
+
+    /// Strikes for stages the session drivers caught lying.
+    fn record_stage_faults(&mut self) -> Result<()> {
+        let now = self.now_ms();
+        for (peer, _) in self.sessions.take_faults() {
+            self.work
+                .stage_fault(&mut self.network, &self.registry, now, peer)?;
+        }
+        Ok(())
     }
 
     fn on_command(&mut self, command: Command) -> Result<()> {

@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::limits::{GENERATE_TOKENS_DEFAULT, SESSIONS_MAX, STAGES_DEFAULT, STEP_TIMEOUT_MS};
-use crate::pipeline::{Action, Candidate, Driver, plan};
+use crate::pipeline::{Action, Candidate, Driver, Verify, plan};
 use crate::{Registry, Standing};
 
 /// `POST /v1/generate`.
@@ -29,6 +29,9 @@ pub struct GenerateRequest {
     /// Stages to cut the model into.
     #[serde(default)]
     pub stages: Option<u32>,
+    /// How stages are checked: `window` (default), `sampled`, `after` or `off`.
+    #[serde(default)]
+    pub verify: Option<Verify>,
 }
 
 /// What a session tells its HTTP client.
@@ -39,6 +42,13 @@ pub enum SessionEvent {
         /// The token id.
         id: u32,
         /// The text it adds to what came before.
+        text: String,
+    },
+    /// Tokens from index `from` on, already sent, were wrong; `text` is the text before them.
+    Correction {
+        /// The first wrong token's index.
+        from: usize,
+        /// The text of the tokens before it.
         text: String,
     },
     /// Finished: the summary (`token_ids`, `text`, `route`, `reroutes`, `receipts`, …).
@@ -58,7 +68,9 @@ struct Llm {
 struct Live {
     driver: Driver,
     events: mpsc::Sender<SessionEvent>,
-    /// Text already sent, so each token sends only what it adds.
+    /// Tokens released to the client, and the length of their text, so each token sends only what
+    /// it adds.
+    released: Vec<u32>,
     text_sent: usize,
     started: Instant,
     prompt_tokens: usize,
@@ -75,6 +87,8 @@ pub(crate) struct Sessions {
     live: BTreeMap<u64, Live>,
     requests: HashMap<OutboundRequestId, u64>,
     next: u64,
+    /// Peers caught returning wrong results, for the ledger.
+    faults: Vec<(PeerId, String)>,
 }
 
 impl Sessions {
@@ -85,6 +99,7 @@ impl Sessions {
             live: BTreeMap::new(),
             requests: HashMap::new(),
             next: 1,
+            faults: Vec::new(),
         }
     }
 
@@ -196,12 +211,14 @@ impl Sessions {
             max_tokens as usize,
             eos,
             context,
+            request.verify.unwrap_or(Verify::Window),
         );
         self.live.insert(
             session,
             Live {
                 driver,
                 events,
+                released: Vec::new(),
                 text_sent: 0,
                 started: Instant::now(),
                 prompt_tokens,
@@ -243,7 +260,8 @@ impl Sessions {
             Ok(WorkResponse::Forwarded { output, receipt }) => {
                 let signature_ok = receipt.verify().is_ok();
                 if Driver::receipt_matches(&forward, &peer, &output, &receipt, signature_ok) {
-                    live.driver.on_result(output, receipt)
+                    let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                    live.driver.on_result(output, receipt, &candidates)
                 } else {
                     tracing::warn!(%peer, session, step = forward.step, "stage receipt does not check");
                     let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
@@ -352,14 +370,31 @@ impl Sessions {
                     let id = net.request(&peer, WorkRequest::Forward(forward));
                     self.requests.insert(id, session);
                 }
+                Action::Fault { peer, reason } => {
+                    tracing::warn!(%peer, session, %reason, "stage caught returning wrong results");
+                    self.faults.push((peer, reason));
+                }
+                Action::Correction(from) => {
+                    live.released.truncate(from);
+                    let text = self
+                        .llm
+                        .as_ref()
+                        .and_then(|l| l.tokenizer.decode(&live.released).ok())
+                        .unwrap_or_default();
+                    live.text_sent = text.len();
+                    let _ = live
+                        .events
+                        .try_send(SessionEvent::Correction { from, text });
+                }
                 Action::Token(id) => {
                     if live.first_token_ms.is_none() {
                         live.first_token_ms = Some(live.started.elapsed().as_secs_f64() * 1e3);
                     }
+                    live.released.push(id);
                     let text = self
                         .llm
                         .as_ref()
-                        .and_then(|l| l.tokenizer.decode(&live.driver.generated).ok())
+                        .and_then(|l| l.tokenizer.decode(&live.released).ok())
                         .unwrap_or_default();
                     // Send only whole characters: a token may end mid-way through one.
                     let delta = if text.ends_with('\u{fffd}') {
@@ -393,6 +428,11 @@ impl Sessions {
         }
     }
 
+    /// Peers caught returning wrong results since the last call, for the ledger.
+    pub(crate) fn take_faults(&mut self) -> Vec<(PeerId, String)> {
+        std::mem::take(&mut self.faults)
+    }
+
     fn summary(&self, live: &Live) -> Value {
         let d = &live.driver;
         let text = self
@@ -419,6 +459,10 @@ impl Sessions {
             "route": d.route(),
             "reroutes": d.reroutes,
             "receipts": d.receipts,
+            "verify": d.verify_mode(),
+            "verified_tokens": d.verified_steps,
+            "windows": d.checks,
+            "corrections": d.corrections.iter().map(|(from, wrong)| json!({ "from": from, "wrong_token_ids": wrong })).collect::<Vec<_>>(),
             "elapsed_ms": elapsed * 1e3,
             "first_token_ms": live.first_token_ms,
             "decode_tokens_per_s": if d.generated.len() > 1 && decode_s > 0.0 { (d.generated.len() - 1) as f64 / decode_s } else { 0.0 },

@@ -511,6 +511,28 @@ impl Work {
         Ok(())
     }
 
+    /// A pipeline stage was caught returning wrong results: a strike (its outputs are compared by
+    /// tolerance, not digest, so it is not proof).
+    pub(crate) fn stage_fault(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        now_ms: u64,
+        peer: PeerId,
+    ) -> Result<()> {
+        let class = registry
+            .capabilities(&peer)
+            .and_then(|c| c.numeric_class.get(&KernelFamily::Llm).cloned())
+            .unwrap_or_else(|| "unknown".into());
+        let input = Input::StageVerdict {
+            peer,
+            class,
+            fault: Some(crate::Fault::Mismatch),
+        };
+        self.step(net, now_ms, input, Batch::default(), true)
+            .map(drop)
+    }
+
     pub(crate) fn standing(&self, peer: &PeerId, now_ms: u64) -> Standing {
         self.scheduler.standing(peer, now_ms)
     }

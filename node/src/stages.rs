@@ -115,7 +115,7 @@ impl Server {
             }
         };
         let output = stage
-            .forward(f.session, input, f.pos as usize, false)
+            .forward(f.session, input, f.pos as usize, f.all_positions)
             .map_err(|e| e.to_string())?;
         let result = match output {
             StageOutput::Hidden(x) => {
@@ -131,19 +131,14 @@ impl Server {
                 })
             }
             StageOutput::Logits(logits) => {
-                let row: Vec<f32> = logits
-                    .squeeze(0)
-                    .and_then(|t| t.to_vec1())
-                    .map_err(|e| e.to_string())?;
-                let (token, _) = hearth_kernels::argmax(&row);
-                let mut order: Vec<u32> = (0..row.len() as u32).collect();
-                order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-                let top = order
-                    .into_iter()
-                    .take(TOP_LOGITS_MAX)
-                    .map(|i| (i, row[i as usize]))
-                    .collect();
-                StageResult::Next { token, top }
+                let rows: Vec<Vec<f32>> = logits.to_vec2().map_err(|e| e.to_string())?;
+                let mut each: Vec<(u32, Vec<(u32, f32)>)> = rows.iter().map(|r| top(r)).collect();
+                if f.all_positions {
+                    StageResult::NextEach(each)
+                } else {
+                    let (token, top) = each.pop().ok_or("no logits")?;
+                    StageResult::Next { token, top }
+                }
             }
         };
         self.sessions.insert(
@@ -200,6 +195,19 @@ impl Server {
             other => other,
         }
     }
+}
+
+/// The greedy token of a row of logits (lowest id among equal maxima) and its best logits.
+fn top(row: &[f32]) -> (u32, Vec<(u32, f32)>) {
+    let (token, _) = hearth_kernels::argmax(row);
+    let mut order: Vec<u32> = (0..row.len() as u32).collect();
+    order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
+    let best = order
+        .into_iter()
+        .take(TOP_LOGITS_MAX)
+        .map(|i| (i, row[i as usize]))
+        .collect();
+    (token, best)
 }
 
 /// Start the stage thread. Answers come back as `(key, response)`.

@@ -327,6 +327,8 @@ pub enum StageResult {
         /// `(token, logit)` pairs, best first, at most [`TOP_LOGITS_MAX`].
         top: Vec<(u32, f32)>,
     },
+    /// The last stage, for every position of the input: `(token, top)` as in [`StageResult::Next`].
+    NextEach(Vec<(u32, Vec<(u32, f32)>)>),
 }
 
 impl StageResult {
@@ -356,6 +358,9 @@ pub struct Forward {
     pub pos: u32,
     /// The input.
     pub input: StageData,
+    /// The last stage answers for every position ([`StageResult::NextEach`]), not just the last:
+    /// what a verifier replaying a window needs.
+    pub all_positions: bool,
 }
 
 impl Forward {

@@ -28,6 +28,9 @@ pub(crate) async fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()
             unit_size,
             json,
         } => crate::bench_swarm::run(texts as usize, unit_size, json, &models).await,
+        BenchCommand::Pipeline { tokens, json } => {
+            crate::bench_pipeline::run(tokens, json, &models).await
+        }
     }
 }
 

@@ -451,6 +451,18 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Decode speed: this machine alone at 1 thread (unless --threads) against pipelines of 2 and 3
+    /// stages on 127.0.0.1 (3 nodes at 1 thread each plus a coordinator), with verification off and
+    /// at its default, and the time each hop adds.
+    Pipeline {
+        /// Tokens generated per run.
+        #[arg(long, default_value_t = 64, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(8..=1024))]
+        tokens: u32,
+        /// Print JSON: {single_decode_tokens_per_s, runs: [{stages, verify, decode_tokens_per_s, ratio, per_hop_ms}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Embedding throughput: this machine alone (at --threads, default every core) against a local
     /// swarm of 2 nodes at 1 thread each plus a coordinator, at replicas 1, replicas 2 and adaptive
     /// replication (measured over the second half of a job on a fresh swarm), in one run.

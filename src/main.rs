@@ -1,6 +1,7 @@
 //! `hearth`: the one binary of Hearth. Node, coordinator and client commands.
 
 mod bench;
+mod bench_pipeline;
 mod bench_swarm;
 mod children;
 mod cli;
@@ -58,7 +59,11 @@ fn main() -> ExitCode {
         }
     };
     configure_kernels(match &cli.command {
-        Command::Bench(args) => args.threads,
+        // The pipeline benchmark compares with one thread, as each of its nodes has.
+        Command::Bench(args) => args.threads.or(match args.command {
+            cli::BenchCommand::Pipeline { .. } => Some(1),
+            _ => None,
+        }),
         // A node computes on the threads it advertises: the flag, the config, else the free cores.
         Command::Node(args) => Some(
             args.max_threads

@@ -319,8 +319,8 @@ pub(crate) struct DemoArgs {
     /// Keep the swarm running after it forms, until Ctrl-C.
     #[arg(long)]
     pub(crate) hold: bool,
-    /// Start no lying node (by default one node runs with --fault wrong-output, to show the swarm
-    /// catching it).
+    /// Start no lying node (by default one of the nodes runs with --fault wrong-output, to show
+    /// the swarm catching it; it takes at least 3 nodes).
     #[arg(long)]
     pub(crate) no_liar: bool,
     /// Give up if the swarm has not formed after this many seconds.

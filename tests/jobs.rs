@@ -359,6 +359,9 @@ fn the_demo_runs_jobs_and_catches_its_liar() {
         stdout.contains("is quarantined: result lost a quorum"),
         "{stdout}"
     );
+    // The pipelined generation streamed, checked every window, and caught the lying stage.
+    assert!(stdout.contains("32 tokens, 32 verified"), "{stdout}");
+    assert!(stdout.contains("caught: steps"), "{stdout}");
 }
 
 #[test]

@@ -40,3 +40,7 @@ pub const STAGE_SESSION_TTL: Duration = Duration::from_secs(300);
 
 /// Layer ranges a node keeps loaded at once; the least recently used is dropped for a new one.
 pub const STAGES_LOADED_MAX: usize = 4;
+
+/// Bytes all pipeline sessions' KV caches may hold together on a node (a full-context session of
+/// the default model over all 30 layers is about 90 MiB).
+pub const STAGE_CACHE_BYTES_MAX: usize = 1 << 30;

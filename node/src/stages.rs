@@ -17,7 +17,7 @@ use tokio::sync::mpsc;
 
 #[cfg(feature = "fault-injection")]
 use crate::Fault;
-use crate::limits::{STAGE_QUEUE_MAX, STAGE_SESSION_TTL, STAGES_LOADED_MAX};
+use crate::limits::{STAGE_CACHE_BYTES_MAX, STAGE_QUEUE_MAX, STAGE_SESSION_TTL, STAGES_LOADED_MAX};
 
 /// What the loop asks of the stage thread.
 pub(crate) enum StageJob {
@@ -145,9 +145,43 @@ impl Server {
             ((f.model, f.layers.0, f.layers.1), f.session),
             Instant::now(),
         );
+        self.bound_caches();
         #[cfg(feature = "fault-injection")]
         let result = self.inject(result);
         Ok(result)
+    }
+
+    /// Keep every KV cache together under [`STAGE_CACHE_BYTES_MAX`]: drop the least recently used
+    /// sessions first (a dropped session's driver replays it elsewhere if it comes back).
+    fn bound_caches(&mut self) {
+        loop {
+            let mut all: Vec<(RangeKey, u64, usize)> = self
+                .stages
+                .iter()
+                .flat_map(|(range, stage)| {
+                    stage
+                        .cache_bytes()
+                        .into_iter()
+                        .map(move |(session, bytes)| (*range, session, bytes))
+                })
+                .collect();
+            let total: usize = all.iter().map(|(_, _, b)| b).sum();
+            if total <= STAGE_CACHE_BYTES_MAX || all.len() <= 1 {
+                return;
+            }
+            all.sort_by_key(|(range, session, _)| self.sessions.get(&(*range, *session)).copied());
+            let (range, session, bytes) = all[0];
+            tracing::info!(
+                session,
+                bytes,
+                total,
+                "KV caches over their bound; oldest session dropped"
+            );
+            if let Some(stage) = self.stages.get_mut(&range) {
+                stage.end_session(session);
+            }
+            self.sessions.remove(&(range, session));
+        }
     }
 
     fn end(&mut self, session: u64) {

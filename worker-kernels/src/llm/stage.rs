@@ -239,6 +239,21 @@ impl Stage {
         self.sessions.remove(&session);
     }
 
+    /// Bytes held by each session's KV cache.
+    pub fn cache_bytes(&self) -> Vec<(SessionId, usize)> {
+        self.sessions
+            .iter()
+            .map(|(id, s)| {
+                let bytes =
+                    s.kv.iter()
+                        .flatten()
+                        .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
+                        .sum();
+                (*id, bytes)
+            })
+            .collect()
+    }
+
     /// The session's state, made fresh at position 0, checked for continuity otherwise.
     fn session(&mut self, session: SessionId, pos: usize) -> Result<&mut Session> {
         if pos == 0 {

@@ -34,29 +34,52 @@ pub struct Candidate {
     pub peer: PeerId,
     /// Its benchmark score.
     pub score: f64,
+    /// Memory it has free for layers.
+    pub memory_free_bytes: u64,
 }
 
-/// Cut `layers` layers into `stages` contiguous ranges over the fastest candidates.
-pub fn plan(candidates: &[Candidate], layers: u32, stages: usize) -> Result<Vec<Hop>, String> {
+/// Cut `layers` layers into `stages` contiguous ranges over the fastest candidates, sized in
+/// proportion to score but never more layers than a peer's free memory holds at `layer_bytes` each
+/// (peers with room for none are passed over).
+pub fn plan(
+    candidates: &[Candidate],
+    layers: u32,
+    stages: usize,
+    layer_bytes: u64,
+) -> Result<Vec<Hop>, String> {
     if stages == 0 || stages as u32 > layers {
         return Err(format!("a route needs 1..={layers} stages, not {stages}"));
     }
-    if candidates.len() < stages {
+    let room = |c: &Candidate| -> u32 {
+        (c.memory_free_bytes / layer_bytes.max(1)).min(u64::from(layers)) as u32
+    };
+    let mut chosen: Vec<&Candidate> = candidates.iter().filter(|c| room(c) > 0).collect();
+    if chosen.len() < stages {
         return Err(format!(
             "{stages} stages asked, but only {} online peers hold the model",
-            candidates.len()
+            chosen.len()
         ));
     }
-    let mut chosen: Vec<&Candidate> = candidates.iter().collect();
     chosen.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.peer.cmp(&b.peer)));
     chosen.truncate(stages);
-    // Sizes proportional to score (largest remainder), at least one layer each.
+    let caps: Vec<u32> = chosen.iter().map(|c| room(c)).collect();
+    let capacity: u32 = caps.iter().sum();
+    if capacity < layers {
+        return Err(format!(
+            "the {stages} fastest peers have free memory for {capacity} of the model's {layers} layers"
+        ));
+    }
+    // Sizes proportional to score (largest remainder), at least one layer each, within memory.
     let total: f64 = chosen.iter().map(|c| c.score.max(1e-9)).sum();
     let exact: Vec<f64> = chosen
         .iter()
         .map(|c| c.score.max(1e-9) / total * f64::from(layers))
         .collect();
-    let mut sizes: Vec<u32> = exact.iter().map(|x| (x.floor() as u32).max(1)).collect();
+    let mut sizes: Vec<u32> = exact
+        .iter()
+        .zip(&caps)
+        .map(|(x, cap)| (x.floor() as u32).clamp(1, *cap))
+        .collect();
     while sizes.iter().sum::<u32>() > layers {
         let i = (0..sizes.len())
             .filter(|&i| sizes[i] > 1)
@@ -68,10 +91,11 @@ pub fn plan(candidates: &[Candidate], layers: u32, stages: usize) -> Result<Vec<
     }
     while sizes.iter().sum::<u32>() < layers {
         let i = (0..sizes.len())
+            .filter(|&i| sizes[i] < caps[i])
             .max_by(|&a, &b| {
                 (exact[a] - f64::from(sizes[a])).total_cmp(&(exact[b] - f64::from(sizes[b])))
             })
-            .expect("at least one stage");
+            .expect("the memory caps add up to the layers");
         sizes[i] += 1;
     }
     let mut start = 0;
@@ -1044,5 +1068,93 @@ impl Driver {
         peers.sort();
         peers.dedup();
         Action::Finished { error, peers }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_protocol::SecretKey;
+
+    use super::*;
+
+    fn candidate(n: u8, score: f64, memory_free_bytes: u64) -> Candidate {
+        Candidate {
+            peer: SecretKey::from_bytes(&[n; 32]).public().peer_id(),
+            score,
+            memory_free_bytes,
+        }
+    }
+
+    const GIB: u64 = 1 << 30;
+
+    fn sizes(route: &[Hop]) -> Vec<u32> {
+        route.iter().map(|h| h.layers.1 - h.layers.0).collect()
+    }
+
+    #[test]
+    fn ranges_are_contiguous_and_proportional_to_score() {
+        let peers = [
+            candidate(1, 10.0, GIB),
+            candidate(2, 20.0, GIB),
+            candidate(3, 30.0, GIB),
+            candidate(4, 1.0, GIB),
+        ];
+        let route = plan(&peers, 30, 3, 1 << 20).expect("route");
+        // The three fastest, fastest first, 30 layers split 15:10:5.
+        assert_eq!(sizes(&route), [15, 10, 5]);
+        assert_eq!(route[0].peer_id, peers[2].peer);
+        assert_eq!(route[0].layers.0, 0);
+        assert!(route.windows(2).all(|w| w[0].layers.1 == w[1].layers.0));
+        assert_eq!(route[2].layers.1, 30);
+    }
+
+    #[test]
+    fn memory_caps_a_peers_range_and_excludes_peers_without_room() {
+        let layer = 100 << 20;
+        let peers = [
+            candidate(1, 100.0, 5 * layer),
+            candidate(2, 1.0, 60 * layer),
+            candidate(3, 50.0, layer / 2),
+        ];
+        let route = plan(&peers, 30, 2, layer).expect("route");
+        assert_eq!(sizes(&route), [5, 25], "the fast peer holds only 5 layers");
+        assert!(route.iter().all(|h| h.peer_id != peers[2].peer));
+        let short = plan(&peers[..1], 30, 1, layer).expect_err("too little memory");
+        assert!(
+            short.contains("free memory for 5 of the model's 30 layers"),
+            "{short}"
+        );
+    }
+
+    #[test]
+    fn too_few_peers_is_an_error_naming_the_shortfall() {
+        let peers = [candidate(1, 1.0, GIB)];
+        let error = plan(&peers, 30, 3, 1).expect_err("one peer, three stages");
+        assert!(
+            error.contains("3 stages asked, but only 1 online peers hold the model"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn a_replacement_is_a_new_peer_if_there_is_one_else_a_survivor() {
+        let peers = [
+            candidate(1, 5.0, GIB),
+            candidate(2, 9.0, GIB),
+            candidate(3, 7.0, GIB),
+        ];
+        let route = vec![
+            Hop {
+                peer_id: peers[0].peer,
+                layers: (0, 15),
+            },
+            Hop {
+                peer_id: peers[1].peer,
+                layers: (15, 30),
+            },
+        ];
+        assert_eq!(replacement(&route, &peers), Some(peers[2].peer));
+        assert_eq!(replacement(&route, &peers[..2]), Some(peers[1].peer));
+        assert_eq!(replacement(&route, &[]), None);
     }
 }

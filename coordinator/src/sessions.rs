@@ -63,6 +63,8 @@ struct Llm {
     tokenizer: GgufTokenizer,
     layers: u32,
     context: usize,
+    /// What one layer takes in memory, about: the file's size over its layers.
+    layer_bytes: u64,
 }
 
 struct Live {
@@ -113,7 +115,9 @@ impl Sessions {
                 format!("{e} (the coordinator tokenizes prompts with the default model's tokenizer; run `hearth models fetch`)")
             })?;
             let tokenizer = GgufTokenizer::from_model(&model).map_err(|e| e.to_string())?;
+            let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             self.llm = Some(Llm {
+                layer_bytes: file_bytes / model.config.layers.max(1) as u64,
                 id: model.id,
                 tokenizer,
                 layers: model.config.layers as u32,
@@ -145,6 +149,7 @@ impl Sessions {
             .map(|p| Candidate {
                 peer: p.peer_id,
                 score: p.capabilities.score,
+                memory_free_bytes: p.capabilities.memory_free_bytes,
             })
             .collect()
     }
@@ -173,7 +178,8 @@ impl Sessions {
             ));
         }
         let llm = self.llm()?;
-        let (model, layers, context) = (llm.id, llm.layers, llm.context);
+        let (model, layers, context, layer_bytes) =
+            (llm.id, llm.layers, llm.context, llm.layer_bytes);
         let prompt = llm
             .tokenizer
             .encode(&request.prompt, false)
@@ -192,7 +198,7 @@ impl Sessions {
         let stages = request
             .stages
             .map_or(STAGES_DEFAULT.min(candidates.len()).max(1), |k| k as usize);
-        let route = plan(&candidates, layers, stages)
+        let route = plan(&candidates, layers, stages, layer_bytes)
             .map_err(|e| format!("no route for model {model}: {e}"))?;
         let session = self.next;
         self.next += 1;

@@ -59,6 +59,9 @@ pub(crate) enum Command {
     Job(JobArgs),
     /// Check a job's receipts against its output, offline: every signature, every line's digest.
     Verify(VerifyArgs),
+    /// Simulate a swarm of thousands of peers (honest, liars, colluders, churning) driving the
+    /// coordinator's real scheduler, verifier and ledger on a virtual clock; writes DIR/report.json.
+    Sim(SimArgs),
     /// Start a coordinator and nodes on this machine, form the swarm, and run real jobs on it.
     ///
     /// The swarm embeds sentences and completes prompts, every unit on two peers, while one node
@@ -177,6 +180,18 @@ pub(crate) struct SwarmGenerateArgs {
     pub(crate) verify: String,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct SimArgs {
+    /// Scenario file (TOML; see sim/scenarios/).
+    pub(crate) scenario: PathBuf,
+    /// Seed [default: the scenario's].
+    #[arg(long, value_name = "N")]
+    pub(crate) seed: Option<u64>,
+    /// Folder for report.json [default: the current folder].
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub(crate) out: PathBuf,
 }
 
 /// How a job is cut and checked, and whether to wait for it.

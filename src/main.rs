@@ -102,6 +102,7 @@ fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
             Command::Jobs(args) => jobs::list(args, &file).await,
             Command::Job(args) => jobs::job(args, &file).await,
             Command::Verify(args) => jobs::verify(args),
+            Command::Sim(args) => sim(args),
         }
     })
 }
@@ -167,4 +168,28 @@ pub(crate) async fn shutdown_signal() {
         () = term => {}
     }
     tracing::info!("stopping");
+}
+
+/// `hearth sim`: run a scenario, write its report, print the summary and the wall time.
+fn sim(args: cli::SimArgs) -> anyhow::Result<()> {
+    let text = std::fs::read_to_string(&args.scenario)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.scenario.display()))?;
+    let scenario = hearth_sim::Scenario::from_toml(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {e}", args.scenario.display()))?;
+    let seed = args.seed.unwrap_or(scenario.seed);
+    let started = std::time::Instant::now();
+    let mut report = hearth_sim::run(&scenario, seed).map_err(|e| anyhow::anyhow!(e))?;
+    report.seed = seed;
+    let wall = started.elapsed();
+    std::fs::create_dir_all(&args.out)?;
+    let path = args.out.join("report.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)? + "\n")?;
+    println!("{}", report.summary());
+    println!(
+        "wall time {:.1} s ({} events); report in {}",
+        wall.as_secs_f64(),
+        report.events,
+        path.display()
+    );
+    Ok(())
 }

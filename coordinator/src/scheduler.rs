@@ -380,6 +380,8 @@ pub struct Scheduler {
     waiting: BTreeMap<PeerId, Waiting>,
     /// What each peer offered last (its classes and network outlive its request).
     offers: BTreeMap<PeerId, Offer>,
+    /// Whether units opened since waiting peers were last offered work.
+    work_added: bool,
     /// Where each peer's assignments are, so losing a peer costs its units, not a scan.
     assigned: BTreeMap<PeerId, BTreeSet<(u64, u64)>>,
     ledger: Ledger,
@@ -409,6 +411,7 @@ impl Scheduler {
             jobs: BTreeMap::new(),
             waiting: BTreeMap::new(),
             offers: BTreeMap::new(),
+            work_added: false,
             assigned: BTreeMap::new(),
             ledger: Ledger::default(),
         }
@@ -417,6 +420,23 @@ impl Scheduler {
     /// Apply one event at `now_ms`.
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
+        let input_peer = match &input {
+            Input::Ready { peer, .. } => Input::Ready {
+                peer: *peer,
+                slots: 0,
+                until_ms: 0,
+                offer: Offer {
+                    classes: BTreeMap::new(),
+                    models: Vec::new(),
+                    score: 0.0,
+                    network: None,
+                },
+            },
+            _ => Input::Tick,
+        };
+        if matches!(input, Input::Tick | Input::Submit(_)) {
+            self.work_added = true;
+        }
         match input {
             Input::Submit(spec) => self.submit(spec, &mut out),
             Input::Ready {
@@ -480,7 +500,16 @@ impl Scheduler {
                 );
             }
         }
-        self.dispatch(now_ms, &mut out);
+        // A peer that asks is offered work at once; the others only when work was added since they
+        // last looked (or time passed: a quarantine may have ended). With thousands of peers
+        // waiting, trying them all on every event would cost more than the work.
+        if let Input::Ready { peer, .. } = &input_peer {
+            self.dispatch_peer(now_ms, *peer, &mut out);
+        }
+        if self.work_added {
+            self.work_added = false;
+            self.dispatch(now_ms, &mut out);
+        }
         out
     }
 
@@ -662,6 +691,7 @@ impl Scheduler {
         }
         if unit.needed() > 0 {
             job.open.insert(unit_id);
+            self.work_added = true;
         }
     }
 
@@ -959,24 +989,29 @@ impl Scheduler {
         }
         let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
         for peer in peers {
-            let Some(waiting) = self.waiting.get(&peer).cloned() else {
-                continue;
+            self.dispatch_peer(now_ms, peer, out);
+        }
+    }
+
+    /// Give one waiting peer what fits it.
+    fn dispatch_peer(&mut self, now_ms: u64, peer: PeerId, out: &mut Vec<Output>) {
+        let Some(waiting) = self.waiting.get(&peer).cloned() else {
+            return;
+        };
+        if waiting.until_ms <= now_ms {
+            return;
+        }
+        let mut given = 0;
+        while given < waiting.slots {
+            let Some((job, unit)) = self.pick(now_ms, &peer, &waiting.offer) else {
+                break;
             };
-            if waiting.until_ms <= now_ms {
-                continue;
-            }
-            let mut given = 0;
-            while given < waiting.slots {
-                let Some((job, unit)) = self.pick(now_ms, &peer, &waiting.offer) else {
-                    break;
-                };
-                self.assign(now_ms, peer, &waiting.offer, job, unit, out);
-                given += 1;
-            }
-            if given > 0 {
-                // Its request is answered; it asks again when it has room.
-                self.waiting.remove(&peer);
-            }
+            self.assign(now_ms, peer, &waiting.offer, job, unit, out);
+            given += 1;
+        }
+        if given > 0 {
+            // Its request is answered; it asks again when it has room.
+            self.waiting.remove(&peer);
         }
     }
 

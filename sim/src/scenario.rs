@@ -1,0 +1,172 @@
+//! Scenario files: the workload, the population and the network, in TOML.
+
+use serde::Deserialize;
+
+/// A whole scenario.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Scenario {
+    /// Its name, for the report.
+    pub name: String,
+    /// Seed when `--seed` is not given.
+    #[serde(default)]
+    pub seed: u64,
+    /// What is computed.
+    pub workload: Workload,
+    /// How messages travel.
+    #[serde(default)]
+    pub network: Network,
+    /// Who computes it: groups of peers.
+    pub population: Vec<Group>,
+    /// Stop after this much virtual time, done or not.
+    #[serde(default = "default_time_limit_s")]
+    pub time_limit_s: u64,
+}
+
+fn default_time_limit_s() -> u64 {
+    24 * 3600
+}
+
+/// Sharded jobs.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Workload {
+    /// Jobs, submitted at time 0.
+    #[serde(default = "one")]
+    pub jobs: u32,
+    /// Units per job.
+    pub units_per_job: u64,
+    /// Inputs per unit.
+    #[serde(default = "four")]
+    pub items_per_unit: u32,
+    /// Replicas per unit; absent for adaptive replication.
+    #[serde(default)]
+    pub replicas: Option<u32>,
+}
+
+fn one() -> u32 {
+    1
+}
+
+fn four() -> u32 {
+    4
+}
+
+/// The network model.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// One-way latency of a message, in ms.
+    #[serde(default = "twenty")]
+    pub latency_ms: u64,
+    /// Uniform extra latency, up to this, in ms.
+    #[serde(default)]
+    pub jitter_ms: u64,
+    /// Probability that a result's delivery is lost (the node's outbox sends it again).
+    #[serde(default)]
+    pub loss: f64,
+}
+
+fn twenty() -> u64 {
+    20
+}
+
+impl Default for Network {
+    fn default() -> Self {
+        Self {
+            latency_ms: 20,
+            jitter_ms: 0,
+            loss: 0.0,
+        }
+    }
+}
+
+/// A group of alike peers.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Group {
+    /// How many.
+    pub count: u32,
+    /// How they behave.
+    #[serde(default)]
+    pub behaviour: Behaviour,
+    /// Hardware: `cpu`, `cuda` or `metal` (each its own numeric class).
+    #[serde(default = "cpu")]
+    pub backend: String,
+    /// Milliseconds per input, drawn uniformly from this range per peer.
+    #[serde(default = "speed")]
+    pub ms_per_item: [f64; 2],
+    /// Networks the group's peers are spread over (each a distinct /24).
+    #[serde(default)]
+    pub networks: Option<u32>,
+    /// Churn: mean seconds online before leaving (absent: never leaves).
+    #[serde(default)]
+    pub mean_online_s: Option<f64>,
+    /// Churn: mean seconds offline before coming back.
+    #[serde(default = "sixty")]
+    pub mean_offline_s: f64,
+    /// Crash for good after this many seconds, on average (absent: never).
+    #[serde(default)]
+    pub mean_crash_s: Option<f64>,
+}
+
+fn cpu() -> String {
+    "cpu".into()
+}
+
+fn speed() -> [f64; 2] {
+    [8.0, 12.0]
+}
+
+fn sixty() -> f64 {
+    60.0
+}
+
+/// How a group's peers answer.
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
+pub enum Behaviour {
+    /// Always right.
+    #[default]
+    Honest,
+    /// Wrong with this probability, each its own wrong answer.
+    Liar {
+        /// Probability of lying on a unit.
+        probability: f64,
+    },
+    /// Right until trusted (after this many accepted results), then always wrong.
+    Adaptive {
+        /// Accepted results before it turns.
+        after_valid: u32,
+    },
+    /// Members of one group return the same wrong answer.
+    Colluder {
+        /// Lie only when every peer given the unit so far is a colluder of the group.
+        only_when_all: bool,
+    },
+}
+
+impl Scenario {
+    /// Parse a scenario from TOML.
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        let scenario: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+        if scenario.population.iter().map(|g| g.count).sum::<u32>() == 0 {
+            return Err("the population is empty".into());
+        }
+        if scenario.workload.units_per_job == 0 || scenario.workload.jobs == 0 {
+            return Err("the workload is empty".into());
+        }
+        for g in &scenario.population {
+            if !["cpu", "cuda", "metal"].contains(&g.backend.as_str()) {
+                return Err(format!("backend {:?}: cpu, cuda or metal", g.backend));
+            }
+            if !(g.ms_per_item[0] > 0.0 && g.ms_per_item[0] <= g.ms_per_item[1]) {
+                return Err(format!(
+                    "ms_per_item {:?}: a range of positive numbers",
+                    g.ms_per_item
+                ));
+            }
+        }
+        Ok(scenario)
+    }
+}

@@ -382,6 +382,10 @@ pub struct Scheduler {
     offers: BTreeMap<PeerId, Offer>,
     /// Whether units opened since waiting peers were last offered work.
     work_added: bool,
+    /// Peers known per network, and units running per network and in all, for fair shares.
+    peers_by_network: BTreeMap<String, u32>,
+    running_by_network: BTreeMap<String, u32>,
+    running_total: u64,
     /// Where each peer's assignments are, so losing a peer costs its units, not a scan.
     assigned: BTreeMap<PeerId, BTreeSet<(u64, u64)>>,
     ledger: Ledger,
@@ -412,6 +416,9 @@ impl Scheduler {
             waiting: BTreeMap::new(),
             offers: BTreeMap::new(),
             work_added: false,
+            peers_by_network: BTreeMap::new(),
+            running_by_network: BTreeMap::new(),
+            running_total: 0,
             assigned: BTreeMap::new(),
             ledger: Ledger::default(),
         }
@@ -453,8 +460,12 @@ impl Scheduler {
                         .find(|p| !self.assigned.contains_key(p))
                         .copied();
                     if let Some(idle) = idle {
-                        self.offers.remove(&idle);
+                        self.forget_offer(&idle);
                     }
+                }
+                self.forget_offer(&peer);
+                if let Some(network) = &offer.network {
+                    *self.peers_by_network.entry(network.clone()).or_default() += 1;
                 }
                 self.offers.insert(peer, offer.clone());
                 self.waiting.insert(
@@ -475,6 +486,7 @@ impl Scheduler {
             Input::PeerLost(peer) => {
                 self.waiting.remove(&peer);
                 for (job, unit) in self.assigned.remove(&peer).unwrap_or_default() {
+                    self.untrack(&peer);
                     if let Some(u) = self.unit_mut(job, unit) {
                         u.running.remove(&peer);
                     }
@@ -511,6 +523,31 @@ impl Scheduler {
             self.dispatch(now_ms, &mut out);
         }
         out
+    }
+
+    /// Drop `peer`'s offer and its count in its network.
+    fn forget_offer(&mut self, peer: &PeerId) {
+        if let Some(network) = self.offers.remove(peer).and_then(|o| o.network)
+            && let Some(n) = self.peers_by_network.get_mut(&network)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.peers_by_network.remove(&network);
+            }
+        }
+    }
+
+    /// One of `peer`'s assignments ended.
+    fn untrack(&mut self, peer: &PeerId) {
+        self.running_total = self.running_total.saturating_sub(1);
+        if let Some(network) = self.offers.get(peer).and_then(|o| o.network.clone())
+            && let Some(n) = self.running_by_network.get_mut(&network)
+        {
+            *n -= 1;
+            if *n == 0 {
+                self.running_by_network.remove(&network);
+            }
+        }
     }
 
     /// Forget every waiting peer: after a restart no request is held any more.
@@ -642,12 +679,18 @@ impl Scheduler {
         }
         job.state = JobState::Cancelled;
         job.open.clear();
+        let mut released = Vec::new();
         for (i, unit) in job.units.iter_mut().enumerate() {
             for peer in std::mem::take(&mut unit.running).into_keys() {
-                if let Some(set) = self.assigned.get_mut(&peer) {
-                    set.remove(&(id, i as u64));
+                if let Some(set) = self.assigned.get_mut(&peer)
+                    && set.remove(&(id, i as u64))
+                {
+                    released.push(peer);
                 }
             }
+        }
+        for peer in released {
+            self.untrack(&peer);
         }
         out.push(Output::JobFinished {
             job: id,
@@ -657,9 +700,12 @@ impl Scheduler {
 
     fn unassign(&mut self, peer: PeerId, job: u64, unit: u64) -> bool {
         if let Some(set) = self.assigned.get_mut(&peer) {
-            set.remove(&(job, unit));
+            let removed = set.remove(&(job, unit));
             if set.is_empty() {
                 self.assigned.remove(&peer);
+            }
+            if removed {
+                self.untrack(&peer);
             }
         }
         self.unit_mut(job, unit)
@@ -705,8 +751,10 @@ impl Scheduler {
         job.open.remove(&unit_id);
         let running: Vec<PeerId> = std::mem::take(&mut unit.running).into_keys().collect();
         for peer in running {
-            if let Some(set) = self.assigned.get_mut(&peer) {
-                set.remove(&(job_id, unit_id));
+            if let Some(set) = self.assigned.get_mut(&peer)
+                && set.remove(&(job_id, unit_id))
+            {
+                self.untrack(&peer);
             }
         }
         out.push(Output::UnitFailed {
@@ -1018,7 +1066,17 @@ impl Scheduler {
     /// The first open unit `peer` may run: oldest job first, a unit it has not run, of a model it
     /// holds; first looking for units none of whose peers share its network.
     fn pick(&mut self, now_ms: u64, peer: &PeerId, offer: &Offer) -> Option<(u64, u64)> {
+        // No network runs more than its fair share of units: a network crowded with identities
+        // (cheap Sybils behind one address) gets no more replica slots than any other.
+        if let Some(network) = &offer.network {
+            let networks = self.peers_by_network.len().max(1) as u64;
+            let cap = ((self.running_total + 1) / networks).max(1);
+            if u64::from(self.running_by_network.get(network).copied().unwrap_or(0)) >= cap {
+                return None;
+            }
+        }
         let mut fallback = None;
+        let mut last_resort = None;
         for (&job_id, job) in &self.jobs {
             if job.state.finished() || job.open.is_empty() {
                 continue;
@@ -1032,27 +1090,38 @@ impl Scheduler {
             if self.ledger.replication(peer, class, now_ms, 1.0) == Replication::Refuse {
                 return None;
             }
+            let crowded = |network: Option<&String>| {
+                network.is_some_and(|n| self.peers_by_network.get(n).copied().unwrap_or(0) > 1)
+            };
+            let mine_crowded = crowded(offer.network.as_ref());
             for &unit_id in &job.open {
                 let unit = &job.units[unit_id as usize];
                 if unit.tried.contains(peer) || unit.needed() == 0 {
                     continue;
                 }
-                let shares_network = offer.network.is_some()
-                    && unit
-                        .running
-                        .keys()
-                        .chain(unit.outcomes.iter().map(|o| &o.peer))
-                        .any(|p| {
-                            self.offers.get(p).and_then(|o| o.network.as_ref())
-                                == offer.network.as_ref()
-                        });
-                if !shares_network {
+                let others: Vec<Option<&String>> = unit
+                    .running
+                    .keys()
+                    .chain(unit.outcomes.iter().map(|o| &o.peer))
+                    .map(|p| self.offers.get(p).and_then(|o| o.network.as_ref()))
+                    .collect();
+                let shares_network =
+                    offer.network.is_some() && others.contains(&offer.network.as_ref());
+                // A unit already holding a replica from a crowded network (several identities
+                // behind one address) gets its others from uncrowded ones where it can, so a
+                // handful of Sybil-packed networks cannot make up a quorum among themselves.
+                let crowded_pair = mine_crowded && others.iter().any(|n| crowded(*n));
+                if !shares_network && !crowded_pair {
                     return Some((job_id, unit_id));
                 }
-                fallback.get_or_insert((job_id, unit_id));
+                if !shares_network {
+                    fallback.get_or_insert((job_id, unit_id));
+                } else {
+                    last_resort.get_or_insert((job_id, unit_id));
+                }
             }
         }
-        fallback
+        fallback.or(last_resort)
     }
 
     fn assign(
@@ -1104,10 +1173,17 @@ impl Scheduler {
         if unit.needed() == 0 {
             job.open.remove(&unit_id);
         }
-        self.assigned
+        if self
+            .assigned
             .entry(peer)
             .or_default()
-            .insert((job_id, unit_id));
+            .insert((job_id, unit_id))
+        {
+            self.running_total += 1;
+            if let Some(network) = &offer.network {
+                *self.running_by_network.entry(network.clone()).or_default() += 1;
+            }
+        }
         out.push(Output::Assign {
             peer,
             job: job_id,

@@ -659,6 +659,30 @@ behaviour = { kind = "liar", probability = 1.0 }
     }
 
     #[test]
+    fn colluders_packed_into_few_networks_cannot_form_a_quorum() {
+        let report = run(
+            &scenario(
+                r#"
+name = "packed colluders"
+[workload]
+units_per_job = 20000
+replicas = 2
+[[population]]
+count = 180
+[[population]]
+count = 20
+networks = 2
+behaviour = { kind = "colluder", only_when_all = true }
+"#,
+            ),
+            5,
+        )
+        .expect("runs");
+        assert!(report.finished, "{report:?}");
+        assert_eq!(report.wrong_accepted, 0, "{report:?}");
+    }
+
+    #[test]
     fn churn_and_crashes_lose_no_unit() {
         let report = run(
             &scenario(

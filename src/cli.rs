@@ -192,6 +192,10 @@ pub(crate) struct SimArgs {
     /// Folder for report.json [default: the current folder].
     #[arg(long, value_name = "DIR", default_value = ".")]
     pub(crate) out: PathBuf,
+    /// Run the scenario once per replication setting (numbers, or `adaptive`) and plot the
+    /// wrong-result rate against executions per unit: DIR/sweep.json and DIR/tradeoff.svg.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(crate) sweep_replicas: Vec<String>,
 }
 
 /// How a job is cut and checked, and whether to wait for it.

@@ -177,6 +177,9 @@ fn sim(args: cli::SimArgs) -> anyhow::Result<()> {
     let scenario = hearth_sim::Scenario::from_toml(&text)
         .map_err(|e| anyhow::anyhow!("{}: {e}", args.scenario.display()))?;
     let seed = args.seed.unwrap_or(scenario.seed);
+    if !args.sweep_replicas.is_empty() {
+        return sim_sweep(&args, &scenario, seed);
+    }
     let started = std::time::Instant::now();
     let mut report = hearth_sim::run(&scenario, seed).map_err(|e| anyhow::anyhow!(e))?;
     report.seed = seed;
@@ -190,6 +193,56 @@ fn sim(args: cli::SimArgs) -> anyhow::Result<()> {
         wall.as_secs_f64(),
         report.events,
         path.display()
+    );
+    Ok(())
+}
+
+/// `hearth sim --sweep-replicas`: the same scenario at each replication setting, plotted.
+fn sim_sweep(
+    args: &cli::SimArgs,
+    scenario: &hearth_sim::Scenario,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    let mut points = Vec::new();
+    let mut reports = Vec::new();
+    for setting in &args.sweep_replicas {
+        let replicas = match setting.as_str() {
+            "adaptive" => None,
+            n => Some(
+                n.parse::<u32>()
+                    .ok()
+                    .filter(|r| (1..=8).contains(r))
+                    .ok_or_else(|| anyhow::anyhow!("--sweep-replicas {n:?}: 1..=8 or adaptive"))?,
+            ),
+        };
+        let mut variant = scenario.clone();
+        variant.workload.replicas = replicas;
+        let mut report = hearth_sim::run(&variant, seed).map_err(|e| anyhow::anyhow!(e))?;
+        report.seed = seed;
+        let label = replicas.map_or("adaptive".to_string(), |r| format!("replicas {r}"));
+        let wrong_rate = report.wrong_accepted as f64 / report.units_accepted.max(1) as f64;
+        println!(
+            "{label:<12} executions per unit {:.3}  wrong accepted {} ({wrong_rate:.2e})",
+            report.executions_per_accepted_unit, report.wrong_accepted
+        );
+        points.push(hearth_sim::plot::Point {
+            label,
+            executions_per_unit: report.executions_per_accepted_unit,
+            wrong_rate,
+        });
+        reports.push(report);
+    }
+    std::fs::create_dir_all(&args.out)?;
+    let json = args.out.join("sweep.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&reports)? + "\n")?;
+    let svg = args.out.join("tradeoff.svg");
+    hearth_sim::plot::tradeoff(&scenario.name, &points, &svg).map_err(|e| anyhow::anyhow!(e))?;
+    println!(
+        "wall time {:.1} s; {} and {}",
+        started.elapsed().as_secs_f64(),
+        json.display(),
+        svg.display()
     );
     Ok(())
 }

@@ -9,6 +9,7 @@
 //! that turn once trusted, or colluders returning one shared wrong answer; groups can churn, crash,
 //! and be spread over or packed into networks. The same scenario and seed give the same report.
 
+pub mod plot;
 mod scenario;
 
 use std::cmp::Reverse;
@@ -462,9 +463,12 @@ impl<'a> Sim<'a> {
             Behaviour::Liar { probability } => self.rng.unit() < *probability,
             Behaviour::Adaptive { after_valid } => peer.valid >= *after_valid,
             Behaviour::Colluder { only_when_all } => {
+                // Under adaptive replication a trusted colluder may hold a unit alone: it lies
+                // then too, and a spot check may catch it.
+                let alone_ok = self.scenario.workload.replicas.is_none();
                 !only_when_all
                     || self.flights.get(&(job, unit)).is_some_and(|f| {
-                        f.assigned.len() >= 2
+                        (f.assigned.len() >= 2 || alone_ok)
                             && f.assigned
                                 .iter()
                                 .all(|q| self.peers[*q as usize].group == group)

@@ -1,0 +1,58 @@
+//! SVG plots of simulation sweeps (plotters' SVG backend: no fonts or system libraries needed).
+
+use std::path::Path;
+
+use plotters::prelude::*;
+
+/// One point of a sweep: its label, executions per accepted unit, and wrong results per accepted
+/// unit.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct Point {
+    /// What was varied, for example `replicas 3`.
+    pub label: String,
+    /// Executions per accepted unit (the cost).
+    pub executions_per_unit: f64,
+    /// Wrong results accepted per accepted unit (the risk).
+    pub wrong_rate: f64,
+}
+
+/// Plot wrong-result rate against executions per unit, one labelled point per setting.
+pub fn tradeoff(title: &str, points: &[Point], path: &Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let x_max = points
+        .iter()
+        .map(|p| p.executions_per_unit)
+        .fold(1.0, f64::max)
+        + 0.5;
+    let y_max = points.iter().map(|p| p.wrong_rate).fold(1e-4, f64::max) * 1.25;
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d(0.8..x_max, 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc("executions per accepted unit")
+        .y_desc("wrong results accepted per unit")
+        .y_label_formatter(&|y| format!("{y:.1e}"))
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(points.iter().map(|p| {
+            EmptyElement::at((p.executions_per_unit, p.wrong_rate))
+                + Circle::new((0, 0), 5, BLUE.filled())
+                + Text::new(p.label.clone(), (8, -14), ("sans-serif", 14))
+        }))
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|p| (p.executions_per_unit, p.wrong_rate)),
+            BLUE.mix(0.4),
+        ))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}

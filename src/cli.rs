@@ -196,6 +196,15 @@ pub(crate) struct SimArgs {
     /// wrong-result rate against executions per unit: DIR/sweep.json and DIR/tradeoff.svg.
     #[arg(long, value_name = "LIST", value_delimiter = ',')]
     pub(crate) sweep_replicas: Vec<String>,
+    /// Run the scenario with these fractions of its population always lying (taken from its first
+    /// group) and plot executions per unit and wrong results against the fraction:
+    /// DIR/byzantine.json and DIR/byzantine.svg.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(crate) sweep_liars: Vec<f64>,
+    /// Run the scenario with every group churning at these mean online times (seconds; offline 10
+    /// s on average) and plot throughput against them: DIR/churn.json and DIR/churn.svg.
+    #[arg(long, value_name = "LIST", value_delimiter = ',')]
+    pub(crate) sweep_churn: Vec<f64>,
 }
 
 /// How a job is cut and checked, and whether to wait for it.

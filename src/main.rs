@@ -180,6 +180,9 @@ fn sim(args: cli::SimArgs) -> anyhow::Result<()> {
     if !args.sweep_replicas.is_empty() {
         return sim_sweep(&args, &scenario, seed);
     }
+    if !args.sweep_liars.is_empty() || !args.sweep_churn.is_empty() {
+        return sim_sweep_population(&args, &scenario, seed);
+    }
     let started = std::time::Instant::now();
     let mut report = hearth_sim::run(&scenario, seed).map_err(|e| anyhow::anyhow!(e))?;
     report.seed = seed;
@@ -243,6 +246,111 @@ fn sim_sweep(
         started.elapsed().as_secs_f64(),
         json.display(),
         svg.display()
+    );
+    Ok(())
+}
+
+/// `hearth sim --sweep-liars` / `--sweep-churn`: the population varied, a plot of what it costs.
+fn sim_sweep_population(
+    args: &cli::SimArgs,
+    scenario: &hearth_sim::Scenario,
+    seed: u64,
+) -> anyhow::Result<()> {
+    let started = std::time::Instant::now();
+    std::fs::create_dir_all(&args.out)?;
+    let total: u32 = scenario.population.iter().map(|g| g.count).sum();
+    let run = |variant: &hearth_sim::Scenario| -> anyhow::Result<hearth_sim::Report> {
+        let mut report = hearth_sim::run(variant, seed).map_err(|e| anyhow::anyhow!(e))?;
+        report.seed = seed;
+        Ok(report)
+    };
+    if !args.sweep_liars.is_empty() {
+        let (mut points, mut reports) = (Vec::new(), Vec::new());
+        for &fraction in &args.sweep_liars {
+            if !(0.0..1.0).contains(&fraction) {
+                anyhow::bail!("--sweep-liars {fraction}: a fraction in [0, 1)");
+            }
+            let liars = (f64::from(total) * fraction).round() as u32;
+            let mut variant = scenario.clone();
+            let mut honest = variant.population[0].clone();
+            honest.behaviour = hearth_sim::Behaviour::Honest;
+            honest.count = total - liars;
+            let mut liar = honest.clone();
+            liar.behaviour = hearth_sim::Behaviour::Liar { probability: 1.0 };
+            liar.count = liars;
+            variant.population = vec![honest];
+            if liars > 0 {
+                variant.population.push(liar);
+            }
+            let report = run(&variant)?;
+            println!(
+                "liars {:>5.1}%  executions per unit {:.3}  wrong accepted {}  failed {}",
+                fraction * 100.0,
+                report.executions_per_accepted_unit,
+                report.wrong_accepted,
+                report.units_failed
+            );
+            points.push((
+                fraction * 100.0,
+                report.executions_per_accepted_unit,
+                format!("wrong {}", report.wrong_accepted),
+            ));
+            reports.push(report);
+        }
+        std::fs::write(
+            args.out.join("byzantine.json"),
+            serde_json::to_string_pretty(&reports)? + "\n",
+        )?;
+        hearth_sim::plot::line(
+            &format!(
+                "{}: overhead against liars (labels: wrong results accepted)",
+                scenario.name
+            ),
+            "peers that always lie (%)",
+            "executions per accepted unit",
+            &points,
+            &args.out.join("byzantine.svg"),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    if !args.sweep_churn.is_empty() {
+        let (mut points, mut reports) = (Vec::new(), Vec::new());
+        for &online in &args.sweep_churn {
+            if online <= 0.0 {
+                anyhow::bail!("--sweep-churn {online}: seconds online must be positive");
+            }
+            let mut variant = scenario.clone();
+            for group in &mut variant.population {
+                group.mean_online_s = Some(online);
+                group.mean_offline_s = 10.0;
+            }
+            let report = run(&variant)?;
+            println!(
+                "online {online:>7.1} s  {:.1} units/s  lost {}  wrong {}",
+                report.throughput_units_per_s,
+                report.units - report.units_accepted - report.units_failed,
+                report.wrong_accepted
+            );
+            points.push((online, report.throughput_units_per_s, format!("{online} s")));
+            reports.push(report);
+        }
+        std::fs::write(
+            args.out.join("churn.json"),
+            serde_json::to_string_pretty(&reports)? + "\n",
+        )?;
+        hearth_sim::plot::line(
+            &format!("{}: throughput against churn", scenario.name),
+            "mean seconds a peer stays online",
+            "units accepted per second",
+            &points,
+            &args.out.join("churn.svg"),
+        )
+        .map_err(|e| anyhow::anyhow!(e))?;
+    }
+    println!(
+        "wall time {:.1} s; plots in {}",
+        started.elapsed().as_secs_f64(),
+        args.out.display()
     );
     Ok(())
 }

@@ -56,3 +56,48 @@ pub fn tradeoff(title: &str, points: &[Point], path: &Path) -> Result<(), String
         .map_err(|e| err(&e))?;
     root.present().map_err(|e| err(&e))
 }
+
+/// A line through labelled points: `(x, y, label)`.
+pub fn line(
+    title: &str,
+    x_desc: &str,
+    y_desc: &str,
+    points: &[(f64, f64, String)],
+    path: &Path,
+) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| e.to_string();
+    let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| err(&e))?;
+    let (x_min, x_max) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {
+        (lo.min(p.0), hi.max(p.0))
+    });
+    let y_max = points.iter().map(|p| p.1).fold(1e-9, f64::max) * 1.25;
+    let pad = ((x_max - x_min) * 0.1).max(1e-3);
+    let mut chart = ChartBuilder::on(&root)
+        .caption(title, ("sans-serif", 20))
+        .margin(20)
+        .x_label_area_size(45)
+        .y_label_area_size(70)
+        .build_cartesian_2d((x_min - pad)..(x_max + pad), 0.0..y_max)
+        .map_err(|e| err(&e))?;
+    chart
+        .configure_mesh()
+        .x_desc(x_desc)
+        .y_desc(y_desc)
+        .draw()
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(LineSeries::new(
+            points.iter().map(|p| (p.0, p.1)),
+            BLUE.mix(0.5),
+        ))
+        .map_err(|e| err(&e))?;
+    chart
+        .draw_series(points.iter().map(|p| {
+            EmptyElement::at((p.0, p.1))
+                + Circle::new((0, 0), 4, BLUE.filled())
+                + Text::new(p.2.clone(), (6, -16), ("sans-serif", 13))
+        }))
+        .map_err(|e| err(&e))?;
+    root.present().map_err(|e| err(&e))
+}

@@ -375,12 +375,15 @@ impl<'a> Sim<'a> {
                     .collect();
                 flight.delivered.push((p, digest, class.clone()));
                 let peer_id = self.peers[p as usize].id;
+                let group = self.peers[p as usize].group;
+                let signature_ok =
+                    self.scenario.population[group].behaviour != Behaviour::BadSignature;
                 let input = Input::Delivered(Delivery {
                     peer: peer_id,
                     job,
                     unit,
                     signer: peer_id,
-                    signature_ok: true,
+                    signature_ok,
                     subject: (job, unit),
                     input: Digest::of(
                         "sim input",
@@ -459,7 +462,7 @@ impl<'a> Sim<'a> {
         let behaviour = &self.scenario.population[group].behaviour;
         let key = [job.to_le_bytes(), unit.to_le_bytes()].concat();
         let lie = match behaviour {
-            Behaviour::Honest => false,
+            Behaviour::Honest | Behaviour::BadSignature => false,
             Behaviour::Liar { probability } => self.rng.unit() < *probability,
             Behaviour::Adaptive { after_valid } => peer.valid >= *after_valid,
             Behaviour::Colluder { only_when_all } => {
@@ -528,6 +531,19 @@ impl<'a> Sim<'a> {
                     if digest != truth(job, unit) {
                         self.wrong += 1;
                     }
+                    // Invariant: a quorum backs it (fixed replication of 2 or more: two results
+                    // that agree; adaptive: at least the one result of a trusted peer).
+                    let backing = self.flights.get(&(job, unit)).map_or(0, |f| {
+                        f.delivered.iter().filter(|(_, d, _)| *d == digest).count()
+                    });
+                    let needed = match self.scenario.workload.replicas {
+                        Some(r) if r >= 2 => 2,
+                        _ => 1,
+                    };
+                    assert!(
+                        backing >= needed,
+                        "invariant: unit {job}/{unit} accepted with {backing} results behind it"
+                    );
                     // Late replicas of a decided unit need no record of it here.
                     self.flights.remove(&(job, unit));
                     if self.half_at.is_none() && self.accepted.len() as u64 * 2 >= self.units {
@@ -641,6 +657,9 @@ count = 40
 [[population]]
 count = 10
 behaviour = { kind = "liar", probability = 1.0 }
+[[population]]
+count = 5
+behaviour = { kind = "bad-signature" }
 "#;
 
     #[test]
@@ -649,7 +668,10 @@ behaviour = { kind = "liar", probability = 1.0 }
         assert!(report.finished, "{report:?}");
         assert_eq!(report.units_accepted, 2000);
         assert_eq!(report.wrong_accepted, 0);
-        assert_eq!(report.liars_quarantined, 10, "{report:?}");
+        assert_eq!(
+            report.liars_quarantined, 15,
+            "liars and bad signers: {report:?}"
+        );
         assert_eq!(report.honest_quarantined, 0);
     }
 

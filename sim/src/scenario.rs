@@ -139,6 +139,8 @@ pub enum Behaviour {
         /// Accepted results before it turns.
         after_valid: u32,
     },
+    /// Right answers under receipts whose signature does not verify (the shell's mark).
+    BadSignature,
     /// Members of one group return the same wrong answer.
     Colluder {
         /// Lie only when every peer given the unit so far is a colluder of the group.

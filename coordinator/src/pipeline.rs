@@ -230,7 +230,8 @@ enum Purpose {
         window: (u64, u64),
         /// First step the replay covers (0 when the verifier starts afresh).
         from: u64,
-        first: Option<(PeerId, f32)>,
+        /// For a tie-break: the first verifier, its replay's first step and its output.
+        first: Option<Box<(PeerId, u64, StageResult)>>,
     },
 }
 
@@ -286,6 +287,22 @@ pub struct Driver {
     /// Released tokens later corrected: (from index, the tokens that were wrong).
     pub corrections: Vec<(usize, Vec<u32>)>,
     done: bool,
+}
+
+/// One step's output in a window, for comparing a stage with its verifiers.
+#[derive(Clone, Debug)]
+enum View {
+    /// Hidden states: the step's rows, flattened.
+    Rows(usize, Vec<f32>),
+    /// The last stage's token for the step, with the logits around it.
+    Token(u32, Vec<(u32, f32)>),
+}
+
+fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect()
 }
 
 /// The session id verifiers replay a session's windows under (their caches stay apart from the
@@ -369,6 +386,15 @@ impl Driver {
         self.rng ^= self.rng >> 7;
         self.rng ^= self.rng << 17;
         (self.rng >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// A peer drawn uniformly from `pool`.
+    fn pick_random(&mut self, pool: &[PeerId]) -> Option<PeerId> {
+        if pool.is_empty() {
+            return None;
+        }
+        let i = (self.draw() * pool.len() as f64) as usize;
+        pool.get(i.min(pool.len() - 1)).copied()
     }
 
     /// Send `input` (at `pos`) to hop `hop` for the current step, after any replay it owes.
@@ -562,14 +588,17 @@ impl Driver {
         let layers = self.route[hop].layers;
         let stage = self.route[hop].peer_id;
         let usable = |p: &PeerId| *p != stage && !self.failed.contains(p);
-        let verifier = match self.verifiers.get(&layers) {
+        let kept = match self.verifiers.get(&layers) {
             Some((p, _)) if usable(p) && candidates.iter().any(|c| c.peer == *p) => Some(*p),
-            _ => candidates
-                .iter()
-                .filter(|c| usable(&c.peer))
-                .max_by(|a, b| a.score.total_cmp(&b.score).then(b.peer.cmp(&a.peer)))
-                .map(|c| c.peer),
+            _ => None,
         };
+        let pool: Vec<PeerId> = candidates
+            .iter()
+            .filter(|c| usable(&c.peer))
+            .map(|c| c.peer)
+            .collect();
+        // Drawn at random, not the fastest: fast hardware must not buy the checker's seat.
+        let verifier = kept.or_else(|| self.pick_random(&pool));
         let Some(verifier) = verifier else {
             self.checks.push(WindowCheck {
                 steps: window,
@@ -642,15 +671,15 @@ impl Driver {
         }
     }
 
-    /// How far a replay's `output` (covering steps `from..`) is from the stage's outputs for the
-    /// steps of `window`: the largest relative difference, or `None` if it disagrees.
-    fn compare(
+    /// The outputs of `window`'s steps, one [`View`] per step: from the stage's record (`replay`
+    /// `None`), or cut out of a replay covering steps `from..` (`replay` its output).
+    fn views(
         &self,
         layers: (u32, u32),
-        from: u64,
         window: (u64, u64),
-        output: &StageResult,
-    ) -> Option<f32> {
+        replay: Option<(u64, &StageResult)>,
+    ) -> Option<Vec<View>> {
+        let from = replay.map_or(window.0, |(from, _)| from);
         let inputs: Vec<&Forward> = self
             .history
             .get(&layers)
@@ -659,59 +688,95 @@ impl Driver {
             .filter(|f| f.step >= from && f.step < window.1)
             .collect();
         let mut row = 0usize;
-        let mut worst = 0f32;
+        let mut views = Vec::new();
         for f in inputs {
             let rows = f.input.rows();
-            let last_row = row + rows - 1;
             if f.step >= window.0 {
-                let recorded = self.outputs.get(&(layers, f.step))?;
-                match (recorded, output) {
-                    (
-                        StageResult::Hidden(StageData::Hidden { bytes: mine, .. }),
-                        StageResult::Hidden(StageData::Hidden { bytes: theirs, .. }),
-                    ) => {
-                        let width = mine.len() / rows / 4;
-                        let floats = |b: &[u8]| -> Vec<f32> {
-                            b.chunks_exact(4)
-                                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                                .collect()
-                        };
-                        let a = floats(mine);
-                        let b = floats(theirs.get(row * width * 4..(row + rows) * width * 4)?);
-                        if a.len() != b.len() {
-                            return None;
+                let view = match replay {
+                    None => match self.outputs.get(&(layers, f.step))? {
+                        StageResult::Hidden(StageData::Hidden { bytes, .. }) => {
+                            View::Rows(rows, floats(bytes))
                         }
-                        for (ra, rb) in a.chunks(width).zip(b.chunks(width)) {
-                            let scale = rb.iter().fold(1f32, |m, x| m.max(x.abs()));
-                            let diff = ra
-                                .iter()
-                                .zip(rb)
-                                .fold(0f32, |m, (x, y)| m.max((x - y).abs()))
-                                / scale;
-                            if diff.is_nan() || diff > HIDDEN_REL_TOLERANCE {
-                                return None;
-                            }
-                            worst = worst.max(diff);
-                        }
+                        StageResult::Next { token, top } => View::Token(*token, top.clone()),
+                        _ => return None,
+                    },
+                    Some((_, StageResult::Hidden(StageData::Hidden { rows: all, bytes }))) => {
+                        let width = bytes.len() / 4 / (*all as usize).max(1);
+                        let part = bytes.get(row * width * 4..(row + rows) * width * 4)?;
+                        View::Rows(rows, floats(part))
                     }
-                    (StageResult::Next { token, .. }, StageResult::NextEach(each)) => {
-                        let (best, top) = each.get(last_row)?;
-                        if best != token {
-                            let max = top.first()?.1;
-                            let mine = top.iter().find(|(t, _)| t == token)?.1;
-                            let gap = max - mine;
-                            if gap.is_nan() || gap > TOKEN_LOGIT_MARGIN {
-                                return None;
-                            }
-                            worst = worst.max(gap);
-                        }
+                    Some((_, StageResult::NextEach(each))) => {
+                        let (token, top) = each.get(row + rows - 1)?;
+                        View::Token(*token, top.clone())
                     }
-                    _ => return None,
-                }
+                    Some(_) => return None,
+                };
+                views.push(view);
             }
             row += rows;
         }
+        Some(views)
+    }
+
+    /// How far two sets of views are apart (the largest relative difference or logit gap), or
+    /// `None` if they disagree.
+    fn agree(a: &[View], b: &[View]) -> Option<f32> {
+        if a.len() != b.len() {
+            return None;
+        }
+        let mut worst = 0f32;
+        for (x, y) in a.iter().zip(b) {
+            match (x, y) {
+                (View::Rows(rows, xs), View::Rows(_, ys)) => {
+                    if xs.len() != ys.len() || *rows == 0 {
+                        return None;
+                    }
+                    let width = xs.len() / rows;
+                    for (ra, rb) in xs.chunks(width.max(1)).zip(ys.chunks(width.max(1))) {
+                        let scale = rb.iter().fold(1f32, |m, v| m.max(v.abs()));
+                        let diff = ra
+                            .iter()
+                            .zip(rb)
+                            .fold(0f32, |m, (p, q)| m.max((p - q).abs()))
+                            / scale;
+                        if diff.is_nan() || diff > HIDDEN_REL_TOLERANCE {
+                            return None;
+                        }
+                        worst = worst.max(diff);
+                    }
+                }
+                (View::Token(ta, top_a), View::Token(tb, top_b)) => {
+                    if ta != tb {
+                        // A near tie either way round.
+                        let gap = |t: &u32, top: &[(u32, f32)]| {
+                            let max = top.first()?.1;
+                            top.iter().find(|(id, _)| id == t).map(|(_, l)| max - l)
+                        };
+                        let g = gap(ta, top_b).or_else(|| gap(tb, top_a))?;
+                        if g.is_nan() || g > TOKEN_LOGIT_MARGIN {
+                            return None;
+                        }
+                        worst = worst.max(g);
+                    }
+                }
+                _ => return None,
+            }
+        }
         Some(worst)
+    }
+
+    /// How far a replay's `output` (covering steps `from..`) is from the stage's outputs for the
+    /// steps of `window`: the largest difference, or `None` if it disagrees.
+    fn compare(
+        &self,
+        layers: (u32, u32),
+        from: u64,
+        window: (u64, u64),
+        output: &StageResult,
+    ) -> Option<f32> {
+        let stage = self.views(layers, window, None)?;
+        let replay = self.views(layers, window, Some((from, output)))?;
+        Self::agree(&stage, &replay)
     }
 
     /// A verifier's (or tie-breaker's) answer.
@@ -751,13 +816,14 @@ impl Driver {
                 // Two peers disagree: a third decides.
                 let verifier = pending.peer;
                 self.verifiers.remove(&layers);
-                let third = candidates
+                let pool: Vec<PeerId> = candidates
                     .iter()
                     .filter(|c| {
                         c.peer != stage && c.peer != verifier && !self.failed.contains(&c.peer)
                     })
-                    .max_by(|a, b| a.score.total_cmp(&b.score).then(b.peer.cmp(&a.peer)))
-                    .map(|c| c.peer);
+                    .map(|c| c.peer)
+                    .collect();
+                let third = self.pick_random(&pool);
                 match third {
                     Some(third) => {
                         let forward = self.replay_request(layers, 0, window.1);
@@ -768,7 +834,7 @@ impl Driver {
                             Purpose::Check {
                                 window,
                                 from: 0,
-                                first: Some((verifier, f32::NAN)),
+                                first: Some(Box::new((verifier, from, output.clone()))),
                             },
                         )
                     }
@@ -794,7 +860,8 @@ impl Driver {
                     }
                 }
             }
-            (Some((verifier, _)), Some(diff)) => {
+            (Some(first), Some(diff)) => {
+                let verifier = first.0;
                 // The tie-breaker sides with the stage: the verifier lied.
                 self.checks.push(WindowCheck {
                     steps: window,
@@ -817,7 +884,37 @@ impl Driver {
                 actions.extend(self.hop_checked(window, hop, true, candidates));
                 actions
             }
-            (Some((verifier, _)), None) => {
+            (Some(first), None) => {
+                let (verifier, verifier_from, verifier_output) = *first;
+                // The tie-breaker disagrees with the stage; the stage is wrong only if the two
+                // replays agree with each other (two against one).
+                let replays_agree = self
+                    .views(layers, window, Some((verifier_from, &verifier_output)))
+                    .zip(self.views(layers, window, Some((from, &output))))
+                    .and_then(|(a, b)| Self::agree(&a, &b))
+                    .is_some();
+                if !replays_agree {
+                    self.checks.push(WindowCheck {
+                        steps: window,
+                        layers,
+                        stage_peer: stage,
+                        verifier: Some(verifier),
+                        tie_breaker: Some(pending.peer),
+                        outcome: "undecided".into(),
+                        max_difference: f32::NAN,
+                    });
+                    // Three answers, no two alike: blame nobody, use none of them again here.
+                    self.failed.insert(verifier);
+                    self.failed.insert(pending.peer);
+                    return self.regenerate(
+                        window,
+                        hop,
+                        stage,
+                        "three peers gave three different answers",
+                        None,
+                        candidates,
+                    );
+                }
                 self.checks.push(WindowCheck {
                     steps: window,
                     layers,

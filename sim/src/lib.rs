@@ -15,10 +15,13 @@ mod scenario;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
+use hearth_coordinator::pipeline::{Action, Candidate, Driver, Verify, plan};
 use hearth_coordinator::scheduler::{Input, Output};
 use hearth_coordinator::{Delivery, JobSpec, LedgerOutput, Offer, Policy, Scheduler, UnitSpec};
+use hearth_protocol::work::{Forward, StageData, StageResult};
 use hearth_protocol::{Digest, KernelFamily, ModelId, PeerId, SecretKey};
-pub use scenario::{Behaviour, Group, Network, Scenario, Workload};
+use hearth_protocol::{Receipt, ReceiptBody, Subject};
+pub use scenario::{Behaviour, Group, Network, Pipeline, Scenario, Workload};
 use serde::Serialize;
 
 /// Virtual milliseconds between scheduler ticks.
@@ -73,11 +76,42 @@ pub struct Report {
     pub finished: bool,
     /// Events processed.
     pub events: u64,
+    /// Pipeline sessions started.
+    pub pipeline_sessions: u64,
+    /// Of those, finished without error.
+    pub pipeline_sessions_done: u64,
+    /// Tokens released to clients.
+    pub pipeline_tokens: u64,
+    /// Released tokens that were wrong (and not corrected).
+    pub pipeline_wrong_tokens: u64,
+    /// Mean tokens per second of a finished session, over its whole life.
+    pub pipeline_tokens_per_s: f64,
+    /// Stages replaced mid-session (failures and caught liars).
+    pub pipeline_reroutes: u64,
+    /// Released tokens later corrected (`verify = "after"`).
+    pub pipeline_corrections: u64,
 }
 
 impl Report {
     /// The readable summary.
     pub fn summary(&self) -> String {
+        let mut text = self.sharded_summary();
+        if self.pipeline_sessions > 0 {
+            text.push_str(&format!(
+                "\npipeline: {}/{} sessions done, {} tokens ({} wrong, {} corrected), {:.1} tokens/s per session, {} reroutes",
+                self.pipeline_sessions_done,
+                self.pipeline_sessions,
+                self.pipeline_tokens,
+                self.pipeline_wrong_tokens,
+                self.pipeline_corrections,
+                self.pipeline_tokens_per_s,
+                self.pipeline_reroutes,
+            ));
+        }
+        text
+    }
+
+    fn sharded_summary(&self) -> String {
         format!(
             "{}: {} peers ({} liars), {} units: {} accepted, {} failed, {} wrong accepted\n\
              executions per accepted unit {:.3} (second half {:.3}); makespan {:.1} s, {:.1} units/s\n\
@@ -120,10 +154,15 @@ enum Event {
     Crash(u32),
     /// The registry notices the peer is gone.
     Lost(u32, u32),
+    /// A pipeline session starts.
+    StartSession(u32),
+    /// A stage's answer arrives.
+    StageAnswer(u64),
 }
 
 struct SimPeer {
     id: PeerId,
+    key: SecretKey,
     group: usize,
     offer: Offer,
     ms_per_item: f64,
@@ -153,6 +192,27 @@ impl Rng {
     fn exp(&mut self, mean: f64) -> f64 {
         -mean * (1.0 - self.unit()).ln()
     }
+}
+
+/// Layers of the simulated model (the default model's).
+const LAYERS: u32 = 30;
+
+/// The honest last stage's token at absolute position `q` of session `session`.
+fn fake_token(session: u64, q: u64) -> u32 {
+    (session
+        .wrapping_mul(0x9E37_79B9)
+        .wrapping_add(q.wrapping_mul(31))
+        % 49_000) as u32
+}
+
+/// An honest stage's activation for position `q` after layer `end`.
+fn fake_value(session: u64, end: u64, q: u64) -> f32 {
+    (session
+        .wrapping_mul(7)
+        .wrapping_add(end.wrapping_mul(13))
+        .wrapping_add(q.wrapping_mul(17))
+        % 1000) as f32
+        / 1000.0
 }
 
 fn truth(job: u64, unit: u64) -> Digest {
@@ -188,6 +248,21 @@ struct Sim<'a> {
     jobs_left: u32,
     events: u64,
     valid_items: f64,
+    sessions: Vec<SimSession>,
+    /// Stage requests in flight: ticket → (session, peer, epoch, request).
+    calls: HashMap<u64, (u32, u32, u32, Forward)>,
+    next_ticket: u64,
+    candidates: Vec<Candidate>,
+}
+
+struct SimSession {
+    driver: Option<Driver>,
+    started: u64,
+    ended: Option<u64>,
+    released: u64,
+    wrong: u64,
+    corrections: u64,
+    failed: bool,
 }
 
 /// Run `scenario` with `seed`.
@@ -221,6 +296,7 @@ impl<'a> Sim<'a> {
                 by_id.insert(id, peers.len() as u32);
                 peers.push(SimPeer {
                     id,
+                    key: SecretKey::from_bytes(&key),
                     group: g,
                     offer: Offer {
                         classes: BTreeMap::from([(KernelFamily::Embed, class)]),
@@ -260,6 +336,10 @@ impl<'a> Sim<'a> {
             jobs_left: scenario.workload.jobs,
             events: 0,
             valid_items: 0.0,
+            sessions: Vec::new(),
+            calls: HashMap::new(),
+            next_ticket: 0,
+            candidates: Vec::new(),
         }
     }
 
@@ -311,12 +391,31 @@ impl<'a> Sim<'a> {
             }
         }
         self.at(TICK_MS, Event::Tick);
+        if let Some(p) = &self.scenario.pipeline {
+            self.sessions = (0..p.sessions)
+                .map(|_| SimSession {
+                    driver: None,
+                    started: 0,
+                    ended: None,
+                    released: 0,
+                    wrong: 0,
+                    corrections: 0,
+                    failed: false,
+                })
+                .collect();
+            for i in 0..p.sessions {
+                // After the peers have said hello, staggered over a second.
+                let delay = 2000 + (self.rng.unit() * 1000.0) as u64;
+                self.at(delay, Event::StartSession(i));
+            }
+        }
     }
 
     fn run(&mut self) -> Result<(), String> {
         let limit = self.scenario.time_limit_s * 1000;
         while let Some(Reverse((t, _, event))) = self.queue.pop() {
-            if self.jobs_left == 0 || t > limit {
+            let sessions_left = self.sessions.iter().any(|s| s.ended.is_none());
+            if (self.jobs_left == 0 && !sessions_left) || t > limit {
                 break;
             }
             self.now = t;
@@ -331,8 +430,11 @@ impl<'a> Sim<'a> {
             Event::Tick => {
                 let out = self.scheduler.handle(self.now, Input::Tick);
                 self.apply(out);
+                self.candidates.clear();
                 self.at(TICK_MS, Event::Tick);
             }
+            Event::StartSession(i) => self.start_session(i),
+            Event::StageAnswer(ticket) => self.stage_answer(ticket),
             Event::Ready(p, epoch) => {
                 let peer = &self.peers[p as usize];
                 if !peer.online || peer.crashed || peer.busy || peer.epoch != epoch {
@@ -449,6 +551,10 @@ impl<'a> Sim<'a> {
                     .scheduler
                     .handle(self.now, Input::PeerLost(self.peers[p as usize].id));
                 self.apply(out);
+                let id = self.peers[p as usize].id;
+                for i in 0..self.sessions.len() as u32 {
+                    self.stage_failed(i, id, "left the swarm");
+                }
             }
         }
         Ok(())
@@ -574,6 +680,216 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// Peers that may serve stages now (refreshed each tick).
+    fn stage_candidates(&mut self) -> Vec<Candidate> {
+        if self.candidates.is_empty() {
+            let now = self.now;
+            self.candidates = self
+                .peers
+                .iter()
+                .filter(|p| {
+                    p.online && !p.crashed && !self.scheduler.standing(&p.id, now).quarantined
+                })
+                .map(|p| Candidate {
+                    peer: p.id,
+                    score: 1000.0 / p.ms_per_item,
+                    memory_free_bytes: u64::MAX / 2,
+                })
+                .collect();
+        }
+        self.candidates.clone()
+    }
+
+    fn start_session(&mut self, i: u32) {
+        let p = self
+            .scenario
+            .pipeline
+            .clone()
+            .expect("sessions come from [pipeline]");
+        let candidates = self.stage_candidates();
+        let verify = match p.verify.as_str() {
+            "sampled" => Verify::Sampled,
+            "after" => Verify::After,
+            "off" => Verify::Off,
+            _ => Verify::Window,
+        };
+        let mut session = SimSession {
+            driver: None,
+            started: self.now,
+            ended: None,
+            released: 0,
+            wrong: 0,
+            corrections: 0,
+            failed: false,
+        };
+        match plan(&candidates, LAYERS, p.stages as usize, 1) {
+            Ok(route) => {
+                let prompt: Vec<u32> = (0..p.prompt_tokens).collect();
+                let (driver, actions) = Driver::new(
+                    u64::from(i) + 1,
+                    ModelId::of_bytes(b"sim llm"),
+                    route,
+                    prompt,
+                    p.tokens as usize,
+                    u32::MAX,
+                    1 << 20,
+                    verify,
+                );
+                session.driver = Some(driver);
+                self.sessions[i as usize] = session;
+                self.act(i, actions);
+            }
+            Err(_) => {
+                session.ended = Some(self.now);
+                session.failed = true;
+                self.sessions[i as usize] = session;
+            }
+        }
+    }
+
+    fn act(&mut self, i: u32, actions: Vec<Action>) {
+        for action in actions {
+            match action {
+                Action::Send { peer, forward } => {
+                    let p = self.by_id[&peer];
+                    let rows = forward.input.rows() as f64;
+                    let share = f64::from(forward.layers.1 - forward.layers.0) / f64::from(LAYERS);
+                    let compute = (rows * share * self.peers[p as usize].ms_per_item) as u64;
+                    let delay = self.latency() + compute + self.latency();
+                    self.next_ticket += 1;
+                    let epoch = self.peers[p as usize].epoch;
+                    self.calls.insert(self.next_ticket, (i, p, epoch, forward));
+                    self.at(delay, Event::StageAnswer(self.next_ticket));
+                }
+                Action::Token(token) => {
+                    let prompt = self
+                        .scenario
+                        .pipeline
+                        .as_ref()
+                        .map_or(0, |p| p.prompt_tokens);
+                    let session = &mut self.sessions[i as usize];
+                    let position = u64::from(prompt) - 1 + session.released;
+                    if token != fake_token(u64::from(i) + 1, position) {
+                        session.wrong += 1;
+                    }
+                    session.released += 1;
+                }
+                Action::Correction(from) => {
+                    let session = &mut self.sessions[i as usize];
+                    session.corrections += session.released - from as u64;
+                    session.released = from as u64;
+                    session.wrong = 0;
+                }
+                Action::Fault { peer, .. } => {
+                    let class = "k0/llm/sim".to_string();
+                    let out = self.scheduler.handle(
+                        self.now,
+                        Input::StageVerdict {
+                            peer,
+                            class,
+                            fault: Some(hearth_coordinator::Fault::Mismatch),
+                        },
+                    );
+                    self.apply(out);
+                }
+                Action::Finished { error, .. } => {
+                    let session = &mut self.sessions[i as usize];
+                    session.ended = Some(self.now);
+                    session.failed = error.is_some();
+                }
+            }
+        }
+    }
+
+    fn stage_answer(&mut self, ticket: u64) {
+        let Some((i, p, epoch, forward)) = self.calls.remove(&ticket) else {
+            return;
+        };
+        let peer = &self.peers[p as usize];
+        if peer.crashed || peer.epoch != epoch {
+            let id = peer.id;
+            self.stage_failed(i, id, "no answer");
+            return;
+        }
+        let lie = match &self.scenario.population[peer.group].behaviour {
+            Behaviour::Honest | Behaviour::BadSignature | Behaviour::Colluder { .. } => false,
+            Behaviour::Liar { probability } => self.rng.unit() < *probability,
+            Behaviour::Adaptive { after_valid } => peer.valid >= *after_valid,
+        };
+        // A verifier replays under the session's check id; the activations are the session's.
+        let session = forward.session & !(1 << 62);
+        let end = u64::from(forward.layers.1);
+        let first = u64::from(forward.pos);
+        let rows = forward.input.rows() as u64;
+        // Each liar lies its own way (independent liars do not agree with each other).
+        let shift: u32 = if lie { p + 1 } else { 0 };
+        let output = if forward.layers.1 < LAYERS {
+            let mut bytes = Vec::new();
+            for q in first..first + rows {
+                let v = fake_value(session, end, q) + shift as f32;
+                bytes.extend(v.to_le_bytes());
+                bytes.extend((v / 2.0).to_le_bytes());
+            }
+            StageResult::Hidden(StageData::Hidden {
+                rows: rows as u32,
+                bytes,
+            })
+        } else if forward.all_positions {
+            StageResult::NextEach(
+                (first..first + rows)
+                    .map(|q| {
+                        let t = fake_token(session, q) + shift;
+                        (t, vec![(t, 1.0)])
+                    })
+                    .collect(),
+            )
+        } else {
+            let t = fake_token(session, first + rows - 1) + shift;
+            StageResult::Next {
+                token: t,
+                top: vec![(t, 1.0)],
+            }
+        };
+        let receipt = Receipt::sign(
+            &peer.key,
+            ReceiptBody {
+                subject: Subject::Step {
+                    session,
+                    step: forward.step,
+                    layer_start: forward.layers.0,
+                },
+                model: forward.model,
+                input: forward.digest(),
+                output: output.digest(),
+                numeric_class: "k0/llm/sim".into(),
+            },
+        );
+        let candidates = self.stage_candidates();
+        let Some(driver) = self.sessions[i as usize].driver.as_mut() else {
+            return;
+        };
+        let actions = driver.on_result(output, receipt, &candidates);
+        self.act(i, actions);
+    }
+
+    /// A stage's peer of session `i` failed: the driver moves on without it.
+    fn stage_failed(&mut self, i: u32, peer: PeerId, reason: &str) {
+        if self.sessions[i as usize].ended.is_some() {
+            return;
+        }
+        self.candidates.clear();
+        let candidates = self.stage_candidates();
+        let Some(driver) = self.sessions[i as usize].driver.as_mut() else {
+            return;
+        };
+        let awaited = driver.awaiting() == Some(peer);
+        let actions = driver.on_failure(peer, reason, &candidates);
+        if awaited {
+            self.calls.retain(|_, (s, _, _, _)| *s != i);
+        }
+        self.act(i, actions);
+    }
+
     fn is_liar(&self, p: &SimPeer) -> bool {
         self.scenario.population[p.group].behaviour != Behaviour::Honest
     }
@@ -635,6 +951,32 @@ impl<'a> Sim<'a> {
             credit_per_honest_peer: credit / honest.len().max(1) as f64,
             finished: self.jobs_left == 0,
             events: self.events,
+            pipeline_sessions: self.sessions.len() as u64,
+            pipeline_sessions_done: self
+                .sessions
+                .iter()
+                .filter(|s| s.ended.is_some() && !s.failed)
+                .count() as u64,
+            pipeline_tokens: self.sessions.iter().map(|s| s.released).sum(),
+            pipeline_wrong_tokens: self.sessions.iter().map(|s| s.wrong).sum(),
+            pipeline_tokens_per_s: {
+                let rates: Vec<f64> = self
+                    .sessions
+                    .iter()
+                    .filter_map(|s| {
+                        let end = s.ended.filter(|_| !s.failed)?;
+                        Some(s.released as f64 / ((end - s.started) as f64 / 1000.0).max(1e-3))
+                    })
+                    .collect();
+                rates.iter().sum::<f64>() / rates.len().max(1) as f64
+            },
+            pipeline_reroutes: self
+                .sessions
+                .iter()
+                .filter_map(|s| s.driver.as_ref())
+                .map(|d| d.reroutes.len() as u64)
+                .sum(),
+            pipeline_corrections: self.sessions.iter().map(|s| s.corrections).sum(),
         }
     }
 }
@@ -706,6 +1048,40 @@ behaviour = { kind = "colluder", only_when_all = true }
         .expect("runs");
         assert!(report.finished, "{report:?}");
         assert_eq!(report.wrong_accepted, 0, "{report:?}");
+    }
+
+    #[test]
+    fn pipelines_with_lying_stages_release_no_wrong_token() {
+        let report = run(
+            &scenario(
+                r#"
+name = "pipeline liars"
+[workload]
+units_per_job = 1
+replicas = 2
+[pipeline]
+sessions = 20
+tokens = 24
+[[population]]
+count = 40
+[[population]]
+count = 3
+ms_per_item = [1.0, 1.0]
+behaviour = { kind = "liar", probability = 1.0 }
+"#,
+            ),
+            2,
+        )
+        .expect("runs");
+        assert_eq!(report.pipeline_sessions_done, 20, "{report:?}");
+        assert_eq!(report.pipeline_tokens, 20 * 24);
+        assert_eq!(report.pipeline_wrong_tokens, 0, "{report:?}");
+        assert!(
+            report.pipeline_reroutes > 0,
+            "no liar was ever on a route: {report:?}"
+        );
+        // Liars checking liars must not frame the honest: no honest peer is struck out.
+        assert_eq!(report.honest_quarantined, 0, "{report:?}");
     }
 
     #[test]

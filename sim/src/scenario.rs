@@ -18,6 +18,9 @@ pub struct Scenario {
     pub network: Network,
     /// Who computes it: groups of peers.
     pub population: Vec<Group>,
+    /// Pipelined generation sessions run beside the sharded jobs.
+    #[serde(default)]
+    pub pipeline: Option<Pipeline>,
     /// Stop after this much virtual time, done or not.
     #[serde(default = "default_time_limit_s")]
     pub time_limit_s: u64,
@@ -50,6 +53,42 @@ fn one() -> u32 {
 
 fn four() -> u32 {
     4
+}
+
+/// Pipelined generation: sessions over the default model's 30 layers, started at time 0.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pipeline {
+    /// Sessions.
+    pub sessions: u32,
+    /// Tokens each generates.
+    #[serde(default = "thirty_two")]
+    pub tokens: u32,
+    /// Prompt tokens.
+    #[serde(default = "sixteen")]
+    pub prompt_tokens: u32,
+    /// Stages per route.
+    #[serde(default = "three")]
+    pub stages: u32,
+    /// How sessions are checked: `window`, `sampled`, `after` or `off`.
+    #[serde(default = "window")]
+    pub verify: String,
+}
+
+fn thirty_two() -> u32 {
+    32
+}
+
+fn sixteen() -> u32 {
+    16
+}
+
+fn three() -> u32 {
+    3
+}
+
+fn window() -> String {
+    "window".into()
 }
 
 /// The network model.
@@ -154,6 +193,14 @@ impl Scenario {
         let scenario: Self = toml::from_str(text).map_err(|e| e.to_string())?;
         if scenario.population.iter().map(|g| g.count).sum::<u32>() == 0 {
             return Err("the population is empty".into());
+        }
+        if let Some(p) = &scenario.pipeline
+            && !["window", "sampled", "after", "off"].contains(&p.verify.as_str())
+        {
+            return Err(format!(
+                "pipeline verify {:?}: window, sampled, after or off",
+                p.verify
+            ));
         }
         if scenario.workload.units_per_job == 0 || scenario.workload.jobs == 0 {
             return Err("the workload is empty".into());

@@ -7,7 +7,6 @@
 //! less the single process's, over the number of stages.
 
 use std::path::Path;
-use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2, Stage, generate_greedy};
@@ -119,22 +118,7 @@ async fn pipelines(
     expected: &[u32],
     quiet: bool,
 ) -> anyhow::Result<Vec<(u32, &'static str, f64, f64)>> {
-    let (api, client) = swarm.start_coordinator().await?;
-    for n in 0..NODES {
-        swarm.start_node(&format!("node{n}"), &api, models, &[])?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        swarm.check_alive()?;
-        let peers: Vec<Value> = client.get("/v1/peers").await.unwrap_or_default();
-        if peers.iter().filter(|p| p["online"] == true).count() >= NODES {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the benchmark swarm did not form within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_api, client) = swarm.start_swarm(models, NODES).await?;
     let mut runs = Vec::new();
     for (stages, verify) in [(2, "off"), (3, "off"), (2, "window"), (3, "window")] {
         let request = |n: u32| json!({ "prompt": PROMPT, "max_tokens": n, "stages": stages, "verify": verify });

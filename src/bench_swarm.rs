@@ -162,22 +162,7 @@ async fn measure_swarm(
     unit_size: u32,
     quiet: bool,
 ) -> anyhow::Result<[f64; 3]> {
-    let (api, client) = swarm.start_coordinator().await?;
-    for n in 0..NODES {
-        swarm.start_node(&format!("node{n}"), &api, models, &[])?;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        swarm.check_alive()?;
-        let peers: Vec<Value> = client.get("/v1/peers").await.unwrap_or_default();
-        if peers.iter().filter(|p| p["online"] == true).count() >= NODES {
-            break;
-        }
-        if Instant::now() > deadline {
-            bail!("the benchmark swarm did not form within 60 s");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    let (_api, client) = swarm.start_swarm(models, NODES).await?;
     // Each node loads the embedder on its first unit: do that before anything is timed. Four units
     // per node leave both far from trusted (trust takes 10 valid results in a row).
     run_job(&client, &inputs[..16], 4, Some(2)).await?;

@@ -16,6 +16,8 @@ use crate::config::FileConfig;
 const API_FILE_POLL_INTERVAL: Duration = Duration::from_millis(100);
 /// How long a child gets to stop after SIGTERM before it is killed.
 const STOP_GRACE: Duration = Duration::from_secs(5);
+/// How long a local swarm gets to form.
+const SWARM_FORM_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the coordinator gets to start serving HTTP.
 const COORDINATOR_START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -119,6 +121,33 @@ impl Children {
         args.extend(LOOPBACK);
         args.extend(extra);
         self.spawn(name, &args)
+    }
+
+    /// A coordinator and `nodes` nodes at one thread each on loopback, once every node is online.
+    pub(crate) async fn start_swarm(
+        &mut self,
+        models: &Path,
+        nodes: usize,
+    ) -> anyhow::Result<(String, Client)> {
+        let (api, client) = self.start_coordinator().await?;
+        for n in 0..nodes {
+            self.start_node(&format!("node{n}"), &api, models, &[])?;
+        }
+        let deadline = Instant::now() + SWARM_FORM_TIMEOUT;
+        loop {
+            self.check_alive()?;
+            let peers: Vec<serde_json::Value> = client.get("/v1/peers").await.unwrap_or_default();
+            if peers.iter().filter(|p| p["online"] == true).count() >= nodes {
+                return Ok((api, client));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the local swarm did not form within {} s",
+                    SWARM_FORM_TIMEOUT.as_secs()
+                );
+            }
+            tokio::time::sleep(API_FILE_POLL_INTERVAL).await;
+        }
     }
 
     pub(crate) fn log_path(&self, name: &str) -> PathBuf {

@@ -311,7 +311,12 @@ impl Coordinator {
                         .connected(peer, network_of(endpoint.get_remote_address()));
                 }
             }
-            NetEvent::WorkResponse { id, response } => {
+            NetEvent::WorkResponse { .. } | NetEvent::WorkFailed { .. } => {
+                let (id, answer) = match event {
+                    NetEvent::WorkResponse { id, response } => (id, Ok(response)),
+                    NetEvent::WorkFailed { id, error } => (id, Err(error)),
+                    _ => unreachable!("matched above"),
+                };
                 let work = &self.work;
                 let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
                 self.sessions.on_response(
@@ -320,19 +325,7 @@ impl Coordinator {
                     &standing,
                     now,
                     id,
-                    Ok(response),
-                );
-            }
-            NetEvent::WorkFailed { id, error } => {
-                let work = &self.work;
-                let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
-                self.sessions.on_response(
-                    &mut self.network,
-                    &self.registry,
-                    &standing,
-                    now,
-                    id,
-                    Err(error),
+                    answer,
                 );
             }
             NetEvent::Disconnected(_) | NetEvent::Subscribed(_) => {}

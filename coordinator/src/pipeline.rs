@@ -719,8 +719,9 @@ impl Driver {
     }
 
     /// How far two sets of views are apart (the largest relative difference or logit gap), or
-    /// `None` if they disagree.
-    fn agree(a: &[View], b: &[View]) -> Option<f32> {
+    /// `None` if they disagree. A near tie is judged by `b`'s logits only, unless `both_replays`:
+    /// a stage's own claimed logits (`a`) prove nothing about its token.
+    fn agree(a: &[View], b: &[View], both_replays: bool) -> Option<f32> {
         if a.len() != b.len() {
             return None;
         }
@@ -752,7 +753,8 @@ impl Driver {
                             let max = top.first()?.1;
                             top.iter().find(|(id, _)| id == t).map(|(_, l)| max - l)
                         };
-                        let g = gap(ta, top_b).or_else(|| gap(tb, top_a))?;
+                        let g = gap(ta, top_b)
+                            .or_else(|| both_replays.then(|| gap(tb, top_a)).flatten())?;
                         if g.is_nan() || g > TOKEN_LOGIT_MARGIN {
                             return None;
                         }
@@ -776,7 +778,7 @@ impl Driver {
     ) -> Option<f32> {
         let stage = self.views(layers, window, None)?;
         let replay = self.views(layers, window, Some((from, output)))?;
-        Self::agree(&stage, &replay)
+        Self::agree(&stage, &replay, false)
     }
 
     /// A verifier's (or tie-breaker's) answer.
@@ -891,7 +893,7 @@ impl Driver {
                 let replays_agree = self
                     .views(layers, window, Some((verifier_from, &verifier_output)))
                     .zip(self.views(layers, window, Some((from, &output))))
-                    .and_then(|(a, b)| Self::agree(&a, &b))
+                    .and_then(|(a, b)| Self::agree(&a, &b, true))
                     .is_some();
                 if !replays_agree {
                     self.checks.push(WindowCheck {

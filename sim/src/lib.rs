@@ -844,10 +844,12 @@ impl<'a> Sim<'a> {
                     .collect(),
             )
         } else {
-            let t = fake_token(session, first + rows - 1) + shift;
+            // A lying last stage claims the honest logits beside its wrong token, as the node's
+            // fault injection does: its own logits must prove nothing.
+            let honest = fake_token(session, first + rows - 1);
             StageResult::Next {
-                token: t,
-                top: vec![(t, 1.0)],
+                token: honest + shift,
+                top: vec![(honest, 1.0)],
             }
         };
         let receipt = Receipt::sign(

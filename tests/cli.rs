@@ -94,3 +94,62 @@ fn every_command_has_help() {
         );
     }
 }
+
+#[test]
+fn sim_writes_a_reproducible_report_and_refuses_bad_scenarios() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let scenario = dir.path().join("small.toml");
+    std::fs::write(
+        &scenario,
+        "name = \"small\"\n[workload]\nunits_per_job = 500\nreplicas = 2\n\
+         [[population]]\ncount = 20\n[[population]]\ncount = 4\n\
+         behaviour = { kind = \"liar\", probability = 1.0 }\n",
+    )
+    .expect("write");
+    let run = |out: &std::path::Path| {
+        let result = run_hearth(
+            &[],
+            &[
+                "sim",
+                scenario.to_str().expect("utf-8"),
+                "--seed",
+                "9",
+                "--out",
+                out.to_str().expect("utf-8"),
+            ],
+        );
+        assert!(
+            result.status.success(),
+            "{}",
+            String::from_utf8_lossy(&result.stderr)
+        );
+        assert!(String::from_utf8_lossy(&result.stdout).contains("wall time"));
+        std::fs::read_to_string(out.join("report.json")).expect("report.json")
+    };
+    let first = run(&dir.path().join("a"));
+    let second = run(&dir.path().join("b"));
+    assert_eq!(
+        first, second,
+        "the same scenario and seed give the same report"
+    );
+    let report: serde_json::Value = serde_json::from_str(&first).expect("JSON");
+    for field in [
+        "peers",
+        "units",
+        "units_accepted",
+        "wrong_accepted",
+        "executions_per_accepted_unit",
+    ] {
+        assert!(report.get(field).is_some(), "no {field}: {report}");
+    }
+    assert_eq!(report["units"], 500);
+    assert_eq!(report["wrong_accepted"], 0);
+
+    std::fs::write(
+        &scenario,
+        "name = \"bad\"\n[workload]\nunits_per_job = 0\n[[population]]\ncount = 1\n",
+    )
+    .expect("write");
+    let out = run_hearth(&[], &["sim", scenario.to_str().expect("utf-8")]);
+    assert!(one_line_error(&out).contains("the workload is empty"));
+}

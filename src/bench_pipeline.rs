@@ -40,18 +40,9 @@ pub(crate) async fn run(tokens: u32, json: bool, models: &Path) -> anyhow::Resul
         println!("single process, {threads} thread(s): {single:.1} tokens/s");
     }
 
-    let dir = std::env::temp_dir().join(format!("hearth-bench-pipeline-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut swarm = Children {
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
+    let mut swarm = Children::in_temp_dir("hearth-bench-pipeline")?;
     let result = pipelines(&mut swarm, models, tokens, &single_tokens, json).await;
-    if result.is_err() {
-        swarm.show_logs();
-    }
-    swarm.stop_quietly().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    swarm.finish(result.is_err(), false).await;
     let runs = result?;
 
     let single_ms = 1e3 / single;

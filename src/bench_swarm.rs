@@ -89,18 +89,9 @@ pub(crate) async fn run(
         println!("single process, {threads} threads: {single:.1} texts/s");
     }
 
-    let dir = std::env::temp_dir().join(format!("hearth-bench-{}", std::process::id()));
-    std::fs::create_dir_all(&dir)?;
-    let mut swarm = Children {
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
+    let mut swarm = Children::in_temp_dir("hearth-bench-swarm")?;
     let result = measure_swarm(&mut swarm, models, &inputs, unit_size, json).await;
-    if result.is_err() {
-        swarm.show_logs();
-    }
-    swarm.stop_quietly().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    swarm.finish(result.is_err(), false).await;
     let [adaptive, r1, r2] = result?;
 
     let ratio = |x: f64| x / single;

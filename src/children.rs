@@ -59,6 +59,28 @@ pub(crate) struct Children {
 }
 
 impl Children {
+    /// Children whose data and logs live in a fresh folder under the system's temporary folder.
+    pub(crate) fn in_temp_dir(prefix: &str) -> anyhow::Result<Self> {
+        let dir = std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        Ok(Self {
+            dir,
+            children: Vec::new(),
+        })
+    }
+
+    /// Stop every child (showing their logs' tails when `failed`), then remove the folder.
+    pub(crate) async fn finish(mut self, failed: bool, announce: bool) {
+        if failed {
+            self.show_logs();
+        }
+        self.stop_children().await;
+        if announce {
+            println!("Stopped {} processes.", self.children.len());
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+
     pub(crate) fn spawn(&mut self, name: &str, args: &[&str]) -> anyhow::Result<()> {
         let exe = std::env::current_exe().context("finding the hearth binary")?;
         let log = std::fs::File::create(self.log_path(name))?;
@@ -175,17 +197,7 @@ impl Children {
         }
     }
 
-    /// [`Children::stop`] without the closing line.
-    pub(crate) async fn stop_quietly(&mut self) {
-        self.stop_children().await;
-    }
-
     /// SIGTERM every child, nodes first, then wait; kill what has not stopped after the grace time.
-    pub(crate) async fn stop(&mut self) {
-        self.stop_children().await;
-        println!("Stopped {} processes.", self.children.len());
-    }
-
     async fn stop_children(&mut self) {
         for (_, child) in self.children.iter_mut().rev() {
             terminate(child);

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use hearth_protocol::api::PeerEntry;
 
 use crate::children::Children;
@@ -20,13 +20,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(300);
 
 pub(crate) async fn run(args: DemoArgs, file: &FileConfig) -> anyhow::Result<()> {
     let models = args.models.resolve(file)?;
-    let dir = std::env::temp_dir().join(format!("hearth-demo-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
-    let mut swarm = Children {
-        dir: dir.clone(),
-        children: Vec::new(),
-    };
-
+    let mut swarm = Children::in_temp_dir("hearth-demo")?;
     let outcome = tokio::select! {
         result = form(&args, &models, &mut swarm) => result,
         () = shutdown_signal() => {
@@ -34,11 +28,7 @@ pub(crate) async fn run(args: DemoArgs, file: &FileConfig) -> anyhow::Result<()>
             Ok(())
         }
     };
-    if outcome.is_err() {
-        swarm.show_logs();
-    }
-    swarm.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
+    swarm.finish(outcome.is_err(), true).await;
     outcome
 }
 

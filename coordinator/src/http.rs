@@ -25,7 +25,7 @@ use tokio::sync::{mpsc, oneshot};
 use crate::limits::GENERATE_TOKENS_DEFAULT;
 use crate::limits::{HTTP_BODY_BYTES_MAX, JOB_BODY_BYTES_MAX};
 use crate::scheduler::JobStatus;
-use crate::sessions::{GenerateRequest, SessionEvent};
+use crate::sessions::{GenerateRequest, SessionEvent, Sessions};
 use crate::work::{SubmitJob, Unavailable};
 
 /// A question for the event loop, with where to send the answer.
@@ -120,8 +120,8 @@ async fn generate(
         Ok(Json(body)) => body,
         Err(rejection) => return error(rejection.status(), &rejection.body_text()),
     };
-    let tokens = request.max_tokens.unwrap_or(GENERATE_TOKENS_DEFAULT) as usize;
-    let (events_tx, mut events) = mpsc::channel(tokens.clamp(1, 4096) + 2);
+    let capacity = Sessions::events_capacity(request.max_tokens.unwrap_or(GENERATE_TOKENS_DEFAULT));
+    let (events_tx, mut events) = mpsc::channel(capacity);
     match ask(&commands, |reply| {
         Command::Generate(Box::new(request), events_tx, reply)
     })

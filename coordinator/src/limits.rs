@@ -88,3 +88,8 @@ pub const STAGES_DEFAULT: usize = 3;
 /// A pipeline step unanswered this long counts as its stage failing (a step is milliseconds; a
 /// prompt's prefill on a slow peer, seconds).
 pub const STEP_TIMEOUT_MS: u64 = 15_000;
+
+/// Units one request for work may ask for (a node's `--max-concurrent` is at most this).
+pub const SLOTS_PER_REQUEST_MAX: u32 = 64;
+/// Events a session's client queue holds beyond its tokens (corrections, the summary).
+pub const SESSION_EVENTS_SLACK: usize = 16;

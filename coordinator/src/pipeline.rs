@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use hearth_protocol::work::{Forward, StageData, StageResult};
+use hearth_protocol::work::{Forward, StageData, StageResult, floats};
 use hearth_protocol::{ModelId, PeerId, Receipt, Subject};
 use serde::Serialize;
 
@@ -298,17 +298,18 @@ enum View {
     Token(u32, Vec<(u32, f32)>),
 }
 
-fn floats(bytes: &[u8]) -> Vec<f32> {
-    bytes
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-        .collect()
+/// Bit marking the session id verifiers replay a session's windows under (their caches stay apart
+/// from the session's own on a peer that serves both).
+const CHECK_SESSION_BIT: u64 = 1 << 62;
+
+/// The session id verifiers replay `session`'s windows under.
+pub fn check_session(session: u64) -> u64 {
+    session | CHECK_SESSION_BIT
 }
 
-/// The session id verifiers replay a session's windows under (their caches stay apart from the
-/// session's own on a peer that serves both).
-fn check_session(session: u64) -> u64 {
-    session | (1 << 62)
+/// The session a (possibly verifier's) session id belongs to.
+pub fn session_of(id: u64) -> u64 {
+    id & !CHECK_SESSION_BIT
 }
 
 impl Driver {
@@ -374,11 +375,6 @@ impl Driver {
     /// How the session is checked.
     pub fn verify_mode(&self) -> Verify {
         self.verify
-    }
-
-    /// Whether the session is over.
-    pub fn is_done(&self) -> bool {
-        self.done
     }
 
     fn draw(&mut self) -> f64 {

@@ -427,19 +427,9 @@ impl Scheduler {
     /// Apply one event at `now_ms`.
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
         let mut out = Vec::new();
-        let input_peer = match &input {
-            Input::Ready { peer, .. } => Input::Ready {
-                peer: *peer,
-                slots: 0,
-                until_ms: 0,
-                offer: Offer {
-                    classes: BTreeMap::new(),
-                    models: Vec::new(),
-                    score: 0.0,
-                    network: None,
-                },
-            },
-            _ => Input::Tick,
+        let ready = match &input {
+            Input::Ready { peer, .. } => Some(*peer),
+            _ => None,
         };
         if matches!(input, Input::Tick | Input::Submit(_)) {
             self.work_added = true;
@@ -515,8 +505,8 @@ impl Scheduler {
         // A peer that asks is offered work at once; the others only when work was added since they
         // last looked (or time passed: a quarantine may have ended). With thousands of peers
         // waiting, trying them all on every event would cost more than the work.
-        if let Input::Ready { peer, .. } = &input_peer {
-            self.dispatch_peer(now_ms, *peer, &mut out);
+        if let Some(peer) = ready {
+            self.dispatch_peer(now_ms, peer, &mut out);
         }
         if self.work_added {
             self.work_added = false;
@@ -553,11 +543,6 @@ impl Scheduler {
     /// Forget every waiting peer: after a restart no request is held any more.
     pub fn forget_waiting(&mut self) {
         self.waiting.clear();
-    }
-
-    /// Whether `peer` is waiting for work.
-    pub fn is_waiting(&self, peer: &PeerId) -> bool {
-        self.waiting.contains_key(peer)
     }
 
     /// A job's progress.

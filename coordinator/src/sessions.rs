@@ -14,7 +14,9 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::limits::{GENERATE_TOKENS_DEFAULT, SESSIONS_MAX, STAGES_DEFAULT, STEP_TIMEOUT_MS};
+use crate::limits::{
+    GENERATE_TOKENS_DEFAULT, SESSION_EVENTS_SLACK, SESSIONS_MAX, STAGES_DEFAULT, STEP_TIMEOUT_MS,
+};
 use crate::pipeline::{Action, Candidate, Driver, Verify, plan};
 use crate::{Registry, Standing};
 
@@ -388,9 +390,13 @@ impl Sessions {
                         .and_then(|l| l.tokenizer.decode(&live.released).ok())
                         .unwrap_or_default();
                     live.text_sent = text.len();
-                    let _ = live
+                    if live
                         .events
-                        .try_send(SessionEvent::Correction { from, text });
+                        .try_send(SessionEvent::Correction { from, text })
+                        .is_err()
+                    {
+                        return self.abandon(net, session);
+                    }
                 }
                 Action::Token(id) => {
                     if live.first_token_ms.is_none() {
@@ -410,9 +416,13 @@ impl Sessions {
                         live.text_sent = text.len();
                         delta
                     };
-                    let _ = live
+                    if live
                         .events
-                        .try_send(SessionEvent::Token { id, text: delta });
+                        .try_send(SessionEvent::Token { id, text: delta })
+                        .is_err()
+                    {
+                        return self.abandon(net, session);
+                    }
                 }
                 Action::Finished { error, peers } => {
                     for peer in peers {
@@ -432,6 +442,25 @@ impl Sessions {
                 }
             }
         }
+    }
+
+    /// The client stopped reading (its event queue is full or closed): end the session and free
+    /// its stages' caches rather than generate for nobody.
+    fn abandon(&mut self, net: &mut Network, session: u64) {
+        if let Some(live) = self.live.remove(&session) {
+            tracing::warn!(session, "client stopped reading; session ended");
+            for hop in live.driver.route() {
+                net.request(&hop.peer_id, WorkRequest::EndSession { session });
+            }
+        }
+        self.requests.retain(|_, s| *s != session);
+    }
+
+    /// Events a session may queue for its client: every token (twice over, for corrections that
+    /// release tokens again) and the summary.
+    pub(crate) fn events_capacity(max_tokens: u32) -> usize {
+        2 * max_tokens.clamp(1, hearth_protocol::GENERATE_TOKENS_MAX) as usize
+            + SESSION_EVENTS_SLACK
     }
 
     /// Peers caught returning wrong results since the last call, for the ledger.

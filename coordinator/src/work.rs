@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::journal::{Batch, JobKind, JobPayload, Journal, Record, StoredOutput};
-use crate::limits::{JOB_INPUTS_MAX, REPLICAS_MAX, WORK_FETCH_HOLD_MS};
+use crate::limits::{JOB_INPUTS_MAX, REPLICAS_MAX, SLOTS_PER_REQUEST_MAX, WORK_FETCH_HOLD_MS};
 use crate::scheduler::{
     Delivery, Input, JobSpec, JobState, JobStatus, Offer, Output, Policy, Scheduler, UnitSpec,
     unit_size,
@@ -415,7 +415,7 @@ impl Work {
                 self.parked.insert(peer, (channel, until_ms));
                 let input = Input::Ready {
                     peer,
-                    slots: slots.clamp(1, 64),
+                    slots: slots.clamp(1, SLOTS_PER_REQUEST_MAX),
                     until_ms,
                     offer,
                 };

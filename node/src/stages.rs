@@ -100,11 +100,8 @@ impl Server {
         let hidden = stage.config().hidden;
         let input = match &f.input {
             StageData::Tokens(ids) => StageInput::Tokens(ids.clone()),
-            StageData::Hidden { rows, bytes } => {
-                let floats: Vec<f32> = bytes
-                    .chunks_exact(4)
-                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                    .collect();
+            data @ StageData::Hidden { rows, bytes } => {
+                let floats = data.floats();
                 if floats.len() != *rows as usize * hidden || bytes.len() % 4 != 0 {
                     return Err(format!("hidden input is not {rows}×{hidden} floats"));
                 }
@@ -124,11 +121,7 @@ impl Server {
                     .flatten_all()
                     .and_then(|t| t.to_vec1())
                     .map_err(|e| e.to_string())?;
-                let bytes = floats.iter().flat_map(|v| v.to_le_bytes()).collect();
-                StageResult::Hidden(StageData::Hidden {
-                    rows: rows as u32,
-                    bytes,
-                })
+                StageResult::Hidden(StageData::hidden(rows as u32, &floats))
             }
             StageOutput::Logits(logits) => {
                 let rows: Vec<Vec<f32>> = logits.to_vec2().map_err(|e| e.to_string())?;

@@ -282,6 +282,14 @@ impl Reader<'_> {
     }
 }
 
+/// Little-endian f32s from bytes (a trailing partial float is ignored; callers check lengths).
+pub fn floats(bytes: &[u8]) -> Vec<f32> {
+    bytes
+        .chunks_exact(4)
+        .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+        .collect()
+}
+
 /// Domain of a pipeline step's input digest.
 const STEP_INPUT_CONTEXT: &str = "hearth 2026 step input v1";
 /// Domain of a pipeline step's output digest.
@@ -305,6 +313,22 @@ pub enum StageData {
 }
 
 impl StageData {
+    /// Hidden states from `rows` rows of floats (row-major).
+    pub fn hidden(rows: u32, floats: &[f32]) -> Self {
+        Self::Hidden {
+            rows,
+            bytes: floats.iter().flat_map(|v| v.to_le_bytes()).collect(),
+        }
+    }
+
+    /// The floats of hidden states (empty for tokens).
+    pub fn floats(&self) -> Vec<f32> {
+        match self {
+            Self::Tokens(_) => Vec::new(),
+            Self::Hidden { bytes, .. } => floats(bytes),
+        }
+    }
+
     /// Positions it covers.
     pub fn rows(&self) -> usize {
         match self {

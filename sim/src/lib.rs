@@ -817,23 +817,20 @@ impl<'a> Sim<'a> {
             Behaviour::Adaptive { after_valid } => peer.valid >= *after_valid,
         };
         // A verifier replays under the session's check id; the activations are the session's.
-        let session = forward.session & !(1 << 62);
+        let session = hearth_coordinator::pipeline::session_of(forward.session);
         let end = u64::from(forward.layers.1);
         let first = u64::from(forward.pos);
         let rows = forward.input.rows() as u64;
         // Each liar lies its own way (independent liars do not agree with each other).
         let shift: u32 = if lie { p + 1 } else { 0 };
         let output = if forward.layers.1 < LAYERS {
-            let mut bytes = Vec::new();
-            for q in first..first + rows {
-                let v = fake_value(session, end, q) + shift as f32;
-                bytes.extend(v.to_le_bytes());
-                bytes.extend((v / 2.0).to_le_bytes());
-            }
-            StageResult::Hidden(StageData::Hidden {
-                rows: rows as u32,
-                bytes,
-            })
+            let floats: Vec<f32> = (first..first + rows)
+                .flat_map(|q| {
+                    let v = fake_value(session, end, q) + shift as f32;
+                    [v, v / 2.0]
+                })
+                .collect();
+            StageResult::Hidden(StageData::hidden(rows as u32, &floats))
         } else if forward.all_positions {
             StageResult::NextEach(
                 (first..first + rows)

@@ -78,14 +78,28 @@ fn local(
         v[v.len() / 2]
     };
     let (prompt_tps, decode_tps) = (median(&mut prefill), median(&mut decode));
-    let threads = candle_core::utils::get_num_threads();
+    let threads = stage.threads();
+    let kernel_path = stage.kernel_path();
     if json {
         println!(
             "{}",
-            json!({ "model": model.id, "threads": threads, "prompt_tokens": PROMPT_TOKENS, "prompt_tokens_per_s": prompt_tps, "decode_tokens": DECODE_TOKENS, "decode_tokens_per_s": decode_tps })
+            json!({
+                "model": model.id,
+                "threads": threads,
+                "kernel_path": kernel_path,
+                "prompt_tokens": PROMPT_TOKENS,
+                "prompt_tok_s": prompt_tps,
+                "decode_tokens": DECODE_TOKENS,
+                "decode_tok_s": decode_tps,
+                "prompt_tokens_per_s": prompt_tps,
+                "decode_tokens_per_s": decode_tps,
+            })
         );
     } else {
-        println!("{} on {threads} thread(s):", path.display());
+        println!(
+            "{} on {threads} thread(s), kernel path {kernel_path}:",
+            path.display()
+        );
         println!(
             "  prompt  {prompt_tps:>8.1} tokens/s  ({PROMPT_TOKENS}-token prefill, median of {RUNS})"
         );

@@ -475,7 +475,7 @@ pub(crate) enum BenchCommand {
         /// GGUF model file [default: the fetched SmolLM2-135M-Instruct].
         #[arg(long, value_name = "PATH")]
         model: Option<PathBuf>,
-        /// Print JSON: {threads, prompt_tokens_per_s, decode_tokens_per_s, …}.
+        /// Print JSON: {threads, kernel_path, prompt_tok_s, decode_tok_s, …}.
         #[arg(long)]
         json: bool,
     },

@@ -89,6 +89,8 @@ fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> 
                 "prompt_ids": prompt_ids,
                 "token_ids": generated,
                 "text": text,
+                "logits_digest": run.logits_digest,
+                "kernel_path": stage.kernel_path(),
                 "prefill_ms": prefill.as_secs_f64() * 1e3,
                 "decode_tokens_per_s": if decode > 0.0 { (generated.len().saturating_sub(1)) as f64 / decode } else { 0.0 },
             })

@@ -163,9 +163,10 @@ pub const VERIFY_WINDOW_TOKENS: u64 = 8;
 
 /// Largest difference between a stage's hidden states and a verifier's replay of them that still
 /// agrees, relative to the row's largest magnitude (at least 1). A replay runs a window as one
-/// prefill where the stage ran it token by token; this project's kernels are not yet
-/// batch-invariant, so the two differ by rounding that grows with position (measured below 1e-3 on
-/// the default model); a stage that lies moves activations far more.
+/// prefill where the stage ran it token by token. Hearth's CPU kernels are batch-invariant and the
+/// same on every instruction set, so two CPU peers agree bit for bit (max_difference 0); the margin
+/// is for peers of different classes (a GPU beside CPUs, or a model the CPU kernels do not run,
+/// which falls back to candle), whose rounding differs. A stage that lies moves activations far more.
 pub const HIDDEN_REL_TOLERANCE: f32 = 0.02;
 
 /// A last stage's token agrees with a verifier's replay when it is the verifier's top token, or

@@ -5,7 +5,11 @@ use sysinfo::{CpuRefreshKind, MemoryRefreshKind, RefreshKind, System};
 
 /// Version of Hearth's kernels. It is part of every numeric class, so peers running different kernel
 /// code never have their outputs compared bit for bit.
-pub const KERNELS_VERSION: &str = "k0";
+pub const KERNELS_VERSION: &str = "k1";
+
+/// What names the bits of Hearth's CPU LLM kernels in place of the CPU: they quantize activations to
+/// 8 bits per block of 32 and compute in f32 with a fixed order, the same on every instruction set.
+pub const CPU_LLM_DTYPE: &str = "q8act-f32";
 
 /// The host's hardware, read once at start.
 #[derive(Clone, Debug, PartialEq)]
@@ -131,16 +135,19 @@ pub fn compute_device() -> candle_core::Device {
     })
 }
 
-/// The numeric class of `family` kernels on `device` of this host: kernel version, backend, and the
-/// code path that decides the bits (CPU architecture and SIMD tier, or the GPU's name). Two peers with
-/// the same class are expected to produce identical bits; the kernels issue makes CPU classes
-/// independent of the SIMD tier once its kernels are reproducible across instruction sets.
+/// The numeric class of `family` kernels on `device` of this host: kernel version, backend, and what
+/// decides the bits. Two peers with the same class are expected to produce identical bits. On the CPU
+/// the LLM kernels are Hearth's own, identical on every instruction set, so their class names only
+/// the kernel version and dtype and every CPU peer compares with every other; the embedder still runs
+/// on candle, whose AVX2 and AVX-512 paths differ, so its class names the architecture and SIMD tier.
+/// On a GPU the class names the device.
 pub fn numeric_class(family: KernelFamily, hardware: &Hardware, device: &Device) -> String {
     let family = match family {
         KernelFamily::Llm => "llm",
         KernelFamily::Embed => "embed",
     };
     let path = match device.backend {
+        Backend::Cpu if family == "llm" => CPU_LLM_DTYPE.to_string(),
         Backend::Cpu => format!("{}-{}", hardware.arch, hardware.simd_tier()),
         Backend::Cuda | Backend::Metal => device.name.to_lowercase().replace(' ', "-"),
     };
@@ -264,13 +271,22 @@ mod tests {
         assert_eq!(cpu.backend, Backend::Cpu);
         assert_eq!(
             numeric_class(KernelFamily::Llm, &hw, &cpu),
-            "k0/llm/cpu/x86_64-avx2"
+            "k1/llm/cpu/q8act-f32"
+        );
+        assert_eq!(
+            numeric_class(KernelFamily::Embed, &hw, &cpu),
+            "k1/embed/cpu/x86_64-avx2"
         );
         hw.cpu_features
             .extend(["avx512f".into(), "avx512bw".into()]);
         assert_eq!(
+            numeric_class(KernelFamily::Llm, &hw, &cpu),
+            "k1/llm/cpu/q8act-f32",
+            "the LLM class does not depend on the SIMD tier"
+        );
+        assert_eq!(
             numeric_class(KernelFamily::Embed, &hw, &cpu),
-            "k0/embed/cpu/x86_64-avx512"
+            "k1/embed/cpu/x86_64-avx512"
         );
         let gpu = Device {
             backend: Backend::Cuda,
@@ -280,7 +296,7 @@ mod tests {
         };
         assert_eq!(
             numeric_class(KernelFamily::Llm, &hw, &gpu),
-            "k0/llm/cuda/nvidia-h100-80gb-hbm3"
+            "k1/llm/cuda/nvidia-h100-80gb-hbm3"
         );
     }
 }

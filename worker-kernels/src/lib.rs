@@ -22,10 +22,13 @@ pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
 pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2};
 pub use embed::{EMBED_BATCH_MAX, EMBED_TOKENS_MAX, Embedder};
 pub use error::{Error, Result};
-pub use hardware::{Device, Hardware, KERNELS_VERSION, compute_device, free_cores, numeric_class};
+pub use hardware::{
+    CPU_LLM_DTYPE, Device, Hardware, KERNELS_VERSION, compute_device, free_cores, numeric_class,
+};
+pub use hearth_cpu::{KERNEL_PATH_ENV, KernelPath, Kernels};
 pub use llm::{
     ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, Greedy, LlmConfig, SESSIONS_MAX,
-    SessionId, Stage, StageInput, StageOutput, argmax, generate_greedy,
+    SessionId, Stage, StageInput, StageOutput, argmax, cpu_kernels, generate_greedy,
 };
 
 /// The [`hearth_protocol::ModelId`] of a model file: the blake3 of its bytes, read in 64 KiB pieces.

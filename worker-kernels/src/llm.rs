@@ -9,5 +9,5 @@ mod tokenizer;
 pub use chat::{ChatMessage, ChatTemplate};
 pub use gguf::{GgufModel, LlmConfig};
 pub use greedy::{Greedy, argmax, generate_greedy};
-pub use stage::{SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput};
+pub use stage::{SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput, cpu_kernels};
 pub use tokenizer::GgufTokenizer;

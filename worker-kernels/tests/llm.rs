@@ -213,48 +213,82 @@ fn sessions_are_kept_apart_and_checked_for_continuity() {
 /// Batch invariance: is a prefill of N tokens bit-identical to N one-token steps? It holds for a
 /// short prefill, which is asserted; for a long one candle's kernels change path with the batch size
 /// and it does not, which is reported (the kernels issue makes it hold everywhere).
-#[test]
-fn batch_invariance_holds_for_short_prefills_and_is_reported_for_long_ones() {
-    let short = "Pipelines replay a prefix as one prefill to rebuild a cache.".to_string();
-    let long = short.repeat(10);
-    for text in [short, long] {
-        let prompt = tokenizer().encode(&text, false).expect("encode");
-        let device = Device::Cpu;
-        let mut batched = Stage::load(model(), 0..30, &device).expect("stage");
-        let all = logits(
-            batched
-                .forward(1, StageInput::Tokens(prompt.clone()), 0, true)
-                .expect("prefill"),
-        );
-        let mut stepped = Stage::load(model(), 0..30, &device).expect("stage");
-        let (mut identical, mut max_diff) = (0, 0f32);
-        for (i, &id) in prompt.iter().enumerate() {
-            let one = logits(
-                stepped
-                    .forward(1, StageInput::Tokens(vec![id]), i, false)
-                    .expect("step"),
-            );
-            let a: Vec<f32> = all.get(i).expect("row").to_vec1().expect("f32");
-            let b: Vec<f32> = one.get(0).expect("row").to_vec1().expect("f32");
-            if a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()) {
-                identical += 1;
-            }
-            max_diff = a
-                .iter()
-                .zip(&b)
-                .map(|(x, y)| (x - y).abs())
-                .fold(max_diff, f32::max);
+/// Every position's logits for `prompt` fed in pieces of `sizes` (cycled), on `stage`.
+fn logits_in_pieces(stage: &mut Stage, prompt: &[u32], sizes: &[usize]) -> Vec<Vec<u32>> {
+    let mut rows = Vec::new();
+    let mut at = 0;
+    for &size in sizes.iter().cycle() {
+        if at == prompt.len() {
+            break;
         }
-        println!(
-            "batch invariance: {identical} of {} positions bit-identical between one prefill and one-token steps; max |logit diff| {max_diff:e}",
-            prompt.len()
+        let end = (at + size).min(prompt.len());
+        let out = logits(
+            stage
+                .forward(1, StageInput::Tokens(prompt[at..end].to_vec()), at, true)
+                .expect("forward"),
         );
-        if prompt.len() <= 16 {
-            assert_eq!(
-                identical,
-                prompt.len(),
-                "a short prefill must equal one-token steps bit for bit"
+        for i in 0..end - at {
+            rows.push(bits(&out.get(i).expect("row")));
+        }
+        at = end;
+    }
+    stage.end_session(1);
+    rows
+}
+
+#[test]
+fn batch_invariance_a_token_gets_the_same_bits_alone_or_in_any_prefill() {
+    // A long prompt (well past the lengths where candle's kernels drifted) as one prefill, in
+    // uneven pieces, and one token at a time: every position's logits bit-identical.
+    let text = "Pipelines replay a prefix as one prefill to rebuild a cache. ".repeat(12);
+    let prompt = tokenizer().encode(&text, false).expect("encode");
+    assert!(prompt.len() > 100, "{}", prompt.len());
+    let mut stage = Stage::load(model(), 0..30, &Device::Cpu).expect("stage");
+    assert_ne!(
+        stage.kernel_path(),
+        "candle",
+        "the CPU runs Hearth's kernels"
+    );
+    let whole = logits_in_pieces(&mut stage, &prompt, &[prompt.len()]);
+    for sizes in [&[1][..], &[7, 1, 30, 2]] {
+        let pieces = logits_in_pieces(&mut stage, &prompt, sizes);
+        for (i, (a, b)) in whole.iter().zip(&pieces).enumerate() {
+            assert!(
+                a == b,
+                "position {i} differs between one prefill and pieces {sizes:?}"
             );
+        }
+    }
+}
+
+#[test]
+fn every_kernel_path_and_thread_count_gives_the_same_bits() {
+    let prompt = tokenizer()
+        .encode("Volunteers compare results by hash.", false)
+        .expect("encode");
+    let mut reference: Option<(String, Vec<Vec<u32>>, Vec<u32>)> = None;
+    let paths = hearth_kernels::KernelPath::available();
+    assert!(
+        paths.len() > 1 || !cfg!(target_arch = "x86_64"),
+        "{paths:?}"
+    );
+    for path in paths {
+        for threads in [1, 2] {
+            let kernels =
+                std::sync::Arc::new(hearth_kernels::Kernels::new(path, threads).expect("kernels"));
+            let mut stage = Stage::load_cpu(model(), 0..30, kernels).expect("stage");
+            let rows = logits_in_pieces(&mut stage, &prompt, &[prompt.len()]);
+            let greedy =
+                hearth_kernels::generate_greedy(&mut stage, 2, &prompt, 8, 9).expect("greedy");
+            let name = format!("{path} × {threads}");
+            println!("{name}: logits digest {}", greedy.logits_digest);
+            match &reference {
+                None => reference = Some((name, rows, greedy.token_ids)),
+                Some((first, want, tokens)) => {
+                    assert!(&rows == want, "{name} differs from {first}");
+                    assert_eq!(&greedy.token_ids, tokens, "{name} vs {first}");
+                }
+            }
         }
     }
 }

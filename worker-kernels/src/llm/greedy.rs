@@ -15,6 +15,9 @@ pub struct Greedy {
     pub prefill: Duration,
     /// Time for the whole run.
     pub total: Duration,
+    /// The blake3 of every step's logits in order (the prompt's last position, then each decode
+    /// step's), as little-endian f32 bytes, in hex: two runs compare at a glance.
+    pub logits_digest: String,
 }
 
 /// The first maximum of `row` and its value: ties go to the lowest id, as in llama.cpp's greedy
@@ -60,9 +63,13 @@ pub fn generate_greedy(
         let mut logits =
             last_logits(stage.forward(session, StageInput::Tokens(prompt.to_vec()), 0, false)?)?;
         let prefill = started.elapsed();
+        let mut digest = blake3::Hasher::new();
         let mut token_ids = Vec::new();
         // Each generated token is fed back at the next position.
         for pos in prompt.len()..prompt.len() + max_tokens {
+            for v in &logits {
+                digest.update(&v.to_le_bytes());
+            }
             let (next, _) = argmax(&logits);
             token_ids.push(next);
             if next == eos || pos + 1 >= context || token_ids.len() == max_tokens {
@@ -75,6 +82,7 @@ pub fn generate_greedy(
             token_ids,
             prefill,
             total: started.elapsed(),
+            logits_digest: digest.finalize().to_hex().to_string(),
         })
     })();
     stage.end_session(session);

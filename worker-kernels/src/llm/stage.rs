@@ -14,12 +14,32 @@
 
 use std::collections::HashMap;
 use std::ops::Range;
+use std::sync::{Arc, OnceLock};
 
 use candle_core::quantized::QMatMul;
 use candle_core::{DType, Device, Module, Tensor};
+use hearth_cpu::{Input, KernelPath, Kernels, KvCache, LlamaRange};
 
 use crate::llm::{GgufModel, LlmConfig};
 use crate::{Error, Result};
+
+/// The process's CPU kernels: the path `HEARTH_KERNEL_PATH` forces (an error if this CPU lacks it),
+/// else the best one; as many threads as `RAYON_NUM_THREADS` says (the node's `--max-threads` sets
+/// it), else every core. Made once, on first use.
+pub fn cpu_kernels() -> Result<Arc<Kernels>> {
+    static KERNELS: OnceLock<std::result::Result<Arc<Kernels>, String>> = OnceLock::new();
+    KERNELS
+        .get_or_init(|| {
+            let threads = std::env::var("RAYON_NUM_THREADS")
+                .ok()
+                .and_then(|t| t.parse::<usize>().ok())
+                .filter(|&t| t > 0)
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+            Ok(Arc::new(Kernels::new(KernelPath::from_env()?, threads)?))
+        })
+        .clone()
+        .map_err(Error::Request)
+}
 
 /// Sessions one stage keeps a KV cache for; the least recently used is dropped beyond it.
 pub const SESSIONS_MAX: usize = 64;
@@ -58,8 +78,10 @@ struct Block {
 }
 
 struct Session {
-    /// Per layer of this stage: keys and values `[1, kv_heads, positions, head_dim]`.
+    /// Per layer of this stage: keys and values `[1, kv_heads, positions, head_dim]` (candle).
     kv: Vec<Option<(Tensor, Tensor)>>,
+    /// Keys and values of Hearth's CPU kernels.
+    cpu_kv: KvCache,
     /// The position the next input starts at.
     next_pos: usize,
     /// For least-recently-used eviction.
@@ -69,6 +91,9 @@ struct Session {
 /// A loaded range of layers.
 pub struct Stage {
     config: LlmConfig,
+    /// On the CPU: Hearth's own kernels, which give the same bits on every CPU. Otherwise (a GPU,
+    /// or a model in a format they do not run) candle, below.
+    cpu: Option<(LlamaRange, Arc<Kernels>)>,
     layers: Range<usize>,
     device: Device,
     embedding: Option<Tensor>,
@@ -84,6 +109,70 @@ impl Stage {
     /// Load `layers` of `model` onto `device`: only those blocks, plus the token embedding on the first
     /// stage and the final norm and LM head on the last.
     pub fn load(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
+        if device.is_cpu() {
+            let kernels = cpu_kernels()?;
+            match Self::load_cpu(model, layers.clone(), kernels) {
+                Ok(stage) => return Ok(stage),
+                Err(Error::Model { reason, .. }) if reason.contains("GGML type") => {
+                    tracing::warn!(%reason, "Hearth's CPU kernels cannot run this model; using candle's");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        Self::load_candle(model, layers, device)
+    }
+
+    /// Load `layers` onto Hearth's CPU kernels `kernels` (any path, any threads: the bits are the
+    /// same).
+    pub fn load_cpu(
+        model: &GgufModel,
+        layers: Range<usize>,
+        kernels: Arc<Kernels>,
+    ) -> Result<Self> {
+        let bad = |reason: String| Error::Model {
+            path: model.path().into(),
+            reason,
+        };
+        let gguf = hearth_cpu::Gguf::open(model.path()).map_err(bad)?;
+        let range = LlamaRange::load(&gguf, layers.clone()).map_err(|e| {
+            if e.contains("not a range") {
+                Error::Request(e)
+            } else {
+                bad(e)
+            }
+        })?;
+        let empty = Tensor::zeros(0, DType::F32, &Device::Cpu)?;
+        Ok(Self {
+            config: model.config.clone(),
+            cpu: Some((range, kernels)),
+            layers,
+            device: Device::Cpu,
+            embedding: None,
+            blocks: Vec::new(),
+            head: None,
+            cos: empty.clone(),
+            sin: empty,
+            sessions: HashMap::new(),
+            uses: 0,
+        })
+    }
+
+    /// The kernel path computing this stage: `scalar`, `avx2`, `avx512` or `neon` on Hearth's CPU
+    /// kernels, `candle` otherwise.
+    pub fn kernel_path(&self) -> &'static str {
+        self.cpu
+            .as_ref()
+            .map_or("candle", |(_, k)| k.path().as_str())
+    }
+
+    /// Threads computing on Hearth's CPU kernels (candle's own count otherwise).
+    pub fn threads(&self) -> usize {
+        self.cpu
+            .as_ref()
+            .map_or_else(candle_core::utils::get_num_threads, |(_, k)| k.threads())
+    }
+
+    fn load_candle(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
         let config = model.config.clone();
         if layers.start >= layers.end || layers.end > config.layers {
             return Err(Error::Request(format!(
@@ -132,6 +221,7 @@ impl Stage {
         let (cos, sin) = rope_tables(&config, device)?;
         Ok(Self {
             config,
+            cpu: None,
             layers,
             device: device.clone(),
             embedding,
@@ -164,6 +254,9 @@ impl Stage {
         pos: usize,
         all_logits: bool,
     ) -> Result<StageOutput> {
+        if self.cpu.is_some() {
+            return self.forward_cpu(session, input, pos, all_logits);
+        }
         let mut x = match input {
             StageInput::Tokens(ids) => {
                 let embedding = self.embedding.as_ref().ok_or_else(|| {
@@ -234,6 +327,54 @@ impl Stage {
         }
     }
 
+    fn forward_cpu(
+        &mut self,
+        session: SessionId,
+        input: StageInput,
+        pos: usize,
+        all_logits: bool,
+    ) -> Result<StageOutput> {
+        let hidden_in;
+        let input = match &input {
+            StageInput::Tokens(ids) => Input::Tokens(ids),
+            StageInput::Hidden(t) => {
+                let (seq, width) = t.dims2()?;
+                if seq == 0 || width != self.config.hidden {
+                    return Err(Error::Request(format!(
+                        "input is {seq}×{width}, expected n×{}",
+                        self.config.hidden
+                    )));
+                }
+                hidden_in = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
+                Input::Hidden(&hidden_in)
+            }
+        };
+        self.uses += 1;
+        let state = self.session(session, pos)?;
+        let mut cache = std::mem::take(&mut state.cpu_kv);
+        let (range, kernels) = self.cpu.as_ref().expect("checked by the caller");
+        let out = range.forward(kernels, &mut cache, input, all_logits);
+        let state = self.sessions.get_mut(&session).expect("session made above");
+        state.next_pos = cache.len();
+        state.cpu_kv = cache;
+        let out = out.map_err(Error::Request)?;
+        if range.gives_logits() {
+            let rows = out.len() / self.config.vocab;
+            Ok(StageOutput::Logits(Tensor::from_vec(
+                out,
+                (rows, self.config.vocab),
+                &Device::Cpu,
+            )?))
+        } else {
+            let rows = out.len() / self.config.hidden;
+            Ok(StageOutput::Hidden(Tensor::from_vec(
+                out,
+                (rows, self.config.hidden),
+                &Device::Cpu,
+            )?))
+        }
+    }
+
     /// Free a session's cache.
     pub fn end_session(&mut self, session: SessionId) {
         self.sessions.remove(&session);
@@ -244,11 +385,12 @@ impl Stage {
         self.sessions
             .iter()
             .map(|(id, s)| {
-                let bytes =
-                    s.kv.iter()
+                let bytes = s.cpu_kv.bytes()
+                    + s.kv
+                        .iter()
                         .flatten()
                         .map(|(k, v)| (k.elem_count() + v.elem_count()) * k.dtype().size_in_bytes())
-                        .sum();
+                        .sum::<usize>();
                 (*id, bytes)
             })
             .collect()
@@ -271,6 +413,7 @@ impl Stage {
                 session,
                 Session {
                     kv: vec![None; self.blocks.len()],
+                    cpu_kv: KvCache::default(),
                     next_pos: 0,
                     last_used: self.uses,
                 },

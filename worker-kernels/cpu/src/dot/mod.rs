@@ -1,0 +1,208 @@
+//! Quantized row · activation products that give the same bits on every path.
+//!
+//! The integer part of a block product is exact on any instruction set; only the floating-point
+//! accumulation could differ, so it is fixed here, and every SIMD path implements exactly this:
+//!
+//! ```text
+//! acc[0..8] = 0; offset = 0
+//! for each block b, in order:
+//!     dd = d_w[b] · d_a[b]
+//!     for j in 0..8:  p_j = Σ_{k = 4j..4j+3} q_w[k] · q_a[k]        (exact, in integers)
+//!                     acc[j] = acc[j] + dd · p_j                    (multiply, then add: no FMA)
+//!     Q4_1 only:      offset = offset + m_w[b] · s_a[b]
+//! result = ((acc0 + acc4) + (acc2 + acc6)) + ((acc1 + acc5) + (acc3 + acc7)) + offset
+//! ```
+//!
+//! Eight lanes of four products is what one 256-bit register of 32-bit sums holds after
+//! `maddubs`/`madd` (or `dpbusd`), and two NEON registers after pairwise widening adds; AVX-512 runs
+//! two rows side by side, each in its own lanes. No path uses fused multiply-add, since the scalar
+//! path cannot afford it and a fused result differs from a separate one. Each output depends only on
+//! its row and its activation row, never on how many rows or tokens are computed with it, which makes
+//! the products batch-invariant and independent of the thread count.
+
+use crate::path::KernelPath;
+use crate::quant::{ActRow, BLOCK, Q4_1_BYTES, Q8_0_BYTES, QKind, half_at};
+
+#[cfg(target_arch = "aarch64")]
+mod arm;
+#[cfg(target_arch = "x86_64")]
+mod x86;
+
+/// The fixed reduction of the eight lanes.
+#[inline(always)]
+pub(crate) fn tree8(a: [f32; 8]) -> f32 {
+    let s4 = [a[0] + a[4], a[1] + a[5], a[2] + a[6], a[3] + a[7]];
+    (s4[0] + s4[2]) + (s4[1] + s4[3])
+}
+
+/// Row `w` (GGUF blocks of `kind`) · activation row `a`, on the portable path: the definition every
+/// other path matches.
+pub fn dot_scalar(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut offset = 0f32;
+    for b in 0..a.d.len() {
+        let aq = &a.qs[b * BLOCK..(b + 1) * BLOCK];
+        let mut p = [0i32; 8];
+        match kind {
+            QKind::Q4_1 => {
+                let blk = &w[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
+                let dd = half_at(blk, 0) * a.d[b];
+                for (k, &byte) in blk[4..20].iter().enumerate() {
+                    p[k / 4] += i32::from(byte & 15) * i32::from(aq[k]);
+                    p[4 + k / 4] += i32::from(byte >> 4) * i32::from(aq[16 + k]);
+                }
+                for j in 0..8 {
+                    acc[j] += dd * p[j] as f32;
+                }
+                offset += half_at(blk, 2) * a.s[b];
+            }
+            QKind::Q8_0 => {
+                let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
+                let dd = half_at(blk, 0) * a.d[b];
+                for (k, &byte) in blk[2..34].iter().enumerate() {
+                    p[k / 4] += i32::from(byte as i8) * i32::from(aq[k]);
+                }
+                for j in 0..8 {
+                    acc[j] += dd * p[j] as f32;
+                }
+            }
+        }
+    }
+    tree8(acc) + offset
+}
+
+/// `out[i] = rows[i] · a` for one or two rows at once, on `path` (which the CPU must support).
+#[inline]
+pub(crate) fn dot_rows(
+    path: KernelPath,
+    kind: QKind,
+    w0: &[u8],
+    w1: Option<&[u8]>,
+    a: ActRow<'_>,
+) -> (f32, f32) {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path was checked against the CPU's features when it was chosen.
+        KernelPath::Avx2 => unsafe {
+            (
+                x86::dot_avx2(kind, w0, a),
+                w1.map_or(0.0, |w1| x86::dot_avx2(kind, w1, a)),
+            )
+        },
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as above.
+        KernelPath::Avx512 => unsafe {
+            match w1 {
+                Some(w1) => x86::dot2_avx512(kind, w0, w1, a),
+                None => (x86::dot_avx2(kind, w0, a), 0.0),
+            }
+        },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        KernelPath::Neon => unsafe {
+            (
+                arm::dot_neon(kind, w0, a),
+                w1.map_or(0.0, |w1| arm::dot_neon(kind, w1, a)),
+            )
+        },
+        _ => (
+            dot_scalar(kind, w0, a),
+            w1.map_or(0.0, |w1| dot_scalar(kind, w1, a)),
+        ),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::quant::{Q8Acts, QMatrix};
+
+    /// A deterministic pseudo-random stream (SplitMix64), so the tests need no dependency.
+    pub(crate) struct Rng(pub u64);
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = self.0;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            z ^ (z >> 31)
+        }
+        pub(crate) fn f32(&mut self) -> f32 {
+            (self.next() >> 40) as f32 / (1u64 << 24) as f32 * 2.0 - 1.0
+        }
+    }
+
+    pub(crate) fn random_matrix(kind: QKind, rows: usize, cols: usize, rng: &mut Rng) -> QMatrix {
+        let blocks = rows * cols / BLOCK;
+        let mut data = Vec::with_capacity(blocks * kind.block_bytes());
+        for _ in 0..blocks {
+            let d = half::f16::from_f32(rng.f32() * 0.05).to_le_bytes();
+            data.extend_from_slice(&d);
+            match kind {
+                QKind::Q4_1 => {
+                    data.extend_from_slice(&half::f16::from_f32(rng.f32() * 0.1).to_le_bytes());
+                    data.extend((0..16).map(|_| rng.next() as u8));
+                }
+                // Include −128, which a hostile file could hold.
+                QKind::Q8_0 => data.extend((0..32).map(|_| rng.next() as u8)),
+            }
+        }
+        QMatrix::new(kind, rows, cols, data).expect("sizes match")
+    }
+
+    /// Straightforward f64 reference from dequantized values, for closeness (not bits).
+    fn reference(w: &QMatrix, r: usize, a: ActRow<'_>) -> f64 {
+        let mut row = vec![0f32; w.cols];
+        w.dequantize_row(r, &mut row);
+        row.iter()
+            .enumerate()
+            .map(|(k, &v)| f64::from(v) * f64::from(a.d[k / BLOCK]) * f64::from(a.qs[k]))
+            .sum()
+    }
+
+    #[test]
+    fn every_path_gives_the_scalar_bits() {
+        let mut rng = Rng(7);
+        for kind in [QKind::Q4_1, QKind::Q8_0] {
+            for cols in [32, 96, 576, 1536] {
+                let w = random_matrix(kind, 5, cols, &mut rng);
+                let x: Vec<f32> = (0..3 * cols).map(|_| rng.f32() * 4.0).collect();
+                let mut acts = Q8Acts::default();
+                acts.quantize(&x, cols);
+                for t in 0..acts.rows {
+                    let a = acts.row(t);
+                    let want: Vec<f32> =
+                        (0..w.rows).map(|r| dot_scalar(kind, w.row(r), a)).collect();
+                    for (r, want) in want.iter().enumerate() {
+                        let close = reference(&w, r, a);
+                        // Q4_1's offset term uses `s` rounded to f16: about 2⁻¹¹ of |m·s| per block.
+                        let slack = 2e-3 * (cols / BLOCK) as f64;
+                        assert!(
+                            (f64::from(*want) - close).abs() < slack,
+                            "{kind:?} {cols}: {want} vs {close}"
+                        );
+                    }
+                    for path in KernelPath::available() {
+                        for r in (0..w.rows).step_by(2) {
+                            let pair = (r + 1 < w.rows).then(|| w.row(r + 1));
+                            let (o0, o1) = dot_rows(path, kind, w.row(r), pair, a);
+                            assert_eq!(
+                                o0.to_bits(),
+                                want[r].to_bits(),
+                                "{path} {kind:?} {cols} row {r}"
+                            );
+                            if pair.is_some() {
+                                assert_eq!(
+                                    o1.to_bits(),
+                                    want[r + 1].to_bits(),
+                                    "{path} {kind:?} {cols} row {}",
+                                    r + 1
+                                );
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+}

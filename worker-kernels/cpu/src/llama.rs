@@ -1,0 +1,586 @@
+//! A range of a llama model's layers on Hearth's CPU kernels.
+//!
+//! One layer, in llama.cpp's order:
+//! ```text
+//! h = x + Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
+//! y = h + Wdown · (silu(Wgate · norm(h)) ⊙ Wup · norm(h))
+//! ```
+//! Every token's result is computed by the same operations in the same order whether it comes alone
+//! (decode) or among many (prefill), on any thread count and any [`KernelPath`]: the products are
+//! per row and token ([`crate::dot`]), attention for token `i` reads exactly the keys `0..=pos + i`,
+//! and the element-wise operations are [`crate::math`]'s.
+
+use std::ops::Range;
+
+use crate::dot::dot_rows;
+use crate::gguf::{Gguf, Value};
+use crate::math;
+use crate::path::KernelPath;
+use crate::pool::Pool;
+use crate::quant::{BLOCK, Q8Acts, QKind, QMatrix};
+
+/// Rows of a product computed as one piece of work by one thread.
+const ROWS_PER_CHUNK: usize = 16;
+/// Token-head pairs of attention per piece of work.
+const HEADS_PER_CHUNK: usize = 4;
+
+/// A model's hyper-parameters, from GGUF metadata.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Config {
+    /// Transformer blocks.
+    pub layers: usize,
+    /// Hidden size.
+    pub hidden: usize,
+    /// Query heads.
+    pub heads: usize,
+    /// Key/value heads.
+    pub kv_heads: usize,
+    /// Size of one head.
+    pub head_dim: usize,
+    /// Feed-forward size.
+    pub ffn: usize,
+    /// RoPE frequency base.
+    pub rope_base: f32,
+    /// RMS-norm epsilon.
+    pub rms_eps: f32,
+    /// Context length.
+    pub context: usize,
+    /// Vocabulary size.
+    pub vocab: usize,
+}
+
+impl Config {
+    /// Read a llama model's hyper-parameters.
+    pub fn from_gguf(g: &Gguf) -> Result<Self, String> {
+        match g.metadata.get("general.architecture") {
+            Some(Value::Str(a)) if a == "llama" => {}
+            other => return Err(format!("architecture {other:?} is not llama")),
+        }
+        let int = |k: &str| {
+            g.int(&format!("llama.{k}"))
+                .filter(|&v| v > 0)
+                .map(|v| v as usize)
+                .ok_or_else(|| format!("metadata llama.{k} missing"))
+        };
+        let hidden = int("embedding_length")?;
+        let heads = int("attention.head_count")?;
+        let vocab = match g.metadata.get("tokenizer.ggml.tokens") {
+            Some(Value::Array(n)) => *n,
+            _ => g
+                .tensors
+                .get("token_embd.weight")
+                .and_then(|t| t.dims.get(1).copied())
+                .unwrap_or(0),
+        };
+        let c = Self {
+            layers: int("block_count")?,
+            hidden,
+            heads,
+            kv_heads: int("attention.head_count_kv").unwrap_or(heads),
+            head_dim: int("rope.dimension_count").unwrap_or(hidden / heads),
+            ffn: int("feed_forward_length")?,
+            rope_base: g.float("llama.rope.freq_base").unwrap_or(10_000.0) as f32,
+            rms_eps: g
+                .float("llama.attention.layer_norm_rms_epsilon")
+                .ok_or("metadata llama.attention.layer_norm_rms_epsilon missing")?
+                as f32,
+            context: int("context_length")?,
+            vocab,
+        };
+        if c.kv_heads == 0
+            || !c.heads.is_multiple_of(c.kv_heads)
+            || c.head_dim * c.heads != c.hidden
+            || !c.head_dim.is_multiple_of(2)
+        {
+            return Err(format!("inconsistent attention shape: {c:?}"));
+        }
+        Ok(c)
+    }
+}
+
+/// The kernels' settings: the instruction-set path and the threads.
+#[derive(Debug)]
+pub struct Kernels {
+    path: KernelPath,
+    pool: Pool,
+}
+
+impl Kernels {
+    /// Kernels on `path` (which must be [`KernelPath::supported`]) with `threads` threads.
+    pub fn new(path: KernelPath, threads: usize) -> Result<Self, String> {
+        if !path.supported() {
+            return Err(format!("this CPU cannot run the {path} path"));
+        }
+        Ok(Self {
+            path,
+            pool: Pool::new(threads.max(1)),
+        })
+    }
+
+    /// The instruction-set path.
+    pub fn path(&self) -> KernelPath {
+        self.path
+    }
+
+    /// Threads computing.
+    pub fn threads(&self) -> usize {
+        self.pool.threads()
+    }
+
+    /// `outs[i] = acts · mats[i]ᵀ` (`[tokens][rows_i]`), all products in one parallel job.
+    pub fn matmul(&self, acts: &Q8Acts, mats: &[&QMatrix], outs: &mut [&mut [f32]]) {
+        let mut starts = Vec::with_capacity(mats.len() + 1);
+        let mut chunks = 0;
+        for m in mats {
+            debug_assert_eq!(m.cols / BLOCK, acts.blocks);
+            starts.push(chunks);
+            chunks += m.rows.div_ceil(ROWS_PER_CHUNK);
+        }
+        starts.push(chunks);
+        let ptrs: Vec<Out> = outs
+            .iter_mut()
+            .zip(mats)
+            .map(|(o, m)| {
+                assert_eq!(o.len(), acts.rows * m.rows);
+                Out(o.as_mut_ptr())
+            })
+            .collect();
+        let path = self.path;
+        self.pool.run(chunks, &|chunk| {
+            let i = starts.partition_point(|&s| s <= chunk) - 1;
+            let m = mats[i];
+            let r0 = (chunk - starts[i]) * ROWS_PER_CHUNK;
+            let r1 = (r0 + ROWS_PER_CHUNK).min(m.rows);
+            let mut r = r0;
+            while r < r1 {
+                let w0 = m.row(r);
+                let w1 = (r + 1 < r1).then(|| m.row(r + 1));
+                for t in 0..acts.rows {
+                    let (o0, o1) = dot_rows(path, m.kind, w0, w1, acts.row(t));
+                    // SAFETY: chunks cover disjoint rows, so each (t, r) is written by one thread
+                    // only, and the output outlives the job.
+                    unsafe {
+                        ptrs[i].write(t * m.rows + r, o0);
+                        if w1.is_some() {
+                            ptrs[i].write(t * m.rows + r + 1, o1);
+                        }
+                    }
+                }
+                r += 2;
+            }
+        });
+    }
+}
+
+/// A raw output pointer shared by the threads of one job, each writing its own elements.
+#[derive(Clone, Copy)]
+struct Out(*mut f32);
+// SAFETY: used only for disjoint writes while the owning slice is borrowed by the job.
+unsafe impl Send for Out {}
+// SAFETY: as above.
+unsafe impl Sync for Out {}
+impl Out {
+    /// # Safety
+    /// `i` must be in bounds and written by no other thread during the job.
+    #[inline(always)]
+    unsafe fn write(self, i: usize, v: f32) {
+        // SAFETY: per the function's contract.
+        unsafe { *self.0.add(i) = v }
+    }
+}
+
+struct Block {
+    attn_norm: Vec<f32>,
+    wq: QMatrix,
+    wk: QMatrix,
+    wv: QMatrix,
+    wo: QMatrix,
+    ffn_norm: Vec<f32>,
+    gate: QMatrix,
+    up: QMatrix,
+    down: QMatrix,
+}
+
+/// What a range takes.
+#[derive(Clone, Copy, Debug)]
+pub enum Input<'a> {
+    /// Token ids (first range only).
+    Tokens(&'a [u32]),
+    /// Hidden states, `[tokens][hidden]` row-major.
+    Hidden(&'a [f32]),
+}
+
+/// One session's keys and values for the layers of a range.
+#[derive(Clone, Debug, Default)]
+pub struct KvCache {
+    /// Per layer: keys and values, `[positions][kv_heads · head_dim]`.
+    layers: Vec<(Vec<f32>, Vec<f32>)>,
+    /// Positions held.
+    len: usize,
+}
+
+impl KvCache {
+    /// Positions held.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether nothing is held.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.layers
+            .iter()
+            .map(|(k, v)| (k.len() + v.len()) * 4)
+            .sum()
+    }
+}
+
+/// A loaded range of a llama model's layers.
+pub struct LlamaRange {
+    config: Config,
+    layers: Range<usize>,
+    embedding: Option<QMatrix>,
+    blocks: Vec<Block>,
+    head: Option<(Vec<f32>, QMatrix)>,
+    cos: Vec<f32>,
+    sin: Vec<f32>,
+}
+
+impl std::fmt::Debug for LlamaRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LlamaRange")
+            .field("layers", &self.layers)
+            .finish_non_exhaustive()
+    }
+}
+
+fn matrix(g: &Gguf, name: &str, rows: usize, cols: usize) -> Result<QMatrix, String> {
+    let info = g
+        .tensors
+        .get(name)
+        .ok_or_else(|| format!("tensor {name} missing"))?;
+    let kind = match info.ggml_type {
+        3 => QKind::Q4_1,
+        8 => QKind::Q8_0,
+        other => {
+            return Err(format!(
+                "tensor {name} has GGML type {other}; Hearth's CPU kernels run Q4_1 and Q8_0"
+            ));
+        }
+    };
+    if info.dims != [cols, rows] {
+        return Err(format!(
+            "tensor {name} is {:?}, expected [{cols}, {rows}]",
+            info.dims
+        ));
+    }
+    let (_, bytes) = g.tensor_bytes(name, rows * cols / BLOCK * kind.block_bytes())?;
+    QMatrix::new(kind, rows, cols, bytes.to_vec()).map_err(|e| format!("tensor {name}: {e}"))
+}
+
+fn vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>, String> {
+    let info = g
+        .tensors
+        .get(name)
+        .ok_or_else(|| format!("tensor {name} missing"))?;
+    if info.dims != [len] {
+        return Err(format!(
+            "tensor {name} is {:?}, expected [{len}]",
+            info.dims
+        ));
+    }
+    match info.ggml_type {
+        0 => Ok(g
+            .tensor_bytes(name, len * 4)?
+            .1
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes(b.try_into().expect("4 bytes")))
+            .collect()),
+        1 => Ok(g
+            .tensor_bytes(name, len * 2)?
+            .1
+            .chunks_exact(2)
+            .map(|b| half::f16::from_le_bytes([b[0], b[1]]).to_f32())
+            .collect()),
+        other => Err(format!(
+            "tensor {name} has GGML type {other}, expected F32 or F16"
+        )),
+    }
+}
+
+impl LlamaRange {
+    /// Load `layers` of the model in `g`: only those blocks, plus the token embedding on the first
+    /// range and the final norm and LM head (the token embedding when the model ties them) on the last.
+    pub fn load(g: &Gguf, layers: Range<usize>) -> Result<Self, String> {
+        let c = Config::from_gguf(g)?;
+        if layers.start >= layers.end || layers.end > c.layers {
+            return Err(format!(
+                "layers {layers:?} are not a range within 0..{}",
+                c.layers
+            ));
+        }
+        let (h, kv) = (c.hidden, c.kv_heads * c.head_dim);
+        let embedding = (layers.start == 0)
+            .then(|| matrix(g, "token_embd.weight", c.vocab, h))
+            .transpose()?;
+        let blocks = layers
+            .clone()
+            .map(|i| {
+                let t = |part: &str| format!("blk.{i}.{part}.weight");
+                Ok(Block {
+                    attn_norm: vector(g, &t("attn_norm"), h)?,
+                    wq: matrix(g, &t("attn_q"), h, h)?,
+                    wk: matrix(g, &t("attn_k"), kv, h)?,
+                    wv: matrix(g, &t("attn_v"), kv, h)?,
+                    wo: matrix(g, &t("attn_output"), h, h)?,
+                    ffn_norm: vector(g, &t("ffn_norm"), h)?,
+                    gate: matrix(g, &t("ffn_gate"), c.ffn, h)?,
+                    up: matrix(g, &t("ffn_up"), c.ffn, h)?,
+                    down: matrix(g, &t("ffn_down"), h, c.ffn)?,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let head = if layers.end == c.layers {
+            let name = if g.tensors.contains_key("output.weight") {
+                "output.weight"
+            } else {
+                "token_embd.weight"
+            };
+            Some((
+                vector(g, "output_norm.weight", h)?,
+                matrix(g, name, c.vocab, h)?,
+            ))
+        } else {
+            None
+        };
+        let (cos, sin) = math::rope_tables(c.rope_base, c.head_dim, c.context);
+        Ok(Self {
+            config: c,
+            layers,
+            embedding,
+            blocks,
+            head,
+            cos,
+            sin,
+        })
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// The layers this range runs.
+    pub fn layers(&self) -> Range<usize> {
+        self.layers.clone()
+    }
+
+    /// Whether this range starts with the token embedding.
+    pub fn takes_tokens(&self) -> bool {
+        self.embedding.is_some()
+    }
+
+    /// Whether this range ends with the LM head.
+    pub fn gives_logits(&self) -> bool {
+        self.head.is_some()
+    }
+
+    /// Run `input` at positions `cache.len()..` and append to `cache`. Returns hidden states
+    /// `[tokens][hidden]`, or on the last range logits `[rows][vocab]` for every token when
+    /// `all_logits`, else for the last.
+    pub fn forward(
+        &self,
+        k: &Kernels,
+        cache: &mut KvCache,
+        input: Input<'_>,
+        all_logits: bool,
+    ) -> Result<Vec<f32>, String> {
+        let c = &self.config;
+        let h = c.hidden;
+        let pos = cache.len;
+        let mut x = match (input, &self.embedding) {
+            (Input::Tokens(ids), Some(e)) => {
+                let mut x = vec![0f32; ids.len() * h];
+                for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
+                    if id as usize >= c.vocab {
+                        return Err(format!("token id {id} is outside the vocabulary"));
+                    }
+                    e.dequantize_row(id as usize, row);
+                }
+                x
+            }
+            (Input::Hidden(x), None) if x.len() % h == 0 => x.to_vec(),
+            (Input::Hidden(x), None) => {
+                return Err(format!("{} values are not rows of {h}", x.len()));
+            }
+            (Input::Tokens(_), None) => {
+                return Err(format!(
+                    "layers {:?} take hidden states, not tokens",
+                    self.layers
+                ));
+            }
+            (Input::Hidden(_), Some(_)) => {
+                return Err("the first layers take tokens, not hidden states".into());
+            }
+        };
+        let seq = x.len() / h;
+        if seq == 0 {
+            return Err("the input is empty".into());
+        }
+        if pos + seq > c.context {
+            return Err(format!(
+                "positions up to {} exceed the context of {}",
+                pos + seq,
+                c.context
+            ));
+        }
+        if cache.layers.len() != self.blocks.len() {
+            cache.layers = vec![Default::default(); self.blocks.len()];
+        }
+        let mut s = Scratch::new(c, seq);
+        for (b, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
+            self.block(k, b, &mut x, kv, pos, &mut s);
+        }
+        cache.len = pos + seq;
+        let Some((norm, head)) = &self.head else {
+            return Ok(x);
+        };
+        let rows = if all_logits {
+            &x[..]
+        } else {
+            &x[(seq - 1) * h..]
+        };
+        let mut normed = vec![0f32; rows.len()];
+        for (o, r) in normed.chunks_exact_mut(h).zip(rows.chunks_exact(h)) {
+            math::rms_norm(r, norm, c.rms_eps, o);
+        }
+        s.acts.quantize(&normed, h);
+        let mut logits = vec![0f32; s.acts.rows * c.vocab];
+        k.matmul(&s.acts, &[head], &mut [&mut logits]);
+        Ok(logits)
+    }
+
+    fn block(
+        &self,
+        k: &Kernels,
+        b: &Block,
+        x: &mut [f32],
+        (kc, vc): &mut (Vec<f32>, Vec<f32>),
+        pos: usize,
+        s: &mut Scratch,
+    ) {
+        let c = &self.config;
+        let (h, hd, kvw) = (c.hidden, c.head_dim, c.kv_heads * c.head_dim);
+        let seq = x.len() / h;
+        let half = hd / 2;
+
+        for (o, r) in s.normed.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+            math::rms_norm(r, &b.attn_norm, c.rms_eps, o);
+        }
+        s.acts.quantize(&s.normed, h);
+        k.matmul(
+            &s.acts,
+            &[&b.wq, &b.wk, &b.wv],
+            &mut [&mut s.q, &mut s.k, &mut s.v],
+        );
+        for t in 0..seq {
+            let p = pos + t;
+            let (cos, sin) = (
+                &self.cos[p * half..(p + 1) * half],
+                &self.sin[p * half..(p + 1) * half],
+            );
+            for head in s.q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
+                math::rope(head, cos, sin);
+            }
+            for head in s.k[t * kvw..(t + 1) * kvw].chunks_exact_mut(hd) {
+                math::rope(head, cos, sin);
+            }
+        }
+        kc.extend_from_slice(&s.k);
+        vc.extend_from_slice(&s.v);
+
+        // Attention, one (token, head) pair at a time, in parallel.
+        let group = c.heads / c.kv_heads;
+        let scale = 1.0 / (hd as f32).sqrt();
+        let pairs = seq * c.heads;
+        let out = Out(s.attn.as_mut_ptr());
+        let (q, kc, vc) = (&s.q, &*kc, &*vc);
+        k.pool.run(pairs.div_ceil(HEADS_PER_CHUNK), &|chunk| {
+            let mut scores = Vec::with_capacity(pos + seq);
+            let mut acc = vec![0f32; hd];
+            for pair in chunk * HEADS_PER_CHUNK..((chunk + 1) * HEADS_PER_CHUNK).min(pairs) {
+                let (t, head) = (pair / c.heads, pair % c.heads);
+                let kvh = head / group;
+                let qv = &q[t * h + head * hd..t * h + (head + 1) * hd];
+                scores.clear();
+                for j in 0..=pos + t {
+                    let kv = &kc[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
+                    scores.push(math::dot_f32(qv, kv) * scale);
+                }
+                math::softmax(&mut scores);
+                acc.fill(0.0);
+                for (j, p) in scores.iter().enumerate() {
+                    let vv = &vc[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
+                    for (a, v) in acc.iter_mut().zip(vv) {
+                        *a += p * v;
+                    }
+                }
+                for (d, a) in acc.iter().enumerate() {
+                    // SAFETY: each (token, head) pair is one chunk's alone; `attn` outlives the job.
+                    unsafe { out.write(t * h + head * hd + d, *a) };
+                }
+            }
+        });
+        s.acts.quantize(&s.attn, h);
+        k.matmul(&s.acts, &[&b.wo], &mut [&mut s.o]);
+        for (x, o) in x.iter_mut().zip(&s.o) {
+            *x += o;
+        }
+
+        for (o, r) in s.normed.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
+            math::rms_norm(r, &b.ffn_norm, c.rms_eps, o);
+        }
+        s.acts.quantize(&s.normed, h);
+        k.matmul(&s.acts, &[&b.gate, &b.up], &mut [&mut s.gate, &mut s.up]);
+        math::silu_mul(&mut s.gate, &s.up);
+        s.acts.quantize(&s.gate, c.ffn);
+        k.matmul(&s.acts, &[&b.down], &mut [&mut s.o]);
+        for (x, o) in x.iter_mut().zip(&s.o) {
+            *x += o;
+        }
+    }
+}
+
+/// Buffers reused across the layers of one forward pass.
+struct Scratch {
+    acts: Q8Acts,
+    normed: Vec<f32>,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    v: Vec<f32>,
+    attn: Vec<f32>,
+    o: Vec<f32>,
+    gate: Vec<f32>,
+    up: Vec<f32>,
+}
+
+impl Scratch {
+    fn new(c: &Config, seq: usize) -> Self {
+        let kvw = c.kv_heads * c.head_dim;
+        Self {
+            acts: Q8Acts::default(),
+            normed: vec![0.0; seq * c.hidden],
+            q: vec![0.0; seq * c.hidden],
+            k: vec![0.0; seq * kvw],
+            v: vec![0.0; seq * kvw],
+            attn: vec![0.0; seq * c.hidden],
+            o: vec![0.0; seq * c.hidden],
+            gate: vec![0.0; seq * c.ffn],
+            up: vec![0.0; seq * c.ffn],
+        }
+    }
+}

@@ -1,0 +1,240 @@
+//! The other operations on the hot path, each with one implementation and a fixed order of
+//! operations, so they give the same bits on every CPU and build: no `libm` (whose `exp`, `sin` and
+//! `cos` differ between C libraries and their CPU-specific variants), no fused multiply-add, and sums
+//! reduced in a fixed order.
+
+/// `Σ a_i · b_i` in eight interleaved partial sums reduced by [`crate::dot::tree8`]'s rule.
+#[inline]
+pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
+    let mut acc = [0f32; 8];
+    let mut ca = a.chunks_exact(8);
+    let mut cb = b.chunks_exact(8);
+    for (x, y) in (&mut ca).zip(&mut cb) {
+        for j in 0..8 {
+            acc[j] += x[j] * y[j];
+        }
+    }
+    for (j, (x, y)) in ca.remainder().iter().zip(cb.remainder()).enumerate() {
+        acc[j] += x * y;
+    }
+    crate::dot::tree8(acc)
+}
+
+/// `Σ x_i²`, in the same order as [`dot_f32`].
+#[inline]
+fn sum_squares(x: &[f32]) -> f32 {
+    dot_f32(x, x)
+}
+
+/// `e^x` in f32: `x = n·ln2 + r` (Cody–Waite), a degree-7 polynomial for `e^r`, then `2^n` by exponent
+/// bits. Relative error below 2e-7; 0 below −87.3, +∞ above 88.7, NaN for NaN.
+#[inline]
+pub fn exp_f32(x: f32) -> f32 {
+    const LN2_HI: f32 = 0.693_145_75;
+    const LN2_LO: f32 = 1.428_606_8e-6;
+    if x.is_nan() {
+        return x;
+    }
+    if x > 88.72 {
+        return f32::INFINITY;
+    }
+    if x < -87.33 {
+        return 0.0;
+    }
+    let n = (x * std::f32::consts::LOG2_E).round();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    // e^r for |r| ≤ 0.35: Taylor coefficients to r⁷/7!, Horner's rule.
+    let mut p = 1.0 / 5040.0;
+    p = p * r + 1.0 / 720.0;
+    p = p * r + 1.0 / 120.0;
+    p = p * r + 1.0 / 24.0;
+    p = p * r + 1.0 / 6.0;
+    p = p * r + 0.5;
+    p = p * r + 1.0;
+    p = p * r + 1.0;
+    // n is within −126..=128 here; split 2^n in two steps so n = 128 and subnormal results work.
+    let n = n as i32;
+    let half = n / 2;
+    let scale = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
+    p * scale(half) * scale(n - half)
+}
+
+/// `e^x` in f64, the same construction with a degree-13 polynomial (for tables built at load).
+fn exp_f64(x: f64) -> f64 {
+    // fdlibm's split of ln 2: the high part has trailing zero bits, so n · LN2_HI is exact.
+    const LN2_HI: f64 = f64::from_bits(0x3fe6_2e42_fee0_0000);
+    const LN2_LO: f64 = f64::from_bits(0x3dea_39ef_3579_3c76);
+    let n = (x * std::f64::consts::LOG2_E).round();
+    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let mut p = 1.0;
+    let mut term = 1.0;
+    for k in 1..=13 {
+        term = term * r / f64::from(k);
+        p += term;
+    }
+    p * f64::from_bits(((n as i64 + 1023) as u64) << 52)
+}
+
+/// `ln x` in f64 for positive normal `x`: `x = m·2^e` with `m` in [√½, √2), then
+/// `ln m = 2·atanh((m−1)/(m+1))` as a series.
+fn ln_f64(x: f64) -> f64 {
+    let bits = x.to_bits();
+    let mut e = ((bits >> 52) & 0x7ff) as i64 - 1023;
+    let mut m = f64::from_bits((bits & 0x000f_ffff_ffff_ffff) | 0x3ff0_0000_0000_0000);
+    if m > std::f64::consts::SQRT_2 {
+        m /= 2.0;
+        e += 1;
+    }
+    let t = (m - 1.0) / (m + 1.0);
+    let t2 = t * t;
+    let mut sum = 0.0;
+    let mut power = t;
+    for k in 0..20 {
+        sum += power / f64::from(2 * k + 1);
+        power *= t2;
+    }
+    2.0 * sum + e as f64 * std::f64::consts::LN_2
+}
+
+/// `(sin a, cos a)` in f64: reduce by π/2 in three parts, then Taylor series on [−π/4, π/4].
+fn sin_cos_f64(a: f64) -> (f64, f64) {
+    const PIO2_1: f64 = 1.570_796_326_734_125_6;
+    const PIO2_2: f64 = 6.077_100_506_303_966e-11;
+    const PIO2_3: f64 = 2.022_266_248_795_950_6e-21;
+    let k = (a * std::f64::consts::FRAC_2_PI).round();
+    let r = ((a - k * PIO2_1) - k * PIO2_2) - k * PIO2_3;
+    let r2 = r * r;
+    let (mut s, mut c) = (0.0, 0.0);
+    let (mut ts, mut tc) = (r, 1.0);
+    for n in 0..12 {
+        s += ts;
+        c += tc;
+        let n = f64::from(n);
+        ts = -ts * r2 / ((2.0 * n + 2.0) * (2.0 * n + 3.0));
+        tc = -tc * r2 / ((2.0 * n + 1.0) * (2.0 * n + 2.0));
+    }
+    match (k as i64).rem_euclid(4) {
+        0 => (s, c),
+        1 => (c, -s),
+        2 => (-s, -c),
+        _ => (-c, s),
+    }
+}
+
+/// RoPE tables: `cos` and `sin` of `pos · base^(−2i/dims)` for every position below `context` and
+/// `i` below `dims / 2`, row-major `[context][dims / 2]`, computed in f64 and rounded once.
+pub fn rope_tables(base: f32, dims: usize, context: usize) -> (Vec<f32>, Vec<f32>) {
+    let half = dims / 2;
+    let ln_base = ln_f64(f64::from(base));
+    let inv_freq: Vec<f64> = (0..half)
+        .map(|i| exp_f64(-(2.0 * i as f64 / dims as f64) * ln_base))
+        .collect();
+    let mut cos = Vec::with_capacity(context * half);
+    let mut sin = Vec::with_capacity(context * half);
+    for pos in 0..context {
+        for f in &inv_freq {
+            let (s, c) = sin_cos_f64(pos as f64 * f);
+            sin.push(s as f32);
+            cos.push(c as f32);
+        }
+    }
+    (cos, sin)
+}
+
+/// Rotate interleaved pairs `(x[2i], x[2i+1])` of one head by the angles of one position.
+#[inline]
+pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    for (pair, (c, s)) in x.chunks_exact_mut(2).zip(cos.iter().zip(sin)) {
+        let (a, b) = (pair[0], pair[1]);
+        pair[0] = a * c - b * s;
+        pair[1] = a * s + b * c;
+    }
+}
+
+/// `out = x / √(mean(x²) + eps) · w`, one row.
+#[inline]
+pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
+    let mean = sum_squares(x) / x.len() as f32;
+    let scale = 1.0 / (mean + eps).sqrt();
+    for ((o, v), w) in out.iter_mut().zip(x).zip(w) {
+        *o = (v * scale) * w;
+    }
+}
+
+/// Softmax in place: `e^(x − max) / Σ`, the sum taken in order.
+#[inline]
+pub fn softmax(x: &mut [f32]) {
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut sum = 0f32;
+    for v in x.iter_mut() {
+        *v = exp_f32(*v - max);
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
+/// `silu(g) · u = g / (1 + e^−g) · u`, in place in `g`.
+#[inline]
+pub fn silu_mul(g: &mut [f32], u: &[f32]) {
+    for (g, u) in g.iter_mut().zip(u) {
+        *g = *g / (1.0 + exp_f32(-*g)) * u;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exp_is_accurate() {
+        for i in -8700..8870 {
+            let x = i as f32 * 0.01;
+            let want = f64::from(x).exp();
+            let got = f64::from(exp_f32(x));
+            assert!(((got - want) / want).abs() < 3e-7, "{x}: {got} vs {want}");
+        }
+        assert_eq!(exp_f32(f32::NEG_INFINITY), 0.0);
+        assert_eq!(exp_f32(0.0), 1.0);
+        assert!(exp_f32(f32::NAN).is_nan());
+        assert_eq!(exp_f32(100.0), f32::INFINITY);
+    }
+
+    #[test]
+    fn tables_are_accurate() {
+        for x in [1e-3, 0.5, 1.0, 10.0, 100_000.0] {
+            assert!((ln_f64(x) - x.ln()).abs() < 1e-13, "{x}");
+        }
+        for x in [-30.0, -1.0, 0.0, 0.3, 2.0, 5.0] {
+            assert!(((exp_f64(x) - x.exp()) / x.exp()).abs() < 1e-14, "{x}");
+        }
+        for i in 0..4000 {
+            let a = i as f64 * 0.731;
+            let (s, c) = sin_cos_f64(a);
+            assert!(
+                (s - a.sin()).abs() < 1e-12 && (c - a.cos()).abs() < 1e-12,
+                "{a}"
+            );
+        }
+        let (cos, sin) = rope_tables(10_000.0, 64, 8);
+        assert_eq!((cos[0], sin[0]), (1.0, 0.0));
+        assert!((cos[32] - 1f32.cos()).abs() < 1e-7);
+    }
+
+    #[test]
+    fn norm_and_softmax() {
+        let mut out = [0f32; 4];
+        rms_norm(
+            &[1.0, -1.0, 1.0, -1.0],
+            &[1.0, 2.0, 3.0, 4.0],
+            0.0,
+            &mut out,
+        );
+        assert_eq!(out, [1.0, -2.0, 3.0, -4.0]);
+        let mut x = [0.0, f32::NEG_INFINITY, 0.0];
+        softmax(&mut x);
+        assert_eq!(x, [0.5, 0.0, 0.5]);
+    }
+}

@@ -12,7 +12,7 @@
 
 use std::ops::Range;
 
-use crate::dot::dot_rows;
+use crate::dot::dot_tile;
 use crate::gguf::{Gguf, Value};
 use crate::math;
 use crate::path::KernelPath;
@@ -21,6 +21,8 @@ use crate::quant::{BLOCK, Q8Acts, QKind, QMatrix};
 
 /// Rows of a product computed as one piece of work by one thread.
 const ROWS_PER_CHUNK: usize = 16;
+/// Tokens a row pair is multiplied with at once in a prefill.
+const TOKEN_TILE: usize = 4;
 /// Token-head pairs of attention per piece of work.
 const HEADS_PER_CHUNK: usize = 4;
 
@@ -155,8 +157,7 @@ impl Kernels {
             while r < r1 {
                 let w0 = m.row(r);
                 let w1 = (r + 1 < r1).then(|| m.row(r + 1));
-                for t in 0..acts.rows {
-                    let (o0, o1) = dot_rows(path, m.kind, w0, w1, acts.row(t));
+                let write = |t: usize, (o0, o1): (f32, f32)| {
                     // SAFETY: chunks cover disjoint rows, so each (t, r) is written by one thread
                     // only, and the output outlives the job.
                     unsafe {
@@ -165,6 +166,22 @@ impl Kernels {
                             ptrs[i].write(t * m.rows + r + 1, o1);
                         }
                     }
+                };
+                // Tokens in tiles, so a row pair's blocks are unpacked once per tile; the tile
+                // never changes a token's bits.
+                let mut t = 0;
+                while t + TOKEN_TILE <= acts.rows {
+                    let tile = std::array::from_fn(|k| acts.row(t + k));
+                    for (k, o) in dot_tile::<TOKEN_TILE>(path, m.kind, w0, w1, tile)
+                        .into_iter()
+                        .enumerate()
+                    {
+                        write(t + k, o);
+                    }
+                    t += TOKEN_TILE;
+                }
+                for t in t..acts.rows {
+                    write(t, dot_tile(path, m.kind, w0, w1, [acts.row(t)])[0]);
                 }
                 r += 2;
             }

@@ -128,6 +128,8 @@ pub struct Q8Acts {
     pub s: Vec<f32>,
     /// Per block: 32 quantized values.
     pub qs: Vec<i8>,
+    /// Per block: `[d, s, d, s]`, laid out for the SIMD paths that scale two rows at once.
+    pub ds: Vec<[f32; 4]>,
 }
 
 impl Q8Acts {
@@ -140,19 +142,20 @@ impl Q8Acts {
         self.d.resize(n, 0.0);
         self.s.resize(n, 0.0);
         self.qs.resize(n * BLOCK, 0);
+        self.ds.resize(n, [0.0; 4]);
         for (i, block) in x.chunks_exact(BLOCK).enumerate() {
             let amax = block.iter().fold(0f32, |m, v| m.max(v.abs()));
             let d = amax / 127.0;
             let id = if d != 0.0 { 1.0 / d } else { 0.0 };
             let mut sum = 0i32;
             for (q, v) in self.qs[i * BLOCK..(i + 1) * BLOCK].iter_mut().zip(block) {
-                // `round` rounds half away from zero, as C's `roundf` in llama.cpp.
-                let r = (v * id).round() as i8;
+                let r = round_half_away(v * id);
                 sum += i32::from(r);
                 *q = r;
             }
             self.d[i] = f16::from_f32(d).to_f32();
             self.s[i] = f16::from_f32(sum as f32 * d).to_f32();
+            self.ds[i] = [self.d[i], self.s[i], self.d[i], self.s[i]];
         }
     }
 
@@ -164,8 +167,25 @@ impl Q8Acts {
             d: &self.d[a..b],
             s: &self.s[a..b],
             qs: &self.qs[a * BLOCK..b * BLOCK],
+            ds: &self.ds[a..b],
         }
     }
+}
+
+/// `v` rounded to the nearest integer, halves away from zero (C's `roundf`, as llama.cpp quantizes),
+/// for |v| < 127.5. Without `roundf`: on baseline x86-64 that is a library call per value.
+#[inline(always)]
+fn round_half_away(v: f32) -> i8 {
+    let t = v as i32; // truncates toward zero
+    let frac = v - t as f32; // exact
+    let r = if frac >= 0.5 {
+        t + 1
+    } else if frac <= -0.5 {
+        t - 1
+    } else {
+        t
+    };
+    r as i8
 }
 
 /// One quantized activation row.
@@ -177,6 +197,8 @@ pub struct ActRow<'a> {
     pub s: &'a [f32],
     /// Values, 32 per block.
     pub qs: &'a [i8],
+    /// `[d, s, d, s]` per block.
+    pub ds: &'a [[f32; 4]],
 }
 
 #[cfg(test)]
@@ -198,6 +220,22 @@ mod tests {
         }
         let sum: i32 = row.qs[..32].iter().map(|&q| i32::from(q)).sum();
         assert!((row.s[0] - row.d[0] * sum as f32).abs() < 1e-2);
+    }
+
+    #[test]
+    fn rounding_is_c_roundf() {
+        for i in -1270..=1270 {
+            for v in [
+                i as f32 * 0.1,
+                i as f32 * 0.1 + 0.05,
+                0.499_999_97,
+                -0.499_999_97,
+                2.5,
+                -2.5,
+            ] {
+                assert_eq!(i32::from(round_half_away(v)), v.round() as i32, "{v}");
+            }
+        }
     }
 
     #[test]

@@ -71,44 +71,55 @@ pub fn dot_scalar(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
     tree8(acc) + offset
 }
 
-/// `out[i] = rows[i] · a` for one or two rows at once, on `path` (which the CPU must support).
+/// Rows `w0` and `w1` (when given) · each of `N` activation rows, on `path` (which the CPU must
+/// support): `[(w0 · a[t], w1 · a[t])]`, 0 for a missing `w1`.
 #[inline]
-pub(crate) fn dot_rows(
+pub(crate) fn dot_tile<const N: usize>(
     path: KernelPath,
     kind: QKind,
     w0: &[u8],
     w1: Option<&[u8]>,
-    a: ActRow<'_>,
-) -> (f32, f32) {
+    a: [ActRow<'_>; N],
+) -> [(f32, f32); N] {
     match path {
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: the path was checked against the CPU's features when it was chosen.
-        KernelPath::Avx2 => unsafe {
-            (
-                x86::dot_avx2(kind, w0, a),
-                w1.map_or(0.0, |w1| x86::dot_avx2(kind, w1, a)),
-            )
+        // SAFETY: the path was checked against the CPU's features when it was chosen, and VNNI is
+        // checked here.
+        KernelPath::Avx512 => unsafe {
+            match w1 {
+                Some(w1) if std::arch::is_x86_feature_detected!("avx512vnni") => {
+                    x86::dot2_vnni(kind, w0, w1, a)
+                }
+                Some(w1) => x86::dot2_avx512(kind, w0, w1, a),
+                None => a.map(|a| (x86::dot_avx2(kind, w0, a), 0.0)),
+            }
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above.
-        KernelPath::Avx512 => unsafe {
-            match w1 {
-                Some(w1) => x86::dot2_avx512(kind, w0, w1, a),
-                None => (x86::dot_avx2(kind, w0, a), 0.0),
-            }
+        KernelPath::Avx2 => unsafe {
+            a.map(|a| {
+                (
+                    x86::dot_avx2(kind, w0, a),
+                    w1.map_or(0.0, |w1| x86::dot_avx2(kind, w1, a)),
+                )
+            })
         },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
         KernelPath::Neon => unsafe {
-            (
-                arm::dot_neon(kind, w0, a),
-                w1.map_or(0.0, |w1| arm::dot_neon(kind, w1, a)),
-            )
+            a.map(|a| {
+                (
+                    arm::dot_neon(kind, w0, a),
+                    w1.map_or(0.0, |w1| arm::dot_neon(kind, w1, a)),
+                )
+            })
         },
-        _ => (
-            dot_scalar(kind, w0, a),
-            w1.map_or(0.0, |w1| dot_scalar(kind, w1, a)),
-        ),
+        _ => a.map(|a| {
+            (
+                dot_scalar(kind, w0, a),
+                w1.map_or(0.0, |w1| dot_scalar(kind, w1, a)),
+            )
+        }),
     }
 }
 
@@ -182,10 +193,28 @@ mod tests {
                             "{kind:?} {cols}: {want} vs {close}"
                         );
                     }
+                    let tile: [ActRow<'_>; 3] = [acts.row(0), acts.row(1), acts.row(2)];
                     for path in KernelPath::available() {
                         for r in (0..w.rows).step_by(2) {
                             let pair = (r + 1 < w.rows).then(|| w.row(r + 1));
-                            let (o0, o1) = dot_rows(path, kind, w.row(r), pair, a);
+                            let (o0, o1) = dot_tile(path, kind, w.row(r), pair, [a])[0];
+                            let in_tile = dot_tile(path, kind, w.row(r), pair, tile)[t];
+                            assert_eq!(
+                                (o0.to_bits(), o1.to_bits()),
+                                (in_tile.0.to_bits(), in_tile.1.to_bits()),
+                                "{path}: a tile of three gives each token's bits"
+                            );
+                            #[cfg(target_arch = "x86_64")]
+                            if path == KernelPath::Avx512 && pair.is_some() {
+                                // SAFETY: the path is supported, so AVX-512 F/BW, AVX2 and F16C are.
+                                let plain = unsafe {
+                                    x86::dot2_avx512(kind, w.row(r), w.row(r + 1), [a])[0]
+                                };
+                                assert_eq!(
+                                    (plain.0.to_bits(), plain.1.to_bits()),
+                                    (o0.to_bits(), o1.to_bits())
+                                );
+                            }
                             assert_eq!(
                                 o0.to_bits(),
                                 want[r].to_bits(),

@@ -1,4 +1,8 @@
 //! AVX2 and AVX-512 versions of [`super::dot_scalar`], bit for bit.
+//!
+//! AVX2 takes one row and one activation row at a time. AVX-512 takes two rows side by side and a
+//! tile of activation rows, unpacking each pair of weight blocks once per tile (prefill), and uses
+//! `vpdpbusd` where the CPU has VNNI.
 
 use std::arch::x86_64::*;
 
@@ -55,6 +59,7 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                 let mask = _mm_set1_epi8(0x0F);
                 for b in 0..blocks {
                     let blk = w.as_ptr().add(b * Q4_1_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
                     let qs = _mm_loadu_si128(blk.add(4) as *const __m128i);
                     let lo = _mm_and_si128(qs, mask);
                     let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
@@ -70,6 +75,7 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
             QKind::Q8_0 => {
                 for b in 0..blocks {
                     let blk = w.as_ptr().add(b * Q8_0_BYTES);
+                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
                     let wv = _mm256_loadu_si256(blk.add(2) as *const __m256i);
                     let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * BLOCK) as *const __m256i);
                     let p = _mm256_madd_epi16(
@@ -86,92 +92,162 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
     }
 }
 
-/// Two rows · one activation row, side by side in 512-bit registers.
-///
-/// # Safety
-/// The CPU must have AVX-512 F and BW, AVX2 and F16C; `w0` and `w1` must each hold `a.d.len()`
-/// blocks of `kind`.
-#[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
-pub(super) unsafe fn dot2_avx512(kind: QKind, w0: &[u8], w1: &[u8], a: ActRow<'_>) -> (f32, f32) {
-    let blocks = a.d.len();
-    debug_assert!(w0.len().min(w1.len()) >= blocks * kind.block_bytes());
-    let ones = _mm512_set1_epi16(1);
-    let mut acc = _mm512_setzero_ps();
-    // SAFETY: every pointer below stays within `w0`, `w1` and `a.qs` as asserted above.
-    unsafe {
-        match kind {
-            QKind::Q4_1 => {
-                // 128-bit lanes: row 0 elements 0..16, row 1 0..16, row 0 16..32, row 1 16..32; so
-                // the 32-bit sums are row 0 j 0..4, row 1 j 0..4, row 0 j 4..8, row 1 j 4..8.
-                let mask = _mm256_set1_epi8(0x0F);
-                let (mut off0, mut off1) = (0f32, 0f32);
-                for b in 0..blocks {
-                    let p0 = w0.as_ptr().add(b * Q4_1_BYTES);
-                    let p1 = w1.as_ptr().add(b * Q4_1_BYTES);
-                    let q = _mm256_loadu2_m128i(
-                        p1.add(4) as *const __m128i,
-                        p0.add(4) as *const __m128i,
-                    );
-                    let lo = _mm256_and_si256(q, mask);
-                    let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
-                    let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
-                    let a256 = _mm512_castsi256_si512(_mm256_loadu_si256(
-                        a.qs.as_ptr().add(b * BLOCK) as *const __m256i,
-                    ));
-                    let av = _mm512_shuffle_i64x2::<0x50>(a256, a256);
-                    let p = _mm512_madd_epi16(_mm512_maddubs_epi16(wv, av), ones);
-                    let ad = *a.d.get_unchecked(b);
-                    let ((d0, m0), (d1, m1)) = (halves(p0), halves(p1));
-                    let dd = _mm256_set_m128(_mm_set1_ps(d1 * ad), _mm_set1_ps(d0 * ad));
-                    let dd = _mm512_castps256_ps512(dd);
-                    let dd = _mm512_shuffle_f32x4::<0x44>(dd, dd);
-                    acc = _mm512_add_ps(acc, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(p)));
-                    let s = *a.s.get_unchecked(b);
-                    off0 += m0 * s;
-                    off1 += m1 * s;
+/// Bytes ahead of the current block that a decode prefetches: the rows of a matrix lie one after the
+/// other, so this is the stream the product reads next. The hardware prefetcher alone left decode
+/// waiting on loads; measured on the default model, one thread, AVX-512: none 60 tokens/s, 512 bytes
+/// 70, 1 KiB 78, 2 KiB 81, 4 KiB 91, 8 KiB 91, 16 KiB 89.
+const PREFETCH: usize = 4096;
+
+/// Two rows · `N` activation rows, each row pair's blocks unpacked once for all `N`, on AVX-512;
+/// `$vnni` uses `vpdpbusd` for the integer sums (the same sums: no `maddubs` saturation can occur,
+/// products of a nibble or |i8| with an i8 stay far below it).
+macro_rules! dot2_avx512 {
+    ($name:ident, $features:literal, $vnni:expr) => {
+        /// # Safety
+        /// The CPU must have the enabled features; `w0` and `w1` must each hold `a[t].d.len()`
+        /// blocks of `kind`.
+        #[target_feature(enable = $features)]
+        pub(super) unsafe fn $name<const N: usize>(
+            kind: QKind,
+            w0: &[u8],
+            w1: &[u8],
+            a: [ActRow<'_>; N],
+        ) -> [(f32, f32); N] {
+            let blocks = a[0].d.len();
+            debug_assert!(w0.len().min(w1.len()) >= blocks * kind.block_bytes());
+            let ones = _mm512_set1_epi16(1);
+            let zero = _mm512_setzero_si512();
+            #[inline(always)]
+            unsafe fn sums(w: __m512i, a: __m512i, ones: __m512i, zero: __m512i) -> __m512i {
+                // SAFETY: register arithmetic with the caller's features.
+                unsafe {
+                    if $vnni {
+                        _mm512_dpbusd_epi32(zero, w, a)
+                    } else {
+                        let _ = zero;
+                        _mm512_madd_epi16(_mm512_maddubs_epi16(w, a), ones)
+                    }
                 }
-                let l0 = _mm512_extractf32x4_ps::<0>(acc);
-                let l1 = _mm512_extractf32x4_ps::<1>(acc);
-                let l2 = _mm512_extractf32x4_ps::<2>(acc);
-                let l3 = _mm512_extractf32x4_ps::<3>(acc);
-                (
-                    hsum4(_mm_add_ps(l0, l2)) + off0,
-                    hsum4(_mm_add_ps(l1, l3)) + off1,
-                )
             }
-            QKind::Q8_0 => {
-                // 256-bit halves: row 0, row 1.
-                let zero = _mm512_setzero_si512();
-                for b in 0..blocks {
-                    let p0 = w0.as_ptr().add(b * Q8_0_BYTES);
-                    let p1 = w1.as_ptr().add(b * Q8_0_BYTES);
-                    let wv = _mm512_inserti64x4::<1>(
-                        _mm512_castsi256_si512(_mm256_loadu_si256(p0.add(2) as *const __m256i)),
-                        _mm256_loadu_si256(p1.add(2) as *const __m256i),
-                    );
-                    let av = _mm512_broadcast_i64x4(_mm256_loadu_si256(
-                        a.qs.as_ptr().add(b * BLOCK) as *const __m256i,
-                    ));
-                    // |w| · (a with w's sign), as AVX2's `sign` does.
-                    let negative = _mm512_movepi8_mask(wv);
-                    let signed = _mm512_mask_sub_epi8(av, negative, zero, av);
-                    let p =
-                        _mm512_madd_epi16(_mm512_maddubs_epi16(_mm512_abs_epi8(wv), signed), ones);
-                    let ad = *a.d.get_unchecked(b);
-                    let (d0, d1) = (halves(p0).0 * ad, halves(p1).0 * ad);
-                    let dd = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
-                        _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_set1_ps(d0))),
-                        _mm256_castps_pd(_mm256_set1_ps(d1)),
-                    ));
-                    acc = _mm512_add_ps(acc, _mm512_mul_ps(dd, _mm512_cvtepi32_ps(p)));
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut off = [_mm_setzero_ps(); N];
+            let mut out = [(0f32, 0f32); N];
+            // SAFETY: every pointer below stays within `w0`, `w1` and each `a[t]` as asserted.
+            unsafe {
+                match kind {
+                    QKind::Q4_1 => {
+                        // 128-bit lanes: row 0 elements 0..16, row 1 0..16, row 0 16..32, row 1
+                        // 16..32; so the 32-bit sums are row 0 j 0..4, row 1 j 0..4, row 0 j 4..8,
+                        // row 1 j 4..8, and each lane takes its row's scale.
+                        let mask = _mm256_set1_epi8(0x0F);
+                        let spread =
+                            _mm512_setr_epi32(0, 0, 0, 0, 2, 2, 2, 2, 0, 0, 0, 0, 2, 2, 2, 2);
+                        for b in 0..blocks {
+                            let p0 = w0.as_ptr().add(b * Q4_1_BYTES);
+                            let p1 = w1.as_ptr().add(b * Q4_1_BYTES);
+                            if N == 1 {
+                                _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(PREFETCH) as *const i8);
+                            }
+                            let q = _mm256_loadu2_m128i(
+                                p1.add(4) as *const __m128i,
+                                p0.add(4) as *const __m128i,
+                            );
+                            let lo = _mm256_and_si256(q, mask);
+                            let hi = _mm256_and_si256(_mm256_srli_epi16::<4>(q), mask);
+                            let wv = _mm512_inserti64x4::<1>(_mm512_castsi256_si512(lo), hi);
+                            // [d0, m0, d1, m1]
+                            let dm = _mm_cvtph_ps(_mm_set_epi32(
+                                0,
+                                0,
+                                (p1 as *const i32).read_unaligned(),
+                                (p0 as *const i32).read_unaligned(),
+                            ));
+                            for t in 0..N {
+                                let a256 = _mm512_castsi256_si512(_mm256_loadu_si256(
+                                    a[t].qs.as_ptr().add(b * BLOCK) as *const __m256i,
+                                ));
+                                let av = _mm512_shuffle_i64x2::<0x50>(a256, a256);
+                                let p = sums(wv, av, ones, zero);
+                                // [d0·da, m0·sa, d1·da, m1·sa]
+                                let sc = _mm_mul_ps(
+                                    dm,
+                                    _mm_loadu_ps(a[t].ds.as_ptr().add(b) as *const f32),
+                                );
+                                off[t] = _mm_add_ps(off[t], sc);
+                                let dd = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sc));
+                                acc[t] =
+                                    _mm512_add_ps(acc[t], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(p)));
+                            }
+                        }
+                        for t in 0..N {
+                            let l0 = _mm512_extractf32x4_ps::<0>(acc[t]);
+                            let l1 = _mm512_extractf32x4_ps::<1>(acc[t]);
+                            let l2 = _mm512_extractf32x4_ps::<2>(acc[t]);
+                            let l3 = _mm512_extractf32x4_ps::<3>(acc[t]);
+                            let mut o = [0f32; 4];
+                            _mm_storeu_ps(o.as_mut_ptr(), off[t]);
+                            out[t] = (
+                                hsum4(_mm_add_ps(l0, l2)) + o[1],
+                                hsum4(_mm_add_ps(l1, l3)) + o[3],
+                            );
+                        }
+                    }
+                    QKind::Q8_0 => {
+                        // 256-bit halves: row 0, row 1.
+                        let spread =
+                            _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+                        for b in 0..blocks {
+                            let p0 = w0.as_ptr().add(b * Q8_0_BYTES);
+                            let p1 = w1.as_ptr().add(b * Q8_0_BYTES);
+                            if N == 1 {
+                                _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(PREFETCH) as *const i8);
+                            }
+                            let wv = _mm512_inserti64x4::<1>(
+                                _mm512_castsi256_si512(_mm256_loadu_si256(
+                                    p0.add(2) as *const __m256i
+                                )),
+                                _mm256_loadu_si256(p1.add(2) as *const __m256i),
+                            );
+                            let negative = _mm512_movepi8_mask(wv);
+                            let wabs = _mm512_abs_epi8(wv);
+                            // [d0, _, d1, _]: the lanes after each scale are not used.
+                            let dm = _mm_cvtph_ps(_mm_set_epi32(
+                                0,
+                                0,
+                                (p1 as *const i32).read_unaligned(),
+                                (p0 as *const i32).read_unaligned(),
+                            ));
+                            for t in 0..N {
+                                let av = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                                    a[t].qs.as_ptr().add(b * BLOCK) as *const __m256i,
+                                ));
+                                // |w| · (a with w's sign), as AVX2's `sign` does.
+                                let signed = _mm512_mask_sub_epi8(av, negative, zero, av);
+                                let p = sums(wabs, signed, ones, zero);
+                                let sc = _mm_mul_ps(
+                                    dm,
+                                    _mm_loadu_ps(a[t].ds.as_ptr().add(b) as *const f32),
+                                );
+                                let dd = _mm512_permutexvar_ps(spread, _mm512_castps128_ps512(sc));
+                                acc[t] =
+                                    _mm512_add_ps(acc[t], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(p)));
+                            }
+                        }
+                        for t in 0..N {
+                            out[t] = (
+                                hsum8(_mm512_castps512_ps256(acc[t])),
+                                hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
+                                    _mm512_castps_pd(acc[t]),
+                                ))),
+                            );
+                        }
+                    }
                 }
-                (
-                    hsum8(_mm512_castps512_ps256(acc)),
-                    hsum8(_mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(
-                        _mm512_castps_pd(acc),
-                    ))),
-                )
             }
+            out
         }
-    }
+    };
 }
+
+dot2_avx512!(dot2_avx512, "avx512f,avx512bw,avx2,f16c", false);
+dot2_avx512!(dot2_vnni, "avx512f,avx512bw,avx512vnni,avx2,f16c", true);

@@ -60,6 +60,65 @@ fn logits_are_bit_identical_across_runs_and_thread_counts() {
 }
 
 #[test]
+fn hearth_kernel_path_forces_a_path_and_every_path_gives_the_same_logits_digest() {
+    let args = [
+        "local",
+        "generate",
+        "--prompt",
+        "Every CPU gives the same bits:",
+        "--max-tokens",
+        "6",
+        "--json",
+    ];
+    let best = json(&run_hearth_env(&args, &[]));
+    let digest = best["logits_digest"].as_str().expect("digest");
+    assert_eq!(digest.len(), 64, "a blake3 in hex: {best}");
+    let mut paths = vec!["scalar"];
+    if std::arch::is_x86_feature_detected!("avx2") {
+        paths.push("avx2");
+    }
+    if std::arch::is_x86_feature_detected!("avx512bw") {
+        paths.push("avx512");
+    }
+    for path in paths {
+        let out = json(&run_hearth_env(&args, &[("HEARTH_KERNEL_PATH", path)]));
+        assert_eq!(out["kernel_path"], path, "{out}");
+        assert_eq!(out["logits_digest"], best["logits_digest"], "{path}");
+        assert_eq!(out["token_ids"], best["token_ids"], "{path}");
+    }
+    // A path this CPU lacks, or no such path: one clear line, no output.
+    let lacking = if cfg!(target_arch = "x86_64") {
+        "neon"
+    } else {
+        "avx2"
+    };
+    for bad in [lacking, "sse9"] {
+        let out = run_hearth_env(&args, &[("HEARTH_KERNEL_PATH", bad)]);
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("HEARTH_KERNEL_PATH"), "{bad}: {err}");
+        assert!(out.stdout.is_empty(), "{bad}");
+    }
+}
+
+#[test]
+fn bench_local_reports_speeds_threads_and_kernel_path() {
+    let out = json(&run_hearth_env(
+        &["bench", "--threads", "1", "local", "--json"],
+        &[],
+    ));
+    for field in ["decode_tok_s", "prompt_tok_s"] {
+        let v = out[field].as_f64().unwrap_or(0.0);
+        assert!(v > 0.0 && v.is_finite(), "{field}: {out}");
+    }
+    assert_eq!(out["threads"], 1, "{out}");
+    assert!(
+        ["scalar", "avx2", "avx512", "neon"].contains(&out["kernel_path"].as_str().unwrap_or("")),
+        "{out}"
+    );
+}
+
+#[test]
 fn chat_prompts_end_at_the_end_of_turn() {
     let out = json(&local(
         &[

@@ -105,6 +105,8 @@ impl Children {
             path_str(&dir)?,
             "--http",
             "127.0.0.1:0",
+            // A throwaway swarm on loopback: no keys.
+            "--open",
         ];
         args.extend(LOOPBACK);
         self.spawn("coordinator", &args)?;

@@ -37,6 +37,8 @@ pub(crate) enum Command {
     Node(NodeArgs),
     /// Run a coordinator: learn the swarm from adverts and serve the HTTP API.
     Coordinator(CoordinatorArgs),
+    /// Manage the coordinator's API keys (with its admin key): create, list, revoke.
+    Apikey(ApiKeyArgs),
     /// List the swarm's peers and their hardware, as the coordinator sees them.
     Peers(PeersArgs),
     /// Run a model on this machine alone (no swarm): generate text, score given tokens, embed texts.
@@ -152,6 +154,59 @@ pub(crate) struct CoordinatorArgs {
     /// The models folder: the coordinator reads the default LLM's tokenizer from it.
     #[command(flatten)]
     pub(crate) models: ModelsDir,
+    /// Serve the API without keys (a local swarm; logs a warning; refused off loopback). The admin
+    /// endpoints still need the admin key.
+    #[arg(long)]
+    pub(crate) open: bool,
+    /// Serve plain HTTP on a non-loopback --http address (refused otherwise: keys and prompts would
+    /// cross the network in the clear). Only on a network you trust.
+    #[arg(long)]
+    pub(crate) insecure_http: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct ApiKeyArgs {
+    #[command(subcommand)]
+    pub(crate) command: ApiKeyCommand,
+    /// Coordinator HTTP API [default: http://127.0.0.1:7070].
+    #[arg(long, global = true, env = "HEARTH_API", value_name = "URL")]
+    pub(crate) api: Option<String>,
+    /// The admin key [default: read from the coordinator's DATA_DIR/admin.key].
+    #[arg(
+        long,
+        global = true,
+        env = "HEARTH_ADMIN_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub(crate) admin_key: Option<String>,
+    /// The coordinator's data folder, to read admin.key from [default:
+    /// ~/.local/share/hearth/coordinator].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long, global = true)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum ApiKeyCommand {
+    /// Make a key; it is printed this once (the coordinator keeps only its hash).
+    Create {
+        /// The co-op member (peer id) the key belongs to.
+        #[arg(long, value_name = "PEER_ID")]
+        member: Option<String>,
+        /// A name for people.
+        #[arg(long)]
+        name: Option<String>,
+    },
+    /// List the keys (ids, members, revoked or not; never the keys themselves).
+    List,
+    /// Revoke a key by its id; requests with it are refused from then on.
+    Revoke {
+        /// The key's id (`key-…`, from `create` or `list`).
+        id: String,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -433,6 +488,15 @@ pub(crate) struct GenerateArgs {
     /// Parse special-token text (such as <|im_start|>) in the prompt as those tokens.
     #[arg(long)]
     pub(crate) special: bool,
+    /// Sample at this temperature (0, the default, is greedy), seeded as the swarm samples.
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub(crate) temperature: f32,
+    /// Nucleus sampling: draw only from the most likely tokens whose probabilities reach P.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub(crate) top_p: f32,
+    /// The sampler's seed.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) seed: u64,
     /// Print JSON: {prompt_ids, token_ids, text, …}.
     #[arg(long)]
     pub(crate) json: bool,

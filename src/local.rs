@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use hearth_kernels::{
     ChatMessage, ChatTemplate, Embedder, GgufModel, GgufTokenizer, MINILM, SMOLLM2, Stage,
-    StageInput, StageOutput, argmax, generate_greedy,
+    StageInput, StageOutput, argmax,
 };
 use hearth_protocol::work::UnitOutput;
 use serde_json::json;
@@ -71,12 +71,24 @@ fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> 
     if prompt_ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
-    let run = generate_greedy(
+    let valid = args.temperature >= 0.0
+        && args.temperature.is_finite()
+        && (0.0..=1.0).contains(&args.top_p);
+    if !valid {
+        anyhow::bail!("--temperature must be at least 0 and --top-p within 0..=1");
+    }
+    let sampling = hearth_protocol::work::Sampling {
+        temperature: args.temperature,
+        top_p: args.top_p,
+        seed: args.seed,
+    };
+    let run = hearth_kernels::generate(
         &mut stage,
         tokenizer.eos,
         &prompt_ids,
         args.max_tokens,
         SESSION,
+        Some(&sampling),
     )?;
     let (generated, prefill, elapsed) = (run.token_ids, run.prefill, run.total);
     let text = tokenizer.decode(&generated)?;

@@ -1,5 +1,6 @@
 //! `hearth`: the one binary of Hearth. Node, coordinator and client commands.
 
+mod apikey;
 mod bench;
 mod bench_pipeline;
 mod bench_swarm;
@@ -91,6 +92,7 @@ fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
             Command::Keygen(args) => keygen::run(args, &file),
             Command::Node(args) => serve::node(args, file).await,
             Command::Coordinator(args) => serve::coordinator(args, file).await,
+            Command::Apikey(args) => apikey::run(args, &file).await,
             Command::Peers(args) => peers::run(args, &file).await,
             Command::Local(args) => local::run(args, &file),
             Command::Bench(args) => bench::run(args, &file).await,

@@ -52,6 +52,8 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     config.net.mdns = !args.no_mdns && file.coordinator.mdns.unwrap_or(true);
     config.policy.replicas = args.replicas;
     config.models_dir = Some(models_dir);
+    config.open = args.open;
+    config.insecure_http = args.insecure_http;
     hearth_coordinator::run(config, shutdown_signal()).await?;
     Ok(())
 }

@@ -106,6 +106,7 @@ async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
             dir.to_str().expect("utf-8"),
             "--http",
             "127.0.0.1:0",
+            "--open",
             "--no-mdns",
             "--listen",
             "/ip4/127.0.0.1/tcp/0",

@@ -6,9 +6,7 @@ mod support;
 use std::time::{Duration, Instant};
 
 use support::netns::Namespaces;
-use support::{
-    Process, assert_capabilities, entry, keygen, peers, run_hearth, wait_for_api, wait_until,
-};
+use support::{Process, assert_capabilities, entry, keygen, run_hearth, wait_for_api, wait_until};
 
 /// Where each process runs and listens.
 struct Topology {
@@ -38,6 +36,10 @@ fn scenario(topology: &Topology) -> String {
         "--http",
         &topology.http,
     ];
+    // The API needs a key (the admin key, read below); off loopback it is plain HTTP only when asked.
+    if !topology.http.starts_with("127.") {
+        args.push("--insecure-http");
+    }
     for addr in &topology.coordinator_listen {
         args.extend(["--listen", addr]);
     }
@@ -50,6 +52,9 @@ fn scenario(topology: &Topology) -> String {
     );
     let api = wait_for_api(&coordinator_dir, &mut coordinator);
     let client = strs(&topology.client_prefix);
+    let key = std::fs::read_to_string(coordinator_dir.join("admin.key")).expect("admin key");
+    let key = key.trim();
+    let peers = |client: &[&str], api: &str| support::peers_with_key(client, api, Some(key));
 
     // Identities made ahead of the first start, as an operator would with `hearth keygen`.
     let node_dirs: Vec<_> = (0..3)
@@ -125,7 +130,7 @@ fn scenario(topology: &Topology) -> String {
         "restarted node logs the same identity"
     );
 
-    let human = run_hearth(&client, &["peers", "--api", &api]);
+    let human = run_hearth(&client, &["peers", "--api", &api, "--api-key", key]);
     let text = String::from_utf8_lossy(&human.stdout);
     assert!(text.contains("3 peers, 3 online"), "{text}");
     coordinator.assert_running();

@@ -37,6 +37,9 @@ pub enum Error {
         /// What went wrong.
         message: String,
     },
+    /// A request the coordinator will not carry out.
+    #[error("{0}")]
+    Refused(String),
 }
 
 /// The coordinator's result type.

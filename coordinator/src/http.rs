@@ -13,15 +13,19 @@
 //! | `POST /v1/jobs/{id}/cancel` | cancel a job |
 //! | `POST /v1/generate` | pipelined generation ([`GenerateRequest`]): `{"stream": true}` answers NDJSON lines `{"token_id", "text"}` then `{"done": {…}}`; otherwise the summary `{token_ids, text, route, reroutes, receipts, …}` |
 
-use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::StatusCode;
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{StatusCode, header};
+use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use hearth_protocol::api::{PeerEntry, SwarmInfo};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::keys::{Access, KeyRecord, Keys};
 use crate::limits::GENERATE_TOKENS_DEFAULT;
 use crate::limits::{HTTP_BODY_BYTES_MAX, JOB_BODY_BYTES_MAX};
 use crate::scheduler::JobStatus;
@@ -53,12 +57,25 @@ pub(crate) enum Command {
         id: u64,
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
+    EmbedTokens(Vec<String>, oneshot::Sender<Result<usize, String>>),
 }
 
 type Commands = State<mpsc::Sender<Command>>;
 
-pub(crate) fn router(commands: mpsc::Sender<Command>) -> Router {
-    Router::new()
+/// Who may call the API.
+#[derive(Clone, Debug)]
+pub(crate) struct Auth {
+    pub(crate) keys: Arc<Keys>,
+    /// `--open`: no key needed (loopback only), but for the admin endpoints.
+    pub(crate) open: bool,
+}
+
+pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
+    let admin = Router::new()
+        .route("/v1/admin/keys", get(list_keys).post(create_key))
+        .route("/v1/admin/keys/{id}/revoke", post(revoke_key))
+        .with_state(auth.clone());
+    let api = Router::new()
         .route("/v1/peers", get(peers))
         .route("/v1/swarm", get(swarm))
         .route(
@@ -72,9 +89,107 @@ pub(crate) fn router(commands: mpsc::Sender<Command>) -> Router {
         .route("/v1/jobs/{id}/receipts", get(receipts))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/generate", post(generate))
+        .merge(crate::openai::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
-        .with_state(commands)
+        .with_state(commands);
+    admin
+        .merge(api)
+        .layer(middleware::from_fn_with_state(auth, authenticate))
+}
+
+/// The endpoint nodes join through: open to anyone who can reach the coordinator.
+const JOIN_PATH: &str = "/v1/swarm";
+
+/// Require a valid key on every endpoint but [`JOIN_PATH`] (none on a `--open` coordinator), and the
+/// admin key on `/v1/admin/…`.
+async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next) -> Response {
+    let path = request.uri().path();
+    let admin = path.starts_with("/v1/admin/");
+    if !admin && (path == JOIN_PATH || auth.open) {
+        return next.run(request).await;
+    }
+    let token = request
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim);
+    let Some(token) = token.filter(|t| !t.is_empty()) else {
+        return error(
+            StatusCode::UNAUTHORIZED,
+            "missing API key: send `Authorization: Bearer KEY` (hearth: --api-key or HEARTH_API_KEY)",
+        );
+    };
+    match auth.keys.check(token) {
+        Ok(access) => {
+            if admin && access != Access::Admin {
+                return error(StatusCode::FORBIDDEN, "this endpoint needs the admin key");
+            }
+            request.extensions_mut().insert(access);
+            next.run(request).await
+        }
+        Err(why) => error(StatusCode::UNAUTHORIZED, why),
+    }
+}
+
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewKey {
+    #[serde(default)]
+    member: Option<String>,
+    #[serde(default)]
+    name: Option<String>,
+}
+
+fn key_json(k: &KeyRecord) -> Value {
+    json!({
+        "id": k.id,
+        "member": k.member,
+        "name": k.name,
+        "created_ms": k.created_ms,
+        "revoked": k.revoked_ms.is_some(),
+        "revoked_ms": k.revoked_ms,
+    })
+}
+
+async fn create_key(
+    State(auth): State<Auth>,
+    body: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let NewKey { member, name } = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+    };
+    if let Some(member) = &member
+        && member.parse::<hearth_protocol::PeerId>().is_err()
+    {
+        return error(
+            StatusCode::BAD_REQUEST,
+            &format!("`member` {member:?} is not a peer id"),
+        );
+    }
+    match auth.keys.create(member, name) {
+        Ok((record, secret)) => {
+            let mut body = key_json(&record);
+            body["key"] = json!(secret);
+            (StatusCode::CREATED, Json(body)).into_response()
+        }
+        Err(crate::Error::Refused(why)) => error(StatusCode::BAD_REQUEST, &why),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
+}
+
+async fn list_keys(State(auth): State<Auth>) -> Response {
+    Json(auth.keys.list().iter().map(key_json).collect::<Vec<_>>()).into_response()
+}
+
+async fn revoke_key(State(auth): State<Auth>, Path(id): Path<String>) -> Response {
+    match auth.keys.revoke(&id) {
+        Ok(Some(record)) => Json(key_json(&record)).into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, &format!("no key {id}")),
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()),
+    }
 }
 
 async fn peers(State(commands): State<mpsc::Sender<Command>>) -> Response {
@@ -135,7 +250,7 @@ async fn generate(
         let lines = futures::stream::unfold(Some(events), |events| async move {
             let mut events = events?;
             let line = match events.recv().await? {
-                SessionEvent::Token { id, text } => {
+                SessionEvent::Token { id, text, .. } => {
                     (json!({ "token_id": id, "text": text }), Some(events))
                 }
                 SessionEvent::Correction { from, text } => (
@@ -240,7 +355,7 @@ async fn lines(commands: &mpsc::Sender<Command>, id: u64, receipts: bool) -> Res
     }
 }
 
-async fn ask<T>(
+pub(crate) async fn ask<T>(
     commands: &mpsc::Sender<Command>,
     command: impl FnOnce(oneshot::Sender<T>) -> Command,
 ) -> Result<T, Response> {
@@ -253,16 +368,33 @@ async fn ask<T>(
     answer.await.map_err(|_| stopping())
 }
 
-/// An error in the shape OpenAI clients expect: `{"error": {"message", "type"}}`.
+/// An error in the shape OpenAI clients expect: `{"error": {"message", "type", "code"}}`.
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {
-    let kind = if status.is_client_error() {
-        "invalid_request_error"
+    let code = match status {
+        StatusCode::UNAUTHORIZED => "invalid_api_key",
+        StatusCode::NOT_FOUND => "not_found",
+        StatusCode::PAYLOAD_TOO_LARGE => "request_too_large",
+        _ => "",
+    };
+    error_with_code(status, message, code)
+}
+
+/// [`error`] with OpenAI's `code` (`model_not_found`, `invalid_api_key`, …).
+pub(crate) fn error_with_code(status: StatusCode, message: &str, code: &str) -> Response {
+    let kind = match status {
+        StatusCode::UNAUTHORIZED => "authentication_error",
+        StatusCode::FORBIDDEN => "permission_error",
+        s if s.is_client_error() => "invalid_request_error",
+        _ => "server_error",
+    };
+    let code = if code.is_empty() {
+        Value::Null
     } else {
-        "server_error"
+        json!(code)
     };
     (
         status,
-        Json(json!({ "error": { "message": message, "type": kind } })),
+        Json(json!({ "error": { "message": message, "type": kind, "param": null, "code": code } })),
     )
         .into_response()
 }

@@ -13,8 +13,10 @@
 mod error;
 mod http;
 pub mod journal;
+pub mod keys;
 mod ledger;
 mod limits;
+mod openai;
 pub mod pipeline;
 mod registry;
 pub mod scheduler;

@@ -81,6 +81,15 @@ pub const WORK_FETCH_HOLD_MS: u64 = 10_000;
 
 /// Tokens a generation makes when the request does not say.
 pub const GENERATE_TOKENS_DEFAULT: u32 = 64;
+
+/// `max_tokens` of an OpenAI request that gives none.
+pub const OPENAI_MAX_TOKENS_DEFAULT: u32 = 256;
+
+/// Stop sequences one OpenAI request may give (OpenAI's own limit).
+pub const STOP_SEQUENCES_MAX: usize = 4;
+
+/// How long `POST /v1/embeddings` waits for its job before cancelling it.
+pub const OPENAI_EMBED_WAIT: std::time::Duration = std::time::Duration::from_secs(120);
 /// Pipeline sessions running at once; more are refused until one ends.
 pub const SESSIONS_MAX: usize = 64;
 /// Stages a route has when the request does not say (fewer if fewer peers hold the model).

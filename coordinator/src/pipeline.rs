@@ -14,7 +14,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use hearth_protocol::work::{Forward, StageData, StageResult, floats};
+use hearth_protocol::work::{Forward, Sampling, StageData, StageResult, floats};
 use hearth_protocol::{ModelId, PeerId, Receipt, Subject};
 use serde::Serialize;
 
@@ -255,6 +255,8 @@ pub struct Driver {
     eos: u32,
     context: usize,
     verify: Verify,
+    /// How the last stage picks tokens (greedy when `None`).
+    sampling: Option<Sampling>,
     rng: u64,
     /// Generated tokens.
     pub generated: Vec<u32>,
@@ -326,7 +328,27 @@ impl Driver {
         context: usize,
         verify: Verify,
     ) -> (Self, Vec<Action>) {
+        Self::sampled(
+            session, model, route, prompt, max_tokens, eos, context, verify, None,
+        )
+    }
+
+    /// [`Self::new`], the last stage drawing tokens with `sampling`: seeded, so stages and verifiers
+    /// draw the same.
+    #[allow(clippy::too_many_arguments)]
+    pub fn sampled(
+        session: u64,
+        model: ModelId,
+        route: Vec<Hop>,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        eos: u32,
+        context: usize,
+        verify: Verify,
+        sampling: Option<Sampling>,
+    ) -> (Self, Vec<Action>) {
         let mut driver = Self {
+            sampling,
             session,
             model,
             route,
@@ -405,6 +427,7 @@ impl Driver {
             pos,
             input,
             all_positions: false,
+            sampling: self.sampling,
         };
         self.history
             .entry(layers)
@@ -665,6 +688,7 @@ impl Driver {
             pos,
             input,
             all_positions: true,
+            sampling: self.sampling,
         }
     }
 

@@ -46,6 +46,10 @@ pub struct CoordinatorConfig {
     pub policy: Policy,
     /// Where the default LLM is, for tokenizing prompts of pipelined generation.
     pub models_dir: Option<PathBuf>,
+    /// No API key needed (but for the admin endpoints). Loopback only.
+    pub open: bool,
+    /// Serve plain HTTP on a non-loopback address (otherwise refused there).
+    pub insecure_http: bool,
 }
 
 impl CoordinatorConfig {
@@ -74,6 +78,8 @@ impl CoordinatorConfig {
             http: Self::HTTP_ADDR.parse().expect("valid socket address"),
             policy: Policy::default(),
             models_dir: None,
+            open: false,
+            insecure_http: false,
         }
     }
 }
@@ -85,6 +91,28 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
     let span = tracing::info_span!("coordinator", peer = %peer.short());
     async move {
         tracing::info!(peer_id = %peer, created, data_dir = %config.data_dir.display(), "identity");
+        let loopback = config.http.ip().is_loopback();
+        if config.open && !loopback {
+            return Err(Error::Refused(format!(
+                "--open serves the API without keys, so only on a loopback address, not {}",
+                config.http
+            )));
+        }
+        if !loopback && !config.insecure_http {
+            return Err(Error::Refused(format!(
+                "the API on {} would be plain HTTP on a network: keys and prompts would cross it in the clear. \
+                 Serve it on 127.0.0.1 behind a TLS proxy, or pass --insecure-http on a network you trust",
+                config.http
+            )));
+        }
+        let keys = std::sync::Arc::new(crate::keys::Keys::open(&config.data_dir)?);
+        if config.open {
+            tracing::warn!("--open: the HTTP API needs no key; anyone who can reach {} can use it", config.http);
+        }
+        let auth = crate::http::Auth {
+            keys,
+            open: config.open,
+        };
         let network = Network::new(key, &config.net)?;
         let work = Work::open(&config.data_dir, config.policy)?;
 
@@ -107,7 +135,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         let server = tokio::spawn(
             async move {
                 let serve =
-                    axum::serve(listener, router(commands_tx)).with_graceful_shutdown(async move {
+                    axum::serve(listener, router(commands_tx, auth)).with_graceful_shutdown(async move {
                         let _ = http_stopped.await;
                     });
                 if let Err(error) = serve.await {
@@ -258,6 +286,9 @@ impl Coordinator {
                 } else {
                     None
                 });
+            }
+            Command::EmbedTokens(texts, reply) => {
+                let _ = reply.send(self.sessions.embed_tokens(&texts));
             }
             Command::Swarm(reply) => {
                 let peer = self.network.local_peer();

@@ -5,7 +5,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::time::Instant;
 
-use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2};
+use hearth_kernels::{ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, SMOLLM2};
 use hearth_net::Network;
 use hearth_net::libp2p::request_response::OutboundRequestId;
 use hearth_protocol::work::{WorkRequest, WorkResponse};
@@ -24,7 +24,12 @@ use crate::{Registry, Standing};
 #[derive(Clone, Debug, Deserialize)]
 pub struct GenerateRequest {
     /// The prompt, as raw text.
+    #[serde(default)]
     pub prompt: String,
+    /// A conversation instead of `prompt`: rendered with the model's chat template, ready for the
+    /// assistant's turn, its special tokens parsed.
+    #[serde(default)]
+    pub messages: Option<Vec<ChatMessage>>,
     /// Most tokens to generate.
     #[serde(default)]
     pub max_tokens: Option<u32>,
@@ -34,6 +39,13 @@ pub struct GenerateRequest {
     /// How stages are checked: `window` (default), `sampled`, `after` or `off`.
     #[serde(default)]
     pub verify: Option<Verify>,
+    /// Parse special-token text (such as `<|im_start|>`) in the prompt as those tokens: what a chat
+    /// template's output needs.
+    #[serde(default)]
+    pub special: bool,
+    /// Seeded sampling; greedy when absent.
+    #[serde(default)]
+    pub sampling: Option<hearth_protocol::work::Sampling>,
 }
 
 /// What a session tells its HTTP client.
@@ -45,6 +57,8 @@ pub enum SessionEvent {
         id: u32,
         /// The text it adds to what came before.
         text: String,
+        /// It is the model's end-of-sequence token.
+        eos: bool,
     },
     /// Tokens from index `from` on, already sent, were wrong; `text` is the text before them.
     Correction {
@@ -63,6 +77,7 @@ pub enum SessionEvent {
 struct Llm {
     id: ModelId,
     tokenizer: GgufTokenizer,
+    template: Option<ChatTemplate>,
     layers: u32,
     context: usize,
     /// What one layer takes in memory, about: the file's size over its layers.
@@ -88,6 +103,7 @@ struct Live {
 pub(crate) struct Sessions {
     models_dir: Option<PathBuf>,
     llm: Option<Llm>,
+    embed_tokenizer: Option<hearth_kernels::EmbedTokenizer>,
     live: BTreeMap<u64, Live>,
     requests: HashMap<OutboundRequestId, u64>,
     next: u64,
@@ -100,11 +116,32 @@ impl Sessions {
         Self {
             models_dir,
             llm: None,
+            embed_tokenizer: None,
             live: BTreeMap::new(),
             requests: HashMap::new(),
             next: 1,
             faults: Vec::new(),
         }
+    }
+
+    /// Tokens the default embedder reads of `texts`, in all (for an API's usage figures).
+    pub(crate) fn embed_tokens(&mut self, texts: &[String]) -> Result<usize, String> {
+        if self.embed_tokenizer.is_none() {
+            let dir = self
+                .models_dir
+                .clone()
+                .ok_or("this coordinator has no models folder (start it with --models DIR)")?;
+            let folder = std::path::Path::new(hearth_kernels::MINILM.files[0].path)
+                .parent()
+                .map(|p| dir.join(p))
+                .unwrap_or(dir);
+            self.embed_tokenizer =
+                Some(hearth_kernels::EmbedTokenizer::load(&folder).map_err(|e| e.to_string())?);
+        }
+        let tokenizer = self.embed_tokenizer.as_ref().expect("loaded above");
+        texts.iter().try_fold(0, |n, t| {
+            Ok(n + tokenizer.count(t).map_err(|e| e.to_string())?)
+        })
     }
 
     fn llm(&mut self) -> Result<&Llm, String> {
@@ -117,11 +154,13 @@ impl Sessions {
                 format!("{e} (the coordinator tokenizes prompts with the default model's tokenizer; run `hearth models fetch`)")
             })?;
             let tokenizer = GgufTokenizer::from_model(&model).map_err(|e| e.to_string())?;
+            let template = ChatTemplate::from_model(&model).map_err(|e| e.to_string())?;
             let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
             self.llm = Some(Llm {
                 layer_bytes: file_bytes / model.config.layers.max(1) as u64,
                 id: model.id,
                 tokenizer,
+                template,
                 layers: model.config.layers as u32,
                 context: model.config.context,
             });
@@ -182,9 +221,20 @@ impl Sessions {
         let llm = self.llm()?;
         let (model, layers, context, layer_bytes) =
             (llm.id, llm.layers, llm.context, llm.layer_bytes);
+        let (text, special) = match &request.messages {
+            Some(messages) => {
+                let template = llm
+                    .template
+                    .as_ref()
+                    .ok_or("the model has no chat template; send a prompt instead")?;
+                let text = template.render(messages, true).map_err(|e| e.to_string())?;
+                (text, true)
+            }
+            None => (request.prompt.clone(), request.special),
+        };
         let prompt = llm
             .tokenizer
-            .encode(&request.prompt, false)
+            .encode(&text, special)
             .map_err(|e| e.to_string())?;
         let eos = llm.tokenizer.eos;
         if prompt.is_empty() {
@@ -193,6 +243,12 @@ impl Sessions {
         if prompt.len() >= context {
             return Err(format!(
                 "the prompt is {} tokens; the model's context is {context}",
+                prompt.len()
+            ));
+        }
+        if prompt.len() + max_tokens as usize > context {
+            return Err(format!(
+                "the prompt ({} tokens) and max_tokens ({max_tokens}) exceed the model's context of {context} tokens",
                 prompt.len()
             ));
         }
@@ -211,7 +267,7 @@ impl Sessions {
             "generation started"
         );
         let prompt_tokens = prompt.len();
-        let (driver, actions) = Driver::new(
+        let (driver, actions) = Driver::sampled(
             session,
             model,
             route,
@@ -220,6 +276,7 @@ impl Sessions {
             eos,
             context,
             request.verify.unwrap_or(Verify::Window),
+            request.sampling,
         );
         self.live.insert(
             session,
@@ -416,9 +473,14 @@ impl Sessions {
                         live.text_sent = text.len();
                         delta
                     };
+                    let eos = self.llm.as_ref().is_some_and(|l| l.tokenizer.eos == id);
                     if live
                         .events
-                        .try_send(SessionEvent::Token { id, text: delta })
+                        .try_send(SessionEvent::Token {
+                            id,
+                            text: delta,
+                            eos,
+                        })
                         .is_err()
                     {
                         return self.abandon(net, session);

@@ -125,7 +125,25 @@ impl Server {
             }
             StageOutput::Logits(logits) => {
                 let rows: Vec<Vec<f32>> = logits.to_vec2().map_err(|e| e.to_string())?;
-                let mut each: Vec<(u32, Vec<(u32, f32)>)> = rows.iter().map(|r| top(r)).collect();
+                // Row i holds the logits after position `first + i`: every input position, or
+                // the last only.
+                let inputs = match &f.input {
+                    StageData::Tokens(ids) => ids.len(),
+                    StageData::Hidden { rows, .. } => *rows as usize,
+                };
+                let first = u64::from(f.pos) + inputs.saturating_sub(rows.len()) as u64;
+                let mut each: Vec<(u32, Vec<(u32, f32)>)> = rows
+                    .iter()
+                    .enumerate()
+                    .map(|(i, r)| {
+                        let (greedy, best) = top(r);
+                        let token = match &f.sampling {
+                            Some(s) => hearth_kernels::sample(r, Some(s), first + i as u64),
+                            None => greedy,
+                        };
+                        (token, best)
+                    })
+                    .collect();
                 if f.all_positions {
                     StageResult::NextEach(each)
                 } else {
@@ -227,13 +245,16 @@ impl Server {
 /// The greedy token of a row of logits (lowest id among equal maxima) and its best logits.
 fn top(row: &[f32]) -> (u32, Vec<(u32, f32)>) {
     let (token, _) = hearth_kernels::argmax(row);
+    let by_logit = |&a: &u32, &b: &u32| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b));
     let mut order: Vec<u32> = (0..row.len() as u32).collect();
-    order.sort_by(|&a, &b| row[b as usize].total_cmp(&row[a as usize]).then(a.cmp(&b)));
-    let best = order
-        .into_iter()
-        .take(TOP_LOGITS_MAX)
-        .map(|i| (i, row[i as usize]))
-        .collect();
+    // Only the best few need ordering: select them, then sort those (a full sort of the vocabulary
+    // cost about 2 ms a step).
+    if order.len() > TOP_LOGITS_MAX {
+        order.select_nth_unstable_by(TOP_LOGITS_MAX - 1, by_logit);
+        order.truncate(TOP_LOGITS_MAX);
+    }
+    order.sort_unstable_by(by_logit);
+    let best = order.into_iter().map(|i| (i, row[i as usize])).collect();
     (token, best)
 }
 

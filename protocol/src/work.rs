@@ -385,6 +385,21 @@ pub struct Forward {
     /// The last stage answers for every position ([`StageResult::NextEach`]), not just the last:
     /// what a verifier replaying a window needs.
     pub all_positions: bool,
+    /// How the last stage picks tokens; greedy when absent.
+    pub sampling: Option<Sampling>,
+}
+
+/// Seeded sampling: the token after position `p` is drawn with a generator keyed by `(seed, p)`, so a
+/// replay of any window, on any peer with the same kernels, draws the same tokens. A `temperature` of
+/// 0 is greedy.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sampling {
+    /// Logits are divided by it before the softmax; 0 picks the largest.
+    pub temperature: f32,
+    /// Nucleus: only the most likely tokens whose probabilities add up to this are drawn from.
+    pub top_p: f32,
+    /// The generator's seed.
+    pub seed: u64,
 }
 
 impl Forward {

@@ -7,7 +7,9 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{Process, keygen, peers, run_hearth, stdout_json, wait_for_api, wait_until};
+use super::{
+    Process, keygen, peers, peers_with_key, run_hearth, stdout_json, wait_for_api, wait_until,
+};
 
 /// Two distinct free ports on loopback, free for TCP and UDP alike (the swarm listens on QUIC and TCP
 /// at one port). Every socket is held until both are chosen, so the two cannot coincide.
@@ -33,12 +35,23 @@ pub struct Swarm {
     pub coordinator_args: Vec<String>,
     pub api: String,
     pub nodes: Vec<(String, Process)>,
+    /// The admin key, when the coordinator requires keys (not `--open`).
+    pub admin_key: Option<String>,
 }
 
 impl Swarm {
     /// A coordinator on fixed loopback ports (so a restart comes back where nodes look for it) and
     /// one node per entry of `faults`.
     pub fn start(faults: &[Option<&str>]) -> Self {
+        Self::start_with(faults, true)
+    }
+
+    /// [`Self::start`] with the API requiring keys (no `--open`): `admin_key` holds the admin key.
+    pub fn start_keyed(faults: &[Option<&str>]) -> Self {
+        Self::start_with(faults, false)
+    }
+
+    fn start_with(faults: &[Option<&str>], open: bool) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("coordinator");
         let [port, http] = free_ports();
@@ -56,6 +69,10 @@ impl Swarm {
         ]
         .map(String::from)
         .to_vec();
+        let mut coordinator_args = coordinator_args;
+        if open {
+            coordinator_args.push("--open".into());
+        }
         let mut coordinator = Process::start(
             "coordinator",
             tmp.path(),
@@ -66,19 +83,26 @@ impl Swarm {
                 .collect::<Vec<_>>(),
         );
         let api = wait_for_api(&dir, &mut coordinator);
+        let admin_key = (!open).then(|| {
+            std::fs::read_to_string(dir.join("admin.key"))
+                .expect("the coordinator writes its admin key at start")
+                .trim()
+                .to_string()
+        });
         let mut swarm = Self {
             tmp,
             coordinator,
             coordinator_args,
             api,
             nodes: Vec::new(),
+            admin_key,
         };
         for (i, fault) in faults.iter().enumerate() {
             swarm.start_node(i, *fault);
         }
         let want = faults.len();
         wait_until(Duration::from_secs(60), "every node online", || {
-            let online = peers(&[], &swarm.api)
+            let online = peers_with_key(&[], &swarm.api, swarm.admin_key.as_deref())
                 .iter()
                 .filter(|p| p["online"] == true)
                 .count();

@@ -109,7 +109,16 @@ pub fn stdout_json(out: &Output) -> Value {
 
 /// `hearth peers --json --api API`, parsed. Empty when the coordinator does not answer yet.
 pub fn peers(prefix: &[&str], api: &str) -> Vec<Value> {
-    let out = run_hearth(prefix, &["peers", "--json", "--api", api]);
+    peers_with_key(prefix, api, None)
+}
+
+/// [`peers`] with an API key.
+pub fn peers_with_key(prefix: &[&str], api: &str, key: Option<&str>) -> Vec<Value> {
+    let mut args = vec!["peers", "--json", "--api", api];
+    if let Some(key) = key {
+        args.extend(["--api-key", key]);
+    }
+    let out = run_hearth(prefix, &args);
     if !out.status.success() {
         return Vec::new();
     }

@@ -147,3 +147,35 @@ impl Embedder {
         Ok(unit.to_vec2()?)
     }
 }
+
+/// The embedder's tokenizer alone, to count a text's tokens (as the embedder truncates them) without
+/// loading the model: what an API reports as usage.
+#[derive(Debug)]
+pub struct EmbedTokenizer(Tokenizer);
+
+impl EmbedTokenizer {
+    /// Load `dir/tokenizer.json`.
+    pub fn load(dir: &Path) -> Result<Self> {
+        let path = dir.join("tokenizer.json");
+        let mut tokenizer = Tokenizer::from_file(&path).map_err(|e| Error::Model {
+            path: path.clone(),
+            reason: format!("not a tokenizer: {e}"),
+        })?;
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: EMBED_TOKENS_MAX,
+                ..Default::default()
+            }))
+            .map_err(|e| Error::Tokenizer(e.to_string()))?;
+        Ok(Self(tokenizer))
+    }
+
+    /// Tokens the embedder reads of `text`, special tokens included.
+    pub fn count(&self, text: &str) -> Result<usize> {
+        Ok(self
+            .0
+            .encode(text, true)
+            .map_err(|e| Error::Tokenizer(e.to_string()))?
+            .len())
+    }
+}

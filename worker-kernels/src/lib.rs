@@ -20,7 +20,7 @@ mod llm;
 
 pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
 pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2};
-pub use embed::{EMBED_BATCH_MAX, EMBED_TOKENS_MAX, Embedder};
+pub use embed::{EMBED_BATCH_MAX, EMBED_TOKENS_MAX, EmbedTokenizer, Embedder};
 pub use error::{Error, Result};
 pub use hardware::{
     CPU_LLM_DTYPE, Device, Hardware, KERNELS_VERSION, compute_device, free_cores, numeric_class,
@@ -28,7 +28,8 @@ pub use hardware::{
 pub use hearth_cpu::{KERNEL_PATH_ENV, KernelPath, Kernels};
 pub use llm::{
     ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, Greedy, LlmConfig, SESSIONS_MAX,
-    SessionId, Stage, StageInput, StageOutput, argmax, cpu_kernels, generate_greedy,
+    SessionId, Stage, StageInput, StageOutput, argmax, cpu_kernels, generate, generate_greedy,
+    sample,
 };
 
 /// The [`hearth_protocol::ModelId`] of a model file: the blake3 of its bytes, read in 64 KiB pieces.

@@ -3,11 +3,13 @@
 mod chat;
 mod gguf;
 mod greedy;
+mod sample;
 mod stage;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
 pub use gguf::{GgufModel, LlmConfig};
-pub use greedy::{Greedy, argmax, generate_greedy};
+pub use greedy::{Greedy, argmax, generate, generate_greedy};
+pub use sample::sample;
 pub use stage::{SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput, cpu_kernels};
 pub use tokenizer::GgufTokenizer;

@@ -10,7 +10,7 @@ use crate::{Error, Result};
 const TEMPLATE_BYTES_MAX: usize = 64 * 1024;
 
 /// One message of a conversation.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ChatMessage {
     /// `system`, `user` or `assistant`.
     pub role: String,

@@ -48,6 +48,19 @@ pub fn generate_greedy(
     max_tokens: usize,
     session: SessionId,
 ) -> Result<Greedy> {
+    generate(stage, eos, prompt, max_tokens, session, None)
+}
+
+/// [`generate_greedy`], drawing each token with `sampling` ([`super::sample`], keyed by the
+/// position whose logits it follows) when given.
+pub fn generate(
+    stage: &mut Stage,
+    eos: u32,
+    prompt: &[u32],
+    max_tokens: usize,
+    session: SessionId,
+    sampling: Option<&hearth_protocol::work::Sampling>,
+) -> Result<Greedy> {
     if prompt.is_empty() {
         return Err(Error::Request("the prompt is empty".into()));
     }
@@ -70,7 +83,8 @@ pub fn generate_greedy(
             for v in &logits {
                 digest.update(&v.to_le_bytes());
             }
-            let (next, _) = argmax(&logits);
+            // These logits follow the token at `pos - 1`.
+            let next = super::sample(&logits, sampling, pos as u64 - 1);
             token_ids.push(next);
             if next == eos || pos + 1 >= context || token_ids.len() == max_tokens {
                 break;

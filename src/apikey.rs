@@ -32,6 +32,7 @@ pub(crate) async fn run(args: ApiKeyArgs, file: &FileConfig) -> anyhow::Result<(
         &ClientArgs {
             api: args.api.clone(),
             api_key: Some(admin_key(&args)?),
+            ca_cert: args.ca_cert.clone(),
         },
         file,
     )?;

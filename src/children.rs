@@ -115,6 +115,7 @@ impl Children {
             &ClientArgs {
                 api: Some(api.clone()),
                 api_key: None,
+                ca_cert: None,
             },
             &FileConfig::default(),
         )?;

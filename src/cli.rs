@@ -162,6 +162,13 @@ pub(crate) struct CoordinatorArgs {
     /// cross the network in the clear). Only on a network you trust.
     #[arg(long)]
     pub(crate) insecure_http: bool,
+    /// Serve the API over TLS with this PEM certificate chain (with --tls-key); required off
+    /// loopback unless --insecure-http.
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    pub(crate) tls_cert: Option<PathBuf>,
+    /// The PEM private key for --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    pub(crate) tls_key: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -184,6 +191,9 @@ pub(crate) struct ApiKeyArgs {
     /// ~/.local/share/hearth/coordinator].
     #[arg(long, global = true, value_name = "DIR")]
     pub(crate) data_dir: Option<PathBuf>,
+    /// A PEM certificate to trust for an https --api.
+    #[arg(long, global = true, env = "HEARTH_CA_CERT", value_name = "PEM")]
+    pub(crate) ca_cert: Option<PathBuf>,
     /// Print JSON.
     #[arg(long, global = true)]
     pub(crate) json: bool,
@@ -383,6 +393,10 @@ pub(crate) struct ClientArgs {
         hide_env_values = true
     )]
     pub(crate) api_key: Option<String>,
+    /// A PEM certificate to trust for an https --api beside the system's roots (a co-op's own CA,
+    /// or the coordinator's self-signed certificate).
+    #[arg(long, env = "HEARTH_CA_CERT", value_name = "PEM")]
+    pub(crate) ca_cert: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -29,9 +29,15 @@ impl Client {
         let base = base.trim_end_matches('/').to_string();
         reqwest::Url::parse(&base).with_context(|| format!("--api {base:?} is not a URL"))?;
         let api_key = args.api_key.clone().or_else(|| file.api_key.clone());
-        let http = reqwest::Client::builder()
-            .timeout(REQUEST_TIMEOUT)
-            .build()?;
+        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        if let Some(path) = &args.ca_cert {
+            let pem = std::fs::read(path)
+                .with_context(|| format!("reading --ca-cert {}", path.display()))?;
+            let cert = reqwest::Certificate::from_pem(&pem)
+                .with_context(|| format!("--ca-cert {}: not a PEM certificate", path.display()))?;
+            builder = builder.tls_certs_merge([cert]);
+        }
+        let http = builder.build()?;
         Ok(Self {
             base,
             api_key,

@@ -54,6 +54,7 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     config.models_dir = Some(models_dir);
     config.open = args.open;
     config.insecure_http = args.insecure_http;
+    config.tls = args.tls_cert.zip(args.tls_key);
     hearth_coordinator::run(config, shutdown_signal()).await?;
     Ok(())
 }

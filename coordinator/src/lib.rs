@@ -22,6 +22,7 @@ mod registry;
 pub mod scheduler;
 mod service;
 mod sessions;
+mod tls;
 pub mod verifier;
 mod work;
 

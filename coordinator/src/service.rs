@@ -50,6 +50,8 @@ pub struct CoordinatorConfig {
     pub open: bool,
     /// Serve plain HTTP on a non-loopback address (otherwise refused there).
     pub insecure_http: bool,
+    /// Serve the API over TLS with this certificate chain and private key (PEM files).
+    pub tls: Option<(PathBuf, PathBuf)>,
 }
 
 impl CoordinatorConfig {
@@ -80,6 +82,7 @@ impl CoordinatorConfig {
             models_dir: None,
             open: false,
             insecure_http: false,
+            tls: None,
         }
     }
 }
@@ -98,13 +101,18 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
                 config.http
             )));
         }
-        if !loopback && !config.insecure_http {
+        if !loopback && config.tls.is_none() && !config.insecure_http {
             return Err(Error::Refused(format!(
                 "the API on {} would be plain HTTP on a network: keys and prompts would cross it in the clear. \
-                 Serve it on 127.0.0.1 behind a TLS proxy, or pass --insecure-http on a network you trust",
+                 Give --tls-cert and --tls-key, or pass --insecure-http on a network you trust",
                 config.http
             )));
         }
+        let tls = config
+            .tls
+            .as_ref()
+            .map(|(cert, key)| crate::tls::server_config(cert, key))
+            .transpose()?;
         let keys = std::sync::Arc::new(crate::keys::Keys::open(&config.data_dir)?);
         if config.open {
             tracing::warn!("--open: the HTTP API needs no key; anyone who can reach {} can use it", config.http);
@@ -126,7 +134,8 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             addr: config.http,
             source,
         })?;
-        let url = format!("http://{http_addr}");
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{http_addr}");
         write_atomically(&config.data_dir.join(API_URL_FILE), &format!("{url}\n"))?;
         tracing::info!(%url, "HTTP API");
 
@@ -134,10 +143,14 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             async move {
-                let serve =
-                    axum::serve(listener, router(commands_tx, auth)).with_graceful_shutdown(async move {
-                        let _ = http_stopped.await;
-                    });
+                let app = router(commands_tx, auth);
+                if let Some(tls) = tls {
+                    crate::tls::serve(listener, app, tls, http_stopped).await;
+                    return;
+                }
+                let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                    let _ = http_stopped.await;
+                });
                 if let Err(error) = serve.await {
                     tracing::error!(%error, "HTTP server failed");
                 }

@@ -12,6 +12,13 @@
 //! | `GET /v1/jobs/{id}/receipts` | the accepted results' signed receipts, JSONL, one per unit |
 //! | `POST /v1/jobs/{id}/cancel` | cancel a job |
 //! | `POST /v1/generate` | pipelined generation ([`GenerateRequest`]): `{"stream": true}` answers NDJSON lines `{"token_id", "text"}` then `{"done": {…}}`; otherwise the summary `{token_ids, text, route, reroutes, receipts, …}` |
+//! | `GET /v1/models`, `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` | the OpenAI-compatible API ([`crate::openai`]) |
+//! | `POST /v1/admin/keys` | make an API key (`{"member", "name"}`); answers it once, with its id (admin key only) |
+//! | `GET /v1/admin/keys` | every key's id, member, name and state, never the key (admin key only) |
+//! | `POST /v1/admin/keys/{id}/revoke` | revoke a key (admin key only) |
+//!
+//! Every endpoint but `/v1/swarm` needs `Authorization: Bearer KEY` (an API key, or the admin key)
+//! unless the coordinator runs `--open`; the admin endpoints always need the admin key.
 
 use std::sync::Arc;
 

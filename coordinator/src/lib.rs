@@ -16,7 +16,7 @@ pub mod journal;
 pub mod keys;
 mod ledger;
 mod limits;
-mod openai;
+pub(crate) mod openai;
 pub mod pipeline;
 mod registry;
 pub mod scheduler;

@@ -49,10 +49,15 @@ pub async fn resolve(target: &JoinTarget) -> Result<Vec<Multiaddr>> {
                 url: url.clone(),
                 reason,
             };
-            let client = reqwest::Client::builder()
-                .timeout(JOIN_HTTP_TIMEOUT)
-                .build()
-                .map_err(|e| fail(e.to_string()))?;
+            let mut builder = reqwest::Client::builder().timeout(JOIN_HTTP_TIMEOUT);
+            // A coordinator with its own certificate: trust it as the CLI does.
+            if let Some(path) = std::env::var_os("HEARTH_CA_CERT") {
+                let pem = std::fs::read(&path).map_err(|e| fail(format!("HEARTH_CA_CERT: {e}")))?;
+                let cert = reqwest::Certificate::from_pem(&pem)
+                    .map_err(|e| fail(format!("HEARTH_CA_CERT: {e}")))?;
+                builder = builder.tls_certs_merge([cert]);
+            }
+            let client = builder.build().map_err(|e| fail(e.to_string()))?;
             let mut response = client
                 .get(&url)
                 .send()

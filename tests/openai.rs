@@ -274,6 +274,24 @@ fn the_official_openai_client_works_against_the_swarm() {
         .collect();
     assert_eq!(vectors(&out["embeddings"]), local, "base64");
     assert_eq!(vectors(&out["embeddings_float"]), local, "float");
+    let hearth = &out["embeddings_hearth"];
+    assert!(
+        hearth["replicas"].as_f64().expect("replicas") >= 1.0,
+        "{hearth}"
+    );
+    assert!(
+        !hearth["receipts"].as_array().expect("receipts").is_empty(),
+        "{hearth}"
+    );
+    // "Hello world" is [CLS] hello world [SEP]: 4 tokens; the other sentence more.
+    assert!(
+        out["embeddings_usage"]["prompt_tokens"]
+            .as_u64()
+            .expect("usage")
+            > 8,
+        "{}",
+        out["embeddings_usage"]
+    );
 
     // What must fail, fails with OpenAI's shape and the right status.
     let cases = [

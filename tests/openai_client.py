@@ -73,7 +73,10 @@ def main():
 
     # The client asks for base64 by default and decodes it; ask for floats too.
     texts = ["Hello world", "Volunteer computing pools spare machines."]
-    out["embeddings"] = [d.embedding for d in client.embeddings.create(model=EMBEDDER, input=texts).data]
+    embedded = client.embeddings.create(model=EMBEDDER, input=texts)
+    out["embeddings"] = [d.embedding for d in embedded.data]
+    out["embeddings_hearth"] = (embedded.model_extra or {}).get("hearth")
+    out["embeddings_usage"] = embedded.usage.model_dump()
     out["embeddings_float"] = [
         d.embedding
         for d in client.embeddings.create(model=EMBEDDER, input=texts, encoding_format="float").data

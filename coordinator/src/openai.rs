@@ -831,6 +831,11 @@ async fn embeddings(
         "hearth": {
             "job": id,
             "units": status.get("units_total").cloned().unwrap_or(Value::Null),
+            // Results computed per unit, on average: each a different peer's.
+            "replicas": match (status.get("executions").and_then(Value::as_f64), status.get("units_total").and_then(Value::as_f64)) {
+                (Some(e), Some(u)) if u > 0.0 => json!(e / u),
+                _ => Value::Null,
+            },
             "executions": status.get("executions").cloned().unwrap_or(Value::Null),
             "rejected": status.get("rejected").cloned().unwrap_or(Value::Null),
             "receipts": receipts,

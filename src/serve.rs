@@ -55,6 +55,8 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     config.open = args.open;
     config.insecure_http = args.insecure_http;
     config.tls = args.tls_cert.zip(args.tls_key);
+    // The dashboard's page at `/`, beside the API it reads.
+    config.routes = Some(hearth_dashboard::router());
     hearth_coordinator::run(config, shutdown_signal()).await?;
     Ok(())
 }

@@ -20,7 +20,9 @@
 //! Every endpoint but `/v1/swarm` needs `Authorization: Bearer KEY` (an API key, or the admin key)
 //! unless the coordinator runs `--open`; the admin endpoints always need the admin key.
 
+use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::extract::{DefaultBodyLimit, Path, Query, Request, State};
 use axum::http::{StatusCode, header};
@@ -65,6 +67,7 @@ pub(crate) enum Command {
         reply: oneshot::Sender<Option<serde_json::Value>>,
     },
     EmbedTokens(Vec<String>, oneshot::Sender<Result<usize, String>>),
+    Sessions(oneshot::Sender<Vec<Value>>),
 }
 
 type Commands = State<mpsc::Sender<Command>>;
@@ -75,12 +78,38 @@ pub(crate) struct Auth {
     pub(crate) keys: Arc<Keys>,
     /// `--open`: no key needed (loopback only), but for the admin endpoints.
     pub(crate) open: bool,
+    /// Browser sessions: token → (the key's hash, expiry).
+    pub(crate) sessions: Arc<std::sync::Mutex<HashMap<String, (String, Instant)>>>,
+}
+
+/// The cookie a browser session travels in (HttpOnly: page scripts never see it).
+pub(crate) const SESSION_COOKIE: &str = "hearth_session";
+
+/// The hash of the key a request was authenticated with.
+#[derive(Clone, Debug)]
+pub(crate) struct KeyHash(pub(crate) String);
+
+/// The session token in a request's cookies.
+fn session_cookie(request: &Request) -> Option<String> {
+    request
+        .headers()
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(';'))
+        .filter_map(|c| c.trim().split_once('='))
+        .find(|(name, _)| *name == SESSION_COOKIE)
+        .map(|(_, value)| value.to_string())
 }
 
 pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
     let admin = Router::new()
         .route("/v1/admin/keys", get(list_keys).post(create_key))
         .route("/v1/admin/keys/{id}/revoke", post(revoke_key))
+        .route(
+            "/v1/session",
+            post(crate::feed::open_session).delete(crate::feed::close_session),
+        )
         .with_state(auth.clone());
     let api = Router::new()
         .route("/v1/peers", get(peers))
@@ -97,6 +126,7 @@ pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/generate", post(generate))
         .merge(crate::openai::routes())
+        .merge(crate::feed::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
         .with_state(commands);
@@ -122,18 +152,34 @@ async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim);
-    let Some(token) = token.filter(|t| !t.is_empty()) else {
-        return error(
-            StatusCode::UNAUTHORIZED,
-            "missing API key: send `Authorization: Bearer KEY` (hearth: --api-key or HEARTH_API_KEY)",
-        );
+    let key_hash = match token.filter(|t| !t.is_empty()) {
+        Some(token) => Keys::hash_of(token),
+        // A browser's session cookie stands for the key it was opened with (not for admin work).
+        None => {
+            let now = Instant::now();
+            let found = session_cookie(&request).and_then(|token| {
+                let mut sessions = auth.sessions.lock().unwrap_or_else(|e| e.into_inner());
+                sessions.retain(|_, (_, expires)| *expires > now);
+                sessions.get(&token).map(|(h, _)| h.clone())
+            });
+            match found {
+                Some(h) if !admin => h,
+                _ => {
+                    return error(
+                        StatusCode::UNAUTHORIZED,
+                        "missing API key: send `Authorization: Bearer KEY` (hearth: --api-key or HEARTH_API_KEY)",
+                    );
+                }
+            }
+        }
     };
-    match auth.keys.check(token) {
+    match auth.keys.check_hash(&key_hash) {
         Ok(access) => {
             if admin && access != Access::Admin {
                 return error(StatusCode::FORBIDDEN, "this endpoint needs the admin key");
             }
             request.extensions_mut().insert(access);
+            request.extensions_mut().insert(KeyHash(key_hash));
             next.run(request).await
         }
         Err(why) => error(StatusCode::UNAUTHORIZED, why),

@@ -158,12 +158,21 @@ impl Keys {
 
     /// Who presents `secret`: the admin, a live key, or nobody (`Err` says why).
     pub fn check(&self, secret: &str) -> std::result::Result<Access, &'static str> {
-        let h = hash(secret);
+        self.check_hash(&hash(secret))
+    }
+
+    /// The blake3 of `secret`, hex: what a browser session remembers instead of the key.
+    pub fn hash_of(secret: &str) -> String {
+        hash(secret)
+    }
+
+    /// [`Self::check`] by the key's hash.
+    pub fn check_hash(&self, h: &str) -> std::result::Result<Access, &'static str> {
         if h == self.admin_hash {
             return Ok(Access::Admin);
         }
         let keys = self.by_hash.read().unwrap_or_else(|e| e.into_inner());
-        match keys.get(&h) {
+        match keys.get(h) {
             Some(k) if k.revoked_ms.is_some() => Err("this API key was revoked"),
             Some(k) => Ok(Access::Key {
                 id: k.id.clone(),

@@ -11,6 +11,7 @@
 //! tests drive them without sockets or clocks; [`run`] is the thin shell around them.
 
 mod error;
+mod feed;
 mod http;
 pub mod journal;
 pub mod keys;

@@ -52,6 +52,9 @@ pub struct CoordinatorConfig {
     pub insecure_http: bool,
     /// Serve the API over TLS with this certificate chain and private key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// More routes served beside the API, without its key check (the `hearth` binary mounts the
+    /// dashboard's page and assets here; the page then calls the API like any client).
+    pub routes: Option<axum::Router>,
 }
 
 impl CoordinatorConfig {
@@ -83,6 +86,7 @@ impl CoordinatorConfig {
             open: false,
             insecure_http: false,
             tls: None,
+            routes: None,
         }
     }
 }
@@ -120,6 +124,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         let auth = crate::http::Auth {
             keys,
             open: config.open,
+            sessions: Default::default(),
         };
         let network = Network::new(key, &config.net)?;
         let work = Work::open(&config.data_dir, config.policy)?;
@@ -140,10 +145,14 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         tracing::info!(%url, "HTTP API");
 
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE_MAX);
+        let extra_routes = config.routes.clone();
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             async move {
-                let app = router(commands_tx, auth);
+                let mut app = router(commands_tx, auth);
+                if let Some(routes) = extra_routes {
+                    app = app.merge(routes);
+                }
                 if let Some(tls) = tls {
                     crate::tls::serve(listener, app, tls, http_stopped).await;
                     return;
@@ -299,6 +308,9 @@ impl Coordinator {
                 } else {
                     None
                 });
+            }
+            Command::Sessions(reply) => {
+                let _ = reply.send(self.sessions.overview());
             }
             Command::EmbedTokens(texts, reply) => {
                 let _ = reply.send(self.sessions.embed_tokens(&texts));

@@ -109,7 +109,12 @@ pub(crate) struct Sessions {
     next: u64,
     /// Peers caught returning wrong results, for the ledger.
     faults: Vec<(PeerId, String)>,
+    /// The last sessions that ended, newest last, for the dashboard.
+    recent: std::collections::VecDeque<Value>,
 }
+
+/// Ended sessions kept for [`Sessions::overview`].
+const RECENT_SESSIONS: usize = 8;
 
 impl Sessions {
     pub(crate) fn new(models_dir: Option<PathBuf>) -> Self {
@@ -121,6 +126,7 @@ impl Sessions {
             requests: HashMap::new(),
             next: 1,
             faults: Vec::new(),
+            recent: std::collections::VecDeque::new(),
         }
     }
 
@@ -499,6 +505,7 @@ impl Sessions {
                         }
                         None => SessionEvent::Done(self.summary(&live)),
                     };
+                    self.remember(session, &live, matches!(event, SessionEvent::Done(_)));
                     let _ = live.events.try_send(event);
                     return;
                 }
@@ -520,6 +527,45 @@ impl Sessions {
 
     /// Events a session may queue for its client: every token (twice over, for corrections that
     /// release tokens again) and the summary.
+    /// What the dashboard shows of one session.
+    fn brief(session: u64, live: &Live, state: &str) -> Value {
+        let d = &live.driver;
+        let elapsed = live.started.elapsed().as_secs_f64();
+        json!({
+            "id": session,
+            "state": state,
+            "route": d.route(),
+            "tokens": d.generated.len(),
+            "prompt_tokens": live.prompt_tokens,
+            "elapsed_ms": elapsed * 1e3,
+            "tokens_per_s": if elapsed > 0.0 { d.generated.len() as f64 / elapsed } else { 0.0 },
+            "verify": d.verify_mode(),
+            "verified_tokens": d.verified_steps,
+            "windows": d.checks.len(),
+            "reroutes": d.reroutes.len(),
+        })
+    }
+
+    fn remember(&mut self, session: u64, live: &Live, done: bool) {
+        self.recent.push_back(Self::brief(
+            session,
+            live,
+            if done { "done" } else { "failed" },
+        ));
+        while self.recent.len() > RECENT_SESSIONS {
+            self.recent.pop_front();
+        }
+    }
+
+    /// Live sessions, then the last ones that ended.
+    pub(crate) fn overview(&self) -> Vec<Value> {
+        self.live
+            .iter()
+            .map(|(id, live)| Self::brief(*id, live, "running"))
+            .chain(self.recent.iter().rev().cloned())
+            .collect()
+    }
+
     pub(crate) fn events_capacity(max_tokens: u32) -> usize {
         2 * max_tokens.clamp(1, hearth_protocol::GENERATE_TOKENS_MAX) as usize
             + SESSION_EVENTS_SLACK

@@ -1,0 +1,145 @@
+// End-to-end test of the dashboard: a real coordinator (API keys required) and real nodes, the page in
+// headless Chromium driven by Playwright. Checks: the page asks for a key once and lists the peers;
+// a node joining and one leaving show without a reload; a running embed job's progress advances; a
+// lying node shows as quarantined. Saves screenshots to SHOTS (default target/dashboard-shots).
+//
+//   HEARTH_BIN=target/debug/hearth node tests/dashboard/dashboard.test.mjs
+import { spawn, execFileSync } from "node:child_process";
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import assert from "node:assert/strict";
+import { chromium } from "playwright-core";
+
+const root = path.resolve(path.dirname(new URL(import.meta.url).pathname), "../..");
+const hearth = path.resolve(root, process.env.HEARTH_BIN ?? "target/debug/hearth");
+const models = process.env.HEARTH_MODELS ?? path.join(os.homedir(), ".cache/hearth/models");
+const shots = path.resolve(root, process.env.SHOTS ?? "target/dashboard-shots");
+const chromiumPath = process.env.CHROMIUM ?? "/usr/bin/chromium";
+fs.mkdirSync(shots, { recursive: true });
+const tmp = fs.mkdtempSync(path.join(os.tmpdir(), "hearth-dashboard-"));
+const children = new Map();
+
+function start(name, args) {
+  const log = fs.openSync(path.join(tmp, `${name}.log`), "w");
+  const child = spawn(hearth, args, { stdio: ["ignore", log, log], env: { ...process.env, HEARTH_LOG: "info" } });
+  children.set(name, child);
+  return child;
+}
+
+function cleanup() {
+  for (const child of children.values()) child.kill("SIGKILL");
+}
+process.on("exit", cleanup);
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+async function until(what, seconds, check) {
+  const deadline = Date.now() + seconds * 1000;
+  for (;;) {
+    const value = await check();
+    if (value) return value;
+    if (Date.now() > deadline) {
+      for (const name of children.keys()) {
+        console.error(`--- ${name}.log (tail)\n` + fs.readFileSync(path.join(tmp, `${name}.log`), "utf8").split("\n").slice(-15).join("\n"));
+      }
+      throw new Error(`timed out after ${seconds} s waiting for: ${what}`);
+    }
+    await sleep(200);
+  }
+}
+
+const coordinatorDir = path.join(tmp, "coordinator");
+start("coordinator", ["coordinator", "--data-dir", coordinatorDir, "--http", "127.0.0.1:0", "--no-mdns",
+  "--listen", "/ip4/127.0.0.1/tcp/0", "--models", models]);
+const api = await until("the coordinator's API", 20, () => {
+  try { return fs.readFileSync(path.join(coordinatorDir, "api.url"), "utf8").trim(); } catch { return null; }
+});
+const key = execFileSync(hearth, ["apikey", "create", "--api", api, "--data-dir", coordinatorDir], { stdio: ["ignore", "pipe", "ignore"] }).toString().trim();
+assert.match(key, /^hk-/);
+
+function startNode(i, extra = []) {
+  const dir = path.join(tmp, `node${i}`);
+  const id = execFileSync(hearth, ["keygen", "--data-dir", dir]).toString().trim().split(/\s+/).pop();
+  start(`node${i}`, ["node", "--data-dir", dir, "--join", api, "--no-mdns", "--listen", "/ip4/127.0.0.1/tcp/0",
+    "--models", models, "--max-threads", "1", ...extra]);
+  return id;
+}
+const ids = [startNode(0), startNode(1), startNode(2, ["--fault", "wrong-output"])];
+const liar = ids[2];
+
+const browser = await chromium.launch({
+  executablePath: chromiumPath,
+  args: ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+    "--disable-background-networking", "--disable-component-update", "--disable-sync"],
+});
+try {
+  const page = await browser.newPage({ viewport: { width: 1500, height: 1100 } });
+  const errors = [];
+  page.on("pageerror", (e) => errors.push(String(e)));
+  await page.goto(api + "/");
+
+  // The page asks for a key once; the key becomes an HttpOnly cookie.
+  await page.locator("#login").waitFor({ state: "visible" });
+  await page.fill("#key", key);
+  await page.click("#login-form button");
+  await page.locator("#main").waitFor({ state: "visible" });
+  const cookies = await page.context().cookies();
+  const session = cookies.find((c) => c.name === "hearth_session");
+  assert.ok(session && session.httpOnly, "an HttpOnly session cookie");
+  assert.equal(await page.evaluate(() => document.cookie), "", "page scripts cannot read it");
+
+  const row = (id) => page.locator(`#peers tr[data-peer="${id}"]`);
+  const attr = async (id, name) => (await row(id).count()) ? row(id).getAttribute(name) : null;
+  await until("the page lists the 3 peers, online", 30, async () => {
+    for (const id of ids) if ((await attr(id, "data-online")) !== "true") return false;
+    return true;
+  });
+  await page.evaluate(() => { window.__sameDocument = true; });
+  await page.screenshot({ path: path.join(shots, "1-peers.png"), fullPage: true });
+
+  // A node joins: it shows up without a reload.
+  ids.push(startNode(3));
+  await until("the joining node on the page", 30, async () => (await attr(ids[3], "data-online")) === "true");
+
+  // A node leaves (killed outright): it shows offline.
+  children.get("node1").kill("SIGKILL");
+  await until("the killed node shown offline", 30, async () => (await attr(ids[1], "data-online")) === "false");
+
+  // An embed job: its progress advances on the page, and the liar is caught.
+  const texts = Array.from({ length: 2400 }, (_, i) => JSON.stringify({ id: i, text: `sentence ${i}: ${"volunteer computing ".repeat(1 + (i % 7))}` }));
+  const input = path.join(tmp, "texts.jsonl");
+  fs.writeFileSync(input, texts.join("\n") + "\n");
+  const job = execFileSync(hearth, ["embed", "--input", input, "--detach", "--replicas", "2", "--unit-size", "8",
+    "--api", api, "--api-key", key], { stdio: ["ignore", "pipe", "pipe"] }).toString().trim().split(/\s+/).pop();
+  const jobRow = page.locator(`#jobs tr[data-job="${job}"]`);
+  const seen = new Set();
+  let screenshotTaken = false;
+  await until("the job's progress advancing to done", 180, async () => {
+    if (!(await jobRow.count())) return false;
+    const done = Number(await jobRow.getAttribute("data-done"));
+    const total = Number(await jobRow.getAttribute("data-total"));
+    seen.add(done);
+    if (!screenshotTaken && done > total * 0.3 && done < total * 0.8) {
+      await page.screenshot({ path: path.join(shots, "2-job-running.png"), fullPage: true });
+      screenshotTaken = true;
+    }
+    return (await jobRow.getAttribute("data-state")) === "done" ? total : false;
+  });
+  const progress = [...seen].filter((d) => d > 0);
+  assert.ok(progress.length >= 3, `progress advanced in steps on the page: ${[...seen].join(", ")}`);
+  assert.ok(screenshotTaken, "a screenshot with the job running");
+
+  await until("the liar shown quarantined", 60, async () => (await attr(liar, "data-quarantined")) === "true");
+  const liarText = await row(liar).innerText();
+  assert.match(liarText, /quarantined/);
+  assert.match(liarText, /quorum|wrong|disagree|lost/i, "the reason is shown");
+  for (const id of [ids[0], ids[3]]) assert.equal(await attr(id, "data-quarantined"), "false", "honest nodes stay trusted");
+
+  assert.equal(await page.evaluate(() => window.__sameDocument), true, "no reload happened");
+  await page.screenshot({ path: path.join(shots, "3-quarantined.png"), fullPage: true });
+  assert.deepEqual(errors, [], "no script errors on the page");
+  console.log(`dashboard: peers listed, join and leave shown live, job ${job} progress seen at ${progress.length} steps, liar quarantined; screenshots in ${shots}`);
+} finally {
+  await browser.close();
+  cleanup();
+}

@@ -118,6 +118,11 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "HEARTH_MAX_CONCURRENT", value_name = "N", default_value_t = 1,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub(crate) max_concurrent: u32,
+    /// Take work only while this machine's owner is not using it: pause when other processes use
+    /// more than a quarter of the CPU, resume once they have stayed under 15% for 3 s (BOINC's
+    /// "suspend when the computer is in use").
+    #[arg(long, env = "HEARTH_IDLE_ONLY")]
+    pub(crate) idle_only: bool,
     /// Misbehave on purpose, to watch the swarm catch it: wrong-output, bad-signature, replay,
     /// slow, crash-after=N.
     #[cfg(feature = "fault-injection")]

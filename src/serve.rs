@@ -25,6 +25,7 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
         anyhow::bail!("--max-threads must be at least 1");
     }
     config.max_concurrent = args.max_concurrent;
+    config.idle_only = args.idle_only;
     // A forced kernel path this CPU lacks is refused at start, not at the first unit of work.
     if hearth_kernels::compute_device().is_cpu() {
         hearth_kernels::cpu_kernels()?;

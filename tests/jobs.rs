@@ -202,6 +202,43 @@ fn a_node_killed_mid_job_costs_nothing() {
 }
 
 #[test]
+fn a_node_stopped_with_sigterm_drains_its_work_and_exits_cleanly() {
+    let mut swarm = Swarm::start(&[None, None]);
+    let input = swarm.path("texts.jsonl");
+    write_texts(&input, 400);
+    let reference = local_embed(&input, &swarm.path("reference.jsonl"));
+    let job = swarm.submit(&input, "1", "4");
+    wait_until(Duration::from_secs(60), "the job under way", || {
+        (swarm.status(&job, false)["units_done"].as_u64()? >= 10).then_some(())
+    });
+    let node = &mut swarm.nodes[0].1;
+    let status = node
+        .terminate(Duration::from_secs(40))
+        .expect("the node exits within its drain time after SIGTERM");
+    assert!(status.success(), "exit status {status}");
+    let log = node.log_text();
+    assert!(log.contains("draining"), "{log}");
+    assert!(
+        log.contains("drained"),
+        "everything held was delivered: {log}"
+    );
+    assert_ne!(
+        swarm.status(&job, false)["state"],
+        "done",
+        "the job outlived the node"
+    );
+    let (output, _) = swarm.finish(&job);
+    assert!(
+        output == reference,
+        "output differs after a drained node left"
+    );
+    let status = swarm.status(&job, false);
+    assert_eq!(status["units_failed"], 0);
+    // Nothing it held had to be run again: its units were delivered, not timed out.
+    assert_eq!(status["executions"], status["units_total"], "{status}");
+}
+
+#[test]
 fn a_coordinator_killed_mid_job_resumes_it_from_its_journal() {
     let mut swarm = Swarm::start(&[None, None, None]);
     let input = swarm.path("texts.jsonl");

@@ -470,6 +470,12 @@ impl Scheduler {
             Input::Delivered(delivery) => self.deliver(now_ms, delivery, &mut out),
             Input::Refused { peer, job, unit } => {
                 if self.unassign(peer, job, unit) {
+                    // It computed nothing, so it may take the unit again later (a paused
+                    // `--idle-only` node hands units back); the assignment still counts towards
+                    // the cap, so a peer that always refuses cannot hold a unit open for ever.
+                    if let Some(u) = self.unit_mut(job, unit) {
+                        u.tried.remove(&peer);
+                    }
                     self.reopen(job, unit, &mut out);
                 }
             }

@@ -24,6 +24,8 @@ pub struct NodeConfig {
     pub threads: Option<u32>,
     /// Units the node runs at once.
     pub max_concurrent: u32,
+    /// Take work only while the host's owner is not using the CPU (`--idle-only`).
+    pub idle_only: bool,
     /// Misbehave on purpose, to show the swarm catching it.
     #[cfg(feature = "fault-injection")]
     pub fault: Option<crate::Fault>,
@@ -43,6 +45,7 @@ impl NodeConfig {
             heartbeat_interval: HEARTBEAT_INTERVAL,
             threads: None,
             max_concurrent: 1,
+            idle_only: false,
             #[cfg(feature = "fault-injection")]
             fault: None,
         }

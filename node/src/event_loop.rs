@@ -23,8 +23,8 @@ use tokio::time::{Instant, MissedTickBehavior};
 use tracing::Instrument;
 
 use crate::join::{JoinTarget, resolve};
-use crate::limits::REDIAL_INTERVAL;
 use crate::limits::STAGE_QUEUE_MAX;
+use crate::limits::{DRAIN_TIMEOUT, REDIAL_INTERVAL};
 use crate::stages::StageJob;
 use crate::worker::{Finished, Worker};
 use crate::{NodeConfig, Result, capabilities, scan_models};
@@ -122,6 +122,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             heartbeat_interval: config.heartbeat_interval,
             last_advert: None,
             join: Join::new(targets),
+            governor: crate::governor::Governor::new(config.idle_only),
         };
         let result = node.event_loop(addr_rx, results, answers, shutdown).await;
         tracing::info!("stopped");
@@ -146,6 +147,7 @@ struct Node {
     heartbeat_interval: Duration,
     last_advert: Option<Instant>,
     join: Join,
+    governor: crate::governor::Governor,
 }
 
 impl Node {
@@ -163,9 +165,27 @@ impl Node {
         let mut redial = tokio::time::interval(REDIAL_INTERVAL);
         redial.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
+        // Set at the first SIGTERM or Ctrl-C: the time by which to stop even if work is held.
+        let mut draining: Option<Instant> = None;
         loop {
+            if let Some(deadline) = draining {
+                if self.worker.drained()? {
+                    tracing::info!("drained: no work held, every result delivered");
+                    return Ok(());
+                }
+                if Instant::now() >= deadline || self.coordinator().is_none() {
+                    tracing::warn!(
+                        "stopping with work undelivered: the outbox keeps it for the next start"
+                    );
+                    return Ok(());
+                }
+            }
             tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown, if draining.is_none() => {
+                    let (running, undelivered) = self.worker.drain()?;
+                    tracing::info!(running, undelivered, "draining: finishing held work and delivering results before stopping");
+                    draining = Some(Instant::now() + DRAIN_TIMEOUT);
+                }
                 event = self.network.next() => self.on_event(event)?,
                 Some((key, response)) = answers.recv() => {
                     if let Some(channel) = self.steps.remove(&key) {
@@ -178,6 +198,9 @@ impl Node {
                     self.worker.poll(&mut self.network, coordinator)?;
                 }
                 _ = poll.tick() => {
+                    if let Some(paused) = self.governor.tick() {
+                        self.worker.paused = paused;
+                    }
                     let coordinator = self.coordinator();
                     self.worker.poll(&mut self.network, coordinator)?;
                 }

@@ -11,6 +11,7 @@ mod error;
 mod event_loop;
 #[cfg(feature = "fault-injection")]
 mod fault;
+mod governor;
 mod join;
 mod limits;
 mod stages;

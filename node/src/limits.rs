@@ -44,3 +44,7 @@ pub const STAGES_LOADED_MAX: usize = 4;
 /// Bytes all pipeline sessions' KV caches may hold together on a node (a full-context session of
 /// the default model over all 30 layers is about 90 MiB).
 pub const STAGE_CACHE_BYTES_MAX: usize = 1 << 30;
+
+/// How long a node stopping on SIGTERM may take to finish its units and deliver its outbox before it
+/// exits anyway (the outbox keeps what is left for the next start).
+pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);

@@ -237,6 +237,12 @@ pub(crate) struct Worker {
     /// Units handed to the executor and not finished.
     busy: usize,
     slots: usize,
+    /// Shutting down: ask for no more work; finish what is held and deliver the outbox.
+    draining: bool,
+    /// `--idle-only` and the host's owner is busy: ask for no more work for now.
+    pub(crate) paused: bool,
+    /// Units assigned while paused, to hand back at the next poll.
+    refusals: Vec<(u64, u64)>,
     /// The request for work in flight, and when it was sent.
     fetch: Option<(OutboundRequestId, Instant)>,
     next_fetch: Instant,
@@ -282,6 +288,9 @@ impl Worker {
                 executor,
                 busy: 0,
                 slots: slots.max(1),
+                draining: false,
+                paused: false,
+                refusals: Vec::new(),
                 fetch: None,
                 next_fetch: now,
                 deliveries: BTreeMap::new(),
@@ -302,8 +311,23 @@ impl Worker {
         let Some(coordinator) = coordinator else {
             return Ok(());
         };
+        for (job, unit) in self.refusals.drain(..) {
+            net.request(
+                &coordinator,
+                WorkRequest::Refuse {
+                    job,
+                    unit,
+                    reason: "paused: the host is busy with its owner's work".into(),
+                },
+            );
+        }
         let now = Instant::now();
-        if self.fetch.is_none() && self.busy < self.slots && now >= self.next_fetch {
+        if !self.draining
+            && !self.paused
+            && self.fetch.is_none()
+            && self.busy < self.slots
+            && now >= self.next_fetch
+        {
             let slots = (self.slots - self.busy) as u32;
             let id = net.request(&coordinator, WorkRequest::Fetch { slots });
             self.fetch = Some((id, now));
@@ -332,6 +356,17 @@ impl Worker {
             },
         );
         self.deliveries.insert(id, (job, unit));
+    }
+
+    /// Stop asking for work: what is running finishes and the outbox is delivered (SIGTERM).
+    pub(crate) fn drain(&mut self) -> Result<(usize, usize)> {
+        self.draining = true;
+        Ok((self.busy, self.outbox.all()?.len()))
+    }
+
+    /// Nothing running, nothing undelivered.
+    pub(crate) fn drained(&self) -> Result<bool> {
+        Ok(self.busy == 0 && self.deliveries.is_empty() && self.outbox.all()?.is_empty())
     }
 
     /// A unit finished on the executor: sign, commit to the outbox, deliver.
@@ -408,6 +443,11 @@ impl Worker {
         {
             self.fetch = None;
             match response {
+                // A fetch held by the coordinator may be answered after the node paused: hand
+                // those units back at once rather than take the machine from its owner.
+                Ok(WorkResponse::Assign(units)) if self.paused => {
+                    self.refusals.extend(units.iter().map(|a| (a.job, a.unit)));
+                }
                 Ok(WorkResponse::Assign(units)) if !units.is_empty() => {
                     for assignment in units {
                         tracing::debug!(job = assignment.job, unit = assignment.unit, "assigned");

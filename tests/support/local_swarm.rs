@@ -112,6 +112,11 @@ impl Swarm {
     }
 
     pub fn start_node(&mut self, i: usize, fault: Option<&str>) {
+        self.start_node_with(i, fault, &[]);
+    }
+
+    /// [`Self::start_node`] with more flags.
+    pub fn start_node_with(&mut self, i: usize, fault: Option<&str>, extra: &[&str]) {
         let dir = self.tmp.path().join(format!("node{i}"));
         let peer_id = keygen(&dir);
         let mut args = vec![
@@ -129,6 +134,7 @@ impl Swarm {
         if let Some(fault) = fault {
             args.extend(["--fault", fault]);
         }
+        args.extend(extra);
         let name = format!("node{i}");
         let process = Process::start(&name, self.tmp.path(), &[], &args);
         self.nodes.push((peer_id, process));

@@ -1,0 +1,74 @@
+//! `--idle-only`: a node takes work only while its host's owner is not using the CPU. Alone in its
+//! own test binary, so no other test's swarm loads the machine while it measures.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::local_swarm::Swarm;
+use support::{peers, run_hearth, wait_until};
+
+#[test]
+fn an_idle_only_node_pauses_while_a_cpu_hog_runs_and_resumes_after() {
+    let mut swarm = Swarm::start(&[]);
+    swarm.start_node_with(0, None, &["--idle-only"]);
+    wait_until(Duration::from_secs(30), "the node online", || {
+        peers(&[], &swarm.api)
+            .iter()
+            .any(|p| p["online"] == true)
+            .then_some(())
+    });
+
+    // The owner's work: a shell busy loop holding one core.
+    let mut hog = Command::new("sh")
+        .args(["-c", "while :; do :; done"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sh runs");
+    let log = |swarm: &Swarm| swarm.nodes[0].1.log_text();
+    wait_until(Duration::from_secs(20), "the node pausing", || {
+        log(&swarm).contains("pausing").then_some(())
+    });
+
+    let input = swarm.path("texts.jsonl");
+    let lines: String = (0..40)
+        .map(|i| format!("{{\"id\":{i},\"text\":\"text number {i} for an idle machine\"}}\n"))
+        .collect();
+    std::fs::write(&input, lines).expect("write");
+    let job = swarm.submit(&input, "1", "4");
+    std::thread::sleep(Duration::from_secs(4));
+    let status = swarm.status(&job, false);
+    assert_eq!(
+        status["units_done"], 0,
+        "no work taken while paused: {status}"
+    );
+    assert!(
+        !log(&swarm).contains("resuming"),
+        "still paused while the hog runs"
+    );
+
+    let _ = hog.kill();
+    let _ = hog.wait();
+    wait_until(Duration::from_secs(30), "the node resuming", || {
+        log(&swarm).contains("resuming").then_some(())
+    });
+    let (output, _) = swarm.finish(&job);
+    let reference = swarm.path("reference.jsonl");
+    let local = run_hearth(
+        &[],
+        &[
+            "local",
+            "embed",
+            "--input",
+            input.to_str().expect("utf-8"),
+            "--output",
+            reference.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(local.status.success());
+    assert!(
+        output == std::fs::read(&reference).expect("reference"),
+        "the job completes as one machine computes it"
+    );
+}

@@ -39,6 +39,8 @@ pub(crate) enum Command {
     Coordinator(CoordinatorArgs),
     /// Manage the coordinator's API keys (with its admin key): create, list, revoke.
     Apikey(ApiKeyArgs),
+    /// A co-op's key and its members' certificates: init, invite, revoke.
+    Coop(CoopArgs),
     /// List the swarm's peers and their hardware, as the coordinator sees them.
     Peers(PeersArgs),
     /// Run a model on this machine alone (no swarm): generate text, score given tokens, embed texts.
@@ -202,6 +204,65 @@ pub(crate) struct ApiKeyArgs {
     /// Print JSON.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct CoopArgs {
+    #[command(subcommand)]
+    pub(crate) command: CoopCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum CoopCommand {
+    /// Make a co-op key in DIR (kept if one exists) and print the co-op's public id.
+    Init {
+        /// The co-op's folder (its key is DIR/identity.key, mode 0600).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Issue a membership certificate for a node's peer id (`hearth keygen` prints it).
+    Invite {
+        /// The member's peer id.
+        peer_id: String,
+        /// The co-op's folder.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Days until it expires [default: never].
+        #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
+        expires: Option<u32>,
+        /// Where to write it [default: PEER.cert].
+        #[arg(long, value_name = "CERT")]
+        out: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a membership certificate and check it: signature, expiry, and (given --dir) the co-op
+    /// and its revocations.
+    Show {
+        /// The certificate file.
+        cert: PathBuf,
+        /// The co-op's folder, to check the certificate is this co-op's and not revoked.
+        #[arg(long, value_name = "DIR")]
+        dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Sign a revocation of a member (kept in DIR/revoked/).
+    Revoke {
+        /// The member's peer id.
+        peer_id: String,
+        /// The co-op's folder.
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]

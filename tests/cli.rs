@@ -153,3 +153,115 @@ fn sim_writes_a_reproducible_report_and_refuses_bad_scenarios() {
     let out = run_hearth(&[], &["sim", scenario.to_str().expect("utf-8")]);
     assert!(one_line_error(&out).contains("the workload is empty"));
 }
+
+#[test]
+fn coop_invites_members_and_revokes_them_with_signed_files() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = |p: &str| tmp.path().join(p).to_str().expect("utf-8").to_string();
+    let text = |out: &Output| String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let coop = run_hearth(&[], &["coop", "init", "--dir", &path("coop")]);
+    assert!(coop.status.success());
+    let coop_id = text(&coop);
+    // Init again keeps the key.
+    assert_eq!(
+        text(&run_hearth(&[], &["coop", "init", "--dir", &path("coop")])),
+        coop_id
+    );
+    let member = text(&run_hearth(&[], &["keygen", "--data-dir", &path("node")]));
+    let invite = run_hearth(
+        &[],
+        &[
+            "coop",
+            "invite",
+            &member,
+            "--dir",
+            &path("coop"),
+            "--expires",
+            "7",
+            "--out",
+            &path("node.cert"),
+        ],
+    );
+    assert!(
+        invite.status.success(),
+        "{}",
+        String::from_utf8_lossy(&invite.stderr)
+    );
+    let show = |dir: &str| {
+        run_hearth(
+            &[],
+            &[
+                "coop",
+                "show",
+                &path("node.cert"),
+                "--dir",
+                &path(dir),
+                "--json",
+            ],
+        )
+    };
+    let shown: serde_json::Value = serde_json::from_slice(&show("coop").stdout).expect("json");
+    assert_eq!(shown["valid"], true, "{shown}");
+    assert_eq!(shown["member"], member.as_str());
+    assert_eq!(shown["coop"], coop_id.as_str());
+    assert!(
+        shown["expires_ms"].as_u64().expect("expiry")
+            > shown["issued_ms"].as_u64().expect("issued")
+    );
+    // Another co-op does not accept it.
+    assert!(
+        run_hearth(&[], &["coop", "init", "--dir", &path("other")])
+            .status
+            .success()
+    );
+    let other = show("other");
+    assert!(!other.status.success());
+    assert!(text(&other).contains("another co-op"), "{}", text(&other));
+    // A tampered certificate does not check.
+    let cert = std::fs::read_to_string(path("node.cert")).expect("cert");
+    let last = cert.trim_end().chars().last().expect("hex");
+    let flipped = if last == '0' { '1' } else { '0' };
+    std::fs::write(
+        path("node.cert"),
+        format!(
+            "{}{flipped}\n",
+            &cert.trim_end()[..cert.trim_end().len() - 1]
+        ),
+    )
+    .expect("write");
+    assert!(
+        !show("coop").status.success(),
+        "a flipped bit breaks the signature"
+    );
+    std::fs::write(path("node.cert"), &cert).expect("restore");
+    // Revoked: no longer valid.
+    assert!(
+        run_hearth(&[], &["coop", "revoke", &member, "--dir", &path("coop")])
+            .status
+            .success()
+    );
+    let revoked: serde_json::Value = serde_json::from_slice(&show("coop").stdout).expect("json");
+    assert_eq!(revoked["valid"], false);
+    assert!(
+        revoked["problem"]
+            .as_str()
+            .expect("why")
+            .contains("revoked"),
+        "{revoked}"
+    );
+    // Bad input: one line, no file written.
+    let bad = run_hearth(
+        &[],
+        &[
+            "coop",
+            "invite",
+            "not-a-peer",
+            "--dir",
+            &path("coop"),
+            "--out",
+            &path("x.cert"),
+        ],
+    );
+    assert!(!bad.status.success());
+    assert!(!tmp.path().join("x.cert").exists());
+}

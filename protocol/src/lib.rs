@@ -16,6 +16,7 @@
 pub mod api;
 mod capabilities;
 pub mod codec;
+pub mod coop;
 mod digest;
 mod error;
 mod identity;

@@ -125,6 +125,10 @@ pub(crate) struct NodeArgs {
     /// "suspend when the computer is in use").
     #[arg(long, env = "HEARTH_IDLE_ONLY")]
     pub(crate) idle_only: bool,
+    /// This node's co-op membership certificate (`hearth coop invite`): presented to the swarm;
+    /// the node then works only for a coordinator that shows a certificate of the same co-op.
+    #[arg(long, env = "HEARTH_COOP_CERT", value_name = "CERT")]
+    pub(crate) coop_cert: Option<PathBuf>,
     /// Misbehave on purpose, to watch the swarm catch it: wrong-output, bad-signature, replay,
     /// slow, crash-after=N.
     #[cfg(feature = "fault-injection")]
@@ -169,6 +173,10 @@ pub(crate) struct CoordinatorArgs {
     /// cross the network in the clear). Only on a network you trust.
     #[arg(long)]
     pub(crate) insecure_http: bool,
+    /// Run a co-op swarm: admit only peers with a valid certificate of the co-op whose folder (key
+    /// and revocations, from `hearth coop init`) this is.
+    #[arg(long, env = "HEARTH_COOP", value_name = "DIR")]
+    pub(crate) coop: Option<PathBuf>,
     /// Serve the API over TLS with this PEM certificate chain (with --tls-key); required off
     /// loopback unless --insecure-http.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -233,6 +241,9 @@ pub(crate) enum CoopCommand {
         /// Days until it expires [default: never].
         #[arg(long, value_name = "DAYS", value_parser = clap::value_parser!(u32).range(1..=36_500))]
         expires: Option<u32>,
+        /// Seconds until it expires (for tests of expiry).
+        #[arg(long, value_name = "SECS", hide = true, conflicts_with = "expires")]
+        expires_secs: Option<u64>,
         /// Where to write it [default: PEER.cert].
         #[arg(long, value_name = "CERT")]
         out: Option<PathBuf>,
@@ -252,13 +263,16 @@ pub(crate) enum CoopCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Sign a revocation of a member (kept in DIR/revoked/).
+    /// Sign a revocation of a member (kept in DIR/revoked/); with --api, hand it to the running
+    /// coordinator, which refuses the member at once and spreads the revocation to the members.
     Revoke {
         /// The member's peer id.
         peer_id: String,
         /// The co-op's folder.
         #[arg(long, value_name = "DIR")]
         dir: PathBuf,
+        #[command(flatten)]
+        client: ClientArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,

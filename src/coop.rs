@@ -80,7 +80,7 @@ fn coop_key(dir: &Path) -> anyhow::Result<hearth_protocol::SecretKey> {
     Ok(hearth_net::load_or_create_identity(dir)?.0)
 }
 
-pub(crate) fn run(args: CoopArgs) -> anyhow::Result<()> {
+pub(crate) async fn run(args: CoopArgs, file: &crate::config::FileConfig) -> anyhow::Result<()> {
     match args.command {
         CoopCommand::Init { dir, json } => {
             let (key, created) = hearth_net::load_or_create_identity(&dir)?;
@@ -106,6 +106,7 @@ pub(crate) fn run(args: CoopArgs) -> anyhow::Result<()> {
             peer_id,
             dir,
             expires,
+            expires_secs,
             out,
             json,
         } => {
@@ -114,7 +115,9 @@ pub(crate) fn run(args: CoopArgs) -> anyhow::Result<()> {
                 .map_err(|e| anyhow::anyhow!("{peer_id:?} is not a peer id: {e}"))?;
             let key = coop_key(&dir)?;
             let now = now_ms();
-            let expires_ms = expires.map(|days| now + u64::from(days) * MS_PER_DAY);
+            let expires_ms = expires
+                .map(|days| now + u64::from(days) * MS_PER_DAY)
+                .or(expires_secs.map(|s| now + s * 1000));
             let cert = Membership::issue(&key, member, now, expires_ms);
             let out = out.unwrap_or_else(|| PathBuf::from(format!("{}.cert", member.short())));
             write_armored(
@@ -123,10 +126,8 @@ pub(crate) fn run(args: CoopArgs) -> anyhow::Result<()> {
                     "Hearth co-op membership certificate".into(),
                     format!("co-op  {}", key.public().peer_id()),
                     format!("member {member}"),
-                    match expires {
-                        Some(days) => {
-                            format!("expires in {days} days (at {} ms)", expires_ms.unwrap_or(0))
-                        }
+                    match expires_ms {
+                        Some(at) => format!("expires at {at} ms since the epoch"),
                         None => "never expires".into(),
                     },
                 ],
@@ -189,7 +190,12 @@ expires {}
                 std::process::exit(1);
             }
         }
-        CoopCommand::Revoke { peer_id, dir, json } => {
+        CoopCommand::Revoke {
+            peer_id,
+            dir,
+            client,
+            json,
+        } => {
             let member: PeerId = peer_id
                 .parse()
                 .map_err(|e| anyhow::anyhow!("{peer_id:?} is not a peer id: {e}"))?;
@@ -205,10 +211,28 @@ expires {}
                 ],
                 &revocation,
             )?;
+            let handed = if client.api.is_some() || file.api.is_some() {
+                let client = crate::client::Client::new(&client, file)?;
+                let _: serde_json::Value = client
+                    .post(
+                        "/v1/coop/revocations",
+                        &json!({ "revocation": hex(&postcard::to_stdvec(&revocation)?) }),
+                    )
+                    .await?;
+                true
+            } else {
+                false
+            };
             if json {
-                println!("{}", json!({ "member": member, "revocation": path }));
+                println!(
+                    "{}",
+                    json!({ "member": member, "revocation": path, "coordinator": handed })
+                );
             } else {
                 println!("{}", path.display());
+                if handed {
+                    eprintln!("the coordinator refuses {member} from now on and tells the members");
+                }
             }
         }
     }

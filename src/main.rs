@@ -94,7 +94,7 @@ fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
             Command::Node(args) => serve::node(args, file).await,
             Command::Coordinator(args) => serve::coordinator(args, file).await,
             Command::Apikey(args) => apikey::run(args, &file).await,
-            Command::Coop(args) => coop::run(args),
+            Command::Coop(args) => coop::run(args, &file).await,
             Command::Peers(args) => peers::run(args, &file).await,
             Command::Local(args) => local::run(args, &file),
             Command::Bench(args) => bench::run(args, &file).await,

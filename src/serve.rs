@@ -26,6 +26,10 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
     }
     config.max_concurrent = args.max_concurrent;
     config.idle_only = args.idle_only;
+    if let Some(path) = &args.coop_cert {
+        let cert: hearth_protocol::coop::Membership = crate::coop::read_armored(path)?;
+        config.coop_cert = Some(cert);
+    }
     // A forced kernel path this CPU lacks is refused at start, not at the first unit of work.
     if hearth_kernels::compute_device().is_cpu() {
         hearth_kernels::cpu_kernels()?;
@@ -58,6 +62,7 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     config.tls = args.tls_cert.zip(args.tls_key);
     // The dashboard's page at `/`, beside the API it reads.
     config.routes = Some(hearth_dashboard::router());
+    config.coop = args.coop;
     hearth_coordinator::run(config, shutdown_signal()).await?;
     Ok(())
 }

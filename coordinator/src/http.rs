@@ -68,6 +68,10 @@ pub(crate) enum Command {
     },
     EmbedTokens(Vec<String>, oneshot::Sender<Result<usize, String>>),
     Sessions(oneshot::Sender<Vec<Value>>),
+    Revoke(
+        Box<hearth_protocol::coop::Revocation>,
+        oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 type Commands = State<mpsc::Sender<Command>>;
@@ -125,6 +129,7 @@ pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
         .route("/v1/jobs/{id}/receipts", get(receipts))
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/generate", post(generate))
+        .route("/v1/coop/revocations", post(revoke_member))
         .merge(crate::openai::routes())
         .merge(crate::feed::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -337,6 +342,39 @@ async fn generate(
         }
     }
     error(StatusCode::SERVICE_UNAVAILABLE, "coordinator is stopping")
+}
+
+/// `POST /v1/coop/revocations` with `{"revocation": HEX}` (what `hearth coop revoke` writes): the
+/// co-op's signed revocation of a member, applied at once and spread to the members.
+async fn revoke_member(
+    State(commands): Commands,
+    body: Result<Json<Value>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let body = match body {
+        Ok(Json(body)) => body,
+        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+    };
+    let revocation = body
+        .get("revocation")
+        .and_then(Value::as_str)
+        .and_then(crate::coop::unhex)
+        .and_then(|bytes| postcard::from_bytes::<hearth_protocol::coop::Revocation>(&bytes).ok());
+    let Some(revocation) = revocation else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`revocation` must be the hex of a co-op revocation (`hearth coop revoke` writes one)",
+        );
+    };
+    let member = revocation.body.member;
+    match ask(&commands, |reply| {
+        Command::Revoke(Box::new(revocation), reply)
+    })
+    .await
+    {
+        Ok(Ok(())) => Json(json!({ "revoked": member })).into_response(),
+        Ok(Err(why)) => error(StatusCode::BAD_REQUEST, &why),
+        Err(response) => response,
+    }
 }
 
 async fn jobs(State(commands): Commands) -> Response {

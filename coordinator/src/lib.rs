@@ -10,6 +10,7 @@
 //! The decisions live in pure state machines (`handle(now_ms, input) -> outputs`) so the simulator and
 //! tests drive them without sockets or clocks; [`run`] is the thin shell around them.
 
+mod coop;
 mod error;
 mod feed;
 mod http;

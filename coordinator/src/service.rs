@@ -52,6 +52,8 @@ pub struct CoordinatorConfig {
     pub insecure_http: bool,
     /// Serve the API over TLS with this certificate chain and private key (PEM files).
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Admit only members of the co-op whose folder this is (`--coop DIR`: its key and revocations).
+    pub coop: Option<PathBuf>,
     /// More routes served beside the API, without its key check (the `hearth` binary mounts the
     /// dashboard's page and assets here; the page then calls the API like any client).
     pub routes: Option<axum::Router>,
@@ -87,6 +89,7 @@ impl CoordinatorConfig {
             insecure_http: false,
             tls: None,
             routes: None,
+            coop: None,
         }
     }
 }
@@ -126,6 +129,11 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             open: config.open,
             sessions: Default::default(),
         };
+        let coop = config
+            .coop
+            .as_ref()
+            .map(|dir| crate::coop::Coop::open(dir, &config.data_dir, peer, wall_ms()))
+            .transpose()?;
         let network = Network::new(key, &config.net)?;
         let work = Work::open(&config.data_dir, config.policy)?;
 
@@ -173,6 +181,8 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             work,
             sessions: Sessions::new(config.models_dir.clone()),
             listen_addrs: Vec::new(),
+            coop,
+            last_membership: None,
         };
         let result = coordinator.event_loop(commands, shutdown).await;
         let _ = stop_http.send(());
@@ -194,6 +204,16 @@ struct Coordinator {
     work: Work,
     sessions: Sessions,
     listen_addrs: Vec<Multiaddr>,
+    /// `--coop`: members only.
+    coop: Option<crate::coop::Coop>,
+    /// When the coordinator's own certificate was last published.
+    last_membership: Option<std::time::Instant>,
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Coordinator {
@@ -222,6 +242,7 @@ impl Coordinator {
                 Some(command) = commands.recv() => self.on_command(command)?,
                 _ = tick.tick() => {
                     let now = self.now_ms();
+                    self.publish_membership();
                     let outputs = self.registry.handle(now, Input::Tick);
                     self.log(outputs)?;
                     self.work.tick(&mut self.network, now)?;
@@ -230,6 +251,52 @@ impl Coordinator {
                     self.sessions.tick(&mut self.network, &self.registry, &standing, now);
                     self.record_stage_faults()?;
                 }
+            }
+        }
+    }
+
+    /// Publish the coordinator's own certificate, for the nodes to check (every 2 s).
+    fn publish_membership(&mut self) {
+        let Some(coop) = &self.coop else { return };
+        let due = self
+            .last_membership
+            .is_none_or(|at| at.elapsed() >= Duration::from_secs(2));
+        if due {
+            let message = Message::Membership(coop.own().clone());
+            if self.network.publish(&message).is_ok() {
+                self.last_membership = Some(std::time::Instant::now());
+            }
+        }
+    }
+
+    /// Close and refuse `peer`'s connections for the rest of this process's life, saying why.
+    fn refuse_peer(&mut self, peer: hearth_protocol::PeerId, why: &str) {
+        tracing::warn!(%peer, %why, "refused: not a member of this co-op; its connections are closed and refused");
+        self.network
+            .swarm
+            .behaviour_mut()
+            .blocked
+            .block_peer(hearth_net::to_libp2p_peer_id(&peer));
+    }
+
+    /// A revocation, from the API or relayed on gossip: apply it, refuse the member, spread it.
+    fn apply_revocation(
+        &mut self,
+        revocation: hearth_protocol::coop::Revocation,
+    ) -> Option<String> {
+        let coop = self.coop.as_mut()?;
+        let member = revocation.body.member;
+        match coop.revoke(revocation.clone()) {
+            Ok(new) => {
+                self.refuse_peer(member, "membership revoked");
+                if new {
+                    let _ = self.network.publish(&Message::Revocation(revocation));
+                }
+                None
+            }
+            Err(why) => {
+                tracing::warn!(%why, "revocation ignored");
+                Some(why)
             }
         }
     }
@@ -309,6 +376,17 @@ impl Coordinator {
                     None
                 });
             }
+            Command::Revoke(revocation, reply) => {
+                let answer = if self.coop.is_none() {
+                    Err(
+                        "this coordinator does not run a co-op swarm (start it with --coop DIR)"
+                            .into(),
+                    )
+                } else {
+                    self.apply_revocation(*revocation).map_or(Ok(()), Err)
+                };
+                let _ = reply.send(answer);
+            }
             Command::Sessions(reply) => {
                 let _ = reply.send(self.sessions.overview());
             }
@@ -339,7 +417,34 @@ impl Coordinator {
             NetEvent::Listening(address) => self.listen_addrs.push(address),
             NetEvent::ListenExpired(address) => self.listen_addrs.retain(|a| a != &address),
             NetEvent::Message(received) => {
-                let Message::Advert(advert) = received.message;
+                let from = received.from;
+                let advert = match received.message {
+                    Message::Advert(advert) => advert,
+                    Message::Membership(membership) => {
+                        if let Some(coop) = &mut self.coop {
+                            match coop.present(from, membership, wall_ms()) {
+                                Ok(true) => tracing::info!(peer = %from, "co-op member admitted"),
+                                Ok(false) => {}
+                                Err(why) => self.refuse_peer(from, &why.to_string()),
+                            }
+                        }
+                        return Ok(());
+                    }
+                    Message::Revocation(revocation) => {
+                        self.apply_revocation(revocation);
+                        return Ok(());
+                    }
+                };
+                if let Some(coop) = &mut self.coop
+                    && let Err(why) = coop.check(&from, wall_ms())
+                {
+                    if why != hearth_protocol::coop::MembershipError::Missing || coop.stray(from) {
+                        self.refuse_peer(from, &why.to_string());
+                    } else {
+                        tracing::debug!(peer = %from, "advert before a membership; dropped");
+                    }
+                    return Ok(());
+                }
                 let input = Input::Advert {
                     from: received.from,
                     advert: Box::new(advert),
@@ -352,6 +457,18 @@ impl Coordinator {
                 request,
                 channel,
             } => {
+                if let Some(coop) = &mut self.coop
+                    && let Err(why) = coop.check(&peer, wall_ms())
+                {
+                    tracing::warn!(%peer, %why, "work request refused: not a member of this co-op");
+                    self.network.respond(
+                        channel,
+                        hearth_protocol::work::WorkResponse::Rejected(format!(
+                            "not a member of this co-op: {why}"
+                        )),
+                    );
+                    return Ok(());
+                }
                 self.work.on_request(
                     &mut self.network,
                     &self.registry,

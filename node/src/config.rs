@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub max_concurrent: u32,
     /// Take work only while the host's owner is not using the CPU (`--idle-only`).
     pub idle_only: bool,
+    /// This node's co-op membership certificate (`--coop-cert`): presented to the swarm, and the
+    /// co-op whose certificate the coordinator must show.
+    pub coop_cert: Option<hearth_protocol::coop::Membership>,
     /// Misbehave on purpose, to show the swarm catching it.
     #[cfg(feature = "fault-injection")]
     pub fault: Option<crate::Fault>,
@@ -46,6 +49,7 @@ impl NodeConfig {
             threads: None,
             max_concurrent: 1,
             idle_only: false,
+            coop_cert: None,
             #[cfg(feature = "fault-injection")]
             fault: None,
         }

@@ -123,6 +123,12 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             last_advert: None,
             join: Join::new(targets),
             governor: crate::governor::Governor::new(config.idle_only),
+            owner_busy: false,
+            coop: config.coop_cert.clone().map(|cert| CoopState {
+                cert,
+                coordinator_ok: false,
+                revoked: Default::default(),
+            }),
         };
         let result = node.event_loop(addr_rx, results, answers, shutdown).await;
         tracing::info!("stopped");
@@ -148,6 +154,24 @@ struct Node {
     last_advert: Option<Instant>,
     join: Join,
     governor: crate::governor::Governor,
+    /// The host's owner is busy (`--idle-only`).
+    owner_busy: bool,
+    /// Co-op mode: our certificate, whether the coordinator showed a valid one, and the members
+    /// the co-op revoked (ourselves included, perhaps).
+    coop: Option<CoopState>,
+}
+
+struct CoopState {
+    cert: hearth_protocol::coop::Membership,
+    coordinator_ok: bool,
+    revoked: std::collections::HashSet<hearth_protocol::PeerId>,
+}
+
+impl CoopState {
+    /// Whether the node may work: the coordinator is a member and we are not revoked.
+    fn may_work(&self) -> bool {
+        self.coordinator_ok && !self.revoked.contains(&self.cert.body.member)
+    }
 }
 
 impl Node {
@@ -198,9 +222,11 @@ impl Node {
                     self.worker.poll(&mut self.network, coordinator)?;
                 }
                 _ = poll.tick() => {
-                    if let Some(paused) = self.governor.tick() {
-                        self.worker.paused = paused;
+                    if let Some(busy) = self.governor.tick() {
+                        self.owner_busy = busy;
                     }
+                    self.worker.paused =
+                        self.owner_busy || self.coop.as_ref().is_some_and(|c| !c.may_work());
                     let coordinator = self.coordinator();
                     self.worker.poll(&mut self.network, coordinator)?;
                 }
@@ -220,6 +246,12 @@ impl Node {
             && let Some(free) = Hardware::available_memory_bytes()
         {
             self.caps.memory_free_bytes = free.min(self.caps.memory_total_bytes);
+        }
+        if let Some(coop) = &self.coop {
+            // The certificate first, so the coordinator admits us before it reads the advert.
+            let _ = self
+                .network
+                .publish(&Message::Membership(coop.cert.clone()));
         }
         let advert = Message::Advert(Advert {
             seq: self.seq,
@@ -262,7 +294,16 @@ impl Node {
         let refuse = |net: &mut Network, channel, why: &str| {
             net.respond(channel, WorkResponse::Rejected(why.into()));
         };
+        let coop_refuses = self.coop.as_ref().is_some_and(|c| !c.may_work());
         match request {
+            WorkRequest::Forward(_) | WorkRequest::EndSession { .. } if coop_refuses => {
+                tracing::warn!(%peer, "pipeline request refused: the coordinator has shown no valid co-op certificate, or ours was revoked");
+                refuse(
+                    &mut self.network,
+                    channel,
+                    "not a verified member of this node's co-op",
+                );
+            }
             WorkRequest::Forward(_) | WorkRequest::EndSession { .. } if !from_coordinator => {
                 tracing::debug!(%peer, "pipeline request from a peer that is not our coordinator");
                 refuse(&mut self.network, channel, "not this node's coordinator");
@@ -297,6 +338,58 @@ impl Node {
         }
     }
 
+    /// Gossip: in a co-op, the coordinator's certificate and the co-op's revocations.
+    fn on_gossip(&mut self, from: hearth_protocol::PeerId, message: Message) {
+        let coordinator = self.coordinator();
+        let Some(coop) = &mut self.coop else {
+            return;
+        };
+        let co = coop.cert.body.coop;
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        match message {
+            Message::Membership(m) if Some(from) == coordinator => {
+                let revoked = &coop.revoked;
+                match m.admits(&co, &from, now, |p| revoked.contains(p)) {
+                    Ok(()) if !coop.coordinator_ok => {
+                        tracing::info!(coordinator = %from, "the coordinator is a member of our co-op");
+                        coop.coordinator_ok = true;
+                    }
+                    Ok(()) => {}
+                    Err(why) => {
+                        if coop.coordinator_ok || from != coop.cert.body.member {
+                            tracing::warn!(coordinator = %from, %why, "the coordinator's co-op certificate does not check; taking no work from it");
+                        }
+                        coop.coordinator_ok = false;
+                    }
+                }
+            }
+            Message::Revocation(r) => {
+                if r.verify(&co).is_err() {
+                    tracing::warn!(%from, "a revocation not signed by our co-op; ignored");
+                    return;
+                }
+                let member = r.body.member;
+                if coop.revoked.insert(member) {
+                    if member == coop.cert.body.member {
+                        tracing::warn!(
+                            "this node's co-op membership was revoked; it takes no more work"
+                        );
+                    } else if Some(member) == coordinator {
+                        tracing::warn!(
+                            "the coordinator's co-op membership was revoked; taking no work from it"
+                        );
+                        coop.coordinator_ok = false;
+                    } else {
+                        tracing::info!(%member, "a member was revoked");
+                    }
+                }
+            }
+            _ => tracing::trace!(%from, "gossip"),
+        }
+    }
+
     fn on_event(&mut self, event: NetEvent) -> Result<()> {
         match event {
             NetEvent::WorkResponse { id, response } => {
@@ -324,7 +417,7 @@ impl Node {
             {
                 self.advertise();
             }
-            NetEvent::Message(received) => tracing::trace!(from = %received.from, "gossip"),
+            NetEvent::Message(received) => self.on_gossip(received.from, received.message),
             _ => {}
         }
         Ok(())

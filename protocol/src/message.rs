@@ -10,6 +10,10 @@ use crate::{Capabilities, Result};
 pub enum Message {
     /// A node's capabilities, published on gossip at start and on every heartbeat.
     Advert(Advert),
+    /// A co-op member's certificate, published before each advert in a co-op swarm.
+    Membership(crate::coop::Membership),
+    /// A co-op's revocation of a member, spread by the coordinator to the members.
+    Revocation(crate::coop::Revocation),
 }
 
 impl Message {
@@ -17,6 +21,7 @@ impl Message {
     pub fn validate(&self) -> Result<()> {
         match self {
             Message::Advert(advert) => advert.capabilities.validate(),
+            Message::Membership(_) | Message::Revocation(_) => Ok(()),
         }
     }
 }

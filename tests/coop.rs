@@ -1,0 +1,259 @@
+//! A co-op swarm with real processes: the coordinator (`--coop DIR`) admits only nodes with a valid
+//! certificate of its co-op. A node without one, with an expired one, with one of another co-op, and
+//! one revoked while running are refused and get no work; the members keep working.
+
+mod support;
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+use support::{Process, keygen, peers, run_hearth, wait_for_api, wait_until};
+
+fn ok(out: std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn texts(path: &Path, n: usize) {
+    let lines: String = (0..n)
+        .map(|i| format!("{{\"id\":{i},\"text\":\"co-op text {i} with some words\"}}\n"))
+        .collect();
+    std::fs::write(path, lines).expect("write");
+}
+
+fn credit(peers: &[Value], id: &str) -> f64 {
+    peers
+        .iter()
+        .find(|p| p["peer_id"] == id)
+        .and_then(|p| p["credit"].as_f64())
+        .unwrap_or(0.0)
+}
+
+#[test]
+fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = |name: &str| tmp.path().join(name).to_str().expect("utf-8").to_string();
+    ok(run_hearth(&[], &["coop", "init", "--dir", &dir("coop")]));
+    ok(run_hearth(&[], &["coop", "init", "--dir", &dir("other")]));
+
+    let coordinator_dir = dir("coordinator");
+    let mut coordinator = Process::start(
+        "coordinator",
+        tmp.path(),
+        &[],
+        &[
+            "coordinator",
+            "--data-dir",
+            &coordinator_dir,
+            "--http",
+            "127.0.0.1:0",
+            "--open",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--coop",
+            &dir("coop"),
+        ],
+    );
+    let api = wait_for_api(Path::new(&coordinator_dir), &mut coordinator);
+
+    // Identities first, then certificates for them.
+    let names = ["member1", "member2", "nocert", "expired", "foreign"];
+    let ids: Vec<String> = names.iter().map(|n| keygen(Path::new(&dir(n)))).collect();
+    let invite = |i: usize, coop: &str, extra: &[&str]| {
+        let out = dir(&format!("{}.cert", names[i]));
+        let mut args = vec!["coop", "invite", &ids[i], "--dir", coop, "--out", &out];
+        args.extend(extra);
+        ok(run_hearth(&[], &args));
+        out
+    };
+    let certs = [
+        Some(invite(0, &dir("coop"), &[])),
+        Some(invite(1, &dir("coop"), &["--expires", "30"])),
+        None,
+        Some(invite(3, &dir("coop"), &["--expires-secs", "1"])),
+        Some(invite(4, &dir("other"), &[])),
+    ];
+    std::thread::sleep(Duration::from_millis(1500)); // the short certificate has expired
+    let mut nodes: Vec<Process> = names
+        .iter()
+        .zip(&certs)
+        .map(|(name, cert)| {
+            let data = dir(name);
+            let mut args = vec![
+                "node",
+                "--data-dir",
+                &data,
+                "--join",
+                &api,
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--max-threads",
+                "1",
+            ];
+            if let Some(cert) = cert {
+                args.extend(["--coop-cert", cert]);
+            }
+            Process::start(name, tmp.path(), &[], &args)
+        })
+        .collect();
+
+    // The members come online; the others are refused, with the reason in the coordinator's log.
+    wait_until(Duration::from_secs(30), "both members online", || {
+        let peers = peers(&[], &api);
+        ids[..2]
+            .iter()
+            .all(|id| {
+                peers
+                    .iter()
+                    .any(|p| p["peer_id"] == id.as_str() && p["online"] == true)
+            })
+            .then_some(())
+    });
+    wait_until(
+        Duration::from_secs(30),
+        "the three outsiders refused",
+        || {
+            let log = coordinator.log_text();
+            ids[2..]
+                .iter()
+                .all(|id| {
+                    log.lines()
+                        .any(|l| l.contains(id.as_str()) && l.contains("refused"))
+                })
+                .then_some(())
+        },
+    );
+    let log = coordinator.log_text();
+    for (id, why) in [
+        (&ids[2], "no co-op membership"),
+        (&ids[3], "expired"),
+        (&ids[4], "another co-op"),
+    ] {
+        assert!(
+            log.lines()
+                .any(|l| l.contains(id.as_str()) && l.contains(why)),
+            "{id}: {why}\n{log}"
+        );
+    }
+    for node in &mut nodes[..2] {
+        node.assert_running();
+        wait_until(
+            Duration::from_secs(20),
+            "the member checking the coordinator",
+            || {
+                node.log_text()
+                    .contains("the coordinator is a member of our co-op")
+                    .then_some(())
+            },
+        );
+    }
+
+    // A job: only members work on it.
+    let input = tmp.path().join("texts.jsonl");
+    texts(&input, 80);
+    let input = input.to_str().expect("utf-8");
+    let job = ok(run_hearth(
+        &[],
+        &[
+            "embed",
+            "--input",
+            input,
+            "--detach",
+            "--replicas",
+            "1",
+            "--unit-size",
+            "4",
+            "--api",
+            &api,
+        ],
+    ));
+    let job = job.split_whitespace().last().expect("job id").to_string();
+    ok(run_hearth(&[], &["job", &job, "--wait", "--api", &api]));
+    let listed = peers(&[], &api);
+    assert_eq!(listed.len(), 2, "only the members are known: {listed:#?}");
+    let before = credit(&listed, &ids[1]);
+    assert!(
+        credit(&listed, &ids[0]) + before >= 80.0,
+        "the members did the job: {listed:#?}"
+    );
+
+    // Revoke member2 while it runs: refused at once, told on gossip, and given no more work.
+    let revoked = run_hearth(
+        &[],
+        &[
+            "coop",
+            "revoke",
+            &ids[1],
+            "--dir",
+            &dir("coop"),
+            "--api",
+            &api,
+            "--json",
+        ],
+    );
+    let revoked: Value = serde_json::from_str(&ok(revoked)).expect("json");
+    assert_eq!(revoked["coordinator"], true);
+    wait_until(
+        Duration::from_secs(20),
+        "the revoked member refused",
+        || {
+            coordinator
+                .log_text()
+                .lines()
+                .any(|l| l.contains(ids[1].as_str()) && l.contains("membership revoked"))
+                .then_some(())
+        },
+    );
+    let job2 = ok(run_hearth(
+        &[],
+        &[
+            "embed",
+            "--input",
+            input,
+            "--detach",
+            "--replicas",
+            "1",
+            "--unit-size",
+            "4",
+            "--api",
+            &api,
+        ],
+    ));
+    let job2 = job2.split_whitespace().last().expect("job id").to_string();
+    ok(run_hearth(&[], &["job", &job2, "--wait", "--api", &api]));
+    let after = peers(&[], &api);
+    assert_eq!(
+        credit(&after, &ids[1]),
+        before,
+        "the revoked member got no work: {after:#?}"
+    );
+    assert!(
+        credit(&after, &ids[0]) >= 80.0,
+        "the remaining member did it"
+    );
+    // The revocation was kept, and spread to the members.
+    assert!(
+        Path::new(&coordinator_dir)
+            .join("revoked")
+            .join(format!("{}.revocation", ids[1]))
+            .exists()
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "member2 told of its revocation",
+        || {
+            nodes[1]
+                .log_text()
+                .contains("membership was revoked")
+                .then_some(())
+        },
+    );
+    coordinator.assert_running();
+}

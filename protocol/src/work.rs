@@ -389,6 +389,21 @@ pub struct Forward {
     pub sampling: Option<Sampling>,
 }
 
+impl Sampling {
+    /// A finite temperature of at least 0 and a `top_p` within (0, 1].
+    pub fn validate(&self) -> Result<()> {
+        if !(self.temperature.is_finite() && self.temperature >= 0.0)
+            || !(self.top_p > 0.0 && self.top_p <= 1.0)
+        {
+            return Err(Error::Limit(format!(
+                "sampling needs a finite temperature ≥ 0 and top_p in (0, 1], not {} and {}",
+                self.temperature, self.top_p
+            )));
+        }
+        Ok(())
+    }
+}
+
 /// Seeded sampling: the token after position `p` is drawn with a generator keyed by `(seed, p)`, so a
 /// replay of any window, on any peer with the same kernels, draws the same tokens. A `temperature` of
 /// 0 is greedy.
@@ -476,7 +491,14 @@ pub enum WorkResponse {
 
 /// Decode a work request from a frame, checking its limits.
 pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
-    decode_work(frame)
+    let request: WorkRequest = decode_work(frame)?;
+    if let WorkRequest::Forward(Forward {
+        sampling: Some(s), ..
+    }) = &request
+    {
+        s.validate()?;
+    }
+    Ok(request)
 }
 
 /// Decode a work response from a frame, checking its limits.
@@ -596,6 +618,40 @@ mod tests {
             UnitOutput::from_canonical(&huge),
             Err(Error::Limit(_))
         ));
+    }
+
+    #[test]
+    fn sampling_out_of_range_is_refused_at_decoding() {
+        // Found by the `work` fuzz target: a NaN top_p decoded, and NaN is not equal to itself.
+        let forward = |temperature: f32, top_p: f32| {
+            WorkRequest::Forward(Forward {
+                session: 1,
+                step: 0,
+                model: ModelId(Digest([0; 32])),
+                layers: (0, 1),
+                pos: 0,
+                input: StageData::Tokens(vec![1]),
+                all_positions: false,
+                sampling: Some(Sampling {
+                    temperature,
+                    top_p,
+                    seed: 7,
+                }),
+            })
+        };
+        let frame =
+            |r: &WorkRequest| crate::codec::encode_max(r, WORK_FRAME_BYTES_MAX).expect("encodes");
+        assert!(decode_request(&frame(&forward(0.7, 0.9))).is_ok());
+        for (t, p) in [
+            (0.7, f32::NAN),
+            (f32::NAN, 1.0),
+            (-1.0, 1.0),
+            (f32::INFINITY, 1.0),
+            (0.7, 0.0),
+            (0.7, 1.5),
+        ] {
+            assert!(decode_request(&frame(&forward(t, p))).is_err(), "{t} {p}");
+        }
     }
 
     #[test]

@@ -392,9 +392,11 @@ pub struct Forward {
 impl Sampling {
     /// A finite temperature of at least 0 and a `top_p` within (0, 1].
     pub fn validate(&self) -> Result<()> {
-        if !(self.temperature.is_finite() && self.temperature >= 0.0)
-            || !(self.top_p > 0.0 && self.top_p <= 1.0)
-        {
+        let valid = self.temperature.is_finite()
+            && self.temperature >= 0.0
+            && self.top_p > 0.0
+            && self.top_p <= 1.0;
+        if !valid {
             return Err(Error::Limit(format!(
                 "sampling needs a finite temperature ≥ 0 and top_p in (0, 1], not {} and {}",
                 self.temperature, self.top_p

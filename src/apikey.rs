@@ -37,10 +37,21 @@ pub(crate) async fn run(args: ApiKeyArgs, file: &FileConfig) -> anyhow::Result<(
         file,
     )?;
     match &args.command {
-        ApiKeyCommand::Create { member, name } => {
-            let key: Value = client
-                .post("/v1/admin/keys", &json!({ "member": member, "name": name }))
-                .await?;
+        ApiKeyCommand::Create {
+            member,
+            name,
+            requests_per_minute,
+            tokens_per_day,
+            units_per_day,
+        } => {
+            let body = json!({
+                "member": member,
+                "name": name,
+                "requests_per_minute": requests_per_minute,
+                "tokens_per_day": tokens_per_day,
+                "units_per_day": units_per_day,
+            });
+            let key: Value = client.post("/v1/admin/keys", &body).await?;
             if args.json {
                 println!("{key}");
             } else {

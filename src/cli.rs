@@ -289,6 +289,16 @@ pub(crate) enum ApiKeyCommand {
         /// A name for people.
         #[arg(long)]
         name: Option<String>,
+        /// Most requests per minute, over every endpoint [default: unlimited].
+        #[arg(long, value_name = "N")]
+        requests_per_minute: Option<u32>,
+        /// Most generated tokens per day [default: unlimited].
+        #[arg(long, value_name = "N")]
+        tokens_per_day: Option<u64>,
+        /// Most work units per day, counted as inputs submitted (texts, prompts) [default:
+        /// unlimited].
+        #[arg(long, value_name = "N")]
+        units_per_day: Option<u64>,
     },
     /// List the keys (ids, members, revoked or not; never the keys themselves).
     List,

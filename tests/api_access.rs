@@ -197,3 +197,89 @@ fn off_loopback_the_api_is_tls_or_refused_and_open_is_loopback_only() {
     );
     coordinator.assert_running();
 }
+
+#[test]
+fn per_key_quotas_refuse_with_429_and_say_which() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("c");
+    let dir = dir.to_str().expect("utf-8");
+    let mut coordinator = Process::start(
+        "coordinator",
+        tmp.path(),
+        &[],
+        &coordinator_args(dir, &["--http", "127.0.0.1:0"]),
+    );
+    let api = wait_for_api(Path::new(dir), &mut coordinator);
+    let create = |extra: &[&str]| {
+        let mut args = vec!["apikey", "--api", &api, "--data-dir", dir, "create"];
+        args.extend(extra);
+        let out = run_hearth(&[], &args);
+        assert!(out.status.success(), "{}", stderr(&out));
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    };
+    // Three requests a minute: the fourth is refused.
+    let slow = create(&["--requests-per-minute", "3"]);
+    for i in 0..3 {
+        let out = run_hearth(&[], &["peers", "--api", &api, "--api-key", &slow]);
+        assert!(out.status.success(), "request {i}: {}", stderr(&out));
+    }
+    let fourth = run_hearth(&[], &["peers", "--api", &api, "--api-key", &slow]);
+    assert!(!fourth.status.success());
+    assert!(
+        stderr(&fourth).contains("429") && stderr(&fourth).contains("requests per minute"),
+        "{}",
+        stderr(&fourth)
+    );
+    // Another key is not affected; the admin key has no quota.
+    let other = create(&[]);
+    assert!(
+        run_hearth(&[], &["peers", "--api", &api, "--api-key", &other])
+            .status
+            .success()
+    );
+
+    // Work units a day: a job of 6 inputs is refused under a quota of 5; one of 5 is taken.
+    let small = create(&["--units-per-day", "5"]);
+    let input = |n: usize| {
+        let path = tmp.path().join(format!("in{n}.jsonl"));
+        let lines: String = (0..n)
+            .map(|i| format!("{{\"id\":{i},\"text\":\"text {i}\"}}\n"))
+            .collect();
+        std::fs::write(&path, lines).expect("write");
+        path.to_str().expect("utf-8").to_string()
+    };
+    let six = run_hearth(
+        &[],
+        &[
+            "embed",
+            "--input",
+            &input(6),
+            "--detach",
+            "--api",
+            &api,
+            "--api-key",
+            &small,
+        ],
+    );
+    assert!(!six.status.success());
+    assert!(
+        stderr(&six).contains("work units per day"),
+        "{}",
+        stderr(&six)
+    );
+    let five = run_hearth(
+        &[],
+        &[
+            "embed",
+            "--input",
+            &input(5),
+            "--detach",
+            "--api",
+            &api,
+            "--api-key",
+            &small,
+        ],
+    );
+    assert!(five.status.success(), "{}", stderr(&five));
+    coordinator.assert_running();
+}

@@ -140,6 +140,57 @@ pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
         .layer(middleware::from_fn_with_state(auth, authenticate))
 }
 
+/// Who a request is from, for its daily quotas (none for the admin key or an `--open` API).
+#[derive(Clone, Default)]
+pub(crate) struct Meter {
+    keys: Option<Arc<Keys>>,
+    key: Option<String>,
+}
+
+impl Meter {
+    /// The meter of a request, from what [`authenticate`] left in it.
+    pub(crate) fn of(keys: Option<Arc<Keys>>, access: Option<Access>) -> Self {
+        match access {
+            Some(Access::Key { id, .. }) => Self {
+                keys,
+                key: Some(id),
+            },
+            _ => Self::default(),
+        }
+    }
+
+    /// Charge `units` work units (inputs) to the key; a 429 when its daily quota would pass.
+    pub(crate) fn units(&self, units: u64) -> Result<(), Response> {
+        match (&self.keys, &self.key) {
+            (Some(keys), Some(id)) if units > 0 => keys.admit(id, units).map_err(|why| {
+                error_with_code(StatusCode::TOO_MANY_REQUESTS, &why, "rate_limit_exceeded")
+            }),
+            _ => Ok(()),
+        }
+    }
+
+    /// Count generated tokens against the key's daily quota.
+    pub(crate) fn tokens(&self, tokens: u64) {
+        if let (Some(keys), Some(id)) = (&self.keys, &self.key) {
+            keys.add_tokens(id, tokens);
+        }
+    }
+}
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Meter {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        Ok(Self::of(
+            parts.extensions.get::<Arc<Keys>>().cloned(),
+            parts.extensions.get::<Access>().cloned(),
+        ))
+    }
+}
+
 /// The endpoint nodes join through: open to anyone who can reach the coordinator.
 const JOIN_PATH: &str = "/v1/swarm";
 
@@ -183,8 +234,16 @@ async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next
             if admin && access != Access::Admin {
                 return error(StatusCode::FORBIDDEN, "this endpoint needs the admin key");
             }
+            // Quotas hold for API keys (the admin key has none): requests per minute here, work
+            // units when a job is submitted, tokens counted as a generation answers.
+            if let Access::Key { id, .. } = &access
+                && let Err(why) = auth.keys.admit(id, 0)
+            {
+                return error_with_code(StatusCode::TOO_MANY_REQUESTS, &why, "rate_limit_exceeded");
+            }
             request.extensions_mut().insert(access);
             request.extensions_mut().insert(KeyHash(key_hash));
+            request.extensions_mut().insert(auth.keys.clone());
             next.run(request).await
         }
         Err(why) => error(StatusCode::UNAUTHORIZED, why),
@@ -198,6 +257,12 @@ struct NewKey {
     member: Option<String>,
     #[serde(default)]
     name: Option<String>,
+    #[serde(default)]
+    requests_per_minute: Option<u32>,
+    #[serde(default)]
+    tokens_per_day: Option<u64>,
+    #[serde(default)]
+    units_per_day: Option<u64>,
 }
 
 fn key_json(k: &KeyRecord) -> Value {
@@ -208,6 +273,7 @@ fn key_json(k: &KeyRecord) -> Value {
         "created_ms": k.created_ms,
         "revoked": k.revoked_ms.is_some(),
         "revoked_ms": k.revoked_ms,
+        "quota": k.quota,
     })
 }
 
@@ -215,7 +281,13 @@ async fn create_key(
     State(auth): State<Auth>,
     body: Result<Json<NewKey>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let NewKey { member, name } = match body {
+    let NewKey {
+        member,
+        name,
+        requests_per_minute,
+        tokens_per_day,
+        units_per_day,
+    } = match body {
         Ok(Json(body)) => body,
         Err(rejection) => return error(rejection.status(), &rejection.body_text()),
     };
@@ -227,7 +299,12 @@ async fn create_key(
             &format!("`member` {member:?} is not a peer id"),
         );
     }
-    match auth.keys.create(member, name) {
+    let quota = crate::keys::Quota {
+        requests_per_minute,
+        tokens_per_day,
+        units_per_day,
+    };
+    match auth.keys.create_with(member, name, quota) {
         Ok((record, secret)) => {
             let mut body = key_json(&record);
             body["key"] = json!(secret);
@@ -264,12 +341,16 @@ async fn swarm(State(commands): State<mpsc::Sender<Command>>) -> Response {
 
 async fn submit(
     State(commands): Commands,
+    meter: Meter,
     body: Result<Json<SubmitJob>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
     let request = match body {
         Ok(Json(request)) => request,
         Err(rejection) => return error(rejection.status(), &rejection.body_text()),
     };
+    if let Err(response) = meter.units(request.inputs.len() as u64) {
+        return response;
+    }
     match ask(&commands, |reply| Command::Submit(Box::new(request), reply)).await {
         Ok(Ok(id)) => Json(json!({ "id": id })).into_response(),
         Ok(Err(refusal)) => error(StatusCode::BAD_REQUEST, &refusal),

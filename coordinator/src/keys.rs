@@ -37,6 +37,30 @@ pub struct KeyRecord {
     pub created_ms: u64,
     /// When it was revoked.
     pub revoked_ms: Option<u64>,
+    /// Its quotas.
+    #[serde(default)]
+    pub quota: Quota,
+}
+
+/// What one key may use; `None` is unlimited.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Quota {
+    /// Requests per minute, over every endpoint.
+    pub requests_per_minute: Option<u32>,
+    /// Generated tokens per day (chat, completions, generate).
+    pub tokens_per_day: Option<u64>,
+    /// Work units per day (jobs and embeddings submitted).
+    pub units_per_day: Option<u64>,
+}
+
+/// What a key used in the current windows.
+#[derive(Clone, Debug, Default)]
+struct Usage {
+    minute: u64,
+    requests: u32,
+    day: u64,
+    tokens: u64,
+    units: u64,
 }
 
 /// Who a request is from.
@@ -60,6 +84,8 @@ pub struct Keys {
     admin_hash: String,
     /// Hash → record, for every key (revoked ones too, to say so).
     by_hash: RwLock<HashMap<String, KeyRecord>>,
+    /// Key id → use in the current minute and day (in memory: a restart forgives).
+    usage: std::sync::Mutex<HashMap<String, Usage>>,
 }
 
 impl std::fmt::Debug for Keys {
@@ -153,6 +179,7 @@ impl Keys {
             path,
             admin_hash: hash(&admin),
             by_hash: RwLock::new(by_hash),
+            usage: Default::default(),
         })
     }
 
@@ -193,11 +220,81 @@ impl Keys {
         tx.commit().map_err(|e| err(&e))
     }
 
+    /// Count one request for key `id` (and `units` work units); `Err` says which quota it would
+    /// pass. Tokens are counted after the fact with [`Self::add_tokens`]; a key over its daily
+    /// tokens is refused from then on.
+    pub fn admit(&self, id: &str, units: u64) -> std::result::Result<(), String> {
+        let quota = self
+            .by_hash
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .values()
+            .find(|k| k.id == id)
+            .map(|k| k.quota)
+            .unwrap_or_default();
+        let now = now_ms();
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        let u = usage.entry(id.to_string()).or_default();
+        let (minute, day) = (now / 60_000, now / 86_400_000);
+        if u.minute != minute {
+            u.minute = minute;
+            u.requests = 0;
+        }
+        if u.day != day {
+            u.day = day;
+            u.tokens = 0;
+            u.units = 0;
+        }
+        if let Some(max) = quota.requests_per_minute
+            && u.requests >= max
+        {
+            return Err(format!(
+                "this key's quota of {max} requests per minute is used up; retry in the next minute"
+            ));
+        }
+        if let Some(max) = quota.tokens_per_day
+            && u.tokens >= max
+        {
+            return Err(format!(
+                "this key's quota of {max} generated tokens per day is used up"
+            ));
+        }
+        if let Some(max) = quota.units_per_day
+            && u.units + units > max
+        {
+            return Err(format!(
+                "this key's quota of {max} work units per day would be passed ({} used, {units} asked)",
+                u.units
+            ));
+        }
+        if units == 0 {
+            u.requests += 1;
+        }
+        u.units += units;
+        Ok(())
+    }
+
+    /// Count `tokens` generated for key `id`.
+    pub fn add_tokens(&self, id: &str, tokens: u64) {
+        let mut usage = self.usage.lock().unwrap_or_else(|e| e.into_inner());
+        usage.entry(id.to_string()).or_default().tokens += tokens;
+    }
+
     /// Make a key; returns its record and the secret, shown this once.
     pub fn create(
         &self,
         member: Option<String>,
         name: Option<String>,
+    ) -> Result<(KeyRecord, String)> {
+        self.create_with(member, name, Quota::default())
+    }
+
+    /// [`Self::create`] with quotas.
+    pub fn create_with(
+        &self,
+        member: Option<String>,
+        name: Option<String>,
+        quota: Quota,
     ) -> Result<(KeyRecord, String)> {
         if self.by_hash.read().unwrap_or_else(|e| e.into_inner()).len() >= KEYS_MAX {
             return Err(Error::Refused(format!(
@@ -212,6 +309,7 @@ impl Keys {
             name,
             created_ms: now_ms(),
             revoked_ms: None,
+            quota,
         };
         self.store(&record)?;
         self.by_hash

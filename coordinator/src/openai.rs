@@ -29,7 +29,7 @@ use hearth_protocol::work::Sampling;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::http::{Command, ask, error, error_with_code};
+use crate::http::{Command, Meter, ask, error, error_with_code};
 use crate::limits::{
     JOB_INPUTS_MAX, OPENAI_EMBED_WAIT, OPENAI_MAX_TOKENS_DEFAULT, STOP_SEQUENCES_MAX,
 };
@@ -251,7 +251,11 @@ fn text_of(content: &Value) -> Option<String> {
     }
 }
 
-async fn chat(State(commands): Commands, body: Result<Json<Value>, JsonRejection>) -> Response {
+async fn chat(
+    State(commands): Commands,
+    meter: Meter,
+    body: Result<Json<Value>, JsonRejection>,
+) -> Response {
     let body = match body_json(body) {
         Ok(b) => b,
         Err(r) => return r,
@@ -286,13 +290,14 @@ async fn chat(State(commands): Commands, body: Result<Json<Value>, JsonRejection
         });
     }
     match parse_generation(&body, String::new(), Some(messages)) {
-        Ok(g) => run(commands, g, true).await,
+        Ok(g) => run(commands, meter, g, true).await,
         Err(r) => r,
     }
 }
 
 async fn completions(
     State(commands): Commands,
+    meter: Meter,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     let body = match body_json(body) {
@@ -307,7 +312,7 @@ async fn completions(
         _ => return bad("`prompt` must be a non-empty string (or an array of one)"),
     };
     match parse_generation(&body, prompt, None) {
-        Ok(g) => run(commands, g, false).await,
+        Ok(g) => run(commands, meter, g, false).await,
         Err(r) => r,
     }
 }
@@ -393,7 +398,7 @@ fn hearth_summary(summary: &Value, seed: u64, stopped_early: bool) -> Value {
     h
 }
 
-async fn run(commands: mpsc::Sender<Command>, g: Generation, chat: bool) -> Response {
+async fn run(commands: mpsc::Sender<Command>, meter: Meter, g: Generation, chat: bool) -> Response {
     let Generation {
         request,
         stop,
@@ -464,6 +469,7 @@ async fn run(commands: mpsc::Sender<Command>, g: Generation, chat: bool) -> Resp
         } else {
             "length"
         };
+        meter.tokens(tokens as u64);
         let prompt_tokens = summary
             .get("prompt_tokens")
             .and_then(Value::as_u64)
@@ -531,6 +537,7 @@ async fn run(commands: mpsc::Sender<Command>, g: Generation, chat: bool) -> Resp
     let lines = futures::stream::unfold(state, move |mut st| {
         let chunk = chunk.clone();
         let id = stream_id.clone();
+        let meter = meter.clone();
         async move {
             if !st.started {
                 st.started = true;
@@ -586,6 +593,7 @@ async fn run(commands: mpsc::Sender<Command>, g: Generation, chat: bool) -> Resp
                 } else {
                     "length"
                 };
+                meter.tokens(st.tokens as u64);
                 out.push_str(&chunk(
                     None,
                     Some(finish),
@@ -641,6 +649,7 @@ fn base64(bytes: &[u8]) -> String {
 
 async fn embeddings(
     State(commands): Commands,
+    meter: Meter,
     body: Result<Json<Value>, JsonRejection>,
 ) -> Response {
     let body = match body_json(body) {
@@ -687,6 +696,9 @@ async fn embeddings(
         .is_some_and(|d| !d.is_null() && d.as_u64() != Some(384))
     {
         return bad("`dimensions`: this model gives 384");
+    }
+    if let Err(response) = meter.units(texts.len() as u64) {
+        return response;
     }
     let usage = match ask(&commands, |reply| {
         Command::EmbedTokens(texts.clone(), reply)

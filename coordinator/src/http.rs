@@ -160,6 +160,8 @@ impl Meter {
     }
 
     /// Charge `units` work units (inputs) to the key; a 429 when its daily quota would pass.
+    // The error is the finished response, as handlers return; built once per refused request.
+    #[allow(clippy::result_large_err)]
     pub(crate) fn units(&self, units: u64) -> Result<(), Response> {
         match (&self.keys, &self.key) {
             (Some(keys), Some(id)) if units > 0 => keys.admit(id, units).map_err(|why| {

@@ -125,6 +125,10 @@ pub(crate) struct NodeArgs {
     /// "suspend when the computer is in use").
     #[arg(long, env = "HEARTH_IDLE_ONLY")]
     pub(crate) idle_only: bool,
+    /// Most memory for models and caches, such as 2G or 512M (K, M, G, T; powers of 1024): the
+    /// node advertises no more, so the coordinator plans within it, and refuses stages past it.
+    #[arg(long, env = "HEARTH_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_memory: Option<u64>,
     /// This node's co-op membership certificate (`hearth coop invite`): presented to the swarm;
     /// the node then works only for a coordinator that shows a certificate of the same co-op.
     #[arg(long, env = "HEARTH_COOP_CERT", value_name = "CERT")]
@@ -212,6 +216,31 @@ pub(crate) struct ApiKeyArgs {
     /// Print JSON.
     #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+/// `2G`, `512M`, `1.5G`, `4096` (bytes): K, M, G, T are powers of 1024; a trailing `B` or `iB` is
+/// allowed.
+pub(crate) fn parse_size(text: &str) -> Result<u64, String> {
+    let t = text.trim();
+    let t = t
+        .strip_suffix("iB")
+        .or_else(|| t.strip_suffix('B'))
+        .unwrap_or(t);
+    let (number, scale) = match t.chars().last().map(|c| c.to_ascii_uppercase()) {
+        Some('K') => (&t[..t.len() - 1], 1u64 << 10),
+        Some('M') => (&t[..t.len() - 1], 1 << 20),
+        Some('G') => (&t[..t.len() - 1], 1 << 30),
+        Some('T') => (&t[..t.len() - 1], 1 << 40),
+        _ => (t, 1),
+    };
+    let value: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("{text:?} is not a size such as 2G or 512M"))?;
+    if !(value.is_finite() && value > 0.0) {
+        return Err(format!("{text:?} is not a positive size"));
+    }
+    Ok((value * scale as f64) as u64)
 }
 
 #[derive(Debug, Args)]

@@ -26,6 +26,7 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
     }
     config.max_concurrent = args.max_concurrent;
     config.idle_only = args.idle_only;
+    config.max_memory = args.max_memory;
     if let Some(path) = &args.coop_cert {
         let cert: hearth_protocol::coop::Membership = crate::coop::read_armored(path)?;
         config.coop_cert = Some(cert);

@@ -72,3 +72,28 @@ fn an_idle_only_node_pauses_while_a_cpu_hog_runs_and_resumes_after() {
         "the job completes as one machine computes it"
     );
 }
+
+#[test]
+fn max_memory_caps_what_a_node_advertises_and_bad_sizes_are_refused() {
+    let mut swarm = Swarm::start(&[]);
+    swarm.start_node_with(0, None, &["--max-memory", "512M"]);
+    let node = wait_until(Duration::from_secs(30), "the node online", || {
+        peers(&[], &swarm.api)
+            .into_iter()
+            .find(|p| p["online"] == true)
+    });
+    let caps = &node["capabilities"];
+    let cap = 512 * 1024 * 1024;
+    assert_eq!(caps["memory_total_bytes"].as_u64(), Some(cap), "{caps}");
+    assert!(
+        caps["memory_free_bytes"].as_u64().expect("free") <= cap,
+        "{caps}"
+    );
+    let bad = run_hearth(&[], &["node", "--max-memory", "lots", "--join", &swarm.api]);
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("not a size"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}

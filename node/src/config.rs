@@ -26,6 +26,9 @@ pub struct NodeConfig {
     pub max_concurrent: u32,
     /// Take work only while the host's owner is not using the CPU (`--idle-only`).
     pub idle_only: bool,
+    /// Most memory for models and caches, bytes (`--max-memory`): advertised as the node's memory,
+    /// so the coordinator plans within it, and enforced when a stage loads.
+    pub max_memory: Option<u64>,
     /// This node's co-op membership certificate (`--coop-cert`): presented to the swarm, and the
     /// co-op whose certificate the coordinator must show.
     pub coop_cert: Option<hearth_protocol::coop::Membership>,
@@ -49,6 +52,7 @@ impl NodeConfig {
             threads: None,
             max_concurrent: 1,
             idle_only: false,
+            max_memory: None,
             coop_cert: None,
             #[cfg(feature = "fault-injection")]
             fault: None,

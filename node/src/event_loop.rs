@@ -64,12 +64,16 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         .await
         .expect("hardware probe does not panic");
         let models = models?;
-        let caps = capabilities(
+        let mut caps = capabilities(
             &hardware,
             config.threads,
             gflops,
             models.iter().map(|(_, id)| *id).collect(),
         );
+        if let Some(cap) = config.max_memory {
+            caps.memory_total_bytes = caps.memory_total_bytes.min(cap);
+            caps.memory_free_bytes = caps.memory_free_bytes.min(cap);
+        }
         tracing::info!(
             backend = caps.backend.as_str(),
             device = %caps.device,
@@ -106,6 +110,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 .map(|(path, id)| (*id, path.clone()))
                 .collect(),
             answers_tx,
+            config.max_memory,
             #[cfg(feature = "fault-injection")]
             config.fault,
         );
@@ -245,6 +250,7 @@ impl Node {
         if self.caps.backend == Backend::Cpu
             && let Some(free) = Hardware::available_memory_bytes()
         {
+            // `memory_total_bytes` is already capped by `--max-memory`.
             self.caps.memory_free_bytes = free.min(self.caps.memory_total_bytes);
         }
         if let Some(coop) = &self.coop {

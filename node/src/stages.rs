@@ -35,6 +35,10 @@ struct Server {
     class: String,
     models: HashMap<ModelId, PathBuf>,
     stages: HashMap<RangeKey, Stage>,
+    /// `--max-memory`: bytes the loaded ranges may take, about.
+    max_memory: Option<u64>,
+    /// Estimated bytes of each loaded range.
+    sizes: HashMap<RangeKey, u64>,
     /// Last use of each (range, session), for the idle TTL.
     sessions: HashMap<(RangeKey, u64), Instant>,
     #[cfg(feature = "fault-injection")]
@@ -57,6 +61,27 @@ impl Server {
                     model.config.layers
                 ));
             }
+            // About what the range takes: its share of the file.
+            let file = std::fs::metadata(path).map_or(0, |m| m.len());
+            let size = file * (end - start) as u64 / model.config.layers.max(1) as u64;
+            if let Some(cap) = self.max_memory {
+                let loaded: u64 = self.sizes.values().sum();
+                if size > cap {
+                    return Err(format!(
+                        "layers {start}..{end} take about {size} bytes, over this node's --max-memory of {cap}"
+                    ));
+                }
+                // Make room by dropping the ranges loaded least recently.
+                let mut loaded = loaded;
+                while loaded + size > cap {
+                    let Some(oldest) = self.stages.keys().next().copied() else {
+                        break;
+                    };
+                    self.stages.remove(&oldest);
+                    self.sessions.retain(|(k, _), _| *k != oldest);
+                    loaded -= self.sizes.remove(&oldest).unwrap_or(0);
+                }
+            }
             if self.stages.len() >= STAGES_LOADED_MAX {
                 // Drop the range used least recently, with its sessions.
                 let oldest = self
@@ -67,6 +92,7 @@ impl Server {
                     .or_else(|| self.stages.keys().next().copied());
                 if let Some(oldest) = oldest {
                     self.stages.remove(&oldest);
+                    self.sizes.remove(&oldest);
                     self.sessions.retain(|(k, _), _| *k != oldest);
                 }
             }
@@ -74,6 +100,7 @@ impl Server {
                 .map_err(|e| e.to_string())?;
             tracing::info!(model = %f.model, layers = ?(start..end), "stage loaded");
             self.stages.insert(key, stage);
+            self.sizes.insert(key, size);
         }
         Ok(self.stages.get_mut(&key).expect("loaded above"))
     }
@@ -264,6 +291,7 @@ pub(crate) fn spawn(
     class: String,
     models: HashMap<ModelId, PathBuf>,
     answers: mpsc::Sender<(u64, WorkResponse)>,
+    max_memory: Option<u64>,
     #[cfg(feature = "fault-injection")] fault: Option<Fault>,
 ) -> std::sync::mpsc::SyncSender<StageJob> {
     let (tx, rx) = std::sync::mpsc::sync_channel::<StageJob>(STAGE_QUEUE_MAX);
@@ -277,6 +305,8 @@ pub(crate) fn spawn(
                 class,
                 models,
                 stages: HashMap::new(),
+                max_memory,
+                sizes: HashMap::new(),
                 sessions: HashMap::new(),
                 #[cfg(feature = "fault-injection")]
                 fault,

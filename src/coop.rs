@@ -69,6 +69,11 @@ pub(crate) fn read_armored<T: serde::de::DeserializeOwned>(path: &Path) -> anyho
         .with_context(|| format!("{}: not a Hearth co-op file", path.display()))
 }
 
+fn peer(text: &str) -> anyhow::Result<PeerId> {
+    text.parse()
+        .map_err(|e| anyhow::anyhow!("{text:?} is not a peer id: {e}"))
+}
+
 fn coop_key(dir: &Path) -> anyhow::Result<hearth_protocol::SecretKey> {
     if !dir.join(hearth_net::IDENTITY_FILE).exists() {
         bail!(
@@ -110,10 +115,7 @@ pub(crate) async fn run(args: CoopArgs, file: &crate::config::FileConfig) -> any
             out,
             json,
         } => {
-            let member: PeerId = peer_id
-                .parse()
-                .map_err(|e| anyhow::anyhow!("{peer_id:?} is not a peer id: {e}"))?;
-            let key = coop_key(&dir)?;
+            let (member, key) = (peer(&peer_id)?, coop_key(&dir)?);
             let now = now_ms();
             let expires_ms = expires
                 .map(|days| now + u64::from(days) * MS_PER_DAY)
@@ -196,10 +198,7 @@ expires {}
             client,
             json,
         } => {
-            let member: PeerId = peer_id
-                .parse()
-                .map_err(|e| anyhow::anyhow!("{peer_id:?} is not a peer id: {e}"))?;
-            let key = coop_key(&dir)?;
+            let (member, key) = (peer(&peer_id)?, coop_key(&dir)?);
             let revocation = Revocation::issue(&key, member, now_ms());
             let path = dir.join(REVOKED_DIR).join(format!("{member}.revocation"));
             write_armored(

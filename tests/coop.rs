@@ -159,9 +159,8 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
     let input = tmp.path().join("texts.jsonl");
     texts(&input, 80);
     let input = input.to_str().expect("utf-8");
-    let job = ok(run_hearth(
-        &[],
-        &[
+    let run_job = || {
+        let args = [
             "embed",
             "--input",
             input,
@@ -172,10 +171,12 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
             "4",
             "--api",
             &api,
-        ],
-    ));
-    let job = job.split_whitespace().last().expect("job id").to_string();
-    ok(run_hearth(&[], &["job", &job, "--wait", "--api", &api]));
+        ];
+        let job = ok(run_hearth(&[], &args));
+        let job = job.split_whitespace().last().expect("job id").to_string();
+        ok(run_hearth(&[], &["job", &job, "--wait", "--api", &api]));
+    };
+    run_job();
     let listed = peers(&[], &api);
     assert_eq!(listed.len(), 2, "only the members are known: {listed:#?}");
     let before = credit(&listed, &ids[1]);
@@ -211,23 +212,7 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
                 .then_some(())
         },
     );
-    let job2 = ok(run_hearth(
-        &[],
-        &[
-            "embed",
-            "--input",
-            input,
-            "--detach",
-            "--replicas",
-            "1",
-            "--unit-size",
-            "4",
-            "--api",
-            &api,
-        ],
-    ));
-    let job2 = job2.split_whitespace().last().expect("job id").to_string();
-    ok(run_hearth(&[], &["job", &job2, "--wait", "--api", &api]));
+    run_job();
     let after = peers(&[], &api);
     assert_eq!(
         credit(&after, &ids[1]),

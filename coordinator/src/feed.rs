@@ -117,16 +117,7 @@ pub(crate) async fn close_session(
     State(auth): State<Auth>,
     request: axum::extract::Request,
 ) -> Response {
-    let cookie = request
-        .headers()
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
-        .map(|(_, value)| value.to_string());
-    if let Some(token) = cookie {
+    if let Some(token) = crate::http::session_cookie(&request) {
         auth.sessions
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -94,7 +94,7 @@ pub(crate) const SESSION_COOKIE: &str = "hearth_session";
 pub(crate) struct KeyHash(pub(crate) String);
 
 /// The session token in a request's cookies.
-fn session_cookie(request: &Request) -> Option<String> {
+pub(crate) fn session_cookie(request: &Request) -> Option<String> {
     request
         .headers()
         .get_all(header::COOKIE)

@@ -145,15 +145,17 @@ pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
 pub(crate) struct Meter {
     keys: Option<Arc<Keys>>,
     key: Option<String>,
+    member: Option<hearth_protocol::PeerId>,
 }
 
 impl Meter {
     /// The meter of a request, from what [`authenticate`] left in it.
     pub(crate) fn of(keys: Option<Arc<Keys>>, access: Option<Access>) -> Self {
         match access {
-            Some(Access::Key { id, .. }) => Self {
+            Some(Access::Key { id, member }) => Self {
                 keys,
                 key: Some(id),
+                member: member.and_then(|m| m.parse().ok()),
             },
             _ => Self::default(),
         }
@@ -169,6 +171,11 @@ impl Meter {
             }),
             _ => Ok(()),
         }
+    }
+
+    /// The co-op member the key belongs to: whose share a job counts in.
+    pub(crate) fn member(&self) -> Option<hearth_protocol::PeerId> {
+        self.member
     }
 
     /// Count generated tokens against the key's daily quota.
@@ -353,6 +360,8 @@ async fn submit(
     if let Err(response) = meter.units(request.inputs.len() as u64) {
         return response;
     }
+    let mut request = request;
+    request.submitter = meter.member();
     match ask(&commands, |reply| Command::Submit(Box::new(request), reply)).await {
         Ok(Ok(id)) => Json(json!({ "id": id })).into_response(),
         Ok(Err(refusal)) => error(StatusCode::BAD_REQUEST, &refusal),

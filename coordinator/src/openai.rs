@@ -726,6 +726,7 @@ async fn embeddings(
         max_tokens: None,
         replicas: None,
         unit_size: None,
+        submitter: meter.member(),
     };
     let id = match ask(&commands, |reply| Command::Submit(Box::new(job), reply)).await {
         Ok(Ok(id)) => id,

@@ -53,6 +53,8 @@ pub struct JobSpec {
     pub replicas: Option<u32>,
     /// The units, in order.
     pub units: Vec<UnitSpec>,
+    /// The co-op member who submitted it (its API key's member), for the fair share.
+    pub submitter: Option<PeerId>,
 }
 
 /// What a peer offers when it asks for work.
@@ -386,6 +388,8 @@ pub struct Scheduler {
     peers_by_network: BTreeMap<String, u32>,
     running_by_network: BTreeMap<String, u32>,
     running_total: u64,
+    /// Units running per submitter (`None`: keys without a member), for the fair share.
+    running_by_submitter: BTreeMap<Option<PeerId>, u32>,
     /// Where each peer's assignments are, so losing a peer costs its units, not a scan.
     assigned: BTreeMap<PeerId, BTreeSet<(u64, u64)>>,
     ledger: Ledger,
@@ -419,6 +423,7 @@ impl Scheduler {
             peers_by_network: BTreeMap::new(),
             running_by_network: BTreeMap::new(),
             running_total: 0,
+            running_by_submitter: BTreeMap::new(),
             assigned: BTreeMap::new(),
             ledger: Ledger::default(),
         }
@@ -482,7 +487,7 @@ impl Scheduler {
             Input::PeerLost(peer) => {
                 self.waiting.remove(&peer);
                 for (job, unit) in self.assigned.remove(&peer).unwrap_or_default() {
-                    self.untrack(&peer);
+                    self.untrack(&peer, job);
                     if let Some(u) = self.unit_mut(job, unit) {
                         u.running.remove(&peer);
                     }
@@ -533,9 +538,16 @@ impl Scheduler {
         }
     }
 
-    /// One of `peer`'s assignments ended.
-    fn untrack(&mut self, peer: &PeerId) {
+    /// One of `peer`'s assignments, of job `job`, ended.
+    fn untrack(&mut self, peer: &PeerId, job: u64) {
         self.running_total = self.running_total.saturating_sub(1);
+        let submitter = self.jobs.get(&job).and_then(|j| j.spec.submitter);
+        if let Some(n) = self.running_by_submitter.get_mut(&submitter) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                self.running_by_submitter.remove(&submitter);
+            }
+        }
         if let Some(network) = self.offers.get(peer).and_then(|o| o.network.clone())
             && let Some(n) = self.running_by_network.get_mut(&network)
         {
@@ -681,7 +693,7 @@ impl Scheduler {
             }
         }
         for peer in released {
-            self.untrack(&peer);
+            self.untrack(&peer, id);
         }
         out.push(Output::JobFinished {
             job: id,
@@ -696,7 +708,7 @@ impl Scheduler {
                 self.assigned.remove(&peer);
             }
             if removed {
-                self.untrack(&peer);
+                self.untrack(&peer, job);
             }
         }
         self.unit_mut(job, unit)
@@ -745,7 +757,7 @@ impl Scheduler {
             if let Some(set) = self.assigned.get_mut(&peer)
                 && set.remove(&(job_id, unit_id))
             {
-                self.untrack(&peer);
+                self.untrack(&peer, job_id);
             }
         }
         out.push(Output::UnitFailed {
@@ -1054,8 +1066,33 @@ impl Scheduler {
         }
     }
 
-    /// The first open unit `peer` may run: oldest job first, a unit it has not run, of a model it
-    /// holds; first looking for units none of whose peers share its network.
+    /// A submitter's weight in the fair share: `1 + log2(1 + credit)` for a member (the verified work
+    /// its own nodes contributed), 1 for keys without a member.
+    fn weight(&self, submitter: Option<PeerId>, now_ms: u64) -> f64 {
+        submitter.map_or(1.0, |p| {
+            1.0 + (1.0 + self.ledger.standing(&p, now_ms).credit.max(0.0)).log2()
+        })
+    }
+
+    /// The order jobs are served in: the submitter with the fewest units running per unit of weight
+    /// first (credit-weighted fair share), then the oldest job. With one submitter, oldest first.
+    fn fair_order(&self, now_ms: u64) -> Vec<u64> {
+        let mut order: Vec<(f64, u64)> = self
+            .jobs
+            .iter()
+            .filter(|(_, j)| !j.state.finished() && !j.open.is_empty())
+            .map(|(&id, j)| {
+                let s = j.spec.submitter;
+                let running = f64::from(self.running_by_submitter.get(&s).copied().unwrap_or(0));
+                (running / self.weight(s, now_ms), id)
+            })
+            .collect();
+        order.sort_by(|a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        order.into_iter().map(|(_, id)| id).collect()
+    }
+
+    /// The first open unit `peer` may run: jobs in [`Self::fair_order`], a unit it has not run, of a
+    /// model it holds; first looking for units none of whose peers share its network.
     fn pick(&mut self, now_ms: u64, peer: &PeerId, offer: &Offer) -> Option<(u64, u64)> {
         // No network runs more than its fair share of units: a network crowded with identities
         // (cheap Sybils behind one address) gets no more replica slots than any other.
@@ -1068,10 +1105,8 @@ impl Scheduler {
         }
         let mut fallback = None;
         let mut last_resort = None;
-        for (&job_id, job) in &self.jobs {
-            if job.state.finished() || job.open.is_empty() {
-                continue;
-            }
+        for job_id in self.fair_order(now_ms) {
+            let job = &self.jobs[&job_id];
             let Some(class) = offer.classes.get(&job.spec.family) else {
                 continue;
             };
@@ -1174,6 +1209,8 @@ impl Scheduler {
             if let Some(network) = &offer.network {
                 *self.running_by_network.entry(network.clone()).or_default() += 1;
             }
+            let submitter = self.jobs.get(&job_id).and_then(|j| j.spec.submitter);
+            *self.running_by_submitter.entry(submitter).or_default() += 1;
         }
         out.push(Output::Assign {
             peer,

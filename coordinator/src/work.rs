@@ -43,6 +43,9 @@ pub struct SubmitJob {
     /// Inputs per unit; absent to size units by the swarm's scores.
     #[serde(default)]
     pub unit_size: Option<u32>,
+    /// The co-op member submitting (from the API key, never from the body): its share.
+    #[serde(skip)]
+    pub submitter: Option<hearth_protocol::PeerId>,
 }
 
 /// One input of a job.
@@ -343,6 +346,7 @@ impl Work {
             model: payload.model,
             replicas: request.replicas,
             units,
+            submitter: request.submitter,
         };
         self.next_job += 1;
         let mut batch = Batch::default();

@@ -39,6 +39,7 @@ fn job(id: u64, units: u64, replicas: Option<u32>) -> JobSpec {
                 items: 4,
             })
             .collect(),
+        submitter: None,
     }
 }
 
@@ -333,4 +334,46 @@ fn a_redelivered_result_is_not_counted_twice() {
     w.handle(Input::Delivered(delivery(b, j, u, truth(j, u))));
     assert_eq!(w.s.job(1).expect("job").executions, 2);
     assert_eq!(w.accepted().len(), 1);
+}
+
+#[test]
+fn a_busy_swarm_serves_members_who_contributed_more_first() {
+    // Member A's node earns credit on a first job (replicas 1: each accepted unit is credit).
+    let mut w = World::new(Policy {
+        replicas: Some(1),
+        ..Policy::default()
+    });
+    let (a_node, b_member) = (peer(1), peer(2));
+    w.handle(Input::Submit(job(1, 15, None)));
+    w.run(&[(a_node, "a", truth as Answer)]);
+    assert_eq!(w.s.job(1).expect("job").executions, 15);
+
+    // Two jobs at once, one from A (whose node contributed) and one from B (who did not), B's
+    // first; twelve workers (on networks of their own) ask for a unit each.
+    let mut from_b = job(2, 40, None);
+    from_b.submitter = Some(b_member);
+    let mut from_a = job(3, 40, None);
+    from_a.submitter = Some(a_node);
+    w.handle(Input::Submit(from_b));
+    w.handle(Input::Submit(from_a));
+    let mut given = Vec::new();
+    for i in 0..12u8 {
+        given.extend(w.ready(peer(10 + i), &format!("n{i}")));
+    }
+    let count = |j: u64| given.iter().filter(|(job, _)| *job == j).count();
+    // Weights 1 + log2(1 + credit): A ≈ 5 (credit 15), B = 1, so A gets about five units to B's one.
+    assert_eq!(count(2) + count(3), 12);
+    assert!(count(3) >= 4 * count(2), "A {} vs B {}", count(3), count(2));
+    assert!(count(2) >= 1, "B is served too");
+
+    // With no credit anywhere, the oldest job first, as before.
+    let mut w = World::new(Policy::default());
+    let mut x = job(1, 10, None);
+    x.submitter = Some(peer(7));
+    let mut y = job(2, 10, None);
+    y.submitter = Some(peer(8));
+    w.handle(Input::Submit(x));
+    w.handle(Input::Submit(y));
+    let first = w.ready(peer(9), "n");
+    assert_eq!(first[0].0, 1);
 }

@@ -373,6 +373,7 @@ impl<'a> Sim<'a> {
                     model,
                     replicas: w.replicas,
                     units,
+                    submitter: None,
                 }),
             );
             self.apply(out);

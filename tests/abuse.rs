@@ -1,5 +1,6 @@
 //! Abuse on 127.0.0.1 while an honest job runs: garbage bytes and a burst of 1,000 connections at the
-//! swarm port, the same at the HTTP port, an oversized frame, a flood of API requests. The
+//! swarm port, the same at the HTTP port, an oversized frame, a flood of API requests, and a peer
+//! flooding the work protocol (throttled, then banned). The
 //! coordinator and the honest nodes stay up, the coordinator's memory stays under a stated bound, and
 //! the job completes as one machine computes it.
 
@@ -31,6 +32,9 @@ fn rss_kib(pid: u32) -> u64 {
 #[test]
 fn floods_and_garbage_leave_the_coordinator_up_bounded_and_working() {
     let mut swarm = Swarm::start(&[None, None]);
+    // A peer that floods the work protocol with hundreds of requests a second.
+    swarm.start_node_with(2, Some("flood"), &[]);
+    let flooder = swarm.nodes[2].0.clone();
     let pid = swarm.coordinator.child.id();
     let swarm_port: u16 = swarm
         .coordinator_args
@@ -113,8 +117,26 @@ fn floods_and_garbage_leave_the_coordinator_up_bounded_and_working() {
     }
     peak = peak.max(rss_kib(pid));
     swarm.coordinator.assert_running();
-    for (_, node) in &mut swarm.nodes {
+    for (_, node) in &mut swarm.nodes[..2] {
         node.assert_running();
+    }
+
+    // The flooder was throttled, then banned; the honest nodes were not.
+    support::wait_until(Duration::from_secs(30), "the flooder banned", || {
+        swarm
+            .coordinator
+            .log_text()
+            .lines()
+            .any(|l| l.contains("banned for flooding") && l.contains(flooder.as_str()))
+            .then_some(())
+    });
+    let log = swarm.coordinator.log_text();
+    for (id, _) in &swarm.nodes[..2] {
+        assert!(
+            !log.lines()
+                .any(|l| l.contains("throttled") && l.contains(id.as_str())),
+            "{id} throttled"
+        );
     }
 
     // The honest job completes, equal to one machine's output.
@@ -143,7 +165,7 @@ fn floods_and_garbage_leave_the_coordinator_up_bounded_and_working() {
         RSS_BOUND_KIB / 1024
     );
     assert!(peak > 0 && peak < RSS_BOUND_KIB, "peak RSS {peak} KiB");
-    for (id, node) in &swarm.nodes {
+    for (id, node) in &swarm.nodes[..2] {
         let rss = rss_kib(node.child.id());
         println!(
             "node {id}: RSS {} MiB (bound {} MiB)",

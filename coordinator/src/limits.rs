@@ -102,3 +102,14 @@ pub const STEP_TIMEOUT_MS: u64 = 15_000;
 pub const SLOTS_PER_REQUEST_MAX: u32 = 64;
 /// Events a session's client queue holds beyond its tokens (corrections, the summary).
 pub const SESSION_EVENTS_SLACK: usize = 16;
+
+/// Work-protocol requests one peer may send in a second; past it the rest are refused ("slow
+/// down") and the peer earns a flood strike. An honest node sends a few: a held fetch and one
+/// delivery per unit.
+pub const WORK_REQUESTS_PER_SECOND_MAX: u32 = 200;
+
+/// Flood strikes (seconds over the limit) after which a peer is banned.
+pub const FLOOD_STRIKES_MAX: u32 = 3;
+
+/// How long a flooding peer stays banned (its connections closed and refused).
+pub const FLOOD_BAN_MS: u64 = 60_000;

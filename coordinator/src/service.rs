@@ -183,6 +183,8 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             listen_addrs: Vec::new(),
             coop,
             last_membership: None,
+            flood: Default::default(),
+            banned: Vec::new(),
         };
         let result = coordinator.event_loop(commands, shutdown).await;
         let _ = stop_http.send(());
@@ -208,6 +210,10 @@ struct Coordinator {
     coop: Option<crate::coop::Coop>,
     /// When the coordinator's own certificate was last published.
     last_membership: Option<std::time::Instant>,
+    /// Work requests per peer in the current second, and its flood strikes.
+    flood: std::collections::HashMap<hearth_protocol::PeerId, (u64, u32, u32)>,
+    /// Peers banned for flooding, and when the ban ends (ms).
+    banned: Vec<(hearth_protocol::PeerId, u64)>,
 }
 
 fn wall_ms() -> u64 {
@@ -243,6 +249,7 @@ impl Coordinator {
                 _ = tick.tick() => {
                     let now = self.now_ms();
                     self.publish_membership();
+                    self.lift_bans(now);
                     let outputs = self.registry.handle(now, Input::Tick);
                     self.log(outputs)?;
                     self.work.tick(&mut self.network, now)?;
@@ -253,6 +260,59 @@ impl Coordinator {
                 }
             }
         }
+    }
+
+    /// Count a work request from `peer`: false past [`WORK_REQUESTS_PER_SECOND_MAX`] this second.
+    /// Each second over the limit is a strike; at [`FLOOD_STRIKES_MAX`] the peer is banned for
+    /// [`FLOOD_BAN_MS`].
+    fn within_rate(&mut self, peer: hearth_protocol::PeerId, now_ms: u64) -> bool {
+        use crate::limits::{FLOOD_BAN_MS, FLOOD_STRIKES_MAX, WORK_REQUESTS_PER_SECOND_MAX};
+        let second = now_ms / 1000;
+        let entry = self.flood.entry(peer).or_insert((second, 0, 0));
+        if entry.0 != second {
+            *entry = (second, 0, entry.2);
+        }
+        entry.1 += 1;
+        if entry.1 <= WORK_REQUESTS_PER_SECOND_MAX {
+            return true;
+        }
+        if entry.1 == WORK_REQUESTS_PER_SECOND_MAX + 1 {
+            entry.2 += 1;
+            let strikes = entry.2;
+            tracing::warn!(%peer, strikes, "throttled: over {WORK_REQUESTS_PER_SECOND_MAX} work requests a second");
+            if strikes >= FLOOD_STRIKES_MAX {
+                tracing::warn!(%peer, ban_s = FLOOD_BAN_MS / 1000, "banned for flooding: connections closed and refused");
+                self.network
+                    .swarm
+                    .behaviour_mut()
+                    .blocked
+                    .block_peer(hearth_net::to_libp2p_peer_id(&peer));
+                self.banned.push((peer, now_ms + FLOOD_BAN_MS));
+                self.flood.remove(&peer);
+            }
+        }
+        false
+    }
+
+    /// Lift the flood bans that have run their time.
+    fn lift_bans(&mut self, now_ms: u64) {
+        let (over, still): (Vec<_>, Vec<_>) = self
+            .banned
+            .drain(..)
+            .partition(|(_, until)| *until <= now_ms);
+        self.banned = still;
+        for (peer, _) in over {
+            tracing::info!(%peer, "flood ban lifted");
+            self.network
+                .swarm
+                .behaviour_mut()
+                .blocked
+                .unblock_peer(hearth_net::to_libp2p_peer_id(&peer));
+        }
+        // Forget counters of peers quiet for a minute, so the map stays bounded by active peers.
+        let second = now_ms / 1000;
+        self.flood
+            .retain(|_, (s, _, _)| second.saturating_sub(*s) < 60);
     }
 
     /// Publish the coordinator's own certificate, for the nodes to check (every 2 s).
@@ -457,6 +517,15 @@ impl Coordinator {
                 request,
                 channel,
             } => {
+                if !self.within_rate(peer, now) {
+                    self.network.respond(
+                        channel,
+                        hearth_protocol::work::WorkResponse::Rejected(
+                            "too many requests: slow down".into(),
+                        ),
+                    );
+                    return Ok(());
+                }
                 if let Some(coop) = &mut self.coop
                     && let Err(why) = coop.check(&peer, wall_ms())
                 {

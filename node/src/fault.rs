@@ -19,6 +19,8 @@ pub enum Fault {
     Slow,
     /// Aborts the process after this many results are acknowledged.
     CrashAfter(u32),
+    /// Floods the coordinator with requests for work, hundreds a second.
+    Flood,
 }
 
 impl FromStr for Fault {
@@ -30,10 +32,11 @@ impl FromStr for Fault {
             "bad-signature" => Ok(Self::BadSignature),
             "replay" => Ok(Self::Replay),
             "slow" => Ok(Self::Slow),
+            "flood" => Ok(Self::Flood),
             _ => match s.strip_prefix("crash-after=").map(str::parse) {
                 Some(Ok(n)) if n > 0 => Ok(Self::CrashAfter(n)),
                 _ => Err(format!(
-                    "unknown fault {s:?}: wrong-output, bad-signature, replay, slow, crash-after=N (N ≥ 1)"
+                    "unknown fault {s:?}: wrong-output, bad-signature, replay, slow, flood, crash-after=N (N ≥ 1)"
                 )),
             },
         }
@@ -47,6 +50,7 @@ impl fmt::Display for Fault {
             Self::BadSignature => f.write_str("bad-signature"),
             Self::Replay => f.write_str("replay"),
             Self::Slow => f.write_str("slow"),
+            Self::Flood => f.write_str("flood"),
             Self::CrashAfter(n) => write!(f, "crash-after={n}"),
         }
     }
@@ -63,6 +67,7 @@ mod tests {
             "bad-signature",
             "replay",
             "slow",
+            "flood",
             "crash-after=3",
         ] {
             assert_eq!(s.parse::<Fault>().expect(s).to_string(), s);

@@ -311,6 +311,13 @@ impl Worker {
         let Some(coordinator) = coordinator else {
             return Ok(());
         };
+        #[cfg(feature = "fault-injection")]
+        if self.fault == Some(Fault::Flood) {
+            for _ in 0..200 {
+                net.request(&coordinator, WorkRequest::Fetch { slots: 1 });
+            }
+            return Ok(());
+        }
         for (job, unit) in self.refusals.drain(..) {
             net.request(
                 &coordinator,
@@ -547,8 +554,9 @@ impl Worker {
                 Some(old) => old,
                 None => (receipt, output),
             },
-            // `slow` is the executor's delay; `crash-after` acts on acknowledgements.
-            Some(Fault::Slow | Fault::CrashAfter(_)) | None => (receipt, output),
+            // `slow` is the executor's delay; `crash-after` acts on acknowledgements; `flood`
+            // acts when asking for work.
+            Some(Fault::Slow | Fault::CrashAfter(_) | Fault::Flood) | None => (receipt, output),
         }
     }
 

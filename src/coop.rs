@@ -25,30 +25,13 @@ fn now_ms() -> u64 {
         .map_or(0, |d| d.as_millis() as u64)
 }
 
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-fn unhex(text: &str) -> anyhow::Result<Vec<u8>> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        bail!("odd number of hex digits");
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(&text[i..i + 2], 16).context("not hex"))
-        .collect()
-}
-
 /// Write `value` as a commented hex file.
 fn write_armored(
     path: &Path,
     comments: &[String],
     value: &impl serde::Serialize,
 ) -> anyhow::Result<()> {
-    let mut text: String = comments.iter().map(|c| format!("# {c}\n")).collect();
-    text.push_str(&hex(&postcard::to_stdvec(value)?));
-    text.push('\n');
+    let text = hearth_protocol::coop::armor(comments, value);
     if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)?;
     }
@@ -59,13 +42,7 @@ fn write_armored(
 pub(crate) fn read_armored<T: serde::de::DeserializeOwned>(path: &Path) -> anyhow::Result<T> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    let line = text
-        .lines()
-        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
-        .with_context(|| format!("{}: empty", path.display()))?;
-    let bytes =
-        unhex(line).with_context(|| format!("{}: not a Hearth co-op file", path.display()))?;
-    postcard::from_bytes(&bytes)
+    hearth_protocol::coop::unarmor(&text)
         .with_context(|| format!("{}: not a Hearth co-op file", path.display()))
 }
 
@@ -215,7 +192,7 @@ expires {}
                 let _: serde_json::Value = client
                     .post(
                         "/v1/coop/revocations",
-                        &json!({ "revocation": hex(&postcard::to_stdvec(&revocation)?) }),
+                        &json!({ "revocation": hearth_protocol::coop::armor(&[], &revocation).trim() }),
                     )
                     .await?;
                 true

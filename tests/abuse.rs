@@ -11,7 +11,6 @@ use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use support::local_swarm::Swarm;
-use support::run_hearth;
 
 /// The coordinator's resident memory may not pass this during the abuse.
 const RSS_BOUND_KIB: u64 = 256 * 1024;
@@ -141,23 +140,8 @@ fn floods_and_garbage_leave_the_coordinator_up_bounded_and_working() {
 
     // The honest job completes, equal to one machine's output.
     let (output, _) = swarm.finish(&job);
-    let reference = swarm.path("reference.jsonl");
-    let local = run_hearth(
-        &[],
-        &[
-            "local",
-            "embed",
-            "--input",
-            input.to_str().expect("utf-8"),
-            "--output",
-            reference.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(local.status.success());
-    assert!(
-        output == std::fs::read(&reference).expect("reference"),
-        "the honest job's output"
-    );
+    let reference = support::local_embed(&input, &swarm.path("reference.jsonl"));
+    assert!(output == reference, "the honest job's output");
     peak = peak.max(rss_kib(pid));
     println!(
         "coordinator peak RSS during the abuse: {} MiB (bound {} MiB)",

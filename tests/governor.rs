@@ -54,21 +54,9 @@ fn an_idle_only_node_pauses_while_a_cpu_hog_runs_and_resumes_after() {
         log(&swarm).contains("resuming").then_some(())
     });
     let (output, _) = swarm.finish(&job);
-    let reference = swarm.path("reference.jsonl");
-    let local = run_hearth(
-        &[],
-        &[
-            "local",
-            "embed",
-            "--input",
-            input.to_str().expect("utf-8"),
-            "--output",
-            reference.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(local.status.success());
+    let reference = support::local_embed(&input, &swarm.path("reference.jsonl"));
     assert!(
-        output == std::fs::read(&reference).expect("reference"),
+        output == reference,
         "the job completes as one machine computes it"
     );
 }

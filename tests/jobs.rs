@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::local_swarm::Swarm;
-use support::{Process, run_hearth, stdout_json, wait_until};
+use support::{Process, local_embed, run_hearth, stdout_json, wait_until};
 
 /// Texts to embed: varied lengths, some repeated words, ids of both JSON kinds.
 fn write_texts(path: &Path, n: usize) {
@@ -39,27 +39,6 @@ fn write_texts(path: &Path, n: usize) {
         text.push('\n');
     }
     std::fs::write(path, text).expect("write inputs");
-}
-
-/// What `hearth local embed` makes of `input`: the reference.
-fn local_embed(input: &Path, output: &Path) -> Vec<u8> {
-    let out = run_hearth(
-        &[],
-        &[
-            "local",
-            "embed",
-            "--input",
-            input.to_str().expect("utf-8"),
-            "--output",
-            output.to_str().expect("utf-8"),
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    std::fs::read(output).expect("reference output")
 }
 
 /// The output verifies offline against its receipts, and a tampered copy does not.

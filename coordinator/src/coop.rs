@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use hearth_protocol::coop::{Membership, MembershipError, Revocation};
+use hearth_protocol::coop::{Membership, MembershipError, Revocation, armor, unarmor};
 use hearth_protocol::{PeerId, PublicKey, SecretKey};
 
 use crate::{Error, Result};
@@ -29,28 +29,6 @@ pub(crate) struct Coop {
     admitted: HashMap<PeerId, Membership>,
     strays: HashMap<PeerId, u32>,
     store: PathBuf,
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
-}
-
-/// Bytes from hex, for revocations handed over the API.
-pub(crate) fn unhex(text: &str) -> Option<Vec<u8>> {
-    let text = text.trim();
-    if !text.len().is_multiple_of(2) {
-        return None;
-    }
-    (0..text.len())
-        .step_by(2)
-        .map(|i| u8::from_str_radix(text.get(i..i + 2)?, 16).ok())
-        .collect()
-}
-
-/// The hex line of a file of `hearth coop` (after its `#` comments).
-pub(crate) fn armored_line(text: &str) -> Option<&str> {
-    text.lines()
-        .find(|l| !l.trim().is_empty() && !l.starts_with('#'))
 }
 
 impl Coop {
@@ -84,9 +62,7 @@ impl Coop {
             };
             for entry in entries.flatten() {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
-                let revocation = armored_line(&text)
-                    .and_then(unhex)
-                    .and_then(|b| postcard::from_bytes::<Revocation>(&b).ok());
+                let revocation = unarmor::<Revocation>(&text);
                 match revocation {
                     Some(r) if r.verify(&public).is_ok() => {
                         coop.revoked.insert(r.body.member, r);
@@ -151,17 +127,14 @@ impl Coop {
         if self.revoked.contains_key(&member) {
             return Ok(false);
         }
-        let bytes = postcard::to_stdvec(&revocation).map_err(|e| e.to_string())?;
         std::fs::create_dir_all(&self.store).map_err(|e| e.to_string())?;
         let path = self.store.join(format!("{member}.revocation"));
-        std::fs::write(
-            &path,
-            format!(
-                "# Hearth co-op revocation\n# member {member}\n{}\n",
-                hex(&bytes)
-            ),
-        )
-        .map_err(|e| format!("{}: {e}", path.display()))?;
+        let comments = [
+            "Hearth co-op revocation".to_string(),
+            format!("member {member}"),
+        ];
+        std::fs::write(&path, armor(&comments, &revocation))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         self.revoked.insert(member, revocation);
         Ok(true)
     }

@@ -449,8 +449,7 @@ async fn revoke_member(
     let revocation = body
         .get("revocation")
         .and_then(Value::as_str)
-        .and_then(crate::coop::unhex)
-        .and_then(|bytes| postcard::from_bytes::<hearth_protocol::coop::Revocation>(&bytes).ok());
+        .and_then(hearth_protocol::coop::unarmor::<hearth_protocol::coop::Revocation>);
     let Some(revocation) = revocation else {
         return error(
             StatusCode::BAD_REQUEST,

@@ -57,6 +57,32 @@ pub struct Membership {
     pub signature: Signature,
 }
 
+/// The text form of a certificate or revocation, as `hearth coop` writes files and the API takes
+/// them: `# ` comment lines, then one line of hex of the postcard encoding.
+pub fn armor<T: Serialize>(comments: &[String], value: &T) -> String {
+    let mut text: String = comments.iter().map(|c| format!("# {c}\n")).collect();
+    let bytes = postcard::to_stdvec(value).expect("a co-op value always encodes");
+    text.extend(bytes.iter().map(|b| format!("{b:02x}")));
+    text.push('\n');
+    text
+}
+
+/// The value of an [`armor`]ed text (its comments skipped; bare hex works too), or `None`.
+pub fn unarmor<T: serde::de::DeserializeOwned>(text: &str) -> Option<T> {
+    let line = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))?;
+    if !line.len().is_multiple_of(2) {
+        return None;
+    }
+    let bytes = (0..line.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(line.get(i..i + 2)?, 16).ok())
+        .collect::<Option<Vec<u8>>>()?;
+    postcard::from_bytes(&bytes).ok()
+}
+
 fn digest<T: Serialize>(context: &str, body: &T) -> Digest {
     Digest::of(
         context,
@@ -214,5 +240,14 @@ mod tests {
             postcard::from_bytes::<Membership>(&bytes).expect("decode"),
             cert
         );
+        // And through the text form.
+        let text = armor(&["a comment".into()], &cert);
+        assert_eq!(unarmor::<Membership>(&text), Some(cert.clone()));
+        assert_eq!(
+            unarmor::<Membership>(text.lines().last().expect("hex")),
+            Some(cert)
+        );
+        assert_eq!(unarmor::<Membership>("# nothing\nzz\n"), None);
+        assert_eq!(unarmor::<Membership>("abc"), None);
     }
 }

@@ -219,3 +219,25 @@ pub fn keygen(dir: &Path) -> String {
     let v: Value = serde_json::from_slice(&out.stdout).expect("json");
     v["peer_id"].as_str().expect("peer_id").to_string()
 }
+
+/// `hearth local embed INPUT --output OUTPUT`: what one machine computes, the bytes a swarm's output
+/// must equal.
+pub fn local_embed(input: &Path, output: &Path) -> Vec<u8> {
+    let out = run_hearth(
+        &[],
+        &[
+            "local",
+            "embed",
+            "--input",
+            input.to_str().expect("utf-8"),
+            "--output",
+            output.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::fs::read(output).expect("reference output")
+}

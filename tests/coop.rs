@@ -1,6 +1,7 @@
 //! A co-op swarm with real processes: the coordinator (`--coop DIR`) admits only nodes with a valid
 //! certificate of its co-op. A node without one, with an expired one, with one of another co-op, and
-//! one revoked while running are refused and get no work; the members keep working.
+//! one revoked while running are refused and get no work; the members keep working. Members refuse
+//! outsiders that reach them directly.
 
 mod support;
 
@@ -17,6 +18,15 @@ fn ok(out: std::process::Output) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// The address a node logged it listens on, with its peer id, to join it directly.
+fn listen_addr(log: &str, peer_id: &str) -> Option<String> {
+    log.lines()
+        .filter(|l| l.contains("listening"))
+        .find_map(|l| l.split("address=").nth(1))
+        .and_then(|rest| rest.split_whitespace().next())
+        .map(|addr| format!("{addr}/p2p/{peer_id}"))
 }
 
 fn texts(path: &Path, n: usize) {
@@ -80,28 +90,29 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
         Some(invite(4, &dir("other"), &[])),
     ];
     std::thread::sleep(Duration::from_millis(1500)); // the short certificate has expired
+    let start_node = |name: &str, join: &str, cert: Option<&str>| {
+        let data = dir(name);
+        let mut args = vec![
+            "node",
+            "--data-dir",
+            &data,
+            "--join",
+            join,
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--max-threads",
+            "1",
+        ];
+        if let Some(cert) = cert {
+            args.extend(["--coop-cert", cert]);
+        }
+        Process::start(name, tmp.path(), &[], &args)
+    };
     let mut nodes: Vec<Process> = names
         .iter()
         .zip(&certs)
-        .map(|(name, cert)| {
-            let data = dir(name);
-            let mut args = vec![
-                "node",
-                "--data-dir",
-                &data,
-                "--join",
-                &api,
-                "--no-mdns",
-                "--listen",
-                "/ip4/127.0.0.1/tcp/0",
-                "--max-threads",
-                "1",
-            ];
-            if let Some(cert) = cert {
-                args.extend(["--coop-cert", cert]);
-            }
-            Process::start(name, tmp.path(), &[], &args)
-        })
+        .map(|(name, cert)| start_node(name, &api, cert.as_deref()))
         .collect();
 
     // The members come online; the others are refused, with the reason in the coordinator's log.
@@ -150,6 +161,50 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
             || {
                 node.log_text()
                     .contains("the coordinator is a member of our co-op")
+                    .then_some(())
+            },
+        );
+    }
+
+    // Members check one another too: outsiders that join a member directly, never the coordinator,
+    // are refused by that member, with the reason in its log.
+    let member_addr = wait_until(Duration::from_secs(20), "member1's address", || {
+        listen_addr(&nodes[0].log_text(), &ids[0])
+    });
+    let outsiders = ["intruder", "impostor"];
+    let outsider_ids: Vec<String> = outsiders
+        .iter()
+        .map(|n| keygen(Path::new(&dir(n))))
+        .collect();
+    let impostor_cert = dir("impostor.cert");
+    ok(run_hearth(
+        &[],
+        &[
+            "coop",
+            "invite",
+            &outsider_ids[1],
+            "--dir",
+            &dir("other"),
+            "--out",
+            &impostor_cert,
+        ],
+    ));
+    let _outsiders = [
+        start_node(outsiders[0], &member_addr, None),
+        start_node(outsiders[1], &member_addr, Some(&impostor_cert)),
+    ];
+    for (id, why) in [
+        (&outsider_ids[0], "no co-op membership"),
+        (&outsider_ids[1], "another co-op"),
+    ] {
+        wait_until(
+            Duration::from_secs(40),
+            "the member refusing an outsider",
+            || {
+                nodes[0]
+                    .log_text()
+                    .lines()
+                    .any(|l| l.contains(id.as_str()) && l.contains("refused") && l.contains(why))
                     .then_some(())
             },
         );
@@ -237,6 +292,18 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
             nodes[1]
                 .log_text()
                 .contains("membership was revoked")
+                .then_some(())
+        },
+    );
+    // The other member refuses the revoked one too.
+    wait_until(
+        Duration::from_secs(20),
+        "member1 refusing the revoked member",
+        || {
+            nodes[0]
+                .log_text()
+                .lines()
+                .any(|l| l.contains(ids[1].as_str()) && l.contains("membership revoked"))
                 .then_some(())
         },
     );

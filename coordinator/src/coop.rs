@@ -1,33 +1,25 @@
 //! A co-op swarm (`--coop DIR`): only members take part.
 //!
-//! Nodes publish their membership certificate on gossip before each advert. The coordinator admits a
-//! peer once its certificate checks (this co-op's signature, issued to that peer, unexpired, not
-//! revoked); until then it drops the peer's adverts and refuses its work requests, and a peer whose
-//! certificate fails, or that keeps advertising without one, is blocked: its connections are closed
-//! and refused. Every refusal is logged with the reason. A revocation (`POST /v1/coop/revocations`,
-//! self-authenticating: the co-op's signature) takes effect at once, is kept in
-//! `DATA_DIR/revoked/`, and is spread to the members on gossip. The coordinator holds the co-op's
-//! folder, so it certifies itself and publishes its own certificate for the nodes to check.
+//! The members-only gate itself is `hearth_net::coop`, which nodes run too: it admits peers whose
+//! certificate checks, refuses (closes and bans) the rest, and applies revocations. What is the
+//! coordinator's alone lives here: it holds the co-op's folder, so it certifies itself (and
+//! publishes that certificate for the nodes to check), loads the revocations kept in the folder and
+//! in `DATA_DIR/revoked/`, and keeps new ones there, whether they came from the API
+//! (`POST /v1/coop/revocations`) or on gossip.
 
-use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use hearth_protocol::coop::{Membership, MembershipError, Revocation, armor, unarmor};
+use hearth_protocol::coop::{Membership, Revocation, armor, unarmor};
 use hearth_protocol::{PeerId, PublicKey, SecretKey};
 
 use crate::{Error, Result};
-
-/// Adverts a peer may send without a membership before it is blocked (the certificate travels in
-/// its own message beside the advert, so the first may overtake it).
-pub(crate) const ADVERTS_WITHOUT_MEMBERSHIP_MAX: u32 = 3;
 
 /// The co-op's state on the coordinator.
 pub(crate) struct Coop {
     public: PublicKey,
     own: Membership,
-    revoked: HashMap<PeerId, Revocation>,
-    admitted: HashMap<PeerId, Membership>,
-    strays: HashMap<PeerId, u32>,
+    /// Revocations loaded at start, for the gate.
+    loaded: Vec<Revocation>,
     store: PathBuf,
 }
 
@@ -51,9 +43,7 @@ impl Coop {
         let mut coop = Self {
             own: Membership::issue(&key, me, now_ms, None),
             public,
-            revoked: HashMap::new(),
-            admitted: HashMap::new(),
-            strays: HashMap::new(),
+            loaded: Vec::new(),
             store,
         };
         for folder in [dir.join("revoked"), coop.store.clone()] {
@@ -64,16 +54,14 @@ impl Coop {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let revocation = unarmor::<Revocation>(&text);
                 match revocation {
-                    Some(r) if r.verify(&public).is_ok() => {
-                        coop.revoked.insert(r.body.member, r);
-                    }
+                    Some(r) if r.verify(&public).is_ok() => coop.loaded.push(r),
                     _ => {
                         tracing::warn!(file = %entry.path().display(), "not a revocation of this co-op; ignored")
                     }
                 }
             }
         }
-        tracing::info!(coop = %public.peer_id(), revoked = coop.revoked.len(), "co-op swarm: members only");
+        tracing::info!(coop = %public.peer_id(), revoked = coop.loaded.len(), "co-op swarm: members only");
         Ok(coop)
     }
 
@@ -82,60 +70,29 @@ impl Coop {
         &self.own
     }
 
-    /// A certificate `peer` presented: admit it, or say why not (the caller blocks it).
-    pub(crate) fn present(
-        &mut self,
-        peer: PeerId,
-        membership: Membership,
-        now_ms: u64,
-    ) -> std::result::Result<bool, MembershipError> {
-        let revoked = &self.revoked;
-        membership.admits(&self.public, &peer, now_ms, |p| revoked.contains_key(p))?;
-        self.strays.remove(&peer);
-        Ok(self.admitted.insert(peer, membership).is_none())
+    /// The co-op's public key.
+    pub(crate) fn public(&self) -> &PublicKey {
+        &self.public
     }
 
-    /// Whether `peer` is an admitted member now (its certificate still valid).
-    pub(crate) fn check(
-        &mut self,
-        peer: &PeerId,
-        now_ms: u64,
-    ) -> std::result::Result<(), MembershipError> {
-        let Some(membership) = self.admitted.get(peer) else {
-            return Err(MembershipError::Missing);
-        };
-        let revoked = &self.revoked;
-        let verdict = membership.admits(&self.public, peer, now_ms, |p| revoked.contains_key(p));
-        if verdict.is_err() {
-            self.admitted.remove(peer);
-        }
-        verdict
+    /// The revocations found at start (the gate takes them).
+    pub(crate) fn take_loaded(&mut self) -> Vec<Revocation> {
+        std::mem::take(&mut self.loaded)
     }
 
-    /// An advert from a peer not admitted: whether it has now sent too many (block it).
-    pub(crate) fn stray(&mut self, peer: PeerId) -> bool {
-        let n = self.strays.entry(peer).or_default();
-        *n += 1;
-        *n >= ADVERTS_WITHOUT_MEMBERSHIP_MAX
-    }
-
-    /// Apply a revocation: check it, keep it, forget the member. Returns whether it was new.
-    pub(crate) fn revoke(&mut self, revocation: Revocation) -> std::result::Result<bool, String> {
-        revocation.verify(&self.public).map_err(|e| e.to_string())?;
+    /// Keep a revocation the gate accepted, so it holds after a restart.
+    pub(crate) fn keep(&self, revocation: &Revocation) -> std::result::Result<(), String> {
         let member = revocation.body.member;
-        self.admitted.remove(&member);
-        if self.revoked.contains_key(&member) {
-            return Ok(false);
-        }
         std::fs::create_dir_all(&self.store).map_err(|e| e.to_string())?;
         let path = self.store.join(format!("{member}.revocation"));
+        if path.exists() {
+            return Ok(());
+        }
         let comments = [
             "Hearth co-op revocation".to_string(),
             format!("member {member}"),
         ];
-        std::fs::write(&path, armor(&comments, &revocation))
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-        self.revoked.insert(member, revocation);
-        Ok(true)
+        std::fs::write(&path, armor(&comments, revocation))
+            .map_err(|e| format!("{}: {e}", path.display()))
     }
 }

@@ -129,12 +129,15 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             open: config.open,
             sessions: Default::default(),
         };
-        let coop = config
+        let mut coop = config
             .coop
             .as_ref()
             .map(|dir| crate::coop::Coop::open(dir, &config.data_dir, peer, wall_ms()))
             .transpose()?;
-        let network = Network::new(key, &config.net)?;
+        let mut network = Network::new(key, &config.net)?;
+        if let Some(coop) = &mut coop {
+            network.join_coop(*coop.public(), coop.take_loaded());
+        }
         let work = Work::open(&config.data_dir, config.policy)?;
 
         let listener = tokio::net::TcpListener::bind(config.http)
@@ -183,6 +186,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             listen_addrs: Vec::new(),
             coop,
             last_membership: None,
+            last_revocations: None,
             flood: Default::default(),
             banned: Vec::new(),
         };
@@ -210,6 +214,8 @@ struct Coordinator {
     coop: Option<crate::coop::Coop>,
     /// When the coordinator's own certificate was last published.
     last_membership: Option<std::time::Instant>,
+    /// When the co-op's revocations were last published again.
+    last_revocations: Option<std::time::Instant>,
     /// Work requests per peer in the current second, and its flood strikes.
     flood: std::collections::HashMap<hearth_protocol::PeerId, (u64, u32, u32)>,
     /// Peers banned for flooding, and when the ban ends (ms).
@@ -329,34 +335,18 @@ impl Coordinator {
         }
     }
 
-    /// Close and refuse `peer`'s connections for the rest of this process's life, saying why.
-    fn refuse_peer(&mut self, peer: hearth_protocol::PeerId, why: &str) {
-        tracing::warn!(%peer, %why, "refused: not a member of this co-op; its connections are closed and refused");
-        self.network
-            .swarm
-            .behaviour_mut()
-            .blocked
-            .block_peer(hearth_net::to_libp2p_peer_id(&peer));
-    }
-
-    /// A revocation, from the API or relayed on gossip: apply it, refuse the member, spread it.
+    /// A revocation from the API: the gate applies it (refusing the member at once) and spreads
+    /// it; it is kept for restarts.
     fn apply_revocation(
         &mut self,
         revocation: hearth_protocol::coop::Revocation,
     ) -> Option<String> {
-        let coop = self.coop.as_mut()?;
-        let member = revocation.body.member;
-        match coop.revoke(revocation.clone()) {
-            Ok(new) => {
-                self.refuse_peer(member, "membership revoked");
-                if new {
-                    let _ = self.network.publish(&Message::Revocation(revocation));
-                }
-                None
-            }
+        let coop = self.coop.as_ref()?;
+        match self.network.revoke(revocation.clone()) {
+            Ok(_) => coop.keep(&revocation).err(),
             Err(why) => {
                 tracing::warn!(%why, "revocation ignored");
-                Some(why)
+                Some(why.to_string())
             }
         }
     }
@@ -477,34 +467,19 @@ impl Coordinator {
             NetEvent::Listening(address) => self.listen_addrs.push(address),
             NetEvent::ListenExpired(address) => self.listen_addrs.retain(|a| a != &address),
             NetEvent::Message(received) => {
-                let from = received.from;
+                // In a co-op, the gate let through only members' adverts, and applied revocations.
                 let advert = match received.message {
                     Message::Advert(advert) => advert,
-                    Message::Membership(membership) => {
-                        if let Some(coop) = &mut self.coop {
-                            match coop.present(from, membership, wall_ms()) {
-                                Ok(true) => tracing::info!(peer = %from, "co-op member admitted"),
-                                Ok(false) => {}
-                                Err(why) => self.refuse_peer(from, &why.to_string()),
-                            }
+                    Message::Membership(_) => return Ok(()),
+                    Message::Revocation(revocation) => {
+                        if let Some(coop) = &self.coop
+                            && let Err(why) = coop.keep(&revocation)
+                        {
+                            tracing::warn!(%why, "revocation not kept");
                         }
                         return Ok(());
                     }
-                    Message::Revocation(revocation) => {
-                        self.apply_revocation(revocation);
-                        return Ok(());
-                    }
                 };
-                if let Some(coop) = &mut self.coop
-                    && let Err(why) = coop.check(&from, wall_ms())
-                {
-                    if why != hearth_protocol::coop::MembershipError::Missing || coop.stray(from) {
-                        self.refuse_peer(from, &why.to_string());
-                    } else {
-                        tracing::debug!(peer = %from, "advert before a membership; dropped");
-                    }
-                    return Ok(());
-                }
                 let input = Input::Advert {
                     from: received.from,
                     advert: Box::new(advert),
@@ -523,18 +498,6 @@ impl Coordinator {
                         hearth_protocol::work::WorkResponse::Rejected(
                             "too many requests: slow down".into(),
                         ),
-                    );
-                    return Ok(());
-                }
-                if let Some(coop) = &mut self.coop
-                    && let Err(why) = coop.check(&peer, wall_ms())
-                {
-                    tracing::warn!(%peer, %why, "work request refused: not a member of this co-op");
-                    self.network.respond(
-                        channel,
-                        hearth_protocol::work::WorkResponse::Rejected(format!(
-                            "not a member of this co-op: {why}"
-                        )),
                     );
                     return Ok(());
                 }
@@ -569,6 +532,17 @@ impl Coordinator {
                     id,
                     answer,
                 );
+            }
+            // A new peer: tell it the co-op's revocations (at most every 2 s), so a member that joins
+            // later refuses the revoked too.
+            NetEvent::Subscribed(_) if self.coop.is_some() => {
+                if self
+                    .last_revocations
+                    .is_none_or(|at| at.elapsed() >= Duration::from_secs(2))
+                {
+                    self.network.republish_revocations();
+                    self.last_revocations = Some(std::time::Instant::now());
+                }
             }
             NetEvent::Disconnected(_) | NetEvent::Subscribed(_) => {}
         }

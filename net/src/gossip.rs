@@ -3,7 +3,10 @@
 use hearth_protocol::{Message, PeerId, SecretKey, Signed};
 use libp2p::{Swarm, gossipsub};
 
-use crate::penalties::{Penalties, Verdict};
+use hearth_protocol::coop::MembershipError;
+
+use crate::coop::{self, Gate, Verdict};
+use crate::penalties::{self, Penalties};
 use crate::{Behaviour, from_libp2p_peer_id};
 
 /// The gossip topic adverts travel on; the suffix is the protocol version.
@@ -62,6 +65,7 @@ impl Gossip {
     pub(crate) fn receive(
         &mut self,
         swarm: &mut Swarm<Behaviour>,
+        gate: Option<&mut Gate>,
         propagation_source: libp2p::PeerId,
         message_id: gossipsub::MessageId,
         message: gossipsub::Message,
@@ -82,17 +86,45 @@ impl Gossip {
                     })
                 }
             });
-        let gossip = &mut swarm.behaviour_mut().gossipsub;
         match checked {
             Ok(received) => {
-                gossip.report_message_validation_result(
-                    &message_id,
-                    &propagation_source,
-                    gossipsub::MessageAcceptance::Accept,
-                );
-                Some(received)
+                // In a co-op swarm, only members' messages go further.
+                let direct = from_libp2p_peer_id(&propagation_source) == Some(received.from);
+                let mut gate = gate;
+                let verdict = gate.as_mut().map_or(Verdict::Pass, |gate| {
+                    gate.judge(received.from, direct, &received.message)
+                });
+                swarm
+                    .behaviour_mut()
+                    .gossipsub
+                    .report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        verdict.acceptance(),
+                    );
+                let Some(gate) = gate else {
+                    return Some(received);
+                };
+                match verdict {
+                    Verdict::Pass => Some(received),
+                    Verdict::Revoked(member) => {
+                        tracing::info!(%member, "co-op revocation received");
+                        coop::refuse(swarm, gate, member, &MembershipError::Revoked);
+                        Some(received)
+                    }
+                    Verdict::Refuse { why, .. } => {
+                        coop::refuse(swarm, gate, received.from, &why);
+                        None
+                    }
+                    Verdict::Forged => {
+                        tracing::warn!(peer = %propagation_source, "a revocation not signed by this co-op; rejected");
+                        None
+                    }
+                    Verdict::Admitted | Verdict::Drop | Verdict::Known => None,
+                }
             }
             Err(error) => {
+                let gossip = &mut swarm.behaviour_mut().gossipsub;
                 gossip.report_message_validation_result(
                     &message_id,
                     &propagation_source,
@@ -100,10 +132,10 @@ impl Gossip {
                 );
                 let bytes = message.data.len();
                 match self.penalties.strike(&propagation_source) {
-                    Verdict::Warn(strikes) => {
+                    penalties::Verdict::Warn(strikes) => {
                         tracing::warn!(peer = %propagation_source, %error, bytes, strikes, "dropped invalid message");
                     }
-                    Verdict::Block => {
+                    penalties::Verdict::Block => {
                         tracing::warn!(peer = %propagation_source, %error, bytes, "dropped invalid message; blocking peer after repeated invalid messages");
                         gossip.blacklist_peer(&propagation_source);
                         swarm.behaviour_mut().blocked.block_peer(propagation_source);

@@ -13,6 +13,7 @@
 
 mod behaviour;
 mod connections;
+pub mod coop;
 mod discovery;
 mod gossip;
 mod identity_file;

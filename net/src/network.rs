@@ -5,17 +5,22 @@
 //! it. The role's own loop sees only what it acts on ([`NetEvent`]).
 
 use futures::StreamExt;
+use hearth_protocol::coop::{MembershipError, Revocation};
 use hearth_protocol::work::{WorkRequest, WorkResponse};
-use hearth_protocol::{Message, PeerId, SecretKey};
+use hearth_protocol::{Message, PeerId, PublicKey, SecretKey};
 use libp2p::core::ConnectedPoint;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, gossipsub};
 
+use crate::coop::{Gate, MEMBERSHIP_GRACE};
 use crate::{
     Behaviour, BehaviourEvent, BoxError, Connections, Gossip, NetConfig, Received, build_swarm,
     discover,
 };
+
+/// How often a co-op gate checks graces and bans.
+const GATE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a role's event loop is told.
 // Events are handled one at a time and moved, never queued in bulk: boxing would only add a copy.
@@ -71,6 +76,8 @@ pub struct Network {
     key: SecretKey,
     gossip: Gossip,
     connections: Connections,
+    /// In a co-op swarm, the members-only gate, and its clock for graces and bans.
+    gate: Option<(Gate, tokio::time::Interval)>,
 }
 
 impl Network {
@@ -82,7 +89,65 @@ impl Network {
             key,
             gossip: Gossip::default(),
             connections: Connections::default(),
+            gate: None,
         })
+    }
+
+    /// Make this a co-op swarm: from now on only members of `coop` are dealt with (see
+    /// [`crate::coop`]), and the members in `revocations` never are.
+    pub fn join_coop(
+        &mut self,
+        coop: PublicKey,
+        revocations: impl IntoIterator<Item = Revocation>,
+    ) {
+        let mut gate = Gate::new(coop);
+        for revocation in revocations {
+            if let Err(why) = gate.revoke(revocation) {
+                tracing::warn!(%why, "a revocation of another co-op; ignored");
+            }
+        }
+        let mut clock = tokio::time::interval(GATE_TICK);
+        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        self.gate = Some((gate, clock));
+    }
+
+    /// Whether `peer` is a member of this peer's co-op now (always, outside a co-op swarm).
+    pub fn member(&mut self, peer: &PeerId) -> Result<(), MembershipError> {
+        match &mut self.gate {
+            Some((gate, _)) => gate.check(peer),
+            None => Ok(()),
+        }
+    }
+
+    /// Whether the co-op revoked `peer`.
+    pub fn is_revoked(&self, peer: &PeerId) -> bool {
+        self.gate
+            .as_ref()
+            .is_some_and(|(gate, _)| gate.is_revoked(peer))
+    }
+
+    /// Apply a revocation the co-op signed: refuse the member at once and, if it is new, spread it.
+    /// Returns whether it was new.
+    pub fn revoke(&mut self, revocation: Revocation) -> Result<bool, MembershipError> {
+        let Some((gate, _)) = &mut self.gate else {
+            return Err(MembershipError::Missing);
+        };
+        let member = revocation.body.member;
+        let new = gate.revoke(revocation.clone())?;
+        crate::coop::refuse(&mut self.swarm, gate, member, &MembershipError::Revoked);
+        if new {
+            let _ = self.publish(&Message::Revocation(revocation));
+        }
+        Ok(new)
+    }
+
+    /// Publish every revocation known again, for peers that joined after them.
+    pub fn republish_revocations(&mut self) {
+        let Some((gate, _)) = &self.gate else { return };
+        let all: Vec<Revocation> = gate.revocations().cloned().collect();
+        for revocation in all {
+            let _ = self.publish(&Message::Revocation(revocation));
+        }
     }
 
     /// This peer's id.
@@ -118,10 +183,39 @@ impl Network {
     /// The next event the role acts on. Cancel-safe: events are handled whole between awaits.
     pub async fn next(&mut self) -> NetEvent {
         loop {
-            let event = self.swarm.select_next_some().await;
+            let event = match &mut self.gate {
+                Some((_, clock)) => tokio::select! {
+                    event = self.swarm.select_next_some() => event,
+                    _ = clock.tick() => {
+                        self.gate_tick();
+                        continue;
+                    }
+                },
+                None => self.swarm.select_next_some().await,
+            };
             if let Some(event) = self.handle(event) {
                 return event;
             }
+        }
+    }
+
+    /// Refuse connected peers that showed no membership in their grace; lift bans that ran out.
+    fn gate_tick(&mut self) {
+        let Some((gate, _)) = &mut self.gate else {
+            return;
+        };
+        let (late, lifted) = gate.tick();
+        for peer in late {
+            if let Some(id) = crate::from_libp2p_peer_id(&peer)
+                && self.swarm.is_connected(&peer)
+            {
+                tracing::debug!(%peer, grace_s = MEMBERSHIP_GRACE.as_secs(), "no membership shown in the grace");
+                crate::coop::refuse(&mut self.swarm, gate, id, &MembershipError::Missing);
+            }
+        }
+        for peer in lifted {
+            tracing::info!(%peer, "co-op refusal lifted; the peer may try again");
+            self.swarm.behaviour_mut().blocked.unblock_peer(peer);
         }
     }
 
@@ -141,6 +235,9 @@ impl Network {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 self.connections
                     .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
+                if let Some((gate, _)) = &mut self.gate {
+                    gate.connected(peer_id);
+                }
                 Some(NetEvent::Connected {
                     peer: peer_id,
                     endpoint,
@@ -153,6 +250,11 @@ impl Network {
                 ..
             } => {
                 self.connections.on_closed(peer_id, connection_id);
+                if num_established == 0
+                    && let Some((gate, _)) = &mut self.gate
+                {
+                    gate.disconnected(&peer_id);
+                }
                 (num_established == 0).then(|| {
                     tracing::debug!(peer = %peer_id, "disconnected");
                     NetEvent::Disconnected(peer_id)
@@ -169,7 +271,13 @@ impl Network {
                     message,
                 }) => self
                     .gossip
-                    .receive(&mut self.swarm, propagation_source, message_id, message)
+                    .receive(
+                        &mut self.swarm,
+                        self.gate.as_mut().map(|(gate, _)| gate),
+                        propagation_source,
+                        message_id,
+                        message,
+                    )
                     .map(NetEvent::Message),
                 BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                     Some(NetEvent::Subscribed(peer_id))
@@ -194,6 +302,16 @@ impl Network {
                         tracing::warn!(%peer, "work request from a non-ed25519 peer; dropped");
                         return None;
                     };
+                    if let Some((gate, _)) = &mut self.gate
+                        && let Err(why) = gate.check(&from)
+                    {
+                        tracing::warn!(peer = %from, %why, "work request refused: not a member of this co-op");
+                        self.respond(
+                            channel,
+                            WorkResponse::Rejected(format!("not a member of this co-op: {why}")),
+                        );
+                        return None;
+                    }
                     Some(NetEvent::WorkRequest {
                         peer: from,
                         request,

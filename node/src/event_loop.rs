@@ -132,9 +132,11 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             coop: config.coop_cert.clone().map(|cert| CoopState {
                 cert,
                 coordinator_ok: false,
-                revoked: Default::default(),
             }),
         };
+        if let Some(cert) = &config.coop_cert {
+            node.network.join_coop(cert.body.coop, []);
+        }
         let result = node.event_loop(addr_rx, results, answers, shutdown).await;
         tracing::info!("stopped");
         result
@@ -161,21 +163,45 @@ struct Node {
     governor: crate::governor::Governor,
     /// The host's owner is busy (`--idle-only`).
     owner_busy: bool,
-    /// Co-op mode: our certificate, whether the coordinator showed a valid one, and the members
-    /// the co-op revoked (ourselves included, perhaps).
+    /// Co-op mode: our certificate, and whether the coordinator is an admitted member. The
+    /// network's gate checks every peer; this is what the node adds: it works only for a member
+    /// coordinator, and not at all once the co-op revoked it.
     coop: Option<CoopState>,
 }
 
 struct CoopState {
     cert: hearth_protocol::coop::Membership,
     coordinator_ok: bool,
-    revoked: std::collections::HashSet<hearth_protocol::PeerId>,
 }
 
-impl CoopState {
-    /// Whether the node may work: the coordinator is a member and we are not revoked.
+impl Node {
+    /// Whether the node may work: outside a co-op always; in one, while the coordinator is an
+    /// admitted member and this node is not revoked.
     fn may_work(&self) -> bool {
-        self.coordinator_ok && !self.revoked.contains(&self.cert.body.member)
+        self.coop.as_ref().is_none_or(|coop| {
+            coop.coordinator_ok && !self.network.is_revoked(&coop.cert.body.member)
+        })
+    }
+
+    /// Follow whether the coordinator is (still) a member of our co-op, saying when that changes.
+    fn check_coordinator(&mut self) {
+        let coordinator = self.coordinator();
+        let Some(coop) = &mut self.coop else { return };
+        let verdict = match coordinator {
+            Some(peer) => self.network.member(&peer).map(|()| peer),
+            None => Err(hearth_protocol::coop::MembershipError::Missing),
+        };
+        match verdict {
+            Ok(peer) if !coop.coordinator_ok => {
+                tracing::info!(coordinator = %peer, "the coordinator is a member of our co-op");
+                coop.coordinator_ok = true;
+            }
+            Err(why) if coop.coordinator_ok => {
+                tracing::warn!(%why, "the coordinator is no longer an admitted member of our co-op; taking no work from it");
+                coop.coordinator_ok = false;
+            }
+            _ => {}
+        }
     }
 }
 
@@ -230,8 +256,8 @@ impl Node {
                     if let Some(busy) = self.governor.tick() {
                         self.owner_busy = busy;
                     }
-                    self.worker.paused =
-                        self.owner_busy || self.coop.as_ref().is_some_and(|c| !c.may_work());
+                    self.check_coordinator();
+                    self.worker.paused = self.owner_busy || !self.may_work();
                     let coordinator = self.coordinator();
                     self.worker.poll(&mut self.network, coordinator)?;
                 }
@@ -300,7 +326,7 @@ impl Node {
         let refuse = |net: &mut Network, channel, why: &str| {
             net.respond(channel, WorkResponse::Rejected(why.into()));
         };
-        let coop_refuses = self.coop.as_ref().is_some_and(|c| !c.may_work());
+        let coop_refuses = !self.may_work();
         match request {
             WorkRequest::Forward(_) | WorkRequest::EndSession { .. } if coop_refuses => {
                 tracing::warn!(%peer, "pipeline request refused: the coordinator has shown no valid co-op certificate, or ours was revoked");
@@ -344,52 +370,26 @@ impl Node {
         }
     }
 
-    /// Gossip: in a co-op, the coordinator's certificate and the co-op's revocations.
+    /// Gossip: in a co-op, the revocations the gate applied (it refused the member already).
     fn on_gossip(&mut self, from: hearth_protocol::PeerId, message: Message) {
         let coordinator = self.coordinator();
         let Some(coop) = &mut self.coop else {
             return;
         };
-        let co = coop.cert.body.coop;
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_millis() as u64);
         match message {
-            Message::Membership(m) if Some(from) == coordinator => {
-                let revoked = &coop.revoked;
-                match m.admits(&co, &from, now, |p| revoked.contains(p)) {
-                    Ok(()) if !coop.coordinator_ok => {
-                        tracing::info!(coordinator = %from, "the coordinator is a member of our co-op");
-                        coop.coordinator_ok = true;
-                    }
-                    Ok(()) => {}
-                    Err(why) => {
-                        if coop.coordinator_ok || from != coop.cert.body.member {
-                            tracing::warn!(coordinator = %from, %why, "the coordinator's co-op certificate does not check; taking no work from it");
-                        }
-                        coop.coordinator_ok = false;
-                    }
-                }
-            }
             Message::Revocation(r) => {
-                if r.verify(&co).is_err() {
-                    tracing::warn!(%from, "a revocation not signed by our co-op; ignored");
-                    return;
-                }
                 let member = r.body.member;
-                if coop.revoked.insert(member) {
-                    if member == coop.cert.body.member {
-                        tracing::warn!(
-                            "this node's co-op membership was revoked; it takes no more work"
-                        );
-                    } else if Some(member) == coordinator {
-                        tracing::warn!(
-                            "the coordinator's co-op membership was revoked; taking no work from it"
-                        );
-                        coop.coordinator_ok = false;
-                    } else {
-                        tracing::info!(%member, "a member was revoked");
-                    }
+                if member == coop.cert.body.member {
+                    tracing::warn!(
+                        "this node's co-op membership was revoked; it takes no more work"
+                    );
+                } else if Some(member) == coordinator {
+                    tracing::warn!(
+                        "the coordinator's co-op membership was revoked; taking no work from it"
+                    );
+                    coop.coordinator_ok = false;
+                } else {
+                    tracing::info!(%member, "a member was revoked");
                 }
             }
             _ => tracing::trace!(%from, "gossip"),

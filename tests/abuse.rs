@@ -11,22 +11,12 @@ use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
 use support::local_swarm::Swarm;
+use support::rss_kib;
 
 /// The coordinator's resident memory may not pass this during the abuse.
 const RSS_BOUND_KIB: u64 = 256 * 1024;
 /// Nor an honest node's (it holds the models).
 const NODE_RSS_BOUND_KIB: u64 = 1024 * 1024;
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
-                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
-        })
-        .unwrap_or(0)
-}
 
 #[test]
 fn floods_and_garbage_leave_the_coordinator_up_bounded_and_working() {

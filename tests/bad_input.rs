@@ -14,7 +14,7 @@ use hearth_protocol::{
     Advert, Backend, Capabilities, FRAME_BYTES_MAX, Message, PROTOCOL_VERSION, SecretKey, Signed,
     codec,
 };
-use support::{Process, entry, keygen, peers, wait_for_api, wait_until};
+use support::{Process, entry, keygen, peers, rss_kib, wait_for_api, wait_until};
 
 fn rogue(seed: u8) -> (SecretKey, Swarm<Behaviour>) {
     let key = SecretKey::from_bytes(&[seed; 32]);
@@ -22,6 +22,7 @@ fn rogue(seed: u8) -> (SecretKey, Swarm<Behaviour>) {
         listen: vec!["/ip4/127.0.0.1/tcp/0".parse().expect("multiaddr")],
         mdns: false,
         agent: "rogue".into(),
+        ..NetConfig::default()
     };
     let swarm = build_swarm(&key, &config).expect("swarm");
     (key, swarm)
@@ -80,6 +81,25 @@ async fn join(swarm: &mut Swarm<Behaviour>, coordinator: PeerId, addrs: &[Multia
     assert!(subscribed, "rogue never saw the coordinator subscribe");
 }
 
+/// Wait until the coordinator closes `swarm`'s connection, then check it refuses a redial.
+async fn assert_cut_off(swarm: &mut Swarm<Behaviour>, coordinator: PeerId, addrs: &[Multiaddr]) {
+    if swarm.is_connected(&coordinator) {
+        let closed = drive(swarm, Duration::from_secs(10), |event| {
+            matches!(event, SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if *peer_id == coordinator)
+        })
+        .await;
+        assert!(closed, "blocked peer still connected");
+    }
+    for addr in addrs {
+        let _ = swarm.dial(addr.clone());
+    }
+    drive(swarm, Duration::from_secs(3), |_| false).await;
+    assert!(
+        !swarm.is_connected(&coordinator),
+        "blocked peer reconnected"
+    );
+}
+
 async fn publish(swarm: &mut Swarm<Behaviour>, frames: Vec<Vec<u8>>) {
     for frame in frames {
         swarm
@@ -92,13 +112,21 @@ async fn publish(swarm: &mut Swarm<Behaviour>, frames: Vec<Vec<u8>>) {
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
-    let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = tmp.path().join("coordinator");
+/// A coordinator and one honest node, online; with the coordinator's peer id and addresses.
+struct Setup {
+    coordinator: Process,
+    _node: Process,
+    api: String,
+    honest: String,
+    coordinator_id: PeerId,
+    addrs: Vec<Multiaddr>,
+}
+
+async fn coordinator_and_honest_node(tmp: &std::path::Path) -> Setup {
+    let dir = tmp.join("coordinator");
     let mut coordinator = Process::start(
         "coordinator",
-        tmp.path(),
+        tmp,
         &[],
         &[
             "coordinator",
@@ -113,11 +141,11 @@ async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
         ],
     );
     let api = wait_for_api(&dir, &mut coordinator);
-    let node_dir = tmp.path().join("node");
+    let node_dir = tmp.join("node");
     let honest = keygen(&node_dir);
-    let _node = Process::start(
+    let node = Process::start(
         "node",
-        tmp.path(),
+        tmp,
         &[],
         &[
             "node",
@@ -151,6 +179,28 @@ async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
         .map(|a| a.parse().expect("multiaddr"))
         .collect();
 
+    Setup {
+        coordinator,
+        _node: node,
+        api,
+        honest,
+        coordinator_id,
+        addrs,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Setup {
+        mut coordinator,
+        _node,
+        api,
+        honest,
+        coordinator_id,
+        addrs,
+    } = coordinator_and_honest_node(tmp.path()).await;
+
     // Rogue 1: an oversized frame and one of a future protocol version. Two strikes: warned, not blocked.
     let (key1, mut rogue1) = rogue(0xA1);
     join(&mut rogue1, coordinator_id, &addrs).await;
@@ -174,21 +224,7 @@ async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
     publish(&mut rogue2, vec![garbage, forged_signature, someone_else]).await;
 
     // The third strike blocks rogue 2: its connection is closed and it cannot come back.
-    if rogue2.is_connected(&coordinator_id) {
-        let closed = drive(&mut rogue2, Duration::from_secs(10), |event| {
-            matches!(event, SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } if *peer_id == coordinator_id)
-        })
-        .await;
-        assert!(closed, "blocked rogue still connected");
-    }
-    for addr in &addrs {
-        let _ = rogue2.dial(addr.clone());
-    }
-    drive(&mut rogue2, Duration::from_secs(3), |_| false).await;
-    assert!(
-        !rogue2.is_connected(&coordinator_id),
-        "blocked rogue reconnected"
-    );
+    assert_cut_off(&mut rogue2, coordinator_id, &addrs).await;
     // Rogue 1 stays connected: two strikes are a warning.
     drive(&mut rogue1, Duration::from_millis(500), |_| false).await;
     assert!(
@@ -240,4 +276,84 @@ async fn invalid_gossip_is_dropped_named_penalized_and_blocked() {
         listed[0]["capabilities"]["threads"], 1,
         "the node advertises --max-threads"
     );
+}
+
+/// A peer that floods the advert topic with valid, signed adverts (hundreds a second) is throttled
+/// at 20 a second, then banned: its connection closed and refused. The honest node is not touched
+/// and the coordinator's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_gossip_flood_is_throttled_then_banned() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let Setup {
+        mut coordinator,
+        _node,
+        api,
+        honest,
+        coordinator_id,
+        addrs,
+    } = coordinator_and_honest_node(tmp.path()).await;
+    let pid = coordinator.child.id();
+    let mut peak = rss_kib(pid);
+
+    let (key, mut flooder) = rogue(0xD4);
+    join(&mut flooder, coordinator_id, &addrs).await;
+    let mut sent = 0u64;
+    let started = std::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(8) && flooder.is_connected(&coordinator_id) {
+        for _ in 0..40 {
+            let mut message = advert();
+            if let Message::Advert(advert) = &mut message {
+                advert.seq = sent;
+            }
+            let frame = Signed::seal(&key, &message).expect("seal");
+            if flooder
+                .behaviour_mut()
+                .gossipsub
+                .publish(gossipsub::IdentTopic::new(ADVERT_TOPIC), frame)
+                .is_ok()
+            {
+                sent += 1;
+            }
+        }
+        drive(&mut flooder, Duration::from_millis(50), |_| false).await;
+        peak = peak.max(rss_kib(pid));
+    }
+    let rate = sent as f64 / started.elapsed().as_secs_f64();
+    println!("flooder published {sent} adverts at {rate:.0}/s");
+    assert!(rate > 200.0, "the flood is a flood: {rate:.0}/s");
+
+    let id = flooder.local_peer_id().to_string();
+    wait_until(Duration::from_secs(10), "the flooder banned", || {
+        coordinator
+            .log_text()
+            .lines()
+            .any(|l| l.contains("banned for flooding gossip") && l.contains(&id))
+            .then_some(())
+    });
+    let log = coordinator.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("throttled: over 20 gossip messages a second") && l.contains(&id)),
+        "{log}"
+    );
+    assert!(
+        !log.lines()
+            .any(|l| l.contains("throttled") && l.contains(&honest)),
+        "the honest node was throttled:\n{log}"
+    );
+    // Banned: cut off, and cannot come back.
+    assert_cut_off(&mut flooder, coordinator_id, &addrs).await;
+
+    coordinator.assert_running();
+    let listed = peers(&[], &api);
+    assert!(
+        entry(&listed, &honest).is_some_and(|p| p["online"] == true),
+        "the honest node stays online: {listed:#?}"
+    );
+    peak = peak.max(rss_kib(pid));
+    println!(
+        "coordinator peak RSS during the gossip flood: {} MiB",
+        peak / 1024
+    );
+    assert!(peak > 0 && peak < 256 * 1024, "peak RSS {peak} KiB");
 }

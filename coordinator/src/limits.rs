@@ -105,11 +105,6 @@ pub const SESSION_EVENTS_SLACK: usize = 16;
 
 /// Work-protocol requests one peer may send in a second; past it the rest are refused ("slow
 /// down") and the peer earns a flood strike. An honest node sends a few: a held fetch and one
-/// delivery per unit.
+/// delivery per unit. (Strikes and bans are the swarm's: `hearth_net::FLOOD_STRIKES_MAX`,
+/// `hearth_net::FLOOD_BAN`.)
 pub const WORK_REQUESTS_PER_SECOND_MAX: u32 = 200;
-
-/// Flood strikes (seconds over the limit) after which a peer is banned.
-pub const FLOOD_STRIKES_MAX: u32 = 3;
-
-/// How long a flooding peer stays banned (its connections closed and refused).
-pub const FLOOD_BAN_MS: u64 = 60_000;

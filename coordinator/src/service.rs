@@ -187,7 +187,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             coop,
             last_membership: None,
             last_revocations: None,
-            flood: Default::default(),
+            flood: hearth_net::FloodGuard::new(crate::limits::WORK_REQUESTS_PER_SECOND_MAX),
             banned: Vec::new(),
         };
         let result = coordinator.event_loop(commands, shutdown).await;
@@ -217,7 +217,7 @@ struct Coordinator {
     /// When the co-op's revocations were last published again.
     last_revocations: Option<std::time::Instant>,
     /// Work requests per peer in the current second, and its flood strikes.
-    flood: std::collections::HashMap<hearth_protocol::PeerId, (u64, u32, u32)>,
+    flood: hearth_net::FloodGuard<hearth_protocol::PeerId>,
     /// Peers banned for flooding, and when the ban ends (ms).
     banned: Vec<(hearth_protocol::PeerId, u64)>,
 }
@@ -269,35 +269,32 @@ impl Coordinator {
     }
 
     /// Count a work request from `peer`: false past [`WORK_REQUESTS_PER_SECOND_MAX`] this second.
-    /// Each second over the limit is a strike; at [`FLOOD_STRIKES_MAX`] the peer is banned for
-    /// [`FLOOD_BAN_MS`].
+    /// Each second over the limit is a strike; at [`hearth_net::FLOOD_STRIKES_MAX`] the peer is
+    /// banned for [`hearth_net::FLOOD_BAN`].
+    ///
+    /// [`WORK_REQUESTS_PER_SECOND_MAX`]: crate::limits::WORK_REQUESTS_PER_SECOND_MAX
     fn within_rate(&mut self, peer: hearth_protocol::PeerId, now_ms: u64) -> bool {
-        use crate::limits::{FLOOD_BAN_MS, FLOOD_STRIKES_MAX, WORK_REQUESTS_PER_SECOND_MAX};
-        let second = now_ms / 1000;
-        let entry = self.flood.entry(peer).or_insert((second, 0, 0));
-        if entry.0 != second {
-            *entry = (second, 0, entry.2);
-        }
-        entry.1 += 1;
-        if entry.1 <= WORK_REQUESTS_PER_SECOND_MAX {
-            return true;
-        }
-        if entry.1 == WORK_REQUESTS_PER_SECOND_MAX + 1 {
-            entry.2 += 1;
-            let strikes = entry.2;
-            tracing::warn!(%peer, strikes, "throttled: over {WORK_REQUESTS_PER_SECOND_MAX} work requests a second");
-            if strikes >= FLOOD_STRIKES_MAX {
-                tracing::warn!(%peer, ban_s = FLOOD_BAN_MS / 1000, "banned for flooding: connections closed and refused");
+        use crate::limits::WORK_REQUESTS_PER_SECOND_MAX;
+        use hearth_net::{FLOOD_BAN, Flood};
+        match self.flood.count(&peer, now_ms) {
+            Flood::Within => true,
+            Flood::Over => false,
+            Flood::Throttled(strikes) => {
+                tracing::warn!(%peer, strikes, "throttled: over {WORK_REQUESTS_PER_SECOND_MAX} work requests a second");
+                false
+            }
+            Flood::Ban => {
+                tracing::warn!(%peer, ban_s = FLOOD_BAN.as_secs(), "banned for flooding: connections closed and refused");
                 self.network
                     .swarm
                     .behaviour_mut()
                     .blocked
                     .block_peer(hearth_net::to_libp2p_peer_id(&peer));
-                self.banned.push((peer, now_ms + FLOOD_BAN_MS));
-                self.flood.remove(&peer);
+                let until = now_ms + u64::try_from(FLOOD_BAN.as_millis()).unwrap_or(u64::MAX);
+                self.banned.push((peer, until));
+                false
             }
         }
-        false
     }
 
     /// Lift the flood bans that have run their time.
@@ -316,9 +313,7 @@ impl Coordinator {
                 .unblock_peer(hearth_net::to_libp2p_peer_id(&peer));
         }
         // Forget counters of peers quiet for a minute, so the map stays bounded by active peers.
-        let second = now_ms / 1000;
-        self.flood
-            .retain(|_, (s, _, _)| second.saturating_sub(*s) < 60);
+        self.flood.forget_quiet(now_ms);
     }
 
     /// Publish the coordinator's own certificate, for the nodes to check (every 2 s).

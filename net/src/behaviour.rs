@@ -6,13 +6,13 @@ use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
     Multiaddr, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, connection_limits, gossipsub,
-    identify, kad, mdns, noise, ping, request_response, tcp, yamux,
+    identify, kad, mdns, memory_connection_limits, noise, ping, request_response, tcp, yamux,
 };
 
 use crate::gossip::advert_topic;
 use crate::limits::{
     CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX, GOSSIP_BYTES_MAX, IDLE_CONNECTION_TIMEOUT,
-    PENDING_INCOMING_MAX, WORK_REQUEST_TIMEOUT, WORK_STREAMS_MAX,
+    MEMORY_SHARE_MAX, PENDING_INCOMING_MAX, WORK_REQUEST_TIMEOUT, WORK_STREAMS_MAX,
 };
 use crate::work::{WORK_STREAM_PROTOCOL, WorkCodec};
 
@@ -34,6 +34,9 @@ pub struct NetConfig {
     pub mdns: bool,
     /// `agent_version` sent in identify, for example `hearth-node/0.1.0`.
     pub agent: String,
+    /// Resident memory of this process past which new connections are refused; `None`:
+    /// [`crate::MEMORY_SHARE_MAX`] of the machine's memory.
+    pub memory_max_bytes: Option<u64>,
 }
 
 impl Default for NetConfig {
@@ -47,6 +50,7 @@ impl Default for NetConfig {
             ],
             mdns: true,
             agent: format!("hearth/{}", env!("CARGO_PKG_VERSION")),
+            memory_max_bytes: None,
         }
     }
 }
@@ -66,6 +70,8 @@ mod derived {
         pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
         /// Caps connections (see [`crate::CONNECTIONS_MAX`]).
         pub limits: connection_limits::Behaviour,
+        /// Refuses new connections while this process uses more memory than it may.
+        pub memory: memory_connection_limits::Behaviour,
         /// Exchanges listen addresses and protocol versions.
         pub identify: identify::Behaviour,
         /// Keeps connections alive and measures round trips.
@@ -130,6 +136,12 @@ impl Behaviour {
                     .with_max_pending_incoming(Some(PENDING_INCOMING_MAX))
                     .with_max_established_per_peer(Some(CONNECTIONS_PER_PEER_MAX)),
             ),
+            memory: match config.memory_max_bytes {
+                Some(bytes) => memory_connection_limits::Behaviour::with_max_bytes(
+                    usize::try_from(bytes).unwrap_or(usize::MAX),
+                ),
+                None => memory_connection_limits::Behaviour::with_max_percentage(MEMORY_SHARE_MAX),
+            },
             identify: identify::Behaviour::new(
                 identify::Config::new(identify_protocol(), key.public())
                     .with_agent_version(config.agent.clone()),

@@ -30,6 +30,10 @@ pub const STRAY_MESSAGES_MAX: u32 = 3;
 /// How long a peer refused for a missing, expired or foreign certificate stays refused.
 pub const REFUSAL_BAN: Duration = Duration::from_secs(60);
 
+/// How long a revoked member stays connected after the revocation is applied, so the revocation
+/// (sent to it too) arrives before its connections close. It is refused everything meanwhile.
+pub const REVOCATION_NOTICE: Duration = Duration::from_secs(1);
+
 /// Wall-clock milliseconds, for certificate expiry.
 fn wall_ms() -> u64 {
     SystemTime::now()
@@ -85,6 +89,8 @@ pub(crate) struct Gate {
     waiting: HashMap<libp2p::PeerId, Instant>,
     /// Peers refused for a while, and until when.
     banned: HashMap<libp2p::PeerId, Instant>,
+    /// Revoked members to cut off once they had time to hear of it.
+    revoked_pending: Vec<(PeerId, Instant)>,
 }
 
 impl Gate {
@@ -96,6 +102,7 @@ impl Gate {
             strays: HashMap::new(),
             waiting: HashMap::new(),
             banned: HashMap::new(),
+            revoked_pending: Vec::new(),
         }
     }
 
@@ -184,12 +191,18 @@ impl Gate {
         }
     }
 
-    /// Apply a revocation: check its signature, forget the member. Returns whether it was new.
+    /// Apply a revocation: check its signature, forget the member, and cut it off after
+    /// [`REVOCATION_NOTICE`]. Returns whether it was new.
     pub(crate) fn revoke(&mut self, revocation: Revocation) -> Result<bool, MembershipError> {
         revocation.verify(&self.coop)?;
         let member = revocation.body.member;
         self.admitted.remove(&member);
-        Ok(self.revoked.insert(member, revocation).is_none())
+        let new = self.revoked.insert(member, revocation).is_none();
+        if new {
+            self.revoked_pending
+                .push((member, Instant::now() + REVOCATION_NOTICE));
+        }
+        Ok(new)
     }
 
     /// The revocations known, to spread to peers that joined after them.
@@ -223,10 +236,16 @@ impl Gate {
         }
     }
 
-    /// Peers past their grace without a membership (they are taken off probation), and bans that
-    /// ran out (lifted).
-    pub(crate) fn tick(&mut self) -> (Vec<libp2p::PeerId>, Vec<libp2p::PeerId>) {
+    /// Peers past their grace without a membership (they are taken off probation), bans that ran
+    /// out (lifted), and revoked members whose notice is over (to cut off).
+    pub(crate) fn tick(&mut self) -> (Vec<libp2p::PeerId>, Vec<libp2p::PeerId>, Vec<PeerId>) {
         let now = Instant::now();
+        let (due, pending) = self
+            .revoked_pending
+            .drain(..)
+            .partition(|(_, at)| *at <= now);
+        self.revoked_pending = pending;
+        let due = due.into_iter().map(|(peer, _)| peer).collect();
         let mut late = Vec::new();
         self.waiting.retain(|peer, since| {
             let over = now.duration_since(*since) >= MEMBERSHIP_GRACE;
@@ -243,7 +262,7 @@ impl Gate {
             }
             !over
         });
-        (late, lifted)
+        (late, lifted, due)
     }
 }
 
@@ -364,6 +383,11 @@ mod tests {
             Verdict::Revoked(member)
         );
         assert_eq!(gate.judge(member, false, &revocation), Verdict::Known);
+        // Cut off once, after the notice.
+        assert!(gate.tick().2.is_empty());
+        gate.revoked_pending[0].1 = Instant::now();
+        assert_eq!(gate.tick().2, vec![member]);
+        assert!(gate.tick().2.is_empty());
         assert_eq!(gate.check(&member), Err(MembershipError::Revoked));
         assert!(matches!(
             gate.judge(member, true, &cert),

@@ -1,12 +1,13 @@
 //! Adverts on gossip: publishing our own, and checking everyone else's before anything trusts them.
 
+use std::time::Instant;
+
 use hearth_protocol::{Message, PeerId, SecretKey, Signed};
 use libp2p::{Swarm, gossipsub};
 
-use hearth_protocol::coop::MembershipError;
-
 use crate::coop::{self, Gate, Verdict};
-use crate::penalties::{self, Penalties};
+use crate::limits::{FLOOD_BAN, GOSSIP_MESSAGES_PER_SECOND_MAX};
+use crate::penalties::{self, Flood, FloodGuard, Penalties};
 use crate::{Behaviour, from_libp2p_peer_id};
 
 /// The gossip topic adverts travel on; the suffix is the protocol version.
@@ -34,10 +35,27 @@ enum Rejection {
     WrongAuthor { signer: String, author: String },
 }
 
-/// Gossip in and out for one swarm, with the strikes of peers that sent invalid messages.
-#[derive(Debug, Default)]
+/// Gossip in and out for one swarm, with the strikes of peers that sent invalid messages and the
+/// rates of those that send many.
+#[derive(Debug)]
 pub(crate) struct Gossip {
     penalties: Penalties<libp2p::PeerId>,
+    flood: FloodGuard<PeerId>,
+    /// Authors banned for flooding, until when.
+    bans: Vec<(libp2p::PeerId, Instant)>,
+    /// The clock the flood guard counts seconds on.
+    epoch: Instant,
+}
+
+impl Default for Gossip {
+    fn default() -> Self {
+        Self {
+            penalties: Penalties::default(),
+            flood: FloodGuard::new(GOSSIP_MESSAGES_PER_SECOND_MAX),
+            bans: Vec::new(),
+            epoch: Instant::now(),
+        }
+    }
 }
 
 impl Gossip {
@@ -55,6 +73,42 @@ impl Gossip {
             .gossipsub
             .publish(advert_topic(), frame)?;
         Ok(())
+    }
+
+    /// Count a message `author` signed: false past [`GOSSIP_MESSAGES_PER_SECOND_MAX`] this
+    /// second. Each second over is a strike; at [`crate::FLOOD_STRIKES_MAX`] the author is banned
+    /// for [`FLOOD_BAN`].
+    fn within_rate(&mut self, swarm: &mut Swarm<Behaviour>, author: PeerId) -> bool {
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        match self.flood.count(&author, now_ms) {
+            Flood::Within => true,
+            Flood::Over => false,
+            Flood::Throttled(strikes) => {
+                tracing::warn!(peer = %author, strikes, "throttled: over {GOSSIP_MESSAGES_PER_SECOND_MAX} gossip messages a second");
+                false
+            }
+            Flood::Ban => {
+                let id = crate::to_libp2p_peer_id(&author);
+                tracing::warn!(peer = %author, ban_s = FLOOD_BAN.as_secs(), "banned for flooding gossip: connections closed and refused");
+                swarm.behaviour_mut().blocked.block_peer(id);
+                self.bans.push((id, Instant::now() + FLOOD_BAN));
+                false
+            }
+        }
+    }
+
+    /// Lift the flood bans that ran their time; forget the rates of quiet authors.
+    pub(crate) fn tick(&mut self, swarm: &mut Swarm<Behaviour>) {
+        let now = Instant::now();
+        let (over, still): (Vec<_>, Vec<_>) =
+            self.bans.drain(..).partition(|(_, until)| *until <= now);
+        self.bans = still;
+        for (peer, _) in over {
+            tracing::info!(%peer, "gossip flood ban lifted");
+            swarm.behaviour_mut().blocked.unblock_peer(peer);
+        }
+        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.flood.forget_quiet(now_ms);
     }
 
     /// Check a gossip message: frame, signature over the raw payload, decode, limits, and that the
@@ -88,12 +142,24 @@ impl Gossip {
             });
         match checked {
             Ok(received) => {
-                // In a co-op swarm, only members' messages go further.
+                // Revocations are exempt in a co-op (the gate drops repeats; new ones need the
+                // co-op's key), so a coordinator may re-send them all to a newcomer at once.
+                let coop_message = matches!(
+                    received.message,
+                    Message::Membership(_) | Message::Revocation(_)
+                );
+                let exempt = gate.is_some() && matches!(received.message, Message::Revocation(_));
+                let flooding = !exempt && !self.within_rate(swarm, received.from);
+                // In a co-op swarm, only members' messages go further; outside one, co-op
+                // messages mean nothing and are not forwarded.
                 let direct = from_libp2p_peer_id(&propagation_source) == Some(received.from);
                 let mut gate = gate;
-                let verdict = gate.as_mut().map_or(Verdict::Pass, |gate| {
-                    gate.judge(received.from, direct, &received.message)
-                });
+                let verdict = match gate.as_mut() {
+                    _ if flooding => Verdict::Drop,
+                    Some(gate) => gate.judge(received.from, direct, &received.message),
+                    None if coop_message => Verdict::Drop,
+                    None => Verdict::Pass,
+                };
                 swarm
                     .behaviour_mut()
                     .gossipsub
@@ -103,13 +169,13 @@ impl Gossip {
                         verdict.acceptance(),
                     );
                 let Some(gate) = gate else {
-                    return Some(received);
+                    return (verdict == Verdict::Pass).then_some(received);
                 };
                 match verdict {
                     Verdict::Pass => Some(received),
                     Verdict::Revoked(member) => {
+                        // The gate cuts the member off after a notice, so it hears of it too.
                         tracing::info!(%member, "co-op revocation received");
-                        coop::refuse(swarm, gate, member, &MembershipError::Revoked);
                         Some(received)
                     }
                     Verdict::Refuse { why, .. } => {

@@ -31,6 +31,7 @@ pub use identity_file::{IDENTITY_FILE, IdentityError, load_identity, load_or_cre
 pub use libp2p;
 pub use limits::*;
 pub use network::{NetEvent, Network};
+pub use penalties::{Flood, FloodGuard};
 pub use work::{WORK_STREAM_PROTOCOL, WorkCodec};
 
 use hearth_protocol::SecretKey;

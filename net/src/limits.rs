@@ -17,6 +17,15 @@ pub const PENDING_INCOMING_MAX: u32 = 64;
 /// Connections to a single peer (QUIC and TCP at once, plus a redial during a handover).
 pub const CONNECTIONS_PER_PEER_MAX: u32 = 4;
 
+/// Share of the machine's memory this process may use before it refuses new connections (libp2p's
+/// memory connection limits): a swarm under a flood stops growing before the host's owner notices.
+/// A node started with `--max-memory` uses that bound plus [`MEMORY_HEADROOM_BYTES`] instead.
+pub const MEMORY_SHARE_MAX: f64 = 0.8;
+
+/// What a node may use beyond `--max-memory` (which bounds its models and caches) for everything
+/// else (the runtime, buffers, connections) before it refuses new connections.
+pub const MEMORY_HEADROOM_BYTES: u64 = 512 * 1024 * 1024;
+
 /// How long an unused connection stays open. Adverts flow every few seconds, so live peers never
 /// reach it; it only reaps connections to peers that went quiet.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(60);
@@ -42,3 +51,14 @@ pub const WORK_FETCH_HOLD: Duration = Duration::from_secs(10);
 
 /// Work-protocol streams open at once per connection.
 pub const WORK_STREAMS_MAX: usize = 64;
+
+/// Gossip messages one author may have delivered to us a second. An honest node sends an advert and
+/// its membership every 2 s and the coordinator its membership every 2 s; 20 leaves room for bursts
+/// (a restart, a new subscriber) and stops a peer that floods the topic.
+pub const GOSSIP_MESSAGES_PER_SECOND_MAX: u32 = 20;
+
+/// Seconds over a rate (gossip here, work requests at the coordinator) after which a peer is banned.
+pub const FLOOD_STRIKES_MAX: u32 = 3;
+
+/// How long a peer banned for flooding stays banned: its connections are closed and refused.
+pub const FLOOD_BAN: Duration = Duration::from_secs(60);

@@ -19,8 +19,8 @@ use crate::{
     discover,
 };
 
-/// How often a co-op gate checks graces and bans.
-const GATE_TICK: std::time::Duration = std::time::Duration::from_secs(1);
+/// How often graces and bans are checked.
+const CLOCK_TICK: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// What a role's event loop is told.
 // Events are handled one at a time and moved, never queued in bulk: boxing would only add a copy.
@@ -76,8 +76,10 @@ pub struct Network {
     key: SecretKey,
     gossip: Gossip,
     connections: Connections,
-    /// In a co-op swarm, the members-only gate, and its clock for graces and bans.
-    gate: Option<(Gate, tokio::time::Interval)>,
+    /// In a co-op swarm, the members-only gate.
+    gate: Option<Gate>,
+    /// The clock for graces and bans.
+    clock: tokio::time::Interval,
 }
 
 impl Network {
@@ -90,6 +92,11 @@ impl Network {
             gossip: Gossip::default(),
             connections: Connections::default(),
             gate: None,
+            clock: {
+                let mut clock = tokio::time::interval(CLOCK_TICK);
+                clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+                clock
+            },
         })
     }
 
@@ -106,35 +113,30 @@ impl Network {
                 tracing::warn!(%why, "a revocation of another co-op; ignored");
             }
         }
-        let mut clock = tokio::time::interval(GATE_TICK);
-        clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        self.gate = Some((gate, clock));
+        self.gate = Some(gate);
     }
 
     /// Whether `peer` is a member of this peer's co-op now (always, outside a co-op swarm).
     pub fn member(&mut self, peer: &PeerId) -> Result<(), MembershipError> {
         match &mut self.gate {
-            Some((gate, _)) => gate.check(peer),
+            Some(gate) => gate.check(peer),
             None => Ok(()),
         }
     }
 
     /// Whether the co-op revoked `peer`.
     pub fn is_revoked(&self, peer: &PeerId) -> bool {
-        self.gate
-            .as_ref()
-            .is_some_and(|(gate, _)| gate.is_revoked(peer))
+        self.gate.as_ref().is_some_and(|gate| gate.is_revoked(peer))
     }
 
-    /// Apply a revocation the co-op signed: refuse the member at once and, if it is new, spread it.
+    /// Apply a revocation the co-op signed: refuse the member everything at once and, if it is new,
+    /// spread it (to the member too), then cut it off after [`crate::coop::REVOCATION_NOTICE`].
     /// Returns whether it was new.
     pub fn revoke(&mut self, revocation: Revocation) -> Result<bool, MembershipError> {
-        let Some((gate, _)) = &mut self.gate else {
+        let Some(gate) = &mut self.gate else {
             return Err(MembershipError::Missing);
         };
-        let member = revocation.body.member;
         let new = gate.revoke(revocation.clone())?;
-        crate::coop::refuse(&mut self.swarm, gate, member, &MembershipError::Revoked);
         if new {
             let _ = self.publish(&Message::Revocation(revocation));
         }
@@ -143,7 +145,7 @@ impl Network {
 
     /// Publish every revocation known again, for peers that joined after them.
     pub fn republish_revocations(&mut self) {
-        let Some((gate, _)) = &self.gate else { return };
+        let Some(gate) = &self.gate else { return };
         let all: Vec<Revocation> = gate.revocations().cloned().collect();
         for revocation in all {
             let _ = self.publish(&Message::Revocation(revocation));
@@ -183,15 +185,12 @@ impl Network {
     /// The next event the role acts on. Cancel-safe: events are handled whole between awaits.
     pub async fn next(&mut self) -> NetEvent {
         loop {
-            let event = match &mut self.gate {
-                Some((_, clock)) => tokio::select! {
-                    event = self.swarm.select_next_some() => event,
-                    _ = clock.tick() => {
-                        self.gate_tick();
-                        continue;
-                    }
-                },
-                None => self.swarm.select_next_some().await,
+            let event = tokio::select! {
+                event = self.swarm.select_next_some() => event,
+                _ = self.clock.tick() => {
+                    self.on_clock();
+                    continue;
+                }
             };
             if let Some(event) = self.handle(event) {
                 return event;
@@ -199,12 +198,17 @@ impl Network {
         }
     }
 
-    /// Refuse connected peers that showed no membership in their grace; lift bans that ran out.
-    fn gate_tick(&mut self) {
-        let Some((gate, _)) = &mut self.gate else {
+    /// Lift flood bans that ran out; in a co-op, refuse connected peers that showed no membership
+    /// in their grace and lift refusals that ran out.
+    fn on_clock(&mut self) {
+        self.gossip.tick(&mut self.swarm);
+        let Some(gate) = &mut self.gate else {
             return;
         };
-        let (late, lifted) = gate.tick();
+        let (late, lifted, revoked) = gate.tick();
+        for peer in revoked {
+            crate::coop::refuse(&mut self.swarm, gate, peer, &MembershipError::Revoked);
+        }
         for peer in late {
             if let Some(id) = crate::from_libp2p_peer_id(&peer)
                 && self.swarm.is_connected(&peer)
@@ -235,7 +239,7 @@ impl Network {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
                 self.connections
                     .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
-                if let Some((gate, _)) = &mut self.gate {
+                if let Some(gate) = &mut self.gate {
                     gate.connected(peer_id);
                 }
                 Some(NetEvent::Connected {
@@ -251,7 +255,7 @@ impl Network {
             } => {
                 self.connections.on_closed(peer_id, connection_id);
                 if num_established == 0
-                    && let Some((gate, _)) = &mut self.gate
+                    && let Some(gate) = &mut self.gate
                 {
                     gate.disconnected(&peer_id);
                 }
@@ -273,7 +277,7 @@ impl Network {
                     .gossip
                     .receive(
                         &mut self.swarm,
-                        self.gate.as_mut().map(|(gate, _)| gate),
+                        self.gate.as_mut(),
                         propagation_source,
                         message_id,
                         message,
@@ -302,7 +306,7 @@ impl Network {
                         tracing::warn!(%peer, "work request from a non-ed25519 peer; dropped");
                         return None;
                     };
-                    if let Some((gate, _)) = &mut self.gate
+                    if let Some(gate) = &mut self.gate
                         && let Err(why) = gate.check(&from)
                     {
                         tracing::warn!(peer = %from, %why, "work request refused: not a member of this co-op");

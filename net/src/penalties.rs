@@ -1,10 +1,11 @@
-//! Strikes against peers that send invalid messages. Pure bookkeeping; the event loop acts on the
-//! verdicts (gossipsub scoring on every strike, a block at the limit).
+//! Strikes against peers that send invalid messages, and against peers that send too many valid
+//! ones. Pure bookkeeping; the event loops act on the verdicts (gossipsub scoring on every strike,
+//! a block at the limit; throttling, then a ban, for floods).
 
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use crate::limits::{BAD_MESSAGES_MAX, PENALTY_PEERS_MAX};
+use crate::limits::{BAD_MESSAGES_MAX, FLOOD_STRIKES_MAX, PENALTY_PEERS_MAX};
 
 /// What to do with a peer after a strike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -59,9 +60,100 @@ impl<P: Eq + Hash + Clone> Penalties<P> {
     }
 }
 
+/// What a [`FloodGuard`] says about one more message from a peer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Flood {
+    /// Within the rate: handle it.
+    Within,
+    /// Over the rate this second: drop it (the strike for this second is already counted).
+    Over,
+    /// The first over the rate this second: drop it; the peer has this many strikes.
+    Throttled(u32),
+    /// Over the rate for the [`FLOOD_STRIKES_MAX`]th second: ban the peer.
+    Ban,
+}
+
+/// Messages per peer per wall-clock second, with a strike for each second a peer goes over.
+/// Bounded by [`PENALTY_PEERS_MAX`]; peers quiet for a minute are forgotten.
+#[derive(Debug)]
+pub struct FloodGuard<P> {
+    per_second: u32,
+    /// Per peer: the second counted, messages in it, strikes.
+    counts: HashMap<P, (u64, u32, u32)>,
+}
+
+impl<P: Eq + Hash + Clone> FloodGuard<P> {
+    /// A guard allowing `per_second` messages a second per peer.
+    pub fn new(per_second: u32) -> Self {
+        Self {
+            per_second,
+            counts: HashMap::new(),
+        }
+    }
+
+    /// Count one message from `peer` at `now_ms` (any monotone millisecond clock).
+    pub fn count(&mut self, peer: &P, now_ms: u64) -> Flood {
+        let second = now_ms / 1000;
+        if !self.counts.contains_key(peer) && self.counts.len() >= PENALTY_PEERS_MAX {
+            self.forget_quiet(now_ms);
+            if self.counts.len() >= PENALTY_PEERS_MAX {
+                self.counts.retain(|_, (_, _, strikes)| *strikes > 0);
+            }
+        }
+        let entry = self.counts.entry(peer.clone()).or_insert((second, 0, 0));
+        if entry.0 != second {
+            *entry = (second, 0, entry.2);
+        }
+        entry.1 += 1;
+        if entry.1 <= self.per_second {
+            return Flood::Within;
+        }
+        if entry.1 > self.per_second + 1 {
+            return Flood::Over;
+        }
+        entry.2 += 1;
+        if entry.2 >= FLOOD_STRIKES_MAX {
+            self.counts.remove(peer);
+            Flood::Ban
+        } else {
+            Flood::Throttled(entry.2)
+        }
+    }
+
+    /// Forget the peers quiet for a minute, strikes and all.
+    pub fn forget_quiet(&mut self, now_ms: u64) {
+        let second = now_ms / 1000;
+        self.counts
+            .retain(|_, (s, _, _)| second.saturating_sub(*s) < 60);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_flood_is_throttled_each_second_then_banned() {
+        let mut guard = FloodGuard::new(5);
+        for second in 0..FLOOD_STRIKES_MAX as u64 {
+            let now = second * 1000 + 10;
+            for _ in 0..5 {
+                assert_eq!(guard.count(&"mallory", now), Flood::Within);
+                assert_eq!(guard.count(&"alice", now), Flood::Within);
+            }
+            let verdict = guard.count(&"mallory", now);
+            if second + 1 < FLOOD_STRIKES_MAX as u64 {
+                assert_eq!(verdict, Flood::Throttled(second as u32 + 1));
+                assert_eq!(guard.count(&"mallory", now), Flood::Over);
+            } else {
+                assert_eq!(verdict, Flood::Ban);
+            }
+        }
+        // Alice, at the rate but never over it, is never throttled; a new second starts afresh.
+        assert_eq!(guard.count(&"alice", 10_000), Flood::Within);
+        guard.forget_quiet(100_000);
+        assert!(guard.counts.is_empty());
+    }
 
     #[test]
     fn blocks_at_the_limit() {

@@ -120,7 +120,15 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             stages,
             steps: HashMap::new(),
             next_step: 0,
-            network: Network::new(key, &config.net)?,
+            network: Network::new(
+                key,
+                &hearth_net::NetConfig {
+                    memory_max_bytes: config
+                        .max_memory
+                        .map(|cap| cap.saturating_add(hearth_net::MEMORY_HEADROOM_BYTES)),
+                    ..config.net.clone()
+                },
+            )?,
             addr_tx,
             caps,
             seq: 0,

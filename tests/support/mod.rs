@@ -241,3 +241,15 @@ pub fn local_embed(input: &Path, output: &Path) -> Vec<u8> {
     );
     std::fs::read(output).expect("reference output")
 }
+
+/// Resident memory of process `pid`, KiB (0 if unknown).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        })
+        .unwrap_or(0)
+}

@@ -13,6 +13,9 @@
 mod coop;
 mod error;
 mod feed;
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod fuzzing;
 mod http;
 pub mod journal;
 pub mod keys;

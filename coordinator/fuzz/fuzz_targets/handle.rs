@@ -5,7 +5,7 @@
 //! - the scheduler's answers are a function of its inputs: the same inputs, each sent through the
 //!   journal's encoding (postcard) and replayed into a fresh scheduler, give the same outputs, as
 //!   the journal's crash recovery relies on;
-//! - units are assigned only to peers that asked, within their job; a unit is accepted at most once;
+//! - units are assigned only to peers that asked, no more than they asked for, within their job; a unit is accepted at most once;
 //!   a job's done, failed and running units never exceed its units;
 //! - the registry stays within its bound and never counts more online peers than it lists.
 #![no_main]
@@ -20,7 +20,12 @@ use libfuzzer_sys::fuzz_target;
 const PEERS: u8 = 5;
 
 fn peer(i: u8) -> PeerId {
-    SecretKey::from_bytes(&[i % PEERS + 1; 32]).public().peer_id()
+    static PEER_IDS: std::sync::OnceLock<Vec<PeerId>> = std::sync::OnceLock::new();
+    PEER_IDS.get_or_init(|| {
+        (1..=PEERS)
+            .map(|seed| SecretKey::from_bytes(&[seed; 32]).public().peer_id())
+            .collect()
+    })[usize::from(i % PEERS)]
 }
 
 fn digest(tag: &str, n: u8) -> Digest {
@@ -96,12 +101,20 @@ fuzz_target!(|data: &[u8]| {
                 let (b, c) = (bytes.byte(), bytes.byte());
                 let job = u64::from(b % 4);
                 let unit = u64::from(b / 4 % 8);
-                let subject = if c & 1 == 0 { (job, unit) } else { (job, unit + 1) };
+                let subject = if c & 1 == 0 {
+                    (job, unit)
+                } else {
+                    (job, unit + 1)
+                };
                 Input::Delivered(Delivery {
                     peer: peer(a),
                     job,
                     unit,
-                    signer: if c & 2 == 0 { peer(a) } else { peer(a + 1) },
+                    signer: if c & 2 == 0 {
+                        peer(a)
+                    } else {
+                        peer(a.wrapping_add(1))
+                    },
                     signature_ok: c & 4 == 0,
                     subject,
                     input: digest("input", if c & 8 == 0 { unit as u8 } else { 99 }),
@@ -160,20 +173,31 @@ fuzz_target!(|data: &[u8]| {
 
     let run = |inputs: &[(u64, Input)]| -> Vec<Vec<Output>> {
         let mut scheduler = Scheduler::new(Policy::default());
-        let mut waiting: BTreeSet<PeerId> = BTreeSet::new();
+        // Units each peer may still be given: what its last request asked for (at least one).
+        let mut budget: BTreeMap<PeerId, u32> = BTreeMap::new();
         let mut accepted: BTreeSet<(u64, u64)> = BTreeSet::new();
         let mut all = Vec::new();
         for (now, input) in inputs {
-            if let Input::Ready { peer, slots, .. } = input
-                && *slots > 0
-            {
-                waiting.insert(*peer);
+            match input {
+                Input::Ready { peer, slots, .. } => {
+                    budget.insert(*peer, (*slots).max(1));
+                }
+                Input::PeerLost(peer) => {
+                    budget.remove(peer);
+                }
+                _ => {}
             }
             let outputs = scheduler.handle(*now, input.clone());
             for output in &outputs {
                 match output {
-                    Output::Assign { peer, job, unit, .. } => {
-                        assert!(waiting.contains(peer), "assigned to a peer that never asked");
+                    Output::Assign {
+                        peer, job, unit, ..
+                    } => {
+                        let left = budget
+                            .get_mut(peer)
+                            .expect("assigned to a peer that never asked");
+                        assert!(*left > 0, "assigned more units than the peer asked for");
+                        *left -= 1;
                         assert!(*unit < units_of[job], "assigned a unit outside its job");
                     }
                     Output::Accepted { job, unit, .. } => {

@@ -1,0 +1,65 @@
+//! For fuzzing only (feature `fuzzing`): the coordinator's real HTTP API (router, authentication,
+//! body limits, every handler's parsing and validation) over a stand-in for the event loop, which
+//! answers each command plainly. `coordinator/fuzz`'s `api` target sends it arbitrary requests.
+
+use std::path::Path;
+
+use axum::Router;
+use hearth_protocol::api::SwarmInfo;
+use tokio::sync::mpsc;
+
+use crate::http::{Auth, Command, router};
+use crate::keys::Keys;
+use crate::work::Unavailable;
+
+/// The API over a stand-in event loop (spawned on the current Tokio runtime), with its keys in
+/// `data_dir`; returns the router and the admin key.
+pub fn api(data_dir: &Path, open: bool) -> crate::Result<(Router, String)> {
+    let keys = std::sync::Arc::new(Keys::open(data_dir)?);
+    let (admin, _) = crate::keys::admin_key(data_dir)?;
+    let (commands, mut rx) = mpsc::channel(crate::limits::COMMAND_QUEUE_MAX);
+    tokio::spawn(async move {
+        while let Some(command) = rx.recv().await {
+            answer(command);
+        }
+    });
+    let auth = Auth {
+        keys,
+        open,
+        sessions: Default::default(),
+    };
+    Ok((router(commands, auth), admin))
+}
+
+/// What an empty swarm answers: nothing known, nothing routable; a job is taken and fails (no peer
+/// could run it), so the handlers that wait for one finish.
+fn answer(command: Command) {
+    let peer = hearth_protocol::SecretKey::from_bytes(&[7; 32])
+        .public()
+        .peer_id();
+    match command {
+        Command::Peers(reply) => drop(reply.send(Vec::new())),
+        Command::Swarm(reply) => drop(reply.send(SwarmInfo {
+            peer_id: peer,
+            addrs: Vec::new(),
+            protocol_version: hearth_protocol::PROTOCOL_VERSION,
+        })),
+        Command::Submit(_, reply) => drop(reply.send(Ok(1))),
+        Command::Generate(_, _, reply) => {
+            drop(reply.send(Err("no route: no peer holds the model".into())))
+        }
+        Command::Jobs(reply) => drop(reply.send(Vec::new())),
+        Command::Job { id, reply, .. } | Command::Cancel { id, reply } => {
+            let status = (id == 1).then(|| serde_json::json!({ "id": 1, "state": "failed" }));
+            drop(reply.send(status))
+        }
+        Command::Output { id, reply, .. } => drop(reply.send(Err(if id == 1 {
+            Unavailable::NotDone(crate::JobState::Failed)
+        } else {
+            Unavailable::NotFound
+        }))),
+        Command::EmbedTokens(texts, reply) => drop(reply.send(Ok(texts.len()))),
+        Command::Sessions(reply) => drop(reply.send(Vec::new())),
+        Command::Revoke(_, reply) => drop(reply.send(Ok(()))),
+    }
+}

@@ -129,8 +129,10 @@ pub(crate) struct NodeArgs {
     /// node advertises no more, so the coordinator plans within it, and refuses stages past it.
     #[arg(long, env = "HEARTH_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
     pub(crate) max_memory: Option<u64>,
-    /// This node's co-op membership certificate (`hearth coop invite`): presented to the swarm;
-    /// the node then works only for a coordinator that shows a certificate of the same co-op.
+    /// This node's co-op membership certificate (`hearth coop invite`): presented to the swarm.
+    /// The node then deals only with peers that show a valid certificate of the same co-op
+    /// (others are refused and, after 10 s without one, cut off), and works only for a
+    /// coordinator that is such a member.
     #[arg(long, env = "HEARTH_COOP_CERT", value_name = "CERT")]
     pub(crate) coop_cert: Option<PathBuf>,
     /// Misbehave on purpose, to watch the swarm catch it: wrong-output, bad-signature, replay,

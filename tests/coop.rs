@@ -153,6 +153,15 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
             "{id}: {why}\n{log}"
         );
     }
+    // The node with the expired certificate was told so at start.
+    assert!(
+        nodes[3]
+            .log_text()
+            .lines()
+            .any(|l| l.contains("certificate does not admit it") && l.contains("expired")),
+        "{}",
+        nodes[3].log_text()
+    );
     for node in &mut nodes[..2] {
         node.assert_running();
         wait_until(
@@ -189,7 +198,7 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
             &impostor_cert,
         ],
     ));
-    let _outsiders = [
+    let outsider_nodes = [
         start_node(outsiders[0], &member_addr, None),
         start_node(outsiders[1], &member_addr, Some(&impostor_cert)),
     ];
@@ -199,7 +208,7 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
     ] {
         wait_until(
             Duration::from_secs(40),
-            "the member refusing an outsider",
+            &format!("the member refusing {id} ({why})"),
             || {
                 nodes[0]
                     .log_text()
@@ -209,6 +218,19 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
             },
         );
     }
+
+    // And the impostor, a member of another co-op, says why on its side too.
+    wait_until(
+        Duration::from_secs(20),
+        "the impostor refusing member1",
+        || {
+            outsider_nodes[1]
+                .log_text()
+                .lines()
+                .any(|l| l.contains(ids[0].as_str()) && l.contains("another co-op"))
+                .then_some(())
+        },
+    );
 
     // A job: only members work on it.
     let input = tmp.path().join("texts.jsonl");

@@ -5,10 +5,12 @@
 //! (this co-op's signature, issued to that peer, unexpired, not revoked). Until then the peer's
 //! gossip is neither delivered nor forwarded and its work requests are refused. A peer whose
 //! certificate fails, that keeps gossiping without one, or that stays connected for
-//! [`MEMBERSHIP_GRACE`] without showing one is refused: its connections are closed and new ones
-//! refused, for [`REFUSAL_BAN`] (so a member who renews an expired certificate comes back without
-//! anyone restarting), or for good once revoked. Every refusal is logged with its reason.
-//! Revocations are self-authenticating (the co-op's signature), applied at once and forwarded.
+//! [`MEMBERSHIP_GRACE`] without showing one is refused at once (everything it sends is dropped) and
+//! cut off after [`REFUSAL_NOTICE`]: its connections are closed and new ones refused, for
+//! [`REFUSAL_BAN`] (so a member who renews an expired certificate comes back without anyone
+//! restarting), or for good once revoked. The notice lets our certificate, or the revocation, reach
+//! it first, so its log says why too. Every refusal is logged with its reason. Revocations are
+//! self-authenticating (the co-op's signature), applied at once and forwarded.
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -30,9 +32,9 @@ pub const STRAY_MESSAGES_MAX: u32 = 3;
 /// How long a peer refused for a missing, expired or foreign certificate stays refused.
 pub const REFUSAL_BAN: Duration = Duration::from_secs(60);
 
-/// How long a revoked member stays connected after the revocation is applied, so the revocation
-/// (sent to it too) arrives before its connections close. It is refused everything meanwhile.
-pub const REVOCATION_NOTICE: Duration = Duration::from_secs(1);
+/// How long a refused peer stays connected (refused everything) before its connections close: longer
+/// than a heartbeat (2 s), so our certificate or the revocation reaches it first.
+pub const REFUSAL_NOTICE: Duration = Duration::from_secs(3);
 
 /// Wall-clock milliseconds, for certificate expiry.
 fn wall_ms() -> u64 {
@@ -89,8 +91,10 @@ pub(crate) struct Gate {
     waiting: HashMap<libp2p::PeerId, Instant>,
     /// Peers refused for a while, and until when.
     banned: HashMap<libp2p::PeerId, Instant>,
-    /// Revoked members to cut off once they had time to hear of it.
-    revoked_pending: Vec<(PeerId, Instant)>,
+    /// Peers refused, to cut off when their notice is over, and why.
+    closing: HashMap<PeerId, (Instant, MembershipError)>,
+    /// Peers cut off and not (yet) let back.
+    cut: std::collections::HashSet<PeerId>,
 }
 
 impl Gate {
@@ -102,7 +106,8 @@ impl Gate {
             strays: HashMap::new(),
             waiting: HashMap::new(),
             banned: HashMap::new(),
-            revoked_pending: Vec::new(),
+            closing: HashMap::new(),
+            cut: std::collections::HashSet::new(),
         }
     }
 
@@ -136,6 +141,9 @@ impl Gate {
         message: &hearth_protocol::Message,
     ) -> Verdict {
         use hearth_protocol::Message;
+        if self.closing.contains_key(&author) && !matches!(message, Message::Revocation(_)) {
+            return Verdict::Drop;
+        }
         match message {
             Message::Membership(membership) => {
                 let revoked = &self.revoked;
@@ -191,18 +199,33 @@ impl Gate {
         }
     }
 
-    /// Apply a revocation: check its signature, forget the member, and cut it off after
-    /// [`REVOCATION_NOTICE`]. Returns whether it was new.
+    /// Apply a revocation: check its signature and refuse the member. Returns whether it was new.
     pub(crate) fn revoke(&mut self, revocation: Revocation) -> Result<bool, MembershipError> {
         revocation.verify(&self.coop)?;
         let member = revocation.body.member;
-        self.admitted.remove(&member);
         let new = self.revoked.insert(member, revocation).is_none();
         if new {
-            self.revoked_pending
-                .push((member, Instant::now() + REVOCATION_NOTICE));
+            self.refuse(member, MembershipError::Revoked);
         }
         Ok(new)
+    }
+
+    /// Refuse `peer` for `why`: say so, drop all it sends from now, and cut it off after
+    /// [`REFUSAL_NOTICE`]. Nothing happens for a peer already refused.
+    pub(crate) fn refuse(&mut self, peer: PeerId, why: MembershipError) {
+        self.admitted.remove(&peer);
+        self.waiting.remove(&crate::to_libp2p_peer_id(&peer));
+        if self.closing.contains_key(&peer) || self.cut.contains(&peer) {
+            return;
+        }
+        let ban = if why == MembershipError::Revoked {
+            "for good".to_string()
+        } else {
+            format!("{} s", REFUSAL_BAN.as_secs())
+        };
+        tracing::warn!(%peer, %why, %ban, notice_s = REFUSAL_NOTICE.as_secs(), "refused: not a member of this co-op; its connections are closed and refused");
+        self.closing
+            .insert(peer, (Instant::now() + REFUSAL_NOTICE, why));
     }
 
     /// The revocations known, to spread to peers that joined after them.
@@ -224,36 +247,42 @@ impl Gate {
         self.waiting.remove(peer);
     }
 
-    /// Note a refusal of `peer` for `why`; returns how long it is banned (`None`: for good).
-    pub(crate) fn ban(&mut self, peer: libp2p::PeerId, why: &MembershipError) -> Option<Duration> {
-        self.waiting.remove(&peer);
-        if *why == MembershipError::Revoked {
-            self.banned.remove(&peer);
-            None
-        } else {
-            self.banned.insert(peer, Instant::now() + REFUSAL_BAN);
-            Some(REFUSAL_BAN)
-        }
-    }
-
-    /// Peers past their grace without a membership (they are taken off probation), bans that ran
-    /// out (lifted), and revoked members whose notice is over (to cut off).
-    pub(crate) fn tick(&mut self) -> (Vec<libp2p::PeerId>, Vec<libp2p::PeerId>, Vec<PeerId>) {
+    /// Time passed: refuse the connected peers past their grace without a membership; returns the
+    /// refused peers whose notice is over (to cut off now; they are banned from here on) and the
+    /// bans that ran out (to lift).
+    pub(crate) fn tick(&mut self) -> (Vec<libp2p::PeerId>, Vec<libp2p::PeerId>) {
         let now = Instant::now();
-        let (due, pending) = self
-            .revoked_pending
-            .drain(..)
-            .partition(|(_, at)| *at <= now);
-        self.revoked_pending = pending;
-        let due = due.into_iter().map(|(peer, _)| peer).collect();
-        let mut late = Vec::new();
-        self.waiting.retain(|peer, since| {
-            let over = now.duration_since(*since) >= MEMBERSHIP_GRACE;
-            if over {
-                late.push(*peer);
+        let late: Vec<libp2p::PeerId> = self
+            .waiting
+            .iter()
+            .filter(|(_, since)| now.duration_since(**since) >= MEMBERSHIP_GRACE)
+            .map(|(peer, _)| *peer)
+            .collect();
+        for peer in late {
+            self.waiting.remove(&peer);
+            if let Some(id) = crate::from_libp2p_peer_id(&peer) {
+                tracing::debug!(%peer, grace_s = MEMBERSHIP_GRACE.as_secs(), "no membership shown in the grace");
+                self.refuse(id, MembershipError::Missing);
             }
-            !over
-        });
+        }
+        let due: Vec<PeerId> = self
+            .closing
+            .iter()
+            .filter(|(_, (at, _))| *at <= now)
+            .map(|(peer, _)| *peer)
+            .collect();
+        let mut cut_off = Vec::new();
+        for peer in due {
+            let Some((_, why)) = self.closing.remove(&peer) else {
+                continue;
+            };
+            let id = crate::to_libp2p_peer_id(&peer);
+            self.cut.insert(peer);
+            if why != MembershipError::Revoked {
+                self.banned.insert(id, now + REFUSAL_BAN);
+            }
+            cut_off.push(id);
+        }
         let mut lifted = Vec::new();
         self.banned.retain(|peer, until| {
             let over = *until <= now;
@@ -262,25 +291,13 @@ impl Gate {
             }
             !over
         });
-        (late, lifted, due)
+        for peer in &lifted {
+            if let Some(id) = crate::from_libp2p_peer_id(peer) {
+                self.cut.remove(&id);
+            }
+        }
+        (cut_off, lifted)
     }
-}
-
-/// Refuse `peer` for `why`: log it, close its connections and refuse new ones for the ban.
-pub(crate) fn refuse(
-    swarm: &mut libp2p::Swarm<crate::Behaviour>,
-    gate: &mut Gate,
-    peer: PeerId,
-    why: &MembershipError,
-) {
-    let id = crate::to_libp2p_peer_id(&peer);
-    let already = swarm.behaviour().blocked.blocked_peers().contains(&id);
-    let ban = gate.ban(id, why);
-    if !already {
-        let ban_s = ban.map_or("for good".to_string(), |d| format!("{} s", d.as_secs()));
-        tracing::warn!(%peer, %why, ban = %ban_s, "refused: not a member of this co-op; its connections are closed and refused");
-    }
-    swarm.behaviour_mut().blocked.block_peer(id);
 }
 
 #[cfg(test)]
@@ -383,12 +400,14 @@ mod tests {
             Verdict::Revoked(member)
         );
         assert_eq!(gate.judge(member, false, &revocation), Verdict::Known);
-        // Cut off once, after the notice.
-        assert!(gate.tick().2.is_empty());
-        gate.revoked_pending[0].1 = Instant::now();
-        assert_eq!(gate.tick().2, vec![member]);
-        assert!(gate.tick().2.is_empty());
         assert_eq!(gate.check(&member), Err(MembershipError::Revoked));
+        // Refused at once (what it sends is dropped), cut off for good after the notice.
+        assert_eq!(gate.judge(member, true, &cert), Verdict::Drop);
+        let id = crate::to_libp2p_peer_id(&member);
+        assert_eq!(gate.tick(), (vec![], vec![]));
+        gate.closing.get_mut(&member).expect("closing").0 = Instant::now();
+        assert_eq!(gate.tick(), (vec![id], vec![]));
+        assert!(gate.banned.is_empty(), "a revoked member is never let back");
         assert!(matches!(
             gate.judge(member, true, &cert),
             Verdict::Refuse {
@@ -396,27 +415,30 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(
-            gate.ban(crate::to_libp2p_peer_id(&member), &MembershipError::Revoked),
-            None
-        );
+        // Refusing it again changes nothing.
+        gate.refuse(member, MembershipError::Revoked);
+        assert!(gate.closing.is_empty());
     }
 
     #[test]
-    fn connected_strangers_are_late_after_the_grace() {
+    fn connected_strangers_are_refused_after_the_grace_and_let_back_after_the_ban() {
         let coop = key(1);
         let mut gate = Gate::new(coop.public());
-        let stranger = crate::to_libp2p_peer_id(&key(4).public().peer_id());
-        gate.connected(stranger);
-        assert_eq!(gate.tick().0, Vec::<libp2p::PeerId>::new());
-        gate.waiting
-            .insert(stranger, Instant::now() - MEMBERSHIP_GRACE);
-        assert_eq!(gate.tick().0, vec![stranger]);
-        assert_eq!(
-            gate.ban(stranger, &MembershipError::Missing),
-            Some(REFUSAL_BAN)
-        );
-        gate.banned.insert(stranger, Instant::now());
-        assert_eq!(gate.tick().1, vec![stranger]);
+        let stranger = key(4).public().peer_id();
+        let id = crate::to_libp2p_peer_id(&stranger);
+        gate.connected(id);
+        assert_eq!(gate.tick(), (vec![], vec![]));
+        gate.waiting.insert(id, Instant::now() - MEMBERSHIP_GRACE);
+        // Past the grace: refused, cut off after the notice, banned for a while.
+        assert_eq!(gate.tick(), (vec![], vec![]));
+        assert!(gate.closing.contains_key(&stranger));
+        gate.closing.get_mut(&stranger).expect("closing").0 = Instant::now();
+        assert_eq!(gate.tick(), (vec![id], vec![]));
+        assert!(gate.banned[&id] > Instant::now() + REFUSAL_BAN - Duration::from_secs(1));
+        gate.banned.insert(id, Instant::now());
+        assert_eq!(gate.tick(), (vec![], vec![id]));
+        // Let back: a new refusal is a new notice.
+        gate.refuse(stranger, MembershipError::Expired);
+        assert!(gate.closing.contains_key(&stranger));
     }
 }

@@ -5,7 +5,7 @@ use std::time::Instant;
 use hearth_protocol::{Message, PeerId, SecretKey, Signed};
 use libp2p::{Swarm, gossipsub};
 
-use crate::coop::{self, Gate, Verdict};
+use crate::coop::{Gate, Verdict};
 use crate::limits::{FLOOD_BAN, GOSSIP_MESSAGES_PER_SECOND_MAX};
 use crate::penalties::{self, Flood, FloodGuard, Penalties};
 use crate::{Behaviour, from_libp2p_peer_id};
@@ -174,12 +174,12 @@ impl Gossip {
                 match verdict {
                     Verdict::Pass => Some(received),
                     Verdict::Revoked(member) => {
-                        // The gate cuts the member off after a notice, so it hears of it too.
+                        // The gate refused the member; it is cut off after a notice, so it hears too.
                         tracing::info!(%member, "co-op revocation received");
                         Some(received)
                     }
                     Verdict::Refuse { why, .. } => {
-                        coop::refuse(swarm, gate, received.from, &why);
+                        gate.refuse(received.from, why);
                         None
                     }
                     Verdict::Forged => {

@@ -13,7 +13,7 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, gossipsub};
 
-use crate::coop::{Gate, MEMBERSHIP_GRACE};
+use crate::coop::Gate;
 use crate::{
     Behaviour, BehaviourEvent, BoxError, Connections, Gossip, NetConfig, Received, build_swarm,
     discover,
@@ -130,7 +130,7 @@ impl Network {
     }
 
     /// Apply a revocation the co-op signed: refuse the member everything at once and, if it is new,
-    /// spread it (to the member too), then cut it off after [`crate::coop::REVOCATION_NOTICE`].
+    /// spread it (to the member too), then cut it off after [`crate::coop::REFUSAL_NOTICE`].
     /// Returns whether it was new.
     pub fn revoke(&mut self, revocation: Revocation) -> Result<bool, MembershipError> {
         let Some(gate) = &mut self.gate else {
@@ -199,23 +199,15 @@ impl Network {
     }
 
     /// Lift flood bans that ran out; in a co-op, refuse connected peers that showed no membership
-    /// in their grace and lift refusals that ran out.
+    /// in their grace, cut off refused peers whose notice is over, and lift bans that ran out.
     fn on_clock(&mut self) {
         self.gossip.tick(&mut self.swarm);
         let Some(gate) = &mut self.gate else {
             return;
         };
-        let (late, lifted, revoked) = gate.tick();
-        for peer in revoked {
-            crate::coop::refuse(&mut self.swarm, gate, peer, &MembershipError::Revoked);
-        }
-        for peer in late {
-            if let Some(id) = crate::from_libp2p_peer_id(&peer)
-                && self.swarm.is_connected(&peer)
-            {
-                tracing::debug!(%peer, grace_s = MEMBERSHIP_GRACE.as_secs(), "no membership shown in the grace");
-                crate::coop::refuse(&mut self.swarm, gate, id, &MembershipError::Missing);
-            }
+        let (cut_off, lifted) = gate.tick();
+        for peer in cut_off {
+            self.swarm.behaviour_mut().blocked.block_peer(peer);
         }
         for peer in lifted {
             tracing::info!(%peer, "co-op refusal lifted; the peer may try again");

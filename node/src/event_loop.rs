@@ -143,6 +143,13 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             }),
         };
         if let Some(cert) = &config.coop_cert {
+            let me = node.network.local_peer();
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+            if let Err(why) = cert.admits(&cert.body.coop, &me, now, |_| false) {
+                tracing::warn!(%why, "this node's co-op certificate does not admit it; the co-op's members will refuse it");
+            }
             node.network.join_coop(cert.body.coop, []);
         }
         let result = node.event_loop(addr_rx, results, answers, shutdown).await;

@@ -1,5 +1,5 @@
 //! Abuse on 127.0.0.1 while an honest job runs: garbage bytes and a burst of 1,000 connections at the
-//! swarm port, the same at the HTTP port, an oversized frame, a flood of API requests, and a peer
+//! swarm port (refused past 50 a second, then the address banned), the same at the HTTP port, an oversized frame, a flood of API requests, and a peer
 //! flooding the work protocol (throttled, then banned). The
 //! coordinator and the honest nodes stay up, the coordinator's memory stays under a stated bound, and
 //! the job completes as one machine computes it.
@@ -80,6 +80,21 @@ fn floods_and_garbage_leave_the_coordinator_up_bounded_and_working() {
         }
         swarm.coordinator.assert_running();
     }
+
+    // The burst came from one address: past 50 new connections a second it was refused before
+    // any handshake, and after three such seconds the address was banned for a minute.
+    support::wait_until(
+        Duration::from_secs(10),
+        "the flooding address banned",
+        || {
+            swarm
+                .coordinator
+                .log_text()
+                .lines()
+                .any(|l| l.contains("banned for flooding connections") && l.contains("127.0.0.1"))
+                .then_some(())
+        },
+    );
 
     // A frame announcing 1 GiB on the HTTP port: refused by the body limit, never read whole.
     let mut big = TcpStream::connect(("127.0.0.1", http_port)).expect("connect");

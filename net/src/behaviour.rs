@@ -68,6 +68,8 @@ mod derived {
     pub struct Behaviour {
         /// Refuses peers blocked for misbehaving; listed first so they are refused before anything else.
         pub blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
+        /// Refuses, then bans, addresses that open connections too fast.
+        pub inbound: crate::inbound::Behaviour,
         /// Caps connections (see [`crate::CONNECTIONS_MAX`]).
         pub limits: connection_limits::Behaviour,
         /// Refuses new connections while this process uses more memory than it may.
@@ -130,6 +132,7 @@ impl Behaviour {
 
         Ok(Self {
             blocked: allow_block_list::Behaviour::default(),
+            inbound: crate::inbound::Behaviour::default(),
             limits: connection_limits::Behaviour::new(
                 connection_limits::ConnectionLimits::default()
                     .with_max_established(Some(CONNECTIONS_MAX))

@@ -17,6 +17,7 @@ pub mod coop;
 mod discovery;
 mod gossip;
 mod identity_file;
+pub mod inbound;
 mod limits;
 mod network;
 mod penalties;

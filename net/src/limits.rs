@@ -14,6 +14,11 @@ pub const CONNECTIONS_MAX: u32 = 512;
 /// cannot exhaust memory.
 pub const PENDING_INCOMING_MAX: u32 = 64;
 
+/// New inbound connections one remote address may open a second; past it the rest are refused
+/// before any handshake (see `inbound`). Honest peers open a handful a minute; a whole co-op behind
+/// one NAT address joining at once stays well under it.
+pub const INBOUND_PER_SECOND_MAX: u32 = 50;
+
 /// Connections to a single peer (QUIC and TCP at once, plus a redial during a handover).
 pub const CONNECTIONS_PER_PEER_MAX: u32 = 4;
 

@@ -47,6 +47,19 @@ fn floods_and_garbage_leave_the_coordinator_up_bounded_and_working() {
     std::fs::write(&input, lines).expect("write");
     let job = swarm.submit(&input, "2", "4");
 
+    // The flooder is connected and flooding before the burst of connections: the address they
+    // share gets banned from opening new ones.
+    support::wait_until(Duration::from_secs(30), "the flooder throttled", || {
+        swarm
+            .coordinator
+            .log_text()
+            .lines()
+            .any(|l| {
+                l.contains("throttled: over 200 work requests") && l.contains(flooder.as_str())
+            })
+            .then_some(())
+    });
+
     let mut peak = rss_kib(pid);
     let mut seed = 0x9E37_79B9_7F4A_7C15u64;
     let mut garbage = |n: usize| -> Vec<u8> {

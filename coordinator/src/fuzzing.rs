@@ -63,3 +63,53 @@ fn answer(command: Command) {
         Command::Revoke(_, reply) => drop(reply.send(Ok(()))),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use axum::body::Body;
+    use axum::http::{Request, StatusCode, header};
+    use tower::ServiceExt;
+
+    use super::*;
+
+    async fn post(router: &Router, key: &str, path: &str, body: &str) -> StatusCode {
+        let request = Request::post(path)
+            .header(header::AUTHORIZATION, format!("Bearer {key}"))
+            .header(header::CONTENT_TYPE, "application/json")
+            .body(Body::from(body.to_string()))
+            .expect("request");
+        router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("infallible")
+            .status()
+    }
+
+    /// What the `api` fuzz target relies on: the stand-in answers every command, so requests end
+    /// with the status a live coordinator with an empty swarm gives.
+    #[tokio::test]
+    async fn the_stand_in_answers_like_an_empty_swarm() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (router, admin) = api(dir.path(), false).expect("api");
+        let chat =
+            r#"{"model":"smollm2-135m-instruct-q4_1","messages":[{"role":"user","content":"hi"}]}"#;
+        assert_eq!(
+            post(&router, &admin, "/v1/chat/completions", chat).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        let embed = r#"{"model":"all-minilm-l6-v2","input":["a","b"]}"#;
+        assert_eq!(
+            post(&router, &admin, "/v1/embeddings", embed).await,
+            StatusCode::SERVICE_UNAVAILABLE
+        );
+        assert_eq!(
+            post(&router, &admin, "/v1/embeddings", "{").await,
+            StatusCode::BAD_REQUEST
+        );
+        assert_eq!(
+            post(&router, "hk_wrong", "/v1/embeddings", embed).await,
+            StatusCode::UNAUTHORIZED
+        );
+    }
+}

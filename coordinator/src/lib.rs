@@ -13,7 +13,7 @@
 mod coop;
 mod error;
 mod feed;
-#[cfg(feature = "fuzzing")]
+#[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
 mod http;

@@ -45,9 +45,9 @@ fn answer(command: Command) {
             protocol_version: hearth_protocol::PROTOCOL_VERSION,
         })),
         Command::Submit(_, reply) => drop(reply.send(Ok(1))),
-        Command::Generate(_, _, reply) => {
-            drop(reply.send(Err("no route: no peer holds the model".into())))
-        }
+        Command::Generate(_, _, reply) => drop(reply.send(Err(
+            crate::sessions::Refusal::Unavailable("no route: no peer holds the model".into()),
+        ))),
         Command::Jobs(reply) => drop(reply.send(Vec::new())),
         Command::Job { id, reply, .. } | Command::Cancel { id, reply } => {
             let status = (id == 1).then(|| serde_json::json!({ "id": 1, "state": "failed" }));

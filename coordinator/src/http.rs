@@ -11,7 +11,7 @@
 //! | `GET /v1/jobs/{id}/output` | the output, JSONL in input order (409 until the job is done) |
 //! | `GET /v1/jobs/{id}/receipts` | the accepted results' signed receipts, JSONL, one per unit |
 //! | `POST /v1/jobs/{id}/cancel` | cancel a job |
-//! | `POST /v1/generate` | pipelined generation ([`GenerateRequest`]): `{"stream": true}` answers NDJSON lines `{"token_id", "text"}` then `{"done": {…}}`; otherwise the summary `{token_ids, text, route, reroutes, receipts, …}` |
+//! | `POST /v1/generate` | pipelined generation ([`GenerateRequest`]): `{"stream": true}` answers NDJSON lines `{"token_id", "text"}` then `{"done": {…}}`; otherwise the summary `{token_ids, text, route, reroutes, receipts, …}`; 503 when the swarm has no route or is full, 400 for a request at fault |
 //! | `GET /v1/models`, `POST /v1/chat/completions`, `/v1/completions`, `/v1/embeddings` | the OpenAI-compatible API ([`crate::openai`]) |
 //! | `POST /v1/admin/keys` | make an API key (`{"member", "name"}`); answers it once, with its id (admin key only) |
 //! | `GET /v1/admin/keys` | every key's id, member, name and state, never the key (admin key only) |
@@ -38,7 +38,7 @@ use crate::keys::{Access, KeyRecord, Keys};
 use crate::limits::GENERATE_TOKENS_DEFAULT;
 use crate::limits::{HTTP_BODY_BYTES_MAX, JOB_BODY_BYTES_MAX};
 use crate::scheduler::JobStatus;
-use crate::sessions::{GenerateRequest, SessionEvent, Sessions};
+use crate::sessions::{GenerateRequest, Refusal, SessionEvent, Sessions};
 use crate::work::{SubmitJob, Unavailable};
 
 /// A question for the event loop, with where to send the answer.
@@ -49,7 +49,7 @@ pub(crate) enum Command {
     Generate(
         Box<GenerateRequest>,
         mpsc::Sender<SessionEvent>,
-        oneshot::Sender<Result<(), String>>,
+        oneshot::Sender<Result<(), Refusal>>,
     ),
     Jobs(oneshot::Sender<Vec<JobStatus>>),
     Job {
@@ -393,7 +393,7 @@ async fn generate(
     .await
     {
         Ok(Ok(())) => {}
-        Ok(Err(refusal)) => return error(StatusCode::BAD_REQUEST, &refusal),
+        Ok(Err(refusal)) => return refused(&refusal),
         Err(response) => return response,
     }
     if stream {
@@ -551,6 +551,15 @@ pub(crate) async fn ask<T>(
 }
 
 /// An error in the shape OpenAI clients expect: `{"error": {"message", "type", "code"}}`.
+/// A generation refused: 503 when the swarm cannot serve it now, 400 when the request is at fault.
+pub(crate) fn refused(refusal: &Refusal) -> Response {
+    let status = match refusal {
+        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+    };
+    error(status, &refusal.to_string())
+}
+
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     let code = match status {
         StatusCode::UNAUTHORIZED => "invalid_api_key",

@@ -415,12 +415,7 @@ async fn run(commands: mpsc::Sender<Command>, meter: Meter, g: Generation, chat:
     .await
     {
         Ok(Ok(())) => {}
-        Ok(Err(refusal))
-            if refusal.starts_with("no route") || refusal.contains("sessions are running") =>
-        {
-            return error(StatusCode::SERVICE_UNAVAILABLE, &refusal);
-        }
-        Ok(Err(refusal)) => return bad(refusal),
+        Ok(Err(refusal)) => return crate::http::refused(&refusal),
         Err(response) => return response,
     }
     let id = format!("{}-{seed:x}", if chat { "chatcmpl" } else { "cmpl" });

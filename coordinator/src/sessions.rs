@@ -20,6 +20,24 @@ use crate::limits::{
 use crate::pipeline::{Action, Candidate, Driver, Verify, plan};
 use crate::{Registry, Standing};
 
+/// Why a generation was not started: the swarm cannot serve it now (503 for an API client), or the
+/// request cannot be served as asked (400).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    /// No route, too many sessions, no model files here: try again later or elsewhere.
+    Unavailable(String),
+    /// The request itself: empty, past the context, a bad template or token count.
+    Invalid(String),
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Refusal::Unavailable(why) | Refusal::Invalid(why) => f.write_str(why),
+        }
+    }
+}
+
 /// `POST /v1/generate`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct GenerateRequest {
@@ -211,29 +229,31 @@ impl Sessions {
         now_ms: u64,
         request: GenerateRequest,
         events: mpsc::Sender<SessionEvent>,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
+        use Refusal::{Invalid, Unavailable};
         if self.live.len() >= SESSIONS_MAX {
-            return Err(format!(
+            return Err(Unavailable(format!(
                 "{SESSIONS_MAX} sessions are running; try again shortly"
-            ));
+            )));
         }
         let max_tokens = request.max_tokens.unwrap_or(GENERATE_TOKENS_DEFAULT);
         if !(1..=hearth_protocol::GENERATE_TOKENS_MAX).contains(&max_tokens) {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "max_tokens must be 1..={}",
                 hearth_protocol::GENERATE_TOKENS_MAX
-            ));
+            )));
         }
-        let llm = self.llm()?;
+        let llm = self.llm().map_err(Unavailable)?;
         let (model, layers, context, layer_bytes) =
             (llm.id, llm.layers, llm.context, llm.layer_bytes);
         let (text, special) = match &request.messages {
             Some(messages) => {
-                let template = llm
-                    .template
-                    .as_ref()
-                    .ok_or("the model has no chat template; send a prompt instead")?;
-                let text = template.render(messages, true).map_err(|e| e.to_string())?;
+                let template = llm.template.as_ref().ok_or_else(|| {
+                    Invalid("the model has no chat template; send a prompt instead".into())
+                })?;
+                let text = template
+                    .render(messages, true)
+                    .map_err(|e| Invalid(e.to_string()))?;
                 (text, true)
             }
             None => (request.prompt.clone(), request.special),
@@ -241,29 +261,29 @@ impl Sessions {
         let prompt = llm
             .tokenizer
             .encode(&text, special)
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| Invalid(e.to_string()))?;
         let eos = llm.tokenizer.eos;
         if prompt.is_empty() {
-            return Err("the prompt is empty".into());
+            return Err(Invalid("the prompt is empty".into()));
         }
         if prompt.len() >= context {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "the prompt is {} tokens; the model's context is {context}",
                 prompt.len()
-            ));
+            )));
         }
         if prompt.len() + max_tokens as usize > context {
-            return Err(format!(
+            return Err(Invalid(format!(
                 "the prompt ({} tokens) and max_tokens ({max_tokens}) exceed the model's context of {context} tokens",
                 prompt.len()
-            ));
+            )));
         }
         let candidates = Self::candidates(registry, standing, now_ms, &model);
         let stages = request
             .stages
             .map_or(STAGES_DEFAULT.min(candidates.len()).max(1), |k| k as usize);
         let route = plan(&candidates, layers, stages, layer_bytes)
-            .map_err(|e| format!("no route for model {model}: {e}"))?;
+            .map_err(|e| Unavailable(format!("no route for model {model}: {e}")))?;
         let session = self.next;
         self.next += 1;
         tracing::info!(

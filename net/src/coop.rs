@@ -83,6 +83,8 @@ impl Verdict {
 #[derive(Debug)]
 pub(crate) struct Gate {
     coop: PublicKey,
+    /// This peer, never refused by itself (its own revocation is the role's business).
+    me: PeerId,
     admitted: HashMap<PeerId, Membership>,
     revoked: HashMap<PeerId, Revocation>,
     /// Messages from peers not admitted, by peer; bounded like the strike table.
@@ -98,9 +100,10 @@ pub(crate) struct Gate {
 }
 
 impl Gate {
-    pub(crate) fn new(coop: PublicKey) -> Self {
+    pub(crate) fn new(coop: PublicKey, me: PeerId) -> Self {
         Self {
             coop,
+            me,
             admitted: HashMap::new(),
             revoked: HashMap::new(),
             strays: HashMap::new(),
@@ -213,6 +216,9 @@ impl Gate {
     /// Refuse `peer` for `why`: say so, drop all it sends from now, and cut it off after
     /// [`REFUSAL_NOTICE`]. Nothing happens for a peer already refused.
     pub(crate) fn refuse(&mut self, peer: PeerId, why: MembershipError) {
+        if peer == self.me {
+            return;
+        }
         self.admitted.remove(&peer);
         self.waiting.remove(&crate::to_libp2p_peer_id(&peer));
         if self.closing.contains_key(&peer) || self.cut.contains(&peer) {
@@ -342,7 +348,7 @@ mod tests {
             key(4).public().peer_id(),
             key(5).public().peer_id(),
         );
-        let mut gate = Gate::new(coop.public());
+        let mut gate = Gate::new(coop.public(), key(9).public().peer_id());
         // A member's advert before its certificate is dropped, after it passes.
         assert_eq!(gate.judge(member, true, &advert()), Verdict::Drop);
         let cert = Message::Membership(Membership::issue(&coop, member, 0, None));
@@ -388,7 +394,7 @@ mod tests {
     fn a_revocation_removes_a_member_once_and_forgeries_are_rejected() {
         let (coop, other) = (key(1), key(2));
         let member = key(3).public().peer_id();
-        let mut gate = Gate::new(coop.public());
+        let mut gate = Gate::new(coop.public(), key(9).public().peer_id());
         let cert = Message::Membership(Membership::issue(&coop, member, 0, None));
         assert_eq!(gate.judge(member, true, &cert), Verdict::Admitted);
         let forged = Message::Revocation(Revocation::issue(&other, member, 1));
@@ -415,15 +421,16 @@ mod tests {
                 ..
             }
         ));
-        // Refusing it again changes nothing.
+        // Refusing it again changes nothing; and a peer never refuses itself.
         gate.refuse(member, MembershipError::Revoked);
+        gate.refuse(key(9).public().peer_id(), MembershipError::Revoked);
         assert!(gate.closing.is_empty());
     }
 
     #[test]
     fn connected_strangers_are_refused_after_the_grace_and_let_back_after_the_ban() {
         let coop = key(1);
-        let mut gate = Gate::new(coop.public());
+        let mut gate = Gate::new(coop.public(), key(9).public().peer_id());
         let stranger = key(4).public().peer_id();
         let id = crate::to_libp2p_peer_id(&stranger);
         gate.connected(id);

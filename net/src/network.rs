@@ -107,7 +107,7 @@ impl Network {
         coop: PublicKey,
         revocations: impl IntoIterator<Item = Revocation>,
     ) {
-        let mut gate = Gate::new(coop);
+        let mut gate = Gate::new(coop, self.local_peer());
         for revocation in revocations {
             if let Err(why) = gate.revoke(revocation) {
                 tracing::warn!(%why, "a revocation of another co-op; ignored");

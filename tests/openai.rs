@@ -245,24 +245,8 @@ fn the_official_openai_client_works_against_the_swarm() {
         "{\"id\":0,\"text\":\"Hello world\"}\n{\"id\":1,\"text\":\"Volunteer computing pools spare machines.\"}\n",
     )
     .expect("write");
-    let output = tmp.path().join("vectors.jsonl");
-    let local = run_hearth_env(
-        &[
-            "local",
-            "embed",
-            "--input",
-            input.to_str().expect("utf-8"),
-            "--output",
-            output.to_str().expect("utf-8"),
-        ],
-        &[],
-    );
-    assert!(
-        local.status.success(),
-        "{}",
-        String::from_utf8_lossy(&local.stderr)
-    );
-    let local: Vec<Vec<f32>> = std::fs::read_to_string(&output)
+    let local = support::local_embed(&input, &tmp.path().join("vectors.jsonl"));
+    let local: Vec<Vec<f32>> = String::from_utf8(local)
         .expect("vectors")
         .lines()
         .map(|l| {

@@ -188,7 +188,6 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             last_membership: None,
             last_revocations: None,
             flood: hearth_net::FloodGuard::new(crate::limits::WORK_REQUESTS_PER_SECOND_MAX),
-            banned: Vec::new(),
         };
         let result = coordinator.event_loop(commands, shutdown).await;
         let _ = stop_http.send(());
@@ -216,10 +215,8 @@ struct Coordinator {
     last_membership: Option<std::time::Instant>,
     /// When the co-op's revocations were last published again.
     last_revocations: Option<std::time::Instant>,
-    /// Work requests per peer in the current second, and its flood strikes.
+    /// Work requests per peer in the current second, its flood strikes and bans.
     flood: hearth_net::FloodGuard<hearth_protocol::PeerId>,
-    /// Peers banned for flooding, and when the ban ends (ms).
-    banned: Vec<(hearth_protocol::PeerId, u64)>,
 }
 
 fn wall_ms() -> u64 {
@@ -255,7 +252,7 @@ impl Coordinator {
                 _ = tick.tick() => {
                     let now = self.now_ms();
                     self.publish_membership();
-                    self.lift_bans(now);
+                    self.lift_bans();
                     let outputs = self.registry.handle(now, Input::Tick);
                     self.log(outputs)?;
                     self.work.tick(&mut self.network, now)?;
@@ -273,10 +270,10 @@ impl Coordinator {
     /// banned for [`hearth_net::FLOOD_BAN`].
     ///
     /// [`WORK_REQUESTS_PER_SECOND_MAX`]: crate::limits::WORK_REQUESTS_PER_SECOND_MAX
-    fn within_rate(&mut self, peer: hearth_protocol::PeerId, now_ms: u64) -> bool {
+    fn within_rate(&mut self, peer: hearth_protocol::PeerId) -> bool {
         use crate::limits::WORK_REQUESTS_PER_SECOND_MAX;
         use hearth_net::{FLOOD_BAN, Flood};
-        match self.flood.count(&peer, now_ms) {
+        match self.flood.count(&peer) {
             Flood::Within => true,
             Flood::Over => false,
             Flood::Throttled(strikes) => {
@@ -290,21 +287,14 @@ impl Coordinator {
                     .behaviour_mut()
                     .blocked
                     .block_peer(hearth_net::to_libp2p_peer_id(&peer));
-                let until = now_ms + u64::try_from(FLOOD_BAN.as_millis()).unwrap_or(u64::MAX);
-                self.banned.push((peer, until));
                 false
             }
         }
     }
 
     /// Lift the flood bans that have run their time.
-    fn lift_bans(&mut self, now_ms: u64) {
-        let (over, still): (Vec<_>, Vec<_>) = self
-            .banned
-            .drain(..)
-            .partition(|(_, until)| *until <= now_ms);
-        self.banned = still;
-        for (peer, _) in over {
+    fn lift_bans(&mut self) {
+        for peer in self.flood.lift() {
             tracing::info!(%peer, "flood ban lifted");
             self.network
                 .swarm
@@ -312,8 +302,6 @@ impl Coordinator {
                 .blocked
                 .unblock_peer(hearth_net::to_libp2p_peer_id(&peer));
         }
-        // Forget counters of peers quiet for a minute, so the map stays bounded by active peers.
-        self.flood.forget_quiet(now_ms);
     }
 
     /// Publish the coordinator's own certificate, for the nodes to check (every 2 s).
@@ -487,7 +475,7 @@ impl Coordinator {
                 request,
                 channel,
             } => {
-                if !self.within_rate(peer, now) {
+                if !self.within_rate(peer) {
                     self.network.respond(
                         channel,
                         hearth_protocol::work::WorkResponse::Rejected(

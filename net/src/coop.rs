@@ -90,13 +90,11 @@ pub(crate) struct Gate {
     /// Messages from peers not admitted, by peer; bounded like the strike table.
     strays: HashMap<PeerId, u32>,
     /// Connected peers not yet admitted, since when.
-    waiting: HashMap<libp2p::PeerId, Instant>,
-    /// Peers refused for a while, and until when.
-    banned: HashMap<libp2p::PeerId, Instant>,
+    waiting: HashMap<PeerId, Instant>,
     /// Peers refused, to cut off when their notice is over, and why.
     closing: HashMap<PeerId, (Instant, MembershipError)>,
-    /// Peers cut off and not (yet) let back.
-    cut: std::collections::HashSet<PeerId>,
+    /// Peers cut off for a while, and until when (the revoked are cut off for good instead).
+    banned: HashMap<PeerId, Instant>,
 }
 
 impl Gate {
@@ -108,9 +106,8 @@ impl Gate {
             revoked: HashMap::new(),
             strays: HashMap::new(),
             waiting: HashMap::new(),
-            banned: HashMap::new(),
             closing: HashMap::new(),
-            cut: std::collections::HashSet::new(),
+            banned: HashMap::new(),
         }
     }
 
@@ -157,7 +154,7 @@ impl Gate {
                             tracing::info!(peer = %author, "co-op member admitted");
                         }
                         self.strays.remove(&author);
-                        self.waiting.remove(&crate::to_libp2p_peer_id(&author));
+                        self.waiting.remove(&author);
                         Verdict::Admitted
                     }
                     Err(why) => {
@@ -206,22 +203,27 @@ impl Gate {
     pub(crate) fn revoke(&mut self, revocation: Revocation) -> Result<bool, MembershipError> {
         revocation.verify(&self.coop)?;
         let member = revocation.body.member;
-        let new = self.revoked.insert(member, revocation).is_none();
-        if new {
-            self.refuse(member, MembershipError::Revoked);
+        if self.revoked.contains_key(&member) {
+            return Ok(false);
         }
-        Ok(new)
+        self.refuse(member, MembershipError::Revoked);
+        self.revoked.insert(member, revocation);
+        Ok(true)
     }
 
     /// Refuse `peer` for `why`: say so, drop all it sends from now, and cut it off after
-    /// [`REFUSAL_NOTICE`]. Nothing happens for a peer already refused.
+    /// [`REFUSAL_NOTICE`]. Nothing happens for a peer already refused (closing, banned, or revoked
+    /// and so cut off for good).
     pub(crate) fn refuse(&mut self, peer: PeerId, why: MembershipError) {
         if peer == self.me {
             return;
         }
         self.admitted.remove(&peer);
-        self.waiting.remove(&crate::to_libp2p_peer_id(&peer));
-        if self.closing.contains_key(&peer) || self.cut.contains(&peer) {
+        self.waiting.remove(&peer);
+        if self.closing.contains_key(&peer)
+            || self.banned.contains_key(&peer)
+            || self.revoked.contains_key(&peer)
+        {
             return;
         }
         let ban = if why == MembershipError::Revoked {
@@ -240,36 +242,31 @@ impl Gate {
     }
 
     /// A connection from `peer` opened: start its grace if it is not a member.
-    pub(crate) fn connected(&mut self, peer: libp2p::PeerId) {
-        let member =
-            crate::from_libp2p_peer_id(&peer).is_some_and(|p| self.admitted.contains_key(&p));
-        if !member {
+    pub(crate) fn connected(&mut self, peer: PeerId) {
+        if !self.admitted.contains_key(&peer) {
             self.waiting.entry(peer).or_insert_with(Instant::now);
         }
     }
 
     /// The last connection to `peer` closed.
-    pub(crate) fn disconnected(&mut self, peer: &libp2p::PeerId) {
+    pub(crate) fn disconnected(&mut self, peer: &PeerId) {
         self.waiting.remove(peer);
     }
 
     /// Time passed: refuse the connected peers past their grace without a membership; returns the
     /// refused peers whose notice is over (to cut off now; they are banned from here on) and the
     /// bans that ran out (to lift).
-    pub(crate) fn tick(&mut self) -> (Vec<libp2p::PeerId>, Vec<libp2p::PeerId>) {
+    pub(crate) fn tick(&mut self) -> (Vec<PeerId>, Vec<PeerId>) {
         let now = Instant::now();
-        let late: Vec<libp2p::PeerId> = self
+        let late: Vec<PeerId> = self
             .waiting
             .iter()
             .filter(|(_, since)| now.duration_since(**since) >= MEMBERSHIP_GRACE)
             .map(|(peer, _)| *peer)
             .collect();
         for peer in late {
-            self.waiting.remove(&peer);
-            if let Some(id) = crate::from_libp2p_peer_id(&peer) {
-                tracing::debug!(%peer, grace_s = MEMBERSHIP_GRACE.as_secs(), "no membership shown in the grace");
-                self.refuse(id, MembershipError::Missing);
-            }
+            tracing::debug!(%peer, grace_s = MEMBERSHIP_GRACE.as_secs(), "no membership shown in the grace");
+            self.refuse(peer, MembershipError::Missing);
         }
         let due: Vec<PeerId> = self
             .closing
@@ -277,17 +274,12 @@ impl Gate {
             .filter(|(_, (at, _))| *at <= now)
             .map(|(peer, _)| *peer)
             .collect();
-        let mut cut_off = Vec::new();
-        for peer in due {
-            let Some((_, why)) = self.closing.remove(&peer) else {
-                continue;
-            };
-            let id = crate::to_libp2p_peer_id(&peer);
-            self.cut.insert(peer);
-            if why != MembershipError::Revoked {
-                self.banned.insert(id, now + REFUSAL_BAN);
+        for peer in &due {
+            if let Some((_, why)) = self.closing.remove(peer)
+                && why != MembershipError::Revoked
+            {
+                self.banned.insert(*peer, now + REFUSAL_BAN);
             }
-            cut_off.push(id);
         }
         let mut lifted = Vec::new();
         self.banned.retain(|peer, until| {
@@ -297,12 +289,7 @@ impl Gate {
             }
             !over
         });
-        for peer in &lifted {
-            if let Some(id) = crate::from_libp2p_peer_id(peer) {
-                self.cut.remove(&id);
-            }
-        }
-        (cut_off, lifted)
+        (due, lifted)
     }
 }
 
@@ -409,10 +396,9 @@ mod tests {
         assert_eq!(gate.check(&member), Err(MembershipError::Revoked));
         // Refused at once (what it sends is dropped), cut off for good after the notice.
         assert_eq!(gate.judge(member, true, &cert), Verdict::Drop);
-        let id = crate::to_libp2p_peer_id(&member);
         assert_eq!(gate.tick(), (vec![], vec![]));
         gate.closing.get_mut(&member).expect("closing").0 = Instant::now();
-        assert_eq!(gate.tick(), (vec![id], vec![]));
+        assert_eq!(gate.tick(), (vec![member], vec![]));
         assert!(gate.banned.is_empty(), "a revoked member is never let back");
         assert!(matches!(
             gate.judge(member, true, &cert),
@@ -432,18 +418,20 @@ mod tests {
         let coop = key(1);
         let mut gate = Gate::new(coop.public(), key(9).public().peer_id());
         let stranger = key(4).public().peer_id();
-        let id = crate::to_libp2p_peer_id(&stranger);
-        gate.connected(id);
+        gate.connected(stranger);
         assert_eq!(gate.tick(), (vec![], vec![]));
-        gate.waiting.insert(id, Instant::now() - MEMBERSHIP_GRACE);
+        gate.waiting
+            .insert(stranger, Instant::now() - MEMBERSHIP_GRACE);
         // Past the grace: refused, cut off after the notice, banned for a while.
         assert_eq!(gate.tick(), (vec![], vec![]));
         assert!(gate.closing.contains_key(&stranger));
         gate.closing.get_mut(&stranger).expect("closing").0 = Instant::now();
-        assert_eq!(gate.tick(), (vec![id], vec![]));
-        assert!(gate.banned[&id] > Instant::now() + REFUSAL_BAN - Duration::from_secs(1));
-        gate.banned.insert(id, Instant::now());
-        assert_eq!(gate.tick(), (vec![], vec![id]));
+        assert_eq!(gate.tick(), (vec![stranger], vec![]));
+        assert!(gate.banned[&stranger] > Instant::now() + REFUSAL_BAN - Duration::from_secs(1));
+        gate.refuse(stranger, MembershipError::Expired);
+        assert!(!gate.closing.contains_key(&stranger), "already banned");
+        gate.banned.insert(stranger, Instant::now());
+        assert_eq!(gate.tick(), (vec![], vec![stranger]));
         // Let back: a new refusal is a new notice.
         gate.refuse(stranger, MembershipError::Expired);
         assert!(gate.closing.contains_key(&stranger));

@@ -1,7 +1,5 @@
 //! Adverts on gossip: publishing our own, and checking everyone else's before anything trusts them.
 
-use std::time::Instant;
-
 use hearth_protocol::{Message, PeerId, SecretKey, Signed};
 use libp2p::{Swarm, gossipsub};
 
@@ -41,10 +39,6 @@ enum Rejection {
 pub(crate) struct Gossip {
     penalties: Penalties<libp2p::PeerId>,
     flood: FloodGuard<PeerId>,
-    /// Authors banned for flooding, until when.
-    bans: Vec<(libp2p::PeerId, Instant)>,
-    /// The clock the flood guard counts seconds on.
-    epoch: Instant,
 }
 
 impl Default for Gossip {
@@ -52,8 +46,6 @@ impl Default for Gossip {
         Self {
             penalties: Penalties::default(),
             flood: FloodGuard::new(GOSSIP_MESSAGES_PER_SECOND_MAX),
-            bans: Vec::new(),
-            epoch: Instant::now(),
         }
     }
 }
@@ -79,8 +71,7 @@ impl Gossip {
     /// second. Each second over is a strike; at [`crate::FLOOD_STRIKES_MAX`] the author is banned
     /// for [`FLOOD_BAN`].
     fn within_rate(&mut self, swarm: &mut Swarm<Behaviour>, author: PeerId) -> bool {
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match self.flood.count(&author, now_ms) {
+        match self.flood.count(&author) {
             Flood::Within => true,
             Flood::Over => false,
             Flood::Throttled(strikes) => {
@@ -88,10 +79,11 @@ impl Gossip {
                 false
             }
             Flood::Ban => {
-                let id = crate::to_libp2p_peer_id(&author);
                 tracing::warn!(peer = %author, ban_s = FLOOD_BAN.as_secs(), "banned for flooding gossip: connections closed and refused");
-                swarm.behaviour_mut().blocked.block_peer(id);
-                self.bans.push((id, Instant::now() + FLOOD_BAN));
+                swarm
+                    .behaviour_mut()
+                    .blocked
+                    .block_peer(crate::to_libp2p_peer_id(&author));
                 false
             }
         }
@@ -99,16 +91,13 @@ impl Gossip {
 
     /// Lift the flood bans that ran their time; forget the rates of quiet authors.
     pub(crate) fn tick(&mut self, swarm: &mut Swarm<Behaviour>) {
-        let now = Instant::now();
-        let (over, still): (Vec<_>, Vec<_>) =
-            self.bans.drain(..).partition(|(_, until)| *until <= now);
-        self.bans = still;
-        for (peer, _) in over {
+        for peer in self.flood.lift() {
             tracing::info!(%peer, "gossip flood ban lifted");
-            swarm.behaviour_mut().blocked.unblock_peer(peer);
+            swarm
+                .behaviour_mut()
+                .blocked
+                .unblock_peer(crate::to_libp2p_peer_id(&peer));
         }
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        self.flood.forget_quiet(now_ms);
     }
 
     /// Check a gossip message: frame, signature over the raw payload, decode, limits, and that the

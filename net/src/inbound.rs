@@ -4,11 +4,9 @@
 //! to ban (it may never finish a handshake), so it is the address that answers for it. Connections
 //! already established are left alone.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::IpAddr;
 use std::task::{Context, Poll};
-use std::time::Instant;
 
 use libp2p::core::transport::PortUse;
 use libp2p::core::{Endpoint, Multiaddr};
@@ -29,16 +27,12 @@ pub struct Flooding(IpAddr);
 /// The guard, as a behaviour that refuses pending inbound connections.
 pub struct Behaviour {
     guard: FloodGuard<IpAddr>,
-    banned: HashMap<IpAddr, Instant>,
-    epoch: Instant,
 }
 
 impl Default for Behaviour {
     fn default() -> Self {
         Self {
             guard: FloodGuard::new(INBOUND_PER_SECOND_MAX),
-            banned: HashMap::new(),
-            epoch: Instant::now(),
         }
     }
 }
@@ -54,17 +48,13 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
 impl Behaviour {
     /// Count a new connection from `ip`: refused while banned or over the rate.
     fn admit(&mut self, ip: IpAddr) -> Result<(), ConnectionDenied> {
-        let now = Instant::now();
-        match self.banned.get(&ip) {
-            Some(until) if *until > now => return Err(ConnectionDenied::new(Flooding(ip))),
-            Some(_) => {
-                self.banned.remove(&ip);
-                tracing::info!(%ip, "connection flood ban lifted");
-            }
-            None => {}
+        for lifted in self.guard.lift() {
+            tracing::info!(ip = %lifted, "connection flood ban lifted");
         }
-        let now_ms = u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
-        match self.guard.count(&ip, now_ms) {
+        if self.guard.is_banned(&ip) {
+            return Err(ConnectionDenied::new(Flooding(ip)));
+        }
+        match self.guard.count(&ip) {
             Flood::Within => Ok(()),
             Flood::Over => Err(ConnectionDenied::new(Flooding(ip))),
             Flood::Throttled(strikes) => {
@@ -73,9 +63,6 @@ impl Behaviour {
             }
             Flood::Ban => {
                 tracing::warn!(%ip, ban_s = FLOOD_BAN.as_secs(), "banned for flooding connections: new connections from the address refused");
-                // Bounded like the guard: a ban per address that flooded, forgotten once over.
-                self.banned.retain(|_, until| *until > now);
-                self.banned.insert(ip, now + FLOOD_BAN);
                 Err(ConnectionDenied::new(Flooding(ip)))
             }
         }
@@ -139,6 +126,8 @@ impl NetworkBehaviour for Behaviour {
 mod tests {
     use super::*;
 
+    use std::time::Instant;
+
     #[test]
     fn an_address_that_floods_is_refused_then_banned() {
         let mut guard = Behaviour::default();
@@ -147,7 +136,7 @@ mod tests {
         let mut refused = 0;
         // Far past the rate for as long as it takes to earn the ban (three seconds over).
         let started = Instant::now();
-        while !guard.banned.contains_key(&flooder) {
+        while !guard.guard.is_banned(&flooder) {
             assert!(started.elapsed().as_secs() < 10, "never banned");
             for _ in 0..(2 * INBOUND_PER_SECOND_MAX) {
                 refused += usize::from(guard.admit(flooder).is_err());

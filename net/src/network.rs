@@ -207,10 +207,12 @@ impl Network {
         };
         let (cut_off, lifted) = gate.tick();
         for peer in cut_off {
+            let peer = crate::to_libp2p_peer_id(&peer);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
         }
         for peer in lifted {
             tracing::info!(%peer, "co-op refusal lifted; the peer may try again");
+            let peer = crate::to_libp2p_peer_id(&peer);
             self.swarm.behaviour_mut().blocked.unblock_peer(peer);
         }
     }
@@ -232,7 +234,14 @@ impl Network {
                 self.connections
                     .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
                 if let Some(gate) = &mut self.gate {
-                    gate.connected(peer_id);
+                    match crate::from_libp2p_peer_id(&peer_id) {
+                        Some(peer) => gate.connected(peer),
+                        None => {
+                            // Certificates name ed25519 identities: this peer can never show one.
+                            tracing::warn!(peer = %peer_id, "refused: not an ed25519 identity, so never a member of this co-op");
+                            self.swarm.behaviour_mut().blocked.block_peer(peer_id);
+                        }
+                    }
                 }
                 Some(NetEvent::Connected {
                     peer: peer_id,
@@ -248,8 +257,9 @@ impl Network {
                 self.connections.on_closed(peer_id, connection_id);
                 if num_established == 0
                     && let Some(gate) = &mut self.gate
+                    && let Some(peer) = crate::from_libp2p_peer_id(&peer_id)
                 {
-                    gate.disconnected(&peer_id);
+                    gate.disconnected(&peer);
                 }
                 (num_established == 0).then(|| {
                     tracing::debug!(peer = %peer_id, "disconnected");

@@ -5,7 +5,9 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use crate::limits::{BAD_MESSAGES_MAX, FLOOD_STRIKES_MAX, PENALTY_PEERS_MAX};
+use std::time::Instant;
+
+use crate::limits::{BAD_MESSAGES_MAX, FLOOD_BAN, FLOOD_STRIKES_MAX, PENALTY_PEERS_MAX};
 
 /// What to do with a peer after a strike.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -73,13 +75,17 @@ pub enum Flood {
     Ban,
 }
 
-/// Messages per peer per wall-clock second, with a strike for each second a peer goes over.
-/// Bounded by [`PENALTY_PEERS_MAX`]; peers quiet for a minute are forgotten.
+/// Messages per peer per second, with a strike for each second a peer goes over and a ban of
+/// [`FLOOD_BAN`] at [`FLOOD_STRIKES_MAX`] strikes. It keeps the bans and their ends; the caller
+/// blocks and unblocks. Bounded by [`PENALTY_PEERS_MAX`]; peers quiet for a minute are forgotten.
 #[derive(Debug)]
 pub struct FloodGuard<P> {
     per_second: u32,
     /// Per peer: the second counted, messages in it, strikes.
     counts: HashMap<P, (u64, u32, u32)>,
+    /// Banned peers, and when their ban ends (ms on `epoch`).
+    bans: HashMap<P, u64>,
+    epoch: Instant,
 }
 
 impl<P: Eq + Hash + Clone> FloodGuard<P> {
@@ -88,11 +94,22 @@ impl<P: Eq + Hash + Clone> FloodGuard<P> {
         Self {
             per_second,
             counts: HashMap::new(),
+            bans: HashMap::new(),
+            epoch: Instant::now(),
         }
     }
 
-    /// Count one message from `peer` at `now_ms` (any monotone millisecond clock).
-    pub fn count(&mut self, peer: &P, now_ms: u64) -> Flood {
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Count one message from `peer` now.
+    pub fn count(&mut self, peer: &P) -> Flood {
+        let now_ms = self.now_ms();
+        self.count_at(peer, now_ms)
+    }
+
+    fn count_at(&mut self, peer: &P, now_ms: u64) -> Flood {
         let second = now_ms / 1000;
         if !self.counts.contains_key(peer) && self.counts.len() >= PENALTY_PEERS_MAX {
             self.forget_quiet(now_ms);
@@ -112,16 +129,53 @@ impl<P: Eq + Hash + Clone> FloodGuard<P> {
             return Flood::Over;
         }
         entry.2 += 1;
-        if entry.2 >= FLOOD_STRIKES_MAX {
-            self.counts.remove(peer);
-            Flood::Ban
-        } else {
-            Flood::Throttled(entry.2)
+        if entry.2 < FLOOD_STRIKES_MAX {
+            return Flood::Throttled(entry.2);
         }
+        self.counts.remove(peer);
+        if self.bans.len() >= PENALTY_PEERS_MAX {
+            // Keep the longest bans: the earliest to end would be lifted soonest anyway.
+            let soonest = self
+                .bans
+                .iter()
+                .min_by_key(|(_, end)| **end)
+                .map(|(p, _)| p.clone());
+            if let Some(soonest) = soonest {
+                self.bans.remove(&soonest);
+            }
+        }
+        let ban_ms = u64::try_from(FLOOD_BAN.as_millis()).unwrap_or(u64::MAX);
+        self.bans
+            .insert(peer.clone(), now_ms.saturating_add(ban_ms));
+        Flood::Ban
+    }
+
+    /// Whether `peer` is banned now.
+    pub fn is_banned(&self, peer: &P) -> bool {
+        self.bans.get(peer).is_some_and(|end| *end > self.now_ms())
+    }
+
+    /// Time passed: the peers whose ban ended (for the caller to let back); quiet peers forgotten.
+    pub fn lift(&mut self) -> Vec<P> {
+        let now_ms = self.now_ms();
+        self.lift_at(now_ms)
+    }
+
+    fn lift_at(&mut self, now_ms: u64) -> Vec<P> {
+        let mut lifted = Vec::new();
+        self.bans.retain(|peer, end| {
+            let over = *end <= now_ms;
+            if over {
+                lifted.push(peer.clone());
+            }
+            !over
+        });
+        self.forget_quiet(now_ms);
+        lifted
     }
 
     /// Forget the peers quiet for a minute, strikes and all.
-    pub fn forget_quiet(&mut self, now_ms: u64) {
+    fn forget_quiet(&mut self, now_ms: u64) {
         let second = now_ms / 1000;
         self.counts
             .retain(|_, (s, _, _)| second.saturating_sub(*s) < 60);
@@ -138,21 +192,26 @@ mod tests {
         for second in 0..FLOOD_STRIKES_MAX as u64 {
             let now = second * 1000 + 10;
             for _ in 0..5 {
-                assert_eq!(guard.count(&"mallory", now), Flood::Within);
-                assert_eq!(guard.count(&"alice", now), Flood::Within);
+                assert_eq!(guard.count_at(&"mallory", now), Flood::Within);
+                assert_eq!(guard.count_at(&"alice", now), Flood::Within);
             }
-            let verdict = guard.count(&"mallory", now);
+            let verdict = guard.count_at(&"mallory", now);
             if second + 1 < FLOOD_STRIKES_MAX as u64 {
                 assert_eq!(verdict, Flood::Throttled(second as u32 + 1));
-                assert_eq!(guard.count(&"mallory", now), Flood::Over);
+                assert_eq!(guard.count_at(&"mallory", now), Flood::Over);
             } else {
                 assert_eq!(verdict, Flood::Ban);
             }
         }
         // Alice, at the rate but never over it, is never throttled; a new second starts afresh.
-        assert_eq!(guard.count(&"alice", 10_000), Flood::Within);
-        guard.forget_quiet(100_000);
-        assert!(guard.counts.is_empty());
+        assert_eq!(guard.count_at(&"alice", 10_000), Flood::Within);
+        // Mallory's ban ends after FLOOD_BAN, and quiet peers are forgotten.
+        let ban_ms = FLOOD_BAN.as_millis() as u64;
+        assert!(guard.is_banned(&"mallory"));
+        assert!(guard.lift_at(2_010 + ban_ms - 1).is_empty());
+        assert_eq!(guard.lift_at(2_010 + ban_ms), vec!["mallory"]);
+        assert!(guard.lift_at(100_000).is_empty());
+        assert!(guard.bans.is_empty() && guard.counts.is_empty());
     }
 
     #[test]

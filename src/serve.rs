@@ -56,7 +56,8 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
         config.http = http;
     }
     config.net.mdns = !args.no_mdns && file.coordinator.mdns.unwrap_or(true);
-    config.policy.replicas = args.replicas;
+    config.replicas = args.replicas;
+    config.peers_max = args.peers_max;
     config.models_dir = Some(models_dir);
     config.open = args.open;
     config.insecure_http = args.insecure_http;

@@ -13,6 +13,7 @@
 //! | `log`     | sequence number     | [`Entry`] (postcard) |
 //! | `jobs`    | job id              | [`JobPayload`] (postcard) |
 //! | `outputs` | (job, unit, peer)   | [`StoredOutput`] (postcard) |
+//! | `meta`    | name                | `secret`: the [`Secret`] behind every random check |
 
 use std::path::{Path, PathBuf};
 
@@ -30,6 +31,50 @@ pub const JOURNAL_FILE: &str = "journal.redb";
 const LOG: TableDefinition<u64, &[u8]> = TableDefinition::new("log");
 const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const OUTPUTS: TableDefinition<(u64, u64, &[u8]), &[u8]> = TableDefinition::new("outputs");
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META_SECRET: &str = "secret";
+
+/// The coordinator's secret: 32 bytes drawn from the OS when its journal is made, kept in it, and
+/// never sent anywhere. Every random choice that matters for trust (which units are spot-checked,
+/// which pipeline windows are replayed and by whom) is drawn from a generator seeded by a key
+/// derived from it, so no peer can predict them, and a coordinator restarted from its journal
+/// replays the same draws.
+#[derive(Clone)]
+pub struct Secret([u8; 32]);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
+    }
+}
+
+impl Secret {
+    /// The scheduler's spot-check seed ([`crate::Policy::seed`]).
+    pub fn spot_checks(&self) -> u64 {
+        self.seed("hearth scheduler spot checks", &[])
+    }
+
+    /// The seed of pipeline session `session`'s driver (which windows it samples, which peers
+    /// verify them) in the coordinator's run `run`. Sessions do not outlive their coordinator's
+    /// process (a restart ends them), so each run draws a fresh `run` from the OS and session ids,
+    /// which start again at 1, never reuse a seed.
+    pub fn session(&self, run: u64, session: u64) -> u64 {
+        self.seed("hearth pipeline session checks", &[run, session])
+    }
+
+    /// A seed for the purpose named by `context`, about `ids`: a keyed BLAKE3 of both, so seeds for
+    /// different purposes or ids tell nothing about one another or about the secret.
+    fn seed(&self, context: &str, ids: &[u64]) -> u64 {
+        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        hasher.update(context.as_bytes());
+        hasher.update(&[0]);
+        for id in ids {
+            hasher.update(&id.to_le_bytes());
+        }
+        let bytes = hasher.finalize();
+        u64::from_le_bytes(bytes.as_bytes()[..8].try_into().expect("8 of 32 bytes"))
+    }
+}
 
 /// What a job computes, beyond what the scheduler knows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -177,6 +222,7 @@ pub struct Journal {
     db: Database,
     path: PathBuf,
     next_seq: u64,
+    secret: Secret,
 }
 
 fn db_error(path: &Path, error: impl std::fmt::Display) -> Error {
@@ -187,20 +233,48 @@ fn db_error(path: &Path, error: impl std::fmt::Display) -> Error {
 }
 
 impl Journal {
-    /// Open (or create) the journal in `data_dir`.
+    /// Open (or create) the journal in `data_dir`. A new journal gets a [`Secret`] drawn from the
+    /// OS, committed before anything else can be.
     pub fn open(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(JOURNAL_FILE);
         let db = Database::create(&path).map_err(|e| db_error(&path, e))?;
         let tx = db.begin_write().map_err(|e| db_error(&path, e))?;
-        let next_seq = {
+        let (next_seq, secret) = {
             tx.open_table(JOBS).map_err(|e| db_error(&path, e))?;
             tx.open_table(OUTPUTS).map_err(|e| db_error(&path, e))?;
             let log = tx.open_table(LOG).map_err(|e| db_error(&path, e))?;
             let last = log.last().map_err(|e| db_error(&path, e))?;
-            last.map_or(0, |(k, _)| k.value() + 1)
+            let mut meta = tx.open_table(META).map_err(|e| db_error(&path, e))?;
+            let stored = meta
+                .get(META_SECRET)
+                .map_err(|e| db_error(&path, e))?
+                .map(|v| <[u8; 32]>::try_from(v.value()));
+            let secret = match stored {
+                Some(Ok(bytes)) => bytes,
+                Some(Err(_)) => return Err(db_error(&path, "its secret is not 32 bytes")),
+                None => {
+                    let mut bytes = [0u8; 32];
+                    getrandom::fill(&mut bytes)
+                        .map_err(|e| db_error(&path, format!("no OS randomness: {e}")))?;
+                    meta.insert(META_SECRET, bytes.as_slice())
+                        .map_err(|e| db_error(&path, e))?;
+                    bytes
+                }
+            };
+            (last.map_or(0, |(k, _)| k.value() + 1), Secret(secret))
         };
         tx.commit().map_err(|e| db_error(&path, e))?;
-        Ok(Self { db, path, next_seq })
+        Ok(Self {
+            db,
+            path,
+            next_seq,
+            secret,
+        })
+    }
+
+    /// The secret behind this coordinator's random checks.
+    pub fn secret(&self) -> &Secret {
+        &self.secret
     }
 
     /// Commit `batch` durably. Only after this returns may its effects be acknowledged.

@@ -4,11 +4,15 @@
 //! → the sans-IO [`Registry`] keeps each peer's capabilities and decides who is online → the HTTP API
 //! reads the registry through the loop (`GET /v1/peers`, `GET /v1/swarm`).
 //!
-//! The [`Ledger`] (trust per peer and numeric class, strikes, quarantine, credit) is the first core
-//! of sharded jobs; the scheduler and verifier that feed it come next.
+//! Sharded jobs: nodes ask for work over the work protocol → the [`Scheduler`] (with its verifier and
+//! [`Ledger`]) assigns units, judges what comes back and accepts a unit once a quorum agrees → each
+//! input and decision is committed to the journal (redb) before the node hears back. Pipelined
+//! generation: the sessions shell plans a route and runs a [`pipeline::Driver`] per session.
 //!
-//! The decisions live in pure state machines (`handle(now_ms, input) -> outputs`) so the simulator and
-//! tests drive them without sockets or clocks; [`run`] is the thin shell around them.
+//! The decisions live in [`hearth_core`]'s pure state machines (`handle(now_ms, input) -> outputs`),
+//! so the simulator and tests drive them without sockets or clocks; this crate is the shell around
+//! them ([`run`]): the swarm, the HTTP and OpenAI APIs, the journal, keys and co-op files. The seed
+//! behind every random check is drawn from the OS when a journal is new and kept in it.
 
 mod coop;
 mod error;
@@ -19,26 +23,23 @@ pub mod fuzzing;
 mod http;
 pub mod journal;
 pub mod keys;
-mod ledger;
 mod limits;
 pub(crate) mod openai;
-pub mod pipeline;
-mod registry;
-pub mod scheduler;
 mod service;
 mod sessions;
 mod tls;
-pub mod verifier;
 mod work;
 
+pub use hearth_core::{ledger, pipeline, registry, scheduler, verifier};
+
 pub use error::{Error, Result};
-pub use ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
-pub use limits::*;
-pub use registry::{Input, Output, Registry};
-pub use scheduler::{
+pub use hearth_core::ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
+pub use hearth_core::registry::{Input, Output, Registry};
+pub use hearth_core::scheduler::{
     Delivery, JobSpec, JobState, JobStatus, Offer, Policy, Scheduler, UnitSpec, UnitState,
     UnitStatus, deadline_ms, unit_size,
 };
+pub use limits::*;
 pub use service::{API_URL_FILE, CoordinatorConfig, run};
 pub use sessions::{GenerateRequest, SessionEvent};
 pub use work::{JobInput, SubmitJob, Unavailable, output_lines};

@@ -24,7 +24,6 @@ use tracing::Instrument;
 use crate::http::{Command, router};
 use crate::limits::{COMMAND_QUEUE_MAX, TICK_INTERVAL_MS};
 use crate::registry::{Input, Output, Registry};
-use crate::scheduler::Policy;
 use crate::sessions::Sessions;
 use crate::work::Work;
 use crate::{Error, Result};
@@ -42,8 +41,12 @@ pub struct CoordinatorConfig {
     pub net: NetConfig,
     /// Where the HTTP API listens.
     pub http: SocketAddr,
-    /// How sharded jobs are replicated.
-    pub policy: Policy,
+    /// Replicas per unit for jobs that do not say; `None` for adaptive replication. (The seed
+    /// behind spot checks is not configurable: it is drawn from the OS and kept in the journal.)
+    pub replicas: Option<u32>,
+    /// Peers remembered by the registry, the ledger and the scheduler
+    /// ([`hearth_core::Policy::peers_max`]).
+    pub peers_max: usize,
     /// Where the default LLM is, for tokenizing prompts of pipelined generation.
     pub models_dir: Option<PathBuf>,
     /// No API key needed (but for the admin endpoints). Loopback only.
@@ -83,7 +86,8 @@ impl CoordinatorConfig {
                 ..NetConfig::default()
             },
             http: Self::HTTP_ADDR.parse().expect("valid socket address"),
-            policy: Policy::default(),
+            replicas: None,
+            peers_max: crate::PEERS_MAX_DEFAULT,
             models_dir: None,
             open: false,
             insecure_http: false,
@@ -138,7 +142,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         if let Some(coop) = &mut coop {
             network.join_coop(*coop.public(), coop.take_loaded());
         }
-        let work = Work::open(&config.data_dir, config.policy)?;
+        let work = Work::open(&config.data_dir, config.replicas, config.peers_max)?;
 
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
@@ -178,11 +182,12 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             .in_current_span(),
         );
 
+        let sessions = Sessions::new(config.models_dir.clone(), work.secret().clone());
         let mut coordinator = Coordinator {
             network,
-            registry: Registry::default(),
+            registry: Registry::new(config.peers_max),
             work,
-            sessions: Sessions::new(config.models_dir.clone()),
+            sessions,
             listen_addrs: Vec::new(),
             coop,
             last_membership: None,
@@ -273,7 +278,7 @@ impl Coordinator {
     fn within_rate(&mut self, peer: hearth_protocol::PeerId) -> bool {
         use crate::limits::WORK_REQUESTS_PER_SECOND_MAX;
         use hearth_net::{FLOOD_BAN, Flood};
-        match self.flood.count(&peer) {
+        match self.flood.count(&peer, hearth_net::monotonic_ms()) {
             Flood::Within => true,
             Flood::Over => false,
             Flood::Throttled(strikes) => {
@@ -294,7 +299,7 @@ impl Coordinator {
 
     /// Lift the flood bans that have run their time.
     fn lift_bans(&mut self) {
-        for peer in self.flood.lift() {
+        for peer in self.flood.lift(hearth_net::monotonic_ms()) {
             tracing::info!(%peer, "flood ban lifted");
             self.network
                 .swarm

@@ -9,15 +9,16 @@ use hearth_kernels::{ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, SMOLLM
 use hearth_net::Network;
 use hearth_net::libp2p::request_response::OutboundRequestId;
 use hearth_protocol::work::{WorkRequest, WorkResponse};
-use hearth_protocol::{KernelFamily, ModelId, PeerId};
+use hearth_protocol::{ModelId, PeerId};
 use serde::Deserialize;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
+use crate::journal::Secret;
 use crate::limits::{
     GENERATE_TOKENS_DEFAULT, SESSION_EVENTS_SLACK, SESSIONS_MAX, STAGES_DEFAULT, STEP_TIMEOUT_MS,
 };
-use crate::pipeline::{Action, Candidate, Driver, Verify, plan};
+use crate::pipeline::{Action, Driver, StepTimeouts, Verify, candidates, plan};
 use crate::{Registry, Standing};
 
 /// Why a generation was not started: the swarm cannot serve it now (503 for an API client), or the
@@ -112,7 +113,8 @@ struct Live {
     started: Instant,
     prompt_tokens: usize,
     first_token_ms: Option<f64>,
-    /// When the request in flight went out, and to which stage index.
+    /// When the request in flight went out, and to which stage index (for the hop latencies the
+    /// summary reports; whether it is late is [`StepTimeouts`]'s to say).
     sent: Option<(Instant, u32)>,
     /// Round trips per layer start: (count, total ms).
     hops: BTreeMap<u32, (u64, f64)>,
@@ -129,14 +131,26 @@ pub(crate) struct Sessions {
     faults: Vec<(PeerId, String)>,
     /// The last sessions that ended, newest last, for the dashboard.
     recent: std::collections::VecDeque<Value>,
+    /// Where each session's driver seed comes from ([`Secret::session`]), and this run's draw.
+    secret: Secret,
+    run: u64,
+    /// Steps in flight, to call a stage that does not answer failed.
+    timeouts: StepTimeouts,
 }
 
 /// Ended sessions kept for [`Sessions::overview`].
 const RECENT_SESSIONS: usize = 8;
 
 impl Sessions {
-    pub(crate) fn new(models_dir: Option<PathBuf>) -> Self {
+    pub(crate) fn new(models_dir: Option<PathBuf>, secret: Secret) -> Self {
+        let mut run = [0u8; 8];
+        // Without OS randomness the journal could not have drawn its secret either; a zero run
+        // still keeps seeds secret (they are keyed), only repeated across restarts.
+        let _ = getrandom::fill(&mut run);
         Self {
+            secret,
+            run: u64::from_le_bytes(run),
+            timeouts: StepTimeouts::default(),
             models_dir,
             llm: None,
             embed_tokenizer: None,
@@ -190,33 +204,6 @@ impl Sessions {
             });
         }
         Ok(self.llm.as_ref().expect("loaded above"))
-    }
-
-    /// The peers that may serve stages of `model`: online, holding it, able to run LLMs, not
-    /// quarantined.
-    fn candidates(
-        registry: &Registry,
-        standing: &dyn Fn(&PeerId) -> Standing,
-        now_ms: u64,
-        model: &ModelId,
-    ) -> Vec<Candidate> {
-        registry
-            .entries(now_ms)
-            .into_iter()
-            .filter(|p| {
-                p.online
-                    && p.capabilities.models.contains(model)
-                    && p.capabilities
-                        .numeric_class
-                        .contains_key(&KernelFamily::Llm)
-                    && !standing(&p.peer_id).quarantined
-            })
-            .map(|p| Candidate {
-                peer: p.peer_id,
-                score: p.capabilities.score,
-                memory_free_bytes: p.capabilities.memory_free_bytes,
-            })
-            .collect()
     }
 
     /// Start a session; its tokens and summary go to `events`.
@@ -278,7 +265,7 @@ impl Sessions {
                 prompt.len()
             )));
         }
-        let candidates = Self::candidates(registry, standing, now_ms, &model);
+        let candidates = candidates(registry, standing, &model);
         let stages = request
             .stages
             .map_or(STAGES_DEFAULT.min(candidates.len()).max(1), |k| k as usize);
@@ -303,6 +290,7 @@ impl Sessions {
             context,
             request.verify.unwrap_or(Verify::Window),
             request.sampling,
+            self.secret.session(self.run, session),
         );
         self.live.insert(
             session,
@@ -318,7 +306,7 @@ impl Sessions {
                 hops: BTreeMap::new(),
             },
         );
-        self.act(net, session, actions);
+        self.act(net, now_ms, session, actions);
         Ok(())
     }
 
@@ -335,6 +323,7 @@ impl Sessions {
         let Some(session) = self.requests.remove(&id) else {
             return false;
         };
+        self.timeouts.answered(session);
         let Some(live) = self.live.get_mut(&session) else {
             return true;
         };
@@ -351,34 +340,34 @@ impl Sessions {
             Ok(WorkResponse::Forwarded { output, receipt }) => {
                 let signature_ok = receipt.verify().is_ok();
                 if Driver::receipt_matches(&forward, &peer, &output, &receipt, signature_ok) {
-                    let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                    let candidates = candidates(registry, standing, &forward.model);
                     live.driver.on_result(output, receipt, &candidates)
                 } else {
                     tracing::warn!(%peer, session, step = forward.step, "stage receipt does not check");
-                    let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                    let candidates = candidates(registry, standing, &forward.model);
                     live.driver
                         .on_failure(peer, "its receipt did not check", &candidates)
                 }
             }
             Ok(WorkResponse::Rejected(reason)) => {
                 tracing::warn!(%peer, session, %reason, "stage refused a step");
-                let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                let candidates = candidates(registry, standing, &forward.model);
                 live.driver
                     .on_failure(peer, &format!("refused: {reason}"), &candidates)
             }
             Ok(other) => {
-                let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                let candidates = candidates(registry, standing, &forward.model);
                 live.driver
                     .on_failure(peer, &format!("answered {other:?} to a step"), &candidates)
             }
             Err(error) => {
                 tracing::warn!(%peer, session, %error, "stage did not answer");
-                let candidates = Self::candidates(registry, standing, now_ms, &forward.model);
+                let candidates = candidates(registry, standing, &forward.model);
                 live.driver
                     .on_failure(peer, &format!("no answer: {error}"), &candidates)
             }
         };
-        self.act(net, session, actions);
+        self.act(net, now_ms, session, actions);
         true
     }
 
@@ -402,14 +391,14 @@ impl Sessions {
             let awaited = live.driver.awaiting() == Some(peer);
             let model = live.driver.pending().map(|f| f.model);
             let candidates = model
-                .map(|m| Self::candidates(registry, standing, now_ms, &m))
+                .map(|m| candidates(registry, standing, &m))
                 .unwrap_or_default();
             let actions = live.driver.on_failure(peer, "left the swarm", &candidates);
             if awaited {
                 // The request in flight is abandoned; its late answer must not count.
                 self.requests.retain(|_, s| *s != session);
             }
-            self.act(net, session, actions);
+            self.act(net, now_ms, session, actions);
         }
     }
 
@@ -421,36 +410,29 @@ impl Sessions {
         standing: &dyn Fn(&PeerId) -> Standing,
         now_ms: u64,
     ) {
-        let late: Vec<(u64, PeerId)> = self
-            .live
-            .iter()
-            .filter_map(|(id, live)| {
-                let (sent, _) = live.sent?;
-                (sent.elapsed().as_millis() as u64 > STEP_TIMEOUT_MS)
-                    .then(|| live.driver.awaiting().map(|p| (*id, p)))
-                    .flatten()
-            })
-            .collect();
-        for (session, peer) in late {
+        for session in self.timeouts.late(now_ms) {
             self.requests.retain(|_, s| *s != session);
             let Some(live) = self.live.get_mut(&session) else {
+                continue;
+            };
+            let Some(peer) = live.driver.awaiting() else {
                 continue;
             };
             live.sent = None;
             let model = live.driver.pending().map(|f| f.model);
             let candidates = model
-                .map(|m| Self::candidates(registry, standing, now_ms, &m))
+                .map(|m| candidates(registry, standing, &m))
                 .unwrap_or_default();
             let actions = live.driver.on_failure(
                 peer,
                 &format!("no answer within {STEP_TIMEOUT_MS} ms"),
                 &candidates,
             );
-            self.act(net, session, actions);
+            self.act(net, now_ms, session, actions);
         }
     }
 
-    fn act(&mut self, net: &mut Network, session: u64, actions: Vec<Action>) {
+    fn act(&mut self, net: &mut Network, now_ms: u64, session: u64, actions: Vec<Action>) {
         for action in actions {
             let Some(live) = self.live.get_mut(&session) else {
                 return;
@@ -458,6 +440,7 @@ impl Sessions {
             match action {
                 Action::Send { peer, forward } => {
                     live.sent = Some((Instant::now(), forward.layers.0));
+                    self.timeouts.sent(session, now_ms);
                     let id = net.request(&peer, WorkRequest::Forward(forward));
                     self.requests.insert(id, session);
                 }
@@ -518,6 +501,7 @@ impl Sessions {
                     }
                     let live = self.live.remove(&session).expect("present");
                     self.requests.retain(|_, s| *s != session);
+                    self.timeouts.answered(session);
                     let event = match error {
                         Some(error) => {
                             tracing::warn!(session, %error, "generation failed");
@@ -536,6 +520,7 @@ impl Sessions {
     /// The client stopped reading (its event queue is full or closed): end the session and free
     /// its stages' caches rather than generate for nobody.
     fn abandon(&mut self, net: &mut Network, session: u64) {
+        self.timeouts.answered(session);
         if let Some(live) = self.live.remove(&session) {
             tracing::warn!(session, "client stopped reading; session ended");
             for hop in live.driver.route() {

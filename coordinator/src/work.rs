@@ -89,8 +89,13 @@ fn offer(capabilities: &Capabilities, network: Option<String>) -> Offer {
 
 impl Work {
     /// Open the journal in `data_dir` and rebuild the scheduler from it.
-    pub(crate) fn open(data_dir: &Path, policy: Policy) -> Result<Self> {
+    pub(crate) fn open(data_dir: &Path, replicas: Option<u32>, peers_max: usize) -> Result<Self> {
         let journal = Journal::open(data_dir)?;
+        let policy = Policy {
+            replicas,
+            peers_max,
+            ..Policy::seeded(journal.secret().spot_checks())
+        };
         let payloads: BTreeMap<u64, JobPayload> =
             journal.jobs()?.into_iter().map(|j| (j.id, j)).collect();
         let mut work = Self {
@@ -150,6 +155,19 @@ impl Work {
         net: &mut Network,
         now_ms: u64,
         input: Input,
+        batch: Batch,
+        always_log: bool,
+    ) -> Result<Vec<Output>> {
+        let outputs = self.record(now_ms, input, batch, always_log)?;
+        self.act(net, &outputs);
+        Ok(outputs)
+    }
+
+    /// The scheduler's half of [`Self::step`]: handle `input` and commit it with its decisions.
+    fn record(
+        &mut self,
+        now_ms: u64,
+        input: Input,
         mut batch: Batch,
         always_log: bool,
     ) -> Result<Vec<Output>> {
@@ -175,8 +193,12 @@ impl Work {
             }
         }
         self.journal.commit(batch)?;
-        self.act(net, &outputs);
         Ok(outputs)
+    }
+
+    /// The secret behind this coordinator's random checks, from its journal.
+    pub(crate) fn secret(&self) -> &crate::journal::Secret {
+        self.journal.secret()
     }
 
     fn act(&mut self, net: &mut Network, outputs: &[Output]) {
@@ -524,15 +546,7 @@ impl Work {
         now_ms: u64,
         peer: PeerId,
     ) -> Result<()> {
-        let class = registry
-            .capabilities(&peer)
-            .and_then(|c| c.numeric_class.get(&KernelFamily::Llm).cloned())
-            .unwrap_or_else(|| "unknown".into());
-        let input = Input::StageVerdict {
-            peer,
-            class,
-            fault: Some(crate::Fault::Mismatch),
-        };
+        let input = crate::pipeline::stage_fault(registry, peer);
         self.step(net, now_ms, input, Batch::default(), true)
             .map(drop)
     }
@@ -676,5 +690,173 @@ pub fn output_lines(ids: &[String], output: &UnitOutput, text: &mut String) {
                 let _ = writeln!(text, r#"{{"id":{id},"token_ids":{ids},"text":{words}}}"#);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use hearth_protocol::{Digest, KernelFamily, ModelId, PeerId, SecretKey};
+
+    use super::*;
+    use crate::journal::JOURNAL_FILE;
+
+    /// Units in the test job: after the first few dozen (while the peers earn trust) each one is a
+    /// spot-check decision, so chance agreement between two secrets cannot pass.
+    const UNITS: u64 = 1_500;
+
+    fn peer(n: u8) -> PeerId {
+        SecretKey::from_bytes(&[n; 32]).public().peer_id()
+    }
+
+    fn input(unit: u64) -> Digest {
+        Digest::of("input", &unit.to_le_bytes())
+    }
+
+    fn submit() -> Input {
+        Input::Submit(JobSpec {
+            id: 1,
+            family: KernelFamily::Embed,
+            model: ModelId::of_bytes(b"embedder"),
+            replicas: None,
+            units: (0..UNITS)
+                .map(|u| UnitSpec {
+                    input: input(u),
+                    items: 1,
+                })
+                .collect(),
+            submitter: None,
+        })
+    }
+
+    /// Three honest peers, each asking for one unit a round and answering it at once; returns
+    /// every assignment made, in order: the scheduler's decisions, spot checks included.
+    fn rounds(work: &mut Work, now_ms: &mut u64, count: usize) -> Vec<(u64, PeerId)> {
+        let mut decisions = Vec::new();
+        for _ in 0..count {
+            for n in 1..=3u8 {
+                let p = peer(n);
+                let ready = Input::Ready {
+                    peer: p,
+                    slots: 1,
+                    until_ms: *now_ms + 10_000,
+                    offer: Offer {
+                        classes: BTreeMap::from([(KernelFamily::Embed, "k0/embed/test".into())]),
+                        models: vec![ModelId::of_bytes(b"embedder")],
+                        score: 20.0,
+                        network: Some(format!("net-{n}")),
+                    },
+                };
+                let outputs = work
+                    .record(*now_ms, ready, Batch::default(), true)
+                    .expect("commit");
+                for output in outputs {
+                    let Output::Assign {
+                        peer, job, unit, ..
+                    } = output
+                    else {
+                        continue;
+                    };
+                    decisions.push((unit, peer));
+                    let delivery = Delivery {
+                        peer,
+                        job,
+                        unit,
+                        signer: peer,
+                        signature_ok: true,
+                        subject: (job, unit),
+                        input: input(unit),
+                        output: Digest::of("truth", &unit.to_le_bytes()),
+                        output_ok: true,
+                        class: "k0/embed/test".into(),
+                        agrees_across: BTreeSet::new(),
+                    };
+                    work.record(*now_ms, Input::Delivered(delivery), Batch::default(), true)
+                        .expect("commit");
+                }
+            }
+            *now_ms += 10;
+        }
+        decisions
+    }
+
+    /// Units that went to more than one peer although a trusted peer could have run them alone.
+    fn checked(decisions: &[(u64, PeerId)]) -> BTreeSet<u64> {
+        let mut peers: BTreeMap<u64, BTreeSet<PeerId>> = BTreeMap::new();
+        for (unit, peer) in decisions {
+            peers.entry(*unit).or_default().insert(*peer);
+        }
+        // The first units run replicated while the peers are new; count from the point all three
+        // could be trusted.
+        peers
+            .into_iter()
+            .filter(|(unit, peers)| *unit >= 100 && peers.len() > 1)
+            .map(|(unit, _)| unit)
+            .collect()
+    }
+
+    #[test]
+    fn spot_checks_come_from_the_journals_secret_unpredictable_and_replayed() {
+        let dirs: Vec<_> = (0..3)
+            .map(|_| tempfile::tempdir().expect("tempdir"))
+            .collect();
+        // Coordinator B starts from a copy of A's new journal: the same secret, run without a
+        // restart, for what A must draw again after its own.
+        drop(Work::open(dirs[0].path(), None, crate::PEERS_MAX_DEFAULT).expect("open A"));
+        std::fs::copy(
+            dirs[0].path().join(JOURNAL_FILE),
+            dirs[1].path().join(JOURNAL_FILE),
+        )
+        .expect("copy journal");
+        let total_rounds = UNITS as usize;
+
+        let run = |dir: &Path, restart_after: Option<usize>| {
+            let mut work = Work::open(dir, None, crate::PEERS_MAX_DEFAULT).expect("open");
+            let mut now_ms = 1_000;
+            work.record(now_ms, submit(), Batch::default(), true)
+                .expect("submit");
+            let mut decisions = Vec::new();
+            if let Some(first) = restart_after {
+                decisions.extend(rounds(&mut work, &mut now_ms, first));
+                let seed = work.secret().spot_checks();
+                drop(work);
+                work = Work::open(dir, None, crate::PEERS_MAX_DEFAULT).expect("reopen");
+                assert_eq!(work.secret().spot_checks(), seed, "the secret is kept");
+                decisions.extend(rounds(&mut work, &mut now_ms, total_rounds - first));
+            } else {
+                decisions.extend(rounds(&mut work, &mut now_ms, total_rounds));
+            }
+            let accepted: BTreeSet<u64> = work
+                .journal
+                .entries()
+                .expect("entries")
+                .iter()
+                .filter_map(|e| match e.record {
+                    Record::Accepted { unit, .. } => Some(unit),
+                    _ => None,
+                })
+                .collect();
+            assert_eq!(accepted.len() as u64, UNITS, "every unit accepted");
+            decisions
+        };
+        let a = run(dirs[0].path(), Some(total_rounds / 3));
+        let b = run(dirs[1].path(), None);
+        let c = run(dirs[2].path(), None);
+
+        let decided = a.iter().filter(|(unit, _)| *unit >= 100).count();
+        assert!(decided >= 1_000, "only {decided} decisions");
+        let (checked_a, checked_c) = (checked(&a), checked(&c));
+        assert!(
+            checked_a.len() > 50 && checked_c.len() > 50,
+            "spot checks happen: {} and {}",
+            checked_a.len(),
+            checked_c.len()
+        );
+        assert_ne!(
+            checked_a, checked_c,
+            "two coordinators started the same way check different units"
+        );
+        assert_eq!(a, b, "a restarted coordinator draws what it drew before");
     }
 }

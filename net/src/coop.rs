@@ -11,9 +11,12 @@
 //! restarting), or for good once revoked. The notice lets our certificate, or the revocation, reach
 //! it first, so its log says why too. Every refusal is logged with its reason. Revocations are
 //! self-authenticating (the co-op's signature), applied at once and forwarded.
+//!
+//! The gate is sans-IO: time comes in as a [`Now`] with every call that needs it, read by the
+//! network's shell, so its tests drive time instead of sleeping.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use hearth_protocol::coop::{Membership, MembershipError, Revocation};
 use hearth_protocol::{PeerId, PublicKey};
@@ -36,11 +39,30 @@ pub const REFUSAL_BAN: Duration = Duration::from_secs(60);
 /// than a heartbeat (2 s), so our certificate or the revocation reaches it first.
 pub const REFUSAL_NOTICE: Duration = Duration::from_secs(3);
 
-/// Wall-clock milliseconds, for certificate expiry.
-fn wall_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+/// A moment as the gate needs it: a monotonic clock for its own timers (grace, notice, bans) and
+/// the wall clock for certificates' expiry, which is a date.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Now {
+    /// Milliseconds on a monotonic clock ([`crate::monotonic_ms`]).
+    pub(crate) ms: u64,
+    /// Milliseconds since the Unix epoch.
+    pub(crate) wall_ms: u64,
+}
+
+impl Now {
+    /// Read both clocks (the shell's job, never the gate's).
+    pub(crate) fn read() -> Self {
+        Self {
+            ms: crate::monotonic_ms(),
+            wall_ms: SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
+        }
+    }
+}
+
+fn ms(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
 }
 
 /// What the gate decided about a gossip message.
@@ -89,12 +111,13 @@ pub(crate) struct Gate {
     revoked: HashMap<PeerId, Revocation>,
     /// Messages from peers not admitted, by peer; bounded like the strike table.
     strays: HashMap<PeerId, u32>,
-    /// Connected peers not yet admitted, since when.
-    waiting: HashMap<PeerId, Instant>,
-    /// Peers refused, to cut off when their notice is over, and why.
-    closing: HashMap<PeerId, (Instant, MembershipError)>,
-    /// Peers cut off for a while, and until when (the revoked are cut off for good instead).
-    banned: HashMap<PeerId, Instant>,
+    /// Connected peers not yet admitted, since when ([`Now::ms`]).
+    waiting: HashMap<PeerId, u64>,
+    /// Peers refused, to cut off when their notice is over ([`Now::ms`]), and why.
+    closing: HashMap<PeerId, (u64, MembershipError)>,
+    /// Peers cut off for a while, and until when ([`Now::ms`]; the revoked are cut off for good
+    /// instead).
+    banned: HashMap<PeerId, u64>,
 }
 
 impl Gate {
@@ -112,7 +135,7 @@ impl Gate {
     }
 
     /// Whether `peer` is a member now; forgets it if its certificate stopped admitting it.
-    pub(crate) fn check(&mut self, peer: &PeerId) -> Result<(), MembershipError> {
+    pub(crate) fn check(&mut self, peer: &PeerId, now: Now) -> Result<(), MembershipError> {
         let Some(membership) = self.admitted.get(peer) else {
             return Err(if self.revoked.contains_key(peer) {
                 MembershipError::Revoked
@@ -121,7 +144,7 @@ impl Gate {
             });
         };
         let revoked = &self.revoked;
-        let verdict = membership.admits(&self.coop, peer, wall_ms(), |p| revoked.contains_key(p));
+        let verdict = membership.admits(&self.coop, peer, now.wall_ms, |p| revoked.contains_key(p));
         if verdict.is_err() {
             self.admitted.remove(peer);
         }
@@ -139,6 +162,7 @@ impl Gate {
         author: PeerId,
         direct: bool,
         message: &hearth_protocol::Message,
+        now: Now,
     ) -> Verdict {
         use hearth_protocol::Message;
         if self.closing.contains_key(&author) && !matches!(message, Message::Revocation(_)) {
@@ -147,8 +171,9 @@ impl Gate {
         match message {
             Message::Membership(membership) => {
                 let revoked = &self.revoked;
-                match membership.admits(&self.coop, &author, wall_ms(), |p| revoked.contains_key(p))
-                {
+                match membership.admits(&self.coop, &author, now.wall_ms, |p| {
+                    revoked.contains_key(p)
+                }) {
                     Ok(()) => {
                         if self.admitted.insert(author, membership.clone()).is_none() {
                             tracing::info!(peer = %author, "co-op member admitted");
@@ -166,12 +191,12 @@ impl Gate {
                     }
                 }
             }
-            Message::Revocation(revocation) => match self.revoke(revocation.clone()) {
+            Message::Revocation(revocation) => match self.revoke(revocation.clone(), now) {
                 Ok(true) => Verdict::Revoked(revocation.body.member),
                 Ok(false) => Verdict::Known,
                 Err(_) => Verdict::Forged,
             },
-            _ => match self.check(&author) {
+            _ => match self.check(&author, now) {
                 Ok(()) => Verdict::Pass,
                 Err(MembershipError::Missing) if !direct => Verdict::Drop,
                 Err(MembershipError::Missing) => {
@@ -200,13 +225,17 @@ impl Gate {
     }
 
     /// Apply a revocation: check its signature and refuse the member. Returns whether it was new.
-    pub(crate) fn revoke(&mut self, revocation: Revocation) -> Result<bool, MembershipError> {
+    pub(crate) fn revoke(
+        &mut self,
+        revocation: Revocation,
+        now: Now,
+    ) -> Result<bool, MembershipError> {
         revocation.verify(&self.coop)?;
         let member = revocation.body.member;
         if self.revoked.contains_key(&member) {
             return Ok(false);
         }
-        self.refuse(member, MembershipError::Revoked);
+        self.refuse(member, MembershipError::Revoked, now);
         self.revoked.insert(member, revocation);
         Ok(true)
     }
@@ -214,7 +243,7 @@ impl Gate {
     /// Refuse `peer` for `why`: say so, drop all it sends from now, and cut it off after
     /// [`REFUSAL_NOTICE`]. Nothing happens for a peer already refused (closing, banned, or revoked
     /// and so cut off for good).
-    pub(crate) fn refuse(&mut self, peer: PeerId, why: MembershipError) {
+    pub(crate) fn refuse(&mut self, peer: PeerId, why: MembershipError, now: Now) {
         if peer == self.me {
             return;
         }
@@ -233,7 +262,7 @@ impl Gate {
         };
         tracing::warn!(%peer, %why, %ban, notice_s = REFUSAL_NOTICE.as_secs(), "refused: not a member of this co-op; its connections are closed and refused");
         self.closing
-            .insert(peer, (Instant::now() + REFUSAL_NOTICE, why));
+            .insert(peer, (now.ms.saturating_add(ms(REFUSAL_NOTICE)), why));
     }
 
     /// The revocations known, to spread to peers that joined after them.
@@ -242,9 +271,9 @@ impl Gate {
     }
 
     /// A connection from `peer` opened: start its grace if it is not a member.
-    pub(crate) fn connected(&mut self, peer: PeerId) {
+    pub(crate) fn connected(&mut self, peer: PeerId, now: Now) {
         if !self.admitted.contains_key(&peer) {
-            self.waiting.entry(peer).or_insert_with(Instant::now);
+            self.waiting.entry(peer).or_insert(now.ms);
         }
     }
 
@@ -256,34 +285,34 @@ impl Gate {
     /// Time passed: refuse the connected peers past their grace without a membership; returns the
     /// refused peers whose notice is over (to cut off now; they are banned from here on) and the
     /// bans that ran out (to lift).
-    pub(crate) fn tick(&mut self) -> (Vec<PeerId>, Vec<PeerId>) {
-        let now = Instant::now();
+    pub(crate) fn tick(&mut self, now: Now) -> (Vec<PeerId>, Vec<PeerId>) {
         let late: Vec<PeerId> = self
             .waiting
             .iter()
-            .filter(|(_, since)| now.duration_since(**since) >= MEMBERSHIP_GRACE)
+            .filter(|(_, since)| now.ms.saturating_sub(**since) >= ms(MEMBERSHIP_GRACE))
             .map(|(peer, _)| *peer)
             .collect();
         for peer in late {
             tracing::debug!(%peer, grace_s = MEMBERSHIP_GRACE.as_secs(), "no membership shown in the grace");
-            self.refuse(peer, MembershipError::Missing);
+            self.refuse(peer, MembershipError::Missing, now);
         }
         let due: Vec<PeerId> = self
             .closing
             .iter()
-            .filter(|(_, (at, _))| *at <= now)
+            .filter(|(_, (at, _))| *at <= now.ms)
             .map(|(peer, _)| *peer)
             .collect();
         for peer in &due {
             if let Some((_, why)) = self.closing.remove(peer)
                 && why != MembershipError::Revoked
             {
-                self.banned.insert(*peer, now + REFUSAL_BAN);
+                self.banned
+                    .insert(*peer, now.ms.saturating_add(ms(REFUSAL_BAN)));
             }
         }
         let mut lifted = Vec::new();
         self.banned.retain(|peer, until| {
-            let over = *until <= now;
+            let over = *until <= now.ms;
             if over {
                 lifted.push(*peer);
             }
@@ -299,6 +328,11 @@ mod tests {
     use hearth_protocol::{Message, SecretKey};
 
     use super::*;
+
+    /// A moment `ms` into the test (the certificates below never expire).
+    fn at(ms: u64) -> Now {
+        Now { ms, wall_ms: ms }
+    }
 
     fn key(seed: u8) -> SecretKey {
         SecretKey::from_bytes(&[seed; 32])
@@ -337,20 +371,20 @@ mod tests {
         );
         let mut gate = Gate::new(coop.public(), key(9).public().peer_id());
         // A member's advert before its certificate is dropped, after it passes.
-        assert_eq!(gate.judge(member, true, &advert()), Verdict::Drop);
+        assert_eq!(gate.judge(member, true, &advert(), at(0)), Verdict::Drop);
         let cert = Message::Membership(Membership::issue(&coop, member, 0, None));
-        assert_eq!(gate.judge(member, true, &cert), Verdict::Admitted);
-        assert_eq!(gate.judge(member, true, &advert()), Verdict::Pass);
-        assert_eq!(gate.check(&member), Ok(()));
+        assert_eq!(gate.judge(member, true, &cert, at(0)), Verdict::Admitted);
+        assert_eq!(gate.judge(member, true, &advert(), at(0)), Verdict::Pass);
+        assert_eq!(gate.check(&member, at(0)), Ok(()));
         // A stranger relayed is dropped without blame; straight from it, refused at the limit.
         for _ in 0..5 {
-            assert_eq!(gate.judge(stranger, false, &advert()), Verdict::Drop);
+            assert_eq!(gate.judge(stranger, false, &advert(), at(0)), Verdict::Drop);
         }
         for _ in 1..STRAY_MESSAGES_MAX {
-            assert_eq!(gate.judge(stranger, true, &advert()), Verdict::Drop);
+            assert_eq!(gate.judge(stranger, true, &advert(), at(0)), Verdict::Drop);
         }
         assert_eq!(
-            gate.judge(stranger, true, &advert()),
+            gate.judge(stranger, true, &advert(), at(0)),
             Verdict::Refuse {
                 why: MembershipError::Missing,
                 reject: false
@@ -358,7 +392,7 @@ mod tests {
         );
         // Another co-op's certificate is refused at once, and rejected when sent by its author.
         let foreign_cert = Message::Membership(Membership::issue(&other, foreign, 0, None));
-        let verdict = gate.judge(foreign, true, &foreign_cert);
+        let verdict = gate.judge(foreign, true, &foreign_cert, at(0));
         assert!(matches!(
             verdict,
             Verdict::Refuse {
@@ -369,7 +403,7 @@ mod tests {
         assert_eq!(verdict.acceptance(), MessageAcceptance::Reject);
         // A member's certificate presented by someone else does not admit them.
         assert!(matches!(
-            gate.judge(stranger, true, &cert),
+            gate.judge(stranger, true, &cert, at(0)),
             Verdict::Refuse {
                 why: MembershipError::OtherPeer(_),
                 ..
@@ -383,33 +417,44 @@ mod tests {
         let member = key(3).public().peer_id();
         let mut gate = Gate::new(coop.public(), key(9).public().peer_id());
         let cert = Message::Membership(Membership::issue(&coop, member, 0, None));
-        assert_eq!(gate.judge(member, true, &cert), Verdict::Admitted);
+        assert_eq!(gate.judge(member, true, &cert, at(0)), Verdict::Admitted);
         let forged = Message::Revocation(Revocation::issue(&other, member, 1));
-        assert_eq!(gate.judge(member, false, &forged), Verdict::Forged);
-        assert_eq!(gate.check(&member), Ok(()));
+        assert_eq!(gate.judge(member, false, &forged, at(0)), Verdict::Forged);
+        assert_eq!(gate.check(&member, at(0)), Ok(()));
         let revocation = Message::Revocation(Revocation::issue(&coop, member, 1));
         assert_eq!(
-            gate.judge(member, false, &revocation),
+            gate.judge(member, false, &revocation, at(0)),
             Verdict::Revoked(member)
         );
-        assert_eq!(gate.judge(member, false, &revocation), Verdict::Known);
-        assert_eq!(gate.check(&member), Err(MembershipError::Revoked));
+        assert_eq!(
+            gate.judge(member, false, &revocation, at(0)),
+            Verdict::Known
+        );
+        assert_eq!(gate.check(&member, at(0)), Err(MembershipError::Revoked));
         // Refused at once (what it sends is dropped), cut off for good after the notice.
-        assert_eq!(gate.judge(member, true, &cert), Verdict::Drop);
-        assert_eq!(gate.tick(), (vec![], vec![]));
-        gate.closing.get_mut(&member).expect("closing").0 = Instant::now();
-        assert_eq!(gate.tick(), (vec![member], vec![]));
+        assert_eq!(gate.judge(member, true, &cert, at(0)), Verdict::Drop);
+        let notice = ms(REFUSAL_NOTICE);
+        assert_eq!(gate.tick(at(notice - 1)), (vec![], vec![]));
+        assert_eq!(gate.tick(at(notice)), (vec![member], vec![]));
         assert!(gate.banned.is_empty(), "a revoked member is never let back");
+        assert_eq!(
+            gate.tick(at(notice + ms(REFUSAL_BAN) * 10)),
+            (vec![], vec![])
+        );
         assert!(matches!(
-            gate.judge(member, true, &cert),
+            gate.judge(member, true, &cert, at(notice)),
             Verdict::Refuse {
                 why: MembershipError::Revoked,
                 ..
             }
         ));
         // Refusing it again changes nothing; and a peer never refuses itself.
-        gate.refuse(member, MembershipError::Revoked);
-        gate.refuse(key(9).public().peer_id(), MembershipError::Revoked);
+        gate.refuse(member, MembershipError::Revoked, at(notice));
+        gate.refuse(
+            key(9).public().peer_id(),
+            MembershipError::Revoked,
+            at(notice),
+        );
         assert!(gate.closing.is_empty());
     }
 
@@ -418,22 +463,31 @@ mod tests {
         let coop = key(1);
         let mut gate = Gate::new(coop.public(), key(9).public().peer_id());
         let stranger = key(4).public().peer_id();
-        gate.connected(stranger);
-        assert_eq!(gate.tick(), (vec![], vec![]));
-        gate.waiting
-            .insert(stranger, Instant::now() - MEMBERSHIP_GRACE);
+        let (grace, notice, ban) = (ms(MEMBERSHIP_GRACE), ms(REFUSAL_NOTICE), ms(REFUSAL_BAN));
+        let start = 5_000;
+        gate.connected(stranger, at(start));
+        assert_eq!(gate.tick(at(start + grace - 1)), (vec![], vec![]));
+        assert!(gate.closing.is_empty(), "still in its grace");
         // Past the grace: refused, cut off after the notice, banned for a while.
-        assert_eq!(gate.tick(), (vec![], vec![]));
+        let refused = start + grace;
+        assert_eq!(gate.tick(at(refused)), (vec![], vec![]));
         assert!(gate.closing.contains_key(&stranger));
-        gate.closing.get_mut(&stranger).expect("closing").0 = Instant::now();
-        assert_eq!(gate.tick(), (vec![stranger], vec![]));
-        assert!(gate.banned[&stranger] > Instant::now() + REFUSAL_BAN - Duration::from_secs(1));
-        gate.refuse(stranger, MembershipError::Expired);
+        assert_eq!(gate.tick(at(refused + notice - 1)), (vec![], vec![]));
+        let cut = refused + notice;
+        assert_eq!(gate.tick(at(cut)), (vec![stranger], vec![]));
+        gate.refuse(stranger, MembershipError::Expired, at(cut + 1));
         assert!(!gate.closing.contains_key(&stranger), "already banned");
-        gate.banned.insert(stranger, Instant::now());
-        assert_eq!(gate.tick(), (vec![], vec![stranger]));
+        assert_eq!(gate.tick(at(cut + ban - 1)), (vec![], vec![]));
+        assert_eq!(gate.tick(at(cut + ban)), (vec![], vec![stranger]));
         // Let back: a new refusal is a new notice.
-        gate.refuse(stranger, MembershipError::Expired);
+        gate.refuse(stranger, MembershipError::Expired, at(cut + ban));
         assert!(gate.closing.contains_key(&stranger));
+        // A member admitted while waiting is never refused for the grace.
+        let member = key(3).public().peer_id();
+        gate.connected(member, at(0));
+        let cert = Message::Membership(Membership::issue(&coop, member, 0, None));
+        assert_eq!(gate.judge(member, true, &cert, at(1)), Verdict::Admitted);
+        gate.tick(at(grace * 10));
+        assert_eq!(gate.check(&member, at(grace * 10)), Ok(()));
     }
 }

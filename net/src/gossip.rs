@@ -3,7 +3,7 @@
 use hearth_protocol::{Message, PeerId, SecretKey, Signed};
 use libp2p::{Swarm, gossipsub};
 
-use crate::coop::{Gate, Verdict};
+use crate::coop::{Gate, Now, Verdict};
 use crate::limits::{FLOOD_BAN, GOSSIP_MESSAGES_PER_SECOND_MAX};
 use crate::penalties::{self, Flood, FloodGuard, Penalties};
 use crate::{Behaviour, from_libp2p_peer_id};
@@ -71,7 +71,7 @@ impl Gossip {
     /// second. Each second over is a strike; at [`crate::FLOOD_STRIKES_MAX`] the author is banned
     /// for [`FLOOD_BAN`].
     fn within_rate(&mut self, swarm: &mut Swarm<Behaviour>, author: PeerId) -> bool {
-        match self.flood.count(&author) {
+        match self.flood.count(&author, crate::monotonic_ms()) {
             Flood::Within => true,
             Flood::Over => false,
             Flood::Throttled(strikes) => {
@@ -91,7 +91,7 @@ impl Gossip {
 
     /// Lift the flood bans that ran their time; forget the rates of quiet authors.
     pub(crate) fn tick(&mut self, swarm: &mut Swarm<Behaviour>) {
-        for peer in self.flood.lift() {
+        for peer in self.flood.lift(crate::monotonic_ms()) {
             tracing::info!(%peer, "gossip flood ban lifted");
             swarm
                 .behaviour_mut()
@@ -145,7 +145,7 @@ impl Gossip {
                 let mut gate = gate;
                 let verdict = match gate.as_mut() {
                     _ if flooding => Verdict::Drop,
-                    Some(gate) => gate.judge(received.from, direct, &received.message),
+                    Some(gate) => gate.judge(received.from, direct, &received.message, Now::read()),
                     None if coop_message => Verdict::Drop,
                     None => Verdict::Pass,
                 };
@@ -168,7 +168,7 @@ impl Gossip {
                         Some(received)
                     }
                     Verdict::Refuse { why, .. } => {
-                        gate.refuse(received.from, why);
+                        gate.refuse(received.from, why, Now::read());
                         None
                     }
                     Verdict::Forged => {

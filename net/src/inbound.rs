@@ -46,15 +46,15 @@ fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
 }
 
 impl Behaviour {
-    /// Count a new connection from `ip`: refused while banned or over the rate.
-    fn admit(&mut self, ip: IpAddr) -> Result<(), ConnectionDenied> {
-        for lifted in self.guard.lift() {
+    /// Count a new connection from `ip` at `now_ms`: refused while banned or over the rate.
+    fn admit(&mut self, ip: IpAddr, now_ms: u64) -> Result<(), ConnectionDenied> {
+        for lifted in self.guard.lift(now_ms) {
             tracing::info!(ip = %lifted, "connection flood ban lifted");
         }
-        if self.guard.is_banned(&ip) {
+        if self.guard.is_banned(&ip, now_ms) {
             return Err(ConnectionDenied::new(Flooding(ip)));
         }
-        match self.guard.count(&ip) {
+        match self.guard.count(&ip, now_ms) {
             Flood::Within => Ok(()),
             Flood::Over => Err(ConnectionDenied::new(Flooding(ip))),
             Flood::Throttled(strikes) => {
@@ -80,7 +80,7 @@ impl NetworkBehaviour for Behaviour {
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
         match ip_of(remote_addr) {
-            Some(ip) => self.admit(ip),
+            Some(ip) => self.admit(ip, crate::monotonic_ms()),
             None => Ok(()),
         }
     }
@@ -126,29 +126,34 @@ impl NetworkBehaviour for Behaviour {
 mod tests {
     use super::*;
 
-    use std::time::Instant;
-
     #[test]
-    fn an_address_that_floods_is_refused_then_banned() {
+    fn an_address_that_floods_is_refused_then_banned_then_let_back() {
         let mut guard = Behaviour::default();
         let flooder: IpAddr = "192.0.2.1".parse().expect("ip");
         let honest: IpAddr = "192.0.2.2".parse().expect("ip");
         let mut refused = 0;
-        // Far past the rate for as long as it takes to earn the ban (three seconds over).
-        let started = Instant::now();
-        while !guard.guard.is_banned(&flooder) {
-            assert!(started.elapsed().as_secs() < 10, "never banned");
+        // Twice the rate, every second, until the third second over bans it.
+        for second in 0..u64::from(crate::FLOOD_STRIKES_MAX) {
+            let now_ms = second * 1000 + 500;
+            assert!(!guard.guard.is_banned(&flooder, now_ms), "banned early");
             for _ in 0..(2 * INBOUND_PER_SECOND_MAX) {
-                refused += usize::from(guard.admit(flooder).is_err());
+                refused += usize::from(guard.admit(flooder, now_ms).is_err());
             }
             assert!(
-                guard.admit(honest).is_ok(),
+                guard.admit(honest, now_ms).is_ok(),
                 "another address is not refused"
             );
-            std::thread::sleep(std::time::Duration::from_millis(200));
         }
-        assert!(refused > 0);
-        assert!(guard.admit(flooder).is_err(), "banned");
-        assert!(guard.admit(honest).is_ok());
+        let banned_at = 2_500;
+        assert_eq!(refused, 3 * INBOUND_PER_SECOND_MAX as usize);
+        assert!(guard.guard.is_banned(&flooder, banned_at));
+        let ban_ms = FLOOD_BAN.as_millis() as u64;
+        // Refused for the whole ban, even at a trickle; the other address never is.
+        assert!(
+            guard.admit(flooder, banned_at + ban_ms - 1).is_err(),
+            "banned"
+        );
+        assert!(guard.admit(honest, banned_at + ban_ms - 1).is_ok());
+        assert!(guard.admit(flooder, banned_at + ban_ms).is_ok(), "let back");
     }
 }

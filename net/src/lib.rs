@@ -37,6 +37,14 @@ pub use work::{WORK_STREAM_PROTOCOL, WorkCodec};
 
 use hearth_protocol::SecretKey;
 
+/// Milliseconds on this process's monotonic clock: the `now_ms` the shells pass to the sans-IO
+/// guards ([`FloodGuard`], [`coop::Gate`]). The guards never read a clock themselves.
+pub fn monotonic_ms() -> u64 {
+    static EPOCH: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let elapsed = EPOCH.get_or_init(std::time::Instant::now).elapsed();
+    u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
+}
+
 /// The libp2p keypair of a Hearth identity: the same ed25519 key.
 pub fn keypair(secret: &SecretKey) -> libp2p::identity::Keypair {
     let secret = libp2p::identity::ed25519::SecretKey::try_from_bytes(secret.to_bytes())

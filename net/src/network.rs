@@ -13,7 +13,7 @@ use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, gossipsub};
 
-use crate::coop::Gate;
+use crate::coop::{Gate, Now};
 use crate::{
     Behaviour, BehaviourEvent, BoxError, Connections, Gossip, NetConfig, Received, build_swarm,
     discover,
@@ -109,7 +109,7 @@ impl Network {
     ) {
         let mut gate = Gate::new(coop, self.local_peer());
         for revocation in revocations {
-            if let Err(why) = gate.revoke(revocation) {
+            if let Err(why) = gate.revoke(revocation, Now::read()) {
                 tracing::warn!(%why, "a revocation of another co-op; ignored");
             }
         }
@@ -119,7 +119,7 @@ impl Network {
     /// Whether `peer` is a member of this peer's co-op now (always, outside a co-op swarm).
     pub fn member(&mut self, peer: &PeerId) -> Result<(), MembershipError> {
         match &mut self.gate {
-            Some(gate) => gate.check(peer),
+            Some(gate) => gate.check(peer, Now::read()),
             None => Ok(()),
         }
     }
@@ -136,7 +136,7 @@ impl Network {
         let Some(gate) = &mut self.gate else {
             return Err(MembershipError::Missing);
         };
-        let new = gate.revoke(revocation.clone())?;
+        let new = gate.revoke(revocation.clone(), Now::read())?;
         if new {
             let _ = self.publish(&Message::Revocation(revocation));
         }
@@ -205,7 +205,7 @@ impl Network {
         let Some(gate) = &mut self.gate else {
             return;
         };
-        let (cut_off, lifted) = gate.tick();
+        let (cut_off, lifted) = gate.tick(Now::read());
         for peer in cut_off {
             let peer = crate::to_libp2p_peer_id(&peer);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
@@ -235,7 +235,7 @@ impl Network {
                     .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
                 if let Some(gate) = &mut self.gate {
                     match crate::from_libp2p_peer_id(&peer_id) {
-                        Some(peer) => gate.connected(peer),
+                        Some(peer) => gate.connected(peer, Now::read()),
                         None => {
                             // Certificates name ed25519 identities: this peer can never show one.
                             tracing::warn!(peer = %peer_id, "refused: not an ed25519 identity, so never a member of this co-op");
@@ -309,7 +309,7 @@ impl Network {
                         return None;
                     };
                     if let Some(gate) = &mut self.gate
-                        && let Err(why) = gate.check(&from)
+                        && let Err(why) = gate.check(&from, Now::read())
                     {
                         tracing::warn!(peer = %from, %why, "work request refused: not a member of this co-op");
                         self.respond(

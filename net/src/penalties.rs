@@ -5,8 +5,6 @@
 use std::collections::HashMap;
 use std::hash::Hash;
 
-use std::time::Instant;
-
 use crate::limits::{BAD_MESSAGES_MAX, FLOOD_BAN, FLOOD_STRIKES_MAX, PENALTY_PEERS_MAX};
 
 /// What to do with a peer after a strike.
@@ -78,14 +76,16 @@ pub enum Flood {
 /// Messages per peer per second, with a strike for each second a peer goes over and a ban of
 /// [`FLOOD_BAN`] at [`FLOOD_STRIKES_MAX`] strikes. It keeps the bans and their ends; the caller
 /// blocks and unblocks. Bounded by [`PENALTY_PEERS_MAX`]; peers quiet for a minute are forgotten.
+///
+/// Sans-IO: time comes in as `now_ms` (milliseconds on any monotonic clock the caller keeps, such
+/// as [`crate::monotonic_ms`]), so tests drive it without sleeping.
 #[derive(Debug)]
 pub struct FloodGuard<P> {
     per_second: u32,
     /// Per peer: the second counted, messages in it, strikes.
     counts: HashMap<P, (u64, u32, u32)>,
-    /// Banned peers, and when their ban ends (ms on `epoch`).
+    /// Banned peers, and when their ban ends (ms).
     bans: HashMap<P, u64>,
-    epoch: Instant,
 }
 
 impl<P: Eq + Hash + Clone> FloodGuard<P> {
@@ -95,21 +95,11 @@ impl<P: Eq + Hash + Clone> FloodGuard<P> {
             per_second,
             counts: HashMap::new(),
             bans: HashMap::new(),
-            epoch: Instant::now(),
         }
     }
 
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-
-    /// Count one message from `peer` now.
-    pub fn count(&mut self, peer: &P) -> Flood {
-        let now_ms = self.now_ms();
-        self.count_at(peer, now_ms)
-    }
-
-    fn count_at(&mut self, peer: &P, now_ms: u64) -> Flood {
+    /// Count one message from `peer` at `now_ms`.
+    pub fn count(&mut self, peer: &P, now_ms: u64) -> Flood {
         let second = now_ms / 1000;
         if !self.counts.contains_key(peer) && self.counts.len() >= PENALTY_PEERS_MAX {
             self.forget_quiet(now_ms);
@@ -150,18 +140,14 @@ impl<P: Eq + Hash + Clone> FloodGuard<P> {
         Flood::Ban
     }
 
-    /// Whether `peer` is banned now.
-    pub fn is_banned(&self, peer: &P) -> bool {
-        self.bans.get(peer).is_some_and(|end| *end > self.now_ms())
+    /// Whether `peer` is banned at `now_ms`.
+    pub fn is_banned(&self, peer: &P, now_ms: u64) -> bool {
+        self.bans.get(peer).is_some_and(|end| *end > now_ms)
     }
 
-    /// Time passed: the peers whose ban ended (for the caller to let back); quiet peers forgotten.
-    pub fn lift(&mut self) -> Vec<P> {
-        let now_ms = self.now_ms();
-        self.lift_at(now_ms)
-    }
-
-    fn lift_at(&mut self, now_ms: u64) -> Vec<P> {
+    /// Time passed to `now_ms`: the peers whose ban ended (for the caller to let back); quiet
+    /// peers forgotten.
+    pub fn lift(&mut self, now_ms: u64) -> Vec<P> {
         let mut lifted = Vec::new();
         self.bans.retain(|peer, end| {
             let over = *end <= now_ms;
@@ -192,25 +178,26 @@ mod tests {
         for second in 0..FLOOD_STRIKES_MAX as u64 {
             let now = second * 1000 + 10;
             for _ in 0..5 {
-                assert_eq!(guard.count_at(&"mallory", now), Flood::Within);
-                assert_eq!(guard.count_at(&"alice", now), Flood::Within);
+                assert_eq!(guard.count(&"mallory", now), Flood::Within);
+                assert_eq!(guard.count(&"alice", now), Flood::Within);
             }
-            let verdict = guard.count_at(&"mallory", now);
+            let verdict = guard.count(&"mallory", now);
             if second + 1 < FLOOD_STRIKES_MAX as u64 {
                 assert_eq!(verdict, Flood::Throttled(second as u32 + 1));
-                assert_eq!(guard.count_at(&"mallory", now), Flood::Over);
+                assert_eq!(guard.count(&"mallory", now), Flood::Over);
             } else {
                 assert_eq!(verdict, Flood::Ban);
             }
         }
         // Alice, at the rate but never over it, is never throttled; a new second starts afresh.
-        assert_eq!(guard.count_at(&"alice", 10_000), Flood::Within);
+        assert_eq!(guard.count(&"alice", 10_000), Flood::Within);
         // Mallory's ban ends after FLOOD_BAN, and quiet peers are forgotten.
         let ban_ms = FLOOD_BAN.as_millis() as u64;
-        assert!(guard.is_banned(&"mallory"));
-        assert!(guard.lift_at(2_010 + ban_ms - 1).is_empty());
-        assert_eq!(guard.lift_at(2_010 + ban_ms), vec!["mallory"]);
-        assert!(guard.lift_at(100_000).is_empty());
+        assert!(guard.is_banned(&"mallory", 2_010 + ban_ms - 1));
+        assert!(!guard.is_banned(&"mallory", 2_010 + ban_ms));
+        assert!(guard.lift(2_010 + ban_ms - 1).is_empty());
+        assert_eq!(guard.lift(2_010 + ban_ms), vec!["mallory"]);
+        assert!(guard.lift(100_000).is_empty());
         assert!(guard.bans.is_empty() && guard.counts.is_empty());
     }
 

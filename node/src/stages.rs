@@ -5,9 +5,10 @@
 //! not hold a pipeline up). The loop hands a step over with a key and gets the answer back with the
 //! same key, so it can reply on the request's channel.
 
+mod cache;
+
 use std::collections::HashMap;
 use std::path::PathBuf;
-use std::time::Instant;
 
 use candle_core::Tensor;
 use hearth_kernels::{GgufModel, Stage, StageInput, StageOutput};
@@ -17,7 +18,8 @@ use tokio::sync::mpsc;
 
 #[cfg(feature = "fault-injection")]
 use crate::Fault;
-use crate::limits::{STAGE_CACHE_BYTES_MAX, STAGE_QUEUE_MAX, STAGE_SESSION_TTL, STAGES_LOADED_MAX};
+use crate::limits::{STAGE_CACHE_BYTES_MAX, STAGE_QUEUE_MAX};
+use cache::Cache;
 
 /// What the loop asks of the stage thread.
 pub(crate) enum StageJob {
@@ -37,16 +39,14 @@ struct Server {
     stages: HashMap<RangeKey, Stage>,
     /// `--max-memory`: bytes the loaded ranges may take, about.
     max_memory: Option<u64>,
-    /// Estimated bytes of each loaded range.
-    sizes: HashMap<RangeKey, u64>,
-    /// Last use of each (range, session), for the idle TTL.
-    sessions: HashMap<(RangeKey, u64), Instant>,
+    /// What is loaded and used when: the eviction decisions.
+    cache: Cache<RangeKey>,
     #[cfg(feature = "fault-injection")]
     fault: Option<Fault>,
 }
 
 impl Server {
-    fn stage(&mut self, f: &Forward) -> Result<&mut Stage, String> {
+    fn stage(&mut self, f: &Forward, now_ms: u64) -> Result<&mut Stage, String> {
         let key = (f.model, f.layers.0, f.layers.1);
         if !self.stages.contains_key(&key) {
             let path = self
@@ -64,66 +64,39 @@ impl Server {
             // About what the range takes: its share of the file.
             let file = std::fs::metadata(path).map_or(0, |m| m.len());
             let size = file * (end - start) as u64 / model.config.layers.max(1) as u64;
-            if let Some(cap) = self.max_memory {
-                let loaded: u64 = self.sizes.values().sum();
-                if size > cap {
-                    return Err(format!(
-                        "layers {start}..{end} take about {size} bytes, over this node's --max-memory of {cap}"
-                    ));
-                }
-                // Make room by dropping the ranges loaded least recently.
-                let mut loaded = loaded;
-                while loaded + size > cap {
-                    let Some(oldest) = self.stages.keys().next().copied() else {
-                        break;
-                    };
-                    self.stages.remove(&oldest);
-                    self.sessions.retain(|(k, _), _| *k != oldest);
-                    loaded -= self.sizes.remove(&oldest).unwrap_or(0);
-                }
+            // Make room (least recently used ranges first) before loading.
+            let evicted = self
+                .cache
+                .admit(key, size, self.max_memory, now_ms)
+                .map_err(|e| format!("layers {start}..{end} {e}"))?;
+            for range in evicted {
+                tracing::info!(model = %range.0, layers = ?(range.1..range.2), "stage unloaded to make room");
+                self.stages.remove(&range);
             }
-            if self.stages.len() >= STAGES_LOADED_MAX {
-                // Drop the range used least recently, with its sessions.
-                let oldest = self
-                    .sessions
-                    .iter()
-                    .min_by_key(|(_, t)| **t)
-                    .map(|((k, _), _)| *k)
-                    .or_else(|| self.stages.keys().next().copied());
-                if let Some(oldest) = oldest {
-                    self.stages.remove(&oldest);
-                    self.sizes.remove(&oldest);
-                    self.sessions.retain(|(k, _), _| *k != oldest);
+            let stage = match Stage::load(&model, start..end, &hearth_kernels::compute_device()) {
+                Ok(stage) => stage,
+                Err(e) => {
+                    self.cache.unload(&key);
+                    return Err(e.to_string());
                 }
-            }
-            let stage = Stage::load(&model, start..end, &hearth_kernels::compute_device())
-                .map_err(|e| e.to_string())?;
+            };
             tracing::info!(model = %f.model, layers = ?(start..end), "stage loaded");
             self.stages.insert(key, stage);
-            self.sizes.insert(key, size);
         }
         Ok(self.stages.get_mut(&key).expect("loaded above"))
     }
 
-    fn expire(&mut self) {
-        let now = Instant::now();
-        let stale: Vec<(RangeKey, u64)> = self
-            .sessions
-            .iter()
-            .filter(|(_, t)| now.duration_since(**t) > STAGE_SESSION_TTL)
-            .map(|(k, _)| *k)
-            .collect();
-        for (range, session) in stale {
+    fn expire(&mut self, now_ms: u64) {
+        for (range, session) in self.cache.expire(now_ms) {
             if let Some(stage) = self.stages.get_mut(&range) {
                 stage.end_session(session);
             }
-            self.sessions.remove(&(range, session));
         }
     }
 
-    fn forward(&mut self, f: &Forward) -> Result<StageResult, String> {
-        self.expire();
-        let stage = self.stage(f)?;
+    fn forward(&mut self, f: &Forward, now_ms: u64) -> Result<StageResult, String> {
+        self.expire(now_ms);
+        let stage = self.stage(f, now_ms)?;
         let hidden = stage.config().hidden;
         let input = match &f.input {
             StageData::Tokens(ids) => StageInput::Tokens(ids.clone()),
@@ -179,10 +152,8 @@ impl Server {
                 }
             }
         };
-        self.sessions.insert(
-            ((f.model, f.layers.0, f.layers.1), f.session),
-            Instant::now(),
-        );
+        self.cache
+            .touch((f.model, f.layers.0, f.layers.1), f.session, now_ms);
         self.bound_caches();
         #[cfg(feature = "fault-injection")]
         let result = self.inject(result);
@@ -193,7 +164,7 @@ impl Server {
     /// sessions first (a dropped session's driver replays it elsewhere if it comes back).
     fn bound_caches(&mut self) {
         loop {
-            let mut all: Vec<(RangeKey, u64, usize)> = self
+            let all: Vec<(RangeKey, u64, usize)> = self
                 .stages
                 .iter()
                 .flat_map(|(range, stage)| {
@@ -207,8 +178,14 @@ impl Server {
             if total <= STAGE_CACHE_BYTES_MAX || all.len() <= 1 {
                 return;
             }
-            all.sort_by_key(|(range, session, _)| self.sessions.get(&(*range, *session)).copied());
-            let (range, session, bytes) = all[0];
+            let keys: Vec<(RangeKey, u64)> = all.iter().map(|(r, s, _)| (*r, *s)).collect();
+            let Some((range, session)) = self.cache.evict_oldest(&keys) else {
+                return;
+            };
+            let bytes = all
+                .iter()
+                .find(|(r, s, _)| (*r, *s) == (range, session))
+                .map_or(0, |(_, _, b)| *b);
             tracing::info!(
                 session,
                 bytes,
@@ -218,7 +195,6 @@ impl Server {
             if let Some(stage) = self.stages.get_mut(&range) {
                 stage.end_session(session);
             }
-            self.sessions.remove(&(range, session));
         }
     }
 
@@ -226,7 +202,7 @@ impl Server {
         for stage in self.stages.values_mut() {
             stage.end_session(session);
         }
-        self.sessions.retain(|(_, s), _| *s != session);
+        self.cache.end(session);
     }
 
     fn sign(&self, f: &Forward, output: &StageResult) -> Receipt {
@@ -306,15 +282,14 @@ pub(crate) fn spawn(
                 models,
                 stages: HashMap::new(),
                 max_memory,
-                sizes: HashMap::new(),
-                sessions: HashMap::new(),
+                cache: Cache::default(),
                 #[cfg(feature = "fault-injection")]
                 fault,
             };
             while let Ok(job) = rx.recv() {
                 match job {
                     StageJob::Forward(key, f) => {
-                        let response = match server.forward(&f) {
+                        let response = match server.forward(&f, hearth_net::monotonic_ms()) {
                             Ok(output) => {
                                 let receipt = server.sign(&f, &output);
                                 WorkResponse::Forwarded { output, receipt }

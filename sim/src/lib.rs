@@ -15,9 +15,10 @@ mod scenario;
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 
-use hearth_coordinator::pipeline::{Action, Candidate, Driver, Verify, plan};
-use hearth_coordinator::scheduler::{Input, Output};
-use hearth_coordinator::{Delivery, JobSpec, LedgerOutput, Offer, Policy, Scheduler, UnitSpec};
+use hearth_core::limits::PEERS_MAX_DEFAULT;
+use hearth_core::pipeline::{Action, Candidate, Driver, Verify, plan};
+use hearth_core::scheduler::{Input, Output};
+use hearth_core::{Delivery, JobSpec, LedgerOutput, Offer, Policy, Scheduler, UnitSpec};
 use hearth_protocol::work::{Forward, StageData, StageResult};
 use hearth_protocol::{Digest, KernelFamily, ModelId, PeerId, SecretKey};
 use hearth_protocol::{Receipt, ReceiptBody, Subject};
@@ -321,8 +322,8 @@ impl<'a> Sim<'a> {
             seq: 0,
             queue: BinaryHeap::new(),
             scheduler: Scheduler::new(Policy {
-                replicas: None,
-                seed,
+                peers_max: peers.len().max(PEERS_MAX_DEFAULT),
+                ..Policy::seeded(seed)
             }),
             peers,
             by_id,
@@ -735,6 +736,7 @@ impl<'a> Sim<'a> {
                     u32::MAX,
                     1 << 20,
                     verify,
+                    self.rng.next(),
                 );
                 session.driver = Some(driver);
                 self.sessions[i as usize] = session;
@@ -788,7 +790,7 @@ impl<'a> Sim<'a> {
                         Input::StageVerdict {
                             peer,
                             class,
-                            fault: Some(hearth_coordinator::Fault::Mismatch),
+                            fault: Some(hearth_core::Fault::Mismatch),
                         },
                     );
                     self.apply(out);
@@ -818,7 +820,7 @@ impl<'a> Sim<'a> {
             Behaviour::Adaptive { after_valid } => peer.valid >= *after_valid,
         };
         // A verifier replays under the session's check id; the activations are the session's.
-        let session = hearth_coordinator::pipeline::session_of(forward.session);
+        let session = hearth_core::pipeline::session_of(forward.session);
         let end = u64::from(forward.layers.1);
         let first = u64::from(forward.pos);
         let rows = forward.input.rows() as u64;

@@ -12,11 +12,15 @@
 //!   is sent those inputs again in their original chunking (prefill, then one token at a time), so
 //!   its cache is bit for bit the one the failed peer had, and generation carries on.
 
+mod glue;
+
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use hearth_protocol::work::{Forward, Sampling, StageData, StageResult, floats};
 use hearth_protocol::{ModelId, PeerId, Receipt, Subject};
 use serde::Serialize;
+
+pub use glue::{StepTimeouts, candidates, stage_fault};
 
 /// One stage of a route.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
@@ -317,6 +321,10 @@ pub fn session_of(id: u64) -> u64 {
 
 impl Driver {
     /// A session generating up to `max_tokens` after `prompt` along `route`, checked as `verify`.
+    ///
+    /// `seed` drives the driver's own choices (which windows `sampled` checks, which peers verify):
+    /// the caller draws it where no peer can see it (the coordinator keys it from the secret seed in
+    /// its journal), never from anything in the session's messages.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         session: u64,
@@ -327,14 +335,15 @@ impl Driver {
         eos: u32,
         context: usize,
         verify: Verify,
+        seed: u64,
     ) -> (Self, Vec<Action>) {
         Self::sampled(
-            session, model, route, prompt, max_tokens, eos, context, verify, None,
+            session, model, route, prompt, max_tokens, eos, context, verify, None, seed,
         )
     }
 
-    /// [`Self::new`], the last stage drawing tokens with `sampling`: seeded, so stages and verifiers
-    /// draw the same.
+    /// [`Self::new`], the last stage drawing tokens with `sampling`: seeded by the request, so stages
+    /// and verifiers draw the same tokens (that seed is the client's and public; `seed` is not).
     #[allow(clippy::too_many_arguments)]
     pub fn sampled(
         session: u64,
@@ -346,6 +355,7 @@ impl Driver {
         context: usize,
         verify: Verify,
         sampling: Option<Sampling>,
+        seed: u64,
     ) -> (Self, Vec<Action>) {
         let mut driver = Self {
             sampling,
@@ -357,7 +367,8 @@ impl Driver {
             eos,
             context,
             verify,
-            rng: session.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1,
+            // xorshift64 must not start at 0.
+            rng: seed | 1,
             generated: Vec::new(),
             released: 0,
             step: 0,

@@ -26,7 +26,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
 use crate::limits::{
-    ASSIGNMENTS_MAX, DEADLINE_MIN_MS, DEADLINE_SLACK, ITEM_MS_AT_REFERENCE, PEERS_MAX,
+    ASSIGNMENTS_MAX, DEADLINE_MIN_MS, DEADLINE_SLACK, ITEM_MS_AT_REFERENCE, PEERS_MAX_DEFAULT,
     REFERENCE_SCORE, REPLICAS_EXTRA_MAX, UNIT_ITEMS_DEFAULT_MAX, UNIT_TARGET_MS,
 };
 use crate::verifier::{Outcome, best_group, loser_fault, quorum};
@@ -355,20 +355,28 @@ struct Waiting {
     offer: Offer,
 }
 
-/// Scheduler policy.
+/// Scheduler policy. There is no default: the seed must come from the caller.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Policy {
     /// Replicas per unit for jobs that do not say; `None` for adaptive replication.
     pub replicas: Option<u32>,
-    /// Seed of the generator behind spot checks.
+    /// Seed of the generator behind spot checks. Whoever knows it can tell which units will be
+    /// checked, so the coordinator draws it from the OS and keeps it in its journal (a restart
+    /// replays the same draws); a simulation passes its own.
     pub seed: u64,
+    /// Peers whose offers and standing are remembered: size it for the swarm, or reputation is
+    /// forgotten ([`Scheduler::ledger_evictions`]). See [`PEERS_MAX_DEFAULT`] for what it costs.
+    pub peers_max: usize,
 }
 
-impl Default for Policy {
-    fn default() -> Self {
+impl Policy {
+    /// Adaptive replication with spot checks drawn from `seed`, for up to [`PEERS_MAX_DEFAULT`]
+    /// peers.
+    pub fn seeded(seed: u64) -> Self {
         Self {
             replicas: None,
-            seed: 0x4845_4152_5448,
+            seed,
+            peers_max: PEERS_MAX_DEFAULT,
         }
     }
 }
@@ -425,7 +433,7 @@ impl Scheduler {
             running_total: 0,
             running_by_submitter: BTreeMap::new(),
             assigned: BTreeMap::new(),
-            ledger: Ledger::default(),
+            ledger: Ledger::new(policy.peers_max),
         }
     }
 
@@ -447,7 +455,7 @@ impl Scheduler {
                 until_ms,
                 offer,
             } => {
-                if self.offers.len() >= PEERS_MAX && !self.offers.contains_key(&peer) {
+                if self.offers.len() >= self.policy.peers_max && !self.offers.contains_key(&peer) {
                     // Forget a peer with no work out, so the table stays bounded.
                     let idle = self
                         .offers
@@ -609,6 +617,11 @@ impl Scheduler {
                 })
                 .collect(),
         )
+    }
+
+    /// Peers the ledger forgot to make room ([`Ledger::evictions`]).
+    pub fn ledger_evictions(&self) -> u64 {
+        self.ledger.evictions()
     }
 
     /// A peer's standing in the ledger.

@@ -2,13 +2,15 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hearth_coordinator::scheduler::{Input, Output};
-use hearth_coordinator::{
+use hearth_core::scheduler::{Input, Output};
+use hearth_core::{
     Delivery, Fault, JobSpec, JobState, LedgerOutput, Offer, Policy, Scheduler, UnitSpec, UnitState,
 };
 use hearth_protocol::{Digest, KernelFamily, ModelId, PeerId, SecretKey};
 
 const CLASS: &str = "k0/embed/cpu/test";
+/// The tests' spot-check seed (a coordinator draws its own).
+const SEED: u64 = 0x4845_4152_5448;
 
 fn peer(n: u8) -> PeerId {
     SecretKey::from_bytes(&[n; 32]).public().peer_id()
@@ -154,7 +156,7 @@ impl World {
 
 #[test]
 fn replicas_go_to_distinct_peers_and_agreeing_results_are_accepted() {
-    let mut w = World::new(Policy::default());
+    let mut w = World::new(Policy::seeded(SEED));
     w.handle(Input::Submit(job(1, 10, Some(2))));
     let honest = [
         (peer(1), "net-a", truth as Answer),
@@ -182,7 +184,7 @@ fn replicas_go_to_distinct_peers_and_agreeing_results_are_accepted() {
 
 #[test]
 fn a_liar_loses_its_quorum_is_quarantined_and_nothing_wrong_is_accepted() {
-    let mut w = World::new(Policy::default());
+    let mut w = World::new(Policy::seeded(SEED));
     w.handle(Input::Submit(job(1, 40, Some(2))));
     let liar = peer(9);
     let peers = [
@@ -210,7 +212,7 @@ fn a_liar_loses_its_quorum_is_quarantined_and_nothing_wrong_is_accepted() {
 
 #[test]
 fn bad_receipts_quarantine_at_once_and_the_unit_goes_elsewhere() {
-    let mut w = World::new(Policy::default());
+    let mut w = World::new(Policy::seeded(SEED));
     w.handle(Input::Submit(job(1, 1, Some(2))));
     let (a, b, c) = (peer(1), peer(2), peer(3));
     let (job_id, unit) = w.ready(a, "n1")[0];
@@ -229,7 +231,7 @@ fn bad_receipts_quarantine_at_once_and_the_unit_goes_elsewhere() {
 
 #[test]
 fn missed_deadlines_and_lost_peers_reopen_units() {
-    let mut w = World::new(Policy::default());
+    let mut w = World::new(Policy::seeded(SEED));
     w.handle(Input::Submit(job(1, 2, Some(1))));
     let (a, b) = (peer(1), peer(2));
     assert_eq!(w.ready(a, "n").len(), 1);
@@ -263,7 +265,7 @@ fn missed_deadlines_and_lost_peers_reopen_units() {
 
 #[test]
 fn disagreement_without_a_majority_fails_the_unit_visibly() {
-    let mut w = World::new(Policy::default());
+    let mut w = World::new(Policy::seeded(SEED));
     w.handle(Input::Submit(job(1, 1, Some(2))));
     // Every peer answers differently.
     for n in 1..=10u8 {
@@ -280,7 +282,7 @@ fn disagreement_without_a_majority_fails_the_unit_visibly() {
 
 #[test]
 fn adaptive_replication_lets_trusted_peers_run_alone_with_spot_checks() {
-    let mut w = World::new(Policy::default());
+    let mut w = World::new(Policy::seeded(SEED));
     w.handle(Input::Submit(job(1, 200, None)));
     let peers = [
         (peer(1), "net-a", truth as Answer),
@@ -316,14 +318,14 @@ fn the_same_inputs_give_the_same_outputs() {
         ]);
         w.log.clone()
     };
-    let first = script(&mut World::new(Policy::default()));
-    let second = script(&mut World::new(Policy::default()));
+    let first = script(&mut World::new(Policy::seeded(SEED)));
+    let second = script(&mut World::new(Policy::seeded(SEED)));
     assert_eq!(first, second);
 }
 
 #[test]
 fn a_redelivered_result_is_not_counted_twice() {
-    let mut w = World::new(Policy::default());
+    let mut w = World::new(Policy::seeded(SEED));
     w.handle(Input::Submit(job(1, 1, Some(2))));
     let (a, b) = (peer(1), peer(2));
     let (j, u) = w.ready(a, "x")[0];
@@ -341,7 +343,7 @@ fn a_busy_swarm_serves_members_who_contributed_more_first() {
     // Member A's node earns credit on a first job (replicas 1: each accepted unit is credit).
     let mut w = World::new(Policy {
         replicas: Some(1),
-        ..Policy::default()
+        ..Policy::seeded(SEED)
     });
     let (a_node, b_member) = (peer(1), peer(2));
     w.handle(Input::Submit(job(1, 15, None)));
@@ -367,7 +369,7 @@ fn a_busy_swarm_serves_members_who_contributed_more_first() {
     assert!(count(2) >= 1, "B is served too");
 
     // With no credit anywhere, the oldest job first, as before.
-    let mut w = World::new(Policy::default());
+    let mut w = World::new(Policy::seeded(SEED));
     let mut x = job(1, 10, None);
     x.submitter = Some(peer(7));
     let mut y = job(2, 10, None);

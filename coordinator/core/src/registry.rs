@@ -9,7 +9,7 @@ use hearth_protocol::api::PeerEntry;
 use hearth_protocol::{Advert, Capabilities, PeerId};
 
 use crate::limits::{
-    HEARTBEAT_INTERVAL_MAX_MS, HEARTBEAT_INTERVAL_MIN_MS, HEARTBEATS_MISSED_MAX, PEERS_MAX,
+    HEARTBEAT_INTERVAL_MAX_MS, HEARTBEAT_INTERVAL_MIN_MS, HEARTBEATS_MISSED_MAX, PEERS_MAX_DEFAULT,
 };
 
 /// What the registry is told.
@@ -60,13 +60,28 @@ impl Record {
     }
 }
 
-/// Every peer the coordinator has heard from, at most [`PEERS_MAX`].
-#[derive(Debug, Default)]
+/// Every peer the coordinator has heard from, at most `peers_max`.
+#[derive(Debug)]
 pub struct Registry {
     peers: BTreeMap<PeerId, Record>,
+    peers_max: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Self::new(PEERS_MAX_DEFAULT)
+    }
 }
 
 impl Registry {
+    /// An empty registry remembering at most `peers_max` peers.
+    pub fn new(peers_max: usize) -> Self {
+        Self {
+            peers: BTreeMap::new(),
+            peers_max: peers_max.max(1),
+        }
+    }
+
     /// Apply one input at time `now_ms` (milliseconds on any monotonic clock).
     pub fn handle(&mut self, now_ms: u64, input: Input) -> Vec<Output> {
         match input {
@@ -91,7 +106,7 @@ impl Registry {
                 Vec::new()
             };
         }
-        if self.peers.len() >= PEERS_MAX && !self.forget_one_offline() {
+        if self.peers.len() >= self.peers_max && !self.forget_one_offline() {
             return vec![Output::Refused(from)];
         }
         self.peers.insert(
@@ -151,6 +166,14 @@ impl Registry {
                 quarantine_reason: None,
             })
             .collect()
+    }
+
+    /// Each online peer with what it advertised last, in peer order.
+    pub fn online_capabilities(&self) -> impl Iterator<Item = (&PeerId, &Capabilities)> {
+        self.peers
+            .iter()
+            .filter(|(_, r)| r.online)
+            .map(|(peer, r)| (peer, &r.capabilities))
     }
 
     /// What an online peer advertised last.
@@ -272,7 +295,7 @@ mod tests {
     #[test]
     fn full_registry_forgets_offline_peers_before_refusing() {
         let mut registry = Registry::default();
-        for n in 0..PEERS_MAX as u64 {
+        for n in 0..PEERS_MAX_DEFAULT as u64 {
             registry.handle(
                 0,
                 Input::Advert {
@@ -293,7 +316,7 @@ mod tests {
             vec![Output::Refused(newcomer)]
         );
         // Everyone but peer 0 keeps advertising; peer 0 goes offline and makes room.
-        for n in 1..PEERS_MAX as u64 {
+        for n in 1..PEERS_MAX_DEFAULT as u64 {
             registry.handle(
                 3500,
                 Input::Advert {
@@ -313,7 +336,7 @@ mod tests {
             ),
             vec![Output::Joined(newcomer)]
         );
-        assert_eq!(registry.entries(3502).len(), PEERS_MAX);
+        assert_eq!(registry.entries(3502).len(), PEERS_MAX_DEFAULT);
         assert!(registry.entries(3502).iter().all(|e| e.peer_id != peer(0)));
     }
 }

@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use hearth_protocol::PeerId;
 
 use crate::limits::{
-    ERROR_RATE_INITIAL, ERROR_RATE_INVALID_STEP, ERROR_RATE_VALID_FACTOR, PEERS_MAX,
+    ERROR_RATE_INITIAL, ERROR_RATE_INVALID_STEP, ERROR_RATE_VALID_FACTOR, PEERS_MAX_DEFAULT,
     QUARANTINE_BASE_MS, QUARANTINE_MAX_MS, SPOT_CHECK_PER_ERROR, SPOT_CHECK_PROBABILITY_MIN,
     STRIKES_QUARANTINE, TRUST_ERROR_RATE_MAX, TRUST_VALID_RUN_MIN,
 };
@@ -138,13 +138,36 @@ struct PeerRecord {
     last_seen_ms: u64,
 }
 
-/// Every peer's standing, at most [`PEERS_MAX`] peers.
-#[derive(Debug, Default)]
+/// Every peer's standing, at most `peers_max` peers.
+#[derive(Debug)]
 pub struct Ledger {
     peers: BTreeMap<PeerId, PeerRecord>,
+    peers_max: usize,
+    evictions: u64,
+}
+
+impl Default for Ledger {
+    fn default() -> Self {
+        Self::new(PEERS_MAX_DEFAULT)
+    }
 }
 
 impl Ledger {
+    /// An empty ledger remembering at most `peers_max` peers.
+    pub fn new(peers_max: usize) -> Self {
+        Self {
+            peers: BTreeMap::new(),
+            peers_max: peers_max.max(1),
+            evictions: 0,
+        }
+    }
+
+    /// Peers forgotten to make room for others: reputation lost, so a swarm sized right keeps
+    /// this at 0.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
     /// Apply one verdict at `now_ms`.
     pub fn handle(&mut self, now_ms: u64, input: LedgerInput) -> Vec<LedgerOutput> {
         let peer = match &input {
@@ -253,10 +276,10 @@ impl Ledger {
         }
     }
 
-    /// Keep at most [`PEERS_MAX`] peers: forget the one silent longest, preferring peers never
+    /// Keep at most `peers_max` peers: forget the one silent longest, preferring peers never
     /// quarantined, so a repeat offender's doubling quarantine is not wiped by a Sybil flood.
     fn make_room(&mut self, incoming: PeerId) {
-        if self.peers.len() < PEERS_MAX || self.peers.contains_key(&incoming) {
+        if self.peers.len() < self.peers_max || self.peers.contains_key(&incoming) {
             return;
         }
         let oldest = self
@@ -266,6 +289,7 @@ impl Ledger {
             .map(|(p, _)| *p);
         if let Some(oldest) = oldest {
             self.peers.remove(&oldest);
+            self.evictions += 1;
         }
     }
 }

@@ -15,6 +15,8 @@ use std::collections::BTreeMap;
 
 use hearth_protocol::PeerId;
 
+use crate::peer_hash::{PeerHash, PeerMap};
+
 use crate::limits::{
     ERROR_RATE_INITIAL, ERROR_RATE_INVALID_STEP, ERROR_RATE_VALID_FACTOR, PEERS_MAX_DEFAULT,
     QUARANTINE_BASE_MS, QUARANTINE_MAX_MS, SPOT_CHECK_PER_ERROR, SPOT_CHECK_PROBABILITY_MIN,
@@ -141,22 +143,23 @@ struct PeerRecord {
 /// Every peer's standing, at most `peers_max` peers.
 #[derive(Debug)]
 pub struct Ledger {
-    peers: BTreeMap<PeerId, PeerRecord>,
+    peers: PeerMap<PeerRecord>,
     peers_max: usize,
     evictions: u64,
 }
 
 impl Default for Ledger {
     fn default() -> Self {
-        Self::new(PEERS_MAX_DEFAULT)
+        Self::new(PEERS_MAX_DEFAULT, 0)
     }
 }
 
 impl Ledger {
-    /// An empty ledger remembering at most `peers_max` peers.
-    pub fn new(peers_max: usize) -> Self {
+    /// An empty ledger remembering at most `peers_max` peers, its table keyed by `seed` (secret:
+    /// see [`crate::Policy::seed`]).
+    pub fn new(peers_max: usize, seed: u64) -> Self {
         Self {
-            peers: BTreeMap::new(),
+            peers: PeerHash::new(seed).map(),
             peers_max: peers_max.max(1),
             evictions: 0,
         }
@@ -285,7 +288,7 @@ impl Ledger {
         let oldest = self
             .peers
             .iter()
-            .min_by_key(|(_, r)| (r.quarantines > 0, r.last_seen_ms))
+            .min_by_key(|(p, r)| (r.quarantines > 0, r.last_seen_ms, **p))
             .map(|(p, _)| *p);
         if let Some(oldest) = oldest {
             self.peers.remove(&oldest);
@@ -295,13 +298,20 @@ impl Ledger {
 }
 
 fn class_record<'a>(record: &'a mut PeerRecord, class: &str) -> &'a mut ClassRecord {
+    // Looked up first: `entry` would allocate the key on every verdict.
+    if !record.classes.contains_key(class) {
+        record.classes.insert(
+            class.to_string(),
+            ClassRecord {
+                error_rate: ERROR_RATE_INITIAL,
+                valid_run: 0,
+            },
+        );
+    }
     record
         .classes
-        .entry(class.to_string())
-        .or_insert(ClassRecord {
-            error_rate: ERROR_RATE_INITIAL,
-            valid_run: 0,
-        })
+        .get_mut(class)
+        .expect("inserted above if missing")
 }
 
 /// Quarantine `record` from `now_ms`, for twice as long as last time, and clear its strikes.

@@ -18,6 +18,7 @@
 
 pub mod ledger;
 pub mod limits;
+mod peer_hash;
 pub mod pipeline;
 pub mod registry;
 pub mod scheduler;

@@ -19,7 +19,11 @@
 //!   from a seeded generator inside, maps are ordered. The shell journals the inputs and replays
 //!   them after a crash to rebuild this state exactly.
 
+mod few;
+mod networks;
+
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use hearth_protocol::{Digest, KernelFamily, ModelId, PeerId};
 use serde::{Deserialize, Serialize};
@@ -29,7 +33,10 @@ use crate::limits::{
     ASSIGNMENTS_MAX, DEADLINE_MIN_MS, DEADLINE_SLACK, ITEM_MS_AT_REFERENCE, PEERS_MAX_DEFAULT,
     REFERENCE_SCORE, REPLICAS_EXTRA_MAX, UNIT_ITEMS_DEFAULT_MAX, UNIT_TARGET_MS,
 };
+use crate::peer_hash::{PeerHash, PeerMap};
 use crate::verifier::{Outcome, best_group, loser_fault, quorum};
+use few::Few;
+use networks::{NetId, Networks};
 
 /// A unit as the scheduler sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -297,11 +304,14 @@ struct Unit {
     quorum: u32,
     /// Replicas wanted at the first assignment, so the cap is relative to it.
     initial_target: u32,
-    running: BTreeMap<PeerId, Assignment>,
+    running: Few<Assignment>,
+    /// Results judged so far. Once the unit is accepted only the accepted group is kept (losers
+    /// have been judged), so a finished unit costs its few agreeing results and no more.
     outcomes: Vec<Outcome>,
-    /// Peers that ran (or were given) it, who must not get it again.
-    tried: BTreeSet<PeerId>,
-    accepted: Option<Vec<usize>>,
+    /// Peers that ran (or were given) it, who must not get it again (emptied once decided).
+    tried: Few<()>,
+    /// Once accepted: how many results agree, the first that many of `outcomes` (all of them).
+    accepted: Option<usize>,
     failed: bool,
     assignments: u32,
     executions: u32,
@@ -348,11 +358,18 @@ struct Job {
     failed: u64,
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone, Copy, Debug)]
 struct Waiting {
     slots: u32,
     until_ms: u64,
-    offer: Offer,
+}
+
+/// What a peer offered last, shared (not copied) by every match it is part of, with its network's
+/// id.
+#[derive(Clone, Debug)]
+struct Offered {
+    offer: Arc<Offer>,
+    net: Option<NetId>,
 }
 
 /// Scheduler policy. There is no default: the seed must come from the caller.
@@ -389,17 +406,16 @@ pub struct Scheduler {
     jobs: BTreeMap<u64, Job>,
     waiting: BTreeMap<PeerId, Waiting>,
     /// What each peer offered last (its classes and network outlive its request).
-    offers: BTreeMap<PeerId, Offer>,
+    offers: PeerMap<Offered>,
     /// Whether units opened since waiting peers were last offered work.
     work_added: bool,
-    /// Peers known per network, and units running per network and in all, for fair shares.
-    peers_by_network: BTreeMap<String, u32>,
-    running_by_network: BTreeMap<String, u32>,
+    /// Peers known and units running per network, and units running in all, for fair shares.
+    networks: Networks,
     running_total: u64,
     /// Units running per submitter (`None`: keys without a member), for the fair share.
     running_by_submitter: BTreeMap<Option<PeerId>, u32>,
     /// Where each peer's assignments are, so losing a peer costs its units, not a scan.
-    assigned: BTreeMap<PeerId, BTreeSet<(u64, u64)>>,
+    assigned: PeerMap<BTreeSet<(u64, u64)>>,
     ledger: Ledger,
 }
 
@@ -426,14 +442,13 @@ impl Scheduler {
             rng: policy.seed | 1,
             jobs: BTreeMap::new(),
             waiting: BTreeMap::new(),
-            offers: BTreeMap::new(),
+            offers: PeerHash::new(policy.seed).map(),
             work_added: false,
-            peers_by_network: BTreeMap::new(),
-            running_by_network: BTreeMap::new(),
+            networks: Networks::default(),
             running_total: 0,
             running_by_submitter: BTreeMap::new(),
-            assigned: BTreeMap::new(),
-            ledger: Ledger::new(policy.peers_max),
+            assigned: PeerHash::new(policy.seed).map(),
+            ledger: Ledger::new(policy.peers_max, policy.seed),
         }
     }
 
@@ -456,27 +471,35 @@ impl Scheduler {
                 offer,
             } => {
                 if self.offers.len() >= self.policy.peers_max && !self.offers.contains_key(&peer) {
-                    // Forget a peer with no work out, so the table stays bounded.
+                    // Forget a peer with no work out (the least, for a choice that does not
+                    // depend on the table's order), so the table stays bounded.
                     let idle = self
                         .offers
                         .keys()
-                        .find(|p| !self.assigned.contains_key(p))
+                        .filter(|p| !self.assigned.contains_key(p))
+                        .min()
                         .copied();
                     if let Some(idle) = idle {
                         self.forget_offer(&idle);
                     }
                 }
-                self.forget_offer(&peer);
-                if let Some(network) = &offer.network {
-                    *self.peers_by_network.entry(network.clone()).or_default() += 1;
+                // A peer asking again mostly offers what it offered last: keep that as it is.
+                if self.offers.get(&peer).is_none_or(|o| *o.offer != offer) {
+                    self.forget_offer(&peer);
+                    let net = offer.network.as_deref().map(|n| self.networks.join(n));
+                    self.offers.insert(
+                        peer,
+                        Offered {
+                            offer: Arc::new(offer),
+                            net,
+                        },
+                    );
                 }
-                self.offers.insert(peer, offer.clone());
                 self.waiting.insert(
                     peer,
                     Waiting {
                         slots: slots.max(1),
                         until_ms,
-                        offer,
                     },
                 );
             }
@@ -536,13 +559,8 @@ impl Scheduler {
 
     /// Drop `peer`'s offer and its count in its network.
     fn forget_offer(&mut self, peer: &PeerId) {
-        if let Some(network) = self.offers.remove(peer).and_then(|o| o.network)
-            && let Some(n) = self.peers_by_network.get_mut(&network)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.peers_by_network.remove(&network);
-            }
+        if let Some(net) = self.offers.remove(peer).and_then(|o| o.net) {
+            self.networks.leave(net);
         }
     }
 
@@ -556,13 +574,8 @@ impl Scheduler {
                 self.running_by_submitter.remove(&submitter);
             }
         }
-        if let Some(network) = self.offers.get(peer).and_then(|o| o.network.clone())
-            && let Some(n) = self.running_by_network.get_mut(&network)
-        {
-            *n -= 1;
-            if *n == 0 {
-                self.running_by_network.remove(&network);
-            }
+        if let Some(net) = self.offers.get(peer).and_then(|o| o.net) {
+            self.networks.stop(net);
         }
     }
 
@@ -610,9 +623,9 @@ impl Scheduler {
                     running: u.running.keys().copied().collect(),
                     accepted: u
                         .accepted
+                        .map_or(&[][..], |n| &u.outcomes[..n])
                         .iter()
-                        .flatten()
-                        .map(|&k| u.outcomes[k].peer)
+                        .map(|o| o.peer)
                         .collect(),
                 })
                 .collect(),
@@ -645,21 +658,21 @@ impl Scheduler {
         (z >> 11) as f64 / (1u64 << 53) as f64
     }
 
-    fn submit(&mut self, spec: JobSpec, out: &mut Vec<Output>) {
+    fn submit(&mut self, mut spec: JobSpec, out: &mut Vec<Output>) {
         if self.jobs.contains_key(&spec.id) {
             return;
         }
-        let units: Vec<Unit> = spec
-            .units
-            .iter()
-            .map(|s| Unit {
-                spec: s.clone(),
+        // The units' specs move into the units: a job of millions is not held twice.
+        let units: Vec<Unit> = std::mem::take(&mut spec.units)
+            .into_iter()
+            .map(|spec| Unit {
+                spec,
                 target: 0,
                 quorum: 0,
                 initial_target: 0,
-                running: BTreeMap::new(),
+                running: Few::default(),
                 outcomes: Vec::new(),
-                tried: BTreeSet::new(),
+                tried: Few::default(),
                 accepted: None,
                 failed: false,
                 assignments: 0,
@@ -697,7 +710,7 @@ impl Scheduler {
         job.open.clear();
         let mut released = Vec::new();
         for (i, unit) in job.units.iter_mut().enumerate() {
-            for peer in std::mem::take(&mut unit.running).into_keys() {
+            for peer in unit.running.take_keys() {
                 if let Some(set) = self.assigned.get_mut(&peer)
                     && set.remove(&(id, i as u64))
                 {
@@ -763,9 +776,12 @@ impl Scheduler {
         };
         let unit = &mut job.units[unit_id as usize];
         unit.failed = true;
+        // Its results were all judged; nothing more is asked of them.
+        unit.outcomes = Vec::new();
+        unit.tried = Few::default();
         job.failed += 1;
         job.open.remove(&unit_id);
-        let running: Vec<PeerId> = std::mem::take(&mut unit.running).into_keys().collect();
+        let running: Vec<PeerId> = unit.running.take_keys();
         for peer in running {
             if let Some(set) = self.assigned.get_mut(&peer)
                 && set.remove(&(job_id, unit_id))
@@ -814,6 +830,8 @@ impl Scheduler {
                 }
             }
         }
+        // In (peer, job, unit) order, whatever the table's.
+        late.sort_unstable();
         for (peer, job, unit) in late {
             self.unassign(peer, job, unit);
             let class = self.class_of(job, &peer);
@@ -845,7 +863,7 @@ impl Scheduler {
         let family = self.jobs.get(&job).map(|j| j.spec.family);
         self.offers
             .get(peer)
-            .and_then(|o| family.and_then(|f| o.classes.get(&f)).cloned())
+            .and_then(|o| family.and_then(|f| o.offer.classes.get(&f)).cloned())
             .unwrap_or_else(|| "unknown".into())
     }
 
@@ -889,7 +907,7 @@ impl Scheduler {
         }
         let expected_input = unit.spec.input;
         let items = unit.spec.items;
-        if !unit.running.contains_key(&d.peer) {
+        if !unit.running.contains(&d.peer) {
             return reject(
                 out,
                 "unit not assigned to this peer (late, cancelled or reassigned)",
@@ -932,21 +950,27 @@ impl Scheduler {
             class: d.class,
             agrees_across: d.agrees_across,
         };
+        if unit.outcomes.capacity() == unit.outcomes.len() {
+            // Room for the replicas still to come, not the four a push would make.
+            let more = (unit.target as usize).saturating_sub(unit.outcomes.len());
+            unit.outcomes.reserve_exact(more.max(1));
+        }
         unit.outcomes.push(outcome);
         let index = unit.outcomes.len() - 1;
 
-        if let Some(group) = unit.accepted.clone() {
-            // A late replica of a decided unit: judged against the accepted group.
-            let members: Vec<&Outcome> = group.iter().map(|&k| &unit.outcomes[k]).collect();
+        if let Some(group) = unit.accepted {
+            // A late replica of a decided unit: judged against the accepted group, kept beside
+            // it if it agrees, dropped once judged if not.
+            let members: Vec<&Outcome> = unit.outcomes[..group].iter().collect();
             let new = &unit.outcomes[index];
             if crate::verifier::agree(members[0], new) {
-                unit.accepted.as_mut().expect("decided").push(index);
+                unit.accepted = Some(group + 1);
                 self.valid(now_ms, d.peer, d.job, d.unit, items, out);
             } else {
                 let fault = loser_fault(new, &members);
-                let class = new.class.clone();
+                let new = unit.outcomes.pop().expect("pushed above");
                 unit.rejected += 1;
-                self.judge_fault(now_ms, (d.peer, d.job, d.unit), class, fault, out);
+                self.judge_fault(now_ms, (d.peer, d.job, d.unit), new.class, fault, out);
             }
             return;
         }
@@ -968,7 +992,15 @@ impl Scheduler {
                 .collect();
             let winners: Vec<PeerId> = members.iter().map(|o| o.peer).collect();
             unit.rejected += losers.len() as u32;
-            unit.accepted = Some(group);
+            // Keep only what a late replica is judged against and the API lists: the group, in
+            // its order.
+            let mut all: Vec<Option<Outcome>> = std::mem::take(&mut unit.outcomes)
+                .into_iter()
+                .map(Some)
+                .collect();
+            unit.outcomes = group.iter().filter_map(|&k| all[k].take()).collect();
+            unit.accepted = Some(group.len());
+            unit.tried = Few::default();
             let items = unit.spec.items;
             let job = self.jobs.get_mut(&job_id).expect("caller checked");
             job.done += 1;
@@ -1059,18 +1091,21 @@ impl Scheduler {
 
     /// Give one waiting peer what fits it.
     fn dispatch_peer(&mut self, now_ms: u64, peer: PeerId, out: &mut Vec<Output>) {
-        let Some(waiting) = self.waiting.get(&peer).cloned() else {
+        let Some(waiting) = self.waiting.get(&peer).copied() else {
             return;
         };
         if waiting.until_ms <= now_ms {
             return;
         }
+        let Some(offered) = self.offers.get(&peer).cloned() else {
+            return;
+        };
         let mut given = 0;
         while given < waiting.slots {
-            let Some((job, unit)) = self.pick(now_ms, &peer, &waiting.offer) else {
+            let Some((job, unit)) = self.pick(now_ms, &peer, &offered) else {
                 break;
             };
-            self.assign(now_ms, peer, &waiting.offer, job, unit, out);
+            self.assign(now_ms, peer, &offered, job, unit, out);
             given += 1;
         }
         if given > 0 {
@@ -1106,13 +1141,14 @@ impl Scheduler {
 
     /// The first open unit `peer` may run: jobs in [`Self::fair_order`], a unit it has not run, of a
     /// model it holds; first looking for units none of whose peers share its network.
-    fn pick(&mut self, now_ms: u64, peer: &PeerId, offer: &Offer) -> Option<(u64, u64)> {
+    fn pick(&mut self, now_ms: u64, peer: &PeerId, offered: &Offered) -> Option<(u64, u64)> {
+        let offer = &offered.offer;
         // No network runs more than its fair share of units: a network crowded with identities
         // (cheap Sybils behind one address) gets no more replica slots than any other.
-        if let Some(network) = &offer.network {
-            let networks = self.peers_by_network.len().max(1) as u64;
+        if let Some(net) = offered.net {
+            let networks = self.networks.live().max(1) as u64;
             let cap = ((self.running_total + 1) / networks).max(1);
-            if u64::from(self.running_by_network.get(network).copied().unwrap_or(0)) >= cap {
+            if u64::from(self.networks.running(net)) >= cap {
                 return None;
             }
         }
@@ -1129,27 +1165,25 @@ impl Scheduler {
             if self.ledger.replication(peer, class, now_ms, 1.0) == Replication::Refuse {
                 return None;
             }
-            let crowded = |network: Option<&String>| {
-                network.is_some_and(|n| self.peers_by_network.get(n).copied().unwrap_or(0) > 1)
-            };
-            let mine_crowded = crowded(offer.network.as_ref());
+            let crowded = |net: Option<NetId>| net.is_some_and(|n| self.networks.peers(n) > 1);
+            let mine_crowded = crowded(offered.net);
             for &unit_id in &job.open {
                 let unit = &job.units[unit_id as usize];
                 if unit.tried.contains(peer) || unit.needed() == 0 {
                     continue;
                 }
-                let others: Vec<Option<&String>> = unit
-                    .running
-                    .keys()
-                    .chain(unit.outcomes.iter().map(|o| &o.peer))
-                    .map(|p| self.offers.get(p).and_then(|o| o.network.as_ref()))
-                    .collect();
+                let others = || {
+                    unit.running
+                        .keys()
+                        .chain(unit.outcomes.iter().map(|o| &o.peer))
+                        .map(|p| self.offers.get(p).and_then(|o| o.net))
+                };
                 let shares_network =
-                    offer.network.is_some() && others.contains(&offer.network.as_ref());
+                    offered.net.is_some() && others().any(|net| net == offered.net);
                 // A unit already holding a replica from a crowded network (several identities
                 // behind one address) gets its others from uncrowded ones where it can, so a
                 // handful of Sybil-packed networks cannot make up a quorum among themselves.
-                let crowded_pair = mine_crowded && others.iter().any(|n| crowded(*n));
+                let crowded_pair = mine_crowded && others().any(crowded);
                 if !shares_network && !crowded_pair {
                     return Some((job_id, unit_id));
                 }
@@ -1167,11 +1201,12 @@ impl Scheduler {
         &mut self,
         now_ms: u64,
         peer: PeerId,
-        offer: &Offer,
+        offered: &Offered,
         job_id: u64,
         unit_id: u64,
         out: &mut Vec<Output>,
     ) {
+        let offer = &offered.offer;
         let family = self.jobs[&job_id].spec.family;
         let class = offer.classes.get(&family).cloned().unwrap_or_default();
         let job_replicas = self.jobs[&job_id].spec.replicas.or(self.policy.replicas);
@@ -1207,7 +1242,7 @@ impl Scheduler {
                 deadline_at_ms: now_ms + deadline,
             },
         );
-        unit.tried.insert(peer);
+        unit.tried.insert(peer, ());
         unit.assignments += 1;
         if unit.needed() == 0 {
             job.open.remove(&unit_id);
@@ -1219,8 +1254,8 @@ impl Scheduler {
             .insert((job_id, unit_id))
         {
             self.running_total += 1;
-            if let Some(network) = &offer.network {
-                *self.running_by_network.entry(network.clone()).or_default() += 1;
+            if let Some(net) = offered.net {
+                self.networks.start(net);
             }
             let submitter = self.jobs.get(&job_id).and_then(|j| j.spec.submitter);
             *self.running_by_submitter.entry(submitter).or_default() += 1;

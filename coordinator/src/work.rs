@@ -10,9 +10,7 @@ use hearth_net::libp2p::request_response::ResponseChannel;
 use hearth_protocol::work::{
     Assignment, UnitOutput, WorkRequest, WorkResponse, digest_canonical, input_digest,
 };
-use hearth_protocol::{
-    Capabilities, KernelFamily, PeerId, Subject, UNIT_INPUT_BYTES_MAX, UNIT_ITEMS_MAX,
-};
+use hearth_protocol::{KernelFamily, PeerId, Subject, UNIT_INPUT_BYTES_MAX, UNIT_ITEMS_MAX};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
@@ -76,15 +74,6 @@ pub(crate) struct Work {
     parked: BTreeMap<PeerId, (ResponseChannel<WorkResponse>, u64)>,
     networks: BTreeMap<PeerId, String>,
     next_job: u64,
-}
-
-fn offer(capabilities: &Capabilities, network: Option<String>) -> Offer {
-    Offer {
-        classes: capabilities.numeric_class.clone(),
-        models: capabilities.models.clone(),
-        score: capabilities.score,
-        network,
-    }
 }
 
 impl Work {
@@ -433,7 +422,7 @@ impl Work {
                     net.respond(channel, WorkResponse::Assign(Vec::new()));
                     return Ok(());
                 };
-                let offer = offer(capabilities, self.networks.get(&peer).cloned());
+                let offer = Offer::of(capabilities, self.networks.get(&peer).cloned());
                 if let Some((old, _)) = self.parked.remove(&peer) {
                     net.respond(old, WorkResponse::Assign(Vec::new()));
                 }

@@ -1,142 +1,46 @@
-//! `hearth-sim`: a deterministic discrete-event simulation of a Hearth swarm that drives the
-//! coordinator's real sans-IO [`Scheduler`] (with its verifier rules and ledger) against thousands of
-//! simulated peers, on a virtual clock.
+//! `hearth-sim`: a deterministic discrete-event simulation of a Hearth swarm that drives Hearth's
+//! real sans-IO cores ([`hearth_core`]) against up to 100,000 simulated peers, on a virtual clock.
 //!
-//! The simulator sees only the scheduler's public inputs and outputs, as the coordinator's shell
-//! does: peers ask for work ([`Input::Ready`]), deliver results ([`Input::Delivered`], with the marks
-//! the shell would set; a bad signature is a mark, not cryptography), leave ([`Input::PeerLost`]),
-//! and time passes ([`Input::Tick`]). Peers are honest, liars with a probability, adaptive liars
-//! that turn once trusted, or colluders returning one shared wrong answer; groups can churn, crash,
-//! and be spread over or packed into networks. The same scenario and seed give the same report.
+//! The simulator does what the coordinator's shell does, through the same code: peers advertise
+//! every heartbeat into the real [`Registry`], which says when one goes silent (then the scheduler
+//! hears [`Input::PeerLost`] and sessions route around it); they ask for work with the offer made
+//! from what the registry holds ([`Offer::of`]); deliver results ([`Input::Delivered`], with the
+//! marks the shell would set; a bad signature is a mark, not cryptography); pipeline sessions pick
+//! their stages with the shell's [`candidates`], call a stage failed on the shell's
+//! [`StepTimeouts`], and turn a caught stage into the shell's ledger input ([`stage_fault`]). Peers
+//! are honest, liars with a probability, adaptive liars that turn once trusted, or colluders
+//! returning one shared wrong answer; groups can churn, crash, and be spread over or packed into
+//! networks. The simulated model ([`model`]) computes each layer from its input, so a lie anywhere
+//! in a route reaches the tokens. The same scenario and seed give the same report.
 
+mod model;
+mod pipeline;
 pub mod plot;
+mod report;
 mod scenario;
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
 
-use hearth_core::limits::PEERS_MAX_DEFAULT;
-use hearth_core::pipeline::{Action, Candidate, Driver, Verify, plan};
+use hearth_core::limits::{PEERS_MAX_DEFAULT, STEP_TIMEOUT_MS, WORK_FETCH_HOLD_MS};
+use hearth_core::pipeline::{Candidate, Driver, StepTimeouts};
+use hearth_core::registry::{Input as RegistryInput, Output as RegistryOutput};
 use hearth_core::scheduler::{Input, Output};
-use hearth_core::{Delivery, JobSpec, LedgerOutput, Offer, Policy, Scheduler, UnitSpec};
-use hearth_protocol::work::{Forward, StageData, StageResult};
-use hearth_protocol::{Digest, KernelFamily, ModelId, PeerId, SecretKey};
-use hearth_protocol::{Receipt, ReceiptBody, Subject};
+use hearth_core::{Delivery, JobSpec, LedgerOutput, Offer, Policy, Registry, Scheduler, UnitSpec};
+use hearth_protocol::SecretKey;
+use hearth_protocol::work::Forward;
+use hearth_protocol::{Advert, Backend, Capabilities, Digest, KernelFamily, ModelId, PeerId};
+pub use report::{Report, StagesCaught};
 pub use scenario::{Behaviour, Group, Network, Pipeline, Scenario, Workload};
-use serde::Serialize;
 
-/// Virtual milliseconds between scheduler ticks.
+/// Virtual milliseconds between ticks of the registry and the scheduler.
 const TICK_MS: u64 = 1000;
-/// How long a peer's request for work is held (as the coordinator holds it).
-const HOLD_MS: u64 = 10_000;
-/// How long after a peer goes silent the registry reports it lost (3 missed 2 s heartbeats).
-const LOST_AFTER_MS: u64 = 6_000;
+/// How often a node advertises (the node's default heartbeat).
+const HEARTBEAT_MS: u32 = 2000;
 /// How long a node waits before sending a lost delivery again (its outbox).
 const REDELIVER_MS: u64 = 2_000;
-
-/// What the simulation found. Nothing in it depends on the host.
-#[derive(Clone, Debug, Serialize)]
-pub struct Report {
-    /// Scenario name.
-    pub scenario: String,
-    /// Seed used.
-    pub seed: u64,
-    /// Peers simulated.
-    pub peers: u64,
-    /// Units submitted.
-    pub units: u64,
-    /// Units accepted.
-    pub units_accepted: u64,
-    /// Units that failed (no quorum within the cap).
-    pub units_failed: u64,
-    /// Accepted units whose accepted result is wrong.
-    pub wrong_accepted: u64,
-    /// Results delivered and judged.
-    pub executions: u64,
-    /// Executions per accepted unit over the whole run.
-    pub executions_per_accepted_unit: f64,
-    /// The same over the second half of the units accepted.
-    pub executions_per_accepted_unit_second_half: f64,
-    /// Virtual time until every job finished (or the time limit).
-    pub makespan_s: f64,
-    /// Accepted units per virtual second.
-    pub throughput_units_per_s: f64,
-    /// Peers that lie at least sometimes.
-    pub liars: u64,
-    /// Of those, quarantined at least once.
-    pub liars_quarantined: u64,
-    /// Honest peers quarantined (should be 0).
-    pub honest_quarantined: u64,
-    /// Mean virtual seconds from start to a liar's first quarantine (quarantined liars only).
-    pub mean_time_to_quarantine_s: Option<f64>,
-    /// The longest of those.
-    pub max_time_to_quarantine_s: Option<f64>,
-    /// Mean credit of an honest peer.
-    pub credit_per_honest_peer: f64,
-    /// Whether every job finished within the time limit.
-    pub finished: bool,
-    /// Events processed.
-    pub events: u64,
-    /// Pipeline sessions started.
-    pub pipeline_sessions: u64,
-    /// Of those, finished without error.
-    pub pipeline_sessions_done: u64,
-    /// Tokens released to clients.
-    pub pipeline_tokens: u64,
-    /// Released tokens that were wrong (and not corrected).
-    pub pipeline_wrong_tokens: u64,
-    /// Mean tokens per second of a finished session, over its whole life.
-    pub pipeline_tokens_per_s: f64,
-    /// Stages replaced mid-session (failures and caught liars).
-    pub pipeline_reroutes: u64,
-    /// Released tokens later corrected (`verify = "after"`).
-    pub pipeline_corrections: u64,
-}
-
-impl Report {
-    /// The readable summary.
-    pub fn summary(&self) -> String {
-        let mut text = self.sharded_summary();
-        if self.pipeline_sessions > 0 {
-            text.push_str(&format!(
-                "\npipeline: {}/{} sessions done, {} tokens ({} wrong, {} corrected), {:.1} tokens/s per session, {} reroutes",
-                self.pipeline_sessions_done,
-                self.pipeline_sessions,
-                self.pipeline_tokens,
-                self.pipeline_wrong_tokens,
-                self.pipeline_corrections,
-                self.pipeline_tokens_per_s,
-                self.pipeline_reroutes,
-            ));
-        }
-        text
-    }
-
-    fn sharded_summary(&self) -> String {
-        format!(
-            "{}: {} peers ({} liars), {} units: {} accepted, {} failed, {} wrong accepted\n\
-             executions per accepted unit {:.3} (second half {:.3}); makespan {:.1} s, {:.1} units/s\n\
-             liars quarantined {}/{} (mean {} s after start); honest quarantined {}; credit per honest peer {:.1}",
-            self.scenario,
-            self.peers,
-            self.liars,
-            self.units,
-            self.units_accepted,
-            self.units_failed,
-            self.wrong_accepted,
-            self.executions_per_accepted_unit,
-            self.executions_per_accepted_unit_second_half,
-            self.makespan_s,
-            self.throughput_units_per_s,
-            self.liars_quarantined,
-            self.liars,
-            self.mean_time_to_quarantine_s
-                .map_or("-".into(), |t| format!("{t:.1}")),
-            self.honest_quarantined,
-            self.credit_per_honest_peer,
-        )
-    }
-}
+/// How long a node waits to ask again when the coordinator has not heard its advert yet.
+const UNKNOWN_RETRY_MS: u64 = 500;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Event {
@@ -153,8 +57,8 @@ enum Event {
     Leave(u32),
     Join(u32),
     Crash(u32),
-    /// The registry notices the peer is gone.
-    Lost(u32, u32),
+    /// The peer's heartbeat advert arrives (if it is still up in `epoch`).
+    Advert(u32, u32),
     /// A pipeline session starts.
     StartSession(u32),
     /// A stage's answer arrives.
@@ -165,7 +69,12 @@ struct SimPeer {
     id: PeerId,
     key: SecretKey,
     group: usize,
-    offer: Offer,
+    /// What it advertises, and the network its connection comes from.
+    capabilities: Capabilities,
+    network: String,
+    /// Its numeric class for embeddings (one per backend).
+    class: String,
+    adverts: u64,
     ms_per_item: f64,
     online: bool,
     crashed: bool,
@@ -195,25 +104,68 @@ impl Rng {
     }
 }
 
-/// Layers of the simulated model (the default model's).
-const LAYERS: u32 = 30;
-
-/// The honest last stage's token at absolute position `q` of session `session`.
-fn fake_token(session: u64, q: u64) -> u32 {
-    (session
-        .wrapping_mul(0x9E37_79B9)
-        .wrapping_add(q.wrapping_mul(31))
-        % 49_000) as u32
+/// The sharded jobs' model.
+fn embed_model() -> ModelId {
+    ModelId::of_bytes(b"sim model")
 }
 
-/// An honest stage's activation for position `q` after layer `end`.
-fn fake_value(session: u64, end: u64, q: u64) -> f32 {
-    (session
-        .wrapping_mul(7)
-        .wrapping_add(end.wrapping_mul(13))
-        .wrapping_add(q.wrapping_mul(17))
-        % 1000) as f32
-        / 1000.0
+/// The pipelines' model.
+fn llm_model() -> ModelId {
+    ModelId::of_bytes(b"sim llm")
+}
+
+/// What a simulated peer advertises: both models, a class per family, and a benchmark score
+/// that puts a peer at 10 ms per input at the coordinator's reference score.
+fn capabilities(embed_class: &str, ms_per_item: f64) -> Capabilities {
+    Capabilities {
+        backend: Backend::Cpu,
+        device: String::new(),
+        memory_total_bytes: u64::MAX / 2,
+        memory_free_bytes: u64::MAX / 2,
+        threads: 1,
+        cpu_model: String::new(),
+        cpu_cores: 1,
+        cpu_features: Vec::new(),
+        host_memory_total_bytes: u64::MAX / 2,
+        os: String::new(),
+        arch: String::new(),
+        score: 200.0 / ms_per_item,
+        numeric_class: BTreeMap::from([
+            (KernelFamily::Embed, embed_class.to_string()),
+            (KernelFamily::Llm, "k0/llm/sim".to_string()),
+        ]),
+        models: vec![embed_model(), llm_model()],
+    }
+}
+
+/// Which units were accepted, a bit per unit of each job (10 million units: 1.2 MiB).
+#[derive(Default)]
+struct AcceptedUnits {
+    bits: Vec<Vec<u64>>,
+    count: u64,
+}
+
+impl AcceptedUnits {
+    /// Mark `unit` of `job` accepted; false if it already was.
+    fn insert(&mut self, job: u64, unit: u64) -> bool {
+        let j = (job - 1) as usize;
+        if self.bits.len() <= j {
+            self.bits.resize(j + 1, Vec::new());
+        }
+        let words = &mut self.bits[j];
+        let (w, b) = ((unit / 64) as usize, unit % 64);
+        if words.len() <= w {
+            words.resize(w + 1, 0);
+        }
+        let fresh = words[w] & (1 << b) == 0;
+        words[w] |= 1 << b;
+        self.count += u64::from(fresh);
+        fresh
+    }
+
+    fn len(&self) -> u64 {
+        self.count
+    }
 }
 
 fn truth(job: u64, unit: u64) -> Digest {
@@ -237,10 +189,11 @@ struct Sim<'a> {
     seq: u64,
     queue: BinaryHeap<Reverse<(u64, u64, Event)>>,
     scheduler: Scheduler,
+    registry: Registry,
     peers: Vec<SimPeer>,
     by_id: HashMap<PeerId, u32>,
     flights: HashMap<(u64, u64), Flight>,
-    accepted: BTreeSet<(u64, u64)>,
+    accepted: AcceptedUnits,
     units: u64,
     units_failed: u64,
     wrong: u64,
@@ -254,6 +207,10 @@ struct Sim<'a> {
     calls: HashMap<u64, (u32, u32, u32, Forward)>,
     next_ticket: u64,
     candidates: Vec<Candidate>,
+    /// Steps in flight per session, as the coordinator's shell keeps them.
+    timeouts: StepTimeouts,
+    /// Stages caught lying, by where they sat in the route.
+    caught: StagesCaught,
 }
 
 struct SimSession {
@@ -261,6 +218,8 @@ struct SimSession {
     started: u64,
     ended: Option<u64>,
     released: u64,
+    /// The tokens an honest route gives, as far as released.
+    expected: Vec<u32>,
     wrong: u64,
     corrections: u64,
     failed: bool,
@@ -277,35 +236,34 @@ pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
 impl<'a> Sim<'a> {
     fn new(scenario: &'a Scenario, seed: u64) -> Self {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
-        let model = ModelId::of_bytes(b"sim model");
         let mut peers = Vec::new();
         let mut by_id = HashMap::new();
         let mut n: u64 = 0;
         for (g, group) in scenario.population.iter().enumerate() {
             for i in 0..group.count {
                 n += 1;
-                let mut key = [0u8; 32];
-                key[..8].copy_from_slice(&n.to_le_bytes());
-                key[8..16].copy_from_slice(&seed.to_le_bytes());
-                let id = SecretKey::from_bytes(&key).public().peer_id();
+                let mut bytes = [0u8; 32];
+                bytes[..8].copy_from_slice(&n.to_le_bytes());
+                bytes[8..16].copy_from_slice(&seed.to_le_bytes());
+                let key = SecretKey::from_bytes(&bytes);
+                let id = key.public().peer_id();
                 let network = match group.networks {
                     Some(k) => format!("g{g}-net{}", i % k.max(1)),
                     None => format!("net{n}"),
                 };
                 let [lo, hi] = group.ms_per_item;
+                let ms_per_item = lo + (hi - lo) * rng.unit();
                 let class = format!("k0/embed/{}", group.backend);
                 by_id.insert(id, peers.len() as u32);
                 peers.push(SimPeer {
                     id,
-                    key: SecretKey::from_bytes(&key),
+                    key,
                     group: g,
-                    offer: Offer {
-                        classes: BTreeMap::from([(KernelFamily::Embed, class)]),
-                        models: vec![model],
-                        score: 20.0,
-                        network: Some(network),
-                    },
-                    ms_per_item: lo + (hi - lo) * rng.unit(),
+                    capabilities: capabilities(&class, ms_per_item),
+                    network,
+                    class,
+                    adverts: 0,
+                    ms_per_item,
                     online: true,
                     crashed: false,
                     busy: false,
@@ -325,10 +283,11 @@ impl<'a> Sim<'a> {
                 peers_max: peers.len().max(PEERS_MAX_DEFAULT),
                 ..Policy::seeded(seed)
             }),
+            registry: Registry::new(peers.len().max(PEERS_MAX_DEFAULT)),
             peers,
             by_id,
             flights: HashMap::new(),
-            accepted: BTreeSet::new(),
+            accepted: AcceptedUnits::default(),
             units: 0,
             units_failed: 0,
             wrong: 0,
@@ -341,6 +300,8 @@ impl<'a> Sim<'a> {
             calls: HashMap::new(),
             next_ticket: 0,
             candidates: Vec::new(),
+            timeouts: StepTimeouts::default(),
+            caught: StagesCaught::default(),
         }
     }
 
@@ -357,7 +318,7 @@ impl<'a> Sim<'a> {
 
     fn start(&mut self) {
         let w = &self.scenario.workload;
-        let model = ModelId::of_bytes(b"sim model");
+        let model = embed_model();
         for job in 1..=u64::from(w.jobs) {
             let units = (0..w.units_per_job)
                 .map(|u| UnitSpec {
@@ -380,8 +341,11 @@ impl<'a> Sim<'a> {
             self.apply(out);
         }
         for p in 0..self.peers.len() as u32 {
+            // Its first advert, then its first request once the advert is in.
             let delay = (self.rng.unit() * 1000.0) as u64;
-            self.at(delay, Event::Ready(p, 0));
+            self.at(delay, Event::Advert(p, 0));
+            let latency = self.latency();
+            self.at(delay + latency, Event::Ready(p, 0));
             let group = &self.scenario.population[self.peers[p as usize].group];
             if let Some(mean) = group.mean_online_s {
                 let t = (self.rng.exp(mean) * 1000.0) as u64;
@@ -400,6 +364,7 @@ impl<'a> Sim<'a> {
                     started: 0,
                     ended: None,
                     released: 0,
+                    expected: Vec::new(),
                     wrong: 0,
                     corrections: 0,
                     failed: false,
@@ -433,7 +398,47 @@ impl<'a> Sim<'a> {
                 let out = self.scheduler.handle(self.now, Input::Tick);
                 self.apply(out);
                 self.candidates.clear();
+                // As the coordinator's shell: a peer the registry calls offline is lost to the
+                // scheduler and to every session routed through it.
+                for output in self.registry.handle(self.now, RegistryInput::Tick) {
+                    if let RegistryOutput::Offline { peer, .. } = output {
+                        let out = self.scheduler.handle(self.now, Input::PeerLost(peer));
+                        self.apply(out);
+                        for i in 0..self.sessions.len() as u32 {
+                            self.stage_failed(i, peer, "left the swarm");
+                        }
+                    }
+                }
+                for session in self.timeouts.late(self.now) {
+                    let i = session as u32;
+                    let awaited = self.sessions[i as usize]
+                        .driver
+                        .as_ref()
+                        .and_then(Driver::awaiting);
+                    if let Some(peer) = awaited {
+                        let reason = format!("no answer within {STEP_TIMEOUT_MS} ms");
+                        self.stage_failed(i, peer, &reason);
+                    }
+                }
                 self.at(TICK_MS, Event::Tick);
+            }
+            Event::Advert(p, epoch) => {
+                let peer = &mut self.peers[p as usize];
+                if !peer.online || peer.crashed || peer.epoch != epoch {
+                    return Ok(());
+                }
+                peer.adverts += 1;
+                let advert = Advert {
+                    seq: peer.adverts,
+                    heartbeat_interval_ms: HEARTBEAT_MS,
+                    capabilities: peer.capabilities.clone(),
+                };
+                let input = RegistryInput::Advert {
+                    from: peer.id,
+                    advert: Box::new(advert),
+                };
+                self.registry.handle(self.now, input);
+                self.at(u64::from(HEARTBEAT_MS), Event::Advert(p, epoch));
             }
             Event::StartSession(i) => self.start_session(i),
             Event::StageAnswer(ticket) => self.stage_answer(ticket),
@@ -442,17 +447,22 @@ impl<'a> Sim<'a> {
                 if !peer.online || peer.crashed || peer.busy || peer.epoch != epoch {
                     return Ok(());
                 }
+                // As the coordinator's shell: the offer is what the registry holds of the peer.
+                let Some(capabilities) = self.registry.capabilities(&peer.id) else {
+                    self.at(UNKNOWN_RETRY_MS, Event::Ready(p, epoch));
+                    return Ok(());
+                };
                 let input = Input::Ready {
                     peer: peer.id,
                     slots: 1,
-                    until_ms: self.now + HOLD_MS,
-                    offer: peer.offer.clone(),
+                    until_ms: self.now + WORK_FETCH_HOLD_MS,
+                    offer: Offer::of(capabilities, Some(peer.network.clone())),
                 };
                 let out = self.scheduler.handle(self.now, input);
                 self.apply(out);
                 if !self.peers[p as usize].busy {
                     // Answered empty after the hold; asks again.
-                    self.at(HOLD_MS, Event::Ready(p, epoch));
+                    self.at(WORK_FETCH_HOLD_MS, Event::Ready(p, epoch));
                 }
             }
             Event::Deliver {
@@ -512,12 +522,11 @@ impl<'a> Sim<'a> {
                 }
                 peer.online = false;
                 peer.busy = false;
+                // Its adverts stop: the registry notices, as a coordinator would.
                 peer.epoch += 1;
-                let epoch = peer.epoch;
                 let group = &self.scenario.population[peer.group];
                 let back = (self.rng.exp(group.mean_offline_s) * 1000.0) as u64;
-                self.at(LOST_AFTER_MS, Event::Lost(p, epoch));
-                self.at(back.max(LOST_AFTER_MS + 1), Event::Join(p));
+                self.at(back.max(1), Event::Join(p));
             }
             Event::Join(p) => {
                 let peer = &mut self.peers[p as usize];
@@ -532,7 +541,9 @@ impl<'a> Sim<'a> {
                     let t = (self.rng.exp(mean) * 1000.0) as u64;
                     self.at(t, Event::Leave(p));
                 }
-                self.at(0, Event::Ready(p, epoch));
+                self.at(0, Event::Advert(p, epoch));
+                let latency = self.latency();
+                self.at(latency, Event::Ready(p, epoch));
             }
             Event::Crash(p) => {
                 let peer = &mut self.peers[p as usize];
@@ -542,21 +553,6 @@ impl<'a> Sim<'a> {
                 peer.crashed = true;
                 peer.online = false;
                 peer.epoch += 1;
-                let epoch = peer.epoch;
-                self.at(LOST_AFTER_MS, Event::Lost(p, epoch));
-            }
-            Event::Lost(p, epoch) => {
-                if self.peers[p as usize].epoch != epoch {
-                    return Ok(());
-                }
-                let out = self
-                    .scheduler
-                    .handle(self.now, Input::PeerLost(self.peers[p as usize].id));
-                self.apply(out);
-                let id = self.peers[p as usize].id;
-                for i in 0..self.sessions.len() as u32 {
-                    self.stage_failed(i, id, "left the swarm");
-                }
             }
         }
         Ok(())
@@ -565,7 +561,7 @@ impl<'a> Sim<'a> {
     /// What peer `p` answers for the unit: the truth, or a lie of its kind.
     fn answer(&mut self, p: u32, job: u64, unit: u64) -> (Digest, String) {
         let peer = &self.peers[p as usize];
-        let class = peer.offer.classes[&KernelFamily::Embed].clone();
+        let class = peer.class.clone();
         let group = peer.group;
         let behaviour = &self.scenario.population[group].behaviour;
         let key = [job.to_le_bytes(), unit.to_le_bytes()].concat();
@@ -633,7 +629,7 @@ impl<'a> Sim<'a> {
                     job, unit, digest, ..
                 } => {
                     assert!(
-                        self.accepted.insert((job, unit)),
+                        self.accepted.insert(job, unit),
                         "invariant: unit {job}/{unit} accepted twice"
                     );
                     if digest != truth(job, unit) {
@@ -654,8 +650,8 @@ impl<'a> Sim<'a> {
                     );
                     // Late replicas of a decided unit need no record of it here.
                     self.flights.remove(&(job, unit));
-                    if self.half_at.is_none() && self.accepted.len() as u64 * 2 >= self.units {
-                        self.half_at = Some((self.executions, self.accepted.len() as u64));
+                    if self.half_at.is_none() && self.accepted.len() * 2 >= self.units {
+                        self.half_at = Some((self.executions, self.accepted.len()));
                     }
                 }
                 Output::UnitFailed { job, unit, .. } => {
@@ -682,222 +678,12 @@ impl<'a> Sim<'a> {
         }
     }
 
-    /// Peers that may serve stages now (refreshed each tick).
-    fn stage_candidates(&mut self) -> Vec<Candidate> {
-        if self.candidates.is_empty() {
-            let now = self.now;
-            self.candidates = self
-                .peers
-                .iter()
-                .filter(|p| {
-                    p.online && !p.crashed && !self.scheduler.standing(&p.id, now).quarantined
-                })
-                .map(|p| Candidate {
-                    peer: p.id,
-                    score: 1000.0 / p.ms_per_item,
-                    memory_free_bytes: u64::MAX / 2,
-                })
-                .collect();
-        }
-        self.candidates.clone()
-    }
-
-    fn start_session(&mut self, i: u32) {
-        let p = self
-            .scenario
-            .pipeline
-            .clone()
-            .expect("sessions come from [pipeline]");
-        let candidates = self.stage_candidates();
-        let verify = match p.verify.as_str() {
-            "sampled" => Verify::Sampled,
-            "after" => Verify::After,
-            "off" => Verify::Off,
-            _ => Verify::Window,
-        };
-        let mut session = SimSession {
-            driver: None,
-            started: self.now,
-            ended: None,
-            released: 0,
-            wrong: 0,
-            corrections: 0,
-            failed: false,
-        };
-        match plan(&candidates, LAYERS, p.stages as usize, 1) {
-            Ok(route) => {
-                let prompt: Vec<u32> = (0..p.prompt_tokens).collect();
-                let (driver, actions) = Driver::new(
-                    u64::from(i) + 1,
-                    ModelId::of_bytes(b"sim llm"),
-                    route,
-                    prompt,
-                    p.tokens as usize,
-                    u32::MAX,
-                    1 << 20,
-                    verify,
-                    self.rng.next(),
-                );
-                session.driver = Some(driver);
-                self.sessions[i as usize] = session;
-                self.act(i, actions);
-            }
-            Err(_) => {
-                session.ended = Some(self.now);
-                session.failed = true;
-                self.sessions[i as usize] = session;
-            }
-        }
-    }
-
-    fn act(&mut self, i: u32, actions: Vec<Action>) {
-        for action in actions {
-            match action {
-                Action::Send { peer, forward } => {
-                    let p = self.by_id[&peer];
-                    let rows = forward.input.rows() as f64;
-                    let share = f64::from(forward.layers.1 - forward.layers.0) / f64::from(LAYERS);
-                    let compute = (rows * share * self.peers[p as usize].ms_per_item) as u64;
-                    let delay = self.latency() + compute + self.latency();
-                    self.next_ticket += 1;
-                    let epoch = self.peers[p as usize].epoch;
-                    self.calls.insert(self.next_ticket, (i, p, epoch, forward));
-                    self.at(delay, Event::StageAnswer(self.next_ticket));
-                }
-                Action::Token(token) => {
-                    let prompt = self
-                        .scenario
-                        .pipeline
-                        .as_ref()
-                        .map_or(0, |p| p.prompt_tokens);
-                    let session = &mut self.sessions[i as usize];
-                    let position = u64::from(prompt) - 1 + session.released;
-                    if token != fake_token(u64::from(i) + 1, position) {
-                        session.wrong += 1;
-                    }
-                    session.released += 1;
-                }
-                Action::Correction(from) => {
-                    let session = &mut self.sessions[i as usize];
-                    session.corrections += session.released - from as u64;
-                    session.released = from as u64;
-                    session.wrong = 0;
-                }
-                Action::Fault { peer, .. } => {
-                    let class = "k0/llm/sim".to_string();
-                    let out = self.scheduler.handle(
-                        self.now,
-                        Input::StageVerdict {
-                            peer,
-                            class,
-                            fault: Some(hearth_core::Fault::Mismatch),
-                        },
-                    );
-                    self.apply(out);
-                }
-                Action::Finished { error, .. } => {
-                    let session = &mut self.sessions[i as usize];
-                    session.ended = Some(self.now);
-                    session.failed = error.is_some();
-                }
-            }
-        }
-    }
-
-    fn stage_answer(&mut self, ticket: u64) {
-        let Some((i, p, epoch, forward)) = self.calls.remove(&ticket) else {
-            return;
-        };
-        let peer = &self.peers[p as usize];
-        if peer.crashed || peer.epoch != epoch {
-            let id = peer.id;
-            self.stage_failed(i, id, "no answer");
-            return;
-        }
-        let lie = match &self.scenario.population[peer.group].behaviour {
-            Behaviour::Honest | Behaviour::BadSignature | Behaviour::Colluder { .. } => false,
-            Behaviour::Liar { probability } => self.rng.unit() < *probability,
-            Behaviour::Adaptive { after_valid } => peer.valid >= *after_valid,
-        };
-        // A verifier replays under the session's check id; the activations are the session's.
-        let session = hearth_core::pipeline::session_of(forward.session);
-        let end = u64::from(forward.layers.1);
-        let first = u64::from(forward.pos);
-        let rows = forward.input.rows() as u64;
-        // Each liar lies its own way (independent liars do not agree with each other).
-        let shift: u32 = if lie { p + 1 } else { 0 };
-        let output = if forward.layers.1 < LAYERS {
-            let floats: Vec<f32> = (first..first + rows)
-                .flat_map(|q| {
-                    let v = fake_value(session, end, q) + shift as f32;
-                    [v, v / 2.0]
-                })
-                .collect();
-            StageResult::Hidden(StageData::hidden(rows as u32, &floats))
-        } else if forward.all_positions {
-            StageResult::NextEach(
-                (first..first + rows)
-                    .map(|q| {
-                        let t = fake_token(session, q) + shift;
-                        (t, vec![(t, 1.0)])
-                    })
-                    .collect(),
-            )
-        } else {
-            // A lying last stage claims the honest logits beside its wrong token, as the node's
-            // fault injection does: its own logits must prove nothing.
-            let honest = fake_token(session, first + rows - 1);
-            StageResult::Next {
-                token: honest + shift,
-                top: vec![(honest, 1.0)],
-            }
-        };
-        let receipt = Receipt::sign(
-            &peer.key,
-            ReceiptBody {
-                subject: Subject::Step {
-                    session,
-                    step: forward.step,
-                    layer_start: forward.layers.0,
-                },
-                model: forward.model,
-                input: forward.digest(),
-                output: output.digest(),
-                numeric_class: "k0/llm/sim".into(),
-            },
-        );
-        let candidates = self.stage_candidates();
-        let Some(driver) = self.sessions[i as usize].driver.as_mut() else {
-            return;
-        };
-        let actions = driver.on_result(output, receipt, &candidates);
-        self.act(i, actions);
-    }
-
-    /// A stage's peer of session `i` failed: the driver moves on without it.
-    fn stage_failed(&mut self, i: u32, peer: PeerId, reason: &str) {
-        if self.sessions[i as usize].ended.is_some() {
-            return;
-        }
-        self.candidates.clear();
-        let candidates = self.stage_candidates();
-        let Some(driver) = self.sessions[i as usize].driver.as_mut() else {
-            return;
-        };
-        let awaited = driver.awaiting() == Some(peer);
-        let actions = driver.on_failure(peer, reason, &candidates);
-        if awaited {
-            self.calls.retain(|_, (s, _, _, _)| *s != i);
-        }
-        self.act(i, actions);
-    }
-
     fn is_liar(&self, p: &SimPeer) -> bool {
         self.scenario.population[p.group].behaviour != Behaviour::Honest
     }
 
     fn report(&self) -> Report {
-        let accepted = self.accepted.len() as u64;
+        let accepted = self.accepted.len();
         let (second_execs, second_units) = match self.half_at {
             Some((e, a)) => (self.executions - e, accepted - a),
             None => (0, 0),
@@ -979,6 +765,8 @@ impl<'a> Sim<'a> {
                 .map(|d| d.reroutes.len() as u64)
                 .sum(),
             pipeline_corrections: self.sessions.iter().map(|s| s.corrections).sum(),
+            pipeline_caught: self.caught,
+            ledger_evictions: self.scheduler.ledger_evictions(),
         }
     }
 }
@@ -1084,6 +872,60 @@ behaviour = { kind = "liar", probability = 1.0 }
         );
         // Liars checking liars must not frame the honest: no honest peer is struck out.
         assert_eq!(report.honest_quarantined, 0, "{report:?}");
+    }
+
+    /// A route whose middle stage lies: the fastest peer takes the first layers, the liar (second
+    /// fastest) the middle ones, an honest peer the last. The liar nudges activations by far less
+    /// than the cross-class margin.
+    fn middle_liar(verify: &str) -> Report {
+        let text = format!(
+            r#"
+name = "middle liar"
+[workload]
+units_per_job = 1
+replicas = 2
+[pipeline]
+sessions = 10
+tokens = 24
+stages = 3
+verify = "{verify}"
+[[population]]
+count = 1
+ms_per_item = [1.0, 1.0]
+[[population]]
+count = 1
+ms_per_item = [1.5, 1.5]
+behaviour = {{ kind = "liar", probability = 1.0 }}
+[[population]]
+count = 20
+"#
+        );
+        run(&scenario(&text), 9).expect("runs")
+    }
+
+    #[test]
+    fn a_lying_middle_stage_reaches_the_tokens_and_is_caught() {
+        // Unchecked, its nudged activations reach the tokens.
+        let off = middle_liar("off");
+        assert_eq!(off.pipeline_sessions_done, 10, "{off:?}");
+        assert!(
+            off.pipeline_wrong_tokens > 0,
+            "wrong activations never reached a token: {off:?}"
+        );
+        assert_eq!(off.pipeline_caught, StagesCaught::default());
+        // Checked, it is caught in the middle of the route and no wrong token is released.
+        let checked = middle_liar("window");
+        assert_eq!(checked.pipeline_sessions_done, 10, "{checked:?}");
+        assert_eq!(checked.pipeline_tokens, 10 * 24);
+        assert_eq!(checked.pipeline_wrong_tokens, 0, "{checked:?}");
+        assert!(checked.pipeline_caught.middle > 0, "{checked:?}");
+        assert_eq!(
+            (checked.pipeline_caught.first, checked.pipeline_caught.last),
+            (0, 0),
+            "only the liar is caught: {checked:?}"
+        );
+        assert_eq!(checked.liars_quarantined, 1, "{checked:?}");
+        assert_eq!(checked.honest_quarantined, 0, "{checked:?}");
     }
 
     #[test]

@@ -170,7 +170,10 @@ pub const VERIFY_WINDOW_TOKENS: u64 = 8;
 /// prefill where the stage ran it token by token. Hearth's CPU kernels are batch-invariant and the
 /// same on every instruction set, so two CPU peers agree bit for bit (max_difference 0); the margin
 /// is for peers of different classes (a GPU beside CPUs, or a model the CPU kernels do not run,
-/// which falls back to candle), whose rounding differs. A stage that lies moves activations far more.
+/// which falls back to candle), whose rounding differs. Between peers whose receipts name the same
+/// numeric class no margin is given: they must agree bit for bit, or a stage could nudge every
+/// activation by just under the margin and steer the tokens unseen (the simulator's lying middle
+/// stage showed it).
 pub const HIDDEN_REL_TOLERANCE: f32 = 0.02;
 
 /// A last stage's token agrees with a verifier's replay when it is the verifier's top token, or
@@ -287,6 +290,8 @@ pub struct Driver {
     failed: BTreeSet<PeerId>,
     /// Every receipt, stages' and verifiers', in the order answers came.
     pub receipts: Vec<Receipt>,
+    /// Each peer's numeric class, as its receipts name it: peers of one class must agree exactly.
+    classes: BTreeMap<PeerId, String>,
     /// Stages replaced.
     pub reroutes: Vec<Reroute>,
     /// Every window check.
@@ -382,6 +387,7 @@ impl Driver {
             finishing: false,
             failed: BTreeSet::new(),
             receipts: Vec::new(),
+            classes: BTreeMap::new(),
             reroutes: Vec::new(),
             checks: Vec::new(),
             corrections: Vec::new(),
@@ -512,6 +518,8 @@ impl Driver {
         let Some(pending) = self.awaiting.take() else {
             return Vec::new();
         };
+        self.classes
+            .insert(pending.peer, receipt.body.numeric_class.clone());
         self.receipts.push(receipt);
         if let Purpose::Check { .. } = pending.purpose {
             return self.on_check(pending, output, candidates);
@@ -750,12 +758,30 @@ impl Driver {
         Some(views)
     }
 
+    /// Whether `a` and `b` compute alike: both named the same numeric class in their receipts.
+    fn same_class(&self, a: &PeerId, b: &PeerId) -> bool {
+        matches!((self.classes.get(a), self.classes.get(b)), (Some(x), Some(y)) if x == y)
+    }
+
     /// How far two sets of views are apart (the largest relative difference or logit gap), or
     /// `None` if they disagree. A near tie is judged by `b`'s logits only, unless `both_replays`:
-    /// a stage's own claimed logits (`a`) prove nothing about its token.
-    fn agree(a: &[View], b: &[View], both_replays: bool) -> Option<f32> {
+    /// a stage's own claimed logits (`a`) prove nothing about its token. `exact` (two peers of
+    /// one numeric class): any difference at all is a disagreement.
+    fn agree(a: &[View], b: &[View], both_replays: bool, exact: bool) -> Option<f32> {
         if a.len() != b.len() {
             return None;
+        }
+        if exact {
+            let same = a.iter().zip(b).all(|(x, y)| match (x, y) {
+                (View::Rows(r, xs), View::Rows(s, ys)) => {
+                    r == s
+                        && xs.len() == ys.len()
+                        && xs.iter().zip(ys).all(|(p, q)| p.to_bits() == q.to_bits())
+                }
+                (View::Token(ta, _), View::Token(tb, _)) => ta == tb,
+                _ => false,
+            });
+            return same.then_some(0.0);
         }
         let mut worst = 0f32;
         for (x, y) in a.iter().zip(b) {
@@ -807,10 +833,11 @@ impl Driver {
         from: u64,
         window: (u64, u64),
         output: &StageResult,
+        exact: bool,
     ) -> Option<f32> {
         let stage = self.views(layers, window, None)?;
         let replay = self.views(layers, window, Some((from, output)))?;
-        Self::agree(&stage, &replay, false)
+        Self::agree(&stage, &replay, false, exact)
     }
 
     /// A verifier's (or tie-breaker's) answer.
@@ -831,7 +858,8 @@ impl Driver {
         let hop = pending.hop;
         let layers = self.route[hop].layers;
         let stage = self.route[hop].peer_id;
-        let verdict = self.compare(layers, from, window, &output);
+        let exact = self.same_class(&stage, &pending.peer);
+        let verdict = self.compare(layers, from, window, &output, exact);
         match (first, verdict) {
             (None, Some(diff)) => {
                 self.checks.push(WindowCheck {
@@ -922,10 +950,11 @@ impl Driver {
                 let (verifier, verifier_from, verifier_output) = *first;
                 // The tie-breaker disagrees with the stage; the stage is wrong only if the two
                 // replays agree with each other (two against one).
+                let exact = self.same_class(&verifier, &pending.peer);
                 let replays_agree = self
                     .views(layers, window, Some((verifier_from, &verifier_output)))
                     .zip(self.views(layers, window, Some((from, &output))))
-                    .and_then(|(a, b)| Self::agree(&a, &b, true))
+                    .and_then(|(a, b)| Self::agree(&a, &b, true, exact))
                     .is_some();
                 if !replays_agree {
                     self.checks.push(WindowCheck {

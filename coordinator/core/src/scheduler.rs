@@ -25,7 +25,7 @@ mod networks;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use hearth_protocol::{Digest, KernelFamily, ModelId, PeerId};
+use hearth_protocol::{Capabilities, Digest, KernelFamily, ModelId, PeerId};
 use serde::{Deserialize, Serialize};
 
 use crate::ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
@@ -75,6 +75,19 @@ pub struct Offer {
     pub score: f64,
     /// The network it is on (for spreading replicas), if known.
     pub network: Option<String>,
+}
+
+impl Offer {
+    /// What a peer offers: what it advertised (`capabilities`, from the registry) and the network
+    /// its connection comes from, as the shell knows it.
+    pub fn of(capabilities: &Capabilities, network: Option<String>) -> Self {
+        Self {
+            classes: capabilities.numeric_class.clone(),
+            models: capabilities.models.clone(),
+            score: capabilities.score,
+            network,
+        }
+    }
 }
 
 /// A result as delivered, after the shell's checks of the bytes.

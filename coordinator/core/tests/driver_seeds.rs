@@ -1,0 +1,166 @@
+//! The pipeline driver's own choices (which windows `sampled` checks, which peers verify) come from
+//! the seed its caller passes, and from nothing a peer sees: two seeds choose differently over the
+//! same sessions, one seed chooses the same again.
+
+use hearth_core::pipeline::{Action, Candidate, Driver, Verify, plan};
+use hearth_protocol::work::{Forward, StageData, StageResult};
+use hearth_protocol::{ModelId, PeerId, Receipt, ReceiptBody, SecretKey, Subject};
+
+const LAYERS: u32 = 12;
+const PEERS: u8 = 12;
+const SESSIONS: u64 = 60;
+const TOKENS: usize = 64;
+
+fn mix(mut z: u64) -> u64 {
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+/// An honest stage: each row's state a mix of its input and the layers (the same row computed
+/// alone or in a prefill gives the same bits).
+fn answer(f: &Forward) -> StageResult {
+    let first = u64::from(f.pos);
+    let states: Vec<u64> = match &f.input {
+        StageData::Tokens(ids) => ids
+            .iter()
+            .enumerate()
+            .map(|(i, t)| mix(u64::from(*t) ^ mix(first + i as u64)))
+            .collect(),
+        data => data
+            .floats()
+            .chunks(2)
+            .map(|c| (c[0] as u64) | ((c[1] as u64) << 20))
+            .collect(),
+    };
+    let states: Vec<u64> = states
+        .into_iter()
+        .map(|s| mix(s ^ u64::from(f.layers.1)) & ((1 << 40) - 1))
+        .collect();
+    if f.layers.1 < LAYERS {
+        let floats: Vec<f32> = states
+            .iter()
+            .flat_map(|s| [(s & 0xF_FFFF) as f32, (s >> 20) as f32])
+            .collect();
+        return StageResult::Hidden(StageData::hidden(states.len() as u32, &floats));
+    }
+    let token = |s: &u64| (s % 1000) as u32 + 3;
+    if f.all_positions {
+        return StageResult::NextEach(
+            states
+                .iter()
+                .map(|s| (token(s), vec![(token(s), 1.0)]))
+                .collect(),
+        );
+    }
+    let t = token(states.last().expect("rows"));
+    StageResult::Next {
+        token: t,
+        top: vec![(t, 1.0)],
+    }
+}
+
+/// Every window a session checked (or left unchecked) and by whom, in order.
+fn choices(seed: u64) -> Vec<(u64, (u64, u64), (u32, u32), Option<PeerId>)> {
+    let keys: Vec<SecretKey> = (1..=PEERS)
+        .map(|n| SecretKey::from_bytes(&[n; 32]))
+        .collect();
+    let key_of = |peer: &PeerId| {
+        keys.iter()
+            .find(|k| k.public().peer_id() == *peer)
+            .expect("a known peer")
+    };
+    let candidates: Vec<Candidate> = keys
+        .iter()
+        .map(|k| Candidate {
+            peer: k.public().peer_id(),
+            score: 1.0,
+            memory_free_bytes: u64::MAX / 2,
+        })
+        .collect();
+    let mut all = Vec::new();
+    for session in 1..=SESSIONS {
+        let route = plan(&candidates, LAYERS, 3, 1).expect("route");
+        // Each session's seed is derived from the caller's, as the coordinator derives it.
+        let (mut driver, mut actions) = Driver::new(
+            session,
+            ModelId::of_bytes(b"test"),
+            route,
+            vec![1, 2, 3, 4],
+            TOKENS,
+            0,
+            1 << 20,
+            Verify::Sampled,
+            mix(seed ^ mix(session)),
+        );
+        let mut finished = false;
+        while !finished {
+            let mut next = Vec::new();
+            for action in actions {
+                match action {
+                    Action::Send { peer, forward } => {
+                        let output = answer(&forward);
+                        let receipt = Receipt::sign(
+                            key_of(&peer),
+                            ReceiptBody {
+                                subject: Subject::Step {
+                                    session: hearth_core::pipeline::session_of(forward.session),
+                                    step: forward.step,
+                                    layer_start: forward.layers.0,
+                                },
+                                model: forward.model,
+                                input: forward.digest(),
+                                output: output.digest(),
+                                numeric_class: "k0/llm/test".into(),
+                            },
+                        );
+                        next.extend(driver.on_result(output, receipt, &candidates));
+                    }
+                    Action::Finished { error, .. } => {
+                        assert_eq!(error, None);
+                        finished = true;
+                    }
+                    Action::Fault { peer, reason } => panic!("{peer} faulted: {reason}"),
+                    Action::Token(_) | Action::Correction(_) => {}
+                }
+            }
+            assert!(finished || !next.is_empty(), "the session stalled");
+            actions = next;
+        }
+        all.extend(
+            driver
+                .checks
+                .iter()
+                .map(|c| (session, c.steps, c.layers, c.verifier)),
+        );
+    }
+    all
+}
+
+#[test]
+fn seeds_not_sessions_decide_which_windows_are_checked_and_by_whom() {
+    let a = choices(1);
+    let checked = a.iter().filter(|c| c.3.is_some()).count();
+    assert!(a.len() >= 1_000, "only {} decisions", a.len());
+    assert!(
+        checked > 100 && checked < a.len(),
+        "{checked} of {} windows checked",
+        a.len()
+    );
+    assert_eq!(a, choices(1), "the same seed chooses the same");
+    let b = choices(2);
+    assert_ne!(a, b, "another seed chooses otherwise");
+    let verifiers = |c: &[(u64, (u64, u64), (u32, u32), Option<PeerId>)]| {
+        c.iter().map(|x| x.3).collect::<Vec<_>>()
+    };
+    let same = verifiers(&a)
+        .iter()
+        .zip(verifiers(&b).iter())
+        .filter(|(x, y)| x == y)
+        .count();
+    assert!(
+        same < a.len().min(b.len()) * 9 / 10,
+        "{same} of {} alike",
+        a.len()
+    );
+}

@@ -422,7 +422,10 @@ impl Work {
                     net.respond(channel, WorkResponse::Assign(Vec::new()));
                     return Ok(());
                 };
-                let offer = Offer::of(capabilities, self.networks.get(&peer).cloned());
+                let offer = std::sync::Arc::new(Offer::of(
+                    capabilities,
+                    self.networks.get(&peer).cloned(),
+                ));
                 if let Some((old, _)) = self.parked.remove(&peer) {
                     net.respond(old, WorkResponse::Assign(Vec::new()));
                 }
@@ -730,12 +733,12 @@ mod tests {
                     peer: p,
                     slots: 1,
                     until_ms: *now_ms + 10_000,
-                    offer: Offer {
+                    offer: std::sync::Arc::new(Offer {
                         classes: BTreeMap::from([(KernelFamily::Embed, "k0/embed/test".into())]),
                         models: vec![ModelId::of_bytes(b"embedder")],
                         score: 20.0,
                         network: Some(format!("net-{n}")),
-                    },
+                    }),
                 };
                 let outputs = work
                     .record(*now_ms, ready, Batch::default(), true)

@@ -130,8 +130,9 @@ pub enum Input {
         slots: u32,
         /// When its request expires (the shell then answers it empty).
         until_ms: u64,
-        /// What it can run.
-        offer: Offer,
+        /// What it can run. Shared: a shell that keeps a peer's offer while the peer's adverts
+        /// do not change hands the same one over again, and the scheduler keeps it as it is.
+        offer: Arc<Offer>,
     },
     /// A result arrived.
     Delivered(Delivery),
@@ -497,16 +498,14 @@ impl Scheduler {
                     }
                 }
                 // A peer asking again mostly offers what it offered last: keep that as it is.
-                if self.offers.get(&peer).is_none_or(|o| *o.offer != offer) {
+                let same = self
+                    .offers
+                    .get(&peer)
+                    .is_some_and(|o| Arc::ptr_eq(&o.offer, &offer) || *o.offer == *offer);
+                if !same {
                     self.forget_offer(&peer);
                     let net = offer.network.as_deref().map(|n| self.networks.join(n));
-                    self.offers.insert(
-                        peer,
-                        Offered {
-                            offer: Arc::new(offer),
-                            net,
-                        },
-                    );
+                    self.offers.insert(peer, Offered { offer, net });
                 }
                 self.waiting.insert(
                     peer,

@@ -101,7 +101,7 @@ impl World {
             peer: p,
             slots: 1,
             until_ms,
-            offer: offer(network),
+            offer: std::sync::Arc::new(offer(network)),
         })
         .into_iter()
         .filter_map(|o| match o {

@@ -89,12 +89,12 @@ fuzz_target!(|data: &[u8]| {
                     peer: peer(a),
                     slots: u32::from(b % 5),
                     until_ms: now_ms + u64::from(b) * 100,
-                    offer: Offer {
+                    offer: std::sync::Arc::new(Offer {
                         classes: [(KernelFamily::Embed, format!("class{}", b / 32 % 2))].into(),
                         models: if b & 1 == 0 { vec![model] } else { Vec::new() },
                         score: f64::from(a / 5) + 0.5,
                         network: Some(format!("10.0.{}.0/24", b / 64)),
-                    },
+                    }),
                 }
             }
             3 | 4 => {

@@ -54,6 +54,11 @@ impl Secret {
         self.seed("hearth scheduler spot checks", &[])
     }
 
+    /// The key of the registry's table of peers ([`hearth_core::Registry::new`]).
+    pub fn registry(&self) -> u64 {
+        self.seed("hearth registry table", &[])
+    }
+
     /// The seed of pipeline session `session`'s driver (which windows it samples, which peers
     /// verify them) in the coordinator's run `run`. Sessions do not outlive their coordinator's
     /// process (a restart ends them), so each run draws a fresh `run` from the OS and session ids,

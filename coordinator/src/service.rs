@@ -185,7 +185,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         let sessions = Sessions::new(config.models_dir.clone(), work.secret().clone());
         let mut coordinator = Coordinator {
             network,
-            registry: Registry::new(config.peers_max),
+            registry: Registry::new(config.peers_max, work.secret().registry()),
             work,
             sessions,
             listen_addrs: Vec::new(),

@@ -422,10 +422,8 @@ impl Work {
                     net.respond(channel, WorkResponse::Assign(Vec::new()));
                     return Ok(());
                 };
-                let offer = std::sync::Arc::new(Offer::of(
-                    capabilities,
-                    self.networks.get(&peer).cloned(),
-                ));
+                let offer =
+                    std::sync::Arc::new(Offer::of(capabilities, self.networks.get(&peer).cloned()));
                 if let Some((old, _)) = self.parked.remove(&peer) {
                     net.respond(old, WorkResponse::Assign(Vec::new()));
                 }

@@ -305,7 +305,7 @@ impl<'a> Sim<'a> {
                 peers_max: peers.len().max(PEERS_MAX_DEFAULT),
                 ..Policy::seeded(seed)
             }),
-            registry: Registry::new(peers.len().max(PEERS_MAX_DEFAULT)),
+            registry: Registry::new(peers.len().max(PEERS_MAX_DEFAULT), seed),
             peers,
             by_id,
             flights: HashMap::new(),

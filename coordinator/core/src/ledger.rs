@@ -250,6 +250,13 @@ impl Ledger {
         }
     }
 
+    /// Whether `peer` is quarantined at `now_ms`.
+    pub fn quarantined(&self, peer: &PeerId, now_ms: u64) -> bool {
+        self.peers
+            .get(peer)
+            .is_some_and(|r| now_ms < r.quarantined_until_ms)
+    }
+
     /// `peer`'s standing at `now_ms`.
     pub fn standing(&self, peer: &PeerId, now_ms: u64) -> Standing {
         let Some(record) = self.peers.get(peer) else {

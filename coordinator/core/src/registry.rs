@@ -3,14 +3,13 @@
 //! A sans-IO state machine: it is given the time and its inputs, and returns what happened. Nothing
 //! in here reads a clock or touches a socket.
 
-use std::collections::BTreeMap;
-
 use hearth_protocol::api::PeerEntry;
 use hearth_protocol::{Advert, Capabilities, PeerId};
 
 use crate::limits::{
     HEARTBEAT_INTERVAL_MAX_MS, HEARTBEAT_INTERVAL_MIN_MS, HEARTBEATS_MISSED_MAX, PEERS_MAX_DEFAULT,
 };
+use crate::peer_hash::{PeerHash, PeerMap};
 
 /// What the registry is told.
 #[derive(Clone, Debug)]
@@ -63,21 +62,22 @@ impl Record {
 /// Every peer the coordinator has heard from, at most `peers_max`.
 #[derive(Debug)]
 pub struct Registry {
-    peers: BTreeMap<PeerId, Record>,
+    peers: PeerMap<Record>,
     peers_max: usize,
 }
 
 impl Default for Registry {
     fn default() -> Self {
-        Self::new(PEERS_MAX_DEFAULT)
+        Self::new(PEERS_MAX_DEFAULT, 0)
     }
 }
 
 impl Registry {
-    /// An empty registry remembering at most `peers_max` peers.
-    pub fn new(peers_max: usize) -> Self {
+    /// An empty registry remembering at most `peers_max` peers, its table keyed by the secret
+    /// `seed` (so no peer can grind ids that collide in it).
+    pub fn new(peers_max: usize, seed: u64) -> Self {
         Self {
-            peers: BTreeMap::new(),
+            peers: PeerHash::new(seed).map(),
             peers_max: peers_max.max(1),
         }
     }
@@ -134,6 +134,11 @@ impl Registry {
                 });
             }
         }
+        // In peer order, whatever the table's.
+        outputs.sort_unstable_by_key(|o| match o {
+            Output::Offline { peer, .. } => *peer,
+            Output::Joined(peer) | Output::Returned(peer) | Output::Refused(peer) => *peer,
+        });
         outputs
     }
 
@@ -143,15 +148,17 @@ impl Registry {
             .peers
             .iter()
             .filter(|(_, r)| !r.online)
-            .min_by_key(|(_, r)| r.last_seen_ms)
+            .min_by_key(|(peer, r)| (r.last_seen_ms, **peer))
             .map(|(peer, _)| *peer);
         oldest.is_some_and(|peer| self.peers.remove(&peer).is_some())
     }
 
-    /// Every known peer, online or not, as the HTTP API shows them.
+    /// Every known peer, online or not, as the HTTP API shows them, in peer order.
     pub fn entries(&self, now_ms: u64) -> Vec<PeerEntry> {
-        self.peers
-            .iter()
+        let mut peers: Vec<(&PeerId, &Record)> = self.peers.iter().collect();
+        peers.sort_unstable_by_key(|(peer, _)| **peer);
+        peers
+            .into_iter()
             .map(|(peer, r)| PeerEntry {
                 peer_id: *peer,
                 online: r.online,
@@ -169,11 +176,15 @@ impl Registry {
     }
 
     /// Each online peer with what it advertised last, in peer order.
-    pub fn online_capabilities(&self) -> impl Iterator<Item = (&PeerId, &Capabilities)> {
-        self.peers
+    pub fn online_capabilities(&self) -> Vec<(&PeerId, &Capabilities)> {
+        let mut online: Vec<(&PeerId, &Capabilities)> = self
+            .peers
             .iter()
             .filter(|(_, r)| r.online)
             .map(|(peer, r)| (peer, &r.capabilities))
+            .collect();
+        online.sort_unstable_by_key(|(peer, _)| **peer);
+        online
     }
 
     /// What an online peer advertised last.

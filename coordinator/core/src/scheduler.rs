@@ -431,7 +431,30 @@ pub struct Scheduler {
     /// Where each peer's assignments are, so losing a peer costs its units, not a scan.
     assigned: PeerMap<BTreeSet<(u64, u64)>>,
     ledger: Ledger,
+    /// The numeric classes results name, each stored once.
+    classes: Classes,
 }
+
+/// Interned class names: a result keeps a shared pointer, not a string of its own.
+#[derive(Debug, Default)]
+struct Classes(BTreeSet<Arc<str>>);
+
+impl Classes {
+    fn intern(&mut self, class: &str) -> Arc<str> {
+        if let Some(known) = self.0.get(class) {
+            return known.clone();
+        }
+        let class: Arc<str> = class.into();
+        // Bounded by what peers may name: past it, classes are no longer shared (still correct).
+        if self.0.len() < CLASSES_INTERNED_MAX {
+            self.0.insert(class.clone());
+        }
+        class
+    }
+}
+
+/// Distinct numeric class names the scheduler shares between results.
+const CLASSES_INTERNED_MAX: usize = 1024;
 
 /// Milliseconds to allow a peer of `score` for `items` inputs.
 pub fn deadline_ms(items: u32, score: f64) -> u64 {
@@ -463,6 +486,7 @@ impl Scheduler {
             running_by_submitter: BTreeMap::new(),
             assigned: PeerHash::new(policy.seed).map(),
             ledger: Ledger::new(policy.peers_max, policy.seed),
+            classes: Classes::default(),
         }
     }
 
@@ -557,8 +581,9 @@ impl Scheduler {
             }
         }
         // A peer that asks is offered work at once; the others only when work was added since they
-        // last looked (or time passed: a quarantine may have ended). With thousands of peers
-        // waiting, trying them all on every event would cost more than the work.
+        // last looked (or time passed), and only until the work added is given out. With a hundred
+        // thousand peers waiting, trying them all on every event would cost more than the work.
+        // Quarantined peers are not kept waiting at all (they ask again after their hold).
         if let Some(peer) = ready {
             self.dispatch_peer(now_ms, peer, &mut out);
         }
@@ -926,6 +951,7 @@ impl Scheduler {
             );
         }
         self.unassign(d.peer, d.job, d.unit);
+        let class = self.classes.intern(&d.class);
         let unit = self.unit_mut(d.job, d.unit).expect("checked above");
         unit.executions += 1;
 
@@ -959,7 +985,7 @@ impl Scheduler {
         let outcome = Outcome {
             peer: d.peer,
             digest: d.output,
-            class: d.class,
+            class,
             agrees_across: d.agrees_across,
         };
         if unit.outcomes.capacity() == unit.outcomes.len() {
@@ -982,7 +1008,8 @@ impl Scheduler {
                 let fault = loser_fault(new, &members);
                 let new = unit.outcomes.pop().expect("pushed above");
                 unit.rejected += 1;
-                self.judge_fault(now_ms, (d.peer, d.job, d.unit), new.class, fault, out);
+                let class = new.class.to_string();
+                self.judge_fault(now_ms, (d.peer, d.job, d.unit), class, fault, out);
             }
             return;
         }
@@ -1000,17 +1027,24 @@ impl Scheduler {
                 .iter()
                 .enumerate()
                 .filter(|(k, _)| !group.contains(k))
-                .map(|(_, o)| (o.peer, o.class.clone(), loser_fault(o, &members)))
+                .map(|(_, o)| (o.peer, o.class.to_string(), loser_fault(o, &members)))
                 .collect();
             let winners: Vec<PeerId> = members.iter().map(|o| o.peer).collect();
             unit.rejected += losers.len() as u32;
             // Keep only what a late replica is judged against and the API lists: the group, in
-            // its order.
-            let mut all: Vec<Option<Outcome>> = std::mem::take(&mut unit.outcomes)
-                .into_iter()
-                .map(Some)
-                .collect();
-            unit.outcomes = group.iter().filter_map(|&k| all[k].take()).collect();
+            // its order, in a vector of just its size.
+            if group.iter().enumerate().all(|(i, &k)| i == k) {
+                unit.outcomes.truncate(group.len());
+                unit.outcomes.shrink_to_fit();
+            } else {
+                let mut all: Vec<Option<Outcome>> = std::mem::take(&mut unit.outcomes)
+                    .into_iter()
+                    .map(Some)
+                    .collect();
+                let mut kept = Vec::with_capacity(group.len());
+                kept.extend(group.iter().filter_map(|&k| all[k].take()));
+                unit.outcomes = kept;
+            }
             unit.accepted = Some(group.len());
             unit.tried = Few::default();
             let items = unit.spec.items;
@@ -1067,7 +1101,7 @@ impl Scheduler {
             .get(&job)
             .and_then(|j| j.units.get(unit as usize))
             .and_then(|u| u.outcomes.iter().find(|o| o.peer == peer))
-            .map(|o| o.class.clone())
+            .map(|o| o.class.to_string())
             .unwrap_or_default();
         out.push(Output::Verdict {
             peer,
@@ -1097,6 +1131,10 @@ impl Scheduler {
         }
         let peers: Vec<PeerId> = self.waiting.keys().copied().collect();
         for peer in peers {
+            // Once the work added is given out, the rest have nothing to look at.
+            if self.jobs.values().all(|j| j.open.is_empty()) {
+                break;
+            }
             self.dispatch_peer(now_ms, peer, out);
         }
     }
@@ -1107,6 +1145,12 @@ impl Scheduler {
             return;
         };
         if waiting.until_ms <= now_ms {
+            return;
+        }
+        if self.ledger.quarantined(&peer, now_ms) {
+            // Nothing for it until its quarantine ends, and it asks again after its hold: kept
+            // waiting, the quarantined would be tried (and refused) for every unit reopened.
+            self.waiting.remove(&peer);
             return;
         }
         let Some(offered) = self.offers.get(&peer).cloned() else {

@@ -63,8 +63,8 @@ pub struct Outcome {
     pub peer: PeerId,
     /// Its output digest.
     pub digest: Digest,
-    /// Its numeric class.
-    pub class: String,
+    /// Its numeric class (shared: millions of results name a handful of classes).
+    pub class: std::sync::Arc<str>,
     /// Earlier results of other classes it agrees with, within tolerance.
     pub agrees_across: BTreeSet<PeerId>,
 }

@@ -21,6 +21,7 @@ pub fn candidates(
 ) -> Vec<Candidate> {
     registry
         .online_capabilities()
+        .into_iter()
         .filter(|(peer, capabilities)| {
             capabilities.models.contains(model)
                 && capabilities.numeric_class.contains_key(&KernelFamily::Llm)

@@ -1,29 +1,34 @@
 //! A map of the few peers on one unit (running it, or having tried it): a sorted vector, which for
 //! a handful of entries is smaller and faster than a tree (whose first leaf alone is ~500 bytes,
-//! allocated for each of millions of units).
+//! allocated for each of millions of units). Empty, it is one null pointer: a finished unit, of
+//! which a job may hold millions, pays 8 bytes for it.
 
 use hearth_protocol::PeerId;
 
 /// Peers with a value each, in peer order.
 #[derive(Clone, Debug)]
 pub(super) struct Few<V> {
-    items: Vec<(PeerId, V)>,
+    items: Option<Box<Vec<(PeerId, V)>>>,
 }
 
 impl<V> Default for Few<V> {
     fn default() -> Self {
-        Self { items: Vec::new() }
+        Self { items: None }
     }
 }
 
 impl<V> Few<V> {
+    fn slice(&self) -> &[(PeerId, V)] {
+        self.items.as_deref().map_or(&[], Vec::as_slice)
+    }
+
     fn find(&self, peer: &PeerId) -> Result<usize, usize> {
-        self.items.binary_search_by(|(p, _)| p.cmp(peer))
+        self.slice().binary_search_by(|(p, _)| p.cmp(peer))
     }
 
     /// `peer`'s value.
     pub(super) fn get(&self, peer: &PeerId) -> Option<&V> {
-        self.find(peer).ok().map(|i| &self.items[i].1)
+        self.find(peer).ok().map(|i| &self.slice()[i].1)
     }
 
     /// Whether `peer` is in.
@@ -33,14 +38,16 @@ impl<V> Few<V> {
 
     /// Set `peer`'s value; the old one, if any.
     pub(super) fn insert(&mut self, peer: PeerId, value: V) -> Option<V> {
-        match self.find(&peer) {
-            Ok(i) => Some(std::mem::replace(&mut self.items[i].1, value)),
+        let found = self.find(&peer);
+        let items = self.items.get_or_insert_with(Default::default);
+        match found {
+            Ok(i) => Some(std::mem::replace(&mut items[i].1, value)),
             Err(i) => {
-                if self.items.capacity() == self.items.len() {
+                if items.capacity() == items.len() {
                     // Grow by one or two, not to four: most units see two or three peers.
-                    self.items.reserve_exact(2);
+                    items.reserve_exact(2);
                 }
-                self.items.insert(i, (peer, value));
+                items.insert(i, (peer, value));
                 None
             }
         }
@@ -48,30 +55,36 @@ impl<V> Few<V> {
 
     /// Take `peer` out; its value, if it was in.
     pub(super) fn remove(&mut self, peer: &PeerId) -> Option<V> {
-        self.find(peer).ok().map(|i| self.items.remove(i).1)
+        let i = self.find(peer).ok()?;
+        let items = self.items.as_mut()?;
+        let (_, value) = items.remove(i);
+        if items.is_empty() {
+            self.items = None;
+        }
+        Some(value)
     }
 
     /// The peers, in order.
     pub(super) fn keys(&self) -> impl Iterator<Item = &PeerId> {
-        self.items.iter().map(|(p, _)| p)
+        self.slice().iter().map(|(p, _)| p)
     }
 
     /// Whether none are in.
     pub(super) fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.slice().is_empty()
     }
 
     /// How many are in.
     pub(super) fn len(&self) -> usize {
-        self.items.len()
+        self.slice().len()
     }
 
     /// Take every peer out, in order.
     pub(super) fn take_keys(&mut self) -> Vec<PeerId> {
-        std::mem::take(&mut self.items)
-            .into_iter()
-            .map(|(p, _)| p)
-            .collect()
+        self.items
+            .take()
+            .map(|items| items.into_iter().map(|(p, _)| p).collect())
+            .unwrap_or_default()
     }
 }
 

@@ -60,8 +60,11 @@ fn answer(f: &Forward) -> StageResult {
     }
 }
 
+/// One window's check: the session, its steps, the layers, and the verifier (none: unchecked).
+type Choice = (u64, (u64, u64), (u32, u32), Option<PeerId>);
+
 /// Every window a session checked (or left unchecked) and by whom, in order.
-fn choices(seed: u64) -> Vec<(u64, (u64, u64), (u32, u32), Option<PeerId>)> {
+fn choices(seed: u64) -> Vec<Choice> {
     let keys: Vec<SecretKey> = (1..=PEERS)
         .map(|n| SecretKey::from_bytes(&[n; 32]))
         .collect();
@@ -150,9 +153,7 @@ fn seeds_not_sessions_decide_which_windows_are_checked_and_by_whom() {
     assert_eq!(a, choices(1), "the same seed chooses the same");
     let b = choices(2);
     assert_ne!(a, b, "another seed chooses otherwise");
-    let verifiers = |c: &[(u64, (u64, u64), (u32, u32), Option<PeerId>)]| {
-        c.iter().map(|x| x.3).collect::<Vec<_>>()
-    };
+    let verifiers = |c: &[Choice]| c.iter().map(|x| x.3).collect::<Vec<_>>();
     let same = verifiers(&a)
         .iter()
         .zip(verifiers(&b).iter())

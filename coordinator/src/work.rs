@@ -501,7 +501,7 @@ impl Work {
                     input: receipt.body.input,
                     output: receipt.body.output,
                     output_ok,
-                    class,
+                    class: class.as_str().into(),
                     agrees_across,
                 };
                 let mut batch = Batch::default();

@@ -27,7 +27,10 @@ use hearth_core::limits::{PEERS_MAX_DEFAULT, STEP_TIMEOUT_MS, WORK_FETCH_HOLD_MS
 use hearth_core::pipeline::{Candidate, Driver, StepTimeouts};
 use hearth_core::registry::{Input as RegistryInput, Output as RegistryOutput};
 use hearth_core::scheduler::{Input, Output};
-use hearth_core::{Delivery, JobSpec, LedgerOutput, Offer, Policy, Registry, Scheduler, UnitSpec};
+use hearth_core::{
+    Delivery, JobSpec, LedgerOutput, Offer, PeerHash, PeerMap, Policy, Registry, Scheduler,
+    UnitSpec,
+};
 use hearth_protocol::SecretKey;
 use hearth_protocol::work::Forward;
 use hearth_protocol::{Advert, Backend, Capabilities, Digest, KernelFamily, ModelId, PeerId};
@@ -75,7 +78,7 @@ struct SimPeer {
     capabilities: Capabilities,
     network: String,
     /// Its numeric class for embeddings (one per backend).
-    class: String,
+    class: Arc<str>,
     /// The offer made from what the registry holds of it, kept while its adverts do not change
     /// (a coordinator would keep it per registry record the same way).
     offer: Option<Arc<Offer>>,
@@ -198,7 +201,7 @@ fn truth(job: u64, unit: u64) -> Digest {
 #[derive(Default)]
 struct Flight {
     assigned: Vec<u32>,
-    delivered: Vec<(u32, Digest, String)>,
+    delivered: Vec<(u32, Digest, Arc<str>)>,
 }
 
 struct Sim<'a> {
@@ -209,7 +212,7 @@ struct Sim<'a> {
     scheduler: Scheduler,
     registry: Registry,
     peers: Vec<SimPeer>,
-    by_id: HashMap<PeerId, u32>,
+    by_id: PeerMap<u32>,
     flights: HashMap<(u64, u64), Flight>,
     accepted: AcceptedUnits,
     units: u64,
@@ -259,7 +262,7 @@ impl<'a> Sim<'a> {
     fn new(scenario: &'a Scenario, seed: u64) -> Self {
         let mut rng = Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1);
         let mut peers = Vec::new();
-        let mut by_id = HashMap::new();
+        let mut by_id = PeerHash::new(seed).map();
         let mut n: u64 = 0;
         for (g, group) in scenario.population.iter().enumerate() {
             for i in 0..group.count {
@@ -283,7 +286,7 @@ impl<'a> Sim<'a> {
                     group: g,
                     capabilities: capabilities(&class, ms_per_item),
                     network,
-                    class,
+                    class: class.into(),
                     offer: None,
                     adverts: 0,
                     ms_per_item,
@@ -582,7 +585,7 @@ impl<'a> Sim<'a> {
     }
 
     /// What peer `p` answers for the unit: the truth, or a lie of its kind.
-    fn answer(&mut self, p: u32, job: u64, unit: u64) -> (Digest, String) {
+    fn answer(&mut self, p: u32, job: u64, unit: u64) -> (Digest, Arc<str>) {
         let peer = &self.peers[p as usize];
         let class = peer.class.clone();
         let group = peer.group;

@@ -47,7 +47,7 @@ pub enum LedgerInput {
         /// The peer.
         peer: PeerId,
         /// The numeric class it computed in.
-        class: String,
+        class: std::sync::Arc<str>,
         /// Credit for the work (the verifier's measure of it).
         credit: f64,
     },
@@ -56,7 +56,7 @@ pub enum LedgerInput {
         /// The peer.
         peer: PeerId,
         /// The numeric class it computed in.
-        class: String,
+        class: std::sync::Arc<str>,
         /// Why.
         fault: Fault,
     },
@@ -188,7 +188,10 @@ impl Ledger {
                 standing.error_rate *= ERROR_RATE_VALID_FACTOR;
                 standing.valid_run = standing.valid_run.saturating_add(1);
                 if !was && standing.trusted() {
-                    outputs.push(LedgerOutput::Trusted { peer, class });
+                    outputs.push(LedgerOutput::Trusted {
+                        peer,
+                        class: class.to_string(),
+                    });
                 }
             }
             LedgerInput::Fault {
@@ -203,7 +206,7 @@ impl Ledger {
                 if was {
                     outputs.push(LedgerOutput::LostTrust {
                         peer,
-                        class: class.clone(),
+                        class: class.to_string(),
                     });
                 }
                 let reason = match fault {

@@ -25,6 +25,7 @@ pub mod scheduler;
 pub mod verifier;
 
 pub use ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
+pub use peer_hash::{PeerHash, PeerMap};
 pub use registry::Registry;
 pub use scheduler::{
     Delivery, JobSpec, JobState, JobStatus, Offer, Policy, Scheduler, UnitSpec, UnitState,

@@ -11,18 +11,18 @@ use std::hash::{BuildHasher, Hasher};
 use hearth_protocol::PeerId;
 
 /// A map keyed by peer id, hashed with a secret key.
-pub(crate) type PeerMap<V> = HashMap<PeerId, V, PeerHash>;
+pub type PeerMap<V> = HashMap<PeerId, V, PeerHash>;
 
 /// Builds [`PeerHasher`]s with one secret key.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct PeerHash {
+pub struct PeerHash {
     key: [u64; 2],
 }
 
 impl PeerHash {
     /// The hash keyed by `seed` (the caller's secret seed; a different purpose than the draws it
     /// also seeds, so it is mixed first).
-    pub(crate) fn new(seed: u64) -> Self {
+    pub fn new(seed: u64) -> Self {
         let mut state = seed ^ 0x7065_6572_2068_6173; // "peer has"
         let mut next = || {
             state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
@@ -37,7 +37,7 @@ impl PeerHash {
     }
 
     /// An empty map with this hash.
-    pub(crate) fn map<V>(self) -> PeerMap<V> {
+    pub fn map<V>(self) -> PeerMap<V> {
         HashMap::with_hasher(self)
     }
 }
@@ -55,7 +55,7 @@ impl BuildHasher for PeerHash {
 
 /// Folded multiplication of each word with the key (aHash's fallback construction).
 #[derive(Debug)]
-pub(crate) struct PeerHasher {
+pub struct PeerHasher {
     state: u64,
     multiplier: u64,
 }

@@ -112,7 +112,7 @@ pub struct Delivery {
     /// Whether the delivered bytes hash to `output` and fit the task (checked by the shell).
     pub output_ok: bool,
     /// The receipt's numeric class.
-    pub class: String,
+    pub class: Arc<str>,
     /// Earlier results of other classes this one agrees with (the shell's tolerance check).
     pub agrees_across: BTreeSet<PeerId>,
 }
@@ -429,10 +429,50 @@ pub struct Scheduler {
     /// Units running per submitter (`None`: keys without a member), for the fair share.
     running_by_submitter: BTreeMap<Option<PeerId>, u32>,
     /// Where each peer's assignments are, so losing a peer costs its units, not a scan.
-    assigned: PeerMap<BTreeSet<(u64, u64)>>,
+    assigned: PeerMap<Units>,
     ledger: Ledger,
     /// The numeric classes results name, each stored once.
     classes: Classes,
+}
+
+/// The (job, unit)s assigned to one peer: a few, so a vector (kept when emptied, for the next).
+#[derive(Debug, Default)]
+struct Units(Vec<(u64, u64)>);
+
+impl Units {
+    /// Add one; false if it was there.
+    fn insert(&mut self, unit: (u64, u64)) -> bool {
+        if self.0.contains(&unit) {
+            return false;
+        }
+        self.0.push(unit);
+        true
+    }
+
+    /// Take one out; false if it was not there.
+    fn remove(&mut self, unit: &(u64, u64)) -> bool {
+        match self.0.iter().position(|u| u == unit) {
+            Some(i) => {
+                self.0.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &(u64, u64)> {
+        self.0.iter()
+    }
+
+    /// All of them, in (job, unit) order.
+    fn sorted(mut self) -> Vec<(u64, u64)> {
+        self.0.sort_unstable();
+        self.0
+    }
 }
 
 /// Interned class names: a result keeps a shared pointer, not a string of its own.
@@ -440,11 +480,10 @@ pub struct Scheduler {
 struct Classes(BTreeSet<Arc<str>>);
 
 impl Classes {
-    fn intern(&mut self, class: &str) -> Arc<str> {
-        if let Some(known) = self.0.get(class) {
+    fn intern(&mut self, class: Arc<str>) -> Arc<str> {
+        if let Some(known) = self.0.get(&class) {
             return known.clone();
         }
-        let class: Arc<str> = class.into();
         // Bounded by what peers may name: past it, classes are no longer shared (still correct).
         if self.0.len() < CLASSES_INTERNED_MAX {
             self.0.insert(class.clone());
@@ -514,7 +553,7 @@ impl Scheduler {
                     let idle = self
                         .offers
                         .keys()
-                        .filter(|p| !self.assigned.contains_key(p))
+                        .filter(|p| self.assigned.get(p).is_none_or(Units::is_empty))
                         .min()
                         .copied();
                     if let Some(idle) = idle {
@@ -553,7 +592,7 @@ impl Scheduler {
             }
             Input::PeerLost(peer) => {
                 self.waiting.remove(&peer);
-                for (job, unit) in self.assigned.remove(&peer).unwrap_or_default() {
+                for (job, unit) in self.assigned.remove(&peer).unwrap_or_default().sorted() {
                     self.untrack(&peer, job);
                     if let Some(u) = self.unit_mut(job, unit) {
                         u.running.remove(&peer);
@@ -565,10 +604,14 @@ impl Scheduler {
             Input::Tick => self.expire(now_ms, &mut out),
             Input::StageVerdict { peer, class, fault } => {
                 let input = match fault {
-                    Some(fault) => LedgerInput::Fault { peer, class, fault },
+                    Some(fault) => LedgerInput::Fault {
+                        peer,
+                        class: class.into(),
+                        fault,
+                    },
                     None => LedgerInput::Valid {
                         peer,
-                        class,
+                        class: class.into(),
                         credit: 0.0,
                     },
                 };
@@ -766,10 +809,8 @@ impl Scheduler {
 
     fn unassign(&mut self, peer: PeerId, job: u64, unit: u64) -> bool {
         if let Some(set) = self.assigned.get_mut(&peer) {
+            // An emptied list stays (with its room) for the peer's next unit.
             let removed = set.remove(&(job, unit));
-            if set.is_empty() {
-                self.assigned.remove(&peer);
-            }
             if removed {
                 self.untrack(&peer, job);
             }
@@ -855,7 +896,7 @@ impl Scheduler {
     fn expire(&mut self, now_ms: u64, out: &mut Vec<Output>) {
         let mut late = Vec::new();
         for (&peer, units) in &self.assigned {
-            for &(job, unit) in units {
+            for &(job, unit) in units.iter() {
                 let deadline = self.jobs.get(&job).and_then(|j| {
                     j.units
                         .get(unit as usize)
@@ -878,7 +919,7 @@ impl Scheduler {
                         now_ms,
                         LedgerInput::Fault {
                             peer,
-                            class,
+                            class: class.into(),
                             fault: Fault::Timeout,
                         },
                     )
@@ -908,7 +949,7 @@ impl Scheduler {
         &mut self,
         now_ms: u64,
         (peer, job, unit): (PeerId, u64, u64),
-        class: String,
+        class: Arc<str>,
         fault: Fault,
         out: &mut Vec<Output>,
     ) {
@@ -951,7 +992,7 @@ impl Scheduler {
             );
         }
         self.unassign(d.peer, d.job, d.unit);
-        let class = self.classes.intern(&d.class);
+        let class = self.classes.intern(d.class.clone());
         let unit = self.unit_mut(d.job, d.unit).expect("checked above");
         unit.executions += 1;
 
@@ -1008,8 +1049,7 @@ impl Scheduler {
                 let fault = loser_fault(new, &members);
                 let new = unit.outcomes.pop().expect("pushed above");
                 unit.rejected += 1;
-                let class = new.class.to_string();
-                self.judge_fault(now_ms, (d.peer, d.job, d.unit), class, fault, out);
+                self.judge_fault(now_ms, (d.peer, d.job, d.unit), new.class, fault, out);
             }
             return;
         }
@@ -1022,12 +1062,12 @@ impl Scheduler {
         if group.len() as u32 >= unit.quorum.max(1) {
             let members: Vec<&Outcome> = group.iter().map(|&k| &unit.outcomes[k]).collect();
             let rep = members[0].clone();
-            let losers: Vec<(PeerId, String, Fault)> = unit
+            let losers: Vec<(PeerId, Arc<str>, Fault)> = unit
                 .outcomes
                 .iter()
                 .enumerate()
                 .filter(|(k, _)| !group.contains(k))
-                .map(|(_, o)| (o.peer, o.class.to_string(), loser_fault(o, &members)))
+                .map(|(_, o)| (o.peer, o.class.clone(), loser_fault(o, &members)))
                 .collect();
             let winners: Vec<PeerId> = members.iter().map(|o| o.peer).collect();
             unit.rejected += losers.len() as u32;
@@ -1101,8 +1141,7 @@ impl Scheduler {
             .get(&job)
             .and_then(|j| j.units.get(unit as usize))
             .and_then(|u| u.outcomes.iter().find(|o| o.peer == peer))
-            .map(|o| o.class.to_string())
-            .unwrap_or_default();
+            .map_or_else(|| Arc::from(""), |o| o.class.clone());
         out.push(Output::Verdict {
             peer,
             job,
@@ -1210,7 +1249,16 @@ impl Scheduler {
         }
         let mut fallback = None;
         let mut last_resort = None;
-        for job_id in self.fair_order(now_ms) {
+        // One job (the common case) needs no ordering, nor the allocation of one.
+        let (single, many);
+        let order: &[u64] = if self.jobs.len() == 1 {
+            single = [*self.jobs.keys().next().expect("one job")];
+            &single
+        } else {
+            many = self.fair_order(now_ms);
+            &many
+        };
+        for &job_id in order {
             let job = &self.jobs[&job_id];
             let Some(class) = offer.classes.get(&job.spec.family) else {
                 continue;

@@ -120,7 +120,7 @@ fuzz_target!(|data: &[u8]| {
                     input: digest("input", if c & 8 == 0 { unit as u8 } else { 99 }),
                     output: digest("output", c / 16 % 3),
                     output_ok: c & 64 == 0,
-                    class: format!("class{}", c / 128),
+                    class: format!("class{}", c / 128).into(),
                     agrees_across: (0..PEERS)
                         .filter(|p| a >> (p + 3) & 1 == 1)
                         .map(peer)

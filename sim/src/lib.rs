@@ -70,12 +70,14 @@ enum Event {
     StageAnswer(u64),
 }
 
+/// A simulated peer. What only heartbeats and pipeline receipts need is boxed, so the table of a
+/// hundred thousand peers that every event touches stays small.
 struct SimPeer {
     id: PeerId,
-    key: SecretKey,
+    key: Box<SecretKey>,
     group: usize,
     /// What it advertises, and the network its connection comes from.
-    capabilities: Capabilities,
+    capabilities: Box<Capabilities>,
     network: String,
     /// Its numeric class for embeddings (one per backend).
     class: Arc<str>,
@@ -282,9 +284,9 @@ impl<'a> Sim<'a> {
                 by_id.insert(id, peers.len() as u32);
                 peers.push(SimPeer {
                     id,
-                    key,
+                    key: Box::new(key),
                     group: g,
-                    capabilities: capabilities(&class, ms_per_item),
+                    capabilities: Box::new(capabilities(&class, ms_per_item)),
                     network,
                     class: class.into(),
                     offer: None,
@@ -454,7 +456,7 @@ impl<'a> Sim<'a> {
                 let advert = Advert {
                     seq: peer.adverts,
                     heartbeat_interval_ms: HEARTBEAT_MS,
-                    capabilities: peer.capabilities.clone(),
+                    capabilities: (*peer.capabilities).clone(),
                 };
                 let input = RegistryInput::Advert {
                     from: peer.id,

@@ -11,7 +11,7 @@
 //!
 //! Randomness comes in as a draw in `[0, 1)` from the caller's seeded RNG; time as `now_ms`.
 
-use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use hearth_protocol::PeerId;
 
@@ -130,7 +130,8 @@ impl ClassRecord {
 
 #[derive(Clone, Debug, Default)]
 struct PeerRecord {
-    classes: BTreeMap<String, ClassRecord>,
+    /// Per numeric class (a peer has one or two): a short list, its names shared with the results.
+    classes: Vec<(Arc<str>, ClassRecord)>,
     credit: f64,
     strikes: u32,
     quarantines: u32,
@@ -239,7 +240,12 @@ impl Ledger {
         if now_ms < record.quarantined_until_ms {
             return Replication::Refuse;
         }
-        match record.classes.get(class) {
+        match record
+            .classes
+            .iter()
+            .find(|(c, _)| **c == *class)
+            .map(|(_, r)| r)
+        {
             Some(standing) if standing.trusted() => {
                 let spot_check =
                     SPOT_CHECK_PROBABILITY_MIN.max(standing.error_rate * SPOT_CHECK_PER_ERROR);
@@ -276,8 +282,8 @@ impl Ledger {
         } else {
             record
                 .classes
-                .values()
-                .map(|c| c.error_rate)
+                .iter()
+                .map(|(_, c)| c.error_rate)
                 .fold(0.0, f64::max)
         };
         Standing {
@@ -307,21 +313,26 @@ impl Ledger {
     }
 }
 
-fn class_record<'a>(record: &'a mut PeerRecord, class: &str) -> &'a mut ClassRecord {
-    // Looked up first: `entry` would allocate the key on every verdict.
-    if !record.classes.contains_key(class) {
-        record.classes.insert(
-            class.to_string(),
-            ClassRecord {
-                error_rate: ERROR_RATE_INITIAL,
-                valid_run: 0,
-            },
-        );
-    }
-    record
+fn class_record<'a>(record: &'a mut PeerRecord, class: &Arc<str>) -> &'a mut ClassRecord {
+    // The same shared name nearly always: compared by pointer first.
+    let i = match record
         .classes
-        .get_mut(class)
-        .expect("inserted above if missing")
+        .iter()
+        .position(|(c, _)| Arc::ptr_eq(c, class) || **c == **class)
+    {
+        Some(i) => i,
+        None => {
+            record.classes.push((
+                class.clone(),
+                ClassRecord {
+                    error_rate: ERROR_RATE_INITIAL,
+                    valid_run: 0,
+                },
+            ));
+            record.classes.len() - 1
+        }
+    };
+    &mut record.classes[i].1
 }
 
 /// Quarantine `record` from `now_ms`, for twice as long as last time, and clear its strikes.

@@ -280,7 +280,7 @@ impl Sessions {
             "generation started"
         );
         let prompt_tokens = prompt.len();
-        let (driver, actions) = Driver::sampled(
+        let (mut driver, actions) = Driver::sampled(
             session,
             model,
             route,
@@ -292,6 +292,7 @@ impl Sessions {
             request.sampling,
             self.secret.session(self.run, session),
         );
+        driver.compare_exactly([hearth_kernels::batch_invariant_llm_class()]);
         self.live.insert(
             session,
             Live {

@@ -206,6 +206,17 @@ impl Server {
     }
 
     fn sign(&self, f: &Forward, output: &StageResult) -> Receipt {
+        // A stage on candle does not compute its class's bits (nor batch-invariantly): say so,
+        // so no one holds its replays to the class's exactness.
+        let batch_invariant = self
+            .stages
+            .get(&(f.model, f.layers.0, f.layers.1))
+            .is_some_and(Stage::batch_invariant);
+        let numeric_class = if batch_invariant {
+            self.class.clone()
+        } else {
+            format!("{}{}", self.class, hearth_kernels::CANDLE_STAGE_SUFFIX)
+        };
         Receipt::sign(
             &self.key,
             ReceiptBody {
@@ -217,7 +228,7 @@ impl Server {
                 model: f.model,
                 input: f.digest(),
                 output: output.digest(),
-                numeric_class: self.class.clone(),
+                numeric_class,
             },
         )
     }

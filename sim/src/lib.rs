@@ -114,6 +114,9 @@ impl Rng {
     }
 }
 
+/// Every simulated peer's LLM class (one: the simulated model is exact).
+const SIM_LLM_CLASS: &str = "k0/llm/sim";
+
 /// The sharded jobs' model.
 fn embed_model() -> ModelId {
     ModelId::of_bytes(b"sim model")
@@ -142,7 +145,7 @@ fn capabilities(embed_class: &str, ms_per_item: f64) -> Capabilities {
         score: 200.0 / ms_per_item,
         numeric_class: BTreeMap::from([
             (KernelFamily::Embed, embed_class.to_string()),
-            (KernelFamily::Llm, "k0/llm/sim".to_string()),
+            (KernelFamily::Llm, SIM_LLM_CLASS.to_string()),
         ]),
         models: vec![embed_model(), llm_model()],
     }
@@ -215,7 +218,7 @@ struct Sim<'a> {
     registry: Registry,
     peers: Vec<SimPeer>,
     by_id: PeerMap<u32>,
-    flights: HashMap<(u64, u64), Flight>,
+    flights: HashMap<(u64, u64), Flight, PeerHash>,
     accepted: AcceptedUnits,
     units: u64,
     units_failed: u64,
@@ -313,7 +316,7 @@ impl<'a> Sim<'a> {
             registry: Registry::new(peers.len().max(PEERS_MAX_DEFAULT), seed),
             peers,
             by_id,
-            flights: HashMap::new(),
+            flights: HashMap::with_hasher(PeerHash::new(seed)),
             accepted: AcceptedUnits::default(),
             units: 0,
             units_failed: 0,

@@ -7,7 +7,7 @@ use hearth_core::pipeline::{Action, Candidate, Driver, Verify, candidates, plan,
 use hearth_protocol::{PeerId, Receipt, ReceiptBody, Subject};
 
 use crate::model::{self, LAYERS};
-use crate::{Behaviour, Event, Sim, SimSession, llm_model};
+use crate::{Behaviour, Event, SIM_LLM_CLASS, Sim, SimSession, llm_model};
 
 impl Sim<'_> {
     /// Peers that may serve stages now (refreshed each tick and after a failure).
@@ -49,7 +49,7 @@ impl Sim<'_> {
         match plan(&candidates, LAYERS, p.stages as usize, 1) {
             Ok(route) => {
                 let prompt: Vec<u32> = (0..p.prompt_tokens).collect();
-                let (driver, actions) = Driver::new(
+                let (mut driver, actions) = Driver::new(
                     u64::from(i) + 1,
                     llm_model(),
                     route,
@@ -60,6 +60,8 @@ impl Sim<'_> {
                     verify,
                     self.rng.next(),
                 );
+                // The simulated model gives the same bits however a window is batched.
+                driver.compare_exactly([SIM_LLM_CLASS.to_string()]);
                 session.driver = Some(driver);
                 self.sessions[i as usize] = session;
                 self.act(i, actions);
@@ -190,7 +192,7 @@ impl Sim<'_> {
                 model: forward.model,
                 input: forward.digest(),
                 output: output.digest(),
-                numeric_class: "k0/llm/sim".into(),
+                numeric_class: SIM_LLM_CLASS.into(),
             },
         );
         let candidates = self.stage_candidates();

@@ -135,6 +135,16 @@ pub fn compute_device() -> candle_core::Device {
     })
 }
 
+/// The LLM class of Hearth's own CPU kernels: every CPU peer's, and the only class whose stages
+/// promise the same bits however a window is batched (so replays of it are compared exactly).
+pub fn batch_invariant_llm_class() -> String {
+    format!("{KERNELS_VERSION}/llm/cpu/{CPU_LLM_DTYPE}")
+}
+
+/// Suffix a node adds to its LLM class in the receipts of a stage that runs on candle instead of
+/// its kernels (a model they do not run): its bits are not the class's own.
+pub const CANDLE_STAGE_SUFFIX: &str = "+candle";
+
 /// The numeric class of `family` kernels on `device` of this host: kernel version, backend, and what
 /// decides the bits. Two peers with the same class are expected to produce identical bits. On the CPU
 /// the LLM kernels are Hearth's own, identical on every instruction set, so their class names only

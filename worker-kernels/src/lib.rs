@@ -23,7 +23,8 @@ pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2
 pub use embed::{EMBED_BATCH_MAX, EMBED_TOKENS_MAX, EmbedTokenizer, Embedder};
 pub use error::{Error, Result};
 pub use hardware::{
-    CPU_LLM_DTYPE, Device, Hardware, KERNELS_VERSION, compute_device, free_cores, numeric_class,
+    CANDLE_STAGE_SUFFIX, CPU_LLM_DTYPE, Device, Hardware, KERNELS_VERSION,
+    batch_invariant_llm_class, compute_device, free_cores, numeric_class,
 };
 pub use hearth_cpu::{KERNEL_PATH_ENV, KernelPath, Kernels};
 pub use llm::{

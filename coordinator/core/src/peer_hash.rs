@@ -1,5 +1,6 @@
-//! A keyed hash for the cores' maps of peers. Lookups by peer id are the commonest thing the
-//! scheduler and ledger do (several per event, at 100,000 peers), and a hash map answers them in
+//! A keyed hash for the cores' maps of peers (the simulator uses it for its own tables too).
+//! Lookups by peer id are the commonest thing the scheduler, ledger and registry do (several per
+//! event, at 100,000 peers), and a hash map answers them in
 //! constant time where an ordered map compares ids down a tree. The hash is keyed by the caller's
 //! secret seed: a peer that could compute it could grind identities that collide and slow every
 //! lookup, so it must not know the key. Nothing iterates these maps where order could change a

@@ -171,9 +171,10 @@ pub const VERIFY_WINDOW_TOKENS: u64 = 8;
 /// same on every instruction set, so two CPU peers agree bit for bit (max_difference 0); the margin
 /// is for peers of different classes (a GPU beside CPUs, or a model the CPU kernels do not run,
 /// which falls back to candle), whose rounding differs. Between peers whose receipts name the same
-/// numeric class no margin is given: they must agree bit for bit, or a stage could nudge every
-/// activation by just under the margin and steer the tokens unseen (the simulator's lying middle
-/// stage showed it).
+/// batch-invariant numeric class ([`Driver::compare_exactly`]) no margin is given: they must agree
+/// bit for bit, or a stage could nudge every activation by just under the margin and steer the
+/// tokens unseen (the simulator's lying middle stage showed it). Between GPU peers, whose kernels
+/// give other bits for a prefill than token by token, the margin remains, and so does that risk.
 pub const HIDDEN_REL_TOLERANCE: f32 = 0.02;
 
 /// A last stage's token agrees with a verifier's replay when it is the verifier's top token, or
@@ -290,8 +291,10 @@ pub struct Driver {
     failed: BTreeSet<PeerId>,
     /// Every receipt, stages' and verifiers', in the order answers came.
     pub receipts: Vec<Receipt>,
-    /// Each peer's numeric class, as its receipts name it: peers of one class must agree exactly.
+    /// Each peer's numeric class, as its receipts name it.
     classes: BTreeMap<PeerId, String>,
+    /// Classes whose peers must agree bit for bit ([`Self::compare_exactly`]).
+    exact: BTreeSet<String>,
     /// Stages replaced.
     pub reroutes: Vec<Reroute>,
     /// Every window check.
@@ -388,6 +391,7 @@ impl Driver {
             failed: BTreeSet::new(),
             receipts: Vec::new(),
             classes: BTreeMap::new(),
+            exact: BTreeSet::new(),
             reroutes: Vec::new(),
             checks: Vec::new(),
             corrections: Vec::new(),
@@ -758,9 +762,18 @@ impl Driver {
         Some(views)
     }
 
-    /// Whether `a` and `b` compute alike: both named the same numeric class in their receipts.
+    /// Hold peers whose receipts name one of `classes` to bit-identical replays among themselves:
+    /// the classes whose kernels promise the same bits however a window is batched (Hearth's CPU
+    /// kernels do; candle's do not). Others are compared within [`HIDDEN_REL_TOLERANCE`].
+    pub fn compare_exactly(&mut self, classes: impl IntoIterator<Item = String>) {
+        self.exact.extend(classes);
+    }
+
+    /// Whether `a` and `b` must agree exactly: their receipts named the same class, one of those
+    /// given to [`Self::compare_exactly`].
     fn same_class(&self, a: &PeerId, b: &PeerId) -> bool {
-        matches!((self.classes.get(a), self.classes.get(b)), (Some(x), Some(y)) if x == y)
+        matches!((self.classes.get(a), self.classes.get(b)),
+            (Some(x), Some(y)) if x == y && self.exact.contains(x))
     }
 
     /// How far two sets of views are apart (the largest relative difference or logit gap), or

@@ -244,6 +244,14 @@ impl Stage {
         &self.config
     }
 
+    /// Whether this stage runs on Hearth's own CPU kernels, whose result for a row depends on that
+    /// row and its position only: a window replayed as one prefill gives the same bits as the
+    /// stage computing it token by token. Candle (a GPU, or a model the kernels do not run) does
+    /// not promise that.
+    pub fn batch_invariant(&self) -> bool {
+        self.cpu.is_some()
+    }
+
     /// Run `input` (positions `pos..pos + len`) through the stage for `session`. Position 0 starts the
     /// session afresh; any other position must continue where the session's last input ended. The
     /// last stage returns logits for every position when `all_logits`, else for the last one.

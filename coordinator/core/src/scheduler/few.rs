@@ -1,17 +1,16 @@
 //! A map of the few peers on one unit (running it, or having tried it): a sorted vector, which for
 //! a handful of entries is smaller and faster than a tree (whose first leaf alone is ~500 bytes,
-//! allocated for each of millions of units). Empty, it is one null pointer: a finished unit, of
-//! which a job may hold millions, pays 8 bytes for it.
+//! allocated for each of millions of units). Empty, it allocates nothing.
 
 use hearth_protocol::PeerId;
 
 /// Peers with a value each, in peer order.
 #[derive(Clone, Debug)]
 pub(super) struct Few<V> {
-    // A thin pointer (8 bytes) where a Vec is 24 and a boxed slice 16: the extra allocation is
-    // paid only while a unit is live, the saving by every finished one.
-    #[allow(clippy::box_collection)]
-    items: Option<Box<Vec<(PeerId, V)>>>,
+    /// Exactly as long as it holds (one allocation, none when empty): a unit sees two or three
+    /// peers, each added once, so growing by reallocation costs less than a vector's spare room
+    /// over millions of units.
+    items: Option<Box<[(PeerId, V)]>>,
 }
 
 impl<V> Default for Few<V> {
@@ -22,7 +21,7 @@ impl<V> Default for Few<V> {
 
 impl<V> Few<V> {
     fn slice(&self) -> &[(PeerId, V)] {
-        self.items.as_deref().map_or(&[], Vec::as_slice)
+        self.items.as_deref().unwrap_or(&[])
     }
 
     fn find(&self, peer: &PeerId) -> Result<usize, usize> {
@@ -41,16 +40,16 @@ impl<V> Few<V> {
 
     /// Set `peer`'s value; the old one, if any.
     pub(super) fn insert(&mut self, peer: PeerId, value: V) -> Option<V> {
-        let found = self.find(&peer);
-        let items = self.items.get_or_insert_with(Default::default);
-        match found {
-            Ok(i) => Some(std::mem::replace(&mut items[i].1, value)),
+        match self.find(&peer) {
+            Ok(i) => {
+                let items = self.items.as_mut().expect("found in it");
+                Some(std::mem::replace(&mut items[i].1, value))
+            }
             Err(i) => {
-                if items.capacity() == items.len() {
-                    // Grow by one or two, not to four: most units see two or three peers.
-                    items.reserve_exact(2);
-                }
+                let mut items = self.items.take().map(Vec::from).unwrap_or_default();
+                items.reserve_exact(1);
                 items.insert(i, (peer, value));
+                self.items = Some(items.into_boxed_slice());
                 None
             }
         }
@@ -59,10 +58,10 @@ impl<V> Few<V> {
     /// Take `peer` out; its value, if it was in.
     pub(super) fn remove(&mut self, peer: &PeerId) -> Option<V> {
         let i = self.find(peer).ok()?;
-        let items = self.items.as_mut()?;
+        let mut items = Vec::from(self.items.take()?);
         let (_, value) = items.remove(i);
-        if items.is_empty() {
-            self.items = None;
+        if !items.is_empty() {
+            self.items = Some(items.into_boxed_slice());
         }
         Some(value)
     }
@@ -74,7 +73,7 @@ impl<V> Few<V> {
 
     /// Whether none are in.
     pub(super) fn is_empty(&self) -> bool {
-        self.slice().is_empty()
+        self.items.is_none()
     }
 
     /// How many are in.
@@ -86,7 +85,7 @@ impl<V> Few<V> {
     pub(super) fn take_keys(&mut self) -> Vec<PeerId> {
         self.items
             .take()
-            .map(|items| items.into_iter().map(|(p, _)| p).collect())
+            .map(|items| Vec::from(items).into_iter().map(|(p, _)| p).collect())
             .unwrap_or_default()
     }
 }

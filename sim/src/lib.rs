@@ -251,6 +251,22 @@ struct SimSession {
     failed: bool,
 }
 
+impl SimSession {
+    /// A session not started yet (its driver comes with its route), from `started`.
+    fn new(started: u64) -> Self {
+        Self {
+            driver: None,
+            started,
+            ended: None,
+            released: 0,
+            expected: Vec::new(),
+            wrong: 0,
+            corrections: 0,
+            failed: false,
+        }
+    }
+}
+
 /// Run `scenario` with `seed`.
 pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
     let mut sim = Sim::new(scenario, seed);
@@ -386,18 +402,7 @@ impl<'a> Sim<'a> {
         }
         self.at(TICK_MS, Event::Tick);
         if let Some(p) = &self.scenario.pipeline {
-            self.sessions = (0..p.sessions)
-                .map(|_| SimSession {
-                    driver: None,
-                    started: 0,
-                    ended: None,
-                    released: 0,
-                    expected: Vec::new(),
-                    wrong: 0,
-                    corrections: 0,
-                    failed: false,
-                })
-                .collect();
+            self.sessions = (0..p.sessions).map(|_| SimSession::new(0)).collect();
             for i in 0..p.sessions {
                 // After the peers have said hello, staggered over a second.
                 let delay = 2000 + (self.rng.unit() * 1000.0) as u64;

@@ -36,16 +36,7 @@ impl Sim<'_> {
             "off" => Verify::Off,
             _ => Verify::Window,
         };
-        let mut session = SimSession {
-            driver: None,
-            started: self.now,
-            ended: None,
-            released: 0,
-            expected: Vec::new(),
-            wrong: 0,
-            corrections: 0,
-            failed: false,
-        };
+        let mut session = SimSession::new(self.now);
         match plan(&candidates, LAYERS, p.stages as usize, 1) {
             Ok(route) => {
                 let prompt: Vec<u32> = (0..p.prompt_tokens).collect();

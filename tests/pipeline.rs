@@ -8,13 +8,30 @@ use std::time::Duration;
 
 use serde_json::Value;
 use support::local_swarm::Swarm;
-use support::{hearth, run_hearth, stdout_json};
+use support::{hearth, run_hearth, stdout_json, wait_until};
 
 const PROMPTS: [&str; 3] = [
     "The capital of France is",
     "def fibonacci(n):",
     "Volunteer computing lets people",
 ];
+
+/// The coordinator's pipeline sessions (`GET /v1/sessions` of an open API at `api`), read with a
+/// plain HTTP/1.1 request.
+fn sessions(api: &str) -> Option<Vec<Value>> {
+    use std::io::{Read, Write};
+    let addr = api.strip_prefix("http://")?.trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(addr).ok()?;
+    write!(
+        stream,
+        "GET /v1/sessions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let (_, body) = response.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
 
 fn local_tokens(prompt: &str, max_tokens: &str) -> Value {
     stdout_json(&run_hearth(
@@ -172,8 +189,14 @@ fn a_stage_killed_mid_generation_is_replaced_and_the_output_is_unchanged() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start hearth generate");
-    // Let it make a few tokens, then kill a stage: with 3 stages on 3 nodes, every node is one.
-    std::thread::sleep(Duration::from_millis(1500));
+    // Once it has made a few tokens (read from the coordinator), kill a stage: with 3 stages on 3
+    // nodes, every node is one.
+    wait_until(Duration::from_secs(120), "a session with 3 tokens", || {
+        sessions(&swarm.api)?
+            .iter()
+            .any(|s| s["state"] == "running" && s["tokens"].as_u64() >= Some(3))
+            .then_some(())
+    });
     swarm.nodes[1].1.kill();
     let out = child.wait_with_output().expect("generate finishes");
     assert!(

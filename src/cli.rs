@@ -168,7 +168,7 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "HEARTH_REPLICAS", value_name = "R",
           value_parser = clap::value_parser!(u32).range(1..=8))]
     pub(crate) replicas: Option<u32>,
-    /// Peers whose adverts, offers and reputation the coordinator remembers (about 2 KiB each);
+    /// Peers whose adverts, offers and reputation the coordinator remembers (under 1.5 KiB each);
     /// past it the longest-silent are forgotten. Size it above the swarm.
     #[arg(long, env = "HEARTH_PEERS_MAX", value_name = "N", default_value_t = hearth_coordinator::PEERS_MAX_DEFAULT,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]

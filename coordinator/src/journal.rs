@@ -40,7 +40,18 @@ const META_SECRET: &str = "secret";
 /// derived from it, so no peer can predict them, and a coordinator restarted from its journal
 /// replays the same draws.
 #[derive(Clone)]
-pub struct Secret([u8; 32]);
+pub struct Secret {
+    key: [u8; 32],
+    /// The journal was begun by a version that seeded spot checks with a public constant: its
+    /// log replays only with that seed, so the scheduler keeps it for this journal.
+    legacy: bool,
+}
+
+/// Meta key marking a journal begun before it had a secret.
+const META_LEGACY: &str = "legacy-spot-checks";
+
+/// The spot-check seed every coordinator used before journals had a secret.
+const LEGACY_SPOT_CHECK_SEED: u64 = 0x4845_4152_5448;
 
 impl std::fmt::Debug for Secret {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -51,6 +62,9 @@ impl std::fmt::Debug for Secret {
 impl Secret {
     /// The scheduler's spot-check seed ([`crate::Policy::seed`]).
     pub fn spot_checks(&self) -> u64 {
+        if self.legacy {
+            return LEGACY_SPOT_CHECK_SEED;
+        }
         self.seed("hearth scheduler spot checks", &[])
     }
 
@@ -70,7 +84,7 @@ impl Secret {
     /// A seed for the purpose named by `context`, about `ids`: a keyed BLAKE3 of both, so seeds for
     /// different purposes or ids tell nothing about one another or about the secret.
     fn seed(&self, context: &str, ids: &[u64]) -> u64 {
-        let mut hasher = blake3::Hasher::new_keyed(&self.0);
+        let mut hasher = blake3::Hasher::new_keyed(&self.key);
         hasher.update(context.as_bytes());
         hasher.update(&[0]);
         for id in ids {
@@ -263,10 +277,27 @@ impl Journal {
                         .map_err(|e| db_error(&path, format!("no OS randomness: {e}")))?;
                     meta.insert(META_SECRET, bytes.as_slice())
                         .map_err(|e| db_error(&path, e))?;
+                    if last.is_some() {
+                        meta.insert(META_LEGACY, [1u8].as_slice())
+                            .map_err(|e| db_error(&path, e))?;
+                    }
                     bytes
                 }
             };
-            (last.map_or(0, |(k, _)| k.value() + 1), Secret(secret))
+            let legacy = meta
+                .get(META_LEGACY)
+                .map_err(|e| db_error(&path, e))?
+                .is_some();
+            if legacy {
+                tracing::warn!(path = %path.display(), "journal begun by an older version: its spot checks keep the old public seed (predictable by peers) so its log replays; a new data folder gets a secret one");
+            }
+            (
+                last.map_or(0, |(k, _)| k.value() + 1),
+                Secret {
+                    key: secret,
+                    legacy,
+                },
+            )
         };
         tx.commit().map_err(|e| db_error(&path, e))?;
         Ok(Self {
@@ -433,5 +464,29 @@ mod tests {
         batch.entry(9, Record::Input(Input::Cancel(7)));
         journal.commit(batch).expect("append after reopen");
         assert_eq!(journal.entries().expect("entries").len(), 3);
+    }
+
+    #[test]
+    fn a_journal_begun_without_a_secret_keeps_the_seed_its_log_was_made_with() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let fresh = Journal::open(dir.path()).expect("open");
+        assert_ne!(fresh.secret().spot_checks(), LEGACY_SPOT_CHECK_SEED);
+        let mut journal = fresh;
+        let mut batch = Batch::default();
+        batch.entry(1, Record::Input(Input::Tick));
+        journal.commit(batch).expect("commit");
+        // What an older version left: a log, and no secret.
+        let tx = journal.db.begin_write().expect("write");
+        tx.open_table(META)
+            .expect("meta")
+            .remove(META_SECRET)
+            .expect("remove");
+        tx.commit().expect("commit");
+        drop(journal);
+        let old = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(old.secret().spot_checks(), LEGACY_SPOT_CHECK_SEED);
+        drop(old);
+        let again = Journal::open(dir.path()).expect("reopen again");
+        assert_eq!(again.secret().spot_checks(), LEGACY_SPOT_CHECK_SEED, "kept");
     }
 }

@@ -16,8 +16,9 @@
 //! - **Deadlines** come from the peer's score and the unit's size ([`deadline_ms`]); a missed one,
 //!   a refusal or a lost peer reopens the unit, up to [`ASSIGNMENTS_MAX`] assignments per unit.
 //! - **Determinism.** Given the same inputs in the same order, the same outputs: randomness comes
-//!   from a seeded generator inside, maps are ordered. The shell journals the inputs and replays
-//!   them after a crash to rebuild this state exactly.
+//!   from the policy's seed, and wherever a choice scans a table it orders explicitly (the peer
+//!   tables are hash maps keyed by that seed). The shell journals the inputs and replays them
+//!   after a crash to rebuild this state exactly.
 
 mod few;
 mod networks;

@@ -14,8 +14,15 @@
 //! | `jobs`    | job id              | [`JobPayload`] (postcard) |
 //! | `outputs` | (job, unit, peer)   | [`StoredOutput`] (postcard) |
 //! | `meta`    | name                | `secret`: the [`Secret`] behind every random check |
+//!
+//! Commits run on a thread of their own ([group commit](Journal::submit)): the event loop hands
+//! each batch over and goes on; everything handed over while one commit runs goes into the next
+//! one. A batch's [`Ticket`] says when it is durable ([`Journal::committed`]); whatever
+//! acknowledges its facts waits for that.
 
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
 
 use hearth_protocol::work::{Task, UnitOutput};
 use hearth_protocol::{ModelId, PeerId, Receipt};
@@ -33,6 +40,9 @@ const JOBS: TableDefinition<u64, &[u8]> = TableDefinition::new("jobs");
 const OUTPUTS: TableDefinition<(u64, u64, &[u8]), &[u8]> = TableDefinition::new("outputs");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_SECRET: &str = "secret";
+/// Meta key: the last [`Ticket`] committed, in the same transaction as its batch, so a reader
+/// knows exactly which batches its snapshot holds.
+const META_TICKET: &str = "ticket";
 
 /// The coordinator's secret: 32 bytes drawn from the OS when its journal is made, kept in it, and
 /// never sent anywhere. Every random choice that matters for trust (which units are spot-checked,
@@ -230,19 +240,128 @@ impl Batch {
         self
     }
 
+    /// The delivered output it stores, if any.
+    pub fn stored_output(&self) -> Option<&(u64, u64, PeerId, StoredOutput)> {
+        self.output.as_ref()
+    }
+
     /// Whether there is nothing to write.
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty() && self.job.is_none() && self.output.is_none()
     }
 }
 
-/// The open journal.
+/// The place of a batch in commit order: batch `n` is durable once [`Journal::committed`] is at
+/// least `n`. Tickets start at 1; 0 means "nothing yet".
+pub type Ticket = u64;
+
+/// The open journal: reads on the caller's thread, writes on the committer's.
 pub struct Journal {
-    db: Database,
+    db: Arc<Database>,
+    path: PathBuf,
+    secret: Secret,
+    /// Batches to the committer; `None` once closed.
+    batches: Option<mpsc::Sender<(Ticket, Batch)>>,
+    committer: Option<std::thread::JoinHandle<()>>,
+    progress: Arc<Progress>,
+    /// The last ticket handed out.
+    submitted: Ticket,
+}
+
+/// How far the committer has come, shared with it.
+struct Progress {
+    state: Mutex<Committed>,
+    /// For threads that wait ([`Journal::wait`]).
+    changed: Condvar,
+    /// For the event loop ([`Journal::notified`]).
+    notify: tokio::sync::Notify,
+}
+
+struct Committed {
+    upto: Ticket,
+    failed: Option<String>,
+    /// Transactions committed since the journal was opened.
+    transactions: u64,
+}
+
+/// The committer's half: the database and the next sequence number of the log.
+struct Writer {
+    db: Arc<Database>,
     path: PathBuf,
     next_seq: u64,
-    secret: Secret,
 }
+
+impl Writer {
+    /// Write `batches` in one transaction, in order.
+    fn commit(&mut self, batches: &[(Ticket, Batch)]) -> Result<()> {
+        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
+        let tx = self.db.begin_write().map_err(|e| err(&e))?;
+        let mut seq = self.next_seq;
+        {
+            let mut log = tx.open_table(LOG).map_err(|e| err(&e))?;
+            let mut jobs = tx.open_table(JOBS).map_err(|e| err(&e))?;
+            let mut outputs = tx.open_table(OUTPUTS).map_err(|e| err(&e))?;
+            for (_, batch) in batches {
+                // The job first: a replay that meets its `Submit` entry finds its payload.
+                if let Some(job) = &batch.job {
+                    let bytes = postcard::to_stdvec(job).map_err(|e| err(&e))?;
+                    jobs.insert(job.id, bytes.as_slice()).map_err(|e| err(&e))?;
+                }
+                for entry in &batch.entries {
+                    let bytes = postcard::to_stdvec(entry).map_err(|e| err(&e))?;
+                    log.insert(seq, bytes.as_slice()).map_err(|e| err(&e))?;
+                    seq += 1;
+                }
+                if let Some((job, unit, peer, output)) = &batch.output {
+                    let bytes = postcard::to_stdvec(output).map_err(|e| err(&e))?;
+                    let key = peer.to_multihash_bytes();
+                    outputs
+                        .insert((*job, *unit, key.as_slice()), bytes.as_slice())
+                        .map_err(|e| err(&e))?;
+                }
+            }
+        }
+        if let Some((last, _)) = batches.last() {
+            let mut meta = tx.open_table(META).map_err(|e| err(&e))?;
+            meta.insert(META_TICKET, last.to_le_bytes().as_slice())
+                .map_err(|e| err(&e))?;
+        }
+        tx.commit().map_err(|e| err(&e))?;
+        self.next_seq = seq;
+        Ok(())
+    }
+
+    /// The committer thread: take a batch, then everything else already waiting, commit them
+    /// together, say so; until the journal is closed or a commit fails (then nothing more is
+    /// written: the coordinator stops).
+    fn run(mut self, batches: mpsc::Receiver<(Ticket, Batch)>, progress: Arc<Progress>) {
+        while let Ok(first) = batches.recv() {
+            let mut group = vec![first];
+            group.extend(batches.try_iter().take(GROUP_COMMIT_BATCHES_MAX - 1));
+            let last = group.last().map_or(0, |(ticket, _)| *ticket);
+            let result = self.commit(&group);
+            let mut state = progress.state.lock().unwrap_or_else(|e| e.into_inner());
+            match result {
+                Ok(()) => {
+                    state.upto = last;
+                    state.transactions += 1;
+                }
+                Err(error) => state.failed = Some(error.to_string()),
+            }
+            let failed = state.failed.is_some();
+            drop(state);
+            progress.changed.notify_all();
+            progress.notify.notify_one();
+            if failed {
+                return;
+            }
+        }
+    }
+}
+
+/// At most this many batches go into one commit, so one transaction stays bounded however far
+/// the committer fell behind.
+pub const GROUP_COMMIT_BATCHES_MAX: usize = 4_096;
 
 fn db_error(path: &Path, error: impl std::fmt::Display) -> Error {
     Error::Journal {
@@ -258,6 +377,7 @@ impl Journal {
         let path = data_dir.join(JOURNAL_FILE);
         let db = Database::create(&path).map_err(|e| db_error(&path, e))?;
         let tx = db.begin_write().map_err(|e| db_error(&path, e))?;
+        let ticket;
         let (next_seq, secret) = {
             tx.open_table(JOBS).map_err(|e| db_error(&path, e))?;
             tx.open_table(OUTPUTS).map_err(|e| db_error(&path, e))?;
@@ -284,6 +404,7 @@ impl Journal {
                     bytes
                 }
             };
+            ticket = read_ticket(&meta).map_err(|e| db_error(&path, e))?;
             let legacy = meta
                 .get(META_LEGACY)
                 .map_err(|e| db_error(&path, e))?
@@ -300,11 +421,35 @@ impl Journal {
             )
         };
         tx.commit().map_err(|e| db_error(&path, e))?;
+        let db = Arc::new(db);
+        let progress = Arc::new(Progress {
+            state: Mutex::new(Committed {
+                upto: ticket,
+                failed: None,
+                transactions: 0,
+            }),
+            changed: Condvar::new(),
+            notify: tokio::sync::Notify::new(),
+        });
+        let writer = Writer {
+            db: db.clone(),
+            path: path.clone(),
+            next_seq,
+        };
+        let (batches, receiver) = mpsc::channel();
+        let shared = progress.clone();
+        let committer = std::thread::Builder::new()
+            .name("journal".into())
+            .spawn(move || writer.run(receiver, shared))
+            .map_err(|e| db_error(&path, format!("no committer thread: {e}")))?;
         Ok(Self {
             db,
             path,
-            next_seq,
             secret,
+            batches: Some(batches),
+            committer: Some(committer),
+            progress,
+            submitted: ticket,
         })
     }
 
@@ -313,83 +458,171 @@ impl Journal {
         &self.secret
     }
 
-    /// Commit `batch` durably. Only after this returns may its effects be acknowledged.
-    pub fn commit(&mut self, batch: Batch) -> Result<()> {
+    /// Hand `batch` to the committer and go on; `None` when there is nothing to write. Only once
+    /// [`Self::committed`] reaches the ticket may its effects be acknowledged.
+    pub fn submit(&mut self, batch: Batch) -> Result<Option<Ticket>> {
         if batch.is_empty() {
-            return Ok(());
+            return Ok(None);
         }
+        self.committed()?;
+        let ticket = self.submitted + 1;
+        let sent = self
+            .batches
+            .as_ref()
+            .is_some_and(|batches| batches.send((ticket, batch)).is_ok());
+        if !sent {
+            return Err(db_error(&self.path, "its committer has stopped"));
+        }
+        self.submitted = ticket;
+        Ok(Some(ticket))
+    }
+
+    /// The last ticket handed out (0 before any).
+    pub fn submitted(&self) -> Ticket {
+        self.submitted
+    }
+
+    /// The last ticket committed durably, or the error that stopped the committer.
+    pub fn committed(&self) -> Result<Ticket> {
+        let state = self
+            .progress
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        match &state.failed {
+            Some(message) => Err(db_error(&self.path, message)),
+            None => Ok(state.upto),
+        }
+    }
+
+    /// Transactions committed since the journal was opened (each holds one or more batches).
+    pub fn transactions(&self) -> u64 {
+        let state = self
+            .progress
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        state.transactions
+    }
+
+    /// Resolves when the committer has made progress (or failed) since it last resolved.
+    pub fn notified(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let progress = self.progress.clone();
+        async move { progress.notify.notified().await }
+    }
+
+    /// Block until everything submitted so far is durable.
+    pub fn flush(&self) -> Result<()> {
+        let mut state = self
+            .progress
+            .state
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        while state.failed.is_none() && state.upto < self.submitted {
+            state = self
+                .progress
+                .changed
+                .wait(state)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        drop(state);
+        self.committed().map(drop)
+    }
+
+    /// Commit `batch` and wait until it is durable.
+    pub fn commit(&mut self, batch: Batch) -> Result<()> {
+        self.submit(batch)?;
+        self.flush()
+    }
+
+    /// A read of one snapshot, with the last ticket the snapshot holds.
+    fn read<T>(
+        &self,
+        f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, String>,
+    ) -> Result<(Ticket, T)> {
         let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
-        let tx = self.db.begin_write().map_err(|e| err(&e))?;
-        let mut seq = self.next_seq;
-        {
-            let mut log = tx.open_table(LOG).map_err(|e| err(&e))?;
-            for entry in &batch.entries {
-                let bytes = postcard::to_stdvec(entry).map_err(|e| err(&e))?;
-                log.insert(seq, bytes.as_slice()).map_err(|e| err(&e))?;
-                seq += 1;
-            }
-            if let Some(job) = &batch.job {
-                let bytes = postcard::to_stdvec(job).map_err(|e| err(&e))?;
-                let mut jobs = tx.open_table(JOBS).map_err(|e| err(&e))?;
-                jobs.insert(job.id, bytes.as_slice()).map_err(|e| err(&e))?;
-            }
-            if let Some((job, unit, peer, output)) = &batch.output {
-                let bytes = postcard::to_stdvec(output).map_err(|e| err(&e))?;
-                let mut outputs = tx.open_table(OUTPUTS).map_err(|e| err(&e))?;
-                let key = peer.to_multihash_bytes();
-                outputs
-                    .insert((*job, *unit, key.as_slice()), bytes.as_slice())
-                    .map_err(|e| err(&e))?;
-            }
-        }
-        tx.commit().map_err(|e| err(&e))?;
-        self.next_seq = seq;
-        Ok(())
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        let meta = tx.open_table(META).map_err(|e| err(&e))?;
+        let ticket = read_ticket(&meta).map_err(|e| err(&e))?;
+        let value = f(&tx).map_err(|e| err(&e))?;
+        Ok((ticket, value))
     }
 
     /// Every log entry, in order.
     pub fn entries(&self) -> Result<Vec<Entry>> {
-        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
-        let tx = self.db.begin_read().map_err(|e| err(&e))?;
-        let log = tx.open_table(LOG).map_err(|e| err(&e))?;
-        let mut entries = Vec::new();
-        for item in log.iter().map_err(|e| err(&e))? {
-            let (_, value) = item.map_err(|e| err(&e))?;
-            entries.push(postcard::from_bytes(value.value()).map_err(|e| err(&e))?);
-        }
-        Ok(entries)
+        self.entries_at().map(|(_, entries)| entries)
+    }
+
+    /// Every committed log entry, in order, and the last ticket they include.
+    pub fn entries_at(&self) -> Result<(Ticket, Vec<Entry>)> {
+        self.read(|tx| {
+            let log = tx.open_table(LOG).map_err(|e| e.to_string())?;
+            let mut entries = Vec::new();
+            for item in log.iter().map_err(|e| e.to_string())? {
+                let (_, value) = item.map_err(|e| e.to_string())?;
+                entries.push(postcard::from_bytes(value.value()).map_err(|e| e.to_string())?);
+            }
+            Ok(entries)
+        })
     }
 
     /// Every job's payload.
     pub fn jobs(&self) -> Result<Vec<JobPayload>> {
-        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
-        let tx = self.db.begin_read().map_err(|e| err(&e))?;
-        let jobs = tx.open_table(JOBS).map_err(|e| err(&e))?;
-        let mut out = Vec::new();
-        for item in jobs.iter().map_err(|e| err(&e))? {
-            let (_, value) = item.map_err(|e| err(&e))?;
-            out.push(postcard::from_bytes(value.value()).map_err(|e| err(&e))?);
-        }
-        Ok(out)
+        let (_, jobs) = self.read(|tx| {
+            let jobs = tx.open_table(JOBS).map_err(|e| e.to_string())?;
+            let mut out = Vec::new();
+            for item in jobs.iter().map_err(|e| e.to_string())? {
+                let (_, value) = item.map_err(|e| e.to_string())?;
+                out.push(postcard::from_bytes(value.value()).map_err(|e| e.to_string())?);
+            }
+            Ok(out)
+        })?;
+        Ok(jobs)
     }
 
     /// The outputs delivered for one unit, by peer.
     pub fn outputs(&self, job: u64, unit: u64) -> Result<Vec<(PeerId, StoredOutput)>> {
-        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
-        let tx = self.db.begin_read().map_err(|e| err(&e))?;
-        let outputs = tx.open_table(OUTPUTS).map_err(|e| err(&e))?;
-        let low: (u64, u64, &[u8]) = (job, unit, &[]);
-        let high: (u64, u64, &[u8]) = (job, unit + 1, &[]);
-        let mut out = Vec::new();
-        for item in outputs.range(low..high).map_err(|e| err(&e))? {
-            let (key, value) = item.map_err(|e| err(&e))?;
-            let peer = PeerId::from_multihash_bytes(key.value().2).map_err(|e| err(&e))?;
-            out.push((
-                peer,
-                postcard::from_bytes(value.value()).map_err(|e| err(&e))?,
-            ));
+        self.outputs_at(job, unit).map(|(_, outputs)| outputs)
+    }
+
+    /// The committed outputs delivered for one unit, by peer, and the last ticket they include.
+    pub fn outputs_at(&self, job: u64, unit: u64) -> Result<(Ticket, Vec<(PeerId, StoredOutput)>)> {
+        self.read(|tx| {
+            let outputs = tx.open_table(OUTPUTS).map_err(|e| e.to_string())?;
+            let low: (u64, u64, &[u8]) = (job, unit, &[]);
+            let high: (u64, u64, &[u8]) = (job, unit + 1, &[]);
+            let mut out = Vec::new();
+            for item in outputs.range(low..high).map_err(|e| e.to_string())? {
+                let (key, value) = item.map_err(|e| e.to_string())?;
+                let peer =
+                    PeerId::from_multihash_bytes(key.value().2).map_err(|e| e.to_string())?;
+                let output = postcard::from_bytes(value.value()).map_err(|e| e.to_string())?;
+                out.push((peer, output));
+            }
+            Ok(out)
+        })
+    }
+}
+
+/// The last ticket committed, from the meta table (0 in a journal that has none yet).
+fn read_ticket(
+    meta: &impl ReadableTable<&'static str, &'static [u8]>,
+) -> std::result::Result<Ticket, String> {
+    match meta.get(META_TICKET).map_err(|e| e.to_string())? {
+        None => Ok(0),
+        Some(value) => <[u8; 8]>::try_from(value.value())
+            .map(u64::from_le_bytes)
+            .map_err(|_| "its ticket is not 8 bytes".to_string()),
+    }
+}
+
+impl Drop for Journal {
+    /// Close: the committer writes what it was handed, then stops.
+    fn drop(&mut self) {
+        self.batches = None;
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
         }
-        Ok(out)
     }
 }
 
@@ -464,6 +697,38 @@ mod tests {
         batch.entry(9, Record::Input(Input::Cancel(7)));
         journal.commit(batch).expect("append after reopen");
         assert_eq!(journal.entries().expect("entries").len(), 3);
+    }
+
+    #[test]
+    fn batches_handed_over_while_a_commit_runs_share_the_next_one_in_order() {
+        const BATCHES: u64 = 2_000;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut journal = Journal::open(dir.path()).expect("open");
+        let mut last = 0;
+        for n in 0..BATCHES {
+            let mut batch = Batch::default();
+            batch.entry(n, Record::Input(Input::Cancel(n)));
+            last = journal.submit(batch).expect("submit").expect("a ticket");
+        }
+        assert_eq!(last, BATCHES);
+        journal.flush().expect("flush");
+        assert_eq!(journal.committed().expect("committed"), BATCHES);
+        let (ticket, entries) = journal.entries_at().expect("entries");
+        assert_eq!(ticket, BATCHES, "the snapshot says what it holds");
+        let times: Vec<u64> = entries.iter().map(|e| e.now_ms).collect();
+        assert_eq!(times, (0..BATCHES).collect::<Vec<_>>(), "all, in order");
+        let transactions = journal.transactions();
+        assert!(
+            transactions < BATCHES / 2,
+            "{transactions} transactions for {BATCHES} batches: no group commit"
+        );
+        // Tickets go on across a restart, so a reader's snapshot never looks older than it is.
+        drop(journal);
+        let mut journal = Journal::open(dir.path()).expect("reopen");
+        assert_eq!(journal.committed().expect("committed"), BATCHES);
+        let mut batch = Batch::default();
+        batch.entry(0, Record::Input(Input::Tick));
+        assert_eq!(journal.submit(batch).expect("submit"), Some(BATCHES + 1));
     }
 
     #[test]

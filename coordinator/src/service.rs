@@ -247,8 +247,10 @@ impl Coordinator {
         tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
         tokio::pin!(shutdown);
         loop {
+            let committing = self.work.committing();
             tokio::select! {
-                () = &mut shutdown => return Ok(()),
+                () = &mut shutdown => return self.work.flush(&mut self.network),
+                () = committing => self.work.released(&mut self.network)?,
                 event = self.network.next() => {
                     self.on_event(event)?;
                     self.record_stage_faults()?;
@@ -349,6 +351,12 @@ impl Coordinator {
         Ok(())
     }
 
+    /// Send an API reply once what it reports is durable (see [`crate::work::Effect`]).
+    fn reply<E>(&mut self, send: impl FnOnce() -> std::result::Result<(), E> + Send + 'static) {
+        let effect = crate::work::Effect::Reply(Box::new(move || drop(send())));
+        self.work.after_commit(&mut self.network, effect);
+    }
+
     fn on_command(&mut self, command: Command) -> Result<()> {
         let now = self.now_ms();
         match command {
@@ -373,7 +381,7 @@ impl Coordinator {
                         Ok(committed) => Ok(committed?),
                         Err(refusal) => Err(refusal),
                     };
-                let _ = reply.send(answer);
+                self.reply(move || reply.send(answer));
             }
             Command::Generate(request, events, reply) => {
                 let work = &self.work;
@@ -389,10 +397,12 @@ impl Coordinator {
                 let _ = reply.send(answer);
             }
             Command::Jobs(reply) => {
-                let _ = reply.send(self.work.jobs());
+                let jobs = self.work.jobs();
+                self.reply(move || reply.send(jobs));
             }
             Command::Job { id, units, reply } => {
-                let _ = reply.send(self.work.status(id, units)?);
+                let status = self.work.status(id, units)?;
+                self.reply(move || reply.send(status));
             }
             Command::Output {
                 id,
@@ -404,15 +414,16 @@ impl Coordinator {
                 } else {
                     self.work.output(id)
                 };
-                let _ = reply.send(answer);
+                self.reply(move || reply.send(answer));
             }
             Command::Cancel { id, reply } => {
                 let found = self.work.cancel(&mut self.network, now, id)?;
-                let _ = reply.send(if found {
+                let status = if found {
                     self.work.status(id, false)?
                 } else {
                     None
-                });
+                };
+                self.reply(move || reply.send(status));
             }
             Command::Revoke(revocation, reply) => {
                 let answer = if self.coop.is_none() {

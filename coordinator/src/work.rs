@@ -1,8 +1,13 @@
 //! The shell around the [`Scheduler`]: it checks the bytes (signatures, digests), journals every
 //! input before acting on it, holds nodes' requests for work, and keeps the texts and outputs the
 //! scheduler never sees.
+//!
+//! The scheduler's state moves on at once; what anyone outside sees of it (an assignment, an
+//! acknowledged delivery, a job id, a status) is an [`Effect`] held until the journal's committer
+//! has made the facts behind it durable, and released in order. A crash before then loses only
+//! what nobody was told.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use hearth_net::Network;
@@ -14,7 +19,7 @@ use hearth_protocol::{KernelFamily, PeerId, Subject, UNIT_INPUT_BYTES_MAX, UNIT_
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
-use crate::journal::{Batch, JobKind, JobPayload, Journal, Record, StoredOutput};
+use crate::journal::{Batch, JobKind, JobPayload, Journal, Record, StoredOutput, Ticket};
 use crate::limits::{JOB_INPUTS_MAX, REPLICAS_MAX, SLOTS_PER_REQUEST_MAX, WORK_FETCH_HOLD_MS};
 use crate::scheduler::{
     Delivery, Input, JobSpec, JobState, JobStatus, Offer, Output, Policy, Scheduler, UnitSpec,
@@ -66,9 +71,28 @@ pub enum Unavailable {
     Journal(String),
 }
 
+/// What may happen only once the facts behind it are durable.
+pub(crate) enum Effect {
+    /// An answer to a node's request.
+    Respond(ResponseChannel<WorkResponse>, Box<WorkResponse>),
+    /// A reply to the API (its value computed when the request came, sent after the commit).
+    Reply(Box<dyn FnOnce() + Send>),
+}
+
+/// Facts handed to the committer and not yet known to be durable, for reads that must see them.
+#[derive(Default)]
+struct Uncommitted {
+    accepted: Vec<(u64, u64)>,
+    output: Option<(u64, u64, PeerId, StoredOutput)>,
+}
+
 pub(crate) struct Work {
     scheduler: Scheduler,
     journal: Journal,
+    /// Held until their ticket is committed, in ticket order.
+    effects: VecDeque<(Ticket, Effect)>,
+    /// Facts in flight to the journal, by ticket.
+    uncommitted: VecDeque<(Ticket, Uncommitted)>,
     payloads: BTreeMap<u64, JobPayload>,
     accepted: BTreeMap<(u64, u64), PeerId>,
     parked: BTreeMap<PeerId, (ResponseChannel<WorkResponse>, u64)>,
@@ -92,6 +116,8 @@ impl Work {
             next_job: payloads.keys().next_back().map_or(1, |id| id + 1),
             payloads,
             journal,
+            effects: VecDeque::new(),
+            uncommitted: VecDeque::new(),
             accepted: BTreeMap::new(),
             parked: BTreeMap::new(),
             networks: BTreeMap::new(),
@@ -137,8 +163,8 @@ impl Work {
         Ok(work)
     }
 
-    /// Handle `input` at `now_ms`: run the scheduler, commit the input (and `batch`, and any new
-    /// decisions) to the journal, and only then act on the outputs.
+    /// Handle `input` at `now_ms`: run the scheduler, hand the input (and `batch`, and any new
+    /// decisions) to the journal, and act on the outputs once they are committed.
     fn step(
         &mut self,
         net: &mut Network,
@@ -152,7 +178,8 @@ impl Work {
         Ok(outputs)
     }
 
-    /// The scheduler's half of [`Self::step`]: handle `input` and commit it with its decisions.
+    /// The scheduler's half of [`Self::step`]: handle `input` and hand it to the journal with its
+    /// decisions.
     fn record(
         &mut self,
         now_ms: u64,
@@ -166,11 +193,16 @@ impl Work {
         if always_log || !outputs.is_empty() {
             batch.entry(now_ms, Record::Input(input));
         }
+        let mut fresh = Uncommitted {
+            output: batch.stored_output().cloned(),
+            ..Uncommitted::default()
+        };
         for output in &outputs {
             if let Output::Accepted {
                 job, unit, peer, ..
             } = output
             {
+                fresh.accepted.push((*job, *unit));
                 batch.entry(
                     now_ms,
                     Record::Accepted {
@@ -181,8 +213,75 @@ impl Work {
                 );
             }
         }
-        self.journal.commit(batch)?;
+        if let Some(ticket) = self.journal.submit(batch)?
+            && (fresh.output.is_some() || !fresh.accepted.is_empty())
+        {
+            self.uncommitted.push_back((ticket, fresh));
+        }
         Ok(outputs)
+    }
+
+    /// Do `effect` once everything handed to the journal so far is durable (at once if it is).
+    pub(crate) fn after_commit(&mut self, net: &mut Network, effect: Effect) {
+        let ticket = self.journal.submitted();
+        let durable = self.journal.committed().is_ok_and(|upto| upto >= ticket);
+        if durable && self.effects.is_empty() {
+            run(net, effect);
+        } else {
+            self.effects.push_back((ticket, effect));
+        }
+    }
+
+    /// Answer a node once everything so far is durable.
+    fn respond(
+        &mut self,
+        net: &mut Network,
+        channel: ResponseChannel<WorkResponse>,
+        response: WorkResponse,
+    ) {
+        self.after_commit(net, Effect::Respond(channel, Box::new(response)));
+    }
+
+    /// Resolves when the journal's committer has made progress: then call [`Self::released`].
+    pub(crate) fn committing(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        self.journal.notified()
+    }
+
+    /// Release the effects whose facts are now durable; an error if the journal failed.
+    pub(crate) fn released(&mut self, net: &mut Network) -> Result<()> {
+        let upto = self.journal.committed()?;
+        while self.uncommitted.front().is_some_and(|(t, _)| *t <= upto) {
+            self.uncommitted.pop_front();
+        }
+        while self.effects.front().is_some_and(|(t, _)| *t <= upto) {
+            if let Some((_, effect)) = self.effects.pop_front() {
+                run(net, effect);
+            }
+        }
+        Ok(())
+    }
+
+    /// Wait until everything handed to the journal is durable and release what waited for it
+    /// (on shutdown).
+    pub(crate) fn flush(&mut self, net: &mut Network) -> Result<()> {
+        self.journal.flush()?;
+        self.released(net)
+    }
+
+    /// The outputs delivered for one unit, by peer: the journal's, and those still on their way
+    /// into it.
+    fn outputs(&self, job: u64, unit: u64) -> Result<Vec<(PeerId, StoredOutput)>> {
+        let (ticket, committed) = self.journal.outputs_at(job, unit)?;
+        let mut outputs: BTreeMap<PeerId, StoredOutput> = committed.into_iter().collect();
+        for (t, fresh) in &self.uncommitted {
+            if let Some((j, u, peer, output)) = &fresh.output
+                && *t > ticket
+                && (*j, *u) == (job, unit)
+            {
+                outputs.insert(*peer, output.clone());
+            }
+        }
+        Ok(outputs.into_iter().collect())
     }
 
     /// The secret behind this coordinator's random checks, from its journal.
@@ -256,9 +355,7 @@ impl Work {
             match self.parked.remove(&peer) {
                 Some((channel, _)) => {
                     tracing::debug!(%peer, units = units.len(), "assigned");
-                    if !net.respond(channel, WorkResponse::Assign(units)) {
-                        tracing::debug!(%peer, "peer gone before its assignment was sent");
-                    }
+                    self.respond(net, channel, WorkResponse::Assign(units));
                 }
                 None => tracing::warn!(%peer, "assignment for a peer with no request held"),
             }
@@ -392,7 +489,7 @@ impl Work {
             .collect();
         for peer in expired {
             if let Some((channel, _)) = self.parked.remove(&peer) {
-                net.respond(channel, WorkResponse::Assign(Vec::new()));
+                self.respond(net, channel, WorkResponse::Assign(Vec::new()));
             }
         }
         Ok(())
@@ -419,13 +516,13 @@ impl Work {
             WorkRequest::Fetch { slots } => {
                 let Some(capabilities) = registry.capabilities(&peer) else {
                     // Not heard on gossip yet: nothing to match it by. It asks again shortly.
-                    net.respond(channel, WorkResponse::Assign(Vec::new()));
+                    self.respond(net, channel, WorkResponse::Assign(Vec::new()));
                     return Ok(());
                 };
                 let offer =
                     std::sync::Arc::new(Offer::of(capabilities, self.networks.get(&peer).cloned()));
                 if let Some((old, _)) = self.parked.remove(&peer) {
-                    net.respond(old, WorkResponse::Assign(Vec::new()));
+                    self.respond(net, old, WorkResponse::Assign(Vec::new()));
                 }
                 let until_ms = now_ms + WORK_FETCH_HOLD_MS;
                 self.parked.insert(peer, (channel, until_ms));
@@ -438,7 +535,8 @@ impl Work {
                 self.step(net, now_ms, input, Batch::default(), true)?;
             }
             WorkRequest::Forward(_) | WorkRequest::EndSession { .. } => {
-                net.respond(
+                self.respond(
+                    net,
                     channel,
                     WorkResponse::Rejected("a coordinator runs no pipeline stages".into()),
                 );
@@ -447,7 +545,7 @@ impl Work {
                 tracing::info!(%peer, job, unit, %reason, "unit refused");
                 let input = Input::Refused { peer, job, unit };
                 self.step(net, now_ms, input, Batch::default(), true)?;
-                net.respond(channel, WorkResponse::Ack);
+                self.respond(net, channel, WorkResponse::Ack);
             }
             WorkRequest::Deliver {
                 job,
@@ -456,11 +554,11 @@ impl Work {
                 output,
             } => {
                 let Some(payload) = self.payloads.get(&job) else {
-                    net.respond(channel, WorkResponse::Rejected("no such job".into()));
+                    self.respond(net, channel, WorkResponse::Rejected("no such job".into()));
                     return Ok(());
                 };
                 if unit >= payload.units() {
-                    net.respond(channel, WorkResponse::Rejected("no such unit".into()));
+                    self.respond(net, channel, WorkResponse::Rejected("no such unit".into()));
                     return Ok(());
                 }
                 // The bytes are checked here, in the shell, and the scheduler gets the marks: the
@@ -478,8 +576,7 @@ impl Work {
                 };
                 let class = receipt.body.numeric_class.clone();
                 let agrees_across = if let (Some(output), true) = (&parsed, output_ok) {
-                    self.journal
-                        .outputs(job, unit)?
+                    self.outputs(job, unit)?
                         .into_iter()
                         .filter(|(p, o)| {
                             *p != peer
@@ -518,7 +615,8 @@ impl Work {
                     } if (*p, *j, *u) == (peer, job, unit) => Some(reason.clone()),
                     _ => None,
                 });
-                net.respond(
+                self.respond(
+                    net,
                     channel,
                     rejected.map_or(WorkResponse::Ack, WorkResponse::Rejected),
                 );
@@ -567,11 +665,20 @@ impl Work {
         value["submitted_ms"] = json!(payload.submitted_ms);
         if units {
             let mut accepts: BTreeMap<u64, u32> = BTreeMap::new();
-            for entry in self.journal.entries()? {
+            let (ticket, entries) = self.journal.entries_at()?;
+            for entry in entries {
                 if let Record::Accepted { job, unit, .. } = entry.record
                     && job == id
                 {
                     *accepts.entry(unit).or_default() += 1;
+                }
+            }
+            // And those on their way into it: the status is of now, and is sent once they are in.
+            for (_, fresh) in self.uncommitted.iter().filter(|(t, _)| *t > ticket) {
+                for &(job, unit) in &fresh.accepted {
+                    if job == id {
+                        *accepts.entry(unit).or_default() += 1;
+                    }
                 }
             }
             let units: Vec<Value> = self
@@ -605,7 +712,6 @@ impl Work {
                 Unavailable::Journal(format!("unit {unit} is done but has no accepted output"))
             })?;
             let stored = self
-                .journal
                 .outputs(id, unit)
                 .map_err(|e| Unavailable::Journal(e.to_string()))?
                 .into_iter()
@@ -657,6 +763,17 @@ impl Work {
             text.push('\n');
         }
         Ok(text)
+    }
+}
+
+fn run(net: &mut Network, effect: Effect) {
+    match effect {
+        Effect::Respond(channel, response) => {
+            if !net.respond(channel, *response) {
+                tracing::debug!("peer gone before its answer was sent");
+            }
+        }
+        Effect::Reply(reply) => reply(),
     }
 }
 
@@ -817,6 +934,7 @@ mod tests {
             } else {
                 decisions.extend(rounds(&mut work, &mut now_ms, total_rounds));
             }
+            work.journal.flush().expect("flush");
             let accepted: BTreeSet<u64> = work
                 .journal
                 .entries()

@@ -89,7 +89,18 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
         Some(invite(3, &dir("coop"), &["--expires-secs", "1"])),
         Some(invite(4, &dir("other"), &[])),
     ];
-    std::thread::sleep(Duration::from_millis(1500)); // the short certificate has expired
+    // Wait until the short certificate has expired by the co-op's own check of it.
+    let short = certs[3].clone().expect("a certificate");
+    wait_until(
+        Duration::from_secs(10),
+        "the short certificate expired",
+        || {
+            // (It exits non-zero once the certificate is invalid, after printing its JSON.)
+            let out = run_hearth(&[], &["coop", "show", &short, "--json"]);
+            let shown: Value = serde_json::from_slice(&out.stdout).expect("JSON");
+            (shown["valid"] == false).then_some(())
+        },
+    );
     let start_node = |name: &str, join: &str, cert: Option<&str>| {
         let data = dir(name);
         let mut args = vec![

@@ -36,8 +36,19 @@ fn an_idle_only_node_pauses_while_a_cpu_hog_runs_and_resumes_after() {
         .map(|i| format!("{{\"id\":{i},\"text\":\"text number {i} for an idle machine\"}}\n"))
         .collect();
     std::fs::write(&input, lines).expect("write");
+    let adverts = || {
+        peers(&[], &swarm.api)
+            .first()
+            .and_then(|p| p["adverts"].as_u64())
+            .expect("the node's advert count")
+    };
     let job = swarm.submit(&input, "1", "4");
-    std::thread::sleep(Duration::from_secs(4));
+    // The node's event loop goes round (its heartbeat heard twice more) with the job waiting: had
+    // it asked for work, it would have had some.
+    let heard = adverts();
+    wait_until(Duration::from_secs(20), "two more adverts", || {
+        (adverts() >= heard + 2).then_some(())
+    });
     let status = swarm.status(&job, false);
     assert_eq!(
         status["units_done"], 0,

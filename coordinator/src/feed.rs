@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{StatusCode, header};
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::{Extension, Json, Router};
@@ -37,7 +38,7 @@ async fn sessions(State(commands): State<mpsc::Sender<Command>>) -> Response {
         .map_or_else(|e| e, |s| Json(s).into_response())
 }
 
-async fn snapshot(commands: &mpsc::Sender<Command>) -> Option<String> {
+async fn snapshot(commands: &mpsc::Sender<Command>) -> Option<Event> {
     let peers = ask(commands, Command::Peers).await.ok()?;
     let jobs = ask(commands, Command::Jobs).await.ok()?;
     let sessions = ask(commands, Command::Sessions).await.ok()?;
@@ -45,7 +46,7 @@ async fn snapshot(commands: &mpsc::Sender<Command>) -> Option<String> {
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
     let data = json!({ "time_ms": time_ms, "peers": peers, "jobs": jobs, "sessions": sessions });
-    Some(format!("event: snapshot\ndata: {data}\n\n"))
+    Some(Event::default().event("snapshot").data(data.to_string()))
 }
 
 async fn events(State(commands): State<mpsc::Sender<Command>>) -> Response {
@@ -57,14 +58,7 @@ async fn events(State(commands): State<mpsc::Sender<Command>>) -> Response {
         let event = snapshot(&commands).await?;
         Some((Ok::<_, std::convert::Infallible>(event), (commands, false)))
     });
-    (
-        [
-            (header::CONTENT_TYPE, "text/event-stream"),
-            (header::CACHE_CONTROL, "no-cache"),
-        ],
-        axum::body::Body::from_stream(stream),
-    )
-        .into_response()
+    Sse::new(stream).into_response()
 }
 
 fn random_token() -> Option<String> {

@@ -21,6 +21,7 @@ use std::time::{Duration, Instant};
 use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
+use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -513,7 +514,7 @@ async fn run(commands: mpsc::Sender<Command>, meter: Meter, g: Generation, chat:
         if let Some((key, value)) = extra {
             c[key] = value;
         }
-        format!("data: {c}\n\n")
+        Event::default().data(c.to_string())
     };
     struct Stream {
         events: Option<mpsc::Receiver<SessionEvent>>,
@@ -536,14 +537,12 @@ async fn run(commands: mpsc::Sender<Command>, meter: Meter, g: Generation, chat:
         async move {
             if !st.started {
                 st.started = true;
-                return Some((
-                    Ok::<_, std::convert::Infallible>(if chat {
-                        chunk(None, None, None)
-                    } else {
-                        String::new()
-                    }),
-                    st,
-                ));
+                let first = if chat {
+                    vec![chunk(None, None, None)]
+                } else {
+                    Vec::new()
+                };
+                return Some((first, st));
             }
             let events = st.events.as_mut()?;
             loop {
@@ -561,7 +560,7 @@ async fn run(commands: mpsc::Sender<Command>, meter: Meter, g: Generation, chat:
                         } else if out.is_empty() {
                             continue;
                         } else {
-                            return Some((Ok(chunk(Some(&out), None, None)), st));
+                            return Some((vec![chunk(Some(&out), None, None)], st));
                         }
                     }
                     Some(SessionEvent::Correction { .. }) => continue,
@@ -570,18 +569,16 @@ async fn run(commands: mpsc::Sender<Command>, meter: Meter, g: Generation, chat:
                     None => (Value::Null, Some("coordinator is stopping".to_string())),
                 };
                 st.events = None;
-                let mut out = String::new();
+                let mut out = Vec::new();
                 if let Some(message) = failed {
-                    out.push_str(&format!(
-                        "data: {}\n\n",
-                        json!({ "error": { "message": message, "type": "server_error" } })
-                    ));
-                    out.push_str("data: [DONE]\n\n");
-                    return Some((Ok(out), st));
+                    let error = json!({ "error": { "message": message, "type": "server_error" } });
+                    out.push(Event::default().data(error.to_string()));
+                    out.push(Event::default().data("[DONE]"));
+                    return Some((out, st));
                 }
                 let rest = st.scan.finish();
                 if !rest.is_empty() {
-                    out.push_str(&chunk(Some(&rest), None, None));
+                    out.push(chunk(Some(&rest), None, None));
                 }
                 let finish = if st.scan.stopped || st.eos {
                     "stop"
@@ -589,7 +586,7 @@ async fn run(commands: mpsc::Sender<Command>, meter: Meter, g: Generation, chat:
                     "length"
                 };
                 meter.tokens(st.tokens as u64);
-                out.push_str(&chunk(
+                out.push(chunk(
                     None,
                     Some(finish),
                     Some(("hearth", hearth_summary(&summary, seed, st.scan.stopped))),
@@ -602,44 +599,24 @@ async fn run(commands: mpsc::Sender<Command>, meter: Meter, g: Generation, chat:
                     let usage = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": st.tokens, "total_tokens": prompt_tokens + st.tokens });
                     let mut c: Value = json!({ "id": id, "object": chunk_object, "created": created, "model": model, "choices": [], "usage": usage });
                     c["system_fingerprint"] = json!(hearth_kernels::KERNELS_VERSION);
-                    out.push_str(&format!("data: {c}\n\n"));
+                    out.push(Event::default().data(c.to_string()));
                 }
-                out.push_str("data: [DONE]\n\n");
-                return Some((Ok(out), st));
+                out.push(Event::default().data("[DONE]"));
+                return Some((out, st));
             }
         }
     });
-    (
-        [
-            ("content-type", "text/event-stream"),
-            ("cache-control", "no-cache"),
-        ],
-        axum::body::Body::from_stream(lines),
-    )
-        .into_response()
+    let events = futures::StreamExt::flat_map(lines, |events| {
+        futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
+    });
+    Sse::new(events).into_response()
 }
 
 /// Base64 (standard alphabet, padded) of `bytes`: the `encoding_format` OpenAI's Python client asks
 /// for by default.
 fn base64(bytes: &[u8]) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
-    for chunk in bytes.chunks(3) {
-        let b = [
-            chunk[0],
-            *chunk.get(1).unwrap_or(&0),
-            *chunk.get(2).unwrap_or(&0),
-        ];
-        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(n >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(bytes)
 }
 
 async fn embeddings(

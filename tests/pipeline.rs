@@ -256,3 +256,66 @@ fn a_lying_stage_is_caught_struck_and_the_output_is_still_exact() {
         assert_eq!(swarm.peer(peer_id)["strikes"], 0);
     }
 }
+
+/// A prompt of `words` words from a small vocabulary in a fixed pseudo-random order (about 1.05
+/// tokens a word with the default model's tokenizer).
+fn long_prompt(words: usize) -> String {
+    const VOCABULARY: [&str; 16] = [
+        "the", "river", "mountain", "over", "under", "quickly", "bright", "dark", "house", "garden",
+        "cat", "dog", "runs", "sleeps", "and", "with",
+    ];
+    let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+    (0..words)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            VOCABULARY[(x % 16) as usize]
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A prefill that takes a stage longer than the fixed step timeout of 15 s (about 25 s on one
+/// thread of this machine) is given the time its arithmetic takes, and the output is what one
+/// machine gives; a prompt past what a pipelined session carries is refused up front, saying why.
+#[test]
+fn a_prompt_of_3000_tokens_goes_through_three_stages() {
+    let prompt = long_prompt(2_900);
+    let local = stdout_json(&run_hearth(
+        &[],
+        &[
+            "local",
+            "generate",
+            "--prompt",
+            &prompt,
+            "--max-tokens",
+            "3",
+            "--json",
+        ],
+    ));
+    let prompt_tokens = local["prompt_ids"].as_array().expect("prompt ids").len();
+    assert!(prompt_tokens >= 3_000, "{prompt_tokens} tokens");
+
+    let swarm = Swarm::start(&[None, None, None]);
+    let result = generate(&swarm, &prompt, "3");
+    assert_eq!(result["token_ids"], local["token_ids"], "{result}");
+    assert_eq!(result["reroutes"], serde_json::json!([]), "{result}");
+    assert_eq!(result["route"].as_array().map(Vec::len), Some(3), "{result}");
+
+    let out = swarm.hearth(&[
+        "generate",
+        "--prompt",
+        &long_prompt(3_600),
+        "--max-tokens",
+        "8",
+        "--stages",
+        "3",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("tokens a pipelined session of this model carries"),
+        "{stderr}"
+    );
+}

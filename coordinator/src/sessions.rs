@@ -15,10 +15,10 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::journal::Secret;
-use crate::limits::{
-    GENERATE_TOKENS_DEFAULT, SESSION_EVENTS_SLACK, SESSIONS_MAX, STAGES_DEFAULT, STEP_TIMEOUT_MS,
+use crate::limits::{GENERATE_TOKENS_DEFAULT, SESSION_EVENTS_SLACK, SESSIONS_MAX, STAGES_DEFAULT};
+use crate::pipeline::{
+    Action, Driver, LayerShape, StepTimeouts, Verify, candidates, plan, step_budget_ms,
 };
-use crate::pipeline::{Action, Driver, StepTimeouts, Verify, candidates, plan};
 use crate::{Registry, Standing};
 
 /// Why a generation was not started: the swarm cannot serve it now (503 for an API client), or the
@@ -92,6 +92,21 @@ pub enum SessionEvent {
     Failed(String),
 }
 
+// The work protocol must wait for a step as long as the step's budget may be.
+const _: () = assert!(
+    hearth_net::WORK_REQUEST_TIMEOUT.as_millis() >= crate::pipeline::STEP_BUDGET_MS_MAX as u128
+);
+
+/// Room kept in a work message for everything but a prefill's activations (receipt, framing).
+pub(crate) const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
+
+/// The most tokens (prompt and generated) a pipelined session of a model `hidden` wide carries:
+/// a verifier that takes over a stage's checks replays the session's inputs so far as one prefill,
+/// and its activations (4 bytes a value) must fit one work message.
+pub(crate) fn pipeline_tokens_max(hidden: usize) -> usize {
+    (hearth_protocol::WORK_FRAME_BYTES_MAX - FRAME_OVERHEAD_BYTES) / (hidden.max(1) * 4)
+}
+
 /// The default LLM as the coordinator knows it: enough to tokenize and plan.
 struct Llm {
     id: ModelId,
@@ -101,6 +116,10 @@ struct Llm {
     context: usize,
     /// What one layer takes in memory, about: the file's size over its layers.
     layer_bytes: u64,
+    /// One layer's arithmetic, for the time a stage is given for a step.
+    shape: LayerShape,
+    /// Width of the hidden state: a prefill's activations are `prompt × hidden × 4` bytes.
+    hidden: usize,
 }
 
 struct Live {
@@ -194,7 +213,14 @@ impl Sessions {
             let tokenizer = GgufTokenizer::from_model(&model).map_err(|e| e.to_string())?;
             let template = ChatTemplate::from_model(&model).map_err(|e| e.to_string())?;
             let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
+            let c = &model.config;
             self.llm = Some(Llm {
+                shape: LayerShape {
+                    hidden: c.hidden as u64,
+                    kv: (c.kv_heads * c.head_dim) as u64,
+                    ffn: c.ffn as u64,
+                },
+                hidden: c.hidden,
                 layer_bytes: file_bytes / model.config.layers.max(1) as u64,
                 id: model.id,
                 tokenizer,
@@ -231,8 +257,8 @@ impl Sessions {
             )));
         }
         let llm = self.llm().map_err(Unavailable)?;
-        let (model, layers, context, layer_bytes) =
-            (llm.id, llm.layers, llm.context, llm.layer_bytes);
+        let (model, layers, context, layer_bytes, hidden) =
+            (llm.id, llm.layers, llm.context, llm.layer_bytes, llm.hidden);
         let (text, special) = match &request.messages {
             Some(messages) => {
                 let template = llm.template.as_ref().ok_or_else(|| {
@@ -263,6 +289,15 @@ impl Sessions {
             return Err(Invalid(format!(
                 "the prompt ({} tokens) and max_tokens ({max_tokens}) exceed the model's context of {context} tokens",
                 prompt.len()
+            )));
+        }
+        let rows_max = pipeline_tokens_max(hidden);
+        if prompt.len() + max_tokens as usize > rows_max {
+            return Err(Invalid(format!(
+                "the prompt ({} tokens) and max_tokens ({max_tokens}) exceed the {rows_max} tokens a pipelined session of this model carries: a check replays the session's activations ({} bytes a token) in one message of at most {} bytes",
+                prompt.len(),
+                hidden * 4,
+                hearth_protocol::WORK_FRAME_BYTES_MAX,
             )));
         }
         let candidates = candidates(registry, standing, &model);
@@ -307,7 +342,7 @@ impl Sessions {
                 hops: BTreeMap::new(),
             },
         );
-        self.act(net, now_ms, session, actions);
+        self.act(net, registry, now_ms, session, actions);
         Ok(())
     }
 
@@ -368,7 +403,7 @@ impl Sessions {
                     .on_failure(peer, &format!("no answer: {error}"), &candidates)
             }
         };
-        self.act(net, now_ms, session, actions);
+        self.act(net, registry, now_ms, session, actions);
         true
     }
 
@@ -399,7 +434,7 @@ impl Sessions {
                 // The request in flight is abandoned; its late answer must not count.
                 self.requests.retain(|_, s| *s != session);
             }
-            self.act(net, now_ms, session, actions);
+            self.act(net, registry, now_ms, session, actions);
         }
     }
 
@@ -411,7 +446,7 @@ impl Sessions {
         standing: &dyn Fn(&PeerId) -> Standing,
         now_ms: u64,
     ) {
-        for session in self.timeouts.late(now_ms) {
+        for (session, budget) in self.timeouts.late(now_ms) {
             self.requests.retain(|_, s| *s != session);
             let Some(live) = self.live.get_mut(&session) else {
                 continue;
@@ -424,16 +459,21 @@ impl Sessions {
             let candidates = model
                 .map(|m| candidates(registry, standing, &m))
                 .unwrap_or_default();
-            let actions = live.driver.on_failure(
-                peer,
-                &format!("no answer within {STEP_TIMEOUT_MS} ms"),
-                &candidates,
-            );
-            self.act(net, now_ms, session, actions);
+            let actions =
+                live.driver
+                    .on_failure(peer, &format!("no answer within {budget} ms"), &candidates);
+            self.act(net, registry, now_ms, session, actions);
         }
     }
 
-    fn act(&mut self, net: &mut Network, now_ms: u64, session: u64, actions: Vec<Action>) {
+    fn act(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        now_ms: u64,
+        session: u64,
+        actions: Vec<Action>,
+    ) {
         for action in actions {
             let Some(live) = self.live.get_mut(&session) else {
                 return;
@@ -441,7 +481,12 @@ impl Sessions {
             match action {
                 Action::Send { peer, forward } => {
                     live.sent = Some((Instant::now(), forward.layers.0));
-                    self.timeouts.sent(session, now_ms);
+                    // The stage is given what its share of the work takes at its own measured
+                    // speed, with slack: a long prefill is not a dead peer.
+                    let flops = self.llm.as_ref().map_or(0.0, |l| l.shape.flops(&forward));
+                    let gflops = registry.capabilities(&peer).map_or(0.0, |c| c.score);
+                    self.timeouts
+                        .sent(session, now_ms, step_budget_ms(flops, gflops));
                     let id = net.request(&peer, WorkRequest::Forward(forward));
                     self.requests.insert(id, session);
                 }

@@ -47,9 +47,12 @@ pub const PENALTY_PEERS_MAX: usize = 4096;
 /// restarted process takes longer than this to come back.
 pub const STALE_CONNECTION_GRACE: Duration = Duration::from_secs(1);
 
-/// How long a work request may wait for its answer. The coordinator holds a node's request for work
-/// up to [`WORK_FETCH_HOLD`] (a long poll), so this must be longer than that.
-pub const WORK_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a work request may wait for its answer: as long as the longest a pipeline stage is
+/// given for one step (`hearth_core::pipeline::STEP_BUDGET_MS_MAX`, a long prefill on a slow
+/// peer). Callers that want a shorter wait keep their own (the coordinator's step budgets, a
+/// node's `ANSWER_WAIT` for its requests for work and deliveries); a peer that goes away fails its
+/// requests at once, with its connection.
+pub const WORK_REQUEST_TIMEOUT: Duration = Duration::from_secs(600);
 
 /// How long the coordinator holds a request for work before answering it empty.
 pub const WORK_FETCH_HOLD: Duration = Duration::from_secs(10);

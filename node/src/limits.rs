@@ -25,6 +25,10 @@ pub const EXECUTOR_QUEUE_MAX: usize = 64;
 /// Wait before asking again after a request for work failed or was answered oddly.
 pub const FETCH_RETRY: Duration = Duration::from_secs(1);
 
+/// How long a request for work or a delivery waits for the coordinator's answer before it is sent
+/// again (above the coordinator's hold of a request for work, `WORK_FETCH_HOLD`).
+pub const ANSWER_WAIT: Duration = Duration::from_secs(30);
+
 /// How often the outbox is offered to the coordinator again while results wait in it.
 pub const REDELIVER_INTERVAL: Duration = Duration::from_secs(2);
 

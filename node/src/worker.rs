@@ -30,7 +30,7 @@ use tokio::time::Instant;
 
 #[cfg(feature = "fault-injection")]
 use crate::Fault;
-use crate::limits::{EXECUTOR_QUEUE_MAX, FETCH_RETRY, REDELIVER_INTERVAL};
+use crate::limits::{ANSWER_WAIT, EXECUTOR_QUEUE_MAX, FETCH_RETRY, REDELIVER_INTERVAL};
 use crate::{Error, Result};
 
 /// The outbox's file in the node's data folder.
@@ -246,7 +246,8 @@ pub(crate) struct Worker {
     /// The request for work in flight, and when it was sent.
     fetch: Option<(OutboundRequestId, Instant)>,
     next_fetch: Instant,
-    deliveries: BTreeMap<OutboundRequestId, (u64, u64)>,
+    /// Deliveries awaiting their answer: the unit, and when it was sent.
+    deliveries: BTreeMap<OutboundRequestId, (u64, u64, Instant)>,
     next_redeliver: Instant,
     #[cfg(feature = "fault-injection")]
     fault: Option<Fault>,
@@ -329,6 +330,18 @@ impl Worker {
             );
         }
         let now = Instant::now();
+        // The work protocol waits long for answers (a pipeline stage's long prefill); requests to
+        // the coordinator are not left hanging that long: past ANSWER_WAIT they are asked again
+        // (a late answer to the old one is then ignored; its units are reassigned).
+        if self
+            .fetch
+            .is_some_and(|(_, sent)| now.duration_since(sent) > ANSWER_WAIT)
+        {
+            tracing::debug!("no answer to a request for work; asking again");
+            self.fetch = None;
+        }
+        self.deliveries
+            .retain(|_, (_, _, sent)| now.duration_since(*sent) <= ANSWER_WAIT);
         if !self.draining
             && !self.paused
             && self.fetch.is_none()
@@ -350,7 +363,11 @@ impl Worker {
 
     fn send(&mut self, net: &mut Network, coordinator: &PeerId, pending: Pending) {
         let (job, unit) = (pending.job, pending.unit);
-        if self.deliveries.values().any(|&k| k == (job, unit)) {
+        if self
+            .deliveries
+            .values()
+            .any(|&(j, u, _)| (j, u) == (job, unit))
+        {
             return;
         }
         let id = net.request(
@@ -362,7 +379,7 @@ impl Worker {
                 output: pending.output.canonical(),
             },
         );
-        self.deliveries.insert(id, (job, unit));
+        self.deliveries.insert(id, (job, unit, Instant::now()));
     }
 
     /// Stop asking for work: what is running finishes and the outbox is delivered (SIGTERM).
@@ -485,7 +502,7 @@ impl Worker {
             }
             return Ok(());
         }
-        let Some((job, unit)) = self.deliveries.remove(&id) else {
+        let Some((job, unit, _)) = self.deliveries.remove(&id) else {
             return Ok(());
         };
         match response {

@@ -23,7 +23,7 @@ mod scenario;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
-use hearth_core::limits::{PEERS_MAX_DEFAULT, STEP_TIMEOUT_MS, WORK_FETCH_HOLD_MS};
+use hearth_core::limits::{PEERS_MAX_DEFAULT, WORK_FETCH_HOLD_MS};
 use hearth_core::pipeline::{Candidate, Driver, StepTimeouts};
 use hearth_core::registry::{Input as RegistryInput, Output as RegistryOutput};
 use hearth_core::scheduler::{Input, Output};
@@ -442,14 +442,14 @@ impl<'a> Sim<'a> {
                         }
                     }
                 }
-                for session in self.timeouts.late(self.now) {
+                for (session, budget) in self.timeouts.late(self.now) {
                     let i = session as u32;
                     let awaited = self.sessions[i as usize]
                         .driver
                         .as_ref()
                         .and_then(Driver::awaiting);
                     if let Some(peer) = awaited {
-                        let reason = format!("no answer within {STEP_TIMEOUT_MS} ms");
+                        let reason = format!("no answer within {budget} ms");
                         self.stage_failed(i, peer, &reason);
                     }
                 }

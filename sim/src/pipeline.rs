@@ -94,7 +94,12 @@ impl Sim<'_> {
                     self.next_ticket += 1;
                     let epoch = self.peers[p as usize].epoch;
                     self.calls.insert(self.next_ticket, (i, p, epoch, forward));
-                    self.timeouts.sent(u64::from(i), self.now);
+                    // The fake model's steps are all short: the fixed part of a budget.
+                    self.timeouts.sent(
+                        u64::from(i),
+                        self.now,
+                        hearth_core::limits::STEP_TIMEOUT_MS,
+                    );
                     self.at(delay, Event::StageAnswer(self.next_ticket));
                 }
                 Action::Token(token) => {

@@ -20,7 +20,10 @@ use hearth_protocol::work::{Forward, Sampling, StageData, StageResult, floats};
 use hearth_protocol::{ModelId, PeerId, Receipt, Subject};
 use serde::Serialize;
 
-pub use glue::{StepTimeouts, candidates, stage_fault};
+pub use glue::{
+    LayerShape, STEP_BUDGET_MS_MAX, STEP_COMPUTE_SLACK, STEP_GFLOPS_FLOOR, StepTimeouts,
+    candidates, stage_fault, step_budget_ms,
+};
 
 /// One stage of a route.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]

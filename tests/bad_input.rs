@@ -32,6 +32,7 @@ fn advert() -> Message {
     Message::Advert(Advert {
         seq: 0,
         heartbeat_interval_ms: 2000,
+        stage_sessions: 0,
         capabilities: Capabilities {
             backend: Backend::Cpu,
             device: "definitely real".into(),

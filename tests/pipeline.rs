@@ -163,6 +163,51 @@ fn a_three_stage_pipeline_generates_what_one_machine_does() {
         String::from_utf8_lossy(&out.stdout).trim_end(),
         local["text"].as_str().expect("text").trim_end()
     );
+
+    // A client that goes away mid-generation: every peer that held the session's state frees it
+    // (each stage's advert says how many sessions it holds).
+    let stage_sessions = || -> Vec<u64> {
+        support::peers(&[], &swarm.api)
+            .iter()
+            .map(|p| p["stage_sessions"].as_u64().expect("stage_sessions"))
+            .collect()
+    };
+    let mut client = Command::new(hearth())
+        .args([
+            "generate",
+            "--prompt",
+            PROMPTS[2],
+            "--max-tokens",
+            "400",
+            "--stream",
+            "--api",
+            &swarm.api,
+        ])
+        .env_remove("HEARTH_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hearth generate");
+    wait_until(
+        Duration::from_secs(60),
+        "every stage holding the session",
+        || {
+            let held = stage_sessions();
+            (held.len() == 3 && held.iter().all(|&n| n >= 1)).then_some(())
+        },
+    );
+    client.kill().expect("kill the client");
+    let _ = client.wait();
+    let gone = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(10),
+        "every stage freeing the session",
+        || stage_sessions().iter().all(|&n| n == 0).then_some(()),
+    );
+    println!(
+        "client gone: every stage free, as their adverts said, {:.2} s later",
+        gone.elapsed().as_secs_f64()
+    );
 }
 
 #[test]
@@ -261,8 +306,8 @@ fn a_lying_stage_is_caught_struck_and_the_output_is_still_exact() {
 /// tokens a word with the default model's tokenizer).
 fn long_prompt(words: usize) -> String {
     const VOCABULARY: [&str; 16] = [
-        "the", "river", "mountain", "over", "under", "quickly", "bright", "dark", "house", "garden",
-        "cat", "dog", "runs", "sleeps", "and", "with",
+        "the", "river", "mountain", "over", "under", "quickly", "bright", "dark", "house",
+        "garden", "cat", "dog", "runs", "sleeps", "and", "with",
     ];
     let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
     (0..words)
@@ -301,7 +346,11 @@ fn a_prompt_of_3000_tokens_goes_through_three_stages() {
     let result = generate(&swarm, &prompt, "3");
     assert_eq!(result["token_ids"], local["token_ids"], "{result}");
     assert_eq!(result["reroutes"], serde_json::json!([]), "{result}");
-    assert_eq!(result["route"].as_array().map(Vec::len), Some(3), "{result}");
+    assert_eq!(
+        result["route"].as_array().map(Vec::len),
+        Some(3),
+        "{result}"
+    );
 
     let out = swarm.hearth(&[
         "generate",

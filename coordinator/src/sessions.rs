@@ -97,6 +97,15 @@ const _: () = assert!(
     hearth_net::WORK_REQUEST_TIMEOUT.as_millis() >= crate::pipeline::STEP_BUDGET_MS_MAX as u128
 );
 
+/// Tell `peers` to free `session`: the session's own state and the replays its checks ran.
+fn end_everywhere(net: &mut Network, session: u64, peers: &[PeerId]) {
+    for peer in peers {
+        for id in [session, crate::pipeline::check_session(session)] {
+            net.request(peer, WorkRequest::EndSession { session: id });
+        }
+    }
+}
+
 /// Room kept in a work message for everything but a prefill's activations (receipt, framing).
 pub(crate) const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
 
@@ -542,9 +551,7 @@ impl Sessions {
                     }
                 }
                 Action::Finished { error, peers } => {
-                    for peer in peers {
-                        net.request(&peer, WorkRequest::EndSession { session });
-                    }
+                    end_everywhere(net, session, &peers);
                     let live = self.live.remove(&session).expect("present");
                     self.requests.retain(|_, s| *s != session);
                     self.timeouts.answered(session);
@@ -567,10 +574,11 @@ impl Sessions {
     /// its stages' caches rather than generate for nobody.
     fn abandon(&mut self, net: &mut Network, session: u64) {
         self.timeouts.answered(session);
-        if let Some(live) = self.live.remove(&session) {
+        if let Some(mut live) = self.live.remove(&session) {
             tracing::warn!(session, "client stopped reading; session ended");
-            for hop in live.driver.route() {
-                net.request(&hop.peer_id, WorkRequest::EndSession { session });
+            // Every peer with state of it (stages and verifiers) frees it at once.
+            if let Action::Finished { peers, .. } = live.driver.cancel("the client went away") {
+                end_everywhere(net, session, &peers);
             }
         }
         self.requests.retain(|_, s| *s != session);

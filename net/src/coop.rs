@@ -342,6 +342,7 @@ mod tests {
         Message::Advert(hearth_protocol::Advert {
             seq: 0,
             heartbeat_interval_ms: 2000,
+            stage_sessions: 0,
             capabilities: hearth_protocol::Capabilities {
                 backend: hearth_protocol::Backend::Cpu,
                 device: "cpu".into(),

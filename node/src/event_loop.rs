@@ -99,7 +99,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             tracing::warn!(%fault, "fault injection on: this node misbehaves on purpose");
         }
         let (answers_tx, answers) = mpsc::channel(STAGE_QUEUE_MAX);
-        let stages = crate::stages::spawn(
+        let (stages, ends, live) = crate::stages::spawn(
             key.clone(),
             caps.numeric_class
                 .get(&hearth_protocol::KernelFamily::Llm)
@@ -118,6 +118,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let mut node = Node {
             worker,
             stages,
+            ends,
+            live,
+            stage_sessions: 0,
+            advert_due: false,
             steps: HashMap::new(),
             next_step: 0,
             network: Network::new(
@@ -165,6 +169,15 @@ struct Node {
     worker: Worker,
     /// The stage thread.
     stages: std::sync::mpsc::SyncSender<StageJob>,
+    /// Sessions ended by the coordinator, for the stage thread.
+    ends: std::sync::Arc<crate::stages::Ends>,
+    /// Sessions with state on the stage thread, as it last said.
+    live: tokio::sync::watch::Receiver<u32>,
+    /// What the last count was, for adverts.
+    stage_sessions: u32,
+    /// The count changed since the last advert: send one soon (at most every
+    /// [`EAGER_ADVERT_GAP`]).
+    advert_due: bool,
     /// Pipeline steps on the stage thread, by key, with where their answers go.
     steps: HashMap<u64, ResponseChannel<WorkResponse>>,
     next_step: u64,
@@ -267,7 +280,13 @@ impl Node {
                     self.worker.finished(&mut self.network, coordinator, &self.caps, finished)?;
                     self.worker.poll(&mut self.network, coordinator)?;
                 }
+                Ok(()) = self.live.changed() => {
+                    self.stage_sessions = *self.live.borrow_and_update();
+                    self.advert_due = true;
+                    self.advertise_if_due();
+                }
                 _ = poll.tick() => {
+                    self.advertise_if_due();
                     if let Some(busy) = self.governor.tick() {
                         self.owner_busy = busy;
                     }
@@ -284,6 +303,17 @@ impl Node {
                     }
                 }
             }
+        }
+    }
+
+    /// An advert now if one is due and the last went out at least [`EAGER_ADVERT_GAP`] ago.
+    fn advertise_if_due(&mut self) {
+        if self.advert_due
+            && self
+                .last_advert
+                .is_none_or(|t| t.elapsed() >= EAGER_ADVERT_GAP)
+        {
+            self.advertise();
         }
     }
 
@@ -305,12 +335,14 @@ impl Node {
             heartbeat_interval_ms: u32::try_from(self.heartbeat_interval.as_millis())
                 .unwrap_or(u32::MAX),
             capabilities: self.caps.clone(),
+            stage_sessions: self.stage_sessions,
         });
         match self.network.publish(&advert) {
             Ok(()) => {
                 tracing::debug!(seq = self.seq, "advert sent");
                 self.seq += 1;
                 self.last_advert = Some(Instant::now());
+                self.advert_due = false;
             }
             // No subscriber connected yet: normal while joining; the next heartbeat tries again.
             Err(error) => tracing::debug!(%error, "advert not sent"),
@@ -369,7 +401,10 @@ impl Node {
                 }
             }
             WorkRequest::EndSession { session } => {
-                let _ = self.stages.try_send(StageJob::End(session));
+                // Recorded at once (steps queued before it are refused); the stage thread is
+                // woken to free the session's caches, or sees it before its next step.
+                self.ends.end(session, self.next_step);
+                let _ = self.stages.try_send(StageJob::End);
                 self.network.respond(channel, WorkResponse::Ack);
             }
             WorkRequest::Fetch { .. }

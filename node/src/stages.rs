@@ -23,10 +23,33 @@ use cache::Cache;
 
 /// What the loop asks of the stage thread.
 pub(crate) enum StageJob {
-    /// Run a step; answer with this key.
+    /// Run a step; answer with this key (keys increase with every step the loop queues).
     Forward(u64, Box<Forward>),
-    /// Free a session everywhere.
-    End(u64),
+    /// Wake up: a session was ended ([`Ends`]).
+    End,
+}
+
+/// Sessions ended by their coordinator, shared by the event loop (which records each end at once,
+/// with the key of the next step it will queue) and the stage thread (which frees the session
+/// before its next job, and refuses the session's steps queued before the end). So a session that
+/// ends stops costing the node at once, not after every step queued for it has run.
+#[derive(Debug, Default)]
+pub(crate) struct Ends {
+    /// Session → the first step key queued after it ended.
+    ended: std::sync::Mutex<HashMap<u64, u64>>,
+}
+
+impl Ends {
+    /// `session` ended; steps queued from now get keys from `next_key` on.
+    pub(crate) fn end(&self, session: u64, next_key: u64) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        ended.insert(session, next_key);
+    }
+
+    fn take(&self) -> HashMap<u64, u64> {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        std::mem::take(&mut *ended)
+    }
 }
 
 /// A loaded range of one model's layers.
@@ -280,8 +303,16 @@ pub(crate) fn spawn(
     answers: mpsc::Sender<(u64, WorkResponse)>,
     max_memory: Option<u64>,
     #[cfg(feature = "fault-injection")] fault: Option<Fault>,
-) -> std::sync::mpsc::SyncSender<StageJob> {
+) -> (
+    std::sync::mpsc::SyncSender<StageJob>,
+    std::sync::Arc<Ends>,
+    tokio::sync::watch::Receiver<u32>,
+) {
     let (tx, rx) = std::sync::mpsc::sync_channel::<StageJob>(STAGE_QUEUE_MAX);
+    let ends = std::sync::Arc::new(Ends::default());
+    let thread_ends = ends.clone();
+    // Sessions with state on this node, for its adverts.
+    let (live, live_rx) = tokio::sync::watch::channel(0u32);
     let span = tracing::Span::current();
     std::thread::Builder::new()
         .name("hearth-stages".into())
@@ -297,10 +328,22 @@ pub(crate) fn spawn(
                 #[cfg(feature = "fault-injection")]
                 fault,
             };
+            // Ended sessions and the first key queued after each end, until that key is reached.
+            let mut cutoffs: HashMap<u64, u64> = HashMap::new();
             while let Ok(job) = rx.recv() {
+                for (session, cutoff) in thread_ends.take() {
+                    server.end(session);
+                    cutoffs.insert(session, cutoff);
+                }
                 match job {
                     StageJob::Forward(key, f) => {
-                        let response = match server.forward(&f, hearth_net::monotonic_ms()) {
+                        // Keys come in order: an end whose cutoff is reached has no step left.
+                        let ended = cutoffs.get(&f.session).is_some_and(|cut| key < *cut);
+                        cutoffs.retain(|_, cut| key < *cut);
+                        let response = if ended {
+                            WorkResponse::Rejected("the session has ended".into())
+                        } else {
+                            match server.forward(&f, hearth_net::monotonic_ms()) {
                             Ok(output) => {
                                 let receipt = server.sign(&f, &output);
                                 WorkResponse::Forwarded { output, receipt }
@@ -309,15 +352,24 @@ pub(crate) fn spawn(
                                 tracing::warn!(session = f.session, step = f.step, %reason, "step refused");
                                 WorkResponse::Rejected(reason)
                             }
+                            }
                         };
+                        live.send_if_modified(|n| replace(n, server.cache.session_count()));
                         if answers.blocking_send((key, response)).is_err() {
                             break;
                         }
                     }
-                    StageJob::End(session) => server.end(session),
+                    StageJob::End => {}
                 }
+                live.send_if_modified(|n| replace(n, server.cache.session_count()));
             }
         })
         .expect("the stage thread starts");
-    tx
+    (tx, ends, live_rx)
+}
+
+/// Set `*n` to `count`; whether it changed.
+fn replace(n: &mut u32, count: usize) -> bool {
+    let count = u32::try_from(count).unwrap_or(u32::MAX);
+    std::mem::replace(n, count) != count
 }

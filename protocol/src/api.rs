@@ -32,6 +32,9 @@ pub struct PeerEntry {
     pub adverts: u64,
     /// What it advertised last.
     pub capabilities: Capabilities,
+    /// Pipeline sessions whose state it holds, as it advertised last.
+    #[serde(default)]
+    pub stage_sessions: u32,
     /// 1 − its worst error estimate over its numeric classes (the ledger's).
     #[serde(default)]
     pub reliability: f64,

@@ -35,4 +35,7 @@ pub struct Advert {
     pub heartbeat_interval_ms: u32,
     /// What the node offers.
     pub capabilities: Capabilities,
+    /// Pipeline sessions whose state (KV caches) the node holds now, checks' replays included. A
+    /// node sends an advert soon after it changes, so a session's end is seen on every stage.
+    pub stage_sessions: u32,
 }

@@ -68,12 +68,13 @@ fn capabilities() -> impl Strategy<Value = Capabilities> {
 }
 
 fn advert() -> impl Strategy<Value = Message> {
-    (any::<u64>(), any::<u32>(), capabilities()).prop_map(
-        |(seq, heartbeat_interval_ms, capabilities)| {
+    (any::<u64>(), any::<u32>(), capabilities(), any::<u32>()).prop_map(
+        |(seq, heartbeat_interval_ms, capabilities, stage_sessions)| {
             Message::Advert(Advert {
                 seq,
                 heartbeat_interval_ms,
                 capabilities,
+                stage_sessions,
             })
         },
     )
@@ -146,6 +147,7 @@ fn bad_frames_are_refused_with_the_reason() {
     let message = Message::Advert(Advert {
         seq: 1,
         heartbeat_interval_ms: 2000,
+        stage_sessions: 0,
         capabilities: sample_capabilities(),
     });
     let frame = Signed::seal(&key, &message).expect("fits");
@@ -190,6 +192,7 @@ fn bad_frames_are_refused_with_the_reason() {
     let loud = Message::Advert(Advert {
         seq: 1,
         heartbeat_interval_ms: 2000,
+        stage_sessions: 0,
         capabilities: caps,
     });
     assert!(matches!(
@@ -203,6 +206,7 @@ fn bad_frames_are_refused_with_the_reason() {
     let nan = Message::Advert(Advert {
         seq: 1,
         heartbeat_interval_ms: 2000,
+        stage_sessions: 0,
         capabilities: caps,
     });
     assert!(matches!(

@@ -465,6 +465,7 @@ impl<'a> Sim<'a> {
                     seq: peer.adverts,
                     heartbeat_interval_ms: HEARTBEAT_MS,
                     capabilities: (*peer.capabilities).clone(),
+                    stage_sessions: 0,
                 };
                 let input = RegistryInput::Advert {
                     from: peer.id,

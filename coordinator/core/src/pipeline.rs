@@ -1234,15 +1234,30 @@ impl Driver {
         }
     }
 
-    fn finish(&mut self, error: Option<String>) -> Action {
-        self.done = true;
-        self.awaiting = None;
+    /// Every peer that holds state of this session: its stages, the peers it left, the
+    /// verifiers that replayed its windows (or are replaying one now).
+    pub fn peers(&self) -> Vec<PeerId> {
         let mut peers: Vec<PeerId> = self.route.iter().map(|h| h.peer_id).collect();
         peers.extend(self.failed.iter().copied());
         peers.extend(self.checks.iter().filter_map(|c| c.verifier));
         peers.extend(self.checks.iter().filter_map(|c| c.tie_breaker));
+        peers.extend(self.verifiers.values().map(|(p, _)| *p));
+        peers.extend(self.awaiting.as_ref().map(|p| p.peer));
         peers.sort();
         peers.dedup();
+        peers
+    }
+
+    /// End the session now (its client went away): what is in flight is abandoned, and every peer
+    /// that holds its state is to be told.
+    pub fn cancel(&mut self, reason: &str) -> Action {
+        self.finish(Some(reason.into()))
+    }
+
+    fn finish(&mut self, error: Option<String>) -> Action {
+        let peers = self.peers();
+        self.done = true;
+        self.awaiting = None;
         Action::Finished { error, peers }
     }
 }

@@ -46,6 +46,7 @@ pub enum Output {
 #[derive(Clone, Debug)]
 struct Record {
     capabilities: Capabilities,
+    stage_sessions: u32,
     first_seen_ms: u64,
     last_seen_ms: u64,
     heartbeat_interval_ms: u64,
@@ -95,6 +96,7 @@ impl Registry {
             .clamp(HEARTBEAT_INTERVAL_MIN_MS, HEARTBEAT_INTERVAL_MAX_MS);
         if let Some(record) = self.peers.get_mut(&from) {
             record.capabilities = advert.capabilities;
+            record.stage_sessions = advert.stage_sessions;
             record.last_seen_ms = now_ms;
             record.heartbeat_interval_ms = heartbeat_interval_ms;
             record.adverts += 1;
@@ -113,6 +115,7 @@ impl Registry {
             from,
             Record {
                 capabilities: advert.capabilities,
+                stage_sessions: advert.stage_sessions,
                 first_seen_ms: now_ms,
                 last_seen_ms: now_ms,
                 heartbeat_interval_ms,
@@ -166,6 +169,7 @@ impl Registry {
                 known_for_ms: now_ms.saturating_sub(r.first_seen_ms),
                 adverts: r.adverts,
                 capabilities: r.capabilities.clone(),
+                stage_sessions: r.stage_sessions,
                 reliability: 0.0,
                 credit: 0.0,
                 strikes: 0,
@@ -213,6 +217,7 @@ mod tests {
         Advert {
             seq: 0,
             heartbeat_interval_ms: interval_ms,
+            stage_sessions: 0,
             capabilities: Capabilities {
                 backend: Backend::Cpu,
                 device: "cpu".into(),

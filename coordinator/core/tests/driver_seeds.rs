@@ -165,3 +165,73 @@ fn seeds_not_sessions_decide_which_windows_are_checked_and_by_whom() {
         a.len()
     );
 }
+
+/// A session cancelled (its client went away) while a verifier replays one of its windows names
+/// every peer holding its state, the verifier in flight included, and awaits nothing more.
+#[test]
+fn a_cancelled_session_names_every_peer_holding_its_state() {
+    let keys: Vec<SecretKey> = (1..=PEERS)
+        .map(|n| SecretKey::from_bytes(&[n; 32]))
+        .collect();
+    let candidates: Vec<Candidate> = keys
+        .iter()
+        .map(|k| Candidate {
+            peer: k.public().peer_id(),
+            score: 1.0,
+            memory_free_bytes: u64::MAX / 2,
+        })
+        .collect();
+    let route = plan(&candidates, LAYERS, 3, 1).expect("route");
+    let stages: Vec<PeerId> = route.iter().map(|h| h.peer_id).collect();
+    let (mut driver, mut actions) = Driver::new(
+        1,
+        ModelId::of_bytes(b"test"),
+        route,
+        vec![1, 2, 3, 4],
+        TOKENS,
+        0,
+        1 << 20,
+        Verify::Window,
+        7,
+    );
+    let verifier = loop {
+        let Some(Action::Send { peer, forward }) = actions.pop() else {
+            panic!("the session stalled before a check");
+        };
+        if !stages.contains(&peer) {
+            break peer;
+        }
+        let key = keys
+            .iter()
+            .find(|k| k.public().peer_id() == peer)
+            .expect("a known peer");
+        let output = answer(&forward);
+        let receipt = Receipt::sign(
+            key,
+            ReceiptBody {
+                subject: Subject::Step {
+                    session: hearth_core::pipeline::session_of(forward.session),
+                    step: forward.step,
+                    layer_start: forward.layers.0,
+                },
+                model: forward.model,
+                input: forward.digest(),
+                output: output.digest(),
+                numeric_class: "k0/llm/test".into(),
+            },
+        );
+        actions = driver.on_result(output, receipt, &candidates);
+        actions.retain(|a| matches!(a, Action::Send { .. }));
+    };
+    assert_eq!(driver.awaiting(), Some(verifier));
+    let Action::Finished { error, peers } = driver.cancel("the client went away") else {
+        panic!("a cancelled session finishes");
+    };
+    assert_eq!(error.as_deref(), Some("the client went away"));
+    assert!(peers.contains(&verifier), "the verifier in flight is told");
+    assert!(
+        stages.iter().all(|s| peers.contains(s)),
+        "every stage is told"
+    );
+    assert_eq!(driver.awaiting(), None, "nothing is awaited after a cancel");
+}

@@ -129,6 +129,14 @@ impl<R: Copy + Eq + Hash + Ord> Cache<R> {
         Some(oldest)
     }
 
+    /// Sessions with a cache on some range.
+    pub(crate) fn session_count(&self) -> usize {
+        let mut sessions: Vec<u64> = self.sessions.keys().map(|(_, s)| *s).collect();
+        sessions.sort_unstable();
+        sessions.dedup();
+        sessions.len()
+    }
+
     /// `session` ended, on every range.
     pub(crate) fn end(&mut self, session: u64) {
         self.sessions.retain(|(_, s), _| *s != session);

@@ -81,9 +81,12 @@ impl Coop {
     }
 
     /// Keep a revocation the gate accepted, so it holds after a restart.
-    pub(crate) fn keep(&self, revocation: &Revocation) -> std::result::Result<(), String> {
+    pub(crate) fn keep(&self, revocation: &Revocation) -> crate::Result<()> {
         let member = revocation.body.member;
-        std::fs::create_dir_all(&self.store).map_err(|e| e.to_string())?;
+        std::fs::create_dir_all(&self.store).map_err(|source| crate::Error::Io {
+            path: self.store.clone(),
+            source,
+        })?;
         let path = self.store.join(format!("{member}.revocation"));
         if path.exists() {
             return Ok(());
@@ -93,6 +96,6 @@ impl Coop {
             format!("member {member}"),
         ];
         std::fs::write(&path, armor(&comments, revocation))
-            .map_err(|e| format!("{}: {e}", path.display()))
+            .map_err(|source| crate::Error::Io { path, source })
     }
 }

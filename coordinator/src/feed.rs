@@ -17,14 +17,14 @@ use axum::{Extension, Json, Router};
 use serde_json::json;
 use tokio::sync::mpsc;
 
-use crate::http::{Auth, Command, KeyHash, SESSION_COOKIE, ask, error};
+use crate::http::{Auth, Command, KeyHash, LOGIN_COOKIE, ask, error};
 
 /// How often the event stream sends a snapshot.
 pub(crate) const FEED_INTERVAL: Duration = Duration::from_secs(1);
 /// How long a browser session lasts.
 pub(crate) const BROWSER_SESSION: Duration = Duration::from_secs(12 * 3600);
-/// Browser sessions at most (the oldest are dropped beyond it).
-pub(crate) const BROWSER_SESSIONS_MAX: usize = 1024;
+/// Browser logins at most (the oldest are dropped beyond it).
+pub(crate) const BROWSER_LOGINS_MAX: usize = 1024;
 
 pub(crate) fn routes() -> Router<mpsc::Sender<Command>> {
     Router::new()
@@ -68,7 +68,7 @@ fn random_token() -> Option<String> {
 }
 
 /// `POST /v1/session` (authenticated by a key): a browser session for it, in an HttpOnly cookie.
-pub(crate) async fn open_session(
+pub(crate) async fn open_login(
     State(auth): State<Auth>,
     key: Option<Extension<KeyHash>>,
 ) -> Response {
@@ -83,20 +83,20 @@ pub(crate) async fn open_session(
         );
     };
     {
-        let mut sessions = auth.sessions.lock().unwrap_or_else(|e| e.into_inner());
-        if sessions.len() >= BROWSER_SESSIONS_MAX {
-            let oldest = sessions
+        let mut logins = auth.logins.lock().unwrap_or_else(|e| e.into_inner());
+        if logins.len() >= BROWSER_LOGINS_MAX {
+            let oldest = logins
                 .iter()
                 .min_by_key(|(_, (_, expires))| *expires)
                 .map(|(t, _)| t.clone());
             if let Some(oldest) = oldest {
-                sessions.remove(&oldest);
+                logins.remove(&oldest);
             }
         }
-        sessions.insert(token.clone(), (hash, Instant::now() + BROWSER_SESSION));
+        logins.insert(token.clone(), (hash, Instant::now() + BROWSER_SESSION));
     }
     let cookie = format!(
-        "{SESSION_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
+        "{LOGIN_COOKIE}={token}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
         BROWSER_SESSION.as_secs()
     );
     (
@@ -107,12 +107,12 @@ pub(crate) async fn open_session(
 }
 
 /// `DELETE /v1/session`: forget the browser's session.
-pub(crate) async fn close_session(
+pub(crate) async fn close_login(
     State(auth): State<Auth>,
     request: axum::extract::Request,
 ) -> Response {
-    if let Some(token) = crate::http::session_cookie(&request) {
-        auth.sessions
+    if let Some(token) = crate::http::login_cookie(&request) {
+        auth.logins
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(&token);
@@ -120,7 +120,7 @@ pub(crate) async fn close_session(
     (
         [(
             header::SET_COOKIE,
-            format!("{SESSION_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
+            format!("{LOGIN_COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"),
         )],
         Json(json!({ "session": false })),
     )

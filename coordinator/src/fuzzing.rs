@@ -26,7 +26,7 @@ pub fn api(data_dir: &Path, open: bool) -> crate::Result<(Router, String)> {
     let auth = Auth {
         keys,
         open,
-        sessions: Default::default(),
+        logins: Default::default(),
     };
     Ok((router(commands, auth), admin))
 }
@@ -50,7 +50,25 @@ fn answer(command: Command) {
         ))),
         Command::Jobs(reply) => drop(reply.send(Vec::new())),
         Command::Job { id, reply, .. } | Command::Cancel { id, reply } => {
-            let status = (id == 1).then(|| serde_json::json!({ "id": 1, "state": "failed" }));
+            let status = (id == 1).then(|| crate::JobView {
+                status: crate::JobStatus {
+                    id: 1,
+                    state: crate::JobState::Failed,
+                    units_total: 1,
+                    units_done: 0,
+                    units_failed: 1,
+                    units_running: 0,
+                    executions: 1,
+                    rejected: 0,
+                },
+                kind: "embed",
+                model: hearth_protocol::ModelId::of_bytes(b"stand-in"),
+                inputs: 1,
+                unit_size: 1,
+                replicas: None,
+                submitted_ms: 0,
+                units: None,
+            });
             drop(reply.send(status))
         }
         Command::Output { id, reply, .. } => drop(reply.send(Err(if id == 1 {

@@ -39,7 +39,7 @@ use crate::limits::GENERATE_TOKENS_DEFAULT;
 use crate::limits::{HTTP_BODY_BYTES_MAX, JOB_BODY_BYTES_MAX};
 use crate::scheduler::JobStatus;
 use crate::sessions::{GenerateRequest, Refusal, SessionEvent, Sessions};
-use crate::work::{SubmitJob, Unavailable};
+use crate::work::{JobView, SubmitJob, Unavailable};
 
 /// A question for the event loop, with where to send the answer.
 pub(crate) enum Command {
@@ -55,7 +55,7 @@ pub(crate) enum Command {
     Job {
         id: u64,
         units: bool,
-        reply: oneshot::Sender<Option<serde_json::Value>>,
+        reply: oneshot::Sender<Option<JobView>>,
     },
     Output {
         id: u64,
@@ -64,7 +64,7 @@ pub(crate) enum Command {
     },
     Cancel {
         id: u64,
-        reply: oneshot::Sender<Option<serde_json::Value>>,
+        reply: oneshot::Sender<Option<JobView>>,
     },
     EmbedTokens(Vec<String>, oneshot::Sender<Result<usize, String>>),
     Sessions(oneshot::Sender<Vec<Value>>),
@@ -82,19 +82,19 @@ pub(crate) struct Auth {
     pub(crate) keys: Arc<Keys>,
     /// `--open`: no key needed (loopback only), but for the admin endpoints.
     pub(crate) open: bool,
-    /// Browser sessions: token → (the key's hash, expiry).
-    pub(crate) sessions: Arc<std::sync::Mutex<HashMap<String, (String, Instant)>>>,
+    /// Browser logins: token → (the key's hash, expiry).
+    pub(crate) logins: Arc<std::sync::Mutex<HashMap<String, (String, Instant)>>>,
 }
 
 /// The cookie a browser session travels in (HttpOnly: page scripts never see it).
-pub(crate) const SESSION_COOKIE: &str = "hearth_session";
+pub(crate) const LOGIN_COOKIE: &str = "hearth_session";
 
 /// The hash of the key a request was authenticated with.
 #[derive(Clone, Debug)]
 pub(crate) struct KeyHash(pub(crate) String);
 
 /// The session token in a request's cookies.
-pub(crate) fn session_cookie(request: &Request) -> Option<String> {
+pub(crate) fn login_cookie(request: &Request) -> Option<String> {
     request
         .headers()
         .get_all(header::COOKIE)
@@ -102,7 +102,7 @@ pub(crate) fn session_cookie(request: &Request) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|c| c.trim().split_once('='))
-        .find(|(name, _)| *name == SESSION_COOKIE)
+        .find(|(name, _)| *name == LOGIN_COOKIE)
         .map(|(_, value)| value.to_string())
 }
 
@@ -112,7 +112,7 @@ pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
         .route("/v1/admin/keys/{id}/revoke", post(revoke_key))
         .route(
             "/v1/session",
-            post(crate::feed::open_session).delete(crate::feed::close_session),
+            post(crate::feed::open_login).delete(crate::feed::close_login),
         )
         .with_state(auth.clone());
     let api = Router::new()
@@ -167,7 +167,11 @@ impl Meter {
     pub(crate) fn units(&self, units: u64) -> Result<(), Response> {
         match (&self.keys, &self.key) {
             (Some(keys), Some(id)) if units > 0 => keys.admit(id, units).map_err(|why| {
-                error_with_code(StatusCode::TOO_MANY_REQUESTS, &why, "rate_limit_exceeded")
+                error_with_code(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &why.to_string(),
+                    "rate_limit_exceeded",
+                )
             }),
             _ => Ok(()),
         }
@@ -222,10 +226,10 @@ async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next
         // A browser's session cookie stands for the key it was opened with (not for admin work).
         None => {
             let now = Instant::now();
-            let found = session_cookie(&request).and_then(|token| {
-                let mut sessions = auth.sessions.lock().unwrap_or_else(|e| e.into_inner());
-                sessions.retain(|_, (_, expires)| *expires > now);
-                sessions.get(&token).map(|(h, _)| h.clone())
+            let found = login_cookie(&request).and_then(|token| {
+                let mut logins = auth.logins.lock().unwrap_or_else(|e| e.into_inner());
+                logins.retain(|_, (_, expires)| *expires > now);
+                logins.get(&token).map(|(h, _)| h.clone())
             });
             match found {
                 Some(h) if !admin => h,
@@ -248,7 +252,11 @@ async fn authenticate(State(auth): State<Auth>, mut request: Request, next: Next
             if let Access::Key { id, .. } = &access
                 && let Err(why) = auth.keys.admit(id, 0)
             {
-                return error_with_code(StatusCode::TOO_MANY_REQUESTS, &why, "rate_limit_exceeded");
+                return error_with_code(
+                    StatusCode::TOO_MANY_REQUESTS,
+                    &why.to_string(),
+                    "rate_limit_exceeded",
+                );
             }
             request.extensions_mut().insert(access);
             request.extensions_mut().insert(KeyHash(key_hash));

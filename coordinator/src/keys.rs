@@ -151,6 +151,29 @@ pub fn admin_key(data_dir: &Path) -> Result<(String, bool)> {
     Ok((key, true))
 }
 
+/// A key's quota that a request would pass: the API answers 429 with this message.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaExceeded {
+    /// `--requests-per-minute`.
+    #[error("this key's quota of {0} requests per minute is used up; retry in the next minute")]
+    RequestsPerMinute(u32),
+    /// `--tokens-per-day`.
+    #[error("this key's quota of {0} generated tokens per day is used up")]
+    TokensPerDay(u64),
+    /// `--units-per-day`.
+    #[error(
+        "this key's quota of {max} work units per day would be passed ({used} used, {asked} asked)"
+    )]
+    UnitsPerDay {
+        /// The quota.
+        max: u64,
+        /// Units used today.
+        used: u64,
+        /// Units the request asks for.
+        asked: u64,
+    },
+}
+
 impl Keys {
     /// Open the store in `data_dir`, making the admin key on first start.
     pub fn open(data_dir: &Path) -> Result<Self> {
@@ -223,7 +246,7 @@ impl Keys {
     /// Count one request for key `id` (and `units` work units); `Err` says which quota it would
     /// pass. Tokens are counted after the fact with [`Self::add_tokens`]; a key over its daily
     /// tokens is refused from then on.
-    pub fn admit(&self, id: &str, units: u64) -> std::result::Result<(), String> {
+    pub fn admit(&self, id: &str, units: u64) -> std::result::Result<(), QuotaExceeded> {
         let quota = self
             .by_hash
             .read()
@@ -248,24 +271,21 @@ impl Keys {
         if let Some(max) = quota.requests_per_minute
             && u.requests >= max
         {
-            return Err(format!(
-                "this key's quota of {max} requests per minute is used up; retry in the next minute"
-            ));
+            return Err(QuotaExceeded::RequestsPerMinute(max));
         }
         if let Some(max) = quota.tokens_per_day
             && u.tokens >= max
         {
-            return Err(format!(
-                "this key's quota of {max} generated tokens per day is used up"
-            ));
+            return Err(QuotaExceeded::TokensPerDay(max));
         }
         if let Some(max) = quota.units_per_day
             && u.units + units > max
         {
-            return Err(format!(
-                "this key's quota of {max} work units per day would be passed ({} used, {units} asked)",
-                u.units
-            ));
+            return Err(QuotaExceeded::UnitsPerDay {
+                max,
+                used: u.units,
+                asked: units,
+            });
         }
         if units == 0 {
             u.requests += 1;

@@ -24,6 +24,7 @@ mod http;
 pub mod journal;
 pub mod keys;
 mod limits;
+mod models;
 pub(crate) mod openai;
 mod service;
 mod sessions;
@@ -41,5 +42,5 @@ pub use hearth_core::scheduler::{
 };
 pub use limits::*;
 pub use service::{API_URL_FILE, CoordinatorConfig, run};
-pub use sessions::{GenerateRequest, SessionEvent};
-pub use work::{JobInput, SubmitJob, Unavailable, output_lines};
+pub use sessions::{Correction, GenerateRequest, HopTimes, SessionEvent, Summary, Trail};
+pub use work::{JobInput, JobView, SubmitJob, Unavailable, UnitView, output_lines};

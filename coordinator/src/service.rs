@@ -131,7 +131,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         let auth = crate::http::Auth {
             keys,
             open: config.open,
-            sessions: Default::default(),
+            logins: Default::default(),
         };
         let mut coop = config
             .coop
@@ -182,12 +182,13 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             .in_current_span(),
         );
 
-        let sessions = Sessions::new(config.models_dir.clone(), work.secret().clone());
+        let sessions = Sessions::new(work.secret().clone());
         let mut coordinator = Coordinator {
             network,
             registry: Registry::new(config.peers_max, work.secret().registry()),
             work,
             sessions,
+            models: crate::models::Models::new(config.models_dir.clone()),
             listen_addrs: Vec::new(),
             coop,
             last_membership: None,
@@ -213,6 +214,8 @@ struct Coordinator {
     registry: Registry,
     work: Work,
     sessions: Sessions,
+    /// The models the coordinator reads itself (tokenizers, shapes).
+    models: crate::models::Models,
     listen_addrs: Vec<Multiaddr>,
     /// `--coop`: members only.
     coop: Option<crate::coop::Coop>,
@@ -333,7 +336,7 @@ impl Coordinator {
     ) -> Option<String> {
         let coop = self.coop.as_ref()?;
         match self.network.revoke(revocation.clone()) {
-            Ok(_) => coop.keep(&revocation).err(),
+            Ok(_) => coop.keep(&revocation).err().map(|e| e.to_string()),
             Err(why) => {
                 tracing::warn!(%why, "revocation ignored");
                 Some(why.to_string())
@@ -386,14 +389,18 @@ impl Coordinator {
             Command::Generate(request, events, reply) => {
                 let work = &self.work;
                 let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
-                let answer = self.sessions.start(
-                    &mut self.network,
-                    &self.registry,
-                    &standing,
-                    now,
-                    *request,
-                    events,
-                );
+                let answer = match self.models.llm() {
+                    Ok(llm) => self.sessions.start(
+                        &mut self.network,
+                        &self.registry,
+                        &standing,
+                        now,
+                        *request,
+                        llm,
+                        events,
+                    ),
+                    Err(why) => Err(crate::sessions::Refusal::Unavailable(why)),
+                };
                 let _ = reply.send(answer);
             }
             Command::Jobs(reply) => {
@@ -402,7 +409,7 @@ impl Coordinator {
             }
             Command::Job { id, units, reply } => {
                 let status = self.work.status(id, units)?;
-                self.reply(move || reply.send(status));
+                self.reply(move || reply.send(status).map_err(drop));
             }
             Command::Output {
                 id,
@@ -423,7 +430,7 @@ impl Coordinator {
                 } else {
                     None
                 };
-                self.reply(move || reply.send(status));
+                self.reply(move || reply.send(status).map_err(drop));
             }
             Command::Revoke(revocation, reply) => {
                 let answer = if self.coop.is_none() {
@@ -440,7 +447,7 @@ impl Coordinator {
                 let _ = reply.send(self.sessions.overview());
             }
             Command::EmbedTokens(texts, reply) => {
-                let _ = reply.send(self.sessions.embed_tokens(&texts));
+                let _ = reply.send(self.models.embed_tokens(&texts));
             }
             Command::Swarm(reply) => {
                 let peer = self.network.local_peer();

@@ -2,22 +2,25 @@
 //! protocol, checks each stage's receipt where it arrives, streams tokens to the HTTP client.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Instant;
 
-use hearth_kernels::{ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, SMOLLM2};
+use hearth_kernels::ChatMessage;
 use hearth_net::Network;
 use hearth_net::libp2p::request_response::OutboundRequestId;
+use hearth_protocol::PeerId;
+use hearth_protocol::Receipt;
 use hearth_protocol::work::{WorkRequest, WorkResponse};
-use hearth_protocol::{ModelId, PeerId};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::journal::Secret;
 use crate::limits::{GENERATE_TOKENS_DEFAULT, SESSION_EVENTS_SLACK, SESSIONS_MAX, STAGES_DEFAULT};
+use crate::models::Llm;
 use crate::pipeline::{
-    Action, Driver, LayerShape, StepTimeouts, Verify, candidates, plan, step_budget_ms,
+    Action, Driver, Hop, Reroute, StepTimeouts, Verify, WindowCheck, candidates, plan,
+    step_budget_ms,
 };
 use crate::{Registry, Standing};
 
@@ -87,9 +90,72 @@ pub enum SessionEvent {
         text: String,
     },
     /// Finished: the summary (`token_ids`, `text`, `route`, `reroutes`, `receipts`, …).
-    Done(Value),
+    Done(Box<Summary>),
     /// Could not finish.
     Failed(String),
+}
+
+/// What a finished pipeline session reports: the answer of `POST /v1/generate` (`hearth generate
+/// --json`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Summary {
+    /// The tokens generated.
+    pub token_ids: Vec<u32>,
+    /// Their text.
+    pub text: String,
+    /// Tokens in the prompt.
+    pub prompt_tokens: usize,
+    /// How it was computed and checked.
+    #[serde(flatten)]
+    pub trail: Trail,
+    /// Milliseconds from the request to the first token.
+    pub first_token_ms: Option<f64>,
+    /// Tokens a second after the first.
+    pub decode_tokens_per_s: f64,
+    /// Round trips to each stage, by its first layer.
+    pub hops: Vec<HopTimes>,
+}
+
+/// How a session's tokens were computed and checked (what the OpenAI endpoints add under
+/// `hearth`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Trail {
+    /// The route at the end.
+    pub route: Vec<Hop>,
+    /// Stages replaced on the way.
+    pub reroutes: Vec<Reroute>,
+    /// Every receipt, stages' and verifiers'.
+    pub receipts: Vec<Receipt>,
+    /// How it was checked.
+    pub verify: Verify,
+    /// Tokens whose windows a verifier checked.
+    pub verified_tokens: u64,
+    /// Every window check.
+    pub windows: Vec<WindowCheck>,
+    /// Released tokens found wrong later.
+    pub corrections: Vec<Correction>,
+    /// Milliseconds from the request to the end.
+    pub elapsed_ms: f64,
+}
+
+/// Released tokens later found wrong (`--verify after`).
+#[derive(Clone, Debug, Serialize)]
+pub struct Correction {
+    /// Index of the first wrong token.
+    pub from: usize,
+    /// The tokens that were released and wrong.
+    pub wrong_token_ids: Vec<u32>,
+}
+
+/// Round trips to one stage.
+#[derive(Clone, Debug, Serialize)]
+pub struct HopTimes {
+    /// The stage's first layer.
+    pub layer_start: u32,
+    /// Requests answered.
+    pub round_trips: u64,
+    /// Their mean, in ms.
+    pub mean_ms: f64,
 }
 
 // The work protocol must wait for a step as long as the step's budget may be.
@@ -116,23 +182,10 @@ pub(crate) fn pipeline_tokens_max(hidden: usize) -> usize {
     (hearth_protocol::WORK_FRAME_BYTES_MAX - FRAME_OVERHEAD_BYTES) / (hidden.max(1) * 4)
 }
 
-/// The default LLM as the coordinator knows it: enough to tokenize and plan.
-struct Llm {
-    id: ModelId,
-    tokenizer: GgufTokenizer,
-    template: Option<ChatTemplate>,
-    layers: u32,
-    context: usize,
-    /// What one layer takes in memory, about: the file's size over its layers.
-    layer_bytes: u64,
-    /// One layer's arithmetic, for the time a stage is given for a step.
-    shape: LayerShape,
-    /// Width of the hidden state: a prefill's activations are `prompt × hidden × 4` bytes.
-    hidden: usize,
-}
-
 struct Live {
     driver: Driver,
+    /// The model's tokenizer and shape.
+    llm: Arc<Llm>,
     events: mpsc::Sender<SessionEvent>,
     /// Tokens released to the client, and the length of their text, so each token sends only what
     /// it adds.
@@ -149,9 +202,6 @@ struct Live {
 }
 
 pub(crate) struct Sessions {
-    models_dir: Option<PathBuf>,
-    llm: Option<Llm>,
-    embed_tokenizer: Option<hearth_kernels::EmbedTokenizer>,
     live: BTreeMap<u64, Live>,
     requests: HashMap<OutboundRequestId, u64>,
     next: u64,
@@ -170,7 +220,7 @@ pub(crate) struct Sessions {
 const RECENT_SESSIONS: usize = 8;
 
 impl Sessions {
-    pub(crate) fn new(models_dir: Option<PathBuf>, secret: Secret) -> Self {
+    pub(crate) fn new(secret: Secret) -> Self {
         let mut run = [0u8; 8];
         // Without OS randomness the journal could not have drawn its secret either; a zero run
         // still keeps seeds secret (they are keyed), only repeated across restarts.
@@ -179,66 +229,12 @@ impl Sessions {
             secret,
             run: u64::from_le_bytes(run),
             timeouts: StepTimeouts::default(),
-            models_dir,
-            llm: None,
-            embed_tokenizer: None,
             live: BTreeMap::new(),
             requests: HashMap::new(),
             next: 1,
             faults: Vec::new(),
             recent: std::collections::VecDeque::new(),
         }
-    }
-
-    /// Tokens the default embedder reads of `texts`, in all (for an API's usage figures).
-    pub(crate) fn embed_tokens(&mut self, texts: &[String]) -> Result<usize, String> {
-        if self.embed_tokenizer.is_none() {
-            let dir = self
-                .models_dir
-                .clone()
-                .ok_or("this coordinator has no models folder (start it with --models DIR)")?;
-            let folder = std::path::Path::new(hearth_kernels::MINILM.files[0].path)
-                .parent()
-                .map(|p| dir.join(p))
-                .unwrap_or(dir);
-            self.embed_tokenizer =
-                Some(hearth_kernels::EmbedTokenizer::load(&folder).map_err(|e| e.to_string())?);
-        }
-        let tokenizer = self.embed_tokenizer.as_ref().expect("loaded above");
-        texts.iter().try_fold(0, |n, t| {
-            Ok(n + tokenizer.count(t).map_err(|e| e.to_string())?)
-        })
-    }
-
-    fn llm(&mut self) -> Result<&Llm, String> {
-        if self.llm.is_none() {
-            let dir = self.models_dir.clone().ok_or(
-                "this coordinator has no models folder (start it with --models DIR) to tokenize with",
-            )?;
-            let path = dir.join(SMOLLM2.files[0].path);
-            let model = GgufModel::open(&path).map_err(|e| {
-                format!("{e} (the coordinator tokenizes prompts with the default model's tokenizer; run `hearth models fetch`)")
-            })?;
-            let tokenizer = GgufTokenizer::from_model(&model).map_err(|e| e.to_string())?;
-            let template = ChatTemplate::from_model(&model).map_err(|e| e.to_string())?;
-            let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
-            let c = &model.config;
-            self.llm = Some(Llm {
-                shape: LayerShape {
-                    hidden: c.hidden as u64,
-                    kv: (c.kv_heads * c.head_dim) as u64,
-                    ffn: c.ffn as u64,
-                },
-                hidden: c.hidden,
-                layer_bytes: file_bytes / model.config.layers.max(1) as u64,
-                id: model.id,
-                tokenizer,
-                template,
-                layers: model.config.layers as u32,
-                context: model.config.context,
-            });
-        }
-        Ok(self.llm.as_ref().expect("loaded above"))
     }
 
     /// Start a session; its tokens and summary go to `events`.
@@ -250,6 +246,7 @@ impl Sessions {
         standing: &dyn Fn(&PeerId) -> Standing,
         now_ms: u64,
         request: GenerateRequest,
+        llm: Arc<Llm>,
         events: mpsc::Sender<SessionEvent>,
     ) -> Result<(), Refusal> {
         use Refusal::{Invalid, Unavailable};
@@ -265,7 +262,6 @@ impl Sessions {
                 hearth_protocol::GENERATE_TOKENS_MAX
             )));
         }
-        let llm = self.llm().map_err(Unavailable)?;
         let (model, layers, context, layer_bytes, hidden) =
             (llm.id, llm.layers, llm.context, llm.layer_bytes, llm.hidden);
         let (text, special) = match &request.messages {
@@ -341,6 +337,7 @@ impl Sessions {
             session,
             Live {
                 driver,
+                llm,
                 events,
                 released: Vec::new(),
                 text_sent: 0,
@@ -492,7 +489,7 @@ impl Sessions {
                     live.sent = Some((Instant::now(), forward.layers.0));
                     // The stage is given what its share of the work takes at its own measured
                     // speed, with slack: a long prefill is not a dead peer.
-                    let flops = self.llm.as_ref().map_or(0.0, |l| l.shape.flops(&forward));
+                    let flops = live.llm.shape.flops(&forward);
                     let gflops = registry.capabilities(&peer).map_or(0.0, |c| c.score);
                     self.timeouts
                         .sent(session, now_ms, step_budget_ms(flops, gflops));
@@ -505,10 +502,10 @@ impl Sessions {
                 }
                 Action::Correction(from) => {
                     live.released.truncate(from);
-                    let text = self
+                    let text = live
                         .llm
-                        .as_ref()
-                        .and_then(|l| l.tokenizer.decode(&live.released).ok())
+                        .tokenizer
+                        .decode(&live.released)
                         .unwrap_or_default();
                     live.text_sent = text.len();
                     if live
@@ -524,10 +521,10 @@ impl Sessions {
                         live.first_token_ms = Some(live.started.elapsed().as_secs_f64() * 1e3);
                     }
                     live.released.push(id);
-                    let text = self
+                    let text = live
                         .llm
-                        .as_ref()
-                        .and_then(|l| l.tokenizer.decode(&live.released).ok())
+                        .tokenizer
+                        .decode(&live.released)
                         .unwrap_or_default();
                     // Send only whole characters: a token may end mid-way through one.
                     let delta = if text.ends_with('\u{fffd}') {
@@ -537,7 +534,7 @@ impl Sessions {
                         live.text_sent = text.len();
                         delta
                     };
-                    let eos = self.llm.as_ref().is_some_and(|l| l.tokenizer.eos == id);
+                    let eos = live.llm.tokenizer.eos == id;
                     if live
                         .events
                         .try_send(SessionEvent::Token {
@@ -560,7 +557,7 @@ impl Sessions {
                             tracing::warn!(session, %error, "generation failed");
                             SessionEvent::Failed(error)
                         }
-                        None => SessionEvent::Done(self.summary(&live)),
+                        None => SessionEvent::Done(Box::new(self.summary(&live))),
                     };
                     self.remember(session, &live, matches!(event, SessionEvent::Done(_)));
                     let _ = live.events.try_send(event);
@@ -635,40 +632,54 @@ impl Sessions {
         std::mem::take(&mut self.faults)
     }
 
-    fn summary(&self, live: &Live) -> Value {
+    fn summary(&self, live: &Live) -> Summary {
         let d = &live.driver;
-        let text = self
-            .llm
-            .as_ref()
-            .and_then(|l| l.tokenizer.decode(&d.generated).ok())
-            .unwrap_or_default();
+        let text = live.llm.tokenizer.decode(&d.generated).unwrap_or_default();
         let elapsed = live.started.elapsed().as_secs_f64();
         let decode_s = elapsed - live.first_token_ms.unwrap_or(0.0) / 1e3;
-        let hop_ms: Vec<Value> = live
+        let hops = live
             .hops
             .iter()
-            .map(|(start, (n, total))| json!({ "layer_start": start, "round_trips": n, "mean_ms": total / *n as f64 }))
+            .map(|(start, (n, total))| HopTimes {
+                layer_start: *start,
+                round_trips: *n,
+                mean_ms: total / *n as f64,
+            })
             .collect();
         tracing::info!(
             tokens = d.generated.len(),
             reroutes = d.reroutes.len(),
             "generation done"
         );
-        json!({
-            "token_ids": d.generated,
-            "text": text,
-            "prompt_tokens": live.prompt_tokens,
-            "route": d.route(),
-            "reroutes": d.reroutes,
-            "receipts": d.receipts,
-            "verify": d.verify_mode(),
-            "verified_tokens": d.verified_steps,
-            "windows": d.checks,
-            "corrections": d.corrections.iter().map(|(from, wrong)| json!({ "from": from, "wrong_token_ids": wrong })).collect::<Vec<_>>(),
-            "elapsed_ms": elapsed * 1e3,
-            "first_token_ms": live.first_token_ms,
-            "decode_tokens_per_s": if d.generated.len() > 1 && decode_s > 0.0 { (d.generated.len() - 1) as f64 / decode_s } else { 0.0 },
-            "hops": hop_ms,
-        })
+        let decode_tokens_per_s = if d.generated.len() > 1 && decode_s > 0.0 {
+            (d.generated.len() - 1) as f64 / decode_s
+        } else {
+            0.0
+        };
+        Summary {
+            token_ids: d.generated.clone(),
+            text,
+            prompt_tokens: live.prompt_tokens,
+            trail: Trail {
+                route: d.route().to_vec(),
+                reroutes: d.reroutes.clone(),
+                receipts: d.receipts.clone(),
+                verify: d.verify_mode(),
+                verified_tokens: d.verified_steps,
+                windows: d.checks.clone(),
+                corrections: d
+                    .corrections
+                    .iter()
+                    .map(|(from, wrong)| Correction {
+                        from: *from,
+                        wrong_token_ids: wrong.clone(),
+                    })
+                    .collect(),
+                elapsed_ms: elapsed * 1e3,
+            },
+            first_token_ms: live.first_token_ms,
+            decode_tokens_per_s,
+            hops,
+        }
     }
 }

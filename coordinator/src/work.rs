@@ -16,7 +16,6 @@ use hearth_protocol::work::{
     Assignment, UnitOutput, WorkRequest, WorkResponse, digest_canonical, input_digest,
 };
 use hearth_protocol::{KernelFamily, PeerId, Subject, UNIT_INPUT_BYTES_MAX, UNIT_ITEMS_MAX};
-use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use crate::journal::{Batch, JobKind, JobPayload, Journal, Record, StoredOutput, Ticket};
@@ -26,50 +25,11 @@ use crate::scheduler::{
     unit_size,
 };
 use crate::verifier::within_tolerance;
+
+mod api;
+
 use crate::{LedgerOutput, Registry, Result, Standing};
-
-/// `POST /v1/jobs`.
-#[derive(Clone, Debug, Deserialize)]
-pub struct SubmitJob {
-    /// `embed` or `generate`.
-    pub kind: String,
-    /// The model's id (blake3 of its file, hex).
-    pub model: hearth_protocol::ModelId,
-    /// The inputs: `{"id", "text"}`.
-    pub inputs: Vec<JobInput>,
-    /// Tokens per prompt (`generate` only).
-    #[serde(default)]
-    pub max_tokens: Option<u32>,
-    /// Replicas per unit; absent for the coordinator's policy.
-    #[serde(default)]
-    pub replicas: Option<u32>,
-    /// Inputs per unit; absent to size units by the swarm's scores.
-    #[serde(default)]
-    pub unit_size: Option<u32>,
-    /// The co-op member submitting (from the API key, never from the body): its share.
-    #[serde(skip)]
-    pub submitter: Option<hearth_protocol::PeerId>,
-}
-
-/// One input of a job.
-#[derive(Clone, Debug, Deserialize, Serialize)]
-pub struct JobInput {
-    /// The submitter's id for it (any JSON value), echoed in the output.
-    pub id: Value,
-    /// The text (or prompt).
-    pub text: String,
-}
-
-/// A job's output or receipts cannot be had (yet).
-#[derive(Debug)]
-pub enum Unavailable {
-    /// No such job.
-    NotFound,
-    /// Not done yet, or failed/cancelled.
-    NotDone(JobState),
-    /// The journal failed.
-    Journal(String),
-}
+pub use api::{JobInput, JobView, SubmitJob, Unavailable, UnitView, output_lines};
 
 /// What may happen only once the facts behind it are durable.
 pub(crate) enum Effect {
@@ -649,21 +609,11 @@ impl Work {
 
     /// `GET /v1/jobs/{id}`: the status, with each unit when `units` (and, per unit, how many times
     /// the journal records it accepted: `journal_accepts`, which must be 1 for a done unit).
-    pub(crate) fn status(&self, id: u64, units: bool) -> Result<Option<Value>> {
+    pub(crate) fn status(&self, id: u64, units: bool) -> Result<Option<JobView>> {
         let (Some(status), Some(payload)) = (self.scheduler.job(id), self.payloads.get(&id)) else {
             return Ok(None);
         };
-        let mut value = serde_json::to_value(&status).unwrap_or_default();
-        value["kind"] = json!(match payload.kind {
-            JobKind::Embed => "embed",
-            JobKind::Generate { .. } => "generate",
-        });
-        value["model"] = json!(payload.model);
-        value["inputs"] = json!(payload.texts.len());
-        value["unit_size"] = json!(payload.unit_size);
-        value["replicas"] = json!(payload.replicas);
-        value["submitted_ms"] = json!(payload.submitted_ms);
-        if units {
+        let units = if units {
             let mut accepts: BTreeMap<u64, u32> = BTreeMap::new();
             let (ticket, entries) = self.journal.entries_at()?;
             for entry in entries {
@@ -681,20 +631,32 @@ impl Work {
                     }
                 }
             }
-            let units: Vec<Value> = self
-                .scheduler
-                .units(id)
-                .unwrap_or_default()
-                .into_iter()
-                .map(|u| {
-                    let mut v = serde_json::to_value(&u).unwrap_or_default();
-                    v["journal_accepts"] = json!(accepts.get(&u.id).copied().unwrap_or(0));
-                    v
-                })
-                .collect();
-            value["units"] = json!(units);
-        }
-        Ok(Some(value))
+            let units = self.scheduler.units(id).unwrap_or_default();
+            Some(
+                units
+                    .into_iter()
+                    .map(|unit| UnitView {
+                        journal_accepts: accepts.get(&unit.id).copied().unwrap_or(0),
+                        unit,
+                    })
+                    .collect(),
+            )
+        } else {
+            None
+        };
+        Ok(Some(JobView {
+            status,
+            kind: match payload.kind {
+                JobKind::Embed => "embed",
+                JobKind::Generate { .. } => "generate",
+            },
+            model: payload.model,
+            inputs: payload.texts.len(),
+            unit_size: payload.unit_size,
+            replicas: payload.replicas,
+            submitted_ms: payload.submitted_ms,
+            units,
+        }))
     }
 
     fn accepted_outputs(
@@ -774,29 +736,6 @@ fn run(net: &mut Network, effect: Effect) {
             }
         }
         Effect::Reply(reply) => reply(),
-    }
-}
-
-/// The output lines of one unit: `{"id":…,"embedding":[…]}` or `{"id":…,"token_ids":[…],"text":…}`,
-/// `ids` being each input's id as JSON text. Embedding components are printed as the f64 of the
-/// f32, which parses back to the same f32 bits on any reader (`hearth verify` relies on it).
-pub fn output_lines(ids: &[String], output: &UnitOutput, text: &mut String) {
-    use std::fmt::Write;
-    match output {
-        UnitOutput::Embeddings(vectors) => {
-            for (id, embedding) in ids.iter().zip(vectors) {
-                let wide: Vec<f64> = embedding.iter().map(|&x| f64::from(x)).collect();
-                let numbers = serde_json::to_string(&wide).expect("finite floats encode");
-                let _ = writeln!(text, r#"{{"id":{id},"embedding":{numbers}}}"#);
-            }
-        }
-        UnitOutput::Completions(completions) => {
-            for (id, c) in ids.iter().zip(completions) {
-                let ids = serde_json::to_string(&c.token_ids).expect("integers encode");
-                let words = serde_json::to_string(&c.text).expect("strings encode");
-                let _ = writeln!(text, r#"{{"id":{id},"token_ids":{ids},"text":{words}}}"#);
-            }
-        }
     }
 }
 

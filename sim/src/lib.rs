@@ -14,11 +14,13 @@
 //! in a route reaches the tokens. The same scenario and seed give the same report.
 
 mod model;
+mod peers;
 mod pipeline;
 pub mod plot;
 mod queue;
 mod report;
 mod scenario;
+mod truth;
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -34,9 +36,11 @@ use hearth_core::{
 use hearth_protocol::SecretKey;
 use hearth_protocol::work::Forward;
 use hearth_protocol::{Advert, Backend, Capabilities, Digest, KernelFamily, ModelId, PeerId};
+use peers::*;
 use queue::Queue;
 pub use report::{Report, StagesCaught};
 pub use scenario::{Behaviour, Group, Network, Pipeline, Scenario, Workload};
+use truth::*;
 
 /// Virtual milliseconds between ticks of the registry and the scheduler.
 const TICK_MS: u64 = 1000;
@@ -68,138 +72,6 @@ enum Event {
     StartSession(u32),
     /// A stage's answer arrives.
     StageAnswer(u64),
-}
-
-/// A simulated peer. What only heartbeats and pipeline receipts need is boxed, so the table of a
-/// hundred thousand peers that every event touches stays small.
-struct SimPeer {
-    id: PeerId,
-    key: Box<SecretKey>,
-    group: usize,
-    /// What it advertises, and the network its connection comes from.
-    capabilities: Box<Capabilities>,
-    network: String,
-    /// Its numeric class for embeddings (one per backend).
-    class: Arc<str>,
-    /// The offer made from what the registry holds of it, kept while its adverts do not change
-    /// (a coordinator would keep it per registry record the same way).
-    offer: Option<Arc<Offer>>,
-    adverts: u64,
-    ms_per_item: f64,
-    online: bool,
-    crashed: bool,
-    busy: bool,
-    epoch: u32,
-    valid: u32,
-    quarantined_at: Option<u64>,
-}
-
-/// xorshift64*: small, seedable, the same everywhere.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    fn unit(&mut self) -> f64 {
-        (self.next() >> 11) as f64 / (1u64 << 53) as f64
-    }
-
-    fn exp(&mut self, mean: f64) -> f64 {
-        -mean * (1.0 - self.unit()).ln()
-    }
-}
-
-/// Every simulated peer's LLM class (one: the simulated model is exact).
-const SIM_LLM_CLASS: &str = "k0/llm/sim";
-
-/// The sharded jobs' model.
-fn embed_model() -> ModelId {
-    ModelId::of_bytes(b"sim model")
-}
-
-/// The pipelines' model.
-fn llm_model() -> ModelId {
-    ModelId::of_bytes(b"sim llm")
-}
-
-/// What a simulated peer advertises: both models, a class per family, and a benchmark score
-/// that puts a peer at 10 ms per input at the coordinator's reference score.
-fn capabilities(embed_class: &str, ms_per_item: f64) -> Capabilities {
-    Capabilities {
-        backend: Backend::Cpu,
-        device: String::new(),
-        memory_total_bytes: u64::MAX / 2,
-        memory_free_bytes: u64::MAX / 2,
-        threads: 1,
-        cpu_model: String::new(),
-        cpu_cores: 1,
-        cpu_features: Vec::new(),
-        host_memory_total_bytes: u64::MAX / 2,
-        os: String::new(),
-        arch: String::new(),
-        score: 200.0 / ms_per_item,
-        numeric_class: BTreeMap::from([
-            (KernelFamily::Embed, embed_class.to_string()),
-            (KernelFamily::Llm, SIM_LLM_CLASS.to_string()),
-        ]),
-        models: vec![embed_model(), llm_model()],
-    }
-}
-
-/// Which units were accepted, a bit per unit of each job (10 million units: 1.2 MiB).
-#[derive(Default)]
-struct AcceptedUnits {
-    bits: Vec<Vec<u64>>,
-    count: u64,
-}
-
-impl AcceptedUnits {
-    /// Mark `unit` of `job` accepted; false if it already was.
-    fn insert(&mut self, job: u64, unit: u64) -> bool {
-        let j = (job - 1) as usize;
-        if self.bits.len() <= j {
-            self.bits.resize(j + 1, Vec::new());
-        }
-        let words = &mut self.bits[j];
-        let (w, b) = ((unit / 64) as usize, unit % 64);
-        if words.len() <= w {
-            words.resize(w + 1, 0);
-        }
-        let fresh = words[w] & (1 << b) == 0;
-        words[w] |= 1 << b;
-        self.count += u64::from(fresh);
-        fresh
-    }
-
-    fn len(&self) -> u64 {
-        self.count
-    }
-}
-
-/// A digest that stands for a result or input: the scheduler compares digests and never opens
-/// them, so the simulator names each one by what it is (a kind, the unit, who made it up) rather
-/// than hashing anything (millions of blake3 calls were a tenth of a run).
-fn named(kind: u8, job: u64, unit: u64, who: u64) -> Digest {
-    let mut bytes = [0u8; 32];
-    bytes[0] = kind;
-    bytes[8..16].copy_from_slice(&job.to_le_bytes());
-    bytes[16..24].copy_from_slice(&unit.to_le_bytes());
-    bytes[24..].copy_from_slice(&who.to_le_bytes());
-    Digest(bytes)
-}
-
-const TRUTH: u8 = 1;
-const INPUT: u8 = 2;
-const COLLUSION: u8 = 3;
-const LIE: u8 = 4;
-
-fn truth(job: u64, unit: u64) -> Digest {
-    named(TRUTH, job, unit, 0)
 }
 
 /// Per unit in flight: who was given it, and what each delivered.

@@ -184,6 +184,22 @@ pub const HIDDEN_REL_TOLERANCE: f32 = 0.02;
 /// within this many logits of it (a near tie that the replay's rounding can flip).
 pub const TOKEN_LOGIT_MARGIN: f32 = 0.5;
 
+/// The verdict of one window's check of one stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum WindowOutcome {
+    /// The verifier's replay agreed with the stage.
+    Agreed,
+    /// The replay disagreed and the tie-breaker sided with the verifier: the stage lied or broke.
+    StageWrong,
+    /// The replay disagreed and the tie-breaker sided with the stage: the verifier lied or broke.
+    VerifierWrong,
+    /// The replay disagreed and no tie-breaker could settle it.
+    Undecided,
+    /// No peer could check it (or `sampled` left it out).
+    Unchecked,
+}
+
 /// What one window's check of one stage found.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct WindowCheck {
@@ -197,8 +213,8 @@ pub struct WindowCheck {
     pub verifier: Option<PeerId>,
     /// Who broke a tie, if the verifier disagreed.
     pub tie_breaker: Option<PeerId>,
-    /// `agreed`, `stage-wrong`, `verifier-wrong`, `undecided` or `unchecked`.
-    pub outcome: String,
+    /// What the check found.
+    pub outcome: WindowOutcome,
     /// The largest relative difference seen (hidden states) or logit gap (tokens).
     pub max_difference: f32,
 }
@@ -615,7 +631,7 @@ impl Driver {
                     stage_peer: self.route[hop].peer_id,
                     verifier: None,
                     tie_breaker: None,
-                    outcome: "unchecked".into(),
+                    outcome: WindowOutcome::Unchecked,
                     max_difference: 0.0,
                 });
             }
@@ -652,7 +668,7 @@ impl Driver {
                 stage_peer: stage,
                 verifier: None,
                 tie_breaker: None,
-                outcome: "unchecked".into(),
+                outcome: WindowOutcome::Unchecked,
                 max_difference: 0.0,
             });
             return self.hop_checked(window, hop, false, candidates);
@@ -884,7 +900,7 @@ impl Driver {
                     stage_peer: stage,
                     verifier: Some(pending.peer),
                     tie_breaker: None,
-                    outcome: "agreed".into(),
+                    outcome: WindowOutcome::Agreed,
                     max_difference: diff,
                 });
                 self.verifiers.insert(layers, (pending.peer, window.1));
@@ -923,7 +939,7 @@ impl Driver {
                             stage_peer: stage,
                             verifier: Some(verifier),
                             tie_breaker: None,
-                            outcome: "undecided".into(),
+                            outcome: WindowOutcome::Undecided,
                             max_difference: f32::NAN,
                         });
                         // No majority to be had: distrust the stage without blaming it.
@@ -947,7 +963,7 @@ impl Driver {
                     stage_peer: stage,
                     verifier: Some(verifier),
                     tie_breaker: Some(pending.peer),
-                    outcome: "verifier-wrong".into(),
+                    outcome: WindowOutcome::VerifierWrong,
                     max_difference: diff,
                 });
                 self.failed.insert(verifier);
@@ -979,7 +995,7 @@ impl Driver {
                         stage_peer: stage,
                         verifier: Some(verifier),
                         tie_breaker: Some(pending.peer),
-                        outcome: "undecided".into(),
+                        outcome: WindowOutcome::Undecided,
                         max_difference: f32::NAN,
                     });
                     // Three answers, no two alike: blame nobody, use none of them again here.
@@ -1000,7 +1016,7 @@ impl Driver {
                     stage_peer: stage,
                     verifier: Some(verifier),
                     tie_breaker: Some(pending.peer),
-                    outcome: "stage-wrong".into(),
+                    outcome: WindowOutcome::StageWrong,
                     max_difference: f32::NAN,
                 });
                 let reason = format!(

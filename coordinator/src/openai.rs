@@ -59,12 +59,10 @@ fn bad(message: impl AsRef<str>) -> Response {
 
 /// The catalogue model `name` (or its blake3 id) of `kind`, or OpenAI's 404.
 fn resolve(
-    name: Option<&Value>,
+    name: Option<&str>,
     kind: ModelKind,
 ) -> Result<&'static hearth_kernels::CatalogModel, Response> {
-    let name = name
-        .and_then(Value::as_str)
-        .ok_or_else(|| bad("`model` is required (see GET /v1/models)"))?;
+    let name = name.ok_or_else(|| bad("`model` is required (see GET /v1/models)"))?;
     CATALOG
         .iter()
         .find(|m| m.kind == kind && (m.name == name || m.files[0].blake3 == name))
@@ -111,38 +109,33 @@ mod parse;
 mod stream;
 
 use embeddings::embeddings;
-use parse::{Generation, body_json, parse_generation, text_of};
+use parse::{Generation, GenerationBody, Texts, parse_generation};
 use stream::run;
 
 async fn chat(
     State(commands): Commands,
     meter: Meter,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<Json<GenerationBody>, JsonRejection>,
 ) -> Response {
-    let body = match body_json(body) {
+    let mut body = match parse::body(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let Some(list) = body
-        .get("messages")
-        .and_then(Value::as_array)
-        .filter(|m| !m.is_empty())
-    else {
+    if body.messages.is_empty() {
         return bad("`messages` must be a non-empty array");
-    };
-    let mut messages = Vec::with_capacity(list.len());
-    for (i, m) in list.iter().enumerate() {
-        let role = m.get("role").and_then(Value::as_str).unwrap_or_default();
-        let role = match role {
+    }
+    let mut messages = Vec::with_capacity(body.messages.len());
+    for (i, m) in std::mem::take(&mut body.messages).into_iter().enumerate() {
+        let role = match m.role.as_str() {
             "system" | "developer" => "system",
-            "user" | "assistant" => role,
+            "user" | "assistant" => m.role.as_str(),
             other => {
                 return bad(format!(
                     "messages[{i}].role `{other}` is not system, user or assistant"
                 ));
             }
         };
-        let Some(content) = m.get("content").and_then(text_of) else {
+        let Some(content) = m.content.map_or(Some(String::new()), parse::Content::text) else {
             return bad(format!(
                 "messages[{i}].content must be a string or text parts"
             ));
@@ -152,7 +145,7 @@ async fn chat(
             content,
         });
     }
-    match parse_generation(&body, String::new(), Some(messages)) {
+    match parse_generation(body, String::new(), Some(messages)) {
         Ok(g) => run(commands, meter, g, true).await,
         Err(r) => r,
     }
@@ -161,20 +154,18 @@ async fn chat(
 async fn completions(
     State(commands): Commands,
     meter: Meter,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<Json<GenerationBody>, JsonRejection>,
 ) -> Response {
-    let body = match body_json(body) {
+    let mut body = match parse::body(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let prompt = match body.get("prompt") {
-        Some(Value::String(s)) if !s.is_empty() => s.clone(),
-        Some(Value::Array(a)) if a.len() == 1 && a[0].as_str().is_some_and(|s| !s.is_empty()) => {
-            a[0].as_str().unwrap_or_default().to_string()
-        }
+    let prompt = match body.prompt.take() {
+        Some(Texts::One(s)) if !s.is_empty() => s,
+        Some(Texts::Many(mut a)) if a.len() == 1 && !a[0].is_empty() => a.remove(0),
         _ => return bad("`prompt` must be a non-empty string (or an array of one)"),
     };
-    match parse_generation(&body, prompt, None) {
+    match parse_generation(body, prompt, None) {
         Ok(g) => run(commands, meter, g, false).await,
         Err(r) => r,
     }

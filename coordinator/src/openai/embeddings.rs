@@ -12,17 +12,17 @@ pub(super) fn base64(bytes: &[u8]) -> String {
 pub(super) async fn embeddings(
     State(commands): Commands,
     meter: Meter,
-    body: Result<Json<Value>, JsonRejection>,
+    body: Result<Json<super::parse::EmbeddingsBody>, JsonRejection>,
 ) -> Response {
-    let body = match body_json(body) {
+    let body = match super::parse::body(body) {
         Ok(b) => b,
         Err(r) => return r,
     };
-    let model = match resolve(body.get("model"), ModelKind::Embedder) {
+    let model = match resolve(body.model.as_deref(), ModelKind::Embedder) {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let texts: Vec<String> = match body.get("input") {
+    let texts: Vec<String> = match &body.input {
         Some(Value::String(s)) => vec![s.clone()],
         Some(Value::Array(items)) if !items.is_empty() => match items
             .iter()
@@ -44,7 +44,7 @@ pub(super) async fn embeddings(
     if texts.iter().any(String::is_empty) {
         return bad("`input` strings must not be empty");
     }
-    let base64_format = match body.get("encoding_format").and_then(Value::as_str) {
+    let base64_format = match body.encoding_format.as_deref() {
         None | Some("float") => false,
         Some("base64") => true,
         Some(other) => {
@@ -53,10 +53,7 @@ pub(super) async fn embeddings(
             ));
         }
     };
-    if body
-        .get("dimensions")
-        .is_some_and(|d| !d.is_null() && d.as_u64() != Some(384))
-    {
+    if body.dimensions.is_some_and(|d| d != 384) {
         return bad("`dimensions`: this model gives 384");
     }
     if let Err(response) = meter.units(texts.len() as u64) {

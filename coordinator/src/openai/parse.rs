@@ -1,5 +1,7 @@
 //! Reading a chat or completions request: the model, sampling, stop sequences, streaming.
 
+use serde::Deserialize;
+
 use super::*;
 
 /// What chat and completions share.
@@ -12,90 +14,53 @@ pub(super) struct Generation {
     pub(super) model: &'static str,
 }
 
-pub(super) fn number(body: &Value, key: &str) -> Result<Option<f64>, Response> {
-    match body.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => v
-            .as_f64()
-            .map(Some)
-            .ok_or_else(|| bad(format!("`{key}` must be a number"))),
-    }
-}
-
 pub(super) fn parse_generation(
-    body: &Value,
+    body: GenerationBody,
     prompt: String,
     messages: Option<Vec<ChatMessage>>,
 ) -> Result<Generation, Response> {
-    let model = resolve(body.get("model"), ModelKind::Llm)?;
-    let temperature = number(body, "temperature")?.unwrap_or(1.0);
+    let model = resolve(body.model.as_deref(), ModelKind::Llm)?;
+    let temperature = body.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(bad("`temperature` must be within 0..=2"));
     }
-    let top_p = number(body, "top_p")?.unwrap_or(1.0);
+    let top_p = body.top_p.unwrap_or(1.0);
     if !(top_p > 0.0 && top_p <= 1.0) {
         return Err(bad("`top_p` must be within (0, 1]"));
     }
-    let seed = match body.get("seed") {
-        None | Some(Value::Null) => {
+    let seed = match body.seed {
+        None => {
             let mut b = [0u8; 8];
             getrandom::fill(&mut b)
                 .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, &e.to_string()))?;
             u64::from_le_bytes(b) >> 1
         }
-        Some(v) => match (v.as_u64(), v.as_i64()) {
-            (Some(u), _) => u,
-            (None, Some(i)) => i as u64,
-            _ => return Err(bad("`seed` must be an integer")),
-        },
+        Some(Seed::Unsigned(u)) => u,
+        Some(Seed::Signed(i)) => i as u64,
     };
-    let max_tokens = match body
-        .get("max_completion_tokens")
-        .or_else(|| body.get("max_tokens"))
-    {
-        None | Some(Value::Null) => OPENAI_MAX_TOKENS_DEFAULT,
-        Some(v) => match v.as_u64() {
-            Some(n) if (1..=u64::from(hearth_protocol::GENERATE_TOKENS_MAX)).contains(&n) => {
-                n as u32
-            }
-            _ => {
-                return Err(bad(format!(
-                    "`max_tokens` must be an integer within 1..={}",
-                    hearth_protocol::GENERATE_TOKENS_MAX
-                )));
-            }
-        },
+    let max_tokens = match body.max_completion_tokens.or(body.max_tokens) {
+        None => OPENAI_MAX_TOKENS_DEFAULT,
+        Some(n) if (1..=u64::from(hearth_protocol::GENERATE_TOKENS_MAX)).contains(&n) => n as u32,
+        Some(_) => {
+            return Err(bad(format!(
+                "`max_tokens` must be an integer within 1..={}",
+                hearth_protocol::GENERATE_TOKENS_MAX
+            )));
+        }
     };
-    if let Some(n) = body.get("n").filter(|n| !n.is_null())
-        && n.as_u64() != Some(1)
-    {
+    if body.n.is_some_and(|n| n != 1) {
         return Err(bad("only `n: 1` is supported"));
     }
-    let stop = match body.get("stop") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![s.clone()],
-        Some(Value::Array(items)) => items
-            .iter()
-            .map(|s| s.as_str().map(str::to_string))
-            .collect::<Option<Vec<_>>>()
-            .ok_or_else(|| bad("`stop` must be a string or an array of strings"))?,
-        Some(_) => return Err(bad("`stop` must be a string or an array of strings")),
+    let stop = match body.stop {
+        None => Vec::new(),
+        Some(Texts::One(s)) => vec![s],
+        Some(Texts::Many(items)) => items,
     };
     if stop.len() > STOP_SEQUENCES_MAX || stop.iter().any(String::is_empty) {
         return Err(bad(format!(
             "`stop` takes 1 to {STOP_SEQUENCES_MAX} non-empty strings"
         )));
     }
-    let stream = match body.get("stream") {
-        None | Some(Value::Null) => false,
-        Some(v) => v
-            .as_bool()
-            .ok_or_else(|| bad("`stream` must be a boolean"))?,
-    };
-    let include_usage = body
-        .pointer("/stream_options/include_usage")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
     Ok(Generation {
         request: GenerateRequest {
             prompt,
@@ -111,39 +76,110 @@ pub(super) fn parse_generation(
             }),
         },
         stop,
-        stream,
-        include_usage,
+        stream: body.stream.unwrap_or(false),
+        include_usage: body.stream_options.is_some_and(|o| o.include_usage),
         seed,
         model: model.name,
     })
 }
 
-pub(super) fn body_json(body: Result<Json<Value>, JsonRejection>) -> Result<Value, Response> {
-    let Json(body) = body.map_err(|r| error(r.status(), &r.body_text()))?;
-    if !body.is_object() {
-        return Err(bad("the request body must be a JSON object"));
+/// The request's body as `T`, or OpenAI's 400 saying what is wrong with it (axum's rejection names
+/// the field; a body too large keeps its 413).
+pub(super) fn body<T>(body: Result<Json<T>, JsonRejection>) -> Result<T, Response> {
+    match body {
+        Ok(Json(body)) => Ok(body),
+        Err(JsonRejection::JsonDataError(e)) => Err(bad(e.body_text())),
+        Err(r) => Err(error(r.status(), &r.body_text())),
     }
-    Ok(body)
 }
 
-pub(super) fn text_of(content: &Value) -> Option<String> {
-    match content {
-        Value::String(s) => Some(s.clone()),
-        // Content parts: only text parts are understood.
-        Value::Array(parts) => parts
-            .iter()
-            .map(|p| {
-                match (
-                    p.get("type").and_then(Value::as_str),
-                    p.get("text").and_then(Value::as_str),
-                ) {
-                    (Some("text"), Some(t)) => Some(t.to_string()),
-                    _ => None,
-                }
-            })
-            .collect::<Option<Vec<_>>>()
-            .map(|t| t.concat()),
-        Value::Null => Some(String::new()),
-        _ => None,
+/// `POST /v1/chat/completions` (its `messages`) and `POST /v1/completions` (its `prompt`): the
+/// model, the sampling, when to stop, how to answer. Fields are read by name, so a wrong one is
+/// named in the 400; fields Hearth does not use are ignored.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct GenerationBody {
+    #[serde(default)]
+    pub(super) messages: Vec<MessageIn>,
+    pub(super) prompt: Option<Texts>,
+    pub(super) model: Option<String>,
+    pub(super) temperature: Option<f64>,
+    pub(super) top_p: Option<f64>,
+    pub(super) seed: Option<Seed>,
+    pub(super) max_tokens: Option<u64>,
+    pub(super) max_completion_tokens: Option<u64>,
+    pub(super) n: Option<u64>,
+    pub(super) stop: Option<Texts>,
+    pub(super) stream: Option<bool>,
+    pub(super) stream_options: Option<StreamOptions>,
+}
+
+/// `seed`: any integer (a negative one is taken as its bits).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Seed {
+    Unsigned(u64),
+    Signed(i64),
+}
+
+/// A string or an array of strings (`stop`, `prompt`, `input`).
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Texts {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// `stream_options`.
+#[derive(Debug, Default, Deserialize)]
+pub(super) struct StreamOptions {
+    #[serde(default)]
+    pub(super) include_usage: bool,
+}
+
+/// One chat message as a client sends it.
+#[derive(Debug, Deserialize)]
+pub(super) struct MessageIn {
+    #[serde(default)]
+    pub(super) role: String,
+    pub(super) content: Option<Content>,
+}
+
+/// A message's content: text, or content parts of which only text parts are understood.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(super) enum Content {
+    Text(String),
+    Parts(Vec<Part>),
+}
+
+/// One content part.
+#[derive(Debug, Deserialize)]
+pub(super) struct Part {
+    #[serde(rename = "type")]
+    pub(super) kind: String,
+    pub(super) text: Option<String>,
+}
+
+impl Content {
+    /// The text, or `None` when a part is not text.
+    pub(super) fn text(self) -> Option<String> {
+        match self {
+            Self::Text(s) => Some(s),
+            Self::Parts(parts) => parts
+                .into_iter()
+                .map(|p| (p.kind == "text").then_some(p.text).flatten())
+                .collect::<Option<Vec<_>>>()
+                .map(|t| t.concat()),
+        }
     }
+}
+
+/// `POST /v1/embeddings`.
+#[derive(Debug, Deserialize)]
+pub(super) struct EmbeddingsBody {
+    pub(super) model: Option<String>,
+    /// Strings; anything else (token arrays) is refused by name.
+    pub(super) input: Option<Value>,
+    pub(super) encoding_format: Option<String>,
+    pub(super) dimensions: Option<u64>,
 }

@@ -45,7 +45,10 @@ use crate::work::{JobView, SubmitJob, Unavailable};
 pub(crate) enum Command {
     Peers(oneshot::Sender<Vec<PeerEntry>>),
     Swarm(oneshot::Sender<SwarmInfo>),
-    Submit(Box<SubmitJob>, oneshot::Sender<Result<u64, String>>),
+    Submit(
+        Box<SubmitJob>,
+        oneshot::Sender<Result<u64, crate::work::Refused>>,
+    ),
     Generate(
         Box<GenerateRequest>,
         mpsc::Sender<SessionEvent>,
@@ -66,7 +69,10 @@ pub(crate) enum Command {
         id: u64,
         reply: oneshot::Sender<Option<JobView>>,
     },
-    EmbedTokens(Vec<String>, oneshot::Sender<Result<usize, String>>),
+    EmbedTokens(
+        Vec<String>,
+        oneshot::Sender<Result<usize, crate::models::ModelsError>>,
+    ),
     Sessions(oneshot::Sender<Vec<Value>>),
     Revoke(
         Box<hearth_protocol::coop::Revocation>,
@@ -372,7 +378,7 @@ async fn submit(
     request.submitter = meter.member();
     match ask(&commands, |reply| Command::Submit(Box::new(request), reply)).await {
         Ok(Ok(id)) => Json(json!({ "id": id })).into_response(),
-        Ok(Err(refusal)) => error(StatusCode::BAD_REQUEST, &refusal),
+        Ok(Err(refusal)) => error(StatusCode::BAD_REQUEST, &refusal.to_string()),
         Err(response) => response,
     }
 }

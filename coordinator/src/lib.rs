@@ -43,4 +43,4 @@ pub use hearth_core::scheduler::{
 pub use limits::*;
 pub use service::{API_URL_FILE, CoordinatorConfig, run};
 pub use sessions::{Correction, GenerateRequest, HopTimes, SessionEvent, Summary, Trail};
-pub use work::{JobInput, JobView, SubmitJob, Unavailable, UnitView, output_lines};
+pub use work::{JobInput, JobView, Refused, SubmitJob, Unavailable, UnitView, output_lines};

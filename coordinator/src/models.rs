@@ -10,6 +10,22 @@ use hearth_protocol::ModelId;
 
 use crate::pipeline::LayerShape;
 
+/// Why the coordinator cannot read a model it needs.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ModelsError {
+    /// Started without `--models`.
+    #[error("this coordinator has no models folder (start it with --models DIR) to {0}")]
+    NoFolder(&'static str),
+    /// The default LLM's file is missing or unreadable.
+    #[error(
+        "{0} (the coordinator tokenizes prompts with the default model's tokenizer; run `hearth models fetch`)"
+    )]
+    Llm(hearth_kernels::Error),
+    /// The default embedder's tokenizer is missing or unreadable, or a text would not tokenize.
+    #[error("{0}")]
+    Embedder(hearth_kernels::Error),
+}
+
 /// An LLM as the coordinator knows it: enough to tokenize, plan and time.
 pub(crate) struct Llm {
     /// Its id (blake3 of its file).
@@ -44,19 +60,18 @@ impl Models {
     }
 
     /// The default LLM, loaded on first use.
-    pub(crate) fn llm(&mut self) -> Result<Arc<Llm>, String> {
+    pub(crate) fn llm(&mut self) -> Result<Arc<Llm>, ModelsError> {
         if let Some(llm) = &self.llm {
             return Ok(llm.clone());
         }
-        let dir = self.dir.clone().ok_or(
-            "this coordinator has no models folder (start it with --models DIR) to tokenize with",
-        )?;
+        let dir = self
+            .dir
+            .clone()
+            .ok_or(ModelsError::NoFolder("tokenize with"))?;
         let path = dir.join(SMOLLM2.files[0].path);
-        let model = GgufModel::open(&path).map_err(|e| {
-            format!("{e} (the coordinator tokenizes prompts with the default model's tokenizer; run `hearth models fetch`)")
-        })?;
-        let tokenizer = GgufTokenizer::from_model(&model).map_err(|e| e.to_string())?;
-        let template = ChatTemplate::from_model(&model).map_err(|e| e.to_string())?;
+        let model = GgufModel::open(&path).map_err(ModelsError::Llm)?;
+        let tokenizer = GgufTokenizer::from_model(&model).map_err(ModelsError::Llm)?;
+        let template = ChatTemplate::from_model(&model).map_err(ModelsError::Llm)?;
         let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
         let c = &model.config;
         let llm = Arc::new(Llm {
@@ -78,21 +93,21 @@ impl Models {
     }
 
     /// Tokens the default embedder reads of `texts`, in all (for an API's usage figures).
-    pub(crate) fn embed_tokens(&mut self, texts: &[String]) -> Result<usize, String> {
+    pub(crate) fn embed_tokens(&mut self, texts: &[String]) -> Result<usize, ModelsError> {
         if self.embedder.is_none() {
             let dir = self
                 .dir
                 .clone()
-                .ok_or("this coordinator has no models folder (start it with --models DIR)")?;
+                .ok_or(ModelsError::NoFolder("count tokens with"))?;
             let folder = std::path::Path::new(MINILM.files[0].path)
                 .parent()
                 .map(|p| dir.join(p))
                 .unwrap_or(dir);
-            self.embedder = Some(EmbedTokenizer::load(&folder).map_err(|e| e.to_string())?);
+            self.embedder = Some(EmbedTokenizer::load(&folder).map_err(ModelsError::Embedder)?);
         }
         let tokenizer = self.embedder.as_ref().expect("loaded above");
         texts.iter().try_fold(0, |n, t| {
-            Ok(n + tokenizer.count(t).map_err(|e| e.to_string())?)
+            Ok(n + tokenizer.count(t).map_err(ModelsError::Embedder)?)
         })
     }
 }

@@ -399,7 +399,7 @@ impl Coordinator {
                         llm,
                         events,
                     ),
-                    Err(why) => Err(crate::sessions::Refusal::Unavailable(why)),
+                    Err(why) => Err(crate::sessions::Refusal::Unavailable(why.to_string())),
                 };
                 let _ = reply.send(answer);
             }

@@ -29,7 +29,7 @@ use crate::verifier::within_tolerance;
 mod api;
 
 use crate::{LedgerOutput, Registry, Result, Standing};
-pub use api::{JobInput, JobView, SubmitJob, Unavailable, UnitView, output_lines};
+pub use api::{JobInput, JobView, Refused, SubmitJob, Unavailable, UnitView, output_lines};
 
 /// What may happen only once the facts behind it are durable.
 pub(crate) enum Effect {
@@ -333,7 +333,7 @@ impl Work {
         registry: &Registry,
         now_ms: u64,
         request: SubmitJob,
-    ) -> std::result::Result<Result<u64>, String> {
+    ) -> std::result::Result<Result<u64>, Refused> {
         let kind = match (request.kind.as_str(), request.max_tokens) {
             ("embed", _) => JobKind::Embed,
             ("generate", Some(max_tokens))
@@ -341,28 +341,23 @@ impl Work {
             {
                 JobKind::Generate { max_tokens }
             }
-            ("generate", _) => {
-                return Err(format!(
-                    "generate needs max_tokens in 1..={}",
-                    hearth_protocol::GENERATE_TOKENS_MAX
-                ));
-            }
-            (other, _) => return Err(format!("unknown job kind {other:?} (embed, generate)")),
+            ("generate", _) => return Err(Refused::MaxTokens),
+            (other, _) => return Err(Refused::Kind(other.into())),
         };
         if request.inputs.is_empty() {
-            return Err("the job has no inputs".into());
+            return Err(Refused::NoInputs);
         }
         if request.inputs.len() > JOB_INPUTS_MAX {
-            return Err(format!("more than {JOB_INPUTS_MAX} inputs in one job"));
+            return Err(Refused::TooManyInputs);
         }
         if let Some(r) = request.replicas
             && !(1..=REPLICAS_MAX).contains(&r)
         {
-            return Err(format!("replicas must be 1..={REPLICAS_MAX}"));
+            return Err(Refused::Replicas);
         }
         let unit_size = match request.unit_size {
             Some(n) if (1..=UNIT_ITEMS_MAX as u32).contains(&n) => n,
-            Some(_) => return Err(format!("unit_size must be 1..={UNIT_ITEMS_MAX}")),
+            Some(_) => return Err(Refused::UnitSize),
             None => {
                 let mut scores: Vec<f64> = registry
                     .entries(now_ms)
@@ -396,9 +391,7 @@ impl Work {
         for unit in 0..payload.units() {
             let task = payload.task(unit);
             if task.input_bytes() > UNIT_INPUT_BYTES_MAX {
-                return Err(format!(
-                    "unit {unit} holds more than {UNIT_INPUT_BYTES_MAX} bytes of text; use a smaller unit size"
-                ));
+                return Err(Refused::UnitTooLarge(unit));
             }
             units.push(UnitSpec {
                 input: input_digest(id, unit, &payload.model, &task),

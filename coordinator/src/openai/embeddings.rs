@@ -65,7 +65,7 @@ pub(super) async fn embeddings(
     .await
     {
         Ok(Ok(n)) => n,
-        Ok(Err(message)) => return error(StatusCode::SERVICE_UNAVAILABLE, &message),
+        Ok(Err(why)) => return error(StatusCode::SERVICE_UNAVAILABLE, &why.to_string()),
         Err(r) => return r,
     };
     let job = SubmitJob {
@@ -89,7 +89,7 @@ pub(super) async fn embeddings(
     };
     let id = match ask(&commands, |reply| Command::Submit(Box::new(job), reply)).await {
         Ok(Ok(id)) => id,
-        Ok(Err(refusal)) => return bad(refusal),
+        Ok(Err(refusal)) => return bad(refusal.to_string()),
         Err(r) => return r,
     };
     let started = Instant::now();

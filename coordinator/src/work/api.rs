@@ -5,6 +5,9 @@ use hearth_protocol::work::UnitOutput;
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use hearth_protocol::{UNIT_INPUT_BYTES_MAX, UNIT_ITEMS_MAX};
+
+use crate::limits::{JOB_INPUTS_MAX, REPLICAS_MAX};
 use crate::scheduler::{JobState, JobStatus};
 
 /// `POST /v1/jobs`.
@@ -70,6 +73,32 @@ pub struct UnitView {
     pub unit: crate::scheduler::UnitStatus,
     /// Times the journal records it accepted: 1 for a done unit, 0 otherwise.
     pub journal_accepts: u32,
+}
+
+/// Why a job is refused at submission (`POST /v1/jobs` answers 400 with this message).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    /// Neither `embed` nor `generate`.
+    #[error("unknown job kind {0:?} (embed, generate)")]
+    Kind(String),
+    /// A generate job without a usable `max_tokens`.
+    #[error("generate needs max_tokens in 1..={max}", max = hearth_protocol::GENERATE_TOKENS_MAX)]
+    MaxTokens,
+    /// Nothing to do.
+    #[error("the job has no inputs")]
+    NoInputs,
+    /// Over [`JOB_INPUTS_MAX`].
+    #[error("more than {max} inputs in one job", max = JOB_INPUTS_MAX)]
+    TooManyInputs,
+    /// Over [`REPLICAS_MAX`] (or 0).
+    #[error("replicas must be 1..={max}", max = REPLICAS_MAX)]
+    Replicas,
+    /// Over [`UNIT_ITEMS_MAX`] (or 0).
+    #[error("unit_size must be 1..={max}", max = UNIT_ITEMS_MAX)]
+    UnitSize,
+    /// A unit whose texts are over [`UNIT_INPUT_BYTES_MAX`].
+    #[error("unit {0} holds more than {max} bytes of text; use a smaller unit size", max = UNIT_INPUT_BYTES_MAX)]
+    UnitTooLarge(u64),
 }
 
 /// A job's output or receipts cannot be had (yet).

@@ -84,6 +84,14 @@ fn a_three_stage_pipeline_generates_what_one_machine_does() {
         }
         assert_eq!((next, peers.len()), (30, 3), "{result}");
         assert_eq!(result["reroutes"], serde_json::json!([]));
+        // Each hop: from the coordinator to a stage of the route, with the round trip measured.
+        let hops = result["hops"].as_array().expect("hops");
+        assert_eq!(hops.len(), 3, "{result}");
+        for hop in hops {
+            assert!(peers.contains(hop["to"].as_str().expect("to")), "{hop}");
+            assert!(hop["from"].is_string(), "{hop}");
+            assert!(hop["rtt_ms"].as_f64().is_some_and(|ms| ms >= 0.0), "{hop}");
+        }
         // A receipt per stage per step (beside the verifiers' for their replays).
         let steps = result["token_ids"].as_array().expect("ids").len();
         let receipts = result["receipts"].as_array().expect("receipts");

@@ -372,6 +372,7 @@ impl Coordinator {
                     peer.strikes = standing.strikes;
                     peer.quarantined = standing.quarantined;
                     peer.quarantine_reason = standing.quarantine_reason;
+                    peer.rtt_ms = self.network.rtt_ms(&peer.peer_id);
                 }
                 let _ = reply.send(peers);
             }

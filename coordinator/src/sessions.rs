@@ -150,6 +150,12 @@ pub struct Correction {
 /// Round trips to one stage.
 #[derive(Clone, Debug, Serialize)]
 pub struct HopTimes {
+    /// Who sends the stage its input: the coordinator (stages do not yet forward to each other).
+    pub from: PeerId,
+    /// The stage's peer (the last to serve it, after any reroute).
+    pub to: Option<PeerId>,
+    /// The network round trip between them, as ping last measured it.
+    pub rtt_ms: Option<f64>,
     /// The stage's first layer.
     pub layer_start: u32,
     /// Requests answered.
@@ -162,6 +168,24 @@ pub struct HopTimes {
 const _: () = assert!(
     hearth_net::WORK_REQUEST_TIMEOUT.as_millis() >= crate::pipeline::STEP_BUDGET_MS_MAX as u128
 );
+
+/// The peers that may serve stages of `model`, each with its measured round trip and what a layer
+/// of one token of `llm` takes it at its benchmark score, so the planner weighs both.
+fn near(
+    net: &Network,
+    registry: &Registry,
+    standing: &dyn Fn(&PeerId) -> Standing,
+    model: &hearth_protocol::ModelId,
+    llm: &Llm,
+) -> Vec<crate::pipeline::Candidate> {
+    let flops = llm.shape.token_flops(0);
+    let mut all = candidates(registry, standing, model);
+    for c in &mut all {
+        c.rtt_ms = net.rtt_ms(&c.peer);
+        c.layer_ms = flops / (c.score.max(crate::pipeline::STEP_GFLOPS_FLOOR) * 1e6);
+    }
+    all
+}
 
 /// Tell `peers` to free `session`: the session's own state and the replays its checks ran.
 fn end_everywhere(net: &mut Network, session: u64, peers: &[PeerId]) {
@@ -305,7 +329,7 @@ impl Sessions {
                 hearth_protocol::WORK_FRAME_BYTES_MAX,
             )));
         }
-        let candidates = candidates(registry, standing, &model);
+        let candidates = near(net, registry, standing, &model, &llm);
         let stages = request
             .stages
             .map_or(STAGES_DEFAULT.min(candidates.len()).max(1), |k| k as usize);
@@ -382,29 +406,29 @@ impl Sessions {
             Ok(WorkResponse::Forwarded { output, receipt }) => {
                 let signature_ok = receipt.verify().is_ok();
                 if Driver::receipt_matches(&forward, &peer, &output, &receipt, signature_ok) {
-                    let candidates = candidates(registry, standing, &forward.model);
+                    let candidates = near(net, registry, standing, &forward.model, &live.llm);
                     live.driver.on_result(output, receipt, &candidates)
                 } else {
                     tracing::warn!(%peer, session, step = forward.step, "stage receipt does not check");
-                    let candidates = candidates(registry, standing, &forward.model);
+                    let candidates = near(net, registry, standing, &forward.model, &live.llm);
                     live.driver
                         .on_failure(peer, "its receipt did not check", &candidates)
                 }
             }
             Ok(WorkResponse::Rejected(reason)) => {
                 tracing::warn!(%peer, session, %reason, "stage refused a step");
-                let candidates = candidates(registry, standing, &forward.model);
+                let candidates = near(net, registry, standing, &forward.model, &live.llm);
                 live.driver
                     .on_failure(peer, &format!("refused: {reason}"), &candidates)
             }
             Ok(other) => {
-                let candidates = candidates(registry, standing, &forward.model);
+                let candidates = near(net, registry, standing, &forward.model, &live.llm);
                 live.driver
                     .on_failure(peer, &format!("answered {other:?} to a step"), &candidates)
             }
             Err(error) => {
                 tracing::warn!(%peer, session, %error, "stage did not answer");
-                let candidates = candidates(registry, standing, &forward.model);
+                let candidates = near(net, registry, standing, &forward.model, &live.llm);
                 live.driver
                     .on_failure(peer, &format!("no answer: {error}"), &candidates)
             }
@@ -433,7 +457,7 @@ impl Sessions {
             let awaited = live.driver.awaiting() == Some(peer);
             let model = live.driver.pending().map(|f| f.model);
             let candidates = model
-                .map(|m| candidates(registry, standing, &m))
+                .map(|m| near(net, registry, standing, &m, &live.llm))
                 .unwrap_or_default();
             let actions = live.driver.on_failure(peer, "left the swarm", &candidates);
             if awaited {
@@ -463,7 +487,7 @@ impl Sessions {
             live.sent = None;
             let model = live.driver.pending().map(|f| f.model);
             let candidates = model
-                .map(|m| candidates(registry, standing, &m))
+                .map(|m| near(net, registry, standing, &m, &live.llm))
                 .unwrap_or_default();
             let actions =
                 live.driver
@@ -557,7 +581,7 @@ impl Sessions {
                             tracing::warn!(session, %error, "generation failed");
                             SessionEvent::Failed(error)
                         }
-                        None => SessionEvent::Done(Box::new(self.summary(&live))),
+                        None => SessionEvent::Done(Box::new(self.summary(&live, net))),
                     };
                     self.remember(session, &live, matches!(event, SessionEvent::Done(_)));
                     let _ = live.events.try_send(event);
@@ -632,7 +656,7 @@ impl Sessions {
         std::mem::take(&mut self.faults)
     }
 
-    fn summary(&self, live: &Live) -> Summary {
+    fn summary(&self, live: &Live, net: &Network) -> Summary {
         let d = &live.driver;
         let text = live.llm.tokenizer.decode(&d.generated).unwrap_or_default();
         let elapsed = live.started.elapsed().as_secs_f64();
@@ -640,10 +664,20 @@ impl Sessions {
         let hops = live
             .hops
             .iter()
-            .map(|(start, (n, total))| HopTimes {
-                layer_start: *start,
-                round_trips: *n,
-                mean_ms: total / *n as f64,
+            .map(|(start, (n, total))| {
+                let to = d
+                    .route()
+                    .iter()
+                    .find(|h| h.layers.0 == *start)
+                    .map(|h| h.peer_id);
+                HopTimes {
+                    from: net.local_peer(),
+                    to,
+                    rtt_ms: to.and_then(|p| net.rtt_ms(&p)),
+                    layer_start: *start,
+                    round_trips: *n,
+                    mean_ms: total / *n as f64,
+                }
             })
             .collect();
         tracing::info!(

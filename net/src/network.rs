@@ -80,6 +80,8 @@ pub struct Network {
     gate: Option<Gate>,
     /// The clock for graces and bans.
     clock: tokio::time::Interval,
+    /// The last round trip ping measured to each connected peer.
+    rtts: std::collections::HashMap<libp2p::PeerId, std::time::Duration>,
 }
 
 impl Network {
@@ -92,6 +94,7 @@ impl Network {
             gossip: Gossip::default(),
             connections: Connections::default(),
             gate: None,
+            rtts: std::collections::HashMap::new(),
             clock: {
                 let mut clock = tokio::time::interval(CLOCK_TICK);
                 clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -150,6 +153,13 @@ impl Network {
         for revocation in all {
             let _ = self.publish(&Message::Revocation(revocation));
         }
+    }
+
+    /// The round trip to `peer` in milliseconds, as ping last measured it (while connected).
+    pub fn rtt_ms(&self, peer: &PeerId) -> Option<f64> {
+        self.rtts
+            .get(&crate::to_libp2p_peer_id(peer))
+            .map(|d| d.as_secs_f64() * 1e3)
     }
 
     /// This peer's id.
@@ -255,6 +265,9 @@ impl Network {
                 ..
             } => {
                 self.connections.on_closed(peer_id, connection_id);
+                if num_established == 0 {
+                    self.rtts.remove(&peer_id);
+                }
                 if num_established == 0
                     && let Some(gate) = &mut self.gate
                     && let Some(peer) = crate::from_libp2p_peer_id(&peer_id)
@@ -289,6 +302,14 @@ impl Network {
                     Some(NetEvent::Subscribed(peer_id))
                 }
                 BehaviourEvent::Work(event) => self.on_work(event),
+                BehaviourEvent::Ping(libp2p::ping::Event {
+                    peer,
+                    result: Ok(rtt),
+                    ..
+                }) => {
+                    self.rtts.insert(peer, rtt);
+                    None
+                }
                 _ => None,
             },
             _ => None,

@@ -35,6 +35,9 @@ pub struct PeerEntry {
     /// Pipeline sessions whose state it holds, as it advertised last.
     #[serde(default)]
     pub stage_sessions: u32,
+    /// The round trip between the coordinator and it, as ping last measured it (connected peers).
+    #[serde(default)]
+    pub rtt_ms: Option<f64>,
     /// 1 − its worst error estimate over its numeric classes (the ledger's).
     #[serde(default)]
     pub reliability: f64,

@@ -43,11 +43,37 @@ pub struct Candidate {
     pub score: f64,
     /// Memory it has free for layers.
     pub memory_free_bytes: u64,
+    /// The measured round trip to it, when known.
+    pub rtt_ms: Option<f64>,
+    /// What one layer of one token takes it, about (the model's arithmetic at its score); 0 when
+    /// unknown.
+    pub layer_ms: f64,
 }
 
-/// Cut `layers` layers into `stages` contiguous ranges over the fastest candidates, sized in
-/// proportion to score but never more layers than a peer's free memory holds at `layer_bytes` each
-/// (peers with room for none are passed over).
+impl Candidate {
+    /// A peer known by its score and memory only (no round trip, no time per layer yet).
+    pub fn new(peer: PeerId, score: f64, memory_free_bytes: u64) -> Self {
+        Self {
+            peer,
+            score,
+            memory_free_bytes,
+            rtt_ms: None,
+            layer_ms: 0.0,
+        }
+    }
+
+    /// What a token costs through this peer serving `layers` layers: one round trip and their
+    /// arithmetic.
+    fn token_ms(&self, layers: f64) -> f64 {
+        self.rtt_ms.unwrap_or(0.0) + layers * self.layer_ms
+    }
+}
+
+/// Cut `layers` layers into `stages` contiguous ranges over the candidates through which a token
+/// costs least (its round trip plus its share of the arithmetic; the fastest by score when neither
+/// is known), sized in proportion to score but never more layers than a peer's free memory holds
+/// at `layer_bytes` each. Peers with room for none, or further than [`ROUTE_RTT_MAX_MS`], are
+/// passed over.
 pub fn plan(
     candidates: &[Candidate],
     layers: u32,
@@ -60,14 +86,32 @@ pub fn plan(
     let room = |c: &Candidate| -> u32 {
         (c.memory_free_bytes / layer_bytes.max(1)).min(u64::from(layers)) as u32
     };
-    let mut chosen: Vec<&Candidate> = candidates.iter().filter(|c| room(c) > 0).collect();
+    let near = |c: &&Candidate| c.rtt_ms.is_none_or(|rtt| rtt <= ROUTE_RTT_MAX_MS);
+    let holders = candidates.iter().filter(|c| room(c) > 0).count();
+    let mut chosen: Vec<&Candidate> = candidates
+        .iter()
+        .filter(|c| room(c) > 0)
+        .filter(near)
+        .collect();
     if chosen.len() < stages {
+        let far = holders - chosen.len();
         return Err(format!(
-            "{stages} stages asked, but only {} online peers hold the model",
-            chosen.len()
+            "{stages} stages asked, but only {} online peers hold the model{}",
+            chosen.len(),
+            if far > 0 {
+                format!(" within {ROUTE_RTT_MAX_MS} ms ({far} more are further)")
+            } else {
+                String::new()
+            }
         ));
     }
-    chosen.sort_by(|a, b| b.score.total_cmp(&a.score).then(a.peer.cmp(&b.peer)));
+    let share = f64::from(layers) / stages as f64;
+    chosen.sort_by(|a, b| {
+        a.token_ms(share)
+            .total_cmp(&b.token_ms(share))
+            .then(b.score.total_cmp(&a.score))
+            .then(a.peer.cmp(&b.peer))
+    });
     chosen.truncate(stages);
     let caps: Vec<u32> = chosen.iter().map(|c| room(c)).collect();
     let capacity: u32 = caps.iter().sum();
@@ -120,13 +164,23 @@ pub fn plan(
         .collect())
 }
 
+/// Peers further than this (measured round trip) are left out of routes: each token crosses
+/// every stage, so one far peer slows every token of the session.
+pub const ROUTE_RTT_MAX_MS: f64 = 500.0;
+
 /// A peer for the range a failed peer served: the fastest candidate not in `route`, else the
-/// fastest survivor in it.
+/// fastest survivor in it (peers further than [`ROUTE_RTT_MAX_MS`] only when no other is left).
 pub fn replacement(route: &[Hop], candidates: &[Candidate]) -> Option<PeerId> {
     let in_route: BTreeSet<PeerId> = route.iter().map(|h| h.peer_id).collect();
     let best = |pool: &mut dyn Iterator<Item = &Candidate>| {
-        pool.max_by(|a, b| a.score.total_cmp(&b.score).then(b.peer.cmp(&a.peer)))
-            .map(|c| c.peer)
+        pool.max_by(|a, b| {
+            let near = |c: &Candidate| c.rtt_ms.is_none_or(|rtt| rtt <= ROUTE_RTT_MAX_MS);
+            near(a)
+                .cmp(&near(b))
+                .then(a.score.total_cmp(&b.score))
+                .then(b.peer.cmp(&a.peer))
+        })
+        .map(|c| c.peer)
     };
     best(&mut candidates.iter().filter(|c| !in_route.contains(&c.peer)))
         .or_else(|| best(&mut candidates.iter().filter(|c| in_route.contains(&c.peer))))
@@ -1285,11 +1339,11 @@ mod tests {
     use super::*;
 
     fn candidate(n: u8, score: f64, memory_free_bytes: u64) -> Candidate {
-        Candidate {
-            peer: SecretKey::from_bytes(&[n; 32]).public().peer_id(),
+        Candidate::new(
+            SecretKey::from_bytes(&[n; 32]).public().peer_id(),
             score,
             memory_free_bytes,
-        }
+        )
     }
 
     const GIB: u64 = 1 << 30;
@@ -1313,6 +1367,40 @@ mod tests {
         assert_eq!(route[0].layers.0, 0);
         assert!(route.windows(2).all(|w| w[0].layers.1 == w[1].layers.0));
         assert_eq!(route[2].layers.1, 30);
+    }
+
+    #[test]
+    fn a_near_peer_beats_a_faster_far_one_and_the_too_far_are_left_out() {
+        let mut peers = vec![
+            candidate(1, 100.0, 64 * GIB),
+            candidate(2, 80.0, 64 * GIB),
+            candidate(3, 60.0, 64 * GIB),
+        ];
+        // 15 layers a stage: through peer 1 a token takes 15 ms of arithmetic and a 40 ms round
+        // trip, through peer 2 18.75 ms and 1 ms, through peer 3 25 ms and 1 ms.
+        for (p, rtt) in peers.iter_mut().zip([40.0, 1.0, 1.0]) {
+            p.rtt_ms = Some(rtt);
+            p.layer_ms = 100.0 / p.score;
+        }
+        let route = plan(&peers, 30, 2, 1).expect("route");
+        let chosen: Vec<PeerId> = route.iter().map(|h| h.peer_id).collect();
+        assert_eq!(chosen, [peers[1].peer, peers[2].peer], "the near pair");
+        // Nothing known but scores: the fastest, as before.
+        let plain: Vec<Candidate> = peers
+            .iter()
+            .map(|p| candidate_of(p.peer, p.score))
+            .collect();
+        let route = plan(&plain, 30, 2, 1).expect("route");
+        assert_eq!(route[0].peer_id, peers[0].peer);
+        // Past the limit a peer is not used at all, and the refusal says why.
+        peers[1].rtt_ms = Some(ROUTE_RTT_MAX_MS + 1.0);
+        peers[2].rtt_ms = Some(ROUTE_RTT_MAX_MS + 1.0);
+        let error = plan(&peers, 30, 2, 1).expect_err("one near peer");
+        assert!(error.contains("(2 more are further)"), "{error}");
+    }
+
+    fn candidate_of(peer: PeerId, score: f64) -> Candidate {
+        Candidate::new(peer, score, 64 * GIB)
     }
 
     #[test]

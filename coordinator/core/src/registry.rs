@@ -170,6 +170,7 @@ impl Registry {
                 adverts: r.adverts,
                 capabilities: r.capabilities.clone(),
                 stage_sessions: r.stage_sessions,
+                rtt_ms: None,
                 reliability: 0.0,
                 credit: 0.0,
                 strikes: 0,

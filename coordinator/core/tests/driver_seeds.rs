@@ -75,11 +75,7 @@ fn choices(seed: u64) -> Vec<Choice> {
     };
     let candidates: Vec<Candidate> = keys
         .iter()
-        .map(|k| Candidate {
-            peer: k.public().peer_id(),
-            score: 1.0,
-            memory_free_bytes: u64::MAX / 2,
-        })
+        .map(|k| Candidate::new(k.public().peer_id(), 1.0, u64::MAX / 2))
         .collect();
     let mut all = Vec::new();
     for session in 1..=SESSIONS {
@@ -175,11 +171,7 @@ fn a_cancelled_session_names_every_peer_holding_its_state() {
         .collect();
     let candidates: Vec<Candidate> = keys
         .iter()
-        .map(|k| Candidate {
-            peer: k.public().peer_id(),
-            score: 1.0,
-            memory_free_bytes: u64::MAX / 2,
-        })
+        .map(|k| Candidate::new(k.public().peer_id(), 1.0, u64::MAX / 2))
         .collect();
     let route = plan(&candidates, LAYERS, 3, 1).expect("route");
     let stages: Vec<PeerId> = route.iter().map(|h| h.peer_id).collect();

@@ -28,10 +28,8 @@ pub fn candidates(
                 && capabilities.numeric_class.contains_key(&KernelFamily::Llm)
                 && !standing(peer).quarantined
         })
-        .map(|(peer, capabilities)| Candidate {
-            peer: *peer,
-            score: capabilities.score,
-            memory_free_bytes: capabilities.memory_free_bytes,
+        .map(|(peer, capabilities)| {
+            Candidate::new(*peer, capabilities.score, capabilities.memory_free_bytes)
         })
         .collect()
 }
@@ -63,6 +61,17 @@ pub struct LayerShape {
 }
 
 impl LayerShape {
+    /// Floating-point operations of one layer's weights for one row.
+    fn weight_flops(&self) -> f64 {
+        let (h, kv, ffn) = (self.hidden as f64, self.kv as f64, self.ffn as f64);
+        2.0 * (2.0 * h * h + 2.0 * h * kv + 3.0 * h * ffn)
+    }
+
+    /// Floating-point operations of one layer for one token at position `pos`.
+    pub fn token_flops(&self, pos: u32) -> f64 {
+        self.weight_flops() + 4.0 * self.hidden as f64 * (f64::from(pos) + 1.0)
+    }
+
     /// Floating-point operations `forward` asks of its stage: per row and layer, 2 for each weight
     /// (query and output `hidden²`, key and value `hidden × kv`, the feed-forward `3 × hidden ×
     /// ffn`) and 4 × `hidden` for each position the row attends to (scores and weighted sum), so a
@@ -73,11 +82,9 @@ impl LayerShape {
             StageData::Hidden { rows, .. } => f64::from(*rows),
         };
         let layers = f64::from(forward.layers.1.saturating_sub(forward.layers.0));
-        let (h, kv, ffn) = (self.hidden as f64, self.kv as f64, self.ffn as f64);
-        let weights = 2.0 * (2.0 * h * h + 2.0 * h * kv + 3.0 * h * ffn);
         // Row i (from 0) at position pos + i attends to pos + i + 1 positions.
         let attended = rows * f64::from(forward.pos) + rows * (rows + 1.0) / 2.0;
-        layers * (rows * weights + 4.0 * h * attended)
+        layers * (rows * self.weight_flops() + 4.0 * self.hidden as f64 * attended)
     }
 }
 

@@ -136,7 +136,7 @@ pub(crate) struct NodeArgs {
     #[arg(long, env = "HEARTH_COOP_CERT", value_name = "CERT")]
     pub(crate) coop_cert: Option<PathBuf>,
     /// Misbehave on purpose, to watch the swarm catch it: wrong-output, bad-signature, replay,
-    /// slow, crash-after=N.
+    /// slow, crash-after=N; or emulate distance: delay=MS holds everything the node sends.
     #[cfg(feature = "fault-injection")]
     #[arg(long, value_name = "KIND")]
     pub(crate) fault: Option<hearth_node::Fault>,
@@ -195,6 +195,10 @@ pub(crate) struct CoordinatorArgs {
     /// The PEM private key for --tls-cert.
     #[arg(long, value_name = "PEM", requires = "tls_cert")]
     pub(crate) tls_key: Option<PathBuf>,
+    /// Emulate distance: delay=MS holds everything the coordinator sends to peers for MS ms.
+    #[cfg(feature = "fault-injection")]
+    #[arg(long, value_name = "KIND")]
+    pub(crate) fault: Option<hearth_node::Fault>,
 }
 
 #[derive(Debug, Args)]

@@ -37,6 +37,9 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
     }
     #[cfg(feature = "fault-injection")]
     {
+        if let Some(hearth_node::Fault::Delay(ms)) = args.fault {
+            config.net.send_delay = Some(std::time::Duration::from_millis(ms.into()));
+        }
         config.fault = args.fault;
     }
     hearth_node::run(config, shutdown_signal()).await?;
@@ -65,6 +68,20 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     // The dashboard's page at `/`, beside the API it reads.
     config.routes = Some(hearth_dashboard::router());
     config.coop = args.coop;
+    #[cfg(feature = "fault-injection")]
+    match args.fault {
+        None => {}
+        Some(hearth_node::Fault::Delay(ms)) => {
+            tracing::warn!(
+                ms,
+                "fault injection on: everything this coordinator sends waits {ms} ms"
+            );
+            config.net.send_delay = Some(std::time::Duration::from_millis(ms.into()));
+        }
+        Some(other) => {
+            anyhow::bail!("a coordinator takes only --fault delay=MS, not {other}");
+        }
+    }
     hearth_coordinator::run(config, shutdown_signal()).await?;
     Ok(())
 }

@@ -37,6 +37,8 @@ pub struct NetConfig {
     /// Resident memory of this process past which new connections are refused; `None`:
     /// [`crate::MEMORY_SHARE_MAX`] of the machine's memory.
     pub memory_max_bytes: Option<u64>,
+    /// Emulated distance: hold everything sent to other peers this long (`--fault delay=MS`).
+    pub send_delay: Option<std::time::Duration>,
 }
 
 impl Default for NetConfig {
@@ -51,6 +53,7 @@ impl Default for NetConfig {
             mdns: true,
             agent: format!("hearth/{}", env!("CARGO_PKG_VERSION")),
             memory_max_bytes: None,
+            send_delay: None,
         }
     }
 }

@@ -82,6 +82,22 @@ pub struct Network {
     clock: tokio::time::Interval,
     /// The last round trip ping measured to each connected peer.
     rtts: std::collections::HashMap<libp2p::PeerId, std::time::Duration>,
+    /// Emulated distance (`--fault delay=MS`): how long what this process sends is held.
+    delay: Option<std::time::Duration>,
+    /// What is held, in the order it was sent (all for the same time, so due in order).
+    held: std::collections::VecDeque<(tokio::time::Instant, Held)>,
+}
+
+/// Something held by an emulated delay until it is due.
+enum Held {
+    /// An answer to a peer's request.
+    Respond(ResponseChannel<WorkResponse>, WorkResponse),
+    /// A gossip message.
+    Publish(Message),
+    /// The answer to one of our requests: a request's trip out is emulated by holding its
+    /// answer, which costs the round trip the same, since a request goes out the moment it is
+    /// made and its id is the caller's at once.
+    Answer(NetEvent),
 }
 
 impl Network {
@@ -95,6 +111,8 @@ impl Network {
             connections: Connections::default(),
             gate: None,
             rtts: std::collections::HashMap::new(),
+            delay: config.send_delay.filter(|d| !d.is_zero()),
+            held: std::collections::VecDeque::new(),
             clock: {
                 let mut clock = tokio::time::interval(CLOCK_TICK);
                 clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -167,8 +185,24 @@ impl Network {
         self.key.public().peer_id()
     }
 
+    /// Emulate distance: hold everything this process sends to other peers for `delay` before it
+    /// goes out (the fault-injection `--fault delay=MS`; machines here have no `netem`).
+    pub fn delay_sends(&mut self, delay: std::time::Duration) {
+        self.delay = Some(delay).filter(|d| !d.is_zero());
+    }
+
+    fn hold(&mut self, held: Held) {
+        let delay = self.delay.unwrap_or_default();
+        self.held
+            .push_back((tokio::time::Instant::now() + delay, held));
+    }
+
     /// Sign and publish `message` on gossip.
     pub fn publish(&mut self, message: &Message) -> Result<(), BoxError> {
+        if self.delay.is_some() {
+            self.hold(Held::Publish(message.clone()));
+            return Ok(());
+        }
         self.gossip.publish(&mut self.swarm, &self.key, message)
     }
 
@@ -185,6 +219,10 @@ impl Network {
         channel: ResponseChannel<WorkResponse>,
         response: WorkResponse,
     ) -> bool {
+        if self.delay.is_some() {
+            self.hold(Held::Respond(channel, response));
+            return true;
+        }
         self.swarm
             .behaviour_mut()
             .work
@@ -192,18 +230,57 @@ impl Network {
             .is_ok()
     }
 
+    /// Send what is held and due; the first held answer to one of our requests, if any.
+    fn release_held(&mut self) -> Option<NetEvent> {
+        let now = tokio::time::Instant::now();
+        while self.held.front().is_some_and(|(due, _)| *due <= now) {
+            let Some((_, held)) = self.held.pop_front() else {
+                break;
+            };
+            match held {
+                Held::Respond(channel, response) => {
+                    let _ = self
+                        .swarm
+                        .behaviour_mut()
+                        .work
+                        .send_response(channel, response);
+                }
+                Held::Publish(message) => {
+                    if let Err(error) = self.gossip.publish(&mut self.swarm, &self.key, &message) {
+                        tracing::debug!(%error, "held gossip not sent");
+                    }
+                }
+                Held::Answer(event) => return Some(event),
+            }
+        }
+        None
+    }
+
     /// The next event the role acts on. Cancel-safe: events are handled whole between awaits.
     pub async fn next(&mut self) -> NetEvent {
         loop {
+            let due = self.held.front().map(|(due, _)| *due);
             let event = tokio::select! {
+                () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
+                    match self.release_held() {
+                        Some(event) => return event,
+                        None => continue,
+                    }
+                }
                 event = self.swarm.select_next_some() => event,
                 _ = self.clock.tick() => {
                     self.on_clock();
                     continue;
                 }
             };
-            if let Some(event) = self.handle(event) {
-                return event;
+            match self.handle(event) {
+                Some(event @ (NetEvent::WorkResponse { .. } | NetEvent::WorkFailed { .. }))
+                    if self.delay.is_some() =>
+                {
+                    self.hold(Held::Answer(event));
+                }
+                Some(event) => return event,
+                None => {}
             }
         }
     }

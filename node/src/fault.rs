@@ -6,6 +6,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+/// The longest emulated delay (`delay=MS`): a minute, far past any real network.
+pub const FAULT_DELAY_MS_MAX: u32 = 60_000;
+
 /// How a node misbehaves.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
@@ -21,6 +24,9 @@ pub enum Fault {
     CrashAfter(u32),
     /// Floods the coordinator with requests for work, hundreds a second.
     Flood,
+    /// Not a lie: emulated distance. Everything the process sends to another peer waits this many
+    /// milliseconds before it goes out (these machines' kernels have no `netem`).
+    Delay(u32),
 }
 
 impl FromStr for Fault {
@@ -33,10 +39,14 @@ impl FromStr for Fault {
             "replay" => Ok(Self::Replay),
             "slow" => Ok(Self::Slow),
             "flood" => Ok(Self::Flood),
-            _ => match s.strip_prefix("crash-after=").map(str::parse) {
-                Some(Ok(n)) if n > 0 => Ok(Self::CrashAfter(n)),
+            _ => match (
+                s.strip_prefix("crash-after=").map(str::parse),
+                s.strip_prefix("delay=").map(str::parse),
+            ) {
+                (Some(Ok(n)), _) if n > 0 => Ok(Self::CrashAfter(n)),
+                (_, Some(Ok(ms))) if ms <= FAULT_DELAY_MS_MAX => Ok(Self::Delay(ms)),
                 _ => Err(format!(
-                    "unknown fault {s:?}: wrong-output, bad-signature, replay, slow, flood, crash-after=N (N ≥ 1)"
+                    "unknown fault {s:?}: wrong-output, bad-signature, replay, slow, flood, crash-after=N (N ≥ 1), delay=MS (MS ≤ {FAULT_DELAY_MS_MAX})"
                 )),
             },
         }
@@ -52,6 +62,7 @@ impl fmt::Display for Fault {
             Self::Slow => f.write_str("slow"),
             Self::Flood => f.write_str("flood"),
             Self::CrashAfter(n) => write!(f, "crash-after={n}"),
+            Self::Delay(ms) => write!(f, "delay={ms}"),
         }
     }
 }
@@ -69,10 +80,19 @@ mod tests {
             "slow",
             "flood",
             "crash-after=3",
+            "delay=5",
+            "delay=0",
         ] {
             assert_eq!(s.parse::<Fault>().expect(s).to_string(), s);
         }
-        for bad in ["", "lie", "crash-after=0", "crash-after=x"] {
+        for bad in [
+            "",
+            "lie",
+            "crash-after=0",
+            "crash-after=x",
+            "delay=-1",
+            "delay=60001",
+        ] {
             assert!(bad.parse::<Fault>().is_err(), "{bad}");
         }
     }

@@ -23,7 +23,7 @@ pub use config::NodeConfig;
 pub use error::{Error, Result};
 pub use event_loop::run;
 #[cfg(feature = "fault-injection")]
-pub use fault::Fault;
+pub use fault::{FAULT_DELAY_MS_MAX, Fault};
 pub use join::{JoinTarget, resolve};
 pub use limits::*;
 pub use store::scan_models;

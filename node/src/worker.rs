@@ -573,7 +573,9 @@ impl Worker {
             },
             // `slow` is the executor's delay; `crash-after` acts on acknowledgements; `flood`
             // acts when asking for work.
-            Some(Fault::Slow | Fault::CrashAfter(_) | Fault::Flood) | None => (receipt, output),
+            Some(Fault::Slow | Fault::CrashAfter(_) | Fault::Flood | Fault::Delay(_)) | None => {
+                (receipt, output)
+            }
         }
     }
 

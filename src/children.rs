@@ -98,6 +98,16 @@ impl Children {
 
     /// Start a coordinator on loopback (data in `DIR/coordinator`); its API URL and a client for it.
     pub(crate) async fn start_coordinator(&mut self) -> anyhow::Result<(String, Client)> {
+        self.start_coordinator_with(None, &[]).await
+    }
+
+    /// [`Self::start_coordinator`] reading `models` (it tokenizes prompts with the default model)
+    /// with `extra` flags.
+    pub(crate) async fn start_coordinator_with(
+        &mut self,
+        models: Option<&Path>,
+        extra: &[&str],
+    ) -> anyhow::Result<(String, Client)> {
         let dir = self.dir.join("coordinator");
         let mut args = vec![
             "coordinator",
@@ -108,7 +118,11 @@ impl Children {
             // A throwaway swarm on loopback: no keys.
             "--open",
         ];
+        if let Some(models) = models {
+            args.extend(["--models", path_str(models)?]);
+        }
         args.extend(LOOPBACK);
+        args.extend(extra);
         self.spawn("coordinator", &args)?;
         let api = wait_for_api(&dir.join(API_URL_FILE), self).await?;
         let client = Client::new(
@@ -154,9 +168,19 @@ impl Children {
         models: &Path,
         nodes: usize,
     ) -> anyhow::Result<(String, Client)> {
-        let (api, client) = self.start_coordinator().await?;
+        self.start_swarm_with(models, nodes, &[]).await
+    }
+
+    /// [`Self::start_swarm`], every process (the coordinator reading `models` too) with `extra`.
+    pub(crate) async fn start_swarm_with(
+        &mut self,
+        models: &Path,
+        nodes: usize,
+        extra: &[&str],
+    ) -> anyhow::Result<(String, Client)> {
+        let (api, client) = self.start_coordinator_with(Some(models), extra).await?;
         for n in 0..nodes {
-            self.start_node(&format!("node{n}"), &api, models, &[])?;
+            self.start_node(&format!("node{n}"), &api, models, extra)?;
         }
         let deadline = Instant::now() + SWARM_FORM_TIMEOUT;
         loop {
@@ -173,6 +197,18 @@ impl Children {
             }
             tokio::time::sleep(API_FILE_POLL_INTERVAL).await;
         }
+    }
+
+    /// CPU time (user and system, ms) the child named `name` has used so far (Linux `/proc`).
+    pub(crate) fn cpu_ms(&self, name: &str) -> Option<f64> {
+        let (_, child) = self.children.iter().find(|(n, _)| n == name)?;
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", child.id()?)).ok()?;
+        // Fields after the command's closing parenthesis: state is field 3, utime 14, stime 15.
+        let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
+        let ticks: f64 =
+            fields.get(11)?.parse::<f64>().ok()? + fields.get(12)?.parse::<f64>().ok()?;
+        // USER_HZ is 100 on every Linux Hearth runs on.
+        Some(ticks * 10.0)
     }
 
     pub(crate) fn log_path(&self, name: &str) -> PathBuf {

@@ -404,7 +404,7 @@ impl Journal {
                     bytes
                 }
             };
-            ticket = read_ticket(&meta).map_err(|e| db_error(&path, e))?;
+            ticket = read_ticket(&meta, &path)?;
             let legacy = meta
                 .get(META_LEGACY)
                 .map_err(|e| db_error(&path, e))?
@@ -536,16 +536,16 @@ impl Journal {
     }
 
     /// A read of one snapshot, with the last ticket the snapshot holds.
-    fn read<T>(
-        &self,
-        f: impl FnOnce(&redb::ReadTransaction) -> std::result::Result<T, String>,
-    ) -> Result<(Ticket, T)> {
-        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
-        let tx = self.db.begin_read().map_err(|e| err(&e))?;
-        let meta = tx.open_table(META).map_err(|e| err(&e))?;
-        let ticket = read_ticket(&meta).map_err(|e| err(&e))?;
-        let value = f(&tx).map_err(|e| err(&e))?;
-        Ok((ticket, value))
+    fn read<T>(&self, f: impl FnOnce(&redb::ReadTransaction) -> Result<T>) -> Result<(Ticket, T)> {
+        let tx = self.db.begin_read().map_err(|e| self.fail(e))?;
+        let meta = tx.open_table(META).map_err(|e| self.fail(e))?;
+        let ticket = read_ticket(&meta, &self.path)?;
+        Ok((ticket, f(&tx)?))
+    }
+
+    /// The journal's error for `error`, naming its file.
+    fn fail(&self, error: impl std::fmt::Display) -> Error {
+        db_error(&self.path, error)
     }
 
     /// Every log entry, in order.
@@ -556,11 +556,11 @@ impl Journal {
     /// Every committed log entry, in order, and the last ticket they include.
     pub fn entries_at(&self) -> Result<(Ticket, Vec<Entry>)> {
         self.read(|tx| {
-            let log = tx.open_table(LOG).map_err(|e| e.to_string())?;
+            let log = tx.open_table(LOG).map_err(|e| self.fail(e))?;
             let mut entries = Vec::new();
-            for item in log.iter().map_err(|e| e.to_string())? {
-                let (_, value) = item.map_err(|e| e.to_string())?;
-                entries.push(postcard::from_bytes(value.value()).map_err(|e| e.to_string())?);
+            for item in log.iter().map_err(|e| self.fail(e))? {
+                let (_, value) = item.map_err(|e| self.fail(e))?;
+                entries.push(postcard::from_bytes(value.value()).map_err(|e| self.fail(e))?);
             }
             Ok(entries)
         })
@@ -569,11 +569,11 @@ impl Journal {
     /// Every job's payload.
     pub fn jobs(&self) -> Result<Vec<JobPayload>> {
         let (_, jobs) = self.read(|tx| {
-            let jobs = tx.open_table(JOBS).map_err(|e| e.to_string())?;
+            let jobs = tx.open_table(JOBS).map_err(|e| self.fail(e))?;
             let mut out = Vec::new();
-            for item in jobs.iter().map_err(|e| e.to_string())? {
-                let (_, value) = item.map_err(|e| e.to_string())?;
-                out.push(postcard::from_bytes(value.value()).map_err(|e| e.to_string())?);
+            for item in jobs.iter().map_err(|e| self.fail(e))? {
+                let (_, value) = item.map_err(|e| self.fail(e))?;
+                out.push(postcard::from_bytes(value.value()).map_err(|e| self.fail(e))?);
             }
             Ok(out)
         })?;
@@ -588,15 +588,14 @@ impl Journal {
     /// The committed outputs delivered for one unit, by peer, and the last ticket they include.
     pub fn outputs_at(&self, job: u64, unit: u64) -> Result<(Ticket, Vec<(PeerId, StoredOutput)>)> {
         self.read(|tx| {
-            let outputs = tx.open_table(OUTPUTS).map_err(|e| e.to_string())?;
+            let outputs = tx.open_table(OUTPUTS).map_err(|e| self.fail(e))?;
             let low: (u64, u64, &[u8]) = (job, unit, &[]);
             let high: (u64, u64, &[u8]) = (job, unit + 1, &[]);
             let mut out = Vec::new();
-            for item in outputs.range(low..high).map_err(|e| e.to_string())? {
-                let (key, value) = item.map_err(|e| e.to_string())?;
-                let peer =
-                    PeerId::from_multihash_bytes(key.value().2).map_err(|e| e.to_string())?;
-                let output = postcard::from_bytes(value.value()).map_err(|e| e.to_string())?;
+            for item in outputs.range(low..high).map_err(|e| self.fail(e))? {
+                let (key, value) = item.map_err(|e| self.fail(e))?;
+                let peer = PeerId::from_multihash_bytes(key.value().2).map_err(|e| self.fail(e))?;
+                let output = postcard::from_bytes(value.value()).map_err(|e| self.fail(e))?;
                 out.push((peer, output));
             }
             Ok(out)
@@ -607,12 +606,13 @@ impl Journal {
 /// The last ticket committed, from the meta table (0 in a journal that has none yet).
 fn read_ticket(
     meta: &impl ReadableTable<&'static str, &'static [u8]>,
-) -> std::result::Result<Ticket, String> {
-    match meta.get(META_TICKET).map_err(|e| e.to_string())? {
+    path: &Path,
+) -> Result<Ticket> {
+    match meta.get(META_TICKET).map_err(|e| db_error(path, e))? {
         None => Ok(0),
         Some(value) => <[u8; 8]>::try_from(value.value())
             .map(u64::from_le_bytes)
-            .map_err(|_| "its ticket is not 8 bytes".to_string()),
+            .map_err(|_| db_error(path, "its ticket is not 8 bytes")),
     }
 }
 

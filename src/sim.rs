@@ -16,7 +16,7 @@ pub(crate) fn run(args: cli::SimArgs) -> anyhow::Result<()> {
         return sim_sweep_population(&args, &scenario, seed);
     }
     let started = std::time::Instant::now();
-    let mut report = hearth_sim::run(&scenario, seed).map_err(|e| anyhow::anyhow!(e))?;
+    let mut report = hearth_sim::run(&scenario, seed);
     report.seed = seed;
     let wall = started.elapsed();
     std::fs::create_dir_all(&args.out)?;
@@ -53,7 +53,7 @@ fn sim_sweep(
         };
         let mut variant = scenario.clone();
         variant.workload.replicas = replicas;
-        let mut report = hearth_sim::run(&variant, seed).map_err(|e| anyhow::anyhow!(e))?;
+        let mut report = hearth_sim::run(&variant, seed);
         report.seed = seed;
         let label = replicas.map_or("adaptive".to_string(), |r| format!("replicas {r}"));
         let wrong_rate = report.wrong_accepted as f64 / report.units_accepted.max(1) as f64;
@@ -72,7 +72,7 @@ fn sim_sweep(
     let json = args.out.join("sweep.json");
     std::fs::write(&json, serde_json::to_string_pretty(&reports)? + "\n")?;
     let svg = args.out.join("tradeoff.svg");
-    hearth_sim::plot::tradeoff(&scenario.name, &points, &svg).map_err(|e| anyhow::anyhow!(e))?;
+    hearth_sim::plot::tradeoff(&scenario.name, &points, &svg)?;
     println!(
         "wall time {:.1} s; {} and {}",
         started.elapsed().as_secs_f64(),
@@ -92,7 +92,7 @@ fn sim_sweep_population(
     std::fs::create_dir_all(&args.out)?;
     let total: u32 = scenario.population.iter().map(|g| g.count).sum();
     let run = |variant: &hearth_sim::Scenario| -> anyhow::Result<hearth_sim::Report> {
-        let mut report = hearth_sim::run(variant, seed).map_err(|e| anyhow::anyhow!(e))?;
+        let mut report = hearth_sim::run(variant, seed);
         report.seed = seed;
         Ok(report)
     };
@@ -142,8 +142,7 @@ fn sim_sweep_population(
             "executions per accepted unit",
             &points,
             &args.out.join("byzantine.svg"),
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
+        )?;
     }
     if !args.sweep_churn.is_empty() {
         let (mut points, mut reports) = (Vec::new(), Vec::new());
@@ -176,8 +175,7 @@ fn sim_sweep_population(
             "units accepted per second",
             &points,
             &args.out.join("churn.svg"),
-        )
-        .map_err(|e| anyhow::anyhow!(e))?;
+        )?;
     }
     println!(
         "wall time {:.1} s; plots in {}",

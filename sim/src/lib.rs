@@ -39,7 +39,7 @@ use hearth_protocol::{Advert, Backend, Capabilities, Digest, KernelFamily, Model
 use peers::*;
 use queue::Queue;
 pub use report::{Report, StagesCaught};
-pub use scenario::{Behaviour, Group, Network, Pipeline, Scenario, Workload};
+pub use scenario::{Behaviour, Group, Network, Pipeline, Scenario, ScenarioError, Workload};
 use truth::*;
 
 /// Virtual milliseconds between ticks of the registry and the scheduler.
@@ -140,15 +140,15 @@ impl SimSession {
 }
 
 /// Run `scenario` with `seed`.
-pub fn run(scenario: &Scenario, seed: u64) -> Result<Report, String> {
+pub fn run(scenario: &Scenario, seed: u64) -> Report {
     let mut sim = Sim::new(scenario, seed);
     sim.start();
-    sim.run()?;
+    sim.run();
     let report = sim.report();
     // Freeing ten million units takes seconds: let another thread do it while the report goes out.
     let scheduler = std::mem::replace(&mut sim.scheduler, Scheduler::new(Policy::seeded(0)));
     std::thread::spawn(move || drop(scheduler));
-    Ok(report)
+    report
 }
 
 impl<'a> Sim<'a> {
@@ -283,7 +283,7 @@ impl<'a> Sim<'a> {
         }
     }
 
-    fn run(&mut self) -> Result<(), String> {
+    fn run(&mut self) {
         let limit = self.scenario.time_limit_s * 1000;
         while let Some((t, event)) = self.queue.pop() {
             let sessions_left = self.sessions.iter().any(|s| s.ended.is_none());
@@ -292,12 +292,11 @@ impl<'a> Sim<'a> {
             }
             self.now = t;
             self.events += 1;
-            self.handle(event)?;
+            self.handle(event);
         }
-        Ok(())
     }
 
-    fn handle(&mut self, event: Event) -> Result<(), String> {
+    fn handle(&mut self, event: Event) {
         match event {
             Event::Tick => {
                 let out = self.scheduler.handle(self.now, Input::Tick);
@@ -330,7 +329,7 @@ impl<'a> Sim<'a> {
             Event::Advert(p, epoch) => {
                 let peer = &mut self.peers[p as usize];
                 if !peer.online || peer.crashed || peer.epoch != epoch {
-                    return Ok(());
+                    return;
                 }
                 peer.adverts += 1;
                 let advert = Advert {
@@ -351,12 +350,12 @@ impl<'a> Sim<'a> {
             Event::Ready(p, epoch) => {
                 let peer = &self.peers[p as usize];
                 if !peer.online || peer.crashed || peer.busy || peer.epoch != epoch {
-                    return Ok(());
+                    return;
                 }
                 // As the coordinator's shell: the offer is what the registry holds of the peer.
                 let Some(capabilities) = self.registry.capabilities(&peer.id) else {
                     self.at(UNKNOWN_RETRY_MS, Event::Ready(p, epoch));
-                    return Ok(());
+                    return;
                 };
                 let offer = match &peer.offer {
                     Some(offer) => offer.clone(),
@@ -385,11 +384,11 @@ impl<'a> Sim<'a> {
             } => {
                 let peer = &self.peers[p as usize];
                 if peer.crashed || peer.epoch != epoch {
-                    return Ok(());
+                    return;
                 }
                 if self.rng.unit() < self.scenario.network.loss {
                     self.at(REDELIVER_MS, event);
-                    return Ok(());
+                    return;
                 }
                 let (digest, class) = self.answer(p, job, unit);
                 let flight = self.flights.entry((job, unit)).or_default();
@@ -427,7 +426,7 @@ impl<'a> Sim<'a> {
             Event::Leave(p) => {
                 let peer = &mut self.peers[p as usize];
                 if !peer.online || peer.crashed {
-                    return Ok(());
+                    return;
                 }
                 peer.online = false;
                 peer.busy = false;
@@ -440,7 +439,7 @@ impl<'a> Sim<'a> {
             Event::Join(p) => {
                 let peer = &mut self.peers[p as usize];
                 if peer.crashed {
-                    return Ok(());
+                    return;
                 }
                 peer.online = true;
                 peer.epoch += 1;
@@ -457,14 +456,13 @@ impl<'a> Sim<'a> {
             Event::Crash(p) => {
                 let peer = &mut self.peers[p as usize];
                 if peer.crashed {
-                    return Ok(());
+                    return;
                 }
                 peer.crashed = true;
                 peer.online = false;
                 peer.epoch += 1;
             }
         }
-        Ok(())
     }
 
     /// What peer `p` answers for the unit: the truth, or a lie of its kind.
@@ -698,7 +696,7 @@ behaviour = { kind = "bad-signature" }
 
     #[test]
     fn independent_liars_never_get_a_wrong_result_accepted() {
-        let report = run(&scenario(SMALL), 7).expect("runs");
+        let report = run(&scenario(SMALL), 7);
         assert!(report.finished, "{report:?}");
         assert_eq!(report.units_accepted, 2000);
         assert_eq!(report.wrong_accepted, 0);
@@ -711,10 +709,10 @@ behaviour = { kind = "bad-signature" }
 
     #[test]
     fn the_same_seed_gives_the_same_report() {
-        let a = serde_json::to_string(&run(&scenario(SMALL), 3).expect("runs")).expect("json");
-        let b = serde_json::to_string(&run(&scenario(SMALL), 3).expect("runs")).expect("json");
+        let a = serde_json::to_string(&run(&scenario(SMALL), 3)).expect("json");
+        let b = serde_json::to_string(&run(&scenario(SMALL), 3)).expect("json");
         assert_eq!(a, b);
-        let c = serde_json::to_string(&run(&scenario(SMALL), 4).expect("runs")).expect("json");
+        let c = serde_json::to_string(&run(&scenario(SMALL), 4)).expect("json");
         assert_ne!(a, c);
     }
 
@@ -736,8 +734,7 @@ behaviour = { kind = "colluder", only_when_all = true }
 "#,
             ),
             5,
-        )
-        .expect("runs");
+        );
         assert!(report.finished, "{report:?}");
         assert_eq!(report.wrong_accepted, 0, "{report:?}");
     }
@@ -763,8 +760,7 @@ behaviour = { kind = "liar", probability = 1.0 }
 "#,
             ),
             2,
-        )
-        .expect("runs");
+        );
         assert_eq!(report.pipeline_sessions_done, 20, "{report:?}");
         assert_eq!(report.pipeline_tokens, 20 * 24);
         assert_eq!(report.pipeline_wrong_tokens, 0, "{report:?}");
@@ -802,7 +798,7 @@ behaviour = {{ kind = "liar", probability = 1.0 }}
 count = 20
 "#
         );
-        run(&scenario(&text), 9).expect("runs")
+        run(&scenario(&text), 9)
     }
 
     #[test]
@@ -849,8 +845,7 @@ mean_crash_s = 15.0
 "#,
             ),
             1,
-        )
-        .expect("runs");
+        );
         assert!(report.finished, "{report:?}");
         assert_eq!(report.units_accepted + report.units_failed, 1000);
         assert_eq!(report.wrong_accepted, 0);

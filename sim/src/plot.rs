@@ -4,6 +4,16 @@ use std::path::Path;
 
 use plotters::prelude::*;
 
+/// A plot that could not be drawn or written.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: {message}")]
+pub struct PlotError {
+    /// The SVG file.
+    pub path: std::path::PathBuf,
+    /// What went wrong (plotters' error, as text: its type is generic over the backend).
+    pub message: String,
+}
+
 /// One point of a sweep: its label, executions per accepted unit, and wrong results per accepted
 /// unit.
 #[derive(Clone, Debug, serde::Serialize)]
@@ -17,8 +27,11 @@ pub struct Point {
 }
 
 /// Plot wrong-result rate against executions per unit, one labelled point per setting.
-pub fn tradeoff(title: &str, points: &[Point], path: &Path) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
+pub fn tradeoff(title: &str, points: &[Point], path: &Path) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.into(),
+        message: e.to_string(),
+    };
     let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let x_max = points
@@ -64,8 +77,11 @@ pub fn line(
     y_desc: &str,
     points: &[(f64, f64, String)],
     path: &Path,
-) -> Result<(), String> {
-    let err = |e: &dyn std::fmt::Display| e.to_string();
+) -> Result<(), PlotError> {
+    let err = |e: &dyn std::fmt::Display| PlotError {
+        path: path.into(),
+        message: e.to_string(),
+    };
     let root = SVGBackend::new(path, (720, 480)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| err(&e))?;
     let (x_min, x_max) = points.iter().fold((f64::MAX, f64::MIN), |(lo, hi), p| {

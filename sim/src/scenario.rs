@@ -187,33 +187,50 @@ pub enum Behaviour {
     },
 }
 
+/// What is wrong with a scenario file.
+#[derive(Debug, thiserror::Error)]
+pub enum ScenarioError {
+    /// Not TOML of a scenario's shape.
+    #[error(transparent)]
+    Toml(#[from] toml::de::Error),
+    /// No peers.
+    #[error("the population is empty")]
+    NoPopulation,
+    /// An unknown verification mode.
+    #[error("pipeline verify {0:?}: window, sampled, after or off")]
+    Verify(String),
+    /// No units.
+    #[error("the workload is empty")]
+    NoWork,
+    /// An unknown backend.
+    #[error("backend {0:?}: cpu, cuda or metal")]
+    Backend(String),
+    /// Not a range of positive speeds.
+    #[error("ms_per_item {0:?}: a range of positive numbers")]
+    MsPerItem([f64; 2]),
+}
+
 impl Scenario {
     /// Parse a scenario from TOML.
-    pub fn from_toml(text: &str) -> Result<Self, String> {
-        let scenario: Self = toml::from_str(text).map_err(|e| e.to_string())?;
+    pub fn from_toml(text: &str) -> Result<Self, ScenarioError> {
+        let scenario: Self = toml::from_str(text)?;
         if scenario.population.iter().map(|g| g.count).sum::<u32>() == 0 {
-            return Err("the population is empty".into());
+            return Err(ScenarioError::NoPopulation);
         }
         if let Some(p) = &scenario.pipeline
             && !["window", "sampled", "after", "off"].contains(&p.verify.as_str())
         {
-            return Err(format!(
-                "pipeline verify {:?}: window, sampled, after or off",
-                p.verify
-            ));
+            return Err(ScenarioError::Verify(p.verify.clone()));
         }
         if scenario.workload.units_per_job == 0 || scenario.workload.jobs == 0 {
-            return Err("the workload is empty".into());
+            return Err(ScenarioError::NoWork);
         }
         for g in &scenario.population {
             if !["cpu", "cuda", "metal"].contains(&g.backend.as_str()) {
-                return Err(format!("backend {:?}: cpu, cuda or metal", g.backend));
+                return Err(ScenarioError::Backend(g.backend.clone()));
             }
             if !(g.ms_per_item[0] > 0.0 && g.ms_per_item[0] <= g.ms_per_item[1]) {
-                return Err(format!(
-                    "ms_per_item {:?}: a range of positive numbers",
-                    g.ms_per_item
-                ));
+                return Err(ScenarioError::MsPerItem(g.ms_per_item));
             }
         }
         Ok(scenario)

@@ -60,6 +60,24 @@ fn answer(f: &Forward) -> StageResult {
     }
 }
 
+/// An honest stage's receipt for `output` of `forward`.
+fn sign(key: &SecretKey, forward: &Forward, output: &StageResult) -> Receipt {
+    Receipt::sign(
+        key,
+        ReceiptBody {
+            subject: Subject::Step {
+                session: hearth_core::pipeline::session_of(forward.session),
+                step: forward.step,
+                layer_start: forward.layers.0,
+            },
+            model: forward.model,
+            input: forward.digest(),
+            output: output.digest(),
+            numeric_class: "k0/llm/test".into(),
+        },
+    )
+}
+
 /// One window's check: the session, its steps, the layers, and the verifier (none: unchecked).
 type Choice = (u64, (u64, u64), (u32, u32), Option<PeerId>);
 
@@ -99,20 +117,7 @@ fn choices(seed: u64) -> Vec<Choice> {
                 match action {
                     Action::Send { peer, forward } => {
                         let output = answer(&forward);
-                        let receipt = Receipt::sign(
-                            key_of(&peer),
-                            ReceiptBody {
-                                subject: Subject::Step {
-                                    session: hearth_core::pipeline::session_of(forward.session),
-                                    step: forward.step,
-                                    layer_start: forward.layers.0,
-                                },
-                                model: forward.model,
-                                input: forward.digest(),
-                                output: output.digest(),
-                                numeric_class: "k0/llm/test".into(),
-                            },
-                        );
+                        let receipt = sign(key_of(&peer), &forward, &output);
                         next.extend(driver.on_result(output, receipt, &candidates));
                     }
                     Action::Finished { error, .. } => {
@@ -198,20 +203,7 @@ fn a_cancelled_session_names_every_peer_holding_its_state() {
             .find(|k| k.public().peer_id() == peer)
             .expect("a known peer");
         let output = answer(&forward);
-        let receipt = Receipt::sign(
-            key,
-            ReceiptBody {
-                subject: Subject::Step {
-                    session: hearth_core::pipeline::session_of(forward.session),
-                    step: forward.step,
-                    layer_start: forward.layers.0,
-                },
-                model: forward.model,
-                input: forward.digest(),
-                output: output.digest(),
-                numeric_class: "k0/llm/test".into(),
-            },
-        );
+        let receipt = sign(key, &forward, &output);
         actions = driver.on_result(output, receipt, &candidates);
         actions.retain(|a| matches!(a, Action::Send { .. }));
     };

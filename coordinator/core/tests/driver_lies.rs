@@ -1,0 +1,169 @@
+//! The driver's promise under `--verify window`, over many seeds: whatever stages fail and however
+//! lying peers lie, the tokens it releases (after its corrections) are the honest tokens. Liars
+//! here always lie, each in its own way (two liars never agree), as the simulator's do; a request
+//! fails now and then (a peer gone, a timeout).
+
+mod common;
+
+use common::{CLASS, LAYERS, answer, mix, sign};
+use hearth_core::pipeline::{Action, Candidate, Driver, Verify, plan};
+use hearth_protocol::work::{StageData, StageResult};
+use hearth_protocol::{ModelId, PeerId, SecretKey};
+
+const PEERS: u8 = 12;
+const TOKENS: usize = 24;
+const SEEDS: u64 = 300;
+
+/// What a liar returns instead of the honest answer: hidden states with one value moved, or
+/// another token; what it changes depends on who it is.
+fn lie(honest: StageResult, liar: u8) -> StageResult {
+    match honest {
+        StageResult::Hidden(data) => {
+            let mut floats = data.floats();
+            let rows = (floats.len() / 2) as u32;
+            let i = usize::from(liar) % floats.len();
+            floats[i] += 1000.0 * f32::from(liar);
+            StageResult::Hidden(StageData::hidden(rows, &floats))
+        }
+        StageResult::Next { token, .. } => {
+            let t = token + u32::from(liar);
+            StageResult::Next {
+                token: t,
+                top: vec![(t, 1.0)],
+            }
+        }
+        StageResult::NextEach(rows) => StageResult::NextEach(
+            rows.into_iter()
+                .map(|(t, _)| (t + u32::from(liar), vec![(t + u32::from(liar), 1.0)]))
+                .collect(),
+        ),
+    }
+}
+
+/// How one session went: the tokens released in the end, and whether it finished.
+struct Outcome {
+    released: Vec<u32>,
+    finished: bool,
+    faults: usize,
+}
+
+/// Run one session with `liars` (peer numbers) lying always and each request failing with
+/// probability `fail` (drawn from `seed`).
+fn session(seed: u64, liars: &[u8], fail: f64) -> Outcome {
+    let keys: Vec<(u8, SecretKey)> = (1..=PEERS)
+        .map(|n| (n, SecretKey::from_bytes(&[n; 32])))
+        .collect();
+    let number = |peer: &PeerId| {
+        keys.iter()
+            .find(|(_, k)| k.public().peer_id() == *peer)
+            .map(|(n, _)| *n)
+            .expect("a known peer")
+    };
+    let candidates: Vec<Candidate> = keys
+        .iter()
+        .map(|(_, k)| Candidate::new(k.public().peer_id(), 1.0, u64::MAX / 2))
+        .collect();
+    // The route starts on peers chosen by the seed, so liars sit anywhere in it. Scores differ by
+    // under 1%, so every route cuts the layers 4/4/4: the made-up model's tokens depend on where
+    // it is cut, and every session must be comparable with the honest one.
+    let mut shuffled = candidates.clone();
+    for c in &mut shuffled {
+        c.score = 1.0 + (mix(seed ^ u64::from(number(&c.peer))) % 1000) as f64 / 100_000.0;
+    }
+    let route = plan(&shuffled, LAYERS, 3, 1).expect("route");
+    let (mut driver, mut actions) = Driver::new(
+        seed,
+        ModelId::of_bytes(b"test"),
+        route,
+        vec![1, 2, 3, 4],
+        TOKENS,
+        0,
+        1 << 20,
+        Verify::Window,
+        mix(seed),
+    );
+    driver.compare_exactly([CLASS.to_string()]);
+    let mut released = Vec::new();
+    let mut faults = 0;
+    let mut draw = mix(seed ^ 0x5eed);
+    let mut steps = 0;
+    loop {
+        let mut next = Vec::new();
+        for action in actions {
+            match action {
+                Action::Send { peer, forward } => {
+                    draw = mix(draw);
+                    if (draw % 10_000) as f64 / 10_000.0 < fail {
+                        next.extend(driver.on_failure(peer, "no answer", &candidates));
+                        continue;
+                    }
+                    let n = number(&peer);
+                    let honest = answer(&forward);
+                    let output = if liars.contains(&n) {
+                        lie(honest, n)
+                    } else {
+                        honest
+                    };
+                    let key = &keys[usize::from(n - 1)].1;
+                    let receipt = sign(key, &forward, &output);
+                    next.extend(driver.on_result(output, receipt, &candidates));
+                }
+                Action::Token(t) => released.push(t),
+                Action::Correction(from) => released.truncate(from),
+                Action::Fault { .. } => faults += 1,
+                Action::Finished { error, .. } => {
+                    return Outcome {
+                        released,
+                        finished: error.is_none(),
+                        faults,
+                    };
+                }
+            }
+        }
+        steps += 1;
+        assert!(
+            !next.is_empty() && steps < 100_000,
+            "seed {seed}: the session stalled"
+        );
+        actions = next;
+    }
+}
+
+#[test]
+fn whatever_fails_and_whoever_lies_the_released_tokens_are_the_honest_ones() {
+    let honest = session(0, &[], 0.0);
+    assert!(honest.finished && honest.released.len() == TOKENS);
+    // Any route gives the same honest tokens (the cut is always 4/4/4).
+    for seed in [1, 2, 3] {
+        assert_eq!(session(seed, &[], 0.0).released, honest.released);
+    }
+    // One request in a hundred failing, then one in twenty: a peer that fails is not used again
+    // in its session, so at the higher rate many sessions run out of peers and end with an error;
+    // those that finish must still release the honest tokens.
+    for (fail, finish_share) in [(0.01, 0.9), (0.05, 0.0)] {
+        let (mut finished, mut caught) = (0, 0);
+        for seed in 1..=SEEDS {
+            // Three liars of twelve, a different three each time.
+            let liars: Vec<u8> = (0..3)
+                .map(|i| (mix(seed * 7 + i) % u64::from(PEERS)) as u8 + 1)
+                .collect();
+            let outcome = session(seed, &liars, fail);
+            if outcome.finished {
+                finished += 1;
+                assert_eq!(
+                    outcome.released, honest.released,
+                    "seed {seed}, liars {liars:?}, failures {fail}: released tokens differ from the honest ones"
+                );
+            }
+            caught += outcome.faults;
+        }
+        assert!(
+            finished as f64 >= finish_share * SEEDS as f64,
+            "only {finished} of {SEEDS} finished at failures {fail}"
+        );
+        assert!(caught > 0, "no liar was ever caught");
+        println!(
+            "requests failing at {fail}: {finished} of {SEEDS} sessions finished, all with the honest tokens; {caught} faults caught"
+        );
+    }
+}

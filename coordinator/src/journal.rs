@@ -260,8 +260,8 @@ pub struct Journal {
     db: Arc<Database>,
     path: PathBuf,
     secret: Secret,
-    /// Batches to the committer; `None` once closed.
-    batches: Option<mpsc::Sender<(Ticket, Batch)>>,
+    /// Batches to the committer, at most [`JOURNAL_QUEUE_MAX`] waiting; `None` once closed.
+    batches: Option<mpsc::SyncSender<(Ticket, Batch)>>,
     committer: Option<std::thread::JoinHandle<()>>,
     progress: Arc<Progress>,
     /// The last ticket handed out.
@@ -271,10 +271,16 @@ pub struct Journal {
 /// How far the committer has come, shared with it.
 struct Progress {
     state: Mutex<Committed>,
-    /// For threads that wait ([`Journal::wait`]).
+    /// For threads that wait ([`Journal::flush`]).
     changed: Condvar,
     /// For the event loop ([`Journal::notified`]).
     notify: tokio::sync::Notify,
+}
+
+impl Progress {
+    fn lock(&self) -> std::sync::MutexGuard<'_, Committed> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
 }
 
 struct Committed {
@@ -340,7 +346,7 @@ impl Writer {
             group.extend(batches.try_iter().take(GROUP_COMMIT_BATCHES_MAX - 1));
             let last = group.last().map_or(0, |(ticket, _)| *ticket);
             let result = self.commit(&group);
-            let mut state = progress.state.lock().unwrap_or_else(|e| e.into_inner());
+            let mut state = progress.lock();
             match result {
                 Ok(()) => {
                     state.upto = last;
@@ -362,6 +368,10 @@ impl Writer {
 /// At most this many batches go into one commit, so one transaction stays bounded however far
 /// the committer fell behind.
 pub const GROUP_COMMIT_BATCHES_MAX: usize = 4_096;
+
+/// At most this many batches wait for the committer. Past it, handing one over waits (the event
+/// loop slows to the disk's pace) rather than holding ever more in memory.
+pub const JOURNAL_QUEUE_MAX: usize = 2 * GROUP_COMMIT_BATCHES_MAX;
 
 fn db_error(path: &Path, error: impl std::fmt::Display) -> Error {
     Error::Journal {
@@ -436,7 +446,7 @@ impl Journal {
             path: path.clone(),
             next_seq,
         };
-        let (batches, receiver) = mpsc::channel();
+        let (batches, receiver) = mpsc::sync_channel(JOURNAL_QUEUE_MAX);
         let shared = progress.clone();
         let committer = std::thread::Builder::new()
             .name("journal".into())
@@ -484,11 +494,7 @@ impl Journal {
 
     /// The last ticket committed durably, or the error that stopped the committer.
     pub fn committed(&self) -> Result<Ticket> {
-        let state = self
-            .progress
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let state = self.progress.lock();
         match &state.failed {
             Some(message) => Err(db_error(&self.path, message)),
             None => Ok(state.upto),
@@ -497,12 +503,7 @@ impl Journal {
 
     /// Transactions committed since the journal was opened (each holds one or more batches).
     pub fn transactions(&self) -> u64 {
-        let state = self
-            .progress
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
-        state.transactions
+        self.progress.lock().transactions
     }
 
     /// Resolves when the committer has made progress (or failed) since it last resolved.
@@ -513,11 +514,7 @@ impl Journal {
 
     /// Block until everything submitted so far is durable.
     pub fn flush(&self) -> Result<()> {
-        let mut state = self
-            .progress
-            .state
-            .lock()
-            .unwrap_or_else(|e| e.into_inner());
+        let mut state = self.progress.lock();
         while state.failed.is_none() && state.upto < self.submitted {
             state = self
                 .progress

@@ -402,33 +402,29 @@ impl Sessions {
             hop.0 += 1;
             hop.1 += sent.elapsed().as_secs_f64() * 1e3;
         }
+        let candidates = near(net, registry, standing, &forward.model, &live.llm);
         let actions = match response {
             Ok(WorkResponse::Forwarded { output, receipt }) => {
                 let signature_ok = receipt.verify().is_ok();
                 if Driver::receipt_matches(&forward, &peer, &output, &receipt, signature_ok) {
-                    let candidates = near(net, registry, standing, &forward.model, &live.llm);
                     live.driver.on_result(output, receipt, &candidates)
                 } else {
                     tracing::warn!(%peer, session, step = forward.step, "stage receipt does not check");
-                    let candidates = near(net, registry, standing, &forward.model, &live.llm);
                     live.driver
                         .on_failure(peer, "its receipt did not check", &candidates)
                 }
             }
             Ok(WorkResponse::Rejected(reason)) => {
                 tracing::warn!(%peer, session, %reason, "stage refused a step");
-                let candidates = near(net, registry, standing, &forward.model, &live.llm);
                 live.driver
                     .on_failure(peer, &format!("refused: {reason}"), &candidates)
             }
             Ok(other) => {
-                let candidates = near(net, registry, standing, &forward.model, &live.llm);
                 live.driver
                     .on_failure(peer, &format!("answered {other:?} to a step"), &candidates)
             }
             Err(error) => {
                 tracing::warn!(%peer, session, %error, "stage did not answer");
-                let candidates = near(net, registry, standing, &forward.model, &live.llm);
                 live.driver
                     .on_failure(peer, &format!("no answer: {error}"), &candidates)
             }
@@ -512,8 +508,19 @@ impl Sessions {
                 Action::Send { peer, forward } => {
                     live.sent = Some((Instant::now(), forward.layers.0));
                     // The stage is given what its share of the work takes at its own measured
-                    // speed, with slack: a long prefill is not a dead peer.
-                    let flops = live.llm.shape.flops(&forward);
+                    // speed, with slack: a long prefill is not a dead peer. A stage runs its steps
+                    // in turn, so the steps other sessions sent it and it has not answered yet
+                    // (another user's long prefill) count too.
+                    let ahead: f64 = self
+                        .live
+                        .iter()
+                        .filter(|(s, l)| **s != session && l.driver.awaiting() == Some(peer))
+                        .filter_map(|(_, l)| l.driver.pending().map(|f| l.llm.shape.flops(f)))
+                        .sum();
+                    let Some(live) = self.live.get_mut(&session) else {
+                        return;
+                    };
+                    let flops = ahead + live.llm.shape.flops(&forward);
                     let gflops = registry.capabilities(&peer).map_or(0.0, |c| c.score);
                     self.timeouts
                         .sent(session, now_ms, step_budget_ms(flops, gflops));

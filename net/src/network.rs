@@ -185,12 +185,6 @@ impl Network {
         self.key.public().peer_id()
     }
 
-    /// Emulate distance: hold everything this process sends to other peers for `delay` before it
-    /// goes out (the fault-injection `--fault delay=MS`; machines here have no `netem`).
-    pub fn delay_sends(&mut self, delay: std::time::Duration) {
-        self.delay = Some(delay).filter(|d| !d.is_zero());
-    }
-
     fn hold(&mut self, held: Held) {
         let delay = self.delay.unwrap_or_default();
         self.held

@@ -354,7 +354,6 @@ pub(crate) fn spawn(
                             }
                             }
                         };
-                        live.send_if_modified(|n| replace(n, server.cache.session_count()));
                         if answers.blocking_send((key, response)).is_err() {
                             break;
                         }

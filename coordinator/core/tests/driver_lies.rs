@@ -5,10 +5,9 @@
 
 mod common;
 
-use common::{CLASS, LAYERS, answer, mix, sign};
-use hearth_core::pipeline::{Action, Candidate, Driver, Verify, plan};
+use common::{CLASS, LAYERS, Peers, answer, mix, sign, start};
+use hearth_core::pipeline::{Action, Verify, plan};
 use hearth_protocol::work::{StageData, StageResult};
-use hearth_protocol::{ModelId, PeerId, SecretKey};
 
 const PEERS: u8 = 12;
 const TOKENS: usize = 24;
@@ -50,38 +49,17 @@ struct Outcome {
 /// Run one session with `liars` (peer numbers) lying always and each request failing with
 /// probability `fail` (drawn from `seed`).
 fn session(seed: u64, liars: &[u8], fail: f64) -> Outcome {
-    let keys: Vec<(u8, SecretKey)> = (1..=PEERS)
-        .map(|n| (n, SecretKey::from_bytes(&[n; 32])))
-        .collect();
-    let number = |peer: &PeerId| {
-        keys.iter()
-            .find(|(_, k)| k.public().peer_id() == *peer)
-            .map(|(n, _)| *n)
-            .expect("a known peer")
-    };
-    let candidates: Vec<Candidate> = keys
-        .iter()
-        .map(|(_, k)| Candidate::new(k.public().peer_id(), 1.0, u64::MAX / 2))
-        .collect();
+    let peers = Peers::new(PEERS);
+    let candidates = &peers.candidates;
     // The route starts on peers chosen by the seed, so liars sit anywhere in it. Scores differ by
     // under 1%, so every route cuts the layers 4/4/4: the made-up model's tokens depend on where
     // it is cut, and every session must be comparable with the honest one.
     let mut shuffled = candidates.clone();
     for c in &mut shuffled {
-        c.score = 1.0 + (mix(seed ^ u64::from(number(&c.peer))) % 1000) as f64 / 100_000.0;
+        c.score = 1.0 + (mix(seed ^ u64::from(peers.number(&c.peer))) % 1000) as f64 / 100_000.0;
     }
     let route = plan(&shuffled, LAYERS, 3, 1).expect("route");
-    let (mut driver, mut actions) = Driver::new(
-        seed,
-        ModelId::of_bytes(b"test"),
-        route,
-        vec![1, 2, 3, 4],
-        TOKENS,
-        0,
-        1 << 20,
-        Verify::Window,
-        mix(seed),
-    );
+    let (mut driver, mut actions) = start(seed, route, TOKENS, Verify::Window, mix(seed));
     driver.compare_exactly([CLASS.to_string()]);
     let mut released = Vec::new();
     let mut faults = 0;
@@ -94,19 +72,18 @@ fn session(seed: u64, liars: &[u8], fail: f64) -> Outcome {
                 Action::Send { peer, forward } => {
                     draw = mix(draw);
                     if (draw % 10_000) as f64 / 10_000.0 < fail {
-                        next.extend(driver.on_failure(peer, "no answer", &candidates));
+                        next.extend(driver.on_failure(peer, "no answer", candidates));
                         continue;
                     }
-                    let n = number(&peer);
+                    let n = peers.number(&peer);
                     let honest = answer(&forward);
                     let output = if liars.contains(&n) {
                         lie(honest, n)
                     } else {
                         honest
                     };
-                    let key = &keys[usize::from(n - 1)].1;
-                    let receipt = sign(key, &forward, &output);
-                    next.extend(driver.on_result(output, receipt, &candidates));
+                    let receipt = sign(peers.key_of(&peer), &forward, &output);
+                    next.extend(driver.on_result(output, receipt, candidates));
                 }
                 Action::Token(t) => released.push(t),
                 Action::Correction(from) => released.truncate(from),

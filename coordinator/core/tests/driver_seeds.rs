@@ -4,9 +4,9 @@
 
 mod common;
 
-use common::{LAYERS, answer, mix, sign};
-use hearth_core::pipeline::{Action, Candidate, Driver, Verify, plan};
-use hearth_protocol::{ModelId, PeerId, SecretKey};
+use common::{LAYERS, Peers, answer, mix, sign, start};
+use hearth_core::pipeline::{Action, Verify, plan};
+use hearth_protocol::PeerId;
 
 const PEERS: u8 = 12;
 const SESSIONS: u64 = 60;
@@ -17,30 +17,16 @@ type Choice = (u64, (u64, u64), (u32, u32), Option<PeerId>);
 
 /// Every window a session checked (or left unchecked) and by whom, in order.
 fn choices(seed: u64) -> Vec<Choice> {
-    let keys: Vec<SecretKey> = (1..=PEERS)
-        .map(|n| SecretKey::from_bytes(&[n; 32]))
-        .collect();
-    let key_of = |peer: &PeerId| {
-        keys.iter()
-            .find(|k| k.public().peer_id() == *peer)
-            .expect("a known peer")
-    };
-    let candidates: Vec<Candidate> = keys
-        .iter()
-        .map(|k| Candidate::new(k.public().peer_id(), 1.0, u64::MAX / 2))
-        .collect();
+    let peers = Peers::new(PEERS);
+    let candidates = &peers.candidates;
     let mut all = Vec::new();
     for session in 1..=SESSIONS {
-        let route = plan(&candidates, LAYERS, 3, 1).expect("route");
+        let route = plan(candidates, LAYERS, 3, 1).expect("route");
         // Each session's seed is derived from the caller's, as the coordinator derives it.
-        let (mut driver, mut actions) = Driver::new(
+        let (mut driver, mut actions) = start(
             session,
-            ModelId::of_bytes(b"test"),
             route,
-            vec![1, 2, 3, 4],
             TOKENS,
-            0,
-            1 << 20,
             Verify::Sampled,
             mix(seed ^ mix(session)),
         );
@@ -51,8 +37,8 @@ fn choices(seed: u64) -> Vec<Choice> {
                 match action {
                     Action::Send { peer, forward } => {
                         let output = answer(&forward);
-                        let receipt = sign(key_of(&peer), &forward, &output);
-                        next.extend(driver.on_result(output, receipt, &candidates));
+                        let receipt = sign(peers.key_of(&peer), &forward, &output);
+                        next.extend(driver.on_result(output, receipt, candidates));
                     }
                     Action::Finished { error, .. } => {
                         assert_eq!(error, None);
@@ -105,26 +91,11 @@ fn seeds_not_sessions_decide_which_windows_are_checked_and_by_whom() {
 /// every peer holding its state, the verifier in flight included, and awaits nothing more.
 #[test]
 fn a_cancelled_session_names_every_peer_holding_its_state() {
-    let keys: Vec<SecretKey> = (1..=PEERS)
-        .map(|n| SecretKey::from_bytes(&[n; 32]))
-        .collect();
-    let candidates: Vec<Candidate> = keys
-        .iter()
-        .map(|k| Candidate::new(k.public().peer_id(), 1.0, u64::MAX / 2))
-        .collect();
-    let route = plan(&candidates, LAYERS, 3, 1).expect("route");
+    let peers = Peers::new(PEERS);
+    let candidates = &peers.candidates;
+    let route = plan(candidates, LAYERS, 3, 1).expect("route");
     let stages: Vec<PeerId> = route.iter().map(|h| h.peer_id).collect();
-    let (mut driver, mut actions) = Driver::new(
-        1,
-        ModelId::of_bytes(b"test"),
-        route,
-        vec![1, 2, 3, 4],
-        TOKENS,
-        0,
-        1 << 20,
-        Verify::Window,
-        7,
-    );
+    let (mut driver, mut actions) = start(1, route, TOKENS, Verify::Window, 7);
     let verifier = loop {
         let Some(Action::Send { peer, forward }) = actions.pop() else {
             panic!("the session stalled before a check");
@@ -132,13 +103,9 @@ fn a_cancelled_session_names_every_peer_holding_its_state() {
         if !stages.contains(&peer) {
             break peer;
         }
-        let key = keys
-            .iter()
-            .find(|k| k.public().peer_id() == peer)
-            .expect("a known peer");
         let output = answer(&forward);
-        let receipt = sign(key, &forward, &output);
-        actions = driver.on_result(output, receipt, &candidates);
+        let receipt = sign(peers.key_of(&peer), &forward, &output);
+        actions = driver.on_result(output, receipt, candidates);
         actions.retain(|a| matches!(a, Action::Send { .. }));
     };
     assert_eq!(driver.awaiting(), Some(verifier));

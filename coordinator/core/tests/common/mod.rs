@@ -4,8 +4,9 @@
 // Each test binary uses its own part of it.
 #![allow(dead_code)]
 
+use hearth_core::pipeline::{Action, Candidate, Driver, Hop, Verify};
 use hearth_protocol::work::{Forward, StageData, StageResult};
-use hearth_protocol::{Receipt, ReceiptBody, SecretKey, Subject};
+use hearth_protocol::{ModelId, PeerId, Receipt, ReceiptBody, SecretKey, Subject};
 
 /// Layers of the made-up model.
 pub(crate) const LAYERS: u32 = 12;
@@ -77,5 +78,58 @@ pub(crate) fn sign(key: &SecretKey, forward: &Forward, output: &StageResult) -> 
             output: output.digest(),
             numeric_class: CLASS.into(),
         },
+    )
+}
+
+/// Peers 1..=n: their keys, and each as a planner's candidate of score 1 and memory to spare.
+pub(crate) struct Peers {
+    pub(crate) keys: Vec<SecretKey>,
+    pub(crate) candidates: Vec<Candidate>,
+}
+
+impl Peers {
+    pub(crate) fn new(n: u8) -> Self {
+        let keys: Vec<SecretKey> = (1..=n).map(|i| SecretKey::from_bytes(&[i; 32])).collect();
+        let candidates = keys
+            .iter()
+            .map(|k| Candidate::new(k.public().peer_id(), 1.0, u64::MAX / 2))
+            .collect();
+        Self { keys, candidates }
+    }
+
+    /// The number (1..=n) of `peer`.
+    pub(crate) fn number(&self, peer: &PeerId) -> u8 {
+        let i = self
+            .keys
+            .iter()
+            .position(|k| k.public().peer_id() == *peer)
+            .expect("a known peer");
+        i as u8 + 1
+    }
+
+    /// The key of `peer`.
+    pub(crate) fn key_of(&self, peer: &PeerId) -> &SecretKey {
+        &self.keys[usize::from(self.number(peer) - 1)]
+    }
+}
+
+/// A session of the made-up model generating `tokens` after a 4-token prompt along `route`.
+pub(crate) fn start(
+    session: u64,
+    route: Vec<Hop>,
+    tokens: usize,
+    verify: Verify,
+    seed: u64,
+) -> (Driver, Vec<Action>) {
+    Driver::new(
+        session,
+        ModelId::of_bytes(b"test"),
+        route,
+        vec![1, 2, 3, 4],
+        tokens,
+        0,
+        1 << 20,
+        verify,
+        seed,
     )
 }

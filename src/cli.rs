@@ -374,7 +374,24 @@ pub(crate) struct SwarmGenerateArgs {
           value_parser = ["window", "sampled", "after", "off"])]
     pub(crate) verify: String,
     #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
+    #[command(flatten)]
     pub(crate) client: ClientArgs,
+}
+
+/// Seeded sampling, the same on one machine and in the swarm.
+#[derive(Debug, Args)]
+pub(crate) struct SamplingArgs {
+    /// Sample at this temperature (0, the default, is greedy), seeded: every stage and verifier
+    /// draws the same tokens, and `hearth local generate` with the same flags draws them too.
+    #[arg(long, default_value_t = 0.0, value_name = "T")]
+    pub(crate) temperature: f32,
+    /// Nucleus sampling: draw only from the most likely tokens whose probabilities reach P.
+    #[arg(long, default_value_t = 1.0, value_name = "P")]
+    pub(crate) top_p: f32,
+    /// The sampler's seed.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub(crate) seed: u64,
 }
 
 #[derive(Debug, Args)]
@@ -632,15 +649,8 @@ pub(crate) struct GenerateArgs {
     /// Parse special-token text (such as <|im_start|>) in the prompt as those tokens.
     #[arg(long)]
     pub(crate) special: bool,
-    /// Sample at this temperature (0, the default, is greedy), seeded as the swarm samples.
-    #[arg(long, default_value_t = 0.0, value_name = "T")]
-    pub(crate) temperature: f32,
-    /// Nucleus sampling: draw only from the most likely tokens whose probabilities reach P.
-    #[arg(long, default_value_t = 1.0, value_name = "P")]
-    pub(crate) top_p: f32,
-    /// The sampler's seed.
-    #[arg(long, default_value_t = 0, value_name = "N")]
-    pub(crate) seed: u64,
+    #[command(flatten)]
+    pub(crate) sampling: SamplingArgs,
     /// Print JSON: {prompt_ids, token_ids, text, …}.
     #[arg(long)]
     pub(crate) json: bool,

@@ -20,6 +20,11 @@ pub(crate) async fn run(args: SwarmGenerateArgs, file: &FileConfig) -> anyhow::R
     if let Some(k) = args.stages {
         request["stages"] = k.into();
     }
+    let s = &args.sampling;
+    if s.temperature != 0.0 || s.top_p != 1.0 || s.seed != 0 {
+        request["sampling"] =
+            json!({"temperature": s.temperature, "top_p": s.top_p, "seed": s.seed});
+    }
     let mut summary = Value::Null;
     let mut out = std::io::stdout().lock();
     client

@@ -71,16 +71,16 @@ fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> 
     if prompt_ids.is_empty() {
         anyhow::bail!("the prompt is empty");
     }
-    let valid = args.temperature >= 0.0
-        && args.temperature.is_finite()
-        && (0.0..=1.0).contains(&args.top_p);
+    let valid = args.sampling.temperature >= 0.0
+        && args.sampling.temperature.is_finite()
+        && (0.0..=1.0).contains(&args.sampling.top_p);
     if !valid {
         anyhow::bail!("--temperature must be at least 0 and --top-p within 0..=1");
     }
     let sampling = hearth_protocol::work::Sampling {
-        temperature: args.temperature,
-        top_p: args.top_p,
-        seed: args.seed,
+        temperature: args.sampling.temperature,
+        top_p: args.sampling.top_p,
+        seed: args.sampling.seed,
     };
     let run = hearth_kernels::generate(
         &mut stage,

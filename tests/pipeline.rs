@@ -49,8 +49,9 @@ fn local_tokens(prompt: &str, max_tokens: &str) -> Value {
         .clone()
 }
 
-fn generate(swarm: &Swarm, prompt: &str, max_tokens: &str) -> Value {
-    stdout_json(&swarm.hearth(&[
+/// `hearth generate --json` on 3 stages, with `extra` flags.
+fn generate(swarm: &Swarm, prompt: &str, max_tokens: &str, extra: &[&str]) -> Value {
+    let mut args = vec![
         "generate",
         "--prompt",
         prompt,
@@ -59,14 +60,16 @@ fn generate(swarm: &Swarm, prompt: &str, max_tokens: &str) -> Value {
         "--stages",
         "3",
         "--json",
-    ]))
+    ];
+    args.extend(extra);
+    stdout_json(&swarm.hearth(&args))
 }
 
 #[test]
 fn a_three_stage_pipeline_generates_what_one_machine_does() {
     let swarm = Swarm::start(&[None, None, None]);
     for prompt in PROMPTS {
-        let result = generate(&swarm, prompt, "16");
+        let result = generate(&swarm, prompt, "16", &[]);
         assert_eq!(
             result["token_ids"],
             local_tokens(prompt, "16"),
@@ -218,11 +221,15 @@ fn a_three_stage_pipeline_generates_what_one_machine_does() {
     );
 }
 
-#[test]
-fn a_stage_killed_mid_generation_is_replaced_and_the_output_is_unchanged() {
-    let mut swarm = Swarm::start(&[None, None, None]);
-    let prompt = PROMPTS[1];
-    let expected = local_tokens(prompt, "40");
+/// `hearth generate` of `max_tokens` after `prompt` on 3 stages (with `extra` flags), killing the
+/// second node once the session has made 3 tokens: with 3 stages on 3 nodes, every node is one.
+/// The summary.
+fn generate_killing_a_stage(
+    swarm: &mut Swarm,
+    prompt: &str,
+    max_tokens: &str,
+    extra: &[&str],
+) -> Value {
     let output = swarm.path("generation.json");
     let child = Command::new(hearth())
         .args([
@@ -230,20 +237,19 @@ fn a_stage_killed_mid_generation_is_replaced_and_the_output_is_unchanged() {
             "--prompt",
             prompt,
             "--max-tokens",
-            "40",
+            max_tokens,
             "--stages",
             "3",
             "--json",
             "--api",
             &swarm.api,
         ])
+        .args(extra)
         .env_remove("HEARTH_CONFIG")
         .stdout(std::fs::File::create(&output).expect("output file"))
         .stderr(Stdio::piped())
         .spawn()
         .expect("start hearth generate");
-    // Once it has made a few tokens (read from the coordinator), kill a stage: with 3 stages on 3
-    // nodes, every node is one.
     wait_until(Duration::from_secs(120), "a session with 3 tokens", || {
         sessions(&swarm.api)?
             .iter()
@@ -257,9 +263,15 @@ fn a_stage_killed_mid_generation_is_replaced_and_the_output_is_unchanged() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let result: Value =
-        serde_json::from_slice(&std::fs::read(&output).expect("read")).expect("JSON");
-    assert_eq!(result["token_ids"], expected, "{result}");
+    serde_json::from_slice(&std::fs::read(&output).expect("read")).expect("JSON")
+}
+
+#[test]
+fn a_stage_killed_mid_generation_is_replaced_and_the_output_is_unchanged() {
+    let mut swarm = Swarm::start(&[None, None, None]);
+    let prompt = PROMPTS[1];
+    let result = generate_killing_a_stage(&mut swarm, prompt, "40", &[]);
+    assert_eq!(result["token_ids"], local_tokens(prompt, "40"), "{result}");
     let reroutes = result["reroutes"].as_array().expect("reroutes");
     assert_eq!(reroutes.len(), 1, "{result}");
     let killed = &swarm.nodes[1].0;
@@ -283,7 +295,7 @@ fn a_lying_stage_is_caught_struck_and_the_output_is_still_exact() {
     let swarm = Swarm::start(&[None, None, Some("wrong-output")]);
     let liar = swarm.nodes[2].0.clone();
     let prompt = PROMPTS[0];
-    let result = generate(&swarm, prompt, "24");
+    let result = generate(&swarm, prompt, "24", &[]);
     assert_eq!(result["token_ids"], local_tokens(prompt, "24"), "{result}");
     assert_eq!(result["verify"], "window");
     assert_eq!(result["verified_tokens"], 24, "{result}");
@@ -351,7 +363,7 @@ fn a_prompt_of_3000_tokens_goes_through_three_stages() {
     assert!(prompt_tokens >= 3_000, "{prompt_tokens} tokens");
 
     let swarm = Swarm::start(&[None, None, None]);
-    let result = generate(&swarm, &prompt, "3");
+    let result = generate(&swarm, &prompt, "3", &[]);
     assert_eq!(result["token_ids"], local["token_ids"], "{result}");
     assert_eq!(result["reroutes"], serde_json::json!([]), "{result}");
     assert_eq!(
@@ -375,4 +387,75 @@ fn a_prompt_of_3000_tokens_goes_through_three_stages() {
         stderr.contains("tokens a pipelined session of this model carries"),
         "{stderr}"
     );
+}
+
+/// `--verify off`: the stages hand each step to each other (the coordinator gets a token and the
+/// step's receipts, never activations), greedy and seeded-sampled output equal what one machine
+/// gives, and a stage killed mid-generation is replaced with the output unchanged.
+#[test]
+fn a_chained_pipeline_hands_steps_along_and_survives_a_killed_stage() {
+    let mut swarm = Swarm::start(&[None, None, None]);
+    let chained = |prompt: &str, max_tokens: &str, extra: &[&str]| {
+        let mut args = vec!["--verify", "off"];
+        args.extend(extra);
+        generate(&swarm, prompt, max_tokens, &args)
+    };
+    for prompt in &PROMPTS[..2] {
+        let result = chained(prompt, "16", &[]);
+        assert_eq!(result["token_ids"], local_tokens(prompt, "16"), "{result}");
+        let steps = result["token_ids"].as_array().expect("ids").len();
+        // One receipt per stage per step, each stage's input its predecessor's signed output.
+        let receipts = result["receipts"].as_array().expect("receipts");
+        assert_eq!(receipts.len(), 3 * steps, "{result}");
+        let route = result["route"].as_array().expect("route");
+        for (i, receipt) in receipts.iter().enumerate() {
+            let stage = &route[i % 3];
+            assert_eq!(receipt["body"]["subject"]["Step"]["step"], (i / 3) as u64);
+            assert_eq!(
+                receipt["body"]["subject"]["Step"]["layer_start"],
+                stage["layers"][0]
+            );
+        }
+        assert_eq!(result["verified_tokens"], 0, "{result}");
+        // The hops form the chain: each stage's input comes from the stage before it (the first
+        // stage's from the last, which hands it each token).
+        let hops = result["hops"].as_array().expect("hops");
+        assert_eq!(hops.len(), 3, "{result}");
+        for (i, hop) in hops.iter().enumerate() {
+            assert_eq!(hop["to"], route[i]["peer_id"], "{result}");
+            assert_eq!(hop["from"], route[(i + 2) % 3]["peer_id"], "{result}");
+        }
+    }
+    // Seeded sampling draws what `hearth local generate` draws with the same seed.
+    let sampling = ["--temperature", "0.8", "--top-p", "0.9", "--seed", "42"];
+    let result = chained(PROMPTS[2], "24", &sampling);
+    let mut local = vec![
+        "local",
+        "generate",
+        "--prompt",
+        PROMPTS[2],
+        "--max-tokens",
+        "24",
+        "--json",
+    ];
+    local.extend(sampling);
+    let local = stdout_json(&run_hearth(&[], &local));
+    assert_eq!(result["token_ids"], local["token_ids"], "{result}");
+    assert_ne!(
+        result["token_ids"],
+        local_tokens(PROMPTS[2], "24"),
+        "sampling drew the greedy tokens"
+    );
+
+    // A stage killed mid-generation: replaced, the chain restarted from the tokens so far, and the
+    // output unchanged.
+    let prompt = PROMPTS[1];
+    let result = generate_killing_a_stage(&mut swarm, prompt, "200", &["--verify", "off"]);
+    assert_eq!(result["token_ids"], local_tokens(prompt, "200"), "{result}");
+    let reroutes = result["reroutes"].as_array().expect("reroutes");
+    let killed = &swarm.nodes[1].0;
+    assert_eq!(reroutes.len(), 1, "{result}");
+    assert_eq!(&reroutes[0]["failed_peer"], killed, "{result}");
+    let route = result["route"].as_array().expect("route");
+    assert!(route.iter().all(|h| &h["peer_id"] != killed), "{result}");
 }

@@ -499,6 +499,23 @@ impl Coordinator {
                 request,
                 channel,
             } => {
+                // A chained session's stages report once a token; those the sessions await are
+                // theirs, and are not a flood.
+                if self.sessions.expects(&peer, &request) {
+                    self.network
+                        .respond(channel, hearth_protocol::work::WorkResponse::Ack);
+                    let work = &self.work;
+                    let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
+                    self.sessions.on_chain(
+                        &mut self.network,
+                        &self.registry,
+                        &standing,
+                        now,
+                        peer,
+                        request,
+                    );
+                    return Ok(());
+                }
                 if !self.within_rate(peer) {
                     self.network.respond(
                         channel,

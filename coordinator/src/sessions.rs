@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use hearth_kernels::ChatMessage;
 use hearth_net::Network;
-use hearth_net::libp2p::request_response::OutboundRequestId;
+use hearth_net::RequestId;
 use hearth_protocol::PeerId;
 use hearth_protocol::Receipt;
 use hearth_protocol::work::{WorkRequest, WorkResponse};
@@ -150,7 +150,7 @@ pub struct Correction {
 /// Round trips to one stage.
 #[derive(Clone, Debug, Serialize)]
 pub struct HopTimes {
-    /// Who sends the stage its input: the coordinator (stages do not yet forward to each other).
+    /// Who sends the stage its input: the coordinator, or (a chained session) the stage before it.
     pub from: PeerId,
     /// The stage's peer (the last to serve it, after any reroute).
     pub to: Option<PeerId>,
@@ -225,9 +225,20 @@ struct Live {
     hops: BTreeMap<u32, (u64, f64)>,
 }
 
+/// What a request of ours to a stage was.
+#[derive(Clone, Copy, Debug)]
+enum Asked {
+    /// A step of a stepped session (or a verifier's replay).
+    Step,
+    /// A chained session's route for an epoch.
+    Route(PeerId, u32),
+    /// A chained session's first step of an epoch, to its first stage.
+    Chain(PeerId),
+}
+
 pub(crate) struct Sessions {
     live: BTreeMap<u64, Live>,
-    requests: HashMap<OutboundRequestId, u64>,
+    requests: HashMap<RequestId, (u64, Asked)>,
     next: u64,
     /// Peers caught returning wrong results, for the ledger.
     faults: Vec<(PeerId, String)>,
@@ -278,6 +289,9 @@ impl Sessions {
             return Err(Unavailable(format!(
                 "{SESSIONS_MAX} sessions are running; try again shortly"
             )));
+        }
+        if let Some(sampling) = &request.sampling {
+            sampling.validate().map_err(|e| Invalid(e.to_string()))?;
         }
         let max_tokens = request.max_tokens.unwrap_or(GENERATE_TOKENS_DEFAULT);
         if !(1..=hearth_protocol::GENERATE_TOKENS_MAX).contains(&max_tokens) {
@@ -344,18 +358,36 @@ impl Sessions {
             "generation started"
         );
         let prompt_tokens = prompt.len();
-        let (mut driver, actions) = Driver::sampled(
-            session,
-            model,
-            route,
-            prompt,
-            max_tokens as usize,
-            eos,
-            context,
-            request.verify.unwrap_or(Verify::Window),
-            request.sampling,
-            self.secret.session(self.run, session),
-        );
+        let verify = request.verify.unwrap_or(Verify::Window);
+        let seed = self.secret.session(self.run, session);
+        // Unchecked sessions run chained: the stages hand each step to each other. Checked ones
+        // still step through the coordinator, which holds the activations their replays need.
+        let (mut driver, actions) = if verify == Verify::Off {
+            Driver::chained(
+                session,
+                model,
+                route,
+                prompt,
+                max_tokens as usize,
+                eos,
+                context,
+                request.sampling,
+                seed,
+            )
+        } else {
+            Driver::sampled(
+                session,
+                model,
+                route,
+                prompt,
+                max_tokens as usize,
+                eos,
+                context,
+                verify,
+                request.sampling,
+                seed,
+            )
+        };
         driver.compare_exactly([hearth_kernels::batch_invariant_llm_class()]);
         self.live.insert(
             session,
@@ -383,12 +415,18 @@ impl Sessions {
         registry: &Registry,
         standing: &dyn Fn(&PeerId) -> Standing,
         now_ms: u64,
-        id: OutboundRequestId,
+        id: RequestId,
         response: Result<WorkResponse, String>,
     ) -> bool {
-        let Some(session) = self.requests.remove(&id) else {
+        let Some((session, asked)) = self.requests.remove(&id) else {
             return false;
         };
+        if let Asked::Route(peer, _) | Asked::Chain(peer) = asked {
+            self.on_chain_answer(
+                net, registry, standing, now_ms, session, asked, peer, response,
+            );
+            return true;
+        }
         self.timeouts.answered(session);
         let Some(live) = self.live.get_mut(&session) else {
             return true;
@@ -433,6 +471,155 @@ impl Sessions {
         true
     }
 
+    /// A chained session's route or first step was answered.
+    #[allow(clippy::too_many_arguments)]
+    fn on_chain_answer(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        standing: &dyn Fn(&PeerId) -> Standing,
+        now_ms: u64,
+        session: u64,
+        asked: Asked,
+        peer: PeerId,
+        response: Result<WorkResponse, String>,
+    ) {
+        let Some(live) = self.live.get_mut(&session) else {
+            return;
+        };
+        let actions = match (asked, response) {
+            (Asked::Route(_, epoch), Ok(WorkResponse::Ack)) => {
+                live.driver.on_route_ack(peer, epoch)
+            }
+            (Asked::Chain(_), Ok(WorkResponse::Ack)) => Vec::new(),
+            (_, answer) => {
+                if matches!(asked, Asked::Route(_, epoch) if epoch != live.driver.epoch()) {
+                    return; // A stale epoch's route: the session moved on.
+                }
+                let why = match answer {
+                    Ok(WorkResponse::Rejected(reason)) => format!("refused: {reason}"),
+                    Ok(other) => format!("answered {other:?}"),
+                    Err(error) => format!("no answer: {error}"),
+                };
+                tracing::warn!(%peer, session, %why, "stage did not take a chained session");
+                let candidates = near(net, registry, standing, &live.llm.id, &live.llm);
+                live.driver.on_failure(peer, &why, &candidates)
+            }
+        };
+        self.act(net, registry, now_ms, session, actions);
+    }
+
+    /// Whether `request` from `peer` is a chained session's report or broken link that a live
+    /// session awaits (its peer serves a stage of it): such messages come once a token, and are
+    /// not counted as a flood.
+    pub(crate) fn expects(&self, peer: &PeerId, request: &WorkRequest) -> bool {
+        let session = match request {
+            WorkRequest::Report(r) => r.session,
+            WorkRequest::Broken { session, .. } => *session,
+            _ => return false,
+        };
+        self.live.get(&session).is_some_and(|l| {
+            l.driver.is_chained() && l.driver.route().iter().any(|h| h.peer_id == *peer)
+        })
+    }
+
+    /// A chained session's report or broken link, from `peer` (a stage of it: [`Self::expects`]).
+    pub(crate) fn on_chain(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        standing: &dyn Fn(&PeerId) -> Standing,
+        now_ms: u64,
+        peer: PeerId,
+        request: WorkRequest,
+    ) {
+        let (session, actions) = match request {
+            WorkRequest::Report(report) => {
+                let session = report.session;
+                let Some(live) = self.live.get_mut(&session) else {
+                    return;
+                };
+                if live.driver.route().last().map(|h| h.peer_id) != Some(peer) {
+                    return; // Only the last stage reports.
+                }
+                let candidates = near(net, registry, standing, &live.llm.id, &live.llm);
+                let before = live.driver.generated.len();
+                let actions = live.driver.on_report(report, &candidates);
+                if live.driver.generated.len() > before {
+                    let now = Instant::now();
+                    if let Some((sent, _)) = live.sent.replace((now, 0)) {
+                        let steps = (live.driver.generated.len() - before) as u64;
+                        let hop = live.hops.entry(0).or_default();
+                        hop.0 += steps;
+                        hop.1 += (now - sent).as_secs_f64() * 1e3;
+                    }
+                    self.arm_chain(registry, now_ms, session);
+                }
+                (session, actions)
+            }
+            WorkRequest::Broken {
+                session,
+                epoch,
+                step,
+                peer: failed,
+                reason,
+            } => {
+                let Some(live) = self.live.get_mut(&session) else {
+                    return;
+                };
+                if epoch != live.driver.epoch() {
+                    return;
+                }
+                tracing::warn!(session, step, reporter = %peer, %failed, %reason, "chained step broken");
+                let candidates = near(net, registry, standing, &live.llm.id, &live.llm);
+                let why = if failed == peer {
+                    reason
+                } else {
+                    format!("{peer} could not hand it step {step}: {reason}")
+                };
+                (session, live.driver.on_failure(failed, &why, &candidates))
+            }
+            _ => return,
+        };
+        self.act(net, registry, now_ms, session, actions);
+    }
+
+    /// A chained session's step is under way: it is given what the whole chain's arithmetic for it
+    /// takes at the slowest stage's speed, with slack.
+    fn arm_chain(&mut self, registry: &Registry, now_ms: u64, session: u64) {
+        let Some(live) = self.live.get(&session) else {
+            return;
+        };
+        let budget = match live.driver.pending() {
+            Some(first) => {
+                let all = hearth_protocol::work::Forward {
+                    layers: (0, live.llm.layers),
+                    ..first.clone()
+                };
+                let step = u64::try_from(live.driver.generated.len()).unwrap_or(u64::MAX);
+                // A decode step after the epoch's first: one token at the position after the rest.
+                let all = if step > first.step {
+                    hearth_protocol::work::Forward {
+                        pos: first.pos + first.input.rows() as u32 + (step - first.step - 1) as u32,
+                        input: hearth_protocol::work::StageData::Tokens(vec![0]),
+                        ..all
+                    }
+                } else {
+                    all
+                };
+                let gflops = live
+                    .driver
+                    .route()
+                    .iter()
+                    .map(|h| registry.capabilities(&h.peer_id).map_or(0.0, |c| c.score))
+                    .fold(f64::INFINITY, f64::min);
+                step_budget_ms(live.llm.shape.flops(&all), gflops)
+            }
+            None => step_budget_ms(0.0, 0.0),
+        };
+        self.timeouts.sent(session, now_ms, budget);
+    }
+
     /// `peer` left the swarm: sessions routed through it move on without it.
     pub(crate) fn peer_lost(
         &mut self,
@@ -451,14 +638,11 @@ impl Sessions {
                 continue;
             }
             let awaited = live.driver.awaiting() == Some(peer);
-            let model = live.driver.pending().map(|f| f.model);
-            let candidates = model
-                .map(|m| near(net, registry, standing, &m, &live.llm))
-                .unwrap_or_default();
+            let candidates = near(net, registry, standing, &live.llm.id, &live.llm);
             let actions = live.driver.on_failure(peer, "left the swarm", &candidates);
             if awaited {
                 // The request in flight is abandoned; its late answer must not count.
-                self.requests.retain(|_, s| *s != session);
+                self.requests.retain(|_, (s, _)| *s != session);
             }
             self.act(net, registry, now_ms, session, actions);
         }
@@ -473,10 +657,20 @@ impl Sessions {
         now_ms: u64,
     ) {
         for (session, budget) in self.timeouts.late(now_ms) {
-            self.requests.retain(|_, s| *s != session);
             let Some(live) = self.live.get_mut(&session) else {
                 continue;
             };
+            if live.driver.is_chained() {
+                tracing::warn!(
+                    session,
+                    budget,
+                    "no step report in time; the chain starts again"
+                );
+                let actions = live.driver.on_stall(budget);
+                self.act(net, registry, now_ms, session, actions);
+                continue;
+            }
+            self.requests.retain(|_, (s, _)| *s != session);
             let Some(peer) = live.driver.awaiting() else {
                 continue;
             };
@@ -525,7 +719,19 @@ impl Sessions {
                     self.timeouts
                         .sent(session, now_ms, step_budget_ms(flops, gflops));
                     let id = net.request(&peer, WorkRequest::Forward(forward));
-                    self.requests.insert(id, session);
+                    self.requests.insert(id, (session, Asked::Step));
+                }
+                Action::Route { peer, route } => {
+                    let epoch = route.epoch;
+                    let id = net.request(&peer, WorkRequest::Route(route));
+                    self.requests
+                        .insert(id, (session, Asked::Route(peer, epoch)));
+                }
+                Action::Chain { peer, step } => {
+                    live.sent = Some((Instant::now(), 0));
+                    let id = net.request(&peer, WorkRequest::Chain(step));
+                    self.requests.insert(id, (session, Asked::Chain(peer)));
+                    self.arm_chain(registry, now_ms, session);
                 }
                 Action::Fault { peer, reason } => {
                     tracing::warn!(%peer, session, %reason, "stage caught returning wrong results");
@@ -581,7 +787,7 @@ impl Sessions {
                 Action::Finished { error, peers } => {
                     end_everywhere(net, session, &peers);
                     let live = self.live.remove(&session).expect("present");
-                    self.requests.retain(|_, s| *s != session);
+                    self.requests.retain(|_, (s, _)| *s != session);
                     self.timeouts.answered(session);
                     let event = match error {
                         Some(error) => {
@@ -609,7 +815,7 @@ impl Sessions {
                 end_everywhere(net, session, &peers);
             }
         }
-        self.requests.retain(|_, s| *s != session);
+        self.requests.retain(|_, (s, _)| *s != session);
     }
 
     /// Events a session may queue for its client: every token (twice over, for corrections that
@@ -663,30 +869,60 @@ impl Sessions {
         std::mem::take(&mut self.faults)
     }
 
+    /// A chained session's hops: each stage's input comes from the stage before it, the first
+    /// stage's from the last (which hands it each token; the coordinator sent it only the first
+    /// step of each epoch). The coordinator measures no stage's time, only a whole step's: each
+    /// hop reports the steps and their mean time around the chain, and a round trip only where
+    /// the coordinator is an end of it.
+    fn chain_hops(live: &Live, net: &Network) -> Vec<HopTimes> {
+        let route = live.driver.route();
+        let (steps, total) = live.hops.get(&0).copied().unwrap_or_default();
+        let mean_ms = if steps > 0 { total / steps as f64 } else { 0.0 };
+        (0..route.len())
+            .map(|i| {
+                let from = route[(i + route.len() - 1) % route.len()].peer_id;
+                let to = route[i].peer_id;
+                HopTimes {
+                    from,
+                    to: Some(to),
+                    rtt_ms: (from == net.local_peer())
+                        .then(|| net.rtt_ms(&to))
+                        .flatten(),
+                    layer_start: route[i].layers.0,
+                    round_trips: steps,
+                    mean_ms,
+                }
+            })
+            .collect()
+    }
+
     fn summary(&self, live: &Live, net: &Network) -> Summary {
         let d = &live.driver;
         let text = live.llm.tokenizer.decode(&d.generated).unwrap_or_default();
         let elapsed = live.started.elapsed().as_secs_f64();
         let decode_s = elapsed - live.first_token_ms.unwrap_or(0.0) / 1e3;
-        let hops = live
-            .hops
-            .iter()
-            .map(|(start, (n, total))| {
-                let to = d
-                    .route()
-                    .iter()
-                    .find(|h| h.layers.0 == *start)
-                    .map(|h| h.peer_id);
-                HopTimes {
-                    from: net.local_peer(),
-                    to,
-                    rtt_ms: to.and_then(|p| net.rtt_ms(&p)),
-                    layer_start: *start,
-                    round_trips: *n,
-                    mean_ms: total / *n as f64,
-                }
-            })
-            .collect();
+        let hops = if d.is_chained() {
+            Self::chain_hops(live, net)
+        } else {
+            live.hops
+                .iter()
+                .map(|(start, (n, total))| {
+                    let to = d
+                        .route()
+                        .iter()
+                        .find(|h| h.layers.0 == *start)
+                        .map(|h| h.peer_id);
+                    HopTimes {
+                        from: net.local_peer(),
+                        to,
+                        rtt_ms: to.and_then(|p| net.rtt_ms(&p)),
+                        layer_start: *start,
+                        round_trips: *n,
+                        mean_ms: total / *n as f64,
+                    }
+                })
+                .collect()
+        };
         tracing::info!(
             tokens = d.generated.len(),
             reroutes = d.reroutes.len(),

@@ -487,11 +487,21 @@ impl Work {
                 };
                 self.step(net, now_ms, input, Batch::default(), true)?;
             }
-            WorkRequest::Forward(_) | WorkRequest::EndSession { .. } => {
+            WorkRequest::Forward(_)
+            | WorkRequest::EndSession { .. }
+            | WorkRequest::Route(_)
+            | WorkRequest::Chain(_) => {
                 self.respond(
                     net,
                     channel,
                     WorkResponse::Rejected("a coordinator runs no pipeline stages".into()),
+                );
+            }
+            WorkRequest::Report(_) | WorkRequest::Broken { .. } => {
+                self.respond(
+                    net,
+                    channel,
+                    WorkResponse::Rejected("no such session, or not a stage of it".into()),
                 );
             }
             WorkRequest::Refuse { job, unit, reason } => {

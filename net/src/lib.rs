@@ -31,7 +31,7 @@ pub use gossip::{ADVERT_TOPIC, Received};
 pub use identity_file::{IDENTITY_FILE, IdentityError, load_identity, load_or_create_identity};
 pub use libp2p;
 pub use limits::*;
-pub use network::{NetEvent, Network};
+pub use network::{NetEvent, Network, RequestId};
 pub use penalties::{Flood, FloodGuard};
 pub use work::{WORK_STREAM_PROTOCOL, WorkCodec};
 

@@ -56,18 +56,23 @@ pub enum NetEvent {
     /// The answer to a work request this peer sent.
     WorkResponse {
         /// The request it answers.
-        id: OutboundRequestId,
+        id: RequestId,
         /// The answer.
         response: WorkResponse,
     },
     /// A work request this peer sent got no answer.
     WorkFailed {
         /// The request.
-        id: OutboundRequestId,
+        id: RequestId,
         /// Why, for logs.
         error: String,
     },
 }
+
+/// A work request this peer sent, as [`Network::request`] numbered it (its libp2p id exists only
+/// once it is on the wire, which an emulated delay puts off).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RequestId(u64);
 
 /// A running swarm with Hearth's shared event handling.
 pub struct Network {
@@ -86,6 +91,9 @@ pub struct Network {
     delay: Option<std::time::Duration>,
     /// What is held, in the order it was sent (all for the same time, so due in order).
     held: std::collections::VecDeque<(tokio::time::Instant, Held)>,
+    /// Our requests on the wire, by libp2p's id.
+    on_wire: std::collections::HashMap<OutboundRequestId, RequestId>,
+    next_request: u64,
 }
 
 /// Something held by an emulated delay until it is due.
@@ -94,10 +102,8 @@ enum Held {
     Respond(ResponseChannel<WorkResponse>, WorkResponse),
     /// A gossip message.
     Publish(Message),
-    /// The answer to one of our requests: a request's trip out is emulated by holding its
-    /// answer, which costs the round trip the same, since a request goes out the moment it is
-    /// made and its id is the caller's at once.
-    Answer(NetEvent),
+    /// One of our requests.
+    Request(RequestId, libp2p::PeerId, WorkRequest),
 }
 
 impl Network {
@@ -113,6 +119,8 @@ impl Network {
             rtts: std::collections::HashMap::new(),
             delay: config.send_delay.filter(|d| !d.is_zero()),
             held: std::collections::VecDeque::new(),
+            on_wire: std::collections::HashMap::new(),
+            next_request: 0,
             clock: {
                 let mut clock = tokio::time::interval(CLOCK_TICK);
                 clock.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -202,9 +210,21 @@ impl Network {
 
     /// Send a work request to `peer` (dialing it if need be); the answer comes as
     /// [`NetEvent::WorkResponse`] or [`NetEvent::WorkFailed`] with the returned id.
-    pub fn request(&mut self, peer: &PeerId, request: WorkRequest) -> OutboundRequestId {
+    pub fn request(&mut self, peer: &PeerId, request: WorkRequest) -> RequestId {
         let peer = crate::to_libp2p_peer_id(peer);
-        self.swarm.behaviour_mut().work.send_request(&peer, request)
+        let id = RequestId(self.next_request);
+        self.next_request += 1;
+        if self.delay.is_some() {
+            self.hold(Held::Request(id, peer, request));
+        } else {
+            self.put_on_wire(id, peer, request);
+        }
+        id
+    }
+
+    fn put_on_wire(&mut self, id: RequestId, peer: libp2p::PeerId, request: WorkRequest) {
+        let wire = self.swarm.behaviour_mut().work.send_request(&peer, request);
+        self.on_wire.insert(wire, id);
     }
 
     /// Answer a work request. Returns false if the requester is gone.
@@ -224,8 +244,8 @@ impl Network {
             .is_ok()
     }
 
-    /// Send what is held and due; the first held answer to one of our requests, if any.
-    fn release_held(&mut self) -> Option<NetEvent> {
+    /// Send what is held and due.
+    fn release_held(&mut self) {
         let now = tokio::time::Instant::now();
         while self.held.front().is_some_and(|(due, _)| *due <= now) {
             let Some((_, held)) = self.held.pop_front() else {
@@ -244,10 +264,9 @@ impl Network {
                         tracing::debug!(%error, "held gossip not sent");
                     }
                 }
-                Held::Answer(event) => return Some(event),
+                Held::Request(id, peer, request) => self.put_on_wire(id, peer, request),
             }
         }
-        None
     }
 
     /// The next event the role acts on. Cancel-safe: events are handled whole between awaits.
@@ -256,10 +275,8 @@ impl Network {
             let due = self.held.front().map(|(due, _)| *due);
             let event = tokio::select! {
                 () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
-                    match self.release_held() {
-                        Some(event) => return event,
-                        None => continue,
-                    }
+                    self.release_held();
+                    continue;
                 }
                 event = self.swarm.select_next_some() => event,
                 _ = self.clock.tick() => {
@@ -267,14 +284,8 @@ impl Network {
                     continue;
                 }
             };
-            match self.handle(event) {
-                Some(event @ (NetEvent::WorkResponse { .. } | NetEvent::WorkFailed { .. }))
-                    if self.delay.is_some() =>
-                {
-                    self.hold(Held::Answer(event));
-                }
-                Some(event) => return event,
-                None => {}
+            if let Some(event) = self.handle(event) {
+                return event;
             }
         }
     }
@@ -420,14 +431,14 @@ impl Network {
                     request_id,
                     response,
                 } => Some(NetEvent::WorkResponse {
-                    id: request_id,
+                    id: self.on_wire.remove(&request_id)?,
                     response,
                 }),
             },
             request_response::Event::OutboundFailure {
                 request_id, error, ..
             } => Some(NetEvent::WorkFailed {
-                id: request_id,
+                id: self.on_wire.remove(&request_id)?,
                 error: error.to_string(),
             }),
             request_response::Event::InboundFailure { peer, error, .. } => {

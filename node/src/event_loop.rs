@@ -28,6 +28,7 @@ use crate::limits::{DRAIN_TIMEOUT, REDIAL_INTERVAL};
 use crate::stages::StageJob;
 use crate::worker::{Finished, Worker};
 use crate::{NodeConfig, Result, capabilities, scan_models};
+use hearth_net::RequestId;
 use hearth_net::libp2p::request_response::ResponseChannel;
 use hearth_protocol::work::{WorkRequest, WorkResponse};
 
@@ -124,6 +125,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             advert_due: false,
             steps: HashMap::new(),
             next_step: 0,
+            routes: crate::chain::Routes::default(),
+            chain_sends: HashMap::new(),
             network: Network::new(
                 key,
                 &hearth_net::NetConfig {
@@ -179,8 +182,12 @@ struct Node {
     /// [`EAGER_ADVERT_GAP`]).
     advert_due: bool,
     /// Pipeline steps on the stage thread, by key, with where their answers go.
-    steps: HashMap<u64, ResponseChannel<WorkResponse>>,
+    steps: HashMap<u64, Reply>,
     next_step: u64,
+    /// Chained sessions' routes.
+    routes: crate::chain::Routes,
+    /// Chained steps and reports sent and not yet answered.
+    chain_sends: HashMap<RequestId, Sent>,
     /// Where resolved join addresses are sent back to the loop.
     addr_tx: mpsc::Sender<Vec<Multiaddr>>,
     caps: Capabilities,
@@ -195,6 +202,38 @@ struct Node {
     /// network's gate checks every peer; this is what the node adds: it works only for a member
     /// coordinator, and not at all once the co-op revoked it.
     coop: Option<CoopState>,
+}
+
+/// Where a step's answer goes.
+enum Reply {
+    /// To the request's sender (the coordinator's stepped sessions, verifiers' replays).
+    Channel(ResponseChannel<WorkResponse>),
+    /// Along a chained route.
+    Chain(Link),
+}
+
+/// A chained step on its way through this node.
+#[derive(Clone, Debug)]
+struct Link {
+    session: u64,
+    epoch: u32,
+    step: u64,
+    /// The stage index this node serves it at.
+    hop: usize,
+    /// Position and rows of its input.
+    pos: u32,
+    rows: u32,
+    /// The step's receipts so far.
+    receipts: Vec<hearth_protocol::Receipt>,
+}
+
+/// A chained message sent: where it went and for which step, to report it broken if it fails.
+#[derive(Clone, Debug)]
+struct Sent {
+    session: u64,
+    epoch: u32,
+    step: u64,
+    to: hearth_protocol::PeerId,
 }
 
 struct CoopState {
@@ -270,11 +309,13 @@ impl Node {
                     draining = Some(Instant::now() + DRAIN_TIMEOUT);
                 }
                 event = self.network.next() => self.on_event(event)?,
-                Some((key, response)) = answers.recv() => {
-                    if let Some(channel) = self.steps.remove(&key) {
+                Some((key, response)) = answers.recv() => match self.steps.remove(&key) {
+                    Some(Reply::Channel(channel)) => {
                         self.network.respond(channel, response);
                     }
-                }
+                    Some(Reply::Chain(link)) => self.chain_answer(link, response),
+                    None => {}
+                },
                 Some(finished) = results.recv() => {
                     let coordinator = self.coordinator();
                     self.worker.finished(&mut self.network, coordinator, &self.caps, finished)?;
@@ -375,7 +416,12 @@ impl Node {
         };
         let coop_refuses = !self.may_work();
         match request {
-            WorkRequest::Forward(_) | WorkRequest::EndSession { .. } if coop_refuses => {
+            WorkRequest::Forward(_)
+            | WorkRequest::EndSession { .. }
+            | WorkRequest::Route(_)
+            | WorkRequest::Chain(_)
+                if coop_refuses =>
+            {
                 tracing::warn!(%peer, "pipeline request refused: the coordinator has shown no valid co-op certificate, or ours was revoked");
                 refuse(
                     &mut self.network,
@@ -383,7 +429,9 @@ impl Node {
                     "not a verified member of this node's co-op",
                 );
             }
-            WorkRequest::Forward(_) | WorkRequest::EndSession { .. } if !from_coordinator => {
+            WorkRequest::Forward(_) | WorkRequest::EndSession { .. } | WorkRequest::Route(_)
+                if !from_coordinator =>
+            {
                 tracing::debug!(%peer, "pipeline request from a peer that is not our coordinator");
                 refuse(&mut self.network, channel, "not this node's coordinator");
             }
@@ -395,21 +443,39 @@ impl Node {
                     .try_send(StageJob::Forward(key, Box::new(forward)))
                 {
                     Ok(()) => {
-                        self.steps.insert(key, channel);
+                        self.steps.insert(key, Reply::Channel(channel));
                     }
                     Err(_) => refuse(&mut self.network, channel, "stage queue full"),
                 }
             }
+            WorkRequest::Route(route) => match self.routes.give(peer, route) {
+                Ok(()) => {
+                    self.network.respond(channel, WorkResponse::Ack);
+                }
+                Err(why) => refuse(&mut self.network, channel, &why),
+            },
+            WorkRequest::Chain(step) => match self.chain_take(peer, *step) {
+                Ok(()) => {
+                    self.network.respond(channel, WorkResponse::Ack);
+                }
+                Err(why) => {
+                    tracing::debug!(%peer, %why, "chained step refused");
+                    refuse(&mut self.network, channel, &why);
+                }
+            },
             WorkRequest::EndSession { session } => {
                 // Recorded at once (steps queued before it are refused); the stage thread is
                 // woken to free the session's caches, or sees it before its next step.
+                self.routes.end(session);
                 self.ends.end(session, self.next_step);
                 let _ = self.stages.try_send(StageJob::End);
                 self.network.respond(channel, WorkResponse::Ack);
             }
             WorkRequest::Fetch { .. }
             | WorkRequest::Deliver { .. }
-            | WorkRequest::Refuse { .. } => {
+            | WorkRequest::Refuse { .. }
+            | WorkRequest::Report(_)
+            | WorkRequest::Broken { .. } => {
                 tracing::debug!(%peer, "work request to a node; refused");
                 refuse(
                     &mut self.network,
@@ -418,6 +484,190 @@ impl Node {
                 );
             }
         }
+    }
+
+    /// Take a chained step from `from` (or from this node itself, when it serves the stage
+    /// before too): checked against the route, then queued for the stage thread.
+    fn chain_take(
+        &mut self,
+        from: hearth_protocol::PeerId,
+        step: hearth_protocol::work::ChainStep,
+    ) -> std::result::Result<(), String> {
+        let me = self.network.local_peer();
+        let hop = self.routes.admit(me, from, &step)?;
+        let f = step.forward;
+        let link = Link {
+            session: f.session,
+            epoch: step.epoch,
+            step: f.step,
+            hop,
+            pos: f.pos,
+            rows: u32::try_from(f.input.rows()).unwrap_or(u32::MAX),
+            receipts: step.receipts,
+        };
+        let key = self.next_step;
+        self.next_step += 1;
+        self.stages
+            .try_send(StageJob::Forward(key, Box::new(f)))
+            .map_err(|_| "stage queue full".to_string())?;
+        self.steps.insert(key, Reply::Chain(link));
+        Ok(())
+    }
+
+    /// The stage thread answered a chained step: hand its output to the next stage, or (the last
+    /// stage) report the token to the coordinator and start the next step at the first stage.
+    fn chain_answer(&mut self, mut link: Link, response: WorkResponse) {
+        use hearth_protocol::work::{ChainReport, ChainStep, Forward, StageData, StageResult};
+        let me = self.network.local_peer();
+        let Some(given) = self.routes.get(link.session, link.epoch).cloned() else {
+            return; // Ended, or restarted in another epoch: nobody wants it.
+        };
+        let (route, coordinator) = (given.route, given.coordinator);
+        let (output, receipt) = match response {
+            WorkResponse::Forwarded { output, receipt } => (output, receipt),
+            WorkResponse::Rejected(reason) => {
+                return self.chain_broken(&link, coordinator, me, reason);
+            }
+            other => {
+                return self.chain_broken(&link, coordinator, me, format!("{other:?}"));
+            }
+        };
+        link.receipts.push(receipt.clone());
+        let last = route.hops.len() - 1;
+        let next = |step, layers, pos, input| Forward {
+            session: link.session,
+            step,
+            model: route.model,
+            layers,
+            pos,
+            input,
+            all_positions: false,
+            sampling: route.sampling,
+        };
+        if link.hop < last {
+            let StageResult::Hidden(data) = output else {
+                return self.chain_broken(&link, coordinator, me, "not hidden states".into());
+            };
+            let (to, layers) = route.hops[link.hop + 1];
+            let step = ChainStep {
+                epoch: link.epoch,
+                forward: next(link.step, layers, link.pos, data),
+                receipts: std::mem::take(&mut link.receipts),
+                previous: None,
+            };
+            return self.chain_send(link, coordinator, to, step);
+        }
+        let StageResult::Next { token, .. } = output else {
+            return self.chain_broken(&link, coordinator, me, "not a token".into());
+        };
+        let report = ChainReport {
+            session: link.session,
+            epoch: link.epoch,
+            step: link.step,
+            output: output.clone(),
+            receipts: std::mem::take(&mut link.receipts),
+        };
+        self.chain_request(&link, coordinator, WorkRequest::Report(report));
+        let next_pos = link.pos.saturating_add(link.rows);
+        if route.goes_on(link.step, token, next_pos) {
+            let (to, layers) = route.hops[0];
+            let step = ChainStep {
+                epoch: link.epoch,
+                forward: next(
+                    link.step + 1,
+                    layers,
+                    next_pos,
+                    StageData::Tokens(vec![token]),
+                ),
+                receipts: Vec::new(),
+                previous: Some((output, receipt)),
+            };
+            link.step += 1;
+            self.chain_send(link, coordinator, to, step);
+        }
+    }
+
+    /// Send a chained step to `to` (taken here at once when `to` is this node).
+    fn chain_send(
+        &mut self,
+        link: Link,
+        coordinator: hearth_protocol::PeerId,
+        to: hearth_protocol::PeerId,
+        step: hearth_protocol::work::ChainStep,
+    ) {
+        let me = self.network.local_peer();
+        if to == me {
+            if let Err(why) = self.chain_take(me, step) {
+                self.chain_broken(&link, coordinator, me, why);
+            }
+            return;
+        }
+        self.chain_request(&link, to, WorkRequest::Chain(Box::new(step)));
+    }
+
+    /// Send a chained session's message to `to`, remembered until it is answered.
+    fn chain_request(&mut self, link: &Link, to: hearth_protocol::PeerId, request: WorkRequest) {
+        let id = self.network.request(&to, request);
+        let sent = Sent {
+            session: link.session,
+            epoch: link.epoch,
+            step: link.step,
+            to,
+        };
+        self.chain_sends.insert(id, sent);
+    }
+
+    /// Tell the coordinator a chained step stopped at `peer`.
+    fn chain_broken(
+        &mut self,
+        link: &Link,
+        coordinator: hearth_protocol::PeerId,
+        peer: hearth_protocol::PeerId,
+        reason: String,
+    ) {
+        tracing::warn!(session = link.session, step = link.step, %peer, %reason, "chained step broken");
+        self.network.request(
+            &coordinator,
+            WorkRequest::Broken {
+                session: link.session,
+                epoch: link.epoch,
+                step: link.step,
+                peer,
+                reason,
+            },
+        );
+    }
+
+    /// The answer to a chained message this node sent: a refusal or a failure to deliver is
+    /// reported to the session's coordinator (unless it was the report to the coordinator itself).
+    fn chain_sent(&mut self, sent: Sent, answer: std::result::Result<WorkResponse, String>) {
+        let reason = match answer {
+            Ok(WorkResponse::Ack) => return,
+            Ok(WorkResponse::Rejected(reason)) => format!("refused: {reason}"),
+            Ok(other) => format!("answered {other:?}"),
+            Err(error) => format!("unreachable: {error}"),
+        };
+        let Some(coordinator) = self
+            .routes
+            .get(sent.session, sent.epoch)
+            .map(|g| g.coordinator)
+        else {
+            return;
+        };
+        if sent.to == coordinator {
+            tracing::warn!(session = sent.session, step = sent.step, %reason, "step report not taken");
+            return;
+        }
+        let link = Link {
+            session: sent.session,
+            epoch: sent.epoch,
+            step: sent.step,
+            hop: 0,
+            pos: 0,
+            rows: 0,
+            receipts: Vec::new(),
+        };
+        self.chain_broken(&link, coordinator, sent.to, reason);
     }
 
     /// Gossip: in a co-op, the revocations the gate applied (it refused the member already).
@@ -448,6 +698,14 @@ impl Node {
 
     fn on_event(&mut self, event: NetEvent) -> Result<()> {
         match event {
+            NetEvent::WorkResponse { id, response } if self.chain_sends.contains_key(&id) => {
+                let sent = self.chain_sends.remove(&id).expect("checked");
+                self.chain_sent(sent, Ok(response));
+            }
+            NetEvent::WorkFailed { id, error } if self.chain_sends.contains_key(&id) => {
+                let sent = self.chain_sends.remove(&id).expect("checked");
+                self.chain_sent(sent, Err(error));
+            }
             NetEvent::WorkResponse { id, response } => {
                 self.worker.response(id, Ok(response))?;
                 let coordinator = self.coordinator();

@@ -6,6 +6,7 @@
 //! One event loop owns the swarm ([`run`]); it stops when the shutdown future resolves.
 
 mod advert;
+mod chain;
 mod config;
 mod error;
 mod event_loop;

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use hearth_kernels::{Embedder, GgufModel, GgufTokenizer, Stage, generate_greedy};
 use hearth_net::Network;
-use hearth_net::libp2p::request_response::OutboundRequestId;
+use hearth_net::RequestId;
 use hearth_protocol::work::{
     Assignment, Completion, Task, UnitOutput, WorkRequest, WorkResponse, input_digest,
 };
@@ -244,10 +244,10 @@ pub(crate) struct Worker {
     /// Units assigned while paused, to hand back at the next poll.
     refusals: Vec<(u64, u64)>,
     /// The request for work in flight, and when it was sent.
-    fetch: Option<(OutboundRequestId, Instant)>,
+    fetch: Option<(RequestId, Instant)>,
     next_fetch: Instant,
     /// Deliveries awaiting their answer: the unit, and when it was sent.
-    deliveries: BTreeMap<OutboundRequestId, (u64, u64, Instant)>,
+    deliveries: BTreeMap<RequestId, (u64, u64, Instant)>,
     next_redeliver: Instant,
     #[cfg(feature = "fault-injection")]
     fault: Option<Fault>,
@@ -459,7 +459,7 @@ impl Worker {
     /// The answer to one of our requests.
     pub(crate) fn response(
         &mut self,
-        id: OutboundRequestId,
+        id: RequestId,
         response: std::result::Result<WorkResponse, String>,
     ) -> Result<()> {
         if let Some((fetch, sent)) = self.fetch

@@ -2,7 +2,7 @@
 
 /// Version of the framing and message schema. A frame with another version is refused whole: postcard
 /// is not self-describing, so decoding a newer schema with an older one would misread it silently.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// Bytes before a frame's payload: a `u32` payload length and a `u16` version, both little-endian.
 pub const FRAME_HEADER_BYTES: usize = 6;

@@ -291,7 +291,7 @@ pub fn floats(bytes: &[u8]) -> Vec<f32> {
 }
 
 /// Domain of a pipeline step's input digest.
-const STEP_INPUT_CONTEXT: &str = "hearth 2026 step input v1";
+const STEP_INPUT_CONTEXT: &str = "hearth 2026 step input v2";
 /// Domain of a pipeline step's output digest.
 const STEP_OUTPUT_CONTEXT: &str = "hearth 2026 step output v1";
 
@@ -327,6 +327,19 @@ impl StageData {
             Self::Tokens(_) => Vec::new(),
             Self::Hidden { bytes, .. } => floats(bytes),
         }
+    }
+
+    /// Its digest: the same as [`StageResult::digest`] of `StageResult::Hidden(self)`, so the
+    /// hidden states a stage signed as its output are, digest for digest, its successor's input.
+    pub fn digest(&self) -> Digest {
+        #[derive(Serialize)]
+        enum AsResult<'a> {
+            Hidden(&'a StageData),
+        }
+        Digest::of(
+            STEP_OUTPUT_CONTEXT,
+            &postcard::to_stdvec(&AsResult::Hidden(self)).expect("stage data always encodes"),
+        )
     }
 
     /// Positions it covers.
@@ -420,15 +433,136 @@ pub struct Sampling {
 }
 
 impl Forward {
-    /// The input digest a step receipt for it carries: blake3 (context `hearth 2026 step input v1`)
-    /// of the postcard encoding of the whole request, which binds session, step, model, layers,
-    /// position and input.
+    /// The input digest a step receipt for it carries: blake3 (context `hearth 2026 step input v2`)
+    /// of the postcard encoding of the request with its input replaced by the input's digest
+    /// ([`StageData::digest`]), which binds session, step, model, layers, position, input and
+    /// sampling. Digesting the input's digest, not its bytes, lets a coordinator that never sees
+    /// activations check a chain of stages: a stage's input digest follows from its predecessor's
+    /// signed output digest ([`Forward::digest_with`]).
     pub fn digest(&self) -> Digest {
+        self.digest_with(self.input.digest())
+    }
+
+    /// [`Forward::digest`] of this request with an input whose [`StageData::digest`] is `input`.
+    pub fn digest_with(&self, input: Digest) -> Digest {
+        #[derive(Serialize)]
+        struct Head<'a> {
+            session: u64,
+            step: u64,
+            model: &'a ModelId,
+            layers: (u32, u32),
+            pos: u32,
+            input: Digest,
+            all_positions: bool,
+            sampling: &'a Option<Sampling>,
+        }
+        let head = Head {
+            session: self.session,
+            step: self.step,
+            model: &self.model,
+            layers: self.layers,
+            pos: self.pos,
+            input,
+            all_positions: self.all_positions,
+            sampling: &self.sampling,
+        };
         Digest::of(
             STEP_INPUT_CONTEXT,
-            &postcard::to_stdvec(self).expect("a forward request always encodes"),
+            &postcard::to_stdvec(&head).expect("a step's head always encodes"),
         )
     }
+}
+
+/// Most stages a chained route may have.
+pub const CHAIN_HOPS_MAX: usize = 64;
+
+/// A session's route, which the coordinator gives each of its stages before the first step of an
+/// epoch: who serves which layers, how the last stage picks tokens, and when it stops. With it,
+/// stages hand each step straight to the next stage ([`ChainStep`]) and the last stage hands the
+/// token back to the first; the coordinator is sent only the token and the step's receipts
+/// ([`ChainReport`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainRoute {
+    /// The session.
+    pub session: u64,
+    /// Bumped at every restart of the session (a reroute); a stage refuses steps of other epochs.
+    pub epoch: u32,
+    /// The model, by file digest.
+    pub model: ModelId,
+    /// Each stage's peer and layers `[start, end)`, in order.
+    pub hops: Vec<(crate::PeerId, (u32, u32))>,
+    /// How the last stage picks tokens; greedy when absent.
+    pub sampling: Option<Sampling>,
+    /// The last stage starts no step after this token.
+    pub eos: u32,
+    /// No step at or past this one is started.
+    pub steps_end: u64,
+    /// No position at or past this one is computed (the model's context).
+    pub context: u32,
+}
+
+impl ChainRoute {
+    /// Whether the last stage, having drawn `token` at `step` with the next position `next_pos`,
+    /// starts another step.
+    pub fn goes_on(&self, step: u64, token: u32, next_pos: u32) -> bool {
+        token != self.eos && step + 1 < self.steps_end && next_pos + 1 < self.context
+    }
+}
+
+/// One step handed along a chained route: from the coordinator to the first stage (a session's
+/// first step, or a restart), from each stage to the next, and from the last stage to the first
+/// (the next step, its input the token just drawn).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainStep {
+    /// The route's epoch.
+    pub epoch: u32,
+    /// The step at the receiving stage.
+    pub forward: Forward,
+    /// The receipts of this step's earlier stages, in route order: the last one signs, as its
+    /// output, exactly the input the receiver gets.
+    pub receipts: Vec<Receipt>,
+    /// From the last stage to the first: the previous step's output (its token is this step's
+    /// input) and the last stage's receipt for it.
+    pub previous: Option<(StageResult, Receipt)>,
+}
+
+/// Whether `receipt` is `peer`'s signed statement that it ran `layer_start`'s stage of `model` at
+/// `(session, step)` and returned output with digest `output`.
+pub fn step_receipt_ok(
+    receipt: &Receipt,
+    peer: &crate::PeerId,
+    session: u64,
+    step: u64,
+    layer_start: u32,
+    model: &ModelId,
+    output: &Digest,
+) -> bool {
+    receipt.peer_id() == *peer
+        && receipt.body.subject
+            == (crate::Subject::Step {
+                session,
+                step,
+                layer_start,
+            })
+        && receipt.body.model == *model
+        && receipt.body.output == *output
+        && receipt.verify().is_ok()
+}
+
+/// The last stage's account of a step, to the coordinator: the token drawn and every stage's
+/// receipt, in route order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ChainReport {
+    /// The session.
+    pub session: u64,
+    /// The route's epoch.
+    pub epoch: u32,
+    /// The step.
+    pub step: u64,
+    /// The last stage's output ([`StageResult::Next`]).
+    pub output: StageResult,
+    /// Each stage's receipt for the step, in route order.
+    pub receipts: Vec<Receipt>,
 }
 
 /// A node's request on the work protocol.
@@ -459,6 +593,27 @@ pub enum WorkRequest {
     EndSession {
         /// The session.
         session: u64,
+    },
+    /// A session's route for this epoch (from the coordinator to each stage, before the epoch's
+    /// first step).
+    Route(ChainRoute),
+    /// A step along a chained route (to a stage, from its predecessor or the coordinator).
+    Chain(Box<ChainStep>),
+    /// A step's token and receipts (from the last stage to the coordinator).
+    Report(ChainReport),
+    /// A chained step could not go on: `peer` (the sender itself, or the stage it handed the
+    /// step to) failed or refused it (from a stage to the coordinator).
+    Broken {
+        /// The session.
+        session: u64,
+        /// The route's epoch.
+        epoch: u32,
+        /// The step.
+        step: u64,
+        /// The stage that failed.
+        peer: crate::PeerId,
+        /// What happened.
+        reason: String,
     },
     /// I cannot run this unit (model missing, input the kernels refuse); give it to someone else.
     Refuse {
@@ -494,10 +649,33 @@ pub enum WorkResponse {
 /// Decode a work request from a frame, checking its limits.
 pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
     let request: WorkRequest = decode_work(frame)?;
-    if let WorkRequest::Forward(Forward {
-        sampling: Some(s), ..
-    }) = &request
-    {
+    let sampling = match &request {
+        WorkRequest::Forward(f) => f.sampling,
+        WorkRequest::Chain(c) => {
+            if c.receipts.len() > CHAIN_HOPS_MAX {
+                return Err(Error::Limit(format!(
+                    "a chained step carries at most {CHAIN_HOPS_MAX} receipts"
+                )));
+            }
+            c.forward.sampling
+        }
+        WorkRequest::Route(r) => {
+            if r.hops.is_empty() || r.hops.len() > CHAIN_HOPS_MAX {
+                return Err(Error::Limit(format!(
+                    "a route has 1..={CHAIN_HOPS_MAX} stages, not {}",
+                    r.hops.len()
+                )));
+            }
+            r.sampling
+        }
+        WorkRequest::Report(r) if r.receipts.len() > CHAIN_HOPS_MAX => {
+            return Err(Error::Limit(format!(
+                "a step report carries at most {CHAIN_HOPS_MAX} receipts"
+            )));
+        }
+        _ => None,
+    };
+    if let Some(s) = sampling {
         s.validate()?;
     }
     Ok(request)
@@ -620,6 +798,42 @@ mod tests {
             UnitOutput::from_canonical(&huge),
             Err(Error::Limit(_))
         ));
+    }
+
+    #[test]
+    fn a_stages_output_digest_is_its_successors_input_digest() {
+        let data = StageData::hidden(2, &[0.5, -1.0, 2.0, 0.0]);
+        assert_eq!(data.digest(), StageResult::Hidden(data.clone()).digest());
+        let forward = Forward {
+            session: 3,
+            step: 1,
+            model: ModelId::of_bytes(b"m"),
+            layers: (10, 20),
+            pos: 4,
+            input: data.clone(),
+            all_positions: false,
+            sampling: None,
+        };
+        assert_eq!(
+            forward.digest(),
+            forward.digest_with(StageResult::Hidden(data).digest())
+        );
+        // Every field is bound.
+        let other_input = Forward {
+            input: StageData::hidden(2, &[0.5, -1.0, 2.0, -0.0]),
+            ..forward.clone()
+        };
+        let other_pos = Forward {
+            pos: 5,
+            ..forward.clone()
+        };
+        let other_layers = Forward {
+            layers: (10, 21),
+            ..forward.clone()
+        };
+        for other in [other_input, other_pos, other_layers] {
+            assert_ne!(forward.digest(), other.digest());
+        }
     }
 
     #[test]

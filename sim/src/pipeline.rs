@@ -148,6 +148,10 @@ impl Sim<'_> {
                         .handle(self.now, stage_fault(&self.registry, peer));
                     self.apply(out);
                 }
+                // The simulator's sessions step through the driver; it starts none chained.
+                Action::Route { .. } | Action::Chain { .. } => {
+                    unreachable!("no chained session is started here")
+                }
                 Action::Finished { error, .. } => {
                     self.timeouts.answered(u64::from(i));
                     let session = &mut self.sessions[i as usize];

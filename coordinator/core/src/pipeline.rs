@@ -12,14 +12,18 @@
 //!   is sent those inputs again in their original chunking (prefill, then one token at a time), so
 //!   its cache is bit for bit the one the failed peer had, and generation carries on.
 
+mod chain;
 mod glue;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use hearth_protocol::work::{Forward, Sampling, StageData, StageResult, floats};
+use hearth_protocol::work::{
+    ChainRoute, ChainStep, Forward, Sampling, StageData, StageResult, floats,
+};
 use hearth_protocol::{ModelId, PeerId, Receipt, Subject};
 use serde::Serialize;
 
+pub use chain::{CHAIN_EARLY_MAX, CHAIN_STALLS_MAX};
 pub use glue::{
     LayerShape, STEP_BUDGET_MS_MAX, STEP_COMPUTE_SLACK, STEP_GFLOPS_FLOOR, StepTimeouts,
     candidates, stage_fault, step_budget_ms,
@@ -283,6 +287,21 @@ pub enum Action {
         /// The step.
         forward: Forward,
     },
+    /// Give `peer` a chained session's route for an epoch; answer with
+    /// [`Driver::on_route_ack`].
+    Route {
+        /// A stage's peer.
+        peer: PeerId,
+        /// The route.
+        route: ChainRoute,
+    },
+    /// Send a chained session's step to its first stage (the stages take it from there).
+    Chain {
+        /// The first stage's peer.
+        peer: PeerId,
+        /// The step.
+        step: Box<ChainStep>,
+    },
     /// A token is released to the client.
     Token(u32),
     /// Tokens from this index on, already released, were wrong and are being generated again.
@@ -375,6 +394,8 @@ pub struct Driver {
     /// Released tokens later corrected: (from index, the tokens that were wrong).
     pub corrections: Vec<(usize, Vec<u32>)>,
     done: bool,
+    /// Set when the stages forward to each other ([`Driver::chained`]).
+    chain: Option<chain::Chained>,
 }
 
 /// One step's output in a window, for comparing a stage with its verifiers.
@@ -469,6 +490,7 @@ impl Driver {
             checks: Vec::new(),
             corrections: Vec::new(),
             done: false,
+            chain: None,
         };
         let actions = driver.send(0, StageData::Tokens(prompt), 0);
         (driver, actions)
@@ -484,9 +506,13 @@ impl Driver {
         self.awaiting.as_ref().map(|p| p.peer)
     }
 
-    /// The request awaited now.
+    /// The request awaited now (for a chained session: the first stage's input of the step in
+    /// flight).
     pub fn pending(&self) -> Option<&Forward> {
-        self.awaiting.as_ref().map(|p| &p.forward)
+        match &self.chain {
+            Some(chain) => chain.current.as_ref(),
+            None => self.awaiting.as_ref().map(|p| &p.forward),
+        }
     }
 
     /// How the session is checked.
@@ -1225,6 +1251,9 @@ impl Driver {
         if self.done {
             return Vec::new();
         }
+        if self.chain.is_some() {
+            return self.chain_failure(peer, reason, candidates);
+        }
         let awaited = self.awaiting.clone().filter(|p| p.peer == peer);
         // A verifier that fails: check the window again with another.
         if let Some(Pending {
@@ -1244,33 +1273,14 @@ impl Driver {
             self.verifiers.retain(|_, (p, _)| *p != peer);
             return Vec::new();
         }
-        self.failed.insert(peer);
         self.verifiers.retain(|_, (p, _)| *p != peer);
         let awaited_hop = awaited.map(|p| p.hop);
-        let usable: Vec<Candidate> = candidates
-            .iter()
-            .filter(|c| !self.failed.contains(&c.peer))
-            .cloned()
-            .collect();
-        for hop in 0..self.route.len() {
-            if self.route[hop].peer_id != peer {
-                continue;
-            }
+        let replaced = match self.replace(peer, reason, candidates, self.step) {
+            Ok(hops) => hops,
+            Err(why) => return vec![self.finish(Some(why))],
+        };
+        for hop in replaced {
             let layers = self.route[hop].layers;
-            let Some(new) = replacement(&self.route, &usable) else {
-                return vec![self.finish(Some(format!(
-                    "no route: peer {peer} failed ({reason}) and no other online peer holds layers {}..{} of model {}",
-                    layers.0, layers.1, self.model
-                )))];
-            };
-            self.reroutes.push(Reroute {
-                step: self.step,
-                failed_peer: peer,
-                layers,
-                replacement: new,
-                reason: reason.to_string(),
-            });
-            self.route[hop].peer_id = new;
             // The new peer must see everything the range has seen, in the same chunks; the input
             // of the step in flight at this hop is sent again after them.
             let mut owed: VecDeque<Forward> = self
@@ -1302,6 +1312,46 @@ impl Driver {
             }
             None => Vec::new(),
         }
+    }
+
+    /// `peer` failed: each range it served goes to a replacement (recorded as a reroute at
+    /// `step`). The hops replaced, or why the session cannot go on (no peer is left to take one).
+    fn replace(
+        &mut self,
+        peer: PeerId,
+        reason: &str,
+        candidates: &[Candidate],
+        step: u64,
+    ) -> Result<Vec<usize>, String> {
+        self.failed.insert(peer);
+        let usable: Vec<Candidate> = candidates
+            .iter()
+            .filter(|c| !self.failed.contains(&c.peer))
+            .cloned()
+            .collect();
+        let mut replaced = Vec::new();
+        for hop in 0..self.route.len() {
+            if self.route[hop].peer_id != peer {
+                continue;
+            }
+            let layers = self.route[hop].layers;
+            let Some(new) = replacement(&self.route, &usable) else {
+                return Err(format!(
+                    "no route: peer {peer} failed ({reason}) and no other online peer holds layers {}..{} of model {}",
+                    layers.0, layers.1, self.model
+                ));
+            };
+            self.reroutes.push(Reroute {
+                step,
+                failed_peer: peer,
+                layers,
+                replacement: new,
+                reason: reason.to_string(),
+            });
+            self.route[hop].peer_id = new;
+            replaced.push(hop);
+        }
+        Ok(replaced)
     }
 
     /// Every peer that holds state of this session: its stages, the peers it left, the

@@ -87,6 +87,9 @@ fn session(seed: u64, liars: &[u8], fail: f64) -> Outcome {
                 }
                 Action::Token(t) => released.push(t),
                 Action::Correction(from) => released.truncate(from),
+                Action::Route { .. } | Action::Chain { .. } => {
+                    panic!("a stepped session sent a chained message")
+                }
                 Action::Fault { .. } => faults += 1,
                 Action::Finished { error, .. } => {
                     return Outcome {

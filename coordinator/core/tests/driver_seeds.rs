@@ -46,6 +46,9 @@ fn choices(seed: u64) -> Vec<Choice> {
                     }
                     Action::Fault { peer, reason } => panic!("{peer} faulted: {reason}"),
                     Action::Token(_) | Action::Correction(_) => {}
+                    Action::Route { .. } | Action::Chain { .. } => {
+                        panic!("a stepped session sent a chained message")
+                    }
                 }
             }
             assert!(finished || !next.is_empty(), "the session stalled");

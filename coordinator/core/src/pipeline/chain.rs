@@ -1,0 +1,343 @@
+//! Chained sessions: the stages hand each step to each other and the coordinator is off the token
+//! path. The coordinator gives every stage the route ([`ChainRoute`]), sends the first stage the
+//! prompt ([`ChainStep`]), and from then on is sent one small message per token: the last stage's
+//! [`ChainReport`], with the token and every stage's receipt. Nothing else passes through it: no
+//! activations, no request per stage.
+//!
+//! The driver checks each report's chain of receipts: the first stage's input is the prompt (or
+//! the previous token), each later stage's input digest follows from its predecessor's signed
+//! output digest ([`Forward::digest_with`]), and the last stage signed the token it reported. A
+//! link that does not hold is blamed on the stage whose receipt breaks it.
+//!
+//! A failure (a stage that leaves, refuses, or is reported broken by its neighbour) restarts the
+//! session in a new epoch: a replacement takes the failed stage's layers, every stage is given the
+//! new route, and the first stage is sent the prompt and every token so far as one prefill. The
+//! kernels are batch-invariant, so the rebuilt caches hold the same bits the lost ones did and the
+//! tokens that follow are the ones an unbroken chain would have drawn.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use hearth_protocol::work::{ChainReport, ChainRoute, ChainStep, Forward, StageData, StageResult};
+use hearth_protocol::{PeerId, Subject};
+
+use super::{Action, Candidate, Driver};
+
+/// Reports kept that arrived ahead of the one awaited (their messages may overtake each other).
+pub const CHAIN_EARLY_MAX: usize = 64;
+
+/// Restarts in a row with no report between them before a session gives up.
+pub const CHAIN_STALLS_MAX: u32 = 2;
+
+/// A chained session's state besides the driver's own.
+#[derive(Clone, Debug, Default)]
+pub(super) struct Chained {
+    /// The route's epoch (bumped at every restart).
+    pub(super) epoch: u32,
+    /// Peers that have not yet acknowledged this epoch's route; the first step waits for them.
+    pub(super) unacked: BTreeSet<PeerId>,
+    /// The first stage's input of the step in flight.
+    pub(super) current: Option<Forward>,
+    /// Reports ahead of their turn, by step.
+    pub(super) early: BTreeMap<u64, ChainReport>,
+    /// Stalls (no report within its time) since the last report.
+    pub(super) stalls: u32,
+}
+
+impl Driver {
+    /// A session whose stages forward to each other ([`super`]'s chained mode): greedy, or drawn
+    /// with `sampling`, released as soon as the coordinator has checked each token's receipts
+    /// (no window replays: `verify` is `off`).
+    #[allow(clippy::too_many_arguments)]
+    pub fn chained(
+        session: u64,
+        model: hearth_protocol::ModelId,
+        route: Vec<super::Hop>,
+        prompt: Vec<u32>,
+        max_tokens: usize,
+        eos: u32,
+        context: usize,
+        sampling: Option<hearth_protocol::work::Sampling>,
+        seed: u64,
+    ) -> (Self, Vec<Action>) {
+        let (mut driver, _) = Self::sampled(
+            session,
+            model,
+            route,
+            prompt,
+            max_tokens,
+            eos,
+            context,
+            super::Verify::Off,
+            sampling,
+            seed,
+        );
+        // `sampled` began a stepped session: nothing was sent yet, so it is dropped unsent.
+        driver.awaiting = None;
+        driver.history.clear();
+        driver.chain = Some(Chained::default());
+        let actions = driver.chain_restart();
+        (driver, actions)
+    }
+
+    /// Whether the stages forward to each other.
+    pub fn is_chained(&self) -> bool {
+        self.chain.is_some()
+    }
+
+    /// The route's epoch (0 for a session that is not chained).
+    pub fn epoch(&self) -> u32 {
+        self.chain.as_ref().map_or(0, |c| c.epoch)
+    }
+
+    /// Start an epoch: every stage is told the route; the first step waits for their answers.
+    fn chain_restart(&mut self) -> Vec<Action> {
+        let route = ChainRoute {
+            session: self.session,
+            epoch: self.epoch() + 1,
+            model: self.model,
+            hops: self.route.iter().map(|h| (h.peer_id, h.layers)).collect(),
+            sampling: self.sampling,
+            eos: self.eos,
+            steps_end: self.max_tokens as u64,
+            context: u32::try_from(self.context).unwrap_or(u32::MAX),
+        };
+        let Some(chain) = self.chain.as_mut() else {
+            return Vec::new();
+        };
+        chain.epoch = route.epoch;
+        chain.unacked = self.route.iter().map(|h| h.peer_id).collect();
+        chain.current = None;
+        chain.early.clear();
+        self.step = self.generated.len() as u64;
+        chain
+            .unacked
+            .iter()
+            .map(|peer| Action::Route {
+                peer: *peer,
+                route: route.clone(),
+            })
+            .collect()
+    }
+
+    /// `peer` took this epoch's route (`epoch`); once every stage has, the first step goes out:
+    /// the prompt and the tokens so far, as one prefill from position 0.
+    pub fn on_route_ack(&mut self, peer: PeerId, epoch: u32) -> Vec<Action> {
+        let Some(chain) = self.chain.as_mut() else {
+            return Vec::new();
+        };
+        if self.done || epoch != chain.epoch || !chain.unacked.remove(&peer) {
+            return Vec::new();
+        }
+        if !chain.unacked.is_empty() {
+            return Vec::new();
+        }
+        let mut tokens = self.prompt.clone();
+        tokens.extend(&self.generated);
+        let forward = Forward {
+            session: self.session,
+            step: self.generated.len() as u64,
+            model: self.model,
+            layers: self.route[0].layers,
+            pos: 0,
+            input: StageData::Tokens(tokens),
+            all_positions: false,
+            sampling: self.sampling,
+        };
+        chain.current = Some(forward.clone());
+        vec![Action::Chain {
+            peer: self.route[0].peer_id,
+            step: Box::new(ChainStep {
+                epoch: chain.epoch,
+                forward,
+                receipts: Vec::new(),
+                previous: None,
+            }),
+        }]
+    }
+
+    /// The last stage's report of a step. Reports of other epochs are stale and ignored; one ahead
+    /// of its turn waits for the ones before it.
+    pub fn on_report(&mut self, report: ChainReport, candidates: &[Candidate]) -> Vec<Action> {
+        let Some(chain) = self.chain.as_mut() else {
+            return Vec::new();
+        };
+        if self.done || report.epoch != chain.epoch || report.session != self.session {
+            return Vec::new();
+        }
+        let due = self.generated.len() as u64;
+        if report.step > due {
+            if chain.early.len() < CHAIN_EARLY_MAX {
+                chain.early.insert(report.step, report);
+            }
+            return Vec::new();
+        }
+        if report.step < due {
+            return Vec::new();
+        }
+        let mut actions = self.chain_step(report, candidates);
+        loop {
+            let due = self.generated.len() as u64;
+            let Some(next) = self
+                .chain
+                .as_mut()
+                .filter(|_| !self.done)
+                .and_then(|c| c.early.remove(&due))
+            else {
+                return actions;
+            };
+            actions.extend(self.chain_step(next, candidates));
+        }
+    }
+
+    /// The first stage's input at step `step`, which the chain's receipts must start from.
+    fn chain_first_input(&self, step: u64) -> Option<Forward> {
+        let chain = self.chain.as_ref()?;
+        let current = chain.current.as_ref()?;
+        if step == current.step {
+            return Some(current.clone());
+        }
+        // A decode step: the previous token, at the position after everything before it.
+        let token = *self
+            .generated
+            .get(usize::try_from(step).ok()?.checked_sub(1)?)?;
+        Some(Forward {
+            step,
+            pos: u32::try_from(self.prompt.len() as u64 + step - 1).ok()?,
+            input: StageData::Tokens(vec![token]),
+            ..current.clone()
+        })
+    }
+
+    /// Check a report's chain of receipts, then take its token.
+    fn chain_step(&mut self, report: ChainReport, candidates: &[Candidate]) -> Vec<Action> {
+        let last = self.route.len() - 1;
+        if report.receipts.len() != self.route.len() {
+            let peer = self.route[last].peer_id;
+            return self.on_failure(
+                peer,
+                &format!(
+                    "its report of step {} carries {} receipts for {} stages",
+                    report.step,
+                    report.receipts.len(),
+                    self.route.len()
+                ),
+                candidates,
+            );
+        }
+        let Some(first) = self.chain_first_input(report.step) else {
+            return vec![self.finish(Some(format!(
+                "step {} was reported before its input was known",
+                report.step
+            )))];
+        };
+        // Each receipt in turn: its stage, step and model, its input (the previous output), and
+        // for the last its output (the reported token).
+        let mut input = first.digest();
+        for (hop, receipt) in report.receipts.iter().enumerate() {
+            let h = &self.route[hop];
+            let forward = Forward {
+                layers: h.layers,
+                ..first.clone()
+            };
+            if hop > 0 {
+                input = forward.digest_with(report.receipts[hop - 1].body.output);
+            }
+            let signed_by_stage = receipt.peer_id() == h.peer_id
+                && receipt.body.subject
+                    == (Subject::Step {
+                        session: self.session,
+                        step: report.step,
+                        layer_start: h.layers.0,
+                    })
+                && receipt.body.model == self.model
+                && receipt.verify().is_ok();
+            if !signed_by_stage {
+                // Whoever assembled the report put in a receipt its stage did not sign.
+                let peer = self.route[last].peer_id;
+                return self.on_failure(
+                    peer,
+                    &format!(
+                        "its report of step {} carries a receipt not signed by stage {}..{}",
+                        report.step, h.layers.0, h.layers.1
+                    ),
+                    candidates,
+                );
+            }
+            let output_ok = hop < last || receipt.body.output == report.output.digest();
+            if receipt.body.input != input || !output_ok {
+                // The stage signed an input its predecessor did not send (or an output it did
+                // not report): its own signature is the evidence.
+                let peer = h.peer_id;
+                let reason = format!(
+                    "its receipt for step {} does not follow from the one before it in the chain",
+                    report.step
+                );
+                let mut actions = vec![Action::Fault {
+                    peer,
+                    reason: reason.clone(),
+                }];
+                actions.extend(self.on_failure(peer, &reason, candidates));
+                return actions;
+            }
+        }
+        let StageResult::Next { token, .. } = report.output else {
+            let peer = self.route[last].peer_id;
+            return self.on_failure(peer, "reported a step that is not a token", candidates);
+        };
+        let rows = first.input.rows() as u32;
+        let next_pos = first.pos + rows;
+        if let Some(chain) = self.chain.as_mut() {
+            chain.stalls = 0;
+        }
+        self.receipts.extend(report.receipts);
+        self.generated.push(token);
+        self.step = self.generated.len() as u64;
+        let mut actions = self.release(self.generated.len());
+        let end = token == self.eos
+            || self.generated.len() >= self.max_tokens
+            || next_pos as usize + 1 >= self.context;
+        if end {
+            actions.push(self.finish(None));
+        }
+        actions
+    }
+
+    /// No report came within the time the step was given. The stages hold no request of ours to
+    /// time out, so nothing says which one stalled: the session starts its epoch again on the same
+    /// route (a lost message costs one restart), and gives up after [`CHAIN_STALLS_MAX`] restarts
+    /// in a row with no report between them.
+    pub fn on_stall(&mut self, budget_ms: u64) -> Vec<Action> {
+        let Some(chain) = self.chain.as_mut() else {
+            return Vec::new();
+        };
+        if self.done {
+            return Vec::new();
+        }
+        chain.stalls += 1;
+        if chain.stalls >= CHAIN_STALLS_MAX {
+            return vec![self.finish(Some(format!(
+                "no stage reported step {} within {budget_ms} ms, {CHAIN_STALLS_MAX} times in a row",
+                self.generated.len()
+            )))];
+        }
+        self.chain_restart()
+    }
+
+    /// A chained session's stage failed: the layers it served go to a replacement and the session
+    /// starts a new epoch.
+    pub(super) fn chain_failure(
+        &mut self,
+        peer: PeerId,
+        reason: &str,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        if !self.route.iter().any(|h| h.peer_id == peer) {
+            self.failed.insert(peer);
+            return Vec::new();
+        }
+        if let Err(why) = self.replace(peer, reason, candidates, self.generated.len() as u64) {
+            return vec![self.finish(Some(why))];
+        }
+        self.chain_restart()
+    }
+}

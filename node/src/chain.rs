@@ -1,0 +1,334 @@
+//! The node's side of chained sessions: the routes its coordinators gave it, and which steps it
+//! takes from whom. A stage takes a session's step only from the peer the route puts before it (the
+//! coordinator for an epoch's first step, the last stage for each step after), only for the route's
+//! epoch, and only with the signed receipt that binds what it was sent: its predecessor's output
+//! digest must be the digest of the input it got. So no peer can make a node compute for a session
+//! it was not given, and a stage that forwards something other than what it signed is refused at
+//! the next stage.
+
+use std::collections::HashMap;
+
+use hearth_protocol::PeerId;
+use hearth_protocol::work::{ChainRoute, ChainStep, StageData, StageResult, step_receipt_ok};
+
+/// Sessions a node keeps routes for; past it, the least recently used route is dropped (its
+/// session's next step is refused, and its coordinator restarts it).
+pub(crate) const CHAIN_ROUTES_MAX: usize = 1024;
+
+/// A route and who gave it.
+#[derive(Clone, Debug)]
+pub(crate) struct Given {
+    /// The route.
+    pub(crate) route: ChainRoute,
+    /// The coordinator that gave it, where reports go.
+    pub(crate) coordinator: PeerId,
+    /// When it was last used (a counter), for eviction.
+    used: u64,
+}
+
+/// The routes of the sessions this node serves in, by session.
+#[derive(Debug, Default)]
+pub(crate) struct Routes {
+    by_session: HashMap<u64, Given>,
+    clock: u64,
+}
+
+impl Routes {
+    /// `coordinator` gives a session's route for an epoch. A route of an older epoch than the one
+    /// held is refused.
+    pub(crate) fn give(&mut self, coordinator: PeerId, route: ChainRoute) -> Result<(), String> {
+        if let Some(held) = self.by_session.get(&route.session)
+            && (held.coordinator != coordinator || held.route.epoch > route.epoch)
+        {
+            return Err(format!(
+                "session {} already has a newer route (epoch {})",
+                route.session, held.route.epoch
+            ));
+        }
+        if !self.by_session.contains_key(&route.session)
+            && self.by_session.len() >= CHAIN_ROUTES_MAX
+            && let Some(oldest) = self
+                .by_session
+                .iter()
+                .min_by_key(|(_, g)| g.used)
+                .map(|(s, _)| *s)
+        {
+            tracing::info!(
+                session = oldest,
+                "route dropped: {CHAIN_ROUTES_MAX} sessions held"
+            );
+            self.by_session.remove(&oldest);
+        }
+        self.clock += 1;
+        self.by_session.insert(
+            route.session,
+            Given {
+                route,
+                coordinator,
+                used: self.clock,
+            },
+        );
+        Ok(())
+    }
+
+    /// The route of `session`, if held and of `epoch`.
+    pub(crate) fn get(&self, session: u64, epoch: u32) -> Option<&Given> {
+        self.by_session
+            .get(&session)
+            .filter(|g| g.route.epoch == epoch)
+    }
+
+    /// `session` ended: forget its route.
+    pub(crate) fn end(&mut self, session: u64) {
+        self.by_session.remove(&session);
+    }
+
+    /// Whether this node (`me`) takes `step` from `from`; the stage index it is for.
+    pub(crate) fn admit(
+        &mut self,
+        me: PeerId,
+        from: PeerId,
+        step: &ChainStep,
+    ) -> Result<usize, String> {
+        let f = &step.forward;
+        self.clock += 1;
+        let clock = self.clock;
+        let given = self
+            .by_session
+            .get_mut(&f.session)
+            .ok_or_else(|| format!("no route for session {}", f.session))?;
+        given.used = clock;
+        let route = &given.route;
+        if step.epoch != route.epoch {
+            return Err(format!(
+                "step of epoch {} for a route of epoch {}",
+                step.epoch, route.epoch
+            ));
+        }
+        if f.model != route.model
+            || f.sampling != route.sampling
+            || f.all_positions
+            || f.step >= route.steps_end
+        {
+            return Err("a step that is not the route's".into());
+        }
+        let hop = route
+            .hops
+            .iter()
+            .position(|(peer, layers)| *peer == me && *layers == f.layers)
+            .ok_or("this node serves no such stage of the route")?;
+        let (session, model) = (route.session, route.model);
+        if hop > 0 {
+            let (before, layers) = route.hops[hop - 1];
+            let linked = step.receipts.len() == hop
+                && matches!(f.input, StageData::Hidden { .. })
+                && step.receipts.last().is_some_and(|r| {
+                    step_receipt_ok(
+                        r,
+                        &before,
+                        session,
+                        f.step,
+                        layers.0,
+                        &model,
+                        &f.input.digest(),
+                    )
+                });
+            if from != before || !linked {
+                return Err(format!(
+                    "step {} is not what stage {}..{} signed it sent",
+                    f.step, layers.0, layers.1
+                ));
+            }
+            return Ok(hop);
+        }
+        if !step.receipts.is_empty() {
+            return Err("the first stage's step carries receipts".into());
+        }
+        match &step.previous {
+            None if from == given.coordinator => Ok(0),
+            None => Err("only the coordinator starts an epoch".into()),
+            Some((output, receipt)) => {
+                let (last, layers) = *route.hops.last().expect("routes have stages");
+                let StageResult::Next { token, .. } = output else {
+                    return Err("the previous step is not a token".into());
+                };
+                let linked = f.step > 0
+                    && f.input == StageData::Tokens(vec![*token])
+                    && route.goes_on(f.step - 1, *token, f.pos)
+                    && step_receipt_ok(
+                        receipt,
+                        &last,
+                        session,
+                        f.step - 1,
+                        layers.0,
+                        &model,
+                        &output.digest(),
+                    );
+                if from != last || !linked {
+                    return Err(format!(
+                        "step {} is not the token the last stage signed",
+                        f.step
+                    ));
+                }
+                Ok(0)
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_protocol::work::Forward;
+    use hearth_protocol::{ModelId, Receipt, ReceiptBody, SecretKey, Subject};
+
+    use super::*;
+
+    fn key(n: u8) -> SecretKey {
+        SecretKey::from_bytes(&[n; 32])
+    }
+
+    fn peer(n: u8) -> PeerId {
+        key(n).public().peer_id()
+    }
+
+    fn route(epoch: u32) -> ChainRoute {
+        ChainRoute {
+            session: 7,
+            epoch,
+            model: ModelId::of_bytes(b"m"),
+            hops: vec![(peer(1), (0, 10)), (peer(2), (10, 20))],
+            sampling: None,
+            eos: 2,
+            steps_end: 8,
+            context: 100,
+        }
+    }
+
+    fn forward(step: u64, layers: (u32, u32), input: StageData) -> Forward {
+        Forward {
+            session: 7,
+            step,
+            model: ModelId::of_bytes(b"m"),
+            layers,
+            pos: 3,
+            input,
+            all_positions: false,
+            sampling: None,
+        }
+    }
+
+    fn sign(signer: u8, step: u64, layer_start: u32, output: hearth_protocol::Digest) -> Receipt {
+        Receipt::sign(
+            &key(signer),
+            ReceiptBody {
+                subject: Subject::Step {
+                    session: 7,
+                    step,
+                    layer_start,
+                },
+                model: ModelId::of_bytes(b"m"),
+                input: hearth_protocol::Digest::of("x", b"y"),
+                output,
+                numeric_class: "c".into(),
+            },
+        )
+    }
+
+    #[test]
+    fn a_stage_takes_only_what_its_predecessor_signed() {
+        let coordinator = peer(9);
+        let mut routes = Routes::default();
+        routes.give(coordinator, route(1)).expect("given");
+        let data = StageData::hidden(1, &[1.0, 2.0]);
+        let good = ChainStep {
+            epoch: 1,
+            forward: forward(4, (10, 20), data.clone()),
+            receipts: vec![sign(1, 4, 0, data.digest())],
+            previous: None,
+        };
+        assert_eq!(routes.admit(peer(2), peer(1), &good), Ok(1));
+        // From anyone but stage 1, for another epoch, or with other bytes than were signed.
+        assert!(routes.admit(peer(2), peer(3), &good).is_err());
+        let stale = ChainStep {
+            epoch: 2,
+            ..good.clone()
+        };
+        assert!(routes.admit(peer(2), peer(1), &stale).is_err());
+        let tampered = ChainStep {
+            forward: forward(4, (10, 20), StageData::hidden(1, &[1.0, 2.5])),
+            ..good.clone()
+        };
+        assert!(routes.admit(peer(2), peer(1), &tampered).is_err());
+        // Signed by another peer than stage 1.
+        let forged = ChainStep {
+            receipts: vec![sign(3, 4, 0, data.digest())],
+            ..good
+        };
+        assert!(routes.admit(peer(2), peer(1), &forged).is_err());
+    }
+
+    #[test]
+    fn the_first_stage_takes_the_coordinators_start_and_the_last_stages_signed_token() {
+        let coordinator = peer(9);
+        let mut routes = Routes::default();
+        routes.give(coordinator, route(1)).expect("given");
+        let start = ChainStep {
+            epoch: 1,
+            forward: forward(0, (0, 10), StageData::Tokens(vec![5, 6, 7])),
+            receipts: Vec::new(),
+            previous: None,
+        };
+        assert_eq!(routes.admit(peer(1), coordinator, &start), Ok(0));
+        assert!(routes.admit(peer(1), peer(2), &start).is_err());
+        let output = StageResult::Next {
+            token: 11,
+            top: vec![(11, 3.0)],
+        };
+        let next = ChainStep {
+            epoch: 1,
+            forward: forward(4, (0, 10), StageData::Tokens(vec![11])),
+            receipts: Vec::new(),
+            previous: Some((output.clone(), sign(2, 3, 10, output.digest()))),
+        };
+        assert_eq!(routes.admit(peer(1), peer(2), &next), Ok(0));
+        // Another token than the one signed; past the route's last step; after the eos token.
+        let swapped = ChainStep {
+            forward: forward(4, (0, 10), StageData::Tokens(vec![12])),
+            ..next.clone()
+        };
+        assert!(routes.admit(peer(1), peer(2), &swapped).is_err());
+        let late = ChainStep {
+            forward: forward(8, (0, 10), StageData::Tokens(vec![11])),
+            previous: Some((output.clone(), sign(2, 7, 10, output.digest()))),
+            ..next.clone()
+        };
+        assert!(routes.admit(peer(1), peer(2), &late).is_err());
+        let eos = StageResult::Next {
+            token: 2,
+            top: vec![(2, 3.0)],
+        };
+        let after_eos = ChainStep {
+            forward: forward(4, (0, 10), StageData::Tokens(vec![2])),
+            previous: Some((eos.clone(), sign(2, 3, 10, eos.digest()))),
+            ..next
+        };
+        assert!(routes.admit(peer(1), peer(2), &after_eos).is_err());
+    }
+
+    #[test]
+    fn a_newer_epoch_replaces_the_route_and_an_older_one_is_refused() {
+        let coordinator = peer(9);
+        let mut routes = Routes::default();
+        routes.give(coordinator, route(2)).expect("given");
+        assert!(routes.give(coordinator, route(1)).is_err());
+        assert!(
+            routes.give(peer(8), route(3)).is_err(),
+            "another coordinator"
+        );
+        routes.give(coordinator, route(3)).expect("newer");
+        assert!(routes.get(7, 3).is_some());
+        assert!(routes.get(7, 2).is_none());
+        routes.end(7);
+        assert!(routes.get(7, 3).is_none());
+    }
+}

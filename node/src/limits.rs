@@ -39,6 +39,14 @@ pub const FAULT_SLOW_DELAY: Duration = Duration::from_secs(5);
 /// Pipeline steps queued for the stage thread; beyond it a step is refused at once.
 pub const STAGE_QUEUE_MAX: usize = 64;
 
+/// Most steps the stage thread runs as one batch (one pass over a range's weights for several
+/// sessions' rows: continuous batching). Steps queued together for the same range are batched.
+pub const STAGE_BATCH_MAX: usize = 16;
+
+/// Most rows in one batch: a step with more (a long prefill) runs alone, so it does not hold the
+/// sessions decoding beside it for longer than it must.
+pub const STAGE_BATCH_ROWS_MAX: usize = 64;
+
 /// A pipeline session's caches are freed after this long unused (a driver that vanished).
 pub const STAGE_SESSION_TTL: Duration = Duration::from_secs(300);
 

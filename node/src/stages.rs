@@ -18,7 +18,9 @@ use tokio::sync::mpsc;
 
 #[cfg(feature = "fault-injection")]
 use crate::Fault;
-use crate::limits::{STAGE_CACHE_BYTES_MAX, STAGE_QUEUE_MAX};
+use crate::limits::{
+    STAGE_BATCH_MAX, STAGE_BATCH_ROWS_MAX, STAGE_CACHE_BYTES_MAX, STAGE_QUEUE_MAX,
+};
 use cache::Cache;
 
 /// What the loop asks of the stage thread.
@@ -117,70 +119,44 @@ impl Server {
         }
     }
 
-    fn forward(&mut self, f: &Forward, now_ms: u64) -> Result<StageResult, String> {
+    /// Run steps for one layer range (all of `fs` name the same model and layers, each a
+    /// different session) as one batch; one answer per step, in order.
+    fn forward_batch(&mut self, fs: &[&Forward], now_ms: u64) -> Vec<Result<StageResult, String>> {
         self.expire(now_ms);
-        let stage = self.stage(f, now_ms)?;
+        let first = fs.first().expect("a batch has steps");
+        let stage = match self.stage(first, now_ms) {
+            Ok(stage) => stage,
+            Err(e) => return fs.iter().map(|_| Err(e.clone())).collect(),
+        };
         let hidden = stage.config().hidden;
-        let input = match &f.input {
-            StageData::Tokens(ids) => StageInput::Tokens(ids.clone()),
-            data @ StageData::Hidden { rows, bytes } => {
-                let floats = data.floats();
-                if floats.len() != *rows as usize * hidden || bytes.len() % 4 != 0 {
-                    return Err(format!("hidden input is not {rows}×{hidden} floats"));
+        let mut answers: Vec<Option<Result<StageResult, String>>> = vec![None; fs.len()];
+        let mut items = Vec::with_capacity(fs.len());
+        let mut ran = Vec::with_capacity(fs.len());
+        for (i, f) in fs.iter().enumerate() {
+            match stage_input(f, hidden) {
+                Ok(input) => {
+                    items.push((f.session, input, f.pos as usize, f.all_positions));
+                    ran.push(i);
                 }
-                let tensor =
-                    Tensor::from_vec(floats, (*rows as usize, hidden), &candle_core::Device::Cpu)
-                        .map_err(|e| e.to_string())?;
-                StageInput::Hidden(tensor)
+                Err(e) => answers[i] = Some(Err(e)),
             }
-        };
-        let output = stage
-            .forward(f.session, input, f.pos as usize, f.all_positions)
-            .map_err(|e| e.to_string())?;
-        let result = match output {
-            StageOutput::Hidden(x) => {
-                let rows = x.dims2().map_err(|e| e.to_string())?.0;
-                let floats: Vec<f32> = x
-                    .flatten_all()
-                    .and_then(|t| t.to_vec1())
-                    .map_err(|e| e.to_string())?;
-                StageResult::Hidden(StageData::hidden(rows as u32, &floats))
+        }
+        let outputs = stage.forward_batch(items);
+        for (i, output) in ran.into_iter().zip(outputs) {
+            let f = fs[i];
+            let result = output
+                .map_err(|e| e.to_string())
+                .and_then(|output| stage_result(f, output));
+            if result.is_ok() {
+                self.cache
+                    .touch((f.model, f.layers.0, f.layers.1), f.session, now_ms);
             }
-            StageOutput::Logits(logits) => {
-                let rows: Vec<Vec<f32>> = logits.to_vec2().map_err(|e| e.to_string())?;
-                // Row i holds the logits after position `first + i`: every input position, or
-                // the last only.
-                let inputs = match &f.input {
-                    StageData::Tokens(ids) => ids.len(),
-                    StageData::Hidden { rows, .. } => *rows as usize,
-                };
-                let first = u64::from(f.pos) + inputs.saturating_sub(rows.len()) as u64;
-                let mut each: Vec<(u32, Vec<(u32, f32)>)> = rows
-                    .iter()
-                    .enumerate()
-                    .map(|(i, r)| {
-                        let (greedy, best) = top(r);
-                        let token = match &f.sampling {
-                            Some(s) => hearth_kernels::sample(r, Some(s), first + i as u64),
-                            None => greedy,
-                        };
-                        (token, best)
-                    })
-                    .collect();
-                if f.all_positions {
-                    StageResult::NextEach(each)
-                } else {
-                    let (token, top) = each.pop().ok_or("no logits")?;
-                    StageResult::Next { token, top }
-                }
-            }
-        };
-        self.cache
-            .touch((f.model, f.layers.0, f.layers.1), f.session, now_ms);
+            #[cfg(feature = "fault-injection")]
+            let result = result.map(|r| self.inject(r));
+            answers[i] = Some(result);
+        }
         self.bound_caches();
-        #[cfg(feature = "fault-injection")]
-        let result = self.inject(result);
-        Ok(result)
+        answers.into_iter().map(|a| a.expect("answered")).collect()
     }
 
     /// Keep every KV cache together under [`STAGE_CACHE_BYTES_MAX`]: drop the least recently used
@@ -279,6 +255,88 @@ impl Server {
     }
 }
 
+/// A step's input as the kernels take it.
+fn stage_input(f: &Forward, hidden: usize) -> Result<StageInput, String> {
+    Ok(match &f.input {
+        StageData::Tokens(ids) => StageInput::Tokens(ids.clone()),
+        data @ StageData::Hidden { rows, bytes } => {
+            let floats = data.floats();
+            if floats.len() != *rows as usize * hidden || bytes.len() % 4 != 0 {
+                return Err(format!("hidden input is not {rows}×{hidden} floats"));
+            }
+            let tensor =
+                Tensor::from_vec(floats, (*rows as usize, hidden), &candle_core::Device::Cpu)
+                    .map_err(|e| e.to_string())?;
+            StageInput::Hidden(tensor)
+        }
+    })
+}
+
+/// What a stage returns for `f` from the kernels' `output`: hidden states, or the last stage's
+/// token (greedy, or drawn as `f.sampling` says at its position) and best logits.
+fn stage_result(f: &Forward, output: StageOutput) -> Result<StageResult, String> {
+    Ok(match output {
+        StageOutput::Hidden(x) => {
+            let rows = x.dims2().map_err(|e| e.to_string())?.0;
+            let floats: Vec<f32> = x
+                .flatten_all()
+                .and_then(|t| t.to_vec1())
+                .map_err(|e| e.to_string())?;
+            StageResult::Hidden(StageData::hidden(rows as u32, &floats))
+        }
+        StageOutput::Logits(logits) => {
+            let rows: Vec<Vec<f32>> = logits.to_vec2().map_err(|e| e.to_string())?;
+            // Row i holds the logits after position `first + i`: every input position, or the
+            // last only.
+            let first = u64::from(f.pos) + f.input.rows().saturating_sub(rows.len()) as u64;
+            let mut each: Vec<(u32, Vec<(u32, f32)>)> = rows
+                .iter()
+                .enumerate()
+                .map(|(i, r)| {
+                    let (greedy, best) = top(r);
+                    let token = match &f.sampling {
+                        Some(s) => hearth_kernels::sample(r, Some(s), first + i as u64),
+                        None => greedy,
+                    };
+                    (token, best)
+                })
+                .collect();
+            if f.all_positions {
+                StageResult::NextEach(each)
+            } else {
+                let (token, top) = each.pop().ok_or("no logits")?;
+                StageResult::Next { token, top }
+            }
+        }
+    })
+}
+
+/// Cut the jobs taken together into batches: steps for the same layer range, each of another
+/// session, at most [`STAGE_BATCH_ROWS_MAX`] rows (a longer step alone). A session's steps keep
+/// their order (a later step of a session goes to a later batch of its range).
+fn batches(jobs: Vec<(u64, Box<Forward>)>) -> Vec<Vec<(u64, Box<Forward>)>> {
+    let mut out: Vec<Vec<(u64, Box<Forward>)>> = Vec::new();
+    for (key, f) in jobs {
+        let range = (f.model, f.layers);
+        let last = out
+            .iter_mut()
+            .rev()
+            .find(|b| (b[0].1.model, b[0].1.layers) == range);
+        match last {
+            Some(batch)
+                if batch.iter().all(|(_, g)| g.session != f.session)
+                    && batch.iter().map(|(_, g)| g.input.rows()).sum::<usize>()
+                        + f.input.rows()
+                        <= STAGE_BATCH_ROWS_MAX =>
+            {
+                batch.push((key, f));
+            }
+            _ => out.push(vec![(key, f)]),
+        }
+    }
+    out
+}
+
 /// The greedy token of a row of logits (lowest id among equal maxima) and its best logits.
 fn top(row: &[f32]) -> (u32, Vec<(u32, f32)>) {
     let (token, _) = hearth_kernels::argmax(row);
@@ -331,34 +389,58 @@ pub(crate) fn spawn(
             // Ended sessions and the first key queued after each end, until that key is reached.
             let mut cutoffs: HashMap<u64, u64> = HashMap::new();
             while let Ok(job) = rx.recv() {
+                // Everything queued behind it too (up to a batch), so steps of several sessions
+                // for one range run as one pass over its weights.
+                let mut jobs = vec![job];
+                while jobs.len() < STAGE_BATCH_MAX {
+                    match rx.try_recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => break,
+                    }
+                }
                 for (session, cutoff) in thread_ends.take() {
                     server.end(session);
                     cutoffs.insert(session, cutoff);
                 }
-                match job {
-                    StageJob::Forward(key, f) => {
-                        // Keys come in order: an end whose cutoff is reached has no step left.
-                        let ended = cutoffs.get(&f.session).is_some_and(|cut| key < *cut);
-                        cutoffs.retain(|_, cut| key < *cut);
-                        let response = if ended {
-                            WorkResponse::Rejected("the session has ended".into())
-                        } else {
-                            match server.forward(&f, hearth_net::monotonic_ms()) {
+                let mut steps = Vec::new();
+                for job in jobs {
+                    let StageJob::Forward(key, f) = job else {
+                        continue;
+                    };
+                    // Keys come in order: an end whose cutoff is reached has no step left.
+                    let ended = cutoffs.get(&f.session).is_some_and(|cut| key < *cut);
+                    if ended {
+                        let refused = WorkResponse::Rejected("the session has ended".into());
+                        if answers.blocking_send((key, refused)).is_err() {
+                            return;
+                        }
+                    } else {
+                        steps.push((key, f));
+                    }
+                }
+                if let Some((last, _)) = steps.last() {
+                    let last = *last;
+                    cutoffs.retain(|_, cut| last < *cut);
+                }
+                for batch in batches(steps) {
+                    let fs: Vec<&Forward> = batch.iter().map(|(_, f)| &**f).collect();
+                    tracing::debug!(steps = fs.len(), "batch");
+                    let results = server.forward_batch(&fs, hearth_net::monotonic_ms());
+                    for ((key, f), result) in batch.iter().zip(results) {
+                        let response = match result {
                             Ok(output) => {
-                                let receipt = server.sign(&f, &output);
+                                let receipt = server.sign(f, &output);
                                 WorkResponse::Forwarded { output, receipt }
                             }
                             Err(reason) => {
                                 tracing::warn!(session = f.session, step = f.step, %reason, "step refused");
                                 WorkResponse::Rejected(reason)
                             }
-                            }
                         };
-                        if answers.blocking_send((key, response)).is_err() {
-                            break;
+                        if answers.blocking_send((*key, response)).is_err() {
+                            return;
                         }
                     }
-                    StageJob::End => {}
                 }
                 live.send_if_modified(|n| replace(n, server.cache.session_count()));
             }
@@ -371,4 +453,44 @@ pub(crate) fn spawn(
 fn replace(n: &mut u32, count: usize) -> bool {
     let count = u32::try_from(count).unwrap_or(u32::MAX);
     std::mem::replace(n, count) != count
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_protocol::ModelId;
+
+    use super::*;
+
+    fn step(session: u64, layers: (u32, u32), rows: usize) -> Box<Forward> {
+        Box::new(Forward {
+            session,
+            step: 0,
+            model: ModelId::of_bytes(b"m"),
+            layers,
+            pos: 0,
+            input: StageData::Tokens(vec![1; rows]),
+            all_positions: false,
+            sampling: None,
+        })
+    }
+
+    #[test]
+    fn steps_batch_by_range_with_each_session_once_and_in_order() {
+        let jobs = vec![
+            (0, step(1, (0, 10), 1)),
+            (1, step(2, (0, 10), 1)),
+            (2, step(3, (10, 20), 1)),
+            // Session 1's next step: after its first, in a later batch.
+            (3, step(1, (0, 10), 1)),
+            (4, step(4, (0, 10), 1)),
+            // A long prefill runs alone.
+            (5, step(5, (0, 10), STAGE_BATCH_ROWS_MAX)),
+            (6, step(6, (10, 20), 1)),
+        ];
+        let keys: Vec<Vec<u64>> = batches(jobs)
+            .iter()
+            .map(|b| b.iter().map(|(k, _)| *k).collect())
+            .collect();
+        assert_eq!(keys, vec![vec![0, 1], vec![2, 6], vec![3, 4], vec![5]]);
+    }
 }

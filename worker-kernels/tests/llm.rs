@@ -262,6 +262,74 @@ fn batch_invariance_a_token_gets_the_same_bits_alone_or_in_any_prefill() {
 }
 
 #[test]
+fn sessions_batched_together_get_the_bits_each_gets_alone() {
+    // Three sessions at different positions (one prefilling, two decoding), on a first stage
+    // (tokens in, hidden states out) and on the whole model (logits out): in one batch, each
+    // session's output and its cache afterwards are bit for bit what it gets alone.
+    let prompts: Vec<Vec<u32>> = [
+        "The capital of France is",
+        "def fibonacci(n):",
+        "Volunteer computing lets people share spare machines",
+    ]
+    .iter()
+    .map(|t| tokenizer().encode(t, false).expect("encode"))
+    .collect();
+    for layers in [0..10, 0..30] {
+        let mut alone = Stage::load(model(), layers.clone(), &Device::Cpu).expect("stage");
+        let mut batched = Stage::load(model(), layers.clone(), &Device::Cpu).expect("stage");
+        let out_bits = |o: StageOutput| match o {
+            StageOutput::Hidden(t) | StageOutput::Logits(t) => bits(&t),
+        };
+        // Sessions 0 and 1 are already under way (their prompts prefilled), session 2 starts.
+        for stage in [&mut alone, &mut batched] {
+            for (s, prompt) in prompts[..2].iter().enumerate() {
+                stage
+                    .forward(s as u64, StageInput::Tokens(prompt.clone()), 0, false)
+                    .expect("prefill");
+            }
+        }
+        for step in 0..3u32 {
+            let items: Vec<(u64, Vec<u32>, usize)> = vec![
+                (0, vec![100 + step], prompts[0].len() + step as usize),
+                (1, vec![200 + step], prompts[1].len() + step as usize),
+                if step == 0 {
+                    (2, prompts[2].clone(), 0)
+                } else {
+                    (2, vec![300 + step], prompts[2].len() + step as usize - 1)
+                },
+            ];
+            let want: Vec<Vec<u32>> = items
+                .iter()
+                .map(|(s, ids, pos)| {
+                    out_bits(
+                        alone
+                            .forward(*s, StageInput::Tokens(ids.clone()), *pos, false)
+                            .expect("alone"),
+                    )
+                })
+                .collect();
+            let got: Vec<Vec<u32>> = batched
+                .forward_batch(
+                    items
+                        .into_iter()
+                        .map(|(s, ids, pos)| (s, StageInput::Tokens(ids), pos, false))
+                        .collect(),
+                )
+                .into_iter()
+                .map(|o| out_bits(o.expect("batched")))
+                .collect();
+            assert!(want == got, "layers {layers:?}, step {step}");
+        }
+        // One bad item fails alone: a session at the wrong position.
+        let out = batched.forward_batch(vec![
+            (0, StageInput::Tokens(vec![5]), prompts[0].len() + 3, false),
+            (1, StageInput::Tokens(vec![5]), 999, false),
+        ]);
+        assert!(out[0].is_ok() && out[1].is_err(), "{out:?}");
+    }
+}
+
+#[test]
 fn every_kernel_path_and_thread_count_gives_the_same_bits() {
     let prompt = tokenizer()
         .encode("Volunteers compare results by hash.", false)

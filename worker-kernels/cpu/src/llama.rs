@@ -180,8 +180,23 @@ impl Kernels {
                     }
                     t += TOKEN_TILE;
                 }
-                for t in t..acts.rows {
-                    write(t, dot_tile(path, m.kind, w0, w1, [acts.row(t)])[0]);
+                // The rest (a few sessions' decode steps batched together) in one smaller tile.
+                macro_rules! rest {
+                    ($n:literal) => {{
+                        let tile: [_; $n] = std::array::from_fn(|k| acts.row(t + k));
+                        for (k, o) in dot_tile::<$n>(path, m.kind, w0, w1, tile)
+                            .into_iter()
+                            .enumerate()
+                        {
+                            write(t + k, o);
+                        }
+                    }};
+                }
+                match acts.rows - t {
+                    3 => rest!(3),
+                    2 => rest!(2),
+                    1 => rest!(1),
+                    _ => {}
                 }
                 r += 2;
             }
@@ -416,23 +431,117 @@ impl LlamaRange {
         input: Input<'_>,
         all_logits: bool,
     ) -> Result<Vec<f32>, String> {
+        let mut out = self.forward_batch(k, &mut [(cache, input, all_logits)]);
+        out.pop().expect("one answer per item")
+    }
+
+    /// [`Self::forward`] for several sessions at once, each `(cache, input, all_logits)`: one pass
+    /// over the weights for all their rows (each row's bits are what it gets alone: the kernels
+    /// are batch-invariant), attention within each session's own cache. One answer per item, in
+    /// order; an item whose input is bad fails alone.
+    pub fn forward_batch(
+        &self,
+        k: &Kernels,
+        items: &mut [(&mut KvCache, Input<'_>, bool)],
+    ) -> Vec<Result<Vec<f32>, String>> {
         let c = &self.config;
         let h = c.hidden;
-        let pos = cache.len;
-        let mut x = match (input, &self.embedding) {
+        let mut answers: Vec<Option<Result<Vec<f32>, String>>> = vec![None; items.len()];
+        // The rows of every good item, stacked; each good item's (first row, rows, position).
+        let mut x = Vec::new();
+        let mut segs: Vec<Seg> = Vec::new();
+        let mut good = vec![false; items.len()];
+        for (i, (cache, input, _)) in items.iter_mut().enumerate() {
+            match self.rows(cache, *input, &mut x) {
+                Ok(rows) => {
+                    good[i] = true;
+                    segs.push(Seg {
+                        start: x.len() / h - rows,
+                        rows,
+                        pos: cache.len,
+                    });
+                }
+                Err(e) => answers[i] = Some(Err(e)),
+            }
+        }
+        if segs.is_empty() {
+            return answers.into_iter().map(|a| a.expect("answered")).collect();
+        }
+        let mut s = Scratch::new(c, x.len() / h);
+        for (layer, b) in self.blocks.iter().enumerate() {
+            let mut kvs: Vec<&mut (Vec<f32>, Vec<f32>)> = items
+                .iter_mut()
+                .zip(&good)
+                .filter(|(_, g)| **g)
+                .map(|((cache, ..), _)| &mut cache.layers[layer])
+                .collect();
+            self.block(k, b, &mut x, &mut kvs, &segs, &mut s);
+        }
+        let goods: Vec<usize> = (0..items.len()).filter(|&i| good[i]).collect();
+        for (&i, seg) in goods.iter().zip(&segs) {
+            items[i].0.len = seg.pos + seg.rows;
+        }
+        let Some((norm, head)) = &self.head else {
+            for (&i, seg) in goods.iter().zip(&segs) {
+                answers[i] = Some(Ok(x[seg.start * h..(seg.start + seg.rows) * h].to_vec()));
+            }
+            return answers.into_iter().map(|a| a.expect("answered")).collect();
+        };
+        // The rows each item wants logits of: every row, or its last.
+        let wanted: Vec<(usize, usize)> = goods
+            .iter()
+            .zip(&segs)
+            .map(|(&i, seg)| {
+                if items[i].2 {
+                    (seg.start, seg.rows)
+                } else {
+                    (seg.start + seg.rows - 1, 1)
+                }
+            })
+            .collect();
+        let rows: usize = wanted.iter().map(|(_, n)| n).sum();
+        let mut normed = vec![0f32; rows * h];
+        let mut o = normed.chunks_exact_mut(h);
+        for &(first, n) in &wanted {
+            for r in x[first * h..(first + n) * h].chunks_exact(h) {
+                math::rms_norm(r, norm, c.rms_eps, o.next().expect("sized above"));
+            }
+        }
+        s.acts.quantize(&normed, h);
+        let mut logits = vec![0f32; rows * c.vocab];
+        k.matmul(&s.acts, &[head], &mut [&mut logits]);
+        let mut at = 0;
+        for (&i, &(_, n)) in goods.iter().zip(&wanted) {
+            answers[i] = Some(Ok(logits[at * c.vocab..(at + n) * c.vocab].to_vec()));
+            at += n;
+        }
+        answers.into_iter().map(|a| a.expect("answered")).collect()
+    }
+
+    /// Append `input`'s rows (embedded, for tokens) to `x`, checked against the range and the
+    /// context after `cache`; how many.
+    fn rows(
+        &self,
+        cache: &mut KvCache,
+        input: Input<'_>,
+        x: &mut Vec<f32>,
+    ) -> Result<usize, String> {
+        let c = &self.config;
+        let h = c.hidden;
+        let before = x.len();
+        match (input, &self.embedding) {
             (Input::Tokens(ids), Some(e)) => {
-                let mut x = vec![0f32; ids.len() * h];
-                for (row, &id) in x.chunks_exact_mut(h).zip(ids) {
-                    if id as usize >= c.vocab {
-                        return Err(format!("token id {id} is outside the vocabulary"));
-                    }
+                if let Some(id) = ids.iter().find(|&&id| id as usize >= c.vocab) {
+                    return Err(format!("token id {id} is outside the vocabulary"));
+                }
+                x.resize(before + ids.len() * h, 0.0);
+                for (row, &id) in x[before..].chunks_exact_mut(h).zip(ids) {
                     e.dequantize_row(id as usize, row);
                 }
-                x
             }
-            (Input::Hidden(x), None) if x.len() % h == 0 => x.to_vec(),
-            (Input::Hidden(x), None) => {
-                return Err(format!("{} values are not rows of {h}", x.len()));
+            (Input::Hidden(rows), None) if rows.len() % h == 0 => x.extend_from_slice(rows),
+            (Input::Hidden(rows), None) => {
+                return Err(format!("{} values are not rows of {h}", rows.len()));
             }
             (Input::Tokens(_), None) => {
                 return Err(format!(
@@ -443,56 +552,45 @@ impl LlamaRange {
             (Input::Hidden(_), Some(_)) => {
                 return Err("the first layers take tokens, not hidden states".into());
             }
+        }
+        let seq = (x.len() - before) / h;
+        let pos = cache.len;
+        let fail = |x: &mut Vec<f32>, why: String| {
+            x.truncate(before);
+            Err(why)
         };
-        let seq = x.len() / h;
         if seq == 0 {
-            return Err("the input is empty".into());
+            return fail(x, "the input is empty".into());
         }
         if pos + seq > c.context {
-            return Err(format!(
-                "positions up to {} exceed the context of {}",
-                pos + seq,
-                c.context
-            ));
+            return fail(
+                x,
+                format!(
+                    "positions up to {} exceed the context of {}",
+                    pos + seq,
+                    c.context
+                ),
+            );
         }
         if cache.layers.len() != self.blocks.len() {
             cache.layers = vec![Default::default(); self.blocks.len()];
         }
-        let mut s = Scratch::new(c, seq);
-        for (b, kv) in self.blocks.iter().zip(cache.layers.iter_mut()) {
-            self.block(k, b, &mut x, kv, pos, &mut s);
-        }
-        cache.len = pos + seq;
-        let Some((norm, head)) = &self.head else {
-            return Ok(x);
-        };
-        let rows = if all_logits {
-            &x[..]
-        } else {
-            &x[(seq - 1) * h..]
-        };
-        let mut normed = vec![0f32; rows.len()];
-        for (o, r) in normed.chunks_exact_mut(h).zip(rows.chunks_exact(h)) {
-            math::rms_norm(r, norm, c.rms_eps, o);
-        }
-        s.acts.quantize(&normed, h);
-        let mut logits = vec![0f32; s.acts.rows * c.vocab];
-        k.matmul(&s.acts, &[head], &mut [&mut logits]);
-        Ok(logits)
+        Ok(seq)
     }
 
+    /// One layer for the stacked rows `x` of several sessions: `segs[i]` says where session `i`'s
+    /// rows are and at which position they start, `kvs[i]` is its keys and values of this layer.
     fn block(
         &self,
         k: &Kernels,
         b: &Block,
         x: &mut [f32],
-        (kc, vc): &mut (Vec<f32>, Vec<f32>),
-        pos: usize,
+        kvs: &mut [&mut (Vec<f32>, Vec<f32>)],
+        segs: &[Seg],
         s: &mut Scratch,
     ) {
         let c = &self.config;
         let (h, hd, kvw) = (c.hidden, c.head_dim, c.kv_heads * c.head_dim);
-        let seq = x.len() / h;
         let half = hd / 2;
 
         for (o, r) in s.normed.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
@@ -504,37 +602,52 @@ impl LlamaRange {
             &[&b.wq, &b.wk, &b.wv],
             &mut [&mut s.q, &mut s.k, &mut s.v],
         );
-        for t in 0..seq {
-            let p = pos + t;
-            let (cos, sin) = (
-                &self.cos[p * half..(p + 1) * half],
-                &self.sin[p * half..(p + 1) * half],
-            );
-            for head in s.q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
-                math::rope(head, cos, sin);
-            }
-            for head in s.k[t * kvw..(t + 1) * kvw].chunks_exact_mut(hd) {
-                math::rope(head, cos, sin);
+        for seg in segs {
+            for i in 0..seg.rows {
+                let (t, p) = (seg.start + i, seg.pos + i);
+                let (cos, sin) = (
+                    &self.cos[p * half..(p + 1) * half],
+                    &self.sin[p * half..(p + 1) * half],
+                );
+                for head in s.q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
+                    math::rope(head, cos, sin);
+                }
+                for head in s.k[t * kvw..(t + 1) * kvw].chunks_exact_mut(hd) {
+                    math::rope(head, cos, sin);
+                }
             }
         }
-        kc.extend_from_slice(&s.k);
-        vc.extend_from_slice(&s.v);
+        for (seg, (kc, vc)) in segs.iter().zip(kvs.iter_mut().map(|kv| &mut **kv)) {
+            let rows = seg.start * kvw..(seg.start + seg.rows) * kvw;
+            kc.extend_from_slice(&s.k[rows.clone()]);
+            vc.extend_from_slice(&s.v[rows]);
+        }
 
-        // Attention, one (token, head) pair at a time, in parallel.
+        // Attention, one (token, head) pair at a time, in parallel; each token within its own
+        // session's keys and values.
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
+        let seq = x.len() / h;
         let pairs = seq * c.heads;
+        // Per row: its session's keys, values, and the position it attends up to.
+        let mut rows: Vec<(&[f32], &[f32], usize)> = Vec::with_capacity(seq);
+        for (seg, kv) in segs.iter().zip(kvs.iter()) {
+            for i in 0..seg.rows {
+                rows.push((&kv.0[..], &kv.1[..], seg.pos + i));
+            }
+        }
         let out = Out(s.attn.as_mut_ptr());
-        let (q, kc, vc) = (&s.q, &*kc, &*vc);
+        let (q, rows) = (&s.q, &rows);
         k.pool.run(pairs.div_ceil(HEADS_PER_CHUNK), &|chunk| {
-            let mut scores = Vec::with_capacity(pos + seq);
+            let mut scores = Vec::new();
             let mut acc = vec![0f32; hd];
             for pair in chunk * HEADS_PER_CHUNK..((chunk + 1) * HEADS_PER_CHUNK).min(pairs) {
                 let (t, head) = (pair / c.heads, pair % c.heads);
+                let (kc, vc, p) = rows[t];
                 let kvh = head / group;
                 let qv = &q[t * h + head * hd..t * h + (head + 1) * hd];
                 scores.clear();
-                for j in 0..=pos + t {
+                for j in 0..=p {
                     let kv = &kc[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
                     scores.push(math::dot_f32(qv, kv) * scale);
                 }
@@ -570,6 +683,15 @@ impl LlamaRange {
             *x += o;
         }
     }
+}
+
+/// Where one session's rows sit in a batch: rows `start..start + rows` of the stacked input, at
+/// positions `pos..`.
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    start: usize,
+    rows: usize,
+    pos: usize,
 }
 
 /// Buffers reused across the layers of one forward pass.

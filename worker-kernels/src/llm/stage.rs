@@ -342,45 +342,101 @@ impl Stage {
         pos: usize,
         all_logits: bool,
     ) -> Result<StageOutput> {
-        let hidden_in;
-        let input = match &input {
-            StageInput::Tokens(ids) => Input::Tokens(ids),
-            StageInput::Hidden(t) => {
-                let (seq, width) = t.dims2()?;
-                if seq == 0 || width != self.config.hidden {
-                    return Err(Error::Request(format!(
-                        "input is {seq}×{width}, expected n×{}",
-                        self.config.hidden
-                    )));
-                }
-                hidden_in = t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?;
-                Input::Hidden(&hidden_in)
-            }
-        };
-        self.uses += 1;
-        let state = self.session(session, pos)?;
-        let mut cache = std::mem::take(&mut state.cpu_kv);
-        let (range, kernels) = self.cpu.as_ref().expect("checked by the caller");
-        let out = range.forward(kernels, &mut cache, input, all_logits);
-        let state = self.sessions.get_mut(&session).expect("session made above");
-        state.next_pos = cache.len();
-        state.cpu_kv = cache;
-        let out = out.map_err(Error::Request)?;
-        if range.gives_logits() {
-            let rows = out.len() / self.config.vocab;
-            Ok(StageOutput::Logits(Tensor::from_vec(
-                out,
-                (rows, self.config.vocab),
-                &Device::Cpu,
-            )?))
-        } else {
-            let rows = out.len() / self.config.hidden;
-            Ok(StageOutput::Hidden(Tensor::from_vec(
-                out,
-                (rows, self.config.hidden),
-                &Device::Cpu,
-            )?))
+        let mut out = self.forward_batch_cpu(vec![(session, input, pos, all_logits)]);
+        out.pop().expect("one answer per item")
+    }
+
+    /// [`Self::forward`] for several sessions at once (each `(session, input, pos, all_logits)`),
+    /// one answer per item in order. On Hearth's CPU kernels their rows go through the weights in
+    /// one pass, each row's bits what it gets alone (the kernels are batch-invariant); elsewhere, or
+    /// when a session comes twice, the items run one after another.
+    pub fn forward_batch(
+        &mut self,
+        items: Vec<(SessionId, StageInput, usize, bool)>,
+    ) -> Vec<Result<StageOutput>> {
+        let sessions: std::collections::HashSet<SessionId> = items.iter().map(|i| i.0).collect();
+        if self.cpu.is_none() || sessions.len() < items.len() {
+            return items
+                .into_iter()
+                .map(|(session, input, pos, all)| self.forward(session, input, pos, all))
+                .collect();
         }
+        self.forward_batch_cpu(items)
+    }
+
+    fn forward_batch_cpu(
+        &mut self,
+        items: Vec<(SessionId, StageInput, usize, bool)>,
+    ) -> Vec<Result<StageOutput>> {
+        self.uses += 1;
+        let hidden = self.config.hidden;
+        // Each item's input as the kernels take it, and its session's cache taken out for the pass.
+        enum Owned {
+            Tokens(Vec<u32>),
+            Floats(Vec<f32>),
+        }
+        let mut answers: Vec<Option<Result<StageOutput>>> = Vec::with_capacity(items.len());
+        let mut taken: Vec<(usize, SessionId, KvCache, Owned, bool)> = Vec::new();
+        for (i, (session, input, pos, all)) in items.into_iter().enumerate() {
+            let owned = match input {
+                StageInput::Tokens(ids) => Ok(Owned::Tokens(ids)),
+                StageInput::Hidden(t) => t.dims2().map_err(Error::from).and_then(|(seq, width)| {
+                    if seq == 0 || width != hidden {
+                        return Err(Error::Request(format!(
+                            "input is {seq}×{width}, expected n×{hidden}"
+                        )));
+                    }
+                    Ok(Owned::Floats(
+                        t.to_dtype(DType::F32)?.flatten_all()?.to_vec1::<f32>()?,
+                    ))
+                }),
+            };
+            let cache = owned.and_then(|owned| {
+                let state = self.session(session, pos)?;
+                Ok((std::mem::take(&mut state.cpu_kv), owned))
+            });
+            answers.push(match cache {
+                Ok((cache, owned)) => {
+                    taken.push((i, session, cache, owned, all));
+                    None
+                }
+                Err(e) => Some(Err(e)),
+            });
+        }
+        let (range, kernels) = self.cpu.as_ref().expect("checked by the caller");
+        let mut batch: Vec<(&mut KvCache, Input<'_>, bool)> = taken
+            .iter_mut()
+            .map(|(_, _, cache, owned, all)| {
+                let input = match owned {
+                    Owned::Tokens(ids) => Input::Tokens(&ids[..]),
+                    Owned::Floats(floats) => Input::Hidden(&floats[..]),
+                };
+                (cache, input, *all)
+            })
+            .collect();
+        let outs = range.forward_batch(kernels, &mut batch);
+        drop(batch);
+        let width = if range.gives_logits() {
+            self.config.vocab
+        } else {
+            hidden
+        };
+        let logits = range.gives_logits();
+        for ((i, session, cache, _, _), out) in taken.into_iter().zip(outs) {
+            let state = self.sessions.get_mut(&session).expect("session made above");
+            state.next_pos = cache.len();
+            state.cpu_kv = cache;
+            answers[i] = Some(out.map_err(Error::Request).and_then(|out| {
+                let rows = out.len() / width;
+                let t = Tensor::from_vec(out, (rows, width), &Device::Cpu)?;
+                Ok(if logits {
+                    StageOutput::Logits(t)
+                } else {
+                    StageOutput::Hidden(t)
+                })
+            }));
+        }
+        answers.into_iter().map(|a| a.expect("answered")).collect()
     }
 
     /// Free a session's cache.

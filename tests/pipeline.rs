@@ -175,8 +175,14 @@ fn a_three_stage_pipeline_generates_what_one_machine_does() {
         local["text"].as_str().expect("text").trim_end()
     );
 
-    // A client that goes away mid-generation: every peer that held the session's state frees it
-    // (each stage's advert says how many sessions it holds).
+    // A client that goes away mid-generation: every peer that held the session's state frees it.
+    client_gone_frees_every_stage(&swarm, &[]);
+}
+
+/// A client that goes away mid-generation (a streamed `hearth generate` with `extra` flags, killed
+/// once every stage holds its session): every peer that held the session's state frees it within
+/// seconds (each stage's advert says how many sessions it holds).
+fn client_gone_frees_every_stage(swarm: &Swarm, extra: &[&str]) {
     let stage_sessions = || -> Vec<u64> {
         support::peers(&[], &swarm.api)
             .iter()
@@ -194,6 +200,7 @@ fn a_three_stage_pipeline_generates_what_one_machine_does() {
             "--api",
             &swarm.api,
         ])
+        .args(extra)
         .env_remove("HEARTH_CONFIG")
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -216,7 +223,7 @@ fn a_three_stage_pipeline_generates_what_one_machine_does() {
         || stage_sessions().iter().all(|&n| n == 0).then_some(()),
     );
     println!(
-        "client gone: every stage free, as their adverts said, {:.2} s later",
+        "client gone ({extra:?}): every stage free, as their adverts said, {:.2} s later",
         gone.elapsed().as_secs_f64()
     );
 }
@@ -446,6 +453,9 @@ fn a_chained_pipeline_hands_steps_along_and_survives_a_killed_stage() {
         local_tokens(PROMPTS[2], "24"),
         "sampling drew the greedy tokens"
     );
+
+    // A client that goes away: every stage frees the session (the chain stops at once).
+    client_gone_frees_every_stage(&swarm, &["--verify", "off"]);
 
     // A stage killed mid-generation: replaced, the chain restarted from the tokens so far, and the
     // output unchanged.

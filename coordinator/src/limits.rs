@@ -36,6 +36,12 @@ pub const OPENAI_EMBED_WAIT: std::time::Duration = std::time::Duration::from_sec
 /// Pipeline sessions running at once; more are refused until one ends.
 pub const SESSIONS_MAX: usize = 64;
 
+/// Sessions one peer serves stages of at once; a new session is routed past a peer at the limit,
+/// and refused (503, saying so) when every peer holding the model is. Half the sessions a stage's
+/// kernels keep caches for (`hearth_kernels::SESSIONS_MAX`), so the verifiers' replays on the same
+/// peer keep theirs too.
+pub const STAGE_SESSIONS_MAX: usize = hearth_kernels::SESSIONS_MAX / 2;
+
 /// Stages a route has when the request does not say (fewer if fewer peers hold the model).
 pub const STAGES_DEFAULT: usize = 3;
 

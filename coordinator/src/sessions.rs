@@ -16,7 +16,9 @@ use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
 use crate::journal::Secret;
-use crate::limits::{GENERATE_TOKENS_DEFAULT, SESSION_EVENTS_SLACK, SESSIONS_MAX, STAGES_DEFAULT};
+use crate::limits::{
+    GENERATE_TOKENS_DEFAULT, SESSION_EVENTS_SLACK, SESSIONS_MAX, STAGE_SESSIONS_MAX, STAGES_DEFAULT,
+};
 use crate::models::Llm;
 use crate::pipeline::{
     Action, Driver, Hop, Reroute, StepTimeouts, Verify, WindowCheck, candidates, plan,
@@ -343,12 +345,23 @@ impl Sessions {
                 hearth_protocol::WORK_FRAME_BYTES_MAX,
             )));
         }
-        let candidates = near(net, registry, standing, &model, &llm);
+        let mut candidates = near(net, registry, standing, &model, &llm);
+        let holders = candidates.len();
+        // Peers already serving as many sessions as a stage may are passed over.
+        candidates.retain(|c| self.load(&c.peer) < STAGE_SESSIONS_MAX);
+        let busy = holders - candidates.len();
         let stages = request
             .stages
-            .map_or(STAGES_DEFAULT.min(candidates.len()).max(1), |k| k as usize);
-        let route = plan(&candidates, layers, stages, layer_bytes)
-            .map_err(|e| Unavailable(format!("no route for model {model}: {e}")))?;
+            .map_or(STAGES_DEFAULT.min(holders).max(1), |k| k as usize);
+        let route = plan(&candidates, layers, stages, layer_bytes).map_err(|e| {
+            Unavailable(if busy > 0 {
+                format!(
+                    "no route for model {model}: {busy} of the {holders} online peers holding it already serve {STAGE_SESSIONS_MAX} sessions each; try again shortly ({e})"
+                )
+            } else {
+                format!("no route for model {model}: {e}")
+            })
+        })?;
         let session = self.next;
         self.next += 1;
         tracing::info!(
@@ -406,6 +419,14 @@ impl Sessions {
         );
         self.act(net, registry, now_ms, session, actions);
         Ok(())
+    }
+
+    /// Live sessions with a stage on `peer`.
+    fn load(&self, peer: &PeerId) -> usize {
+        self.live
+            .values()
+            .filter(|l| l.driver.route().iter().any(|h| h.peer_id == *peer))
+            .count()
     }
 
     /// An answer to one of our requests, if it was a pipeline step. Returns whether it was.

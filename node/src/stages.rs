@@ -424,8 +424,9 @@ pub(crate) fn spawn(
                 }
                 for batch in batches(steps) {
                     let fs: Vec<&Forward> = batch.iter().map(|(_, f)| &**f).collect();
-                    tracing::debug!(steps = fs.len(), "batch");
+                    let started = std::time::Instant::now();
                     let results = server.forward_batch(&fs, hearth_net::monotonic_ms());
+                    tracing::debug!(steps = fs.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch");
                     for ((key, f), result) in batch.iter().zip(results) {
                         let response = match result {
                             Ok(output) => {

@@ -236,6 +236,8 @@ enum Asked {
     Route(PeerId, u32),
     /// A chained session's first step of an epoch, to its first stage.
     Chain(PeerId),
+    /// The inputs a chained session's stage kept, for a check.
+    Kept(PeerId),
 }
 
 pub(crate) struct Sessions {
@@ -373,34 +375,19 @@ impl Sessions {
         let prompt_tokens = prompt.len();
         let verify = request.verify.unwrap_or(Verify::Window);
         let seed = self.secret.session(self.run, session);
-        // Unchecked sessions run chained: the stages hand each step to each other. Checked ones
-        // still step through the coordinator, which holds the activations their replays need.
-        let (mut driver, actions) = if verify == Verify::Off {
-            Driver::chained(
-                session,
-                model,
-                route,
-                prompt,
-                max_tokens as usize,
-                eos,
-                context,
-                request.sampling,
-                seed,
-            )
-        } else {
-            Driver::sampled(
-                session,
-                model,
-                route,
-                prompt,
-                max_tokens as usize,
-                eos,
-                context,
-                verify,
-                request.sampling,
-                seed,
-            )
-        };
+        // The stages hand each step to each other; checks replay windows beside them.
+        let (mut driver, actions) = Driver::chained(
+            session,
+            model,
+            route,
+            prompt,
+            max_tokens as usize,
+            eos,
+            context,
+            verify,
+            request.sampling,
+            seed,
+        );
         driver.compare_exactly([hearth_kernels::batch_invariant_llm_class()]);
         self.live.insert(
             session,
@@ -419,6 +406,15 @@ impl Sessions {
         );
         self.act(net, registry, now_ms, session, actions);
         Ok(())
+    }
+
+    /// The timer of a session's request to a stage or verifier: a chained session's own timer
+    /// waits for its stages' reports, so its checks' requests have another.
+    fn check_timer(session: u64, live: Option<&Live>) -> u64 {
+        match live {
+            Some(l) if l.driver.is_chained() => crate::pipeline::check_session(session),
+            _ => session,
+        }
     }
 
     /// Live sessions with a stage on `peer`.
@@ -442,13 +438,14 @@ impl Sessions {
         let Some((session, asked)) = self.requests.remove(&id) else {
             return false;
         };
-        if let Asked::Route(peer, _) | Asked::Chain(peer) = asked {
+        if let Asked::Route(peer, _) | Asked::Chain(peer) | Asked::Kept(peer) = asked {
             self.on_chain_answer(
                 net, registry, standing, now_ms, session, asked, peer, response,
             );
             return true;
         }
-        self.timeouts.answered(session);
+        self.timeouts
+            .answered(Self::check_timer(session, self.live.get(&session)));
         let Some(live) = self.live.get_mut(&session) else {
             return true;
         };
@@ -513,6 +510,10 @@ impl Sessions {
                 live.driver.on_route_ack(peer, epoch)
             }
             (Asked::Chain(_), Ok(WorkResponse::Ack)) => Vec::new(),
+            (Asked::Kept(_), Ok(WorkResponse::Kept(inputs))) => {
+                let candidates = near(net, registry, standing, &live.llm.id, &live.llm);
+                live.driver.on_kept(peer, inputs, &candidates)
+            }
             (_, answer) => {
                 if matches!(asked, Asked::Route(_, epoch) if epoch != live.driver.epoch()) {
                     return; // A stale epoch's route: the session moved on.
@@ -605,13 +606,50 @@ impl Sessions {
         self.act(net, registry, now_ms, session, actions);
     }
 
+    /// The arithmetic of the chained sessions' first steps (their prefills) not yet reported that
+    /// `peer` serves a stage of, in flops.
+    fn prefills_at(&self, peer: &PeerId) -> f64 {
+        self.live
+            .values()
+            .filter_map(|l| {
+                let first = l.driver.chain_first()?;
+                if l.driver.generated.len() as u64 > first.step {
+                    return None;
+                }
+                let flops: f64 = l
+                    .driver
+                    .route()
+                    .iter()
+                    .filter(|h| h.peer_id == *peer)
+                    .map(|h| {
+                        l.llm.shape.flops(&hearth_protocol::work::Forward {
+                            layers: h.layers,
+                            ..first.clone()
+                        })
+                    })
+                    .sum();
+                Some(flops)
+            })
+            .sum()
+    }
+
+    /// The arithmetic of the checks (replays) in flight at any of `peers`, in flops.
+    fn checks_at(&self, peers: &[PeerId]) -> f64 {
+        self.live
+            .values()
+            .filter(|l| l.driver.awaiting().is_some_and(|p| peers.contains(&p)))
+            .filter_map(|l| l.driver.pending().map(|f| l.llm.shape.flops(f)))
+            .sum()
+    }
+
     /// A chained session's step is under way: it is given what the whole chain's arithmetic for it
-    /// takes at the slowest stage's speed, with slack.
+    /// takes at the slowest stage's speed, with slack, and what the replays already asked of its
+    /// stages take.
     fn arm_chain(&mut self, registry: &Registry, now_ms: u64, session: u64) {
         let Some(live) = self.live.get(&session) else {
             return;
         };
-        let budget = match live.driver.pending() {
+        let budget = match live.driver.chain_first() {
             Some(first) => {
                 let all = hearth_protocol::work::Forward {
                     layers: (0, live.llm.layers),
@@ -634,7 +672,9 @@ impl Sessions {
                     .iter()
                     .map(|h| registry.capabilities(&h.peer_id).map_or(0.0, |c| c.score))
                     .fold(f64::INFINITY, f64::min);
-                step_budget_ms(live.llm.shape.flops(&all), gflops)
+                let route: Vec<PeerId> = live.driver.route().iter().map(|h| h.peer_id).collect();
+                let flops = live.llm.shape.flops(&all) + self.checks_at(&route);
+                step_budget_ms(flops, gflops)
             }
             None => step_budget_ms(0.0, 0.0),
         };
@@ -677,11 +717,26 @@ impl Sessions {
         standing: &dyn Fn(&PeerId) -> Standing,
         now_ms: u64,
     ) {
-        for (session, budget) in self.timeouts.late(now_ms) {
+        for (timer, budget) in self.timeouts.late(now_ms) {
+            let session = crate::pipeline::session_of(timer);
             let Some(live) = self.live.get_mut(&session) else {
                 continue;
             };
-            if live.driver.is_chained() {
+            if live.driver.is_chained() && timer == session {
+                // A stage busy with a replay we asked of it is slow, not dead: give the chain the
+                // time again.
+                let route: Vec<PeerId> = live.driver.route().iter().map(|h| h.peer_id).collect();
+                if self.checks_at(&route) > 0.0 {
+                    tracing::info!(
+                        session,
+                        "a stage is replaying a window; its chain waits longer"
+                    );
+                    self.arm_chain(registry, now_ms, session);
+                    continue;
+                }
+                let Some(live) = self.live.get_mut(&session) else {
+                    continue;
+                };
                 tracing::warn!(
                     session,
                     budget,
@@ -731,14 +786,16 @@ impl Sessions {
                         .iter()
                         .filter(|(s, l)| **s != session && l.driver.awaiting() == Some(peer))
                         .filter_map(|(_, l)| l.driver.pending().map(|f| l.llm.shape.flops(f)))
-                        .sum();
+                        .sum::<f64>()
+                        + self.prefills_at(&peer);
                     let Some(live) = self.live.get_mut(&session) else {
                         return;
                     };
                     let flops = ahead + live.llm.shape.flops(&forward);
                     let gflops = registry.capabilities(&peer).map_or(0.0, |c| c.score);
+                    let timer = Self::check_timer(session, Some(live));
                     self.timeouts
-                        .sent(session, now_ms, step_budget_ms(flops, gflops));
+                        .sent(timer, now_ms, step_budget_ms(flops, gflops));
                     let id = net.request(&peer, WorkRequest::Forward(forward));
                     self.requests.insert(id, (session, Asked::Step));
                 }
@@ -747,6 +804,20 @@ impl Sessions {
                     let id = net.request(&peer, WorkRequest::Route(route));
                     self.requests
                         .insert(id, (session, Asked::Route(peer, epoch)));
+                }
+                Action::Fetch {
+                    peer,
+                    layers,
+                    steps,
+                } => {
+                    let request = WorkRequest::Kept {
+                        session,
+                        layer_start: layers.0,
+                        from: steps.0,
+                        to: steps.1,
+                    };
+                    let id = net.request(&peer, request);
+                    self.requests.insert(id, (session, Asked::Kept(peer)));
                 }
                 Action::Chain { peer, step } => {
                     live.sent = Some((Instant::now(), 0));
@@ -892,23 +963,33 @@ impl Sessions {
 
     /// A chained session's hops: each stage's input comes from the stage before it, the first
     /// stage's from the last (which hands it each token; the coordinator sent it only the first
-    /// step of each epoch). The coordinator measures no stage's time, only a whole step's: each
-    /// hop reports the steps and their mean time around the chain, and a round trip only where
-    /// the coordinator is an end of it.
+    /// step of each epoch), with the round trip the sending stage last measured. The coordinator
+    /// measures no stage's time, only a whole step's: each hop reports the steps and their mean
+    /// time around the chain.
     fn chain_hops(live: &Live, net: &Network) -> Vec<HopTimes> {
         let route = live.driver.route();
         let (steps, total) = live.hops.get(&0).copied().unwrap_or_default();
         let mean_ms = if steps > 0 { total / steps as f64 } else { 0.0 };
+        let rtts = live.driver.chain_rtts();
         (0..route.len())
             .map(|i| {
-                let from = route[(i + route.len() - 1) % route.len()].peer_id;
+                let before = (i + route.len() - 1) % route.len();
+                let from = route[before].peer_id;
                 let to = route[i].peer_id;
                 HopTimes {
                     from,
                     to: Some(to),
-                    rtt_ms: (from == net.local_peer())
-                        .then(|| net.rtt_ms(&to))
-                        .flatten(),
+                    // As the stage before measured it (its ping to the stage it hands steps to).
+                    rtt_ms: rtts
+                        .get(before)
+                        .copied()
+                        .flatten()
+                        .map(f64::from)
+                        .or_else(|| {
+                            (from == net.local_peer())
+                                .then(|| net.rtt_ms(&to))
+                                .flatten()
+                        }),
                     layer_start: route[i].layers.0,
                     round_trips: steps,
                     mean_ms,

@@ -490,7 +490,8 @@ impl Work {
             WorkRequest::Forward(_)
             | WorkRequest::EndSession { .. }
             | WorkRequest::Route(_)
-            | WorkRequest::Chain(_) => {
+            | WorkRequest::Chain(_)
+            | WorkRequest::Kept { .. } => {
                 self.respond(
                     net,
                     channel,

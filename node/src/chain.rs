@@ -83,6 +83,11 @@ impl Routes {
         self.by_session.remove(&session);
     }
 
+    /// The coordinator of `session`, if this node holds its route.
+    pub(crate) fn coordinator(&self, session: u64) -> Option<PeerId> {
+        self.by_session.get(&session).map(|g| g.coordinator)
+    }
+
     /// Whether this node (`me`) takes `step` from `from`; the stage index it is for.
     pub(crate) fn admit(
         &mut self,
@@ -176,6 +181,97 @@ impl Routes {
     }
 }
 
+/// Bytes of inputs a node keeps for the checks of the chained sessions it serves; past it, the
+/// session whose inputs were least recently added loses them (its next check fails to fetch them,
+/// and its coordinator starts it again from its last checked token).
+pub(crate) const KEPT_BYTES_MAX: usize = 512 << 20;
+
+/// The inputs a node received for chained sessions that are checked, kept for the coordinator's
+/// checks ([`hearth_protocol::work::WorkRequest::Kept`]).
+#[derive(Debug, Default)]
+pub(crate) struct Kept {
+    /// (session, first layer) → the steps' inputs in order, from the epoch's first step.
+    steps: HashMap<(u64, u32), Vec<hearth_protocol::work::Forward>>,
+    /// When each session last had an input added (a counter), and the bytes held.
+    used: HashMap<u64, u64>,
+    bytes: usize,
+    clock: u64,
+}
+
+fn size(f: &hearth_protocol::work::Forward) -> usize {
+    match &f.input {
+        StageData::Tokens(ids) => ids.len() * 4,
+        StageData::Hidden { bytes, .. } => bytes.len(),
+    }
+}
+
+impl Kept {
+    /// Keep `f`, an input taken for a stage; a step at position 0 starts the range's list afresh.
+    pub(crate) fn keep(&mut self, f: hearth_protocol::work::Forward) {
+        let key = (f.session, f.layers.0);
+        if f.pos == 0
+            && let Some(old) = self.steps.remove(&key)
+        {
+            self.bytes -= old.iter().map(size).sum::<usize>();
+        }
+        self.clock += 1;
+        self.used.insert(f.session, self.clock);
+        self.bytes += size(&f);
+        self.steps.entry(key).or_default().push(f);
+        while self.bytes > KEPT_BYTES_MAX {
+            let Some(oldest) = self.used.iter().min_by_key(|(_, t)| **t).map(|(s, _)| *s) else {
+                break;
+            };
+            tracing::info!(
+                session = oldest,
+                "kept inputs dropped: {KEPT_BYTES_MAX} bytes held"
+            );
+            self.end(oldest);
+        }
+    }
+
+    /// The inputs kept of `session` at the stage starting at `layer_start`, steps `from..to`.
+    pub(crate) fn get(
+        &self,
+        session: u64,
+        layer_start: u32,
+        (from, to): (u64, u64),
+    ) -> Result<Vec<hearth_protocol::work::Forward>, String> {
+        let list = self
+            .steps
+            .get(&(session, layer_start))
+            .ok_or_else(|| format!("no inputs kept of session {session} at layer {layer_start}"))?;
+        let got: Vec<_> = list
+            .iter()
+            .filter(|f| f.step >= from && f.step < to)
+            .cloned()
+            .collect();
+        if got.len() as u64 != to.saturating_sub(from) {
+            return Err(format!(
+                "{} of steps {from}..{to} of session {session} are kept",
+                got.len()
+            ));
+        }
+        Ok(got)
+    }
+
+    /// `session` ended: forget its inputs.
+    pub(crate) fn end(&mut self, session: u64) {
+        let gone: Vec<(u64, u32)> = self
+            .steps
+            .keys()
+            .filter(|(s, _)| *s == session)
+            .copied()
+            .collect();
+        for key in gone {
+            if let Some(list) = self.steps.remove(&key) {
+                self.bytes -= list.iter().map(size).sum::<usize>();
+            }
+        }
+        self.used.remove(&session);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use hearth_protocol::work::Forward;
@@ -201,6 +297,7 @@ mod tests {
             eos: 2,
             steps_end: 8,
             context: 100,
+            keep_inputs: true,
         }
     }
 
@@ -245,6 +342,7 @@ mod tests {
             forward: forward(4, (10, 20), data.clone()),
             receipts: vec![sign(1, 4, 0, data.digest())],
             previous: None,
+            rtts: vec![Some(0.3)],
         };
         assert_eq!(routes.admit(peer(2), peer(1), &good), Ok(1));
         // From anyone but stage 1, for another epoch, or with other bytes than were signed.
@@ -277,6 +375,7 @@ mod tests {
             forward: forward(0, (0, 10), StageData::Tokens(vec![5, 6, 7])),
             receipts: Vec::new(),
             previous: None,
+            rtts: Vec::new(),
         };
         assert_eq!(routes.admit(peer(1), coordinator, &start), Ok(0));
         assert!(routes.admit(peer(1), peer(2), &start).is_err());
@@ -289,6 +388,7 @@ mod tests {
             forward: forward(4, (0, 10), StageData::Tokens(vec![11])),
             receipts: Vec::new(),
             previous: Some((output.clone(), sign(2, 3, 10, output.digest()))),
+            rtts: Vec::new(),
         };
         assert_eq!(routes.admit(peer(1), peer(2), &next), Ok(0));
         // Another token than the one signed; past the route's last step; after the eos token.
@@ -313,6 +413,30 @@ mod tests {
             ..next
         };
         assert!(routes.admit(peer(1), peer(2), &after_eos).is_err());
+    }
+
+    #[test]
+    fn kept_inputs_are_served_by_step_and_start_afresh_at_position_0() {
+        let mut kept = Kept::default();
+        let at = |step: u64, pos: u32| {
+            let mut f = forward(step, (10, 20), StageData::hidden(1, &[step as f32, 0.0]));
+            f.pos = pos;
+            f
+        };
+        for step in 0..4 {
+            kept.keep(at(step, 3 + step as u32));
+        }
+        let got = kept.get(7, 10, (1, 3)).expect("kept");
+        assert_eq!(got.iter().map(|f| f.step).collect::<Vec<_>>(), vec![1, 2]);
+        assert!(kept.get(7, 10, (2, 6)).is_err(), "steps not kept");
+        assert!(kept.get(7, 0, (0, 1)).is_err(), "another stage");
+        // A restart (position 0) at step 2: the list starts again there.
+        kept.keep(at(2, 0));
+        assert!(kept.get(7, 10, (0, 1)).is_err());
+        assert_eq!(kept.get(7, 10, (2, 3)).expect("kept")[0].pos, 0);
+        kept.end(7);
+        assert!(kept.get(7, 10, (2, 3)).is_err());
+        assert_eq!(kept.bytes, 0);
     }
 
     #[test]

@@ -126,6 +126,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             steps: HashMap::new(),
             next_step: 0,
             routes: crate::chain::Routes::default(),
+            kept: crate::chain::Kept::default(),
             chain_sends: HashMap::new(),
             network: Network::new(
                 key,
@@ -186,6 +187,8 @@ struct Node {
     next_step: u64,
     /// Chained sessions' routes.
     routes: crate::chain::Routes,
+    /// Checked chained sessions' inputs, for their checks.
+    kept: crate::chain::Kept,
     /// Chained steps and reports sent and not yet answered.
     chain_sends: HashMap<RequestId, Sent>,
     /// Where resolved join addresses are sent back to the loop.
@@ -225,6 +228,8 @@ struct Link {
     rows: u32,
     /// The step's receipts so far.
     receipts: Vec<hearth_protocol::Receipt>,
+    /// The earlier stages' round trips to their successors.
+    rtts: Vec<Option<f32>>,
 }
 
 /// A chained message sent: where it went and for which step, to report it broken if it fails.
@@ -454,6 +459,24 @@ impl Node {
                 }
                 Err(why) => refuse(&mut self.network, channel, &why),
             },
+            WorkRequest::Kept {
+                session,
+                layer_start,
+                from,
+                to,
+            } => {
+                let ours = self.routes.coordinator(session).is_some_and(|c| c == peer);
+                let answer = if ours {
+                    self.kept.get(session, layer_start, (from, to))
+                } else {
+                    Err("not this session's coordinator".into())
+                };
+                let response = match answer {
+                    Ok(inputs) => WorkResponse::Kept(inputs),
+                    Err(why) => WorkResponse::Rejected(why),
+                };
+                self.network.respond(channel, response);
+            }
             WorkRequest::Chain(step) => match self.chain_take(peer, *step) {
                 Ok(()) => {
                     self.network.respond(channel, WorkResponse::Ack);
@@ -467,6 +490,7 @@ impl Node {
                 // Recorded at once (steps queued before it are refused); the stage thread is
                 // woken to free the session's caches, or sees it before its next step.
                 self.routes.end(session);
+                self.kept.end(session);
                 self.ends.end(session, self.next_step);
                 let _ = self.stages.try_send(StageJob::End);
                 self.network.respond(channel, WorkResponse::Ack);
@@ -496,6 +520,13 @@ impl Node {
         let me = self.network.local_peer();
         let hop = self.routes.admit(me, from, &step)?;
         let f = step.forward;
+        if self
+            .routes
+            .get(f.session, step.epoch)
+            .is_some_and(|g| g.route.keep_inputs)
+        {
+            self.kept.keep(f.clone());
+        }
         let link = Link {
             session: f.session,
             epoch: step.epoch,
@@ -504,6 +535,7 @@ impl Node {
             pos: f.pos,
             rows: u32::try_from(f.input.rows()).unwrap_or(u32::MAX),
             receipts: step.receipts,
+            rtts: step.rtts,
         };
         let key = self.next_step;
         self.next_step += 1;
@@ -549,23 +581,27 @@ impl Node {
                 return self.chain_broken(&link, coordinator, me, "not hidden states".into());
             };
             let (to, layers) = route.hops[link.hop + 1];
+            link.rtts.push(self.rtt_to(&to));
             let step = ChainStep {
                 epoch: link.epoch,
                 forward: next(link.step, layers, link.pos, data),
                 receipts: std::mem::take(&mut link.receipts),
                 previous: None,
+                rtts: std::mem::take(&mut link.rtts),
             };
             return self.chain_send(link, coordinator, to, step);
         }
         let StageResult::Next { token, .. } = output else {
             return self.chain_broken(&link, coordinator, me, "not a token".into());
         };
+        link.rtts.push(self.rtt_to(&route.hops[0].0));
         let report = ChainReport {
             session: link.session,
             epoch: link.epoch,
             step: link.step,
             output: output.clone(),
             receipts: std::mem::take(&mut link.receipts),
+            rtts: std::mem::take(&mut link.rtts),
         };
         self.chain_request(&link, coordinator, WorkRequest::Report(report));
         let next_pos = link.pos.saturating_add(link.rows);
@@ -581,10 +617,19 @@ impl Node {
                 ),
                 receipts: Vec::new(),
                 previous: Some((output, receipt)),
+                rtts: Vec::new(),
             };
             link.step += 1;
             self.chain_send(link, coordinator, to, step);
         }
+    }
+
+    /// The round trip to `peer` as ping last measured it (0 for this node itself).
+    fn rtt_to(&self, peer: &hearth_protocol::PeerId) -> Option<f32> {
+        if *peer == self.network.local_peer() {
+            return Some(0.0);
+        }
+        self.network.rtt_ms(peer).map(|ms| ms as f32)
     }
 
     /// Send a chained step to `to` (taken here at once when `to` is this node).
@@ -666,6 +711,7 @@ impl Node {
             pos: 0,
             rows: 0,
             receipts: Vec::new(),
+            rtts: Vec::new(),
         };
         self.chain_broken(&link, coordinator, sent.to, reason);
     }

@@ -518,7 +518,9 @@ impl Worker {
                 #[cfg(feature = "fault-injection")]
                 self.count_delivery();
             }
-            Ok(WorkResponse::Assign(_) | WorkResponse::Forwarded { .. }) => {}
+            Ok(
+                WorkResponse::Assign(_) | WorkResponse::Forwarded { .. } | WorkResponse::Kept(_),
+            ) => {}
             Err(error) => {
                 tracing::info!(job, unit, %error, "delivery failed; result kept in the outbox");
                 self.next_redeliver = Instant::now() + REDELIVER_INTERVAL;

@@ -499,6 +499,9 @@ pub struct ChainRoute {
     pub steps_end: u64,
     /// No position at or past this one is computed (the model's context).
     pub context: u32,
+    /// Stages keep the inputs they get (for the coordinator's checks to fetch with
+    /// [`WorkRequest::Kept`]).
+    pub keep_inputs: bool,
 }
 
 impl ChainRoute {
@@ -524,6 +527,9 @@ pub struct ChainStep {
     /// From the last stage to the first: the previous step's output (its token is this step's
     /// input) and the last stage's receipt for it.
     pub previous: Option<(StageResult, Receipt)>,
+    /// Each earlier stage's round trip to the stage it handed this step to, as its ping last
+    /// measured it, in ms (informational: what the route's hops cost).
+    pub rtts: Vec<Option<f32>>,
 }
 
 /// Whether `receipt` is `peer`'s signed statement that it ran `layer_start`'s stage of `model` at
@@ -563,6 +569,9 @@ pub struct ChainReport {
     pub output: StageResult,
     /// Each stage's receipt for the step, in route order.
     pub receipts: Vec<Receipt>,
+    /// Each stage's round trip to the next (the last stage's: to the first), as its ping last
+    /// measured it, in ms.
+    pub rtts: Vec<Option<f32>>,
 }
 
 /// A node's request on the work protocol.
@@ -615,6 +624,18 @@ pub enum WorkRequest {
         /// What happened.
         reason: String,
     },
+    /// The inputs a stage kept of a chained session (steps `from..to` at the stage starting at
+    /// `layer_start`), for a check (from the coordinator to a stage).
+    Kept {
+        /// The session.
+        session: u64,
+        /// The stage's first layer.
+        layer_start: u32,
+        /// First step.
+        from: u64,
+        /// One past the last step.
+        to: u64,
+    },
     /// I cannot run this unit (model missing, input the kernels refuse); give it to someone else.
     Refuse {
         /// The job.
@@ -637,6 +658,9 @@ pub enum WorkResponse {
     Ack,
     /// The delivery is refused for good (the unit is unknown or no longer yours); forget it too.
     Rejected(String),
+    /// The inputs a stage kept ([`WorkRequest::Kept`]), in step order: each exactly the step its
+    /// receipt signed as input.
+    Kept(Vec<Forward>),
     /// A pipeline step's result, with the stage's signed receipt (subject: the step).
     Forwarded {
         /// The result.
@@ -652,7 +676,7 @@ pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
     let sampling = match &request {
         WorkRequest::Forward(f) => f.sampling,
         WorkRequest::Chain(c) => {
-            if c.receipts.len() > CHAIN_HOPS_MAX {
+            if c.receipts.len() > CHAIN_HOPS_MAX || c.rtts.len() > CHAIN_HOPS_MAX {
                 return Err(Error::Limit(format!(
                     "a chained step carries at most {CHAIN_HOPS_MAX} receipts"
                 )));
@@ -668,7 +692,9 @@ pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
             }
             r.sampling
         }
-        WorkRequest::Report(r) if r.receipts.len() > CHAIN_HOPS_MAX => {
+        WorkRequest::Report(r)
+            if r.receipts.len() > CHAIN_HOPS_MAX || r.rtts.len() > CHAIN_HOPS_MAX =>
+        {
             return Err(Error::Limit(format!(
                 "a step report carries at most {CHAIN_HOPS_MAX} receipts"
             )));

@@ -302,6 +302,16 @@ pub enum Action {
         /// The step.
         step: Box<ChainStep>,
     },
+    /// Fetch from a chained session's stage (`peer`, serving `layers`) the inputs it kept for
+    /// steps `steps.0..steps.1`; answer with [`Driver::on_kept`].
+    Fetch {
+        /// The stage's peer.
+        peer: PeerId,
+        /// Its layers.
+        layers: (u32, u32),
+        /// The steps.
+        steps: (u64, u64),
+    },
     /// A token is released to the client.
     Token(u32),
     /// Tokens from this index on, already released, were wrong and are being generated again.
@@ -506,13 +516,9 @@ impl Driver {
         self.awaiting.as_ref().map(|p| p.peer)
     }
 
-    /// The request awaited now (for a chained session: the first stage's input of the step in
-    /// flight).
+    /// The request awaited now.
     pub fn pending(&self) -> Option<&Forward> {
-        match &self.chain {
-            Some(chain) => chain.current.as_ref(),
-            None => self.awaiting.as_ref().map(|p| &p.forward),
-        }
+        self.awaiting.as_ref().map(|p| &p.forward)
     }
 
     /// How the session is checked.
@@ -691,9 +697,18 @@ impl Driver {
         tokens.into_iter().map(Action::Token).collect()
     }
 
+    /// Steps whose outputs are in: the step in flight and those before it, or (a chained session,
+    /// whose stages run ahead) every step reported.
+    fn steps_done(&self) -> u64 {
+        match self.chain {
+            Some(_) => self.generated.len() as u64,
+            None => self.step + 1,
+        }
+    }
+
     /// The window after the last checked step, and the hop to check next (from the first).
     fn next_window(&self) -> (u64, u64) {
-        let steps = self.step + 1;
+        let steps = self.steps_done();
         (
             self.verified,
             steps.min(self.verified + VERIFY_WINDOW_TOKENS),
@@ -727,6 +742,10 @@ impl Driver {
         hop: usize,
         candidates: &[Candidate],
     ) -> Vec<Action> {
+        // A chained session's stage inputs come from the stages that kept them.
+        if let Some(fetch) = self.chain_fetch(window, hop) {
+            return vec![fetch];
+        }
         let layers = self.route[hop].layers;
         let stage = self.route[hop].peer_id;
         let usable = |p: &PeerId| *p != stage && !self.failed.contains(p);
@@ -1143,6 +1162,11 @@ impl Driver {
         if matches!(self.verify, Verify::Window | Verify::Sampled) {
             actions.extend(self.release(window.1 as usize));
         }
+        if self.chain.is_some() {
+            // The stages generate on their own; check the next window if it is in.
+            actions.extend(self.chain_check(candidates));
+            return actions;
+        }
         let steps = self.step + 1;
         if self.verified < steps
             && (self.finishing || steps - self.verified >= VERIFY_WINDOW_TOKENS)
@@ -1216,6 +1240,12 @@ impl Driver {
             self.released = keep as usize;
         }
         self.generated.truncate(keep as usize);
+        if self.chain.is_some() {
+            // A new epoch from the last checked token on the new route.
+            self.finishing = false;
+            actions.extend(self.chain_restart());
+            return actions;
+        }
         self.outputs.retain(|(_, step), _| *step < keep);
         self.verifiers.clear();
         self.replay.clear();

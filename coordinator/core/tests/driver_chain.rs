@@ -6,14 +6,19 @@
 
 mod common;
 
-use common::{LAYERS, Peers, answer, sign};
+use common::{LAYERS, Peers, answer, lie, sign};
 use hearth_core::pipeline::{Action, CHAIN_STALLS_MAX, Driver, Hop, Verify, plan};
 use hearth_protocol::work::{ChainReport, ChainStep, Forward, StageData, StageResult};
 use hearth_protocol::{ModelId, PeerId};
 
 const PROMPT: [u32; 4] = [1, 2, 3, 4];
 
+/// An unchecked chained session of the made-up model.
 fn chained(route: Vec<Hop>, tokens: usize) -> (Driver, Vec<Action>) {
+    chained_checked(route, tokens, Verify::Off)
+}
+
+fn chained_checked(route: Vec<Hop>, tokens: usize, verify: Verify) -> (Driver, Vec<Action>) {
     Driver::chained(
         1,
         ModelId::of_bytes(b"test"),
@@ -22,6 +27,7 @@ fn chained(route: Vec<Hop>, tokens: usize) -> (Driver, Vec<Action>) {
         tokens,
         0,
         1 << 20,
+        verify,
         None,
         7,
     )
@@ -59,6 +65,7 @@ fn run_chain(
                     step: first.step,
                     output,
                     receipts,
+                    rtts: vec![Some(0.5); route.len()],
                 };
             }
         }
@@ -95,6 +102,7 @@ fn ack_routes(driver: &mut Driver, actions: Vec<Action>) -> (u32, PeerId, Forwar
                 forward,
                 receipts,
                 previous,
+                ..
             } = *step;
             assert!(receipts.is_empty() && previous.is_none());
             first = Some((epoch, peer, forward));
@@ -341,4 +349,221 @@ fn a_failed_stage_is_replaced_and_a_chain_that_keeps_stalling_gives_up() {
             );
         }
     }
+}
+
+/// A made-up swarm around one checked chained session: stages hand each step on and keep their
+/// inputs; liars compute wrong and sign what they computed (so every chain of receipts holds and
+/// only replays can tell); requests (fetches, replays) fail now and then.
+struct Swarm {
+    peers: Peers,
+    liars: Vec<u8>,
+    fail: f64,
+    draw: u64,
+    kept: std::collections::BTreeMap<(PeerId, u32), Vec<Forward>>,
+    route: Vec<(PeerId, (u32, u32))>,
+    epoch: u32,
+    next: Option<Forward>,
+    tokens: u64,
+}
+
+impl Swarm {
+    fn compute(&self, peer: &PeerId, f: &Forward) -> StageResult {
+        let n = self.peers.number(peer);
+        let honest = answer(f);
+        if self.liars.contains(&n) {
+            lie(honest, n)
+        } else {
+            honest
+        }
+    }
+
+    fn fails(&mut self) -> bool {
+        self.draw = common::mix(self.draw);
+        ((self.draw % 10_000) as f64 / 10_000.0) < self.fail
+    }
+
+    /// The chain runs one step, if it runs: its report.
+    fn step(&mut self) -> Option<ChainReport> {
+        let first = self.next.take()?;
+        let mut forward = first.clone();
+        let mut receipts = Vec::new();
+        for (peer, layers) in self.route.clone() {
+            forward.layers = layers;
+            let list = self.kept.entry((peer, layers.0)).or_default();
+            if forward.pos == 0 {
+                list.clear();
+            }
+            list.push(forward.clone());
+            let output = self.compute(&peer, &forward);
+            receipts.push(sign(self.peers.key_of(&peer), &forward, &output));
+            match output {
+                StageResult::Hidden(data) => forward.input = data,
+                StageResult::Next { token, .. } => {
+                    let next_pos = forward.pos + forward.input.rows() as u32;
+                    if token != 0 && first.step + 1 < self.tokens {
+                        self.next = Some(Forward {
+                            step: first.step + 1,
+                            pos: next_pos,
+                            input: StageData::Tokens(vec![token]),
+                            ..first.clone()
+                        });
+                    }
+                    return Some(ChainReport {
+                        session: 1,
+                        epoch: self.epoch,
+                        step: first.step,
+                        output,
+                        receipts,
+                        rtts: Vec::new(),
+                    });
+                }
+                StageResult::NextEach(_) => unreachable!("a step asks for the last position"),
+            }
+        }
+        unreachable!("the last stage answers with a token")
+    }
+}
+
+/// One checked chained session with `liars` (peer numbers) and requests failing with probability
+/// `fail`, its chain stepping between the driver's checks: the tokens released in the end, whether
+/// it finished, and the strikes.
+fn chained_session(seed: u64, liars: &[u8], fail: f64, tokens: usize) -> (Vec<u32>, bool, usize) {
+    let peers = Peers::new(12);
+    let mut candidates = peers.candidates.clone();
+    for c in &mut candidates {
+        c.score =
+            1.0 + (common::mix(seed ^ u64::from(peers.number(&c.peer))) % 1000) as f64 / 100_000.0;
+    }
+    let route = plan(&candidates, LAYERS, 3, 1).expect("route");
+    let (mut driver, mut actions) = Driver::chained(
+        1,
+        ModelId::of_bytes(b"test"),
+        route,
+        PROMPT.to_vec(),
+        tokens,
+        0,
+        1 << 20,
+        Verify::Window,
+        None,
+        common::mix(seed),
+    );
+    driver.compare_exactly([common::CLASS.to_string()]);
+    let candidates = peers.candidates.clone();
+    let mut swarm = Swarm {
+        peers,
+        liars: liars.to_vec(),
+        fail,
+        draw: common::mix(seed ^ 0x5eed),
+        kept: Default::default(),
+        route: Vec::new(),
+        epoch: 0,
+        next: None,
+        tokens: tokens as u64,
+    };
+    let (mut released, mut faults) = (Vec::new(), 0);
+    for _ in 0..100_000 {
+        let mut next = Vec::new();
+        for action in actions {
+            match action {
+                Action::Route { peer, route } => {
+                    if route.epoch != swarm.epoch {
+                        // A new epoch: the old chain stops.
+                        swarm.epoch = route.epoch;
+                        swarm.route = route.hops.clone();
+                        swarm.next = None;
+                    }
+                    next.extend(driver.on_route_ack(peer, route.epoch));
+                }
+                Action::Chain { step, .. } => swarm.next = Some(step.forward),
+                Action::Fetch {
+                    peer,
+                    layers,
+                    steps,
+                } => {
+                    if swarm.fails() {
+                        next.extend(driver.on_failure(peer, "no answer", &candidates));
+                        continue;
+                    }
+                    let inputs: Vec<Forward> = swarm
+                        .kept
+                        .get(&(peer, layers.0))
+                        .into_iter()
+                        .flatten()
+                        .filter(|f| f.step >= steps.0 && f.step < steps.1)
+                        .cloned()
+                        .collect();
+                    next.extend(driver.on_kept(peer, inputs, &candidates));
+                }
+                Action::Send { peer, forward } => {
+                    if swarm.fails() {
+                        next.extend(driver.on_failure(peer, "no answer", &candidates));
+                        continue;
+                    }
+                    let output = swarm.compute(&peer, &forward);
+                    let receipt = sign(swarm.peers.key_of(&peer), &forward, &output);
+                    next.extend(driver.on_result(output, receipt, &candidates));
+                }
+                Action::Token(t) => released.push(t),
+                Action::Correction(from) => released.truncate(from),
+                Action::Fault { .. } => faults += 1,
+                Action::Finished { error, .. } => {
+                    if std::env::var("CHAIN_DEBUG").is_ok() {
+                        for c in &driver.checks {
+                            eprintln!("{c:?}");
+                        }
+                        for r in &driver.reroutes {
+                            eprintln!("{r:?}");
+                        }
+                        eprintln!("{:?} {:?}", driver.corrections, error);
+                    }
+                    return (released, error.is_none(), faults);
+                }
+            }
+        }
+        // The stages go on between the driver's checks.
+        if let Some(report) = swarm.step() {
+            next.extend(driver.on_report(report, &candidates));
+        }
+        assert!(
+            !next.is_empty() || swarm.next.is_some(),
+            "seed {seed}: the session stalled"
+        );
+        actions = next;
+    }
+    panic!("seed {seed}: the session never ended");
+}
+
+#[test]
+fn a_checked_chain_releases_only_checked_tokens_and_they_are_the_honest_ones() {
+    let (honest, finished, faults) = chained_session(0, &[], 0.0, 24);
+    assert!(finished && honest.len() == 24 && faults == 0);
+    // What a stepped session on a route cut the same way (4/4/4) releases.
+    let peers = Peers::new(12);
+    let route = plan(&peers.candidates, LAYERS, 3, 1).expect("route");
+    assert_eq!(honest, stepped_tokens(&peers, route, 24));
+    for seed in [1, 2, 3] {
+        assert_eq!(chained_session(seed, &[], 0.0, 24).0, honest, "seed {seed}");
+    }
+    // Three liars of twelve, a different three each time; requests failing 1 in 100.
+    let (mut finished, mut caught) = (0, 0);
+    let only: Option<u64> = std::env::var("CHAIN_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok());
+    for seed in (1..=200).filter(|s| only.is_none_or(|o| o == *s)) {
+        let liars: Vec<u8> = (0..3)
+            .map(|i| (common::mix(seed * 7 + i) % 12) as u8 + 1)
+            .collect();
+        let (released, done, faults) = chained_session(seed, &liars, 0.01, 24);
+        if done {
+            finished += 1;
+            assert_eq!(
+                released, honest,
+                "seed {seed}, liars {liars:?}: released tokens differ from the honest ones"
+            );
+        }
+        caught += faults;
+    }
+    println!("{finished} of 200 sessions finished; liars caught {caught} times");
+    assert!(finished >= 180, "only {finished} of 200 sessions finished");
+    assert!(caught > 100, "liars were caught only {caught} times");
 }

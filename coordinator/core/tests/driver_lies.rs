@@ -5,39 +5,12 @@
 
 mod common;
 
-use common::{CLASS, LAYERS, Peers, answer, mix, sign, start};
+use common::{CLASS, LAYERS, Peers, answer, lie, mix, sign, start};
 use hearth_core::pipeline::{Action, Verify, plan};
-use hearth_protocol::work::{StageData, StageResult};
 
 const PEERS: u8 = 12;
 const TOKENS: usize = 24;
 const SEEDS: u64 = 300;
-
-/// What a liar returns instead of the honest answer: hidden states with one value moved, or
-/// another token; what it changes depends on who it is.
-fn lie(honest: StageResult, liar: u8) -> StageResult {
-    match honest {
-        StageResult::Hidden(data) => {
-            let mut floats = data.floats();
-            let rows = (floats.len() / 2) as u32;
-            let i = usize::from(liar) % floats.len();
-            floats[i] += 1000.0 * f32::from(liar);
-            StageResult::Hidden(StageData::hidden(rows, &floats))
-        }
-        StageResult::Next { token, .. } => {
-            let t = token + u32::from(liar);
-            StageResult::Next {
-                token: t,
-                top: vec![(t, 1.0)],
-            }
-        }
-        StageResult::NextEach(rows) => StageResult::NextEach(
-            rows.into_iter()
-                .map(|(t, _)| (t + u32::from(liar), vec![(t + u32::from(liar), 1.0)]))
-                .collect(),
-        ),
-    }
-}
 
 /// How one session went: the tokens released in the end, and whether it finished.
 struct Outcome {
@@ -87,7 +60,7 @@ fn session(seed: u64, liars: &[u8], fail: f64) -> Outcome {
                 }
                 Action::Token(t) => released.push(t),
                 Action::Correction(from) => released.truncate(from),
-                Action::Route { .. } | Action::Chain { .. } => {
+                Action::Route { .. } | Action::Chain { .. } | Action::Fetch { .. } => {
                     panic!("a stepped session sent a chained message")
                 }
                 Action::Fault { .. } => faults += 1,

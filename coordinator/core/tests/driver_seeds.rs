@@ -46,7 +46,7 @@ fn choices(seed: u64) -> Vec<Choice> {
                     }
                     Action::Fault { peer, reason } => panic!("{peer} faulted: {reason}"),
                     Action::Token(_) | Action::Correction(_) => {}
-                    Action::Route { .. } | Action::Chain { .. } => {
+                    Action::Route { .. } | Action::Chain { .. } | Action::Fetch { .. } => {
                         panic!("a stepped session sent a chained message")
                     }
                 }

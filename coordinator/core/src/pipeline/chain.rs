@@ -18,9 +18,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_protocol::work::{ChainReport, ChainRoute, ChainStep, Forward, StageData, StageResult};
-use hearth_protocol::{PeerId, Subject};
+use hearth_protocol::{PeerId, Receipt, Subject};
 
-use super::{Action, Candidate, Driver};
+use super::{Action, Candidate, Driver, VERIFY_WINDOW_TOKENS, Verify};
 
 /// Reports kept that arrived ahead of the one awaited (their messages may overtake each other).
 pub const CHAIN_EARLY_MAX: usize = 64;
@@ -41,12 +41,34 @@ pub(super) struct Chained {
     pub(super) early: BTreeMap<u64, ChainReport>,
     /// Stalls (no report within its time) since the last report.
     pub(super) stalls: u32,
+    /// The epoch's first step.
+    pub(super) start: u64,
+    /// This epoch's stage receipts, by step and first layer: what fetched inputs must match.
+    pub(super) receipts: BTreeMap<(u64, u32), Receipt>,
+    /// Per range, the steps from the epoch's start whose inputs the driver holds (up to, not
+    /// including, this one).
+    pub(super) fetched: BTreeMap<(u32, u32), u64>,
+    /// The fetch in flight: the stage's index, its peer, the steps, and the check waiting for it.
+    pub(super) fetching: Option<Fetching>,
+    /// Each stage's last reported round trip to the next (the last stage's: to the first).
+    pub(super) rtts: Vec<Option<f32>>,
+}
+
+/// A fetch of a stage's kept inputs, for the check of `hop` in `window`.
+#[derive(Clone, Debug)]
+pub(super) struct Fetching {
+    stage: usize,
+    peer: PeerId,
+    steps: (u64, u64),
+    window: (u64, u64),
+    hop: usize,
 }
 
 impl Driver {
     /// A session whose stages forward to each other ([`super`]'s chained mode): greedy, or drawn
-    /// with `sampling`, released as soon as the coordinator has checked each token's receipts
-    /// (no window replays: `verify` is `off`).
+    /// with `sampling`, checked as `verify` says while the stages generate on: each window's
+    /// inputs are fetched from the stages that kept them and replayed by other peers; a window's
+    /// tokens are released once it is checked (`window`, `sampled`), or at once (`after`, `off`).
     #[allow(clippy::too_many_arguments)]
     pub fn chained(
         session: u64,
@@ -56,20 +78,12 @@ impl Driver {
         max_tokens: usize,
         eos: u32,
         context: usize,
+        verify: Verify,
         sampling: Option<hearth_protocol::work::Sampling>,
         seed: u64,
     ) -> (Self, Vec<Action>) {
         let (mut driver, _) = Self::sampled(
-            session,
-            model,
-            route,
-            prompt,
-            max_tokens,
-            eos,
-            context,
-            super::Verify::Off,
-            sampling,
-            seed,
+            session, model, route, prompt, max_tokens, eos, context, verify, sampling, seed,
         );
         // `sampled` began a stepped session: nothing was sent yet, so it is dropped unsent.
         driver.awaiting = None;
@@ -89,8 +103,37 @@ impl Driver {
         self.chain.as_ref().map_or(0, |c| c.epoch)
     }
 
-    /// Start an epoch: every stage is told the route; the first step waits for their answers.
-    fn chain_restart(&mut self) -> Vec<Action> {
+    /// Each stage's round trip to the next, in ms, as the stages last reported them (the last
+    /// stage's: to the first). Empty before the first report.
+    pub fn chain_rtts(&self) -> &[Option<f32>] {
+        self.chain.as_ref().map_or(&[], |c| &c.rtts)
+    }
+
+    /// The first stage's input of the epoch's first step.
+    pub fn chain_first(&self) -> Option<&Forward> {
+        self.chain.as_ref().and_then(|c| c.current.as_ref())
+    }
+
+    /// Start an epoch: every stage is told the route; the first step waits for their answers. A
+    /// checked session starts again from its last checked token (tokens after it were not checked,
+    /// and the checks in flight are dropped); an unchecked one from its last token.
+    pub(super) fn chain_restart(&mut self) -> Vec<Action> {
+        let mut actions = Vec::new();
+        if self.verify != Verify::Off {
+            let keep = self.verified as usize;
+            if self.released > keep {
+                self.corrections
+                    .push((keep, self.generated[keep..self.released].to_vec()));
+                actions.push(Action::Correction(keep));
+                self.released = keep;
+            }
+            self.generated.truncate(keep);
+            self.finishing = false;
+            self.awaiting = None;
+            self.history.clear();
+            self.outputs.clear();
+            self.verifiers.clear();
+        }
         let route = ChainRoute {
             session: self.session,
             epoch: self.epoch() + 1,
@@ -100,23 +143,25 @@ impl Driver {
             eos: self.eos,
             steps_end: self.max_tokens as u64,
             context: u32::try_from(self.context).unwrap_or(u32::MAX),
+            keep_inputs: self.verify != Verify::Off,
         };
         let Some(chain) = self.chain.as_mut() else {
-            return Vec::new();
+            return actions;
         };
         chain.epoch = route.epoch;
         chain.unacked = self.route.iter().map(|h| h.peer_id).collect();
         chain.current = None;
         chain.early.clear();
+        chain.start = self.generated.len() as u64;
+        chain.receipts.clear();
+        chain.fetched.clear();
+        chain.fetching = None;
         self.step = self.generated.len() as u64;
-        chain
-            .unacked
-            .iter()
-            .map(|peer| Action::Route {
-                peer: *peer,
-                route: route.clone(),
-            })
-            .collect()
+        actions.extend(chain.unacked.iter().map(|peer| Action::Route {
+            peer: *peer,
+            route: route.clone(),
+        }));
+        actions
     }
 
     /// `peer` took this epoch's route (`epoch`); once every stage has, the first step goes out:
@@ -151,6 +196,7 @@ impl Driver {
                 forward,
                 receipts: Vec::new(),
                 previous: None,
+                rtts: Vec::new(),
             }),
         }]
     }
@@ -286,20 +332,156 @@ impl Driver {
         };
         let rows = first.input.rows() as u32;
         let next_pos = first.pos + rows;
+        let step = report.step;
         if let Some(chain) = self.chain.as_mut() {
             chain.stalls = 0;
+            if self.verify != Verify::Off {
+                // What the checks need: every stage's receipt, the first stage's input and the
+                // last stage's output (the others' come from the stages when a window is checked).
+                for (h, receipt) in self.route.iter().zip(&report.receipts) {
+                    chain.receipts.insert((step, h.layers.0), receipt.clone());
+                }
+                chain.fetched.insert(self.route[0].layers, step + 1);
+                self.history
+                    .entry(self.route[0].layers)
+                    .or_default()
+                    .push(first);
+                self.outputs
+                    .insert((self.route[last].layers, step), report.output.clone());
+            }
+        }
+        if let Some(chain) = self.chain.as_mut()
+            && report.rtts.len() == self.route.len()
+        {
+            chain.rtts = report.rtts;
+        }
+        // Each stage's numeric class, as its receipt names it: what decides whether its replays
+        // must agree bit for bit.
+        for (h, receipt) in self.route.iter().zip(&report.receipts) {
+            self.classes
+                .insert(h.peer_id, receipt.body.numeric_class.clone());
         }
         self.receipts.extend(report.receipts);
         self.generated.push(token);
         self.step = self.generated.len() as u64;
-        let mut actions = self.release(self.generated.len());
+        let mut actions = Vec::new();
+        if matches!(self.verify, Verify::Off | Verify::After) {
+            actions.extend(self.release(self.generated.len()));
+        }
         let end = token == self.eos
             || self.generated.len() >= self.max_tokens
             || next_pos as usize + 1 >= self.context;
         if end {
-            actions.push(self.finish(None));
+            self.finishing = true;
         }
+        actions.extend(self.chain_check(candidates));
         actions
+    }
+
+    /// Check the next window if it is in and no check is under way; finish once the last
+    /// window is checked.
+    pub(super) fn chain_check(&mut self, candidates: &[Candidate]) -> Vec<Action> {
+        let fetching = self.chain.as_ref().is_some_and(|c| c.fetching.is_some());
+        if self.done || self.awaiting.is_some() || fetching {
+            return Vec::new();
+        }
+        let steps = self.generated.len() as u64;
+        let due = self.verify != Verify::Off
+            && self.verified < steps
+            && (self.finishing || steps - self.verified >= VERIFY_WINDOW_TOKENS);
+        if due {
+            return self.next_check(candidates);
+        }
+        if self.finishing && (self.verify == Verify::Off || self.verified >= steps) {
+            let mut actions = self.release(self.generated.len());
+            actions.push(self.finish(None));
+            return actions;
+        }
+        Vec::new()
+    }
+
+    /// The fetch the check of `hop` in `window` waits for, if any: the stage's own inputs (its
+    /// history from the epoch's start) and its successor's (its outputs). The first stage's
+    /// inputs and the last stage's outputs came with the reports.
+    pub(super) fn chain_fetch(&mut self, window: (u64, u64), hop: usize) -> Option<Action> {
+        let chain = self.chain.as_mut()?;
+        for stage in [hop, hop + 1] {
+            if stage == 0 || stage >= self.route.len() {
+                continue;
+            }
+            let layers = self.route[stage].layers;
+            let upto = chain.fetched.get(&layers).copied().unwrap_or(chain.start);
+            if upto < window.1 {
+                let peer = self.route[stage].peer_id;
+                chain.fetching = Some(Fetching {
+                    stage,
+                    peer,
+                    steps: (upto, window.1),
+                    window,
+                    hop,
+                });
+                return Some(Action::Fetch {
+                    peer,
+                    layers,
+                    steps: (upto, window.1),
+                });
+            }
+        }
+        None
+    }
+
+    /// A stage's kept inputs ([`Action::Fetch`]): each must be exactly the input its receipt for
+    /// the step signed. They become the stage's history and its predecessor's outputs, and the
+    /// check that waited for them goes on. Inputs other than those signed are a lie: the stage is
+    /// struck and its window generated again without it.
+    pub fn on_kept(
+        &mut self,
+        peer: PeerId,
+        inputs: Vec<Forward>,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let Some(chain) = self.chain.as_mut() else {
+            return Vec::new();
+        };
+        let Some(fetch) = chain.fetching.take_if(|f| f.peer == peer) else {
+            return Vec::new();
+        };
+        if self.done {
+            return Vec::new();
+        }
+        let layers = self.route[fetch.stage].layers;
+        let (from, to) = fetch.steps;
+        let signed = inputs.len() as u64 == to - from
+            && inputs.iter().zip(from..to).all(|(f, step)| {
+                f.session == self.session
+                    && f.step == step
+                    && f.layers == layers
+                    && chain
+                        .receipts
+                        .get(&(step, layers.0))
+                        .is_some_and(|r| r.body.input == f.digest())
+            });
+        if !signed {
+            let reason = format!(
+                "the inputs it kept for steps {from}..{to} are not those its receipts signed"
+            );
+            return self.regenerate(
+                fetch.window,
+                fetch.stage,
+                peer,
+                &reason,
+                Some(reason.clone()),
+                candidates,
+            );
+        }
+        chain.fetched.insert(layers, to);
+        let before = self.route[fetch.stage - 1].layers;
+        for f in &inputs {
+            self.outputs
+                .insert((before, f.step), StageResult::Hidden(f.input.clone()));
+        }
+        self.history.entry(layers).or_default().extend(inputs);
+        self.check_hop(fetch.window, fetch.hop, candidates)
     }
 
     /// No report came within the time the step was given. The stages hold no request of ours to
@@ -333,6 +515,19 @@ impl Driver {
     ) -> Vec<Action> {
         if !self.route.iter().any(|h| h.peer_id == peer) {
             self.failed.insert(peer);
+            self.verifiers.retain(|_, (p, _)| *p != peer);
+            // A verifier that fails: its window is checked again by another.
+            if let Some(super::Pending {
+                hop,
+                peer: awaited,
+                purpose: super::Purpose::Check { window, .. },
+                ..
+            }) = self.awaiting.clone()
+                && awaited == peer
+            {
+                self.awaiting = None;
+                return self.check_hop(window, hop, candidates);
+            }
             return Vec::new();
         }
         if let Err(why) = self.replace(peer, reason, candidates, self.generated.len() as u64) {

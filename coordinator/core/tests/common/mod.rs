@@ -14,6 +14,32 @@ pub(crate) const LAYERS: u32 = 12;
 /// The numeric class the stages' receipts name.
 pub(crate) const CLASS: &str = "k0/llm/test";
 
+/// What a liar returns instead of the honest answer (and signs): hidden states with one value
+/// moved, or another token; what it changes depends on who it is, so two liars never agree.
+pub(crate) fn lie(honest: StageResult, liar: u8) -> StageResult {
+    match honest {
+        StageResult::Hidden(data) => {
+            let mut floats = data.floats();
+            let rows = (floats.len() / 2) as u32;
+            let i = usize::from(liar) % floats.len();
+            floats[i] += 1000.0 * f32::from(liar);
+            StageResult::Hidden(StageData::hidden(rows, &floats))
+        }
+        StageResult::Next { token, .. } => {
+            let t = token + u32::from(liar);
+            StageResult::Next {
+                token: t,
+                top: vec![(t, 1.0)],
+            }
+        }
+        StageResult::NextEach(rows) => StageResult::NextEach(
+            rows.into_iter()
+                .map(|(t, _)| (t + u32::from(liar), vec![(t + u32::from(liar), 1.0)]))
+                .collect(),
+        ),
+    }
+}
+
 pub(crate) fn mix(mut z: u64) -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);

@@ -399,7 +399,8 @@ fn a_prompt_of_3000_tokens_goes_through_three_stages() {
 
 /// `--verify off`: the stages hand each step to each other (the coordinator gets a token and the
 /// step's receipts, never activations), greedy and seeded-sampled output equal what one machine
-/// gives, and a stage killed mid-generation is replaced with the output unchanged.
+/// gives, eight sessions at once each give it too, a client that goes away frees every stage, and a
+/// stage killed mid-generation is replaced with the output unchanged.
 #[test]
 fn a_chained_pipeline_hands_steps_along_and_survives_a_killed_stage() {
     let mut swarm = Swarm::start(&[None, None, None]);
@@ -446,6 +447,47 @@ fn a_chained_pipeline_hands_steps_along_and_survives_a_killed_stage() {
         local_tokens(PROMPTS[2], "24"),
         "sampling drew the greedy tokens"
     );
+
+    // Eight sessions at once (four prompts, each twice; the stages batch their steps): each gives
+    // exactly what one machine gives.
+    let prompts = [
+        PROMPTS[0],
+        PROMPTS[1],
+        PROMPTS[2],
+        "Rust is a language that",
+    ];
+    let children: Vec<_> = prompts
+        .iter()
+        .chain(prompts.iter())
+        .map(|prompt| {
+            Command::new(hearth())
+                .args([
+                    "generate",
+                    "--prompt",
+                    prompt,
+                    "--max-tokens",
+                    "12",
+                    "--json",
+                ])
+                .args(["--stages", "3", "--api", &swarm.api])
+                .env_remove("HEARTH_CONFIG")
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .expect("start hearth generate")
+        })
+        .collect();
+    let want: Vec<Value> = prompts.iter().map(|p| local_tokens(p, "12")).collect();
+    for (i, child) in children.into_iter().enumerate() {
+        let out = child.wait_with_output().expect("generate finishes");
+        let result = stdout_json(&out);
+        assert_eq!(
+            result["token_ids"],
+            want[i % 4],
+            "{}: {result}",
+            prompts[i % 4]
+        );
+    }
 
     // A client that goes away: every stage frees the session (the chain stops at once).
     client_gone_frees_every_stage(&swarm, &["--verify", "off"]);

@@ -112,7 +112,9 @@ pub struct Summary {
     pub trail: Trail,
     /// Milliseconds from the request to the first token.
     pub first_token_ms: Option<f64>,
-    /// Tokens a second after the first.
+    /// Tokens a second after the first: from the time the stages reported the first token to the
+    /// end of the request (the last window's check included), so tokens released in bursts once
+    /// checked count at the pace they were made and checked, not the pace of the burst.
     pub decode_tokens_per_s: f64,
     /// Round trips to each stage, by its first layer.
     pub hops: Vec<HopTimes>,
@@ -220,6 +222,8 @@ struct Live {
     started: Instant,
     prompt_tokens: usize,
     first_token_ms: Option<f64>,
+    /// When the stages reported the first token (seconds after the start).
+    first_generated_s: Option<f64>,
     /// When the request in flight went out, and to which stage index (for the hop latencies the
     /// summary reports; whether it is late is [`StepTimeouts`]'s to say).
     sent: Option<(Instant, u32)>,
@@ -400,6 +404,7 @@ impl Sessions {
                 started: Instant::now(),
                 prompt_tokens,
                 first_token_ms: None,
+                first_generated_s: None,
                 sent: None,
                 hops: BTreeMap::new(),
             },
@@ -567,6 +572,9 @@ impl Sessions {
                 let candidates = near(net, registry, standing, &live.llm.id, &live.llm);
                 let before = live.driver.generated.len();
                 let actions = live.driver.on_report(report, &candidates);
+                if live.first_generated_s.is_none() && !live.driver.generated.is_empty() {
+                    live.first_generated_s = Some(live.started.elapsed().as_secs_f64());
+                }
                 if live.driver.generated.len() > before {
                     let now = Instant::now();
                     if let Some((sent, _)) = live.sent.replace((now, 0)) {
@@ -1002,7 +1010,10 @@ impl Sessions {
         let d = &live.driver;
         let text = live.llm.tokenizer.decode(&d.generated).unwrap_or_default();
         let elapsed = live.started.elapsed().as_secs_f64();
-        let decode_s = elapsed - live.first_token_ms.unwrap_or(0.0) / 1e3;
+        let first_s = live
+            .first_generated_s
+            .unwrap_or(live.first_token_ms.unwrap_or(0.0) / 1e3);
+        let decode_s = elapsed - first_s;
         let hops = if d.is_chained() {
             Self::chain_hops(live, net)
         } else {

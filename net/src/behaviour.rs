@@ -152,7 +152,7 @@ impl Behaviour {
                 identify::Config::new(identify_protocol(), key.public())
                     .with_agent_version(config.agent.clone()),
             ),
-            ping: ping::Behaviour::default(),
+            ping: ping::Behaviour::new(ping::Config::new().with_interval(crate::PING_INTERVAL)),
             mdns: mdns.into(),
             kad,
             gossipsub,

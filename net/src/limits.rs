@@ -70,3 +70,8 @@ pub const FLOOD_STRIKES_MAX: u32 = 3;
 
 /// How long a peer banned for flooding stays banned: its connections are closed and refused.
 pub const FLOOD_BAN: Duration = Duration::from_secs(60);
+
+/// How often ping measures the round trip to each connected peer (the routes' `rtt_ms`). Only
+/// connected peers are pinged, at most [`CONNECTIONS_MAX`], so a swarm of thousands does not ping
+/// itself: a peer probes those it works with, once per interval each.
+pub const PING_INTERVAL: Duration = Duration::from_secs(15);

@@ -422,6 +422,13 @@ impl Sessions {
         }
     }
 
+    /// Forget `session`'s step or replay in flight (its late answer must not count); its chained
+    /// messages (routes, fetches) stay awaited.
+    fn drop_steps(&mut self, session: u64) {
+        self.requests
+            .retain(|_, (s, asked)| *s != session || !matches!(asked, Asked::Step));
+    }
+
     /// Live sessions with a stage on `peer`.
     fn load(&self, peer: &PeerId) -> usize {
         self.live
@@ -710,8 +717,8 @@ impl Sessions {
             let candidates = near(net, registry, standing, &live.llm.id, &live.llm);
             let actions = live.driver.on_failure(peer, "left the swarm", &candidates);
             if awaited {
-                // The request in flight is abandoned; its late answer must not count.
-                self.requests.retain(|_, (s, _)| *s != session);
+                // The step or replay in flight is abandoned; its late answer must not count.
+                self.drop_steps(session);
             }
             self.act(net, registry, now_ms, session, actions);
         }
@@ -754,7 +761,10 @@ impl Sessions {
                 self.act(net, registry, now_ms, session, actions);
                 continue;
             }
-            self.requests.retain(|_, (s, _)| *s != session);
+            self.drop_steps(session);
+            let Some(live) = self.live.get_mut(&session) else {
+                continue;
+            };
             let Some(peer) = live.driver.awaiting() else {
                 continue;
             };
@@ -889,6 +899,8 @@ impl Sessions {
                     let live = self.live.remove(&session).expect("present");
                     self.requests.retain(|_, (s, _)| *s != session);
                     self.timeouts.answered(session);
+                    self.timeouts
+                        .answered(crate::pipeline::check_session(session));
                     let event = match error {
                         Some(error) => {
                             tracing::warn!(session, %error, "generation failed");
@@ -908,6 +920,8 @@ impl Sessions {
     /// its stages' caches rather than generate for nobody.
     fn abandon(&mut self, net: &mut Network, session: u64) {
         self.timeouts.answered(session);
+        self.timeouts
+            .answered(crate::pipeline::check_session(session));
         if let Some(mut live) = self.live.remove(&session) {
             tracing::warn!(session, "client stopped reading; session ended");
             // Every peer with state of it (stages and verifiers) frees it at once.

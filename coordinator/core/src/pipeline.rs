@@ -1163,7 +1163,10 @@ impl Driver {
             actions.extend(self.release(window.1 as usize));
         }
         if self.chain.is_some() {
-            // The stages generate on their own; check the next window if it is in.
+            // A checked window's outputs are needed no more (its inputs are, by a verifier that
+            // replays from the start); the stages generate on their own; check the next window if
+            // it is in.
+            self.outputs.retain(|(_, step), _| *step >= window.1);
             actions.extend(self.chain_check(candidates));
             return actions;
         }

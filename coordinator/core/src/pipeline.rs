@@ -1,16 +1,22 @@
 //! Pipelined inference: the planner that cuts a model into a chain of stages, and the driver of one
-//! generation session along that chain. Both are sans-IO: the driver returns [`Action`]s (send this
-//! step to that peer, emit this token) and is told what came back; the shell does the sending.
+//! generation session along that chain. Both are sans-IO: the driver returns [`Action`]s (give this
+//! stage the route, send this step to that peer, fetch these inputs, emit this token) and is told
+//! what came back; the shell does the sending.
 //!
-//! - **Planner.** From the online peers that hold the model, the `K` fastest by benchmark score,
-//!   each given a contiguous layer range sized in proportion to its score, so the slowest stage sets
-//!   the pace as little as possible. After a failure the missing range goes to the fastest peer not
-//!   yet in the route, else to a survivor already in it (which then serves two ranges).
-//! - **Driver.** Greedy decoding: the prompt's prefill flows through the chain, the last stage
-//!   returns the next token, which flows through again, one request in flight at a time. The driver
-//!   keeps every input it sent to each layer range; when a stage's peer fails, the range's new peer
-//!   is sent those inputs again in their original chunking (prefill, then one token at a time), so
-//!   its cache is bit for bit the one the failed peer had, and generation carries on.
+//! - **Planner.** From the online peers that hold the model, the `K` through which a token costs
+//!   least (round trip and arithmetic), each given a contiguous layer range sized in proportion to
+//!   its score, so the slowest stage sets the pace as little as possible. After a failure the
+//!   missing range goes to the fastest peer not yet in the route, else to a survivor already in it
+//!   (which then serves two ranges).
+//! - **Driver, chained** ([`Driver::chained`], what the coordinator runs; see `chain`): the stages
+//!   hand each step to each other and the driver takes one report per token, checks its chain of
+//!   receipts, checks windows beside generation with inputs fetched from the stages, and restarts
+//!   the session in a new epoch from its last good token after a failure or a failed check.
+//! - **Driver, stepped** ([`Driver::sampled`], what the simulator runs): the driver sends every
+//!   step to every stage itself, one request in flight at a time, keeping every input it sent to
+//!   each layer range; when a stage's peer fails, the range's new peer is sent those inputs again in
+//!   their original chunking, so its cache is bit for bit the one the failed peer had. Its checks,
+//!   tie-breaks and verdicts are the ones the chained driver uses too.
 
 mod chain;
 mod glue;

@@ -519,6 +519,12 @@ impl Node {
     ) -> std::result::Result<(), String> {
         let me = self.network.local_peer();
         let hop = self.routes.admit(me, from, &step)?;
+        tracing::trace!(
+            session = step.forward.session,
+            step = step.forward.step,
+            hop,
+            "chained step in"
+        );
         let f = step.forward;
         if self
             .routes
@@ -652,6 +658,12 @@ impl Node {
 
     /// Send a chained session's message to `to`, remembered until it is answered.
     fn chain_request(&mut self, link: &Link, to: hearth_protocol::PeerId, request: WorkRequest) {
+        tracing::trace!(
+            session = link.session,
+            step = link.step,
+            hop = link.hop,
+            "chained step out"
+        );
         let id = self.network.request(&to, request);
         let sent = Sent {
             session: link.session,

@@ -427,7 +427,13 @@ impl Swarm {
 /// One checked chained session with `liars` (peer numbers) and requests failing with probability
 /// `fail`, its chain stepping between the driver's checks: the tokens released in the end, whether
 /// it finished, and the strikes.
-fn chained_session(seed: u64, liars: &[u8], fail: f64, tokens: usize) -> (Vec<u32>, bool, usize) {
+fn chained_session(
+    seed: u64,
+    liars: &[u8],
+    fail: f64,
+    tokens: usize,
+    verify: Verify,
+) -> (Vec<u32>, bool, usize) {
     let peers = Peers::new(12);
     let mut candidates = peers.candidates.clone();
     for c in &mut candidates {
@@ -443,7 +449,7 @@ fn chained_session(seed: u64, liars: &[u8], fail: f64, tokens: usize) -> (Vec<u3
         tokens,
         0,
         1 << 20,
-        Verify::Window,
+        verify,
         None,
         common::mix(seed),
     );
@@ -535,14 +541,18 @@ fn chained_session(seed: u64, liars: &[u8], fail: f64, tokens: usize) -> (Vec<u3
 
 #[test]
 fn a_checked_chain_releases_only_checked_tokens_and_they_are_the_honest_ones() {
-    let (honest, finished, faults) = chained_session(0, &[], 0.0, 24);
+    let (honest, finished, faults) = chained_session(0, &[], 0.0, 24, Verify::Window);
     assert!(finished && honest.len() == 24 && faults == 0);
     // What a stepped session on a route cut the same way (4/4/4) releases.
     let peers = Peers::new(12);
     let route = plan(&peers.candidates, LAYERS, 3, 1).expect("route");
     assert_eq!(honest, stepped_tokens(&peers, route, 24));
     for seed in [1, 2, 3] {
-        assert_eq!(chained_session(seed, &[], 0.0, 24).0, honest, "seed {seed}");
+        assert_eq!(
+            chained_session(seed, &[], 0.0, 24, Verify::Window).0,
+            honest,
+            "seed {seed}"
+        );
     }
     // Three liars of twelve, a different three each time; requests failing 1 in 100.
     let (mut finished, mut caught) = (0, 0);
@@ -553,7 +563,7 @@ fn a_checked_chain_releases_only_checked_tokens_and_they_are_the_honest_ones() {
         let liars: Vec<u8> = (0..3)
             .map(|i| (common::mix(seed * 7 + i) % 12) as u8 + 1)
             .collect();
-        let (released, done, faults) = chained_session(seed, &liars, 0.01, 24);
+        let (released, done, faults) = chained_session(seed, &liars, 0.01, 24, Verify::Window);
         if done {
             finished += 1;
             assert_eq!(
@@ -566,4 +576,27 @@ fn a_checked_chain_releases_only_checked_tokens_and_they_are_the_honest_ones() {
     println!("{finished} of 200 sessions finished; liars caught {caught} times");
     assert!(finished >= 180, "only {finished} of 200 sessions finished");
     assert!(caught > 100, "liars were caught only {caught} times");
+}
+
+/// `--verify after`, chained: tokens are released as the stages make them and the checks run
+/// beside; a lie caught later is corrected, and what stands released at the end is the honest
+/// tokens.
+#[test]
+fn a_chain_checked_after_corrects_what_it_released_to_the_honest_tokens() {
+    let (honest, ..) = chained_session(0, &[], 0.0, 24, Verify::Window);
+    let (mut finished, mut caught) = (0, 0);
+    for seed in 1..=100 {
+        let liars: Vec<u8> = (0..3)
+            .map(|i| (common::mix(seed * 11 + i) % 12) as u8 + 1)
+            .collect();
+        let (released, done, faults) = chained_session(seed, &liars, 0.01, 24, Verify::After);
+        if done {
+            finished += 1;
+            assert_eq!(released, honest, "seed {seed}, liars {liars:?}");
+        }
+        caught += faults;
+    }
+    println!("after: {finished} of 100 sessions finished; liars caught {caught} times");
+    assert!(finished >= 90, "only {finished} of 100 sessions finished");
+    assert!(caught > 50, "liars were caught only {caught} times");
 }

@@ -426,7 +426,8 @@ impl Swarm {
 
 /// One checked chained session with `liars` (peer numbers) and requests failing with probability
 /// `fail`, its chain stepping between the driver's checks: the tokens released in the end, whether
-/// it finished, and the strikes.
+/// it finished, and the strikes. To look into a failing seed: `CHAIN_SEED=N` runs only that seed of
+/// the property test, and `CHAIN_DEBUG=1` prints each session's checks, reroutes and corrections.
 fn chained_session(
     seed: u64,
     liars: &[u8],

@@ -259,6 +259,14 @@ pub(crate) struct Sessions {
     timeouts: StepTimeouts,
 }
 
+/// The first session id of a run: drawn from the run's random number, so a restarted coordinator
+/// does not reuse the ids of sessions its stages may still hold routes, caches and inputs of (they
+/// would refuse the new session's route as older than the one they hold). 40 random bits, well
+/// below the bit that marks verifiers' sessions ([`crate::pipeline::check_session`]).
+fn first_session(run: u64) -> u64 {
+    ((run >> 24) << 8).max(1)
+}
+
 /// Ended sessions kept for [`Sessions::overview`].
 const RECENT_SESSIONS: usize = 8;
 
@@ -268,13 +276,14 @@ impl Sessions {
         // Without OS randomness the journal could not have drawn its secret either; a zero run
         // still keeps seeds secret (they are keyed), only repeated across restarts.
         let _ = getrandom::fill(&mut run);
+        let run = u64::from_le_bytes(run);
         Self {
             secret,
-            run: u64::from_le_bytes(run),
+            run,
             timeouts: StepTimeouts::default(),
             live: BTreeMap::new(),
             requests: HashMap::new(),
-            next: 1,
+            next: first_session(run),
             faults: Vec::new(),
             recent: std::collections::VecDeque::new(),
         }

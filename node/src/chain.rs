@@ -24,6 +24,8 @@ pub(crate) struct Given {
     pub(crate) coordinator: PeerId,
     /// When it was last used (a counter), for eviction.
     used: u64,
+    /// When it was last used, in ms of the node's monotonic clock, for expiry.
+    used_ms: u64,
 }
 
 /// The routes of the sessions this node serves in, by session.
@@ -66,6 +68,7 @@ impl Routes {
                 route,
                 coordinator,
                 used: self.clock,
+                used_ms: hearth_net::monotonic_ms(),
             },
         );
         Ok(())
@@ -81,6 +84,21 @@ impl Routes {
     /// `session` ended: forget its route.
     pub(crate) fn end(&mut self, session: u64) {
         self.by_session.remove(&session);
+    }
+
+    /// Forget the routes unused for `ttl_ms` at `now_ms` (their coordinator went away without
+    /// ending them); the sessions forgotten.
+    pub(crate) fn expire(&mut self, now_ms: u64, ttl_ms: u64) -> Vec<u64> {
+        let gone: Vec<u64> = self
+            .by_session
+            .iter()
+            .filter(|(_, g)| now_ms.saturating_sub(g.used_ms) > ttl_ms)
+            .map(|(s, _)| *s)
+            .collect();
+        for session in &gone {
+            self.by_session.remove(session);
+        }
+        gone
     }
 
     /// The coordinator of `session`, if this node holds its route.
@@ -103,6 +121,7 @@ impl Routes {
             .get_mut(&f.session)
             .ok_or_else(|| format!("no route for session {}", f.session))?;
         given.used = clock;
+        given.used_ms = hearth_net::monotonic_ms();
         let route = &given.route;
         if step.epoch != route.epoch {
             return Err(format!(
@@ -454,5 +473,11 @@ mod tests {
         assert!(routes.get(7, 2).is_none());
         routes.end(7);
         assert!(routes.get(7, 3).is_none());
+        // A route left unused past its time is forgotten.
+        routes.give(coordinator, route(1)).expect("given");
+        let now = hearth_net::monotonic_ms();
+        assert!(routes.expire(now, 60_000).is_empty());
+        assert_eq!(routes.expire(now + 60_001, 60_000), vec![7]);
+        assert!(routes.get(7, 1).is_none());
     }
 }

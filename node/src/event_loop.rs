@@ -332,6 +332,12 @@ impl Node {
                     self.advertise_if_due();
                 }
                 _ = poll.tick() => {
+                    // Chained sessions whose coordinator went away without ending them.
+                    let ttl = crate::limits::STAGE_SESSION_TTL.as_millis() as u64;
+                    for session in self.routes.expire(hearth_net::monotonic_ms(), ttl) {
+                        tracing::info!(session, "route unused past its time; forgotten");
+                        self.kept.end(session);
+                    }
                     self.advertise_if_due();
                     if let Some(busy) = self.governor.tick() {
                         self.owner_busy = busy;

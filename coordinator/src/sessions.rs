@@ -618,12 +618,24 @@ impl Sessions {
                 }
                 tracing::warn!(session, step, reporter = %peer, %failed, %reason, "chained step broken");
                 let candidates = near(net, registry, standing, &live.llm.id, &live.llm);
-                let why = if failed == peer {
-                    reason
+                // A stage that says its successor is unreachable is not taken at its word while we
+                // still reach that successor ourselves: the stage that could not hand the step on
+                // is the one replaced (else a liar could get honest stages taken out of a session
+                // and serve every range itself).
+                let (blamed, why) = if failed == peer {
+                    (peer, reason)
+                } else if net.rtt_ms(&failed).is_some() {
+                    (
+                        peer,
+                        format!("could not hand step {step} to {failed}, which we reach: {reason}"),
+                    )
                 } else {
-                    format!("{peer} could not hand it step {step}: {reason}")
+                    (
+                        failed,
+                        format!("{peer} could not hand it step {step}: {reason}"),
+                    )
                 };
-                (session, live.driver.on_failure(failed, &why, &candidates))
+                (session, live.driver.on_failure(blamed, &why, &candidates))
             }
             _ => return,
         };
@@ -826,8 +838,13 @@ impl Sessions {
                     let id = net.request(&peer, WorkRequest::Forward(forward));
                     self.requests.insert(id, (session, Asked::Step));
                 }
-                Action::Route { peer, route } => {
+                Action::Route { peer, mut route } => {
                     let epoch = route.epoch;
+                    route.addrs = route
+                        .hops
+                        .iter()
+                        .map(|(p, _)| net.listen_addrs(p))
+                        .collect();
                     let id = net.request(&peer, WorkRequest::Route(route));
                     self.requests
                         .insert(id, (session, Asked::Route(peer, epoch)));

@@ -75,3 +75,6 @@ pub const FLOOD_BAN: Duration = Duration::from_secs(60);
 /// connected peers are pinged, at most [`CONNECTIONS_MAX`], so a swarm of thousands does not ping
 /// itself: a peer probes those it works with, once per interval each.
 pub const PING_INTERVAL: Duration = Duration::from_secs(15);
+
+/// Listen addresses kept and handed on per peer (a route tells each stage how to reach the next).
+pub const ADDRS_PER_PEER_MAX: usize = 8;

@@ -10,6 +10,8 @@ use hearth_protocol::work::{WorkRequest, WorkResponse};
 use hearth_protocol::{Message, PeerId, PublicKey, SecretKey};
 use libp2p::core::ConnectedPoint;
 use libp2p::request_response::{self, OutboundRequestId, ResponseChannel};
+
+use crate::limits::ADDRS_PER_PEER_MAX;
 use libp2p::swarm::SwarmEvent;
 use libp2p::{Multiaddr, Swarm, gossipsub};
 
@@ -91,6 +93,8 @@ pub struct Network {
     delay: Option<std::time::Duration>,
     /// What is held, in the order it was sent (all for the same time, so due in order).
     held: std::collections::VecDeque<(tokio::time::Instant, Held)>,
+    /// The addresses each connected peer says it listens on (identify), for routes to hand on.
+    listen_addrs: std::collections::HashMap<libp2p::PeerId, Vec<Multiaddr>>,
     /// Our requests on the wire, by libp2p's id.
     on_wire: std::collections::HashMap<OutboundRequestId, RequestId>,
     next_request: u64,
@@ -120,6 +124,7 @@ impl Network {
             delay: config.send_delay.filter(|d| !d.is_zero()),
             held: std::collections::VecDeque::new(),
             on_wire: std::collections::HashMap::new(),
+            listen_addrs: std::collections::HashMap::new(),
             next_request: 0,
             clock: {
                 let mut clock = tokio::time::interval(CLOCK_TICK);
@@ -206,6 +211,28 @@ impl Network {
             return Ok(());
         }
         self.gossip.publish(&mut self.swarm, &self.key, message)
+    }
+
+    /// The addresses `peer` says it listens on (as identify last told), at most
+    /// [`ADDRS_PER_PEER_MAX`], for another peer to dial it by.
+    pub fn listen_addrs(&self, peer: &PeerId) -> Vec<String> {
+        self.listen_addrs
+            .get(&crate::to_libp2p_peer_id(peer))
+            .into_iter()
+            .flatten()
+            .take(ADDRS_PER_PEER_MAX)
+            .map(ToString::to_string)
+            .collect()
+    }
+
+    /// Where `peer` can be dialed (addresses another peer handed on): known from now on.
+    pub fn add_addrs(&mut self, peer: &PeerId, addrs: &[String]) {
+        let peer = crate::to_libp2p_peer_id(peer);
+        for addr in addrs.iter().take(ADDRS_PER_PEER_MAX) {
+            if let Ok(addr) = addr.parse::<Multiaddr>() {
+                self.swarm.behaviour_mut().kad.add_address(&peer, addr);
+            }
+        }
     }
 
     /// Send a work request to `peer` (dialing it if need be); the answer comes as
@@ -349,6 +376,7 @@ impl Network {
                 self.connections.on_closed(peer_id, connection_id);
                 if num_established == 0 {
                     self.rtts.remove(&peer_id);
+                    self.listen_addrs.remove(&peer_id);
                 }
                 if num_established == 0
                     && let Some(gate) = &mut self.gate
@@ -365,35 +393,37 @@ impl Network {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
                 None
             }
-            SwarmEvent::Behaviour(event) => match discover(&mut self.swarm, event)? {
-                BehaviourEvent::Gossipsub(gossipsub::Event::Message {
-                    propagation_source,
-                    message_id,
-                    message,
-                }) => self
-                    .gossip
-                    .receive(
-                        &mut self.swarm,
-                        self.gate.as_mut(),
+            SwarmEvent::Behaviour(event) => {
+                match discover(&mut self.swarm, note_addrs(&mut self.listen_addrs, event))? {
+                    BehaviourEvent::Gossipsub(gossipsub::Event::Message {
                         propagation_source,
                         message_id,
                         message,
-                    )
-                    .map(NetEvent::Message),
-                BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
-                    Some(NetEvent::Subscribed(peer_id))
+                    }) => self
+                        .gossip
+                        .receive(
+                            &mut self.swarm,
+                            self.gate.as_mut(),
+                            propagation_source,
+                            message_id,
+                            message,
+                        )
+                        .map(NetEvent::Message),
+                    BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
+                        Some(NetEvent::Subscribed(peer_id))
+                    }
+                    BehaviourEvent::Work(event) => self.on_work(event),
+                    BehaviourEvent::Ping(libp2p::ping::Event {
+                        peer,
+                        result: Ok(rtt),
+                        ..
+                    }) => {
+                        self.rtts.insert(peer, rtt);
+                        None
+                    }
+                    _ => None,
                 }
-                BehaviourEvent::Work(event) => self.on_work(event),
-                BehaviourEvent::Ping(libp2p::ping::Event {
-                    peer,
-                    result: Ok(rtt),
-                    ..
-                }) => {
-                    self.rtts.insert(peer, rtt);
-                    None
-                }
-                _ => None,
-            },
+            }
             _ => None,
         }
     }
@@ -448,4 +478,23 @@ impl Network {
             request_response::Event::ResponseSent { .. } => None,
         }
     }
+}
+
+/// Keep in `known` what identify says a peer listens on; hand the event on.
+fn note_addrs(
+    known: &mut std::collections::HashMap<libp2p::PeerId, Vec<Multiaddr>>,
+    event: BehaviourEvent,
+) -> BehaviourEvent {
+    if let BehaviourEvent::Identify(libp2p::identify::Event::Received { peer_id, info, .. }) =
+        &event
+    {
+        let addrs = info
+            .listen_addrs
+            .iter()
+            .take(ADDRS_PER_PEER_MAX)
+            .cloned()
+            .collect();
+        known.insert(*peer_id, addrs);
+    }
+    event
 }

@@ -317,6 +317,7 @@ mod tests {
             steps_end: 8,
             context: 100,
             keep_inputs: true,
+            addrs: Vec::new(),
         }
     }
 

@@ -459,12 +459,20 @@ impl Node {
                     Err(_) => refuse(&mut self.network, channel, "stage queue full"),
                 }
             }
-            WorkRequest::Route(route) => match self.routes.give(peer, route) {
-                Ok(()) => {
-                    self.network.respond(channel, WorkResponse::Ack);
+            WorkRequest::Route(route) => {
+                // Where the other stages listen, so the steps reach them at once.
+                for ((stage, _), addrs) in route.hops.iter().zip(&route.addrs) {
+                    if *stage != self.network.local_peer() {
+                        self.network.add_addrs(stage, addrs);
+                    }
                 }
-                Err(why) => refuse(&mut self.network, channel, &why),
-            },
+                match self.routes.give(peer, route) {
+                    Ok(()) => {
+                        self.network.respond(channel, WorkResponse::Ack);
+                    }
+                    Err(why) => refuse(&mut self.network, channel, &why),
+                }
+            }
             WorkRequest::Kept {
                 session,
                 layer_start,

@@ -502,7 +502,15 @@ pub struct ChainRoute {
     /// Stages keep the inputs they get (for the coordinator's checks to fetch with
     /// [`WorkRequest::Kept`]).
     pub keep_inputs: bool,
+    /// Where each stage listens (multiaddrs, as the coordinator's identify learnt them), so each
+    /// can dial the next at once: at most [`CHAIN_ADDRS_MAX`] a stage.
+    pub addrs: Vec<Vec<String>>,
 }
+
+/// Addresses a route gives for each stage, and the longest one.
+pub const CHAIN_ADDRS_MAX: usize = 8;
+/// The longest address a route carries, in bytes.
+pub const CHAIN_ADDR_BYTES_MAX: usize = 256;
 
 impl ChainRoute {
     /// Whether the last stage, having drawn `token` at `step` with the next position `next_pos`,
@@ -684,6 +692,15 @@ pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
             c.forward.sampling
         }
         WorkRequest::Route(r) => {
+            let addrs_ok = r.addrs.len() <= r.hops.len()
+                && r.addrs.iter().all(|a| {
+                    a.len() <= CHAIN_ADDRS_MAX && a.iter().all(|s| s.len() <= CHAIN_ADDR_BYTES_MAX)
+                });
+            if !addrs_ok {
+                return Err(Error::Limit(format!(
+                    "a route gives at most {CHAIN_ADDRS_MAX} addresses of at most {CHAIN_ADDR_BYTES_MAX} bytes a stage"
+                )));
+            }
             if r.hops.is_empty() || r.hops.len() > CHAIN_HOPS_MAX {
                 return Err(Error::Limit(format!(
                     "a route has 1..={CHAIN_HOPS_MAX} stages, not {}",

@@ -144,6 +144,8 @@ impl Driver {
             steps_end: self.max_tokens as u64,
             context: u32::try_from(self.context).unwrap_or(u32::MAX),
             keep_inputs: self.verify != Verify::Off,
+            // The shell fills in where each stage listens.
+            addrs: Vec::new(),
         };
         let Some(chain) = self.chain.as_mut() else {
             return actions;

@@ -541,15 +541,14 @@ pub struct ChainStep {
 }
 
 /// Whether `receipt` is `peer`'s signed statement that it ran `layer_start`'s stage of `model` at
-/// `(session, step)` and returned output with digest `output`.
-pub fn step_receipt_ok(
+/// `(session, step)`, whatever it output.
+pub fn step_receipt_signed(
     receipt: &Receipt,
     peer: &crate::PeerId,
     session: u64,
     step: u64,
     layer_start: u32,
     model: &ModelId,
-    output: &Digest,
 ) -> bool {
     receipt.peer_id() == *peer
         && receipt.body.subject
@@ -559,8 +558,21 @@ pub fn step_receipt_ok(
                 layer_start,
             })
         && receipt.body.model == *model
-        && receipt.body.output == *output
         && receipt.verify().is_ok()
+}
+
+/// [`step_receipt_signed`], and the output it signed has digest `output`.
+pub fn step_receipt_ok(
+    receipt: &Receipt,
+    peer: &crate::PeerId,
+    session: u64,
+    step: u64,
+    layer_start: u32,
+    model: &ModelId,
+    output: &Digest,
+) -> bool {
+    receipt.body.output == *output
+        && step_receipt_signed(receipt, peer, session, step, layer_start, model)
 }
 
 /// The last stage's account of a step, to the coordinator: the token drawn and every stage's

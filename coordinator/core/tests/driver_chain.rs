@@ -178,13 +178,39 @@ fn a_chain_releases_what_a_stepped_session_does_with_every_receipt_checked() {
     assert_eq!(driver.receipts.len(), 3 * want.len());
 }
 
-#[test]
-fn reports_that_overtake_each_other_are_taken_in_order_and_stale_ones_ignored() {
+/// A chained session of `tokens` tokens on 3 of 5 honest peers, its route taken: the peers, the
+/// route, the tokens a stepped session releases, the driver, the epoch and its first step.
+fn started(tokens: usize) -> (Peers, Vec<Hop>, Vec<u32>, Driver, u32, Forward) {
     let peers = Peers::new(5);
     let route = plan(&peers.candidates, LAYERS, 3, 1).expect("route");
-    let want = stepped_tokens(&peers, route.clone(), 6);
-    let (mut driver, actions) = chained(route.clone(), 6);
-    let (epoch, _, mut first) = ack_routes(&mut driver, actions);
+    let want = stepped_tokens(&peers, route.clone(), tokens);
+    let (mut driver, actions) = chained(route.clone(), tokens);
+    let (epoch, _, first) = ack_routes(&mut driver, actions);
+    (peers, route, want, driver, epoch, first)
+}
+
+/// Run `steps` honest steps of the chain from `first` (left at the next step's input); the
+/// tokens the driver released.
+fn run_steps(
+    driver: &mut Driver,
+    peers: &Peers,
+    route: &[Hop],
+    epoch: u32,
+    first: &mut Forward,
+    steps: usize,
+) -> Vec<u32> {
+    let mut got = Vec::new();
+    for _ in 0..steps {
+        let report = run_chain(peers, route, epoch, first, None);
+        *first = next_first(first, &report);
+        got.extend(tokens_of(&driver.on_report(report, &peers.candidates)));
+    }
+    got
+}
+
+#[test]
+fn reports_that_overtake_each_other_are_taken_in_order_and_stale_ones_ignored() {
+    let (peers, route, want, mut driver, epoch, mut first) = started(6);
     let mut reports = Vec::new();
     for _ in 0..6 {
         let report = run_chain(&peers, &route, epoch, &first, None);
@@ -226,17 +252,8 @@ fn reports_that_overtake_each_other_are_taken_in_order_and_stale_ones_ignored() 
 
 #[test]
 fn a_stage_that_signs_an_input_it_was_not_sent_is_blamed_and_replaced() {
-    let peers = Peers::new(5);
-    let route = plan(&peers.candidates, LAYERS, 3, 1).expect("route");
-    let want = stepped_tokens(&peers, route.clone(), 8);
-    let (mut driver, actions) = chained(route.clone(), 8);
-    let (epoch, _, mut first) = ack_routes(&mut driver, actions);
-    let mut got = Vec::new();
-    for _ in 0..3 {
-        let report = run_chain(&peers, &route, epoch, &first, None);
-        first = next_first(&first, &report);
-        got.extend(tokens_of(&driver.on_report(report, &peers.candidates)));
-    }
+    let (peers, route, want, mut driver, epoch, mut first) = started(8);
+    let mut got = run_steps(&mut driver, &peers, &route, epoch, &mut first, 3);
     // Stage 0 hands on other states than it signed: stage 1's receipt (of what it got) does not
     // follow from stage 0's. The receipts name stage 1 as the one whose signature breaks the chain.
     let report = run_chain(&peers, &route, epoch, &first, Some(0));
@@ -270,11 +287,15 @@ fn a_stage_that_signs_an_input_it_was_not_sent_is_blamed_and_replaced() {
         (first.step, first.pos, &first.input),
         (3, 0, &StageData::Tokens(restart))
     );
-    while got.len() < want.len() {
-        let report = run_chain(&peers, &new_route, epoch, &first, None);
-        first = next_first(&first, &report);
-        got.extend(tokens_of(&driver.on_report(report, &peers.candidates)));
-    }
+    let rest = want.len() - got.len();
+    got.extend(run_steps(
+        &mut driver,
+        &peers,
+        &new_route,
+        epoch,
+        &mut first,
+        rest,
+    ));
     assert_eq!(got, want, "the same tokens as an unbroken chain");
 }
 

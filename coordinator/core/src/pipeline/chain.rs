@@ -17,8 +17,10 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use hearth_protocol::work::{ChainReport, ChainRoute, ChainStep, Forward, StageData, StageResult};
-use hearth_protocol::{PeerId, Receipt, Subject};
+use hearth_protocol::work::{
+    ChainReport, ChainRoute, ChainStep, Forward, StageData, StageResult, step_receipt_signed,
+};
+use hearth_protocol::{PeerId, Receipt};
 
 use super::{Action, Candidate, Driver, VERIFY_WINDOW_TOKENS, Verify};
 
@@ -290,15 +292,14 @@ impl Driver {
             if hop > 0 {
                 input = forward.digest_with(report.receipts[hop - 1].body.output);
             }
-            let signed_by_stage = receipt.peer_id() == h.peer_id
-                && receipt.body.subject
-                    == (Subject::Step {
-                        session: self.session,
-                        step: report.step,
-                        layer_start: h.layers.0,
-                    })
-                && receipt.body.model == self.model
-                && receipt.verify().is_ok();
+            let signed_by_stage = step_receipt_signed(
+                receipt,
+                &h.peer_id,
+                self.session,
+                report.step,
+                h.layers.0,
+                &self.model,
+            );
             if !signed_by_stage {
                 // Whoever assembled the report put in a receipt its stage did not sign.
                 let peer = self.route[last].peer_id;

@@ -19,6 +19,12 @@ const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
 /// How long a request that uploads a job may take.
 const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
 
+/// How long a streamed answer (a generation) may take in all: a prompt as long as the model's
+/// context takes minutes to prefill on a small machine before the first token, and its checks as
+/// long again. The coordinator bounds every step of a session itself, so this only catches a
+/// coordinator that stopped answering.
+const STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600);
+
 impl Client {
     pub(crate) fn new(args: &ClientArgs, file: &FileConfig) -> anyhow::Result<Self> {
         let base = args
@@ -78,7 +84,7 @@ impl Client {
         mut each: impl FnMut(serde_json::Value),
     ) -> anyhow::Result<()> {
         let url = format!("{}{path}", self.base);
-        let mut request = self.http.post(&url).json(body).timeout(UPLOAD_TIMEOUT);
+        let mut request = self.http.post(&url).json(body).timeout(STREAM_TIMEOUT);
         if let Some(key) = &self.api_key {
             request = request.bearer_auth(key);
         }

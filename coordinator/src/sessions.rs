@@ -205,9 +205,9 @@ pub(crate) const FRAME_OVERHEAD_BYTES: usize = 64 * 1024;
 
 /// The most tokens (prompt and generated) a pipelined session of a model `hidden` wide carries:
 /// a verifier that takes over a stage's checks replays the session's inputs so far as one prefill,
-/// and its activations (4 bytes a value) must fit one work message.
+/// and its activations (4 bytes a value) must fit one work message (of several frames).
 pub(crate) fn pipeline_tokens_max(hidden: usize) -> usize {
-    (hearth_protocol::WORK_FRAME_BYTES_MAX - FRAME_OVERHEAD_BYTES) / (hidden.max(1) * 4)
+    (hearth_protocol::WORK_MESSAGE_BYTES_MAX - FRAME_OVERHEAD_BYTES) / (hidden.max(1) * 4)
 }
 
 struct Live {
@@ -357,7 +357,7 @@ impl Sessions {
                 "the prompt ({} tokens) and max_tokens ({max_tokens}) exceed the {rows_max} tokens a pipelined session of this model carries: a check replays the session's activations ({} bytes a token) in one message of at most {} bytes",
                 prompt.len(),
                 hidden * 4,
-                hearth_protocol::WORK_FRAME_BYTES_MAX,
+                hearth_protocol::WORK_MESSAGE_BYTES_MAX,
             )));
         }
         let mut candidates = near(net, registry, standing, &model, &llm);

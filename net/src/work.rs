@@ -1,13 +1,13 @@
 //! The work protocol on the wire: request-response over the swarm's existing connections, each
-//! message one length-prefixed, versioned postcard frame ([`hearth_protocol::work`]). The header is
-//! checked against [`WORK_FRAME_BYTES_MAX`] before the payload is read, so a hostile length costs
-//! nothing.
+//! message one or more length-prefixed, versioned postcard frames ([`hearth_protocol::work`]). Each
+//! header is checked against the frame and message limits before its payload is read, so a hostile
+//! length costs nothing.
 
 use std::io;
 
 use futures::prelude::*;
-use hearth_protocol::work::{WorkRequest, WorkResponse, decode_request, decode_response};
-use hearth_protocol::{FRAME_HEADER_BYTES, WORK_FRAME_BYTES_MAX, codec};
+use hearth_protocol::FRAME_HEADER_BYTES;
+use hearth_protocol::work::{self, WorkRequest, WorkResponse};
 use libp2p::StreamProtocol;
 use libp2p::request_response;
 
@@ -19,22 +19,30 @@ pub const WORK_STREAM_PROTOCOL: StreamProtocol =
 #[derive(Clone, Copy, Debug, Default)]
 pub struct WorkCodec;
 
-async fn read_frame<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
-    let mut header = [0u8; FRAME_HEADER_BYTES];
-    io.read_exact(&mut header).await?;
-    let len = codec::read_header_max(&header, WORK_FRAME_BYTES_MAX).map_err(invalid)?;
-    let mut frame = vec![0u8; FRAME_HEADER_BYTES + len];
-    frame[..FRAME_HEADER_BYTES].copy_from_slice(&header);
-    io.read_exact(&mut frame[FRAME_HEADER_BYTES..]).await?;
-    Ok(frame)
+/// Read one message: frames until the first shorter than the frame limit, each header checked
+/// (against the frame limit and what is left of the message limit) before its bytes are taken,
+/// so the buffer grows only as fast as a peer actually sends.
+async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+    let mut reader = work::message_reader();
+    let mut piece = Vec::new();
+    loop {
+        let mut header = [0u8; FRAME_HEADER_BYTES];
+        io.read_exact(&mut header).await?;
+        let len = reader.header(&header).map_err(invalid)?;
+        piece.resize(len, 0);
+        io.read_exact(&mut piece).await?;
+        if reader.push(&piece) {
+            return Ok(reader.into_payload());
+        }
+    }
 }
 
-async fn write_frame<T: AsyncWrite + Unpin + Send>(
+async fn write_message<T: AsyncWrite + Unpin + Send>(
     io: &mut T,
     value: &impl serde::Serialize,
 ) -> io::Result<()> {
-    let frame = codec::encode_max(value, WORK_FRAME_BYTES_MAX).map_err(invalid)?;
-    io.write_all(&frame).await?;
+    let message = work::encode(value).map_err(invalid)?;
+    io.write_all(&message).await?;
     io.close().await
 }
 
@@ -51,14 +59,14 @@ impl request_response::Codec for WorkCodec {
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_request(&read_frame(io).await?).map_err(invalid)
+        work::request_from_payload(&read_message(io).await?).map_err(invalid)
     }
 
     async fn read_response<T>(&mut self, _: &StreamProtocol, io: &mut T) -> io::Result<WorkResponse>
     where
         T: AsyncRead + Unpin + Send,
     {
-        decode_response(&read_frame(io).await?).map_err(invalid)
+        work::response_from_payload(&read_message(io).await?).map_err(invalid)
     }
 
     async fn write_request<T>(
@@ -70,7 +78,7 @@ impl request_response::Codec for WorkCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &request).await
+        write_message(io, &request).await
     }
 
     async fn write_response<T>(
@@ -82,6 +90,6 @@ impl request_response::Codec for WorkCodec {
     where
         T: AsyncWrite + Unpin + Send,
     {
-        write_frame(io, &response).await
+        write_message(io, &response).await
     }
 }

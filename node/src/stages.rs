@@ -7,7 +7,7 @@
 
 mod cache;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
 
 use candle_core::Tensor;
@@ -312,10 +312,11 @@ fn stage_result(f: &Forward, output: StageOutput) -> Result<StageResult, String>
 }
 
 /// Cut the jobs taken together into batches: steps for the same layer range, each of another
-/// session, at most [`STAGE_BATCH_ROWS_MAX`] rows (a longer step alone). A session's steps keep
+/// session, at most [`STAGE_BATCH_ROWS_MAX`] rows (a longer step never comes here whole: it runs
+/// in chunks, [`Long`]). A session's steps keep
 /// their order (a later step of a session goes to a later batch of its range).
-fn batches(jobs: Vec<(u64, Box<Forward>)>) -> Vec<Vec<(u64, Box<Forward>)>> {
-    let mut out: Vec<Vec<(u64, Box<Forward>)>> = Vec::new();
+fn batches<K>(jobs: Vec<(K, Box<Forward>)>) -> Vec<Vec<(K, Box<Forward>)>> {
+    let mut out: Vec<Vec<(K, Box<Forward>)>> = Vec::new();
     for (key, f) in jobs {
         let range = (f.model, f.layers);
         let last = out
@@ -353,6 +354,120 @@ fn top(row: &[f32]) -> (u32, Vec<(u32, f32)>) {
     (token, best)
 }
 
+/// Which job a step in a batch is: a queued step (its key), or the next chunk of the long step
+/// at the front of the queue.
+#[derive(Clone, Copy, Debug, PartialEq)]
+enum Key {
+    Step(u64),
+    Chunk,
+}
+
+/// A step of more rows than a batch holds (a long prompt's prefill, a verifier's replay): run
+/// [`STAGE_BATCH_ROWS_MAX`] rows at a time, each chunk beside the other sessions' steps, so it
+/// does not stall them; answered, and signed, as the one step it is once every row has run. The
+/// kernels are batch-invariant, so the chunks give the bits the whole step gives.
+struct Long {
+    key: u64,
+    f: Box<Forward>,
+    /// Rows run so far.
+    done: usize,
+    /// What the chunks run so far gave, put together.
+    out: Option<StageResult>,
+}
+
+impl Long {
+    fn new(key: u64, f: Box<Forward>) -> Self {
+        Self {
+            key,
+            f,
+            done: 0,
+            out: None,
+        }
+    }
+
+    /// Whether `f` is run in chunks: more rows than a batch, whose bytes divide into rows (a
+    /// malformed input is refused whole, as any step's is).
+    fn takes(f: &Forward) -> bool {
+        let rows = f.input.rows();
+        rows > STAGE_BATCH_ROWS_MAX
+            && match &f.input {
+                StageData::Tokens(_) => true,
+                StageData::Hidden { bytes, .. } => bytes.len() % rows == 0,
+            }
+    }
+
+    /// The next chunk: the input's next rows, at their positions.
+    fn chunk(&self) -> Box<Forward> {
+        let f = &self.f;
+        let rows = f.input.rows();
+        let n = (rows - self.done).min(STAGE_BATCH_ROWS_MAX);
+        let input = match &f.input {
+            StageData::Tokens(ids) => StageData::Tokens(ids[self.done..self.done + n].to_vec()),
+            StageData::Hidden { bytes, .. } => {
+                let width = bytes.len() / rows.max(1);
+                StageData::Hidden {
+                    rows: n as u32,
+                    bytes: bytes[self.done * width..(self.done + n) * width].to_vec(),
+                }
+            }
+        };
+        Box::new(Forward {
+            session: f.session,
+            step: f.step,
+            model: f.model,
+            layers: f.layers,
+            pos: f.pos + self.done as u32,
+            input,
+            all_positions: f.all_positions,
+            sampling: f.sampling,
+        })
+    }
+
+    /// Add a chunk of `rows` rows' output: hidden states and every position's tokens are put
+    /// together; of the last position's token, the last chunk's is the step's.
+    fn absorb(&mut self, output: StageResult, rows: usize) {
+        self.done += rows;
+        self.out = Some(match (self.out.take(), output) {
+            (
+                Some(StageResult::Hidden(StageData::Hidden { rows, mut bytes })),
+                StageResult::Hidden(StageData::Hidden {
+                    rows: more,
+                    bytes: added,
+                }),
+            ) => {
+                bytes.extend_from_slice(&added);
+                StageResult::Hidden(StageData::Hidden {
+                    rows: rows + more,
+                    bytes,
+                })
+            }
+            (Some(StageResult::NextEach(mut each)), StageResult::NextEach(more)) => {
+                each.extend(more);
+                StageResult::NextEach(each)
+            }
+            (_, output) => output,
+        });
+    }
+
+    fn is_done(&self) -> bool {
+        self.done >= self.f.input.rows()
+    }
+}
+
+/// The answer to step `f`: its output with the stage's signed receipt, or why it was refused.
+fn response(server: &Server, f: &Forward, result: Result<StageResult, String>) -> WorkResponse {
+    match result {
+        Ok(output) => {
+            let receipt = server.sign(f, &output);
+            WorkResponse::Forwarded { output, receipt }
+        }
+        Err(reason) => {
+            tracing::warn!(session = f.session, step = f.step, %reason, "step refused");
+            WorkResponse::Rejected(reason)
+        }
+    }
+}
+
 /// Start the stage thread. Answers come back as `(key, response)`.
 pub(crate) fn spawn(
     key: SecretKey,
@@ -388,10 +503,19 @@ pub(crate) fn spawn(
             };
             // Ended sessions and the first key queued after each end, until that key is reached.
             let mut cutoffs: HashMap<u64, u64> = HashMap::new();
-            while let Ok(job) = rx.recv() {
-                // Everything queued behind it too (up to a batch), so steps of several sessions
-                // for one range run as one pass over its weights.
-                let mut jobs = vec![job];
+            // Steps longer than a batch holds, run a chunk at a time between the other batches.
+            let mut long: VecDeque<Long> = VecDeque::new();
+            loop {
+                // Wait for work only when no long step is under way; then take everything queued
+                // (up to a batch), so steps of several sessions for one range run as one pass over
+                // its weights.
+                let mut jobs = Vec::new();
+                if long.is_empty() {
+                    match rx.recv() {
+                        Ok(job) => jobs.push(job),
+                        Err(_) => return,
+                    }
+                }
                 while jobs.len() < STAGE_BATCH_MAX {
                     match rx.try_recv() {
                         Ok(job) => jobs.push(job),
@@ -401,12 +525,25 @@ pub(crate) fn spawn(
                 for (session, cutoff) in thread_ends.take() {
                     server.end(session);
                     cutoffs.insert(session, cutoff);
+                    // Its long steps queued before the end will not be finished.
+                    let (gone, kept): (VecDeque<Long>, VecDeque<Long>) = long
+                        .drain(..)
+                        .partition(|l| l.f.session == session && l.key < cutoff);
+                    long = kept;
+                    for l in gone {
+                        let refused = WorkResponse::Rejected("the session has ended".into());
+                        if answers.blocking_send((l.key, refused)).is_err() {
+                            return;
+                        }
+                    }
                 }
                 let mut steps = Vec::new();
+                let mut last_key = None;
                 for job in jobs {
                     let StageJob::Forward(key, f) = job else {
                         continue;
                     };
+                    last_key = Some(key);
                     // Keys come in order: an end whose cutoff is reached has no step left.
                     let ended = cutoffs.get(&f.session).is_some_and(|cut| key < *cut);
                     if ended {
@@ -414,31 +551,73 @@ pub(crate) fn spawn(
                         if answers.blocking_send((key, refused)).is_err() {
                             return;
                         }
+                    } else if Long::takes(&f) || long.iter().any(|l| l.f.session == f.session) {
+                        // A session's steps keep their order: one behind a long step waits for it.
+                        long.push_back(Long::new(key, f));
                     } else {
-                        steps.push((key, f));
+                        steps.push((Key::Step(key), f));
                     }
                 }
-                if let Some((last, _)) = steps.last() {
-                    let last = *last;
+                if let Some(last) = last_key {
                     cutoffs.retain(|_, cut| last < *cut);
+                }
+                // The next chunk of the long step whose turn it is rides with the other steps.
+                if let Some(front) = long.front() {
+                    steps.push((Key::Chunk, front.chunk()));
                 }
                 for batch in batches(steps) {
                     let fs: Vec<&Forward> = batch.iter().map(|(_, f)| &**f).collect();
                     let started = std::time::Instant::now();
                     let results = server.forward_batch(&fs, hearth_net::monotonic_ms());
-                    tracing::debug!(steps = fs.len(), ms = started.elapsed().as_secs_f64() * 1e3, "batch");
+                    tracing::debug!(
+                        steps = fs.len(),
+                        ms = started.elapsed().as_secs_f64() * 1e3,
+                        "batch"
+                    );
                     for ((key, f), result) in batch.iter().zip(results) {
-                        let response = match result {
-                            Ok(output) => {
-                                let receipt = server.sign(f, &output);
-                                WorkResponse::Forwarded { output, receipt }
-                            }
-                            Err(reason) => {
-                                tracing::warn!(session = f.session, step = f.step, %reason, "step refused");
-                                WorkResponse::Rejected(reason)
+                        let (key, f, result) = match key {
+                            Key::Step(key) => (*key, &**f, result),
+                            Key::Chunk => {
+                                let front = long.front_mut().expect("a chunk is of the front");
+                                match result {
+                                    Ok(output) => {
+                                        front.absorb(output, f.input.rows());
+                                        if !front.is_done() {
+                                            // Others' long steps take their turns.
+                                            let session = front.f.session;
+                                            if !long.iter().skip(1).any(|l| l.f.session == session)
+                                            {
+                                                long.rotate_left(1);
+                                            }
+                                            continue;
+                                        }
+                                        let done = long.pop_front().expect("the front");
+                                        let output = done.out.ok_or("no rows");
+                                        let response = response(
+                                            &server,
+                                            &done.f,
+                                            output.map_err(String::from),
+                                        );
+                                        if answers.blocking_send((done.key, response)).is_err() {
+                                            return;
+                                        }
+                                        continue;
+                                    }
+                                    Err(reason) => {
+                                        let failed = long.pop_front().expect("the front");
+                                        let response = response(&server, &failed.f, Err(reason));
+                                        if answers.blocking_send((failed.key, response)).is_err() {
+                                            return;
+                                        }
+                                        continue;
+                                    }
+                                }
                             }
                         };
-                        if answers.blocking_send((*key, response)).is_err() {
+                        if answers
+                            .blocking_send((key, response(&server, f, result)))
+                            .is_err()
+                        {
                             return;
                         }
                     }
@@ -493,5 +672,69 @@ mod tests {
             .map(|b| b.iter().map(|(k, _)| *k).collect())
             .collect();
         assert_eq!(keys, vec![vec![0, 1], vec![2, 6], vec![3, 4], vec![5]]);
+    }
+
+    #[test]
+    fn a_long_step_runs_in_chunks_at_their_positions_and_is_put_back_together() {
+        let rows = 2 * STAGE_BATCH_ROWS_MAX + 5;
+        let floats: Vec<f32> = (0..rows * 3).map(|v| v as f32).collect();
+        let mut f = step(9, (10, 20), rows);
+        f.pos = 7;
+        f.input = StageData::hidden(rows as u32, &floats);
+        assert!(Long::takes(&f));
+        assert!(!Long::takes(&step(9, (10, 20), STAGE_BATCH_ROWS_MAX)));
+        // Bytes that do not divide into rows are refused whole, not cut.
+        let mut odd = f.clone();
+        odd.input = StageData::Hidden {
+            rows: rows as u32,
+            bytes: vec![0; rows * 12 + 1],
+        };
+        assert!(!Long::takes(&odd));
+
+        let mut long = Long::new(3, f.clone());
+        let mut seen = Vec::new();
+        while !long.is_done() {
+            let chunk = long.chunk();
+            assert_eq!((chunk.session, chunk.step), (f.session, f.step));
+            seen.push((chunk.pos, chunk.input.rows()));
+            // A stage that adds one to every value.
+            let out: Vec<f32> = chunk.input.floats().iter().map(|v| v + 1.0).collect();
+            let n = chunk.input.rows();
+            long.absorb(StageResult::Hidden(StageData::hidden(n as u32, &out)), n);
+        }
+        let m = STAGE_BATCH_ROWS_MAX;
+        assert_eq!(seen, vec![(7, m), (7 + m as u32, m), (7 + 2 * m as u32, 5)]);
+        let whole: Vec<f32> = floats.iter().map(|v| v + 1.0).collect();
+        assert_eq!(
+            long.out,
+            Some(StageResult::Hidden(StageData::hidden(rows as u32, &whole)))
+        );
+
+        // The last stage: every position's tokens in order, or the last chunk's token.
+        let mut each = Long::new(4, step(9, (20, 30), rows));
+        let mut next = Long::new(5, step(9, (20, 30), rows));
+        while !each.is_done() {
+            let chunk = each.chunk();
+            let n = chunk.input.rows();
+            let tokens = (0..n).map(|i| (chunk.pos + i as u32, vec![])).collect();
+            each.absorb(StageResult::NextEach(tokens), n);
+            let last = chunk.pos + n as u32 - 1;
+            next.absorb(
+                StageResult::Next {
+                    token: last,
+                    top: vec![],
+                },
+                n,
+            );
+        }
+        let tokens: Vec<(u32, Vec<(u32, f32)>)> = (0..rows as u32).map(|p| (p, vec![])).collect();
+        assert_eq!(each.out, Some(StageResult::NextEach(tokens)));
+        assert_eq!(
+            next.out,
+            Some(StageResult::Next {
+                token: rows as u32 - 1,
+                top: vec![]
+            })
+        );
     }
 }

@@ -33,7 +33,7 @@ pub use identity::{PeerId, PublicKey, SecretKey, Signature};
 pub use limits::{
     ADVERT_FEATURES_MAX, ADVERT_MODELS_MAX, ADVERT_STRING_BYTES_MAX, FRAME_BYTES_MAX,
     FRAME_HEADER_BYTES, GENERATE_TOKENS_MAX, PROTOCOL_VERSION, UNIT_INPUT_BYTES_MAX,
-    UNIT_ITEMS_MAX, WORK_FRAME_BYTES_MAX,
+    UNIT_ITEMS_MAX, WORK_FRAME_BYTES_MAX, WORK_MESSAGE_BYTES_MAX,
 };
 pub use message::{Advert, Message};
 pub use receipt::{Receipt, ReceiptBody, Subject};

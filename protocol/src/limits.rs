@@ -26,6 +26,13 @@ pub const ADVERT_STRING_BYTES_MAX: usize = 256;
 /// room to spare, and a hostile length still costs nothing before the header is checked.
 pub const WORK_FRAME_BYTES_MAX: usize = 8 * 1024 * 1024;
 
+/// Largest work message, carried as a run of frames of at most [`WORK_FRAME_BYTES_MAX`] each
+/// ([`crate::codec::encode_message`]): a long prompt's hidden states (tokens × width × 4 bytes; a
+/// full 8,192-token context of the default model is 18.9 MB; a 3,584-wide 7B model carries 9,300
+/// tokens) and the kept inputs a check fetches. A reader grows its buffer frame by frame as the bytes arrive, so a
+/// hostile sender must send what it makes us hold.
+pub const WORK_MESSAGE_BYTES_MAX: usize = 128 * 1024 * 1024;
+
 /// Most bytes of input text one work unit carries, so an assignment always fits its frame.
 pub const UNIT_INPUT_BYTES_MAX: usize = 2 * 1024 * 1024;
 

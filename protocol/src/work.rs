@@ -690,9 +690,28 @@ pub enum WorkResponse {
     },
 }
 
-/// Decode a work request from a frame, checking its limits.
-pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
-    let request: WorkRequest = decode_work(frame)?;
+/// Encode a work request or response as a message of frames ([`crate::codec::encode_message`]).
+pub fn encode<T: Serialize>(value: &T) -> Result<Vec<u8>> {
+    crate::codec::encode_message(
+        value,
+        crate::WORK_FRAME_BYTES_MAX,
+        crate::WORK_MESSAGE_BYTES_MAX,
+    )
+}
+
+/// A reader of work messages, frame by frame ([`crate::codec::MessageReader`]).
+pub fn message_reader() -> crate::codec::MessageReader {
+    crate::codec::MessageReader::new(crate::WORK_FRAME_BYTES_MAX, crate::WORK_MESSAGE_BYTES_MAX)
+}
+
+/// Decode a work request from a message (one frame or several), checking its limits.
+pub fn decode_request(message: &[u8]) -> Result<WorkRequest> {
+    request_from_payload(&work_payload(message)?)
+}
+
+/// Decode a work request from a message's payload ([`message_reader`]), checking its limits.
+pub fn request_from_payload(payload: &[u8]) -> Result<WorkRequest> {
+    let request: WorkRequest = crate::codec::from_postcard(payload)?;
     let sampling = match &request {
         WorkRequest::Forward(f) => f.sampling,
         WorkRequest::Chain(c) => {
@@ -736,9 +755,14 @@ pub fn decode_request(frame: &[u8]) -> Result<WorkRequest> {
     Ok(request)
 }
 
-/// Decode a work response from a frame, checking its limits.
-pub fn decode_response(frame: &[u8]) -> Result<WorkResponse> {
-    let response: WorkResponse = decode_work(frame)?;
+/// Decode a work response from a message (one frame or several), checking its limits.
+pub fn decode_response(message: &[u8]) -> Result<WorkResponse> {
+    response_from_payload(&work_payload(message)?)
+}
+
+/// Decode a work response from a message's payload ([`message_reader`]), checking its limits.
+pub fn response_from_payload(payload: &[u8]) -> Result<WorkResponse> {
+    let response: WorkResponse = crate::codec::from_postcard(payload)?;
     if let WorkResponse::Assign(assignments) = &response {
         for a in assignments {
             a.task.validate()?;
@@ -747,23 +771,12 @@ pub fn decode_response(frame: &[u8]) -> Result<WorkResponse> {
     Ok(response)
 }
 
-fn decode_work<T: serde::de::DeserializeOwned>(frame: &[u8]) -> Result<T> {
-    let header = frame
-        .get(..crate::FRAME_HEADER_BYTES)
-        .and_then(|h| h.try_into().ok())
-        .ok_or(Error::Truncated {
-            got: frame.len(),
-            need: crate::FRAME_HEADER_BYTES,
-        })?;
-    let announced = crate::codec::read_header_max(header, crate::WORK_FRAME_BYTES_MAX)?;
-    let payload = &frame[crate::FRAME_HEADER_BYTES..];
-    if payload.len() != announced {
-        return Err(Error::LengthMismatch {
-            announced,
-            actual: payload.len(),
-        });
-    }
-    crate::codec::from_postcard(payload)
+fn work_payload(message: &[u8]) -> Result<Vec<u8>> {
+    crate::codec::message_payload(
+        message,
+        crate::WORK_FRAME_BYTES_MAX,
+        crate::WORK_MESSAGE_BYTES_MAX,
+    )
 }
 
 #[cfg(test)]

@@ -2,7 +2,10 @@
 //!
 //! - [`dot`]: quantized products (`Q4_1` and `Q8_0` weights against activations quantized to 8 bits
 //!   per block, as llama.cpp does) on a portable path and on AVX2, AVX-512 and NEON, chosen at run
-//!   time ([`KernelPath`], `HEARTH_KERNEL_PATH`), all giving the same bits.
+//!   time ([`KernelPath`], `HEARTH_KERNEL_PATH`), all giving the same bits; `Q4_0` and `Q5_0` on the
+//!   portable path so far.
+//! - [`kquant`]: llama.cpp's K-quants (`Q4_K`, `Q5_K`, `Q6_K`) and their `Q8_K` activations, with
+//!   the products' portable definition.
 //! - [`math`]: norm, softmax, RoPE, SiLU and attention's dot products with one implementation of
 //!   `exp`, `sin` and `cos` and fixed reduction orders.
 //! - [`Pool`]: threads that take work in chunks and yield instead of spinning.
@@ -12,6 +15,7 @@
 
 pub mod dot;
 pub mod gguf;
+pub mod kquant;
 pub mod llama;
 pub mod math;
 pub mod path;

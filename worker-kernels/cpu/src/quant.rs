@@ -4,6 +4,10 @@
 //!   `k` is `d · q_k + m`, with `q_k` the low nibble of byte `k` for `k < 16`, the high nibble of byte
 //!   `k − 16` otherwise.
 //! - `Q8_0` weights: blocks of 32, 34 bytes: `d` (f16) and 32 signed bytes; value `k` is `d · q_k`.
+//! - `Q4_0` and `Q5_0` weights: blocks of 32 (18 and 22 bytes): `d` (f16), for `Q5_0` 32 high bits
+//!   (`u32`, bit `k` for value `k`), 16 bytes of nibbles as `Q4_1`'s; value `k` is `d · (q_k − 8)`
+//!   (`Q4_0`) or `d · (q_k + 16 · h_k − 16)` (`Q5_0`).
+//! - K-quants ([`crate::kquant`]): super-blocks of 256 values with 6- or 8-bit scales per 32 or 16.
 //! - Activations ([`Q8Acts`]): per block of 32, `d = max|x| / 127` (kept as f16, as llama.cpp's
 //!   `block_q8_1` does), `q = round(x / d)`, and `s = d · Σq` (f16) for the `Q4_1` offset term.
 
@@ -15,23 +19,70 @@ pub const BLOCK: usize = 32;
 pub const Q4_1_BYTES: usize = 20;
 /// Bytes of one `Q8_0` block.
 pub const Q8_0_BYTES: usize = 34;
+/// Bytes of one `Q4_0` block.
+pub const Q4_0_BYTES: usize = 18;
+/// Bytes of one `Q5_0` block.
+pub const Q5_0_BYTES: usize = 22;
 
 /// How a matrix's rows are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum QKind {
+    /// GGML type 2.
+    Q4_0,
     /// GGML type 3.
     Q4_1,
+    /// GGML type 6.
+    Q5_0,
     /// GGML type 8.
     Q8_0,
+    /// GGML type 12.
+    Q4K,
+    /// GGML type 13.
+    Q5K,
+    /// GGML type 14.
+    Q6K,
 }
 
 impl QKind {
-    /// Bytes per block of 32 values.
+    /// The kind GGUF's type id `ggml_type` names, if Hearth reads it.
+    pub fn from_ggml(ggml_type: u32) -> Option<Self> {
+        Some(match ggml_type {
+            2 => Self::Q4_0,
+            3 => Self::Q4_1,
+            6 => Self::Q5_0,
+            8 => Self::Q8_0,
+            12 => Self::Q4K,
+            13 => Self::Q5K,
+            14 => Self::Q6K,
+            _ => return None,
+        })
+    }
+
+    /// Values per block: 32, or 256 for the K-quants' super-blocks.
+    pub fn block_values(self) -> usize {
+        match self {
+            Self::Q4K | Self::Q5K | Self::Q6K => crate::kquant::QK_K,
+            _ => BLOCK,
+        }
+    }
+
+    /// Bytes per block.
     pub fn block_bytes(self) -> usize {
         match self {
+            Self::Q4_0 => Q4_0_BYTES,
             Self::Q4_1 => Q4_1_BYTES,
+            Self::Q5_0 => Q5_0_BYTES,
             Self::Q8_0 => Q8_0_BYTES,
+            Self::Q4K => crate::kquant::Q4_K_BYTES,
+            Self::Q5K => crate::kquant::Q5_K_BYTES,
+            Self::Q6K => crate::kquant::Q6_K_BYTES,
         }
+    }
+
+    /// Whether its products take activations quantized in super-blocks of 256
+    /// ([`crate::kquant::Q8KActs`], llama.cpp's `Q8_K`) rather than blocks of 32 ([`Q8Acts`]).
+    pub fn is_k(self) -> bool {
+        self.block_values() == crate::kquant::QK_K
     }
 }
 
@@ -51,10 +102,13 @@ pub struct QMatrix {
 impl QMatrix {
     /// Wrap `data`, checking its length.
     pub fn new(kind: QKind, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, String> {
-        if !cols.is_multiple_of(BLOCK) {
-            return Err(format!("{cols} columns are not a multiple of {BLOCK}"));
+        let block = kind.block_values();
+        if !cols.is_multiple_of(block) {
+            return Err(format!(
+                "{kind:?} rows of {cols} columns: not a multiple of its block of {block}"
+            ));
         }
-        let want = rows * cols / BLOCK * kind.block_bytes();
+        let want = rows * cols / block * kind.block_bytes();
         if data.len() != want {
             return Err(format!(
                 "{kind:?} {rows}×{cols} needs {want} bytes, got {}",
@@ -71,7 +125,7 @@ impl QMatrix {
 
     /// Bytes of one row.
     pub fn row_bytes(&self) -> usize {
-        self.cols / BLOCK * self.kind.block_bytes()
+        self.cols / self.kind.block_values() * self.kind.block_bytes()
     }
 
     /// Row `r`'s bytes.
@@ -82,31 +136,43 @@ impl QMatrix {
 
     /// Row `r` as f32 values (a token embedding lookup).
     pub fn dequantize_row(&self, r: usize, out: &mut [f32]) {
-        let row = self.row(r);
-        for (b, out) in out.chunks_exact_mut(BLOCK).enumerate() {
-            match self.kind {
-                QKind::Q4_1 => {
-                    let blk = &row[b * Q4_1_BYTES..(b + 1) * Q4_1_BYTES];
-                    let (d, m) = (half_at(blk, 0), half_at(blk, 2));
-                    for k in 0..BLOCK {
-                        let q = if k < 16 {
-                            blk[4 + k] & 15
-                        } else {
-                            blk[4 + k - 16] >> 4
-                        };
-                        out[k] = d * f32::from(q) + m;
-                    }
-                }
-                QKind::Q8_0 => {
-                    let blk = &row[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
-                    let d = half_at(blk, 0);
-                    for k in 0..BLOCK {
-                        out[k] = d * f32::from(blk[2 + k] as i8);
-                    }
-                }
-            }
+        dequantize(self.kind, self.row(r), out);
+    }
+}
+
+/// Blocks of `kind` as f32 values, computed as GGML's own dequantizers compute them (the same
+/// float operations in the same order, so the same bits).
+pub fn dequantize(kind: QKind, blocks: &[u8], out: &mut [f32]) {
+    if kind.is_k() {
+        return crate::kquant::dequantize(kind, blocks, out);
+    }
+    let size = kind.block_bytes();
+    for (blk, out) in blocks.chunks_exact(size).zip(out.chunks_exact_mut(BLOCK)) {
+        let d = half_at(blk, 0);
+        for (k, out) in out.iter_mut().enumerate() {
+            *out = match kind {
+                QKind::Q4_1 => d * f32::from(nibble(&blk[4..20], k)) + half_at(blk, 2),
+                QKind::Q8_0 => d * f32::from(blk[2 + k] as i8),
+                QKind::Q4_0 => d * f32::from(nibble(&blk[2..18], k) as i8 - 8),
+                QKind::Q5_0 => d * f32::from(q5_0(blk, k)),
+                QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("handled above"),
+            };
         }
     }
+}
+
+/// Value `k` (of 32) of a block's 16 bytes of nibbles: the low nibble of byte `k` for `k < 16`,
+/// the high nibble of byte `k − 16` otherwise.
+#[inline(always)]
+pub(crate) fn nibble(qs: &[u8], k: usize) -> u8 {
+    if k < 16 { qs[k] & 15 } else { qs[k - 16] >> 4 }
+}
+
+/// Value `k` of a `Q5_0` block as a signed integer in −16..16.
+#[inline(always)]
+pub(crate) fn q5_0(blk: &[u8], k: usize) -> i8 {
+    let high = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]) >> k & 1;
+    (nibble(&blk[6..22], k) | (high as u8) << 4) as i8 - 16
 }
 
 /// The f16 at `bytes[at..at + 2]` (little-endian), as f32 (exact).

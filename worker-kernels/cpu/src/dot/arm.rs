@@ -40,6 +40,9 @@ pub(super) unsafe fn dot_neon(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     offset += half_at(blk, 2) * a.s[b];
                     (sum4(lo, a0), sum4(hi, a1), half_at(blk, 0))
                 }
+                QKind::Q4_0 | QKind::Q5_0 | QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+                    unreachable!("dot_tile sends {kind:?} to the portable path")
+                }
                 QKind::Q8_0 => {
                     let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];
                     let w0 = vld1q_s8(blk.as_ptr().add(2) as *const i8);

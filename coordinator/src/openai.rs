@@ -25,7 +25,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hearth_kernels::{CATALOG, ChatMessage, MINILM, ModelKind};
+use hearth_kernels::{CatalogModel, ChatMessage, MINILM, ModelKind, SMOLLM2};
 use hearth_protocol::work::Sampling;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -57,14 +57,18 @@ fn bad(message: impl AsRef<str>) -> Response {
     error(StatusCode::BAD_REQUEST, message.as_ref())
 }
 
-/// The catalogue model `name` (or its blake3 id) of `kind`, or OpenAI's 404.
+/// The models the API serves: the default LLM and embedder. (The catalogue also has models the
+/// kernels cannot run yet, which `hearth models fetch` fetches by name.)
+const SERVED: [&CatalogModel; 2] = [&SMOLLM2, &MINILM];
+
+/// The served model `name` (or its blake3 id) of `kind`, or OpenAI's 404.
 fn resolve(
     name: Option<&str>,
     kind: ModelKind,
 ) -> Result<&'static hearth_kernels::CatalogModel, Response> {
     let name = name.ok_or_else(|| bad("`model` is required (see GET /v1/models)"))?;
-    CATALOG
-        .iter()
+    SERVED
+        .into_iter()
         .find(|m| m.kind == kind && (m.name == name || m.files[0].blake3 == name))
         .ok_or_else(|| {
             error_with_code(
@@ -80,7 +84,7 @@ async fn models(State(commands): Commands) -> Response {
         Ok(peers) => peers,
         Err(response) => return response,
     };
-    let data: Vec<Value> = CATALOG
+    let data: Vec<Value> = SERVED
         .iter()
         .map(|m| {
             let id: hearth_protocol::ModelId = m.files[0].blake3.parse().expect("catalogue ids are hex");

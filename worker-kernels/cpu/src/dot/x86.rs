@@ -6,6 +6,7 @@
 
 use std::arch::x86_64::*;
 
+use crate::kquant::{Q8KRow, QK_K, scales_and_mins};
 use crate::quant::{ActRow, BLOCK, Q4_1_BYTES, Q8_0_BYTES, QKind};
 
 /// The f16 pair at `p` (`d`, then `m` for Q4_1) as f32, through F16C.
@@ -89,6 +90,109 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
                     acc = _mm256_add_ps(acc, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
                 }
+            }
+        }
+        hsum8(acc) + offset
+    }
+}
+
+/// One K-quant row · one `Q8_K` activation row ([`crate::kquant::dot_k_scalar`], bit for bit):
+/// each 32-value group's products summed four by four into eight 32-bit lanes (`maddubs`, then
+/// `madd`), times the group's integer scales, added up exactly over the super-block.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; `w` must hold `a.d.len()` super-blocks of `kind`, a K-quant.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn dot_k_avx2(kind: QKind, w: &[u8], a: Q8KRow<'_>) -> f32 {
+    let blocks = a.d.len();
+    let size = kind.block_bytes();
+    assert!(w.len() >= blocks * size && a.qs.len() >= blocks * QK_K && kind.is_k());
+    let ones = _mm256_set1_epi16(1);
+    let nibbles = _mm256_set1_epi8(0x0F);
+    let mut acc = _mm256_setzero_ps();
+    let mut offset = 0f32;
+    // SAFETY: every pointer below stays within `w` and `a.qs` as asserted above.
+    unsafe {
+        for b in 0..blocks {
+            let blk = w.as_ptr().add(b * size);
+            _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
+            let aq = a.qs.as_ptr().add(b * QK_K);
+            let group = |g: usize| _mm256_loadu_si256(aq.add(32 * g) as *const __m256i);
+            let mut p = _mm256_setzero_si256();
+            let (d, mins) = match kind {
+                QKind::Q6K => {
+                    let scales = blk.add(192) as *const i8;
+                    let thirty_two = _mm256_set1_epi8(32);
+                    let twos = _mm256_set1_epi8(3);
+                    for n in 0..2 {
+                        let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
+                        for t in 0..4 {
+                            let ql = _mm256_loadu_si256(
+                                blk.add(64 * n + 32 * (t % 2)) as *const __m256i
+                            );
+                            let low = if t < 2 {
+                                _mm256_and_si256(ql, nibbles)
+                            } else {
+                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), nibbles)
+                            };
+                            let shift = _mm_cvtsi32_si128(2 * t as i32);
+                            let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), twos);
+                            // q + 32, unsigned for `maddubs`; the 32 comes off after.
+                            let q = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
+                            let av = group(4 * n + t);
+                            let prod = _mm256_sub_epi32(
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), ones),
+                                _mm256_madd_epi16(_mm256_maddubs_epi16(thirty_two, av), ones),
+                            );
+                            let s0 = i32::from(*scales.add(8 * n + 2 * t));
+                            let s1 = i32::from(*scales.add(8 * n + 2 * t + 1));
+                            let sv = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
+                            p = _mm256_add_epi32(p, _mm256_mullo_epi32(prod, sv));
+                        }
+                    }
+                    (halves(blk.add(208)).0, 0)
+                }
+                _ => {
+                    let (scales, mins) = scales_and_mins(
+                        std::slice::from_raw_parts(blk.add(4), 12),
+                        a.bsums.get_unchecked(b),
+                    );
+                    let (qs, qh) = if kind == QKind::Q5K {
+                        (48, Some(_mm256_loadu_si256(blk.add(16) as *const __m256i)))
+                    } else {
+                        (16, None)
+                    };
+                    let one = _mm256_set1_epi8(1);
+                    for c in 0..4 {
+                        let bytes = _mm256_loadu_si256(blk.add(qs + 32 * c) as *const __m256i);
+                        let low_high = [
+                            _mm256_and_si256(bytes, nibbles),
+                            _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), nibbles),
+                        ];
+                        for (h, mut q) in low_high.into_iter().enumerate() {
+                            let s = 2 * c + h;
+                            if let Some(qh) = qh {
+                                let bit = _mm256_and_si256(
+                                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32)),
+                                    one,
+                                );
+                                q = _mm256_or_si256(q, _mm256_slli_epi16::<4>(bit));
+                            }
+                            let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, group(s)), ones);
+                            p = _mm256_add_epi32(
+                                p,
+                                _mm256_mullo_epi32(prod, _mm256_set1_epi32(scales[s])),
+                            );
+                        }
+                    }
+                    (halves(blk).0, mins)
+                }
+            };
+            let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
+            acc = _mm256_add_ps(acc, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
+            if kind != QKind::Q6K {
+                let dm = halves(blk).1 * *a.d.get_unchecked(b);
+                offset -= dm * mins as f32;
             }
         }
         hsum8(acc) + offset

@@ -12,12 +12,13 @@
 
 use std::ops::Range;
 
+use crate::dot::dot_k;
 use crate::dot::dot_tile;
 use crate::gguf::{Gguf, Value};
 use crate::math;
 use crate::path::KernelPath;
 use crate::pool::Pool;
-use crate::quant::{BLOCK, Q8Acts, QKind, QMatrix};
+use crate::quant::{Acts, QKind, QMatrix};
 
 /// Rows of a product computed as one piece of work by one thread.
 const ROWS_PER_CHUNK: usize = 16;
@@ -129,12 +130,13 @@ impl Kernels {
         self.pool.threads()
     }
 
-    /// `outs[i] = acts · mats[i]ᵀ` (`[tokens][rows_i]`), all products in one parallel job.
-    pub fn matmul(&self, acts: &Q8Acts, mats: &[&QMatrix], outs: &mut [&mut [f32]]) {
+    /// `outs[i] = acts · mats[i]ᵀ` (`[tokens][rows_i]`), all products in one parallel job; `acts`
+    /// quantized for `mats` ([`Acts::quantize`]).
+    pub fn matmul(&self, acts: &Acts, mats: &[&QMatrix], outs: &mut [&mut [f32]]) {
         let mut starts = Vec::with_capacity(mats.len() + 1);
         let mut chunks = 0;
         for m in mats {
-            debug_assert_eq!(m.cols / BLOCK, acts.blocks);
+            assert_eq!(m.cols, acts.cols, "activations as wide as the matrix");
             starts.push(chunks);
             chunks += m.rows.div_ceil(ROWS_PER_CHUNK);
         }
@@ -148,11 +150,25 @@ impl Kernels {
             })
             .collect();
         let path = self.path;
+        let q8k = &acts.q8k;
+        let acts = &acts.q8;
         self.pool.run(chunks, &|chunk| {
             let i = starts.partition_point(|&s| s <= chunk) - 1;
             let m = mats[i];
             let r0 = (chunk - starts[i]) * ROWS_PER_CHUNK;
             let r1 = (r0 + ROWS_PER_CHUNK).min(m.rows);
+            if m.kind.is_k() {
+                // One row · one token at a time (no tiles yet).
+                for r in r0..r1 {
+                    for t in 0..q8k.rows {
+                        let o = dot_k(path, m.kind, m.row(r), q8k.row(t));
+                        // SAFETY: chunks cover disjoint rows, so each (t, r) is written by one
+                        // thread only, and the output outlives the job.
+                        unsafe { ptrs[i].write(t * m.rows + r, o) };
+                    }
+                }
+                return;
+            }
             let mut r = r0;
             while r < r1 {
                 let w0 = m.row(r);
@@ -295,22 +311,26 @@ fn matrix(g: &Gguf, name: &str, rows: usize, cols: usize) -> Result<QMatrix, Str
         .tensors
         .get(name)
         .ok_or_else(|| format!("tensor {name} missing"))?;
-    let kind = match info.ggml_type {
-        3 => QKind::Q4_1,
-        8 => QKind::Q8_0,
-        other => {
-            return Err(format!(
-                "tensor {name} has GGML type {other}; Hearth's CPU kernels run Q4_1 and Q8_0"
-            ));
-        }
-    };
+    let kind = QKind::from_ggml(info.ggml_type).ok_or_else(|| {
+        format!(
+            "tensor {name} has GGML type {}; Hearth's CPU kernels run Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K",
+            info.ggml_type
+        )
+    })?;
     if info.dims != [cols, rows] {
         return Err(format!(
             "tensor {name} is {:?}, expected [{cols}, {rows}]",
             info.dims
         ));
     }
-    let (_, bytes) = g.tensor_bytes(name, rows * cols / BLOCK * kind.block_bytes())?;
+    if !cols.is_multiple_of(kind.block_values()) {
+        return Err(format!(
+            "tensor {name}: {kind:?} rows of {cols} values are not whole blocks of {}",
+            kind.block_values()
+        ));
+    }
+    let (_, bytes) =
+        g.tensor_bytes(name, rows * cols / kind.block_values() * kind.block_bytes())?;
     QMatrix::new(kind, rows, cols, bytes.to_vec()).map_err(|e| format!("tensor {name}: {e}"))
 }
 
@@ -507,7 +527,7 @@ impl LlamaRange {
                 math::rms_norm(r, norm, c.rms_eps, o.next().expect("sized above"));
             }
         }
-        s.acts.quantize(&normed, h);
+        s.acts.quantize(&normed, h, &[head]);
         let mut logits = vec![0f32; rows * c.vocab];
         k.matmul(&s.acts, &[head], &mut [&mut logits]);
         let mut at = 0;
@@ -596,7 +616,7 @@ impl LlamaRange {
         for (o, r) in s.normed.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
             math::rms_norm(r, &b.attn_norm, c.rms_eps, o);
         }
-        s.acts.quantize(&s.normed, h);
+        s.acts.quantize(&s.normed, h, &[&b.wq, &b.wk, &b.wv]);
         k.matmul(
             &s.acts,
             &[&b.wq, &b.wk, &b.wv],
@@ -665,7 +685,7 @@ impl LlamaRange {
                 }
             }
         });
-        s.acts.quantize(&s.attn, h);
+        s.acts.quantize(&s.attn, h, &[&b.wo]);
         k.matmul(&s.acts, &[&b.wo], &mut [&mut s.o]);
         for (x, o) in x.iter_mut().zip(&s.o) {
             *x += o;
@@ -674,10 +694,10 @@ impl LlamaRange {
         for (o, r) in s.normed.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
             math::rms_norm(r, &b.ffn_norm, c.rms_eps, o);
         }
-        s.acts.quantize(&s.normed, h);
+        s.acts.quantize(&s.normed, h, &[&b.gate, &b.up]);
         k.matmul(&s.acts, &[&b.gate, &b.up], &mut [&mut s.gate, &mut s.up]);
         math::silu_mul(&mut s.gate, &s.up);
-        s.acts.quantize(&s.gate, c.ffn);
+        s.acts.quantize(&s.gate, c.ffn, &[&b.down]);
         k.matmul(&s.acts, &[&b.down], &mut [&mut s.o]);
         for (x, o) in x.iter_mut().zip(&s.o) {
             *x += o;
@@ -696,7 +716,7 @@ struct Seg {
 
 /// Buffers reused across the layers of one forward pass.
 struct Scratch {
-    acts: Q8Acts,
+    acts: Acts,
     normed: Vec<f32>,
     q: Vec<f32>,
     k: Vec<f32>,
@@ -711,7 +731,7 @@ impl Scratch {
     fn new(c: &Config, seq: usize) -> Self {
         let kvw = c.kv_heads * c.head_dim;
         Self {
-            acts: Q8Acts::default(),
+            acts: Acts::default(),
             normed: vec![0.0; seq * c.hidden],
             q: vec![0.0; seq * c.hidden],
             k: vec![0.0; seq * kvw],

@@ -254,6 +254,35 @@ fn round_half_away(v: f32) -> i8 {
     r as i8
 }
 
+/// Activations quantized in the forms the matrices they meet take: blocks of 32 ([`Q8Acts`]) for
+/// `Q4_0`, `Q4_1`, `Q5_0` and `Q8_0`, super-blocks of 256 ([`crate::kquant::Q8KActs`]) for the
+/// K-quants; each form only when one of the matrices needs it.
+#[derive(Clone, Debug, Default)]
+pub struct Acts {
+    /// Blocks of 32 (when a matrix needs them).
+    pub q8: Q8Acts,
+    /// Super-blocks of 256 (when a matrix needs them).
+    pub q8k: crate::kquant::Q8KActs,
+    /// Rows (tokens).
+    pub rows: usize,
+    /// Values per row.
+    pub cols: usize,
+}
+
+impl Acts {
+    /// Quantize `x` (`rows × cols`, row-major) for a product with each of `mats`.
+    pub fn quantize(&mut self, x: &[f32], cols: usize, mats: &[&QMatrix]) {
+        self.rows = x.len() / cols.max(1);
+        self.cols = cols;
+        if mats.iter().any(|m| !m.kind.is_k()) {
+            self.q8.quantize(x, cols);
+        }
+        if mats.iter().any(|m| m.kind.is_k()) {
+            self.q8k.quantize(x, cols);
+        }
+    }
+}
+
 /// One quantized activation row.
 #[derive(Clone, Copy, Debug)]
 pub struct ActRow<'a> {

@@ -190,24 +190,104 @@ mod tests {
     }
 
     pub(crate) fn random_matrix(kind: QKind, rows: usize, cols: usize, rng: &mut Rng) -> QMatrix {
-        let blocks = rows * cols / BLOCK;
-        let mut data = Vec::with_capacity(blocks * kind.block_bytes());
-        for _ in 0..blocks {
-            let d = half::f16::from_f32(rng.f32() * 0.05).to_le_bytes();
-            data.extend_from_slice(&d);
-            match kind {
-                QKind::Q4_1 => {
-                    data.extend_from_slice(&half::f16::from_f32(rng.f32() * 0.1).to_le_bytes());
-                    data.extend((0..16).map(|_| rng.next() as u8));
-                }
-                // Include −128, which a hostile file could hold.
-                QKind::Q8_0 => data.extend((0..32).map(|_| rng.next() as u8)),
-                QKind::Q4_0 => data.extend((0..16).map(|_| rng.next() as u8)),
-                QKind::Q5_0 => data.extend((0..20).map(|_| rng.next() as u8)),
-                _ => unreachable!("blocks of 32 only"),
+        let blocks = rows * cols / kind.block_values();
+        let size = kind.block_bytes();
+        // Random bytes (−128 included, which a hostile file could hold), then small finite f16
+        // scales where each kind keeps them.
+        let mut data: Vec<u8> = (0..blocks * size).map(|_| rng.next() as u8).collect();
+        let scales: &[usize] = match kind {
+            QKind::Q4_1 | QKind::Q4K | QKind::Q5K => &[0, 2],
+            QKind::Q6K => &[208],
+            QKind::Q4_0 | QKind::Q5_0 | QKind::Q8_0 => &[0],
+        };
+        for b in 0..blocks {
+            for &at in scales {
+                let v = half::f16::from_f32(rng.f32() * 0.05).to_le_bytes();
+                data[b * size + at..b * size + at + 2].copy_from_slice(&v);
             }
         }
         QMatrix::new(kind, rows, cols, data).expect("sizes match")
+    }
+
+    /// A product of activations with matrices of every kind at once gives each output the bits of
+    /// its own row's product, on every path and thread count, and each token the bits it gets
+    /// alone (batch invariance).
+    #[test]
+    fn matmul_of_every_kind_gives_each_rows_bits_alone() {
+        use crate::kquant::Q8KActs;
+        use crate::llama::Kernels;
+        use crate::quant::Acts;
+        let mut rng = Rng(11);
+        let cols = 512;
+        let kinds = [
+            QKind::Q4_0,
+            QKind::Q4_1,
+            QKind::Q5_0,
+            QKind::Q8_0,
+            QKind::Q4K,
+            QKind::Q5K,
+            QKind::Q6K,
+        ];
+        let mats: Vec<QMatrix> = kinds
+            .iter()
+            .map(|&k| random_matrix(k, 37, cols, &mut rng))
+            .collect();
+        let refs: Vec<&QMatrix> = mats.iter().collect();
+        let tokens = 6;
+        let x: Vec<f32> = (0..tokens * cols).map(|_| rng.f32() * 3.0).collect();
+        // Each output by itself: the portable path's product of one row and one token.
+        let mut q8 = Q8Acts::default();
+        q8.quantize(&x, cols);
+        let mut q8k = Q8KActs::default();
+        q8k.quantize(&x, cols);
+        let want: Vec<Vec<f32>> = mats
+            .iter()
+            .map(|m| {
+                (0..tokens)
+                    .flat_map(|t| (0..m.rows).map(move |r| (t, r)))
+                    .map(|(t, r)| {
+                        if m.kind.is_k() {
+                            crate::kquant::dot_k_scalar(m.kind, m.row(r), q8k.row(t))
+                        } else {
+                            dot_scalar(m.kind, m.row(r), q8.row(t))
+                        }
+                    })
+                    .collect()
+            })
+            .collect();
+        for path in KernelPath::available() {
+            for threads in [1, 3] {
+                let k = Kernels::new(path, threads).expect("available");
+                let mut acts = Acts::default();
+                acts.quantize(&x, cols, &refs);
+                let mut outs: Vec<Vec<f32>> =
+                    mats.iter().map(|m| vec![0.0; tokens * m.rows]).collect();
+                let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                k.matmul(&acts, &refs, &mut slices);
+                for ((m, got), want) in mats.iter().zip(&outs).zip(&want) {
+                    let same = got
+                        .iter()
+                        .zip(want)
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{path} {threads} threads {:?}", m.kind);
+                }
+                // The last token alone gets the same bits.
+                let last = &x[(tokens - 1) * cols..];
+                let mut one = Acts::default();
+                one.quantize(last, cols, &refs);
+                let mut outs: Vec<Vec<f32>> = mats.iter().map(|m| vec![0.0; m.rows]).collect();
+                let mut slices: Vec<&mut [f32]> = outs.iter_mut().map(|o| &mut o[..]).collect();
+                k.matmul(&one, &refs, &mut slices);
+                for ((m, got), want) in mats.iter().zip(&outs).zip(&want) {
+                    let alone = &want[(tokens - 1) * m.rows..];
+                    let same = got
+                        .iter()
+                        .zip(alone)
+                        .all(|(g, w)| g.to_bits() == w.to_bits());
+                    assert!(same, "{path} {threads} threads {:?} alone", m.kind);
+                }
+            }
+        }
     }
 
     /// Straightforward f64 reference from dequantized values, for closeness (not bits).

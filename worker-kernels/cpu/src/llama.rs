@@ -1,10 +1,14 @@
-//! A range of a llama model's layers on Hearth's CPU kernels.
+//! A range of a llama or Gemma 3 model's layers on Hearth's CPU kernels.
 //!
 //! One layer, in llama.cpp's order:
 //! ```text
 //! h = x + Wo · attention(rope(Wq · norm(x)), rope(Wk · norm(x)), Wv · norm(x))
 //! y = h + Wdown · (silu(Wgate · norm(h)) ⊙ Wup · norm(h))
 //! ```
+//! Gemma 3's differences are data ([`Variant`]): embeddings scaled by √width, each query and key
+//! head normed before RoPE (which turns halves, not pairs), the attention's and the feed-forward's
+//! outputs normed before their residual adds, a GELU gate, and five of every six layers attending
+//! within a sliding window with their own RoPE base.
 //! Every token's result is computed by the same operations in the same order whether it comes alone
 //! (decode) or among many (prefill), on any thread count and any [`KernelPath`]: the products are
 //! per row and token ([`crate::dot`]), attention for token `i` reads exactly the keys `0..=pos + i`,
@@ -50,20 +54,92 @@ pub struct Config {
     pub context: usize,
     /// Vocabulary size.
     pub vocab: usize,
+    /// What sets the architecture apart from llama.
+    pub variant: Variant,
+}
+
+/// The differences between the architectures this one layer-range implementation runs, as data
+/// (llama's are all off).
+#[derive(Clone, Debug, PartialEq)]
+pub struct Variant {
+    /// The GGUF architecture: `llama` or `gemma3`.
+    pub arch: String,
+    /// Embeddings are multiplied by this (Gemma: √width).
+    pub embed_scale: Option<f32>,
+    /// Each query and key head is RMS-normed (`attn_q_norm`, `attn_k_norm`) before RoPE.
+    pub qk_norm: bool,
+    /// The attention's and the feed-forward's outputs are RMS-normed before their residual adds
+    /// (`post_attention_norm`, `post_ffw_norm`).
+    pub post_norms: bool,
+    /// The feed-forward gate's activation is GELU (tanh), not SiLU.
+    pub gelu: bool,
+    /// RoPE turns the halves of a head (GPT-NeoX's layout), not interleaved pairs.
+    pub rope_neox: bool,
+    /// Sliding-window attention: `(window, period)`: layer `i` attends to its last `window`
+    /// positions only, unless `i % period == period − 1` (a global layer).
+    pub sliding: Option<(usize, usize)>,
+    /// The RoPE base of the sliding layers.
+    pub rope_base_sliding: f32,
+}
+
+impl Variant {
+    fn llama() -> Self {
+        Self {
+            arch: "llama".into(),
+            embed_scale: None,
+            qk_norm: false,
+            post_norms: false,
+            gelu: false,
+            rope_neox: false,
+            sliding: None,
+            rope_base_sliding: 0.0,
+        }
+    }
+
+    /// Gemma 3, as llama.cpp runs it: a global layer every sixth, a RoPE base of 10,000 on the
+    /// others.
+    fn gemma3(hidden: usize, window: usize) -> Self {
+        Self {
+            arch: "gemma3".into(),
+            embed_scale: Some((hidden as f32).sqrt()),
+            qk_norm: true,
+            post_norms: true,
+            gelu: true,
+            rope_neox: true,
+            sliding: Some((window, 6)),
+            rope_base_sliding: 10_000.0,
+        }
+    }
+
+    /// Whether layer `layer` (of the whole model) attends within the sliding window.
+    pub fn slides(&self, layer: usize) -> Option<usize> {
+        self.sliding
+            .filter(|&(_, period)| layer % period != period - 1)
+            .map(|(window, _)| window)
+    }
 }
 
 impl Config {
-    /// Read a llama model's hyper-parameters.
+    /// The width of all query heads together.
+    pub fn q_width(&self) -> usize {
+        self.heads * self.head_dim
+    }
+
+    /// Read a llama or gemma3 model's hyper-parameters.
     pub fn from_gguf(g: &Gguf) -> Result<Self, String> {
-        match g.metadata.get("general.architecture") {
-            Some(Value::Str(a)) if a == "llama" => {}
-            other => return Err(format!("architecture {other:?} is not llama")),
-        }
+        let arch = match g.metadata.get("general.architecture") {
+            Some(Value::Str(a)) if a == "llama" || a == "gemma3" => a.clone(),
+            other => {
+                return Err(format!(
+                    "architecture {other:?} is not one Hearth's CPU kernels run (llama, gemma3)"
+                ));
+            }
+        };
         let int = |k: &str| {
-            g.int(&format!("llama.{k}"))
+            g.int(&format!("{arch}.{k}"))
                 .filter(|&v| v > 0)
                 .map(|v| v as usize)
-                .ok_or_else(|| format!("metadata llama.{k} missing"))
+                .ok_or_else(|| format!("metadata {arch}.{k} missing"))
         };
         let hidden = int("embedding_length")?;
         let heads = int("attention.head_count")?;
@@ -75,24 +151,39 @@ impl Config {
                 .and_then(|t| t.dims.get(1).copied())
                 .unwrap_or(0),
         };
+        let gemma = arch == "gemma3";
+        let head_dim = if gemma {
+            int("attention.key_length")?
+        } else {
+            int("rope.dimension_count").unwrap_or(hidden / heads)
+        };
+        let variant = if gemma {
+            Variant::gemma3(hidden, int("attention.sliding_window")?)
+        } else {
+            Variant::llama()
+        };
         let c = Self {
             layers: int("block_count")?,
             hidden,
             heads,
             kv_heads: int("attention.head_count_kv").unwrap_or(heads),
-            head_dim: int("rope.dimension_count").unwrap_or(hidden / heads),
+            head_dim,
             ffn: int("feed_forward_length")?,
-            rope_base: g.float("llama.rope.freq_base").unwrap_or(10_000.0) as f32,
+            rope_base: g
+                .float(&format!("{arch}.rope.freq_base"))
+                .unwrap_or(10_000.0) as f32,
             rms_eps: g
-                .float("llama.attention.layer_norm_rms_epsilon")
-                .ok_or("metadata llama.attention.layer_norm_rms_epsilon missing")?
-                as f32,
+                .float(&format!("{arch}.attention.layer_norm_rms_epsilon"))
+                .ok_or_else(|| {
+                    format!("metadata {arch}.attention.layer_norm_rms_epsilon missing")
+                })? as f32,
             context: int("context_length")?,
             vocab,
+            variant,
         };
         if c.kv_heads == 0
             || !c.heads.is_multiple_of(c.kv_heads)
-            || c.head_dim * c.heads != c.hidden
+            || (!gemma && c.head_dim * c.heads != c.hidden)
             || !c.head_dim.is_multiple_of(2)
         {
             return Err(format!("inconsistent attention shape: {c:?}"));
@@ -242,7 +333,11 @@ struct Block {
     wq: QMatrix,
     wk: QMatrix,
     wv: QMatrix,
+    /// Per-head norms of queries and keys ([`Variant::qk_norm`]).
+    qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     wo: QMatrix,
+    /// Norms of the attention's and the feed-forward's outputs ([`Variant::post_norms`]).
+    post_norms: Option<(Vec<f32>, Vec<f32>)>,
     ffn_norm: Vec<f32>,
     gate: QMatrix,
     up: QMatrix,
@@ -296,6 +391,8 @@ pub struct LlamaRange {
     head: Option<(Vec<f32>, QMatrix)>,
     cos: Vec<f32>,
     sin: Vec<f32>,
+    /// The sliding layers' RoPE tables, when they have their own base.
+    sliding_rope: Option<(Vec<f32>, Vec<f32>)>,
 }
 
 impl std::fmt::Debug for LlamaRange {
@@ -375,7 +472,7 @@ impl LlamaRange {
                 c.layers
             ));
         }
-        let (h, kv) = (c.hidden, c.kv_heads * c.head_dim);
+        let (h, kv, qw, v) = (c.hidden, c.kv_heads * c.head_dim, c.q_width(), &c.variant);
         let embedding = (layers.start == 0)
             .then(|| matrix(g, "token_embd.weight", c.vocab, h))
             .transpose()?;
@@ -383,12 +480,32 @@ impl LlamaRange {
             .clone()
             .map(|i| {
                 let t = |part: &str| format!("blk.{i}.{part}.weight");
+                let qk_norm = v
+                    .qk_norm
+                    .then(|| -> Result<_, String> {
+                        Ok((
+                            vector(g, &t("attn_q_norm"), c.head_dim)?,
+                            vector(g, &t("attn_k_norm"), c.head_dim)?,
+                        ))
+                    })
+                    .transpose()?;
+                let post_norms = v
+                    .post_norms
+                    .then(|| -> Result<_, String> {
+                        Ok((
+                            vector(g, &t("post_attention_norm"), h)?,
+                            vector(g, &t("post_ffw_norm"), h)?,
+                        ))
+                    })
+                    .transpose()?;
                 Ok(Block {
                     attn_norm: vector(g, &t("attn_norm"), h)?,
-                    wq: matrix(g, &t("attn_q"), h, h)?,
+                    wq: matrix(g, &t("attn_q"), qw, h)?,
                     wk: matrix(g, &t("attn_k"), kv, h)?,
                     wv: matrix(g, &t("attn_v"), kv, h)?,
-                    wo: matrix(g, &t("attn_output"), h, h)?,
+                    qk_norm,
+                    wo: matrix(g, &t("attn_output"), h, qw)?,
+                    post_norms,
                     ffn_norm: vector(g, &t("ffn_norm"), h)?,
                     gate: matrix(g, &t("ffn_gate"), c.ffn, h)?,
                     up: matrix(g, &t("ffn_up"), c.ffn, h)?,
@@ -410,6 +527,10 @@ impl LlamaRange {
             None
         };
         let (cos, sin) = math::rope_tables(c.rope_base, c.head_dim, c.context);
+        let sliding_rope = layers
+            .clone()
+            .any(|i| c.variant.slides(i).is_some())
+            .then(|| math::rope_tables(c.variant.rope_base_sliding, c.head_dim, c.context));
         Ok(Self {
             config: c,
             layers,
@@ -418,6 +539,7 @@ impl LlamaRange {
             head,
             cos,
             sin,
+            sliding_rope,
         })
     }
 
@@ -495,7 +617,15 @@ impl LlamaRange {
                 .filter(|(_, g)| **g)
                 .map(|((cache, ..), _)| &mut cache.layers[layer])
                 .collect();
-            self.block(k, b, &mut x, &mut kvs, &segs, &mut s);
+            self.block(
+                k,
+                self.layers.start + layer,
+                b,
+                &mut x,
+                &mut kvs,
+                &segs,
+                &mut s,
+            );
         }
         let goods: Vec<usize> = (0..items.len()).filter(|&i| good[i]).collect();
         for (&i, seg) in goods.iter().zip(&segs) {
@@ -557,6 +687,11 @@ impl LlamaRange {
                 x.resize(before + ids.len() * h, 0.0);
                 for (row, &id) in x[before..].chunks_exact_mut(h).zip(ids) {
                     e.dequantize_row(id as usize, row);
+                    if let Some(scale) = c.variant.embed_scale {
+                        for v in row.iter_mut() {
+                            *v *= scale;
+                        }
+                    }
                 }
             }
             (Input::Hidden(rows), None) if rows.len() % h == 0 => x.extend_from_slice(rows),
@@ -600,9 +735,11 @@ impl LlamaRange {
 
     /// One layer for the stacked rows `x` of several sessions: `segs[i]` says where session `i`'s
     /// rows are and at which position they start, `kvs[i]` is its keys and values of this layer.
+    #[allow(clippy::too_many_arguments)]
     fn block(
         &self,
         k: &Kernels,
+        layer: usize,
         b: &Block,
         x: &mut [f32],
         kvs: &mut [&mut (Vec<f32>, Vec<f32>)],
@@ -610,8 +747,18 @@ impl LlamaRange {
         s: &mut Scratch,
     ) {
         let c = &self.config;
-        let (h, hd, kvw) = (c.hidden, c.head_dim, c.kv_heads * c.head_dim);
+        let (h, hd, kvw, qw) = (c.hidden, c.head_dim, c.kv_heads * c.head_dim, c.q_width());
         let half = hd / 2;
+        let window = c.variant.slides(layer);
+        let (cos_table, sin_table) = match (&self.sliding_rope, window) {
+            (Some((cos, sin)), Some(_)) => (cos, sin),
+            _ => (&self.cos, &self.sin),
+        };
+        let rope = if c.variant.rope_neox {
+            math::rope_neox
+        } else {
+            math::rope
+        };
 
         for (o, r) in s.normed.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
             math::rms_norm(r, &b.attn_norm, c.rms_eps, o);
@@ -622,18 +769,27 @@ impl LlamaRange {
             &[&b.wq, &b.wk, &b.wv],
             &mut [&mut s.q, &mut s.k, &mut s.v],
         );
+        if let Some((qn, kn)) = &b.qk_norm {
+            let mut normed = vec![0f32; hd];
+            for (heads, w) in [(&mut s.q, qn), (&mut s.k, kn)] {
+                for head in heads.chunks_exact_mut(hd) {
+                    math::rms_norm(head, w, c.rms_eps, &mut normed);
+                    head.copy_from_slice(&normed);
+                }
+            }
+        }
         for seg in segs {
             for i in 0..seg.rows {
                 let (t, p) = (seg.start + i, seg.pos + i);
                 let (cos, sin) = (
-                    &self.cos[p * half..(p + 1) * half],
-                    &self.sin[p * half..(p + 1) * half],
+                    &cos_table[p * half..(p + 1) * half],
+                    &sin_table[p * half..(p + 1) * half],
                 );
-                for head in s.q[t * h..(t + 1) * h].chunks_exact_mut(hd) {
-                    math::rope(head, cos, sin);
+                for head in s.q[t * qw..(t + 1) * qw].chunks_exact_mut(hd) {
+                    rope(head, cos, sin);
                 }
                 for head in s.k[t * kvw..(t + 1) * kvw].chunks_exact_mut(hd) {
-                    math::rope(head, cos, sin);
+                    rope(head, cos, sin);
                 }
             }
         }
@@ -665,15 +821,17 @@ impl LlamaRange {
                 let (t, head) = (pair / c.heads, pair % c.heads);
                 let (kc, vc, p) = rows[t];
                 let kvh = head / group;
-                let qv = &q[t * h + head * hd..t * h + (head + 1) * hd];
+                let qv = &q[t * qw + head * hd..t * qw + (head + 1) * hd];
+                // A sliding layer attends to its last `window` positions only.
+                let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
                 scores.clear();
-                for j in 0..=p {
+                for j in first..=p {
                     let kv = &kc[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
                     scores.push(math::dot_f32(qv, kv) * scale);
                 }
                 math::softmax(&mut scores);
                 acc.fill(0.0);
-                for (j, p) in scores.iter().enumerate() {
+                for (j, p) in (first..).zip(&scores) {
                     let vv = &vc[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
                     for (a, v) in acc.iter_mut().zip(vv) {
                         *a += p * v;
@@ -681,25 +839,40 @@ impl LlamaRange {
                 }
                 for (d, a) in acc.iter().enumerate() {
                     // SAFETY: each (token, head) pair is one chunk's alone; `attn` outlives the job.
-                    unsafe { out.write(t * h + head * hd + d, *a) };
+                    unsafe { out.write(t * qw + head * hd + d, *a) };
                 }
             }
         });
-        s.acts.quantize(&s.attn, h, &[&b.wo]);
+        s.acts.quantize(&s.attn, qw, &[&b.wo]);
         k.matmul(&s.acts, &[&b.wo], &mut [&mut s.o]);
-        for (x, o) in x.iter_mut().zip(&s.o) {
-            *x += o;
-        }
+        self.residual(x, &mut s.o, b.post_norms.as_ref().map(|(a, _)| a));
 
         for (o, r) in s.normed.chunks_exact_mut(h).zip(x.chunks_exact(h)) {
             math::rms_norm(r, &b.ffn_norm, c.rms_eps, o);
         }
         s.acts.quantize(&s.normed, h, &[&b.gate, &b.up]);
         k.matmul(&s.acts, &[&b.gate, &b.up], &mut [&mut s.gate, &mut s.up]);
-        math::silu_mul(&mut s.gate, &s.up);
+        if c.variant.gelu {
+            math::gelu_mul(&mut s.gate, &s.up);
+        } else {
+            math::silu_mul(&mut s.gate, &s.up);
+        }
         s.acts.quantize(&s.gate, c.ffn, &[&b.down]);
         k.matmul(&s.acts, &[&b.down], &mut [&mut s.o]);
-        for (x, o) in x.iter_mut().zip(&s.o) {
+        self.residual(x, &mut s.o, b.post_norms.as_ref().map(|(_, f)| f));
+    }
+
+    /// `x += o`, `o`'s rows RMS-normed by `norm` first when the architecture has it.
+    fn residual(&self, x: &mut [f32], o: &mut [f32], norm: Option<&Vec<f32>>) {
+        let h = self.config.hidden;
+        if let Some(w) = norm {
+            let mut normed = vec![0f32; h];
+            for row in o.chunks_exact_mut(h) {
+                math::rms_norm(row, w, self.config.rms_eps, &mut normed);
+                row.copy_from_slice(&normed);
+            }
+        }
+        for (x, o) in x.iter_mut().zip(o.iter()) {
             *x += o;
         }
     }
@@ -733,10 +906,10 @@ impl Scratch {
         Self {
             acts: Acts::default(),
             normed: vec![0.0; seq * c.hidden],
-            q: vec![0.0; seq * c.hidden],
+            q: vec![0.0; seq * c.q_width()],
             k: vec![0.0; seq * kvw],
             v: vec![0.0; seq * kvw],
-            attn: vec![0.0; seq * c.hidden],
+            attn: vec![0.0; seq * c.q_width()],
             o: vec![0.0; seq * c.hidden],
             gate: vec![0.0; seq * c.ffn],
             up: vec![0.0; seq * c.ffn],

@@ -151,6 +151,19 @@ pub fn rope(x: &mut [f32], cos: &[f32], sin: &[f32]) {
     }
 }
 
+/// Rotate the halves' pairs `(x[i], x[i + d/2])` of one head (GPT-NeoX's layout, which Gemma
+/// uses) by the angles of one position.
+#[inline]
+pub fn rope_neox(x: &mut [f32], cos: &[f32], sin: &[f32]) {
+    let half = x.len() / 2;
+    let (a, b) = x.split_at_mut(half);
+    for ((a, b), (c, s)) in a.iter_mut().zip(b).zip(cos.iter().zip(sin)) {
+        let (x0, x1) = (*a, *b);
+        *a = x0 * c - x1 * s;
+        *b = x0 * s + x1 * c;
+    }
+}
+
 /// `out = x / √(mean(x²) + eps) · w`, one row.
 #[inline]
 pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
@@ -184,9 +197,39 @@ pub fn silu_mul(g: &mut [f32], u: &[f32]) {
     }
 }
 
+/// `g = gelu(g) · u`, GELU by its tanh approximation (as GGML computes it):
+/// `0.5 · g · (1 + tanh(√(2/π) · (g + 0.044715 · g³)))`, with `tanh z = 1 − 2 / (e^{2z} + 1)` on
+/// [`exp_f32`] (|z| clamped to 10, where tanh is 1 in f32).
+#[inline]
+pub fn gelu_mul(g: &mut [f32], u: &[f32]) {
+    const SQRT_2_OVER_PI: f32 = 0.797_884_6;
+    for (g, u) in g.iter_mut().zip(u) {
+        let x = *g;
+        let z = (SQRT_2_OVER_PI * (x + 0.044_715 * (x * x * x))).clamp(-10.0, 10.0);
+        let tanh = 1.0 - 2.0 / (exp_f32(2.0 * z) + 1.0);
+        *g = 0.5 * x * (1.0 + tanh) * u;
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn gelu_is_the_tanh_approximation() {
+        for i in -1200..1200 {
+            let x = i as f32 * 0.01;
+            let z = (2.0 / std::f64::consts::PI).sqrt()
+                * (f64::from(x) + 0.044715 * f64::from(x).powi(3));
+            let want = 0.5 * f64::from(x) * (1.0 + z.tanh()) * 2.0;
+            let mut g = [x];
+            gelu_mul(&mut g, &[2.0]);
+            assert!(
+                (f64::from(g[0]) - want).abs() <= 1e-6 * (1.0 + want.abs()),
+                "{x}"
+            );
+        }
+    }
 
     #[test]
     fn exp_is_accurate() {

@@ -1,9 +1,9 @@
 //! Hearth's own CPU kernels.
 //!
-//! - [`dot`]: quantized products (`Q4_1` and `Q8_0` weights against activations quantized to 8 bits
-//!   per block, as llama.cpp does) on a portable path and on AVX2, AVX-512 and NEON, chosen at run
-//!   time ([`KernelPath`], `HEARTH_KERNEL_PATH`), all giving the same bits; `Q4_0` and `Q5_0` on the
-//!   portable path so far.
+//! - [`dot`]: quantized products (`Q4_0`, `Q4_1`, `Q5_0` and `Q8_0` weights against activations
+//!   quantized to 8 bits per block, as llama.cpp does; the K-quants against `Q8_K`) on a portable
+//!   path and on AVX2, AVX-512 and NEON, chosen at run time ([`KernelPath`], `HEARTH_KERNEL_PATH`),
+//!   all giving the same bits.
 //! - [`kquant`]: llama.cpp's K-quants (`Q4_K`, `Q5_K`, `Q6_K`) and their `Q8_K` activations, with
 //!   the products' portable definition.
 //! - [`math`]: norm, softmax, RoPE, SiLU and attention's dot products with one implementation of

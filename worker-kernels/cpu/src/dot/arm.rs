@@ -41,8 +41,27 @@ pub(super) unsafe fn dot_neon(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     offset += half_at(blk, 2) * a.s[b];
                     (sum4(lo, a0), sum4(hi, a1), half_at(blk, 0))
                 }
-                QKind::Q4_0 | QKind::Q5_0 | QKind::Q4K | QKind::Q5K | QKind::Q6K => {
-                    unreachable!("dot_tile sends {kind:?} to the portable path")
+                QKind::Q4_0 | QKind::Q5_0 => {
+                    let size = kind.block_bytes();
+                    let blk = &w[b * size..(b + 1) * size];
+                    let (qs_at, bias) = if kind == QKind::Q4_0 { (2, 8) } else { (6, 16) };
+                    let qs = vld1q_u8(blk.as_ptr().add(qs_at));
+                    let mut lo = vandq_u8(qs, vdupq_n_u8(15));
+                    let mut hi = vshrq_n_u8::<4>(qs);
+                    if kind == QKind::Q5_0 {
+                        // Bit k of the block's u32 as 16 in byte k.
+                        let bits = u32::from_le_bytes([blk[2], blk[3], blk[4], blk[5]]);
+                        let high: [u8; 32] = std::array::from_fn(|k| ((bits >> k & 1) as u8) << 4);
+                        lo = vorrq_u8(lo, vld1q_u8(high.as_ptr()));
+                        hi = vorrq_u8(hi, vld1q_u8(high.as_ptr().add(16)));
+                    }
+                    let bias = vdupq_n_s8(bias);
+                    let lo = vsubq_s8(vreinterpretq_s8_u8(lo), bias);
+                    let hi = vsubq_s8(vreinterpretq_s8_u8(hi), bias);
+                    (sum4(lo, a0), sum4(hi, a1), half_at(blk, 0))
+                }
+                QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+                    unreachable!("K-quants take Q8_K activations: dot_k_neon")
                 }
                 QKind::Q8_0 => {
                     let blk = &w[b * Q8_0_BYTES..(b + 1) * Q8_0_BYTES];

@@ -107,9 +107,9 @@ pub fn dot_k(path: KernelPath, kind: QKind, w: &[u8], a: crate::kquant::Q8KRow<'
     }
 }
 
-/// Whether `kind` has SIMD paths yet; the others run the portable path on every CPU.
+/// Whether `kind` has SIMD paths for blocks of 32 (the K-quants have their own, [`dot_k`]).
 fn has_simd(kind: QKind) -> bool {
-    matches!(kind, QKind::Q4_1 | QKind::Q8_0)
+    matches!(kind, QKind::Q4_0 | QKind::Q4_1 | QKind::Q5_0 | QKind::Q8_0)
 }
 
 /// Rows `w0` and `w1` (when given) · each of `N` activation rows, on `path` (which the CPU must
@@ -122,10 +122,11 @@ pub(crate) fn dot_tile<const N: usize>(
     w1: Option<&[u8]>,
     a: [ActRow<'_>; N],
 ) -> [(f32, f32); N] {
-    let path = if has_simd(kind) {
-        path
-    } else {
-        KernelPath::Scalar
+    let path = match (path, kind) {
+        (_, kind) if !has_simd(kind) => KernelPath::Scalar,
+        // The two-row AVX-512 product covers Q4_1 and Q8_0; these run AVX2's one-row product.
+        (KernelPath::Avx512, QKind::Q4_0 | QKind::Q5_0) => KernelPath::Avx2,
+        (path, _) => path,
     };
     match path {
         #[cfg(target_arch = "x86_64")]
@@ -334,7 +335,10 @@ mod tests {
                                 "{path}: a tile of three gives each token's bits"
                             );
                             #[cfg(target_arch = "x86_64")]
-                            if path == KernelPath::Avx512 && pair.is_some() && has_simd(kind) {
+                            if path == KernelPath::Avx512
+                                && pair.is_some()
+                                && matches!(kind, QKind::Q4_1 | QKind::Q8_0)
+                            {
                                 // SAFETY: the path is supported, so AVX-512 F/BW, AVX2 and F16C are.
                                 let plain = unsafe {
                                     x86::dot2_avx512(kind, w.row(r), w.row(r + 1), [a])[0]

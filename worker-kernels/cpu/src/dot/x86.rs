@@ -73,8 +73,48 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     offset += m * *a.s.get_unchecked(b);
                 }
             }
-            QKind::Q4_0 | QKind::Q5_0 | QKind::Q4K | QKind::Q5K | QKind::Q6K => {
-                unreachable!("dot_tile sends {kind:?} to the portable path")
+            QKind::Q4_0 | QKind::Q5_0 => {
+                let mask = _mm_set1_epi8(0x0F);
+                let size = kind.block_bytes();
+                let (qs_at, bias) = if kind == QKind::Q4_0 { (2, 8) } else { (6, 16) };
+                for b in 0..blocks {
+                    let blk = w.as_ptr().add(b * size);
+                    _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
+                    let qs = _mm_loadu_si128(blk.add(qs_at) as *const __m128i);
+                    let lo = _mm_and_si128(qs, mask);
+                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+                    let mut q = _mm256_set_m128i(hi, lo);
+                    if kind == QKind::Q5_0 {
+                        // Bit k of the block's u32 as 16 in byte k (llama.cpp's bytes_from_bits_32).
+                        let bits = (blk.add(2) as *const i32).read_unaligned();
+                        let spread = _mm256_shuffle_epi8(
+                            _mm256_set1_epi32(bits),
+                            _mm256_set_epi64x(
+                                0x0303_0303_0303_0303,
+                                0x0202_0202_0202_0202,
+                                0x0101_0101_0101_0101,
+                                0,
+                            ),
+                        );
+                        let set = _mm256_cmpeq_epi8(
+                            _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)),
+                            _mm256_set1_epi64x(-1),
+                        );
+                        q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+                    }
+                    let wv = _mm256_sub_epi8(q, _mm256_set1_epi8(bias));
+                    let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                    let p = _mm256_madd_epi16(
+                        _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv)),
+                        ones,
+                    );
+                    let (d, _) = halves(blk);
+                    let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
+                    acc = _mm256_add_ps(acc, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
+                }
+            }
+            QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+                unreachable!("K-quants take Q8_K activations: dot_k_avx2")
             }
             QKind::Q8_0 => {
                 for b in 0..blocks {

@@ -42,6 +42,30 @@ unsafe fn hsum8(acc: __m256) -> f32 {
     }
 }
 
+/// `acc + (d_w · d_a) · p`, `p` the eight sums of four products of block `b`'s signed weights `wv`
+/// (|w| ≤ 127) with its activations; `d_w` the f16 at `blk`.
+#[inline(always)]
+unsafe fn signed_block(
+    acc: __m256,
+    wv: __m256i,
+    blk: *const u8,
+    a: ActRow<'_>,
+    b: usize,
+) -> __m256 {
+    // SAFETY: the caller's block `b` is within `a`, `blk` points at its weight block; AVX2 and F16C
+    // are enabled in every caller.
+    unsafe {
+        let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+        let p = _mm256_madd_epi16(
+            _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv)),
+            _mm256_set1_epi16(1),
+        );
+        let (d, _) = halves(blk);
+        let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
+        _mm256_add_ps(acc, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)))
+    }
+}
+
 /// One row · one activation row.
 ///
 /// # Safety
@@ -103,14 +127,7 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                         q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(16)));
                     }
                     let wv = _mm256_sub_epi8(q, _mm256_set1_epi8(bias));
-                    let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * BLOCK) as *const __m256i);
-                    let p = _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv)),
-                        ones,
-                    );
-                    let (d, _) = halves(blk);
-                    let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
+                    acc = signed_block(acc, wv, blk, a, b);
                 }
             }
             QKind::Q4K | QKind::Q5K | QKind::Q6K => {
@@ -121,14 +138,7 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     let blk = w.as_ptr().add(b * Q8_0_BYTES);
                     _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
                     let wv = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * BLOCK) as *const __m256i);
-                    let p = _mm256_madd_epi16(
-                        _mm256_maddubs_epi16(_mm256_sign_epi8(wv, wv), _mm256_sign_epi8(av, wv)),
-                        ones,
-                    );
-                    let (d, _) = halves(blk);
-                    let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
+                    acc = signed_block(acc, wv, blk, a, b);
                 }
             }
         }

@@ -211,6 +211,18 @@ fn generate_killing_a_stage(
     max_tokens: &str,
     extra: &[&str],
 ) -> Value {
+    generate_losing_a_stage(swarm, prompt, max_tokens, extra, false)
+}
+
+/// [`generate_killing_a_stage`], the node SIGKILLed, or with `stop` SIGSTOPped until the
+/// generation is over (its connections stay open; it just stops answering).
+fn generate_losing_a_stage(
+    swarm: &mut Swarm,
+    prompt: &str,
+    max_tokens: &str,
+    extra: &[&str],
+    stop: bool,
+) -> Value {
     let output = swarm.path("generation.json");
     let child = Command::new(hearth())
         .args([
@@ -237,8 +249,15 @@ fn generate_killing_a_stage(
             .any(|s| s["state"] == "running" && s["tokens"].as_u64() >= Some(3))
             .then_some(())
     });
-    swarm.nodes[1].1.kill();
+    if stop {
+        swarm.nodes[1].1.pause(true);
+    } else {
+        swarm.nodes[1].1.kill();
+    }
     let out = child.wait_with_output().expect("generate finishes");
+    if stop {
+        swarm.nodes[1].1.pause(false);
+    }
     assert!(
         out.status.success(),
         "{}",
@@ -267,6 +286,25 @@ fn a_stage_killed_mid_generation_is_replaced_and_the_output_is_unchanged() {
     let peers: std::collections::BTreeSet<&str> =
         route.iter().filter_map(|h| h["peer_id"].as_str()).collect();
     assert_eq!((route.len(), peers.len()), (3, 2), "{result}");
+}
+
+/// A stage that stops answering (SIGSTOP: its process and connections still there) misses its
+/// heartbeats, is taken for gone and replaced, and the checked output is unchanged.
+#[test]
+fn a_stage_that_stops_answering_is_replaced_and_the_output_is_unchanged() {
+    let mut swarm = Swarm::start(&[None, None, None]);
+    let prompt = PROMPTS[2];
+    let result = generate_losing_a_stage(&mut swarm, prompt, "40", &[], true);
+    assert_eq!(result["token_ids"], local_tokens(prompt, "40"), "{result}");
+    let stopped = &swarm.nodes[1].0;
+    let reroutes = result["reroutes"].as_array().expect("reroutes");
+    assert!(
+        reroutes.iter().any(|r| &r["failed_peer"] == stopped),
+        "{result}"
+    );
+    let route = result["route"].as_array().expect("route");
+    assert!(route.iter().all(|h| &h["peer_id"] != stopped), "{result}");
+    assert_eq!(result["verified_tokens"], 40, "{result}");
 }
 
 #[test]

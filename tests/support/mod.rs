@@ -51,6 +51,17 @@ impl Process {
         let _ = self.child.wait();
     }
 
+    /// SIGSTOP (`stop`) or SIGCONT: a process that stops answering with its connections still
+    /// open, as a hung or suspended machine would, and its return.
+    pub fn pause(&mut self, stop: bool) {
+        let signal = if stop { "-STOP" } else { "-CONT" };
+        let sent = Command::new("kill")
+            .args([signal, &self.child.id().to_string()])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "kill {signal} {}", self.name);
+    }
+
     /// SIGTERM, as systemd or an operator stopping it would, then wait up to `timeout` for it to
     /// exit; its exit status, or `None` if it is still running.
     pub fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {

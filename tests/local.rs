@@ -1,4 +1,5 @@
-//! `hearth local`: the default model on this machine, through the CLI. Needs `hearth models fetch`.
+//! `hearth local`: the default model (and Gemma 3) on this machine, through the CLI. Needs
+//! `hearth models fetch --all`.
 
 mod support;
 
@@ -36,6 +37,51 @@ fn greedy_generation_names_the_capital() {
     assert_eq!(out["token_ids"].as_array().expect("ids").len(), 4);
     assert!(
         out["text"].as_str().expect("text").starts_with(" Paris"),
+        "{out}"
+    );
+}
+
+/// Gemma 3 270M (SentencePiece vocabulary, gemma3 layers on Hearth's kernels) through
+/// `hearth local generate --model`: the prompt split into the ids its words are in the vocabulary
+/// (as `scripts/reference/gemma3_exact_reference.py` looked them up), and the first token the exact
+/// float64 forward's argmax there (its margin is 1.1). Needs `hearth models fetch --all`.
+#[test]
+fn gemma3_generates_through_its_own_tokenizer() {
+    let models = std::env::var("HEARTH_MODELS").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/hearth/models",
+            std::env::var("HOME").expect("HOME")
+        )
+    });
+    let model = format!("{models}/gemma-3-270m-q4_k_m.gguf");
+    let out = json(&local(
+        &[
+            "generate",
+            "--model",
+            &model,
+            "--prompt",
+            " The capital of France is Paris. The capital of",
+            "--max-tokens",
+            "4",
+            "--json",
+        ],
+        None,
+    ));
+    let reference: Value =
+        serde_json::from_str(include_str!("data/gemma3_exact_reference.json")).expect("reference");
+    let prose = &reference["prompts"][0];
+    assert_eq!(prose["name"], "prose");
+    assert_eq!(out["prompt_ids"], prose["ids"], "{out}");
+    let last = prose["steps"]
+        .as_array()
+        .expect("steps")
+        .last()
+        .expect("a step")
+        .clone();
+    assert!(last["margin"].as_f64().expect("margin") >= 1.0);
+    assert_eq!(out["token_ids"][0], last["argmax"], "{out}");
+    assert!(
+        out["text"].as_str().expect("text").starts_with(" France"),
         "{out}"
     );
 }

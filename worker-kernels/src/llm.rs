@@ -4,6 +4,7 @@ mod chat;
 mod gguf;
 mod greedy;
 mod sample;
+mod spm;
 mod stage;
 mod tokenizer;
 

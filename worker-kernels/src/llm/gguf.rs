@@ -15,6 +15,8 @@ use crate::{Error, Result, hash_file};
 /// Hyper-parameters of a llama-family model, from its GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmConfig {
+    /// The GGUF architecture: `llama` (both kernels) or `gemma3` (Hearth's CPU kernels only).
+    pub arch: String,
     /// Transformer blocks.
     pub layers: usize,
     /// Width of the hidden state.
@@ -68,23 +70,24 @@ impl GgufModel {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        if arch != "llama" {
+        if arch != "llama" && arch != "gemma3" {
             return Err(bad(format!(
-                "architecture {arch:?} is not supported (only llama)"
+                "architecture {arch:?} is not supported (llama, gemma3)"
             )));
         }
         let get = |key: &str| -> Result<&Value> {
             content
                 .metadata
-                .get(&format!("llama.{key}"))
-                .ok_or_else(|| bad(format!("metadata llama.{key} missing")))
+                .get(&format!("{arch}.{key}"))
+                .ok_or_else(|| bad(format!("metadata {arch}.{key} missing")))
         };
         let int = |key: &str| -> Result<usize> {
             get(key)?
                 .to_u32()
                 .map(|v| v as usize)
-                .map_err(|e| bad(format!("llama.{key}: {e}")))
+                .map_err(|e| bad(format!("{arch}.{key}: {e}")))
         };
+        let gemma = arch == "gemma3";
         let hidden = int("embedding_length")?;
         let heads = int("attention.head_count")?;
         let vocab = content
@@ -92,12 +95,18 @@ impl GgufModel {
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.to_vec().ok())
             .map_or(0, Vec::len);
+        let head_dim = if gemma {
+            int("attention.key_length")?
+        } else {
+            int("rope.dimension_count").unwrap_or(hidden / heads.max(1))
+        };
         let config = LlmConfig {
+            arch: arch.clone(),
             layers: int("block_count")?,
             hidden,
             heads,
             kv_heads: int("attention.head_count_kv").unwrap_or(heads),
-            head_dim: int("rope.dimension_count").unwrap_or(hidden / heads.max(1)),
+            head_dim,
             ffn: int("feed_forward_length")?,
             rope_base: get("rope.freq_base")
                 .and_then(|v| v.to_f32().map_err(|e| bad(e.to_string())))
@@ -113,7 +122,7 @@ impl GgufModel {
         if config.heads == 0
             || config.kv_heads == 0
             || !config.heads.is_multiple_of(config.kv_heads)
-            || config.head_dim * config.heads != hidden
+            || (!gemma && config.head_dim * config.heads != hidden)
         {
             return Err(bad(format!("inconsistent attention shape: {config:?}")));
         }

@@ -174,6 +174,15 @@ impl Stage {
 
     fn load_candle(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
         let config = model.config.clone();
+        if config.arch != "llama" {
+            return Err(Error::Model {
+                path: model.path().into(),
+                reason: format!(
+                    "architecture {} runs on Hearth's CPU kernels only, not on candle's (a GPU)",
+                    config.arch
+                ),
+            });
+        }
         if layers.start >= layers.end || layers.end > config.layers {
             return Err(Error::Request(format!(
                 "layers {layers:?} are not a range within 0..{}",

@@ -13,6 +13,7 @@ use tokenizers::pre_tokenizers::split::{Split, SplitPattern};
 use tokenizers::{AddedToken, SplitDelimiterBehavior, Tokenizer};
 
 use crate::llm::GgufModel;
+use crate::llm::spm::Spm;
 use crate::{Error, Result};
 
 /// GGUF token type of control tokens (`<|im_start|>`, `<|endoftext|>`, …).
@@ -26,14 +27,23 @@ const SUPPORTED_PRE: [&str; 3] = ["smollm", "starcoder", "refact"];
 /// A model's tokenizer.
 #[derive(Clone)]
 pub struct GgufTokenizer {
-    /// Matches control-token text (`<|im_end|>`) as the control token.
-    special: Tokenizer,
-    /// Treats control-token text as ordinary text.
-    plain: Tokenizer,
+    inner: Inner,
     /// End-of-sequence token.
     pub eos: u32,
     /// Beginning-of-sequence token, when the model wants one prepended.
     pub bos: Option<u32>,
+}
+
+/// Byte-level BPE (GPT-2 style) or SentencePiece.
+#[derive(Clone)]
+enum Inner {
+    Bpe {
+        /// Matches control-token text (`<|im_end|>`) as the control token.
+        special: Box<Tokenizer>,
+        /// Treats control-token text as ordinary text.
+        plain: Box<Tokenizer>,
+    },
+    Spm(Box<Spm>),
 }
 
 impl GgufTokenizer {
@@ -51,6 +61,9 @@ impl GgufTokenizer {
         };
         let kind = string("tokenizer.ggml.model").unwrap_or_default();
         let pre = string("tokenizer.ggml.pre").unwrap_or_default();
+        if kind == "llama" {
+            return Self::spm(model);
+        }
         if kind != "gpt2" || !SUPPORTED_PRE.contains(&pre.as_str()) {
             return Err(bad(format!(
                 "tokenizer {kind:?} with pre-tokenizer {pre:?} is not supported (byte-level BPE with {SUPPORTED_PRE:?})"
@@ -138,8 +151,64 @@ impl GgufTokenizer {
         let mut plain = special.clone();
         plain.set_encode_special_tokens(true);
         Ok(Self {
-            special,
-            plain,
+            inner: Inner::Bpe {
+                special: Box::new(special),
+                plain: Box::new(plain),
+            },
+            eos,
+            bos,
+        })
+    }
+
+    /// A SentencePiece vocabulary (`tokenizer.ggml.model = llama`), split as llama.cpp's SPM
+    /// tokenizer splits it.
+    fn spm(model: &GgufModel) -> Result<Self> {
+        let bad = |reason: String| Error::Model {
+            path: model.path().into(),
+            reason,
+        };
+        let array = |key: &str| {
+            model
+                .metadata(key)
+                .and_then(|v| v.to_vec().ok())
+                .ok_or_else(|| bad(format!("{key} missing")))
+        };
+        let tokens = array("tokenizer.ggml.tokens")?
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|e| bad(e.to_string())))
+            .collect::<Result<Vec<String>>>()?;
+        let scores = array("tokenizer.ggml.scores")?
+            .iter()
+            .map(|v| v.to_f32().map_err(|e| bad(e.to_string())))
+            .collect::<Result<Vec<f32>>>()?;
+        let types = array("tokenizer.ggml.token_type")?
+            .iter()
+            .map(|v| v.to_i32().map_err(|e| bad(e.to_string())))
+            .collect::<Result<Vec<i32>>>()?;
+        let flag = |key: &str, default: bool| {
+            model
+                .metadata(key)
+                .and_then(|v| v.to_bool().ok())
+                .unwrap_or(default)
+        };
+        let id = |key: &str| model.metadata(key).and_then(|v| v.to_u32().ok());
+        let eos = id("tokenizer.ggml.eos_token_id")
+            .ok_or_else(|| bad("tokenizer.ggml.eos_token_id missing".into()))?;
+        // llama.cpp's defaults for SentencePiece vocabularies: a BOS, and a space before the text.
+        let bos = if flag("tokenizer.ggml.add_bos_token", true) {
+            id("tokenizer.ggml.bos_token_id")
+        } else {
+            None
+        };
+        let spm = Spm::new(
+            tokens,
+            scores,
+            types,
+            flag("tokenizer.ggml.add_space_prefix", true),
+        )
+        .map_err(bad)?;
+        Ok(Self {
+            inner: Inner::Spm(Box::new(spm)),
             eos,
             bos,
         })
@@ -148,29 +217,36 @@ impl GgufTokenizer {
     /// Token ids of `text`. With `parse_special`, control-token text such as `<|im_start|>` becomes
     /// that token; without, it is tokenized as the characters it is.
     pub fn encode(&self, text: &str, parse_special: bool) -> Result<Vec<u32>> {
-        let tokenizer = if parse_special {
-            &self.special
-        } else {
-            &self.plain
-        };
-        let encoding = tokenizer
-            .encode(text, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        let mut ids = Vec::with_capacity(encoding.len() + 1);
+        let mut ids = Vec::new();
         ids.extend(self.bos);
-        ids.extend_from_slice(encoding.get_ids());
+        match &self.inner {
+            Inner::Bpe { special, plain } => {
+                let tokenizer = if parse_special { special } else { plain };
+                let encoding = tokenizer
+                    .encode(text, false)
+                    .map_err(|e| Error::Tokenizer(e.to_string()))?;
+                ids.extend_from_slice(encoding.get_ids());
+            }
+            Inner::Spm(spm) => ids.extend(spm.encode(text, parse_special)),
+        }
         Ok(ids)
     }
 
     /// The text of `ids`, control tokens included.
     pub fn decode(&self, ids: &[u32]) -> Result<String> {
-        self.special
-            .decode(ids, false)
-            .map_err(|e| Error::Tokenizer(e.to_string()))
+        match &self.inner {
+            Inner::Bpe { special, .. } => special
+                .decode(ids, false)
+                .map_err(|e| Error::Tokenizer(e.to_string())),
+            Inner::Spm(spm) => Ok(spm.decode(ids)),
+        }
     }
 
     /// The id of a token's text, if it is one token.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.special.token_to_id(text)
+        match &self.inner {
+            Inner::Bpe { special, .. } => special.token_to_id(text),
+            Inner::Spm(spm) => spm.token_id(text),
+        }
     }
 }

@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Reference data from llama.cpp for Hearth's agreement tests.
 
-Runs SmolLM2-135M-Instruct Q4_1 (the same GGUF Hearth fetches) through llama.cpp, via the PyPI
-package llama-cpp-python, and writes tests/data/llama_cpp_reference.json with:
+Runs SmolLM2-135M-Instruct Q4_1 (or, with `gemma3` first, Gemma 3 270M Q4_K_M; the same GGUFs
+Hearth fetches) through llama.cpp, via the PyPI package llama-cpp-python, and writes
+tests/data/llama_cpp_reference.json (llama_cpp_gemma3_reference.json) with:
   - tokenization of varied texts (code, digits, Unicode, whitespace runs, special tokens);
   - for each prompt: the prompt ids, 24 greedy ids (prompt evaluated as one batch, then one token at a
     time), and at every step the top-2 logits and their margin.
@@ -11,7 +12,11 @@ CI does not run this (building llama.cpp takes ~15 minutes on 2 cores); the test
 To regenerate:
     python3 -m venv /tmp/refenv
     CMAKE_ARGS="-DGGML_NATIVE=ON" /tmp/refenv/bin/pip install llama-cpp-python==0.3.36 numpy
-    /tmp/refenv/bin/python scripts/reference/llama_cpp_reference.py [MODELS_DIR]
+(On the Intel Xeon, whose CPU reports AMX but whose VM does not enable it, a native build dies with
+SIGILL on `tilezero` in ggml's AMX backend: build with -DGGML_NATIVE=OFF -DGGML_AVX=ON -DGGML_AVX2=ON
+-DGGML_FMA=ON -DGGML_F16C=ON -DGGML_AVX512=ON -DGGML_AVX512_VNNI=ON -DGGML_AVX512_VBMI=ON
+-DGGML_AVX512_BF16=ON instead, with --no-cache-dir so pip does not reuse a wheel built elsewhere.)
+    /tmp/refenv/bin/python scripts/reference/llama_cpp_reference.py [gemma3] [MODELS_DIR]
 """
 import hashlib
 import json
@@ -30,33 +35,43 @@ PROMPTS = [
     ("numbers", "1, 2, 3, 5, 8, 13,"),
     ("numbers", "Water boils at 100 degrees Celsius, which is"),
 ]
-TOKENIZE = [
+TOKENIZE_COMMON = [
     ("The", False),
     ("fn main() {\n    println!(\"{}\", 1 + 2);\n}\n", False),
     ("Numbers: 3.14159, 1,000,000 and 42nd; 2024-11-25.", False),
     ("Unicode: naïve café, 日本語, emoji 🦀🔥, Ελληνικά", False),
     ("   leading, trailing and   runs   of spaces \t\ttabs\n\n\nnewlines   ", False),
-    ("<|im_start|>user\nhi<|im_end|>", True),
-    ("<|im_start|>user\nhi<|im_end|>", False),
 ]
+# Each model: its file, its control tokens' text, whether prompts start with BOS, the output file.
+MODELS = {
+    "smollm2": ("smollm2-135m-instruct-q4_1.gguf", "<|im_start|>user\nhi<|im_end|>", False,
+                "llama_cpp_reference.json"),
+    "gemma3": ("gemma-3-270m-q4_k_m.gguf", "<start_of_turn>user\nhi<end_of_turn>", True,
+               "llama_cpp_gemma3_reference.json"),
+}
 
 
 def main():
-    models = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser("~/.cache/hearth/models")
-    path = os.path.join(models, "smollm2-135m-instruct-q4_1.gguf")
+    args = sys.argv[1:]
+    which = "smollm2"
+    if args and args[0] in MODELS:
+        which = args.pop(0)
+    file, chat, add_bos, output = MODELS[which]
+    models = args[0] if args else os.path.expanduser("~/.cache/hearth/models")
+    path = os.path.join(models, file)
     with open(path, "rb") as f:
         sha256 = hashlib.sha256(f.read()).hexdigest()
     llm = Llama(model_path=path, n_ctx=512, n_batch=512, n_threads=2, logits_all=True, verbose=False)
 
     tokenize = [
         {"text": text, "special": special, "ids": llm.tokenize(text.encode(), add_bos=False, special=special)}
-        for text, special in TOKENIZE
+        for text, special in TOKENIZE_COMMON + [(chat, True), (chat, False)]
     ]
 
     prompts = []
     for kind, prompt in PROMPTS:
         llm.reset()
-        prompt_ids = llm.tokenize(prompt.encode(), add_bos=False, special=False)
+        prompt_ids = llm.tokenize(prompt.encode(), add_bos=add_bos, special=False)
         llm.eval(prompt_ids)
         steps = []
         for _ in range(GREEDY_TOKENS):
@@ -80,7 +95,7 @@ def main():
         "tokenize": tokenize,
         "prompts": prompts,
     }
-    dest = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", "llama_cpp_reference.json")
+    dest = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", output)
     with open(dest, "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)
         f.write("\n")

@@ -95,11 +95,36 @@ def main():
         "tokenize": tokenize,
         "prompts": prompts,
     }
+    if which == "gemma3":
+        out["exact_distance"] = exact_distance(path)
     dest = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", output)
     with open(dest, "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)
         f.write("\n")
     print(f"wrote {os.path.normpath(dest)}")
+
+
+def exact_distance(path):
+    """How far llama.cpp's logits are from the exact float64 forward's
+    (tests/data/gemma3_exact_reference.json, by gemma3_exact_reference.py), over the same tokens at
+    the same positions: the bar Hearth's own distance is held to."""
+    data = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data",
+                        "gemma3_exact_reference.json")
+    with open(data) as f:
+        reference = json.load(f)
+    llm = Llama(model_path=path, n_ctx=1024, n_batch=1024, n_threads=2, logits_all=True, verbose=False)
+    errors, worst = [], (0.0, "")
+    for prompt in reference["prompts"]:
+        llm.reset()
+        llm.eval(prompt["ids"])
+        for step in prompt["steps"]:
+            row = np.array(llm.scores[step["position"]], dtype=np.float64)
+            for token, exact in step["top"]:
+                error = abs(row[token] - exact)
+                errors.append(error)
+                if error > worst[0]:
+                    worst = (error, f"{prompt['name']} position {step['position']} token {token}")
+    return {"mean": float(np.mean(errors)), "worst": worst[0], "worst_at": worst[1]}
 
 
 if __name__ == "__main__":

@@ -92,11 +92,7 @@ impl Spm {
             ids.entry(text.clone()).or_insert(id);
             match kind {
                 TOKEN_TYPE_BYTE => {
-                    let byte = text
-                        .strip_prefix("<0x")
-                        .and_then(|t| t.strip_suffix('>'))
-                        .and_then(|h| u8::from_str_radix(h, 16).ok());
-                    if let Some(b) = byte {
+                    if let Some(b) = byte_of(text) {
                         bytes[usize::from(b)] = Some(id);
                     }
                 }
@@ -290,18 +286,19 @@ impl Spm {
                 continue;
             };
             match self.types[id as usize] {
-                TOKEN_TYPE_BYTE => {
-                    let byte = text
-                        .strip_prefix("<0x")
-                        .and_then(|t| t.strip_suffix('>'))
-                        .and_then(|h| u8::from_str_radix(h, 16).ok());
-                    bytes.extend(byte);
-                }
+                TOKEN_TYPE_BYTE => bytes.extend(byte_of(text)),
                 _ => bytes.extend_from_slice(text.replace(SPACE, " ").as_bytes()),
             }
         }
         String::from_utf8_lossy(&bytes).into_owned()
     }
+}
+
+/// The byte a byte token (`<0xXX>`) stands for.
+fn byte_of(text: &str) -> Option<u8> {
+    text.strip_prefix("<0x")
+        .and_then(|t| t.strip_suffix('>'))
+        .and_then(|h| u8::from_str_radix(h, 16).ok())
 }
 
 #[cfg(test)]

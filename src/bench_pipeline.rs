@@ -38,8 +38,8 @@ pub(crate) async fn run(tokens: u32, json: bool, models: &Path) -> anyhow::Resul
         0..model.config.layers,
         &hearth_kernels::compute_device(),
     )?;
-    generate_greedy(&mut stage, tokenizer.eos, &prompt, 4, 0)?; // warm up
-    let run = generate_greedy(&mut stage, tokenizer.eos, &prompt, tokens as usize, 1)?;
+    generate_greedy(&mut stage, &tokenizer.ends, &prompt, 4, 0)?; // warm up
+    let run = generate_greedy(&mut stage, &tokenizer.ends, &prompt, tokens as usize, 1)?;
     let single_tokens = run.token_ids;
     let single = (single_tokens.len() - 1) as f64 / (run.total - run.prefill).as_secs_f64();
     let threads = candle_core::utils::get_num_threads();

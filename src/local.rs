@@ -84,7 +84,7 @@ fn generate(args: GenerateArgs, models: &std::path::Path) -> anyhow::Result<()> 
     };
     let run = hearth_kernels::generate(
         &mut stage,
-        tokenizer.eos,
+        &tokenizer.ends,
         &prompt_ids,
         args.max_tokens,
         SESSION,

@@ -110,6 +110,9 @@ fn tokenizers_give_llama_cpps_ids() {
         let gguf = hearth_kernels::GgufModel::open(std::path::Path::new(&path)).expect("opens");
         let tokenizer = hearth_kernels::GgufTokenizer::from_model(&gguf).expect("tokenizer");
         let reference = reference(model);
+        // The same ends of generation (llama.cpp's `llama_vocab_is_eog` over the vocabulary).
+        let ends: Vec<u64> = tokenizer.ends.iter().copied().map(u64::from).collect();
+        assert_eq!(ends, ids(&reference["ends"]), "{}: ends", model.file);
         for case in reference["tokenize"].as_array().expect("tokenize") {
             let text = case["text"].as_str().expect("text");
             let special = case["special"].as_bool().expect("special");

@@ -335,7 +335,7 @@ impl Sessions {
             .tokenizer
             .encode(&text, special)
             .map_err(|e| Invalid(e.to_string()))?;
-        let eos = llm.tokenizer.eos;
+        let ends = llm.tokenizer.ends.clone();
         if prompt.is_empty() {
             return Err(Invalid("the prompt is empty".into()));
         }
@@ -395,7 +395,7 @@ impl Sessions {
             route,
             prompt,
             max_tokens as usize,
-            eos,
+            ends,
             context,
             verify,
             request.sampling,
@@ -907,7 +907,7 @@ impl Sessions {
                         live.text_sent = text.len();
                         delta
                     };
-                    let eos = live.llm.tokenizer.eos == id;
+                    let eos = live.llm.tokenizer.is_end(id);
                     if live
                         .events
                         .try_send(SessionEvent::Token {

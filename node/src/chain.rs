@@ -313,7 +313,7 @@ mod tests {
             model: ModelId::of_bytes(b"m"),
             hops: vec![(peer(1), (0, 10)), (peer(2), (10, 20))],
             sampling: None,
-            eos: 2,
+            ends: vec![2],
             steps_end: 8,
             context: 100,
             keep_inputs: true,

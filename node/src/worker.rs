@@ -167,7 +167,7 @@ impl Executor {
                     let ids = tokenizer.encode(prompt, false).map_err(|e| e.to_string())?;
                     let run = generate_greedy(
                         stage,
-                        tokenizer.eos,
+                        &tokenizer.ends,
                         &ids,
                         *max_tokens as usize,
                         session as u64,

@@ -493,8 +493,9 @@ pub struct ChainRoute {
     pub hops: Vec<(crate::PeerId, (u32, u32))>,
     /// How the last stage picks tokens; greedy when absent.
     pub sampling: Option<Sampling>,
-    /// The last stage starts no step after this token.
-    pub eos: u32,
+    /// The last stage starts no step after any of these tokens (the model's ends of generation):
+    /// at most [`CHAIN_ENDS_MAX`].
+    pub ends: Vec<u32>,
     /// No step at or past this one is started.
     pub steps_end: u64,
     /// No position at or past this one is computed (the model's context).
@@ -507,6 +508,9 @@ pub struct ChainRoute {
     pub addrs: Vec<Vec<String>>,
 }
 
+/// Most end-of-generation tokens a route names; vocabularies have a handful.
+pub const CHAIN_ENDS_MAX: usize = 32;
+
 /// Addresses a route gives for each stage, and the longest one.
 pub const CHAIN_ADDRS_MAX: usize = 8;
 /// The longest address a route carries, in bytes.
@@ -516,7 +520,7 @@ impl ChainRoute {
     /// Whether the last stage, having drawn `token` at `step` with the next position `next_pos`,
     /// starts another step.
     pub fn goes_on(&self, step: u64, token: u32, next_pos: u32) -> bool {
-        token != self.eos && step + 1 < self.steps_end && next_pos + 1 < self.context
+        !self.ends.contains(&token) && step + 1 < self.steps_end && next_pos + 1 < self.context
     }
 }
 
@@ -730,6 +734,12 @@ pub fn request_from_payload(payload: &[u8]) -> Result<WorkRequest> {
             if !addrs_ok {
                 return Err(Error::Limit(format!(
                     "a route gives at most {CHAIN_ADDRS_MAX} addresses of at most {CHAIN_ADDR_BYTES_MAX} bytes a stage"
+                )));
+            }
+            if r.ends.len() > CHAIN_ENDS_MAX {
+                return Err(Error::Limit(format!(
+                    "a route names at most {CHAIN_ENDS_MAX} end tokens, not {}",
+                    r.ends.len()
                 )));
             }
             if r.hops.is_empty() || r.hops.len() > CHAIN_HOPS_MAX {

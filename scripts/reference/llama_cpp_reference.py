@@ -93,6 +93,7 @@ def main():
         "model_sha256": sha256,
         "n_threads": 2,
         "tokenize": tokenize,
+        "ends": ends_of(llm),
         "prompts": prompts,
     }
     if which == "gemma3":
@@ -102,6 +103,14 @@ def main():
         json.dump(out, f, indent=1, ensure_ascii=False)
         f.write("\n")
     print(f"wrote {os.path.normpath(dest)}")
+
+
+def ends_of(llm):
+    """The tokens llama.cpp ends a generation at (its end-of-generation set)."""
+    import llama_cpp
+
+    vocab = llama_cpp.llama_model_get_vocab(llm.model)
+    return [i for i in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, i)]
 
 
 def exact_distance(path):

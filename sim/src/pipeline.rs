@@ -46,7 +46,7 @@ impl Sim<'_> {
                     route,
                     prompt,
                     p.tokens as usize,
-                    u32::MAX,
+                    Vec::new(),
                     1 << 20,
                     verify,
                     self.rng.next(),

@@ -68,6 +68,9 @@ fn tokenizer_matches_llama_cpp_where_known_and_round_trips() {
     assert_eq!(t.encode("The", false).expect("encode"), vec![504]);
     assert_eq!(t.encode(" Paris", false).expect("encode"), vec![7042]);
     assert_eq!((t.bos, t.eos), (None, 2), "SmolLM2 adds no BOS; EOS is 2");
+    // llama.cpp's ends of generation for this file (`llama_vocab_is_eog` over the vocabulary, with
+    // llama-cpp-python 0.3.36): <|endoftext|>, <|im_end|> and <fim_pad>.
+    assert_eq!(t.ends, vec![0, 2, 4]);
 
     // Digits are split one by one, as llama.cpp's smollm pre-tokenizer does.
     let digits: Vec<u32> = "2024"
@@ -347,7 +350,7 @@ fn every_kernel_path_and_thread_count_gives_the_same_bits() {
             let mut stage = Stage::load_cpu(model(), 0..30, kernels).expect("stage");
             let rows = logits_in_pieces(&mut stage, &prompt, &[prompt.len()]);
             let greedy =
-                hearth_kernels::generate_greedy(&mut stage, 2, &prompt, 8, 9).expect("greedy");
+                hearth_kernels::generate_greedy(&mut stage, &[2], &prompt, 8, 9).expect("greedy");
             let name = format!("{path} × {threads}");
             println!("{name}: logits digest {}", greedy.logits_digest);
             match &reference {

@@ -368,7 +368,8 @@ pub struct Driver {
     route: Vec<Hop>,
     prompt: Vec<u32>,
     max_tokens: usize,
-    eos: u32,
+    /// The model's ends of generation.
+    ends: Vec<u32>,
     context: usize,
     verify: Verify,
     /// How the last stage picks tokens (greedy when `None`).
@@ -450,13 +451,13 @@ impl Driver {
         route: Vec<Hop>,
         prompt: Vec<u32>,
         max_tokens: usize,
-        eos: u32,
+        ends: Vec<u32>,
         context: usize,
         verify: Verify,
         seed: u64,
     ) -> (Self, Vec<Action>) {
         Self::sampled(
-            session, model, route, prompt, max_tokens, eos, context, verify, None, seed,
+            session, model, route, prompt, max_tokens, ends, context, verify, None, seed,
         )
     }
 
@@ -469,7 +470,7 @@ impl Driver {
         route: Vec<Hop>,
         prompt: Vec<u32>,
         max_tokens: usize,
-        eos: u32,
+        ends: Vec<u32>,
         context: usize,
         verify: Verify,
         sampling: Option<Sampling>,
@@ -482,7 +483,7 @@ impl Driver {
             route,
             prompt: prompt.clone(),
             max_tokens,
-            eos,
+            ends,
             context,
             verify,
             // xorshift64 must not start at 0.
@@ -663,7 +664,7 @@ impl Driver {
                 if matches!(self.verify, Verify::After | Verify::Off) {
                     actions.extend(self.release(self.generated.len()));
                 }
-                let end = token == self.eos
+                let end = self.ends.contains(&token)
                     || self.generated.len() >= self.max_tokens
                     || next_pos as usize + 1 >= self.context;
                 let steps = self.step + 1;

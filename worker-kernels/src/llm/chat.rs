@@ -1,5 +1,7 @@
 //! The chat template a GGUF model carries in its metadata (`tokenizer.chat_template`, Jinja),
 //! rendered the way Hugging Face and llama.cpp render it: `messages` and `add_generation_prompt`.
+//! A file of a family whose turn format is fixed but that carries no template (Gemma 3 files
+//! converted without one) gets its family's template ([`GEMMA_TEMPLATE`]).
 
 use minijinja::{Environment, context};
 
@@ -8,6 +10,22 @@ use crate::{Error, Result};
 
 /// Largest template accepted; real ones are a few kilobytes.
 const TEMPLATE_BYTES_MAX: usize = 64 * 1024;
+
+/// Gemma's turn format, as Google's Gemma 3 template writes it (a system message opens the first
+/// user turn; roles alternate, the assistant's being `model`), without the leading `<bos>`, which
+/// the tokenizer adds.
+pub(crate) const GEMMA_TEMPLATE: &str = "\
+{%- if messages and messages[0].role == 'system' -%}\
+{%- set first = messages[0].content ~ '\n\n' -%}{%- set turns = messages[1:] -%}\
+{%- else -%}{%- set first = '' -%}{%- set turns = messages -%}{%- endif -%}\
+{%- for m in turns -%}\
+{%- if (m.role == 'user') != (loop.index0 % 2 == 0) -%}\
+{{ raise_exception('Gemma conversations alternate user and assistant turns, starting with the user') }}\
+{%- endif -%}\
+{{ '<start_of_turn>' ~ ('model' if m.role == 'assistant' else m.role) ~ '\\n' }}\
+{{- first if loop.first else '' }}{{ m.content | trim }}{{ '<end_of_turn>\\n' }}\
+{%- endfor -%}\
+{%- if add_generation_prompt -%}{{ '<start_of_turn>model\\n' }}{%- endif -%}";
 
 /// One message of a conversation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -24,15 +42,17 @@ pub struct ChatTemplate {
 }
 
 impl ChatTemplate {
-    /// The template in `model`'s metadata, if it has one.
+    /// The template in `model`'s metadata, or its family's when it has none and the family's turn
+    /// format is fixed (`gemma3`); `None` for a model with neither.
     pub fn from_model(model: &GgufModel) -> Result<Option<Self>> {
-        let Some(source) = model
+        match model
             .metadata("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
-        else {
-            return Ok(None);
-        };
-        Self::new(source.clone()).map(Some)
+        {
+            Some(source) => Self::new(source.clone()).map(Some),
+            None if model.config.arch == "gemma3" => Self::new(GEMMA_TEMPLATE.into()).map(Some),
+            None => Ok(None),
+        }
     }
 
     /// Compile `source`.
@@ -105,5 +125,41 @@ mod tests {
                 .contains("no tools")
         );
         assert!(ChatTemplate::new("{% for %}".into()).is_err());
+    }
+
+    fn message(role: &str, content: &str) -> ChatMessage {
+        ChatMessage {
+            role: role.into(),
+            content: content.into(),
+        }
+    }
+
+    #[test]
+    fn gemma_turns_are_written_as_googles_template_writes_them() {
+        let t = ChatTemplate::new(GEMMA_TEMPLATE.into()).expect("compiles");
+        // What Google's Gemma 3 template renders (after its <bos>) for these conversations.
+        assert_eq!(
+            t.render(&[message("user", "hi")], true).expect("renders"),
+            "<start_of_turn>user\nhi<end_of_turn>\n<start_of_turn>model\n"
+        );
+        assert_eq!(
+            t.render(
+                &[
+                    message("system", "Be brief."),
+                    message("user", " Why? "),
+                    message("assistant", "Because."),
+                    message("user", "Ok"),
+                ],
+                false
+            )
+            .expect("renders"),
+            "<start_of_turn>user\nBe brief.\n\nWhy?<end_of_turn>\n\
+             <start_of_turn>model\nBecause.<end_of_turn>\n\
+             <start_of_turn>user\nOk<end_of_turn>\n"
+        );
+        let refused = t
+            .render(&[message("assistant", "first")], true)
+            .expect_err("a conversation must start with the user");
+        assert!(refused.to_string().contains("alternate"), "{refused}");
     }
 }

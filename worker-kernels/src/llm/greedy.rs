@@ -40,22 +40,22 @@ fn last_logits(output: StageOutput) -> Result<Vec<f32>> {
 }
 
 /// Generate up to `max_tokens` tokens after `prompt` greedily in `session` (ended afterwards),
-/// stopping at `eos` or the model's context.
+/// stopping at any of `ends` or the model's context.
 pub fn generate_greedy(
     stage: &mut Stage,
-    eos: u32,
+    ends: &[u32],
     prompt: &[u32],
     max_tokens: usize,
     session: SessionId,
 ) -> Result<Greedy> {
-    generate(stage, eos, prompt, max_tokens, session, None)
+    generate(stage, ends, prompt, max_tokens, session, None)
 }
 
 /// [`generate_greedy`], drawing each token with `sampling` ([`super::sample`], keyed by the
 /// position whose logits it follows) when given.
 pub fn generate(
     stage: &mut Stage,
-    eos: u32,
+    ends: &[u32],
     prompt: &[u32],
     max_tokens: usize,
     session: SessionId,
@@ -86,7 +86,7 @@ pub fn generate(
             // These logits follow the token at `pos - 1`.
             let next = super::sample(&logits, sampling, pos as u64 - 1);
             token_ids.push(next);
-            if next == eos || pos + 1 >= context || token_ids.len() == max_tokens {
+            if ends.contains(&next) || pos + 1 >= context || token_ids.len() == max_tokens {
                 break;
             }
             logits =

@@ -24,12 +24,83 @@ const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 /// Pre-tokenizer names (`tokenizer.ggml.pre`) this builder reproduces exactly.
 const SUPPORTED_PRE: [&str; 3] = ["smollm", "starcoder", "refact"];
 
+/// Token texts llama.cpp takes for ends of generation in any vocabulary (`llama-vocab.cpp`: its
+/// end-of-generation list, then its fill-in-the-middle pad, repo and separator tokens), so a
+/// generation stops where llama.cpp's stops.
+const END_TEXTS: [&str; 31] = [
+    "<|eot_id|>",
+    "<|im_end|>",
+    "<|end|>",
+    "<|return|>",
+    "<|call|>",
+    "<|flush|>",
+    "<|calls|>",
+    "<end_of_turn>",
+    "<|endoftext|>",
+    "</s>",
+    "<|eom_id|>",
+    "<EOT>",
+    "_<EOT>",
+    "[EOT]",
+    "[EOS]",
+    "<|end_of_text|>",
+    "<end_of_utterance>",
+    "<eos>",
+    "<turn|>",
+    "<|tool_response>",
+    "<|fim_pad|>",
+    "<fim-pad>",
+    "<fim_pad>",
+    "<PAD>",
+    "[PAD]",
+    "<|fim_repo|>",
+    "<|repo_name|>",
+    "<fim-repo>",
+    "<REPO>",
+    "<reponame>",
+    "<|file_sep|>",
+];
+
+/// The ends of generation of a vocabulary `tokens` whose metadata names `named` (EOS, EOT, EOM),
+/// with llama.cpp's two exceptions: `<|end|>` is no end beside `<|return|>` and `<|call|>` (or
+/// `<|calls|>` and `<|flush|>`), and `</s>` none beside `<|tool_response>`.
+fn ends_of(tokens: &[String], named: impl IntoIterator<Item = Option<u32>>) -> Vec<u32> {
+    let by_text: Vec<(u32, &str)> = tokens
+        .iter()
+        .enumerate()
+        .filter(|(_, t)| END_TEXTS.contains(&t.as_str()))
+        .map(|(i, t)| (i as u32, t.as_str()))
+        .collect();
+    let has = |text: &str| by_text.iter().any(|(_, t)| *t == text);
+    let dropped = |text: &str| match text {
+        "<|end|>" => {
+            (has("<|return|>") && has("<|call|>")) || (has("<|calls|>") && has("<|flush|>"))
+        }
+        "</s>" => has("<|tool_response>"),
+        _ => false,
+    };
+    let mut ends: Vec<u32> = by_text
+        .iter()
+        .filter(|(_, t)| !dropped(t))
+        .map(|(i, _)| *i)
+        .collect();
+    ends.extend(named.into_iter().flatten());
+    ends.sort_unstable();
+    ends.dedup();
+    ends
+}
+
 /// A model's tokenizer.
 #[derive(Clone)]
 pub struct GgufTokenizer {
     inner: Inner,
     /// End-of-sequence token.
     pub eos: u32,
+    /// Every token that ends a generation, in order: the end-of-sequence token, the end-of-turn
+    /// and end-of-message tokens the metadata names, and the tokens llama.cpp takes for ends by
+    /// their text ([`END_TEXTS`]; a chat model ends its turn with `<end_of_turn>` or `<|im_end|>`,
+    /// not always with its EOS).
+    pub ends: Vec<u32>,
     /// Beginning-of-sequence token, when the model wants one prepended.
     pub bos: Option<u32>,
 }
@@ -150,12 +221,21 @@ impl GgufTokenizer {
             .map_err(tokenizer_error)?;
         let mut plain = special.clone();
         plain.set_encode_special_tokens(true);
+        let ends = ends_of(
+            &tokens,
+            [
+                Some(eos),
+                id("tokenizer.ggml.eot_token_id"),
+                id("tokenizer.ggml.eom_token_id"),
+            ],
+        );
         Ok(Self {
             inner: Inner::Bpe {
                 special: Box::new(special),
                 plain: Box::new(plain),
             },
             eos,
+            ends,
             bos,
         })
     }
@@ -200,6 +280,14 @@ impl GgufTokenizer {
         } else {
             None
         };
+        let ends = ends_of(
+            &tokens,
+            [
+                Some(eos),
+                id("tokenizer.ggml.eot_token_id"),
+                id("tokenizer.ggml.eom_token_id"),
+            ],
+        );
         let spm = Spm::new(
             tokens,
             scores,
@@ -210,8 +298,14 @@ impl GgufTokenizer {
         Ok(Self {
             inner: Inner::Spm(Box::new(spm)),
             eos,
+            ends,
             bos,
         })
+    }
+
+    /// Whether `token` ends a generation.
+    pub fn is_end(&self, token: u32) -> bool {
+        self.ends.contains(&token)
     }
 
     /// Token ids of `text`. With `parse_special`, control-token text such as `<|im_start|>` becomes

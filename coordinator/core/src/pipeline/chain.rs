@@ -78,14 +78,14 @@ impl Driver {
         route: Vec<super::Hop>,
         prompt: Vec<u32>,
         max_tokens: usize,
-        eos: u32,
+        ends: Vec<u32>,
         context: usize,
         verify: Verify,
         sampling: Option<hearth_protocol::work::Sampling>,
         seed: u64,
     ) -> (Self, Vec<Action>) {
         let (mut driver, _) = Self::sampled(
-            session, model, route, prompt, max_tokens, eos, context, verify, sampling, seed,
+            session, model, route, prompt, max_tokens, ends, context, verify, sampling, seed,
         );
         // `sampled` began a stepped session: nothing was sent yet, so it is dropped unsent.
         driver.awaiting = None;
@@ -142,7 +142,7 @@ impl Driver {
             model: self.model,
             hops: self.route.iter().map(|h| (h.peer_id, h.layers)).collect(),
             sampling: self.sampling,
-            eos: self.eos,
+            ends: self.ends.clone(),
             steps_end: self.max_tokens as u64,
             context: u32::try_from(self.context).unwrap_or(u32::MAX),
             keep_inputs: self.verify != Verify::Off,
@@ -371,7 +371,7 @@ impl Driver {
         if matches!(self.verify, Verify::Off | Verify::After) {
             actions.extend(self.release(self.generated.len()));
         }
-        let end = token == self.eos
+        let end = self.ends.contains(&token)
             || self.generated.len() >= self.max_tokens
             || next_pos as usize + 1 >= self.context;
         if end {

@@ -153,7 +153,7 @@ pub(crate) fn start(
         route,
         vec![1, 2, 3, 4],
         tokens,
-        0,
+        vec![0],
         1 << 20,
         verify,
         seed,

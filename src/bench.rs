@@ -6,7 +6,7 @@
 
 use std::time::Instant;
 
-use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2, Stage, StageInput};
+use hearth_kernels::{GgufModel, GgufTokenizer, Stage, StageInput};
 use serde_json::json;
 
 use crate::cli::{BenchArgs, BenchCommand};
@@ -39,7 +39,7 @@ fn local(
     json: bool,
     models: &std::path::Path,
 ) -> anyhow::Result<()> {
-    let path = model.unwrap_or_else(|| models.join(SMOLLM2.files[0].path));
+    let path = crate::models::locate(models, model.as_deref())?;
     let model = GgufModel::open(&path)
         .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` gets the default model)"))?;
     let tokenizer = GgufTokenizer::from_model(&model)?;

@@ -351,9 +351,16 @@ pub(crate) enum ApiKeyCommand {
 
 #[derive(Debug, Args)]
 pub(crate) struct SwarmGenerateArgs {
+    /// The model: a catalogued name, a name the coordinator's operator bound, or a model id (see
+    /// `GET /v1/models`) [default: the coordinator's default LLM].
+    #[arg(long, value_name = "NAME")]
+    pub(crate) model: Option<String>,
     /// The prompt, as raw text.
     #[arg(long)]
     pub(crate) prompt: String,
+    /// Send the prompt as one user message, wrapped in the model's chat template.
+    #[arg(long)]
+    pub(crate) chat: bool,
     /// Most tokens to generate (generation also stops at end-of-sequence).
     #[arg(long, default_value_t = 64, value_name = "N",
           value_parser = clap::value_parser!(u32).range(1..=4096))]
@@ -599,6 +606,23 @@ pub(crate) enum ModelsCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Add a GGUF model file to the models folder, registered by the blake3 of its bytes.
+    ///
+    /// The file is opened first (architecture, tensors, tokenizer), so one Hearth cannot run is
+    /// refused with the reason. It is copied in unless it is in the folder already. With --name, the
+    /// name is bound to its id in the folder's names.json: a coordinator started on this folder
+    /// serves the model under that name (peers only say which ids they hold; names are the
+    /// catalogue's and the operator's).
+    Add {
+        /// The GGUF file.
+        file: PathBuf,
+        /// Bind this name to the model (letters, digits, '-', '_', '.'; not a catalogued name).
+        #[arg(long, value_name = "NAME")]
+        name: Option<String>,
+        /// Print JSON: {id, name, path, copied}.
+        #[arg(long)]
+        json: bool,
+    },
     /// List the catalogued models (present, missing or corrupt) and any other model files, with ids.
     List {
         /// Print JSON: [{name, kind, status, id, path}].
@@ -641,8 +665,9 @@ pub(crate) struct EmbedArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct GenerateArgs {
-    /// GGUF model file [default: the fetched SmolLM2-135M-Instruct].
-    #[arg(long, value_name = "PATH")]
+    /// The model: a GGUF file, a catalogued name (such as gemma-3-270m-q4_k_m), or a name or id
+    /// added with `hearth models add` [default: the fetched SmolLM2-135M-Instruct].
+    #[arg(long, value_name = "MODEL")]
     pub(crate) model: Option<PathBuf>,
     /// The prompt, as raw text.
     #[arg(long)]
@@ -665,8 +690,9 @@ pub(crate) struct GenerateArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct ScoreArgs {
-    /// GGUF model file [default: the fetched SmolLM2-135M-Instruct].
-    #[arg(long, value_name = "PATH")]
+    /// The model: a GGUF file, a catalogued name (such as gemma-3-270m-q4_k_m), or a name or id
+    /// added with `hearth models add` [default: the fetched SmolLM2-135M-Instruct].
+    #[arg(long, value_name = "MODEL")]
     pub(crate) model: Option<PathBuf>,
     /// The prompt, as raw text.
     #[arg(long)]
@@ -697,8 +723,9 @@ pub(crate) struct BenchArgs {
 pub(crate) enum BenchCommand {
     /// Prompt and decode tokens/s of an LLM on this machine alone.
     Local {
-        /// GGUF model file [default: the fetched SmolLM2-135M-Instruct].
-        #[arg(long, value_name = "PATH")]
+        /// The model: a GGUF file, a catalogued name (such as gemma-3-270m-q4_k_m), or a name or id
+        /// added with `hearth models add` [default: the fetched SmolLM2-135M-Instruct].
+        #[arg(long, value_name = "MODEL")]
         model: Option<PathBuf>,
         /// Print JSON: {threads, kernel_path, prompt_tok_s, decode_tok_s, …}.
         #[arg(long)]

@@ -17,6 +17,13 @@ pub(crate) async fn run(args: SwarmGenerateArgs, file: &FileConfig) -> anyhow::R
         "stream": true,
         "verify": args.verify,
     });
+    if let Some(model) = &args.model {
+        request["model"] = model.as_str().into();
+    }
+    if args.chat {
+        request["messages"] = json!([{"role": "user", "content": args.prompt}]);
+        request["prompt"] = "".into();
+    }
     if let Some(k) = args.stages {
         request["stages"] = k.into();
     }

@@ -4,8 +4,8 @@
 use std::path::PathBuf;
 
 use hearth_kernels::{
-    ChatMessage, ChatTemplate, Embedder, GgufModel, GgufTokenizer, MINILM, SMOLLM2, Stage,
-    StageInput, StageOutput, argmax,
+    ChatMessage, ChatTemplate, Embedder, GgufModel, GgufTokenizer, MINILM, Stage, StageInput,
+    StageOutput, argmax,
 };
 use hearth_protocol::work::UnitOutput;
 use serde_json::json;
@@ -32,7 +32,7 @@ fn open_llm(
     path: Option<PathBuf>,
     models: &std::path::Path,
 ) -> anyhow::Result<(GgufModel, GgufTokenizer, Stage)> {
-    let path = path.unwrap_or_else(|| models.join(SMOLLM2.files[0].path));
+    let path = crate::models::locate(models, path.as_deref())?;
     if !path.exists() {
         anyhow::bail!(
             "{}: no such model file (run `hearth models fetch`, or pass --model PATH)",

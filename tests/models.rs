@@ -148,3 +148,101 @@ fn fetching_without_python_says_what_is_missing() {
     assert!(stderr.contains("python3 with pip"), "{stderr}");
     assert_eq!(stderr.trim_end().lines().count(), 1, "{stderr}");
 }
+
+#[test]
+fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
+    let models_dir = std::env::var("HEARTH_MODELS").unwrap_or_else(|_| {
+        format!(
+            "{}/.cache/hearth/models",
+            std::env::var("HOME").expect("HOME")
+        )
+    });
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("models");
+    // An operator's own file: SmolLM2 with bytes after its tensors (another id, the same model).
+    let mut bytes = std::fs::read(format!("{models_dir}/smollm2-135m-instruct-q4_1.gguf"))
+        .expect("the default model is fetched (`hearth models fetch`)");
+    bytes.extend_from_slice(b"an operator's own build");
+    let file = tmp.path().join("own.gguf");
+    std::fs::write(&file, &bytes).expect("write");
+    let id = hearth_protocol::ModelId::of_bytes(&bytes).to_string();
+
+    let file_arg = file.to_str().expect("utf-8");
+    let added = stdout_json(&models(
+        &dir,
+        &["add", file_arg, "--name", "house", "--json"],
+    ));
+    assert_eq!(added["id"], id.as_str(), "{added}");
+    assert_eq!(added["name"], "house");
+    assert_eq!(added["copied"], true);
+    // Added again: already there, nothing copied.
+    let again = stdout_json(&models(&dir, &["add", file_arg, "--json"]));
+    assert_eq!(again["copied"], false, "{again}");
+    let names: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("names.json")).expect("names.json"))
+            .expect("JSON");
+    assert_eq!(names["house"], id.as_str());
+
+    // The name runs it on one machine, as the file does.
+    let run = |model: &str| {
+        stdout_json(&run_hearth_env(
+            &[
+                "local",
+                "--models",
+                dir.to_str().expect("utf-8"),
+                "generate",
+                "--json",
+                "--model",
+                model,
+                "--prompt",
+                "One, two,",
+                "--max-tokens",
+                "4",
+            ],
+            &[],
+        ))["token_ids"]
+            .clone()
+    };
+    assert_eq!(run("house"), run(file_arg));
+    assert_eq!(run(&id), run(file_arg));
+
+    // What is refused, says why.
+    let not_gguf = tmp.path().join("notes.gguf");
+    std::fs::write(&not_gguf, "not a model").expect("write");
+    let refused = models(&dir, &["add", not_gguf.to_str().expect("utf-8")]);
+    assert!(!refused.status.success());
+    let why = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        why.contains("not a GGUF file") && why.contains("not added"),
+        "{why}"
+    );
+    let taken = models(
+        &dir,
+        &["add", file_arg, "--name", "smollm2-135m-instruct-q4_1"],
+    );
+    assert!(!taken.status.success());
+    assert!(
+        String::from_utf8_lossy(&taken.stderr).contains("the catalogue's name"),
+        "{}",
+        String::from_utf8_lossy(&taken.stderr)
+    );
+    let unknown = run_hearth_env(
+        &[
+            "local",
+            "--models",
+            dir.to_str().expect("utf-8"),
+            "generate",
+            "--model",
+            "nobody",
+            "--prompt",
+            "x",
+        ],
+        &[],
+    );
+    assert!(!unknown.status.success());
+    assert!(
+        String::from_utf8_lossy(&unknown.stderr).contains("no model in"),
+        "{}",
+        String::from_utf8_lossy(&unknown.stderr)
+    );
+}

@@ -11,6 +11,9 @@ use serde_json::Value;
 use support::local_swarm::Swarm;
 use support::{run_hearth_env, stdout_json};
 
+/// The catalogued Gemma 3, which the test suite fetches beside the defaults.
+const GEMMA: &str = "gemma-3-270m-q4_k_m";
+
 /// The pinned client version.
 const OPENAI_PACKAGE: &str = "openai==3.57.0";
 
@@ -163,14 +166,89 @@ fn the_official_openai_client_works_against_the_swarm() {
     );
     let out: Value = serde_json::from_slice(&run.stdout).expect("JSON");
 
+    // Every model the nodes hold is listed, by its catalogue name, with the peers holding it.
     assert_eq!(
         out["models"],
-        serde_json::json!(["smollm2-135m-instruct-q4_1", "all-minilm-l6-v2"])
+        serde_json::json!(["smollm2-135m-instruct-q4_1", "all-minilm-l6-v2", GEMMA])
     );
+    let mut nodes: Vec<&str> = swarm.nodes.iter().map(|(id, _)| id.as_str()).collect();
+    nodes.sort_unstable();
+    for (model, holders) in out["holders"].as_object().expect("holders") {
+        let mut holders: Vec<&str> = holders
+            .as_array()
+            .expect("a list")
+            .iter()
+            .map(|h| h.as_str().expect("a peer id"))
+            .collect();
+        holders.sort_unstable();
+        assert_eq!(holders, nodes, "{model}");
+    }
+
+    // Gemma 3 through the same swarm: its chat equals one machine's, over its own turn format;
+    // a generation that ends at the end of turn leaves that token out, as the API does.
+    let question = "What is the capital of France?";
+    let alone = local_text(&[
+        "--model",
+        GEMMA,
+        "--chat",
+        "--prompt",
+        question,
+        "--max-tokens",
+        "24",
+    ]);
+    let gemma = out["gemma_chat"].as_str().expect("gemma chat");
+    assert_eq!(out["gemma_chat_model"], GEMMA);
+    match out["gemma_chat_finish"].as_str() {
+        Some("length") => assert_eq!(gemma, alone, "{out}"),
+        Some("stop") => assert_eq!(format!("{gemma}<end_of_turn>"), alone, "{out}"),
+        other => panic!("finish {other:?}: {out}"),
+    }
+    assert!(!gemma.is_empty(), "{out}");
+
+    // And pipelined across the three nodes by `hearth generate --model`: one machine's tokens.
+    let prompt = "The history of the printing press";
+    let piped = stdout_json(&run_hearth_env(
+        &[
+            "generate",
+            "--api",
+            &swarm.api,
+            "--api-key",
+            key["key"].as_str().expect("key"),
+            "--model",
+            GEMMA,
+            "--stages",
+            "3",
+            "--max-tokens",
+            "16",
+            "--prompt",
+            prompt,
+            "--json",
+        ],
+        &[],
+    ));
+    assert_eq!(
+        piped["route"].as_array().map(Vec::len),
+        Some(3),
+        "three stages: {piped}"
+    );
+    let alone = stdout_json(&run_hearth_env(
+        &[
+            "local",
+            "generate",
+            "--json",
+            "--model",
+            GEMMA,
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "16",
+        ],
+        &[],
+    ));
+    assert_eq!(piped["token_ids"], alone["token_ids"], "{piped}");
 
     // Chat: streamed and not, equal; and equal to one machine alone, whose text ends with the end of
     // turn that the API leaves out.
-    let question = "What is the capital of France?";
     let alone = local_text(&["--chat", "--prompt", question, "--max-tokens", "48"]);
     let chat = out["chat"].as_str().expect("chat");
     assert_eq!(format!("{chat}<|im_end|>"), alone, "{out}");

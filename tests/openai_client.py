@@ -15,6 +15,7 @@ import openai
 from openai import OpenAI
 
 LLM = "smollm2-135m-instruct-q4_1"
+GEMMA = "gemma-3-270m-q4_k_m"
 EMBEDDER = "all-minilm-l6-v2"
 QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 
@@ -22,7 +23,15 @@ QUESTION = [{"role": "user", "content": "What is the capital of France?"}]
 def main():
     base, key, revoked = sys.argv[1], sys.argv[2], sys.argv[3]
     client = OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=120)
-    out = {"models": [m.id for m in client.models.list().data]}
+    listed = client.models.list().data
+    out = {"models": [m.id for m in listed]}
+    out["holders"] = {m.id: (m.model_extra or {}).get("holders") for m in listed}
+
+    # A second model in the same swarm: Gemma 3, over its own tokenizer and turn format.
+    gemma = client.chat.completions.create(model=GEMMA, messages=QUESTION, temperature=0, max_tokens=24)
+    out["gemma_chat"] = gemma.choices[0].message.content
+    out["gemma_chat_finish"] = gemma.choices[0].finish_reason
+    out["gemma_chat_model"] = gemma.model
 
     chat = client.chat.completions.create(model=LLM, messages=QUESTION, temperature=0, max_tokens=48)
     out["chat"] = chat.choices[0].message.content

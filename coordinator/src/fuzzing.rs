@@ -78,6 +78,20 @@ fn answer(command: Command) {
         }))),
         Command::EmbedTokens(texts, reply) => drop(reply.send(Ok(texts.len()))),
         Command::Sessions(reply) => drop(reply.send(Vec::new())),
+        Command::Models(reply) => drop(
+            reply.send(
+                crate::models::Models::new(None)
+                    .listed([])
+                    .into_iter()
+                    .map(|m| crate::http::ModelEntry {
+                        id: m.id,
+                        name: m.name,
+                        kind: m.kind,
+                        holders: Vec::new(),
+                    })
+                    .collect(),
+            ),
+        ),
         Command::Revoke(_, reply) => drop(reply.send(Ok(()))),
     }
 }

@@ -41,6 +41,16 @@ use crate::scheduler::JobStatus;
 use crate::sessions::{GenerateRequest, Refusal, SessionEvent, Sessions};
 use crate::work::{JobView, SubmitJob, Unavailable};
 
+/// A model the API lists (`GET /v1/models`).
+pub(crate) struct ModelEntry {
+    pub(crate) id: hearth_protocol::ModelId,
+    /// Its catalogue or bound name, else its id.
+    pub(crate) name: String,
+    pub(crate) kind: hearth_kernels::ModelKind,
+    /// The online peers that hold it.
+    pub(crate) holders: Vec<hearth_protocol::PeerId>,
+}
+
 /// A question for the event loop, with where to send the answer.
 pub(crate) enum Command {
     Peers(oneshot::Sender<Vec<PeerEntry>>),
@@ -74,6 +84,8 @@ pub(crate) enum Command {
         oneshot::Sender<Result<usize, crate::models::ModelsError>>,
     ),
     Sessions(oneshot::Sender<Vec<Value>>),
+    /// The models the API lists, with the online peers holding each.
+    Models(oneshot::Sender<Vec<ModelEntry>>),
     Revoke(
         Box<hearth_protocol::coop::Revocation>,
         oneshot::Sender<Result<(), String>>,
@@ -570,6 +582,9 @@ pub(crate) fn refused(refusal: &Refusal) -> Response {
     let status = match refusal {
         Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
         Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
+        Refusal::NoModel(why) => {
+            return error_with_code(StatusCode::NOT_FOUND, why, "model_not_found");
+        }
     };
     error(status, &refusal.to_string())
 }

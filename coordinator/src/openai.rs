@@ -2,8 +2,8 @@
 //!
 //! | endpoint | what runs it |
 //! |---|---|
-//! | `GET /v1/models` | the catalogue: each model by name, its blake3 id in `hearth.id`, and whether an online peer holds it |
-//! | `POST /v1/chat/completions` | a pipelined, verified generation over the model's chat template; `stream: true` answers server-sent events |
+//! | `GET /v1/models` | the default models, those the operator named, and every model an online peer holds: each by its catalogue or bound name (else its blake3 id), the id in `hearth.id`, the peers holding it in `holders` |
+//! | `POST /v1/chat/completions` | a pipelined, verified generation of the model `model` names (a name or an id) over its chat template; `stream: true` answers server-sent events |
 //! | `POST /v1/completions` | the same over a raw prompt |
 //! | `POST /v1/embeddings` | a sharded embed job, replicated and compared like any other |
 //!
@@ -25,7 +25,7 @@ use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use hearth_kernels::{CatalogModel, ChatMessage, MINILM, ModelKind, SMOLLM2};
+use hearth_kernels::{CatalogModel, ChatMessage, MINILM, ModelKind};
 use hearth_protocol::work::Sampling;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -57,19 +57,21 @@ fn bad(message: impl AsRef<str>) -> Response {
     error(StatusCode::BAD_REQUEST, message.as_ref())
 }
 
-/// The models the API serves: the default LLM and embedder. (The catalogue also has models the
-/// kernels cannot run yet, which `hearth models fetch` fetches by name.)
-const SERVED: [&CatalogModel; 2] = [&SMOLLM2, &MINILM];
+/// The embedders `POST /v1/embeddings` serves. (Language models are any the swarm holds: the
+/// coordinator resolves `model` when a generation starts.)
+const EMBEDDERS: [&CatalogModel; 1] = [&MINILM];
 
-/// The served model `name` (or its blake3 id) of `kind`, or OpenAI's 404.
-fn resolve(
-    name: Option<&str>,
-    kind: ModelKind,
-) -> Result<&'static hearth_kernels::CatalogModel, Response> {
-    let name = name.ok_or_else(|| bad("`model` is required (see GET /v1/models)"))?;
-    SERVED
+/// `model` of a request, or OpenAI's 400 when it is missing.
+fn required(name: Option<&str>) -> Result<&str, Response> {
+    name.ok_or_else(|| bad("`model` is required (see GET /v1/models)"))
+}
+
+/// The embedder `name` (or its blake3 id), or OpenAI's 404.
+fn embedder(name: Option<&str>) -> Result<&'static CatalogModel, Response> {
+    let name = required(name)?;
+    EMBEDDERS
         .into_iter()
-        .find(|m| m.kind == kind && (m.name == name || m.files[0].blake3 == name))
+        .find(|m| m.name == name || m.files[0].blake3 == name)
         .ok_or_else(|| {
             error_with_code(
                 StatusCode::NOT_FOUND,
@@ -80,27 +82,24 @@ fn resolve(
 }
 
 async fn models(State(commands): Commands) -> Response {
-    let peers = match ask(&commands, Command::Peers).await {
-        Ok(peers) => peers,
+    let models = match ask(&commands, Command::Models).await {
+        Ok(models) => models,
         Err(response) => return response,
     };
-    let data: Vec<Value> = SERVED
+    let data: Vec<Value> = models
         .iter()
         .map(|m| {
-            let id: hearth_protocol::ModelId = m.files[0].blake3.parse().expect("catalogue ids are hex");
-            let holders = peers
-                .iter()
-                .filter(|p| p.online && p.capabilities.models.contains(&id))
-                .count();
+            let holders: Vec<String> = m.holders.iter().map(ToString::to_string).collect();
             json!({
                 "id": m.name,
                 "object": "model",
                 "created": 0,
                 "owned_by": "hearth",
+                "holders": holders,
                 "hearth": {
-                    "id": m.files[0].blake3,
+                    "id": m.id.to_string(),
                     "kind": match m.kind { ModelKind::Llm => "llm", ModelKind::Embedder => "embedder" },
-                    "peers_online": holders,
+                    "peers_online": holders.len(),
                 },
             })
         })

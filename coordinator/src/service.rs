@@ -390,7 +390,7 @@ impl Coordinator {
             Command::Generate(request, events, reply) => {
                 let work = &self.work;
                 let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
-                let answer = match self.models.llm() {
+                let answer = match self.models.llm(request.model.as_deref()) {
                     Ok(llm) => self.sessions.start(
                         &mut self.network,
                         &self.registry,
@@ -400,6 +400,10 @@ impl Coordinator {
                         llm,
                         events,
                     ),
+                    Err(
+                        why @ (crate::models::ModelsError::Unknown(_)
+                        | crate::models::ModelsError::NotLlm(_)),
+                    ) => Err(crate::sessions::Refusal::NoModel(why.to_string())),
                     Err(why) => Err(crate::sessions::Refusal::Unavailable(why.to_string())),
                 };
                 let _ = reply.send(answer);
@@ -443,6 +447,28 @@ impl Coordinator {
                     self.apply_revocation(*revocation).map_or(Ok(()), Err)
                 };
                 let _ = reply.send(answer);
+            }
+            Command::Models(reply) => {
+                let mut holders: std::collections::BTreeMap<
+                    hearth_protocol::ModelId,
+                    Vec<hearth_protocol::PeerId>,
+                > = std::collections::BTreeMap::new();
+                for peer in self.registry.entries(now).into_iter().filter(|p| p.online) {
+                    for model in &peer.capabilities.models {
+                        holders.entry(*model).or_default().push(peer.peer_id);
+                    }
+                }
+                let listed = self.models.listed(holders.keys().copied());
+                let entries = listed
+                    .into_iter()
+                    .map(|m| crate::http::ModelEntry {
+                        holders: holders.remove(&m.id).unwrap_or_default(),
+                        id: m.id,
+                        name: m.name,
+                        kind: m.kind,
+                    })
+                    .collect();
+                let _ = reply.send(entries);
             }
             Command::Sessions(reply) => {
                 let _ = reply.send(self.sessions.overview());

@@ -34,12 +34,16 @@ pub(crate) enum Refusal {
     Unavailable(String),
     /// The request itself: empty, past the context, a bad template or token count.
     Invalid(String),
+    /// No model goes by the name the request gives.
+    NoModel(String),
 }
 
 impl std::fmt::Display for Refusal {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Refusal::Unavailable(why) | Refusal::Invalid(why) => f.write_str(why),
+            Refusal::Unavailable(why) | Refusal::Invalid(why) | Refusal::NoModel(why) => {
+                f.write_str(why)
+            }
         }
     }
 }
@@ -47,6 +51,10 @@ impl std::fmt::Display for Refusal {
 /// `POST /v1/generate`.
 #[derive(Clone, Debug, Deserialize)]
 pub struct GenerateRequest {
+    /// The model: a catalogued name, a name the operator bound, or an id; the default LLM when
+    /// absent.
+    #[serde(default)]
+    pub model: Option<String>,
     /// The prompt, as raw text.
     #[serde(default)]
     pub prompt: String,

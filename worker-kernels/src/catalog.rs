@@ -150,3 +150,152 @@ pub const GEMMA3: CatalogModel = CatalogModel {
 
 /// Every catalogued model, defaults first.
 pub const CATALOG: [CatalogModel; 3] = [SMOLLM2, MINILM, GEMMA3];
+
+/// The file in a models folder that binds operators' names to model ids (`hearth models add FILE
+/// --name NAME`): `{"name": "blake3 hex", …}`.
+pub const NAMES_FILE: &str = "names.json";
+
+/// Most names one models folder binds.
+pub const NAMES_MAX: usize = 256;
+
+/// The longest name an operator may bind.
+pub const NAME_BYTES_MAX: usize = 64;
+
+/// Names an operator bound to models, read from and written to a models folder's [`NAMES_FILE`].
+/// Peers never name models: a name is the catalogue's or the operator's, anything else is listed by
+/// its id.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ModelNames(pub std::collections::BTreeMap<String, hearth_protocol::ModelId>);
+
+impl ModelNames {
+    /// The names bound in `dir` (none when it has no names file).
+    pub fn load(dir: &std::path::Path) -> std::io::Result<Self> {
+        let path = dir.join(NAMES_FILE);
+        let text = match std::fs::read_to_string(&path) {
+            Ok(text) => text,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Self::default()),
+            Err(e) => return Err(e),
+        };
+        let invalid = |why: String| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("{}: {why}", path.display()),
+            )
+        };
+        let raw: std::collections::BTreeMap<String, String> =
+            serde_json::from_str(&text).map_err(|e| invalid(e.to_string()))?;
+        let mut names = Self::default();
+        for (name, id) in raw {
+            let id = id
+                .parse()
+                .map_err(|_| invalid(format!("{name:?} is bound to {id:?}, not a blake3 id")))?;
+            names.bind(&name, id).map_err(invalid)?;
+        }
+        Ok(names)
+    }
+
+    /// Bind `name` to `id` (replacing what it named). A name is 1 to [`NAME_BYTES_MAX`] bytes of
+    /// letters, digits, `-`, `_` and `.`, and is not a catalogued model's name nor 64 hex digits
+    /// (which read as an id).
+    pub fn bind(&mut self, name: &str, id: hearth_protocol::ModelId) -> Result<(), String> {
+        let allowed = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.');
+        if name.is_empty() || name.len() > NAME_BYTES_MAX || !name.chars().all(allowed) {
+            return Err(format!(
+                "the name {name:?} must be 1 to {NAME_BYTES_MAX} letters, digits, '-', '_' or '.'"
+            ));
+        }
+        if let Some(m) = CATALOG.iter().find(|m| m.name == name) {
+            return Err(format!(
+                "{name:?} is the catalogue's name for {}; pick another",
+                m.files[0].blake3
+            ));
+        }
+        if name.len() == 64 && name.chars().all(|c| c.is_ascii_hexdigit()) {
+            return Err(format!(
+                "{name:?} reads as a model id; pick a name that is not 64 hex digits"
+            ));
+        }
+        if !self.0.contains_key(name) && self.0.len() >= NAMES_MAX {
+            return Err(format!("a models folder binds at most {NAMES_MAX} names"));
+        }
+        self.0.insert(name.to_string(), id);
+        Ok(())
+    }
+
+    /// Write the names to `dir`'s [`NAMES_FILE`] (whole, through a temporary file, so a crash
+    /// leaves the old file or the new one).
+    pub fn save(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let raw: std::collections::BTreeMap<&str, String> = self
+            .0
+            .iter()
+            .map(|(n, id)| (n.as_str(), id.to_string()))
+            .collect();
+        let text = serde_json::to_string_pretty(&raw).map_err(std::io::Error::other)?;
+        let tmp = dir.join(format!(".{NAMES_FILE}.{}", std::process::id()));
+        std::fs::write(&tmp, text + "\n")?;
+        std::fs::rename(&tmp, dir.join(NAMES_FILE))
+    }
+
+    /// The name `id` goes by: the catalogue's, else the first the operator bound, else none.
+    pub fn name_of(&self, id: &hearth_protocol::ModelId) -> Option<String> {
+        let hex = id.to_string();
+        CATALOG
+            .iter()
+            .find(|m| m.files[0].blake3 == hex)
+            .map(|m| m.name.to_string())
+            .or_else(|| {
+                self.0
+                    .iter()
+                    .find(|(_, bound)| *bound == id)
+                    .map(|(n, _)| n.clone())
+            })
+    }
+
+    /// The model `wanted` names: a catalogued name, a bound name, or an id (64 hex digits).
+    pub fn resolve(&self, wanted: &str) -> Option<hearth_protocol::ModelId> {
+        CATALOG
+            .iter()
+            .find(|m| m.name == wanted)
+            .and_then(|m| m.files[0].blake3.parse().ok())
+            .or_else(|| self.0.get(wanted).copied())
+            .or_else(|| {
+                (wanted.len() == 64)
+                    .then(|| wanted.to_ascii_lowercase().parse().ok())
+                    .flatten()
+            })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_bind_resolve_and_survive_a_save() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let id = hearth_protocol::ModelId::of_bytes(b"a model");
+        let mut names = ModelNames::load(dir.path()).expect("no file is no names");
+        assert!(names.0.is_empty());
+        names.bind("my-llama_3.2", id).expect("a fine name");
+        assert!(names.bind("smollm2-135m-instruct-q4_1", id).is_err());
+        assert!(names.bind("has space", id).is_err());
+        assert!(names.bind("", id).is_err());
+        assert!(names.bind(&"a".repeat(NAME_BYTES_MAX + 1), id).is_err());
+        assert!(names.bind(&"ab".repeat(32), id).is_err(), "reads as an id");
+        names.save(dir.path()).expect("save");
+        let back = ModelNames::load(dir.path()).expect("load");
+        assert_eq!(back, names);
+        assert_eq!(back.resolve("my-llama_3.2"), Some(id));
+        assert_eq!(back.resolve(&id.to_string()), Some(id));
+        assert_eq!(back.resolve(&id.to_string().to_uppercase()), Some(id));
+        assert_eq!(back.name_of(&id).as_deref(), Some("my-llama_3.2"));
+        assert_eq!(
+            back.resolve(SMOLLM2.name).map(|i| i.to_string()).as_deref(),
+            Some(SMOLLM2.files[0].blake3)
+        );
+        assert_eq!(back.resolve("nothing"), None);
+        std::fs::write(dir.path().join(NAMES_FILE), r#"{"x": "not hex"}"#).expect("write");
+        let bad = ModelNames::load(dir.path()).expect_err("a bad id is refused");
+        assert!(bad.to_string().contains("not a blake3 id"), "{bad}");
+    }
+}

@@ -20,7 +20,8 @@ mod llm;
 
 pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
 pub use catalog::{
-    CATALOG, CatalogFile, CatalogModel, CatalogPart, GEMMA3, MINILM, ModelKind, SMOLLM2,
+    CATALOG, CatalogFile, CatalogModel, CatalogPart, GEMMA3, MINILM, ModelKind, ModelNames,
+    NAME_BYTES_MAX, NAMES_FILE, NAMES_MAX, SMOLLM2,
 };
 pub use embed::{EMBED_BATCH_MAX, EMBED_TOKENS_MAX, EmbedTokenizer, Embedder};
 pub use error::{Error, Result};

@@ -18,7 +18,7 @@ pub(super) async fn embeddings(
         Ok(b) => b,
         Err(r) => return r,
     };
-    let model = match resolve(body.model.as_deref(), ModelKind::Embedder) {
+    let model = match embedder(body.model.as_deref()) {
         Ok(m) => m,
         Err(r) => return r,
     };

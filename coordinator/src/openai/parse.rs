@@ -11,7 +11,8 @@ pub(super) struct Generation {
     pub(super) stream: bool,
     pub(super) include_usage: bool,
     pub(super) seed: u64,
-    pub(super) model: &'static str,
+    /// The model as the request named it (echoed in the answer, as OpenAI does).
+    pub(super) model: String,
 }
 
 pub(super) fn parse_generation(
@@ -19,7 +20,7 @@ pub(super) fn parse_generation(
     prompt: String,
     messages: Option<Vec<ChatMessage>>,
 ) -> Result<Generation, Response> {
-    let model = resolve(body.model.as_deref(), ModelKind::Llm)?;
+    let model = required(body.model.as_deref())?.to_string();
     let temperature = body.temperature.unwrap_or(1.0);
     if !(0.0..=2.0).contains(&temperature) {
         return Err(bad("`temperature` must be within 0..=2"));
@@ -63,6 +64,7 @@ pub(super) fn parse_generation(
     }
     Ok(Generation {
         request: GenerateRequest {
+            model: Some(model.clone()),
             prompt,
             messages,
             max_tokens: Some(max_tokens),
@@ -79,7 +81,7 @@ pub(super) fn parse_generation(
         stream: body.stream.unwrap_or(false),
         include_usage: body.stream_options.is_some_and(|o| o.include_usage),
         seed,
-        model: model.name,
+        model,
     })
 }
 

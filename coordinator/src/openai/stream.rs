@@ -172,6 +172,8 @@ pub(super) async fn run(
         "text_completion"
     };
     let stream_id = id.clone();
+    let model: std::sync::Arc<str> = model.into();
+    let stream_model = model.clone();
     let chunk = move |delta: Option<&str>, finish: Option<&str>, extra: Option<(&str, Value)>| {
         let choice = if chat {
             let delta = match delta {
@@ -184,7 +186,7 @@ pub(super) async fn run(
             json!({ "index": 0, "text": delta.unwrap_or(""), "finish_reason": finish, "logprobs": null })
         };
         let mut c = json!({
-            "id": id, "object": chunk_object, "created": created, "model": model,
+            "id": id, "object": chunk_object, "created": created, "model": &*model,
             "system_fingerprint": hearth_kernels::KERNELS_VERSION, "choices": [choice],
         });
         if let Some((key, value)) = extra {
@@ -209,6 +211,7 @@ pub(super) async fn run(
     let lines = futures::stream::unfold(state, move |mut st| {
         let chunk = chunk.clone();
         let id = stream_id.clone();
+        let model = stream_model.clone();
         let meter = meter.clone();
         async move {
             if !st.started {
@@ -273,7 +276,7 @@ pub(super) async fn run(
                 if include_usage {
                     let prompt_tokens = summary.as_ref().map_or(0, |s| s.prompt_tokens);
                     let usage = json!({ "prompt_tokens": prompt_tokens, "completion_tokens": st.tokens, "total_tokens": prompt_tokens + st.tokens });
-                    let mut c: Value = json!({ "id": id, "object": chunk_object, "created": created, "model": model, "choices": [], "usage": usage });
+                    let mut c: Value = json!({ "id": id, "object": chunk_object, "created": created, "model": &*model, "choices": [], "usage": usage });
                     c["system_fingerprint"] = json!(hearth_kernels::KERNELS_VERSION);
                     out.push(Event::default().data(c.to_string()));
                 }

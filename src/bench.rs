@@ -22,7 +22,11 @@ const RUNS: usize = 3;
 pub(crate) async fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()> {
     let models = args.models.resolve(file)?;
     match args.command {
-        BenchCommand::Local { model, json } => local(model, json, &models),
+        BenchCommand::Local {
+            model,
+            layers,
+            json,
+        } => local(model, layers, json, &models),
         BenchCommand::Swarm {
             texts,
             unit_size,
@@ -34,8 +38,68 @@ pub(crate) async fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()
     }
 }
 
+/// This process's resident and peak resident memory, bytes (Linux's `/proc/self/status`).
+fn memory() -> Option<(u64, u64)> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let field = |key: &str| -> Option<u64> {
+        let line = status.lines().find(|l| l.starts_with(key))?;
+        let kib: u64 = line[key.len()..]
+            .trim()
+            .trim_end_matches("kB")
+            .trim()
+            .parse()
+            .ok()?;
+        Some(kib * 1024)
+    };
+    Some((field("VmRSS:")?, field("VmHWM:")?))
+}
+
+/// Bytes of the weights layers `range` of the model at `path` need: their blocks, the token
+/// embedding on a first stage, the final norm and head on a last one.
+fn layer_weight_bytes(
+    path: &std::path::Path,
+    range: &std::ops::Range<usize>,
+    layers: usize,
+) -> u64 {
+    let Ok(g) = hearth_cpu::Gguf::open(path) else {
+        return 0;
+    };
+    let mut names: Vec<&String> = g
+        .tensors
+        .keys()
+        .filter(|n| {
+            n.strip_prefix("blk.")
+                .and_then(|rest| rest.split('.').next())
+                .and_then(|i| i.parse::<usize>().ok())
+                .is_some_and(|i| range.contains(&i))
+        })
+        .collect();
+    let embedding = "token_embd.weight".to_string();
+    let (norm, output) = (
+        "output_norm.weight".to_string(),
+        "output.weight".to_string(),
+    );
+    if range.start == 0 {
+        names.push(&embedding);
+    }
+    if range.end == layers {
+        names.push(&norm);
+        if g.tensors.contains_key(&output) {
+            names.push(&output);
+        } else if range.start != 0 {
+            names.push(&embedding);
+        }
+    }
+    names
+        .into_iter()
+        .filter_map(|n| g.tensor_len(n))
+        .map(|n| n as u64)
+        .sum()
+}
+
 fn local(
     model: Option<std::path::PathBuf>,
+    layers: Option<std::ops::Range<usize>>,
     json: bool,
     models: &std::path::Path,
 ) -> anyhow::Result<()> {
@@ -47,25 +111,42 @@ fn local(
         .repeat(16);
     let mut prompt = tokenizer.encode(&text, false)?;
     prompt.truncate(PROMPT_TOKENS);
-    let mut stage = Stage::load(
-        &model,
-        0..model.config.layers,
-        &hearth_kernels::compute_device(),
-    )?;
+    // What a node holds is the stage alone: the tokenizer and the header go before it loads.
+    drop(tokenizer);
+    let all = model.config.layers;
+    let range = layers.unwrap_or(0..all);
+    if range.end > all {
+        anyhow::bail!(
+            "layers {}..{}: the model has {all} layers (0..{all})",
+            range.start,
+            range.end
+        );
+    }
+    let mut stage = Stage::load(&model, range.clone(), &hearth_kernels::compute_device())?;
+    let (id, hidden) = (model.id, model.config.hidden);
+    drop(model);
+    let loaded = memory();
+    let input = |tokens: &[u32]| -> anyhow::Result<StageInput> {
+        Ok(if range.start == 0 {
+            StageInput::Tokens(tokens.to_vec())
+        } else {
+            StageInput::zeros(tokens.len(), hidden)?
+        })
+    };
 
     let mut prefill = Vec::new();
     let mut decode = Vec::new();
     for run in 0..RUNS {
         let session = run as u64;
         let start = Instant::now();
-        stage.forward(session, StageInput::Tokens(prompt.clone()), 0, false)?;
+        stage.forward(session, input(&prompt)?, 0, false)?;
         prefill.push(PROMPT_TOKENS as f64 / start.elapsed().as_secs_f64());
         let start = Instant::now();
         for step in 0..DECODE_TOKENS {
             // The token fed does not change the cost; a fixed one keeps runs identical.
             stage.forward(
                 session,
-                StageInput::Tokens(vec![prompt[step % prompt.len()]]),
+                input(&[prompt[step % prompt.len()]])?,
                 PROMPT_TOKENS + step,
                 false,
             )?;
@@ -80,11 +161,14 @@ fn local(
     let (prompt_tps, decode_tps) = (median(&mut prefill), median(&mut decode));
     let threads = stage.threads();
     let kernel_path = stage.kernel_path();
+    let after = memory();
+    let weights = layer_weight_bytes(&path, &range, all);
+    let file_bytes = std::fs::metadata(&path).map_or(0, |m| m.len());
     if json {
         println!(
             "{}",
             json!({
-                "model": model.id,
+                "model": id,
                 "threads": threads,
                 "kernel_path": kernel_path,
                 "prompt_tokens": PROMPT_TOKENS,
@@ -93,6 +177,12 @@ fn local(
                 "decode_tok_s": decode_tps,
                 "prompt_tokens_per_s": prompt_tps,
                 "decode_tokens_per_s": decode_tps,
+                "layers": [range.start, range.end],
+                "file_bytes": file_bytes,
+                "layers_weight_bytes": weights,
+                "rss_loaded_bytes": loaded.map(|m| m.0),
+                "rss_bytes": after.map(|m| m.0),
+                "peak_rss_bytes": after.map(|m| m.1),
             })
         );
     } else {
@@ -104,6 +194,18 @@ fn local(
             "  prompt  {prompt_tps:>8.1} tokens/s  ({PROMPT_TOKENS}-token prefill, median of {RUNS})"
         );
         println!("  decode  {decode_tps:>8.1} tokens/s  ({DECODE_TOKENS} steps, median of {RUNS})");
+        let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
+        if let Some((rss, peak)) = after {
+            println!(
+                "  memory  {:>8.1} MiB resident, {:.1} MiB at peak; layers {}..{} of {all} need {:.1} MiB of the file's {:.1} MiB",
+                mib(rss),
+                mib(peak),
+                range.start,
+                range.end,
+                mib(weights),
+                mib(file_bytes)
+            );
+        }
     }
     Ok(())
 }

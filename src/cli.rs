@@ -727,7 +727,11 @@ pub(crate) enum BenchCommand {
         /// added with `hearth models add` [default: the fetched SmolLM2-135M-Instruct].
         #[arg(long, value_name = "MODEL")]
         model: Option<PathBuf>,
-        /// Print JSON: {threads, kernel_path, prompt_tok_s, decode_tok_s, …}.
+        /// Run only layers A..B, as one stage of a pipeline does (hidden states of zeros in when A
+        /// is not 0), and report its memory beside the bytes of the weights those layers need.
+        #[arg(long, value_name = "A..B", value_parser = parse_layers)]
+        layers: Option<std::ops::Range<usize>>,
+        /// Print JSON: {threads, kernel_path, prompt_tok_s, decode_tok_s, rss_bytes, …}.
         #[arg(long)]
         json: bool,
     },
@@ -760,6 +764,23 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+/// `A..B`, a range of layers.
+fn parse_layers(s: &str) -> Result<std::ops::Range<usize>, String> {
+    let (a, b) = s
+        .split_once("..")
+        .ok_or_else(|| format!("{s:?}: give layers as A..B, such as 0..8"))?;
+    let parse = |v: &str| {
+        v.trim()
+            .parse::<usize>()
+            .map_err(|_| format!("{s:?}: {v:?} is not a layer number"))
+    };
+    let range = parse(a)?..parse(b)?;
+    if range.is_empty() {
+        return Err(format!("{s:?}: the range of layers is empty"));
+    }
+    Ok(range)
 }
 
 /// Where model files live; every command that touches models takes it.

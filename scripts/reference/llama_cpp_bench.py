@@ -1,9 +1,9 @@
 #!/usr/bin/env python3
-"""llama.cpp's speed on the default model, measured as `hearth bench local` measures Hearth's.
+"""llama.cpp's speed on a model (the default one unless named), measured as `hearth bench local` measures Hearth's.
 
 Prompt speed: a 128-token prefill; decode speed: 64 one-token steps after it; median of 3 runs; same
 prompt text. Run it right after `hearth bench local` on the same machine, with the same thread count:
-    /tmp/refenv/bin/python scripts/reference/llama_cpp_bench.py THREADS [MODELS_DIR]
+    /tmp/refenv/bin/python scripts/reference/llama_cpp_bench.py THREADS [MODELS_DIR [MODEL_FILE]]
 (see llama_cpp_reference.py for installing llama-cpp-python).
 """
 import json
@@ -22,7 +22,8 @@ RUNS = 3
 def main():
     threads = int(sys.argv[1]) if len(sys.argv) > 1 else 2
     models = sys.argv[2] if len(sys.argv) > 2 else os.path.expanduser("~/.cache/hearth/models")
-    llm = Llama(model_path=os.path.join(models, "smollm2-135m-instruct-q4_1.gguf"), n_ctx=512, n_batch=512,
+    file = sys.argv[3] if len(sys.argv) > 3 else "smollm2-135m-instruct-q4_1.gguf"
+    llm = Llama(model_path=os.path.join(models, file), n_ctx=512, n_batch=512,
                 n_threads=threads, n_threads_batch=threads, verbose=False)
     text = "Volunteer computing pools spare machines into one system that anyone can join. " * 16
     prompt = llm.tokenize(text.encode(), add_bos=False, special=False)[:PROMPT_TOKENS]

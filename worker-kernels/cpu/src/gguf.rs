@@ -4,6 +4,7 @@
 //! descriptor per tensor (name, dimensions, GGML type, offset), then the tensor data from the next
 //! multiple of `general.alignment` (32 by default). Everything is little-endian.
 
+use crate::bytes::WeightBytes;
 use std::collections::HashMap;
 use std::path::Path;
 
@@ -33,10 +34,10 @@ pub struct TensorInfo {
     pub start: usize,
 }
 
-/// A parsed GGUF file held in memory.
+/// A parsed GGUF file: its header read, its bytes mapped (or held, when parsed from memory).
 #[derive(Debug)]
 pub struct Gguf {
-    bytes: Vec<u8>,
+    bytes: WeightBytes,
     /// Metadata by key.
     pub metadata: HashMap<String, Value>,
     /// Tensors by name.
@@ -109,14 +110,15 @@ impl Reader<'_> {
 }
 
 impl Gguf {
-    /// Read and parse `path`.
+    /// Map and parse `path`: only the header is read now; tensors' pages as they are used.
     pub fn open(path: &Path) -> Result<Self, String> {
-        let bytes = std::fs::read(path).map_err(|e| format!("{}: {e}", path.display()))?;
+        let bytes = WeightBytes::map(path).map_err(|e| format!("{}: {e}", path.display()))?;
         Self::parse(bytes).map_err(|e| format!("{}: {e}", path.display()))
     }
 
     /// Parse a whole file's bytes.
-    pub fn parse(bytes: Vec<u8>) -> Result<Self, String> {
+    pub fn parse(bytes: impl Into<WeightBytes>) -> Result<Self, String> {
+        let bytes = bytes.into();
         let mut r = Reader {
             bytes: &bytes,
             at: 0,
@@ -199,6 +201,33 @@ impl Gguf {
             .and_then(|end| self.bytes.get(info.start..end))
             .ok_or_else(|| format!("tensor {name} runs past the end of the file"))?;
         Ok((info, bytes))
+    }
+
+    /// How many bytes tensor `name` holds, from its type and dimensions (`None` for a type Hearth
+    /// does not know).
+    pub fn tensor_len(&self, name: &str) -> Option<usize> {
+        let info = self.tensors.get(name)?;
+        let values: usize = info.dims.iter().product();
+        match info.ggml_type {
+            0 => Some(values * 4),
+            1 | 30 => Some(values * 2),
+            t => {
+                let kind = crate::quant::QKind::from_ggml(t)?;
+                Some(values / kind.block_values() * kind.block_bytes())
+            }
+        }
+    }
+
+    /// A tensor's `len` bytes as a window on the file (no copy), checked to lie within it.
+    pub fn tensor_view(&self, name: &str, len: usize) -> Result<WeightBytes, String> {
+        let info = self
+            .tensors
+            .get(name)
+            .ok_or_else(|| format!("tensor {name} missing"))?;
+        info.start
+            .checked_add(len)
+            .and_then(|end| self.bytes.slice(info.start..end))
+            .ok_or_else(|| format!("tensor {name} runs past the end of the file"))
     }
 }
 

@@ -13,6 +13,7 @@
 //!   computed inside a prefill gets the same bits as computed alone.
 //! - [`Gguf`]: just enough of the GGUF format to load it.
 
+pub mod bytes;
 pub mod dot;
 pub mod gguf;
 pub mod kquant;
@@ -22,7 +23,8 @@ pub mod path;
 pub mod pool;
 pub mod quant;
 
+pub use bytes::WeightBytes;
 pub use gguf::Gguf;
-pub use llama::{Config, Input, Kernels, KvCache, LlamaRange};
+pub use llama::{ARCHITECTURES, Config, Input, Kernels, KvCache, LlamaRange};
 pub use path::{KERNEL_PATH_ENV, KernelPath};
 pub use pool::Pool;

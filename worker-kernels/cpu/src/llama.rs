@@ -24,6 +24,9 @@ use crate::path::KernelPath;
 use crate::pool::Pool;
 use crate::quant::{Acts, QKind, QMatrix};
 
+/// The GGUF architectures this implementation runs (`mistral` files run as `llama`).
+pub const ARCHITECTURES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gemma3"];
+
 /// Rows of a product computed as one piece of work by one thread.
 const ROWS_PER_CHUNK: usize = 16;
 /// Tokens a row pair is multiplied with at once in a prefill.
@@ -62,8 +65,13 @@ pub struct Config {
 /// (llama's are all off).
 #[derive(Clone, Debug, PartialEq)]
 pub struct Variant {
-    /// The GGUF architecture: `llama` or `gemma3`.
+    /// The GGUF architecture: `llama`, `qwen2`, `qwen3` or `gemma3`.
     pub arch: String,
+    /// Queries, keys and values have biases (`attn_q.bias`, …; Qwen 2).
+    pub qkv_bias: bool,
+    /// RoPE's frequencies are divided by per-frequency factors (`rope_freqs.weight`; Llama 3's
+    /// frequency scaling).
+    pub rope_factors: bool,
     /// Embeddings are multiplied by this (Gemma: √width).
     pub embed_scale: Option<f32>,
     /// Each query and key head is RMS-normed (`attn_q_norm`, `attn_k_norm`) before RoPE.
@@ -86,6 +94,8 @@ impl Variant {
     fn llama() -> Self {
         Self {
             arch: "llama".into(),
+            qkv_bias: false,
+            rope_factors: false,
             embed_scale: None,
             qk_norm: false,
             post_norms: false,
@@ -101,6 +111,8 @@ impl Variant {
     fn gemma3(hidden: usize, window: usize) -> Self {
         Self {
             arch: "gemma3".into(),
+            qkv_bias: false,
+            rope_factors: false,
             embed_scale: Some((hidden as f32).sqrt()),
             qk_norm: true,
             post_norms: true,
@@ -108,6 +120,26 @@ impl Variant {
             rope_neox: true,
             sliding: Some((window, 6)),
             rope_base_sliding: 10_000.0,
+        }
+    }
+
+    /// Qwen 2: llama with biased queries, keys and values and NeoX RoPE.
+    fn qwen2() -> Self {
+        Self {
+            arch: "qwen2".into(),
+            qkv_bias: true,
+            rope_neox: true,
+            ..Self::llama()
+        }
+    }
+
+    /// Qwen 3: llama with per-head query and key norms and NeoX RoPE.
+    fn qwen3() -> Self {
+        Self {
+            arch: "qwen3".into(),
+            qk_norm: true,
+            rope_neox: true,
+            ..Self::llama()
         }
     }
 
@@ -125,13 +157,14 @@ impl Config {
         self.heads * self.head_dim
     }
 
-    /// Read a llama or gemma3 model's hyper-parameters.
+    /// Read a model's hyper-parameters ([`ARCHITECTURES`]; `mistral` is llama).
     pub fn from_gguf(g: &Gguf) -> Result<Self, String> {
         let arch = match g.metadata.get("general.architecture") {
-            Some(Value::Str(a)) if a == "llama" || a == "gemma3" => a.clone(),
+            Some(Value::Str(a)) if ARCHITECTURES.contains(&a.as_str()) => a.clone(),
             other => {
                 return Err(format!(
-                    "architecture {other:?} is not one Hearth's CPU kernels run (llama, gemma3)"
+                    "architecture {other:?} is not one Hearth's CPU kernels run ({})",
+                    ARCHITECTURES.join(", ")
                 ));
             }
         };
@@ -152,16 +185,21 @@ impl Config {
                 .unwrap_or(0),
         };
         let gemma = arch == "gemma3";
-        let head_dim = if gemma {
-            int("attention.key_length")?
+        // Heads as wide as the width over the heads, unless the file says (Gemma 3 and Qwen 3
+        // may have heads that together are wider or narrower than the model).
+        let free_heads = gemma || arch == "qwen3";
+        let head_dim = if free_heads {
+            int("attention.key_length").unwrap_or(hidden / heads)
         } else {
             int("rope.dimension_count").unwrap_or(hidden / heads)
         };
-        let variant = if gemma {
-            Variant::gemma3(hidden, int("attention.sliding_window")?)
-        } else {
-            Variant::llama()
+        let mut variant = match arch.as_str() {
+            "gemma3" => Variant::gemma3(hidden, int("attention.sliding_window")?),
+            "qwen2" => Variant::qwen2(),
+            "qwen3" => Variant::qwen3(),
+            _ => Variant::llama(),
         };
+        variant.rope_factors = g.tensors.contains_key("rope_freqs.weight");
         let c = Self {
             layers: int("block_count")?,
             hidden,
@@ -183,7 +221,7 @@ impl Config {
         };
         if c.kv_heads == 0
             || !c.heads.is_multiple_of(c.kv_heads)
-            || (!gemma && c.head_dim * c.heads != c.hidden)
+            || (!free_heads && c.head_dim * c.heads != c.hidden)
             || !c.head_dim.is_multiple_of(2)
         {
             return Err(format!("inconsistent attention shape: {c:?}"));
@@ -333,6 +371,8 @@ struct Block {
     wq: QMatrix,
     wk: QMatrix,
     wv: QMatrix,
+    /// Biases of queries, keys and values ([`Variant::qkv_bias`]).
+    qkv_bias: Option<[Vec<f32>; 3]>,
     /// Per-head norms of queries and keys ([`Variant::qk_norm`]).
     qk_norm: Option<(Vec<f32>, Vec<f32>)>,
     wo: QMatrix,
@@ -389,10 +429,12 @@ pub struct LlamaRange {
     embedding: Option<QMatrix>,
     blocks: Vec<Block>,
     head: Option<(Vec<f32>, QMatrix)>,
-    cos: Vec<f32>,
-    sin: Vec<f32>,
+
     /// The sliding layers' RoPE tables, when they have their own base.
-    sliding_rope: Option<(Vec<f32>, Vec<f32>)>,
+    /// Whether any layer of the range slides (and so rotates by the sliding layers' base).
+    slides: bool,
+    /// RoPE's per-frequency divisors ([`Variant::rope_factors`]).
+    rope_factors: Option<Vec<f32>>,
 }
 
 impl std::fmt::Debug for LlamaRange {
@@ -426,9 +468,8 @@ fn matrix(g: &Gguf, name: &str, rows: usize, cols: usize) -> Result<QMatrix, Str
             kind.block_values()
         ));
     }
-    let (_, bytes) =
-        g.tensor_bytes(name, rows * cols / kind.block_values() * kind.block_bytes())?;
-    QMatrix::new(kind, rows, cols, bytes.to_vec()).map_err(|e| format!("tensor {name}: {e}"))
+    let bytes = g.tensor_view(name, rows * cols / kind.block_values() * kind.block_bytes())?;
+    QMatrix::new(kind, rows, cols, bytes).map_err(|e| format!("tensor {name}: {e}"))
 }
 
 fn vector(g: &Gguf, name: &str, len: usize) -> Result<Vec<f32>, String> {
@@ -498,7 +539,15 @@ impl LlamaRange {
                         ))
                     })
                     .transpose()?;
+                let qkv_bias = v
+                    .qkv_bias
+                    .then(|| -> Result<_, String> {
+                        let b = |part: &str, n| vector(g, &format!("blk.{i}.{part}.bias"), n);
+                        Ok([b("attn_q", qw)?, b("attn_k", kv)?, b("attn_v", kv)?])
+                    })
+                    .transpose()?;
                 Ok(Block {
+                    qkv_bias,
                     attn_norm: vector(g, &t("attn_norm"), h)?,
                     wq: matrix(g, &t("attn_q"), qw, h)?,
                     wk: matrix(g, &t("attn_k"), kv, h)?,
@@ -526,20 +575,19 @@ impl LlamaRange {
         } else {
             None
         };
-        let (cos, sin) = math::rope_tables(c.rope_base, c.head_dim, c.context);
-        let sliding_rope = layers
-            .clone()
-            .any(|i| c.variant.slides(i).is_some())
-            .then(|| math::rope_tables(c.variant.rope_base_sliding, c.head_dim, c.context));
+        let slides = layers.clone().any(|i| c.variant.slides(i).is_some());
+        let rope_factors = v
+            .rope_factors
+            .then(|| vector(g, "rope_freqs.weight", c.head_dim / 2))
+            .transpose()?;
         Ok(Self {
             config: c,
             layers,
             embedding,
             blocks,
             head,
-            cos,
-            sin,
-            sliding_rope,
+            slides,
+            rope_factors,
         })
     }
 
@@ -610,6 +658,23 @@ impl LlamaRange {
             return answers.into_iter().map(|a| a.expect("answered")).collect();
         }
         let mut s = Scratch::new(c, x.len() / h);
+        // The rotary angles of every stacked row's position, once for all layers.
+        let mut positions = vec![0; x.len() / h];
+        for seg in &segs {
+            for i in 0..seg.rows {
+                positions[seg.start + i] = seg.pos + i;
+            }
+        }
+        let factors = self.rope_factors.as_deref();
+        s.rope = math::rope_rows(c.rope_base, c.head_dim, factors, positions.iter().copied());
+        if self.slides {
+            s.rope_sliding = math::rope_rows(
+                c.variant.rope_base_sliding,
+                c.head_dim,
+                factors,
+                positions.iter().copied(),
+            );
+        }
         for (layer, b) in self.blocks.iter().enumerate() {
             let mut kvs: Vec<&mut (Vec<f32>, Vec<f32>)> = items
                 .iter_mut()
@@ -750,9 +815,9 @@ impl LlamaRange {
         let (h, hd, kvw, qw) = (c.hidden, c.head_dim, c.kv_heads * c.head_dim, c.q_width());
         let half = hd / 2;
         let window = c.variant.slides(layer);
-        let (cos_table, sin_table) = match (&self.sliding_rope, window) {
-            (Some((cos, sin)), Some(_)) => (cos, sin),
-            _ => (&self.cos, &self.sin),
+        let (cos_table, sin_table) = match window {
+            Some(_) => (&s.rope_sliding.0, &s.rope_sliding.1),
+            None => (&s.rope.0, &s.rope.1),
         };
         let rope = if c.variant.rope_neox {
             math::rope_neox
@@ -769,6 +834,15 @@ impl LlamaRange {
             &[&b.wq, &b.wk, &b.wv],
             &mut [&mut s.q, &mut s.k, &mut s.v],
         );
+        if let Some([bq, bk, bv]) = &b.qkv_bias {
+            for (out, bias) in [(&mut s.q, bq), (&mut s.k, bk), (&mut s.v, bv)] {
+                for row in out.chunks_exact_mut(bias.len()) {
+                    for (x, b) in row.iter_mut().zip(bias) {
+                        *x += b;
+                    }
+                }
+            }
+        }
         if let Some((qn, kn)) = &b.qk_norm {
             let mut normed = vec![0f32; hd];
             for (heads, w) in [(&mut s.q, qn), (&mut s.k, kn)] {
@@ -780,10 +854,10 @@ impl LlamaRange {
         }
         for seg in segs {
             for i in 0..seg.rows {
-                let (t, p) = (seg.start + i, seg.pos + i);
+                let t = seg.start + i;
                 let (cos, sin) = (
-                    &cos_table[p * half..(p + 1) * half],
-                    &sin_table[p * half..(p + 1) * half],
+                    &cos_table[t * half..(t + 1) * half],
+                    &sin_table[t * half..(t + 1) * half],
                 );
                 for head in s.q[t * qw..(t + 1) * qw].chunks_exact_mut(hd) {
                     rope(head, cos, sin);
@@ -898,6 +972,10 @@ struct Scratch {
     o: Vec<f32>,
     gate: Vec<f32>,
     up: Vec<f32>,
+    /// Cosines and sines of each stacked row's position, by the model's base and by the sliding
+    /// layers' base.
+    rope: (Vec<f32>, Vec<f32>),
+    rope_sliding: (Vec<f32>, Vec<f32>),
 }
 
 impl Scratch {
@@ -913,6 +991,8 @@ impl Scratch {
             o: vec![0.0; seq * c.hidden],
             gate: vec![0.0; seq * c.ffn],
             up: vec![0.0; seq * c.ffn],
+            rope: Default::default(),
+            rope_sliding: Default::default(),
         }
     }
 }

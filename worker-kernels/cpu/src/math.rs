@@ -124,14 +124,29 @@ fn sin_cos_f64(a: f64) -> (f64, f64) {
 /// RoPE tables: `cos` and `sin` of `pos · base^(−2i/dims)` for every position below `context` and
 /// `i` below `dims / 2`, row-major `[context][dims / 2]`, computed in f64 and rounded once.
 pub fn rope_tables(base: f32, dims: usize, context: usize) -> (Vec<f32>, Vec<f32>) {
+    rope_rows(base, dims, None, 0..context)
+}
+
+/// [`rope_tables`]'s rows for `positions` only, in their order: the same bits, computed for the rows
+/// a step runs instead of held for the whole context (which, for a model of 32,768 positions and
+/// heads of 256, is 32 MiB a base). With `factors` (Llama 3's frequency scaling), frequency `i` is
+/// divided by `factors[i]`, as llama.cpp divides it.
+pub fn rope_rows(
+    base: f32,
+    dims: usize,
+    factors: Option<&[f32]>,
+    positions: impl IntoIterator<Item = usize>,
+) -> (Vec<f32>, Vec<f32>) {
     let half = dims / 2;
     let ln_base = ln_f64(f64::from(base));
     let inv_freq: Vec<f64> = (0..half)
-        .map(|i| exp_f64(-(2.0 * i as f64 / dims as f64) * ln_base))
+        .map(|i| {
+            let f = exp_f64(-(2.0 * i as f64 / dims as f64) * ln_base);
+            factors.map_or(f, |d| f / f64::from(d[i]))
+        })
         .collect();
-    let mut cos = Vec::with_capacity(context * half);
-    let mut sin = Vec::with_capacity(context * half);
-    for pos in 0..context {
+    let (mut cos, mut sin) = (Vec::new(), Vec::new());
+    for pos in positions {
         for f in &inv_freq {
             let (s, c) = sin_cos_f64(pos as f64 * f);
             sin.push(s as f32);
@@ -264,6 +279,10 @@ mod tests {
         let (cos, sin) = rope_tables(10_000.0, 64, 8);
         assert_eq!((cos[0], sin[0]), (1.0, 0.0));
         assert!((cos[32] - 1f32.cos()).abs() < 1e-7);
+        // Rows computed alone are the table's rows, bit for bit.
+        let (c5, s5) = rope_rows(10_000.0, 64, None, [5, 2]);
+        assert_eq!(c5[..32], cos[5 * 32..6 * 32]);
+        assert_eq!(s5[32..], sin[2 * 32..3 * 32]);
     }
 
     #[test]

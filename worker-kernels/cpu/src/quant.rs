@@ -13,6 +13,8 @@
 
 use half::f16;
 
+use crate::bytes::WeightBytes;
+
 /// Values per quantization block.
 pub const BLOCK: usize = 32;
 /// Bytes of one `Q4_1` block.
@@ -95,13 +97,19 @@ pub struct QMatrix {
     pub rows: usize,
     /// Input size, a multiple of 32.
     pub cols: usize,
-    /// `rows × cols / 32` blocks.
-    pub data: Vec<u8>,
+    /// `rows × cols / 32` blocks: owned, or a window on the mapped model file.
+    pub data: WeightBytes,
 }
 
 impl QMatrix {
     /// Wrap `data`, checking its length.
-    pub fn new(kind: QKind, rows: usize, cols: usize, data: Vec<u8>) -> Result<Self, String> {
+    pub fn new(
+        kind: QKind,
+        rows: usize,
+        cols: usize,
+        data: impl Into<WeightBytes>,
+    ) -> Result<Self, String> {
+        let data = data.into();
         let block = kind.block_values();
         if !cols.is_multiple_of(block) {
             return Err(format!(

@@ -15,7 +15,8 @@ use crate::{Error, Result, hash_file};
 /// Hyper-parameters of a llama-family model, from its GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmConfig {
-    /// The GGUF architecture: `llama` (both kernels) or `gemma3` (Hearth's CPU kernels only).
+    /// The GGUF architecture: `llama` (both kernels), or `mistral`, `qwen2`, `qwen3`, `gemma3`
+    /// (Hearth's CPU kernels only).
     pub arch: String,
     /// Transformer blocks.
     pub layers: usize,
@@ -70,9 +71,10 @@ impl GgufModel {
             .and_then(|v| v.to_string().ok())
             .cloned()
             .unwrap_or_default();
-        if arch != "llama" && arch != "gemma3" {
+        if !hearth_cpu::ARCHITECTURES.contains(&arch.as_str()) {
             return Err(bad(format!(
-                "architecture {arch:?} is not supported (llama, gemma3)"
+                "architecture {arch:?} is not supported ({})",
+                hearth_cpu::ARCHITECTURES.join(", ")
             )));
         }
         let get = |key: &str| -> Result<&Value> {
@@ -87,7 +89,7 @@ impl GgufModel {
                 .map(|v| v as usize)
                 .map_err(|e| bad(format!("{arch}.{key}: {e}")))
         };
-        let gemma = arch == "gemma3";
+
         let hidden = int("embedding_length")?;
         let heads = int("attention.head_count")?;
         let vocab = content
@@ -95,8 +97,9 @@ impl GgufModel {
             .get("tokenizer.ggml.tokens")
             .and_then(|v| v.to_vec().ok())
             .map_or(0, Vec::len);
-        let head_dim = if gemma {
-            int("attention.key_length")?
+        let free_heads = arch == "gemma3" || arch == "qwen3";
+        let head_dim = if free_heads {
+            int("attention.key_length").unwrap_or(hidden / heads.max(1))
         } else {
             int("rope.dimension_count").unwrap_or(hidden / heads.max(1))
         };
@@ -122,7 +125,7 @@ impl GgufModel {
         if config.heads == 0
             || config.kv_heads == 0
             || !config.heads.is_multiple_of(config.kv_heads)
-            || (!gemma && config.head_dim * config.heads != hidden)
+            || (!free_heads && config.head_dim * config.heads != hidden)
         {
             return Err(bad(format!("inconsistent attention shape: {config:?}")));
         }

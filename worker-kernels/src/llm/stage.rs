@@ -56,6 +56,18 @@ pub enum StageInput {
     Hidden(Tensor),
 }
 
+impl StageInput {
+    /// `rows` hidden states of zeros `hidden` wide: what a benchmark feeds a stage that does not
+    /// start at layer 0 (the cost does not depend on the values).
+    pub fn zeros(rows: usize, hidden: usize) -> Result<Self> {
+        Ok(Self::Hidden(Tensor::zeros(
+            (rows, hidden),
+            DType::F32,
+            &Device::Cpu,
+        )?))
+    }
+}
+
 /// What a stage returns.
 #[derive(Debug)]
 pub enum StageOutput {

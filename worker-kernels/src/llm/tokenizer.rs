@@ -22,7 +22,14 @@ const TOKEN_TYPE_CONTROL: i32 = 3;
 const TOKEN_TYPE_USER_DEFINED: i32 = 4;
 
 /// Pre-tokenizer names (`tokenizer.ggml.pre`) this builder reproduces exactly.
-const SUPPORTED_PRE: [&str; 3] = ["smollm", "starcoder", "refact"];
+const SUPPORTED_PRE: [&str; 5] = ["smollm", "starcoder", "refact", "llama-bpe", "qwen2"];
+
+/// Llama 3's pre-tokenizer split (llama.cpp's `LLAMA_VOCAB_PRE_TYPE_LLAMA3`): numbers in runs of up
+/// to three digits.
+const LLAMA3_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
+
+/// Qwen 2's (`LLAMA_VOCAB_PRE_TYPE_QWEN2`): the same, each digit alone.
+const QWEN2_SPLIT: &str = r"(?:'[sS]|'[tT]|'[rR][eE]|'[vV][eE]|'[mM]|'[lL][lL]|'[dD])|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+";
 
 /// Token texts llama.cpp takes for ends of generation in any vocabulary (`llama-vocab.cpp`: its
 /// end-of-generation list, then its fill-in-the-middle pad, repo and separator tokens), so a
@@ -193,16 +200,30 @@ impl GgufTokenizer {
             .map_err(|e| Error::Tokenizer(e.to_string()))?;
 
         let mut special = Tokenizer::new(bpe);
-        let digits = Split::new(
-            SplitPattern::Regex(r"\p{N}".into()),
-            SplitDelimiterBehavior::Isolated,
-            false,
-        )
-        .map_err(|e| Error::Tokenizer(e.to_string()))?;
-        special.with_pre_tokenizer(Some(Sequence::new(vec![
-            digits.into(),
-            ByteLevel::new(false, false, true).into(),
-        ])));
+        let split = |pattern: &str| {
+            Split::new(
+                SplitPattern::Regex(pattern.into()),
+                SplitDelimiterBehavior::Isolated,
+                false,
+            )
+            .map_err(|e| Error::Tokenizer(e.to_string()))
+        };
+        // As the families' own tokenizer.json files pre-tokenize: Llama 3 and Qwen 2 split by their
+        // pattern, then map bytes; the StarCoder family splits digits, then GPT-2's pattern.
+        special.with_pre_tokenizer(Some(match pre.as_str() {
+            "llama-bpe" => Sequence::new(vec![
+                split(LLAMA3_SPLIT)?.into(),
+                ByteLevel::new(false, false, false).into(),
+            ]),
+            "qwen2" => Sequence::new(vec![
+                split(QWEN2_SPLIT)?.into(),
+                ByteLevel::new(false, false, false).into(),
+            ]),
+            _ => Sequence::new(vec![
+                split(r"\p{N}")?.into(),
+                ByteLevel::new(false, false, true).into(),
+            ]),
+        }));
         special.with_decoder(Some(ByteLevelDecoder::default()));
         let added = |wanted: i32, is_special: bool| -> Vec<AddedToken> {
             tokens

@@ -1,6 +1,7 @@
 //! Agreement with llama.cpp on the same GGUF, against the references committed in tests/data
-//! (made by scripts/reference/llama_cpp_reference.py): SmolLM2 (`llama_cpp_reference.json`) and
-//! Gemma 3 270M (`llama_cpp_gemma3_reference.json`).
+//! (made by scripts/reference/llama_cpp_reference.py): SmolLM2 (`llama_cpp_reference.json`),
+//! Gemma 3 270M (`llama_cpp_gemma3_reference.json`), and the Llama 3, Qwen 2 and Qwen 3 test models
+//! (`llama_cpp_test_*_reference.json`; the files by scripts/reference/make_test_models.py).
 //!
 //! Exact equality everywhere is not the bar: llama.cpp's own batched and one-token-at-a-time runs
 //! disagree at near ties. The bars, per model ([`Model`]): (1) teacher-forced, llama.cpp's token is
@@ -44,6 +45,23 @@ const GEMMA3: Model = Model {
     logit_gap_max: 1.0,
     clear_margin: 1.0,
     near_tie: 0.5,
+};
+
+/// The test models, with Gemma's bars.
+const LLAMA3: Model = Model {
+    file: "hearth-test-llama3-q4_k_m.gguf",
+    reference: "llama_cpp_test_llama3_reference.json",
+    ..GEMMA3
+};
+const QWEN2: Model = Model {
+    file: "hearth-test-qwen2-q4_k_m.gguf",
+    reference: "llama_cpp_test_qwen2_reference.json",
+    ..GEMMA3
+};
+const QWEN3: Model = Model {
+    file: "hearth-test-qwen3-q4_k_m.gguf",
+    reference: "llama_cpp_test_qwen3_reference.json",
+    ..GEMMA3
 };
 
 fn models_dir() -> String {
@@ -94,6 +112,20 @@ fn gemma3_teacher_forced_logits_agree_with_llama_cpp() {
 }
 
 #[test]
+fn test_models_teacher_forced_logits_agree_with_llama_cpp() {
+    for model in [&LLAMA3, &QWEN2, &QWEN3] {
+        teacher_forced(model);
+    }
+}
+
+#[test]
+fn test_models_free_running_generation_agrees_with_llama_cpp_until_a_near_tie() {
+    for model in [&LLAMA3, &QWEN2, &QWEN3] {
+        free_running(model);
+    }
+}
+
+#[test]
 fn free_running_generation_agrees_with_llama_cpp_until_a_near_tie() {
     free_running(&SMOLLM2);
 }
@@ -105,7 +137,7 @@ fn gemma3_free_running_generation_agrees_with_llama_cpp_until_a_near_tie() {
 
 #[test]
 fn tokenizers_give_llama_cpps_ids() {
-    for model in [&SMOLLM2, &GEMMA3] {
+    for model in [&SMOLLM2, &GEMMA3, &LLAMA3, &QWEN2, &QWEN3] {
         let path = format!("{}/{}", models_dir(), model.file);
         let gguf = hearth_kernels::GgufModel::open(std::path::Path::new(&path)).expect("opens");
         let tokenizer = hearth_kernels::GgufTokenizer::from_model(&gguf).expect("tokenizer");

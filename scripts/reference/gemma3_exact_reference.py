@@ -18,7 +18,6 @@ CI does not run this (about a minute and 3 GB of memory); the tests read its out
     python3 -m venv /tmp/gv && /tmp/gv/bin/pip install gguf==0.19.0 numpy
     /tmp/gv/bin/python scripts/reference/gemma3_exact_reference.py [MODELS_DIR]
 """
-import hashlib
 import json
 import os
 import sys
@@ -28,8 +27,9 @@ import numpy as np
 from gguf import GGUFReader
 from gguf.quants import dequantize
 
+from exact_common import prompt_record, sha256
+
 MODEL = "gemma-3-270m-q4_k_m.gguf"
-TOP = 8
 # Words looked up as single vocabulary entries ("▁" is SentencePiece's space).
 PROSE = ["▁The", "▁capital", "▁of", "▁France", "▁is", "▁Paris", ".", "▁The", "▁capital", "▁of"]
 CODE = ["def", "▁add", "(", "a", ",", "▁b", "):", "\n", "▁return", "▁a", "▁+", "▁b"]
@@ -130,29 +130,15 @@ def main():
                ("long", ids(walk), list(range(len(walk) - 7, len(walk) + 1)))]
     out = {"model": MODEL, "sha256": sha256(path), "gguf": version("gguf"), "prompts": []}
     for name, seq_ids, checked in prompts:
-        checked = checked or list(range(len(seq_ids)))
-        logits = forward(np.array(seq_ids), np.array(checked))
-        steps = []
-        for p, row in zip(checked, logits):
-            order = np.argsort(-row, kind="stable")
-            steps.append({"position": p, "argmax": int(order[0]),
-                          "margin": float(row[order[0]] - row[order[1]]),
-                          "top": [[int(t), float(row[t])] for t in order[:TOP]]})
-        out["prompts"].append({"name": name, "ids": [int(i) for i in seq_ids], "steps": steps})
-        print(name, len(seq_ids), "tokens; argmax at the last:", steps[-1]["argmax"], file=sys.stderr)
+        record = prompt_record(name, seq_ids, checked, forward)
+        out["prompts"].append(record)
+        print(name, len(seq_ids), "tokens; argmax at the last:", record["steps"][-1]["argmax"], file=sys.stderr)
     dest = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data",
                         "gemma3_exact_reference.json")
     with open(dest, "w") as f:
         json.dump(out, f, separators=(",", ":"))
         f.write("\n")
 
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 if __name__ == "__main__":

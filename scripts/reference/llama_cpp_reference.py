@@ -2,11 +2,14 @@
 """Reference data from llama.cpp for Hearth's agreement tests.
 
 Runs SmolLM2-135M-Instruct Q4_1 (or, with `gemma3` first, Gemma 3 270M Q4_K_M; the same GGUFs
-Hearth fetches) through llama.cpp, via the PyPI package llama-cpp-python, and writes
-tests/data/llama_cpp_reference.json (llama_cpp_gemma3_reference.json) with:
+Hearth fetches; or with `llama3`, `qwen2` or `qwen3`, the test model make_test_models.py writes)
+through llama.cpp, via the PyPI package llama-cpp-python, and writes
+tests/data/llama_cpp_reference.json (llama_cpp_gemma3_reference.json, …) with:
   - tokenization of varied texts (code, digits, Unicode, whitespace runs, special tokens);
   - for each prompt: the prompt ids, 24 greedy ids (prompt evaluated as one batch, then one token at a
-    time), and at every step the top-2 logits and their margin.
+    time), and at every step the top-2 logits and their margin;
+  - for a model with an exact float64 reference (gemma3_exact_reference.py,
+    test_models_exact_reference.py), llama.cpp's own distance from it (`exact_distance`).
 
 CI does not run this (building llama.cpp takes ~15 minutes on 2 cores); the tests read its output.
 To regenerate:
@@ -42,12 +45,19 @@ TOKENIZE_COMMON = [
     ("Unicode: naïve café, 日本語, emoji 🦀🔥, Ελληνικά", False),
     ("   leading, trailing and   runs   of spaces \t\ttabs\n\n\nnewlines   ", False),
 ]
-# Each model: its file, its control tokens' text, whether prompts start with BOS, the output file.
+# Each model: its file, its control tokens' text, whether prompts start with BOS, the output file,
+# its exact reference (or None).
 MODELS = {
     "smollm2": ("smollm2-135m-instruct-q4_1.gguf", "<|im_start|>user\nhi<|im_end|>", False,
-                "llama_cpp_reference.json"),
+                "llama_cpp_reference.json", None),
     "gemma3": ("gemma-3-270m-q4_k_m.gguf", "<start_of_turn>user\nhi<end_of_turn>", True,
-               "llama_cpp_gemma3_reference.json"),
+               "llama_cpp_gemma3_reference.json", "gemma3_exact_reference.json"),
+    "llama3": ("hearth-test-llama3-q4_k_m.gguf", "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+               True, "llama_cpp_test_llama3_reference.json", "test_llama3_exact_reference.json"),
+    "qwen2": ("hearth-test-qwen2-q4_k_m.gguf", "<|im_start|>user\nhi<|im_end|>", False,
+              "llama_cpp_test_qwen2_reference.json", "test_qwen2_exact_reference.json"),
+    "qwen3": ("hearth-test-qwen3-q4_k_m.gguf", "<|im_start|>user\nhi<|im_end|>", False,
+              "llama_cpp_test_qwen3_reference.json", "test_qwen3_exact_reference.json"),
 }
 
 
@@ -56,7 +66,7 @@ def main():
     which = "smollm2"
     if args and args[0] in MODELS:
         which = args.pop(0)
-    file, chat, add_bos, output = MODELS[which]
+    file, chat, add_bos, output, exact = MODELS[which]
     models = args[0] if args else os.path.expanduser("~/.cache/hearth/models")
     path = os.path.join(models, file)
     with open(path, "rb") as f:
@@ -96,8 +106,8 @@ def main():
         "ends": ends_of(llm),
         "prompts": prompts,
     }
-    if which == "gemma3":
-        out["exact_distance"] = exact_distance(path)
+    if exact:
+        out["exact_distance"] = exact_distance(path, exact)
     dest = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", output)
     with open(dest, "w") as f:
         json.dump(out, f, indent=1, ensure_ascii=False)
@@ -113,12 +123,11 @@ def ends_of(llm):
     return [i for i in range(llama_cpp.llama_vocab_n_tokens(vocab)) if llama_cpp.llama_vocab_is_eog(vocab, i)]
 
 
-def exact_distance(path):
-    """How far llama.cpp's logits are from the exact float64 forward's
-    (tests/data/gemma3_exact_reference.json, by gemma3_exact_reference.py), over the same tokens at
-    the same positions: the bar Hearth's own distance is held to."""
-    data = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data",
-                        "gemma3_exact_reference.json")
+def exact_distance(path, exact):
+    """How far llama.cpp's logits are from the exact float64 forward's (tests/data/`exact`, by
+    gemma3_exact_reference.py or test_models_exact_reference.py), over the same tokens at the same
+    positions: the bar Hearth's own distance is held to."""
+    data = os.path.join(os.path.dirname(__file__), "..", "..", "tests", "data", exact)
     with open(data) as f:
         reference = json.load(f)
     llm = Llama(model_path=path, n_ctx=1024, n_batch=1024, n_threads=2, logits_all=True, verbose=False)

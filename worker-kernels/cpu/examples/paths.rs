@@ -13,7 +13,8 @@ use std::path::PathBuf;
 
 use hearth_cpu::{Gguf, Input, KernelPath, Kernels, KvCache, LlamaRange};
 
-/// Token ids of "The capital of France is Paris" in SmolLM2's vocabulary; any valid ids would do.
+/// Token ids of "The capital of France is Paris" in SmolLM2's vocabulary; any valid ids would do (a
+/// smaller vocabulary takes them modulo its size).
 const PROMPT: [u32; 7] = [504, 3575, 282, 4649, 314, 7042, 30];
 const STEPS: usize = 6;
 
@@ -46,13 +47,15 @@ fn main() -> Result<(), String> {
     let g = Gguf::open(&model)?;
     let range = LlamaRange::load(&g, 0..hearth_cpu::Config::from_gguf(&g)?.layers)?;
     let vocab = range.config().vocab;
+    let prompt: Vec<u32> = PROMPT.iter().map(|&t| t % vocab as u32).collect();
+    let prompt = prompt.as_slice();
 
     // The prompt as one prefill with every position's logits, then greedy steps.
     let mut cache = KvCache::default();
-    let prefill = range.forward(&kernels, &mut cache, Input::Tokens(&PROMPT), true)?;
+    let prefill = range.forward(&kernels, &mut cache, Input::Tokens(prompt), true)?;
     let mut digest = 0xcbf2_9ce4_8422_2325u64;
     fnv(&mut digest, &prefill);
-    let mut tokens = vec![argmax(&prefill[(PROMPT.len() - 1) * vocab..])];
+    let mut tokens = vec![argmax(&prefill[(prompt.len() - 1) * vocab..])];
     while tokens.len() < STEPS {
         let last = *tokens.last().expect("one token");
         let logits = range.forward(&kernels, &mut cache, Input::Tokens(&[last]), false)?;
@@ -63,7 +66,7 @@ fn main() -> Result<(), String> {
     // The prompt again, one token at a time.
     let mut cache = KvCache::default();
     let mut alone = Vec::new();
-    for t in PROMPT {
+    for &t in prompt {
         alone.extend(range.forward(&kernels, &mut cache, Input::Tokens(&[t]), false)?);
     }
     let invariant = alone

@@ -125,7 +125,7 @@ impl Models {
             let (len, modified) = (meta.len(), meta.modified().ok());
             let id = match self.files.remove(&path) {
                 Some(h) if h.len == len && h.modified == modified => h.id,
-                _ => match hearth_kernels::hash_file(&path) {
+                _ => match hearth_kernels::model_id(&path) {
                     Ok(id) => id,
                     Err(e) => {
                         tracing::warn!(path = %path.display(), error = %e, "model file unreadable");

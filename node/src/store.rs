@@ -68,7 +68,7 @@ pub fn scan_models(dir: &Path) -> Result<Vec<(PathBuf, ModelId)>> {
     files
         .into_iter()
         .map(|path| {
-            let id = hearth_kernels::hash_file(&path).map_err(|source| Error::Models {
+            let id = hearth_kernels::model_id(&path).map_err(|source| Error::Models {
                 path: path.clone(),
                 source,
             })?;

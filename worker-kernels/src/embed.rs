@@ -10,7 +10,7 @@ use candle_transformers::models::bert::{BertModel, Config};
 use hearth_protocol::ModelId;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use crate::{Error, Result, hash_file};
+use crate::{Error, Result, model_id};
 
 /// Longest input, in tokens, before truncation: sentence-transformers' `max_seq_length` for
 /// all-MiniLM-L6-v2 (its tokenizer.json says 128; the library overrides it with 256).
@@ -68,7 +68,7 @@ impl Embedder {
                 e.to_string().lines().next().unwrap_or_default()
             ),
         })?;
-        let id = hash_file(&weights).map_err(|source| Error::Io {
+        let id = model_id(&weights).map_err(|source| Error::Io {
             path: weights,
             source,
         })?;

@@ -37,10 +37,77 @@ pub use llm::{
 };
 
 /// The [`hearth_protocol::ModelId`] of a model file: the blake3 of its bytes, read in 64 KiB pieces.
+/// Always reads the whole file: what `hearth models fetch`, `add` and `list` check files with.
 pub fn hash_file(path: &std::path::Path) -> std::io::Result<hearth_protocol::ModelId> {
     let mut hasher = blake3::Hasher::new();
     hasher.update_reader(std::fs::File::open(path)?)?;
     Ok(hearth_protocol::ModelId(hearth_protocol::Digest(
         *hasher.finalize().as_bytes(),
     )))
+}
+
+/// [`hash_file`], remembered beside the file (`.NAME.blake3`: its size, modification time and id)
+/// so that a node's start, a stage's load and a coordinator's scan do not read gigabytes again to
+/// name a file they named before. A file whose size or time changed is hashed again; a folder that
+/// cannot be written to just goes without. (Files are replaced by renaming a new one over them,
+/// which gives it a new time; one rewritten in place keeping its size and time would keep its old
+/// id, and whatever it then computes is checked like any peer's work.)
+pub fn model_id(path: &std::path::Path) -> std::io::Result<hearth_protocol::ModelId> {
+    let meta = std::fs::metadata(path)?;
+    let stamp = format!(
+        "{} {}",
+        meta.len(),
+        meta.modified()
+            .ok()
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_nanos())
+    );
+    let sidecar = path
+        .file_name()
+        .map(|name| path.with_file_name(format!(".{}.blake3", name.to_string_lossy())));
+    if let Some(cached) = sidecar
+        .as_ref()
+        .and_then(|s| std::fs::read_to_string(s).ok())
+        .and_then(|text| {
+            let (at, id) = text.trim().rsplit_once(' ')?;
+            (at == stamp).then(|| id.parse().ok()).flatten()
+        })
+    {
+        return Ok(cached);
+    }
+    let id = hash_file(path)?;
+    if let Some(sidecar) = sidecar {
+        let tmp = sidecar.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, format!("{stamp} {id}\n")).is_ok() {
+            let _ = std::fs::rename(&tmp, &sidecar);
+        }
+    }
+    Ok(id)
+}
+
+#[cfg(test)]
+mod model_id_tests {
+    use super::*;
+
+    #[test]
+    fn a_model_id_is_remembered_until_the_file_changes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, b"first bytes").expect("write");
+        let id = model_id(&path).expect("id");
+        assert_eq!(id, hash_file(&path).expect("hash"));
+        let sidecar = dir.path().join(".m.gguf.blake3");
+        assert!(sidecar.exists(), "remembered");
+        // Remembered: the sidecar is what is read (a planted id shows it is not hashed again).
+        let text = std::fs::read_to_string(&sidecar).expect("sidecar");
+        let planted = hearth_protocol::ModelId::of_bytes(b"planted");
+        let (stamp, _) = text.trim().rsplit_once(' ').expect("stamp and id");
+        std::fs::write(&sidecar, format!("{stamp} {planted}\n")).expect("write");
+        assert_eq!(model_id(&path).expect("id"), planted);
+        // Changed (another size): hashed again.
+        std::fs::write(&path, b"other, longer bytes").expect("write");
+        let again = model_id(&path).expect("id");
+        assert_eq!(again, hash_file(&path).expect("hash"));
+        assert_ne!(again, id);
+    }
 }

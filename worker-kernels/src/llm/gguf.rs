@@ -10,7 +10,7 @@ use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::{Content, Value};
 use hearth_protocol::ModelId;
 
-use crate::{Error, Result, hash_file};
+use crate::{Error, Result, model_id};
 
 /// Hyper-parameters of a llama-family model, from its GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
@@ -129,7 +129,7 @@ impl GgufModel {
         {
             return Err(bad(format!("inconsistent attention shape: {config:?}")));
         }
-        let id = hash_file(path).map_err(io)?;
+        let id = model_id(path).map_err(io)?;
         Ok(Self {
             path: path.into(),
             content,

@@ -16,8 +16,8 @@
 
 use std::ops::Range;
 
-use crate::dot::dot_k;
 use crate::dot::dot_tile;
+use crate::dot::{dot_k, dot_k_tile};
 use crate::gguf::{Gguf, Value};
 use crate::math;
 use crate::path::KernelPath;
@@ -287,12 +287,22 @@ impl Kernels {
             let r0 = (chunk - starts[i]) * ROWS_PER_CHUNK;
             let r1 = (r0 + ROWS_PER_CHUNK).min(m.rows);
             if m.kind.is_k() {
-                // One row · one token at a time (no tiles yet).
+                // A row · tiles of tokens, its super-blocks unpacked once a tile; the tile never
+                // changes a token's bits.
                 for r in r0..r1 {
-                    for t in 0..q8k.rows {
+                    // SAFETY (both writes): chunks cover disjoint rows, so each (t, r) is written by
+                    // one thread only, and the output outlives the job.
+                    let mut t = 0;
+                    while t + TOKEN_TILE <= q8k.rows {
+                        let tile = std::array::from_fn(|k| q8k.row(t + k));
+                        let outs = dot_k_tile::<TOKEN_TILE>(path, m.kind, m.row(r), tile);
+                        for (k, o) in outs.into_iter().enumerate() {
+                            unsafe { ptrs[i].write((t + k) * m.rows + r, o) };
+                        }
+                        t += TOKEN_TILE;
+                    }
+                    for t in t..q8k.rows {
                         let o = dot_k(path, m.kind, m.row(r), q8k.row(t));
-                        // SAFETY: chunks cover disjoint rows, so each (t, r) is written by one
-                        // thread only, and the output outlives the job.
                         unsafe { ptrs[i].write(t * m.rows + r, o) };
                     }
                 }

@@ -99,11 +99,27 @@ pub fn dot_k(path: KernelPath, kind: QKind, w: &[u8], a: crate::kquant::Q8KRow<'
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path was checked against the CPU's features when it was chosen, and both
         // x86 paths require AVX2 and F16C.
-        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_k_avx2(kind, w, a) },
+        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_k_avx2::<1>(kind, w, [a])[0] },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
         KernelPath::Neon => unsafe { arm::dot_k_neon(kind, w, a) },
         _ => crate::kquant::dot_k_scalar(kind, w, a),
+    }
+}
+
+/// [`dot_k`] of one row with each of `N` activation rows: on x86 the row's super-blocks are unpacked
+/// once for all `N` (a prefill's tile of tokens); each result is the bits [`dot_k`] gives alone.
+pub fn dot_k_tile<const N: usize>(
+    path: KernelPath,
+    kind: QKind,
+    w: &[u8],
+    a: [crate::kquant::Q8KRow<'_>; N],
+) -> [f32; N] {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: as in `dot_k`.
+        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_k_avx2::<N>(kind, w, a) },
+        _ => a.map(|row| dot_k(path, kind, w, row)),
     }
 }
 

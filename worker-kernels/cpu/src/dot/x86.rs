@@ -146,33 +146,43 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
     }
 }
 
-/// One K-quant row · one `Q8_K` activation row ([`crate::kquant::dot_k_scalar`], bit for bit):
-/// each 32-value group's products summed four by four into eight 32-bit lanes (`maddubs`, then
-/// `madd`), times the group's integer scales, added up exactly over the super-block.
+/// One K-quant row · each of `N` `Q8_K` activation rows ([`crate::kquant::dot_k_scalar`], bit for
+/// bit): each 32-value group's products summed four by four into eight 32-bit lanes (`maddubs`, then
+/// `madd`), times the group's integer scales, added up exactly over the super-block. A super-block's
+/// weights are unpacked once for all `N` rows (a prefill's tile of tokens); each row's sums and float
+/// accumulation are those it gets alone.
 ///
 /// # Safety
-/// The CPU must have AVX2 and F16C; `w` must hold `a.d.len()` super-blocks of `kind`, a K-quant.
+/// The CPU must have AVX2 and F16C; `w` must hold `a[t].d.len()` super-blocks of `kind`, a K-quant.
 #[target_feature(enable = "avx2,f16c")]
-pub(super) unsafe fn dot_k_avx2(kind: QKind, w: &[u8], a: Q8KRow<'_>) -> f32 {
-    let blocks = a.d.len();
+pub(super) unsafe fn dot_k_avx2<const N: usize>(
+    kind: QKind,
+    w: &[u8],
+    a: [Q8KRow<'_>; N],
+) -> [f32; N] {
+    let blocks = a[0].d.len();
     let size = kind.block_bytes();
-    assert!(w.len() >= blocks * size && a.qs.len() >= blocks * QK_K && kind.is_k());
+    assert!(kind.is_k() && w.len() >= blocks * size);
+    assert!(
+        a.iter()
+            .all(|r| r.d.len() == blocks && r.qs.len() >= blocks * QK_K)
+    );
     let ones = _mm256_set1_epi16(1);
     let nibbles = _mm256_set1_epi8(0x0F);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    // SAFETY: every pointer below stays within `w` and `a.qs` as asserted above.
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offset = [0f32; N];
+    // SAFETY: every pointer below stays within `w` and each `a[t].qs` as asserted above.
     unsafe {
         for b in 0..blocks {
             let blk = w.as_ptr().add(b * size);
             _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
-            let aq = a.qs.as_ptr().add(b * QK_K);
-            let group = |g: usize| _mm256_loadu_si256(aq.add(32 * g) as *const __m256i);
-            let mut p = _mm256_setzero_si256();
-            let (d, mins) = match kind {
+            // The super-block's eight groups of 32 weights (unsigned for `maddubs`) and their
+            // integer scales, unpacked once.
+            let mut q = [_mm256_setzero_si256(); 8];
+            let mut sv = [_mm256_setzero_si256(); 8];
+            let (d, dmin) = match kind {
                 QKind::Q6K => {
                     let scales = blk.add(192) as *const i8;
-                    let thirty_two = _mm256_set1_epi8(32);
                     let twos = _mm256_set1_epi8(3);
                     for n in 0..2 {
                         let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
@@ -188,25 +198,15 @@ pub(super) unsafe fn dot_k_avx2(kind: QKind, w: &[u8], a: Q8KRow<'_>) -> f32 {
                             let shift = _mm_cvtsi32_si128(2 * t as i32);
                             let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), twos);
                             // q + 32, unsigned for `maddubs`; the 32 comes off after.
-                            let q = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
-                            let av = group(4 * n + t);
-                            let prod = _mm256_sub_epi32(
-                                _mm256_madd_epi16(_mm256_maddubs_epi16(q, av), ones),
-                                _mm256_madd_epi16(_mm256_maddubs_epi16(thirty_two, av), ones),
-                            );
+                            q[4 * n + t] = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
                             let s0 = i32::from(*scales.add(8 * n + 2 * t));
                             let s1 = i32::from(*scales.add(8 * n + 2 * t + 1));
-                            let sv = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
-                            p = _mm256_add_epi32(p, _mm256_mullo_epi32(prod, sv));
+                            sv[4 * n + t] = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
                         }
                     }
-                    (halves(blk.add(208)).0, 0)
+                    (halves(blk.add(208)).0, 0.0)
                 }
                 _ => {
-                    let (scales, mins) = scales_and_mins(
-                        std::slice::from_raw_parts(blk.add(4), 12),
-                        a.bsums.get_unchecked(b),
-                    );
                     let (qs, qh) = if kind == QKind::Q5K {
                         (48, Some(_mm256_loadu_si256(blk.add(16) as *const __m256i)))
                     } else {
@@ -219,33 +219,58 @@ pub(super) unsafe fn dot_k_avx2(kind: QKind, w: &[u8], a: Q8KRow<'_>) -> f32 {
                             _mm256_and_si256(bytes, nibbles),
                             _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), nibbles),
                         ];
-                        for (h, mut q) in low_high.into_iter().enumerate() {
+                        for (h, mut v) in low_high.into_iter().enumerate() {
                             let s = 2 * c + h;
                             if let Some(qh) = qh {
                                 let bit = _mm256_and_si256(
                                     _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32)),
                                     one,
                                 );
-                                q = _mm256_or_si256(q, _mm256_slli_epi16::<4>(bit));
+                                v = _mm256_or_si256(v, _mm256_slli_epi16::<4>(bit));
                             }
-                            let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q, group(s)), ones);
-                            p = _mm256_add_epi32(
-                                p,
-                                _mm256_mullo_epi32(prod, _mm256_set1_epi32(scales[s])),
-                            );
+                            q[s] = v;
                         }
                     }
-                    (halves(blk).0, mins)
+                    halves(blk)
                 }
             };
-            let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
-            acc = _mm256_add_ps(acc, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
-            if kind != QKind::Q6K {
-                let dm = halves(blk).1 * *a.d.get_unchecked(b);
-                offset -= dm * mins as f32;
+            let packed = std::slice::from_raw_parts(blk.add(4), 12);
+            for (t, row) in a.iter().enumerate() {
+                let aq = row.qs.as_ptr().add(b * QK_K);
+                let group = |g: usize| _mm256_loadu_si256(aq.add(32 * g) as *const __m256i);
+                let mut p = _mm256_setzero_si256();
+                let mins = if kind == QKind::Q6K {
+                    let thirty_two = _mm256_set1_epi8(32);
+                    for g in 0..8 {
+                        let av = group(g);
+                        let prod = _mm256_sub_epi32(
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], av), ones),
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(thirty_two, av), ones),
+                        );
+                        p = _mm256_add_epi32(p, _mm256_mullo_epi32(prod, sv[g]));
+                    }
+                    0
+                } else {
+                    let (scales, mins) = scales_and_mins(packed, row.bsums.get_unchecked(b));
+                    for (g, scale) in scales.iter().enumerate() {
+                        let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], group(g)), ones);
+                        p = _mm256_add_epi32(
+                            p,
+                            _mm256_mullo_epi32(prod, _mm256_set1_epi32(*scale)),
+                        );
+                    }
+                    mins
+                };
+                let ad = *row.d.get_unchecked(b);
+                let dd = _mm256_set1_ps(d * ad);
+                acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
+                if kind != QKind::Q6K {
+                    let dm = dmin * ad;
+                    offset[t] -= dm * mins as f32;
+                }
             }
         }
-        hsum8(acc) + offset
+        std::array::from_fn(|t| hsum8(acc[t]) + offset[t])
     }
 }
 

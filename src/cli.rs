@@ -173,7 +173,8 @@ pub(crate) struct CoordinatorArgs {
     #[arg(long, env = "HEARTH_PEERS_MAX", value_name = "N", default_value_t = hearth_coordinator::PEERS_MAX_DEFAULT,
           value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=10_000_000))]
     pub(crate) peers_max: usize,
-    /// The models folder: the coordinator reads the default LLM's tokenizer from it.
+    /// The models folder: the coordinator reads each LLM's tokenizer and chat template from its copy
+    /// there, and the operator's names for models from its names.json.
     #[command(flatten)]
     pub(crate) models: ModelsDir,
     /// Serve the API without keys (a local swarm; logs a warning; refused off loopback). The admin

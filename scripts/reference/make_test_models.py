@@ -27,11 +27,18 @@ LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN = 4, 512, 8, 2, 64, 1536
 CONTEXT = 4096
 MERGES = 700
 
-# What llama-cpp-python 0.3.36's quantizer writes for each family.
+# The files made: (family, type), each file `hearth-test-FAMILY-TYPE.gguf`: every family in
+# Q4_K_M, and two in the float types (matrices stored as F16 and as BF16).
+OUTPUTS = [("llama3", "q4_k_m"), ("qwen2", "q4_k_m"), ("qwen3", "q4_k_m"), ("qwen2", "f16"),
+           ("llama3", "bf16")]
+
+# What llama-cpp-python 0.3.36's quantizer writes for each.
 SHA256 = {
-    "llama3": "8464774c7d42a734ab8fbe0d885a42e4e32827b28e859f27724d450125deab30",
-    "qwen2": "96676697bdad806cc3ffd79b51c33e5136f846e9c9e1c912a3a45a49b6887da1",
-    "qwen3": "cf48cff1b03a4282153e70316b5ddbaaff6680c39090d27613efedbde8ac35a7",
+    "llama3-q4_k_m": "8464774c7d42a734ab8fbe0d885a42e4e32827b28e859f27724d450125deab30",
+    "qwen2-q4_k_m": "96676697bdad806cc3ffd79b51c33e5136f846e9c9e1c912a3a45a49b6887da1",
+    "qwen3-q4_k_m": "cf48cff1b03a4282153e70316b5ddbaaff6680c39090d27613efedbde8ac35a7",
+    "qwen2-f16": "e62bb16e29113a7c34a3e059acc3d7985dfac1e6084381b7a2da430be49f010d",
+    "llama3-bf16": "4ece1be4f37d4b2e45eada8240088c005f7ccac3a415542858f346113ed47499",
 }
 
 FAMILIES = {
@@ -219,13 +226,14 @@ def write_f32(name, path, seed):
     w.close()
 
 
-def quantize(src, dst):
+def quantize(src, dst, kind):
     import ctypes
 
     import llama_cpp
 
     params = llama_cpp.llama_model_quantize_default_params()
-    params.ftype = llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M
+    params.ftype = {"q4_k_m": llama_cpp.LLAMA_FTYPE_MOSTLY_Q4_K_M, "f16": llama_cpp.LLAMA_FTYPE_MOSTLY_F16,
+                    "bf16": llama_cpp.LLAMA_FTYPE_MOSTLY_BF16}[kind]
     params.nthread = 1
     rc = llama_cpp.llama_model_quantize(src.encode(), dst.encode(), ctypes.byref(params))
     if rc != 0:
@@ -240,20 +248,22 @@ def main():
     out = args[0] if args else os.path.expanduser("~/.cache/hearth/models")
     if check:
         # Exit 0 when every test model is there with its pinned hash (no packages needed).
-        missing = [n for n in FAMILIES if not os.path.exists(path := os.path.join(out, f"hearth-test-{n}-q4_k_m.gguf"))
-                   or sha256(path) != SHA256[n]]
+        missing = [f"{f}-{k}" for f, k in OUTPUTS
+                   if not os.path.exists(path := os.path.join(out, f"hearth-test-{f}-{k}.gguf"))
+                   or sha256(path) != SHA256[f"{f}-{k}"]]
         if missing:
             print(f"test models to make: {', '.join(missing)}")
         sys.exit(1 if missing else 0)
     os.makedirs(out, exist_ok=True)
-    for seed, name in enumerate(FAMILIES):
-        dst = os.path.join(out, f"hearth-test-{name}-q4_k_m.gguf")
+    for family, kind in OUTPUTS:
+        name = f"{family}-{kind}"
+        dst = os.path.join(out, f"hearth-test-{name}.gguf")
         if os.path.exists(dst) and sha256(dst) == SHA256[name]:
             print(f"{dst} already made")
             continue
-        f32 = os.path.join(out, f".hearth-test-{name}-f32.tmp")
-        write_f32(name, f32, 1000 + seed)
-        quantize(f32, dst + ".part")
+        f32 = os.path.join(out, f".hearth-test-{family}-f32.tmp")
+        write_f32(family, f32, 1000 + list(FAMILIES).index(family))
+        quantize(f32, dst + ".part", kind)
         os.remove(f32)
         got = sha256(dst + ".part")
         if got != SHA256[name]:

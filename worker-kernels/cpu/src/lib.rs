@@ -15,6 +15,7 @@
 
 pub mod bytes;
 pub mod dot;
+pub mod float;
 pub mod gguf;
 pub mod kquant;
 pub mod llama;

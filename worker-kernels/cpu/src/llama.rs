@@ -280,12 +280,25 @@ impl Kernels {
             .collect();
         let path = self.path;
         let q8k = &acts.q8k;
+        let (floats, cols) = (&acts.f, acts.cols);
         let acts = &acts.q8;
         self.pool.run(chunks, &|chunk| {
             let i = starts.partition_point(|&s| s <= chunk) - 1;
             let m = mats[i];
             let r0 = (chunk - starts[i]) * ROWS_PER_CHUNK;
             let r1 = (r0 + ROWS_PER_CHUNK).min(m.rows);
+            if m.kind.is_float() {
+                for r in r0..r1 {
+                    for t in 0..floats.len() / cols.max(1) {
+                        let a = &floats[t * cols..(t + 1) * cols];
+                        let o = crate::float::dot_float(m.kind, m.row(r), a);
+                        // SAFETY: chunks cover disjoint rows, so each (t, r) is written by one
+                        // thread only, and the output outlives the job.
+                        unsafe { ptrs[i].write(t * m.rows + r, o) };
+                    }
+                }
+                return;
+            }
             if m.kind.is_k() {
                 // A row · tiles of tokens, its super-blocks unpacked once a tile; the tile never
                 // changes a token's bits.

@@ -43,6 +43,12 @@ pub enum QKind {
     Q5K,
     /// GGML type 14.
     Q6K,
+    /// GGML type 0: plain f32 values ([`crate::float`]).
+    F32,
+    /// GGML type 1: f16 values.
+    F16,
+    /// GGML type 30: bfloat16 values.
+    BF16,
 }
 
 impl QKind {
@@ -56,16 +62,25 @@ impl QKind {
             12 => Self::Q4K,
             13 => Self::Q5K,
             14 => Self::Q6K,
+            0 => Self::F32,
+            1 => Self::F16,
+            30 => Self::BF16,
             _ => return None,
         })
     }
 
-    /// Values per block: 32, or 256 for the K-quants' super-blocks.
+    /// Values per block: 32, 256 for the K-quants' super-blocks, 1 for the float types.
     pub fn block_values(self) -> usize {
         match self {
             Self::Q4K | Self::Q5K | Self::Q6K => crate::kquant::QK_K,
+            Self::F32 | Self::F16 | Self::BF16 => 1,
             _ => BLOCK,
         }
+    }
+
+    /// Whether its values are plain floats ([`crate::float`]: activations are not quantized).
+    pub fn is_float(self) -> bool {
+        matches!(self, Self::F32 | Self::F16 | Self::BF16)
     }
 
     /// Bytes per block.
@@ -78,6 +93,8 @@ impl QKind {
             Self::Q4K => crate::kquant::Q4_K_BYTES,
             Self::Q5K => crate::kquant::Q5_K_BYTES,
             Self::Q6K => crate::kquant::Q6_K_BYTES,
+            Self::F32 => 4,
+            Self::F16 | Self::BF16 => 2,
         }
     }
 
@@ -154,6 +171,9 @@ pub fn dequantize(kind: QKind, blocks: &[u8], out: &mut [f32]) {
     if kind.is_k() {
         return crate::kquant::dequantize(kind, blocks, out);
     }
+    if kind.is_float() {
+        return crate::float::to_f32(kind, blocks, out);
+    }
     let size = kind.block_bytes();
     for (blk, out) in blocks.chunks_exact(size).zip(out.chunks_exact_mut(BLOCK)) {
         let d = half_at(blk, 0);
@@ -163,7 +183,9 @@ pub fn dequantize(kind: QKind, blocks: &[u8], out: &mut [f32]) {
                 QKind::Q8_0 => d * f32::from(blk[2 + k] as i8),
                 QKind::Q4_0 => d * f32::from(nibble(&blk[2..18], k) as i8 - 8),
                 QKind::Q5_0 => d * f32::from(q5_0(blk, k)),
-                QKind::Q4K | QKind::Q5K | QKind::Q6K => unreachable!("handled above"),
+                QKind::Q4K | QKind::Q5K | QKind::Q6K | QKind::F32 | QKind::F16 | QKind::BF16 => {
+                    unreachable!("handled above")
+                }
             };
         }
     }
@@ -271,6 +293,8 @@ pub struct Acts {
     pub q8: Q8Acts,
     /// Super-blocks of 256 (when a matrix needs them).
     pub q8k: crate::kquant::Q8KActs,
+    /// The activations as they are (when a float matrix needs them).
+    pub f: Vec<f32>,
     /// Rows (tokens).
     pub rows: usize,
     /// Values per row.
@@ -282,8 +306,12 @@ impl Acts {
     pub fn quantize(&mut self, x: &[f32], cols: usize, mats: &[&QMatrix]) {
         self.rows = x.len() / cols.max(1);
         self.cols = cols;
-        if mats.iter().any(|m| !m.kind.is_k()) {
+        if mats.iter().any(|m| !m.kind.is_k() && !m.kind.is_float()) {
             self.q8.quantize(x, cols);
+        }
+        if mats.iter().any(|m| m.kind.is_float()) {
+            self.f.clear();
+            self.f.extend_from_slice(x);
         }
         if mats.iter().any(|m| m.kind.is_k()) {
             self.q8k.quantize(x, cols);

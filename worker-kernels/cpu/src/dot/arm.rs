@@ -60,7 +60,7 @@ pub(super) unsafe fn dot_neon(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     let hi = vsubq_s8(vreinterpretq_s8_u8(hi), bias);
                     (sum4(lo, a0), sum4(hi, a1), half_at(blk, 0))
                 }
-                QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+                QKind::Q4K | QKind::Q5K | QKind::Q6K | QKind::F32 | QKind::F16 | QKind::BF16 => {
                     unreachable!("K-quants take Q8_K activations: dot_k_neon")
                 }
                 QKind::Q8_0 => {

@@ -83,7 +83,7 @@ pub fn dot_scalar(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     acc[j] += dd * p[j] as f32;
                 }
             }
-            QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+            QKind::Q4K | QKind::Q5K | QKind::Q6K | QKind::F32 | QKind::F16 | QKind::BF16 => {
                 unreachable!("K-quants take Q8_K activations: kquant::dot_k_scalar")
             }
         }
@@ -207,6 +207,19 @@ mod tests {
     }
 
     pub(crate) fn random_matrix(kind: QKind, rows: usize, cols: usize, rng: &mut Rng) -> QMatrix {
+        if kind.is_float() {
+            let data: Vec<u8> = (0..rows * cols)
+                .flat_map(|_| {
+                    let v = rng.f32();
+                    match kind {
+                        QKind::F32 => v.to_le_bytes().to_vec(),
+                        QKind::F16 => half::f16::from_f32(v).to_le_bytes().to_vec(),
+                        _ => half::bf16::from_f32(v).to_le_bytes().to_vec(),
+                    }
+                })
+                .collect();
+            return QMatrix::new(kind, rows, cols, data).expect("sizes match");
+        }
         let blocks = rows * cols / kind.block_values();
         let size = kind.block_bytes();
         // Random bytes (−128 included, which a hostile file could hold), then small finite f16
@@ -216,6 +229,7 @@ mod tests {
             QKind::Q4_1 | QKind::Q4K | QKind::Q5K => &[0, 2],
             QKind::Q6K => &[208],
             QKind::Q4_0 | QKind::Q5_0 | QKind::Q8_0 => &[0],
+            QKind::F32 | QKind::F16 | QKind::BF16 => unreachable!("made above"),
         };
         for b in 0..blocks {
             for &at in scales {
@@ -244,6 +258,9 @@ mod tests {
             QKind::Q4K,
             QKind::Q5K,
             QKind::Q6K,
+            QKind::F32,
+            QKind::F16,
+            QKind::BF16,
         ];
         let mats: Vec<QMatrix> = kinds
             .iter()
@@ -263,7 +280,9 @@ mod tests {
                 (0..tokens)
                     .flat_map(|t| (0..m.rows).map(move |r| (t, r)))
                     .map(|(t, r)| {
-                        if m.kind.is_k() {
+                        if m.kind.is_float() {
+                            crate::float::dot_float(m.kind, m.row(r), &x[t * cols..(t + 1) * cols])
+                        } else if m.kind.is_k() {
                             crate::kquant::dot_k_scalar(m.kind, m.row(r), q8k.row(t))
                         } else {
                             dot_scalar(m.kind, m.row(r), q8.row(t))

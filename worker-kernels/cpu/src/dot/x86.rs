@@ -130,7 +130,7 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     acc = signed_block(acc, wv, blk, a, b);
                 }
             }
-            QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+            QKind::Q4K | QKind::Q5K | QKind::Q6K | QKind::F32 | QKind::F16 | QKind::BF16 => {
                 unreachable!("K-quants take Q8_K activations: dot_k_avx2")
             }
             QKind::Q8_0 => {
@@ -374,7 +374,14 @@ macro_rules! dot2_avx512 {
                             );
                         }
                     }
-                    QKind::Q4_0 | QKind::Q5_0 | QKind::Q4K | QKind::Q5K | QKind::Q6K => {
+                    QKind::Q4_0
+                    | QKind::Q5_0
+                    | QKind::Q4K
+                    | QKind::Q5K
+                    | QKind::Q6K
+                    | QKind::F32
+                    | QKind::F16
+                    | QKind::BF16 => {
                         unreachable!("dot_tile sends {kind:?} to the portable path")
                     }
                     QKind::Q8_0 => {

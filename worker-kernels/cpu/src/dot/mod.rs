@@ -154,18 +154,15 @@ pub(crate) fn dot_tile<const N: usize>(
                     x86::dot2_vnni(kind, w0, w1, a)
                 }
                 Some(w1) => x86::dot2_avx512(kind, w0, w1, a),
-                None => a.map(|a| (x86::dot_avx2(kind, w0, a), 0.0)),
+                None => x86::dot_avx2::<N>(kind, w0, a).map(|o| (o, 0.0)),
             }
         },
         #[cfg(target_arch = "x86_64")]
-        // SAFETY: as above.
+        // SAFETY: as above. Each row's blocks are unpacked once for the whole tile.
         KernelPath::Avx2 => unsafe {
-            a.map(|a| {
-                (
-                    x86::dot_avx2(kind, w0, a),
-                    w1.map_or(0.0, |w1| x86::dot_avx2(kind, w1, a)),
-                )
-            })
+            let r0 = x86::dot_avx2::<N>(kind, w0, a);
+            let r1 = w1.map_or([0.0; N], |w1| x86::dot_avx2::<N>(kind, w1, a));
+            std::array::from_fn(|t| (r0[t], r1[t]))
         },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.

@@ -66,18 +66,28 @@ unsafe fn signed_block(
     }
 }
 
-/// One row · one activation row.
+/// One row · each of `N` activation rows: each block's weights unpacked once for all `N` (a
+/// prefill's tile of tokens), each row's sums and float accumulation those it gets alone (a single
+/// product is a tile of one).
 ///
 /// # Safety
-/// The CPU must have AVX2 and F16C; `w` must hold `a.d.len()` blocks of `kind`.
+/// The CPU must have AVX2 and F16C; `w` must hold `a[t].d.len()` blocks of `kind`.
 #[target_feature(enable = "avx2,f16c")]
-pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
-    let blocks = a.d.len();
-    debug_assert!(w.len() >= blocks * kind.block_bytes() && a.qs.len() >= blocks * BLOCK);
+pub(super) unsafe fn dot_avx2<const N: usize>(
+    kind: QKind,
+    w: &[u8],
+    a: [ActRow<'_>; N],
+) -> [f32; N] {
+    let blocks = a[0].d.len();
+    assert!(w.len() >= blocks * kind.block_bytes());
+    assert!(
+        a.iter()
+            .all(|r| r.d.len() == blocks && r.qs.len() >= blocks * BLOCK)
+    );
     let ones = _mm256_set1_epi16(1);
-    let mut acc = _mm256_setzero_ps();
-    let mut offset = 0f32;
-    // SAFETY: every pointer below stays within `w` and `a.qs` as asserted above.
+    let mut acc = [_mm256_setzero_ps(); N];
+    let mut offset = [0f32; N];
+    // SAFETY: every pointer below stays within `w` and each `a[t].qs` as asserted above.
     unsafe {
         match kind {
             QKind::Q4_1 => {
@@ -89,12 +99,14 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                     let lo = _mm_and_si128(qs, mask);
                     let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
                     let wv = _mm256_set_m128i(hi, lo);
-                    let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * BLOCK) as *const __m256i);
-                    let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones);
                     let (d, m) = halves(blk);
-                    let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
-                    acc = _mm256_add_ps(acc, _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
-                    offset += m * *a.s.get_unchecked(b);
+                    for (t, a) in a.iter().enumerate() {
+                        let av = _mm256_loadu_si256(a.qs.as_ptr().add(b * BLOCK) as *const __m256i);
+                        let p = _mm256_madd_epi16(_mm256_maddubs_epi16(wv, av), ones);
+                        let dd = _mm256_set1_ps(d * *a.d.get_unchecked(b));
+                        acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
+                        offset[t] += m * *a.s.get_unchecked(b);
+                    }
                 }
             }
             QKind::Q4_0 | QKind::Q5_0 => {
@@ -127,22 +139,26 @@ pub(super) unsafe fn dot_avx2(kind: QKind, w: &[u8], a: ActRow<'_>) -> f32 {
                         q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(16)));
                     }
                     let wv = _mm256_sub_epi8(q, _mm256_set1_epi8(bias));
-                    acc = signed_block(acc, wv, blk, a, b);
+                    for (t, a) in a.iter().enumerate() {
+                        acc[t] = signed_block(acc[t], wv, blk, *a, b);
+                    }
                 }
             }
             QKind::Q4K | QKind::Q5K | QKind::Q6K | QKind::F32 | QKind::F16 | QKind::BF16 => {
-                unreachable!("K-quants take Q8_K activations: dot_k_avx2")
+                unreachable!("K-quants take Q8_K activations (dot_k_avx2), floats none")
             }
             QKind::Q8_0 => {
                 for b in 0..blocks {
                     let blk = w.as_ptr().add(b * Q8_0_BYTES);
                     _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
                     let wv = _mm256_loadu_si256(blk.add(2) as *const __m256i);
-                    acc = signed_block(acc, wv, blk, a, b);
+                    for (t, a) in a.iter().enumerate() {
+                        acc[t] = signed_block(acc[t], wv, blk, *a, b);
+                    }
                 }
             }
         }
-        hsum8(acc) + offset
+        std::array::from_fn(|t| hsum8(acc[t]) + offset[t])
     }
 }
 

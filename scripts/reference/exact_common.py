@@ -2,8 +2,6 @@
 positions are written."""
 import hashlib
 
-import numpy as np
-
 TOP = 8
 
 
@@ -18,6 +16,8 @@ def sha256(path):
 def prompt_record(name, seq_ids, checked, forward):
     """Run `forward(ids, positions)` and record, at each checked position (every one when `checked`
     is None), the exact argmax, its margin to the second, and the best TOP tokens' logits."""
+    import numpy as np
+
     checked = checked or list(range(len(seq_ids)))
     logits = forward(np.array(seq_ids), np.array(checked))
     steps = []

@@ -16,11 +16,12 @@ references were made from these bytes). A file already there with the pinned has
 (OUT_DIR defaults to the models folder, ~/.cache/hearth/models; see llama_cpp_reference.py for
 building llama-cpp-python for a CPU without AVX-512.)
 """
-import hashlib
 import math
 import os
 import sys
 from collections import Counter
+
+from exact_common import sha256
 
 # The shapes: 4 layers of width 512 (the K-quant block is 256), 8 query heads of 64, 2 KV heads.
 LAYERS, HIDDEN, HEADS, KV_HEADS, HEAD_DIM, FFN = 4, 512, 8, 2, 64, 1536
@@ -67,14 +68,6 @@ In 2024 there were 365 days, 12 months and 52 weeks; 3.14159 is close to pi, and
 fn main() { let x = vec![1, 2, 3]; println!("{:?}", x.iter().sum::<i32>()); }
 Once upon a time, in a house by the river, a cat and a dog lived together with the people of the town.
 """
-
-
-def sha256(path):
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def bytes_to_unicode():

@@ -32,9 +32,11 @@ pub(crate) async fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()
             unit_size,
             json,
         } => crate::bench_swarm::run(texts as usize, unit_size, json, &models).await,
-        BenchCommand::Pipeline { tokens, json } => {
-            crate::bench_pipeline::run(tokens, json, &models).await
-        }
+        BenchCommand::Pipeline {
+            tokens,
+            model,
+            json,
+        } => crate::bench_pipeline::run(tokens, model.as_deref(), json, &models).await,
     }
 }
 

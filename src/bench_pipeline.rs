@@ -13,7 +13,7 @@
 use std::path::Path;
 
 use anyhow::bail;
-use hearth_kernels::{GgufModel, GgufTokenizer, SMOLLM2, Stage, generate_greedy};
+use hearth_kernels::{GgufModel, GgufTokenizer, Stage, generate_greedy};
 use serde_json::{Value, json};
 
 use crate::children::Children;
@@ -27,12 +27,19 @@ const CONCURRENT: usize = 8;
 /// Emulated distance between every pair of processes for the distance figure (ms).
 const DELAY_MS: u32 = 5;
 
-pub(crate) async fn run(tokens: u32, json: bool, models: &Path) -> anyhow::Result<()> {
-    let path = models.join(SMOLLM2.files[0].path);
+pub(crate) async fn run(
+    tokens: u32,
+    model: Option<&Path>,
+    json: bool,
+    models: &Path,
+) -> anyhow::Result<()> {
+    let path = crate::models::locate(models, model)?;
     let model = GgufModel::open(&path)
         .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` gets the default model)"))?;
     let tokenizer = GgufTokenizer::from_model(&model)?;
     let prompt = tokenizer.encode(PROMPT, false)?;
+    // The swarm is asked for the model by id, which needs no name bound anywhere.
+    let id = model.id.to_string();
     let mut stage = Stage::load(
         &model,
         0..model.config.layers,
@@ -49,9 +56,9 @@ pub(crate) async fn run(tokens: u32, json: bool, models: &Path) -> anyhow::Resul
     }
 
     let mut swarm = Children::in_temp_dir("hearth-bench-pipeline")?;
-    let result = pipelines(&mut swarm, models, tokens, &single_tokens, json, &[]).await;
+    let result = pipelines(&mut swarm, models, &id, tokens, &single_tokens, json, &[]).await;
     let result = match result {
-        Ok(runs) => concurrent(&swarm, tokens, &single_tokens, json)
+        Ok(runs) => concurrent(&swarm, &id, tokens, &single_tokens, json)
             .await
             .map(|c| (runs, c)),
         Err(e) => Err(e),
@@ -65,6 +72,7 @@ pub(crate) async fn run(tokens: u32, json: bool, models: &Path) -> anyhow::Resul
     let result = pipelines(
         &mut far,
         models,
+        &id,
         tokens,
         &single_tokens,
         json,
@@ -178,6 +186,7 @@ struct Run {
 async fn pipelines(
     swarm: &mut Children,
     models: &Path,
+    model: &str,
     tokens: u32,
     expected: &[u32],
     quiet: bool,
@@ -192,7 +201,7 @@ async fn pipelines(
         &[(3, "off")]
     };
     for &(stages, verify) in plans {
-        let request = |n: u32| json!({ "prompt": PROMPT, "max_tokens": n, "stages": stages, "verify": verify });
+        let request = |n: u32| json!({ "model": model, "prompt": PROMPT, "max_tokens": n, "stages": stages, "verify": verify });
         // Load the stages' layers before timing.
         let _: Value = client.post("/v1/generate", &request(2)).await?;
         let cpu_before = swarm.cpu_ms("coordinator");
@@ -247,12 +256,13 @@ fn swarm_client(swarm: &Children) -> anyhow::Result<crate::client::Client> {
 /// over whole requests (prefill included). Every session must give the single process's tokens.
 async fn concurrent(
     swarm: &Children,
+    model: &str,
     tokens: u32,
     expected: &[u32],
     quiet: bool,
 ) -> anyhow::Result<(f64, f64)> {
     let client = swarm_client(swarm)?;
-    let request = json!({ "prompt": PROMPT, "max_tokens": tokens, "stages": 3, "verify": "off" });
+    let request = json!({ "model": model, "prompt": PROMPT, "max_tokens": tokens, "stages": 3, "verify": "off" });
     let check = |summary: &Value| -> anyhow::Result<()> {
         let ids: Vec<u32> = serde_json::from_value(summary["token_ids"].clone())?;
         if ids != expected {

@@ -745,6 +745,10 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 64, value_name = "N",
               value_parser = clap::value_parser!(u32).range(32..=1024))]
         tokens: u32,
+        /// The model: a GGUF file in the models folder, a catalogued name or a name or id added
+        /// with `hearth models add` [default: the fetched SmolLM2-135M-Instruct].
+        #[arg(long, value_name = "MODEL")]
+        model: Option<PathBuf>,
         /// Print JSON: {single_decode_tokens_per_s, runs: [{stages, verify, decode_tokens_per_s, ratio, per_hop_ms}]}.
         #[arg(long)]
         json: bool,

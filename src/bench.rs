@@ -35,8 +35,9 @@ pub(crate) async fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()
         BenchCommand::Pipeline {
             tokens,
             model,
+            runs,
             json,
-        } => crate::bench_pipeline::run(tokens, model.as_deref(), json, &models).await,
+        } => crate::bench_pipeline::run(tokens, model.as_deref(), runs, json, &models).await,
     }
 }
 

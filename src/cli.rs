@@ -737,8 +737,9 @@ pub(crate) enum BenchCommand {
         json: bool,
     },
     /// Decode speed: this machine alone at 1 thread (unless --threads) against pipelines of 2 and 3
-    /// stages on 127.0.0.1 (3 nodes at 1 thread each plus a coordinator), with verification off and
-    /// at its default, and the time each hop adds.
+    /// stages on 127.0.0.1 (4 nodes at 1 thread each plus a coordinator; the stage a window's
+    /// check replays on is drawn from the peers outside the route when there are any), with
+    /// verification off and at its default, and the time each hop adds.
     Pipeline {
         /// Tokens generated per run (at least 4 verification windows, so the first window's wait
         /// does not dominate the rate).
@@ -749,6 +750,11 @@ pub(crate) enum BenchCommand {
         /// with `hearth models add` [default: the fetched SmolLM2-135M-Instruct].
         #[arg(long, value_name = "MODEL")]
         model: Option<PathBuf>,
+        /// Runs of each figure, the baseline's included; each figure is its fastest run (a shared
+        /// machine's noise only ever slows a run down).
+        #[arg(long, default_value_t = 3, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
         /// Print JSON: {single_decode_tokens_per_s, runs: [{stages, verify, decode_tokens_per_s, ratio, per_hop_ms}]}.
         #[arg(long)]
         json: bool,

@@ -549,6 +549,22 @@ impl Driver {
         pool.get(i.min(pool.len() - 1)).copied()
     }
 
+    /// A verifier drawn uniformly from `pool`, among its peers that serve no stage of the route
+    /// when there are any: an idle peer's replay runs beside generation, where a stage's would
+    /// hold up the steps queued behind it on that peer.
+    fn pick_verifier(&mut self, pool: &[PeerId]) -> Option<PeerId> {
+        let idle: Vec<PeerId> = pool
+            .iter()
+            .filter(|p| !self.route.iter().any(|h| h.peer_id == **p))
+            .copied()
+            .collect();
+        if idle.is_empty() {
+            self.pick_random(pool)
+        } else {
+            self.pick_random(&idle)
+        }
+    }
+
     /// Send `input` (at `pos`) to hop `hop` for the current step, after any replay it owes.
     fn send(&mut self, hop: usize, input: StageData, pos: u32) -> Vec<Action> {
         let layers = self.route[hop].layers;
@@ -766,7 +782,7 @@ impl Driver {
             .map(|c| c.peer)
             .collect();
         // Drawn at random, not the fastest: fast hardware must not buy the checker's seat.
-        let verifier = kept.or_else(|| self.pick_random(&pool));
+        let verifier = kept.or_else(|| self.pick_verifier(&pool));
         let Some(verifier) = verifier else {
             self.checks.push(WindowCheck {
                 steps: window,
@@ -1023,7 +1039,7 @@ impl Driver {
                     })
                     .map(|c| c.peer)
                     .collect();
-                let third = self.pick_random(&pool);
+                let third = self.pick_verifier(&pool);
                 match third {
                     Some(third) => {
                         let forward = self.replay_request(layers, 0, window.1);

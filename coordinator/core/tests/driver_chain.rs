@@ -7,7 +7,9 @@
 mod common;
 
 use common::{LAYERS, Peers, answer, lie, sign};
-use hearth_core::pipeline::{Action, CHAIN_STALLS_MAX, Driver, Hop, Verify, plan};
+use hearth_core::pipeline::{
+    Action, CHAIN_STALLS_MAX, Driver, Hop, Verify, WindowCheck, WindowOutcome, plan,
+};
 use hearth_protocol::work::{ChainReport, ChainStep, Forward, StageData, StageResult};
 use hearth_protocol::{ModelId, PeerId};
 
@@ -456,6 +458,18 @@ fn chained_session(
     tokens: usize,
     verify: Verify,
 ) -> (Vec<u32>, bool, usize) {
+    let (released, finished, faults, _) = chained_session_checks(seed, liars, fail, tokens, verify);
+    (released, finished, faults)
+}
+
+/// [`chained_session`], with every window check the driver made and the route it ended on.
+fn chained_session_checks(
+    seed: u64,
+    liars: &[u8],
+    fail: f64,
+    tokens: usize,
+    verify: Verify,
+) -> (Vec<u32>, bool, usize, (Vec<WindowCheck>, Vec<Hop>)) {
     let peers = Peers::new(12);
     let mut candidates = peers.candidates.clone();
     for c in &mut candidates {
@@ -544,7 +558,8 @@ fn chained_session(
                         }
                         eprintln!("{:?} {:?}", driver.corrections, error);
                     }
-                    return (released, error.is_none(), faults);
+                    let checks = (driver.checks.clone(), driver.route().to_vec());
+                    return (released, error.is_none(), faults, checks);
                 }
             }
         }
@@ -598,6 +613,27 @@ fn a_checked_chain_releases_only_checked_tokens_and_they_are_the_honest_ones() {
     println!("{finished} of 200 sessions finished; liars caught {caught} times");
     assert!(finished >= 180, "only {finished} of 200 sessions finished");
     assert!(caught > 100, "liars were caught only {caught} times");
+}
+
+/// Window checks replay on peers that serve no stage of the route when the swarm has any, so the
+/// replays do not hold up the steps queued behind them on a stage's peer.
+#[test]
+fn checks_replay_on_peers_outside_the_route() {
+    for seed in [0, 1, 2] {
+        let (_, finished, _, (checks, route)) =
+            chained_session_checks(seed, &[], 0.0, 24, Verify::Window);
+        assert!(finished);
+        assert_eq!(checks.len(), 3 * 3, "three windows of three stages");
+        for check in &checks {
+            assert_eq!(check.outcome, WindowOutcome::Agreed);
+            let verifier = check.verifier.expect("checked");
+            assert!(
+                route.iter().all(|h| h.peer_id != verifier),
+                "seed {seed}: {verifier} serves a stage and checked {:?}",
+                check.layers
+            );
+        }
+    }
 }
 
 /// `--verify after`, chained: tokens are released as the stages make them and the checks run

@@ -462,6 +462,9 @@ fn chained_session(
     (released, finished, faults)
 }
 
+/// Every window check a session made, and the route it ended on.
+type Checked = (Vec<WindowCheck>, Vec<Hop>);
+
 /// [`chained_session`], with every window check the driver made and the route it ended on.
 fn chained_session_checks(
     seed: u64,
@@ -469,7 +472,7 @@ fn chained_session_checks(
     fail: f64,
     tokens: usize,
     verify: Verify,
-) -> (Vec<u32>, bool, usize, (Vec<WindowCheck>, Vec<Hop>)) {
+) -> (Vec<u32>, bool, usize, Checked) {
     let peers = Peers::new(12);
     let mut candidates = peers.candidates.clone();
     for c in &mut candidates {

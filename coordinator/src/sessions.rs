@@ -10,7 +10,7 @@ use hearth_net::Network;
 use hearth_net::RequestId;
 use hearth_protocol::PeerId;
 use hearth_protocol::Receipt;
-use hearth_protocol::work::{WorkRequest, WorkResponse};
+use hearth_protocol::work::{Forward, StageData, WorkRequest, WorkResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -489,6 +489,15 @@ impl Sessions {
         }
         let candidates = near(net, registry, standing, &forward.model, &live.llm);
         let actions = match response {
+            Ok(WorkResponse::Checked { outputs, receipt }) => {
+                let signature_ok = receipt.verify().is_ok();
+                live.driver
+                    .on_checked(peer, outputs, receipt, signature_ok, &candidates)
+            }
+            Ok(WorkResponse::Rejected(reason)) if live.driver.checking_by_digests() => {
+                tracing::info!(%peer, session, %reason, "a verifier could not check by digests; the coordinator fetches the inputs");
+                live.driver.on_check_refused(peer, &candidates)
+            }
             Ok(WorkResponse::Forwarded { output, receipt }) => {
                 let signature_ok = receipt.verify().is_ok();
                 if Driver::receipt_matches(&forward, &peer, &output, &receipt, signature_ok) {
@@ -857,16 +866,49 @@ impl Sessions {
                     self.requests
                         .insert(id, (session, Asked::Route(peer, epoch)));
                 }
+                Action::Check { peer, mut check } => {
+                    // The verifier may fetch the stage's inputs: where the stage listens, and
+                    // our leave for this verifier and these steps.
+                    let (step, layer_start) = (check.forward.step, check.forward.layers.0);
+                    if let Some(source) = check.source.as_mut() {
+                        source.addrs = net.listen_addrs(&source.peer);
+                        source.grant = net.key().sign(&hearth_protocol::work::kept_grant(
+                            session,
+                            layer_start,
+                            source.from,
+                            step + 1,
+                            &peer,
+                        ));
+                    }
+                    // Its time: the replay's rows at the verifier's speed, as a step's.
+                    let rows: u32 = check.rows.iter().sum();
+                    let sized = Forward {
+                        input: StageData::Hidden {
+                            rows,
+                            bytes: Vec::new(),
+                        },
+                        ..check.forward.clone()
+                    };
+                    let flops = live.llm.shape.flops(&sized);
+                    let gflops = registry.capabilities(&peer).map_or(0.0, |c| c.score);
+                    let timer = Self::check_timer(session, Some(live));
+                    self.timeouts
+                        .sent(timer, now_ms, step_budget_ms(flops, gflops));
+                    let id = net.request(&peer, WorkRequest::Check(check));
+                    self.requests.insert(id, (session, Asked::Step));
+                }
                 Action::Fetch {
                     peer,
                     layers,
                     steps,
                 } => {
+                    tracing::debug!(%peer, session, ?steps, "a stage's kept inputs fetched through the coordinator for a check");
                     let request = WorkRequest::Kept {
                         session,
                         layer_start: layers.0,
                         from: steps.0,
                         to: steps.1,
+                        grant: None,
                     };
                     let id = net.request(&peer, request);
                     self.requests.insert(id, (session, Asked::Kept(peer)));

@@ -491,7 +491,8 @@ impl Work {
             | WorkRequest::EndSession { .. }
             | WorkRequest::Route(_)
             | WorkRequest::Chain(_)
-            | WorkRequest::Kept { .. } => {
+            | WorkRequest::Kept { .. }
+            | WorkRequest::Check(_) => {
                 self.respond(
                     net,
                     channel,

@@ -193,6 +193,11 @@ impl Network {
             .map(|d| d.as_secs_f64() * 1e3)
     }
 
+    /// This peer's key, for what it signs besides its messages (receipts, grants).
+    pub fn key(&self) -> &SecretKey {
+        &self.key
+    }
+
     /// This peer's id.
     pub fn local_peer(&self) -> PeerId {
         self.key.public().peer_id()

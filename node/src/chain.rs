@@ -8,8 +8,11 @@
 
 use std::collections::HashMap;
 
-use hearth_protocol::PeerId;
-use hearth_protocol::work::{ChainRoute, ChainStep, StageData, StageResult, step_receipt_ok};
+use hearth_protocol::work::{
+    ChainRoute, ChainStep, CheckRequest, Forward, StageData, StageResult, WorkResponse,
+    digest_list, step_receipt_ok,
+};
+use hearth_protocol::{PeerId, Receipt, ReceiptBody, SecretKey};
 
 /// Sessions a node keeps routes for; past it, the least recently used route is dropped (its
 /// session's next step is refused, and its coordinator restarts it).
@@ -291,6 +294,70 @@ impl Kept {
     }
 }
 
+/// The replay input of `check` from the inputs its stage kept: each exactly the step its
+/// receipt signed (which binds session, step, layers, position and bytes), with the rows the
+/// coordinator counted, put one after another.
+pub(crate) fn check_input(check: &CheckRequest, inputs: &[Forward]) -> Result<StageData, String> {
+    let source = check
+        .source
+        .as_ref()
+        .ok_or("the check names no stage to fetch from")?;
+    if inputs.len() != source.inputs.len() || inputs.len() != check.rows.len() {
+        return Err(format!(
+            "the stage gave {} inputs for {} steps",
+            inputs.len(),
+            source.inputs.len()
+        ));
+    }
+    if inputs.first().is_some_and(|f| f.pos != check.forward.pos) {
+        return Err("the stage's first input is not at the check's position".into());
+    }
+    let (mut rows, mut bytes) = (0u32, Vec::new());
+    for (i, f) in inputs.iter().enumerate() {
+        if f.digest() != source.inputs[i] || f.input.rows() != check.rows[i] as usize {
+            return Err(format!(
+                "the stage's input of step {} is not the one its receipt signed",
+                source.from + i as u64
+            ));
+        }
+        let StageData::Hidden { rows: r, bytes: b } = &f.input else {
+            return Err("the stage kept tokens where hidden states go".into());
+        };
+        rows += r;
+        bytes.extend_from_slice(b);
+    }
+    Ok(StageData::Hidden { rows, bytes })
+}
+
+/// The answer to a check by digests from the stage thread's answer to its replay: each step's
+/// output digest, under a receipt of this node's binding the check's input and those digests.
+pub(crate) fn check_answer(
+    key: &SecretKey,
+    check: &CheckRequest,
+    response: WorkResponse,
+) -> WorkResponse {
+    let (output, receipt) = match response {
+        WorkResponse::Forwarded { output, receipt } => (output, receipt),
+        other => return other,
+    };
+    let Some(outputs) = check.step_outputs(&output) else {
+        return WorkResponse::Rejected(
+            "the replay did not give a row for each of the steps' rows".into(),
+        );
+    };
+    let receipt = Receipt::sign(
+        key,
+        ReceiptBody {
+            subject: receipt.body.subject,
+            model: receipt.body.model,
+            input: check.input_digest(),
+            output: digest_list(&outputs),
+            numeric_class: receipt.body.numeric_class,
+        },
+    );
+    WorkResponse::Checked { outputs, receipt }
+}
+
 #[cfg(test)]
 mod tests {
     use hearth_protocol::work::Forward;
@@ -480,5 +547,121 @@ mod tests {
         assert!(routes.expire(now, 60_000).is_empty());
         assert_eq!(routes.expire(now + 60_001, 60_000), vec![7]);
         assert!(routes.get(7, 1).is_none());
+    }
+
+    /// A check of steps 4..6 at the stage starting at layer 10: its inputs as the stage kept them
+    /// (1, 2 and 1 rows of width 2, from position 3).
+    fn check_of_kept() -> (CheckRequest, Vec<Forward>) {
+        let mut pos = 3;
+        let kept: Vec<Forward> = [1u32, 2, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &rows)| {
+                let floats: Vec<f32> = (0..rows * 2).map(|v| (i as u32 * 10 + v) as f32).collect();
+                let mut f = forward(4 + i as u64, (10, 20), StageData::hidden(rows, &floats));
+                f.pos = pos;
+                pos += rows;
+                f
+            })
+            .collect();
+        let check = CheckRequest {
+            forward: Forward {
+                session: 7 | (1 << 62),
+                step: 6,
+                pos: 3,
+                input: StageData::Hidden {
+                    rows: 0,
+                    bytes: Vec::new(),
+                },
+                all_positions: true,
+                ..forward(6, (10, 20), StageData::Tokens(Vec::new()))
+            },
+            source: Some(hearth_protocol::work::KeptSource {
+                peer: peer(2),
+                addrs: Vec::new(),
+                session: 7,
+                from: 4,
+                inputs: kept.iter().map(Forward::digest).collect(),
+                grant: hearth_protocol::Signature([0; 64]),
+            }),
+            rows: vec![1, 2, 1],
+        };
+        (check, kept)
+    }
+
+    #[test]
+    fn a_verifier_replays_only_the_inputs_the_stages_receipts_signed() {
+        let (check, kept) = check_of_kept();
+        let StageData::Hidden { rows, bytes } = check_input(&check, &kept).expect("signed inputs")
+        else {
+            panic!("hidden states");
+        };
+        assert_eq!(rows, 4);
+        let expected: Vec<u8> = kept
+            .iter()
+            .flat_map(|f| match &f.input {
+                StageData::Hidden { bytes, .. } => bytes.clone(),
+                StageData::Tokens(_) => Vec::new(),
+            })
+            .collect();
+        assert_eq!(bytes, expected);
+        // One byte changed, one step missing, the steps out of order: refused, naming the step.
+        let mut forged = kept.clone();
+        if let StageData::Hidden { bytes, .. } = &mut forged[1].input {
+            bytes[0] ^= 1;
+        }
+        let why = check_input(&check, &forged).expect_err("forged");
+        assert!(why.contains("step 5"), "{why}");
+        assert!(check_input(&check, &kept[..2]).is_err());
+        let swapped = vec![kept[1].clone(), kept[0].clone(), kept[2].clone()];
+        assert!(check_input(&check, &swapped).is_err());
+    }
+
+    #[test]
+    fn a_verifier_answers_each_steps_output_digest_under_its_own_receipt() {
+        let (check, _) = check_of_kept();
+        let floats: Vec<f32> = (0..8).map(|v| v as f32 * 0.5).collect();
+        let output = StageResult::Hidden(StageData::hidden(4, &floats));
+        let stage_receipt = Receipt::sign(
+            &key(5),
+            ReceiptBody {
+                subject: Subject::Step {
+                    session: check.forward.session,
+                    step: 6,
+                    layer_start: 10,
+                },
+                model: ModelId::of_bytes(b"m"),
+                input: check.forward.digest(),
+                output: output.digest(),
+                numeric_class: "c".into(),
+            },
+        );
+        let answer = check_answer(
+            &key(5),
+            &check,
+            WorkResponse::Forwarded {
+                output,
+                receipt: stage_receipt,
+            },
+        );
+        let WorkResponse::Checked { outputs, receipt } = answer else {
+            panic!("checked: {answer:?}");
+        };
+        // Step 5's two rows are what a stage computing it alone would have signed.
+        assert_eq!(outputs[1], StageData::hidden(2, &floats[2..6]).digest());
+        assert_eq!(outputs.len(), 3);
+        assert!(receipt.verify().is_ok());
+        assert_eq!(receipt.peer_id(), peer(5));
+        assert_eq!(receipt.body.input, check.input_digest());
+        assert_eq!(receipt.body.output, digest_list(&outputs));
+        // A replay with other rows than the steps': refused, not misread.
+        let short = WorkResponse::Forwarded {
+            output: StageResult::Hidden(StageData::hidden(3, &floats[..6])),
+            receipt,
+        };
+        assert!(matches!(
+            check_answer(&key(5), &check, short),
+            WorkResponse::Rejected(_)
+        ));
     }
 }

@@ -128,6 +128,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             routes: crate::chain::Routes::default(),
             kept: crate::chain::Kept::default(),
             chain_sends: HashMap::new(),
+            check_fetches: HashMap::new(),
             network: Network::new(
                 key,
                 &hearth_net::NetConfig {
@@ -191,6 +192,14 @@ struct Node {
     kept: crate::chain::Kept,
     /// Chained steps and reports sent and not yet answered.
     chain_sends: HashMap<RequestId, Sent>,
+    /// Checks waiting for the inputs their stage kept, by the fetch's request.
+    check_fetches: HashMap<
+        RequestId,
+        (
+            ResponseChannel<WorkResponse>,
+            Box<hearth_protocol::work::CheckRequest>,
+        ),
+    >,
     /// Where resolved join addresses are sent back to the loop.
     addr_tx: mpsc::Sender<Vec<Multiaddr>>,
     caps: Capabilities,
@@ -213,6 +222,11 @@ enum Reply {
     Channel(ResponseChannel<WorkResponse>),
     /// Along a chained route.
     Chain(Link),
+    /// To the coordinator that asked for a check by digests: each step's output digest.
+    Check(
+        ResponseChannel<WorkResponse>,
+        Box<hearth_protocol::work::CheckRequest>,
+    ),
 }
 
 /// A chained step on its way through this node.
@@ -319,6 +333,10 @@ impl Node {
                         self.network.respond(channel, response);
                     }
                     Some(Reply::Chain(link)) => self.chain_answer(link, response),
+                    Some(Reply::Check(channel, check)) => {
+                        let answer = crate::chain::check_answer(self.network.key(), &check, response);
+                        self.network.respond(channel, answer);
+                    }
                     None => {}
                 },
                 Some(finished) = results.recv() => {
@@ -431,6 +449,7 @@ impl Node {
             | WorkRequest::EndSession { .. }
             | WorkRequest::Route(_)
             | WorkRequest::Chain(_)
+            | WorkRequest::Check(_)
                 if coop_refuses =>
             {
                 tracing::warn!(%peer, "pipeline request refused: the coordinator has shown no valid co-op certificate, or ours was revoked");
@@ -440,7 +459,10 @@ impl Node {
                     "not a verified member of this node's co-op",
                 );
             }
-            WorkRequest::Forward(_) | WorkRequest::EndSession { .. } | WorkRequest::Route(_)
+            WorkRequest::Forward(_)
+            | WorkRequest::EndSession { .. }
+            | WorkRequest::Route(_)
+            | WorkRequest::Check(_)
                 if !from_coordinator =>
             {
                 tracing::debug!(%peer, "pipeline request from a peer that is not our coordinator");
@@ -478,12 +500,26 @@ impl Node {
                 layer_start,
                 from,
                 to,
+                grant,
             } => {
-                let ours = self.routes.coordinator(session).is_some_and(|c| c == peer);
-                let answer = if ours {
+                // The session's coordinator, or a verifier it gave leave to for these steps.
+                let allowed = self.routes.coordinator(session).is_some_and(|c| {
+                    c == peer
+                        || grant.is_some_and(|grant| {
+                            let leave = hearth_protocol::work::kept_grant(
+                                session,
+                                layer_start,
+                                from,
+                                to,
+                                &peer,
+                            );
+                            c.public_key().verify(&leave, &grant).is_ok()
+                        })
+                });
+                let answer = if allowed {
                     self.kept.get(session, layer_start, (from, to))
                 } else {
-                    Err("not this session's coordinator".into())
+                    Err("neither this session's coordinator nor a verifier it sent".into())
                 };
                 let response = match answer {
                     Ok(inputs) => WorkResponse::Kept(inputs),
@@ -491,6 +527,7 @@ impl Node {
                 };
                 self.network.respond(channel, response);
             }
+            WorkRequest::Check(check) => self.check_start(channel, check),
             WorkRequest::Chain(step) => match self.chain_take(peer, *step) {
                 Ok(()) => {
                     self.network.respond(channel, WorkResponse::Ack);
@@ -644,6 +681,81 @@ impl Node {
         }
     }
 
+    /// A check by digests from the coordinator: fetch the stage's kept inputs, if they are not
+    /// in the request, then replay.
+    fn check_start(
+        &mut self,
+        channel: ResponseChannel<WorkResponse>,
+        check: Box<hearth_protocol::work::CheckRequest>,
+    ) {
+        let Some(source) = &check.source else {
+            let replay = check.forward.clone();
+            return self.check_run(channel, check, replay);
+        };
+        self.network.add_addrs(&source.peer, &source.addrs);
+        let request = WorkRequest::Kept {
+            session: source.session,
+            layer_start: check.forward.layers.0,
+            from: source.from,
+            to: check.forward.step + 1,
+            grant: Some(source.grant),
+        };
+        let id = self.network.request(&source.peer, request);
+        self.check_fetches.insert(id, (channel, check));
+    }
+
+    /// The stage answered a check's fetch: its inputs, checked against the digests its receipts
+    /// signed, become the replay's input.
+    fn check_fetched(
+        &mut self,
+        channel: ResponseChannel<WorkResponse>,
+        check: Box<hearth_protocol::work::CheckRequest>,
+        answer: std::result::Result<WorkResponse, String>,
+    ) {
+        let input = match answer {
+            Ok(WorkResponse::Kept(inputs)) => crate::chain::check_input(&check, &inputs),
+            Ok(WorkResponse::Rejected(why)) => Err(format!("the stage refused its inputs: {why}")),
+            Ok(other) => Err(format!("the stage answered {other:?} for its inputs")),
+            Err(error) => Err(format!("the stage did not give its inputs: {error}")),
+        };
+        match input {
+            Ok(input) => {
+                let replay = hearth_protocol::work::Forward {
+                    input,
+                    ..check.forward.clone()
+                };
+                self.check_run(channel, check, replay);
+            }
+            Err(why) => {
+                tracing::warn!(session = check.forward.session, %why, "check refused");
+                self.network.respond(channel, WorkResponse::Rejected(why));
+            }
+        }
+    }
+
+    /// Queue a check's replay (`check`'s forward with its input) on the stage thread.
+    fn check_run(
+        &mut self,
+        channel: ResponseChannel<WorkResponse>,
+        check: Box<hearth_protocol::work::CheckRequest>,
+        replay: hearth_protocol::work::Forward,
+    ) {
+        let key = self.next_step;
+        self.next_step += 1;
+        match self
+            .stages
+            .try_send(StageJob::Forward(key, Box::new(replay)))
+        {
+            Ok(()) => {
+                self.steps.insert(key, Reply::Check(channel, check));
+            }
+            Err(_) => {
+                let full = WorkResponse::Rejected("stage queue full".into());
+                self.network.respond(channel, full);
+            }
+        }
+    }
+
     /// The round trip to `peer` as ping last measured it (0 for this node itself).
     fn rtt_to(&self, peer: &hearth_protocol::PeerId) -> Option<f32> {
         if *peer == self.network.local_peer() {
@@ -777,6 +889,14 @@ impl Node {
             NetEvent::WorkFailed { id, error } if self.chain_sends.contains_key(&id) => {
                 let sent = self.chain_sends.remove(&id).expect("checked");
                 self.chain_sent(sent, Err(error));
+            }
+            NetEvent::WorkResponse { id, response } if self.check_fetches.contains_key(&id) => {
+                let (channel, check) = self.check_fetches.remove(&id).expect("checked");
+                self.check_fetched(channel, check, Ok(response));
+            }
+            NetEvent::WorkFailed { id, error } if self.check_fetches.contains_key(&id) => {
+                let (channel, check) = self.check_fetches.remove(&id).expect("checked");
+                self.check_fetched(channel, check, Err(error));
             }
             NetEvent::WorkResponse { id, response } => {
                 self.worker.response(id, Ok(response))?;

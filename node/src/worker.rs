@@ -519,7 +519,10 @@ impl Worker {
                 self.count_delivery();
             }
             Ok(
-                WorkResponse::Assign(_) | WorkResponse::Forwarded { .. } | WorkResponse::Kept(_),
+                WorkResponse::Assign(_)
+                | WorkResponse::Forwarded { .. }
+                | WorkResponse::Kept(_)
+                | WorkResponse::Checked { .. },
             ) => {}
             Err(error) => {
                 tracing::info!(job, unit, %error, "delivery failed; result kept in the outbox");

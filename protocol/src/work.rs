@@ -21,7 +21,7 @@
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    Digest, Error, GENERATE_TOKENS_MAX, KernelFamily, ModelId, Receipt, Result,
+    Digest, Error, GENERATE_TOKENS_MAX, KernelFamily, ModelId, PeerId, Receipt, Result, Signature,
     UNIT_INPUT_BYTES_MAX, UNIT_ITEMS_MAX,
 };
 
@@ -649,7 +649,9 @@ pub enum WorkRequest {
         reason: String,
     },
     /// The inputs a stage kept of a chained session (steps `from..to` at the stage starting at
-    /// `layer_start`), for a check (from the coordinator to a stage).
+    /// `layer_start`), for a check: from the coordinator, or from the verifier it sent a
+    /// [`CheckRequest`] with `grant`, the coordinator's signature of [`kept_grant`] for that
+    /// verifier.
     Kept {
         /// The session.
         session: u64,
@@ -659,7 +661,13 @@ pub enum WorkRequest {
         from: u64,
         /// One past the last step.
         to: u64,
+        /// The session's coordinator's leave for the asking peer (none when the coordinator asks).
+        grant: Option<Signature>,
     },
+    /// Check a stage's steps of a chained session (from the coordinator to a verifier): replay
+    /// them, fetching their inputs from the stage that kept them, and answer
+    /// [`WorkResponse::Checked`] with each step's output digest.
+    Check(Box<CheckRequest>),
     /// I cannot run this unit (model missing, input the kernels refuse); give it to someone else.
     Refuse {
         /// The job.
@@ -692,6 +700,140 @@ pub enum WorkResponse {
         /// Binds session, step, layer start, model, input digest and output digest.
         receipt: Receipt,
     },
+    /// A verifier's replay ([`WorkRequest::Check`]): the output digest of each step, the digest
+    /// its stage's receipt would carry for the same output.
+    Checked {
+        /// One per step, in order.
+        outputs: Vec<Digest>,
+        /// The verifier's receipt (subject: the replay's forward): input
+        /// [`CheckRequest::input_digest`], output [`digest_list`] of `outputs`.
+        receipt: Receipt,
+    },
+}
+
+/// Most steps one check replays (its request carries a digest and a row count for each).
+pub const CHECK_STEPS_MAX: usize = 1 << 17;
+
+/// Domain of the coordinator's leave for a verifier to fetch a stage's kept inputs.
+const KEPT_GRANT_CONTEXT: &str = "hearth 2026 kept grant v1";
+/// Domain of a list of digests.
+const DIGEST_LIST_CONTEXT: &str = "hearth 2026 digest list v1";
+
+/// What a coordinator signs to let `verifier` fetch the inputs a stage kept of `session`, steps
+/// `from..to` at the stage starting at `layer_start`.
+pub fn kept_grant(
+    session: u64,
+    layer_start: u32,
+    from: u64,
+    to: u64,
+    verifier: &PeerId,
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(KEPT_GRANT_CONTEXT.len() + 60);
+    m.extend_from_slice(KEPT_GRANT_CONTEXT.as_bytes());
+    m.extend_from_slice(&session.to_le_bytes());
+    m.extend_from_slice(&layer_start.to_le_bytes());
+    m.extend_from_slice(&from.to_le_bytes());
+    m.extend_from_slice(&to.to_le_bytes());
+    m.extend_from_slice(&verifier.public_key().to_bytes());
+    m
+}
+
+/// The digest of a list of digests, in order.
+pub fn digest_list(digests: &[Digest]) -> Digest {
+    let bytes: Vec<u8> = digests.iter().flat_map(|d| d.0).collect();
+    Digest::of(DIGEST_LIST_CONTEXT, &bytes)
+}
+
+/// Where a verifier fetches a check's inputs: the stage that kept them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct KeptSource {
+    /// The stage's peer.
+    pub peer: PeerId,
+    /// Where it listens.
+    pub addrs: Vec<String>,
+    /// The session (not the verifier's: [`CheckRequest::forward`] names that).
+    pub session: u64,
+    /// First step.
+    pub from: u64,
+    /// The input digest the stage's receipt signed for each step from `from` on.
+    pub inputs: Vec<Digest>,
+    /// The coordinator's signature of [`kept_grant`] for the verifier.
+    pub grant: Signature,
+}
+
+/// A verifier's check of one stage's steps ([`WorkRequest::Check`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct CheckRequest {
+    /// The replay, all positions: its input is the steps' inputs one after another, given here
+    /// (the first stage's tokens) or, with `source`, fetched from the stage that kept them.
+    pub forward: Forward,
+    /// The stage that kept the inputs, when they are not in `forward`.
+    pub source: Option<KeptSource>,
+    /// Rows of each step, in order.
+    pub rows: Vec<u32>,
+}
+
+impl CheckRequest {
+    /// The input digest of the verifier's receipt: the digest of the forward as sent, or with its
+    /// inputs fetched, of the stage's signed input digests.
+    pub fn input_digest(&self) -> Digest {
+        match &self.source {
+            None => self.forward.digest(),
+            Some(source) => {
+                let mut all = vec![self.forward.digest()];
+                all.extend_from_slice(&source.inputs);
+                digest_list(&all)
+            }
+        }
+    }
+
+    /// The output digest of each step from a replay's `output` (hidden states of all the steps'
+    /// rows, or every position's token): the digest the stage's receipt carries for the step's
+    /// own output (hidden states; the last position's token). `None` when the output does not
+    /// have the rows the steps have.
+    pub fn step_outputs(&self, output: &StageResult) -> Option<Vec<Digest>> {
+        let total: usize = self.rows.iter().map(|r| *r as usize).sum();
+        match output {
+            StageResult::Hidden(StageData::Hidden { rows, bytes }) => {
+                if *rows as usize != total || total == 0 || bytes.len() % total != 0 {
+                    return None;
+                }
+                let width = bytes.len() / total;
+                let mut at = 0;
+                Some(
+                    self.rows
+                        .iter()
+                        .map(|&r| {
+                            let part = &bytes[at * width..(at + r as usize) * width];
+                            at += r as usize;
+                            StageResult::Hidden(StageData::Hidden {
+                                rows: r,
+                                bytes: part.to_vec(),
+                            })
+                            .digest()
+                        })
+                        .collect(),
+                )
+            }
+            StageResult::NextEach(each) => {
+                if each.len() != total || self.rows.contains(&0) {
+                    return None;
+                }
+                let mut at = 0;
+                Some(
+                    self.rows
+                        .iter()
+                        .map(|&r| {
+                            at += r as usize;
+                            let (token, top) = each[at - 1].clone();
+                            StageResult::Next { token, top }.digest()
+                        })
+                        .collect(),
+                )
+            }
+            _ => None,
+        }
+    }
 }
 
 /// Encode a work request or response as a message of frames ([`crate::codec::encode_message`]).
@@ -750,6 +892,24 @@ pub fn request_from_payload(payload: &[u8]) -> Result<WorkRequest> {
             }
             r.sampling
         }
+        WorkRequest::Check(c) => {
+            let steps = c.source.as_ref().map_or(0, |s| s.inputs.len());
+            let addrs = c.source.as_ref().map_or(0, |s| s.addrs.len());
+            let addr_bytes_ok = c
+                .source
+                .as_ref()
+                .is_none_or(|s| s.addrs.iter().all(|a| a.len() <= CHAIN_ADDR_BYTES_MAX));
+            if c.rows.len() > CHECK_STEPS_MAX
+                || steps > CHECK_STEPS_MAX
+                || addrs > CHAIN_ADDRS_MAX
+                || !addr_bytes_ok
+            {
+                return Err(Error::Limit(format!(
+                    "a check covers at most {CHECK_STEPS_MAX} steps, its source at most {CHAIN_ADDRS_MAX} addresses of at most {CHAIN_ADDR_BYTES_MAX} bytes"
+                )));
+            }
+            c.forward.sampling
+        }
         WorkRequest::Report(r)
             if r.receipts.len() > CHAIN_HOPS_MAX || r.rtts.len() > CHAIN_HOPS_MAX =>
         {
@@ -773,10 +933,18 @@ pub fn decode_response(message: &[u8]) -> Result<WorkResponse> {
 /// Decode a work response from a message's payload ([`message_reader`]), checking its limits.
 pub fn response_from_payload(payload: &[u8]) -> Result<WorkResponse> {
     let response: WorkResponse = crate::codec::from_postcard(payload)?;
-    if let WorkResponse::Assign(assignments) = &response {
-        for a in assignments {
-            a.task.validate()?;
+    match &response {
+        WorkResponse::Assign(assignments) => {
+            for a in assignments {
+                a.task.validate()?;
+            }
         }
+        WorkResponse::Checked { outputs, .. } if outputs.len() > CHECK_STEPS_MAX => {
+            return Err(Error::Limit(format!(
+                "a check answers for at most {CHECK_STEPS_MAX} steps"
+            )));
+        }
+        _ => {}
     }
     Ok(response)
 }
@@ -794,6 +962,83 @@ mod tests {
     use super::*;
     use crate::codec::encode_max;
     use crate::{ReceiptBody, SecretKey, Subject, WORK_FRAME_BYTES_MAX};
+
+    #[test]
+    fn a_checks_step_outputs_are_the_digests_each_steps_stage_signs() {
+        let check = CheckRequest {
+            forward: Forward {
+                session: 1,
+                step: 2,
+                model: ModelId::of_bytes(b"m"),
+                layers: (20, 30),
+                pos: 0,
+                input: StageData::Tokens(vec![1, 2, 3, 4]),
+                all_positions: true,
+                sampling: None,
+            },
+            source: None,
+            rows: vec![2, 1, 1],
+        };
+        // The last stage: each step's token is its last row's.
+        let each: Vec<(u32, Vec<(u32, f32)>)> = (0..4).map(|t| (t, vec![(t, t as f32)])).collect();
+        let digests = check
+            .step_outputs(&StageResult::NextEach(each.clone()))
+            .expect("a row for each");
+        let signed: Vec<Digest> = [1usize, 2, 3]
+            .iter()
+            .map(|&row| {
+                let (token, top) = each[row].clone();
+                StageResult::Next { token, top }.digest()
+            })
+            .collect();
+        assert_eq!(digests, signed);
+        assert!(
+            check
+                .step_outputs(&StageResult::NextEach(each[..3].to_vec()))
+                .is_none()
+        );
+        assert!(
+            check
+                .step_outputs(&StageResult::Next {
+                    token: 1,
+                    top: Vec::new()
+                })
+                .is_none()
+        );
+        // The digest list binds the order.
+        let mut swapped = digests.clone();
+        swapped.swap(0, 1);
+        assert_ne!(digest_list(&digests), digest_list(&swapped));
+    }
+
+    #[test]
+    fn a_kept_grant_names_its_verifier_and_steps() {
+        let coordinator = SecretKey::from_bytes(&[1; 32]);
+        let verifier = SecretKey::from_bytes(&[2; 32]).public().peer_id();
+        let other = SecretKey::from_bytes(&[3; 32]).public().peer_id();
+        let grant = coordinator.sign(&kept_grant(7, 10, 0, 8, &verifier));
+        let public = coordinator.public();
+        assert!(
+            public
+                .verify(&kept_grant(7, 10, 0, 8, &verifier), &grant)
+                .is_ok()
+        );
+        assert!(
+            public
+                .verify(&kept_grant(7, 10, 0, 8, &other), &grant)
+                .is_err()
+        );
+        assert!(
+            public
+                .verify(&kept_grant(7, 10, 0, 9, &verifier), &grant)
+                .is_err()
+        );
+        assert!(
+            public
+                .verify(&kept_grant(8, 10, 0, 8, &verifier), &grant)
+                .is_err()
+        );
+    }
 
     #[test]
     fn input_digest_binds_job_unit_model_and_task() {

@@ -149,7 +149,10 @@ impl Sim<'_> {
                     self.apply(out);
                 }
                 // The simulator's sessions step through the driver; it starts none chained.
-                Action::Route { .. } | Action::Chain { .. } | Action::Fetch { .. } => {
+                Action::Route { .. }
+                | Action::Chain { .. }
+                | Action::Fetch { .. }
+                | Action::Check { .. } => {
                     unreachable!("no chained session is started here")
                 }
                 Action::Finished { error, .. } => {

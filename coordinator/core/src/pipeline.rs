@@ -24,9 +24,9 @@ mod glue;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
 use hearth_protocol::work::{
-    ChainRoute, ChainStep, Forward, Sampling, StageData, StageResult, floats,
+    ChainRoute, ChainStep, CheckRequest, Forward, Sampling, StageData, StageResult, floats,
 };
-use hearth_protocol::{ModelId, PeerId, Receipt, Subject};
+use hearth_protocol::{Digest, ModelId, PeerId, Receipt, Subject};
 use serde::Serialize;
 
 pub use chain::{CHAIN_EARLY_MAX, CHAIN_STALLS_MAX};
@@ -308,6 +308,15 @@ pub enum Action {
         /// The step.
         step: Box<ChainStep>,
     },
+    /// Ask `peer` to check a chained session's stage ([`CheckRequest`]; the shell fills in the
+    /// source's addresses and signs its grant); answer with [`Driver::on_checked`], or
+    /// [`Driver::on_check_refused`] when the verifier could not get the inputs.
+    Check {
+        /// The verifier.
+        peer: PeerId,
+        /// What it checks.
+        check: Box<CheckRequest>,
+    },
     /// Fetch from a chained session's stage (`peer`, serving `layers`) the inputs it kept for
     /// steps `steps.0..steps.1`; answer with [`Driver::on_kept`].
     Fetch {
@@ -350,6 +359,35 @@ enum Purpose {
         /// For a tie-break: the first verifier, its replay's first step and its output.
         first: Option<Box<(PeerId, u64, StageResult)>>,
     },
+    /// A verifier's check by digests ([`Action::Check`], chained sessions): it fetched the
+    /// stage's inputs itself and answers each step's output digest.
+    Digests {
+        window: (u64, u64),
+        /// The first step the replay covers.
+        first_step: u64,
+        /// What it was asked.
+        check: Box<CheckRequest>,
+        /// For a tie-break: the first verifier, its replay's first step and its digests.
+        first: Option<Box<(PeerId, u64, Vec<Digest>)>>,
+    },
+}
+
+impl Purpose {
+    /// The window a check is of (`None` for a generation step).
+    fn window(&self) -> Option<(u64, u64)> {
+        match self {
+            Self::Step => None,
+            Self::Check { window, .. } | Self::Digests { window, .. } => Some(*window),
+        }
+    }
+}
+
+/// What a tie-breaker is asked to compare with, after a verifier disagreed with a stage.
+enum Tie {
+    /// The verifier's replay covering steps from the first.
+    Replay(u64, StageResult),
+    /// The verifier's output digests from a step on.
+    Digests(u64, Vec<Digest>),
 }
 
 #[derive(Clone, Debug)]
@@ -765,10 +803,6 @@ impl Driver {
         hop: usize,
         candidates: &[Candidate],
     ) -> Vec<Action> {
-        // A chained session's stage inputs come from the stages that kept them.
-        if let Some(fetch) = self.chain_fetch(window, hop) {
-            return vec![fetch];
-        }
         let layers = self.route[hop].layers;
         let stage = self.route[hop].peer_id;
         let usable = |p: &PeerId| *p != stage && !self.failed.contains(p);
@@ -799,6 +833,14 @@ impl Driver {
             Some((p, upto)) if *p == verifier && *upto == window.0 => window.0,
             _ => 0,
         };
+        // A chained session's stage is checked by digests where they prove something; else its
+        // inputs (and outputs) come from the stages that kept them, through the coordinator.
+        if self.by_digests(window, hop) {
+            return self.digest_check(window, hop, verifier, from, None, candidates);
+        }
+        if let Some(fetch) = self.chain_fetch(window, hop) {
+            return vec![fetch];
+        }
         let forward = self.replay_request(layers, from, window.1);
         self.request(
             hop,
@@ -1014,23 +1056,63 @@ impl Driver {
         let stage = self.route[hop].peer_id;
         let exact = self.same_class(&stage, &pending.peer);
         let verdict = self.compare(layers, from, window, &output, exact);
+        let replays_agree = first.as_ref().is_some_and(|first| {
+            let (_, verifier_from, verifier_output) = &**first;
+            // The tie-breaker and the first verifier, two replays, held to each other.
+            let exact = self.same_class(&first.0, &pending.peer);
+            self.views(layers, window, Some((*verifier_from, verifier_output)))
+                .zip(self.views(layers, window, Some((from, &output))))
+                .and_then(|(a, b)| Self::agree(&a, &b, true, exact))
+                .is_some()
+        });
+        let first = first.map(|f| f.0);
+        self.settle(
+            window,
+            hop,
+            pending.peer,
+            first,
+            verdict,
+            replays_agree,
+            Tie::Replay(from, output),
+            candidates,
+        )
+    }
+
+    /// What a check found, whichever way it compared: `checker` (the verifier, or the tie-breaker
+    /// after `first` disagreed) agreed with the stage (`verdict`, the largest difference) or not,
+    /// and, for a tie-break, whether the two replays agreed with each other. A disagreement with
+    /// no tie-break yet asks a third peer, to whom `tie` says what to compare with.
+    #[allow(clippy::too_many_arguments)]
+    fn settle(
+        &mut self,
+        window: (u64, u64),
+        hop: usize,
+        checker: PeerId,
+        first: Option<PeerId>,
+        verdict: Option<f32>,
+        replays_agree: bool,
+        tie: Tie,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let layers = self.route[hop].layers;
+        let stage = self.route[hop].peer_id;
         match (first, verdict) {
             (None, Some(diff)) => {
                 self.checks.push(WindowCheck {
                     steps: window,
                     layers,
                     stage_peer: stage,
-                    verifier: Some(pending.peer),
+                    verifier: Some(checker),
                     tie_breaker: None,
                     outcome: WindowOutcome::Agreed,
                     max_difference: diff,
                 });
-                self.verifiers.insert(layers, (pending.peer, window.1));
+                self.verifiers.insert(layers, (checker, window.1));
                 self.hop_checked(window, hop, true, candidates)
             }
             (None, None) => {
                 // Two peers disagree: a third decides.
-                let verifier = pending.peer;
+                let verifier = checker;
                 self.verifiers.remove(&layers);
                 let pool: Vec<PeerId> = candidates
                     .iter()
@@ -1039,21 +1121,30 @@ impl Driver {
                     })
                     .map(|c| c.peer)
                     .collect();
-                let third = self.pick_verifier(&pool);
-                match third {
-                    Some(third) => {
-                        let forward = self.replay_request(layers, 0, window.1);
-                        self.request(
+                match self.pick_verifier(&pool) {
+                    Some(third) => match tie {
+                        Tie::Replay(from, output) => {
+                            let forward = self.replay_request(layers, 0, window.1);
+                            self.request(
+                                hop,
+                                third,
+                                forward,
+                                Purpose::Check {
+                                    window,
+                                    from: 0,
+                                    first: Some(Box::new((verifier, from, output))),
+                                },
+                            )
+                        }
+                        Tie::Digests(first_step, outputs) => self.digest_check(
+                            window,
                             hop,
                             third,
-                            forward,
-                            Purpose::Check {
-                                window,
-                                from: 0,
-                                first: Some(Box::new((verifier, from, output.clone()))),
-                            },
-                        )
-                    }
+                            0,
+                            Some(Box::new((verifier, first_step, outputs))),
+                            candidates,
+                        ),
+                    },
                     None => {
                         self.checks.push(WindowCheck {
                             steps: window,
@@ -1076,20 +1167,19 @@ impl Driver {
                     }
                 }
             }
-            (Some(first), Some(diff)) => {
-                let verifier = first.0;
+            (Some(verifier), Some(diff)) => {
                 // The tie-breaker sides with the stage: the verifier lied.
                 self.checks.push(WindowCheck {
                     steps: window,
                     layers,
                     stage_peer: stage,
                     verifier: Some(verifier),
-                    tie_breaker: Some(pending.peer),
+                    tie_breaker: Some(checker),
                     outcome: WindowOutcome::VerifierWrong,
                     max_difference: diff,
                 });
                 self.failed.insert(verifier);
-                self.verifiers.insert(layers, (pending.peer, window.1));
+                self.verifiers.insert(layers, (checker, window.1));
                 let mut actions = vec![Action::Fault {
                     peer: verifier,
                     reason: format!(
@@ -1100,29 +1190,22 @@ impl Driver {
                 actions.extend(self.hop_checked(window, hop, true, candidates));
                 actions
             }
-            (Some(first), None) => {
-                let (verifier, verifier_from, verifier_output) = *first;
+            (Some(verifier), None) => {
                 // The tie-breaker disagrees with the stage; the stage is wrong only if the two
                 // replays agree with each other (two against one).
-                let exact = self.same_class(&verifier, &pending.peer);
-                let replays_agree = self
-                    .views(layers, window, Some((verifier_from, &verifier_output)))
-                    .zip(self.views(layers, window, Some((from, &output))))
-                    .and_then(|(a, b)| Self::agree(&a, &b, true, exact))
-                    .is_some();
                 if !replays_agree {
                     self.checks.push(WindowCheck {
                         steps: window,
                         layers,
                         stage_peer: stage,
                         verifier: Some(verifier),
-                        tie_breaker: Some(pending.peer),
+                        tie_breaker: Some(checker),
                         outcome: WindowOutcome::Undecided,
                         max_difference: f32::NAN,
                     });
                     // Three answers, no two alike: blame nobody, use none of them again here.
                     self.failed.insert(verifier);
-                    self.failed.insert(pending.peer);
+                    self.failed.insert(checker);
                     return self.regenerate(
                         window,
                         hop,
@@ -1137,7 +1220,7 @@ impl Driver {
                     layers,
                     stage_peer: stage,
                     verifier: Some(verifier),
-                    tie_breaker: Some(pending.peer),
+                    tie_breaker: Some(checker),
                     outcome: WindowOutcome::StageWrong,
                     max_difference: f32::NAN,
                 });
@@ -1312,16 +1395,13 @@ impl Driver {
         }
         let awaited = self.awaiting.clone().filter(|p| p.peer == peer);
         // A verifier that fails: check the window again with another.
-        if let Some(Pending {
-            hop,
-            purpose: Purpose::Check { window, .. },
-            ..
-        }) = &awaited
+        if let Some((window, hop)) = awaited
+            .as_ref()
+            .and_then(|p| p.purpose.window().map(|w| (w, p.hop)))
         {
             self.failed.insert(peer);
             self.awaiting = None;
             self.verifiers.retain(|_, (p, _)| *p != peer);
-            let (window, hop) = (*window, *hop);
             return self.check_hop(window, hop, candidates);
         }
         if !self.route.iter().any(|h| h.peer_id == peer) {

@@ -7,11 +7,14 @@
 mod common;
 
 use common::{LAYERS, Peers, answer, lie, sign};
+use hearth_core::pipeline::Candidate;
 use hearth_core::pipeline::{
     Action, CHAIN_STALLS_MAX, Driver, Hop, Verify, WindowCheck, WindowOutcome, plan,
 };
-use hearth_protocol::work::{ChainReport, ChainStep, Forward, StageData, StageResult};
-use hearth_protocol::{ModelId, PeerId};
+use hearth_protocol::work::{
+    ChainReport, ChainStep, CheckRequest, Forward, StageData, StageResult, digest_list,
+};
+use hearth_protocol::{ModelId, PeerId, Receipt, ReceiptBody, Subject};
 
 const PROMPT: [u32; 4] = [1, 2, 3, 4];
 
@@ -380,6 +383,8 @@ fn a_failed_stage_is_replaced_and_a_chain_that_keeps_stalling_gives_up() {
 struct Swarm {
     peers: Peers,
     liars: Vec<u8>,
+    /// Peers that compute honestly but serve altered inputs when asked what they kept.
+    forgers: Vec<u8>,
     fail: f64,
     draw: u64,
     kept: std::collections::BTreeMap<(PeerId, u32), Vec<Forward>>,
@@ -390,6 +395,25 @@ struct Swarm {
 }
 
 impl Swarm {
+    /// What stage `peer` serves of the inputs it kept for the range starting at `layer_start`,
+    /// steps `from..to`: what it was sent, unless it forges them.
+    fn kept(&self, peer: PeerId, layer_start: u32, from: u64, to: u64) -> Vec<Forward> {
+        let forger = self.forgers.contains(&self.peers.number(&peer));
+        self.kept
+            .get(&(peer, layer_start))
+            .into_iter()
+            .flatten()
+            .filter(|f| f.step >= from && f.step < to)
+            .map(|f| {
+                let mut f = f.clone();
+                if forger && let StageData::Hidden { bytes, .. } = &mut f.input {
+                    bytes[0] ^= 1;
+                }
+                f
+            })
+            .collect()
+    }
+
     fn compute(&self, peer: &PeerId, f: &Forward) -> StageResult {
         let n = self.peers.number(peer);
         let honest = answer(f);
@@ -398,6 +422,49 @@ impl Swarm {
         } else {
             honest
         }
+    }
+
+    /// What verifier `peer` answers to `check`: it fetches the stage's kept inputs, replays them
+    /// (a liar lies here too), and signs each step's output digest.
+    fn check(
+        &self,
+        driver: &mut Driver,
+        peer: PeerId,
+        check: &CheckRequest,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let mut forward = check.forward.clone();
+        if let Some(source) = &check.source {
+            let kept = self.kept(source.peer, forward.layers.0, source.from, forward.step + 1);
+            let signed = kept.len() == source.inputs.len()
+                && kept
+                    .iter()
+                    .zip(&source.inputs)
+                    .all(|(f, d)| f.digest() == *d);
+            if !signed {
+                return driver.on_check_refused(peer, candidates);
+            }
+            let floats: Vec<f32> = kept.iter().flat_map(|f| f.input.floats()).collect();
+            let rows = kept.iter().map(|f| f.input.rows() as u32).sum();
+            forward.input = StageData::hidden(rows, &floats);
+        }
+        let output = self.compute(&peer, &forward);
+        let outputs = check.step_outputs(&output).expect("a replay of every row");
+        let receipt = Receipt::sign(
+            self.peers.key_of(&peer),
+            ReceiptBody {
+                subject: Subject::Step {
+                    session: forward.session,
+                    step: forward.step,
+                    layer_start: forward.layers.0,
+                },
+                model: forward.model,
+                input: check.input_digest(),
+                output: digest_list(&outputs),
+                numeric_class: common::CLASS.into(),
+            },
+        );
+        driver.on_checked(peer, outputs, receipt, true, candidates)
     }
 
     fn fails(&mut self) -> bool {
@@ -458,17 +525,20 @@ fn chained_session(
     tokens: usize,
     verify: Verify,
 ) -> (Vec<u32>, bool, usize) {
-    let (released, finished, faults, _) = chained_session_checks(seed, liars, fail, tokens, verify);
+    let (released, finished, faults, _) =
+        chained_session_checks(seed, liars, &[], fail, tokens, verify);
     (released, finished, faults)
 }
 
-/// Every window check a session made, and the route it ended on.
-type Checked = (Vec<WindowCheck>, Vec<Hop>);
+/// Every window check a session made, the route it ended on, and how many checks went by
+/// digests.
+type Checked = (Vec<WindowCheck>, Vec<Hop>, usize);
 
 /// [`chained_session`], with every window check the driver made and the route it ended on.
 fn chained_session_checks(
     seed: u64,
     liars: &[u8],
+    forgers: &[u8],
     fail: f64,
     tokens: usize,
     verify: Verify,
@@ -497,6 +567,7 @@ fn chained_session_checks(
     let mut swarm = Swarm {
         peers,
         liars: liars.to_vec(),
+        forgers: forgers.to_vec(),
         fail,
         draw: common::mix(seed ^ 0x5eed),
         kept: Default::default(),
@@ -505,7 +576,7 @@ fn chained_session_checks(
         next: None,
         tokens: tokens as u64,
     };
-    let (mut released, mut faults) = (Vec::new(), 0);
+    let (mut released, mut faults, mut checks_by_digests) = (Vec::new(), 0, 0);
     for _ in 0..100_000 {
         let mut next = Vec::new();
         for action in actions {
@@ -529,14 +600,7 @@ fn chained_session_checks(
                         next.extend(driver.on_failure(peer, "no answer", &candidates));
                         continue;
                     }
-                    let inputs: Vec<Forward> = swarm
-                        .kept
-                        .get(&(peer, layers.0))
-                        .into_iter()
-                        .flatten()
-                        .filter(|f| f.step >= steps.0 && f.step < steps.1)
-                        .cloned()
-                        .collect();
+                    let inputs = swarm.kept(peer, layers.0, steps.0, steps.1);
                     next.extend(driver.on_kept(peer, inputs, &candidates));
                 }
                 Action::Send { peer, forward } => {
@@ -547,6 +611,14 @@ fn chained_session_checks(
                     let output = swarm.compute(&peer, &forward);
                     let receipt = sign(swarm.peers.key_of(&peer), &forward, &output);
                     next.extend(driver.on_result(output, receipt, &candidates));
+                }
+                Action::Check { peer, check } => {
+                    if swarm.fails() {
+                        next.extend(driver.on_failure(peer, "no answer", &candidates));
+                        continue;
+                    }
+                    checks_by_digests += 1;
+                    next.extend(swarm.check(&mut driver, peer, &check, &candidates));
                 }
                 Action::Token(t) => released.push(t),
                 Action::Correction(from) => released.truncate(from),
@@ -561,7 +633,11 @@ fn chained_session_checks(
                         }
                         eprintln!("{:?} {:?}", driver.corrections, error);
                     }
-                    let checks = (driver.checks.clone(), driver.route().to_vec());
+                    let checks = (
+                        driver.checks.clone(),
+                        driver.route().to_vec(),
+                        checks_by_digests,
+                    );
                     return (released, error.is_none(), faults, checks);
                 }
             }
@@ -623,9 +699,11 @@ fn a_checked_chain_releases_only_checked_tokens_and_they_are_the_honest_ones() {
 #[test]
 fn checks_replay_on_peers_outside_the_route() {
     for seed in [0, 1, 2] {
-        let (_, finished, _, (checks, route)) =
-            chained_session_checks(seed, &[], 0.0, 24, Verify::Window);
+        let (_, finished, _, (checks, route, by_digests)) =
+            chained_session_checks(seed, &[], &[], 0.0, 24, Verify::Window);
         assert!(finished);
+        // No activations reach the coordinator: every stage is checked by digests.
+        assert_eq!(by_digests, checks.len(), "seed {seed}");
         assert_eq!(checks.len(), 3 * 3, "three windows of three stages");
         for check in &checks {
             assert_eq!(check.outcome, WindowOutcome::Agreed);
@@ -637,6 +715,37 @@ fn checks_replay_on_peers_outside_the_route() {
             );
         }
     }
+}
+
+/// A stage that serves its verifier other inputs than those its receipts signed: the verifier
+/// refuses the check, the coordinator fetches the inputs itself, sees the forgery against the
+/// stage's own receipts, strikes the stage and generates the window again without it.
+#[test]
+fn a_stage_that_forges_its_kept_inputs_is_caught_through_the_coordinator() {
+    let (honest, ..) = chained_session(0, &[], 0.0, 24, Verify::Window);
+    let mut struck = 0;
+    for seed in 0..4 {
+        // The second stage of the route: its inputs are hidden states.
+        let peers = Peers::new(12);
+        let mut candidates = peers.candidates.clone();
+        for c in &mut candidates {
+            c.score = 1.0
+                + (common::mix(seed ^ u64::from(peers.number(&c.peer))) % 1000) as f64 / 100_000.0;
+        }
+        let forger = peers.number(&plan(&candidates, LAYERS, 3, 1).expect("route")[1].peer_id);
+        let (released, finished, faults, (checks, route, _)) =
+            chained_session_checks(seed, &[], &[forger], 0.0, 24, Verify::Window);
+        assert!(finished, "seed {seed}");
+        assert_eq!(released, honest, "seed {seed}");
+        assert!(
+            route.iter().all(|h| peers.number(&h.peer_id) != forger),
+            "seed {seed}: the forger still serves"
+        );
+        assert!(faults >= 1, "seed {seed}: no strike");
+        assert!(checks.iter().all(|c| c.outcome == WindowOutcome::Agreed));
+        struck += faults;
+    }
+    assert!(struck >= 4);
 }
 
 /// `--verify after`, chained: tokens are released as the stages make them and the checks run

@@ -60,7 +60,10 @@ fn session(seed: u64, liars: &[u8], fail: f64) -> Outcome {
                 }
                 Action::Token(t) => released.push(t),
                 Action::Correction(from) => released.truncate(from),
-                Action::Route { .. } | Action::Chain { .. } | Action::Fetch { .. } => {
+                Action::Route { .. }
+                | Action::Chain { .. }
+                | Action::Fetch { .. }
+                | Action::Check { .. } => {
                     panic!("a stepped session sent a chained message")
                 }
                 Action::Fault { .. } => faults += 1,

@@ -46,7 +46,10 @@ fn choices(seed: u64) -> Vec<Choice> {
                     }
                     Action::Fault { peer, reason } => panic!("{peer} faulted: {reason}"),
                     Action::Token(_) | Action::Correction(_) => {}
-                    Action::Route { .. } | Action::Chain { .. } | Action::Fetch { .. } => {
+                    Action::Route { .. }
+                    | Action::Chain { .. }
+                    | Action::Fetch { .. }
+                    | Action::Check { .. } => {
                         panic!("a stepped session sent a chained message")
                     }
                 }

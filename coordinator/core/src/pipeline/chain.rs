@@ -18,11 +18,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use hearth_protocol::work::{
-    ChainReport, ChainRoute, ChainStep, Forward, StageData, StageResult, step_receipt_signed,
+    ChainReport, ChainRoute, ChainStep, CheckRequest, Forward, KeptSource, StageData, StageResult,
+    digest_list, step_receipt_signed,
 };
-use hearth_protocol::{PeerId, Receipt};
+use hearth_protocol::{Digest, PeerId, Receipt, Signature, Subject};
 
-use super::{Action, Candidate, Driver, VERIFY_WINDOW_TOKENS, Verify};
+use super::{
+    Action, Candidate, Driver, Pending, Purpose, Tie, VERIFY_WINDOW_TOKENS, Verify, check_session,
+};
 
 /// Reports kept that arrived ahead of the one awaited (their messages may overtake each other).
 pub const CHAIN_EARLY_MAX: usize = 64;
@@ -54,6 +57,9 @@ pub(super) struct Chained {
     pub(super) fetching: Option<Fetching>,
     /// Each stage's last reported round trip to the next (the last stage's: to the first).
     pub(super) rtts: Vec<Option<f32>>,
+    /// Checks (window start, hop) that go through the coordinator after all: a verifier could
+    /// not get the stage's inputs, or is of another numeric class than the stage.
+    pub(super) via_coordinator: BTreeSet<(u64, usize)>,
 }
 
 /// A fetch of a stage's kept inputs, for the check of `hop` in `window`.
@@ -160,6 +166,7 @@ impl Driver {
         chain.receipts.clear();
         chain.fetched.clear();
         chain.fetching = None;
+        chain.via_coordinator.clear();
         self.step = self.generated.len() as u64;
         actions.extend(chain.unacked.iter().map(|peer| Action::Route {
             peer: *peer,
@@ -487,6 +494,224 @@ impl Driver {
         self.check_hop(fetch.window, fetch.hop, candidates)
     }
 
+    /// Whether the check of `hop` in `window` goes by digests: a chained session whose stage's
+    /// numeric class computes the same bits on every peer ([`Driver::compare_exactly`]), unless
+    /// this check already had to go through the coordinator.
+    pub(super) fn by_digests(&self, window: (u64, u64), hop: usize) -> bool {
+        let Some(chain) = self.chain.as_ref() else {
+            return false;
+        };
+        let exact = self
+            .classes
+            .get(&self.route[hop].peer_id)
+            .is_some_and(|class| self.exact.contains(class));
+        exact && !chain.via_coordinator.contains(&(window.0, hop))
+    }
+
+    /// Ask `verifier` to replay hop `hop`'s steps `from..window.1` (from the epoch's start when
+    /// `from` is before it), fetching their inputs from the stage that kept them (the first
+    /// stage's tokens are sent along), and answer each step's output digest: compared with the
+    /// stage's receipts, they check the window with no activations reaching the coordinator.
+    /// `first`: this is the tie-break after that verifier's digests disagreed.
+    pub(super) fn digest_check(
+        &mut self,
+        window: (u64, u64),
+        hop: usize,
+        verifier: PeerId,
+        from: u64,
+        first: Option<Box<(PeerId, u64, Vec<Digest>)>>,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let layers = self.route[hop].layers;
+        // Every stage's step has the rows the first stage's had; the first stage's inputs are
+        // the prompt and tokens the driver sent.
+        let steps: Vec<(u64, u32, u32)> = self
+            .history
+            .get(&self.route[0].layers)
+            .into_iter()
+            .flatten()
+            .filter(|f| f.step >= from && f.step < window.1)
+            .map(|f| (f.step, f.pos, f.input.rows() as u32))
+            .collect();
+        let Some(chain) = self.chain.as_mut() else {
+            return Vec::new();
+        };
+        let inputs: Option<Vec<Digest>> = steps
+            .iter()
+            .map(|(step, ..)| chain.receipts.get(&(*step, layers.0)).map(|r| r.body.input))
+            .collect();
+        let (Some(&(first_step, pos, _)), Some(inputs)) = (steps.first(), inputs) else {
+            // Not every step's receipt is at hand: compare the activations instead.
+            chain.via_coordinator.insert((window.0, hop));
+            return self.check_hop(window, hop, candidates);
+        };
+        let rows: Vec<u32> = steps.iter().map(|(.., rows)| *rows).collect();
+        let (forward, source) = if hop == 0 {
+            (self.replay_request(layers, from, window.1), None)
+        } else {
+            let forward = Forward {
+                session: check_session(self.session),
+                step: window.1 - 1,
+                model: self.model,
+                layers,
+                pos,
+                input: StageData::Hidden {
+                    rows: 0,
+                    bytes: Vec::new(),
+                },
+                all_positions: true,
+                sampling: self.sampling,
+            };
+            let source = KeptSource {
+                peer: self.route[hop].peer_id,
+                addrs: Vec::new(),
+                session: self.session,
+                from: first_step,
+                inputs,
+                grant: Signature([0; 64]),
+            };
+            (forward, Some(source))
+        };
+        let check = Box::new(CheckRequest {
+            forward,
+            source,
+            rows,
+        });
+        self.awaiting = Some(Pending {
+            hop,
+            peer: verifier,
+            forward: check.forward.clone(),
+            purpose: Purpose::Digests {
+                window,
+                first_step,
+                check: check.clone(),
+                first,
+            },
+        });
+        vec![Action::Check {
+            peer: verifier,
+            check,
+        }]
+    }
+
+    /// Whether the answer awaited is a verifier's check by digests ([`Action::Check`]).
+    pub fn checking_by_digests(&self) -> bool {
+        matches!(
+            self.awaiting,
+            Some(Pending {
+                purpose: Purpose::Digests { .. },
+                ..
+            })
+        )
+    }
+
+    /// A verifier's digests ([`Action::Check`]), with its receipt (`signature_ok`: the shell
+    /// checked the signature). Each step of the window must have the output digest the stage's
+    /// receipt signed; a disagreement goes to a tie-breaker, as replays compared in full do.
+    pub fn on_checked(
+        &mut self,
+        peer: PeerId,
+        outputs: Vec<Digest>,
+        receipt: Receipt,
+        signature_ok: bool,
+        candidates: &[Candidate],
+    ) -> Vec<Action> {
+        let Some(pending) = self
+            .awaiting
+            .take_if(|p| p.peer == peer && matches!(p.purpose, Purpose::Digests { .. }))
+        else {
+            return Vec::new();
+        };
+        let hop = pending.hop;
+        let Purpose::Digests {
+            window,
+            first_step,
+            check,
+            first,
+        } = pending.purpose.clone()
+        else {
+            return Vec::new();
+        };
+        let bound = signature_ok
+            && receipt.peer_id() == peer
+            && receipt.body.subject
+                == (Subject::Step {
+                    session: check.forward.session,
+                    step: check.forward.step,
+                    layer_start: check.forward.layers.0,
+                })
+            && receipt.body.model == self.model
+            && receipt.body.input == check.input_digest()
+            && receipt.body.output == digest_list(&outputs)
+            && outputs.len() == check.rows.len();
+        if !bound {
+            self.awaiting = Some(pending);
+            return self.on_failure(peer, "its check's receipt did not check", candidates);
+        }
+        self.classes
+            .insert(peer, receipt.body.numeric_class.clone());
+        self.receipts.push(receipt);
+        let stage = self.route[hop].peer_id;
+        let same_class = self.same_class(&stage, &peer);
+        let Some(chain) = self.chain.as_mut() else {
+            return Vec::new();
+        };
+        if !same_class {
+            // Digests of two classes' bits prove nothing: compare the activations.
+            chain.via_coordinator.insert((window.0, hop));
+            return self.check_hop(window, hop, candidates);
+        }
+        let layers = self.route[hop].layers;
+        let at = |from: u64, digests: &[Digest], step: u64| {
+            step.checked_sub(from)
+                .and_then(|i| digests.get(i as usize))
+                .copied()
+        };
+        let stage_agrees = (window.0..window.1).all(|step| {
+            chain
+                .receipts
+                .get(&(step, layers.0))
+                .is_some_and(|r| Some(r.body.output) == at(first_step, &outputs, step))
+        });
+        let replays_agree = first.as_ref().is_some_and(|f| {
+            let (_, their_first, theirs) = &**f;
+            (window.0..window.1).all(|step| {
+                let mine = at(first_step, &outputs, step);
+                mine.is_some() && mine == at(*their_first, theirs, step)
+            })
+        });
+        self.settle(
+            window,
+            hop,
+            peer,
+            first.map(|f| f.0),
+            stage_agrees.then_some(0.0),
+            replays_agree,
+            Tie::Digests(first_step, outputs),
+            candidates,
+        )
+    }
+
+    /// A verifier could not check by digests (the stage did not give it the inputs its
+    /// receipts signed, or it could not run them): the check goes through the coordinator,
+    /// which fetches the inputs itself and so can tell which of the two is wrong.
+    pub fn on_check_refused(&mut self, peer: PeerId, candidates: &[Candidate]) -> Vec<Action> {
+        let Some(pending) = self
+            .awaiting
+            .take_if(|p| p.peer == peer && matches!(p.purpose, Purpose::Digests { .. }))
+        else {
+            return Vec::new();
+        };
+        let Some(window) = pending.purpose.window() else {
+            return Vec::new();
+        };
+        let Some(chain) = self.chain.as_mut() else {
+            return Vec::new();
+        };
+        chain.via_coordinator.insert((window.0, pending.hop));
+        self.check_hop(window, pending.hop, candidates)
+    }
+
     /// No report came within the time the step was given. The stages hold no request of ours to
     /// time out, so nothing says which one stalled: the session starts its epoch again on the same
     /// route (a lost message costs one restart), and gives up after [`CHAIN_STALLS_MAX`] restarts
@@ -520,13 +745,11 @@ impl Driver {
             self.failed.insert(peer);
             self.verifiers.retain(|_, (p, _)| *p != peer);
             // A verifier that fails: its window is checked again by another.
-            if let Some(super::Pending {
-                hop,
-                peer: awaited,
-                purpose: super::Purpose::Check { window, .. },
-                ..
-            }) = self.awaiting.clone()
-                && awaited == peer
+            if let Some((window, hop)) = self
+                .awaiting
+                .as_ref()
+                .filter(|p| p.peer == peer)
+                .and_then(|p| p.purpose.window().map(|w| (w, p.hop)))
             {
                 self.awaiting = None;
                 return self.check_hop(window, hop, candidates);

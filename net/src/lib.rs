@@ -21,6 +21,7 @@ pub mod inbound;
 mod limits;
 mod network;
 mod penalties;
+pub mod weights;
 mod work;
 
 pub use behaviour::{Behaviour, BehaviourEvent, BoxError, NetConfig, build_swarm};

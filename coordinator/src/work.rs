@@ -492,7 +492,8 @@ impl Work {
             | WorkRequest::Route(_)
             | WorkRequest::Chain(_)
             | WorkRequest::Kept { .. }
-            | WorkRequest::Check(_) => {
+            | WorkRequest::Check(_)
+            | WorkRequest::Weights { .. } => {
                 self.respond(
                     net,
                     channel,

@@ -115,8 +115,20 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             #[cfg(feature = "fault-injection")]
             config.fault,
         );
+        let (weights_tx, weights_answers) =
+            mpsc::channel(crate::weights::WEIGHTS_SERVING_MAX * 2);
+        let weights = crate::weights::Weights::new(
+            key.clone(),
+            models.iter().map(|(path, id)| (*id, path.clone())).collect(),
+            weights_tx,
+            #[cfg(feature = "fault-injection")]
+            matches!(config.fault, Some(crate::Fault::CorruptWeights)),
+            #[cfg(not(feature = "fault-injection"))]
+            false,
+        );
         let (addr_tx, addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
         let mut node = Node {
+            weights,
             worker,
             stages,
             ends,
@@ -161,7 +173,9 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             }
             node.network.join_coop(cert.body.coop, []);
         }
-        let result = node.event_loop(addr_rx, results, answers, shutdown).await;
+        let result = node
+            .event_loop(addr_rx, results, answers, weights_answers, shutdown)
+            .await;
         tracing::info!("stopped");
         result
     }
@@ -192,6 +206,8 @@ struct Node {
     kept: crate::chain::Kept,
     /// Chained steps and reports sent and not yet answered.
     chain_sends: HashMap<RequestId, Sent>,
+    /// The model files this node serves to peers fetching them.
+    weights: crate::weights::Weights<ResponseChannel<WorkResponse>>,
     /// Checks waiting for the inputs their stage kept, by the fetch's request.
     check_fetches: HashMap<
         RequestId,
@@ -297,6 +313,7 @@ impl Node {
         mut addr_rx: mpsc::Receiver<Vec<Multiaddr>>,
         mut results: mpsc::Receiver<Finished>,
         mut answers: mpsc::Receiver<(u64, WorkResponse)>,
+        mut weights_answers: mpsc::Receiver<(ResponseChannel<WorkResponse>, WorkResponse)>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         let mut poll = tokio::time::interval(Worker::poll_interval());
@@ -328,6 +345,9 @@ impl Node {
                     draining = Some(Instant::now() + DRAIN_TIMEOUT);
                 }
                 event = self.network.next() => self.on_event(event)?,
+                Some((channel, response)) = weights_answers.recv() => {
+                    self.network.respond(channel, response);
+                }
                 Some((key, response)) = answers.recv() => match self.steps.remove(&key) {
                     Some(Reply::Channel(channel)) => {
                         self.network.respond(channel, response);
@@ -528,6 +548,11 @@ impl Node {
                 self.network.respond(channel, response);
             }
             WorkRequest::Check(check) => self.check_start(channel, check),
+            // Any peer of the swarm (in a co-op, only members reach us at all) may fetch what we
+            // hold: every byte is checked against the model's id by the fetcher.
+            WorkRequest::Weights { model, start, end } => {
+                self.weights.serve(channel, model, start, end);
+            }
             WorkRequest::Chain(step) => match self.chain_take(peer, *step) {
                 Ok(()) => {
                     self.network.respond(channel, WorkResponse::Ack);

@@ -24,6 +24,8 @@ pub enum Fault {
     CrashAfter(u32),
     /// Floods the coordinator with requests for work, hundreds a second.
     Flood,
+    /// Serves flipped bytes of the model files peers fetch from it (signed as what it sent).
+    CorruptWeights,
     /// Not a lie: emulated distance. Everything the process sends to another peer waits this many
     /// milliseconds before it goes out (these machines' kernels have no `netem`).
     Delay(u32),
@@ -39,6 +41,7 @@ impl FromStr for Fault {
             "replay" => Ok(Self::Replay),
             "slow" => Ok(Self::Slow),
             "flood" => Ok(Self::Flood),
+            "corrupt-weights" => Ok(Self::CorruptWeights),
             _ => match (
                 s.strip_prefix("crash-after=").map(str::parse),
                 s.strip_prefix("delay=").map(str::parse),
@@ -46,7 +49,7 @@ impl FromStr for Fault {
                 (Some(Ok(n)), _) if n > 0 => Ok(Self::CrashAfter(n)),
                 (_, Some(Ok(ms))) if ms <= FAULT_DELAY_MS_MAX => Ok(Self::Delay(ms)),
                 _ => Err(format!(
-                    "unknown fault {s:?}: wrong-output, bad-signature, replay, slow, flood, crash-after=N (N ≥ 1), delay=MS (MS ≤ {FAULT_DELAY_MS_MAX})"
+                    "unknown fault {s:?}: wrong-output, bad-signature, replay, slow, flood, corrupt-weights, crash-after=N (N ≥ 1), delay=MS (MS ≤ {FAULT_DELAY_MS_MAX})"
                 )),
             },
         }
@@ -61,6 +64,7 @@ impl fmt::Display for Fault {
             Self::Replay => f.write_str("replay"),
             Self::Slow => f.write_str("slow"),
             Self::Flood => f.write_str("flood"),
+            Self::CorruptWeights => f.write_str("corrupt-weights"),
             Self::CrashAfter(n) => write!(f, "crash-after={n}"),
             Self::Delay(ms) => write!(f, "delay={ms}"),
         }
@@ -79,6 +83,7 @@ mod tests {
             "replay",
             "slow",
             "flood",
+            "corrupt-weights",
             "crash-after=3",
             "delay=5",
             "delay=0",

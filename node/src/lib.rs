@@ -17,6 +17,7 @@ mod join;
 mod limits;
 mod stages;
 mod store;
+mod weights;
 mod worker;
 
 pub use advert::capabilities;

@@ -522,7 +522,8 @@ impl Worker {
                 WorkResponse::Assign(_)
                 | WorkResponse::Forwarded { .. }
                 | WorkResponse::Kept(_)
-                | WorkResponse::Checked { .. },
+                | WorkResponse::Checked { .. }
+                | WorkResponse::Weights { .. },
             ) => {}
             Err(error) => {
                 tracing::info!(job, unit, %error, "delivery failed; result kept in the outbox");
@@ -578,9 +579,14 @@ impl Worker {
             },
             // `slow` is the executor's delay; `crash-after` acts on acknowledgements; `flood`
             // acts when asking for work.
-            Some(Fault::Slow | Fault::CrashAfter(_) | Fault::Flood | Fault::Delay(_)) | None => {
-                (receipt, output)
-            }
+            Some(
+                Fault::Slow
+                | Fault::CrashAfter(_)
+                | Fault::Flood
+                | Fault::Delay(_)
+                | Fault::CorruptWeights,
+            )
+            | None => (receipt, output),
         }
     }
 

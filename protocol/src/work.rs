@@ -664,6 +664,16 @@ pub enum WorkRequest {
         /// The session's coordinator's leave for the asking peer (none when the coordinator asks).
         grant: Option<Signature>,
     },
+    /// Bytes `start..end` of a model file, as a verified range (from any peer to one that holds
+    /// the model): at most [`WEIGHTS_CHUNK_BYTES_MAX`]; answered [`WorkResponse::Weights`].
+    Weights {
+        /// The model (the blake3 of its file, the root every block is checked against).
+        model: ModelId,
+        /// First byte.
+        start: u64,
+        /// One past the last.
+        end: u64,
+    },
     /// Check a stage's steps of a chained session (from the coordinator to a verifier): replay
     /// them, fetching their inputs from the stage that kept them, and answer
     /// [`WorkResponse::Checked`] with each step's output digest.
@@ -700,6 +710,16 @@ pub enum WorkResponse {
         /// Binds session, step, layer start, model, input digest and output digest.
         receipt: Receipt,
     },
+    /// A verified range of a model file ([`WorkRequest::Weights`]): the blocks covering it with
+    /// the hashes from the model's id down to them, and the holder's signature of
+    /// [`weights_statement`] for exactly these bytes, so a range that does not verify is evidence
+    /// anyone can check against the holder.
+    Weights {
+        /// The verified encoding (bao-tree, 16 KiB blocks).
+        encoded: Vec<u8>,
+        /// The holder's signature of [`weights_statement`].
+        signature: Signature,
+    },
     /// A verifier's replay ([`WorkRequest::Check`]): the output digest of each step, the digest
     /// its stage's receipt would carry for the same output.
     Checked {
@@ -709,6 +729,24 @@ pub enum WorkResponse {
         /// [`CheckRequest::input_digest`], output [`digest_list`] of `outputs`.
         receipt: Receipt,
     },
+}
+
+/// Most bytes of a model file one [`WorkRequest::Weights`] asks for.
+pub const WEIGHTS_CHUNK_BYTES_MAX: u64 = 1 << 20;
+
+/// Domain of a holder's statement of a range it served.
+const WEIGHTS_STATEMENT_CONTEXT: &str = "hearth 2026 weights range v1";
+
+/// What a holder signs for a range of `model` it serves (bytes `start..end`, sent as `encoded`):
+/// with the bytes, the evidence that it served them, whatever they turn out to be.
+pub fn weights_statement(model: &ModelId, start: u64, end: u64, encoded: &[u8]) -> Vec<u8> {
+    let mut m = Vec::with_capacity(WEIGHTS_STATEMENT_CONTEXT.len() + 96);
+    m.extend_from_slice(WEIGHTS_STATEMENT_CONTEXT.as_bytes());
+    m.extend_from_slice(&model.0.0);
+    m.extend_from_slice(&start.to_le_bytes());
+    m.extend_from_slice(&end.to_le_bytes());
+    m.extend_from_slice(blake3::hash(encoded).as_bytes());
+    m
 }
 
 /// Most steps one check replays (its request carries a digest and a row count for each).
@@ -891,6 +929,13 @@ pub fn request_from_payload(payload: &[u8]) -> Result<WorkRequest> {
                 )));
             }
             r.sampling
+        }
+        WorkRequest::Weights { start, end, .. }
+            if *end <= *start || end - start > WEIGHTS_CHUNK_BYTES_MAX =>
+        {
+            return Err(Error::Limit(format!(
+                "a weights request asks for 1..={WEIGHTS_CHUNK_BYTES_MAX} bytes, not {start}..{end}"
+            )));
         }
         WorkRequest::Check(c) => {
             let steps = c.source.as_ref().map_or(0, |s| s.inputs.len());

@@ -1,0 +1,172 @@
+//! A node serves the model files it holds to peers that fetch layers of them: any range of up to
+//! [`WEIGHTS_CHUNK_BYTES_MAX`] bytes, as blocks verified against the model's id
+//! ([`hearth_net::weights`]), with its signed statement of what it sent. Reading and hashing run
+//! off the event loop; the answers come back to it to be sent.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use hearth_net::weights::Holder;
+use hearth_protocol::work::{WEIGHTS_CHUNK_BYTES_MAX, WorkResponse, weights_statement};
+use hearth_protocol::{ModelId, SecretKey};
+use tokio::sync::mpsc;
+
+/// Ranges being read at once; past it, a request is refused ("busy") rather than queued.
+pub(crate) const WEIGHTS_SERVING_MAX: usize = 4;
+
+/// What this node serves, and the answers on their way back to the event loop.
+pub(crate) struct Weights<C> {
+    key: SecretKey,
+    paths: HashMap<ModelId, PathBuf>,
+    /// Opened files with their outboards (made on first use), shared with the reading tasks.
+    holders: Arc<Mutex<HashMap<ModelId, Arc<Holder>>>>,
+    answers: mpsc::Sender<(C, WorkResponse)>,
+    serving: Arc<std::sync::atomic::AtomicUsize>,
+    /// `--fault corrupt-weights`: flip bytes of what is served.
+    corrupt: bool,
+}
+
+impl<C: Send + 'static> Weights<C> {
+    /// Serve the models at `paths`, signing with `key`; answers go to `answers`.
+    pub(crate) fn new(
+        key: SecretKey,
+        paths: HashMap<ModelId, PathBuf>,
+        answers: mpsc::Sender<(C, WorkResponse)>,
+        corrupt: bool,
+    ) -> Self {
+        Self {
+            key,
+            paths,
+            holders: Arc::default(),
+            answers,
+            serving: Arc::default(),
+            corrupt,
+        }
+    }
+
+    /// Serve bytes `start..end` of `model` to whoever waits on `channel`: the answer comes
+    /// through the answers channel once read (a refusal at once).
+    pub(crate) fn serve(&self, channel: C, model: ModelId, start: u64, end: u64) {
+        let refuse = |channel: C, why: String| {
+            let _ = self
+                .answers
+                .try_send((channel, WorkResponse::Rejected(why)));
+        };
+        let Some(path) = self.paths.get(&model).cloned() else {
+            return refuse(channel, format!("model {model} is not held here"));
+        };
+        if end <= start || end - start > WEIGHTS_CHUNK_BYTES_MAX {
+            return refuse(
+                channel,
+                format!("a range of 1..={WEIGHTS_CHUNK_BYTES_MAX} bytes, not {start}..{end}"),
+            );
+        }
+        let serving = self.serving.clone();
+        if serving.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= WEIGHTS_SERVING_MAX {
+            serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            return refuse(
+                channel,
+                format!("busy: {WEIGHTS_SERVING_MAX} ranges are being read"),
+            );
+        }
+        let (holders, key, answers, corrupt) = (
+            self.holders.clone(),
+            self.key.clone(),
+            self.answers.clone(),
+            self.corrupt,
+        );
+        tokio::task::spawn_blocking(move || {
+            let response = read(&holders, &path, model, start, end)
+                .map(|mut encoded| {
+                    if corrupt {
+                        // Past the hashes at the front: the blocks' bytes.
+                        let at = encoded.len() / 2;
+                        encoded[at] ^= 0x5a;
+                    }
+                    let signature = key.sign(&weights_statement(&model, start, end, &encoded));
+                    WorkResponse::Weights { encoded, signature }
+                })
+                .unwrap_or_else(WorkResponse::Rejected);
+            serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+            let _ = answers.blocking_send((channel, response));
+        });
+    }
+}
+
+/// The encoding of bytes `start..end` of `model` at `path`, its holder opened (and its outboard
+/// made) on first use.
+fn read(
+    holders: &Mutex<HashMap<ModelId, Arc<Holder>>>,
+    path: &std::path::Path,
+    model: ModelId,
+    start: u64,
+    end: u64,
+) -> Result<Vec<u8>, String> {
+    let held = holders
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .get(&model)
+        .cloned();
+    let holder = match held {
+        Some(holder) => holder,
+        None => {
+            let holder = Arc::new(Holder::open(path, model).map_err(|e| e.to_string())?);
+            holders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(model, holder.clone());
+            holder
+        }
+    };
+    holder.serve(start..end).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_net::weights::Partial;
+
+    use super::*;
+
+    #[tokio::test]
+    async fn a_served_range_verifies_and_is_signed_and_a_corrupting_node_is_caught() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let bytes: Vec<u8> = (0..3_000_000u32).map(|i| (i * 7 % 251) as u8).collect();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, &bytes).expect("write");
+        let model = ModelId::of_bytes(&bytes);
+        let key = SecretKey::from_bytes(&[4; 32]);
+        for corrupt in [false, true] {
+            let (tx, mut rx) = mpsc::channel(4);
+            let weights = Weights::new(
+                key.clone(),
+                HashMap::from([(model, path.clone())]),
+                tx,
+                corrupt,
+            );
+            weights.serve(1u8, model, 1_000_000, 1_500_000);
+            let (channel, response) = rx.recv().await.expect("answered");
+            assert_eq!(channel, 1);
+            let WorkResponse::Weights { encoded, signature } = response else {
+                panic!("{response:?}");
+            };
+            // The statement is the holder's, over exactly these bytes.
+            let statement = weights_statement(&model, 1_000_000, 1_500_000, &encoded);
+            assert!(key.public().verify(&statement, &signature).is_ok());
+            let fetch = dir.path().join(format!("fetch-{corrupt}"));
+            std::fs::create_dir(&fetch).expect("dir");
+            let mut partial = Partial::open(&fetch, model, bytes.len() as u64).expect("partial");
+            let got = partial.receive(1_000_000..1_500_000, &encoded);
+            assert_eq!(got.is_ok(), !corrupt, "{got:?}");
+        }
+        // Not held, and too large: refused.
+        let (tx, mut rx) = mpsc::channel(4);
+        let weights = Weights::new(key, HashMap::from([(model, path)]), tx, false);
+        weights.serve(2u8, ModelId::of_bytes(b"other"), 0, 10);
+        weights.serve(3u8, model, 0, WEIGHTS_CHUNK_BYTES_MAX + 1);
+        for _ in 0..2 {
+            let (_, response) = rx.recv().await.expect("answered");
+            assert!(matches!(response, WorkResponse::Rejected(_)));
+        }
+    }
+}

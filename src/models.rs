@@ -26,10 +26,21 @@ for member, dest in zip(sys.argv[2::2], sys.argv[3::2]):
         shutil.copyfileobj(src, out, 1 << 20)
 ";
 
-pub(crate) fn run(args: ModelsArgs, file: &FileConfig) -> anyhow::Result<()> {
+pub(crate) async fn run(args: ModelsArgs, file: &FileConfig) -> anyhow::Result<()> {
     let dir = args.models.resolve(file)?;
     match args.command {
-        ModelsCommand::Fetch { names, all, json } => fetch(&dir, &chosen(&names, all)?, json),
+        ModelsCommand::Fetch {
+            from_swarm: Some(model),
+            client,
+            json,
+            ..
+        } => {
+            let client = crate::client::Client::new(&client, file)?;
+            crate::swarm_fetch::run(&dir, &model, &client, json).await
+        }
+        ModelsCommand::Fetch {
+            names, all, json, ..
+        } => fetch(&dir, &chosen(&names, all)?, json),
         ModelsCommand::Add { file, name, json } => add(&dir, &file, name.as_deref(), json),
         ModelsCommand::List { json } => list(&dir, json),
     }

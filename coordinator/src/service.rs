@@ -373,6 +373,7 @@ impl Coordinator {
                     peer.quarantined = standing.quarantined;
                     peer.quarantine_reason = standing.quarantine_reason;
                     peer.rtt_ms = self.network.rtt_ms(&peer.peer_id);
+                    peer.listen_addrs = self.network.listen_addrs(&peer.peer_id);
                 }
                 let _ = reply.send(peers);
             }

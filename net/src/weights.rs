@@ -230,7 +230,7 @@ impl Partial {
     /// it holds, each block verified again (a fetch killed mid-write keeps exactly the blocks
     /// that check).
     pub fn open(dir: &Path, id: ModelId, size: u64) -> Result<Self> {
-        let path = dir.join(format!(".{id}.partial"));
+        let path = Self::path_in(dir, id);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
@@ -272,6 +272,11 @@ impl Partial {
     /// The file's size.
     pub fn size(&self) -> u64 {
         self.outboard.tree.size()
+    }
+
+    /// Where the partial file of model `id` is kept in `dir`.
+    pub fn path_in(dir: &Path, id: ModelId) -> PathBuf {
+        dir.join(format!(".{id}.partial"))
     }
 
     /// Bytes held, verified.

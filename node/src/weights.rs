@@ -78,14 +78,19 @@ impl<C: Send + 'static> Weights<C> {
         );
         tokio::task::spawn_blocking(move || {
             let response = read(&holders, &path, model, start, end)
-                .map(|mut encoded| {
+                .map(|(size, end, mut encoded)| {
                     if corrupt {
                         // Past the hashes at the front: the blocks' bytes.
                         let at = encoded.len() / 2;
                         encoded[at] ^= 0x5a;
                     }
-                    let signature = key.sign(&weights_statement(&model, start, end, &encoded));
-                    WorkResponse::Weights { encoded, signature }
+                    let statement = weights_statement(&model, size, start, end, &encoded);
+                    WorkResponse::Weights {
+                        size,
+                        end,
+                        encoded,
+                        signature: key.sign(&statement),
+                    }
                 })
                 .unwrap_or_else(WorkResponse::Rejected);
             serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
@@ -94,15 +99,15 @@ impl<C: Send + 'static> Weights<C> {
     }
 }
 
-/// The encoding of bytes `start..end` of `model` at `path`, its holder opened (and its outboard
-/// made) on first use.
+/// The file's size, the end served (`end`, cut at the file's), and the encoding of bytes
+/// `start..end` of `model` at `path`, its holder opened (and its outboard made) on first use.
 fn read(
     holders: &Mutex<HashMap<ModelId, Arc<Holder>>>,
     path: &std::path::Path,
     model: ModelId,
     start: u64,
     end: u64,
-) -> Result<Vec<u8>, String> {
+) -> Result<(u64, u64, Vec<u8>), String> {
     let held = holders
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -119,7 +124,10 @@ fn read(
             holder
         }
     };
-    holder.serve(start..end).map_err(|e| e.to_string())
+    let size = holder.size();
+    let end = end.min(size);
+    let encoded = holder.serve(start..end).map_err(|e| e.to_string())?;
+    Ok((size, end, encoded))
 }
 
 #[cfg(test)]
@@ -147,11 +155,18 @@ mod tests {
             weights.serve(1u8, model, 1_000_000, 1_500_000);
             let (channel, response) = rx.recv().await.expect("answered");
             assert_eq!(channel, 1);
-            let WorkResponse::Weights { encoded, signature } = response else {
+            let WorkResponse::Weights {
+                size,
+                end,
+                encoded,
+                signature,
+            } = response
+            else {
                 panic!("{response:?}");
             };
+            assert_eq!((size, end), (3_000_000, 1_500_000));
             // The statement is the holder's, over exactly these bytes.
-            let statement = weights_statement(&model, 1_000_000, 1_500_000, &encoded);
+            let statement = weights_statement(&model, size, 1_000_000, end, &encoded);
             assert!(key.public().verify(&statement, &signature).is_ok());
             let fetch = dir.path().join(format!("fetch-{corrupt}"));
             std::fs::create_dir(&fetch).expect("dir");
@@ -159,7 +174,7 @@ mod tests {
             let got = partial.receive(1_000_000..1_500_000, &encoded);
             assert_eq!(got.is_ok(), !corrupt, "{got:?}");
         }
-        // Not held, and too large: refused.
+        // Not held, too large, or past the end: refused; a range over the end is cut there.
         let (tx, mut rx) = mpsc::channel(4);
         let weights = Weights::new(key, HashMap::from([(model, path)]), tx, false);
         weights.serve(2u8, ModelId::of_bytes(b"other"), 0, 10);
@@ -168,5 +183,17 @@ mod tests {
             let (_, response) = rx.recv().await.expect("answered");
             assert!(matches!(response, WorkResponse::Rejected(_)));
         }
+        weights.serve(4u8, model, 3_000_000, 3_000_100);
+        let (_, response) = rx.recv().await.expect("answered");
+        assert!(
+            matches!(response, WorkResponse::Rejected(_)),
+            "{response:?}"
+        );
+        weights.serve(5u8, model, 2_500_000, 3_500_000);
+        let (_, response) = rx.recv().await.expect("answered");
+        assert!(
+            matches!(response, WorkResponse::Weights { end: 3_000_000, .. }),
+            "{response:?}"
+        );
     }
 }

@@ -53,4 +53,7 @@ pub struct PeerEntry {
     /// Why it was last quarantined.
     #[serde(default)]
     pub quarantine_reason: Option<String>,
+    /// Where it listens, as the coordinator learnt it (what another peer dials it at).
+    #[serde(default)]
+    pub listen_addrs: Vec<String>,
 }

@@ -665,7 +665,8 @@ pub enum WorkRequest {
         grant: Option<Signature>,
     },
     /// Bytes `start..end` of a model file, as a verified range (from any peer to one that holds
-    /// the model): at most [`WEIGHTS_CHUNK_BYTES_MAX`]; answered [`WorkResponse::Weights`].
+    /// the model): at most [`WEIGHTS_CHUNK_BYTES_MAX`], cut at the file's end (so a fetcher that
+    /// does not know the size yet asks for the first chunk); answered [`WorkResponse::Weights`].
     Weights {
         /// The model (the blake3 of its file, the root every block is checked against).
         model: ModelId,
@@ -715,6 +716,11 @@ pub enum WorkResponse {
     /// [`weights_statement`] for exactly these bytes, so a range that does not verify is evidence
     /// anyone can check against the holder.
     Weights {
+        /// The file's size, as the holder says (a wrong one makes every block fail to verify:
+        /// the tree's shape, and so its root, depends on it).
+        size: u64,
+        /// One past the last byte served (the request's end, or the file's).
+        end: u64,
         /// The verified encoding (bao-tree, 16 KiB blocks).
         encoded: Vec<u8>,
         /// The holder's signature of [`weights_statement`].
@@ -737,12 +743,20 @@ pub const WEIGHTS_CHUNK_BYTES_MAX: u64 = 1 << 20;
 /// Domain of a holder's statement of a range it served.
 const WEIGHTS_STATEMENT_CONTEXT: &str = "hearth 2026 weights range v1";
 
-/// What a holder signs for a range of `model` it serves (bytes `start..end`, sent as `encoded`):
-/// with the bytes, the evidence that it served them, whatever they turn out to be.
-pub fn weights_statement(model: &ModelId, start: u64, end: u64, encoded: &[u8]) -> Vec<u8> {
-    let mut m = Vec::with_capacity(WEIGHTS_STATEMENT_CONTEXT.len() + 96);
+/// What a holder signs for a range of `model` (a file of `size` bytes) it serves (bytes
+/// `start..end`, sent as `encoded`): with the bytes, the evidence that it served them, whatever
+/// they turn out to be.
+pub fn weights_statement(
+    model: &ModelId,
+    size: u64,
+    start: u64,
+    end: u64,
+    encoded: &[u8],
+) -> Vec<u8> {
+    let mut m = Vec::with_capacity(WEIGHTS_STATEMENT_CONTEXT.len() + 104);
     m.extend_from_slice(WEIGHTS_STATEMENT_CONTEXT.as_bytes());
     m.extend_from_slice(&model.0.0);
+    m.extend_from_slice(&size.to_le_bytes());
     m.extend_from_slice(&start.to_le_bytes());
     m.extend_from_slice(&end.to_le_bytes());
     m.extend_from_slice(blake3::hash(encoded).as_bytes());

@@ -176,6 +176,7 @@ impl Registry {
                 strikes: 0,
                 quarantined: false,
                 quarantine_reason: None,
+                listen_addrs: Vec::new(),
             })
             .collect()
     }

@@ -38,6 +38,9 @@ pub(crate) async fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()
             runs,
             json,
         } => crate::bench_pipeline::run(tokens, model.as_deref(), runs, json, &models).await,
+        BenchCommand::Fetch { model, runs, json } => {
+            crate::bench_fetch::run(model.as_deref(), runs, json, &models).await
+        }
     }
 }
 

@@ -770,6 +770,21 @@ pub(crate) enum BenchCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Fetch speed: a model from the swarm's holders on 127.0.0.1 (1 holder, then 3), every block
+    /// verified, beside `cp` of the same bytes and blake3 hashing them.
+    Fetch {
+        /// The model: a GGUF file in the models folder, a catalogued name or a name or id added
+        /// with `hearth models add` [default: the fetched SmolLM2-135M-Instruct].
+        #[arg(long, value_name = "MODEL")]
+        model: Option<PathBuf>,
+        /// Runs of each figure; each figure is its fastest run.
+        #[arg(long, default_value_t = 3, value_name = "N",
+              value_parser = clap::value_parser!(u32).range(1..=20))]
+        runs: u32,
+        /// Print JSON: {bytes, cp_mb_per_s, blake3_mb_per_s, fetch: [{holders, mb_per_s, ratio_to_cp, ratio_to_blake3}]}.
+        #[arg(long)]
+        json: bool,
+    },
     /// Embedding throughput: this machine alone (at --threads, default every core) against a local
     /// swarm of 2 nodes at 1 thread each plus a coordinator, at replicas 1, replicas 2 and adaptive
     /// replication (measured over the second half of a job on a fresh swarm), in one run.

@@ -2,6 +2,7 @@
 
 mod apikey;
 mod bench;
+mod bench_fetch;
 mod bench_pipeline;
 mod bench_swarm;
 mod children;

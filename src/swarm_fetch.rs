@@ -37,13 +37,36 @@ struct Served {
     lied: bool,
 }
 
-/// Fetch `model` (a name or id the coordinator lists) into `dir`.
+/// What a fetch did.
+pub(crate) struct Fetched {
+    name: String,
+    id: ModelId,
+    pub(crate) path: PathBuf,
+    /// Bytes fetched (0 when the folder held the model already).
+    pub(crate) bytes: u64,
+    pub(crate) seconds: f64,
+    served: HashMap<PeerId, Served>,
+    already: bool,
+}
+
+/// Fetch `model` (a name or id the coordinator lists) into `dir`, and say what happened.
 pub(crate) async fn run(
     dir: &Path,
     model: &str,
     client: &Client,
     json: bool,
 ) -> anyhow::Result<()> {
+    let f = fetch(dir, model, client, json).await?;
+    report(json, &f)
+}
+
+/// Fetch `model` into `dir` (progress on stdout unless `quiet`).
+pub(crate) async fn fetch(
+    dir: &Path,
+    model: &str,
+    client: &Client,
+    quiet: bool,
+) -> anyhow::Result<Fetched> {
     let listed: Value = client.get("/v1/models").await?;
     let entry = listed["data"]
         .as_array()
@@ -71,7 +94,15 @@ pub(crate) async fn run(
         .into_iter()
         .find(|(_, found)| *found == id)
     {
-        return report(json, &name, id, &path, 0, 0.0, &HashMap::new(), true);
+        return Ok(Fetched {
+            name,
+            id,
+            path,
+            bytes: 0,
+            seconds: 0.0,
+            served: HashMap::new(),
+            already: true,
+        });
     }
     if holders.is_empty() {
         bail!("no peer online holds {name} ({id}); start a node that has it, then try again");
@@ -100,7 +131,7 @@ pub(crate) async fn run(
             .unwrap_or_default();
         net.add_addrs(holder, &addrs);
     }
-    if !json {
+    if !quiet {
         println!(
             "fetching {name} ({id}) from {} holder{} into {} …",
             holders.len(),
@@ -110,23 +141,23 @@ pub(crate) async fn run(
     }
     let started = Instant::now();
     let mut fetch = Fetch::new(dir, id, holders)?;
-    let path = fetch.run(&mut net, json).await?;
+    let path = fetch.run(&mut net, quiet).await?;
+    let seconds = started.elapsed().as_secs_f64();
     let dest = final_path(dir, &name, id);
     std::fs::rename(&path, &dest)
         .with_context(|| format!("moving {} to {}", path.display(), dest.display()))?;
     let _ = std::fs::rename(outboard_path(&path), outboard_path(&dest));
     // Its id remembered beside it, as for any model the folder holds.
     hearth_node::scan_models(dir)?;
-    report(
-        json,
-        &name,
+    Ok(Fetched {
+        name,
         id,
-        &dest,
-        fetch.size,
-        started.elapsed().as_secs_f64(),
-        &fetch.served,
-        false,
-    )
+        path: dest,
+        bytes: fetch.served.values().map(|s| s.bytes).sum(),
+        seconds,
+        served: fetch.served,
+        already: false,
+    })
 }
 
 /// Where a fetched model goes: its catalogue file name, else its listed name, else its id.
@@ -153,19 +184,10 @@ fn final_path(dir: &Path, name: &str, id: ModelId) -> PathBuf {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-fn report(
-    json: bool,
-    name: &str,
-    id: ModelId,
-    path: &Path,
-    bytes: u64,
-    seconds: f64,
-    served: &HashMap<PeerId, Served>,
-    already: bool,
-) -> anyhow::Result<()> {
+fn report(json: bool, f: &Fetched) -> anyhow::Result<()> {
     if json {
-        let holders: Vec<Value> = served
+        let holders: Vec<Value> = f
+            .served
             .iter()
             .map(|(peer, s)| {
                 json!({ "peer_id": peer.to_string(), "bytes": s.bytes, "refused_bad": s.lied, "failures": s.failures })
@@ -173,19 +195,21 @@ fn report(
             .collect();
         println!(
             "{}",
-            json!({ "name": name, "id": id.to_string(), "path": path, "bytes": bytes,
-                    "seconds": seconds, "already_held": already, "holders": holders })
+            json!({ "name": f.name, "id": f.id.to_string(), "path": f.path, "bytes": f.bytes,
+                    "seconds": f.seconds, "already_held": f.already, "holders": holders })
         );
-    } else if already {
-        println!("{name} is already in the folder: {}", path.display());
+    } else if f.already {
+        println!("{} is already in the folder: {}", f.name, f.path.display());
     } else {
-        let mb = bytes as f64 / 1e6;
+        let mb = f.bytes as f64 / 1e6;
         println!(
-            "{name}: {mb:.1} MB in {seconds:.1} s ({:.1} MB/s), every block verified, in {}",
-            mb / seconds.max(1e-9),
-            path.display()
+            "{}: {mb:.1} MB in {:.1} s ({:.1} MB/s), every block verified, in {}",
+            f.name,
+            f.seconds,
+            mb / f.seconds.max(1e-9),
+            f.path.display()
         );
-        for (peer, s) in served {
+        for (peer, s) in &f.served {
             if s.lied {
                 println!("  {peer} served bytes that do not verify: asked no more");
             }

@@ -10,7 +10,7 @@ use hearth_net::Network;
 use hearth_net::RequestId;
 use hearth_protocol::PeerId;
 use hearth_protocol::Receipt;
-use hearth_protocol::work::{Forward, StageData, WorkRequest, WorkResponse};
+use hearth_protocol::work::{WorkRequest, WorkResponse};
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
@@ -880,16 +880,12 @@ impl Sessions {
                             &peer,
                         ));
                     }
-                    // Its time: the replay's rows at the verifier's speed, as a step's.
-                    let rows: u32 = check.rows.iter().sum();
-                    let sized = Forward {
-                        input: StageData::Hidden {
-                            rows,
-                            bytes: Vec::new(),
-                        },
-                        ..check.forward.clone()
-                    };
-                    let flops = live.llm.shape.flops(&sized);
+                    // Its time: the replay's rows at the verifier's speed, as a step's (what the
+                    // driver awaits is sized as the replay).
+                    let flops = live
+                        .driver
+                        .pending()
+                        .map_or(0.0, |f| live.llm.shape.flops(f));
                     let gflops = registry.capabilities(&peer).map_or(0.0, |c| c.score);
                     let timer = Self::check_timer(session, Some(live));
                     self.timeouts

@@ -577,10 +577,22 @@ impl Driver {
             source,
             rows,
         });
+        // What is awaited, sized as the replay is (the shell times it, and counts it as work
+        // the verifier's stage is doing).
+        let sized = Forward {
+            input: match &check.forward.input {
+                StageData::Tokens(tokens) => StageData::Tokens(tokens.clone()),
+                StageData::Hidden { .. } => StageData::Hidden {
+                    rows: check.rows.iter().sum(),
+                    bytes: Vec::new(),
+                },
+            },
+            ..check.forward.clone()
+        };
         self.awaiting = Some(Pending {
             hop,
             peer: verifier,
-            forward: check.forward.clone(),
+            forward: sized,
             purpose: Purpose::Digests {
                 window,
                 first_step,

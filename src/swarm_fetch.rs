@@ -35,6 +35,8 @@ struct Served {
     failures: u32,
     /// It served bytes that do not verify: asked no more.
     lied: bool,
+    /// The coordinator took the evidence and quarantined it.
+    quarantined: bool,
 }
 
 /// What a fetch did.
@@ -141,8 +143,24 @@ pub(crate) async fn fetch(
     }
     let started = Instant::now();
     let mut fetch = Fetch::new(dir, id, holders)?;
-    let path = fetch.run(&mut net, quiet).await?;
+    let fetched = fetch.run(&mut net, quiet).await;
     let seconds = started.elapsed().as_secs_f64();
+    // Bad bytes, signed: the coordinator checks them and quarantines whoever sent them (kept in
+    // the folder when it cannot be told).
+    for (peer, evidence) in std::mem::take(&mut fetch.evidence) {
+        match client
+            .post::<Value>("/v1/evidence/weights", &evidence)
+            .await
+        {
+            Ok(_) => fetch.served.entry(peer).or_default().quarantined = true,
+            Err(e) => {
+                tracing::warn!(%peer, error = %e, "the coordinator did not take the evidence; kept in the folder");
+                let file = dir.join(format!(".{id}.evidence-{peer}.json"));
+                let _ = std::fs::write(&file, evidence.to_string());
+            }
+        }
+    }
+    let path = fetched?;
     let dest = final_path(dir, &name, id);
     std::fs::rename(&path, &dest)
         .with_context(|| format!("moving {} to {}", path.display(), dest.display()))?;
@@ -190,7 +208,8 @@ fn report(json: bool, f: &Fetched) -> anyhow::Result<()> {
             .served
             .iter()
             .map(|(peer, s)| {
-                json!({ "peer_id": peer.to_string(), "bytes": s.bytes, "refused_bad": s.lied, "failures": s.failures })
+                json!({ "peer_id": peer.to_string(), "bytes": s.bytes, "refused_bad": s.lied,
+                        "quarantined": s.quarantined, "failures": s.failures })
             })
             .collect();
         println!(
@@ -211,7 +230,14 @@ fn report(json: bool, f: &Fetched) -> anyhow::Result<()> {
         );
         for (peer, s) in &f.served {
             if s.lied {
-                println!("  {peer} served bytes that do not verify: asked no more");
+                println!(
+                    "  {peer} served bytes that do not verify: asked no more{}",
+                    if s.quarantined {
+                        ", and quarantined by the coordinator on the evidence"
+                    } else {
+                        ""
+                    }
+                );
             }
         }
     }
@@ -232,6 +258,8 @@ struct Fetch {
     out: HashMap<RequestId, (PeerId, Range<u64>)>,
     served: HashMap<PeerId, Served>,
     next_holder: usize,
+    /// Signed answers that did not verify, one per holder caught, for the coordinator.
+    evidence: Vec<(PeerId, Value)>,
 }
 
 impl Fetch {
@@ -249,6 +277,7 @@ impl Fetch {
             out: HashMap::new(),
             served: HashMap::new(),
             next_holder: 0,
+            evidence: Vec::new(),
         };
         let left = Partial::path_in(dir, id);
         if let Ok(meta) = std::fs::metadata(&left)
@@ -389,16 +418,18 @@ impl Fetch {
             }
             Err(WeightsError::Unverified { .. }) => {
                 // Its signed statement and the bytes are the evidence.
-                let evidence = self.dir.join(format!(".{}.evidence-{peer}", self.id));
-                let _ = std::fs::write(
-                    &evidence,
-                    serde_json::to_vec(&json!({
-                        "peer_id": peer.to_string(), "model": self.id.to_string(),
-                        "size": size, "start": range.start, "end": end,
-                        "signature": signature.0.to_vec(), "encoded_len": encoded.len(),
-                    }))
-                    .unwrap_or_default(),
-                );
+                use base64::Engine as _;
+                let b64 = base64::engine::general_purpose::STANDARD;
+                if !self.evidence.iter().any(|(p, _)| *p == peer) {
+                    self.evidence.push((
+                        peer,
+                        json!({
+                            "peer_id": peer.to_string(), "model": self.id.to_string(),
+                            "size": size, "start": range.start, "end": end,
+                            "encoded": b64.encode(&encoded), "signature": b64.encode(signature.0),
+                        }),
+                    ));
+                }
                 if !self.size_checked && range.start == 0 {
                     // The size it named may be the lie: start again from its first chunk.
                     self.reset()?;

@@ -9,7 +9,7 @@ use std::path::PathBuf;
 use hearth_net::weights::{Holder, Partial};
 use hearth_protocol::ModelId;
 use support::local_swarm::Swarm;
-use support::{run_hearth, stdout_json};
+use support::{entry, peers, run_hearth, stdout_json};
 
 const MODEL: &str = "smollm2-135m-instruct-q4_1";
 
@@ -69,6 +69,19 @@ fn a_model_comes_from_its_holders_verified_and_a_corrupting_holder_is_refused() 
     let bad = of(&corrupting).expect("the corrupting holder was asked");
     assert_eq!(bad["refused_bad"], true, "{got}");
     assert_eq!(bad["bytes"], 0, "nothing it sent was kept: {got}");
+    // Its signed bytes went to the coordinator, which checked them and quarantined it.
+    assert_eq!(bad["quarantined"], true, "{got}");
+    let listed = peers(&[], &swarm.api);
+    let ledger = entry(&listed, &corrupting).expect("listed");
+    assert_eq!(ledger["quarantined"], true, "{ledger}");
+    assert!(
+        ledger["quarantine_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("do not verify")),
+        "{ledger}"
+    );
+    let fair = entry(&listed, &honest).expect("listed");
+    assert_eq!(fair["quarantined"], false, "{fair}");
     assert_eq!(
         of(&honest).expect("the honest holder")["bytes"],
         original.len() as u64

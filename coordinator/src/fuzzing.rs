@@ -93,6 +93,7 @@ fn answer(command: Command) {
             ),
         ),
         Command::Revoke(_, reply) => drop(reply.send(Ok(()))),
+        Command::WeightsEvidence(_, reply) => drop(reply.send(Ok(()))),
     }
 }
 

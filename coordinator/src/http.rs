@@ -36,7 +36,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::keys::{Access, KeyRecord, Keys};
 use crate::limits::GENERATE_TOKENS_DEFAULT;
-use crate::limits::{HTTP_BODY_BYTES_MAX, JOB_BODY_BYTES_MAX};
+use crate::limits::{EVIDENCE_BODY_BYTES_MAX, HTTP_BODY_BYTES_MAX, JOB_BODY_BYTES_MAX};
 use crate::scheduler::JobStatus;
 use crate::sessions::{GenerateRequest, Refusal, SessionEvent, Sessions};
 use crate::work::{JobView, SubmitJob, Unavailable};
@@ -90,6 +90,23 @@ pub(crate) enum Command {
         Box<hearth_protocol::coop::Revocation>,
         oneshot::Sender<Result<(), String>>,
     ),
+    /// A holder's signed answer for a range of a model, that a fetcher says does not verify.
+    WeightsEvidence(Box<WeightsEvidence>, oneshot::Sender<Result<(), String>>),
+}
+
+/// `POST /v1/evidence/weights`: what a holder served, with its signature of
+/// [`hearth_protocol::work::weights_statement`] for it.
+#[derive(Debug, serde::Deserialize)]
+pub(crate) struct WeightsEvidence {
+    pub(crate) peer_id: hearth_protocol::PeerId,
+    pub(crate) model: hearth_protocol::ModelId,
+    pub(crate) size: u64,
+    pub(crate) start: u64,
+    pub(crate) end: u64,
+    /// The bytes it sent, base64.
+    pub(crate) encoded: String,
+    /// Its signature, base64.
+    pub(crate) signature: String,
 }
 
 type Commands = State<mpsc::Sender<Command>>;
@@ -148,6 +165,10 @@ pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
         .route("/v1/jobs/{id}/cancel", post(cancel))
         .route("/v1/generate", post(generate))
         .route("/v1/coop/revocations", post(revoke_member))
+        .route(
+            "/v1/evidence/weights",
+            post(weights_evidence).layer(DefaultBodyLimit::max(EVIDENCE_BODY_BYTES_MAX)),
+        )
         .merge(crate::openai::routes())
         .merge(crate::feed::routes())
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
@@ -489,6 +510,28 @@ async fn revoke_member(
     .await
     {
         Ok(Ok(())) => Json(json!({ "revoked": member })).into_response(),
+        Ok(Err(why)) => error(StatusCode::BAD_REQUEST, &why),
+        Err(response) => response,
+    }
+}
+
+/// A holder's answer that does not verify against the model's id, under its signature: checked
+/// here, then the holder is quarantined (a good answer, or one it did not sign, is refused).
+async fn weights_evidence(
+    State(commands): Commands,
+    body: Result<Json<WeightsEvidence>, axum::extract::rejection::JsonRejection>,
+) -> Response {
+    let evidence = match body {
+        Ok(Json(evidence)) => evidence,
+        Err(rejection) => return error(rejection.status(), &rejection.body_text()),
+    };
+    let peer = evidence.peer_id;
+    match ask(&commands, |reply| {
+        Command::WeightsEvidence(Box::new(evidence), reply)
+    })
+    .await
+    {
+        Ok(Ok(())) => Json(json!({ "quarantined": peer })).into_response(),
         Ok(Err(why)) => error(StatusCode::BAD_REQUEST, &why),
         Err(response) => response,
     }

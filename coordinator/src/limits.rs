@@ -15,6 +15,10 @@ pub const HTTP_BODY_BYTES_MAX: usize = 64 * 1024;
 /// Largest `POST /v1/jobs` body: a batch of tens of thousands of sentences.
 pub const JOB_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 
+/// Largest body of `POST /v1/evidence/weights`: a served range of up to 1 MiB with its hashes, in
+/// base64.
+pub const EVIDENCE_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
+
 /// Most inputs in one job.
 pub const JOB_INPUTS_MAX: usize = 100_000;
 

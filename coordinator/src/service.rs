@@ -344,6 +344,39 @@ impl Coordinator {
         }
     }
 
+    /// A holder's signed answer that does not verify against the model's id: the holder is
+    /// quarantined. Its signature must check (or anyone could frame it), and the bytes must fail
+    /// (a good answer proves nothing against it).
+    fn weights_evidence(&mut self, e: &crate::http::WeightsEvidence) -> Result<(), String> {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let encoded = b64
+            .decode(&e.encoded)
+            .map_err(|err| format!("`encoded` is not base64: {err}"))?;
+        let signature: [u8; 64] = b64
+            .decode(&e.signature)
+            .ok()
+            .and_then(|s| s.try_into().ok())
+            .ok_or("`signature` must be 64 bytes, base64")?;
+        let statement =
+            hearth_protocol::work::weights_statement(&e.model, e.size, e.start, e.end, &encoded);
+        e.peer_id
+            .public_key()
+            .verify(&statement, &hearth_protocol::Signature(signature))
+            .map_err(|_| format!("{} did not sign these bytes", e.peer_id))?;
+        if hearth_net::weights::verify_range(e.model, e.size, e.start..e.end, &encoded).is_ok() {
+            return Err(format!(
+                "these bytes verify against the model's id: no fault of {}",
+                e.peer_id
+            ));
+        }
+        tracing::warn!(peer = %e.peer_id, model = %e.model, start = e.start, end = e.end, "a holder served model bytes that do not verify");
+        let now = self.now_ms();
+        self.work
+            .weights_fault(&mut self.network, &self.registry, now, e.peer_id)
+            .map_err(|err| err.to_string())
+    }
+
     /// Strikes for stages the session drivers caught lying.
     fn record_stage_faults(&mut self) -> Result<()> {
         let now = self.now_ms();
@@ -437,6 +470,10 @@ impl Coordinator {
                     None
                 };
                 self.reply(move || reply.send(status).map_err(drop));
+            }
+            Command::WeightsEvidence(evidence, reply) => {
+                let answer = self.weights_evidence(&evidence);
+                let _ = reply.send(answer);
             }
             Command::Revoke(revocation, reply) => {
                 let answer = if self.coop.is_none() {

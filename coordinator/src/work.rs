@@ -605,6 +605,19 @@ impl Work {
             .map(drop)
     }
 
+    /// `peer` served model bytes that do not verify (the evidence was checked): quarantined.
+    pub(crate) fn weights_fault(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        now_ms: u64,
+        peer: PeerId,
+    ) -> Result<()> {
+        let input = crate::pipeline::weights_fault(registry, peer);
+        self.step(net, now_ms, input, Batch::default(), true)
+            .map(drop)
+    }
+
     pub(crate) fn standing(&self, peer: &PeerId, now_ms: u64) -> Standing {
         self.scheduler.standing(peer, now_ms)
     }

@@ -17,8 +17,10 @@ use std::io::{Read, Seek, Write};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 
-use bao_tree::io::outboard::PreOrderOutboard;
-use bao_tree::io::sync::{CreateOutboard, decode_ranges, encode_ranges_validated, valid_ranges};
+use bao_tree::io::outboard::{EmptyOutboard, PreOrderOutboard};
+use bao_tree::io::sync::{
+    CreateOutboard, WriteAt, decode_ranges, encode_ranges_validated, valid_ranges,
+};
 use bao_tree::io::{round_up_to_chunks, round_up_to_chunks_groups};
 use bao_tree::{BaoTree, BlockSize, ByteRanges, ChunkNum, ChunkRanges};
 use hearth_protocol::ModelId;
@@ -213,6 +215,37 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;
     std::fs::rename(&tmp, path).map_err(io(path))
+}
+
+/// Check `encoded`, a holder's answer for bytes `range` of model `id` (a file of `size` bytes),
+/// with no copy of the model: what anyone holding the holder's signed statement of it can do, so a
+/// bad answer is evidence against the holder and a good one never is.
+pub fn verify_range(id: ModelId, size: u64, range: Range<u64>, encoded: &[u8]) -> Result<()> {
+    check_range(&range, size)?;
+    let outboard = EmptyOutboard {
+        tree: BaoTree::new(size, BLOCK),
+        root: root(&id),
+    };
+    decode_ranges(encoded, &chunks_of(&range, size), Discard, outboard).map_err(|e| {
+        WeightsError::Unverified {
+            start: range.start,
+            end: range.end,
+            reason: e.to_string(),
+        }
+    })
+}
+
+/// A target that keeps nothing: [`verify_range`] only checks.
+struct Discard;
+
+impl WriteAt for Discard {
+    fn write_at(&mut self, _pos: u64, buf: &[u8]) -> std::io::Result<usize> {
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 /// A model file being fetched: the blocks received so far, each verified against the id.

@@ -37,6 +37,9 @@ pub enum Fault {
     BadReceipt,
     /// It missed its deadline: counted, but says nothing about correctness.
     Timeout,
+    /// It served bytes of a model file that do not verify against the model's id, under its own
+    /// signature: provable, quarantine at once.
+    BadWeights,
 }
 
 /// A verdict for the ledger.
@@ -215,6 +218,9 @@ impl Ledger {
                         "result lost a quorum of its own numeric class {class}"
                     )),
                     Fault::BadReceipt => Some("receipt failed verification".to_string()),
+                    Fault::BadWeights => Some(
+                        "served bytes of a model that do not verify against its id".to_string(),
+                    ),
                     Fault::Mismatch => {
                         record.strikes += 1;
                         (record.strikes >= STRIKES_QUARANTINE).then(|| {
@@ -480,6 +486,13 @@ mod tests {
         assert!(
             matches!(&last[..], [LedgerOutput::Quarantined { until_ms, .. }] if *until_ms == 100 + QUARANTINE_MAX_MS),
             "capped"
+        );
+        // Model bytes that do not verify, under the server's own signature: at once too.
+        let b = peer(4);
+        let weights = fault(&mut ledger, b, 0, Fault::BadWeights);
+        assert!(
+            matches!(&weights[..], [LedgerOutput::Quarantined { reason, .. }] if reason.contains("do not verify")),
+            "{weights:?}"
         );
     }
 

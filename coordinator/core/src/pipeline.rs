@@ -32,7 +32,7 @@ use serde::Serialize;
 pub use chain::{CHAIN_EARLY_MAX, CHAIN_STALLS_MAX};
 pub use glue::{
     LayerShape, STEP_BUDGET_MS_MAX, STEP_COMPUTE_SLACK, STEP_GFLOPS_FLOOR, StepTimeouts,
-    candidates, stage_fault, step_budget_ms,
+    candidates, stage_fault, step_budget_ms, weights_fault,
 };
 
 /// One stage of a route.

@@ -38,6 +38,17 @@ pub fn candidates(
 /// ([`super::Action::Fault`]): a strike in its LLM class (a window compared by tolerance across
 /// classes proves nothing more, so it is never a proof of malice).
 pub fn stage_fault(registry: &Registry, peer: PeerId) -> Input {
+    llm_fault(registry, peer, Fault::Mismatch)
+}
+
+/// The ledger's verdict on `peer` for serving model bytes that do not verify against the model's
+/// id (its signed statement and the bytes are the proof): quarantined at once.
+pub fn weights_fault(registry: &Registry, peer: PeerId) -> Input {
+    llm_fault(registry, peer, Fault::BadWeights)
+}
+
+/// A fault of `peer` in its LLM class.
+fn llm_fault(registry: &Registry, peer: PeerId, fault: Fault) -> Input {
     let class = registry
         .capabilities(&peer)
         .and_then(|c| c.numeric_class.get(&KernelFamily::Llm).cloned())
@@ -45,7 +56,7 @@ pub fn stage_fault(registry: &Registry, peer: PeerId) -> Input {
     Input::StageVerdict {
         peer,
         class,
-        fault: Some(Fault::Mismatch),
+        fault: Some(fault),
     }
 }
 

@@ -372,8 +372,9 @@ impl Coordinator {
         }
         tracing::warn!(peer = %e.peer_id, model = %e.model, start = e.start, end = e.end, "a holder served model bytes that do not verify");
         let now = self.now_ms();
+        let input = crate::pipeline::weights_fault(&self.registry, e.peer_id);
         self.work
-            .weights_fault(&mut self.network, &self.registry, now, e.peer_id)
+            .verdict(&mut self.network, now, input)
             .map_err(|err| err.to_string())
     }
 
@@ -381,8 +382,8 @@ impl Coordinator {
     fn record_stage_faults(&mut self) -> Result<()> {
         let now = self.now_ms();
         for (peer, _) in self.sessions.take_faults() {
-            self.work
-                .stage_fault(&mut self.network, &self.registry, now, peer)?;
+            let input = crate::pipeline::stage_fault(&self.registry, peer);
+            self.work.verdict(&mut self.network, now, input)?;
         }
         Ok(())
     }

@@ -591,29 +591,11 @@ impl Work {
         Ok(())
     }
 
-    /// A pipeline stage was caught returning wrong results: a strike (its outputs are compared by
-    /// tolerance, not digest, so it is not proof).
-    pub(crate) fn stage_fault(
-        &mut self,
-        net: &mut Network,
-        registry: &Registry,
-        now_ms: u64,
-        peer: PeerId,
-    ) -> Result<()> {
-        let input = crate::pipeline::stage_fault(registry, peer);
-        self.step(net, now_ms, input, Batch::default(), true)
-            .map(drop)
-    }
-
-    /// `peer` served model bytes that do not verify (the evidence was checked): quarantined.
-    pub(crate) fn weights_fault(
-        &mut self,
-        net: &mut Network,
-        registry: &Registry,
-        now_ms: u64,
-        peer: PeerId,
-    ) -> Result<()> {
-        let input = crate::pipeline::weights_fault(registry, peer);
+    /// A ledger verdict from outside the scheduler's own checks: a pipeline stage caught
+    /// returning wrong results (`crate::pipeline::stage_fault`: a strike, since its outputs are
+    /// compared by tolerance, not digest), or a holder that served model bytes that do not verify
+    /// (`crate::pipeline::weights_fault`: the evidence was checked; quarantined).
+    pub(crate) fn verdict(&mut self, net: &mut Network, now_ms: u64, input: Input) -> Result<()> {
         self.step(net, now_ms, input, Batch::default(), true)
             .map(drop)
     }

@@ -135,7 +135,8 @@ pub struct Holder {
 
 impl Holder {
     /// Open `path`, the model `id`: its outboard is read from beside it, or made (hashing the
-    /// whole file once) and kept there. A file whose blake3 is not `id` is refused.
+    /// whole file once) and kept there when the folder can be written. A file whose blake3 is
+    /// not `id` is refused.
     pub fn open(path: &Path, id: ModelId) -> Result<Self> {
         let file = File::open(path).map_err(io(path))?;
         let size = file.metadata().map_err(io(path))?.len();
@@ -159,7 +160,11 @@ impl Holder {
                         expected: id,
                     });
                 }
-                write_atomically(&kept, &made.data)?;
+                // Kept for next time; a folder this process may not write to (models mounted
+                // read-only) costs a hashing pass at each start, not the serving.
+                if let Err(e) = write_atomically(&kept, &made.data) {
+                    tracing::warn!(error = %e, "the model's outboard could not be kept beside it");
+                }
                 made
             }
         };

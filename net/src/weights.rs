@@ -215,7 +215,11 @@ fn check_range(range: &Range<u64>, size: u64) -> Result<()> {
 /// Write `bytes` to `path` through a temporary file and a rename, so a crash leaves the old file
 /// or the new one, never half of one.
 fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let tmp = path.with_extension("tmp");
+    // A name of this process and call alone: nodes sharing a models folder may make the same
+    // outboard at once, and each must rename a whole file of its own.
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = path.with_extension(format!("{}-{n}.tmp", std::process::id()));
     let mut f = File::create(&tmp).map_err(io(&tmp))?;
     f.write_all(bytes).map_err(io(&tmp))?;
     f.sync_all().map_err(io(&tmp))?;

@@ -126,7 +126,18 @@ fn read(
     };
     let size = holder.size();
     let end = end.min(size);
-    let encoded = holder.serve(start..end).map_err(|e| e.to_string())?;
+    let encoded = holder.serve(start..end).map_err(|e| {
+        if matches!(e, hearth_net::weights::WeightsError::Corrupt { .. }) {
+            // The file or its kept outboard changed under us: both are looked at afresh next
+            // time (a file that no longer hashes to its id is then refused at open).
+            holders
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&model);
+            let _ = std::fs::remove_file(hearth_net::weights::outboard_path(path));
+        }
+        e.to_string()
+    })?;
     Ok((size, end, encoded))
 }
 
@@ -194,6 +205,39 @@ mod tests {
         assert!(
             matches!(response, WorkResponse::Weights { end: 3_000_000, .. }),
             "{response:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_kept_outboard_that_went_bad_is_made_again() {
+        let dir = tempfile::tempdir().expect("tmp");
+        let bytes: Vec<u8> = (0..2_000_000u32).map(|i| (i * 13 % 241) as u8).collect();
+        let path = dir.path().join("m.gguf");
+        std::fs::write(&path, &bytes).expect("write");
+        let model = ModelId::of_bytes(&bytes);
+        // An outboard of the right length and the wrong hashes, as a crash or a bad disk leaves.
+        let kept = hearth_net::weights::outboard_path(&path);
+        Holder::open(&path, model).expect("made");
+        let len = std::fs::metadata(&kept).expect("kept").len() as usize;
+        std::fs::write(&kept, vec![7u8; len]).expect("spoil");
+        let (tx, mut rx) = mpsc::channel(4);
+        let weights = Weights::new(
+            SecretKey::from_bytes(&[5; 32]),
+            HashMap::from([(model, path.clone())]),
+            tx,
+            false,
+        );
+        weights.serve(1u8, model, 0, 100_000);
+        let (_, first) = rx.recv().await.expect("answered");
+        assert!(matches!(first, WorkResponse::Rejected(_)), "{first:?}");
+        weights.serve(2u8, model, 0, 100_000);
+        let (_, second) = rx.recv().await.expect("answered");
+        let WorkResponse::Weights { encoded, .. } = second else {
+            panic!("{second:?}");
+        };
+        assert!(
+            hearth_net::weights::verify_range(model, bytes.len() as u64, 0..100_000, &encoded)
+                .is_ok()
         );
     }
 }

@@ -26,7 +26,7 @@ use crate::{
 };
 
 /// libp2p protocol name of the work protocol.
-pub const WORK_PROTOCOL: &str = "/hearth/work/1";
+pub const WORK_PROTOCOL: &str = "/hearth/work/2";
 
 /// Domain of a unit's input digest.
 const INPUT_CONTEXT: &str = "hearth 2026 unit input v1";

@@ -19,6 +19,10 @@ pub const JOB_BODY_BYTES_MAX: usize = 64 * 1024 * 1024;
 /// base64.
 pub const EVIDENCE_BODY_BYTES_MAX: usize = 2 * 1024 * 1024;
 
+/// Pieces of evidence of bad model bytes remembered, so the same one sent again is not acted on
+/// twice.
+pub const EVIDENCE_REMEMBERED_MAX: usize = 1024;
+
 /// Most inputs in one job.
 pub const JOB_INPUTS_MAX: usize = 100_000;
 

@@ -194,6 +194,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             last_membership: None,
             last_revocations: None,
             flood: hearth_net::FloodGuard::new(crate::limits::WORK_REQUESTS_PER_SECOND_MAX),
+            evidence_seen: std::collections::VecDeque::new(),
         };
         let result = coordinator.event_loop(commands, shutdown).await;
         let _ = stop_http.send(());
@@ -225,6 +226,10 @@ struct Coordinator {
     last_revocations: Option<std::time::Instant>,
     /// Work requests per peer in the current second, its flood strikes and bans.
     flood: hearth_net::FloodGuard<hearth_protocol::PeerId>,
+    /// The statements of bad model bytes already acted on, latest last (at most
+    /// [`crate::limits::EVIDENCE_REMEMBERED_MAX`]): the same evidence sent again does not
+    /// quarantine its holder again (each quarantine would double the last).
+    evidence_seen: std::collections::VecDeque<[u8; 32]>,
 }
 
 fn wall_ms() -> u64 {
@@ -370,6 +375,14 @@ impl Coordinator {
                 e.peer_id
             ));
         }
+        let seen = *blake3::hash(&statement).as_bytes();
+        if self.evidence_seen.contains(&seen) {
+            return Ok(()); // Acted on already.
+        }
+        if self.evidence_seen.len() >= crate::limits::EVIDENCE_REMEMBERED_MAX {
+            self.evidence_seen.pop_front();
+        }
+        self.evidence_seen.push_back(seen);
         tracing::warn!(peer = %e.peer_id, model = %e.model, start = e.start, end = e.end, "a holder served model bytes that do not verify");
         let now = self.now_ms();
         let input = crate::pipeline::weights_fault(&self.registry, e.peer_id);

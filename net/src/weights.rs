@@ -184,21 +184,29 @@ impl Holder {
     /// cover it with the hashes from the root down to them. Each block is checked against the
     /// outboard before it goes out, so a disk that rotted is noticed here, not by the fetcher.
     pub fn serve(&self, range: Range<u64>) -> Result<Vec<u8>> {
-        check_range(&range, self.size())?;
-        let mut encoded = Vec::new();
-        encode_ranges_validated(
-            &self.file,
-            &self.outboard,
-            &chunks_of(&range, self.size()),
-            &mut encoded,
-        )
-        .map_err(|e| WeightsError::Corrupt {
+        encode(&self.file, &self.outboard, range, &self.path)
+    }
+}
+
+/// The verified encoding of bytes `range` of `file` (whose tree `outboard` holds, as far as it
+/// is known): every block is checked against the outboard before it goes out.
+fn encode(
+    file: &File,
+    outboard: &impl bao_tree::io::sync::Outboard,
+    range: Range<u64>,
+    path: &Path,
+) -> Result<Vec<u8>> {
+    let size = outboard.tree().size();
+    check_range(&range, size)?;
+    let mut encoded = Vec::new();
+    encode_ranges_validated(file, outboard, &chunks_of(&range, size), &mut encoded).map_err(
+        |e| WeightsError::Corrupt {
             start: range.start,
             end: range.end,
-            reason: format!("{e} ({})", self.path.display()),
-        })?;
-        Ok(encoded)
-    }
+            reason: format!("{e} ({})", path.display()),
+        },
+    )?;
+    Ok(encoded)
 }
 
 fn check_range(range: &Range<u64>, size: u64) -> Result<()> {
@@ -378,20 +386,7 @@ impl Partial {
     /// The verified encoding of bytes `range` from what this partial file holds, to serve it on
     /// to others ([`Holder::serve`]'s answer).
     pub fn serve(&self, range: Range<u64>) -> Result<Vec<u8>> {
-        check_range(&range, self.size())?;
-        let mut encoded = Vec::new();
-        encode_ranges_validated(
-            &self.file,
-            &self.outboard,
-            &chunks_of(&range, self.size()),
-            &mut encoded,
-        )
-        .map_err(|e| WeightsError::Corrupt {
-            start: range.start,
-            end: range.end,
-            reason: e.to_string(),
-        })?;
-        Ok(encoded)
+        encode(&self.file, &self.outboard, range, &self.path)
     }
 
     /// Read bytes `range` of what is held (the caller checked [`Partial::holds`]).

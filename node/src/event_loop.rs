@@ -551,7 +551,9 @@ impl Node {
             // Any peer of the swarm (in a co-op, only members reach us at all) may fetch what we
             // hold: every byte is checked against the model's id by the fetcher.
             WorkRequest::Weights { model, start, end } => {
-                self.weights.serve(channel, model, start, end);
+                if let Err((channel, why)) = self.weights.serve(channel, model, start, end) {
+                    refuse(&mut self.network, channel, &why);
+                }
             }
             WorkRequest::Chain(step) => match self.chain_take(peer, *step) {
                 Ok(()) => {

@@ -46,29 +46,31 @@ impl<C: Send + 'static> Weights<C> {
     }
 
     /// Serve bytes `start..end` of `model` to whoever waits on `channel`: the answer comes
-    /// through the answers channel once read (a refusal at once).
-    pub(crate) fn serve(&self, channel: C, model: ModelId, start: u64, end: u64) {
-        let refuse = |channel: C, why: String| {
-            let _ = self
-                .answers
-                .try_send((channel, WorkResponse::Rejected(why)));
-        };
+    /// through the answers channel once read; a request refused at once is handed back with why,
+    /// for the caller to answer.
+    pub(crate) fn serve(
+        &self,
+        channel: C,
+        model: ModelId,
+        start: u64,
+        end: u64,
+    ) -> Result<(), (C, String)> {
         let Some(path) = self.paths.get(&model).cloned() else {
-            return refuse(channel, format!("model {model} is not held here"));
+            return Err((channel, format!("model {model} is not held here")));
         };
         if end <= start || end - start > WEIGHTS_CHUNK_BYTES_MAX {
-            return refuse(
+            return Err((
                 channel,
                 format!("a range of 1..={WEIGHTS_CHUNK_BYTES_MAX} bytes, not {start}..{end}"),
-            );
+            ));
         }
         let serving = self.serving.clone();
         if serving.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= WEIGHTS_SERVING_MAX {
             serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            return refuse(
+            return Err((
                 channel,
                 format!("busy: {WEIGHTS_SERVING_MAX} ranges are being read"),
-            );
+            ));
         }
         let (holders, key, answers, corrupt) = (
             self.holders.clone(),
@@ -96,6 +98,7 @@ impl<C: Send + 'static> Weights<C> {
             serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             let _ = answers.blocking_send((channel, response));
         });
+        Ok(())
     }
 }
 
@@ -163,7 +166,9 @@ mod tests {
                 tx,
                 corrupt,
             );
-            weights.serve(1u8, model, 1_000_000, 1_500_000);
+            weights
+                .serve(1u8, model, 1_000_000, 1_500_000)
+                .expect("taken");
             let (channel, response) = rx.recv().await.expect("answered");
             assert_eq!(channel, 1);
             let WorkResponse::Weights {
@@ -188,19 +193,27 @@ mod tests {
         // Not held, too large, or past the end: refused; a range over the end is cut there.
         let (tx, mut rx) = mpsc::channel(4);
         let weights = Weights::new(key, HashMap::from([(model, path)]), tx, false);
-        weights.serve(2u8, ModelId::of_bytes(b"other"), 0, 10);
-        weights.serve(3u8, model, 0, WEIGHTS_CHUNK_BYTES_MAX + 1);
-        for _ in 0..2 {
-            let (_, response) = rx.recv().await.expect("answered");
-            assert!(matches!(response, WorkResponse::Rejected(_)));
+        for (channel, refused) in [
+            weights.serve(2u8, ModelId::of_bytes(b"other"), 0, 10),
+            weights.serve(3u8, model, 0, WEIGHTS_CHUNK_BYTES_MAX + 1),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let (back, why) = refused.expect_err("refused at once");
+            assert_eq!(usize::from(back), channel + 2, "{why}");
         }
-        weights.serve(4u8, model, 3_000_000, 3_000_100);
+        weights
+            .serve(4u8, model, 3_000_000, 3_000_100)
+            .expect("taken");
         let (_, response) = rx.recv().await.expect("answered");
         assert!(
             matches!(response, WorkResponse::Rejected(_)),
             "{response:?}"
         );
-        weights.serve(5u8, model, 2_500_000, 3_500_000);
+        weights
+            .serve(5u8, model, 2_500_000, 3_500_000)
+            .expect("taken");
         let (_, response) = rx.recv().await.expect("answered");
         assert!(
             matches!(response, WorkResponse::Weights { end: 3_000_000, .. }),
@@ -227,10 +240,10 @@ mod tests {
             tx,
             false,
         );
-        weights.serve(1u8, model, 0, 100_000);
+        weights.serve(1u8, model, 0, 100_000).expect("taken");
         let (_, first) = rx.recv().await.expect("answered");
         assert!(matches!(first, WorkResponse::Rejected(_)), "{first:?}");
-        weights.serve(2u8, model, 0, 100_000);
+        weights.serve(2u8, model, 0, 100_000).expect("taken");
         let (_, second) = rx.recv().await.expect("answered");
         let WorkResponse::Weights { encoded, .. } = second else {
             panic!("{second:?}");

@@ -389,3 +389,96 @@ fn tokenizer_matches_llama_cpp_reference() {
         );
     }
 }
+
+/// A copy of the model holding only `ranges` (every other byte zero), opened as the model: what a
+/// node that fetched a stage's ranges from peers loads.
+fn sparse_copy(dir: &std::path::Path, n: usize, ranges: &[std::ops::Range<u64>]) -> GgufModel {
+    let bytes = std::fs::read(model().path()).expect("read");
+    let mut copy = vec![0u8; bytes.len()];
+    for r in ranges {
+        let (s, e) = (r.start as usize, r.end as usize);
+        copy[s..e].copy_from_slice(&bytes[s..e]);
+    }
+    let path = dir.join(format!("sparse-{n}.gguf"));
+    std::fs::write(&path, copy).expect("write");
+    GgufModel::open_as(&path, model().id).expect("open the sparse copy")
+}
+
+#[test]
+fn a_stage_reads_only_its_ranges_and_the_header_parses_from_a_prefix() {
+    let m = model();
+    let size = std::fs::metadata(m.path()).expect("size").len();
+    let bytes = std::fs::read(m.path()).expect("read");
+    // The header, from the first bytes of the file: not yet from too few, whole from enough.
+    let header = m.header_bytes();
+    assert!(header > 1 << 10 && header < size / 10, "header {header}");
+    assert!(
+        GgufModel::from_header(&bytes[..1024], size, m.id)
+            .expect("a prefix")
+            .is_none()
+    );
+    let parsed = GgufModel::from_header(&bytes[..header as usize], size, m.id)
+        .expect("the header")
+        .expect("whole");
+    assert_eq!(parsed.config, m.config);
+    assert_eq!(parsed.id, m.id);
+    assert!(GgufModel::from_header(b"not a model at all, but long enough", size, m.id).is_err());
+
+    // Three stages' ranges: each starts with the header; together they cover the file once,
+    // but for the embedding that the first and the last (a tied head) both read.
+    let stages = [0..10, 10..20, 20..30];
+    let ranges: Vec<Vec<std::ops::Range<u64>>> = stages
+        .iter()
+        .map(|r| m.stage_ranges(size, r.clone()))
+        .collect();
+    let len = |rs: &[std::ops::Range<u64>]| rs.iter().map(|r| r.end - r.start).sum::<u64>();
+    for rs in &ranges {
+        assert_eq!(rs[0].start, 0);
+        assert!(rs[0].end >= header);
+        assert!(len(rs) < size * 55 / 100, "{rs:?} of {size}");
+    }
+    assert!(
+        len(&ranges[1]) < size * 30 / 100,
+        "a middle stage holds no embedding"
+    );
+    assert!(len(&ranges[0]) + len(&ranges[1]) + len(&ranges[2]) > size);
+
+    // A stage loaded from a copy that holds only its ranges computes the same bits.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let device = Device::Cpu;
+    let prompt = tokenizer()
+        .encode("Weights from peers", false)
+        .expect("encode");
+    let mut whole = Stage::load(m, 0..30, &device).expect("whole");
+    let expected = logits(
+        whole
+            .forward(1, StageInput::Tokens(prompt.clone()), 0, true)
+            .expect("whole"),
+    );
+    let sparse: Vec<GgufModel> = ranges
+        .iter()
+        .enumerate()
+        .map(|(n, rs)| sparse_copy(tmp.path(), n, rs))
+        .collect();
+    let mut parts: Vec<Stage> = stages
+        .iter()
+        .zip(&sparse)
+        .map(|(r, model)| Stage::load(model, r.clone(), &device).expect("a stage of its ranges"))
+        .collect();
+    let h = hidden(
+        parts[0]
+            .forward(1, StageInput::Tokens(prompt), 0, true)
+            .expect("0..10"),
+    );
+    let h = hidden(
+        parts[1]
+            .forward(1, StageInput::Hidden(h), 0, true)
+            .expect("10..20"),
+    );
+    let got = logits(
+        parts[2]
+            .forward(1, StageInput::Hidden(h), 0, true)
+            .expect("20..30"),
+    );
+    assert_eq!(bits(&got), bits(&expected));
+}

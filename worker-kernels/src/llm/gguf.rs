@@ -3,6 +3,7 @@
 
 use std::fs::File;
 use std::io::BufReader;
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
@@ -54,17 +55,56 @@ pub struct GgufModel {
 impl GgufModel {
     /// Open `path`, read its metadata, and check it is a llama-family model Hearth can run.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io {
+        let id = model_id(path).map_err(|source| Error::Io {
             path: path.into(),
             source,
+        })?;
+        Self::open_as(path, id)
+    }
+
+    /// Open `path` as the model `id` without hashing it: a file fetched from peers in part (its
+    /// blocks each verified against `id`, the rest a hole), whose blake3 is not yet `id`.
+    pub fn open_as(path: &Path, id: ModelId) -> Result<Self> {
+        let mut reader = BufReader::new(File::open(path).map_err(|source| Error::Io {
+            path: path.into(),
+            source,
+        })?);
+        let content = Content::read(&mut reader).map_err(|e| Error::Model {
+            path: path.into(),
+            reason: format!("not a GGUF file ({})", first_line(&e)),
+        })?;
+        Self::from_content(content, path, id)
+    }
+
+    /// The model `id` from the first bytes of its file, fetched from a peer and verified: its
+    /// metadata and tensor table, for a coordinator that tokenizes and plans with no copy of the
+    /// model (its tensors cannot be read). `size` is the whole file's. `Ok(None)` when `bytes`
+    /// end before the header does.
+    pub fn from_header(bytes: &[u8], size: u64, id: ModelId) -> Result<Option<Self>> {
+        let mut reader = Prefix {
+            bytes: std::io::Cursor::new(bytes),
+            size: size.max(bytes.len() as u64),
+            ran_out: false,
         };
+        let path = PathBuf::from(format!("{id} (header from peers)"));
+        match Content::read(&mut reader) {
+            Ok(content) if content.tensor_data_offset <= bytes.len() as u64 => {
+                Self::from_content(content, &path, id).map(Some)
+            }
+            Ok(_) => Ok(None),
+            Err(_) if reader.ran_out => Ok(None),
+            Err(e) => Err(Error::Model {
+                path,
+                reason: format!("not a GGUF file ({})", first_line(&e)),
+            }),
+        }
+    }
+
+    fn from_content(content: Content, path: &Path, id: ModelId) -> Result<Self> {
         let bad = |reason: String| Error::Model {
             path: path.into(),
             reason,
         };
-        let mut reader = BufReader::new(File::open(path).map_err(io)?);
-        let content = Content::read(&mut reader)
-            .map_err(|e| bad(format!("not a GGUF file ({})", first_line(&e))))?;
         let arch = content
             .metadata
             .get("general.architecture")
@@ -129,7 +169,6 @@ impl GgufModel {
         {
             return Err(bad(format!("inconsistent attention shape: {config:?}")));
         }
-        let id = model_id(path).map_err(io)?;
         Ok(Self {
             path: path.into(),
             content,
@@ -146,6 +185,59 @@ impl GgufModel {
     /// A metadata value, for the tokenizer and chat template.
     pub fn metadata(&self, key: &str) -> Option<&Value> {
         self.content.metadata.get(key)
+    }
+
+    /// Where the header ends and the tensors begin.
+    pub fn header_bytes(&self) -> u64 {
+        self.content.tensor_data_offset
+    }
+
+    /// The byte ranges of a file of `size` bytes that a stage of `layers` reads: the header,
+    /// each layer's tensors, and the model's own tensors the range needs (the token embedding
+    /// for the first layer, the output norm and head for the last — the embedding again when the
+    /// head is tied to it — and any other tensor outside the blocks, all small). Sorted and
+    /// merged. A tensor runs to the next one's start (its padding with it), the last to the end
+    /// of the file.
+    pub fn stage_ranges(&self, size: u64, layers: Range<usize>) -> Vec<Range<u64>> {
+        let base = self.content.tensor_data_offset;
+        let mut starts: Vec<(u64, &str)> = self
+            .content
+            .tensor_infos
+            .iter()
+            .map(|(name, info)| (base + info.offset, name.as_str()))
+            .collect();
+        starts.sort_unstable();
+        let last = layers.end == self.config.layers;
+        let tied = !self.has_tensor("output.weight");
+        let wanted = |name: &str| -> bool {
+            if let Some(rest) = name.strip_prefix("blk.") {
+                let block = rest.split('.').next().and_then(|b| b.parse::<usize>().ok());
+                return block.is_some_and(|b| layers.contains(&b));
+            }
+            if name.starts_with("token_embd.") {
+                return layers.start == 0 || (last && tied);
+            }
+            if name.starts_with("output") {
+                return last;
+            }
+            true
+        };
+        let mut ranges = vec![0..base.min(size)];
+        for (i, (start, name)) in starts.iter().enumerate() {
+            let end = starts.get(i + 1).map_or(size, |(next, _)| *next).min(size);
+            if wanted(name) && *start < end {
+                ranges.push(*start..end);
+            }
+        }
+        ranges.sort_by_key(|r| r.start);
+        let mut merged: Vec<Range<u64>> = Vec::new();
+        for r in ranges {
+            match merged.last_mut() {
+                Some(m) if r.start <= m.end => m.end = m.end.max(r.end),
+                _ => merged.push(r),
+            }
+        }
+        merged
     }
 
     /// Whether the file holds a tensor called `name`.
@@ -165,6 +257,40 @@ impl GgufModel {
                 path: self.path.clone(),
                 reason: format!("tensor {name}: {}", first_line(&e)),
             })
+    }
+}
+
+/// The bytes of a file fetched so far, read as if they were the file: whether a read ran past
+/// them tells "send more" from "not a GGUF file".
+struct Prefix<'a> {
+    bytes: std::io::Cursor<&'a [u8]>,
+    /// The whole file's size, which the reader may ask by seeking to the end.
+    size: u64,
+    ran_out: bool,
+}
+
+impl std::io::Read for Prefix<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.bytes.read(buf)?;
+        if n < buf.len() {
+            self.ran_out = true;
+        }
+        Ok(n)
+    }
+}
+
+impl std::io::Seek for Prefix<'_> {
+    fn seek(&mut self, pos: std::io::SeekFrom) -> std::io::Result<u64> {
+        match pos {
+            std::io::SeekFrom::End(back) => {
+                let at = self.size.checked_add_signed(back).ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::InvalidInput, "seek before the start")
+                })?;
+                self.bytes.set_position(at);
+                Ok(at)
+            }
+            other => self.bytes.seek(other),
+        }
     }
 }
 

@@ -4,31 +4,21 @@
 //! verify is asked no more and its chunk comes from another; its signed statement of what it sent
 //! is kept as evidence. Stopped at any point, the fetch starts again with what it had.
 
-use std::collections::{HashMap, VecDeque};
-use std::ops::Range;
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, anyhow, bail};
-use hearth_net::weights::{Partial, WeightsError, outboard_path};
-use hearth_net::{NetConfig, NetEvent, Network, RequestId};
+use hearth_net::fetch::Fetch;
+use hearth_net::weights::outboard_path;
+use hearth_net::{NetConfig, NetEvent, Network};
 use hearth_protocol::api::PeerEntry;
-use hearth_protocol::work::{
-    WEIGHTS_CHUNK_BYTES_MAX, WorkRequest, WorkResponse, weights_statement,
-};
 use hearth_protocol::{ModelId, PeerId, SecretKey};
 use serde_json::{Value, json};
 
 use crate::client::Client;
 
-/// Chunks asked of one holder at a time.
-pub(crate) const FETCH_IN_FLIGHT_PER_HOLDER: usize = 2;
-/// Chunks asked at a time in all.
-pub(crate) const FETCH_IN_FLIGHT_MAX: usize = 8;
-/// Refusals or failed requests after which a holder is asked no more.
-pub(crate) const HOLDER_FAILURES_MAX: u32 = 3;
-
-/// What one holder gave.
+/// What one holder gave, and what the coordinator made of it.
 #[derive(Default)]
 struct Served {
     bytes: u64,
@@ -142,17 +132,38 @@ pub(crate) async fn fetch(
         );
     }
     let started = Instant::now();
-    let mut fetch = Fetch::new(dir, id, holders)?;
-    let fetched = fetch.run(&mut net, quiet).await;
+    let mut fetch = Fetch::whole(dir, id, holders)?;
+    let fetched = run_fetch(&mut fetch, &mut net, quiet).await;
     let seconds = started.elapsed().as_secs_f64();
+    let mut served: HashMap<PeerId, Served> = fetch
+        .served()
+        .iter()
+        .map(|(peer, s)| {
+            let s = Served {
+                bytes: s.bytes,
+                failures: s.failures,
+                lied: s.lied,
+                quarantined: false,
+            };
+            (*peer, s)
+        })
+        .collect();
     // Bad bytes, signed: the coordinator checks them and quarantines whoever sent them (kept in
     // the folder when it cannot be told).
-    for (peer, evidence) in std::mem::take(&mut fetch.evidence) {
+    for e in fetch.take_evidence() {
+        use base64::Engine as _;
+        let b64 = base64::engine::general_purpose::STANDARD;
+        let peer = e.peer;
+        let evidence = json!({
+            "peer_id": peer.to_string(), "model": e.model.to_string(),
+            "size": e.size, "start": e.start, "end": e.end,
+            "encoded": b64.encode(&e.encoded), "signature": b64.encode(e.signature.0),
+        });
         match client
             .post::<Value>("/v1/evidence/weights", &evidence)
             .await
         {
-            Ok(_) => fetch.served.entry(peer).or_default().quarantined = true,
+            Ok(_) => served.entry(peer).or_default().quarantined = true,
             Err(e) => {
                 tracing::warn!(%peer, error = %e, "the coordinator did not take the evidence; kept in the folder");
                 let file = dir.join(format!(".{id}.evidence-{peer}.json"));
@@ -171,9 +182,9 @@ pub(crate) async fn fetch(
         name,
         id,
         path: dest,
-        bytes: fetch.served.values().map(|s| s.bytes).sum(),
+        bytes: fetch.bytes_received(),
         seconds,
-        served: fetch.served,
+        served,
         already: false,
     })
 }
@@ -244,243 +255,38 @@ fn report(json: bool, f: &Fetched) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// One fetch: its partial file, the chunks left, the requests out.
-struct Fetch {
-    dir: PathBuf,
-    id: ModelId,
-    holders: Vec<PeerId>,
-    /// The file's size, once a holder said it (and its last block verified with it).
-    size: u64,
-    partial: Option<Partial>,
-    /// The last block verified against the size: from then on a holder naming another size lies.
-    size_checked: bool,
-    queue: VecDeque<Range<u64>>,
-    out: HashMap<RequestId, (PeerId, Range<u64>)>,
-    served: HashMap<PeerId, Served>,
-    next_holder: usize,
-    /// Signed answers that did not verify, one per holder caught, for the coordinator.
-    evidence: Vec<(PeerId, Value)>,
-}
-
-impl Fetch {
-    /// A fetch of `id` into `dir`, going on from a partial file a fetch before left there.
-    fn new(dir: &Path, id: ModelId, holders: Vec<PeerId>) -> anyhow::Result<Self> {
-        let mut fetch = Self {
-            dir: dir.to_path_buf(),
-            id,
-            holders,
-            size: 0,
-            partial: None,
-            size_checked: false,
-            // The first chunk tells the size.
-            queue: std::iter::once(0..WEIGHTS_CHUNK_BYTES_MAX).collect(),
-            out: HashMap::new(),
-            served: HashMap::new(),
-            next_holder: 0,
-            evidence: Vec::new(),
+/// Fetch until the file is whole; its partial file's path.
+async fn run_fetch(fetch: &mut Fetch, net: &mut Network, quiet: bool) -> anyhow::Result<PathBuf> {
+    let started = Instant::now();
+    let mut shown = Instant::now();
+    loop {
+        fetch.send(net);
+        if fetch.is_done() {
+            return Ok(fetch.path());
+        }
+        if fetch.is_stuck() {
+            bail!(
+                "no holder left to ask: {} of {} bytes fetched and kept; run the command again to resume",
+                fetch.bytes_held(),
+                fetch.size()
+            );
+        }
+        let (id, answer) = match net.next().await {
+            NetEvent::WorkResponse { id, response } => (id, Ok(response)),
+            NetEvent::WorkFailed { id, error } => (id, Err(error)),
+            _ => continue,
         };
-        let left = Partial::path_in(dir, id);
-        if let Ok(meta) = std::fs::metadata(&left)
-            && meta.len() > 0
-        {
-            let partial = Partial::open(dir, id, meta.len())?;
-            fetch.size = meta.len();
-            // Its blocks verified against the id with this size: the size is the file's.
-            fetch.size_checked = partial.bytes_held() > 0;
-            fetch.queue = partial.missing(0..meta.len()).into();
-            fetch.partial = Some(partial);
-        }
-        Ok(fetch)
-    }
-
-    /// A holder that may be asked now: not struck, not failing, with room for a request; taken
-    /// in turn so chunks spread over every holder.
-    fn pick(&mut self) -> Option<PeerId> {
-        for i in 0..self.holders.len() {
-            let peer = self.holders[(self.next_holder + i) % self.holders.len()];
-            let s = self.served.entry(peer).or_default();
-            let busy = self.out.values().filter(|(p, _)| *p == peer).count();
-            if !s.lied && s.failures < HOLDER_FAILURES_MAX && busy < FETCH_IN_FLIGHT_PER_HOLDER {
-                self.next_holder = (self.next_holder + i + 1) % self.holders.len();
-                return Some(peer);
-            }
-        }
-        None
-    }
-
-    /// Fetch until the file is whole; its partial file's path.
-    async fn run(&mut self, net: &mut Network, quiet: bool) -> anyhow::Result<PathBuf> {
-        let started = Instant::now();
-        let mut shown = Instant::now();
-        loop {
-            while self.out.len() < FETCH_IN_FLIGHT_MAX && !self.queue.is_empty() {
-                let Some(peer) = self.pick() else { break };
-                let range = self.queue.pop_front().expect("not empty");
-                let request = WorkRequest::Weights {
-                    model: self.id,
-                    start: range.start,
-                    end: range.end,
-                };
-                let id = net.request(&peer, request);
-                self.out.insert(id, (peer, range));
-            }
-            if let Some(partial) = &self.partial
-                && partial.holds(&(0..self.size))
-            {
-                return Ok(partial.path().to_path_buf());
-            }
-            if self.out.is_empty() {
-                let held = self.partial.as_ref().map_or(0, Partial::bytes_held);
-                bail!(
-                    "no holder left to ask: {held} of {} bytes fetched and kept; run the command again to resume",
-                    self.size
-                );
-            }
-            let (id, answer) = match net.next().await {
-                NetEvent::WorkResponse { id, response } => (id, Ok(response)),
-                NetEvent::WorkFailed { id, error } => (id, Err(error)),
-                _ => continue,
-            };
-            let Some((peer, range)) = self.out.remove(&id) else {
-                continue;
-            };
-            self.answered(peer, range, answer)?;
-            if !quiet && shown.elapsed().as_secs_f64() >= 1.0 && self.size > 0 {
-                shown = Instant::now();
-                let held = self.partial.as_ref().map_or(0, Partial::bytes_held);
-                println!(
-                    "  {:.1} of {:.1} MB ({:.0}%), {:.1} MB/s",
-                    held as f64 / 1e6,
-                    self.size as f64 / 1e6,
-                    100.0 * held as f64 / self.size as f64,
-                    held as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9)
-                );
-            }
-        }
-    }
-
-    /// `peer` answered the request for `range`.
-    fn answered(
-        &mut self,
-        peer: PeerId,
-        range: Range<u64>,
-        answer: Result<WorkResponse, String>,
-    ) -> anyhow::Result<()> {
-        let (size, end, encoded, signature) = match answer {
-            Ok(WorkResponse::Weights {
-                size,
-                end,
-                encoded,
-                signature,
-            }) => (size, end, encoded, signature),
-            Ok(other) => {
-                let why = match other {
-                    WorkResponse::Rejected(why) => why,
-                    other => format!("answered {other:?}"),
-                };
-                return self.failed(peer, range, &why);
-            }
-            Err(error) => return self.failed(peer, range, &error),
-        };
-        let statement = weights_statement(&self.id, size, range.start, end, &encoded);
-        if peer.public_key().verify(&statement, &signature).is_err() || end <= range.start {
-            return self.failed(peer, range, "its answer is not signed by it");
-        }
-        if self.partial.is_none() {
-            if size == 0 {
-                return self.failed(peer, range, "it says the file is empty");
-            }
-            self.size = size;
-            let partial = Partial::open(&self.dir, self.id, size)?;
-            // What is still missing: the last block first (it pins the size), then in order.
-            let mut missing = partial.missing(0..size);
-            missing.retain(|r| *r != (range.start..end));
-            if let Some(last) = missing.pop() {
-                missing.insert(0, last);
-            }
-            self.queue = missing.into();
-            self.partial = Some(partial);
-        }
-        let partial = self.partial.as_mut().expect("opened above");
-        if size != self.size {
-            if self.size_checked {
-                return self.lied(peer, range, "it names another size than the file's");
-            }
-            return self.failed(peer, range, "it names another size than the first holder");
-        }
-        match partial.receive(range.start..end, &encoded) {
-            Ok(()) => {
-                self.served.entry(peer).or_default().bytes += end - range.start;
-                if end == self.size {
-                    self.size_checked = true;
-                }
-                Ok(())
-            }
-            Err(WeightsError::Unverified { .. }) => {
-                // Its signed statement and the bytes are the evidence.
-                use base64::Engine as _;
-                let b64 = base64::engine::general_purpose::STANDARD;
-                if !self.evidence.iter().any(|(p, _)| *p == peer) {
-                    self.evidence.push((
-                        peer,
-                        json!({
-                            "peer_id": peer.to_string(), "model": self.id.to_string(),
-                            "size": size, "start": range.start, "end": end,
-                            "encoded": b64.encode(&encoded), "signature": b64.encode(signature.0),
-                        }),
-                    ));
-                }
-                if !self.size_checked && range.start == 0 {
-                    // The size it named may be the lie: start again from its first chunk.
-                    self.reset()?;
-                }
-                self.lied(
-                    peer,
-                    range,
-                    "its bytes do not verify against the model's id",
-                )
-            }
-            Err(e) => Err(e.into()),
-        }
-    }
-
-    /// Drop the partial file opened on a size no block has confirmed yet.
-    fn reset(&mut self) -> anyhow::Result<()> {
-        if let Some(partial) = self.partial.take() {
-            let path = partial.path().to_path_buf();
-            drop(partial);
-            let _ = std::fs::remove_file(outboard_path(&path));
-            let _ = std::fs::remove_file(&path);
-        }
-        self.size = 0;
-        self.queue.clear();
-        Ok(())
-    }
-
-    /// `peer` did not serve `range` (refused, unreachable, unsigned): counted, and asked of
-    /// another.
-    fn failed(&mut self, peer: PeerId, range: Range<u64>, why: &str) -> anyhow::Result<()> {
-        tracing::info!(%peer, start = range.start, end = range.end, %why, "a holder did not serve a chunk");
-        self.served.entry(peer).or_default().failures += 1;
-        self.requeue(range);
-        Ok(())
-    }
-
-    /// `peer` served bytes that do not verify: asked no more, the range asked of another.
-    fn lied(&mut self, peer: PeerId, range: Range<u64>, why: &str) -> anyhow::Result<()> {
-        tracing::warn!(%peer, start = range.start, end = range.end, %why, "a holder served bad bytes; asked no more");
-        self.served.entry(peer).or_default().lied = true;
-        self.requeue(range);
-        Ok(())
-    }
-
-    fn requeue(&mut self, range: Range<u64>) {
-        if self.partial.is_none() {
-            if self.queue.is_empty() {
-                self.queue.push_back(0..WEIGHTS_CHUNK_BYTES_MAX);
-            }
-        } else {
-            self.queue.push_front(range);
+        fetch.answered(id, answer)?;
+        if !quiet && shown.elapsed().as_secs_f64() >= 1.0 && fetch.size() > 0 {
+            shown = Instant::now();
+            let (held, size) = (fetch.bytes_held(), fetch.size());
+            println!(
+                "  {:.1} of {:.1} MB ({:.0}%), {:.1} MB/s",
+                held as f64 / 1e6,
+                size as f64 / 1e6,
+                100.0 * held as f64 / size as f64,
+                held as f64 / 1e6 / started.elapsed().as_secs_f64().max(1e-9)
+            );
         }
     }
 }

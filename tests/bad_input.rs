@@ -33,6 +33,7 @@ fn advert() -> Message {
         seq: 0,
         heartbeat_interval_ms: 2000,
         stage_sessions: 0,
+        bytes_received: 0,
         capabilities: Capabilities {
             backend: Backend::Cpu,
             device: "definitely real".into(),

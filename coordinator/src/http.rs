@@ -91,13 +91,16 @@ pub(crate) enum Command {
         oneshot::Sender<Result<(), String>>,
     ),
     /// A holder's signed answer for a range of a model, that a fetcher says does not verify.
-    WeightsEvidence(Box<WeightsEvidence>, oneshot::Sender<Result<(), String>>),
+    WeightsEvidence(
+        Box<hearth_protocol::work::WeightsEvidence>,
+        oneshot::Sender<Result<(), String>>,
+    ),
 }
 
 /// `POST /v1/evidence/weights`: what a holder served, with its signature of
 /// [`hearth_protocol::work::weights_statement`] for it.
 #[derive(Debug, serde::Deserialize)]
-pub(crate) struct WeightsEvidence {
+pub(crate) struct EvidenceBody {
     pub(crate) peer_id: hearth_protocol::PeerId,
     pub(crate) model: hearth_protocol::ModelId,
     pub(crate) size: u64,
@@ -519,13 +522,37 @@ async fn revoke_member(
 /// here, then the holder is quarantined (a good answer, or one it did not sign, is refused).
 async fn weights_evidence(
     State(commands): Commands,
-    body: Result<Json<WeightsEvidence>, axum::extract::rejection::JsonRejection>,
+    body: Result<Json<EvidenceBody>, axum::extract::rejection::JsonRejection>,
 ) -> Response {
-    let evidence = match body {
-        Ok(Json(evidence)) => evidence,
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = match body {
+        Ok(Json(body)) => body,
         Err(rejection) => return error(rejection.status(), &rejection.body_text()),
     };
-    let peer = evidence.peer_id;
+    let Ok(encoded) = b64.decode(&body.encoded) else {
+        return error(StatusCode::BAD_REQUEST, "`encoded` is not base64");
+    };
+    let Some(signature) = b64
+        .decode(&body.signature)
+        .ok()
+        .and_then(|s| <[u8; 64]>::try_from(s).ok())
+    else {
+        return error(
+            StatusCode::BAD_REQUEST,
+            "`signature` must be 64 bytes, base64",
+        );
+    };
+    let peer = body.peer_id;
+    let evidence = hearth_protocol::work::WeightsEvidence {
+        peer,
+        model: body.model,
+        size: body.size,
+        start: body.start,
+        end: body.end,
+        encoded,
+        signature: hearth_protocol::Signature(signature),
+    };
     match ask(&commands, |reply| {
         Command::WeightsEvidence(Box::new(evidence), reply)
     })

@@ -352,29 +352,21 @@ impl Coordinator {
     /// A holder's signed answer that does not verify against the model's id: the holder is
     /// quarantined. Its signature must check (or anyone could frame it), and the bytes must fail
     /// (a good answer proves nothing against it).
-    fn weights_evidence(&mut self, e: &crate::http::WeightsEvidence) -> Result<(), String> {
-        use base64::Engine as _;
-        let b64 = base64::engine::general_purpose::STANDARD;
-        let encoded = b64
-            .decode(&e.encoded)
-            .map_err(|err| format!("`encoded` is not base64: {err}"))?;
-        let signature: [u8; 64] = b64
-            .decode(&e.signature)
-            .ok()
-            .and_then(|s| s.try_into().ok())
-            .ok_or("`signature` must be 64 bytes, base64")?;
-        let statement =
-            hearth_protocol::work::weights_statement(&e.model, e.size, e.start, e.end, &encoded);
-        e.peer_id
-            .public_key()
-            .verify(&statement, &hearth_protocol::Signature(signature))
-            .map_err(|_| format!("{} did not sign these bytes", e.peer_id))?;
-        if hearth_net::weights::verify_range(e.model, e.size, e.start..e.end, &encoded).is_ok() {
+    fn weights_evidence(
+        &mut self,
+        e: &hearth_protocol::work::WeightsEvidence,
+    ) -> Result<(), String> {
+        if !e.is_signed() {
+            return Err(format!("{} did not sign these bytes", e.peer));
+        }
+        if hearth_net::weights::verify_range(e.model, e.size, e.start..e.end, &e.encoded).is_ok() {
             return Err(format!(
                 "these bytes verify against the model's id: no fault of {}",
-                e.peer_id
+                e.peer
             ));
         }
+        let statement =
+            hearth_protocol::work::weights_statement(&e.model, e.size, e.start, e.end, &e.encoded);
         let seen = *blake3::hash(&statement).as_bytes();
         if self.evidence_seen.contains(&seen) {
             return Ok(()); // Acted on already.
@@ -383,9 +375,9 @@ impl Coordinator {
             self.evidence_seen.pop_front();
         }
         self.evidence_seen.push_back(seen);
-        tracing::warn!(peer = %e.peer_id, model = %e.model, start = e.start, end = e.end, "a holder served model bytes that do not verify");
+        tracing::warn!(peer = %e.peer, model = %e.model, start = e.start, end = e.end, "a holder served model bytes that do not verify");
         let now = self.now_ms();
-        let input = crate::pipeline::weights_fault(&self.registry, e.peer_id);
+        let input = crate::pipeline::weights_fault(&self.registry, e.peer);
         self.work
             .verdict(&mut self.network, now, input)
             .map_err(|err| err.to_string())
@@ -592,6 +584,15 @@ impl Coordinator {
                         peer,
                         request,
                     );
+                    return Ok(());
+                }
+                if let hearth_protocol::work::WorkRequest::BadWeights(evidence) = &request {
+                    // A node that fetched weights caught a holder: the same check as the API's.
+                    let response = match self.weights_evidence(evidence) {
+                        Ok(()) => hearth_protocol::work::WorkResponse::Ack,
+                        Err(why) => hearth_protocol::work::WorkResponse::Rejected(why),
+                    };
+                    self.network.respond(channel, response);
                     return Ok(());
                 }
                 if !self.within_rate(peer) {

@@ -493,6 +493,7 @@ impl Work {
             | WorkRequest::Chain(_)
             | WorkRequest::Kept { .. }
             | WorkRequest::Check(_)
+            | WorkRequest::Prepare(_)
             | WorkRequest::Weights { .. } => {
                 self.respond(
                     net,
@@ -500,7 +501,7 @@ impl Work {
                     WorkResponse::Rejected("a coordinator runs no pipeline stages".into()),
                 );
             }
-            WorkRequest::Report(_) | WorkRequest::Broken { .. } => {
+            WorkRequest::Report(_) | WorkRequest::Broken { .. } | WorkRequest::BadWeights(_) => {
                 self.respond(
                     net,
                     channel,

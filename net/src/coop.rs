@@ -343,6 +343,7 @@ mod tests {
             seq: 0,
             heartbeat_interval_ms: 2000,
             stage_sessions: 0,
+            bytes_received: 0,
             capabilities: hearth_protocol::Capabilities {
                 backend: hearth_protocol::Backend::Cpu,
                 device: "cpu".into(),

@@ -15,6 +15,7 @@ mod behaviour;
 mod connections;
 pub mod coop;
 mod discovery;
+pub mod fetch;
 mod gossip;
 mod identity_file;
 pub mod inbound;

@@ -343,6 +343,16 @@ impl Partial {
             .sum()
     }
 
+    /// How many bytes from the start of the file are held without a gap.
+    pub fn held_prefix(&self) -> u64 {
+        let size = self.size();
+        match self.have.iter().next() {
+            Some(RangeSetRange::Range(r)) if *r.start == ChunkNum(0) => r.end.to_bytes().min(size),
+            Some(RangeSetRange::RangeFrom(r)) if *r.start == ChunkNum(0) => size,
+            _ => 0,
+        }
+    }
+
     /// Whether every byte of `range` is held.
     pub fn holds(&self, range: &Range<u64>) -> bool {
         chunks_of(range, self.size()).is_subset(&self.have)

@@ -100,6 +100,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             tracing::warn!(%fault, "fault injection on: this node misbehaves on purpose");
         }
         let (answers_tx, answers) = mpsc::channel(STAGE_QUEUE_MAX);
+        let partials = crate::stages::Partials::default();
         let (stages, ends, live) = crate::stages::spawn(
             key.clone(),
             caps.numeric_class
@@ -110,6 +111,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                 .iter()
                 .map(|(path, id)| (*id, path.clone()))
                 .collect(),
+            partials.clone(),
             answers_tx,
             config.max_memory,
             #[cfg(feature = "fault-injection")]
@@ -120,6 +122,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let weights = crate::weights::Weights::new(
             key.clone(),
             models.iter().map(|(path, id)| (*id, path.clone())).collect(),
+            partials.clone(),
             weights_tx,
             #[cfg(feature = "fault-injection")]
             matches!(config.fault, Some(crate::Fault::CorruptWeights)),
@@ -129,6 +132,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let (addr_tx, addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
         let mut node = Node {
             weights,
+            partials,
+            prepares: crate::prepare::Prepares::new(&config.models_dir),
             worker,
             stages,
             ends,
@@ -208,6 +213,10 @@ struct Node {
     chain_sends: HashMap<RequestId, Sent>,
     /// The model files this node serves to peers fetching them.
     weights: crate::weights::Weights<ResponseChannel<WorkResponse>>,
+    /// Models held in part, shared with the stage thread and the weights server.
+    partials: crate::stages::Partials,
+    /// Layers being fetched from peers, and what is held of them.
+    prepares: crate::prepare::Prepares,
     /// Checks waiting for the inputs their stage kept, by the fetch's request.
     check_fetches: HashMap<
         RequestId,
@@ -396,6 +405,20 @@ impl Node {
         }
     }
 
+    /// Layers fetched from peers are held: the stage thread may load stages of them, and the
+    /// weights server serves them on; the next advert says how much was received.
+    fn on_held(&mut self, held: Vec<crate::prepare::Held>) {
+        if held.is_empty() {
+            return;
+        }
+        let mut partials = self.partials.lock().unwrap_or_else(|e| e.into_inner());
+        for h in held {
+            partials.insert(h.model, h);
+        }
+        drop(partials);
+        self.advert_due = true;
+    }
+
     /// An advert now if one is due and the last went out at least [`EAGER_ADVERT_GAP`] ago.
     fn advertise_if_due(&mut self) {
         if self.advert_due
@@ -426,6 +449,7 @@ impl Node {
                 .unwrap_or(u32::MAX),
             capabilities: self.caps.clone(),
             stage_sessions: self.stage_sessions,
+            bytes_received: self.prepares.bytes_received,
         });
         match self.network.publish(&advert) {
             Ok(()) => {
@@ -470,6 +494,7 @@ impl Node {
             | WorkRequest::Route(_)
             | WorkRequest::Chain(_)
             | WorkRequest::Check(_)
+            | WorkRequest::Prepare(_)
                 if coop_refuses =>
             {
                 tracing::warn!(%peer, "pipeline request refused: the coordinator has shown no valid co-op certificate, or ours was revoked");
@@ -483,6 +508,7 @@ impl Node {
             | WorkRequest::EndSession { .. }
             | WorkRequest::Route(_)
             | WorkRequest::Check(_)
+            | WorkRequest::Prepare(_)
                 if !from_coordinator =>
             {
                 tracing::debug!(%peer, "pipeline request from a peer that is not our coordinator");
@@ -548,6 +574,15 @@ impl Node {
                 self.network.respond(channel, response);
             }
             WorkRequest::Check(check) => self.check_start(channel, check),
+            WorkRequest::Prepare(p) => {
+                if self.caps.models.contains(&p.model) {
+                    let answer = WorkResponse::Prepared { bytes_received: 0 };
+                    self.network.respond(channel, answer);
+                } else {
+                    let held = self.prepares.prepare(&mut self.network, peer, *p, channel);
+                    self.on_held(held);
+                }
+            }
             // Any peer of the swarm (in a co-op, only members reach us at all) may fetch what we
             // hold: every byte is checked against the model's id by the fetcher.
             WorkRequest::Weights { model, start, end } => {
@@ -577,6 +612,7 @@ impl Node {
             | WorkRequest::Deliver { .. }
             | WorkRequest::Refuse { .. }
             | WorkRequest::Report(_)
+            | WorkRequest::BadWeights(_)
             | WorkRequest::Broken { .. } => {
                 tracing::debug!(%peer, "work request to a node; refused");
                 refuse(
@@ -916,6 +952,16 @@ impl Node {
             NetEvent::WorkFailed { id, error } if self.chain_sends.contains_key(&id) => {
                 let sent = self.chain_sends.remove(&id).expect("checked");
                 self.chain_sent(sent, Err(error));
+            }
+            NetEvent::WorkResponse { id, response } if self.prepares.owns(&id) => {
+                let held = self
+                    .prepares
+                    .on_response(&mut self.network, id, Ok(response));
+                self.on_held(held);
+            }
+            NetEvent::WorkFailed { id, error } if self.prepares.owns(&id) => {
+                let held = self.prepares.on_response(&mut self.network, id, Err(error));
+                self.on_held(held);
             }
             NetEvent::WorkResponse { id, response } if self.check_fetches.contains_key(&id) => {
                 let (channel, check) = self.check_fetches.remove(&id).expect("checked");

@@ -15,6 +15,7 @@ mod fault;
 mod governor;
 mod join;
 mod limits;
+mod prepare;
 mod stages;
 mod store;
 mod weights;

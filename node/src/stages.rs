@@ -57,10 +57,14 @@ impl Ends {
 /// A loaded range of one model's layers.
 type RangeKey = (ModelId, u32, u32);
 
+/// Models held in part (fetched from peers), shared with the event loop that fetches them.
+pub(crate) type Partials = std::sync::Arc<std::sync::Mutex<HashMap<ModelId, crate::prepare::Held>>>;
+
 struct Server {
     key: SecretKey,
     class: String,
     models: HashMap<ModelId, PathBuf>,
+    partials: Partials,
     stages: HashMap<RangeKey, Stage>,
     /// `--max-memory`: bytes the loaded ranges may take, about.
     max_memory: Option<u64>,
@@ -74,11 +78,28 @@ impl Server {
     fn stage(&mut self, f: &Forward, now_ms: u64) -> Result<&mut Stage, String> {
         let key = (f.model, f.layers.0, f.layers.1);
         if !self.stages.contains_key(&key) {
-            let path = self
-                .models
-                .get(&f.model)
-                .ok_or_else(|| format!("model {} is not on this node", f.model))?;
-            let model = GgufModel::open(path).map_err(|e| e.to_string())?;
+            let model = match self.models.get(&f.model) {
+                Some(path) => GgufModel::open(path).map_err(|e| e.to_string())?,
+                None => {
+                    // Held in part: only stages within a range fetched whole (every other byte
+                    // of the file is a hole).
+                    let held = self
+                        .partials
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .get(&f.model)
+                        .cloned()
+                        .ok_or_else(|| format!("model {} is not on this node", f.model))?;
+                    if !crate::prepare::covers(&held.layers, f.layers) {
+                        return Err(format!(
+                            "layers {}..{} of model {} are not held here (held: {:?}); the coordinator prepares a stage before routing it",
+                            f.layers.0, f.layers.1, f.model, held.layers
+                        ));
+                    }
+                    GgufModel::open_as(&held.path, f.model).map_err(|e| e.to_string())?
+                }
+            };
+            let path = model.path().to_path_buf();
             let (start, end) = (f.layers.0 as usize, f.layers.1 as usize);
             if start >= end || end > model.config.layers {
                 return Err(format!(
@@ -87,7 +108,7 @@ impl Server {
                 ));
             }
             // About what the range takes: its share of the file.
-            let file = std::fs::metadata(path).map_or(0, |m| m.len());
+            let file = std::fs::metadata(&path).map_or(0, |m| m.len());
             let size = file * (end - start) as u64 / model.config.layers.max(1) as u64;
             // Make room (least recently used ranges first) before loading.
             let evicted = self
@@ -473,6 +494,7 @@ pub(crate) fn spawn(
     key: SecretKey,
     class: String,
     models: HashMap<ModelId, PathBuf>,
+    partials: Partials,
     answers: mpsc::Sender<(u64, WorkResponse)>,
     max_memory: Option<u64>,
     #[cfg(feature = "fault-injection")] fault: Option<Fault>,
@@ -495,6 +517,7 @@ pub(crate) fn spawn(
                 key,
                 class,
                 models,
+                partials,
                 stages: HashMap::new(),
                 max_memory,
                 cache: Cache::default(),

@@ -19,6 +19,8 @@ pub(crate) const WEIGHTS_SERVING_MAX: usize = 4;
 pub(crate) struct Weights<C> {
     key: SecretKey,
     paths: HashMap<ModelId, PathBuf>,
+    /// Models held in part: what is held of them is served too.
+    partials: crate::stages::Partials,
     /// Opened files with their outboards (made on first use), shared with the reading tasks.
     holders: Arc<Mutex<HashMap<ModelId, Arc<Holder>>>>,
     answers: mpsc::Sender<(C, WorkResponse)>,
@@ -32,12 +34,14 @@ impl<C: Send + 'static> Weights<C> {
     pub(crate) fn new(
         key: SecretKey,
         paths: HashMap<ModelId, PathBuf>,
+        partials: crate::stages::Partials,
         answers: mpsc::Sender<(C, WorkResponse)>,
         corrupt: bool,
     ) -> Self {
         Self {
             key,
             paths,
+            partials,
             holders: Arc::default(),
             answers,
             serving: Arc::default(),
@@ -55,8 +59,16 @@ impl<C: Send + 'static> Weights<C> {
         start: u64,
         end: u64,
     ) -> Result<(), (C, String)> {
-        let Some(path) = self.paths.get(&model).cloned() else {
-            return Err((channel, format!("model {model} is not held here")));
+        let partial = self
+            .partials
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&model)
+            .map(|h| h.path.clone());
+        let (path, whole) = match (self.paths.get(&model).cloned(), partial) {
+            (Some(path), _) => (path, true),
+            (None, Some(path)) => (path, false),
+            (None, None) => return Err((channel, format!("model {model} is not held here"))),
         };
         if end <= start || end - start > WEIGHTS_CHUNK_BYTES_MAX {
             return Err((
@@ -79,6 +91,7 @@ impl<C: Send + 'static> Weights<C> {
             self.corrupt,
         );
         tokio::task::spawn_blocking(move || {
+            let read = if whole { read } else { read_partial };
             let response = read(&holders, &path, model, start, end)
                 .map(|(size, end, mut encoded)| {
                     if corrupt {
@@ -144,6 +157,29 @@ fn read(
     Ok((size, end, encoded))
 }
 
+/// As [`read`], from a file held in part (its held blocks are verified again as it opens; a
+/// range not held is refused).
+fn read_partial(
+    _holders: &Mutex<HashMap<ModelId, Arc<Holder>>>,
+    path: &std::path::Path,
+    model: ModelId,
+    start: u64,
+    end: u64,
+) -> Result<(u64, u64, Vec<u8>), String> {
+    let size = std::fs::metadata(path).map_err(|e| e.to_string())?.len();
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    let partial =
+        hearth_net::weights::Partial::open(dir, model, size).map_err(|e| e.to_string())?;
+    let end = end.min(size);
+    if !partial.holds(&(start..end)) {
+        return Err(format!(
+            "bytes {start}..{end} of model {model} are not held here"
+        ));
+    }
+    let encoded = partial.serve(start..end).map_err(|e| e.to_string())?;
+    Ok((size, end, encoded))
+}
+
 #[cfg(test)]
 mod tests {
     use hearth_net::weights::Partial;
@@ -163,6 +199,7 @@ mod tests {
             let weights = Weights::new(
                 key.clone(),
                 HashMap::from([(model, path.clone())]),
+                Default::default(),
                 tx,
                 corrupt,
             );
@@ -192,7 +229,13 @@ mod tests {
         }
         // Not held, too large, or past the end: refused; a range over the end is cut there.
         let (tx, mut rx) = mpsc::channel(4);
-        let weights = Weights::new(key, HashMap::from([(model, path)]), tx, false);
+        let weights = Weights::new(
+            key,
+            HashMap::from([(model, path)]),
+            Default::default(),
+            tx,
+            false,
+        );
         for (channel, refused) in [
             weights.serve(2u8, ModelId::of_bytes(b"other"), 0, 10),
             weights.serve(3u8, model, 0, WEIGHTS_CHUNK_BYTES_MAX + 1),
@@ -237,6 +280,7 @@ mod tests {
         let weights = Weights::new(
             SecretKey::from_bytes(&[5; 32]),
             HashMap::from([(model, path.clone())]),
+            Default::default(),
             tx,
             false,
         );

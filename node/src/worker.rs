@@ -523,6 +523,7 @@ impl Worker {
                 | WorkResponse::Forwarded { .. }
                 | WorkResponse::Kept(_)
                 | WorkResponse::Checked { .. }
+                | WorkResponse::Prepared { .. }
                 | WorkResponse::Weights { .. },
             ) => {}
             Err(error) => {

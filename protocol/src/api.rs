@@ -35,6 +35,9 @@ pub struct PeerEntry {
     /// Pipeline sessions whose state it holds, as it advertised last.
     #[serde(default)]
     pub stage_sessions: u32,
+    /// Model bytes it received from peers (layers it fetched to serve), as it advertised last.
+    #[serde(default)]
+    pub bytes_received: u64,
     /// The round trip between the coordinator and it, as ping last measured it (connected peers).
     #[serde(default)]
     pub rtt_ms: Option<f64>,

@@ -38,4 +38,6 @@ pub struct Advert {
     /// Pipeline sessions whose state (KV caches) the node holds now, checks' replays included. A
     /// node sends an advert soon after it changes, so a session's end is seen on every stage.
     pub stage_sessions: u32,
+    /// Model bytes it received from peers (layers it fetched to serve), since it started.
+    pub bytes_received: u64,
 }

@@ -688,6 +688,61 @@ pub enum WorkRequest {
         /// Why, for the coordinator's log.
         reason: String,
     },
+    /// Hold what a stage of these layers reads (from the coordinator to a node about to serve
+    /// them): a node that lacks the model fetches the header and exactly those layers' bytes from
+    /// the holders named, every block verified, and answers [`WorkResponse::Prepared`] once it
+    /// holds them (at once when it holds them already).
+    Prepare(Box<Prepare>),
+    /// A holder served bytes that do not verify (from a node that fetched them to its
+    /// coordinator): the holder's own signed statement, checkable by anyone.
+    BadWeights(Box<WeightsEvidence>),
+}
+
+/// What a stage's node is to hold before a session starts ([`WorkRequest::Prepare`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Prepare {
+    /// The model (the root every fetched block is checked against).
+    pub model: ModelId,
+    /// The stage's layers, `[start, end)`.
+    pub layers: (u32, u32),
+    /// Peers that hold the model, and where they listen: at most [`PREPARE_HOLDERS_MAX`], each
+    /// with at most [`CHAIN_ADDRS_MAX`] addresses.
+    pub holders: Vec<(PeerId, Vec<String>)>,
+}
+
+/// Most holders a [`Prepare`] names.
+pub const PREPARE_HOLDERS_MAX: usize = 16;
+
+/// A holder's signed answer for a range of a model, that the fetcher found does not verify
+/// ([`WorkRequest::BadWeights`], and `POST /v1/evidence/weights` in base64).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct WeightsEvidence {
+    /// The holder.
+    pub peer: PeerId,
+    /// The model.
+    pub model: ModelId,
+    /// The file's size, as the holder said.
+    pub size: u64,
+    /// First byte asked.
+    pub start: u64,
+    /// One past the last byte served.
+    pub end: u64,
+    /// What it sent.
+    pub encoded: Vec<u8>,
+    /// Its signature of [`weights_statement`] for it.
+    pub signature: Signature,
+}
+
+impl WeightsEvidence {
+    /// Whether `peer` signed this statement (else anyone could have made it up).
+    pub fn is_signed(&self) -> bool {
+        let statement =
+            weights_statement(&self.model, self.size, self.start, self.end, &self.encoded);
+        self.peer
+            .public_key()
+            .verify(&statement, &self.signature)
+            .is_ok()
+    }
 }
 
 /// The coordinator's answer.
@@ -725,6 +780,11 @@ pub enum WorkResponse {
         encoded: Vec<u8>,
         /// The holder's signature of [`weights_statement`].
         signature: Signature,
+    },
+    /// A node holds what a [`WorkRequest::Prepare`] named.
+    Prepared {
+        /// Bytes it fetched from peers for it (0 when it held them already).
+        bytes_received: u64,
     },
     /// A verifier's replay ([`WorkRequest::Check`]): the output digest of each step, the digest
     /// its stage's receipt would carry for the same output.
@@ -949,6 +1009,23 @@ pub fn request_from_payload(payload: &[u8]) -> Result<WorkRequest> {
         {
             return Err(Error::Limit(format!(
                 "a weights request asks for 1..={WEIGHTS_CHUNK_BYTES_MAX} bytes, not {start}..{end}"
+            )));
+        }
+        WorkRequest::Prepare(p)
+            if p.holders.len() > PREPARE_HOLDERS_MAX
+                || p.layers.0 >= p.layers.1
+                || p.holders.iter().any(|(_, a)| {
+                    a.len() > CHAIN_ADDRS_MAX || a.iter().any(|s| s.len() > CHAIN_ADDR_BYTES_MAX)
+                }) =>
+        {
+            return Err(Error::Limit(format!(
+                "a prepare names a non-empty range of layers and at most {PREPARE_HOLDERS_MAX} holders of at most {CHAIN_ADDRS_MAX} addresses of at most {CHAIN_ADDR_BYTES_MAX} bytes"
+            )));
+        }
+        WorkRequest::BadWeights(e) if e.encoded.len() as u64 > 2 * WEIGHTS_CHUNK_BYTES_MAX => {
+            return Err(Error::Limit(format!(
+                "evidence of bad weights carries at most {} bytes",
+                2 * WEIGHTS_CHUNK_BYTES_MAX
             )));
         }
         WorkRequest::Check(c) => {

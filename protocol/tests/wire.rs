@@ -68,16 +68,24 @@ fn capabilities() -> impl Strategy<Value = Capabilities> {
 }
 
 fn advert() -> impl Strategy<Value = Message> {
-    (any::<u64>(), any::<u32>(), capabilities(), any::<u32>()).prop_map(
-        |(seq, heartbeat_interval_ms, capabilities, stage_sessions)| {
-            Message::Advert(Advert {
-                seq,
-                heartbeat_interval_ms,
-                capabilities,
-                stage_sessions,
-            })
-        },
+    (
+        any::<u64>(),
+        any::<u32>(),
+        capabilities(),
+        any::<u32>(),
+        any::<u64>(),
     )
+        .prop_map(
+            |(seq, heartbeat_interval_ms, capabilities, stage_sessions, bytes_received)| {
+                Message::Advert(Advert {
+                    seq,
+                    heartbeat_interval_ms,
+                    capabilities,
+                    stage_sessions,
+                    bytes_received,
+                })
+            },
+        )
 }
 
 fn sample_capabilities() -> Capabilities {
@@ -148,6 +156,7 @@ fn bad_frames_are_refused_with_the_reason() {
         seq: 1,
         heartbeat_interval_ms: 2000,
         stage_sessions: 0,
+        bytes_received: 0,
         capabilities: sample_capabilities(),
     });
     let frame = Signed::seal(&key, &message).expect("fits");
@@ -193,6 +202,7 @@ fn bad_frames_are_refused_with_the_reason() {
         seq: 1,
         heartbeat_interval_ms: 2000,
         stage_sessions: 0,
+        bytes_received: 0,
         capabilities: caps,
     });
     assert!(matches!(
@@ -207,6 +217,7 @@ fn bad_frames_are_refused_with_the_reason() {
         seq: 1,
         heartbeat_interval_ms: 2000,
         stage_sessions: 0,
+        bytes_received: 0,
         capabilities: caps,
     });
     assert!(matches!(

@@ -337,6 +337,7 @@ impl<'a> Sim<'a> {
                     heartbeat_interval_ms: HEARTBEAT_MS,
                     capabilities: (*peer.capabilities).clone(),
                     stage_sessions: 0,
+                    bytes_received: 0,
                 };
                 let input = RegistryInput::Advert {
                     from: peer.id,

@@ -31,9 +31,9 @@ pub use hardware::{
 };
 pub use hearth_cpu::{KERNEL_PATH_ENV, KernelPath, Kernels};
 pub use llm::{
-    ChatMessage, ChatTemplate, GgufModel, GgufTokenizer, Greedy, LlmConfig, SESSIONS_MAX,
-    SessionId, Stage, StageInput, StageOutput, argmax, cpu_kernels, generate, generate_greedy,
-    sample,
+    ChatMessage, ChatTemplate, GGUF_HEADER_BYTES_MAX, GgufModel, GgufTokenizer, Greedy, LlmConfig,
+    SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput, argmax, cpu_kernels, generate,
+    generate_greedy, sample,
 };
 
 /// The [`hearth_protocol::ModelId`] of a model file: the blake3 of its bytes, read in 64 KiB pieces.

@@ -9,7 +9,7 @@ mod stage;
 mod tokenizer;
 
 pub use chat::{ChatMessage, ChatTemplate};
-pub use gguf::{GgufModel, LlmConfig};
+pub use gguf::{GGUF_HEADER_BYTES_MAX, GgufModel, LlmConfig};
 pub use greedy::{Greedy, argmax, generate, generate_greedy};
 pub use sample::sample;
 pub use stage::{SESSIONS_MAX, SessionId, Stage, StageInput, StageOutput, cpu_kernels};

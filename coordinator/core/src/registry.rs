@@ -47,6 +47,7 @@ pub enum Output {
 struct Record {
     capabilities: Capabilities,
     stage_sessions: u32,
+    bytes_received: u64,
     first_seen_ms: u64,
     last_seen_ms: u64,
     heartbeat_interval_ms: u64,
@@ -97,6 +98,7 @@ impl Registry {
         if let Some(record) = self.peers.get_mut(&from) {
             record.capabilities = advert.capabilities;
             record.stage_sessions = advert.stage_sessions;
+            record.bytes_received = advert.bytes_received;
             record.last_seen_ms = now_ms;
             record.heartbeat_interval_ms = heartbeat_interval_ms;
             record.adverts += 1;
@@ -116,6 +118,7 @@ impl Registry {
             Record {
                 capabilities: advert.capabilities,
                 stage_sessions: advert.stage_sessions,
+                bytes_received: advert.bytes_received,
                 first_seen_ms: now_ms,
                 last_seen_ms: now_ms,
                 heartbeat_interval_ms,
@@ -170,6 +173,7 @@ impl Registry {
                 adverts: r.adverts,
                 capabilities: r.capabilities.clone(),
                 stage_sessions: r.stage_sessions,
+                bytes_received: r.bytes_received,
                 rtt_ms: None,
                 reliability: 0.0,
                 credit: 0.0,
@@ -220,6 +224,7 @@ mod tests {
             seq: 0,
             heartbeat_interval_ms: interval_ms,
             stage_sessions: 0,
+            bytes_received: 0,
             capabilities: Capabilities {
                 backend: Backend::Cpu,
                 device: "cpu".into(),

@@ -13,6 +13,10 @@ use hearth_protocol::ModelId;
 
 use crate::{Error, Result, model_id};
 
+/// Most bytes of a model file's start read from peers for its header (metadata, tokenizer,
+/// tensor table): a header longer than this is refused.
+pub const GGUF_HEADER_BYTES_MAX: u64 = 64 << 20;
+
 /// Hyper-parameters of a llama-family model, from its GGUF metadata.
 #[derive(Clone, Debug, PartialEq)]
 pub struct LlmConfig {
@@ -222,7 +226,7 @@ impl GgufModel {
             }
             true
         };
-        let mut ranges = vec![0..base.min(size)];
+        let mut ranges: Vec<Range<u64>> = std::iter::once(0..base.min(size)).collect();
         for (i, (start, name)) in starts.iter().enumerate() {
             let end = starts.get(i + 1).map_or(size, |(next, _)| *next).min(size);
             if wanted(name) && *start < end {

@@ -129,6 +129,11 @@ pub(crate) struct NodeArgs {
     /// node advertises no more, so the coordinator plans within it, and refuses stages past it.
     #[arg(long, env = "HEARTH_MAX_MEMORY", value_name = "SIZE", value_parser = parse_size)]
     pub(crate) max_memory: Option<u64>,
+    /// Most bytes a second this node serves of the model files it holds to peers fetching
+    /// layers, such as 10M (K, M, G; powers of 1024): a node on a home line keeps its upload for
+    /// its owner. Unlimited by default.
+    #[arg(long, env = "HEARTH_MAX_UPLOAD_RATE", value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_upload_rate: Option<u64>,
     /// This node's co-op membership certificate (`hearth coop invite`): presented to the swarm.
     /// The node then deals only with peers that show a valid certificate of the same co-op
     /// (others are refused and, after 10 s without one, cut off), and works only for a

@@ -27,6 +27,10 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
     config.max_concurrent = args.max_concurrent;
     config.idle_only = args.idle_only;
     config.max_memory = args.max_memory;
+    if args.max_upload_rate == Some(0) {
+        anyhow::bail!("--max-upload-rate must be more than 0 (leave it out for no limit)");
+    }
+    config.max_upload_rate = args.max_upload_rate;
     if let Some(path) = &args.coop_cert {
         let cert: hearth_protocol::coop::Membership = crate::coop::read_armored(path)?;
         config.coop_cert = Some(cert);

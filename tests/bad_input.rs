@@ -34,6 +34,7 @@ fn advert() -> Message {
         heartbeat_interval_ms: 2000,
         stage_sessions: 0,
         bytes_received: 0,
+        held: Vec::new(),
         capabilities: Capabilities {
             backend: Backend::Cpu,
             device: "definitely real".into(),

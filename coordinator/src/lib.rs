@@ -20,6 +20,7 @@ mod feed;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+mod headers;
 mod http;
 pub mod journal;
 pub mod keys;

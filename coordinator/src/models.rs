@@ -35,9 +35,10 @@ pub(crate) enum ModelsError {
     /// `wanted` names an embedder, which does not generate.
     #[error("the model `{0}` is an embedder: it serves POST /v1/embeddings, not generation")]
     NotLlm(String),
-    /// The model is known but its file is not in the coordinator's folder.
+    /// The model is known but its file is not in the coordinator's folder (and no peer that
+    /// holds it is online to read its header from).
     #[error(
-        "this coordinator has no copy of the model {name} ({id}) in its models folder {dir}, and needs one to tokenize prompts: put the file there (`hearth models add FILE`, or `hearth models fetch` for a catalogued model)"
+        "this coordinator has no copy of the model {name} ({id}) in its models folder {dir}, and no online peer holds it to read its header (tokenizer, layers) from: start a node that holds it, or put the file in the folder (`hearth models add FILE`, or `hearth models fetch` for a catalogued model)"
     )]
     NoCopy {
         name: String,
@@ -63,8 +64,10 @@ pub(crate) struct Llm {
     pub(crate) template: Option<ChatTemplate>,
     pub(crate) layers: u32,
     pub(crate) context: usize,
-    /// What one layer takes in memory, about: the file's size over its layers.
+    /// What one layer takes in memory, about.
     pub(crate) layer_bytes: u64,
+    /// What its ranges take: a layer, and the embedding and head the ends hold besides.
+    pub(crate) footprint: crate::pipeline::Footprint,
     /// One layer's arithmetic, for the time a stage is given for a step.
     pub(crate) shape: LayerShape,
     /// Width of the hidden state: a prefill's activations are `prompt × hidden × 4` bytes.
@@ -183,28 +186,29 @@ impl Models {
             .collect()
     }
 
-    /// The LLM `wanted` names (a catalogued or bound name, or an id; the default LLM when `None`),
-    /// loaded on first use.
-    pub(crate) fn llm(&mut self, wanted: Option<&str>) -> Result<Arc<Llm>, ModelsError> {
-        let dir = self
-            .dir
-            .clone()
-            .ok_or(ModelsError::NoFolder("tokenize with"))?;
-        let id = match wanted {
-            None => SMOLLM2.files[0]
+    /// The id `wanted` names: a catalogued or bound name, or an id (the default LLM when
+    /// `None`).
+    pub(crate) fn resolve(&mut self, wanted: Option<&str>) -> Result<ModelId, ModelsError> {
+        let Some(w) = wanted else {
+            return Ok(SMOLLM2.files[0]
                 .blake3
                 .parse()
-                .expect("catalogue ids are hex"),
-            Some(w) => match self.names.resolve(w) {
-                Some(id) => id,
-                None => {
-                    self.rescan()?;
-                    self.names
-                        .resolve(w)
-                        .ok_or_else(|| ModelsError::Unknown(w.to_string()))?
-                }
-            },
+                .expect("catalogue ids are hex"));
         };
+        if let Some(id) = self.names.resolve(w) {
+            return Ok(id);
+        }
+        self.rescan()?;
+        self.names
+            .resolve(w)
+            .ok_or_else(|| ModelsError::Unknown(w.to_string()))
+    }
+
+    /// The LLM `wanted` names (a catalogued or bound name, or an id; the default LLM when `None`),
+    /// loaded on first use from the folder, or known from a header read from peers
+    /// ([`Models::add_header`]).
+    pub(crate) fn llm(&mut self, wanted: Option<&str>) -> Result<Arc<Llm>, ModelsError> {
+        let id = self.resolve(wanted)?;
         if let Some(llm) = self.llms.get(&id) {
             return Ok(llm.clone());
         }
@@ -215,35 +219,50 @@ impl Models {
         {
             return Err(ModelsError::NotLlm(wanted.unwrap_or(&hex).to_string()));
         }
-        if self.path_of(&id).is_none() {
+        let dir = self.dir.as_ref().map_or_else(
+            || "(none: --models not given)".into(),
+            |d| d.display().to_string(),
+        );
+        if self.dir.is_some() && self.path_of(&id).is_none() {
             self.rescan()?;
         }
         let Some(path) = self.path_of(&id) else {
             return Err(ModelsError::NoCopy {
                 name: self.name_of(&id),
                 id,
-                dir: dir.display().to_string(),
+                dir,
             });
         };
-        let llm = Arc::new(self.open(&path)?);
+        let model = GgufModel::open(&path).map_err(ModelsError::Llm)?;
+        let size = std::fs::metadata(&path).map_or(0, |m| m.len());
+        let llm = Arc::new(Self::llm_of(&model, size)?);
         self.llms.insert(id, llm.clone());
         Ok(llm)
     }
 
-    fn open(&self, path: &Path) -> Result<Llm, ModelsError> {
-        let model = GgufModel::open(path).map_err(ModelsError::Llm)?;
-        let tokenizer = GgufTokenizer::from_model(&model).map_err(ModelsError::Llm)?;
-        let template = ChatTemplate::from_model(&model).map_err(ModelsError::Llm)?;
-        let file_bytes = std::fs::metadata(path).map_or(0, |m| m.len());
+    /// A model known by its header alone (read from peers, verified against its id): what the
+    /// coordinator needs of it, with no copy of the file.
+    pub(crate) fn add_header(&mut self, model: &GgufModel, size: u64) -> Result<(), ModelsError> {
+        let llm = Self::llm_of(model, size)?;
+        self.llms.insert(model.id, Arc::new(llm));
+        Ok(())
+    }
+
+    /// What the coordinator keeps of `model`, a file of `file_bytes`.
+    fn llm_of(model: &GgufModel, file_bytes: u64) -> Result<Llm, ModelsError> {
+        let tokenizer = GgufTokenizer::from_model(model).map_err(ModelsError::Llm)?;
+        let template = ChatTemplate::from_model(model).map_err(ModelsError::Llm)?;
         let c = &model.config;
+        let footprint = footprint(model, file_bytes);
         Ok(Llm {
+            footprint,
             shape: LayerShape {
                 hidden: c.hidden as u64,
                 kv: (c.kv_heads * c.head_dim) as u64,
                 ffn: c.ffn as u64,
             },
             hidden: c.hidden,
-            layer_bytes: file_bytes / c.layers.max(1) as u64,
+            layer_bytes: footprint.layer_bytes,
             id: model.id,
             tokenizer,
             template,
@@ -269,6 +288,31 @@ impl Models {
         texts.iter().try_fold(0, |n, t| {
             Ok(n + tokenizer.count(t).map_err(ModelsError::Embedder)?)
         })
+    }
+}
+
+/// What `model`'s ranges take (its file `size` bytes), from its tensor table: the bytes a stage
+/// of its middle layers reads over their count, and what the first and last stages read besides
+/// their layers (the header aside).
+fn footprint(model: &GgufModel, size: u64) -> crate::pipeline::Footprint {
+    let layers = model.config.layers;
+    if layers < 3 {
+        return crate::pipeline::Footprint::uniform(size / layers.max(1) as u64);
+    }
+    let header = model.header_bytes();
+    let bytes = |r: std::ops::Range<usize>| -> u64 {
+        let total: u64 = model
+            .stage_ranges(size, r)
+            .iter()
+            .map(|r| r.end - r.start)
+            .sum();
+        total.saturating_sub(header)
+    };
+    let layer_bytes = bytes(1..layers - 1) / (layers - 2) as u64;
+    crate::pipeline::Footprint {
+        layer_bytes,
+        first_bytes: bytes(0..1).saturating_sub(layer_bytes),
+        last_bytes: bytes(layers - 1..layers).saturating_sub(layer_bytes),
     }
 }
 

@@ -189,6 +189,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
             work,
             sessions,
             models: crate::models::Models::new(config.models_dir.clone()),
+            headers: crate::headers::Headers::new(&config.data_dir),
             listen_addrs: Vec::new(),
             coop,
             last_membership: None,
@@ -217,6 +218,8 @@ struct Coordinator {
     sessions: Sessions,
     /// The models the coordinator reads itself (tokenizers, shapes).
     models: crate::models::Models,
+    /// Headers of models it has no copy of, being read from peers.
+    headers: crate::headers::Headers,
     listen_addrs: Vec<Multiaddr>,
     /// `--coop`: members only.
     coop: Option<crate::coop::Coop>,
@@ -349,6 +352,65 @@ impl Coordinator {
         }
     }
 
+    /// Start a generation session of `llm`.
+    fn start_session(
+        &mut self,
+        now: u64,
+        request: crate::sessions::GenerateRequest,
+        llm: std::sync::Arc<crate::models::Llm>,
+        events: mpsc::Sender<crate::sessions::SessionEvent>,
+    ) -> Result<(), crate::sessions::Refusal> {
+        let work = &self.work;
+        let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
+        self.sessions.start(
+            &mut self.network,
+            &self.registry,
+            &standing,
+            now,
+            request,
+            llm,
+            events,
+        )
+    }
+
+    /// The online peers that hold model `id` whole, with where they listen.
+    fn holders(
+        &self,
+        id: &hearth_protocol::ModelId,
+    ) -> Vec<(hearth_protocol::PeerId, Vec<String>)> {
+        let now = self.now_ms();
+        let work = &self.work;
+        let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
+        crate::sessions::holders(&self.network, &self.registry, &standing, id)
+    }
+
+    /// A header read from peers (or not): the requests that waited for it start (or are told).
+    fn header_outcome(&mut self, now: u64, outcome: crate::headers::Outcome) {
+        use crate::headers::Outcome;
+        match outcome {
+            Outcome::Ready(model, size, waiting) => {
+                let added = self.models.add_header(&model, size);
+                for w in waiting {
+                    let answer = match &added {
+                        Ok(()) => match self.models.llm(w.request.model.as_deref()) {
+                            Ok(llm) => self.start_session(now, *w.request, llm, w.events),
+                            Err(why) => Err(crate::sessions::Refusal::Unavailable(why.to_string())),
+                        },
+                        Err(why) => Err(crate::sessions::Refusal::Unavailable(why.to_string())),
+                    };
+                    let _ = w.reply.send(answer);
+                }
+            }
+            Outcome::Failed(why, waiting) => {
+                for w in waiting {
+                    let _ = w
+                        .reply
+                        .send(Err(crate::sessions::Refusal::Unavailable(why.clone())));
+                }
+            }
+        }
+    }
+
     /// A holder's signed answer that does not verify against the model's id: the holder is
     /// quarantined. Its signature must check (or anyone could frame it), and the bytes must fail
     /// (a good answer proves nothing against it).
@@ -428,18 +490,28 @@ impl Coordinator {
                 self.reply(move || reply.send(answer));
             }
             Command::Generate(request, events, reply) => {
-                let work = &self.work;
-                let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
                 let answer = match self.models.llm(request.model.as_deref()) {
-                    Ok(llm) => self.sessions.start(
-                        &mut self.network,
-                        &self.registry,
-                        &standing,
-                        now,
-                        *request,
-                        llm,
-                        events,
-                    ),
+                    Ok(llm) => self.start_session(now, *request, llm, events),
+                    Err(crate::models::ModelsError::NoCopy { id, name, dir }) => {
+                        // No copy here: the header from a peer that holds it, if one is online.
+                        let holders = self.holders(&id);
+                        if holders.is_empty() {
+                            let why = crate::models::ModelsError::NoCopy { id, name, dir };
+                            Err(crate::sessions::Refusal::Unavailable(why.to_string()))
+                        } else {
+                            let waiting = crate::headers::Waiting {
+                                request,
+                                events,
+                                reply,
+                            };
+                            let outcome =
+                                self.headers.wait(&mut self.network, id, holders, waiting);
+                            if let Some(outcome) = outcome {
+                                self.header_outcome(now, outcome);
+                            }
+                            return Ok(());
+                        }
+                    }
                     Err(
                         why @ (crate::models::ModelsError::Unknown(_)
                         | crate::models::ModelsError::NotLlm(_)),
@@ -625,6 +697,19 @@ impl Coordinator {
                     NetEvent::WorkFailed { id, error } => (id, Err(error)),
                     _ => unreachable!("matched above"),
                 };
+                if self.headers.owns(&id) {
+                    let (outcome, evidence) =
+                        self.headers.on_response(&mut self.network, id, answer);
+                    for e in evidence {
+                        if let Err(why) = self.weights_evidence(&e) {
+                            tracing::warn!(%why, "evidence against a holder not acted on");
+                        }
+                    }
+                    if let Some(outcome) = outcome {
+                        self.header_outcome(now, outcome);
+                    }
+                    return Ok(());
+                }
                 let work = &self.work;
                 let standing = |p: &hearth_protocol::PeerId| work.standing(p, now);
                 self.sessions.on_response(

@@ -21,8 +21,8 @@ use crate::limits::{
 };
 use crate::models::Llm;
 use crate::pipeline::{
-    Action, Driver, Hop, Reroute, StepTimeouts, Verify, WindowCheck, candidates, plan,
-    step_budget_ms,
+    Action, Driver, Hop, Reroute, StepTimeouts, Verify, WindowCheck, candidates, fetchers,
+    plan_within, step_budget_ms,
 };
 use crate::{Registry, Standing};
 
@@ -195,8 +195,24 @@ fn near(
     for c in &mut all {
         c.rtt_ms = net.rtt_ms(&c.peer);
         c.layer_ms = flops / (c.score.max(crate::pipeline::STEP_GFLOPS_FLOOR) * 1e6);
+        c.layer_bytes = llm.layer_bytes;
     }
     all
+}
+
+/// The online peers that hold model `id` whole and are not quarantined, with where they listen:
+/// where peers without it fetch it from.
+pub(crate) fn holders(
+    net: &Network,
+    registry: &Registry,
+    standing: &dyn Fn(&PeerId) -> Standing,
+    id: &hearth_protocol::ModelId,
+) -> Vec<(PeerId, Vec<String>)> {
+    candidates(registry, standing, id)
+        .into_iter()
+        .take(hearth_protocol::work::PREPARE_HOLDERS_MAX)
+        .map(|c| (c.peer, net.listen_addrs(&c.peer)))
+        .collect()
 }
 
 /// Tell `peers` to free `session`: the session's own state and the replays its checks ran.
@@ -250,10 +266,39 @@ enum Asked {
     Chain(PeerId),
     /// The inputs a chained session's stage kept, for a check.
     Kept(PeerId),
+    /// A stage's peer is to hold its range before the session starts.
+    Prepare(PeerId),
+}
+
+/// A session about to start, and what it starts with.
+struct Launch {
+    model: hearth_protocol::ModelId,
+    route: Vec<Hop>,
+    prompt: Vec<u32>,
+    max_tokens: usize,
+    ends: Vec<u32>,
+    context: usize,
+    verify: Verify,
+    sampling: Option<hearth_protocol::work::Sampling>,
+    llm: Arc<Llm>,
+    events: mpsc::Sender<SessionEvent>,
+    started: Instant,
+}
+
+/// A session whose stages fetch their ranges from peers before it starts.
+struct Preparing {
+    launch: Launch,
+    /// Stages not yet holding their range.
+    pending: std::collections::BTreeSet<PeerId>,
 }
 
 pub(crate) struct Sessions {
     live: BTreeMap<u64, Live>,
+    /// The ranges each peer was asked to fetch of each model (done or under way, until one fails):
+    /// given to it again rather than another, which it would fetch besides.
+    assigned: HashMap<(PeerId, hearth_protocol::ModelId), Vec<(u32, u32)>>,
+    /// Sessions waiting for their stages to fetch their ranges.
+    preparing: BTreeMap<u64, Preparing>,
     requests: HashMap<RequestId, (u64, Asked)>,
     next: u64,
     /// Peers caught returning wrong results, for the ledger.
@@ -290,6 +335,8 @@ impl Sessions {
             run,
             timeouts: StepTimeouts::default(),
             live: BTreeMap::new(),
+            assigned: HashMap::new(),
+            preparing: BTreeMap::new(),
             requests: HashMap::new(),
             next: first_session(run),
             faults: Vec::new(),
@@ -310,7 +357,7 @@ impl Sessions {
         events: mpsc::Sender<SessionEvent>,
     ) -> Result<(), Refusal> {
         use Refusal::{Invalid, Unavailable};
-        if self.live.len() >= SESSIONS_MAX {
+        if self.live.len() + self.preparing.len() >= SESSIONS_MAX {
             return Err(Unavailable(format!(
                 "{SESSIONS_MAX} sessions are running; try again shortly"
             )));
@@ -325,8 +372,7 @@ impl Sessions {
                 hearth_protocol::GENERATE_TOKENS_MAX
             )));
         }
-        let (model, layers, context, layer_bytes, hidden) =
-            (llm.id, llm.layers, llm.context, llm.layer_bytes, llm.hidden);
+        let (model, layers, context, hidden) = (llm.id, llm.layers, llm.context, llm.hidden);
         let (text, special) = match &request.messages {
             Some(messages) => {
                 let template = llm.template.as_ref().ok_or_else(|| {
@@ -369,6 +415,21 @@ impl Sessions {
             )));
         }
         let mut candidates = near(net, registry, standing, &model, &llm);
+        // Peers without the model may serve a range once they fetch it from those with it.
+        if !candidates.is_empty() {
+            let flops = llm.shape.token_flops(0);
+            for mut c in fetchers(registry, standing, &model) {
+                c.rtt_ms = net.rtt_ms(&c.peer);
+                c.layer_ms = flops / (c.score.max(crate::pipeline::STEP_GFLOPS_FLOOR) * 1e6);
+                c.layer_bytes = llm.layer_bytes;
+                for r in self.assigned.get(&(c.peer, model)).into_iter().flatten() {
+                    if !c.held_layers.contains(r) {
+                        c.held_layers.push(*r);
+                    }
+                }
+                candidates.push(c);
+            }
+        }
         let holders = candidates.len();
         // Peers already serving as many sessions as a stage may are passed over.
         candidates.retain(|c| self.load(&c.peer) < STAGE_SESSIONS_MAX);
@@ -376,7 +437,7 @@ impl Sessions {
         let stages = request
             .stages
             .map_or(STAGES_DEFAULT.min(holders).max(1), |k| k as usize);
-        let route = plan(&candidates, layers, stages, layer_bytes).map_err(|e| {
+        let route = plan_within(&candidates, layers, stages, &llm.footprint).map_err(|e| {
             Unavailable(if busy > 0 {
                 format!(
                     "no route for model {model}: {busy} of the {holders} online peers holding it already serve {STAGE_SESSIONS_MAX} sessions each; try again shortly ({e})"
@@ -393,20 +454,115 @@ impl Sessions {
             prompt_tokens = prompt.len(),
             "generation started"
         );
-        let prompt_tokens = prompt.len();
-        let verify = request.verify.unwrap_or(Verify::Window);
+        let fetching: Vec<Hop> = route
+            .iter()
+            .filter(|h| candidates.iter().any(|c| c.peer == h.peer_id && !c.holds))
+            .cloned()
+            .collect();
+        let launch = Launch {
+            model,
+            route,
+            prompt,
+            max_tokens: max_tokens as usize,
+            ends,
+            context,
+            verify: request.verify.unwrap_or(Verify::Window),
+            sampling: request.sampling,
+            llm,
+            events,
+            started: Instant::now(),
+        };
+        if fetching.is_empty() {
+            self.launch(net, registry, now_ms, session, launch);
+            return Ok(());
+        }
+        // Those stages fetch their ranges first; the session starts once all hold them.
+        let sources = self::holders(net, registry, standing, &model);
+        let mut pending = std::collections::BTreeSet::new();
+        for hop in fetching {
+            tracing::info!(session, peer = %hop.peer_id, layers = ?(hop.layers.0..hop.layers.1), "a stage fetches its range from peers first");
+            let prepare = hearth_protocol::work::Prepare {
+                model,
+                layers: hop.layers,
+                holders: sources.clone(),
+            };
+            let ranges = self.assigned.entry((hop.peer_id, model)).or_default();
+            if !ranges.contains(&hop.layers) {
+                ranges.push(hop.layers);
+            }
+            let id = net.request(&hop.peer_id, WorkRequest::Prepare(Box::new(prepare)));
+            self.requests
+                .insert(id, (session, Asked::Prepare(hop.peer_id)));
+            pending.insert(hop.peer_id);
+        }
+        self.preparing
+            .insert(session, Preparing { launch, pending });
+        Ok(())
+    }
+
+    /// A stage answered a [`WorkRequest::Prepare`]: the session starts once every stage holds its
+    /// range, and ends at once when one cannot.
+    fn on_prepared(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        now_ms: u64,
+        session: u64,
+        peer: PeerId,
+        response: Result<WorkResponse, String>,
+    ) {
+        let Some(preparing) = self.preparing.get_mut(&session) else {
+            return;
+        };
+        let why = match response {
+            Ok(WorkResponse::Prepared { bytes_received }) => {
+                tracing::info!(session, %peer, bytes_received, "a stage holds its range");
+                preparing.pending.remove(&peer);
+                if preparing.pending.is_empty() {
+                    let preparing = self.preparing.remove(&session).expect("found above");
+                    self.launch(net, registry, now_ms, session, preparing.launch);
+                }
+                return;
+            }
+            Ok(WorkResponse::Rejected(why)) => why,
+            Ok(other) => format!("answered {other:?}"),
+            Err(error) => format!("no answer: {error}"),
+        };
+        tracing::warn!(session, %peer, %why, "a stage could not fetch its range");
+        let preparing = self.preparing.remove(&session).expect("found above");
+        self.assigned.remove(&(peer, preparing.launch.model));
+        self.requests.retain(|_, (s, _)| *s != session);
+        let message = format!(
+            "the stage {peer} could not fetch its layers of the model from the peers that hold it: {why}"
+        );
+        let _ = preparing
+            .launch
+            .events
+            .try_send(SessionEvent::Failed(message));
+    }
+
+    /// Start session `session` along its route.
+    fn launch(
+        &mut self,
+        net: &mut Network,
+        registry: &Registry,
+        now_ms: u64,
+        session: u64,
+        l: Launch,
+    ) {
+        let prompt_tokens = l.prompt.len();
         let seed = self.secret.session(self.run, session);
         // The stages hand each step to each other; checks replay windows beside them.
         let (mut driver, actions) = Driver::chained(
             session,
-            model,
-            route,
-            prompt,
-            max_tokens as usize,
-            ends,
-            context,
-            verify,
-            request.sampling,
+            l.model,
+            l.route,
+            l.prompt,
+            l.max_tokens,
+            l.ends,
+            l.context,
+            l.verify,
+            l.sampling,
             seed,
         );
         driver.compare_exactly([hearth_kernels::batch_invariant_llm_class()]);
@@ -414,11 +570,11 @@ impl Sessions {
             session,
             Live {
                 driver,
-                llm,
-                events,
+                llm: l.llm,
+                events: l.events,
                 released: Vec::new(),
                 text_sent: 0,
-                started: Instant::now(),
+                started: l.started,
                 prompt_tokens,
                 first_token_ms: None,
                 first_generated_s: None,
@@ -427,7 +583,6 @@ impl Sessions {
             },
         );
         self.act(net, registry, now_ms, session, actions);
-        Ok(())
     }
 
     /// The timer of a session's request to a stage or verifier: a chained session's own timer
@@ -467,6 +622,10 @@ impl Sessions {
         let Some((session, asked)) = self.requests.remove(&id) else {
             return false;
         };
+        if let Asked::Prepare(peer) = asked {
+            self.on_prepared(net, registry, now_ms, session, peer, response);
+            return true;
+        }
         if let Asked::Route(peer, _) | Asked::Chain(peer) | Asked::Kept(peer) = asked {
             self.on_chain_answer(
                 net, registry, standing, now_ms, session, asked, peer, response,

@@ -344,6 +344,7 @@ mod tests {
             heartbeat_interval_ms: 2000,
             stage_sessions: 0,
             bytes_received: 0,
+            held: Vec::new(),
             capabilities: hearth_protocol::Capabilities {
                 backend: hearth_protocol::Backend::Cpu,
                 device: "cpu".into(),

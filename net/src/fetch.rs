@@ -26,7 +26,7 @@ use crate::{Network, RequestId};
 pub const FETCH_IN_FLIGHT_PER_HOLDER: usize = 2;
 /// Chunks asked at a time in all.
 pub const FETCH_IN_FLIGHT_MAX: usize = 8;
-/// Refusals or failed requests after which a holder is asked no more.
+/// Refusals or failed requests in a row after which a holder is asked no more.
 pub const HOLDER_FAILURES_MAX: u32 = 3;
 
 /// What one holder gave.
@@ -34,7 +34,7 @@ pub const HOLDER_FAILURES_MAX: u32 = 3;
 pub struct Served {
     /// Bytes it served that verified.
     pub bytes: u64,
-    /// Requests it refused or did not answer.
+    /// Requests it refused or did not answer since the last it served.
     pub failures: u32,
     /// It served bytes that do not verify: asked no more.
     pub lied: bool,
@@ -294,7 +294,9 @@ impl Fetch {
         let partial = self.partial.as_mut().expect("opened above");
         match partial.receive(range.start..end, &encoded) {
             Ok(()) => {
-                self.served.entry(peer).or_default().bytes += end - range.start;
+                let served = self.served.entry(peer).or_default();
+                served.bytes += end - range.start;
+                served.failures = 0;
                 if end == self.size {
                     self.size_checked = true;
                 }
@@ -366,8 +368,8 @@ impl Fetch {
     }
 
     /// The file's header, once enough of the file's start is held for `parse` to read it
-    /// (`parse` answers `Ok(None)` for "send more"): until then the held prefix is doubled, up to
-    /// `max` bytes.
+    /// (`parse` answers `Ok(None)` for "send more"): until then the held prefix grows by a
+    /// quarter at a time, up to `max` bytes.
     pub fn header<T>(
         &mut self,
         max: u64,
@@ -392,7 +394,10 @@ impl Fetch {
                 "the model's header is longer than {max} bytes, the most read from peers"
             ));
         }
-        self.want(std::iter::once(0..(prefix * 2).min(max).min(size)).collect());
+        // A quarter more each time (at least a chunk's quarter): a few round trips for a long
+        // header, and little read past its end.
+        let more = (prefix / 4).max(WEIGHTS_CHUNK_BYTES_MAX / 4);
+        self.want(std::iter::once(0..(prefix + more).min(max).min(size)).collect());
         Ok(None)
     }
 

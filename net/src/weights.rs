@@ -367,7 +367,27 @@ impl Partial {
             .step_by(CHUNK_BYTES_MAX as usize)
             .map(|s| s.max(range.start)..(s + CHUNK_BYTES_MAX).min(range.end).min(size))
             .filter(|r| !r.is_empty() && !self.holds(r))
+            .map(|r| self.trim(r))
             .collect()
+    }
+
+    /// `range` without the blocks at either end that are held already (it holds a gap).
+    fn trim(&self, mut r: Range<u64>) -> Range<u64> {
+        while r.start < r.end {
+            let block_end = ((r.start / BLOCK_BYTES + 1) * BLOCK_BYTES).min(r.end);
+            if !self.holds(&(r.start..block_end)) {
+                break;
+            }
+            r.start = block_end;
+        }
+        while r.start < r.end {
+            let block_start = ((r.end - 1) / BLOCK_BYTES * BLOCK_BYTES).max(r.start);
+            if !self.holds(&(block_start..r.end)) {
+                break;
+            }
+            r.end = block_start;
+        }
+        r
     }
 
     /// Take `encoded`, a holder's answer for bytes `range`: every block is verified against the
@@ -544,6 +564,17 @@ mod tests {
         }
         let partial_again = Partial::open(&fetch_dir, id, holder.size()).expect("reopened");
         assert_eq!(partial_again.missing(all.clone()).len(), 3);
+        assert_eq!(
+            partial_again.missing(0..CHUNK_BYTES_MAX)[0],
+            0..BLOCK_BYTES,
+            "only the scribbled block is asked again"
+        );
+        // A range whose first blocks are held is asked from its first missing block.
+        let from = CHUNK_BYTES_MAX + 5 * BLOCK_BYTES + 7;
+        assert_eq!(
+            partial_again.missing(from..3 * CHUNK_BYTES_MAX - 3),
+            vec![2 * CHUNK_BYTES_MAX..3 * CHUNK_BYTES_MAX - 3]
+        );
         for piece in left {
             partial
                 .receive(piece.clone(), &holder.serve(piece.clone()).expect("serve"))

@@ -29,6 +29,8 @@ pub struct NodeConfig {
     /// Most memory for models and caches, bytes (`--max-memory`): advertised as the node's memory,
     /// so the coordinator plans within it, and enforced when a stage loads.
     pub max_memory: Option<u64>,
+    /// Most bytes a second served to peers fetching model files (`--max-upload-rate`).
+    pub max_upload_rate: Option<u64>,
     /// This node's co-op membership certificate (`--coop-cert`): presented to the swarm, and the
     /// co-op whose certificate the coordinator must show.
     pub coop_cert: Option<hearth_protocol::coop::Membership>,
@@ -53,6 +55,7 @@ impl NodeConfig {
             max_concurrent: 1,
             idle_only: false,
             max_memory: None,
+            max_upload_rate: None,
             coop_cert: None,
             #[cfg(feature = "fault-injection")]
             fault: None,

@@ -128,7 +128,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             matches!(config.fault, Some(crate::Fault::CorruptWeights)),
             #[cfg(not(feature = "fault-injection"))]
             false,
-        );
+        )
+        .with_upload_rate(config.max_upload_rate);
         let (addr_tx, addr_rx) = mpsc::channel(JOIN_QUEUE_MAX);
         let mut node = Node {
             weights,
@@ -450,6 +451,22 @@ impl Node {
             capabilities: self.caps.clone(),
             stage_sessions: self.stage_sessions,
             bytes_received: self.prepares.bytes_received,
+            held: self
+                .partials
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .values()
+                .take(hearth_protocol::ADVERT_MODELS_MAX)
+                .map(|h| hearth_protocol::HeldLayers {
+                    model: h.model,
+                    layers: h
+                        .layers
+                        .iter()
+                        .take(hearth_protocol::HELD_RANGES_MAX)
+                        .copied()
+                        .collect(),
+                })
+                .collect(),
         });
         match self.network.publish(&advert) {
             Ok(()) => {

@@ -107,9 +107,15 @@ impl Server {
                     model.config.layers
                 ));
             }
-            // About what the range takes: its share of the file.
+            // What the range takes: the bytes of its tensors (its layers, and the embedding or
+            // head an end holds), from the tensor table.
             let file = std::fs::metadata(&path).map_or(0, |m| m.len());
-            let size = file * (end - start) as u64 / model.config.layers.max(1) as u64;
+            let size = model
+                .stage_ranges(file, start..end)
+                .iter()
+                .map(|r| r.end - r.start)
+                .sum::<u64>()
+                .saturating_sub(model.header_bytes());
             // Make room (least recently used ranges first) before loading.
             let evicted = self
                 .cache

@@ -15,6 +15,10 @@ use tokio::sync::mpsc;
 /// Ranges being read at once; past it, a request is refused ("busy") rather than queued.
 pub(crate) const WEIGHTS_SERVING_MAX: usize = 4;
 
+/// Under `--max-upload-rate`, ranges read and waiting their turn to go out (each at most
+/// [`WEIGHTS_CHUNK_BYTES_MAX`] held); past it, a request is refused ("busy").
+pub(crate) const WEIGHTS_WAITING_MAX: usize = 32;
+
 /// What this node serves, and the answers on their way back to the event loop.
 pub(crate) struct Weights<C> {
     key: SecretKey,
@@ -27,6 +31,8 @@ pub(crate) struct Weights<C> {
     serving: Arc<std::sync::atomic::AtomicUsize>,
     /// `--fault corrupt-weights`: flip bytes of what is served.
     corrupt: bool,
+    /// `--max-upload-rate`: bytes a second, and when the bytes served so far have had their time.
+    rate: Option<(u64, Arc<Mutex<std::time::Instant>>)>,
 }
 
 impl<C: Send + 'static> Weights<C> {
@@ -46,7 +52,17 @@ impl<C: Send + 'static> Weights<C> {
             answers,
             serving: Arc::default(),
             corrupt,
+            rate: None,
         }
+    }
+
+    /// Serve at most `bytes_per_s` bytes a second, all fetchers together (answers wait their
+    /// turn; past [`WEIGHTS_SERVING_MAX`] waiting, requests are refused as busy).
+    pub(crate) fn with_upload_rate(mut self, bytes_per_s: Option<u64>) -> Self {
+        self.rate = bytes_per_s
+            .filter(|r| *r > 0)
+            .map(|r| (r, Arc::new(Mutex::new(std::time::Instant::now()))));
+        self
     }
 
     /// Serve bytes `start..end` of `model` to whoever waits on `channel`: the answer comes
@@ -77,18 +93,21 @@ impl<C: Send + 'static> Weights<C> {
             ));
         }
         let serving = self.serving.clone();
-        if serving.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= WEIGHTS_SERVING_MAX {
+        let most = if self.rate.is_some() {
+            WEIGHTS_WAITING_MAX
+        } else {
+            WEIGHTS_SERVING_MAX
+        };
+        if serving.fetch_add(1, std::sync::atomic::Ordering::SeqCst) >= most {
             serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
-            return Err((
-                channel,
-                format!("busy: {WEIGHTS_SERVING_MAX} ranges are being read"),
-            ));
+            return Err((channel, format!("busy: {most} ranges are being served")));
         }
-        let (holders, key, answers, corrupt) = (
+        let (holders, key, answers, corrupt, rate) = (
             self.holders.clone(),
             self.key.clone(),
             self.answers.clone(),
             self.corrupt,
+            self.rate.clone(),
         );
         tokio::task::spawn_blocking(move || {
             let read = if whole { read } else { read_partial };
@@ -108,6 +127,20 @@ impl<C: Send + 'static> Weights<C> {
                     }
                 })
                 .unwrap_or_else(WorkResponse::Rejected);
+            if let (Some((per_s, next)), WorkResponse::Weights { encoded, .. }) = (&rate, &response)
+            {
+                // Its turn: after the bytes served before it have had their time at the rate.
+                let wait = {
+                    let mut next = next.lock().unwrap_or_else(|e| e.into_inner());
+                    let now = std::time::Instant::now();
+                    let start = (*next).max(now);
+                    let takes =
+                        std::time::Duration::from_secs_f64(encoded.len() as f64 / *per_s as f64);
+                    *next = start + takes;
+                    *next - now
+                };
+                std::thread::sleep(wait);
+            }
             serving.fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
             let _ = answers.blocking_send((channel, response));
         });

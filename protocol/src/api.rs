@@ -38,6 +38,9 @@ pub struct PeerEntry {
     /// Model bytes it received from peers (layers it fetched to serve), as it advertised last.
     #[serde(default)]
     pub bytes_received: u64,
+    /// Models it holds in part (fetched from peers), with the layer ranges it can serve of each.
+    #[serde(default)]
+    pub layers_held: Vec<crate::HeldLayers>,
     /// The round trip between the coordinator and it, as ping last measured it (connected peers).
     #[serde(default)]
     pub rtt_ms: Option<f64>,

@@ -20,7 +20,17 @@ impl Message {
     /// Check the limits the schema cannot express.
     pub fn validate(&self) -> Result<()> {
         match self {
-            Message::Advert(advert) => advert.capabilities.validate(),
+            Message::Advert(advert) => {
+                if advert.held.len() > crate::ADVERT_MODELS_MAX
+                    || advert.held.iter().any(|h| h.layers.len() > HELD_RANGES_MAX)
+                {
+                    return Err(crate::Error::Limit(format!(
+                        "an advert lists at most {} models held in part, {HELD_RANGES_MAX} layer ranges each",
+                        crate::ADVERT_MODELS_MAX
+                    )));
+                }
+                advert.capabilities.validate()
+            }
             Message::Membership(_) | Message::Revocation(_) => Ok(()),
         }
     }
@@ -40,4 +50,18 @@ pub struct Advert {
     pub stage_sessions: u32,
     /// Model bytes it received from peers (layers it fetched to serve), since it started.
     pub bytes_received: u64,
+    /// Models it holds in part (fetched from peers): the layer ranges whose stages it can serve.
+    pub held: Vec<HeldLayers>,
+}
+
+/// Most layer ranges an advert lists for one model held in part.
+pub const HELD_RANGES_MAX: usize = 8;
+
+/// Layer ranges of one model a node holds in part ([`Advert::held`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HeldLayers {
+    /// The model.
+    pub model: crate::ModelId,
+    /// Ranges `[start, end)` whose stages' bytes it holds.
+    pub layers: Vec<(u32, u32)>,
 }

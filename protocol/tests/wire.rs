@@ -74,15 +74,29 @@ fn advert() -> impl Strategy<Value = Message> {
         capabilities(),
         any::<u32>(),
         any::<u64>(),
+        proptest::collection::vec(
+            (
+                any::<[u8; 32]>(),
+                proptest::collection::vec((any::<u32>(), any::<u32>()), 0..4),
+            ),
+            0..3,
+        ),
     )
         .prop_map(
-            |(seq, heartbeat_interval_ms, capabilities, stage_sessions, bytes_received)| {
+            |(seq, heartbeat_interval_ms, capabilities, stage_sessions, bytes_received, held)| {
                 Message::Advert(Advert {
                     seq,
                     heartbeat_interval_ms,
                     capabilities,
                     stage_sessions,
                     bytes_received,
+                    held: held
+                        .into_iter()
+                        .map(|(id, layers)| hearth_protocol::HeldLayers {
+                            model: hearth_protocol::ModelId::of_bytes(&id),
+                            layers,
+                        })
+                        .collect(),
                 })
             },
         )
@@ -157,6 +171,7 @@ fn bad_frames_are_refused_with_the_reason() {
         heartbeat_interval_ms: 2000,
         stage_sessions: 0,
         bytes_received: 0,
+        held: Vec::new(),
         capabilities: sample_capabilities(),
     });
     let frame = Signed::seal(&key, &message).expect("fits");
@@ -203,6 +218,7 @@ fn bad_frames_are_refused_with_the_reason() {
         heartbeat_interval_ms: 2000,
         stage_sessions: 0,
         bytes_received: 0,
+        held: Vec::new(),
         capabilities: caps,
     });
     assert!(matches!(
@@ -218,6 +234,7 @@ fn bad_frames_are_refused_with_the_reason() {
         heartbeat_interval_ms: 2000,
         stage_sessions: 0,
         bytes_received: 0,
+        held: Vec::new(),
         capabilities: caps,
     });
     assert!(matches!(

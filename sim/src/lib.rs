@@ -338,6 +338,7 @@ impl<'a> Sim<'a> {
                     capabilities: (*peer.capabilities).clone(),
                     stage_sessions: 0,
                     bytes_received: 0,
+                    held: Vec::new(),
                 };
                 let input = RegistryInput::Advert {
                     from: peer.id,

@@ -52,6 +52,16 @@ impl Swarm {
     }
 
     fn start_with(faults: &[Option<&str>], open: bool) -> Self {
+        Self::start_custom(faults, open, &[])
+    }
+
+    /// An open coordinator started with `extra` flags too, and no nodes yet.
+    #[allow(dead_code)] // Not every test binary that includes the support module uses it.
+    pub fn start_bare(extra: &[&str]) -> Self {
+        Self::start_custom(&[], true, extra)
+    }
+
+    fn start_custom(faults: &[Option<&str>], open: bool, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("coordinator");
         let [port, http] = free_ports();
@@ -73,6 +83,7 @@ impl Swarm {
         if open {
             coordinator_args.push("--open".into());
         }
+        coordinator_args.extend(extra.iter().map(|a| a.to_string()));
         let mut coordinator = Process::start(
             "coordinator",
             tmp.path(),
@@ -100,15 +111,19 @@ impl Swarm {
         for (i, fault) in faults.iter().enumerate() {
             swarm.start_node(i, *fault);
         }
-        let want = faults.len();
+        swarm.wait_online(faults.len());
+        swarm
+    }
+
+    /// Wait until `want` nodes are online.
+    pub fn wait_online(&self, want: usize) {
         wait_until(Duration::from_secs(60), "every node online", || {
-            let online = peers_with_key(&[], &swarm.api, swarm.admin_key.as_deref())
+            let online = peers_with_key(&[], &self.api, self.admin_key.as_deref())
                 .iter()
                 .filter(|p| p["online"] == true)
                 .count();
             (online == want).then_some(())
         });
-        swarm
     }
 
     pub fn start_node(&mut self, i: usize, fault: Option<&str>) {

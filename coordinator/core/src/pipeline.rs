@@ -32,7 +32,7 @@ use serde::Serialize;
 pub use chain::{CHAIN_EARLY_MAX, CHAIN_STALLS_MAX};
 pub use glue::{
     LayerShape, STEP_BUDGET_MS_MAX, STEP_COMPUTE_SLACK, STEP_GFLOPS_FLOOR, StepTimeouts,
-    candidates, stage_fault, step_budget_ms, weights_fault,
+    candidates, fetchers, stage_fault, step_budget_ms, weights_fault,
 };
 
 /// One stage of a route.
@@ -58,6 +58,15 @@ pub struct Candidate {
     /// What one layer of one token takes it, about (the model's arithmetic at its score); 0 when
     /// unknown.
     pub layer_ms: f64,
+    /// It holds the model's file; one that does not fetches its range from those that do before
+    /// it serves, so the planner takes holders first.
+    pub holds: bool,
+    /// What one layer of the model takes in memory, about (0: unknown), so a peer without room
+    /// for a range is not asked to replay or take it, nor given it after a failure.
+    pub layer_bytes: u64,
+    /// Layer ranges of the model it holds in part (fetched before): the planner gives it one of
+    /// them again rather than have it fetch another.
+    pub held_layers: Vec<(u32, u32)>,
 }
 
 impl Candidate {
@@ -69,7 +78,16 @@ impl Candidate {
             memory_free_bytes,
             rtt_ms: None,
             layer_ms: 0.0,
+            holds: true,
+            layer_bytes: 0,
+            held_layers: Vec::new(),
         }
+    }
+
+    /// Whether it has the memory for `layers` (always, when the size of a layer is unknown).
+    pub fn fits(&self, layers: (u32, u32)) -> bool {
+        let n = u64::from(layers.1.saturating_sub(layers.0));
+        self.memory_free_bytes >= self.layer_bytes.saturating_mul(n)
     }
 
     /// What a token costs through this peer serving `layers` layers: one round trip and their
@@ -79,10 +97,44 @@ impl Candidate {
     }
 }
 
+/// What a model's ranges take in memory, about: each layer, and what the first stage (the token
+/// embedding) and the last (the output norm and head) hold besides their layers.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Footprint {
+    /// One layer.
+    pub layer_bytes: u64,
+    /// The first stage's own tensors.
+    pub first_bytes: u64,
+    /// The last stage's own tensors (the embedding again when the head is tied to it).
+    pub last_bytes: u64,
+}
+
+impl Footprint {
+    /// Every layer alike and nothing else (the model's file over its layers, say).
+    pub fn uniform(layer_bytes: u64) -> Self {
+        Self {
+            layer_bytes,
+            ..Self::default()
+        }
+    }
+
+    /// The most layers of `layers` that `memory` holds in a stage that is the first and/or last.
+    fn room(&self, memory: u64, layers: u32, first: bool, last: bool) -> u32 {
+        let own = match (first, last) {
+            (true, true) => self.first_bytes.max(self.last_bytes),
+            (true, false) => self.first_bytes,
+            (false, true) => self.last_bytes,
+            (false, false) => 0,
+        };
+        (memory.saturating_sub(own) / self.layer_bytes.max(1)).min(u64::from(layers)) as u32
+    }
+}
+
 /// Cut `layers` layers into `stages` contiguous ranges over the candidates through which a token
-/// costs least (its round trip plus its share of the arithmetic; the fastest by score when neither
-/// is known), sized in proportion to score but never more layers than a peer's free memory holds
-/// at `layer_bytes` each. Peers with room for none, or further than [`ROUTE_RTT_MAX_MS`], are
+/// costs least (holders of the model's file before peers that would fetch their range; then its
+/// round trip plus its share of the arithmetic; the fastest by score when neither is known),
+/// sized in proportion to score but never more layers than a peer's free memory holds at
+/// `layer_bytes` each. Peers with room for none, or further than [`ROUTE_RTT_MAX_MS`], are
 /// passed over.
 pub fn plan(
     candidates: &[Candidate],
@@ -90,12 +142,21 @@ pub fn plan(
     stages: usize,
     layer_bytes: u64,
 ) -> Result<Vec<Hop>, String> {
+    plan_within(candidates, layers, stages, &Footprint::uniform(layer_bytes))
+}
+
+/// [`plan`] with what each range takes in memory: the first stage holds the embedding and the
+/// last the head besides their layers, so they get fewer layers for the same memory.
+pub fn plan_within(
+    candidates: &[Candidate],
+    layers: u32,
+    stages: usize,
+    footprint: &Footprint,
+) -> Result<Vec<Hop>, String> {
     if stages == 0 || stages as u32 > layers {
         return Err(format!("a route needs 1..={layers} stages, not {stages}"));
     }
-    let room = |c: &Candidate| -> u32 {
-        (c.memory_free_bytes / layer_bytes.max(1)).min(u64::from(layers)) as u32
-    };
+    let room = |c: &Candidate| -> u32 { footprint.room(c.memory_free_bytes, layers, false, false) };
     let near = |c: &&Candidate| c.rtt_ms.is_none_or(|rtt| rtt <= ROUTE_RTT_MAX_MS);
     let holders = candidates.iter().filter(|c| room(c) > 0).count();
     let mut chosen: Vec<&Candidate> = candidates
@@ -115,15 +176,50 @@ pub fn plan(
             }
         ));
     }
+    let holders_with_room = chosen.iter().filter(|c| c.holds).count();
+    if holders_with_room < stages
+        && let Some(route) = reuse(&chosen, layers, stages, footprint)
+    {
+        return Ok(route);
+    }
     let share = f64::from(layers) / stages as f64;
     chosen.sort_by(|a, b| {
-        a.token_ms(share)
-            .total_cmp(&b.token_ms(share))
+        b.holds
+            .cmp(&a.holds)
+            .then(a.token_ms(share).total_cmp(&b.token_ms(share)))
             .then(b.score.total_cmp(&a.score))
             .then(a.peer.cmp(&b.peer))
     });
     chosen.truncate(stages);
-    let caps: Vec<u32> = chosen.iter().map(|c| room(c)).collect();
+    let last = chosen.len() - 1;
+    let caps_of = |chosen: &[&Candidate]| -> Vec<u32> {
+        chosen
+            .iter()
+            .enumerate()
+            .map(|(i, c)| footprint.room(c.memory_free_bytes, layers, i == 0, i == last))
+            .collect()
+    };
+    let mut caps = caps_of(&chosen);
+    if caps.contains(&0) {
+        // A peer with room for layers but not for the embedding or head beside them: the two
+        // with the most memory take the ends.
+        let mut by_memory: Vec<usize> = (0..chosen.len()).collect();
+        by_memory.sort_by_key(|&i| std::cmp::Reverse(chosen[i].memory_free_bytes));
+        let mut order: Vec<&Candidate> = Vec::with_capacity(chosen.len());
+        order.push(chosen[by_memory[0]]);
+        order.extend(by_memory.iter().skip(2).map(|&i| chosen[i]));
+        if let Some(&second) = by_memory.get(1) {
+            order.push(chosen[second]);
+        }
+        chosen = order;
+        caps = caps_of(&chosen);
+        if caps.contains(&0) {
+            return Err(format!(
+                "the {stages} fastest peers lack the memory for the first and last stages (the model's embedding and head take {} and {} bytes besides their layers)",
+                footprint.first_bytes, footprint.last_bytes
+            ));
+        }
+    }
     let capacity: u32 = caps.iter().sum();
     if capacity < layers {
         return Err(format!(
@@ -172,6 +268,84 @@ pub fn plan(
             hop
         })
         .collect())
+}
+
+/// A route that gives peers holding ranges of the model in part (fetched before) those ranges
+/// again, and each gap between them to one other peer with the memory for it (a holder of the
+/// file first, then the cheapest): `None` unless that makes exactly `stages` stages.
+fn reuse(
+    pool: &[&Candidate],
+    layers: u32,
+    stages: usize,
+    footprint: &Footprint,
+) -> Option<Vec<Hop>> {
+    let fits = |c: &Candidate, r: (u32, u32)| -> bool {
+        let room = footprint.room(c.memory_free_bytes, layers, r.0 == 0, r.1 == layers);
+        r.1 - r.0 <= room
+    };
+    let mut held: Vec<((u32, u32), &Candidate)> = pool
+        .iter()
+        .filter(|c| !c.holds)
+        .flat_map(|c| c.held_layers.iter().map(move |r| (*r, *c)))
+        .filter(|(r, c)| r.0 < r.1 && r.1 <= layers && fits(c, *r))
+        .collect();
+    // Earliest first, longest first among those, then by peer for a stable choice.
+    held.sort_by(|a, b| {
+        a.0.0
+            .cmp(&b.0.0)
+            .then(b.0.1.cmp(&a.0.1))
+            .then(a.1.peer.cmp(&b.1.peer))
+    });
+    let mut picked: Vec<Hop> = Vec::new();
+    for (r, c) in held {
+        let free = picked
+            .iter()
+            .all(|h| h.peer_id != c.peer && (r.1 <= h.layers.0 || h.layers.1 <= r.0));
+        if free {
+            picked.push(Hop {
+                peer_id: c.peer,
+                layers: r,
+            });
+        }
+    }
+    if picked.is_empty() {
+        return None;
+    }
+    picked.sort_by_key(|h| h.layers.0);
+    let mut gaps = Vec::new();
+    let mut at = 0;
+    for h in &picked {
+        if h.layers.0 > at {
+            gaps.push((at, h.layers.0));
+        }
+        at = h.layers.1;
+    }
+    if at < layers {
+        gaps.push((at, layers));
+    }
+    if picked.len() + gaps.len() != stages {
+        return None;
+    }
+    let mut route = picked;
+    for gap in gaps {
+        let share = f64::from(gap.1 - gap.0);
+        let peer = pool
+            .iter()
+            .filter(|c| !route.iter().any(|h| h.peer_id == c.peer) && fits(c, gap))
+            .min_by(|a, b| {
+                b.holds
+                    .cmp(&a.holds)
+                    .then(a.token_ms(share).total_cmp(&b.token_ms(share)))
+                    .then(b.score.total_cmp(&a.score))
+                    .then(a.peer.cmp(&b.peer))
+            })?;
+        route.push(Hop {
+            peer_id: peer.peer,
+            layers: gap,
+        });
+    }
+    route.sort_by_key(|h| h.layers.0);
+    Some(route)
 }
 
 /// Peers further than this (measured round trip) are left out of routes: each token crosses
@@ -812,7 +986,7 @@ impl Driver {
         };
         let pool: Vec<PeerId> = candidates
             .iter()
-            .filter(|c| usable(&c.peer))
+            .filter(|c| usable(&c.peer) && c.fits(layers))
             .map(|c| c.peer)
             .collect();
         // Drawn at random, not the fastest: fast hardware must not buy the checker's seat.
@@ -1117,7 +1291,10 @@ impl Driver {
                 let pool: Vec<PeerId> = candidates
                     .iter()
                     .filter(|c| {
-                        c.peer != stage && c.peer != verifier && !self.failed.contains(&c.peer)
+                        c.peer != stage
+                            && c.peer != verifier
+                            && !self.failed.contains(&c.peer)
+                            && c.fits(layers)
                     })
                     .map(|c| c.peer)
                     .collect();
@@ -1318,7 +1495,7 @@ impl Driver {
         let layers = self.route[hop].layers;
         let usable: Vec<Candidate> = candidates
             .iter()
-            .filter(|c| !self.failed.contains(&c.peer))
+            .filter(|c| !self.failed.contains(&c.peer) && c.fits(layers))
             .cloned()
             .collect();
         let Some(new) = replacement(&self.route, &usable) else {
@@ -1471,7 +1648,8 @@ impl Driver {
                 continue;
             }
             let layers = self.route[hop].layers;
-            let Some(new) = replacement(&self.route, &usable) else {
+            let fit: Vec<Candidate> = usable.iter().filter(|c| c.fits(layers)).cloned().collect();
+            let Some(new) = replacement(&self.route, &fit) else {
                 return Err(format!(
                     "no route: peer {peer} failed ({reason}) and no other online peer holds layers {}..{} of model {}",
                     layers.0, layers.1, self.model
@@ -1536,6 +1714,89 @@ mod tests {
 
     fn sizes(route: &[Hop]) -> Vec<u32> {
         route.iter().map(|h| h.layers.1 - h.layers.0).collect()
+    }
+
+    #[test]
+    fn peers_get_the_ranges_they_hold_in_part_again_and_the_gaps_go_to_others() {
+        let mb = 1_000_000;
+        let footprint = Footprint {
+            layer_bytes: 22 * mb / 10,
+            first_bytes: 30 * mb,
+            last_bytes: 30 * mb,
+        };
+        let fetcher = |n: u8, held: &[(u32, u32)]| Candidate {
+            holds: false,
+            held_layers: held.to_vec(),
+            ..candidate(n, 10.0 + f64::from(n), 54 * mb)
+        };
+        // Two hold the first and last ranges from an earlier session; the third held none.
+        let peers = vec![
+            fetcher(1, &[(20, 30)]),
+            fetcher(2, &[]),
+            fetcher(3, &[(0, 10)]),
+        ];
+        let route = plan_within(&peers, 30, 3, &footprint).expect("route");
+        let hops: Vec<(PeerId, (u32, u32))> = route.iter().map(|h| (h.peer_id, h.layers)).collect();
+        assert_eq!(
+            hops,
+            vec![
+                (peers[2].peer, (0, 10)),
+                (peers[1].peer, (10, 20)),
+                (peers[0].peer, (20, 30))
+            ]
+        );
+        // Held ranges that do not make the stages asked: planned afresh.
+        let route = plan_within(&peers, 30, 2, &footprint);
+        assert!(route.is_err() || route.expect("route").len() == 2);
+        // Whole holders with room are taken before any of it.
+        let mut with_holders = peers.clone();
+        with_holders.extend((4..=6).map(|n| candidate(n, 1.0, 54 * mb)));
+        let route = plan_within(&with_holders, 30, 3, &footprint).expect("route");
+        assert!(
+            route
+                .iter()
+                .all(|h| with_holders[3..].iter().any(|c| c.peer == h.peer_id))
+        );
+    }
+
+    #[test]
+    fn the_ends_of_a_route_hold_the_embedding_and_head_within_memory() {
+        // SmolLM2's shape, about: 30 layers of 2.2 MB, an embedding of 30 MB that the first stage
+        // and (tied) the last both hold; three peers of 54 MB (55% of the file).
+        let mb = 1_000_000;
+        let footprint = Footprint {
+            layer_bytes: 22 * mb / 10,
+            first_bytes: 30 * mb,
+            last_bytes: 30 * mb,
+        };
+        let peers: Vec<Candidate> = [14.0, 8.0, 8.0]
+            .iter()
+            .zip(1..)
+            .map(|(score, n)| candidate(n, *score, 54 * mb))
+            .collect();
+        let route = plan_within(&peers, 30, 3, &footprint).expect("route");
+        let got = sizes(&route);
+        assert_eq!(got.iter().sum::<u32>(), 30);
+        assert!(got[0] <= 10 && got[2] <= 10, "{got:?}");
+        // Uniform layers would have given the fastest more than it holds beside the embedding.
+        let naive = plan(&peers, 30, 3, 98 * mb / 30).expect("route");
+        assert!(sizes(&naive)[0] > 10, "{naive:?}");
+        // The peer with the most memory takes an end when another has none to spare for it.
+        let mut uneven = peers.clone();
+        uneven[0].memory_free_bytes = 20 * mb;
+        uneven[1].memory_free_bytes = 80 * mb;
+        uneven[2].memory_free_bytes = 80 * mb;
+        let route = plan_within(&uneven, 30, 3, &footprint).expect("route");
+        assert_eq!(
+            route[1].peer_id, uneven[0].peer,
+            "the small peer serves the middle"
+        );
+        let small = route[1].layers.1 - route[1].layers.0;
+        assert!(u64::from(small) * footprint.layer_bytes <= 20 * mb);
+        // Too little memory for any end: said so.
+        let tiny: Vec<Candidate> = (1..=3).map(|n| candidate(n, 10.0, 25 * mb)).collect();
+        let error = plan_within(&tiny, 30, 3, &footprint).expect_err("no room");
+        assert!(error.contains("first and last"), "{error}");
     }
 
     #[test]

@@ -48,6 +48,7 @@ struct Record {
     capabilities: Capabilities,
     stage_sessions: u32,
     bytes_received: u64,
+    held: Vec<hearth_protocol::HeldLayers>,
     first_seen_ms: u64,
     last_seen_ms: u64,
     heartbeat_interval_ms: u64,
@@ -99,6 +100,7 @@ impl Registry {
             record.capabilities = advert.capabilities;
             record.stage_sessions = advert.stage_sessions;
             record.bytes_received = advert.bytes_received;
+            record.held = advert.held;
             record.last_seen_ms = now_ms;
             record.heartbeat_interval_ms = heartbeat_interval_ms;
             record.adverts += 1;
@@ -119,6 +121,7 @@ impl Registry {
                 capabilities: advert.capabilities,
                 stage_sessions: advert.stage_sessions,
                 bytes_received: advert.bytes_received,
+                held: advert.held,
                 first_seen_ms: now_ms,
                 last_seen_ms: now_ms,
                 heartbeat_interval_ms,
@@ -174,6 +177,7 @@ impl Registry {
                 capabilities: r.capabilities.clone(),
                 stage_sessions: r.stage_sessions,
                 bytes_received: r.bytes_received,
+                layers_held: r.held.clone(),
                 rtt_ms: None,
                 reliability: 0.0,
                 credit: 0.0,
@@ -205,6 +209,17 @@ impl Registry {
             .map(|r| &r.capabilities)
     }
 
+    /// The layer ranges of `model` an online peer holds in part (fetched from peers), as it
+    /// advertised last.
+    pub fn held_layers(&self, peer: &PeerId, model: &hearth_protocol::ModelId) -> Vec<(u32, u32)> {
+        self.peers
+            .get(peer)
+            .filter(|r| r.online)
+            .and_then(|r| r.held.iter().find(|h| h.model == *model))
+            .map(|h| h.layers.clone())
+            .unwrap_or_default()
+    }
+
     /// Peers currently online.
     pub fn online(&self) -> usize {
         self.peers.values().filter(|r| r.online).count()
@@ -225,6 +240,7 @@ mod tests {
             heartbeat_interval_ms: interval_ms,
             stage_sessions: 0,
             bytes_received: 0,
+            held: Vec::new(),
             capabilities: Capabilities {
                 backend: Backend::Cpu,
                 device: "cpu".into(),

@@ -20,16 +20,43 @@ pub fn candidates(
     standing: impl Fn(&PeerId) -> Standing,
     model: &ModelId,
 ) -> Vec<Candidate> {
+    able(registry, standing, model, true)
+}
+
+/// The peers that may serve stages of `model` once they fetch their range of it from its holders:
+/// online, able to run LLMs, not quarantined, not holding it (those are [`candidates`]), each with
+/// the ranges it holds in part.
+pub fn fetchers(
+    registry: &Registry,
+    standing: impl Fn(&PeerId) -> Standing,
+    model: &ModelId,
+) -> Vec<Candidate> {
+    able(registry, standing, model, false)
+}
+
+/// Online peers able to run LLMs, not quarantined, that hold `model` whole (`holds`) or not.
+fn able(
+    registry: &Registry,
+    standing: impl Fn(&PeerId) -> Standing,
+    model: &ModelId,
+    holds: bool,
+) -> Vec<Candidate> {
     registry
         .online_capabilities()
         .into_iter()
         .filter(|(peer, capabilities)| {
-            capabilities.models.contains(model)
+            capabilities.models.contains(model) == holds
                 && capabilities.numeric_class.contains_key(&KernelFamily::Llm)
                 && !standing(peer).quarantined
         })
-        .map(|(peer, capabilities)| {
-            Candidate::new(*peer, capabilities.score, capabilities.memory_free_bytes)
+        .map(|(peer, capabilities)| Candidate {
+            holds,
+            held_layers: if holds {
+                Vec::new()
+            } else {
+                registry.held_layers(peer, model)
+            },
+            ..Candidate::new(*peer, capabilities.score, capabilities.memory_free_bytes)
         })
         .collect()
 }

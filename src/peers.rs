@@ -33,7 +33,7 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<52}  {:<11}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>6}  {:>8}  {:>7}  {:>7}",
+        "{:<52}  {:<11}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>9}  {:>6}  {:>8}  {:>7}  {:>7}",
         "PEER",
         "STATE",
         "BACKEND",
@@ -42,6 +42,7 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
         "THREADS",
         "SCORE",
         "MODELS",
+        "FETCHED",
         "RELIAB",
         "CREDIT",
         "STRIKES",
@@ -53,7 +54,7 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
         let device: String = c.device.chars().take(28).collect();
         let _ = writeln!(
             out,
-            "{:<52}  {:<11}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6.3}  {:>8.0}  {:>7}  {:>6}s",
+            "{:<52}  {:<11}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6.1} MB  {:>6.3}  {:>8.0}  {:>7}  {:>6}s",
             p.peer_id.to_string(),
             match (p.quarantined, p.online) {
                 (true, _) => "quarantined",
@@ -65,7 +66,13 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
             memory,
             c.threads,
             c.score,
-            c.models.len(),
+            // Held whole, and in part (layers fetched from peers).
+            if p.layers_held.is_empty() {
+                c.models.len().to_string()
+            } else {
+                format!("{}+{}", c.models.len(), p.layers_held.len())
+            },
+            p.bytes_received as f64 / 1e6,
             p.reliability,
             p.credit,
             p.strikes,

@@ -134,6 +134,11 @@ pub(crate) struct NodeArgs {
     /// its owner. Unlimited by default.
     #[arg(long, env = "HEARTH_MAX_UPLOAD_RATE", value_name = "SIZE", value_parser = parse_size)]
     pub(crate) max_upload_rate: Option<u64>,
+    /// Most disk the layers this node fetches from peers may take in its models folder, such as
+    /// 20G (K, M, G, T; powers of 1024): a fetch that would pass it is refused, saying so.
+    /// Unlimited by default.
+    #[arg(long, env = "HEARTH_MAX_DISK", value_name = "SIZE", value_parser = parse_size)]
+    pub(crate) max_disk: Option<u64>,
     /// This node's co-op membership certificate (`hearth coop invite`): presented to the swarm.
     /// The node then deals only with peers that show a valid certificate of the same co-op
     /// (others are refused and, after 10 s without one, cut off), and works only for a

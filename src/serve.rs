@@ -31,6 +31,7 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
         anyhow::bail!("--max-upload-rate must be more than 0 (leave it out for no limit)");
     }
     config.max_upload_rate = args.max_upload_rate;
+    config.max_disk = args.max_disk;
     if let Some(path) = &args.coop_cert {
         let cert: hearth_protocol::coop::Membership = crate::coop::read_armored(path)?;
         config.coop_cert = Some(cert);

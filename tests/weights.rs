@@ -246,15 +246,21 @@ fn fifty_five_percent() -> String {
 
 /// A node with an empty models folder of its own and 55% of the model's size in memory.
 fn start_fetcher(swarm: &mut Swarm, i: usize) {
+    start_fetcher_with(swarm, i, &[]);
+}
+
+/// [`start_fetcher`] with more flags.
+fn start_fetcher_with(swarm: &mut Swarm, i: usize, extra: &[&str]) {
     let models = swarm.path(&format!("models{i}"));
     std::fs::create_dir_all(&models).expect("dir");
     let memory = fifty_five_percent();
-    let args = [
+    let mut args = vec![
         "--models",
         models.to_str().expect("utf-8"),
         "--max-memory",
         &memory,
     ];
+    args.extend(extra);
     swarm.start_node_with(i, None, &args);
 }
 
@@ -451,4 +457,32 @@ fn fetching_layers_refuses_a_corrupting_holder_and_a_node_killed_mid_fetch_resum
     );
     let honest = entry(&listed, &swarm.nodes[0].0).expect("listed");
     assert_eq!(honest["quarantined"], false, "{honest}");
+}
+
+#[test]
+fn a_node_whose_disk_cap_a_range_would_pass_refuses_to_fetch_it_and_says_why() {
+    let empty = tempfile::tempdir().expect("tmp");
+    let mut swarm = Swarm::start_bare(&["--models", empty.path().to_str().expect("utf-8")]);
+    swarm.start_node_with(0, None, &["--max-memory", "1M"]);
+    start_fetcher(&mut swarm, 1);
+    start_fetcher(&mut swarm, 2);
+    start_fetcher_with(&mut swarm, 3, &["--max-disk", "5M"]);
+    swarm.wait_online(4);
+    let mut args = GENERATE.to_vec();
+    args.push(&swarm.api);
+    let out = run_hearth(&[], &args);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&swarm.nodes[3].0) && said.contains("--max-disk allows 5242880"),
+        "{said}"
+    );
+    // It read the header to know what the range needs, and nothing more.
+    let kept = disk_bytes(&swarm.path("models3"));
+    assert!(kept <= 5 << 20, "{kept}");
+    // Not asked again for a while: without it there is no third stage, and the error says so.
+    let out = run_hearth(&[], &args);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(said.contains("no route"), "{said}");
 }

@@ -270,6 +270,10 @@ enum Asked {
     Prepare(PeerId),
 }
 
+/// How long a peer that could not fetch its range of a model is not asked to fetch that model
+/// again (it may lack the disk, or reach no holder): other peers are planned in its place.
+const PREPARE_REFUSED_MS: u64 = 10 * 60 * 1000;
+
 /// A session about to start, and what it starts with.
 struct Launch {
     model: hearth_protocol::ModelId,
@@ -297,6 +301,9 @@ pub(crate) struct Sessions {
     /// The ranges each peer was asked to fetch of each model (done or under way, until one fails):
     /// given to it again rather than another, which it would fetch besides.
     assigned: HashMap<(PeerId, hearth_protocol::ModelId), Vec<(u32, u32)>>,
+    /// Peers that could not fetch a range of a model (no disk, no holder reachable), and until
+    /// when (ms) they are not asked to fetch it again.
+    refused: HashMap<(PeerId, hearth_protocol::ModelId), u64>,
     /// Sessions waiting for their stages to fetch their ranges.
     preparing: BTreeMap<u64, Preparing>,
     requests: HashMap<RequestId, (u64, Asked)>,
@@ -336,6 +343,7 @@ impl Sessions {
             timeouts: StepTimeouts::default(),
             live: BTreeMap::new(),
             assigned: HashMap::new(),
+            refused: HashMap::new(),
             preparing: BTreeMap::new(),
             requests: HashMap::new(),
             next: first_session(run),
@@ -418,7 +426,11 @@ impl Sessions {
         // Peers without the model may serve a range once they fetch it from those with it.
         if !candidates.is_empty() {
             let flops = llm.shape.token_flops(0);
+            self.refused.retain(|_, until| *until > now_ms);
             for mut c in fetchers(registry, standing, &model) {
+                if self.refused.contains_key(&(c.peer, model)) {
+                    continue;
+                }
                 c.rtt_ms = net.rtt_ms(&c.peer);
                 c.layer_ms = flops / (c.score.max(crate::pipeline::STEP_GFLOPS_FLOOR) * 1e6);
                 c.layer_bytes = llm.layer_bytes;
@@ -524,13 +536,19 @@ impl Sessions {
                 }
                 return;
             }
-            Ok(WorkResponse::Rejected(why)) => why,
-            Ok(other) => format!("answered {other:?}"),
-            Err(error) => format!("no answer: {error}"),
+            Ok(WorkResponse::Rejected(why)) => (why, true),
+            Ok(other) => (format!("answered {other:?}"), true),
+            // Gone (a restart, a lost link): it may be asked again once it is back.
+            Err(error) => (format!("no answer: {error}"), false),
         };
+        let (why, refused) = why;
         tracing::warn!(session, %peer, %why, "a stage could not fetch its range");
         let preparing = self.preparing.remove(&session).expect("found above");
         self.assigned.remove(&(peer, preparing.launch.model));
+        if refused {
+            self.refused
+                .insert((peer, preparing.launch.model), now_ms + PREPARE_REFUSED_MS);
+        }
         self.requests.retain(|_, (s, _)| *s != session);
         let message = format!(
             "the stage {peer} could not fetch its layers of the model from the peers that hold it: {why}"

@@ -31,6 +31,8 @@ pub struct NodeConfig {
     pub max_memory: Option<u64>,
     /// Most bytes a second served to peers fetching model files (`--max-upload-rate`).
     pub max_upload_rate: Option<u64>,
+    /// Most disk the layers fetched from peers take in the models folder (`--max-disk`).
+    pub max_disk: Option<u64>,
     /// This node's co-op membership certificate (`--coop-cert`): presented to the swarm, and the
     /// co-op whose certificate the coordinator must show.
     pub coop_cert: Option<hearth_protocol::coop::Membership>,
@@ -56,6 +58,7 @@ impl NodeConfig {
             idle_only: false,
             max_memory: None,
             max_upload_rate: None,
+            max_disk: None,
             coop_cert: None,
             #[cfg(feature = "fault-injection")]
             fault: None,

@@ -134,7 +134,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         let mut node = Node {
             weights,
             partials,
-            prepares: crate::prepare::Prepares::new(&config.models_dir),
+            prepares: crate::prepare::Prepares::new(&config.models_dir, config.max_disk),
             worker,
             stages,
             ends,

@@ -47,6 +47,8 @@ struct Pending {
 /// The fetches under way and what they hold.
 pub(crate) struct Prepares {
     dir: PathBuf,
+    /// `--max-disk`: most bytes the partial files (and their outboards) may take.
+    max_disk: Option<u64>,
     pending: HashMap<ModelId, Pending>,
     held: HashMap<ModelId, Held>,
     /// Bytes received from peers, all fetches together, since the node started.
@@ -55,9 +57,10 @@ pub(crate) struct Prepares {
 
 impl Prepares {
     /// Fetches into the models folder `dir`.
-    pub(crate) fn new(dir: &Path) -> Self {
+    pub(crate) fn new(dir: &Path, max_disk: Option<u64>) -> Self {
         Self {
             dir: dir.to_path_buf(),
+            max_disk,
             pending: HashMap::new(),
             held: HashMap::new(),
             bytes_received: 0,
@@ -154,6 +157,7 @@ impl Prepares {
     /// Read the header once it is in, want the ranges asked, report liars, ask for more, and
     /// answer whoever waits once their range is held.
     fn advance(&mut self, net: &mut Network, model: ModelId) -> Vec<Held> {
+        let (dir, max_disk) = (self.dir.clone(), self.max_disk);
         let Some(pending) = self.pending.get_mut(&model) else {
             return Vec::new();
         };
@@ -182,25 +186,49 @@ impl Prepares {
             let mut bad = Vec::new();
             for (layers, _) in &pending.waiting {
                 if layers.1 > layers_total {
-                    bad.push(*layers);
+                    let why = format!(
+                        "layers {}..{} are not a range of the model's {layers_total}",
+                        layers.0, layers.1
+                    );
+                    bad.push((*layers, why));
                 } else if !pending.wanted.contains(layers) {
-                    pending.wanted.push(*layers);
                     let ranges = header.stage_ranges(size, layers.0 as usize..layers.1 as usize);
-                    pending.fetch.want(ranges);
+                    let more: u64 = pending.fetch.partial().map_or(0, |p| {
+                        ranges
+                            .iter()
+                            .flat_map(|r| p.missing(r.clone()))
+                            .map(|r| r.end - r.start)
+                            .sum()
+                    });
+                    let used = partials_on_disk(&dir);
+                    match max_disk {
+                        Some(cap) if used + more > cap => {
+                            let why = format!(
+                                "fetching layers {}..{} of model {model} needs {more} more bytes on disk; --max-disk allows {cap}, and what this node holds in part already takes {used}",
+                                layers.0, layers.1
+                            );
+                            bad.push((*layers, why));
+                        }
+                        _ => {
+                            pending.wanted.push(*layers);
+                            pending.fetch.want(ranges);
+                        }
+                    }
                 }
             }
-            for layers in bad {
+            for (layers, why) in bad {
                 let (gone, kept): (Vec<_>, Vec<_>) = std::mem::take(&mut pending.waiting)
                     .into_iter()
                     .partition(|(l, _)| *l == layers);
                 pending.waiting = kept;
                 for (_, channel) in gone {
-                    let why = format!(
-                        "layers {}..{} are not a range of the model's {layers_total}",
-                        layers.0, layers.1
-                    );
-                    net.respond(channel, WorkResponse::Rejected(why));
+                    net.respond(channel, WorkResponse::Rejected(why.clone()));
                 }
+            }
+            if pending.waiting.is_empty() {
+                // Nobody waits for it any more.
+                self.pending.remove(&model);
+                return Vec::new();
             }
         }
         pending.fetch.send(net);
@@ -248,6 +276,24 @@ impl Prepares {
             }
         }
     }
+}
+
+/// Bytes the partial files of fetched models (and their outboards) take on disk in `dir`.
+fn partials_on_disk(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::read_dir(dir)
+        .map(|entries| {
+            entries
+                .filter_map(|e| e.ok())
+                .filter(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    name.starts_with('.') && name.contains(".partial")
+                })
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.blocks() * 512)
+                .sum()
+        })
+        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -166,9 +166,15 @@ pub fn plan_within(
         .collect();
     if chosen.len() < stages {
         let far = holders - chosen.len();
+        let fetching = chosen.iter().filter(|c| !c.holds).count();
         return Err(format!(
-            "{stages} stages asked, but only {} online peers hold the model{}",
+            "{stages} stages asked, but only {} online peers hold the model{}{}",
             chosen.len(),
+            if fetching > 0 {
+                format!(" or can fetch a range of it ({fetching} of them)")
+            } else {
+                String::new()
+            },
             if far > 0 {
                 format!(" within {ROUTE_RTT_MAX_MS} ms ({far} more are further)")
             } else {

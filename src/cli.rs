@@ -111,6 +111,15 @@ pub(crate) struct NodeArgs {
     /// Do not look for peers on the LAN with mDNS.
     #[arg(long)]
     pub(crate) no_mdns: bool,
+    /// Offer a circuit relay to peers behind NATs (for a node with a public address), within
+    /// named limits on reservations, circuits, and each circuit's bytes and duration.
+    #[arg(long)]
+    pub(crate) relay: bool,
+    /// This node is behind a NAT: reserve a slot on the relay of each coordinator it joins that
+    /// offers one, so peers that cannot dial it reach it through the relay (and hole punching
+    /// then upgrades the connection to a direct one where the NATs allow).
+    #[arg(long)]
+    pub(crate) behind_nat: bool,
     /// Most threads the node computes on [default: the free cores: those this process may use, less
     /// the host's current load].
     #[arg(long, alias = "threads", env = "HEARTH_MAX_THREADS", value_name = "N",
@@ -173,6 +182,10 @@ pub(crate) struct CoordinatorArgs {
     /// Do not look for peers on the LAN with mDNS.
     #[arg(long)]
     pub(crate) no_mdns: bool,
+    /// Offer no circuit relay (by default the coordinator relays for nodes behind NATs that
+    /// reserve a slot, within named limits).
+    #[arg(long)]
+    pub(crate) no_relay: bool,
     /// Replicas per work unit for jobs that do not ask [default: adaptive: new peers' units run on
     /// two peers, trusted peers' alone with random spot checks].
     #[arg(long, env = "HEARTH_REPLICAS", value_name = "R",

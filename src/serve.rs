@@ -20,6 +20,8 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
         config.net.listen = multiaddrs(&listen)?;
     }
     config.net.mdns = !args.no_mdns && file.node.mdns.unwrap_or(true);
+    config.net.relay = args.relay;
+    config.behind_nat = args.behind_nat;
     config.threads = args.max_threads.or(file.node.max_threads);
     if config.threads == Some(0) {
         anyhow::bail!("--max-threads must be at least 1");
@@ -64,6 +66,7 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
         config.http = http;
     }
     config.net.mdns = !args.no_mdns && file.coordinator.mdns.unwrap_or(true);
+    config.net.relay = !args.no_relay;
     config.replicas = args.replicas;
     config.peers_max = args.peers_max;
     config.models_dir = Some(models_dir);

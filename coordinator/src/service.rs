@@ -475,6 +475,10 @@ impl Coordinator {
                     peer.quarantine_reason = standing.quarantine_reason;
                     peer.rtt_ms = self.network.rtt_ms(&peer.peer_id);
                     peer.listen_addrs = self.network.listen_addrs(&peer.peer_id);
+                    peer.connection = self
+                        .network
+                        .via(&peer.peer_id)
+                        .map(|via| via.as_str().to_string());
                 }
                 let _ = reply.send(peers);
             }

@@ -5,14 +5,18 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, connection_limits, gossipsub,
-    identify, kad, mdns, memory_connection_limits, noise, ping, request_response, tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, connection_limits, dcutr,
+    gossipsub, identify, kad, mdns, memory_connection_limits, noise, ping, relay, request_response,
+    tcp, yamux,
 };
 
 use crate::gossip::advert_topic;
 use crate::limits::{
     CONNECTIONS_MAX, CONNECTIONS_PER_PEER_MAX, GOSSIP_BYTES_MAX, IDLE_CONNECTION_TIMEOUT,
-    MEMORY_SHARE_MAX, PENDING_INCOMING_MAX, WORK_REQUEST_TIMEOUT, WORK_STREAMS_MAX,
+    MEMORY_SHARE_MAX, PENDING_INCOMING_MAX, RELAY_CIRCUIT_BYTES_MAX, RELAY_CIRCUIT_DURATION,
+    RELAY_CIRCUITS_MAX, RELAY_CIRCUITS_PER_PEER_MAX, RELAY_RESERVATION_DURATION,
+    RELAY_RESERVATIONS_MAX, RELAY_RESERVATIONS_PER_PEER_MAX, WORK_REQUEST_TIMEOUT,
+    WORK_STREAMS_MAX,
 };
 use crate::work::{WORK_STREAM_PROTOCOL, WorkCodec};
 
@@ -39,6 +43,8 @@ pub struct NetConfig {
     pub memory_max_bytes: Option<u64>,
     /// Emulated distance: hold everything sent to other peers this long (`--fault delay=MS`).
     pub send_delay: Option<std::time::Duration>,
+    /// Offer a circuit relay to peers behind NATs (`--relay`), within the `RELAY_*` limits.
+    pub relay: bool,
 }
 
 impl Default for NetConfig {
@@ -54,6 +60,7 @@ impl Default for NetConfig {
             agent: format!("hearth/{}", env!("CARGO_PKG_VERSION")),
             memory_max_bytes: None,
             send_delay: None,
+            relay: false,
         }
     }
 }
@@ -89,11 +96,21 @@ mod derived {
         pub gossipsub: gossipsub::Behaviour,
         /// Carries work units and their results ([`crate::WorkCodec`]).
         pub work: request_response::Behaviour<WorkCodec>,
+        /// A circuit relay for peers behind NATs (`--relay`).
+        pub relay: Toggle<relay::Behaviour>,
+        /// Reservations on relays, and connections through them.
+        pub relay_client: relay::client::Behaviour,
+        /// Upgrades a relayed connection to a direct one by hole punching.
+        pub dcutr: dcutr::Behaviour,
     }
 }
 
 impl Behaviour {
-    fn new(key: &libp2p::identity::Keypair, config: &NetConfig) -> Result<Self, BoxError> {
+    fn new(
+        key: &libp2p::identity::Keypair,
+        relay_client: relay::client::Behaviour,
+        config: &NetConfig,
+    ) -> Result<Self, BoxError> {
         let peer_id = key.public().to_peer_id();
 
         let gossip_config = gossipsub::ConfigBuilder::default()
@@ -150,7 +167,9 @@ impl Behaviour {
             },
             identify: identify::Behaviour::new(
                 identify::Config::new(identify_protocol(), key.public())
-                    .with_agent_version(config.agent.clone()),
+                    .with_agent_version(config.agent.clone())
+                    // A relayed address gained later reaches the peers already connected.
+                    .with_push_listen_addr_updates(true),
             ),
             ping: ping::Behaviour::new(ping::Config::new().with_interval(crate::PING_INTERVAL)),
             mdns: mdns.into(),
@@ -166,11 +185,31 @@ impl Behaviour {
                     .with_request_timeout(WORK_REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(WORK_STREAMS_MAX),
             ),
+            relay: config
+                .relay
+                .then(|| relay::Behaviour::new(peer_id, relay_config()))
+                .into(),
+            relay_client,
+            dcutr: dcutr::Behaviour::new(peer_id),
         })
     }
 }
 
 /// The identify protocol version: peers that announce another are not Hearth peers of this version.
+/// A relay's limits: sized for a whole generation and a weight fetch per circuit.
+fn relay_config() -> relay::Config {
+    relay::Config {
+        max_reservations: RELAY_RESERVATIONS_MAX,
+        max_reservations_per_peer: RELAY_RESERVATIONS_PER_PEER_MAX,
+        reservation_duration: RELAY_RESERVATION_DURATION,
+        max_circuits: RELAY_CIRCUITS_MAX,
+        max_circuits_per_peer: RELAY_CIRCUITS_PER_PEER_MAX,
+        max_circuit_duration: RELAY_CIRCUIT_DURATION,
+        max_circuit_bytes: RELAY_CIRCUIT_BYTES_MAX,
+        ..relay::Config::default()
+    }
+}
+
 pub(crate) fn identify_protocol() -> String {
     format!("/hearth/{}", hearth_protocol::PROTOCOL_VERSION)
 }
@@ -205,7 +244,8 @@ pub fn build_swarm(
             yamux::Config::default,
         )?
         .with_quic()
-        .with_behaviour(|key| Behaviour::new(key, config))?
+        .with_relay_client(noise::Config::new, yamux::Config::default)?
+        .with_behaviour(|key, relay_client| Behaviour::new(key, relay_client, config))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     swarm.behaviour_mut().gossipsub.subscribe(&advert_topic())?;

@@ -13,6 +13,7 @@
 
 mod behaviour;
 mod connections;
+pub use connections::Via;
 pub mod coop;
 mod discovery;
 pub mod fetch;

@@ -78,3 +78,26 @@ pub const PING_INTERVAL: Duration = Duration::from_secs(15);
 
 /// Listen addresses kept and handed on per peer (a route tells each stage how to reach the next).
 pub const ADDRS_PER_PEER_MAX: usize = 8;
+
+/// A relay (`--relay`) holds at most this many reservations (private peers reachable through it).
+pub const RELAY_RESERVATIONS_MAX: usize = 512;
+
+/// Reservations one peer may hold on a relay.
+pub const RELAY_RESERVATIONS_PER_PEER_MAX: usize = 2;
+
+/// Circuits a relay carries at once.
+pub const RELAY_CIRCUITS_MAX: usize = 64;
+
+/// Circuits one peer may have open through a relay at once (its stages, a fetch, a verifier).
+pub const RELAY_CIRCUITS_PER_PEER_MAX: usize = 8;
+
+/// How long a relayed circuit lasts: a whole generation and a weight fetch, where libp2p's
+/// default of 2 minutes would cut one.
+pub const RELAY_CIRCUIT_DURATION: Duration = Duration::from_secs(60 * 60);
+
+/// Bytes one relayed circuit carries: a long prompt's activations and a stage's weights, where
+/// libp2p's default of 128 KiB would cut one.
+pub const RELAY_CIRCUIT_BYTES_MAX: u64 = 1 << 30;
+
+/// How long a reservation lasts before the reserving peer renews it.
+pub const RELAY_RESERVATION_DURATION: Duration = Duration::from_secs(60 * 60);

@@ -193,6 +193,21 @@ impl Network {
             .map(|d| d.as_secs_f64() * 1e3)
     }
 
+    /// How this peer reaches `peer` now (its best open connection), if connected.
+    pub fn via(&self, peer: &PeerId) -> Option<crate::connections::Via> {
+        self.connections.via(&crate::to_libp2p_peer_id(peer))
+    }
+
+    /// Reserve a slot on the relay at `relay` (its address, ending in `/p2p/ID`), so peers that
+    /// cannot dial this one reach it through the relay.
+    pub fn reserve_relay(&mut self, relay: &Multiaddr) -> Result<(), String> {
+        let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        self.swarm
+            .listen_on(circuit)
+            .map(drop)
+            .map_err(|e| e.to_string())
+    }
+
     /// This peer's key, for what it signs besides its messages (receipts, grants).
     pub fn key(&self) -> &SecretKey {
         &self.key
@@ -345,6 +360,14 @@ impl Network {
         match event {
             SwarmEvent::NewListenAddr { address, .. } => {
                 tracing::info!(%address, "listening");
+                // A relay serves only at an address it is reached at: one started with `--relay`
+                // says it has a public address, so what it listens on is.
+                let relayed = address
+                    .iter()
+                    .any(|p| matches!(p, libp2p::multiaddr::Protocol::P2pCircuit));
+                if self.swarm.behaviour().relay.is_enabled() && !relayed {
+                    self.swarm.add_external_address(address.clone());
+                }
                 Some(NetEvent::Listening(address))
             }
             SwarmEvent::ExpiredListenAddr { address, .. } => Some(NetEvent::ListenExpired(address)),
@@ -354,7 +377,7 @@ impl Network {
                 endpoint,
                 ..
             } => {
-                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "connected");
+                tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed = endpoint.is_relayed(), "connected");
                 self.connections
                     .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
                 if let Some(gate) = &mut self.gate {
@@ -394,6 +417,20 @@ impl Network {
                     NetEvent::Disconnected(peer_id)
                 })
             }
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                tracing::debug!(%address, "an address peers may reach us at");
+                None
+            }
+            SwarmEvent::ListenerClosed {
+                addresses, reason, ..
+            } => {
+                tracing::info!(?addresses, ?reason, "listener closed");
+                None
+            }
+            SwarmEvent::ListenerError { error, .. } => {
+                tracing::warn!(%error, "listener failed");
+                None
+            }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 tracing::debug!(peer = ?peer_id, %error, "dial failed");
                 None
@@ -424,6 +461,37 @@ impl Network {
                         ..
                     }) => {
                         self.rtts.insert(peer, rtt);
+                        None
+                    }
+                    BehaviourEvent::Dcutr(libp2p::dcutr::Event {
+                        remote_peer_id,
+                        result,
+                    }) => {
+                        match result {
+                            Ok(connection) => {
+                                tracing::info!(peer = %remote_peer_id, "hole punched: a direct connection replaces the relayed one");
+                                self.connections.on_hole_punched(remote_peer_id, connection);
+                            }
+                            Err(error) => {
+                                tracing::info!(peer = %remote_peer_id, %error, "hole punching failed; the connection stays relayed");
+                            }
+                        }
+                        None
+                    }
+                    BehaviourEvent::RelayClient(
+                        libp2p::relay::client::Event::ReservationReqAccepted {
+                            relay_peer_id, ..
+                        },
+                    ) => {
+                        tracing::info!(relay = %relay_peer_id, "reserved a slot on a relay: reachable through it");
+                        None
+                    }
+                    BehaviourEvent::RelayClient(event) => {
+                        tracing::debug!(?event, "relay client");
+                        None
+                    }
+                    BehaviourEvent::Relay(event) => {
+                        tracing::debug!(?event, "relay");
                         None
                     }
                     _ => None,

@@ -33,6 +33,8 @@ pub struct NodeConfig {
     pub max_upload_rate: Option<u64>,
     /// Most disk the layers fetched from peers take in the models folder (`--max-disk`).
     pub max_disk: Option<u64>,
+    /// Behind a NAT: reserve a slot on the relay of each coordinator joined (`--behind-nat`).
+    pub behind_nat: bool,
     /// This node's co-op membership certificate (`--coop-cert`): presented to the swarm, and the
     /// co-op whose certificate the coordinator must show.
     pub coop_cert: Option<hearth_protocol::coop::Membership>,
@@ -59,6 +61,7 @@ impl NodeConfig {
             max_memory: None,
             max_upload_rate: None,
             max_disk: None,
+            behind_nat: false,
             coop_cert: None,
             #[cfg(feature = "fault-injection")]
             fault: None,

@@ -135,6 +135,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             weights,
             partials,
             prepares: crate::prepare::Prepares::new(&config.models_dir, config.max_disk),
+            behind_nat: config.behind_nat,
+            relays: std::collections::HashSet::new(),
             worker,
             stages,
             ends,
@@ -161,7 +163,10 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             seq: 0,
             heartbeat_interval: config.heartbeat_interval,
             last_advert: None,
-            join: Join::new(targets),
+            join: Join {
+                prefer_quic: config.behind_nat,
+                ..Join::new(targets)
+            },
             governor: crate::governor::Governor::new(config.idle_only),
             owner_busy: false,
             coop: config.coop_cert.clone().map(|cert| CoopState {
@@ -218,6 +223,10 @@ struct Node {
     partials: crate::stages::Partials,
     /// Layers being fetched from peers, and what is held of them.
     prepares: crate::prepare::Prepares,
+    /// `--behind-nat`: reserve a slot on each coordinator's relay.
+    behind_nat: bool,
+    /// Coordinators whose relay a slot was asked of.
+    relays: std::collections::HashSet<hearth_net::libp2p::PeerId>,
     /// Checks waiting for the inputs their stage kept, by the fetch's request.
     check_fetches: HashMap<
         RequestId,
@@ -999,9 +1008,36 @@ impl Node {
                 request,
                 channel,
             } => self.on_request(peer, request, channel),
-            NetEvent::Connected { peer, endpoint } => self.join.on_connected(peer, &endpoint),
+            NetEvent::Connected { peer, endpoint } => {
+                // Behind a NAT: a slot on the coordinator's relay, at the address we reached it
+                // at, so peers that cannot dial us reach us through it.
+                if self.behind_nat
+                    && self.join.peers.contains(&peer)
+                    && !endpoint.is_relayed()
+                    && self.relays.insert(peer)
+                    && let hearth_net::libp2p::core::ConnectedPoint::Dialer { address, .. } =
+                        &endpoint
+                {
+                    let mut relay: hearth_net::libp2p::Multiaddr = address
+                        .iter()
+                        .filter(|p| !matches!(p, hearth_net::libp2p::multiaddr::Protocol::P2p(_)))
+                        .collect();
+                    relay.push(hearth_net::libp2p::multiaddr::Protocol::P2p(peer));
+                    match self.network.reserve_relay(&relay) {
+                        Ok(()) => {
+                            tracing::info!(%relay, "reserving a slot on the coordinator's relay")
+                        }
+                        Err(why) => {
+                            tracing::warn!(%relay, %why, "cannot reserve a slot on the coordinator's relay")
+                        }
+                    }
+                }
+                self.join.on_connected(peer, &endpoint);
+            }
             // Lost a join peer: dial it again now rather than at the next redial tick.
             NetEvent::Disconnected(peer) if self.join.peers.contains(&peer) => {
+                // Its relay forgot our slot: asked again once we are back.
+                self.relays.remove(&peer);
                 self.join.refresh(&mut self.network.swarm, &self.addr_tx);
             }
             // A new subscriber (the coordinator, at first): tell it about us now rather than at the
@@ -1030,6 +1066,8 @@ struct Join {
     /// Peers that are join targets.
     peers: HashSet<PeerId>,
     resolver: Option<tokio::task::JoinHandle<()>>,
+    /// Dial join peers over QUIC only, where they offer it (`--behind-nat`).
+    prefer_quic: bool,
 }
 
 impl Join {
@@ -1040,6 +1078,7 @@ impl Join {
             bare: HashSet::new(),
             peers: HashSet::new(),
             resolver: None,
+            prefer_quic: false,
         }
     }
 
@@ -1090,7 +1129,14 @@ impl Join {
                 }
             }
         }
-        for (peer, addrs) in grouped {
+        for (peer, mut addrs) in grouped {
+            // Behind a NAT, the coordinator over QUIC where it listens on it: the address it then
+            // sees us at is our QUIC socket's, the one we listen on too, so hole punching has a
+            // way in (a TCP dial leaves from a port nothing listens on).
+            let quic = |a: &Multiaddr| a.iter().any(|p| matches!(p, Protocol::QuicV1));
+            if self.prefer_quic && addrs.iter().any(quic) {
+                addrs.retain(quic);
+            }
             self.peers.insert(peer);
             for addr in &addrs {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());

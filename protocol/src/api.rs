@@ -41,6 +41,10 @@ pub struct PeerEntry {
     /// Models it holds in part (fetched from peers), with the layer ranges it can serve of each.
     #[serde(default)]
     pub layers_held: Vec<crate::HeldLayers>,
+    /// How the coordinator reaches it: `direct`, `hole-punched` (a relayed connection upgraded
+    /// by hole punching) or `relayed` (through a relay's circuit); none when not connected.
+    #[serde(default)]
+    pub connection: Option<String>,
     /// The round trip between the coordinator and it, as ping last measured it (connected peers).
     #[serde(default)]
     pub rtt_ms: Option<f64>,

@@ -2,6 +2,7 @@
 #![allow(dead_code, unreachable_pub)] // each test binary uses a different part of the harness
 
 pub mod local_swarm;
+pub mod nat;
 pub mod netns;
 
 use std::path::{Path, PathBuf};

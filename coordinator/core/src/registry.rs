@@ -178,6 +178,7 @@ impl Registry {
                 stage_sessions: r.stage_sessions,
                 bytes_received: r.bytes_received,
                 layers_held: r.held.clone(),
+                connection: None,
                 rtt_ms: None,
                 reliability: 0.0,
                 credit: 0.0,

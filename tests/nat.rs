@@ -1,0 +1,213 @@
+//! Across networks: nodes in home networks behind NATs join a coordinator on a public network and
+//! reach each other through its relay. (Hole punching is attempted, DCUtR over QUIC, but does not
+//! yet cross these namespaces' NATs; see the README.)
+//! Real network namespaces, veths, bridges and iptables MASQUERADE (as root); skipped with a
+//! reason where the machine cannot make them, unless HEARTH_REQUIRE_NETNS=1.
+
+mod support;
+
+use std::time::Duration;
+
+use serde_json::Value;
+use support::nat::{Nat, World};
+use support::{Process, entry, keygen, run_hearth, stdout_json, wait_for_api, wait_until};
+
+/// A prompt of well over 1,000 tokens.
+fn long_prompt() -> String {
+    let sentence = "The co-op's machines sit in three homes, each behind its own router, and \
+                    still they compute one model together, layer after layer. ";
+    sentence.repeat(40)
+}
+
+#[test]
+fn nodes_behind_nats_work_together_through_the_coordinators_relay() {
+    let required = std::env::var("HEARTH_REQUIRE_NETNS").is_ok_and(|v| v == "1");
+    let world = match World::create(&[
+        (Nat::PortPreserving, 1),
+        (Nat::PortPreserving, 1),
+        (Nat::Symmetric, 1),
+    ]) {
+        Ok(world) => world,
+        Err(reason) if !required => {
+            println!("SKIPPED nodes_behind_nats_work_together: cannot make NATs here ({reason})");
+            return;
+        }
+        Err(reason) => panic!("HEARTH_REQUIRE_NETNS=1 but NATs cannot be made here: {reason}"),
+    };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let logs = tmp.path();
+    let public = World::exec(&world.public);
+    let public: Vec<&str> = public.iter().map(String::as_str).collect();
+    let addr = world.public_addr();
+
+    let coordinator_dir = tmp.path().join("coordinator");
+    let mut coordinator = Process::start(
+        "coordinator",
+        logs,
+        &public,
+        &[
+            "coordinator",
+            "--no-mdns",
+            "--data-dir",
+            coordinator_dir.to_str().expect("utf-8"),
+            "--http",
+            &format!("{addr}:0"),
+            "--insecure-http",
+            "--listen",
+            &format!("/ip4/{addr}/udp/0/quic-v1"),
+            "--listen",
+            &format!("/ip4/{addr}/tcp/0"),
+        ],
+    );
+    let api = wait_for_api(&coordinator_dir, &mut coordinator);
+    let key = std::fs::read_to_string(coordinator_dir.join("admin.key")).expect("admin key");
+    let key = key.trim().to_string();
+
+    // One node in each home, behind its NAT: it dials out, and is reachable only through the
+    // coordinator's relay until hole punching opens a direct path.
+    let mut nodes = Vec::new();
+    let mut ids = Vec::new();
+    for (k, home) in world.homes.iter().enumerate() {
+        let dir = tmp.path().join(format!("node{k}"));
+        ids.push(keygen(&dir));
+        let prefix = World::exec(&home.hosts[0]);
+        let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+        nodes.push(Process::start(
+            &format!("node{k}"),
+            logs,
+            &prefix,
+            &[
+                "node",
+                "--no-mdns",
+                "--behind-nat",
+                "--max-threads",
+                "1",
+                "--data-dir",
+                dir.to_str().expect("utf-8"),
+                "--join",
+                &api,
+                "--listen",
+                "/ip4/0.0.0.0/udp/0/quic-v1",
+                "--listen",
+                "/ip4/0.0.0.0/tcp/0",
+            ],
+        ));
+    }
+    let peers = || support::peers_with_key(&public, &api, Some(&key));
+    wait_until(Duration::from_secs(60), "every node online", || {
+        let listed = peers();
+        ids.iter()
+            .all(|id| entry(&listed, id).is_some_and(|p| p["online"] == true))
+            .then_some(())
+    });
+    // Each reached the coordinator from its router's public address, on a connection it dialed
+    // out: direct, from the coordinator's side.
+    let listed = peers();
+    for id in &ids {
+        let p = entry(&listed, id).expect("listed");
+        assert_eq!(p["connection"], "direct", "{p}");
+    }
+    let log = coordinator.log_text();
+    for k in 0..world.homes.len() {
+        let from = format!("addr=/ip4/{}/", world.router_addr(k));
+        assert!(log.contains(&from), "no connection from {from}:\n{log}");
+    }
+    // Each reserved a slot on the coordinator's relay.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while !nodes
+        .iter()
+        .all(|n| n.log_text().contains("reserved a slot on a relay"))
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "a node did not reserve a relay slot:\n{}",
+            nodes
+                .iter()
+                .map(Process::log_text)
+                .collect::<Vec<_>>()
+                .join("\n---\n")
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    // A 3-stage generation of a long prompt, its stages in the three homes: the stages hand
+    // steps to each other across the NATs.
+    let prompt = long_prompt();
+    let local = run_hearth(
+        &[],
+        &[
+            "local",
+            "generate",
+            "--prompt",
+            &prompt,
+            "--max-tokens",
+            "8",
+            "--json",
+        ],
+    );
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let local = stdout_json(&local);
+    let prompt_tokens = local["prompt_ids"].as_array().map_or(0, Vec::len);
+    assert!(
+        prompt_tokens >= 1000,
+        "the prompt is {prompt_tokens} tokens"
+    );
+    let out = run_hearth(
+        &public,
+        &[
+            "generate",
+            "--api",
+            &api,
+            "--api-key",
+            &key,
+            "--prompt",
+            &prompt,
+            "--max-tokens",
+            "8",
+            "--stages",
+            "3",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = stdout_json(&out);
+    assert_eq!(summary["token_ids"], local["token_ids"], "{summary}");
+    let route: Vec<&str> = summary["route"]
+        .as_array()
+        .expect("route")
+        .iter()
+        .map(|h| h["peer_id"].as_str().expect("peer"))
+        .collect();
+    assert_eq!(route.len(), 3);
+    for id in &ids {
+        assert!(
+            route.contains(&id.as_str()),
+            "every home serves a stage: {route:?}"
+        );
+    }
+    // The stages reached each other through the relay: each stage's node holds a connection
+    // to the others over a circuit of the coordinator's relay (no home can dial another).
+    for (k, node) in nodes.iter().enumerate() {
+        let log = node.log_text();
+        for (j, other) in ids.iter().enumerate() {
+            if j == k {
+                continue;
+            }
+            let connected = format!("connected peer={other}");
+            assert!(
+                log.lines()
+                    .any(|l| l.contains(&connected) && l.contains("relayed=true")),
+                "node {k} has no relayed connection to node {j}:\n{log}"
+            );
+        }
+    }
+    coordinator.assert_running();
+}

@@ -1,6 +1,5 @@
-//! Across networks: nodes in home networks behind NATs join a coordinator on a public network and
-//! reach each other through its relay. (Hole punching is attempted, DCUtR over QUIC, but does not
-//! yet cross these namespaces' NATs; see the README.)
+//! Across networks: nodes in home networks behind NATs join a coordinator on a public network,
+//! reach each other through its relay, and directly where hole punching crosses their NATs.
 //! Real network namespaces, veths, bridges and iptables MASQUERADE (as root); skipped with a
 //! reason where the machine cannot make them, unless HEARTH_REQUIRE_NETNS=1.
 
@@ -20,7 +19,7 @@ fn long_prompt() -> String {
 }
 
 #[test]
-fn nodes_behind_nats_work_together_through_the_coordinators_relay() {
+fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
     let required = std::env::var("HEARTH_REQUIRE_NETNS").is_ok_and(|v| v == "1");
     let world = match World::create(&[
         (Nat::PortPreserving, 1),
@@ -193,21 +192,38 @@ fn nodes_behind_nats_work_together_through_the_coordinators_relay() {
             "every home serves a stage: {route:?}"
         );
     }
-    // The stages reached each other through the relay: each stage's node holds a connection
-    // to the others over a circuit of the coordinator's relay (no home can dial another).
-    for (k, node) in nodes.iter().enumerate() {
-        let log = node.log_text();
-        for (j, other) in ids.iter().enumerate() {
-            if j == k {
-                continue;
-            }
-            let connected = format!("connected peer={other}");
-            assert!(
-                log.lines()
-                    .any(|l| l.contains(&connected) && l.contains("relayed=true")),
-                "node {k} has no relayed connection to node {j}:\n{log}"
-            );
-        }
+    // How the stages reached each other: the two port-preserving homes punched through to each
+    // other (a direct connection replaced the relayed one); the symmetric home could not, and its
+    // node worked with the others over relayed connections.
+    let text: Vec<String> = nodes.iter().map(Process::log_text).collect();
+    let all = || text.join("\n---\n");
+    let punched = |k: usize, other: &str| {
+        text[k]
+            .lines()
+            .any(|l| l.contains("hole punched:") && l.contains(other))
+    };
+    let relayed = |k: usize, other: &str| {
+        let connected = format!("connected peer={other}");
+        text[k]
+            .lines()
+            .any(|l| l.contains(&connected) && l.contains("relayed=true"))
+    };
+    assert!(
+        punched(0, &ids[1]) || punched(1, &ids[0]),
+        "no hole punch between the two port-preserving homes:\n{}",
+        all()
+    );
+    for k in 0..2 {
+        assert!(
+            !punched(k, &ids[2]) && !punched(2, &ids[k]),
+            "a hole punched through the symmetric NAT:\n{}",
+            all()
+        );
+        assert!(
+            relayed(2, &ids[k]) || relayed(k, &ids[2]),
+            "node {k} and the symmetric home's node not connected through the relay:\n{}",
+            all()
+        );
     }
     coordinator.assert_running();
 }

@@ -920,6 +920,8 @@ impl Sessions {
         now_ms: u64,
         peer: PeerId,
     ) {
+        // What it was asked to fetch is forgotten with it (it advertises what it holds when back).
+        self.assigned.retain(|(p, _), _| *p != peer);
         let sessions: Vec<u64> = self.live.keys().copied().collect();
         for session in sessions {
             let Some(live) = self.live.get_mut(&session) else {

@@ -132,6 +132,25 @@ impl World {
                 masquerade.push("--random-fully");
             }
             within(&router, "iptables", &masquerade)?;
+            // What a home router does with a packet nobody inside asked for: drop it (dropped
+            // before the connection tracker confirms it, it leaves no entry that would take the
+            // port an inside host's own outbound packet is about to be mapped to).
+            within(
+                &router,
+                "iptables",
+                &[
+                    "-A",
+                    "INPUT",
+                    "-i",
+                    "wan",
+                    "-m",
+                    "conntrack",
+                    "--ctstate",
+                    "NEW",
+                    "-j",
+                    "DROP",
+                ],
+            )?;
             let mut home = Home {
                 router: router.clone(),
                 hosts: Vec::new(),

@@ -225,5 +225,73 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
             all()
         );
     }
+
+    // A sharded embedding job over all three homes equals one machine's embedding.
+    let input = tmp.path().join("texts.jsonl");
+    let lines: Vec<String> = (0..24)
+        .map(|i| {
+            let text = format!(
+                "home {} line {i}: a lantern by the river of the co-op",
+                i % 3
+            );
+            serde_json::json!({ "id": i, "text": text }).to_string()
+        })
+        .collect();
+    std::fs::write(&input, lines.join("\n") + "\n").expect("input");
+    let expected = support::local_embed(&input, &tmp.path().join("local.jsonl"));
+    let input_arg = input.to_str().expect("utf-8");
+    let out = run_hearth(
+        &public,
+        &[
+            "embed",
+            "--api",
+            &api,
+            "--api-key",
+            &key,
+            "--input",
+            input_arg,
+            "--replicas",
+            "1",
+            "--unit-size",
+            "4",
+            "--detach",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let job = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let output = tmp.path().join("swarm.jsonl");
+    let out = run_hearth(
+        &public,
+        &[
+            "job",
+            &job,
+            "--api",
+            &api,
+            "--api-key",
+            &key,
+            "--wait",
+            "--output",
+            output.to_str().expect("utf-8"),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        std::fs::read(&output).expect("output") == expected,
+        "the swarm's embeddings differ from one machine's"
+    );
+    for (k, node) in nodes.iter().enumerate() {
+        assert!(
+            node.log_text().contains("result acknowledged"),
+            "node {k} delivered no unit of the job"
+        );
+    }
     coordinator.assert_running();
 }

@@ -33,9 +33,11 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<52}  {:<11}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>9}  {:>6}  {:>8}  {:>7}  {:>7}",
+        "{:<52}  {:<11}  {:<12}  {:>8}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>9}  {:>6}  {:>8}  {:>7}  {:>7}",
         "PEER",
         "STATE",
+        "CONNECTION",
+        "RTT",
         "BACKEND",
         "DEVICE",
         "MEMORY FREE/TOTAL",
@@ -54,13 +56,16 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
         let device: String = c.device.chars().take(28).collect();
         let _ = writeln!(
             out,
-            "{:<52}  {:<11}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6.1} MB  {:>6.3}  {:>8.0}  {:>7}  {:>6}s",
+            "{:<52}  {:<11}  {:<12}  {:>8}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6.1} MB  {:>6.3}  {:>8.0}  {:>7}  {:>6}s",
             p.peer_id.to_string(),
             match (p.quarantined, p.online) {
                 (true, _) => "quarantined",
                 (false, true) => "online",
                 (false, false) => "offline",
             },
+            p.connection.as_deref().unwrap_or("-"),
+            p.rtt_ms
+                .map_or_else(|| "-".into(), |ms| format!("{ms:.1} ms")),
             c.backend.as_str(),
             device,
             memory,

@@ -35,6 +35,7 @@ fn advert() -> Message {
         stage_sessions: 0,
         bytes_received: 0,
         held: Vec::new(),
+        links: Vec::new(),
         capabilities: Capabilities {
             backend: Backend::Cpu,
             device: "definitely real".into(),

@@ -225,6 +225,45 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
             all()
         );
     }
+    // The nodes advertise their links, and the coordinator lists them: the connection type is
+    // what the nodes' own connections are, not assumed.
+    let link = |listed: &[Value], k: usize, j: usize| -> Option<String> {
+        entry(listed, &ids[k])?["links"]
+            .as_array()?
+            .iter()
+            .find(|l| l["peer"] == ids[j].as_str())
+            .and_then(|l| l["connection"].as_str().map(String::from))
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let listed = peers();
+        let punched = [(0, 1), (1, 0)]
+            .iter()
+            .any(|&(k, j)| link(&listed, k, j).as_deref() == Some("hole-punched"));
+        let relayed = [0, 1]
+            .iter()
+            .all(|&j| link(&listed, 2, j).as_deref() == Some("relayed"));
+        if punched && relayed {
+            break;
+        }
+        let links: Vec<&Value> = listed.iter().map(|p| &p["links"]).collect();
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes' links: {links:?}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+
+    // `hearth peers` shows how each is reached and the round trip.
+    let table = run_hearth(&public, &["peers", "--api", &api, "--api-key", &key]);
+    let table = String::from_utf8_lossy(&table.stdout).into_owned();
+    for id in &ids {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(id.as_str()))
+            .unwrap_or_else(|| panic!("{id} not in:\n{table}"));
+        assert!(row.contains("direct") && row.contains(" ms"), "{row}");
+    }
 
     // A sharded embedding job over all three homes equals one machine's embedding.
     let input = tmp.path().join("texts.jsonl");

@@ -24,10 +24,12 @@ use crate::limits::STALE_CONNECTION_GRACE;
 pub enum Via {
     /// Through a relay's circuit.
     Relayed,
-    /// Directly, after hole punching upgraded a relayed connection.
-    HolePunched,
     /// Directly, dialed or accepted as it is.
     Direct,
+    /// Directly, after hole punching upgraded a relayed connection (ordered last: a peer with a
+    /// punched connection and another direct one, which hole punching's simultaneous dials leave,
+    /// is reached through the punched hole).
+    HolePunched,
 }
 
 impl Via {
@@ -46,7 +48,17 @@ impl Via {
 #[derive(Debug, Default)]
 pub(crate) struct Connections {
     open: HashMap<PeerId, Vec<(ConnectionId, Instant, Via)>>,
+    /// Connections hole punching made that were not established yet when it said so (the two
+    /// events come in either order); at most [`PUNCHED_PENDING_MAX`].
+    punched: std::collections::VecDeque<(PeerId, ConnectionId, Instant)>,
 }
+
+/// A direct connection to a peer this soon after hole punching to it said it succeeded is the
+/// punched one (the connection that got through may be the other side's dial, not ours).
+const PUNCHED_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Hole-punched connections remembered ahead of their establishment.
+const PUNCHED_PENDING_MAX: usize = 64;
 
 impl Connections {
     /// Record a new connection; drop all of the peer's connections if it replaces a stale one.
@@ -60,6 +72,11 @@ impl Connections {
         let now = Instant::now();
         let via = if endpoint.is_relayed() {
             Via::Relayed
+        } else if let Some(i) = self.punched.iter().position(|(p, c, at)| {
+            *c == connection || (*p == peer && now.duration_since(*at) < PUNCHED_WITHIN)
+        }) {
+            self.punched.remove(i);
+            Via::HolePunched
         } else {
             Via::Direct
         };
@@ -80,16 +97,40 @@ impl Connections {
 
     /// Hole punching made `connection` to `peer`.
     pub(crate) fn on_hole_punched(&mut self, peer: PeerId, connection: ConnectionId) {
+        // The connection it names, else the direct ones open to that peer (behind its NAT, a
+        // direct connection is one hole punching made), else the next one to come.
+        let now = Instant::now();
+        let mut marked = false;
         if let Some(open) = self.open.get_mut(&peer) {
-            for (id, _, via) in open.iter_mut() {
-                if *id == connection {
+            let named = open.iter().any(|(id, _, _)| *id == connection);
+            for (id, since, via) in open.iter_mut() {
+                let recent = now.duration_since(*since) < PUNCHED_WITHIN;
+                if *id == connection || (!named && *via == Via::Direct && recent) {
                     *via = Via::HolePunched;
+                    marked = true;
                 }
             }
         }
+        if !marked {
+            if self.punched.len() >= PUNCHED_PENDING_MAX {
+                self.punched.pop_front();
+            }
+            self.punched.push_back((peer, connection, now));
+        }
     }
 
-    /// The best way a connection reaches `peer`: direct before hole-punched before relayed.
+    /// Each connected peer and how it is reached ([`Connections::via`]).
+    pub(crate) fn peers(&self) -> impl Iterator<Item = (PeerId, Via)> + '_ {
+        self.open.iter().filter_map(|(peer, open)| {
+            open.iter()
+                .map(|(_, _, via)| *via)
+                .max()
+                .map(|via| (*peer, via))
+        })
+    }
+
+    /// How `peer` is reached: through a punched hole if any connection is one, else directly if
+    /// any is direct, else through a relay.
     pub(crate) fn via(&self, peer: &PeerId) -> Option<Via> {
         self.open.get(peer)?.iter().map(|(_, _, via)| *via).max()
     }

@@ -345,6 +345,7 @@ mod tests {
             stage_sessions: 0,
             bytes_received: 0,
             held: Vec::new(),
+            links: Vec::new(),
             capabilities: hearth_protocol::Capabilities {
                 backend: hearth_protocol::Backend::Cpu,
                 device: "cpu".into(),

@@ -193,7 +193,25 @@ impl Network {
             .map(|d| d.as_secs_f64() * 1e3)
     }
 
-    /// How this peer reaches `peer` now (its best open connection), if connected.
+    /// Every peer this one is connected to (but `except`), how, and the round trip ping last
+    /// measured: what a node advertises as its links.
+    pub fn links(&self, except: &[libp2p::PeerId]) -> Vec<hearth_protocol::Link> {
+        self.connections
+            .peers()
+            .filter(|(peer, _)| !except.contains(peer))
+            .filter_map(|(peer, via)| {
+                Some(hearth_protocol::Link {
+                    peer: crate::from_libp2p_peer_id(&peer)?,
+                    connection: via.as_str().to_string(),
+                    rtt_ms: self.rtts.get(&peer).map(|d| d.as_secs_f32() * 1e3),
+                })
+            })
+            .take(hearth_protocol::LINKS_MAX)
+            .collect()
+    }
+
+    /// How this peer reaches `peer` now ([`crate::Via`]: through a punched hole, directly or
+    /// through a relay), if connected.
     pub fn via(&self, peer: &PeerId) -> Option<crate::connections::Via> {
         self.connections.via(&crate::to_libp2p_peer_id(peer))
     }

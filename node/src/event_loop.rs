@@ -460,6 +460,11 @@ impl Node {
             capabilities: self.caps.clone(),
             stage_sessions: self.stage_sessions,
             bytes_received: self.prepares.bytes_received,
+            // Its connections to the peers it works with (the coordinators it joins aside).
+            links: {
+                let join: Vec<_> = self.join.peers.iter().copied().collect();
+                self.network.links(&join)
+            },
             held: self
                 .partials
                 .lock()

@@ -45,6 +45,9 @@ pub struct PeerEntry {
     /// by hole punching) or `relayed` (through a relay's circuit); none when not connected.
     #[serde(default)]
     pub connection: Option<String>,
+    /// Its own connections to the other peers it works with, as it advertised last.
+    #[serde(default)]
+    pub links: Vec<crate::Link>,
     /// The round trip between the coordinator and it, as ping last measured it (connected peers).
     #[serde(default)]
     pub rtt_ms: Option<f64>,

@@ -21,6 +21,13 @@ impl Message {
     pub fn validate(&self) -> Result<()> {
         match self {
             Message::Advert(advert) => {
+                if advert.links.len() > LINKS_MAX
+                    || advert.links.iter().any(|l| l.connection.len() > 16)
+                {
+                    return Err(crate::Error::Limit(format!(
+                        "an advert lists at most {LINKS_MAX} links"
+                    )));
+                }
                 if advert.held.len() > crate::ADVERT_MODELS_MAX
                     || advert.held.iter().any(|h| h.layers.len() > HELD_RANGES_MAX)
                 {
@@ -52,6 +59,22 @@ pub struct Advert {
     pub bytes_received: u64,
     /// Models it holds in part (fetched from peers): the layer ranges whose stages it can serve.
     pub held: Vec<HeldLayers>,
+    /// Its own connections to the other peers it works with (at most [`LINKS_MAX`]).
+    pub links: Vec<Link>,
+}
+
+/// Most links an advert lists.
+pub const LINKS_MAX: usize = 32;
+
+/// A node's connection to another peer ([`Advert::links`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Link {
+    /// The other peer.
+    pub peer: crate::PeerId,
+    /// `direct`, `hole-punched` or `relayed`.
+    pub connection: String,
+    /// The round trip to it, as ping last measured it.
+    pub rtt_ms: Option<f32>,
 }
 
 /// Most layer ranges an advert lists for one model held in part.

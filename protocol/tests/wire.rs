@@ -97,6 +97,7 @@ fn advert() -> impl Strategy<Value = Message> {
                             layers,
                         })
                         .collect(),
+                    links: Vec::new(),
                 })
             },
         )
@@ -172,6 +173,7 @@ fn bad_frames_are_refused_with_the_reason() {
         stage_sessions: 0,
         bytes_received: 0,
         held: Vec::new(),
+        links: Vec::new(),
         capabilities: sample_capabilities(),
     });
     let frame = Signed::seal(&key, &message).expect("fits");
@@ -219,6 +221,7 @@ fn bad_frames_are_refused_with_the_reason() {
         stage_sessions: 0,
         bytes_received: 0,
         held: Vec::new(),
+        links: Vec::new(),
         capabilities: caps,
     });
     assert!(matches!(
@@ -235,6 +238,7 @@ fn bad_frames_are_refused_with_the_reason() {
         stage_sessions: 0,
         bytes_received: 0,
         held: Vec::new(),
+        links: Vec::new(),
         capabilities: caps,
     });
     assert!(matches!(

@@ -339,6 +339,7 @@ impl<'a> Sim<'a> {
                     stage_sessions: 0,
                     bytes_received: 0,
                     held: Vec::new(),
+                    links: Vec::new(),
                 };
                 let input = RegistryInput::Advert {
                     from: peer.id,

@@ -49,6 +49,7 @@ struct Record {
     stage_sessions: u32,
     bytes_received: u64,
     held: Vec<hearth_protocol::HeldLayers>,
+    links: Vec<hearth_protocol::Link>,
     first_seen_ms: u64,
     last_seen_ms: u64,
     heartbeat_interval_ms: u64,
@@ -101,6 +102,7 @@ impl Registry {
             record.stage_sessions = advert.stage_sessions;
             record.bytes_received = advert.bytes_received;
             record.held = advert.held;
+            record.links = advert.links;
             record.last_seen_ms = now_ms;
             record.heartbeat_interval_ms = heartbeat_interval_ms;
             record.adverts += 1;
@@ -122,6 +124,7 @@ impl Registry {
                 stage_sessions: advert.stage_sessions,
                 bytes_received: advert.bytes_received,
                 held: advert.held,
+                links: advert.links,
                 first_seen_ms: now_ms,
                 last_seen_ms: now_ms,
                 heartbeat_interval_ms,
@@ -179,6 +182,7 @@ impl Registry {
                 bytes_received: r.bytes_received,
                 layers_held: r.held.clone(),
                 connection: None,
+                links: r.links.clone(),
                 rtt_ms: None,
                 reliability: 0.0,
                 credit: 0.0,
@@ -242,6 +246,7 @@ mod tests {
             stage_sessions: 0,
             bytes_received: 0,
             held: Vec::new(),
+            links: Vec::new(),
             capabilities: Capabilities {
                 backend: Backend::Cpu,
                 device: "cpu".into(),

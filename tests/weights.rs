@@ -27,6 +27,18 @@ fn models_dir() -> PathBuf {
     )
 }
 
+/// `peer` is quarantined in `listed` (`hearth peers --json`) for serving bytes that do not verify.
+fn assert_quarantined_for_bad_bytes(listed: &[serde_json::Value], peer: &str) {
+    let ledger = entry(listed, peer).expect("listed");
+    assert_eq!(ledger["quarantined"], true, "{ledger}");
+    assert!(
+        ledger["quarantine_reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("do not verify")),
+        "{ledger}"
+    );
+}
+
 fn fetch(swarm: &Swarm, dest: &std::path::Path) -> std::process::Output {
     run_hearth(
         &[],
@@ -73,14 +85,7 @@ fn a_model_comes_from_its_holders_verified_and_a_corrupting_holder_is_refused() 
     // Its signed bytes went to the coordinator, which checked them and quarantined it.
     assert_eq!(bad["quarantined"], true, "{got}");
     let listed = peers(&[], &swarm.api);
-    let ledger = entry(&listed, &corrupting).expect("listed");
-    assert_eq!(ledger["quarantined"], true, "{ledger}");
-    assert!(
-        ledger["quarantine_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("do not verify")),
-        "{ledger}"
-    );
+    assert_quarantined_for_bad_bytes(&listed, &corrupting);
     let fair = entry(&listed, &honest).expect("listed");
     assert_eq!(fair["quarantined"], false, "{fair}");
     assert_eq!(
@@ -447,14 +452,7 @@ fn fetching_layers_refuses_a_corrupting_holder_and_a_node_killed_mid_fetch_resum
     let others: Vec<usize> = (2..=4).filter(|&i| i != victim).collect();
     check_holdings(&swarm, &summary, &others, false);
     let listed = peers(&[], &swarm.api);
-    let ledger = entry(&listed, &corrupting).expect("listed");
-    assert_eq!(ledger["quarantined"], true, "{ledger}");
-    assert!(
-        ledger["quarantine_reason"]
-            .as_str()
-            .is_some_and(|r| r.contains("do not verify")),
-        "{ledger}"
-    );
+    assert_quarantined_for_bad_bytes(&listed, &corrupting);
     let honest = entry(&listed, &swarm.nodes[0].0).expect("listed");
     assert_eq!(honest["quarantined"], false, "{honest}");
 }
@@ -485,4 +483,39 @@ fn a_node_whose_disk_cap_a_range_would_pass_refuses_to_fetch_it_and_says_why() {
     assert!(!out.status.success());
     let said = String::from_utf8_lossy(&out.stderr);
     assert!(said.contains("no route"), "{said}");
+}
+
+#[test]
+fn a_stage_that_stops_answering_while_it_fetches_ends_the_session_with_a_clear_error() {
+    let empty = tempfile::tempdir().expect("tmp");
+    let mut swarm = Swarm::start_bare(&["--models", empty.path().to_str().expect("utf-8")]);
+    // A slow seed, so the fetches are under way when a fetcher is stopped.
+    swarm.start_node_with(0, None, &["--max-memory", "1M", "--max-upload-rate", "4M"]);
+    for i in 1..=3 {
+        start_fetcher(&mut swarm, i);
+    }
+    swarm.wait_online(4);
+    let mut args = GENERATE.to_vec();
+    args.push(&swarm.api);
+    let generate = std::process::Command::new(support::hearth())
+        .args(&args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("generate");
+    let stopped = wait_until(
+        Duration::from_secs(60),
+        "a node part way through its fetch",
+        || (1..=3).find(|&i| disk_bytes(&swarm.path(&format!("models{i}"))) > 4 << 20),
+    );
+    // SIGSTOP: its connections stay open, it answers nothing (as a hung machine would).
+    swarm.nodes[stopped].1.pause(true);
+    let out = generate.wait_with_output().expect("generate ends");
+    swarm.nodes[stopped].1.pause(false);
+    assert!(!out.status.success());
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains(&swarm.nodes[stopped].0) && said.contains("left the swarm"),
+        "{said}"
+    );
 }

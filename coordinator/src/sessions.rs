@@ -190,14 +190,20 @@ fn near(
     model: &hearth_protocol::ModelId,
     llm: &Llm,
 ) -> Vec<crate::pipeline::Candidate> {
-    let flops = llm.shape.token_flops(0);
     let mut all = candidates(registry, standing, model);
     for c in &mut all {
-        c.rtt_ms = net.rtt_ms(&c.peer);
-        c.layer_ms = flops / (c.score.max(crate::pipeline::STEP_GFLOPS_FLOOR) * 1e6);
-        c.layer_bytes = llm.layer_bytes;
+        measure(net, llm, c);
     }
     all
+}
+
+/// What the planner weighs of candidate `c` for `llm`: its round trip, what a layer of one token
+/// takes it at its benchmark score, and what a layer takes in memory.
+fn measure(net: &Network, llm: &Llm, c: &mut crate::pipeline::Candidate) {
+    let flops = llm.shape.token_flops(0);
+    c.rtt_ms = net.rtt_ms(&c.peer);
+    c.layer_ms = flops / (c.score.max(crate::pipeline::STEP_GFLOPS_FLOOR) * 1e6);
+    c.layer_bytes = llm.layer_bytes;
 }
 
 /// The online peers that hold model `id` whole and are not quarantined, with where they listen:
@@ -425,15 +431,12 @@ impl Sessions {
         let mut candidates = near(net, registry, standing, &model, &llm);
         // Peers without the model may serve a range once they fetch it from those with it.
         if !candidates.is_empty() {
-            let flops = llm.shape.token_flops(0);
             self.refused.retain(|_, until| *until > now_ms);
             for mut c in fetchers(registry, standing, &model) {
                 if self.refused.contains_key(&(c.peer, model)) {
                     continue;
                 }
-                c.rtt_ms = net.rtt_ms(&c.peer);
-                c.layer_ms = flops / (c.score.max(crate::pipeline::STEP_GFLOPS_FLOOR) * 1e6);
-                c.layer_bytes = llm.layer_bytes;
+                measure(net, &llm, &mut c);
                 for r in self.assigned.get(&(c.peer, model)).into_iter().flatten() {
                     if !c.held_layers.contains(r) {
                         c.held_layers.push(*r);
@@ -526,7 +529,7 @@ impl Sessions {
         let Some(preparing) = self.preparing.get_mut(&session) else {
             return;
         };
-        let why = match response {
+        let (why, refused) = match response {
             Ok(WorkResponse::Prepared { bytes_received }) => {
                 tracing::info!(session, %peer, bytes_received, "a stage holds its range");
                 preparing.pending.remove(&peer);
@@ -541,9 +544,24 @@ impl Sessions {
             // Gone (a restart, a lost link): it may be asked again once it is back.
             Err(error) => (format!("no answer: {error}"), false),
         };
-        let (why, refused) = why;
+        self.prepare_failed(session, peer, &why, refused, now_ms);
+    }
+
+    /// Stage `peer` of preparing session `session` cannot hold its range: the session ends at
+    /// once, saying why; a peer that refused (`refused`, rather than went away) is not asked to
+    /// fetch the model again for [`PREPARE_REFUSED_MS`].
+    fn prepare_failed(
+        &mut self,
+        session: u64,
+        peer: PeerId,
+        why: &str,
+        refused: bool,
+        now_ms: u64,
+    ) {
+        let Some(preparing) = self.preparing.remove(&session) else {
+            return;
+        };
         tracing::warn!(session, %peer, %why, "a stage could not fetch its range");
-        let preparing = self.preparing.remove(&session).expect("found above");
         self.assigned.remove(&(peer, preparing.launch.model));
         if refused {
             self.refused
@@ -920,8 +938,19 @@ impl Sessions {
         now_ms: u64,
         peer: PeerId,
     ) {
-        // What it was asked to fetch is forgotten with it (it advertises what it holds when back).
+        // What it was asked to fetch is forgotten with it (it advertises what it holds when back),
+        // and a session waiting for it to fetch its range ends now rather than when the request
+        // times out (a peer that stopped answering is lost by its missed heartbeats).
         self.assigned.retain(|(p, _), _| *p != peer);
+        let waiting: Vec<u64> = self
+            .preparing
+            .iter()
+            .filter(|(_, p)| p.pending.contains(&peer))
+            .map(|(s, _)| *s)
+            .collect();
+        for session in waiting {
+            self.prepare_failed(session, peer, "it left the swarm", false, now_ms);
+        }
         let sessions: Vec<u64> = self.live.keys().copied().collect();
         for session in sessions {
             let Some(live) = self.live.get_mut(&session) else {

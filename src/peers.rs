@@ -19,6 +19,17 @@ pub(crate) async fn run(args: PeersArgs, file: &FileConfig) -> anyhow::Result<()
         .map(serde_json::from_value)
         .collect::<Result<_, _>>()?;
     print!("{}", table(&peers));
+    // The coordinator's own reachability (AutoNAT), where it answers (an older one does not say).
+    if let Ok(swarm) = client
+        .get::<hearth_protocol::api::SwarmInfo>("/v1/swarm")
+        .await
+    {
+        println!(
+            "coordinator {}: reachability {}",
+            swarm.peer_id,
+            swarm.reachability.as_str()
+        );
+    }
     Ok(())
 }
 
@@ -33,9 +44,10 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
     }
     let _ = writeln!(
         out,
-        "{:<52}  {:<11}  {:<12}  {:>8}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>9}  {:>6}  {:>8}  {:>7}  {:>7}",
+        "{:<52}  {:<11}  {:<7}  {:<12}  {:>8}  {:<7}  {:<28}  {:>17}  {:>7}  {:>8}  {:>6}  {:>9}  {:>6}  {:>8}  {:>7}  {:>7}",
         "PEER",
         "STATE",
+        "REACH",
         "CONNECTION",
         "RTT",
         "BACKEND",
@@ -56,13 +68,14 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
         let device: String = c.device.chars().take(28).collect();
         let _ = writeln!(
             out,
-            "{:<52}  {:<11}  {:<12}  {:>8}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6.1} MB  {:>6.3}  {:>8.0}  {:>7}  {:>6}s",
+            "{:<52}  {:<11}  {:<7}  {:<12}  {:>8}  {:<7}  {:<28}  {:>13} GiB  {:>7}  {:>8.1}  {:>6}  {:>6.1} MB  {:>6.3}  {:>8.0}  {:>7}  {:>6}s",
             p.peer_id.to_string(),
             match (p.quarantined, p.online) {
                 (true, _) => "quarantined",
                 (false, true) => "online",
                 (false, false) => "offline",
             },
+            p.reachability.as_str(),
             p.connection.as_deref().unwrap_or("-"),
             p.rtt_ms
                 .map_or_else(|| "-".into(), |ms| format!("{ms:.1} ms")),

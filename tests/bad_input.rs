@@ -36,6 +36,7 @@ fn advert() -> Message {
         bytes_received: 0,
         held: Vec::new(),
         links: Vec::new(),
+        reachability: Default::default(),
         capabilities: Capabilities {
             backend: Backend::Cpu,
             device: "definitely real".into(),

@@ -18,12 +18,65 @@ fn long_prompt() -> String {
     sentence.repeat(40)
 }
 
+/// Generate 8 tokens of `prompt` on the swarm (from the public network, with `extra` flags) and
+/// on this machine alone; assert they are the same tokens. Returns the swarm's summary and the
+/// prompt's length in tokens.
+fn generate_equals_local(
+    public: &[&str],
+    api: &str,
+    key: &str,
+    prompt: &str,
+    extra: &[&str],
+) -> (Value, usize) {
+    let local = run_hearth(
+        &[],
+        &[
+            "local",
+            "generate",
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "8",
+            "--json",
+        ],
+    );
+    assert!(
+        local.status.success(),
+        "{}",
+        String::from_utf8_lossy(&local.stderr)
+    );
+    let local = stdout_json(&local);
+    let mut args = vec![
+        "generate",
+        "--api",
+        api,
+        "--api-key",
+        key,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "8",
+        "--json",
+    ];
+    args.extend(extra);
+    let out = run_hearth(public, &args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let summary: Value = stdout_json(&out);
+    assert_eq!(summary["token_ids"], local["token_ids"], "{summary}");
+    let prompt_tokens = local["prompt_ids"].as_array().map_or(0, Vec::len);
+    (summary, prompt_tokens)
+}
+
 #[test]
 fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
     let required = std::env::var("HEARTH_REQUIRE_NETNS").is_ok_and(|v| v == "1");
     let world = match World::create(&[
-        (Nat::PortPreserving, 1),
-        (Nat::PortPreserving, 1),
+        (Nat::PortPreserving, 2),
+        (Nat::PortPreserving, 2),
         (Nat::Symmetric, 1),
     ]) {
         Ok(world) => world,
@@ -62,36 +115,64 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
     let key = std::fs::read_to_string(coordinator_dir.join("admin.key")).expect("admin key");
     let key = key.trim().to_string();
 
-    // One node in each home, behind its NAT: it dials out, and is reachable only through the
-    // coordinator's relay until hole punching opens a direct path.
+    // Every host of every home runs a node behind its NAT: it dials out, and is reachable only
+    // through the coordinator's relay until hole punching opens a direct path. The first node of
+    // each home holds the model; the second nodes of the first two homes hold nothing and fetch
+    // the layers they are given from the holders, across the NATs.
     let mut nodes = Vec::new();
     let mut ids = Vec::new();
+    let mut home_of = Vec::new();
     for (k, home) in world.homes.iter().enumerate() {
-        let dir = tmp.path().join(format!("node{k}"));
-        ids.push(keygen(&dir));
-        let prefix = World::exec(&home.hosts[0]);
-        let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
-        nodes.push(Process::start(
-            &format!("node{k}"),
-            logs,
-            &prefix,
-            &[
-                "node",
-                "--no-mdns",
-                "--behind-nat",
-                "--max-threads",
-                "1",
-                "--data-dir",
-                dir.to_str().expect("utf-8"),
-                "--join",
-                &api,
-                "--listen",
-                "/ip4/0.0.0.0/udp/0/quic-v1",
-                "--listen",
-                "/ip4/0.0.0.0/tcp/0",
-            ],
-        ));
+        for (j, host) in home.hosts.iter().enumerate() {
+            let n = nodes.len();
+            let dir = tmp.path().join(format!("node{n}"));
+            ids.push(keygen(&dir));
+            home_of.push(k);
+            let prefix = World::exec(host);
+            let prefix: Vec<&str> = prefix.iter().map(String::as_str).collect();
+            let empty = tmp.path().join(format!("models{n}"));
+            let mut args = vec![
+                "node".to_string(),
+                "--no-mdns".into(),
+                "--behind-nat".into(),
+                "--max-threads".into(),
+                "1".into(),
+                "--data-dir".into(),
+                dir.to_str().expect("utf-8").into(),
+                "--join".into(),
+                api.clone(),
+                "--listen".into(),
+                "/ip4/0.0.0.0/udp/0/quic-v1".into(),
+                "--listen".into(),
+                "/ip4/0.0.0.0/tcp/0".into(),
+            ];
+            if j > 0 {
+                // The embedding model only (for the embed job); no SmolLM2.
+                let minilm = empty.join("all-minilm-l6-v2");
+                std::fs::create_dir_all(&minilm).expect("models folder");
+                let from = support::models_dir().join("all-minilm-l6-v2");
+                for file in std::fs::read_dir(&from).expect("the embedding model") {
+                    let file = file.expect("entry").path();
+                    let to = minilm.join(file.file_name().expect("name"));
+                    if std::fs::hard_link(&file, &to).is_err() {
+                        std::fs::copy(&file, &to).expect("copy the embedding model");
+                    }
+                }
+                args.extend(["--models".into(), empty.to_str().expect("utf-8").into()]);
+            }
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            nodes.push(Process::start(&format!("node{n}"), logs, &prefix, &args));
+        }
     }
+    // The holders, one per home, in home order; and the nodes that fetch.
+    let holders: Vec<usize> = (0..world.homes.len())
+        .map(|k| {
+            home_of
+                .iter()
+                .position(|&h| h == k)
+                .expect("a node per home")
+        })
+        .collect();
     let peers = || support::peers_with_key(&public, &api, Some(&key));
     wait_until(Duration::from_secs(60), "every node online", || {
         let listed = peers();
@@ -129,56 +210,64 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
+    // AutoNAT: every node behind its NAT finds itself private (the coordinator dials its observed
+    // address back from a fresh port, which the NAT drops); the coordinator, on the public
+    // network, finds itself public (the nodes dial it back). `hearth peers` says both.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let listed = peers();
+        let reach: Vec<&Value> = ids
+            .iter()
+            .map(|id| entry(&listed, id).map_or(&Value::Null, |p| &p["reachability"]))
+            .collect();
+        if reach.iter().all(|r| *r == "private") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the nodes' reachability: {reach:?}; their probes:\n{}",
+            nodes
+                .iter()
+                .flat_map(|n| {
+                    n.log_text()
+                        .lines()
+                        .filter(|l| {
+                            l.contains("AutoNAT")
+                                || l.contains("reachability")
+                                || l.contains("connected peer")
+                                || l.contains("hole punch")
+                        })
+                        .map(String::from)
+                        .collect::<Vec<_>>()
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    let coordinator_public = || {
+        let out = run_hearth(&public, &["peers", "--api", &api, "--api-key", &key]);
+        let table = String::from_utf8_lossy(&out.stdout).into_owned();
+        table
+            .lines()
+            .any(|l| l.starts_with("coordinator ") && l.ends_with("reachability public"))
+            .then_some(table)
+    };
+    wait_until(
+        Duration::from_secs(60),
+        "the coordinator finds itself public",
+        coordinator_public,
+    );
+
     // A 3-stage generation of a long prompt, its stages in the three homes: the stages hand
     // steps to each other across the NATs.
     let prompt = long_prompt();
-    let local = run_hearth(
-        &[],
-        &[
-            "local",
-            "generate",
-            "--prompt",
-            &prompt,
-            "--max-tokens",
-            "8",
-            "--json",
-        ],
-    );
-    assert!(
-        local.status.success(),
-        "{}",
-        String::from_utf8_lossy(&local.stderr)
-    );
-    let local = stdout_json(&local);
-    let prompt_tokens = local["prompt_ids"].as_array().map_or(0, Vec::len);
+    let (summary, prompt_tokens) =
+        generate_equals_local(&public, &api, &key, &prompt, &["--stages", "3"]);
     assert!(
         prompt_tokens >= 1000,
         "the prompt is {prompt_tokens} tokens"
     );
-    let out = run_hearth(
-        &public,
-        &[
-            "generate",
-            "--api",
-            &api,
-            "--api-key",
-            &key,
-            "--prompt",
-            &prompt,
-            "--max-tokens",
-            "8",
-            "--stages",
-            "3",
-            "--json",
-        ],
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let summary: Value = stdout_json(&out);
-    assert_eq!(summary["token_ids"], local["token_ids"], "{summary}");
     let route: Vec<&str> = summary["route"]
         .as_array()
         .expect("route")
@@ -186,9 +275,9 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
         .map(|h| h["peer_id"].as_str().expect("peer"))
         .collect();
     assert_eq!(route.len(), 3);
-    for id in &ids {
+    for &h in &holders {
         assert!(
-            route.contains(&id.as_str()),
+            route.contains(&ids[h].as_str()),
             "every home serves a stage: {route:?}"
         );
     }
@@ -208,42 +297,75 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
             .lines()
             .any(|l| l.contains(&connected) && l.contains("relayed=true"))
     };
+    let [h0, h1, h2] = [holders[0], holders[1], holders[2]];
     assert!(
-        punched(0, &ids[1]) || punched(1, &ids[0]),
+        punched(h0, &ids[h1]) || punched(h1, &ids[h0]),
         "no hole punch between the two port-preserving homes:\n{}",
         all()
     );
-    for k in 0..2 {
+    for k in [h0, h1] {
         assert!(
-            !punched(k, &ids[2]) && !punched(2, &ids[k]),
+            !punched(k, &ids[h2]) && !punched(h2, &ids[k]),
             "a hole punched through the symmetric NAT:\n{}",
             all()
         );
         assert!(
-            relayed(2, &ids[k]) || relayed(k, &ids[2]),
+            relayed(h2, &ids[k]) || relayed(k, &ids[h2]),
             "node {k} and the symmetric home's node not connected through the relay:\n{}",
             all()
         );
     }
+
+    // A 5-stage generation: every node serves a stage, so the two that hold no model fetch their
+    // layers from the holders in the three homes, across the NATs, before it starts.
+    let short = "Five homes' machines, one model: ".repeat(12);
+    generate_equals_local(
+        &public,
+        &api,
+        &key,
+        &short,
+        &["--stages", "5", "--verify", "off"],
+    );
+    let listed = peers();
+    for n in (0..nodes.len()).filter(|n| !holders.contains(n)) {
+        let p = entry(&listed, &ids[n]).expect("listed");
+        assert!(
+            p["bytes_received"].as_u64().unwrap_or(0) > 0,
+            "node {n} fetched no layers: {p}"
+        );
+    }
+
     // The nodes advertise their links, and the coordinator lists them: the connection type is
-    // what the nodes' own connections are, not assumed.
+    // what the nodes' own connections are, not assumed. Every node of the two port-preserving
+    // homes reaches one of the other's through a punched hole; every connection to the symmetric
+    // home's node runs through the relay.
     let link = |listed: &[Value], k: usize, j: usize| -> Option<String> {
         entry(listed, &ids[k])?["links"]
             .as_array()?
             .iter()
-            .find(|l| l["peer"] == ids[j].as_str())
+            .find(|l| l["peer_id"] == ids[j].as_str())
             .and_then(|l| l["connection"].as_str().map(String::from))
     };
-    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    let across = |k: usize| -> Vec<usize> {
+        (0..nodes.len())
+            .filter(|&j| home_of[j] < 2 && home_of[j] != home_of[k])
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let listed = peers();
-        let punched = [(0, 1), (1, 0)]
-            .iter()
-            .any(|&(k, j)| link(&listed, k, j).as_deref() == Some("hole-punched"));
-        let relayed = [0, 1]
-            .iter()
-            .all(|&j| link(&listed, 2, j).as_deref() == Some("relayed"));
-        if punched && relayed {
+        let punched = (0..nodes.len()).filter(|&k| home_of[k] < 2).all(|k| {
+            across(k).iter().any(|&j| {
+                link(&listed, k, j).as_deref() == Some("hole-punched")
+                    || link(&listed, j, k).as_deref() == Some("hole-punched")
+            })
+        });
+        let through_relay = (0..nodes.len()).filter(|&k| home_of[k] == 2).all(|k| {
+            let links = entry(&listed, &ids[k]).map(|p| p["links"].clone());
+            let links = links.as_ref().and_then(Value::as_array);
+            links.is_some_and(|l| !l.is_empty() && l.iter().all(|l| l["connection"] == "relayed"))
+        });
+        if punched && through_relay {
             break;
         }
         let links: Vec<&Value> = listed.iter().map(|p| &p["links"]).collect();
@@ -262,12 +384,15 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
             .lines()
             .find(|l| l.starts_with(id.as_str()))
             .unwrap_or_else(|| panic!("{id} not in:\n{table}"));
-        assert!(row.contains("direct") && row.contains(" ms"), "{row}");
+        assert!(
+            row.contains("private") && row.contains("direct") && row.contains(" ms"),
+            "{row}"
+        );
     }
 
     // A sharded embedding job over all three homes equals one machine's embedding.
     let input = tmp.path().join("texts.jsonl");
-    let lines: Vec<String> = (0..24)
+    let lines: Vec<String> = (0..40)
         .map(|i| {
             let text = format!(
                 "home {} line {i}: a lantern by the river of the co-op",
@@ -292,7 +417,7 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
             "--replicas",
             "1",
             "--unit-size",
-            "4",
+            "2",
             "--detach",
         ],
     );

@@ -14,19 +14,6 @@ use support::{entry, peers, run_hearth, stdout_json, wait_until};
 
 const MODEL: &str = "smollm2-135m-instruct-q4_1";
 
-/// The models folder the nodes hold the default model in.
-fn models_dir() -> PathBuf {
-    std::env::var("HEARTH_MODELS").map_or_else(
-        |_| {
-            PathBuf::from(std::env::var("HOME").expect("HOME"))
-                .join(".cache")
-                .join("hearth")
-                .join("models")
-        },
-        PathBuf::from,
-    )
-}
-
 /// `peer` is quarantined in `listed` (`hearth peers --json`) for serving bytes that do not verify.
 fn assert_quarantined_for_bad_bytes(listed: &[serde_json::Value], peer: &str) {
     let ledger = entry(listed, peer).expect("listed");
@@ -58,7 +45,8 @@ fn fetch(swarm: &Swarm, dest: &std::path::Path) -> std::process::Output {
 
 #[test]
 fn a_model_comes_from_its_holders_verified_and_a_corrupting_holder_is_refused() {
-    let original = std::fs::read(models_dir().join(format!("{MODEL}.gguf"))).expect("the model");
+    let original =
+        std::fs::read(support::models_dir().join(format!("{MODEL}.gguf"))).expect("the model");
     let swarm = Swarm::start(&[None, Some("corrupt-weights")]);
     let (honest, corrupting) = (swarm.nodes[0].0.clone(), swarm.nodes[1].0.clone());
 
@@ -110,7 +98,8 @@ fn a_model_comes_from_its_holders_verified_and_a_corrupting_holder_is_refused() 
     let resumed = swarm.path("resumed");
     std::fs::create_dir_all(&resumed).expect("dir");
     {
-        let holder = Holder::open(&models_dir().join(format!("{MODEL}.gguf")), id).expect("holder");
+        let holder =
+            Holder::open(&support::models_dir().join(format!("{MODEL}.gguf")), id).expect("holder");
         let mut partial = Partial::open(&resumed, id, holder.size()).expect("partial");
         for chunk in partial.missing(0..40 << 20) {
             let encoded = holder.serve(chunk.clone()).expect("serve");
@@ -179,7 +168,7 @@ fn disk_bytes(dir: &std::path::Path) -> u64 {
 
 /// The model's file, opened, and its size.
 fn smollm2() -> (hearth_kernels::GgufModel, u64) {
-    let path = models_dir().join(format!("{MODEL}.gguf"));
+    let path = support::models_dir().join(format!("{MODEL}.gguf"));
     let size = std::fs::metadata(&path).expect("the model").len();
     (hearth_kernels::GgufModel::open(&path).expect("open"), size)
 }

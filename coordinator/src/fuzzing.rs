@@ -43,6 +43,7 @@ fn answer(command: Command) {
             peer_id: peer,
             addrs: Vec::new(),
             protocol_version: hearth_protocol::PROTOCOL_VERSION,
+            reachability: Default::default(),
         })),
         Command::Submit(_, reply) => drop(reply.send(Ok(1))),
         Command::Generate(_, _, reply) => drop(reply.send(Err(

@@ -608,6 +608,7 @@ impl Coordinator {
                     peer_id: peer,
                     addrs,
                     protocol_version: hearth_protocol::PROTOCOL_VERSION,
+                    reachability: self.network.reachability(),
                 });
             }
         }

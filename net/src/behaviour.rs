@@ -5,9 +5,9 @@ use std::time::Duration;
 use libp2p::swarm::NetworkBehaviour;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::{
-    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, connection_limits, dcutr,
-    gossipsub, identify, kad, mdns, memory_connection_limits, noise, ping, relay, request_response,
-    tcp, yamux,
+    Multiaddr, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, autonat, connection_limits,
+    dcutr, gossipsub, identify, kad, mdns, memory_connection_limits, noise, ping, relay,
+    request_response, tcp, yamux,
 };
 
 use crate::gossip::advert_topic;
@@ -102,6 +102,11 @@ mod derived {
         pub relay_client: relay::client::Behaviour,
         /// Upgrades a relayed connection to a direct one by hole punching.
         pub dcutr: dcutr::Behaviour,
+        /// Asks peers to dial our observed addresses back (AutoNAT v2): whether we are reachable.
+        pub autonat: autonat::v2::client::Behaviour,
+        /// Dials back the addresses other peers ask about (AutoNAT v2), from a fresh port, so a
+        /// NAT's mapping for our own connection does not pass for reachability.
+        pub autonat_server: autonat::v2::server::Behaviour,
     }
 }
 
@@ -110,6 +115,7 @@ impl Behaviour {
         key: &libp2p::identity::Keypair,
         relay_client: relay::client::Behaviour,
         config: &NetConfig,
+        access: &crate::relay::Access,
     ) -> Result<Self, BoxError> {
         let peer_id = key.public().to_peer_id();
 
@@ -187,29 +193,35 @@ impl Behaviour {
             ),
             relay: config
                 .relay
-                .then(|| relay::Behaviour::new(peer_id, relay_config()))
+                .then(|| relay::Behaviour::new(peer_id, relay_config(access)))
                 .into(),
             relay_client,
             dcutr: dcutr::Behaviour::new(peer_id),
+            autonat: autonat::v2::client::Behaviour::default(),
+            autonat_server: autonat::v2::server::Behaviour::default(),
         })
     }
 }
 
-/// The identify protocol version: peers that announce another are not Hearth peers of this version.
-/// A relay's limits: sized for a whole generation and a weight fetch per circuit.
-fn relay_config() -> relay::Config {
+/// A relay's limits: sized for a whole generation and a weight fetch per circuit, for members
+/// only (strangers: see [`crate::relay`]). libp2p's own rate limiters (one circuit per peer every
+/// two minutes past 30) would starve a busy member; its per-peer caps stay.
+fn relay_config(access: &crate::relay::Access) -> relay::Config {
     relay::Config {
         max_reservations: RELAY_RESERVATIONS_MAX,
-        max_reservations_per_peer: RELAY_RESERVATIONS_PER_PEER_MAX,
+        // libp2p refuses only past one more than these (its check is `>`).
+        max_reservations_per_peer: RELAY_RESERVATIONS_PER_PEER_MAX - 1,
         reservation_duration: RELAY_RESERVATION_DURATION,
+        reservation_rate_limiters: vec![access.reservation_limiter()],
         max_circuits: RELAY_CIRCUITS_MAX,
-        max_circuits_per_peer: RELAY_CIRCUITS_PER_PEER_MAX,
+        max_circuits_per_peer: RELAY_CIRCUITS_PER_PEER_MAX - 1,
         max_circuit_duration: RELAY_CIRCUIT_DURATION,
         max_circuit_bytes: RELAY_CIRCUIT_BYTES_MAX,
-        ..relay::Config::default()
+        circuit_src_rate_limiters: vec![access.circuit_limiter()],
     }
 }
 
+/// The identify protocol version: peers that announce another are not Hearth peers of this version.
 pub(crate) fn identify_protocol() -> String {
     format!("/hearth/{}", hearth_protocol::PROTOCOL_VERSION)
 }
@@ -236,6 +248,15 @@ pub fn build_swarm(
     key: &hearth_protocol::SecretKey,
     config: &NetConfig,
 ) -> Result<Swarm<Behaviour>, BoxError> {
+    build_swarm_with(key, config, &crate::relay::Access::default())
+}
+
+/// [`build_swarm`], its relay (if any) serving whom `access` admits.
+pub(crate) fn build_swarm_with(
+    key: &hearth_protocol::SecretKey,
+    config: &NetConfig,
+    access: &crate::relay::Access,
+) -> Result<Swarm<Behaviour>, BoxError> {
     let mut swarm = SwarmBuilder::with_existing_identity(crate::keypair(key))
         .with_tokio()
         .with_tcp(
@@ -245,7 +266,7 @@ pub fn build_swarm(
         )?
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)?
-        .with_behaviour(|key, relay_client| Behaviour::new(key, relay_client, config))?
+        .with_behaviour(|key, relay_client| Behaviour::new(key, relay_client, config, access))?
         .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     swarm.behaviour_mut().gossipsub.subscribe(&advert_topic())?;

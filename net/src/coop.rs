@@ -346,6 +346,7 @@ mod tests {
             bytes_received: 0,
             held: Vec::new(),
             links: Vec::new(),
+            reachability: Default::default(),
             capabilities: hearth_protocol::Capabilities {
                 backend: hearth_protocol::Backend::Cpu,
                 device: "cpu".into(),

@@ -1,8 +1,10 @@
 //! New inbound connections per remote address: past [`INBOUND_PER_SECOND_MAX`] in a second the rest
 //! are refused before any handshake (a strike for that second); at [`crate::FLOOD_STRIKES_MAX`]
 //! strikes the address is banned for [`crate::FLOOD_BAN`]. A flood of connections has no peer id
-//! to ban (it may never finish a handshake), so it is the address that answers for it. Connections
-//! already established are left alone.
+//! to ban (it may never finish a handshake), so it is the address that answers for it. A
+//! connection through a relay's circuit comes from the relay's address but answers for the peer at
+//! the circuit's other end, which the relay vouches for: a busy relay carrying many honest peers is
+//! never banned for one of them. Connections already established are left alone.
 
 use std::convert::Infallible;
 use std::net::IpAddr;
@@ -19,14 +21,32 @@ use libp2p::swarm::{
 use crate::limits::{FLOOD_BAN, INBOUND_PER_SECOND_MAX};
 use crate::penalties::{Flood, FloodGuard};
 
+/// Who answers for a new inbound connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Source {
+    /// The address it came from.
+    Ip(IpAddr),
+    /// The peer at the other end of a relay's circuit.
+    Relayed(libp2p::PeerId),
+}
+
+impl std::fmt::Display for Source {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Source::Ip(ip) => write!(f, "{ip}"),
+            Source::Relayed(peer) => write!(f, "{peer} (relayed)"),
+        }
+    }
+}
+
 /// Why a connection was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("too many new connections from {0}")]
-pub struct Flooding(IpAddr);
+pub struct Flooding(Source);
 
 /// The guard, as a behaviour that refuses pending inbound connections.
 pub struct Behaviour {
-    guard: FloodGuard<IpAddr>,
+    guard: FloodGuard<Source>,
 }
 
 impl Default for Behaviour {
@@ -37,17 +57,30 @@ impl Default for Behaviour {
     }
 }
 
-fn ip_of(addr: &Multiaddr) -> Option<IpAddr> {
+/// Who answers for a connection from `addr`: a relayed one (`…/p2p-circuit/p2p/PEER`, or just
+/// `/p2p/PEER` as libp2p's relay client gives it) the peer, any other the IP address.
+fn source_of(addr: &Multiaddr) -> Option<Source> {
+    let relayed = addr.iter().any(|p| matches!(p, Protocol::P2pCircuit))
+        || addr
+            .iter()
+            .next()
+            .is_some_and(|p| matches!(p, Protocol::P2p(_)));
+    if relayed {
+        return addr.iter().fold(None, |last, p| match p {
+            Protocol::P2p(peer) => Some(Source::Relayed(peer)),
+            _ => last,
+        });
+    }
     addr.iter().find_map(|p| match p {
-        Protocol::Ip4(ip) => Some(IpAddr::V4(ip)),
-        Protocol::Ip6(ip) => Some(IpAddr::V6(ip)),
+        Protocol::Ip4(ip) => Some(Source::Ip(IpAddr::V4(ip))),
+        Protocol::Ip6(ip) => Some(Source::Ip(IpAddr::V6(ip))),
         _ => None,
     })
 }
 
 impl Behaviour {
     /// Count a new connection from `ip` at `now_ms`: refused while banned or over the rate.
-    fn admit(&mut self, ip: IpAddr, now_ms: u64) -> Result<(), ConnectionDenied> {
+    fn admit(&mut self, ip: Source, now_ms: u64) -> Result<(), ConnectionDenied> {
         for lifted in self.guard.lift(now_ms) {
             tracing::info!(ip = %lifted, "connection flood ban lifted");
         }
@@ -79,8 +112,8 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
         remote_addr: &Multiaddr,
     ) -> Result<(), ConnectionDenied> {
-        match ip_of(remote_addr) {
-            Some(ip) => self.admit(ip, crate::monotonic_ms()),
+        match source_of(remote_addr) {
+            Some(source) => self.admit(source, crate::monotonic_ms()),
             None => Ok(()),
         }
     }
@@ -129,8 +162,8 @@ mod tests {
     #[test]
     fn an_address_that_floods_is_refused_then_banned_then_let_back() {
         let mut guard = Behaviour::default();
-        let flooder: IpAddr = "192.0.2.1".parse().expect("ip");
-        let honest: IpAddr = "192.0.2.2".parse().expect("ip");
+        let flooder = Source::Ip("192.0.2.1".parse().expect("ip"));
+        let honest = Source::Ip("192.0.2.2".parse().expect("ip"));
         let mut refused = 0;
         // Twice the rate, every second, until the third second over bans it.
         for second in 0..u64::from(crate::FLOOD_STRIKES_MAX) {
@@ -155,5 +188,33 @@ mod tests {
         );
         assert!(guard.admit(honest, banned_at + ban_ms - 1).is_ok());
         assert!(guard.admit(flooder, banned_at + ban_ms).is_ok(), "let back");
+    }
+
+    #[test]
+    fn a_relayed_connection_answers_for_its_peer_not_the_relay() {
+        let relay = libp2p::PeerId::random();
+        let peer = libp2p::PeerId::random();
+        let circuit: Multiaddr =
+            format!("/ip4/192.0.2.9/udp/4001/quic-v1/p2p/{relay}/p2p-circuit/p2p/{peer}")
+                .parse()
+                .expect("addr");
+        assert_eq!(source_of(&circuit), Some(Source::Relayed(peer)));
+        let bare: Multiaddr = format!("/p2p/{peer}").parse().expect("addr");
+        assert_eq!(source_of(&bare), Some(Source::Relayed(peer)));
+        let direct: Multiaddr = "/ip4/192.0.2.9/udp/4001/quic-v1".parse().expect("addr");
+        assert_eq!(
+            source_of(&direct),
+            Some(Source::Ip("192.0.2.9".parse().expect("ip")))
+        );
+        // A relayed peer flooding is refused; another peer through the same relay is not.
+        let mut guard = Behaviour::default();
+        let now_ms = 500;
+        let mut refused = 0;
+        for _ in 0..(2 * INBOUND_PER_SECOND_MAX) {
+            refused += usize::from(guard.admit(Source::Relayed(peer), now_ms).is_err());
+        }
+        assert_eq!(refused, INBOUND_PER_SECOND_MAX as usize);
+        let other = Source::Relayed(libp2p::PeerId::random());
+        assert!(guard.admit(other, now_ms).is_ok());
     }
 }

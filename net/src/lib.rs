@@ -23,6 +23,9 @@ pub mod inbound;
 mod limits;
 mod network;
 mod penalties;
+mod reach;
+mod relay;
+pub use reach::Reachability;
 pub mod weights;
 mod work;
 

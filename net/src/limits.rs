@@ -85,11 +85,13 @@ pub const RELAY_RESERVATIONS_MAX: usize = 512;
 /// Reservations one peer may hold on a relay.
 pub const RELAY_RESERVATIONS_PER_PEER_MAX: usize = 2;
 
-/// Circuits a relay carries at once.
-pub const RELAY_CIRCUITS_MAX: usize = 64;
+/// Circuits a relay carries at once. Each costs two streams and a copy buffer, so this bounds
+/// what relaying adds to the relay's memory.
+pub const RELAY_CIRCUITS_MAX: usize = 128;
 
-/// Circuits one peer may have open through a relay at once (its stages, a fetch, a verifier).
-pub const RELAY_CIRCUITS_PER_PEER_MAX: usize = 8;
+/// Circuits one peer may have open through a relay at once, those it opened and those opened to
+/// it together (its stages' neighbours, fetches from it and by it, a verifier).
+pub const RELAY_CIRCUITS_PER_PEER_MAX: usize = 16;
 
 /// How long a relayed circuit lasts: a whole generation and a weight fetch, where libp2p's
 /// default of 2 minutes would cut one.
@@ -101,3 +103,23 @@ pub const RELAY_CIRCUIT_BYTES_MAX: u64 = 1 << 30;
 
 /// How long a reservation lasts before the reserving peer renews it.
 pub const RELAY_RESERVATION_DURATION: Duration = Duration::from_secs(60 * 60);
+
+/// Peers a relay remembers as members (their signed gossip accepted); past it the oldest admitted
+/// is forgotten (and admitted again with its next advert).
+pub const RELAY_MEMBERS_MAX: usize = 4096;
+
+/// Circuits a stranger (a peer not of this swarm, such as a CLI fetching weights) may open through
+/// a relay a minute, outside a co-op; in a co-op, none.
+pub const RELAY_STRANGER_CIRCUITS_PER_MINUTE: usize = 4;
+
+/// Strangers a relay serves within one minute; past it new ones are refused until the minute's
+/// oldest are forgotten.
+pub const RELAY_STRANGERS_MAX: usize = 64;
+
+/// How long a peer waits before asking a relay again for a slot it refused (doubling up to
+/// [`RELAY_RESERVE_RETRY_MAX`]): a relay admits a peer once its first advert arrives, which may
+/// come after its first request.
+pub const RELAY_RESERVE_RETRY: Duration = Duration::from_secs(1);
+
+/// The longest wait between requests for a refused relay slot.
+pub const RELAY_RESERVE_RETRY_MAX: Duration = Duration::from_secs(30);

@@ -17,8 +17,7 @@ use libp2p::{Multiaddr, Swarm, gossipsub};
 
 use crate::coop::{Gate, Now};
 use crate::{
-    Behaviour, BehaviourEvent, BoxError, Connections, Gossip, NetConfig, Received, build_swarm,
-    discover,
+    Behaviour, BehaviourEvent, BoxError, Connections, Gossip, NetConfig, Received, discover,
 };
 
 /// How often graces and bans are checked.
@@ -87,6 +86,18 @@ pub struct Network {
     gate: Option<Gate>,
     /// The clock for graces and bans.
     clock: tokio::time::Interval,
+    /// What AutoNAT's probes of our addresses found.
+    probes: crate::reach::Probes,
+    /// Whom our relay (if any) serves.
+    access: crate::relay::Access,
+    /// Our requests for relay slots, by their listener: the relay's address and the wait before
+    /// asking again if it refuses.
+    reservations: std::collections::HashMap<
+        libp2p::core::transport::ListenerId,
+        (Multiaddr, std::time::Duration),
+    >,
+    /// Refused slots to ask for again, and when.
+    reserve_again: Vec<(std::time::Instant, Multiaddr, std::time::Duration)>,
     /// The last round trip ping measured to each connected peer.
     rtts: std::collections::HashMap<libp2p::PeerId, std::time::Duration>,
     /// Emulated distance (`--fault delay=MS`): how long what this process sends is held.
@@ -113,13 +124,18 @@ enum Held {
 impl Network {
     /// Build the swarm for `key` and start listening.
     pub fn new(key: SecretKey, config: &NetConfig) -> Result<Self, BoxError> {
-        let swarm = build_swarm(&key, config)?;
+        let access = crate::relay::Access::default();
+        let swarm = crate::behaviour::build_swarm_with(&key, config, &access)?;
         Ok(Self {
             swarm,
             key,
             gossip: Gossip::default(),
             connections: Connections::default(),
             gate: None,
+            probes: Default::default(),
+            access,
+            reservations: std::collections::HashMap::new(),
+            reserve_again: Vec::new(),
             rtts: std::collections::HashMap::new(),
             delay: config.send_delay.filter(|d| !d.is_zero()),
             held: std::collections::VecDeque::new(),
@@ -148,6 +164,7 @@ impl Network {
             }
         }
         self.gate = Some(gate);
+        self.access.members_only();
     }
 
     /// Whether `peer` is a member of this peer's co-op now (always, outside a co-op swarm).
@@ -171,6 +188,8 @@ impl Network {
             return Err(MembershipError::Missing);
         };
         let new = gate.revoke(revocation.clone(), Now::read())?;
+        self.access
+            .forget(&crate::to_libp2p_peer_id(&revocation.body.member));
         if new {
             let _ = self.publish(&Message::Revocation(revocation));
         }
@@ -210,6 +229,11 @@ impl Network {
             .collect()
     }
 
+    /// Whether peers outside our network can dial us, as AutoNAT's probes found.
+    pub fn reachability(&self) -> crate::Reachability {
+        self.probes.reachability()
+    }
+
     /// How this peer reaches `peer` now ([`crate::Via`]: through a punched hole, directly or
     /// through a relay), if connected.
     pub fn via(&self, peer: &PeerId) -> Option<crate::connections::Via> {
@@ -218,12 +242,37 @@ impl Network {
 
     /// Reserve a slot on the relay at `relay` (its address, ending in `/p2p/ID`), so peers that
     /// cannot dial this one reach it through the relay.
+    /// A relay that refuses (it has not heard from us yet, or is full) is asked again after
+    /// [`crate::RELAY_RESERVE_RETRY`], doubling up to [`crate::RELAY_RESERVE_RETRY_MAX`], while we
+    /// are connected to it.
     pub fn reserve_relay(&mut self, relay: &Multiaddr) -> Result<(), String> {
+        self.reserve(relay.clone(), crate::RELAY_RESERVE_RETRY)
+    }
+
+    fn reserve(&mut self, relay: Multiaddr, retry: std::time::Duration) -> Result<(), String> {
         let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
-        self.swarm
-            .listen_on(circuit)
-            .map(drop)
-            .map_err(|e| e.to_string())
+        let listener = self.swarm.listen_on(circuit).map_err(|e| e.to_string())?;
+        self.reservations.insert(listener, (relay, retry));
+        Ok(())
+    }
+
+    /// Ask again for the relay slots whose wait is over, from relays we are still connected to.
+    fn reserve_due(&mut self) {
+        let now = std::time::Instant::now();
+        let (due, waiting) = std::mem::take(&mut self.reserve_again)
+            .into_iter()
+            .partition(|(at, _, _)| *at <= now);
+        self.reserve_again = waiting;
+        for (_, relay, retry) in due {
+            let connected = relay_peer(&relay).is_some_and(|p| self.swarm.is_connected(&p));
+            if !connected {
+                continue;
+            }
+            tracing::info!(%relay, "asking the relay for a slot again");
+            if let Err(why) = self.reserve(relay.clone(), retry) {
+                tracing::warn!(%relay, %why, "cannot ask the relay for a slot");
+            }
+        }
     }
 
     /// This peer's key, for what it signs besides its messages (receipts, grants).
@@ -359,12 +408,14 @@ impl Network {
     /// in their grace, cut off refused peers whose notice is over, and lift bans that ran out.
     fn on_clock(&mut self) {
         self.gossip.tick(&mut self.swarm);
+        self.reserve_due();
         let Some(gate) = &mut self.gate else {
             return;
         };
         let (cut_off, lifted) = gate.tick(Now::read());
         for peer in cut_off {
             let peer = crate::to_libp2p_peer_id(&peer);
+            self.access.forget(&peer);
             self.swarm.behaviour_mut().blocked.block_peer(peer);
         }
         for peer in lifted {
@@ -396,6 +447,15 @@ impl Network {
                 ..
             } => {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed = endpoint.is_relayed(), "connected");
+                // Dialed outright by a peer we had no connection to (so not through a hole punched
+                // from a relayed connection, whose simultaneous dials also arrive as inbound
+                // connections): reachable.
+                if let ConnectedPoint::Listener { send_back_addr, .. } = &endpoint
+                    && !endpoint.is_relayed()
+                    && self.connections.via(&peer_id).is_none()
+                {
+                    self.probes.dialed_in(send_back_addr);
+                }
                 self.connections
                     .on_established(&mut self.swarm, peer_id, connection_id, &endpoint);
                 if let Some(gate) = &mut self.gate {
@@ -440,9 +500,20 @@ impl Network {
                 None
             }
             SwarmEvent::ListenerClosed {
-                addresses, reason, ..
+                listener_id,
+                addresses,
+                reason,
             } => {
-                tracing::info!(?addresses, ?reason, "listener closed");
+                let reservation = self.reservations.remove(&listener_id);
+                match (reservation, reason) {
+                    (Some((relay, retry)), Err(error)) => {
+                        tracing::info!(%relay, %error, retry_s = retry.as_secs_f32(), "the relay refused a slot; asking again later");
+                        let next = (retry * 2).min(crate::RELAY_RESERVE_RETRY_MAX);
+                        self.reserve_again
+                            .push((std::time::Instant::now() + retry, relay, next));
+                    }
+                    (_, reason) => tracing::info!(?addresses, ?reason, "listener closed"),
+                }
                 None
             }
             SwarmEvent::ListenerError { error, .. } => {
@@ -468,7 +539,11 @@ impl Network {
                             message_id,
                             message,
                         )
-                        .map(NetEvent::Message),
+                        .map(|received| {
+                            // Its signed gossip was accepted: our relay serves it.
+                            self.access.admit(crate::to_libp2p_peer_id(&received.from));
+                            NetEvent::Message(received)
+                        }),
                     BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                         Some(NetEvent::Subscribed(peer_id))
                     }
@@ -506,6 +581,22 @@ impl Network {
                     }
                     BehaviourEvent::RelayClient(event) => {
                         tracing::debug!(?event, "relay client");
+                        None
+                    }
+                    BehaviourEvent::Autonat(libp2p::autonat::v2::client::Event {
+                        tested_addr,
+                        server,
+                        result,
+                        ..
+                    }) => {
+                        let reached = result.is_ok();
+                        tracing::debug!(addr = %tested_addr, %server, reached, "AutoNAT probe");
+                        let before = self.probes.reachability();
+                        self.probes.record(tested_addr, reached);
+                        let now = self.probes.reachability();
+                        if now != before {
+                            tracing::info!(reachability = now.as_str(), "reachability");
+                        }
                         None
                     }
                     BehaviourEvent::Relay(event) => {
@@ -588,4 +679,12 @@ fn note_addrs(
         known.insert(*peer_id, addrs);
     }
     event
+}
+
+/// The relay's peer id, the last `/p2p/` of its address.
+fn relay_peer(relay: &Multiaddr) -> Option<libp2p::PeerId> {
+    relay.iter().fold(None, |last, p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => last,
+    })
 }

@@ -465,6 +465,7 @@ impl Node {
                 let join: Vec<_> = self.join.peers.iter().copied().collect();
                 self.network.links(&join)
             },
+            reachability: self.network.reachability(),
             held: self
                 .partials
                 .lock()

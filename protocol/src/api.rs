@@ -15,6 +15,9 @@ pub struct SwarmInfo {
     pub addrs: Vec<String>,
     /// The wire protocol version it speaks.
     pub protocol_version: u16,
+    /// Whether peers outside its network can dial it, as AutoNAT found.
+    #[serde(default)]
+    pub reachability: crate::Reachability,
 }
 
 /// One element of `GET /v1/peers`.
@@ -48,6 +51,9 @@ pub struct PeerEntry {
     /// Its own connections to the other peers it works with, as it advertised last.
     #[serde(default)]
     pub links: Vec<crate::Link>,
+    /// Whether peers outside its network can dial it (AutoNAT), as it advertised last.
+    #[serde(default)]
+    pub reachability: crate::Reachability,
     /// The round trip between the coordinator and it, as ping last measured it (connected peers).
     #[serde(default)]
     pub rtt_ms: Option<f64>,

@@ -61,6 +61,34 @@ pub struct Advert {
     pub held: Vec<HeldLayers>,
     /// Its own connections to the other peers it works with (at most [`LINKS_MAX`]).
     pub links: Vec<Link>,
+    /// Whether peers outside its network can dial it, as AutoNAT found.
+    pub reachability: Reachability,
+}
+
+/// Whether a peer can be dialed from outside its own network, as AutoNAT (v2) probes found: another
+/// peer dialed one of its addresses back (`public`), every address tried failed (`private`: behind
+/// a NAT or firewall, reached through hole punching or a relay), or nothing tried yet (`unknown`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Reachability {
+    /// Not probed yet.
+    #[default]
+    Unknown,
+    /// An address of it was dialed back.
+    Public,
+    /// Every address probed failed.
+    Private,
+}
+
+impl Reachability {
+    /// The name `hearth peers` and the API use.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reachability::Unknown => "unknown",
+            Reachability::Public => "public",
+            Reachability::Private => "private",
+        }
+    }
 }
 
 /// Most links an advert lists.
@@ -69,7 +97,8 @@ pub const LINKS_MAX: usize = 32;
 /// A node's connection to another peer ([`Advert::links`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Link {
-    /// The other peer.
+    /// The other peer (`peer_id` in the API's JSON).
+    #[serde(rename = "peer_id")]
     pub peer: crate::PeerId,
     /// `direct`, `hole-punched` or `relayed`.
     pub connection: String,

@@ -98,6 +98,7 @@ fn advert() -> impl Strategy<Value = Message> {
                         })
                         .collect(),
                     links: Vec::new(),
+                    reachability: Default::default(),
                 })
             },
         )
@@ -174,6 +175,7 @@ fn bad_frames_are_refused_with_the_reason() {
         bytes_received: 0,
         held: Vec::new(),
         links: Vec::new(),
+        reachability: Default::default(),
         capabilities: sample_capabilities(),
     });
     let frame = Signed::seal(&key, &message).expect("fits");
@@ -222,6 +224,7 @@ fn bad_frames_are_refused_with_the_reason() {
         bytes_received: 0,
         held: Vec::new(),
         links: Vec::new(),
+        reachability: Default::default(),
         capabilities: caps,
     });
     assert!(matches!(
@@ -239,6 +242,7 @@ fn bad_frames_are_refused_with_the_reason() {
         bytes_received: 0,
         held: Vec::new(),
         links: Vec::new(),
+        reachability: Default::default(),
         capabilities: caps,
     });
     assert!(matches!(

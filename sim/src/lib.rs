@@ -340,6 +340,7 @@ impl<'a> Sim<'a> {
                     bytes_received: 0,
                     held: Vec::new(),
                     links: Vec::new(),
+                    reachability: Default::default(),
                 };
                 let input = RegistryInput::Advert {
                     from: peer.id,

@@ -265,3 +265,16 @@ pub fn rss_kib(pid: u32) -> u64 {
         })
         .unwrap_or(0)
 }
+
+/// The models folder the nodes hold the default models in (`HEARTH_MODELS`, or the default).
+pub fn models_dir() -> std::path::PathBuf {
+    std::env::var("HEARTH_MODELS").map_or_else(
+        |_| {
+            std::path::PathBuf::from(std::env::var("HOME").expect("HOME"))
+                .join(".cache")
+                .join("hearth")
+                .join("models")
+        },
+        std::path::PathBuf::from,
+    )
+}

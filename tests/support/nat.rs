@@ -1,8 +1,8 @@
 //! Home networks behind NATs, in throwaway network namespaces, for the tests that cross them.
 //!
-//! Layout: a public namespace holds a bridge at 10.233.0.1/24 (the coordinator runs there, at
+//! Layout: a public namespace holds a bridge at 45.45.0.1/24 (the coordinator runs there, at
 //! that address). Each home network has a router namespace, its WAN side a veth into the public
-//! bridge at 10.233.0.(10+k), its LAN side a bridge at 10.234.k.1/24, and host namespaces on that
+//! bridge at 45.45.0.(10+k), its LAN side a bridge at 10.234.k.1/24, and host namespaces on that
 //! LAN at 10.234.k.(10+j), routed through it. The router masquerades what leaves its WAN side:
 //! port-preserving (a NAT hole punching crosses) or, for a symmetric one, with a random port for
 //! every connection (`--random-fully`: one it cannot). Nothing on the public side routes to a
@@ -10,7 +10,10 @@
 
 use std::process::Command;
 
-const PUBLIC: &str = "10.233.0";
+/// The public network: a global range, so AutoNAT's probes of it count (only global addresses say
+/// anything about reaching a peer from the internet). It exists only inside the test's namespaces,
+/// so it shadows nothing of the host's.
+const PUBLIC: &str = "45.45.0";
 const LAN: &str = "10.234";
 
 fn run(program: &str, args: &[&str]) -> Result<(), String> {

@@ -50,6 +50,7 @@ struct Record {
     bytes_received: u64,
     held: Vec<hearth_protocol::HeldLayers>,
     links: Vec<hearth_protocol::Link>,
+    reachability: hearth_protocol::Reachability,
     first_seen_ms: u64,
     last_seen_ms: u64,
     heartbeat_interval_ms: u64,
@@ -103,6 +104,7 @@ impl Registry {
             record.bytes_received = advert.bytes_received;
             record.held = advert.held;
             record.links = advert.links;
+            record.reachability = advert.reachability;
             record.last_seen_ms = now_ms;
             record.heartbeat_interval_ms = heartbeat_interval_ms;
             record.adverts += 1;
@@ -125,6 +127,7 @@ impl Registry {
                 bytes_received: advert.bytes_received,
                 held: advert.held,
                 links: advert.links,
+                reachability: advert.reachability,
                 first_seen_ms: now_ms,
                 last_seen_ms: now_ms,
                 heartbeat_interval_ms,
@@ -183,6 +186,7 @@ impl Registry {
                 layers_held: r.held.clone(),
                 connection: None,
                 links: r.links.clone(),
+                reachability: r.reachability,
                 rtt_ms: None,
                 reliability: 0.0,
                 credit: 0.0,
@@ -247,6 +251,7 @@ mod tests {
             bytes_received: 0,
             held: Vec::new(),
             links: Vec::new(),
+            reachability: Default::default(),
             capabilities: Capabilities {
                 backend: Backend::Cpu,
                 device: "cpu".into(),

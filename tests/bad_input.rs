@@ -1,5 +1,6 @@
 //! Hostile peers and careless users: invalid gossip is dropped with a warning naming the sender, the
-//! sender is penalized and, after repeated offences, blocked; the coordinator keeps serving.
+//! sender is penalized and, after repeated offences, blocked; the coordinator keeps serving. A
+//! co-op's relay serves members only, each within its share of circuits.
 
 mod support;
 
@@ -361,4 +362,230 @@ async fn a_gossip_flood_is_throttled_then_banned() {
         peak / 1024
     );
     assert!(peak > 0 && peak < 256 * 1024, "peak RSS {peak} KiB");
+}
+
+/// A co-op member with a slot on the coordinator's relay: a raw swarm that joins, shows its
+/// certificate, reserves (asking again while the relay has not admitted it yet) and then accepts
+/// what comes through the relay until the test ends. Returns its peer id once it holds a slot.
+async fn reserved_member(
+    seed: u8,
+    coop: &SecretKey,
+    coordinator: PeerId,
+    addrs: Vec<Multiaddr>,
+) -> PeerId {
+    use hearth_net::libp2p::multiaddr::Protocol;
+    use hearth_net::libp2p::relay;
+
+    let (key, mut swarm) = rogue(seed);
+    let member = key.public().peer_id();
+    let cert = Message::Membership(hearth_protocol::coop::Membership::issue(
+        coop, member, 0, None,
+    ));
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    tokio::spawn(async move {
+        join(&mut swarm, coordinator, &addrs).await;
+        publish(&mut swarm, vec![Signed::seal(&key, &cert).expect("seal")]).await;
+        let circuit = addrs[0].clone().with(Protocol::P2pCircuit);
+        loop {
+            swarm
+                .listen_on(circuit.clone())
+                .expect("listen on the relay");
+            let mut reserved = false;
+            drive(&mut swarm, Duration::from_secs(5), |event| match event {
+                SwarmEvent::Behaviour(BehaviourEvent::RelayClient(
+                    relay::client::Event::ReservationReqAccepted { .. },
+                )) => {
+                    reserved = true;
+                    true
+                }
+                SwarmEvent::ListenerClosed { .. } => true,
+                _ => false,
+            })
+            .await;
+            if reserved {
+                break;
+            }
+            drive(&mut swarm, Duration::from_millis(500), |_| false).await;
+        }
+        let _ = tx.send(*swarm.local_peer_id());
+        loop {
+            swarm.select_next_some().await;
+        }
+    });
+    tokio::time::timeout(Duration::from_secs(30), rx)
+        .await
+        .expect("the member reserved a slot within 30 s")
+        .expect("the member's task")
+}
+
+/// Dial each of `targets` through the relay at `relay` from `swarm`, a few at a time (libp2p's
+/// relay client drops circuit requests past 10 pending on one connection); returns how many
+/// relayed connections were established and how many dials failed.
+async fn dial_through(
+    swarm: &mut Swarm<Behaviour>,
+    relay: &Multiaddr,
+    targets: &[PeerId],
+) -> (usize, usize) {
+    use hearth_net::libp2p::multiaddr::Protocol;
+    use hearth_net::libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
+
+    let (mut established, mut failed) = (0, 0);
+    for batch in targets.chunks(4) {
+        for target in batch {
+            let addr = relay
+                .clone()
+                .with(Protocol::P2pCircuit)
+                .with(Protocol::P2p(*target));
+            swarm
+                .dial(
+                    DialOpts::peer_id(*target)
+                        .addresses(vec![addr])
+                        .condition(PeerCondition::Always)
+                        .build(),
+                )
+                .expect("dial");
+        }
+        let done = established + failed + batch.len();
+        drive(swarm, Duration::from_secs(20), |event| {
+            match event {
+                SwarmEvent::ConnectionEstablished { endpoint, .. } if endpoint.is_relayed() => {
+                    established += 1;
+                }
+                SwarmEvent::OutgoingConnectionError { .. } => failed += 1,
+                _ => {}
+            }
+            established + failed == done
+        })
+        .await;
+    }
+    (established, failed)
+}
+
+/// The coordinator's relay in a co-op: a stranger's flood of reservations and circuits is refused
+/// whole; a member opening circuits to more members than its share gets exactly
+/// `RELAY_CIRCUITS_PER_PEER_MAX` and is refused past it; the coordinator's memory stays bounded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_coop_relay_refuses_strangers_and_members_past_their_share() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let coop_dir = tmp.path().join("coop");
+    let coop_arg = coop_dir.to_str().expect("utf-8");
+    let out = support::run_hearth(&[], &["coop", "init", "--dir", coop_arg]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (coop, _) = hearth_net::load_or_create_identity(&coop_dir).expect("the co-op key");
+    let dir = tmp.path().join("coordinator");
+    let mut coordinator = Process::start(
+        "coordinator",
+        tmp.path(),
+        &[],
+        &[
+            "coordinator",
+            "--data-dir",
+            dir.to_str().expect("utf-8"),
+            "--http",
+            "127.0.0.1:0",
+            "--open",
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/tcp/0",
+            "--coop",
+            coop_arg,
+        ],
+    );
+    let api = wait_for_api(&dir, &mut coordinator);
+    let info: SwarmInfo = reqwest::get(format!("{api}/v1/swarm"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let coordinator_id = hearth_net::to_libp2p_peer_id(&info.peer_id);
+    let addrs: Vec<Multiaddr> = info
+        .addrs
+        .iter()
+        .map(|a| a.parse().expect("multiaddr"))
+        .collect();
+    let relay = addrs[0].clone();
+    let pid = coordinator.child.id();
+    let before = rss_kib(pid);
+
+    // More members with slots than one member's share of circuits.
+    let share = hearth_net::RELAY_CIRCUITS_PER_PEER_MAX;
+    let mut members = Vec::new();
+    for seed in 0..(share + 4) as u8 {
+        members.push(reserved_member(0x10 + seed, &coop, coordinator_id, addrs.clone()).await);
+    }
+
+    // A stranger (no certificate) floods: a reservation, then circuits to every member, three
+    // times over. Every one is refused.
+    let (_, mut stranger) = rogue(0xE5);
+    join(&mut stranger, coordinator_id, &addrs).await;
+    stranger
+        .listen_on(
+            relay
+                .clone()
+                .with(hearth_net::libp2p::multiaddr::Protocol::P2pCircuit),
+        )
+        .expect("listen on the relay");
+    let refused = drive(&mut stranger, Duration::from_secs(10), |event| {
+        matches!(event, SwarmEvent::ListenerClosed { reason: Err(_), .. })
+    })
+    .await;
+    assert!(refused, "the stranger's reservation was not refused");
+    let mut flood = (0, 0);
+    for _ in 0..3 {
+        let (established, failed) = dial_through(&mut stranger, &relay, &members).await;
+        flood = (flood.0 + established, flood.1 + failed);
+    }
+    assert_eq!(
+        flood,
+        (0, 3 * members.len()),
+        "the stranger's circuits: (established, refused)"
+    );
+
+    // A member opens circuits to all the others: its share, and no more.
+    let (key, mut opener) = rogue(0xF6);
+    let cert = Message::Membership(hearth_protocol::coop::Membership::issue(
+        &coop,
+        key.public().peer_id(),
+        0,
+        None,
+    ));
+    join(&mut opener, coordinator_id, &addrs).await;
+    publish(&mut opener, vec![Signed::seal(&key, &cert).expect("seal")]).await;
+    let (established, failed) = dial_through(&mut opener, &relay, &members).await;
+    assert_eq!(
+        (established, failed),
+        (share, members.len() - share),
+        "the member's circuits: (established, refused past its share of {share})"
+    );
+
+    let log = coordinator.log_text();
+    let stranger_id = stranger.local_peer_id().to_string();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("relay reservation refused") && l.contains(&stranger_id)),
+        "{log}"
+    );
+    assert!(
+        log.lines().any(
+            |l| l.contains("relay circuit refused: not a member of this co-op")
+                && l.contains(&stranger_id)
+        ),
+        "{log}"
+    );
+    coordinator.assert_running();
+    let after = rss_kib(pid);
+    println!(
+        "coordinator RSS: {} MiB before the members and the flood, {} MiB after",
+        before / 1024,
+        after / 1024
+    );
+    assert!(
+        after > 0 && after < before + 64 * 1024,
+        "RSS grew from {before} KiB to {after} KiB"
+    );
 }

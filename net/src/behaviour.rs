@@ -230,7 +230,14 @@ pub(crate) fn identify_protocol() -> String {
 /// graylist threshold); the mesh-delivery penalties are off, since honest nodes publish only their
 /// own heartbeat and would otherwise be punished for quiet.
 fn peer_score_params() -> gossipsub::PeerScoreParams {
-    let mut params = gossipsub::PeerScoreParams::default();
+    // No penalty for many peers at one IP address: a co-op's members behind one home router, or
+    // a whole LAN behind a NAT, share one. With gossipsub's default (past 10 peers, a penalty
+    // growing with the square of the surplus) the 15th such member's adverts and certificate
+    // were ignored. Floods are bounded per author instead (`GOSSIP_MESSAGES_PER_SECOND_MAX`).
+    let mut params = gossipsub::PeerScoreParams {
+        ip_colocation_factor_weight: 0.0,
+        ..Default::default()
+    };
     let topic = gossipsub::TopicScoreParams {
         topic_weight: 1.0,
         mesh_message_deliveries_weight: 0.0,

@@ -109,6 +109,7 @@ impl Gossip {
         &mut self,
         swarm: &mut Swarm<Behaviour>,
         gate: Option<&mut Gate>,
+        access: &crate::relay::Access,
         propagation_source: libp2p::PeerId,
         message_id: gossipsub::MessageId,
         message: gossipsub::Message,
@@ -157,6 +158,11 @@ impl Gossip {
                         &propagation_source,
                         verdict.acceptance(),
                     );
+                // Its signed gossip was accepted (in a co-op: it showed a valid membership): our
+                // relay serves it.
+                if matches!(verdict, Verdict::Pass | Verdict::Admitted) {
+                    access.admit(crate::to_libp2p_peer_id(&received.from));
+                }
                 let Some(gate) = gate else {
                     return (verdict == Verdict::Pass).then_some(received);
                 };

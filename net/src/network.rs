@@ -535,6 +535,7 @@ impl Network {
                         .receive(
                             &mut self.swarm,
                             self.gate.as_mut(),
+                            &self.access,
                             propagation_source,
                             message_id,
                             message,

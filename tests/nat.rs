@@ -210,9 +210,9 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
         std::thread::sleep(Duration::from_millis(200));
     }
 
-    // AutoNAT: every node behind its NAT finds itself private (the coordinator dials its observed
-    // address back from a fresh port, which the NAT drops); the coordinator, on the public
-    // network, finds itself public (the nodes dial it back). `hearth peers` says both.
+    // AutoNAT: every node behind its NAT is private (the coordinator dials its observed address
+    // back from a fresh port, which the NAT drops); the coordinator, on the public network, finds
+    // itself public (nodes dialed it outright). `hearth peers` says both.
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let listed = peers();
@@ -220,7 +220,20 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
             .iter()
             .map(|id| entry(&listed, id).map_or(&Value::Null, |p| &p["reachability"]))
             .collect();
-        if reach.iter().all(|r| *r == "private") {
+        // Measured, not only declared (`--behind-nat` alone says private until a probe
+        // answers): a node's probe of its router's address failed.
+        let probed = nodes.iter().any(|n| {
+            n.log_text().lines().any(|l| {
+                (0..world.homes.len()).any(|k| {
+                    l.contains(&format!(
+                        "AutoNAT probe addr=/ip4/{}/",
+                        world.router_addr(k)
+                    ))
+                }) && !l.contains("p2p-circuit")
+                    && l.contains("reached=false")
+            })
+        });
+        if reach.iter().all(|r| *r == "private") && probed {
             break;
         }
         assert!(
@@ -315,6 +328,23 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
             all()
         );
     }
+
+    // The symmetric home's stage says its steps go through the relay; the punched homes leave the
+    // relay once the direct path is up.
+    assert!(
+        text[h2]
+            .lines()
+            .any(|l| l.contains("hands its steps to the next through a relay")),
+        "the relayed stage did not say so:\n{}",
+        text[h2]
+    );
+    assert!(
+        [h0, h1].iter().any(|&k| text[k]
+            .lines()
+            .any(|l| l.contains("closing the relayed connection: the work runs directly now"))),
+        "the punched homes kept their relayed connections:\n{}",
+        all()
+    );
 
     // A 5-stage generation: every node serves a stage, so the two that hold no model fetch their
     // layers from the holders in the three homes, across the NATs, before it starts.

@@ -135,6 +135,20 @@ impl Connections {
         self.open.get(peer)?.iter().map(|(_, _, via)| *via).max()
     }
 
+    /// Relayed connections to peers also reached another way (a punched hole, or directly): the
+    /// work should leave the relay for the direct path, and these close once idle.
+    pub(crate) fn superseded_relayed(&self) -> Vec<(PeerId, ConnectionId)> {
+        self.open
+            .iter()
+            .filter(|(_, open)| open.iter().any(|(_, _, via)| *via != Via::Relayed))
+            .flat_map(|(peer, open)| {
+                open.iter()
+                    .filter(|(_, _, via)| *via == Via::Relayed)
+                    .map(|(id, _, _)| (*peer, *id))
+            })
+            .collect()
+    }
+
     /// Forget a closed connection.
     pub(crate) fn on_closed(&mut self, peer: PeerId, connection: ConnectionId) {
         if let Some(open) = self.open.get_mut(&peer) {

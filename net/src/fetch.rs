@@ -213,7 +213,12 @@ impl Fetch {
     /// Ask holders for what is missing, as far as the bounds allow.
     pub fn send(&mut self, net: &mut Network) {
         while self.out.len() < FETCH_IN_FLIGHT_MAX && !self.queue.is_empty() {
-            let Some(peer) = self.pick() else { break };
+            // Holders reached directly first; those only reached through a relay take what the
+            // others leave.
+            let relayed = |peer: &PeerId| net.via(peer) == Some(crate::Via::Relayed);
+            let Some(peer) = self.pick(|p| !relayed(p)).or_else(|| self.pick(|_| true)) else {
+                break;
+            };
             let range = self.queue.pop_front().expect("not empty");
             let request = WorkRequest::Weights {
                 model: self.id,
@@ -232,9 +237,12 @@ impl Fetch {
 
     /// A holder that may be asked now: not struck, not failing, with room for a request; taken
     /// in turn so chunks spread over every holder.
-    fn pick(&mut self) -> Option<PeerId> {
+    fn pick(&mut self, eligible: impl Fn(&PeerId) -> bool) -> Option<PeerId> {
         for i in 0..self.holders.len() {
             let peer = self.holders[(self.next_holder + i) % self.holders.len()];
+            if !eligible(&peer) {
+                continue;
+            }
             let s = self.served.entry(peer).or_default();
             let busy = self.out.values().filter(|(p, _)| *p == peer).count();
             if !s.lied && s.failures < HOLDER_FAILURES_MAX && busy < FETCH_IN_FLIGHT_PER_HOLDER {

@@ -96,6 +96,8 @@ pub struct Network {
         libp2p::core::transport::ListenerId,
         (Multiaddr, std::time::Duration),
     >,
+    /// Whether this peer ever asked a relay for a slot (it is behind a NAT, by its own account).
+    reserved_ever: bool,
     /// Refused slots to ask for again, and when.
     reserve_again: Vec<(std::time::Instant, Multiaddr, std::time::Duration)>,
     /// The last round trip ping measured to each connected peer.
@@ -106,6 +108,10 @@ pub struct Network {
     held: std::collections::VecDeque<(tokio::time::Instant, Held)>,
     /// The addresses each connected peer says it listens on (identify), for routes to hand on.
     listen_addrs: std::collections::HashMap<libp2p::PeerId, Vec<Multiaddr>>,
+    /// Work requests in flight with each peer, ours and theirs: a relayed connection superseded by
+    /// a direct one is closed only while none is (libp2p's request-response spreads requests over
+    /// all of a peer's connections, so the relayed one would keep carrying half the work).
+    in_flight: std::collections::HashMap<libp2p::PeerId, u32>,
     /// Our requests on the wire, by libp2p's id.
     on_wire: std::collections::HashMap<OutboundRequestId, RequestId>,
     next_request: u64,
@@ -136,10 +142,12 @@ impl Network {
             access,
             reservations: std::collections::HashMap::new(),
             reserve_again: Vec::new(),
+            reserved_ever: false,
             rtts: std::collections::HashMap::new(),
             delay: config.send_delay.filter(|d| !d.is_zero()),
             held: std::collections::VecDeque::new(),
             on_wire: std::collections::HashMap::new(),
+            in_flight: std::collections::HashMap::new(),
             listen_addrs: std::collections::HashMap::new(),
             next_request: 0,
             clock: {
@@ -229,9 +237,14 @@ impl Network {
             .collect()
     }
 
-    /// Whether peers outside our network can dial us, as AutoNAT's probes found.
+    /// Whether peers outside our network can dial us, as AutoNAT's probes found; a peer that
+    /// reserved a relay slot (behind a NAT by its own account) is private until a probe shows
+    /// otherwise (AutoNAT may take a while to probe its public address, or find no peer to ask).
     pub fn reachability(&self) -> crate::Reachability {
-        self.probes.reachability()
+        match self.probes.reachability() {
+            crate::Reachability::Unknown if self.reserved_ever => crate::Reachability::Private,
+            measured => measured,
+        }
     }
 
     /// How this peer reaches `peer` now ([`crate::Via`]: through a punched hole, directly or
@@ -251,9 +264,30 @@ impl Network {
 
     fn reserve(&mut self, relay: Multiaddr, retry: std::time::Duration) -> Result<(), String> {
         let circuit = relay.clone().with(libp2p::multiaddr::Protocol::P2pCircuit);
+        self.reserved_ever = true;
         let listener = self.swarm.listen_on(circuit).map_err(|e| e.to_string())?;
         self.reservations.insert(listener, (relay, retry));
         Ok(())
+    }
+
+    /// A work request with `peer` ended (answered, failed, or our answer sent or lost).
+    fn work_done(&mut self, peer: &libp2p::PeerId) {
+        if let std::collections::hash_map::Entry::Occupied(mut n) = self.in_flight.entry(*peer) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+    }
+
+    /// Close relayed connections to peers reached directly too (after hole punching), once no work
+    /// is in flight with them, so the work runs over the direct path and not through the relay.
+    fn leave_relays(&mut self) {
+        for (peer, connection) in self.connections.superseded_relayed() {
+            if !self.in_flight.contains_key(&peer) && self.swarm.close_connection(connection) {
+                tracing::info!(%peer, "closing the relayed connection: the work runs directly now");
+            }
+        }
     }
 
     /// Ask again for the relay slots whose wait is over, from relays we are still connected to.
@@ -337,6 +371,7 @@ impl Network {
     }
 
     fn put_on_wire(&mut self, id: RequestId, peer: libp2p::PeerId, request: WorkRequest) {
+        *self.in_flight.entry(peer).or_default() += 1;
         let wire = self.swarm.behaviour_mut().work.send_request(&peer, request);
         self.on_wire.insert(wire, id);
     }
@@ -409,6 +444,7 @@ impl Network {
     fn on_clock(&mut self) {
         self.gossip.tick(&mut self.swarm);
         self.reserve_due();
+        self.leave_relays();
         let Some(gate) = &mut self.gate else {
             return;
         };
@@ -449,10 +485,14 @@ impl Network {
                 tracing::debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed = endpoint.is_relayed(), "connected");
                 // Dialed outright by a peer we had no connection to (so not through a hole punched
                 // from a relayed connection, whose simultaneous dials also arrive as inbound
-                // connections): reachable.
+                // connections): reachable. Not for a peer behind a NAT (it reserved a relay
+                // slot): a peer it once punched to gets through the NAT's leftover mapping later.
                 if let ConnectedPoint::Listener { send_back_addr, .. } = &endpoint
                     && !endpoint.is_relayed()
                     && self.connections.via(&peer_id).is_none()
+                    && self.reservations.is_empty()
+                    && self.reserve_again.is_empty()
+                    && !self.reserved_ever
                 {
                     self.probes.dialed_in(send_back_addr);
                 }
@@ -620,6 +660,8 @@ impl Network {
                 request_response::Message::Request {
                     request, channel, ..
                 } => {
+                    // Until our answer is sent or lost (`ResponseSent`, `InboundFailure`).
+                    *self.in_flight.entry(peer).or_default() += 1;
                     let Some(from) = crate::from_libp2p_peer_id(&peer) else {
                         tracing::warn!(%peer, "work request from a non-ed25519 peer; dropped");
                         return None;
@@ -643,22 +685,35 @@ impl Network {
                 request_response::Message::Response {
                     request_id,
                     response,
-                } => Some(NetEvent::WorkResponse {
-                    id: self.on_wire.remove(&request_id)?,
-                    response,
-                }),
+                } => {
+                    self.work_done(&peer);
+                    Some(NetEvent::WorkResponse {
+                        id: self.on_wire.remove(&request_id)?,
+                        response,
+                    })
+                }
             },
             request_response::Event::OutboundFailure {
-                request_id, error, ..
-            } => Some(NetEvent::WorkFailed {
-                id: self.on_wire.remove(&request_id)?,
-                error: error.to_string(),
-            }),
+                peer,
+                request_id,
+                error,
+                ..
+            } => {
+                self.work_done(&peer);
+                Some(NetEvent::WorkFailed {
+                    id: self.on_wire.remove(&request_id)?,
+                    error: error.to_string(),
+                })
+            }
             request_response::Event::InboundFailure { peer, error, .. } => {
+                self.work_done(&peer);
                 tracing::debug!(%peer, %error, "inbound work request failed");
                 None
             }
-            request_response::Event::ResponseSent { .. } => None,
+            request_response::Event::ResponseSent { peer, .. } => {
+                self.work_done(&peer);
+                None
+            }
         }
     }
 }

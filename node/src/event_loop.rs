@@ -149,6 +149,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             kept: crate::chain::Kept::default(),
             chain_sends: HashMap::new(),
             check_fetches: HashMap::new(),
+            relayed_told: std::collections::HashSet::new(),
             network: Network::new(
                 key,
                 &hearth_net::NetConfig {
@@ -228,6 +229,9 @@ struct Node {
     /// Coordinators whose relay a slot was asked of.
     relays: std::collections::HashSet<hearth_net::libp2p::PeerId>,
     /// Checks waiting for the inputs their stage kept, by the fetch's request.
+    /// (session, next stage) pairs whose steps went through a relay, said once each (at most
+    /// [`RELAYED_TOLD_MAX`], then forgotten together).
+    relayed_told: std::collections::HashSet<(u64, hearth_protocol::PeerId)>,
     check_fetches: HashMap<
         RequestId,
         (
@@ -263,6 +267,9 @@ enum Reply {
         Box<hearth_protocol::work::CheckRequest>,
     ),
 }
+
+/// Sessions whose relayed hops were said, remembered at once.
+const RELAYED_TOLD_MAX: usize = 256;
 
 /// A chained step on its way through this node.
 #[derive(Clone, Debug)]
@@ -873,6 +880,16 @@ impl Node {
                 self.chain_broken(&link, coordinator, me, why);
             }
             return;
+        }
+        // Say when the chain runs through a relay (hole punching did not cross a NAT): slower,
+        // and on a member's bandwidth.
+        if self.network.via(&to) == Some(hearth_net::Via::Relayed) {
+            if self.relayed_told.len() >= RELAYED_TOLD_MAX {
+                self.relayed_told.clear();
+            }
+            if self.relayed_told.insert((link.session, to)) {
+                tracing::warn!(session = link.session, next = %to, "this stage hands its steps to the next through a relay: no direct path to it (hole punching did not cross its NAT)");
+            }
         }
         self.chain_request(&link, to, WorkRequest::Chain(Box::new(step)));
     }

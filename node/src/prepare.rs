@@ -245,7 +245,19 @@ impl Prepares {
                     held.layers.push(*layers);
                 }
             }
-            tracing::info!(%model, layers = ?held.layers, bytes = received, "layers fetched and verified");
+            // What came through a relay (holders hole punching did not reach): said, since it is
+            // slower and on a member's bandwidth.
+            let relayed: u64 = pending
+                .fetch
+                .served()
+                .iter()
+                .filter(|(peer, _)| net.via(peer) == Some(hearth_net::Via::Relayed))
+                .map(|(_, s)| s.bytes)
+                .sum();
+            tracing::info!(%model, layers = ?held.layers, bytes = received, relayed_bytes = relayed, "layers fetched and verified");
+            if relayed > 0 {
+                tracing::warn!(%model, relayed_bytes = relayed, "part of the layers came through a relay: no direct path to some holders");
+            }
             for (_, channel) in pending.waiting {
                 net.respond(
                     channel,

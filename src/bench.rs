@@ -110,8 +110,7 @@ fn local(
     models: &std::path::Path,
 ) -> anyhow::Result<()> {
     let path = crate::models::locate(models, model.as_deref())?;
-    let model = GgufModel::open(&path)
-        .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` gets the default model)"))?;
+    let model = GgufModel::open(&path)?;
     let tokenizer = GgufTokenizer::from_model(&model)?;
     let text = "Volunteer computing pools spare machines into one system that anyone can join. "
         .repeat(16);

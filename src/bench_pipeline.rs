@@ -35,8 +35,7 @@ pub(crate) async fn run(
     models: &Path,
 ) -> anyhow::Result<()> {
     let path = crate::models::locate(models, model)?;
-    let model = GgufModel::open(&path)
-        .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` gets the default model)"))?;
+    let model = GgufModel::open(&path)?;
     let tokenizer = GgufTokenizer::from_model(&model)?;
     let prompt = tokenizer.encode(PROMPT, false)?;
     // The swarm is asked for the model by id, which needs no name bound anywhere.

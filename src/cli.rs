@@ -5,6 +5,17 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// What `hearth` alone (and `hearth --help`) ends with: the handful of commands a newcomer starts
+/// with.
+const START_HERE: &str = "\
+Start here:
+  hearth demo                        a coordinator and 3 nodes on this machine, running real jobs
+  hearth models fetch                fetch the default models (once)
+  hearth coordinator --open          run a coordinator (its API on http://127.0.0.1:7070)
+  hearth node --join URL             give this machine to the swarm at URL
+  hearth generate --prompt TEXT      generate text on the swarm
+  hearth peers                       the swarm's peers, how they are reached, their trust";
+
 /// Hearth: a volunteer-compute inference network. Peers pool spare machines into a swarm; a
 /// coordinator schedules work and verifies every result; anyone allowed in submits jobs.
 ///
@@ -15,7 +26,8 @@ use clap::{Args, Parser, Subcommand};
     name = "hearth",
     version,
     propagate_version = true,
-    max_term_width = 100
+    max_term_width = 100,
+    after_help = START_HERE
 )]
 pub(crate) struct Cli {
     /// TOML config file. A missing default file is fine; a missing or invalid named one is an error.

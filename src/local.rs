@@ -39,8 +39,7 @@ fn open_llm(
             path.display()
         );
     }
-    let model = GgufModel::open(&path)
-        .map_err(|e| anyhow::anyhow!("{e} (`hearth models fetch` restores the default model)"))?;
+    let model = GgufModel::open(&path)?;
     let tokenizer = GgufTokenizer::from_model(&model)?;
     let stage = Stage::load(
         &model,

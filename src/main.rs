@@ -59,7 +59,7 @@ fn main() -> ExitCode {
     let file = match FileConfig::load(cli.config.as_deref()) {
         Ok(file) => file,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", one_line(&error));
             return ExitCode::FAILURE;
         }
     };
@@ -81,10 +81,27 @@ fn main() -> ExitCode {
     match run(cli, file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", one_line(&error));
             ExitCode::FAILURE
         }
     }
+}
+
+/// An error and its causes on one line, each cause once: an error that already quotes its
+/// source (`{path}: {source}`) is not followed by the source again.
+fn one_line(error: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line.replace('\n', " ")
 }
 
 fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {

@@ -265,3 +265,147 @@ fn coop_invites_members_and_revokes_them_with_signed_files() {
     assert!(!bad.status.success());
     assert!(!tmp.path().join("x.cert").exists());
 }
+
+/// The last line of stderr (a coordinator logs before it fails), checked to be an error and no
+/// panic.
+fn last_error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    let last = stderr
+        .trim_end()
+        .lines()
+        .last()
+        .unwrap_or_default()
+        .to_string();
+    assert!(last.starts_with("error: "), "{stderr}");
+    last
+}
+
+#[test]
+fn a_model_cut_short_is_named_with_its_size_and_the_fix() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let original = support::models_dir().join("smollm2-135m-instruct-q4_1.gguf");
+    let bytes = std::fs::read(&original).expect("the default model");
+    let short = &bytes[..40_055_040];
+    // Under its catalogued name: the size it should have, and how to get a good copy.
+    std::fs::write(tmp.path().join("smollm2-135m-instruct-q4_1.gguf"), short).expect("write");
+    let models = tmp.path().to_str().expect("utf-8");
+    let out = run_hearth(
+        &[],
+        &[
+            "local",
+            "generate",
+            "--models",
+            models,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "1",
+        ],
+    );
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("is 40,055,040 bytes, expected 98,362,432")
+            && line.contains("fetch it again with `hearth models fetch`")
+            && line.matches("smollm2-135m-instruct-q4_1.gguf").count() == 1,
+        "{line}"
+    );
+    // Under another name: cut short, by how much.
+    let mine = tmp.path().join("mine.gguf");
+    std::fs::write(&mine, short).expect("write");
+    let out = run_hearth(
+        &[],
+        &[
+            "local",
+            "generate",
+            "--model",
+            mine.to_str().expect("utf-8"),
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "1",
+        ],
+    );
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("cut short: 40,055,040 bytes, but its tensors run to byte 98,362,432"),
+        "{line}"
+    );
+}
+
+#[test]
+fn a_port_in_use_an_unreachable_coordinator_and_a_missing_key_say_what_to_do() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = taken.local_addr().expect("addr").to_string();
+    let out = run_hearth(
+        &[],
+        &[
+            "coordinator",
+            "--data-dir",
+            tmp.path().join("c").to_str().expect("utf-8"),
+            "--http",
+            &addr,
+            "--no-mdns",
+            "--listen",
+            "/ip4/127.0.0.1/udp/0/quic-v1",
+        ],
+    );
+    let line = last_error_line(&out);
+    assert!(
+        line.contains(&addr) && line.contains("the port is in use") && line.contains("--http"),
+        "{line}"
+    );
+    assert_eq!(line.matches("in use").count(), 1, "{line}");
+
+    // Nothing listens on port 1.
+    let out = run_hearth(&[], &["peers", "--api", "http://127.0.0.1:1"]);
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("cannot reach the coordinator at http://127.0.0.1:1")
+            && line.contains("--api"),
+        "{line}"
+    );
+
+    let nowhere = tmp.path().join("nowhere");
+    let out = run_hearth(
+        &[],
+        &[
+            "apikey",
+            "list",
+            "--data-dir",
+            nowhere.to_str().expect("utf-8"),
+        ],
+    );
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("admin key") && line.contains("--admin-key"),
+        "{line}"
+    );
+}
+
+#[test]
+fn hearth_alone_shows_where_to_start() {
+    let out = run_hearth(&[], &[]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let start = text
+        .split("Start here:")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{text}"));
+    for command in [
+        "hearth demo",
+        "hearth models fetch",
+        "hearth node --join",
+        "hearth generate",
+    ] {
+        assert!(start.contains(command), "{start}");
+    }
+    let version = run_hearth(&[], &["--version"]);
+    assert!(version.status.success());
+    assert!(String::from_utf8_lossy(&version.stdout).starts_with("hearth "));
+}

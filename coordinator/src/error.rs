@@ -13,12 +13,12 @@ pub enum Error {
     #[error("swarm: {0}")]
     Swarm(#[from] hearth_net::BoxError),
     /// The HTTP address could not be bound.
-    #[error("cannot serve HTTP on {addr}: {source}")]
+    #[error("cannot serve HTTP on {addr}: {}", bind_reason(.error))]
     Http {
         /// The address.
         addr: SocketAddr,
-        /// The underlying error.
-        source: std::io::Error,
+        /// The underlying error (said in the message, with what to do).
+        error: std::io::Error,
     },
     /// A file in the data folder could not be written.
     #[error("{path}: {source}")]
@@ -44,3 +44,20 @@ pub enum Error {
 
 /// The coordinator's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Why an address could not be bound, and what to do about it.
+fn bind_reason(error: &std::io::Error) -> String {
+    match error.kind() {
+        std::io::ErrorKind::AddrInUse => {
+            "the port is in use (another coordinator?): pick another with --http ADDR:PORT".into()
+        }
+        std::io::ErrorKind::PermissionDenied => {
+            "permission denied (ports below 1024 need root): pick another with --http ADDR:PORT"
+                .into()
+        }
+        std::io::ErrorKind::AddrNotAvailable => {
+            "no such address on this machine: --http takes one of its addresses".into()
+        }
+        _ => error.to_string(),
+    }
+}

@@ -146,13 +146,13 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
 
         let listener = tokio::net::TcpListener::bind(config.http)
             .await
-            .map_err(|source| Error::Http {
+            .map_err(|error| Error::Http {
                 addr: config.http,
-                source,
+                error,
             })?;
-        let http_addr = listener.local_addr().map_err(|source| Error::Http {
+        let http_addr = listener.local_addr().map_err(|error| Error::Http {
             addr: config.http,
-            source,
+            error,
         })?;
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{http_addr}");

@@ -20,6 +20,8 @@ pub struct CatalogFile {
     pub path: &'static str,
     /// blake3 of the file, lowercase hex.
     pub blake3: &'static str,
+    /// Its size in bytes, to tell a copy cut short at once.
+    pub size: u64,
 }
 
 /// Some bytes of a catalogued file, in a PyPI wheel.
@@ -59,6 +61,14 @@ impl CatalogModel {
     }
 }
 
+/// The catalogued file `path` is, by its name (and folder, for a model of several files), if any.
+pub fn catalogued_in(path: &std::path::Path) -> Option<&'static CatalogFile> {
+    CATALOG
+        .iter()
+        .flat_map(|m| m.files.iter())
+        .find(|f| path.ends_with(f.path))
+}
+
 /// SmolLM2-135M-Instruct, Q4_1 GGUF: the default LLM (llama architecture, 30 layers, Apache-2.0).
 pub const SMOLLM2: CatalogModel = CatalogModel {
     name: "smollm2-135m-instruct-q4_1",
@@ -72,6 +82,7 @@ pub const SMOLLM2: CatalogModel = CatalogModel {
         }],
         path: "smollm2-135m-instruct-q4_1.gguf",
         blake3: "5f4fa13bfc6dd4a91fd00e22974a9c4e9ed628fd7d7f307398ddf30260d6b2c3",
+        size: 98_362_432,
     }],
 };
 
@@ -91,6 +102,7 @@ pub const MINILM: CatalogModel = CatalogModel {
             }],
             path: "all-minilm-l6-v2/model.safetensors",
             blake3: "8087e9bf97c265f8435ed268733ecf3791825ad24850fd5d84d89e32ee3a589a",
+            size: 90_868_376,
         },
         CatalogFile {
             parts: &[CatalogPart {
@@ -100,6 +112,7 @@ pub const MINILM: CatalogModel = CatalogModel {
             }],
             path: "all-minilm-l6-v2/tokenizer.json",
             blake3: "82483bb4f0bdb81779f295ecc5a93285d2156834e994a2169f9800e4c8f250c1",
+            size: 466_247,
         },
         CatalogFile {
             parts: &[CatalogPart {
@@ -109,6 +122,7 @@ pub const MINILM: CatalogModel = CatalogModel {
             }],
             path: "all-minilm-l6-v2/config.json",
             blake3: "02ba870d29dc00b373fe71bd273baca30586d6577def4130456e756c7b286890",
+            size: 612,
         },
     ],
 };
@@ -145,6 +159,7 @@ pub const GEMMA3: CatalogModel = CatalogModel {
         ],
         path: "gemma-3-270m-q4_k_m.gguf",
         blake3: "cae8a85634ad6b98b9bd58f4d2ba2ed053f51a3b71ff3d7ca8644b2db1c1fad3",
+        size: 253_113_024,
     }],
 };
 

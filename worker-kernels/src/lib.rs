@@ -21,7 +21,7 @@ mod llm;
 pub use benchmark::{BENCHMARK_DURATION, benchmark_gflops_per_thread};
 pub use catalog::{
     CATALOG, CatalogFile, CatalogModel, CatalogPart, GEMMA3, MINILM, ModelKind, ModelNames,
-    NAME_BYTES_MAX, NAMES_FILE, NAMES_MAX, SMOLLM2,
+    NAME_BYTES_MAX, NAMES_FILE, NAMES_MAX, SMOLLM2, catalogued_in,
 };
 pub use embed::{EMBED_BATCH_MAX, EMBED_TOKENS_MAX, EmbedTokenizer, Embedder};
 pub use error::{Error, Result};

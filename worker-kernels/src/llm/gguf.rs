@@ -59,11 +59,49 @@ pub struct GgufModel {
 impl GgufModel {
     /// Open `path`, read its metadata, and check it is a llama-family model Hearth can run.
     pub fn open(path: &Path) -> Result<Self> {
-        let id = model_id(path).map_err(|source| Error::Io {
+        let io = |source| Error::Io {
             path: path.into(),
             source,
-        })?;
-        Self::open_as(path, id)
+        };
+        let len = std::fs::metadata(path).map_err(io)?.len();
+        if let Some(file) = crate::catalog::catalogued_in(path)
+            && len != file.size
+        {
+            return Err(Error::Model {
+                path: path.into(),
+                reason: format!(
+                    "the file is {} bytes, expected {} (cut short or damaged): fetch it again with `hearth models fetch`",
+                    thousands(len),
+                    thousands(file.size)
+                ),
+            });
+        }
+        let id = model_id(path).map_err(io)?;
+        let model = Self::open_as(path, id)?;
+        // A copy cut short: its header may be whole while its tensors are not.
+        let base = model.content.tensor_data_offset;
+        let needed = model
+            .content
+            .tensor_infos
+            .values()
+            .map(|t| {
+                let bytes =
+                    t.shape.elem_count() / t.ggml_dtype.block_size() * t.ggml_dtype.type_size();
+                base + t.offset + bytes as u64
+            })
+            .max()
+            .unwrap_or(base);
+        if len < needed {
+            return Err(Error::Model {
+                path: path.into(),
+                reason: format!(
+                    "the file is cut short: {} bytes, but its tensors run to byte {}; copy or fetch it again",
+                    thousands(len),
+                    thousands(needed)
+                ),
+            });
+        }
+        Ok(model)
     }
 
     /// Open `path` as the model `id` without hashing it: a file fetched from peers in part (its
@@ -306,4 +344,17 @@ fn first_line(error: &impl std::fmt::Display) -> String {
         .next()
         .unwrap_or_default()
         .to_string()
+}
+
+/// `n` with a comma between each group of three digits, as the messages a user reads put it.
+pub(crate) fn thousands(n: u64) -> String {
+    let digits = n.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3);
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }

@@ -4,7 +4,9 @@
 //! send an `Authorization` header).
 //!
 //! Each `snapshot` event's data: `{"time_ms", "peers": [PeerEntry…], "jobs": [JobStatus…],
-//! "sessions": [{id, state, route, tokens, tokens_per_s, …}]}`.
+//! "sessions": [{id, state, route, tokens, tokens_per_s, …}], "models": [{id, name, kind, layers,
+//! holders}]}` (the models any online peer holds whole, and the defaults; peers holding layer
+//! ranges say so in their `layers_held`).
 
 use std::time::{Duration, Instant};
 
@@ -42,10 +44,27 @@ async fn snapshot(commands: &mpsc::Sender<Command>) -> Option<Event> {
     let peers = ask(commands, Command::Peers).await.ok()?;
     let jobs = ask(commands, Command::Jobs).await.ok()?;
     let sessions = ask(commands, Command::Sessions).await.ok()?;
+    let models: Vec<serde_json::Value> = ask(commands, Command::Models)
+        .await
+        .ok()?
+        .iter()
+        .map(|m| {
+            json!({
+                "id": m.id.to_string(),
+                "name": m.name,
+                "kind": match m.kind {
+                    hearth_kernels::ModelKind::Llm => "llm",
+                    hearth_kernels::ModelKind::Embedder => "embedder",
+                },
+                "layers": m.layers,
+                "holders": m.holders.iter().map(ToString::to_string).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
     let time_ms = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_millis() as u64);
-    let data = json!({ "time_ms": time_ms, "peers": peers, "jobs": jobs, "sessions": sessions });
+    let data = json!({ "time_ms": time_ms, "peers": peers, "jobs": jobs, "sessions": sessions, "models": models });
     Some(Event::default().event("snapshot").data(data.to_string()))
 }
 

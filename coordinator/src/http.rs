@@ -49,6 +49,8 @@ pub(crate) struct ModelEntry {
     pub(crate) kind: hearth_kernels::ModelKind,
     /// The online peers that hold it.
     pub(crate) holders: Vec<hearth_protocol::PeerId>,
+    /// Its layers, for an LLM whose header the coordinator has read.
+    pub(crate) layers: Option<u32>,
 }
 
 /// A question for the event loop, with where to send the answer.

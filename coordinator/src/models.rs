@@ -149,6 +149,16 @@ impl Models {
             .map(|(p, _)| p.clone())
     }
 
+    /// How many layers the LLM `id` has, if known here: loaded, or its file in the folder (loaded
+    /// now); `None` for a model known only by peers' adverts whose header is not read yet.
+    pub(crate) fn layers_of(&mut self, id: &ModelId) -> Option<u32> {
+        if let Some(llm) = self.llms.get(id) {
+            return Some(llm.layers);
+        }
+        self.path_of(id)?;
+        self.llm(Some(&id.to_string())).ok().map(|llm| llm.layers)
+    }
+
     /// The name the API gives `id`.
     pub(crate) fn name_of(&self, id: &ModelId) -> String {
         self.names.name_of(id).unwrap_or_else(|| id.to_string())

@@ -100,6 +100,7 @@ async fn models(State(commands): Commands) -> Response {
                     "id": m.id.to_string(),
                     "kind": match m.kind { ModelKind::Llm => "llm", ModelKind::Embedder => "embedder" },
                     "peers_online": holders.len(),
+                    "layers": m.layers,
                 },
             })
         })

@@ -473,6 +473,10 @@ impl Coordinator {
                     peer.strikes = standing.strikes;
                     peer.quarantined = standing.quarantined;
                     peer.quarantine_reason = standing.quarantine_reason;
+                    peer.trust = standing.trust.as_str().to_string();
+                    peer.valid_results = standing.valid_run;
+                    peer.valid_results_needed = crate::limits::TRUST_VALID_RUN_MIN;
+                    peer.quarantine_left_ms = standing.quarantine_left_ms;
                     peer.rtt_ms = self.network.rtt_ms(&peer.peer_id);
                     peer.listen_addrs = self.network.listen_addrs(&peer.peer_id);
                     peer.connection = self
@@ -583,6 +587,9 @@ impl Coordinator {
                     .into_iter()
                     .map(|m| crate::http::ModelEntry {
                         holders: holders.remove(&m.id).unwrap_or_default(),
+                        layers: (m.kind == hearth_kernels::ModelKind::Llm)
+                            .then(|| self.models.layers_of(&m.id))
+                            .flatten(),
                         id: m.id,
                         name: m.name,
                         kind: m.kind,

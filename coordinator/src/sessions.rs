@@ -1222,6 +1222,9 @@ impl Sessions {
             "id": session,
             "state": state,
             "route": d.route(),
+            // Each stage's round trip to the next (the last's to the first), as the stages last
+            // reported them; empty for a session the coordinator drives hop by hop.
+            "hop_rtt_ms": d.chain_rtts(),
             "tokens": d.generated.len(),
             "prompt_tokens": live.prompt_tokens,
             "elapsed_ms": elapsed * 1e3,

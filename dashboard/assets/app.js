@@ -68,6 +68,81 @@ function rates(snap) {
   return r;
 }
 
+// A span of time as a person says it: "7 d 0 h", "9 min", "40 s".
+function duration(ms) {
+  const s = Math.round(ms / 1000);
+  if (s >= 86400) return `${Math.floor(s / 86400)} d ${Math.floor((s % 86400) / 3600)} h`;
+  if (s >= 3600) return `${Math.floor(s / 3600)} h ${Math.floor((s % 3600) / 60)} min`;
+  if (s >= 60) return `${Math.floor(s / 60)} min`;
+  return `${s} s`;
+}
+
+// The ledger's state as it is: new (no valid result yet), earning trust (with its count), trusted,
+// quarantined (why, and until when).
+function trustText(p) {
+  switch (p.trust) {
+    case "quarantined": {
+      const left = p.quarantine_left_ms;
+      const until = left != null ? ` until ${new Date(Date.now() + left).toLocaleString()} (${duration(left)} from now)` : "";
+      return `<span class="quarantined">quarantined</span>${until}: ${esc(p.quarantine_reason ?? "")}`;
+    }
+    case "trusted":
+      return '<span class="trusted">trusted</span>';
+    case "earning":
+      return `<span class="earning">earning trust</span>: ${p.valid_results} of ${p.valid_results_needed} valid results`;
+    default:
+      return '<span class="new">new</span> (no valid result yet)';
+  }
+}
+
+// Which layers of each model the swarm holds, and how many times over: one row per peer holding the
+// model whole or in part, one cell per layer; the last row counts the copies, a gap in red, a
+// single copy in amber.
+function renderCoverage(models, peers) {
+  const el = $("coverage");
+  const online = peers.filter((p) => p.online);
+  const llms = (models || []).filter((m) => m.kind === "llm" && m.layers);
+  if (!llms.length) {
+    el.innerHTML = '<p class="empty">No model with known layers yet: a node holding one joins with <code>hearth node --join URL</code>.</p>';
+    return;
+  }
+  el.innerHTML = llms
+    .map((m) => {
+      const rows = [];
+      for (const p of online) {
+        let ranges = [];
+        if ((p.capabilities.models || []).includes(m.id)) ranges = [[0, m.layers]];
+        else {
+          const held = (p.layers_held || []).find((h) => h.model === m.id);
+          if (held) ranges = held.layers;
+        }
+        if (ranges.length) rows.push({ peer: p.peer_id, ranges });
+      }
+      const copies = Array.from({ length: m.layers }, (_, l) => rows.filter((r) => r.ranges.some(([a, b]) => l >= a && l < b)).length);
+      const covered = copies.filter((c) => c > 0).length;
+      const minCopies = Math.min(...copies);
+      const cells = (has) => Array.from({ length: m.layers }, (_, l) => `<td class="${has(l) ? "held" : ""}"></td>`).join("");
+      const head = Array.from({ length: m.layers }, (_, l) => `<th>${l % 5 === 0 ? l : ""}</th>`).join("");
+      const peerRows = rows
+        .map((r) => `<tr data-peer="${esc(r.peer)}" data-layers="${r.ranges.map(([a, b]) => `${a}-${b}`).join(",")}"><th class="mono" title="${esc(r.peer)}">${esc(short(r.peer))}</th>${cells((l) => r.ranges.some(([a, b]) => l >= a && l < b))}</tr>`)
+        .join("");
+      const countRow = `<tr class="copies"><th>copies</th>${copies.map((c) => `<td class="${c === 0 ? "gap" : c === 1 ? "single" : "many"}">${c}</td>`).join("")}</tr>`;
+      const state = covered < m.layers ? `<span class="gap-text">${m.layers - covered} layers uncovered</span>` : minCopies === 1 ? '<span class="single-text">some layers held once: one peer away from a gap</span>' : `every layer held ${minCopies}+ times`;
+      return `<div class="model-coverage" data-model="${esc(m.id)}" data-layers="${m.layers}" data-covered="${covered}" data-min-copies="${minCopies}" data-holders="${rows.length}">
+        <h3>${esc(m.name)} <small>${m.layers} layers · ${covered}/${m.layers} covered · ${state}</small></h3>
+        <table class="coverage"><thead><tr><th>peer</th>${head}</tr></thead><tbody>${peerRows}${countRow}</tbody></table></div>`;
+    })
+    .join("");
+}
+
+// A chart with no data yet says so instead of drawing an axis over nothing.
+function chartState(id, empty, text) {
+  const box = $(id);
+  box.parentElement.classList.toggle("no-data", empty);
+  box.parentElement.dataset.empty = String(empty);
+  box.parentElement.querySelector(".empty-note").textContent = empty ? text : "";
+}
+
 function renderPeers(peers) {
   const body = $("peers").tBodies[0];
   if (!peers.length) {
@@ -79,10 +154,8 @@ function renderPeers(peers) {
       const c = p.capabilities;
       const hw = `${esc(c.backend)} · ${esc(c.device)} · ${c.cpu_cores} cores, ${c.threads} threads · ${(c.host_memory_total_bytes / 2 ** 30).toFixed(1)} GiB · ${esc(c.arch)}`;
       const classes = `${esc(c.numeric_class.llm ?? "—")} / ${esc(c.numeric_class.embed ?? "—")}`;
-      const trust = p.quarantined
-        ? `<span class="quarantined">quarantined</span>: ${esc(p.quarantine_reason ?? "")}`
-        : '<span class="trusted">trusted</span>';
-      return `<tr data-peer="${esc(p.peer_id)}" data-online="${p.online}" data-quarantined="${p.quarantined}" class="${p.quarantined ? "quarantined-row" : ""}">
+      const trust = trustText(p);
+      return `<tr data-peer="${esc(p.peer_id)}" data-online="${p.online}" data-quarantined="${p.quarantined}" data-trust="${esc(p.trust ?? "new")}" class="${p.quarantined ? "quarantined-row" : ""}">
         <td class="mono" title="${esc(p.peer_id)}">${esc(short(p.peer_id))}</td>
         <td class="${p.online ? "online" : "offline"}">${p.online ? "online" : "offline"}</td>
         <td>${hw}</td><td class="mono">${classes}</td><td>${fmt(c.score, 1)}</td>
@@ -121,8 +194,16 @@ function renderSessions(sessions) {
   }
   body.innerHTML = sessions
     .map((s) => {
-      const route = (s.route || []).map((h) => `${esc(short(h.peer_id))}: ${h.layers[0]}..${h.layers[1]}`).join(" → ");
-      return `<tr data-session="${s.id}"><td>${s.id}</td><td>${esc(s.state)}</td><td class="mono wrap">${route}</td>
+      const rtts = s.hop_rtt_ms || [];
+      const route = (s.route || [])
+        .map((h, i) => {
+          const stage = `<span class="stage" title="${esc(h.peer_id)}">${esc(short(h.peer_id))}<br><small>layers ${h.layers[0]}..${h.layers[1]}</small></span>`;
+          const last = i === s.route.length - 1;
+          const rtt = rtts[i] != null ? `${fmt(rtts[i], 1)} ms` : "";
+          return stage + (last ? (rtt ? `<span class="hop back">↺ ${rtt}</span>` : "") : `<span class="hop">→ ${rtt}</span>`);
+        })
+        .join("");
+      return `<tr data-session="${s.id}"><td>${s.id}</td><td>${esc(s.state)}</td><td class="mono wrap"><span class="chain">${route}</span></td>
         <td>${s.tokens}</td><td>${fmt(s.tokens_per_s, 1)}</td><td>${s.verified_tokens}</td><td>${s.windows}</td><td>${s.reroutes}</td></tr>`;
     })
     .join("");
@@ -153,6 +234,11 @@ function onSnapshot(snap) {
   charts.throughput.setData([history.t, history.throughput]);
   charts.results.setData([history.t, history.verified, history.rejected]);
   charts.peers.setData([history.t, history.peers]);
+  const noJobs = !snap.jobs.length;
+  chartState("chart-throughput", noJobs || history.t.length < 2, "No data yet: the chart starts with the first job (hearth embed …).");
+  chartState("chart-results", noJobs || history.t.length < 2, "No results yet: verified and rejected results show once a job runs.");
+  chartState("chart-peers", history.t.length < 2, "No data yet: a point a second from now on.");
+  renderCoverage(snap.models, snap.peers);
   renderSummary(snap);
   renderPeers(snap.peers);
   renderJobs(snap.jobs);

@@ -20,6 +20,10 @@ pub struct SwarmInfo {
     pub reachability: crate::Reachability,
 }
 
+fn new_trust() -> String {
+    "new".into()
+}
+
 /// One element of `GET /v1/peers`.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct PeerEntry {
@@ -72,6 +76,19 @@ pub struct PeerEntry {
     /// Why it was last quarantined.
     #[serde(default)]
     pub quarantine_reason: Option<String>,
+    /// Its trust in the ledger: `new` (no valid result yet), `earning` (some, not yet enough),
+    /// `trusted` (in every numeric class it has) or `quarantined`.
+    #[serde(default = "new_trust")]
+    pub trust: String,
+    /// Valid results in a row (in its class with the most).
+    #[serde(default)]
+    pub valid_results: u32,
+    /// Valid results in a row trust needs.
+    #[serde(default)]
+    pub valid_results_needed: u32,
+    /// While quarantined: how long it still is, in ms.
+    #[serde(default)]
+    pub quarantine_left_ms: Option<u64>,
     /// Where it listens, as the coordinator learnt it (what another peer dials it at).
     #[serde(default)]
     pub listen_addrs: Vec<String>,

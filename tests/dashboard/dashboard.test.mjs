@@ -1,7 +1,10 @@
 // End-to-end test of the dashboard: a real coordinator (API keys required) and real nodes, the page in
 // headless Chromium driven by Playwright. Checks: the page asks for a key once and lists the peers;
-// a node joining and one leaving show without a reload; a running embed job's progress advances; a
-// lying node shows as quarantined. Saves screenshots to SHOTS (default target/dashboard-shots).
+// empty charts say so and fresh peers show as new; the coverage view shows the model's holders as the
+// coordinator lists them, and loses a killed node's layers; a node joining and one leaving show
+// without a reload; a running embed job's progress advances; honest nodes earn trust and a lying node
+// shows as quarantined, with its reason and until when. Saves screenshots to SHOTS (default
+// target/dashboard-shots).
 //
 //   HEARTH_BIN=target/debug/hearth node tests/dashboard/dashboard.test.mjs
 import { spawn, execFileSync } from "node:child_process";
@@ -95,6 +98,46 @@ try {
     return true;
   });
   await page.evaluate(() => { window.__sameDocument = true; });
+
+  // Before any job: the charts say they have no data; fresh peers are new, not trusted.
+  for (const id of ["chart-throughput", "chart-results"]) {
+    const figure = page.locator(`#${id}`).locator("xpath=..");
+    assert.equal(await figure.getAttribute("data-empty"), "true", `${id} shows its empty state`);
+    assert.match(await figure.innerText(), /No (data|results) yet/);
+  }
+  for (const id of ids) {
+    assert.equal(await attr(id, "data-trust"), "new", "a fresh peer is new");
+    assert.doesNotMatch(await row(id).innerText(), /trusted/);
+  }
+
+  // The coverage view against the swarm's real holdings: the peers that hold SmolLM2, as the
+  // coordinator lists them, each a row over all its 30 layers, every layer held by all of them.
+  const listed = async () => {
+    const answer = await fetch(api + "/v1/models", { headers: { authorization: "Bearer " + key } });
+    const smollm2 = (await answer.json()).data.find((m) => m.id === "smollm2-135m-instruct-q4_1");
+    return { id: smollm2.hearth.id, layers: smollm2.hearth.layers, holders: smollm2.holders.slice().sort() };
+  };
+  const coverage = async (model) => {
+    const box = page.locator(`#coverage .model-coverage[data-model="${model}"]`);
+    if (!(await box.count())) return null;
+    const rows = await box.locator("tbody tr[data-peer]").evaluateAll((trs) => trs.map((tr) => [tr.dataset.peer, tr.dataset.layers]));
+    return {
+      layers: Number(await box.getAttribute("data-layers")),
+      covered: Number(await box.getAttribute("data-covered")),
+      minCopies: Number(await box.getAttribute("data-min-copies")),
+      rows: rows.sort(),
+    };
+  };
+  const real = await until("the coordinator lists 3 holders of SmolLM2", 30, async () => {
+    const m = await listed();
+    return m.holders.length === 3 ? m : null;
+  });
+  assert.equal(real.layers, 30);
+  await until("the coverage view shows the 3 holders over all 30 layers", 30, async () => {
+    const c = await coverage(real.id);
+    return c && c.layers === 30 && c.covered === 30 && c.minCopies === 3 &&
+      JSON.stringify(c.rows) === JSON.stringify(real.holders.map((h) => [h, "0-30"]));
+  });
   await page.screenshot({ path: path.join(shots, "1-peers.png"), fullPage: true });
 
   // A node joins: it shows up without a reload.
@@ -104,6 +147,13 @@ try {
   // A node leaves (killed outright): it shows offline.
   children.get("node1").kill("SIGKILL");
   await until("the killed node shown offline", 30, async () => (await attr(ids[1], "data-online")) === "false");
+  // Its layers are no longer counted: the coverage view loses its row and a copy of every layer.
+  await until("the coverage view without the killed node", 30, async () => {
+    const c = await coverage(real.id);
+    return c && c.minCopies === 3 && c.covered === 30 && !c.rows.some(([peer]) => peer === ids[1]) &&
+      c.rows.some(([peer]) => peer === ids[3]);
+  });
+  await page.screenshot({ path: path.join(shots, "4-coverage-after-a-node-left.png"), fullPage: true });
 
   // An embed job: its progress advances on the page, and the liar is caught.
   const texts = Array.from({ length: 2400 }, (_, i) => JSON.stringify({ id: i, text: `sentence ${i}: ${"volunteer computing ".repeat(1 + (i % 7))}` }));
@@ -134,6 +184,13 @@ try {
   assert.match(liarText, /quarantined/);
   assert.match(liarText, /quorum|wrong|disagree|lost/i, "the reason is shown");
   for (const id of [ids[0], ids[3]]) assert.equal(await attr(id, "data-quarantined"), "false", "honest nodes stay trusted");
+  assert.match(liarText, /until .*\(\d+ (d|h|min|s)\b.* from now\)/, "how long the quarantine lasts");
+  for (const id of [ids[0], ids[3]]) {
+    assert.ok(["earning", "trusted"].includes(await attr(id, "data-trust")), "honest nodes earned trust with valid results");
+  }
+  for (const id of ["chart-throughput", "chart-results"]) {
+    assert.equal(await page.locator(`#${id}`).locator("xpath=..").getAttribute("data-empty"), "false", `${id} draws once a job ran`);
+  }
 
   assert.equal(await page.evaluate(() => window.__sameDocument), true, "no reload happened");
   await page.screenshot({ path: path.join(shots, "3-quarantined.png"), fullPage: true });

@@ -117,6 +117,38 @@ pub struct Standing {
     pub quarantined: bool,
     /// Why it was last quarantined.
     pub quarantine_reason: Option<String>,
+    /// Where it stands in the ledger: new, earning trust, trusted or quarantined.
+    pub trust: Trust,
+    /// Valid results in a row in its class with the most (trust needs [`TRUST_VALID_RUN_MIN`]
+    /// and an error estimate under [`TRUST_ERROR_RATE_MAX`] in every class it has).
+    pub valid_run: u32,
+    /// While quarantined: how long it still is, in ms.
+    pub quarantine_left_ms: Option<u64>,
+}
+
+/// A peer's trust as the ledger holds it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Trust {
+    /// No valid result yet: every unit it runs is replicated.
+    New,
+    /// Some valid results, not yet enough to be trusted.
+    Earning,
+    /// Trusted in every numeric class it has: its units are spot-checked.
+    Trusted,
+    /// Refused work until its quarantine ends.
+    Quarantined,
+}
+
+impl Trust {
+    /// As the API says it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Trust::New => "new",
+            Trust::Earning => "earning",
+            Trust::Trusted => "trusted",
+            Trust::Quarantined => "quarantined",
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -281,6 +313,9 @@ impl Ledger {
                 strikes: 0,
                 quarantined: false,
                 quarantine_reason: None,
+                trust: Trust::New,
+                valid_run: 0,
+                quarantine_left_ms: None,
             };
         };
         let worst = if record.classes.is_empty() {
@@ -292,12 +327,31 @@ impl Ledger {
                 .map(|(_, c)| c.error_rate)
                 .fold(0.0, f64::max)
         };
+        let quarantined = now_ms < record.quarantined_until_ms;
+        let valid_run = record
+            .classes
+            .iter()
+            .map(|(_, c)| c.valid_run)
+            .max()
+            .unwrap_or(0);
+        let trust = if quarantined {
+            Trust::Quarantined
+        } else if !record.classes.is_empty() && record.classes.iter().all(|(_, c)| c.trusted()) {
+            Trust::Trusted
+        } else if valid_run > 0 {
+            Trust::Earning
+        } else {
+            Trust::New
+        };
         Standing {
             reliability: 1.0 - worst,
             credit: record.credit,
             strikes: record.strikes,
-            quarantined: now_ms < record.quarantined_until_ms,
+            quarantined,
             quarantine_reason: record.quarantine_reason.clone(),
+            trust,
+            valid_run,
+            quarantine_left_ms: quarantined.then(|| record.quarantined_until_ms - now_ms),
         }
     }
 
@@ -493,6 +547,31 @@ mod tests {
         assert!(
             matches!(&weights[..], [LedgerOutput::Quarantined { reason, .. }] if reason.contains("do not verify")),
             "{weights:?}"
+        );
+    }
+
+    #[test]
+    fn standing_says_new_earning_trusted_and_quarantined_until_when() {
+        let mut ledger = Ledger::default();
+        let a = peer(6);
+        assert_eq!(ledger.standing(&a, 0).trust, Trust::New);
+        valid(&mut ledger, a, 3);
+        let earning = ledger.standing(&a, 0);
+        assert_eq!((earning.trust, earning.valid_run), (Trust::Earning, 3));
+        valid(&mut ledger, a, 20);
+        assert_eq!(ledger.standing(&a, 0).trust, Trust::Trusted);
+        fault(&mut ledger, a, 1_000, Fault::LostQuorum);
+        let quarantined = ledger.standing(&a, 61_000);
+        assert_eq!(quarantined.trust, Trust::Quarantined);
+        assert_eq!(
+            quarantined.quarantine_left_ms,
+            Some(QUARANTINE_BASE_MS - 60_000)
+        );
+        assert_eq!(
+            ledger
+                .standing(&a, 1_000 + QUARANTINE_BASE_MS)
+                .quarantine_left_ms,
+            None
         );
     }
 

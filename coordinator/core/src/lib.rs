@@ -24,7 +24,7 @@ pub mod registry;
 pub mod scheduler;
 pub mod verifier;
 
-pub use ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing};
+pub use ledger::{Fault, Ledger, LedgerInput, LedgerOutput, Replication, Standing, Trust};
 pub use peer_hash::{PeerHash, PeerMap};
 pub use registry::Registry;
 pub use scheduler::{

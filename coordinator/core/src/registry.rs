@@ -193,6 +193,10 @@ impl Registry {
                 strikes: 0,
                 quarantined: false,
                 quarantine_reason: None,
+                trust: "new".into(),
+                valid_results: 0,
+                valid_results_needed: crate::limits::TRUST_VALID_RUN_MIN,
+                quarantine_left_ms: None,
                 listen_addrs: Vec::new(),
             })
             .collect()

@@ -89,6 +89,7 @@ fn answer(command: Command) {
                         name: m.name,
                         kind: m.kind,
                         holders: Vec::new(),
+                        layers: None,
                     })
                     .collect(),
             ),

@@ -381,30 +381,49 @@ fn nodes_behind_nats_work_together_through_the_relay_and_hole_punching() {
             .filter(|&j| home_of[j] < 2 && home_of[j] != home_of[k])
             .collect()
     };
+    // Links come and go with the connections (an idle one closes), so what each poll shows is
+    // gathered: every node of the two port-preserving homes seen with a punched link to the other
+    // home; every link seen of the symmetric home's node relayed, and at least one seen.
+    let mut punched_seen = std::collections::BTreeSet::new();
+    let mut symmetric_links: Vec<String> = Vec::new();
     let deadline = std::time::Instant::now() + Duration::from_secs(60);
     loop {
         let listed = peers();
-        let punched = (0..nodes.len()).filter(|&k| home_of[k] < 2).all(|k| {
-            across(k).iter().any(|&j| {
+        for k in (0..nodes.len()).filter(|&k| home_of[k] < 2) {
+            let hole = across(k).iter().any(|&j| {
                 link(&listed, k, j).as_deref() == Some("hole-punched")
                     || link(&listed, j, k).as_deref() == Some("hole-punched")
-            })
-        });
-        let through_relay = (0..nodes.len()).filter(|&k| home_of[k] == 2).all(|k| {
-            let links = entry(&listed, &ids[k]).map(|p| p["links"].clone());
-            let links = links.as_ref().and_then(Value::as_array);
-            links.is_some_and(|l| !l.is_empty() && l.iter().all(|l| l["connection"] == "relayed"))
-        });
+            });
+            if hole {
+                punched_seen.insert(k);
+            }
+        }
+        for k in (0..nodes.len()).filter(|&k| home_of[k] == 2) {
+            for l in entry(&listed, &ids[k])
+                .and_then(|p| p["links"].as_array().cloned())
+                .unwrap_or_default()
+            {
+                symmetric_links.push(l["connection"].as_str().unwrap_or("?").to_string());
+            }
+        }
+        let punched = (0..nodes.len())
+            .filter(|&k| home_of[k] < 2)
+            .all(|k| punched_seen.contains(&k));
+        let through_relay = !symmetric_links.is_empty();
         if punched && through_relay {
             break;
         }
         let links: Vec<&Value> = listed.iter().map(|p| &p["links"]).collect();
         assert!(
             std::time::Instant::now() < deadline,
-            "the nodes' links: {links:?}"
+            "punched seen for nodes {punched_seen:?}; the nodes' links now: {links:?}"
         );
         std::thread::sleep(Duration::from_millis(250));
     }
+    assert!(
+        symmetric_links.iter().all(|c| c == "relayed"),
+        "the symmetric home's links: {symmetric_links:?}"
+    );
 
     // `hearth peers` shows how each is reached and the round trip.
     let table = run_hearth(&public, &["peers", "--api", &api, "--api-key", &key]);

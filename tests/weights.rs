@@ -225,6 +225,18 @@ fn generate(swarm: &Swarm) -> serde_json::Value {
     let mut args = GENERATE.to_vec();
     args.push(&swarm.api);
     let out = run_hearth(&[], &args);
+    if !out.status.success() && std::env::var("HEARTH_TEST_LOGS").is_ok() {
+        for (id, n) in &swarm.nodes {
+            println!(
+                "=== {id}\n{}",
+                n.log_text()
+                    .lines()
+                    .filter(|l| !l.contains("gossipsub"))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+        }
+    }
     assert!(
         out.status.success(),
         "{}",

@@ -45,6 +45,11 @@ pub struct NetConfig {
     pub send_delay: Option<std::time::Duration>,
     /// Offer a circuit relay to peers behind NATs (`--relay`), within the `RELAY_*` limits.
     pub relay: bool,
+    /// Ask peers to dial our addresses back (AutoNAT's client), to learn whether we are reachable:
+    /// for a node that says it is behind a NAT (`--behind-nat`). Off elsewhere: a dial-back that
+    /// gets through arrives as a second connection from a peer we already reach, which the
+    /// stale-connection rule (see `connections`) takes for a restart and resets.
+    pub autonat: bool,
 }
 
 impl Default for NetConfig {
@@ -61,6 +66,7 @@ impl Default for NetConfig {
             memory_max_bytes: None,
             send_delay: None,
             relay: false,
+            autonat: false,
         }
     }
 }
@@ -102,8 +108,9 @@ mod derived {
         pub relay_client: relay::client::Behaviour,
         /// Upgrades a relayed connection to a direct one by hole punching.
         pub dcutr: dcutr::Behaviour,
-        /// Asks peers to dial our observed addresses back (AutoNAT v2): whether we are reachable.
-        pub autonat: autonat::v2::client::Behaviour,
+        /// Asks peers to dial our observed addresses back (AutoNAT v2): whether we are reachable
+        /// (`NetConfig::autonat`).
+        pub autonat: Toggle<autonat::v2::client::Behaviour>,
         /// Dials back the addresses other peers ask about (AutoNAT v2), from a fresh port, so a
         /// NAT's mapping for our own connection does not pass for reachability.
         pub autonat_server: autonat::v2::server::Behaviour,
@@ -197,7 +204,10 @@ impl Behaviour {
                 .into(),
             relay_client,
             dcutr: dcutr::Behaviour::new(peer_id),
-            autonat: autonat::v2::client::Behaviour::default(),
+            autonat: config
+                .autonat
+                .then(autonat::v2::client::Behaviour::default)
+                .into(),
             autonat_server: autonat::v2::server::Behaviour::default(),
         })
     }

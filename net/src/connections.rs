@@ -51,7 +51,15 @@ pub(crate) struct Connections {
     /// Connections hole punching made that were not established yet when it said so (the two
     /// events come in either order); at most [`PUNCHED_PENDING_MAX`].
     punched: std::collections::VecDeque<(PeerId, ConnectionId, Instant)>,
+    /// Peers hole punching reached, and when last: a direct connection to one of them later (a
+    /// redial after the punched connection closed) goes through the hole it left, not past a NAT
+    /// that lets dials in. At most [`PUNCHED_PENDING_MAX`], the oldest forgotten.
+    punched_peers: std::collections::VecDeque<(PeerId, Instant)>,
 }
+
+/// How long a punched hole is taken to stay open for a redial (home routers keep a UDP mapping
+/// for a few minutes of silence, a TCP one longer).
+const PUNCHED_HOLE_KEPT: std::time::Duration = std::time::Duration::from_secs(5 * 60);
 
 /// A direct connection to a peer this soon after hole punching to it said it succeeded is the
 /// punched one (the connection that got through may be the other side's dial, not ours).
@@ -77,6 +85,12 @@ impl Connections {
         }) {
             self.punched.remove(i);
             Via::HolePunched
+        } else if self
+            .punched_peers
+            .iter()
+            .any(|(p, at)| *p == peer && now.duration_since(*at) < PUNCHED_HOLE_KEPT)
+        {
+            Via::HolePunched
         } else {
             Via::Direct
         };
@@ -100,6 +114,11 @@ impl Connections {
         // The connection it names, else the direct ones open to that peer (behind its NAT, a
         // direct connection is one hole punching made), else the next one to come.
         let now = Instant::now();
+        self.punched_peers.retain(|(p, _)| *p != peer);
+        if self.punched_peers.len() >= PUNCHED_PENDING_MAX {
+            self.punched_peers.pop_front();
+        }
+        self.punched_peers.push_back((peer, now));
         let mut marked = false;
         if let Some(open) = self.open.get_mut(&peer) {
             let named = open.iter().any(|(id, _, _)| *id == connection);

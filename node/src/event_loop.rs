@@ -156,6 +156,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     memory_max_bytes: config
                         .max_memory
                         .map(|cap| cap.saturating_add(hearth_net::MEMORY_HEADROOM_BYTES)),
+                    // Behind a NAT by its own account: find out whether it is reachable.
+                    autonat: config.net.autonat || config.behind_nat,
                     ..config.net.clone()
                 },
             )?,

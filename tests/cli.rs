@@ -314,6 +314,28 @@ fn a_model_cut_short_is_named_with_its_size_and_the_fix() {
             && line.matches("smollm2-135m-instruct-q4_1.gguf").count() == 1,
         "{line}"
     );
+    // The right size, the wrong bytes: named as not the catalogued file.
+    let mut damaged = bytes.clone();
+    damaged[bytes.len() / 2] ^= 0xff;
+    std::fs::write(tmp.path().join("smollm2-135m-instruct-q4_1.gguf"), &damaged).expect("write");
+    let out = run_hearth(
+        &[],
+        &[
+            "local",
+            "generate",
+            "--models",
+            models,
+            "--prompt",
+            "hi",
+            "--max-tokens",
+            "1",
+        ],
+    );
+    let line = one_line_error(&out);
+    assert!(
+        line.contains("not the catalogued one") && line.contains("`hearth models fetch`"),
+        "{line}"
+    );
     // Under another name: cut short, by how much.
     let mine = tmp.path().join("mine.gguf");
     std::fs::write(&mine, short).expect("write");
@@ -408,4 +430,50 @@ fn hearth_alone_shows_where_to_start() {
     let version = run_hearth(&[], &["--version"]);
     assert!(version.status.success());
     assert!(String::from_utf8_lossy(&version.stdout).starts_with("hearth "));
+}
+
+/// The subcommands a `--help` lists (its "Commands:" section), `help` aside.
+fn subcommands(help: &str) -> Vec<String> {
+    help.split("Commands:")
+        .nth(1)
+        .map(|rest| {
+            rest.lines()
+                .skip(1)
+                .take_while(|l| !l.trim().is_empty())
+                .filter(|l| l.starts_with("  ") && !l.starts_with("    "))
+                .filter_map(|l| l.split_whitespace().next().map(String::from))
+                .filter(|c| c != "help")
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn every_subcommand_says_what_it_does_in_its_first_line() {
+    let top = String::from_utf8_lossy(&run_hearth(&[], &["--help"]).stdout).into_owned();
+    let mut commands: Vec<Vec<String>> = subcommands(&top).into_iter().map(|c| vec![c]).collect();
+    assert!(commands.len() >= 15, "{top}");
+    let mut checked = 0;
+    while let Some(command) = commands.pop() {
+        let mut args: Vec<&str> = command.iter().map(String::as_str).collect();
+        args.push("--help");
+        let out = run_hearth(&[], &args);
+        assert!(out.status.success(), "{args:?}");
+        let help = String::from_utf8_lossy(&out.stdout).into_owned();
+        let first = help.lines().next().unwrap_or_default();
+        assert!(
+            first.chars().next().is_some_and(char::is_uppercase) && !first.starts_with("Usage"),
+            "`hearth {}` starts its help with {first:?}",
+            command.join(" ")
+        );
+        checked += 1;
+        if command.len() < 3 {
+            for sub in subcommands(&help) {
+                let mut nested = command.clone();
+                nested.push(sub);
+                commands.push(nested);
+            }
+        }
+    }
+    assert!(checked > 30, "{checked} commands checked");
 }

@@ -77,6 +77,17 @@ impl GgufModel {
             });
         }
         let id = model_id(path).map_err(io)?;
+        if let Some(file) = crate::catalog::catalogued_in(path)
+            && id.to_string() != file.blake3
+        {
+            return Err(Error::Model {
+                path: path.into(),
+                reason: format!(
+                    "the file is not the catalogued one (blake3 {id}, expected {}): damaged or replaced; fetch it again with `hearth models fetch`",
+                    file.blake3
+                ),
+            });
+        }
         let model = Self::open_as(path, id)?;
         // A copy cut short: its header may be whole while its tensors are not.
         let base = model.content.tensor_data_offset;

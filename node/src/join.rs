@@ -62,7 +62,13 @@ pub async fn resolve(target: &JoinTarget) -> Result<Vec<Multiaddr>> {
                 .get(&url)
                 .send()
                 .await
-                .and_then(reqwest::Response::error_for_status)
+                .map_err(|e| {
+                    fail(format!(
+                        "{} (is `hearth coordinator` running there? this node keeps trying)",
+                        root_cause(&e)
+                    ))
+                })?
+                .error_for_status()
                 .map_err(|e| fail(e.to_string()))?;
             let mut body = Vec::new();
             while let Some(chunk) = response.chunk().await.map_err(|e| fail(e.to_string()))? {
@@ -106,4 +112,14 @@ mod tests {
             assert!(bad.parse::<JoinTarget>().is_err(), "{bad}");
         }
     }
+}
+
+/// The innermost cause of `error` ("Connection refused (os error 111)"), which reqwest's own
+/// message ("error sending request for url …") leaves out.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
 }

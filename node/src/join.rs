@@ -94,6 +94,16 @@ pub async fn resolve(target: &JoinTarget) -> Result<Vec<Multiaddr>> {
     }
 }
 
+/// The innermost cause of `error` ("Connection refused (os error 111)"), which reqwest's own
+/// message ("error sending request for url …") leaves out.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut cause = error;
+    while let Some(source) = cause.source() {
+        cause = source;
+    }
+    cause.to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -112,14 +122,4 @@ mod tests {
             assert!(bad.parse::<JoinTarget>().is_err(), "{bad}");
         }
     }
-}
-
-/// The innermost cause of `error` ("Connection refused (os error 111)"), which reqwest's own
-/// message ("error sending request for url …") leaves out.
-fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut cause = error;
-    while let Some(source) = cause.source() {
-        cause = source;
-    }
-    cause.to_string()
 }

@@ -291,23 +291,18 @@ fn a_model_cut_short_is_named_with_its_size_and_the_fix() {
     let original = support::models_dir().join("smollm2-135m-instruct-q4_1.gguf");
     let bytes = std::fs::read(&original).expect("the default model");
     let short = &bytes[..40_055_040];
-    // Under its catalogued name: the size it should have, and how to get a good copy.
-    std::fs::write(tmp.path().join("smollm2-135m-instruct-q4_1.gguf"), short).expect("write");
     let models = tmp.path().to_str().expect("utf-8");
-    let out = run_hearth(
-        &[],
-        &[
-            "local",
-            "generate",
-            "--models",
-            models,
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "1",
-        ],
-    );
-    let line = one_line_error(&out);
+    let catalogued = tmp.path().join("smollm2-135m-instruct-q4_1.gguf");
+    // `hearth local generate` of `model` (a file, or the default in the folder): its error line.
+    let generate = |model: &[&str]| {
+        let mut args = vec!["local", "generate", "--models", models];
+        args.extend(model);
+        args.extend(["--prompt", "hi", "--max-tokens", "1"]);
+        one_line_error(&run_hearth(&[], &args))
+    };
+    // Under its catalogued name: the size it should have, and how to get a good copy.
+    std::fs::write(&catalogued, short).expect("write");
+    let line = generate(&[]);
     assert!(
         line.contains("is 40,055,040 bytes, expected 98,362,432")
             && line.contains("fetch it again with `hearth models fetch`")
@@ -317,21 +312,8 @@ fn a_model_cut_short_is_named_with_its_size_and_the_fix() {
     // The right size, the wrong bytes: named as not the catalogued file.
     let mut damaged = bytes.clone();
     damaged[bytes.len() / 2] ^= 0xff;
-    std::fs::write(tmp.path().join("smollm2-135m-instruct-q4_1.gguf"), &damaged).expect("write");
-    let out = run_hearth(
-        &[],
-        &[
-            "local",
-            "generate",
-            "--models",
-            models,
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "1",
-        ],
-    );
-    let line = one_line_error(&out);
+    std::fs::write(&catalogued, &damaged).expect("write");
+    let line = generate(&[]);
     assert!(
         line.contains("not the catalogued one") && line.contains("`hearth models fetch`"),
         "{line}"
@@ -339,20 +321,7 @@ fn a_model_cut_short_is_named_with_its_size_and_the_fix() {
     // Under another name: cut short, by how much.
     let mine = tmp.path().join("mine.gguf");
     std::fs::write(&mine, short).expect("write");
-    let out = run_hearth(
-        &[],
-        &[
-            "local",
-            "generate",
-            "--model",
-            mine.to_str().expect("utf-8"),
-            "--prompt",
-            "hi",
-            "--max-tokens",
-            "1",
-        ],
-    );
-    let line = one_line_error(&out);
+    let line = generate(&["--model", mine.to_str().expect("utf-8")]);
     assert!(
         line.contains("cut short: 40,055,040 bytes, but its tensors run to byte 98,362,432"),
         "{line}"

@@ -118,6 +118,22 @@ async fn publish(swarm: &mut Swarm<Behaviour>, frames: Vec<Vec<u8>>) {
     }
 }
 
+/// The coordinator at `api`: its peer id and the addresses its swarm listens on (`GET /v1/swarm`).
+async fn coordinator_swarm(api: &str) -> (PeerId, Vec<Multiaddr>) {
+    let info: SwarmInfo = reqwest::get(format!("{api}/v1/swarm"))
+        .await
+        .expect("GET")
+        .json()
+        .await
+        .expect("JSON");
+    let addrs = info
+        .addrs
+        .iter()
+        .map(|a| a.parse().expect("multiaddr"))
+        .collect();
+    (hearth_net::to_libp2p_peer_id(&info.peer_id), addrs)
+}
+
 /// A coordinator and one honest node, online; with the coordinator's peer id and addresses.
 struct Setup {
     coordinator: Process,
@@ -172,18 +188,7 @@ async fn coordinator_and_honest_node(tmp: &std::path::Path) -> Setup {
             .then_some(())
     });
 
-    let info: SwarmInfo = reqwest::get(format!("{api}/v1/swarm"))
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
-    let coordinator_id = hearth_net::to_libp2p_peer_id(&info.peer_id);
-    let addrs: Vec<Multiaddr> = info
-        .addrs
-        .iter()
-        .map(|a| a.parse().expect("multiaddr"))
-        .collect();
+    let (coordinator_id, addrs) = coordinator_swarm(&api).await;
 
     Setup {
         coordinator,
@@ -496,18 +501,7 @@ async fn a_coop_relay_refuses_strangers_and_members_past_their_share() {
         ],
     );
     let api = wait_for_api(&dir, &mut coordinator);
-    let info: SwarmInfo = reqwest::get(format!("{api}/v1/swarm"))
-        .await
-        .expect("GET")
-        .json()
-        .await
-        .expect("JSON");
-    let coordinator_id = hearth_net::to_libp2p_peer_id(&info.peer_id);
-    let addrs: Vec<Multiaddr> = info
-        .addrs
-        .iter()
-        .map(|a| a.parse().expect("multiaddr"))
-        .collect();
+    let (coordinator_id, addrs) = coordinator_swarm(&api).await;
     let relay = addrs[0].clone();
     let pid = coordinator.child.id();
     let before = rss_kib(pid);

@@ -96,6 +96,10 @@ pub(crate) struct Models {
     files: HashMap<PathBuf, Hashed>,
     names: ModelNames,
     llms: HashMap<ModelId, Arc<Llm>>,
+    /// Files in the folder that did not load as an LLM, by what they were when tried: the
+    /// dashboard asks every model's layers once a second, and a file that fails is not re-read
+    /// (and rehashed) each time, only once it changes.
+    unloadable: HashMap<ModelId, PathBuf>,
     embedder: Option<EmbedTokenizer>,
 }
 
@@ -107,6 +111,7 @@ impl Models {
             files: HashMap::new(),
             names: ModelNames::default(),
             llms: HashMap::new(),
+            unloadable: HashMap::new(),
             embedder: None,
         }
     }
@@ -155,8 +160,18 @@ impl Models {
         if let Some(llm) = self.llms.get(id) {
             return Some(llm.layers);
         }
-        self.path_of(id)?;
-        self.llm(Some(&id.to_string())).ok().map(|llm| llm.layers)
+        let path = self.path_of(id)?;
+        if self.unloadable.get(id) == Some(&path) {
+            return None;
+        }
+        match self.llm(Some(&id.to_string())) {
+            Ok(llm) => Some(llm.layers),
+            Err(error) => {
+                tracing::debug!(%id, %error, "its layers are unknown: it does not load");
+                self.unloadable.insert(*id, path);
+                None
+            }
+        }
     }
 
     /// The name the API gives `id`.

@@ -66,10 +66,7 @@ fn source_of(addr: &Multiaddr) -> Option<Source> {
             .next()
             .is_some_and(|p| matches!(p, Protocol::P2p(_)));
     if relayed {
-        return addr.iter().fold(None, |last, p| match p {
-            Protocol::P2p(peer) => Some(Source::Relayed(peer)),
-            _ => last,
-        });
+        return crate::last_peer_id(addr).map(Source::Relayed);
     }
     addr.iter().find_map(|p| match p {
         Protocol::Ip4(ip) => Some(Source::Ip(IpAddr::V4(ip))),

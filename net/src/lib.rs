@@ -69,6 +69,15 @@ pub fn from_libp2p_peer_id(peer: &libp2p::PeerId) -> Option<hearth_protocol::Pee
     hearth_protocol::PeerId::from_multihash_bytes(&peer.to_bytes()).ok()
 }
 
+/// The last peer id in `addr` (`…/p2p/RELAY/p2p-circuit/p2p/PEER` names PEER): whom a dial to it
+/// reaches, or who a relayed connection came from.
+pub(crate) fn last_peer_id(addr: &libp2p::Multiaddr) -> Option<libp2p::PeerId> {
+    addr.iter().fold(None, |last, p| match p {
+        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
+        _ => last,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

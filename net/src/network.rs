@@ -298,7 +298,8 @@ impl Network {
             .partition(|(at, _, _)| *at <= now);
         self.reserve_again = waiting;
         for (_, relay, retry) in due {
-            let connected = relay_peer(&relay).is_some_and(|p| self.swarm.is_connected(&p));
+            let connected =
+                crate::last_peer_id(&relay).is_some_and(|p| self.swarm.is_connected(&p));
             if !connected {
                 continue;
             }
@@ -490,8 +491,6 @@ impl Network {
                 if let ConnectedPoint::Listener { send_back_addr, .. } = &endpoint
                     && !endpoint.is_relayed()
                     && self.connections.via(&peer_id).is_none()
-                    && self.reservations.is_empty()
-                    && self.reserve_again.is_empty()
                     && !self.reserved_ever
                 {
                     self.probes.dialed_in(send_back_addr);
@@ -580,11 +579,7 @@ impl Network {
                             message_id,
                             message,
                         )
-                        .map(|received| {
-                            // Its signed gossip was accepted: our relay serves it.
-                            self.access.admit(crate::to_libp2p_peer_id(&received.from));
-                            NetEvent::Message(received)
-                        }),
+                        .map(NetEvent::Message),
                     BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
                         Some(NetEvent::Subscribed(peer_id))
                     }
@@ -735,12 +730,4 @@ fn note_addrs(
         known.insert(*peer_id, addrs);
     }
     event
-}
-
-/// The relay's peer id, the last `/p2p/` of its address.
-fn relay_peer(relay: &Multiaddr) -> Option<libp2p::PeerId> {
-    relay.iter().fold(None, |last, p| match p {
-        libp2p::multiaddr::Protocol::P2p(peer) => Some(peer),
-        _ => last,
-    })
 }

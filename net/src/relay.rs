@@ -90,7 +90,7 @@ impl Rules {
     pub(crate) fn may_reserve(&self, peer: &PeerId) -> bool {
         let allowed = self.members.contains(peer);
         if !allowed {
-            tracing::info!(%peer, "relay reservation refused: not (yet) a peer of this swarm");
+            tracing::debug!(%peer, "relay reservation refused: not (yet) a peer of this swarm");
         }
         allowed
     }
@@ -100,7 +100,7 @@ impl Rules {
             return true;
         }
         if self.members_only {
-            tracing::info!(%peer, "relay circuit refused: not a member of this co-op");
+            tracing::debug!(%peer, "relay circuit refused: not a member of this co-op");
             return false;
         }
         self.strangers.retain(|_, opened| {
@@ -113,12 +113,12 @@ impl Rules {
             !opened.is_empty()
         });
         if !self.strangers.contains_key(&peer) && self.strangers.len() >= RELAY_STRANGERS_MAX {
-            tracing::info!(%peer, "relay circuit refused: too many strangers this minute");
+            tracing::debug!(%peer, "relay circuit refused: too many strangers this minute");
             return false;
         }
         let opened = self.strangers.entry(peer).or_default();
         if opened.len() >= RELAY_STRANGER_CIRCUITS_PER_MINUTE {
-            tracing::info!(%peer, "relay circuit refused: a stranger past its circuits this minute");
+            tracing::debug!(%peer, "relay circuit refused: a stranger past its circuits this minute");
             return false;
         }
         opened.push_back(now_ms);

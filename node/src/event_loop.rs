@@ -230,10 +230,10 @@ struct Node {
     behind_nat: bool,
     /// Coordinators whose relay a slot was asked of.
     relays: std::collections::HashSet<hearth_net::libp2p::PeerId>,
-    /// Checks waiting for the inputs their stage kept, by the fetch's request.
     /// (session, next stage) pairs whose steps went through a relay, said once each (at most
     /// [`RELAYED_TOLD_MAX`], then forgotten together).
     relayed_told: std::collections::HashSet<(u64, hearth_protocol::PeerId)>,
+    /// Checks waiting for the inputs their stage kept, by the fetch's request.
     check_fetches: HashMap<
         RequestId,
         (

@@ -64,7 +64,8 @@ impl GgufModel {
             source,
         };
         let len = std::fs::metadata(path).map_err(io)?.len();
-        if let Some(file) = crate::catalog::catalogued_in(path)
+        let catalogued = crate::catalog::catalogued_in(path);
+        if let Some(file) = catalogued
             && len != file.size
         {
             return Err(Error::Model {
@@ -77,7 +78,7 @@ impl GgufModel {
             });
         }
         let id = model_id(path).map_err(io)?;
-        if let Some(file) = crate::catalog::catalogued_in(path)
+        if let Some(file) = catalogued
             && id.to_string() != file.blake3
         {
             return Err(Error::Model {

@@ -38,6 +38,7 @@ fn advert() -> Message {
         held: Vec::new(),
         links: Vec::new(),
         reachability: Default::default(),
+        serves: Vec::new(),
         capabilities: Capabilities {
             backend: Backend::Cpu,
             device: "definitely real".into(),

@@ -414,3 +414,45 @@ fn a_result_finished_while_the_coordinator_is_down_is_delivered_from_the_outbox(
     assert_eq!(status["executions"], 1, "{status}");
     assert!(node_log().contains("result acknowledged"), "{}", node_log());
 }
+
+/// One node joined to two independent coordinators works for both, delivers each its own results,
+/// and each swarm credits it only for its own work (one credit per text verified): swarm A has the
+/// shared node and one of its own (replicas 2: both compute every unit), swarm B the shared node
+/// alone. B never lists A's own node, whose adverts reach it through the shared one.
+#[test]
+fn a_node_joined_to_two_swarms_works_for_each_and_each_credits_its_own() {
+    let mut a = Swarm::start(&[None]);
+    let b = Swarm::start(&[]);
+    a.start_node_with(1, None, &["--join", &b.api]);
+    a.wait_online(2);
+    b.wait_online(1);
+    let (a_own, shared) = (a.nodes[0].0.clone(), a.nodes[1].0.clone());
+
+    let (a_texts, b_texts) = (12, 20);
+    let input_a = a.path("a.jsonl");
+    write_texts(&input_a, a_texts);
+    let input_b = b.path("b.jsonl");
+    write_texts(&input_b, b_texts);
+    let job_a = a.submit(&input_a, "2", "4");
+    let job_b = b.submit(&input_b, "1", "4");
+    let (out_a, _) = a.finish(&job_a);
+    let (out_b, _) = b.finish(&job_b);
+    assert!(out_a == local_embed(&input_a, &a.path("ref-a.jsonl")));
+    assert!(out_b == local_embed(&input_b, &b.path("ref-b.jsonl")));
+
+    let credit = |swarm: &Swarm, id: &str| swarm.peer(id)["credit"].as_f64().expect("credit");
+    assert_eq!(credit(&a, &shared), a_texts as f64, "{}", a.peer(&shared));
+    assert_eq!(credit(&a, &a_own), a_texts as f64, "{}", a.peer(&a_own));
+    assert_eq!(credit(&b, &shared), b_texts as f64, "{}", b.peer(&shared));
+    let b_lists: Vec<Value> = support::peers(&[], &b.api);
+    assert!(
+        b_lists.iter().all(|p| p["peer_id"] != a_own.as_str()),
+        "swarm B lists swarm A's own node: {b_lists:#?}"
+    );
+    assert_eq!(b_lists.len(), 1, "{b_lists:#?}");
+    let shared_log = a.nodes[1].1.log_text();
+    assert!(
+        !shared_log.contains("unreadable outbox entry"),
+        "{shared_log}"
+    );
+}

@@ -641,6 +641,13 @@ impl Coordinator {
                         return Ok(());
                     }
                 };
+                // A node that serves other coordinators and not this one belongs to another
+                // swarm: its advert came through a node that serves both.
+                let me = self.network.local_peer();
+                if !advert.serves.is_empty() && !advert.serves.contains(&me) {
+                    tracing::trace!(from = %received.from, "advert of another swarm's node ignored");
+                    return Ok(());
+                }
                 let input = Input::Advert {
                     from: received.from,
                     advert: Box::new(advert),

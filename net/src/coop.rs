@@ -347,6 +347,7 @@ mod tests {
             held: Vec::new(),
             links: Vec::new(),
             reachability: Default::default(),
+            serves: Vec::new(),
             capabilities: hearth_protocol::Capabilities {
                 backend: hearth_protocol::Backend::Cpu,
                 device: "cpu".into(),

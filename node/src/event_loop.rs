@@ -174,7 +174,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             owner_busy: false,
             coop: config.coop_cert.clone().map(|cert| CoopState {
                 cert,
-                coordinator_ok: false,
+                admitted: HashSet::new(),
             }),
         };
         if let Some(cert) = &config.coop_cert {
@@ -301,37 +301,48 @@ struct Sent {
 
 struct CoopState {
     cert: hearth_protocol::coop::Membership,
-    coordinator_ok: bool,
+    /// The coordinators joined whose membership the gate admitted.
+    admitted: HashSet<hearth_protocol::PeerId>,
 }
 
 impl Node {
-    /// Whether the node may work: outside a co-op always; in one, while the coordinator is an
-    /// admitted member and this node is not revoked.
-    fn may_work(&self) -> bool {
+    /// Whether the node may work for `coordinator` (for any coordinator joined, when `None`):
+    /// outside a co-op always; in one, while that coordinator is an admitted member and this node
+    /// is not revoked.
+    fn may_work(&self, coordinator: Option<&hearth_protocol::PeerId>) -> bool {
         self.coop.as_ref().is_none_or(|coop| {
-            coop.coordinator_ok && !self.network.is_revoked(&coop.cert.body.member)
+            !self.network.is_revoked(&coop.cert.body.member)
+                && match coordinator {
+                    Some(c) => coop.admitted.contains(c),
+                    None => !coop.admitted.is_empty(),
+                }
         })
     }
 
-    /// Follow whether the coordinator is (still) a member of our co-op, saying when that changes.
-    fn check_coordinator(&mut self) {
-        let coordinator = self.coordinator();
+    /// Follow whether each coordinator joined is (still) a member of our co-op, saying when that
+    /// changes.
+    fn check_coordinators(&mut self) {
+        let connected = self.coordinators();
         let Some(coop) = &mut self.coop else { return };
-        let verdict = match coordinator {
-            Some(peer) => self.network.member(&peer).map(|()| peer),
-            None => Err(hearth_protocol::coop::MembershipError::Missing),
-        };
-        match verdict {
-            Ok(peer) if !coop.coordinator_ok => {
-                tracing::info!(coordinator = %peer, "the coordinator is a member of our co-op");
-                coop.coordinator_ok = true;
+        coop.admitted.retain(|c| connected.contains(c));
+        for peer in connected {
+            match self.network.member(&peer) {
+                Ok(()) if coop.admitted.insert(peer) => {
+                    tracing::info!(coordinator = %peer, "the coordinator is a member of our co-op");
+                }
+                Err(why) if coop.admitted.remove(&peer) => {
+                    tracing::warn!(coordinator = %peer, %why, "the coordinator is no longer an admitted member of our co-op; taking no work from it");
+                }
+                _ => {}
             }
-            Err(why) if coop.coordinator_ok => {
-                tracing::warn!(%why, "the coordinator is no longer an admitted member of our co-op; taking no work from it");
-                coop.coordinator_ok = false;
-            }
-            _ => {}
         }
+    }
+
+    /// The coordinators to take work from: those connected and, in a co-op, admitted.
+    fn working_for(&self) -> Vec<hearth_protocol::PeerId> {
+        let mut coordinators = self.coordinators();
+        coordinators.retain(|c| self.may_work(Some(c)));
+        coordinators
     }
 }
 
@@ -359,7 +370,7 @@ impl Node {
                     tracing::info!("drained: no work held, every result delivered");
                     return Ok(());
                 }
-                if Instant::now() >= deadline || self.coordinator().is_none() {
+                if Instant::now() >= deadline || self.coordinators().is_empty() {
                     tracing::warn!(
                         "stopping with work undelivered: the outbox keeps it for the next start"
                     );
@@ -388,9 +399,9 @@ impl Node {
                     None => {}
                 },
                 Some(finished) = results.recv() => {
-                    let coordinator = self.coordinator();
-                    self.worker.finished(&mut self.network, coordinator, &self.caps, finished)?;
-                    self.worker.poll(&mut self.network, coordinator)?;
+                    let coordinators = self.working_for();
+                    self.worker.finished(&mut self.network, &coordinators, &self.caps, finished)?;
+                    self.worker.poll(&mut self.network, &coordinators)?;
                 }
                 Ok(()) = self.live.changed() => {
                     self.stage_sessions = *self.live.borrow_and_update();
@@ -408,10 +419,11 @@ impl Node {
                     if let Some(busy) = self.governor.tick() {
                         self.owner_busy = busy;
                     }
-                    self.check_coordinator();
-                    self.worker.paused = self.owner_busy || !self.may_work();
-                    let coordinator = self.coordinator();
-                    self.worker.poll(&mut self.network, coordinator)?;
+                    self.check_coordinators();
+                    let revoked = self.coop.as_ref().is_some_and(|c| self.network.is_revoked(&c.cert.body.member));
+                    self.worker.paused = self.owner_busy || revoked;
+                    let coordinators = self.working_for();
+                    self.worker.poll(&mut self.network, &coordinators)?;
                 }
                 Some(addrs) = addr_rx.recv() => self.join.dial(&mut self.network.swarm, addrs),
                 _ = heartbeat.tick() => self.advertise(),
@@ -475,6 +487,13 @@ impl Node {
                 self.network.links(&join)
             },
             reachability: self.network.reachability(),
+            serves: self
+                .join
+                .peers
+                .iter()
+                .filter_map(hearth_net::from_libp2p_peer_id)
+                .take(hearth_protocol::SERVES_MAX)
+                .collect(),
             held: self
                 .partials
                 .lock()
@@ -504,13 +523,17 @@ impl Node {
         }
     }
 
-    /// The coordinator to work for: the first join peer connected.
-    fn coordinator(&self) -> Option<hearth_protocol::PeerId> {
-        self.join
+    /// The coordinators joined that are connected, in a fixed order.
+    fn coordinators(&self) -> Vec<hearth_protocol::PeerId> {
+        let mut connected: Vec<_> = self
+            .join
             .peers
             .iter()
-            .find(|p| self.network.swarm.is_connected(p))
-            .and_then(hearth_net::from_libp2p_peer_id)
+            .filter(|p| self.network.swarm.is_connected(p))
+            .filter_map(hearth_net::from_libp2p_peer_id)
+            .collect();
+        connected.sort();
+        connected
     }
 
     /// A request from a peer: pipeline steps from the coordinator go to the stage thread; nodes
@@ -528,7 +551,7 @@ impl Node {
         let refuse = |net: &mut Network, channel, why: &str| {
             net.respond(channel, WorkResponse::Rejected(why.into()));
         };
-        let coop_refuses = !self.may_work();
+        let coop_refuses = !self.may_work(from_coordinator.then_some(&peer));
         match request {
             WorkRequest::Forward(_)
             | WorkRequest::EndSession { .. }
@@ -970,7 +993,6 @@ impl Node {
 
     /// Gossip: in a co-op, the revocations the gate applied (it refused the member already).
     fn on_gossip(&mut self, from: hearth_protocol::PeerId, message: Message) {
-        let coordinator = self.coordinator();
         let Some(coop) = &mut self.coop else {
             return;
         };
@@ -981,11 +1003,11 @@ impl Node {
                     tracing::warn!(
                         "this node's co-op membership was revoked; it takes no more work"
                     );
-                } else if Some(member) == coordinator {
+                } else if coop.admitted.remove(&member) {
                     tracing::warn!(
+                        coordinator = %member,
                         "the coordinator's co-op membership was revoked; taking no work from it"
                     );
-                    coop.coordinator_ok = false;
                 } else {
                     tracing::info!(%member, "a member was revoked");
                 }
@@ -1024,8 +1046,8 @@ impl Node {
             }
             NetEvent::WorkResponse { id, response } => {
                 self.worker.response(id, Ok(response))?;
-                let coordinator = self.coordinator();
-                self.worker.poll(&mut self.network, coordinator)?;
+                let coordinators = self.working_for();
+                self.worker.poll(&mut self.network, &coordinators)?;
             }
             NetEvent::WorkFailed { id, error } => self.worker.response(id, Err(error))?,
             NetEvent::WorkRequest {
@@ -1107,9 +1129,10 @@ impl Join {
         }
     }
 
-    /// Whether the node holds a connection to at least one join peer (or has nothing to join).
+    /// Whether the node holds a connection to every join peer (a node may serve several
+    /// coordinators; each target gives at least one).
     fn connected(&self, swarm: &Swarm<Behaviour>) -> bool {
-        self.targets.is_empty() || self.peers.iter().any(|p| swarm.is_connected(p))
+        self.peers.len() >= self.targets.len() && self.peers.iter().all(|p| swarm.is_connected(p))
     }
 
     /// Re-resolve the targets (in the background) and redial what is already known.

@@ -35,6 +35,8 @@ pub use limits::{
     FRAME_HEADER_BYTES, GENERATE_TOKENS_MAX, PROTOCOL_VERSION, UNIT_INPUT_BYTES_MAX,
     UNIT_ITEMS_MAX, WORK_FRAME_BYTES_MAX, WORK_MESSAGE_BYTES_MAX,
 };
-pub use message::{Advert, HELD_RANGES_MAX, HeldLayers, LINKS_MAX, Link, Message, Reachability};
+pub use message::{
+    Advert, HELD_RANGES_MAX, HeldLayers, LINKS_MAX, Link, Message, Reachability, SERVES_MAX,
+};
 pub use receipt::{Receipt, ReceiptBody, Subject};
 pub use signed::Signed;

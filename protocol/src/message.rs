@@ -36,6 +36,11 @@ impl Message {
                         crate::ADVERT_MODELS_MAX
                     )));
                 }
+                if advert.serves.len() > SERVES_MAX {
+                    return Err(crate::Error::Limit(format!(
+                        "an advert names at most {SERVES_MAX} coordinators served"
+                    )));
+                }
                 advert.capabilities.validate()
             }
             Message::Membership(_) | Message::Revocation(_) => Ok(()),
@@ -63,7 +68,14 @@ pub struct Advert {
     pub links: Vec<Link>,
     /// Whether peers outside its network can dial it, as AutoNAT found.
     pub reachability: Reachability,
+    /// The coordinators it joined (at most [`SERVES_MAX`]): a coordinator registers a node that
+    /// names others only, and not itself, as another swarm's (its adverts reach this swarm's
+    /// coordinator through a node that serves both). Empty: it serves whoever it hears from.
+    pub serves: Vec<crate::PeerId>,
 }
+
+/// The most coordinators a node advertises serving.
+pub const SERVES_MAX: usize = 16;
 
 /// Whether a peer can be dialed from outside its own network, as AutoNAT (v2) probes found: another
 /// peer dialed one of its addresses back (`public`), every address tried failed (`private`: behind

@@ -99,6 +99,7 @@ fn advert() -> impl Strategy<Value = Message> {
                         .collect(),
                     links: Vec::new(),
                     reachability: Default::default(),
+                    serves: Vec::new(),
                 })
             },
         )
@@ -176,6 +177,7 @@ fn bad_frames_are_refused_with_the_reason() {
         held: Vec::new(),
         links: Vec::new(),
         reachability: Default::default(),
+        serves: Vec::new(),
         capabilities: sample_capabilities(),
     });
     let frame = Signed::seal(&key, &message).expect("fits");
@@ -225,6 +227,7 @@ fn bad_frames_are_refused_with_the_reason() {
         held: Vec::new(),
         links: Vec::new(),
         reachability: Default::default(),
+        serves: Vec::new(),
         capabilities: caps,
     });
     assert!(matches!(
@@ -243,10 +246,29 @@ fn bad_frames_are_refused_with_the_reason() {
         held: Vec::new(),
         links: Vec::new(),
         reachability: Default::default(),
+        serves: Vec::new(),
         capabilities: caps,
     });
     assert!(matches!(
         Signed::open(&Signed::seal(&key, &nan).expect("fits")),
+        Err(Error::Limit(_))
+    ));
+
+    // Serving more coordinators than an advert may name.
+    let coordinator = key.public().peer_id();
+    let crowded = Message::Advert(Advert {
+        seq: 1,
+        heartbeat_interval_ms: 2000,
+        stage_sessions: 0,
+        bytes_received: 0,
+        held: Vec::new(),
+        links: Vec::new(),
+        reachability: Default::default(),
+        serves: vec![coordinator; hearth_protocol::SERVES_MAX + 1],
+        capabilities: sample_capabilities(),
+    });
+    assert!(matches!(
+        Signed::open(&Signed::seal(&key, &crowded).expect("fits")),
         Err(Error::Limit(_))
     ));
 }

@@ -341,6 +341,7 @@ impl<'a> Sim<'a> {
                     held: Vec::new(),
                     links: Vec::new(),
                     reachability: Default::default(),
+                    serves: Vec::new(),
                 };
                 let input = RegistryInput::Advert {
                     from: peer.id,

@@ -256,6 +256,7 @@ mod tests {
             held: Vec::new(),
             links: Vec::new(),
             reachability: Default::default(),
+            serves: Vec::new(),
             capabilities: Capabilities {
                 backend: Backend::Cpu,
                 device: "cpu".into(),

@@ -224,6 +224,18 @@ pub(crate) struct CoordinatorArgs {
     /// and revocations, from `hearth coop init`) this is.
     #[arg(long, env = "HEARTH_COOP", value_name = "DIR")]
     pub(crate) coop: Option<PathBuf>,
+    /// Run as a member of a coordinator group that replicates the journal with Raft: every
+    /// member's group address (its own among them), each ending in /p2p/ and the member's peer id
+    /// (`hearth keygen --data-dir DIR` prints it), comma-separated or repeated; the same list on
+    /// every member. The leader runs the swarm and the scheduler; the others follow and take over
+    /// when it is lost. Point nodes (`--join`) and clients (`--api`) at every member's API.
+    #[arg(
+        long,
+        env = "HEARTH_GROUP",
+        value_name = "MULTIADDR",
+        value_delimiter = ','
+    )]
+    pub(crate) group: Vec<String>,
     /// Serve the API over TLS with this PEM certificate chain (with --tls-key); required off
     /// loopback unless --insecure-http.
     #[arg(long, value_name = "PEM", requires = "tls_key")]

@@ -158,7 +158,10 @@ fn configure_kernels(threads: Option<u32>) {
 fn init_logging() {
     use tracing_subscriber::EnvFilter;
 
-    let default = "warn,hearth=info,hearth_node=info,hearth_coordinator=info,hearth_net=info";
+    // openraft logs every lost heartbeat to an absent group member (several a second) at warn and
+    // error; the group says what matters itself (roles taken, members unreachable in `/v1/group`).
+    let default =
+        "warn,openraft=off,hearth=info,hearth_node=info,hearth_coordinator=info,hearth_net=info";
     let filter = std::env::var("HEARTH_LOG")
         .or_else(|_| std::env::var("RUST_LOG"))
         .ok()

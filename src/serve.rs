@@ -76,6 +76,7 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     // The dashboard's page at `/`, beside the API it reads.
     config.routes = Some(hearth_dashboard::router());
     config.coop = args.coop;
+    config.group = args.group;
     #[cfg(feature = "fault-injection")]
     match args.fault {
         None => {}

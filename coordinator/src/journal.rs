@@ -214,7 +214,7 @@ pub enum Record {
 }
 
 /// Writes to commit together.
-#[derive(Default)]
+#[derive(Default, Clone, Debug, Serialize, Deserialize)]
 pub struct Batch {
     entries: Vec<Entry>,
     job: Option<JobPayload>,
@@ -302,50 +302,32 @@ impl Writer {
     fn commit(&mut self, batches: &[(Ticket, Batch)]) -> Result<()> {
         let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
         let tx = self.db.begin_write().map_err(|e| err(&e))?;
-        let mut seq = self.next_seq;
-        {
-            let mut log = tx.open_table(LOG).map_err(|e| err(&e))?;
-            let mut jobs = tx.open_table(JOBS).map_err(|e| err(&e))?;
-            let mut outputs = tx.open_table(OUTPUTS).map_err(|e| err(&e))?;
-            for (_, batch) in batches {
-                // The job first: a replay that meets its `Submit` entry finds its payload.
-                if let Some(job) = &batch.job {
-                    let bytes = postcard::to_stdvec(job).map_err(|e| err(&e))?;
-                    jobs.insert(job.id, bytes.as_slice()).map_err(|e| err(&e))?;
-                }
-                for entry in &batch.entries {
-                    let bytes = postcard::to_stdvec(entry).map_err(|e| err(&e))?;
-                    log.insert(seq, bytes.as_slice()).map_err(|e| err(&e))?;
-                    seq += 1;
-                }
-                if let Some((job, unit, peer, output)) = &batch.output {
-                    let bytes = postcard::to_stdvec(output).map_err(|e| err(&e))?;
-                    let key = peer.to_multihash_bytes();
-                    outputs
-                        .insert((*job, *unit, key.as_slice()), bytes.as_slice())
-                        .map_err(|e| err(&e))?;
-                }
-            }
-        }
-        if let Some((last, _)) = batches.last() {
-            let mut meta = tx.open_table(META).map_err(|e| err(&e))?;
-            meta.insert(META_TICKET, last.to_le_bytes().as_slice())
-                .map_err(|e| err(&e))?;
-        }
-        tx.commit().map_err(|e| err(&e))?;
-        self.next_seq = seq;
-        Ok(())
+        self.next_seq = write_batches(&tx, &self.path, Some(self.next_seq), batches)?;
+        tx.commit().map_err(|e| err(&e))
     }
 
     /// The committer thread: take a batch, then everything else already waiting, commit them
     /// together, say so; until the journal is closed or a commit fails (then nothing more is
     /// written: the coordinator stops).
-    fn run(mut self, batches: mpsc::Receiver<(Ticket, Batch)>, progress: Arc<Progress>) {
+    fn run(self, batches: mpsc::Receiver<(Ticket, Batch)>, progress: Arc<Progress>) {
+        let mut writer = self;
+        run_committer(batches, progress, move |group| writer.commit(&group));
+    }
+}
+
+/// The committer thread's loop: take a batch, then everything else already waiting, `commit`
+/// them together, say so; until the journal is closed or a commit fails.
+fn run_committer(
+    batches: mpsc::Receiver<(Ticket, Batch)>,
+    progress: Arc<Progress>,
+    mut commit: impl FnMut(Vec<(Ticket, Batch)>) -> Result<()>,
+) {
+    {
         while let Ok(first) = batches.recv() {
             let mut group = vec![first];
             group.extend(batches.try_iter().take(GROUP_COMMIT_BATCHES_MAX - 1));
             let last = group.last().map_or(0, |(ticket, _)| *ticket);
-            let result = self.commit(&group);
+            let result = commit(group);
             let mut state = progress.lock();
             match result {
                 Ok(()) => {
@@ -363,6 +345,65 @@ impl Writer {
             }
         }
     }
+}
+
+/// Write `batches` into `tx`, in order, the log's entries from sequence number `seq` on (`None`:
+/// after the log's last); the next sequence number after them. A coordinator group's members
+/// write what Raft committed through this too, in the transaction that records it applied.
+pub(crate) fn write_batches(
+    tx: &redb::WriteTransaction,
+    path: &Path,
+    seq: Option<u64>,
+    batches: &[(Ticket, Batch)],
+) -> Result<u64> {
+    let err = |e: &dyn std::fmt::Display| db_error(path, e);
+    let mut seq = match seq {
+        Some(seq) => seq,
+        None => {
+            let log = tx.open_table(LOG).map_err(|e| err(&e))?;
+            let last = log.last().map_err(|e| err(&e))?;
+            last.map_or(0, |(k, _)| k.value() + 1)
+        }
+    };
+    {
+        let mut log = tx.open_table(LOG).map_err(|e| err(&e))?;
+        let mut jobs = tx.open_table(JOBS).map_err(|e| err(&e))?;
+        let mut outputs = tx.open_table(OUTPUTS).map_err(|e| err(&e))?;
+        for (_, batch) in batches {
+            // The job first: a replay that meets its `Submit` entry finds its payload.
+            if let Some(job) = &batch.job {
+                let bytes = postcard::to_stdvec(job).map_err(|e| err(&e))?;
+                jobs.insert(job.id, bytes.as_slice()).map_err(|e| err(&e))?;
+            }
+            for entry in &batch.entries {
+                let bytes = postcard::to_stdvec(entry).map_err(|e| err(&e))?;
+                log.insert(seq, bytes.as_slice()).map_err(|e| err(&e))?;
+                seq += 1;
+            }
+            if let Some((job, unit, peer, output)) = &batch.output {
+                let bytes = postcard::to_stdvec(output).map_err(|e| err(&e))?;
+                let key = peer.to_multihash_bytes();
+                outputs
+                    .insert((*job, *unit, key.as_slice()), bytes.as_slice())
+                    .map_err(|e| err(&e))?;
+            }
+        }
+    }
+    if let Some((last, _)) = batches.last() {
+        let mut meta = tx.open_table(META).map_err(|e| err(&e))?;
+        meta.insert(META_TICKET, last.to_le_bytes().as_slice())
+            .map_err(|e| err(&e))?;
+    }
+    Ok(seq)
+}
+
+/// Store `secret` as the journal's, in `tx`: a coordinator group's members all keep the secret the
+/// group was founded with, so whichever leads draws the same checks.
+pub(crate) fn write_secret(tx: &redb::WriteTransaction, path: &Path, secret: &[u8; 32]) -> Result<()> {
+    let mut meta = tx.open_table(META).map_err(|e| db_error(path, e))?;
+    meta.insert(META_SECRET, secret.as_slice())
+        .map_err(|e| db_error(path, e))?;
+    Ok(())
 }
 
 /// At most this many batches go into one commit, so one transaction stays bounded however far
@@ -386,6 +427,39 @@ impl Journal {
     pub fn open(data_dir: &Path) -> Result<Self> {
         let path = data_dir.join(JOURNAL_FILE);
         let db = Database::create(&path).map_err(|e| db_error(&path, e))?;
+        Self::start(Arc::new(db), path, None)
+    }
+
+    /// The journal of a coordinator group's leader, in the database its Raft state shares:
+    /// `commit` hands each group of batches to Raft and returns once a quorum has them and this
+    /// member applied them (through [`write_batches`]). Its secret is the group's, applied from
+    /// the log; a journal without one is refused.
+    pub(crate) fn replicated(
+        db: Arc<Database>,
+        path: PathBuf,
+        commit: Box<dyn FnMut(Vec<(Ticket, Batch)>) -> Result<()> + Send>,
+    ) -> Result<Self> {
+        {
+            let tx = db.begin_read().map_err(|e| db_error(&path, e))?;
+            let has_secret = match tx.open_table(META) {
+                Ok(meta) => meta
+                    .get(META_SECRET)
+                    .map_err(|e| db_error(&path, e))?
+                    .is_some(),
+                Err(_) => false,
+            };
+            if !has_secret {
+                return Err(db_error(&path, "the group's secret has not been applied yet"));
+            }
+        }
+        Self::start(db, path, Some(commit))
+    }
+
+    fn start(
+        db: Arc<Database>,
+        path: PathBuf,
+        replicated: Option<Box<dyn FnMut(Vec<(Ticket, Batch)>) -> Result<()> + Send>>,
+    ) -> Result<Self> {
         let tx = db.begin_write().map_err(|e| db_error(&path, e))?;
         let ticket;
         let (next_seq, secret) = {
@@ -431,7 +505,6 @@ impl Journal {
             )
         };
         tx.commit().map_err(|e| db_error(&path, e))?;
-        let db = Arc::new(db);
         let progress = Arc::new(Progress {
             state: Mutex::new(Committed {
                 upto: ticket,
@@ -450,7 +523,10 @@ impl Journal {
         let shared = progress.clone();
         let committer = std::thread::Builder::new()
             .name("journal".into())
-            .spawn(move || writer.run(receiver, shared))
+            .spawn(move || match replicated {
+                Some(commit) => run_committer(receiver, shared, commit),
+                None => writer.run(receiver, shared),
+            })
             .map_err(|e| db_error(&path, format!("no committer thread: {e}")))?;
         Ok(Self {
             db,

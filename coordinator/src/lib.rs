@@ -17,6 +17,7 @@
 mod coop;
 mod error;
 mod feed;
+pub mod group;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;

@@ -64,3 +64,28 @@ pub const SESSION_EVENTS_SLACK: usize = 16;
 /// delivery per unit. (Strikes and bans are the swarm's: `hearth_net::FLOOD_STRIKES_MAX`,
 /// `hearth_net::FLOOD_BAN`.)
 pub const WORK_REQUESTS_PER_SECOND_MAX: u32 = 200;
+
+/// Largest message between a coordinator group's members: an append of journal batches (a job's
+/// payload is up to [`JOB_BODY_BYTES_MAX`]).
+pub const GROUP_MESSAGE_BYTES_MAX: usize = 2 * JOB_BODY_BYTES_MAX;
+
+/// How long a member waits for another's answer before Raft counts the message lost.
+pub const GROUP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long `GET /v1/group` waits for each member's own account of itself; past it the member
+/// shows as `unreachable`.
+pub const GROUP_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1_000);
+
+/// The leader's heartbeat to the other members, ms.
+pub const GROUP_HEARTBEAT_MS: u64 = 300;
+
+/// A follower that hears no heartbeat for a random time in this range stands for election, ms: a
+/// lost leader is replaced within about the upper bound plus one election, several heartbeats
+/// long so a busy machine's late heartbeat does not depose a live leader.
+pub const GROUP_ELECTION_TIMEOUT_MS: std::ops::Range<u64> = 2_000..4_000;
+
+/// Journal batches in one Raft append to a member that is catching up.
+pub const GROUP_APPEND_ENTRIES_MAX: u64 = 64;
+
+/// Most members a coordinator group has (Raft needs a majority of them up: 3 or 5 is usual).
+pub const GROUP_MEMBERS_MAX: usize = 7;

@@ -60,6 +60,9 @@ pub struct CoordinatorConfig {
     /// More routes served beside the API, without its key check (the `hearth` binary mounts the
     /// dashboard's page and assets here; the page then calls the API like any client).
     pub routes: Option<axum::Router>,
+    /// The coordinator group this one is a member of (`--group`): each member's group address,
+    /// ending in `/p2p/PEER_ID`, this one's among them. Empty: a lone coordinator.
+    pub group: Vec<String>,
 }
 
 impl CoordinatorConfig {
@@ -94,13 +97,164 @@ impl CoordinatorConfig {
             tls: None,
             routes: None,
             coop: None,
+            group: Vec::new(),
         }
     }
 }
 
-/// Run a coordinator until `shutdown` resolves.
+/// Run a coordinator until `shutdown` resolves: alone, or as a member of the group
+/// `config.group` names.
 pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    if !config.group.is_empty() {
+        return run_group(config, shutdown).await;
+    }
     let (key, created) = load_or_create_identity(&config.data_dir)?;
+    let (dir, replicas, peers_max) = (config.data_dir.clone(), config.replicas, config.peers_max);
+    let work = move || Work::open(&dir, replicas, peers_max);
+    serve(config, key, created, work, shutdown).await
+}
+
+/// A member of a coordinator group: follow (answer `GET /v1/group`, send the rest of the API to
+/// the leader) until elected; then run the coordinator under the group's swarm identity, its
+/// journal replicated, until no longer the leader; and again.
+async fn run_group(mut config: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+    use futures::FutureExt;
+    let (member_key, _) = load_or_create_identity(&config.data_dir)?;
+    let members = config
+        .group
+        .iter()
+        .map(|a| crate::group::Member::parse(a))
+        .collect::<Result<Vec<_>>>()?;
+    // One API address whichever the role: a port 0 is chosen once, here.
+    if config.http.port() == 0 {
+        let probe = std::net::TcpListener::bind(config.http).map_err(|error| Error::Http {
+            addr: config.http,
+            error,
+        })?;
+        config.http = probe.local_addr().map_err(|error| Error::Http {
+            addr: config.http,
+            error,
+        })?;
+    }
+    let tls = config
+        .tls
+        .as_ref()
+        .map(|(cert, key)| crate::tls::server_config(cert, key))
+        .transpose()?;
+    let scheme = if tls.is_some() { "https" } else { "http" };
+    let api = format!("{scheme}://{}", config.http);
+    write_atomically(&config.data_dir.join(API_URL_FILE), &format!("{api}\n"))?;
+    let group = crate::group::Group::start(&config.data_dir, &member_key, &members, api).await?;
+    let shutdown = shutdown.shared();
+    let stopped = || shutdown.clone().now_or_never().is_some();
+    loop {
+        group.follow_membership();
+        // Following: the small API until elected.
+        let listener = bind_retrying(config.http).await?;
+        let (stop, stopped_rx) = tokio::sync::oneshot::channel::<()>();
+        let app = crate::group::follower_routes(group.clone());
+        let tls_now = tls.clone();
+        let server = tokio::spawn(async move {
+            match tls_now {
+                Some(tls) => crate::tls::serve(listener, app, tls, stopped_rx).await,
+                None => {
+                    let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
+                        let _ = stopped_rx.await;
+                    });
+                    if let Err(error) = serve.await {
+                        tracing::error!(%error, "HTTP server failed");
+                    }
+                }
+            }
+        });
+        tracing::info!("following the group's leader");
+        tokio::select! {
+            () = group.until_leader() => {}
+            () = shutdown.clone() => {}
+        }
+        let _ = stop.send(());
+        let _ = server.await;
+        if stopped() || group.state() == openraft::ServerState::Shutdown {
+            break;
+        }
+        // Leading: the coordinator proper, on the replicated journal.
+        let identity = match group.take_office().await {
+            Ok(identity) => identity,
+            Err(error) => {
+                tracing::warn!(%error, "elected, but could not take office");
+                continue;
+            }
+        };
+        tracing::info!("leading the group: starting the coordinator from the replicated journal");
+        let raft = group.raft.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let path = group.path.clone();
+        let commit = Box::new(move |batches: Vec<(crate::journal::Ticket, crate::journal::Batch)>| {
+            runtime
+                .block_on(raft.client_write(crate::group::Proposal::Batches(batches)))
+                .map(drop)
+                .map_err(|e| Error::Journal {
+                    path: path.clone(),
+                    message: format!("not committed by the group: {e}"),
+                })
+        });
+        let (db, path) = (group.db.clone(), group.path.clone());
+        let (replicas, peers_max) = (config.replicas, config.peers_max);
+        let work = move || {
+            let journal = crate::journal::Journal::replicated(db, path, commit)?;
+            Work::with_journal(journal, replicas, peers_max)
+        };
+        let mut leading = config.clone();
+        let routes = crate::group::routes(group.clone());
+        leading.routes = Some(match leading.routes.take() {
+            Some(extra) => extra.merge(routes),
+            None => routes,
+        });
+        let until = {
+            let (group, shutdown) = (group.clone(), shutdown.clone());
+            async move {
+                tokio::select! {
+                    () = group.until_not_leader() => {}
+                    () = shutdown => {}
+                }
+            }
+        };
+        match serve(leading, identity, false, work, until).await {
+            Ok(()) => tracing::info!("stopped leading"),
+            Err(error) => tracing::warn!(%error, "stopped leading"),
+        }
+        if stopped() {
+            break;
+        }
+    }
+    let _ = group.raft.shutdown().await;
+    Ok(())
+}
+
+/// Bind the API's address, waiting a moment for the last holder (this process's other role) to
+/// let go of it.
+async fn bind_retrying(addr: SocketAddr) -> Result<tokio::net::TcpListener> {
+    let mut tries = 0;
+    loop {
+        match tokio::net::TcpListener::bind(addr).await {
+            Ok(listener) => return Ok(listener),
+            Err(error) if tries < 50 && error.kind() == std::io::ErrorKind::AddrInUse => {
+                tries += 1;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            Err(error) => return Err(Error::Http { addr, error }),
+        }
+    }
+}
+
+/// Run the coordinator proper with `key` as its swarm identity and the scheduler `work` opens.
+async fn serve(
+    config: CoordinatorConfig,
+    key: hearth_protocol::SecretKey,
+    created: bool,
+    work: impl FnOnce() -> Result<Work>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     let peer = key.public().peer_id();
     let span = tracing::info_span!("coordinator", peer = %peer.short());
     async move {
@@ -142,7 +296,7 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
         if let Some(coop) = &mut coop {
             network.join_coop(*coop.public(), coop.take_loaded());
         }
-        let work = Work::open(&config.data_dir, config.replicas, config.peers_max)?;
+        let work = work()?;
 
         let listener = tokio::net::TcpListener::bind(config.http)
             .await

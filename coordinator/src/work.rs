@@ -63,7 +63,15 @@ pub(crate) struct Work {
 impl Work {
     /// Open the journal in `data_dir` and rebuild the scheduler from it.
     pub(crate) fn open(data_dir: &Path, replicas: Option<u32>, peers_max: usize) -> Result<Self> {
-        let journal = Journal::open(data_dir)?;
+        Self::with_journal(Journal::open(data_dir)?, replicas, peers_max)
+    }
+
+    /// Rebuild the scheduler from `journal` (a coordinator group's leader's, replicated).
+    pub(crate) fn with_journal(
+        journal: Journal,
+        replicas: Option<u32>,
+        peers_max: usize,
+    ) -> Result<Self> {
         let policy = Policy {
             replicas,
             peers_max,

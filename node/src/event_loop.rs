@@ -242,7 +242,7 @@ struct Node {
         ),
     >,
     /// Where resolved join addresses are sent back to the loop.
-    addr_tx: mpsc::Sender<Vec<Multiaddr>>,
+    addr_tx: mpsc::Sender<(usize, Vec<Multiaddr>)>,
     caps: Capabilities,
     seq: u64,
     heartbeat_interval: Duration,
@@ -269,6 +269,9 @@ enum Reply {
         Box<hearth_protocol::work::CheckRequest>,
     ),
 }
+
+/// Addresses kept per join peer, the newest first.
+const JOIN_ADDRS_PER_PEER_MAX: usize = 32;
 
 /// Sessions whose relayed hops were said, remembered at once.
 const RELAYED_TOLD_MAX: usize = 256;
@@ -349,7 +352,7 @@ impl Node {
 impl Node {
     async fn event_loop(
         &mut self,
-        mut addr_rx: mpsc::Receiver<Vec<Multiaddr>>,
+        mut addr_rx: mpsc::Receiver<(usize, Vec<Multiaddr>)>,
         mut results: mpsc::Receiver<Finished>,
         mut answers: mpsc::Receiver<(u64, WorkResponse)>,
         mut weights_answers: mpsc::Receiver<(ResponseChannel<WorkResponse>, WorkResponse)>,
@@ -425,7 +428,10 @@ impl Node {
                     let coordinators = self.working_for();
                     self.worker.poll(&mut self.network, &coordinators)?;
                 }
-                Some(addrs) = addr_rx.recv() => self.join.dial(&mut self.network.swarm, addrs),
+                Some((target, addrs)) = addr_rx.recv() => {
+                    self.join.resolved.insert(target);
+                    self.join.dial(&mut self.network.swarm, addrs);
+                }
                 _ = heartbeat.tick() => self.advertise(),
                 _ = redial.tick() => {
                     if !self.join.connected(&self.network.swarm) {
@@ -1110,8 +1116,11 @@ struct Join {
     by_peer: HashMap<PeerId, Vec<Multiaddr>>,
     /// Addresses given without a peer id; their peer is learnt on connection.
     bare: HashSet<Multiaddr>,
-    /// Peers that are join targets.
+    /// Peers that are join targets (several targets may name one: a coordinator group's members
+    /// all send nodes to its leader, whose swarm identity is the group's).
     peers: HashSet<PeerId>,
+    /// Targets (by index) that have given addresses at least once.
+    resolved: HashSet<usize>,
     resolver: Option<tokio::task::JoinHandle<()>>,
     /// Dial join peers over QUIC only, where they offer it (`--behind-nat`).
     prefer_quic: bool,
@@ -1124,6 +1133,7 @@ impl Join {
             by_peer: HashMap::new(),
             bare: HashSet::new(),
             peers: HashSet::new(),
+            resolved: HashSet::new(),
             resolver: None,
             prefer_quic: false,
         }
@@ -1132,20 +1142,25 @@ impl Join {
     /// Whether the node holds a connection to every join peer (a node may serve several
     /// coordinators; each target gives at least one).
     fn connected(&self, swarm: &Swarm<Behaviour>) -> bool {
-        self.peers.len() >= self.targets.len() && self.peers.iter().all(|p| swarm.is_connected(p))
+        self.resolved.len() >= self.targets.len()
+            && self.peers.iter().all(|p| swarm.is_connected(p))
     }
 
     /// Re-resolve the targets (in the background) and redial what is already known.
-    fn refresh(&mut self, swarm: &mut Swarm<Behaviour>, tx: &mpsc::Sender<Vec<Multiaddr>>) {
+    fn refresh(
+        &mut self,
+        swarm: &mut Swarm<Behaviour>,
+        tx: &mpsc::Sender<(usize, Vec<Multiaddr>)>,
+    ) {
         if self.resolver.as_ref().is_none_or(|r| r.is_finished()) {
             let targets = self.targets.clone();
             let tx = tx.clone();
             self.resolver = Some(tokio::spawn(
                 async move {
-                    for target in &targets {
+                    for (i, target) in targets.iter().enumerate() {
                         match resolve(target).await {
                             Ok(addrs) => {
-                                let _ = tx.send(addrs).await;
+                                let _ = tx.send((i, addrs)).await;
                             }
                             Err(error) => tracing::warn!(%error, "cannot join yet; retrying"),
                         }
@@ -1189,7 +1204,14 @@ impl Join {
             for addr in &addrs {
                 swarm.behaviour_mut().kad.add_address(&peer, addr.clone());
             }
-            self.by_peer.insert(peer, addrs.clone());
+            // Kept beside those other targets gave (a group's old leader's among them).
+            let known = self.by_peer.entry(peer).or_default();
+            for addr in addrs.iter().rev() {
+                known.retain(|a| a != addr);
+                known.insert(0, addr.clone());
+            }
+            known.truncate(JOIN_ADDRS_PER_PEER_MAX);
+            let addrs = known.clone();
             if !swarm.is_connected(&peer)
                 && let Err(error) = swarm.dial(DialOpts::peer_id(peer).addresses(addrs).build())
             {

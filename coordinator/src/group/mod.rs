@@ -1,0 +1,563 @@
+//! A coordinator group: three (or five) coordinators that replicate the journal with Raft, so the
+//! swarm keeps going when any one of them (the leader included) goes away.
+//!
+//! Raft is [openraft](https://docs.rs/openraft) 0.9: a maintained, async (tokio) implementation
+//! whose storage and network are traits, so the journal's own redb file holds the Raft log beside
+//! the journal ([`store`]) and the members talk over libp2p with their own identities
+//! ([`transport`]); membership changes go through joint consensus. (raft-rs, TiKV's, is the other
+//! mature one, but leaves the event loop, timers and message plumbing to the application.)
+//!
+//! ```text
+//!  member (follower)          member (leader)                         member (follower)
+//!  raft ◀──── append ──────── raft ◀── client_write(batches) ── journal committer ◀── Work
+//!  journal.redb (applied)     journal.redb (applied)  ──── append ───▶ raft, journal.redb
+//!  HTTP: /v1/group, else      HTTP API, swarm, scheduler, sessions:
+//!  307 to the leader          the lone coordinator's code, unchanged
+//! ```
+//!
+//! Only the leader runs the coordinator proper: the swarm the nodes join (under the group's one
+//! swarm identity, so to the nodes the coordinator is one peer whichever member leads), the
+//! scheduler rebuilt from the journal, the HTTP API. Its journal hands every batch of facts to
+//! Raft and counts it durable only once a quorum has it and it is applied here, so nothing is
+//! acknowledged that a new leader would not know. A member that becomes leader replays its
+//! journal as a restarted coordinator does and takes over; one that stops being leader stops its
+//! coordinator and goes back to following. Followers answer `GET /v1/group` and send every other
+//! API request to the leader (307, so a client re-sends it there with its method and body).
+
+pub(crate) mod store;
+mod transport;
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::io::Cursor;
+use std::path::PathBuf;
+use std::sync::{Arc, RwLock};
+
+use hearth_net::libp2p::multiaddr::Protocol;
+use hearth_net::libp2p::{Multiaddr, PeerId};
+use openraft::{ServerState, SnapshotPolicy};
+use serde::{Deserialize, Serialize};
+
+use crate::journal::{Batch, Ticket};
+use crate::limits::{
+    GROUP_APPEND_ENTRIES_MAX, GROUP_ELECTION_TIMEOUT_MS, GROUP_HEARTBEAT_MS, GROUP_MEMBERS_MAX,
+    GROUP_STATUS_TIMEOUT,
+};
+use crate::{Error, Result};
+
+/// A member's Raft id: the first 8 bytes of the BLAKE3 of its peer id.
+pub type NodeId = u64;
+
+/// A member as Raft's membership keeps it: its peer id and the address of its group swarm.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Member {
+    /// Its peer id (base58).
+    pub peer_id: String,
+    /// Its group address, ending in `/p2p/PEER_ID`.
+    pub addr: String,
+}
+
+impl fmt::Display for Member {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.addr)
+    }
+}
+
+impl Member {
+    /// A member from its address, which must end in `/p2p/PEER_ID`.
+    pub fn parse(addr: &str) -> Result<Self> {
+        let bad = |why: &str| {
+            Error::Refused(format!(
+                "group member {addr:?}: {why} (give each member's group address, such as /ip4/10.0.0.2/udp/7081/quic-v1/p2p/12D3KooW…)"
+            ))
+        };
+        let parsed: Multiaddr = addr.parse().map_err(|_| bad("not a multiaddr"))?;
+        let Some(Protocol::P2p(peer)) = parsed.iter().last() else {
+            return Err(bad("it does not end in /p2p/PEER_ID"));
+        };
+        hearth_net::from_libp2p_peer_id(&peer)
+            .ok_or_else(|| bad("its peer id is not an ed25519 key"))?;
+        Ok(Self {
+            peer_id: peer.to_string(),
+            addr: addr.to_string(),
+        })
+    }
+
+    fn parsed(&self) -> std::result::Result<(PeerId, Multiaddr), String> {
+        let addr: Multiaddr = self.addr.parse().map_err(|e| format!("{e}"))?;
+        match addr.iter().last() {
+            Some(Protocol::P2p(peer)) => Ok((peer, addr)),
+            _ => Err(format!("{} does not end in /p2p/PEER_ID", self.addr)),
+        }
+    }
+
+    /// Its Raft id.
+    pub fn node_id(&self) -> NodeId {
+        node_id(&self.peer_id)
+    }
+}
+
+fn node_id(peer_id: &str) -> NodeId {
+    let hash = blake3::hash(peer_id.as_bytes());
+    u64::from_le_bytes(hash.as_bytes()[..8].try_into().expect("8 of 32 bytes"))
+}
+
+/// What the group agrees on, entry by entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub enum Proposal {
+    /// Batches of the journal, with the leader's tickets.
+    Batches(Vec<(Ticket, Batch)>),
+    /// The group's shared secrets, proposed by its first leader: the journal's secret (behind
+    /// every random check) and the swarm identity the nodes know the coordinator by.
+    Founding {
+        /// The journal's secret.
+        secret: [u8; 32],
+        /// The swarm identity's secret key.
+        identity: [u8; 32],
+    },
+}
+
+openraft::declare_raft_types!(
+    /// Hearth's Raft types.
+    pub TypeConfig:
+        D = Proposal,
+        R = (),
+        NodeId = NodeId,
+        Node = Member,
+        Entry = openraft::Entry<TypeConfig>,
+        SnapshotData = Cursor<Vec<u8>>,
+        AsyncRuntime = openraft::TokioRuntime,
+);
+
+pub(crate) type Raft = openraft::Raft<TypeConfig>;
+
+/// A member's own account of itself.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberStatus {
+    /// Its peer id.
+    pub peer_id: String,
+    /// `leader`, `follower`, `candidate` or `learner`.
+    pub role: String,
+    /// Its current term.
+    pub term: u64,
+    /// The leader it knows of (peer id).
+    pub leader: Option<String>,
+    /// The index of the last entry of the group's log it applied to its journal.
+    pub commit_index: u64,
+    /// Its HTTP API's URL.
+    pub api: Option<String>,
+}
+
+/// `GET /v1/group`'s member entry.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MemberView {
+    /// Its peer id.
+    pub peer_id: String,
+    /// As it says (`unreachable` when it did not answer within [`GROUP_STATUS_TIMEOUT`]).
+    pub role: String,
+    /// Its journal position: the last entry of the group's log it applied.
+    pub commit_index: Option<u64>,
+    /// Its HTTP API.
+    pub api: Option<String>,
+}
+
+/// `GET /v1/group`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct GroupView {
+    /// The member answering.
+    #[serde(rename = "self")]
+    pub me: SelfView,
+    /// The leader's peer id, if one is known.
+    pub leader: Option<String>,
+    /// The answering member's term.
+    pub term: u64,
+    /// Every member.
+    pub members: Vec<MemberView>,
+}
+
+/// The answering member in [`GroupView`].
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct SelfView {
+    /// Its peer id.
+    pub peer_id: String,
+    /// Its role.
+    pub role: String,
+}
+
+fn role_name(state: ServerState) -> &'static str {
+    match state {
+        ServerState::Leader => "leader",
+        ServerState::Follower => "follower",
+        ServerState::Candidate => "candidate",
+        ServerState::Learner => "learner",
+        ServerState::Shutdown => "stopped",
+    }
+}
+
+/// A running member.
+pub(crate) struct Group {
+    pub(crate) raft: Raft,
+    me: Member,
+    store: store::Store,
+    transport: transport::Transport,
+    allowed: transport::Allowed,
+    /// Its HTTP API's URL, once known.
+    api: Arc<RwLock<Option<String>>>,
+    pub(crate) db: Arc<redb::Database>,
+    pub(crate) path: PathBuf,
+}
+
+impl Group {
+    /// Start this member (`key`'s) of the group `members`: its Raft state in the journal's file in
+    /// `data_dir`, its group swarm on its own entry's address. A new group is initialized with
+    /// `members` (by each of them: the same list everywhere is safe).
+    pub(crate) async fn start(
+        data_dir: &std::path::Path,
+        key: &hearth_protocol::SecretKey,
+        members: &[Member],
+        api: String,
+    ) -> Result<Arc<Self>> {
+        if members.len() > GROUP_MEMBERS_MAX {
+            return Err(Error::Refused(format!(
+                "a group has at most {GROUP_MEMBERS_MAX} members, not {}",
+                members.len()
+            )));
+        }
+        let peer = hearth_net::to_libp2p_peer_id(&key.public().peer_id()).to_string();
+        let me = members
+            .iter()
+            .find(|m| m.peer_id == peer)
+            .cloned()
+            .ok_or_else(|| {
+                Error::Refused(format!(
+                    "this coordinator ({peer}) is not one of --group's members: give every member's group address, its own among them, ending in /p2p/ and the member's peer id (`hearth keygen --data-dir DIR` prints it)"
+                ))
+            })?;
+        let path = data_dir.join(crate::journal::JOURNAL_FILE);
+        let db = Arc::new(redb::Database::create(&path).map_err(|e| Error::Journal {
+            path: path.clone(),
+            message: e.to_string(),
+        })?);
+        let store = store::Store::open(db.clone(), path.clone())?;
+        let allowed: transport::Allowed = Arc::new(RwLock::new(
+            members
+                .iter()
+                .filter_map(|m| m.parsed().ok().map(|(p, _)| p))
+                .collect::<HashSet<_>>(),
+        ));
+        let cell: Arc<tokio::sync::OnceCell<Raft>> = Arc::new(tokio::sync::OnceCell::new());
+        let api = Arc::new(RwLock::new(Some(api)));
+        let status = {
+            let (cell, api, store, peer) = (cell.clone(), api.clone(), store.clone(), peer.clone());
+            Arc::new(move || status_of(&peer, cell.get(), &store, &api))
+                as Arc<dyn Fn() -> MemberStatus + Send + Sync>
+        };
+        let listen: Multiaddr = me
+            .parsed()
+            .map_err(Error::Refused)?
+            .1
+            .iter()
+            .filter(|p| !matches!(p, Protocol::P2p(_)))
+            .collect();
+        let transport = transport::start(key, listen, allowed.clone(), cell.clone(), status)?;
+        let config = openraft::Config {
+            cluster_name: "hearth".into(),
+            heartbeat_interval: GROUP_HEARTBEAT_MS,
+            election_timeout_min: GROUP_ELECTION_TIMEOUT_MS.start,
+            election_timeout_max: GROUP_ELECTION_TIMEOUT_MS.end,
+            max_payload_entries: GROUP_APPEND_ENTRIES_MAX,
+            snapshot_policy: SnapshotPolicy::Never,
+            ..Default::default()
+        }
+        .validate()
+        .map_err(|e| Error::Refused(format!("group configuration: {e}")))?;
+        let (log, machine) = openraft::storage::Adaptor::new(store.clone());
+        let network = transport::Network {
+            transport: transport.clone(),
+        };
+        let raft = Raft::new(me.node_id(), Arc::new(config), network, log, machine)
+            .await
+            .map_err(|e| Error::Refused(format!("group: {e}")))?;
+        let _ = cell.set(raft.clone());
+        let initialized = raft
+            .is_initialized()
+            .await
+            .map_err(|e| Error::Refused(format!("group: {e}")))?;
+        if !initialized {
+            let nodes: BTreeMap<NodeId, Member> =
+                members.iter().map(|m| (m.node_id(), m.clone())).collect();
+            match raft.initialize(nodes).await {
+                Ok(()) => tracing::info!(members = members.len(), "group initialized"),
+                // Another member's initialization reached us first: the same group.
+                Err(error) => tracing::debug!(%error, "group already initialized"),
+            }
+        }
+        tracing::info!(member = %me.addr, "group member started");
+        Ok(Arc::new(Self {
+            raft,
+            me,
+            store,
+            transport,
+            allowed,
+            api,
+            db,
+            path,
+        }))
+    }
+
+    /// This member's role now.
+    pub(crate) fn state(&self) -> ServerState {
+        self.raft.metrics().borrow().state
+    }
+
+    /// Resolves once this member leads (or the group stopped).
+    pub(crate) async fn until_leader(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if matches!(
+                metrics.borrow_and_update().state,
+                ServerState::Leader | ServerState::Shutdown
+            ) {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Resolves once this member no longer leads.
+    pub(crate) async fn until_not_leader(&self) {
+        let mut metrics = self.raft.metrics();
+        loop {
+            if metrics.borrow_and_update().state != ServerState::Leader {
+                return;
+            }
+            if metrics.changed().await.is_err() {
+                return;
+            }
+        }
+    }
+
+    /// Keep the set of peers allowed to speak to this member to the current membership (and the
+    /// configured members).
+    pub(crate) fn follow_membership(&self) {
+        let metrics = self.raft.metrics().borrow().clone();
+        let mut allowed = self.allowed.write().unwrap_or_else(|e| e.into_inner());
+        for (_, member) in metrics.membership_config.membership().nodes() {
+            if let Ok((peer, _)) = member.parsed() {
+                allowed.insert(peer);
+            }
+        }
+    }
+
+    /// As the new leader: wait until every entry of earlier terms is applied, and found the group
+    /// (its shared secrets) if no leader did yet. The group's swarm identity.
+    pub(crate) async fn take_office(&self) -> Result<hearth_protocol::SecretKey> {
+        self.raft
+            .ensure_linearizable()
+            .await
+            .map_err(|e| Error::Refused(format!("no longer the group's leader: {e}")))?;
+        if self.store.identity().is_none() {
+            let mut secret = [0u8; 32];
+            let mut identity = [0u8; 32];
+            getrandom::fill(&mut secret)
+                .and_then(|()| getrandom::fill(&mut identity))
+                .map_err(|e| Error::Refused(format!("no OS randomness: {e}")))?;
+            self.raft
+                .client_write(Proposal::Founding { secret, identity })
+                .await
+                .map_err(|e| Error::Refused(format!("the group was not founded: {e}")))?;
+            tracing::info!("group founded: its secret and swarm identity are replicated");
+        }
+        let bytes = self
+            .store
+            .identity()
+            .ok_or_else(|| Error::Refused("the group's founding entry is not applied".into()))?;
+        Ok(hearth_protocol::SecretKey::from_bytes(&bytes))
+    }
+
+    /// The leader's HTTP API, as it says, when a leader is known.
+    pub(crate) async fn leader_api(&self) -> Option<String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let leader = metrics.current_leader?;
+        if leader == self.me.node_id() {
+            return self.api.read().unwrap_or_else(|e| e.into_inner()).clone();
+        }
+        let member = metrics
+            .membership_config
+            .membership()
+            .get_node(&leader)?
+            .clone();
+        match tokio::time::timeout(
+            GROUP_STATUS_TIMEOUT,
+            self.transport.ask(&member, transport::GroupRequest::Status),
+        )
+        .await
+        {
+            Ok(Ok(transport::GroupResponse::Status(status))) => status.api,
+            _ => None,
+        }
+    }
+
+    /// `GET /v1/group`: this member's view, each other member asked for its own account.
+    pub(crate) async fn view(&self) -> GroupView {
+        let metrics = self.raft.metrics().borrow().clone();
+        let nodes: Vec<(NodeId, Member)> = metrics
+            .membership_config
+            .membership()
+            .nodes()
+            .map(|(id, m)| (*id, m.clone()))
+            .collect();
+        let mine = status_of(
+            &self.me.peer_id,
+            Some(&self.raft),
+            &self.store,
+            &self.api,
+        );
+        let asks = nodes.iter().map(|(id, member)| {
+            let transport = self.transport.clone();
+            let mine = mine.clone();
+            let me = self.me.node_id();
+            let (id, member) = (*id, member.clone());
+            async move {
+                if id == me {
+                    return MemberView {
+                        peer_id: mine.peer_id,
+                        role: mine.role,
+                        commit_index: Some(mine.commit_index),
+                        api: mine.api,
+                    };
+                }
+                let answer = tokio::time::timeout(
+                    GROUP_STATUS_TIMEOUT,
+                    transport.ask(&member, transport::GroupRequest::Status),
+                )
+                .await;
+                match answer {
+                    Ok(Ok(transport::GroupResponse::Status(s))) => MemberView {
+                        peer_id: member.peer_id,
+                        role: s.role,
+                        commit_index: Some(s.commit_index),
+                        api: s.api,
+                    },
+                    _ => MemberView {
+                        peer_id: member.peer_id,
+                        role: "unreachable".into(),
+                        commit_index: None,
+                        api: None,
+                    },
+                }
+            }
+        });
+        let members = futures::future::join_all(asks).await;
+        let leader = metrics.current_leader.and_then(|id| {
+            nodes
+                .iter()
+                .find(|(n, _)| *n == id)
+                .map(|(_, m)| m.peer_id.clone())
+        });
+        GroupView {
+            me: SelfView {
+                peer_id: self.me.peer_id.clone(),
+                role: mine.role,
+            },
+            leader,
+            term: metrics.current_term,
+            members,
+        }
+    }
+}
+
+fn status_of(
+    peer: &str,
+    raft: Option<&Raft>,
+    store: &store::Store,
+    api: &RwLock<Option<String>>,
+) -> MemberStatus {
+    let (role, term, leader) = match raft {
+        Some(raft) => {
+            let m = raft.metrics().borrow().clone();
+            let leader = m.current_leader.and_then(|id| {
+                m.membership_config
+                    .membership()
+                    .get_node(&id)
+                    .map(|n| n.peer_id.clone())
+            });
+            (role_name(m.state).to_string(), m.current_term, leader)
+        }
+        None => ("starting".to_string(), 0, None),
+    };
+    MemberStatus {
+        peer_id: peer.to_string(),
+        role,
+        term,
+        leader,
+        commit_index: store.applied_index(),
+        api: api.read().unwrap_or_else(|e| e.into_inner()).clone(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_need_an_address_ending_in_their_peer_id() {
+        let key = hearth_protocol::SecretKey::from_bytes(&[9; 32]);
+        let peer = hearth_net::to_libp2p_peer_id(&key.public().peer_id());
+        let good = format!("/ip4/10.0.0.2/udp/7081/quic-v1/p2p/{peer}");
+        let member = Member::parse(&good).expect("valid");
+        assert_eq!(member.peer_id, peer.to_string());
+        assert_eq!(member.node_id(), Member::parse(&good).expect("valid").node_id());
+        for bad in ["/ip4/10.0.0.2/udp/7081/quic-v1", "10.0.0.2:7081", ""] {
+            let error = Member::parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("/p2p/"), "{error}");
+        }
+    }
+}
+
+/// `GET /v1/group`, served beside the API on every member (no key: it names peers, roles and API
+/// addresses, as `/v1/swarm` does).
+pub(crate) fn routes(group: Arc<Group>) -> axum::Router {
+    use axum::routing::get;
+    axum::Router::new()
+        .route(
+            "/v1/group",
+            get(|axum::extract::State(group): axum::extract::State<Arc<Group>>| async move {
+                axum::Json(group.view().await)
+            }),
+        )
+        .with_state(group)
+}
+
+/// A follower's API: `GET /v1/group`, and every other request sent to the leader with a 307
+/// (method and body kept), or a 503 with `Retry-After` while no leader is known.
+pub(crate) fn follower_routes(group: Arc<Group>) -> axum::Router {
+    use axum::http::{StatusCode, Uri, header};
+    use axum::response::IntoResponse;
+    let redirect = |axum::extract::State(group): axum::extract::State<Arc<Group>>,
+                    uri: Uri| async move {
+        match group.leader_api().await {
+            Some(api) if group.state() != ServerState::Leader => {
+                let path = uri.path_and_query().map_or("/", |p| p.as_str());
+                (
+                    StatusCode::TEMPORARY_REDIRECT,
+                    [(header::LOCATION, format!("{api}{path}"))],
+                )
+                    .into_response()
+            }
+            _ => {
+                let mut response = crate::http::error(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "the coordinator group has no leader right now (an election is under way): try again in a few seconds",
+                );
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+                response
+            }
+        }
+    };
+    routes(group.clone()).merge(axum::Router::new().fallback(redirect).with_state(group))
+}

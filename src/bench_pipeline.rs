@@ -272,7 +272,7 @@ fn swarm_client(swarm: &Children) -> anyhow::Result<crate::client::Client> {
     )?;
     crate::client::Client::new(
         &crate::cli::ClientArgs {
-            api: Some(api.trim().to_string()),
+            api: vec![api.trim().to_string()],
             api_key: None,
             ca_cert: None,
         },

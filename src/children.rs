@@ -127,7 +127,7 @@ impl Children {
         let api = wait_for_api(&dir.join(API_URL_FILE), self).await?;
         let client = Client::new(
             &ClientArgs {
-                api: Some(api.clone()),
+                api: vec![api.clone()],
                 api_key: None,
                 ca_cert: None,
             },

@@ -55,6 +55,8 @@ pub(crate) enum Command {
     Coop(CoopArgs),
     /// List the swarm's peers and their hardware, as the coordinator sees them.
     Peers(PeersArgs),
+    /// Show a coordinator group: which member leads, each member's role and journal position.
+    Group(GroupArgs),
     /// Run a model on this machine alone (no swarm): generate text, score given tokens, embed texts.
     Local(LocalArgs),
     /// Measure how fast this machine runs models.
@@ -253,9 +255,16 @@ pub(crate) struct CoordinatorArgs {
 pub(crate) struct ApiKeyArgs {
     #[command(subcommand)]
     pub(crate) command: ApiKeyCommand,
-    /// Coordinator HTTP API [default: http://127.0.0.1:7070].
-    #[arg(long, global = true, env = "HEARTH_API", value_name = "URL")]
-    pub(crate) api: Option<String>,
+    /// Coordinator HTTP API [default: http://127.0.0.1:7070]; repeat for a coordinator group's
+    /// members.
+    #[arg(
+        long,
+        global = true,
+        env = "HEARTH_API",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
+    pub(crate) api: Vec<String>,
     /// The admin key [default: read from the coordinator's DATA_DIR/admin.key].
     #[arg(
         long,
@@ -584,9 +593,11 @@ pub(crate) struct VerifyArgs {
 /// How a client command reaches the coordinator.
 #[derive(Debug, Args)]
 pub(crate) struct ClientArgs {
-    /// Coordinator HTTP API [default: http://127.0.0.1:7070].
-    #[arg(long, env = "HEARTH_API", value_name = "URL")]
-    pub(crate) api: Option<String>,
+    /// Coordinator HTTP API [default: http://127.0.0.1:7070]. Repeat (or comma-separate) to name
+    /// every member of a coordinator group: a request goes to the first that answers, and on to
+    /// the next when one cannot be reached.
+    #[arg(long, env = "HEARTH_API", value_name = "URL", value_delimiter = ',')]
+    pub(crate) api: Vec<String>,
     /// API key, sent as a bearer token.
     #[arg(
         long,
@@ -606,6 +617,16 @@ pub(crate) struct PeersArgs {
     #[command(flatten)]
     pub(crate) client: ClientArgs,
     /// Print the coordinator's JSON: an array of {peer_id, online, capabilities, …}.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+#[derive(Debug, Args)]
+pub(crate) struct GroupArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Print the member's JSON: {self: {peer_id, role}, leader, term, members: [{peer_id, role,
+    /// commit_index, api}]}.
     #[arg(long)]
     pub(crate) json: bool,
 }

@@ -6,15 +6,22 @@ use serde::de::DeserializeOwned;
 use crate::cli::ClientArgs;
 use crate::config::{DEFAULT_API, FileConfig};
 
-/// A coordinator's HTTP API.
+/// A coordinator's HTTP API: one URL, or every member of a coordinator group (a request goes to
+/// the one that answered last, and on to the next when it cannot be reached; a follower sends it
+/// on to the leader itself).
 pub(crate) struct Client {
-    base: String,
+    bases: Vec<String>,
+    /// The base that answered last.
+    current: std::sync::atomic::AtomicUsize,
     api_key: Option<String>,
     http: reqwest::Client,
 }
 
 /// How long a client request may take before the command gives up.
 const REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Redirects followed for one request (a follower sends it to its leader: one).
+const REDIRECTS_MAX: u32 = 3;
 
 /// How long a request that uploads a job may take.
 const UPLOAD_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(300);
@@ -27,15 +34,19 @@ const STREAM_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(3600)
 
 impl Client {
     pub(crate) fn new(args: &ClientArgs, file: &FileConfig) -> anyhow::Result<Self> {
-        let base = args
-            .api
-            .clone()
-            .or_else(|| file.api.clone())
-            .unwrap_or_else(|| DEFAULT_API.into());
-        let base = base.trim_end_matches('/').to_string();
-        reqwest::Url::parse(&base).with_context(|| format!("--api {base:?} is not a URL"))?;
+        let mut bases: Vec<String> = if args.api.is_empty() {
+            vec![file.api.clone().unwrap_or_else(|| DEFAULT_API.into())]
+        } else {
+            args.api.clone()
+        };
+        for base in &mut bases {
+            *base = base.trim().trim_end_matches('/').to_string();
+            reqwest::Url::parse(base).with_context(|| format!("--api {base:?} is not a URL"))?;
+        }
         let api_key = args.api_key.clone().or_else(|| file.api_key.clone());
-        let mut builder = reqwest::Client::builder().timeout(REQUEST_TIMEOUT);
+        let mut builder = reqwest::Client::builder()
+            .timeout(REQUEST_TIMEOUT)
+            .redirect(reqwest::redirect::Policy::none());
         if let Some(path) = &args.ca_cert {
             let pem = std::fs::read(path)
                 .with_context(|| format!("reading --ca-cert {}", path.display()))?;
@@ -45,23 +56,64 @@ impl Client {
         }
         let http = builder.build()?;
         Ok(Self {
-            base,
+            bases,
+            current: std::sync::atomic::AtomicUsize::new(0),
             api_key,
             http,
         })
     }
 
+    /// Send the request `build` makes for a base URL, to the current base and then each other in
+    /// turn while one cannot be reached (or, a group's follower, knows no leader yet).
+    async fn send_any(
+        &self,
+        path: &str,
+        idempotent: bool,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<(String, reqwest::Response)> {
+        let start = self.current.load(std::sync::atomic::Ordering::Relaxed);
+        let mut last = None;
+        for k in 0..self.bases.len() {
+            let i = (start + k) % self.bases.len();
+            let base = &self.bases[i];
+            let url = format!("{base}{path}");
+            match self.follow(&url, &build).await {
+                Ok(response) if no_leader(&response) => {
+                    last = Some(anyhow::Error::new(Unreachable(format!(
+                        "the coordinator group at {base} has no leader right now (an election is under way)"
+                    ))));
+                }
+                Ok(response) => {
+                    self.current.store(i, std::sync::atomic::Ordering::Relaxed);
+                    return Ok((url, response));
+                }
+                // Sent and then lost (a timeout, a reset): a GET is asked again elsewhere, but a
+                // POST may have been carried out, so it is not sent twice.
+                Err(e) if !e.is_connect() && !idempotent => {
+                    return Err(anyhow::Error::new(e).context(format!("{url}: no answer")));
+                }
+                Err(e) => {
+                    last = Some(anyhow::Error::new(Unreachable(format!(
+                        "cannot reach the coordinator at {base}: {} (is `hearth coordinator` running? set --api or HEARTH_API)",
+                        root_cause(&e)
+                    ))));
+                }
+            }
+        }
+        Err(last.expect("at least one base"))
+    }
+
     /// `GET path` as JSON.
     pub(crate) async fn get<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let body = self.send(self.http.get(&url), &url).await?;
+        let (url, body) = self.send(path, true, |url| self.http.get(url)).await?;
         serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
     }
 
     /// `GET path` as bytes (JSONL answers).
     pub(crate) async fn get_bytes(&self, path: &str) -> anyhow::Result<Vec<u8>> {
-        let url = format!("{}{path}", self.base);
-        self.send(self.http.get(&url), &url).await
+        self.send(path, true, |url| self.http.get(url))
+            .await
+            .map(|(_, body)| body)
     }
 
     /// `POST path` with a JSON body, answer as JSON.
@@ -70,9 +122,11 @@ impl Client {
         path: &str,
         body: &impl serde::Serialize,
     ) -> anyhow::Result<T> {
-        let url = format!("{}{path}", self.base);
-        let request = self.http.post(&url).json(body).timeout(UPLOAD_TIMEOUT);
-        let body = self.send(request, &url).await?;
+        let (url, body) = self
+            .send(path, false, |url| {
+                self.http.post(url).json(body).timeout(UPLOAD_TIMEOUT)
+            })
+            .await?;
         serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
     }
 
@@ -83,18 +137,11 @@ impl Client {
         body: &impl serde::Serialize,
         mut each: impl FnMut(serde_json::Value),
     ) -> anyhow::Result<()> {
-        let url = format!("{}{path}", self.base);
-        let mut request = self.http.post(&url).json(body).timeout(STREAM_TIMEOUT);
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let mut response = request.send().await.map_err(|e| {
-            anyhow::Error::new(Unreachable(format!(
-                "cannot reach the coordinator at {}: {}",
-                self.base,
-                root_cause(&e)
-            )))
-        })?;
+        let (url, mut response) = self
+            .send_any(path, false, |url| {
+                self.http.post(url).json(body).timeout(STREAM_TIMEOUT)
+            })
+            .await?;
         let status = response.status();
         if !status.is_success() {
             let body = response.bytes().await.unwrap_or_default();
@@ -121,21 +168,48 @@ impl Client {
         Ok(())
     }
 
+    /// Send `build(url)` with the API key, following a group follower's redirects to its
+    /// leader (at most [`REDIRECTS_MAX`]) with the key kept: reqwest drops it when the port
+    /// changes, and the member that answers is the group the key is for.
+    async fn follow(
+        &self,
+        url: &str,
+        build: &impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> reqwest::Result<reqwest::Response> {
+        let mut url = url.to_string();
+        let mut hops = 0;
+        loop {
+            let mut request = build(&url);
+            if let Some(key) = &self.api_key {
+                request = request.bearer_auth(key);
+            }
+            let response = request.send().await?;
+            let location = response
+                .headers()
+                .get(reqwest::header::LOCATION)
+                .and_then(|l| l.to_str().ok())
+                .filter(|l| l.starts_with("http://") || l.starts_with("https://"));
+            let redirect = matches!(
+                response.status(),
+                reqwest::StatusCode::TEMPORARY_REDIRECT | reqwest::StatusCode::PERMANENT_REDIRECT
+            );
+            match location {
+                Some(next) if redirect && hops < REDIRECTS_MAX => {
+                    url = next.to_string();
+                    hops += 1;
+                }
+                _ => return Ok(response),
+            }
+        }
+    }
+
     async fn send(
         &self,
-        mut request: reqwest::RequestBuilder,
-        url: &str,
-    ) -> anyhow::Result<Vec<u8>> {
-        if let Some(key) = &self.api_key {
-            request = request.bearer_auth(key);
-        }
-        let response = request.send().await.map_err(|e| {
-            anyhow::Error::new(Unreachable(format!(
-                "cannot reach the coordinator at {}: {} (is `hearth coordinator` running? set --api or HEARTH_API)",
-                self.base,
-                root_cause(&e)
-            )))
-        })?;
+        path: &str,
+        idempotent: bool,
+        build: impl Fn(&str) -> reqwest::RequestBuilder,
+    ) -> anyhow::Result<(String, Vec<u8>)> {
+        let (url, response) = self.send_any(path, idempotent, build).await?;
         let status = response.status();
         let body = response
             .bytes()
@@ -148,8 +222,16 @@ impl Client {
                 .unwrap_or_else(|| String::from_utf8_lossy(&body).chars().take(200).collect());
             bail!("{url}: {status}: {message}");
         }
-        Ok(body.to_vec())
+        Ok((url, body.to_vec()))
     }
+}
+
+/// A coordinator group's follower that knows no leader yet: 503 with `Retry-After`.
+fn no_leader(response: &reqwest::Response) -> bool {
+    response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
+        && response
+            .headers()
+            .contains_key(reqwest::header::RETRY_AFTER)
 }
 
 /// "The coordinator did not answer at all" (as opposed to answering no), with the message to show.

@@ -187,7 +187,7 @@ expires {}
                 ],
                 &revocation,
             )?;
-            let handed = if client.api.is_some() || file.api.is_some() {
+            let handed = if !client.api.is_empty() || file.api.is_some() {
                 let client = crate::client::Client::new(&client, file)?;
                 let _: serde_json::Value = client
                     .post(

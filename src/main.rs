@@ -116,6 +116,7 @@ fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
             Command::Apikey(args) => apikey::run(args, &file).await,
             Command::Coop(args) => coop::run(args, &file).await,
             Command::Peers(args) => peers::run(args, &file).await,
+            Command::Group(args) => peers::group(args, &file).await,
             Command::Local(args) => local::run(args, &file),
             Command::Bench(args) => bench::run(args, &file).await,
             Command::Models(args) => models::run(args, &file).await,

@@ -105,3 +105,41 @@ pub(crate) fn table(peers: &[PeerEntry]) -> String {
 fn gib(bytes: u64) -> String {
     format!("{:.1}", bytes as f64 / f64::from(1u32 << 30))
 }
+
+/// `hearth group`: the coordinator group as the member reached sees it.
+pub(crate) async fn group(args: crate::cli::GroupArgs, file: &FileConfig) -> anyhow::Result<()> {
+    let client = Client::new(&args.client, file)?;
+    let view: serde_json::Value = client.get("/v1/group").await.map_err(|e| {
+        if e.to_string().contains("404") {
+            anyhow::anyhow!("this coordinator is not in a group (start members with `hearth coordinator --group …`)")
+        } else {
+            e
+        }
+    })?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&view)?);
+        return Ok(());
+    }
+    let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();
+    println!("{:<54} {:<12} {:>8}  API", "MEMBER", "ROLE", "JOURNAL");
+    for m in view["members"].as_array().into_iter().flatten() {
+        let position = m["commit_index"]
+            .as_u64()
+            .map_or("-".to_string(), |i| i.to_string());
+        println!(
+            "{:<54} {:<12} {:>8}  {}",
+            text(&m["peer_id"]),
+            text(&m["role"]),
+            position,
+            text(&m["api"])
+        );
+    }
+    println!(
+        "term {}, leader {}",
+        view["term"],
+        view["leader"]
+            .as_str()
+            .unwrap_or("none (an election is under way)")
+    );
+    Ok(())
+}

@@ -251,6 +251,9 @@ impl Batch {
     }
 }
 
+/// A coordinator group leader's commit: hands batches to Raft, returns once they are applied.
+pub(crate) type Commit = Box<dyn FnMut(Vec<(Ticket, Batch)>) -> Result<()> + Send>;
+
 /// The place of a batch in commit order: batch `n` is durable once [`Journal::committed`] is at
 /// least `n`. Tickets start at 1; 0 means "nothing yet".
 pub type Ticket = u64;
@@ -399,7 +402,11 @@ pub(crate) fn write_batches(
 
 /// Store `secret` as the journal's, in `tx`: a coordinator group's members all keep the secret the
 /// group was founded with, so whichever leads draws the same checks.
-pub(crate) fn write_secret(tx: &redb::WriteTransaction, path: &Path, secret: &[u8; 32]) -> Result<()> {
+pub(crate) fn write_secret(
+    tx: &redb::WriteTransaction,
+    path: &Path,
+    secret: &[u8; 32],
+) -> Result<()> {
     let mut meta = tx.open_table(META).map_err(|e| db_error(path, e))?;
     meta.insert(META_SECRET, secret.as_slice())
         .map_err(|e| db_error(path, e))?;
@@ -434,11 +441,7 @@ impl Journal {
     /// `commit` hands each group of batches to Raft and returns once a quorum has them and this
     /// member applied them (through [`write_batches`]). Its secret is the group's, applied from
     /// the log; a journal without one is refused.
-    pub(crate) fn replicated(
-        db: Arc<Database>,
-        path: PathBuf,
-        commit: Box<dyn FnMut(Vec<(Ticket, Batch)>) -> Result<()> + Send>,
-    ) -> Result<Self> {
+    pub(crate) fn replicated(db: Arc<Database>, path: PathBuf, commit: Commit) -> Result<Self> {
         {
             let tx = db.begin_read().map_err(|e| db_error(&path, e))?;
             let has_secret = match tx.open_table(META) {
@@ -449,17 +452,16 @@ impl Journal {
                 Err(_) => false,
             };
             if !has_secret {
-                return Err(db_error(&path, "the group's secret has not been applied yet"));
+                return Err(db_error(
+                    &path,
+                    "the group's secret has not been applied yet",
+                ));
             }
         }
         Self::start(db, path, Some(commit))
     }
 
-    fn start(
-        db: Arc<Database>,
-        path: PathBuf,
-        replicated: Option<Box<dyn FnMut(Vec<(Ticket, Batch)>) -> Result<()> + Send>>,
-    ) -> Result<Self> {
+    fn start(db: Arc<Database>, path: PathBuf, replicated: Option<Commit>) -> Result<Self> {
         let tx = db.begin_write().map_err(|e| db_error(&path, e))?;
         let ticket;
         let (next_seq, secret) = {

@@ -17,10 +17,10 @@
 mod coop;
 mod error;
 mod feed;
-pub mod group;
 #[cfg(any(test, feature = "fuzzing"))]
 #[doc(hidden)]
 pub mod fuzzing;
+pub mod group;
 mod headers;
 mod http;
 pub mod journal;

@@ -74,15 +74,15 @@ pub const GROUP_REQUEST_TIMEOUT: std::time::Duration = std::time::Duration::from
 
 /// How long `GET /v1/group` waits for each member's own account of itself; past it the member
 /// shows as `unreachable`.
-pub const GROUP_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(1_000);
+pub const GROUP_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(500);
 
 /// The leader's heartbeat to the other members, ms.
-pub const GROUP_HEARTBEAT_MS: u64 = 300;
+pub const GROUP_HEARTBEAT_MS: u64 = 250;
 
 /// A follower that hears no heartbeat for a random time in this range stands for election, ms: a
 /// lost leader is replaced within about the upper bound plus one election, several heartbeats
 /// long so a busy machine's late heartbeat does not depose a live leader.
-pub const GROUP_ELECTION_TIMEOUT_MS: std::ops::Range<u64> = 2_000..4_000;
+pub const GROUP_ELECTION_TIMEOUT_MS: std::ops::Range<u64> = 1_200..2_400;
 
 /// Journal batches in one Raft append to a member that is catching up.
 pub const GROUP_APPEND_ENTRIES_MAX: u64 = 64;

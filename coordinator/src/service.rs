@@ -117,7 +117,10 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
 /// A member of a coordinator group: follow (answer `GET /v1/group`, send the rest of the API to
 /// the leader) until elected; then run the coordinator under the group's swarm identity, its
 /// journal replicated, until no longer the leader; and again.
-async fn run_group(mut config: CoordinatorConfig, shutdown: impl Future<Output = ()>) -> Result<()> {
+async fn run_group(
+    mut config: CoordinatorConfig,
+    shutdown: impl Future<Output = ()>,
+) -> Result<()> {
     use futures::FutureExt;
     let (member_key, _) = load_or_create_identity(&config.data_dir)?;
     let members = config
@@ -189,15 +192,17 @@ async fn run_group(mut config: CoordinatorConfig, shutdown: impl Future<Output =
         let raft = group.raft.clone();
         let runtime = tokio::runtime::Handle::current();
         let path = group.path.clone();
-        let commit = Box::new(move |batches: Vec<(crate::journal::Ticket, crate::journal::Batch)>| {
-            runtime
-                .block_on(raft.client_write(crate::group::Proposal::Batches(batches)))
-                .map(drop)
-                .map_err(|e| Error::Journal {
-                    path: path.clone(),
-                    message: format!("not committed by the group: {e}"),
-                })
-        });
+        let commit = Box::new(
+            move |batches: Vec<(crate::journal::Ticket, crate::journal::Batch)>| {
+                runtime
+                    .block_on(raft.client_write(crate::group::Proposal::Batches(batches)))
+                    .map(drop)
+                    .map_err(|e| Error::Journal {
+                        path: path.clone(),
+                        message: format!("not committed by the group: {e}"),
+                    })
+            },
+        );
         let (db, path) = (group.db.clone(), group.path.clone());
         let (replicas, peers_max) = (config.replicas, config.peers_max);
         let work = move || {

@@ -32,7 +32,7 @@ impl Process {
             .args(args)
             .env(
                 "HEARTH_LOG",
-                "info,hearth_net=debug,hearth_coordinator=debug",
+                "info,openraft=off,hearth_net=debug,hearth_coordinator=debug",
             )
             .stdin(Stdio::null())
             .stdout(file.try_clone().expect("log file"))

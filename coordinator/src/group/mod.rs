@@ -409,12 +409,7 @@ impl Group {
             .nodes()
             .map(|(id, m)| (*id, m.clone()))
             .collect();
-        let mine = status_of(
-            &self.me.peer_id,
-            Some(&self.raft),
-            &self.store,
-            &self.api,
-        );
+        let mine = status_of(&self.me.peer_id, Some(&self.raft), &self.store, &self.api);
         let asks = nodes.iter().map(|(id, member)| {
             let transport = self.transport.clone();
             let mine = mine.clone();
@@ -498,25 +493,6 @@ fn status_of(
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn members_need_an_address_ending_in_their_peer_id() {
-        let key = hearth_protocol::SecretKey::from_bytes(&[9; 32]);
-        let peer = hearth_net::to_libp2p_peer_id(&key.public().peer_id());
-        let good = format!("/ip4/10.0.0.2/udp/7081/quic-v1/p2p/{peer}");
-        let member = Member::parse(&good).expect("valid");
-        assert_eq!(member.peer_id, peer.to_string());
-        assert_eq!(member.node_id(), Member::parse(&good).expect("valid").node_id());
-        for bad in ["/ip4/10.0.0.2/udp/7081/quic-v1", "10.0.0.2:7081", ""] {
-            let error = Member::parse(bad).expect_err(bad).to_string();
-            assert!(error.contains("/p2p/"), "{error}");
-        }
-    }
-}
-
 /// `GET /v1/group`, served beside the API on every member (no key: it names peers, roles and API
 /// addresses, as `/v1/swarm` does).
 pub(crate) fn routes(group: Arc<Group>) -> axum::Router {
@@ -524,9 +500,11 @@ pub(crate) fn routes(group: Arc<Group>) -> axum::Router {
     axum::Router::new()
         .route(
             "/v1/group",
-            get(|axum::extract::State(group): axum::extract::State<Arc<Group>>| async move {
-                axum::Json(group.view().await)
-            }),
+            get(
+                |axum::extract::State(group): axum::extract::State<Arc<Group>>| async move {
+                    axum::Json(group.view().await)
+                },
+            ),
         )
         .with_state(group)
 }
@@ -536,8 +514,7 @@ pub(crate) fn routes(group: Arc<Group>) -> axum::Router {
 pub(crate) fn follower_routes(group: Arc<Group>) -> axum::Router {
     use axum::http::{StatusCode, Uri, header};
     use axum::response::IntoResponse;
-    let redirect = |axum::extract::State(group): axum::extract::State<Arc<Group>>,
-                    uri: Uri| async move {
+    let redirect = |axum::extract::State(group): axum::extract::State<Arc<Group>>, uri: Uri| async move {
         match group.leader_api().await {
             Some(api) if group.state() != ServerState::Leader => {
                 let path = uri.path_and_query().map_or("/", |p| p.as_str());
@@ -560,4 +537,26 @@ pub(crate) fn follower_routes(group: Arc<Group>) -> axum::Router {
         }
     };
     routes(group.clone()).merge(axum::Router::new().fallback(redirect).with_state(group))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn members_need_an_address_ending_in_their_peer_id() {
+        let key = hearth_protocol::SecretKey::from_bytes(&[9; 32]);
+        let peer = hearth_net::to_libp2p_peer_id(&key.public().peer_id());
+        let good = format!("/ip4/10.0.0.2/udp/7081/quic-v1/p2p/{peer}");
+        let member = Member::parse(&good).expect("valid");
+        assert_eq!(member.peer_id, peer.to_string());
+        assert_eq!(
+            member.node_id(),
+            Member::parse(&good).expect("valid").node_id()
+        );
+        for bad in ["/ip4/10.0.0.2/udp/7081/quic-v1", "10.0.0.2:7081", ""] {
+            let error = Member::parse(bad).expect_err(bad).to_string();
+            assert!(error.contains("/p2p/"), "{error}");
+        }
+    }
 }

@@ -69,6 +69,7 @@ impl Store {
         Ok(Self { db, path })
     }
 
+    #[allow(clippy::result_large_err)] // openraft's error type, which the traits return
     fn get<T: DeserializeOwned>(&self, name: &str) -> StorageResult<Option<T>> {
         let tx = self.db.begin_read().map_err(read_err)?;
         let meta = tx.open_table(RAFT_META).map_err(read_err)?;
@@ -80,6 +81,7 @@ impl Store {
             .map_err(read_err)
     }
 
+    #[allow(clippy::result_large_err)] // openraft's error type, which the traits return
     fn put<T: Serialize>(&self, name: &str, value: &T) -> StorageResult<()> {
         let bytes = postcard::to_stdvec(value).map_err(write_err)?;
         let tx = self.db.begin_write().map_err(write_err)?;
@@ -124,7 +126,9 @@ impl RaftSnapshotBuilder<TypeConfig> for Store {
     async fn build_snapshot(&mut self) -> StorageResult<Snapshot<TypeConfig>> {
         Err(StorageIOError::write_snapshot(
             None,
-            &std::io::Error::other("a coordinator group keeps its whole log and takes no snapshots"),
+            &std::io::Error::other(
+                "a coordinator group keeps its whole log and takes no snapshots",
+            ),
         )
         .into())
     }
@@ -249,8 +253,7 @@ impl RaftStorage<TypeConfig> for Store {
                         .map_err(write_err)?
                         .is_some();
                     if !founded {
-                        crate::journal::write_secret(&tx, &self.path, secret)
-                            .map_err(write_err)?;
+                        crate::journal::write_secret(&tx, &self.path, secret).map_err(write_err)?;
                         let bytes = postcard::to_stdvec(identity).map_err(write_err)?;
                         tx.open_table(RAFT_META)
                             .map_err(write_err)?
@@ -295,7 +298,9 @@ impl RaftStorage<TypeConfig> for Store {
     ) -> StorageResult<()> {
         Err(StorageIOError::write_snapshot(
             None,
-            &std::io::Error::other("a coordinator group keeps its whole log and takes no snapshots"),
+            &std::io::Error::other(
+                "a coordinator group keeps its whole log and takes no snapshots",
+            ),
         )
         .into())
     }

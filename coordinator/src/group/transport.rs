@@ -202,8 +202,7 @@ pub(crate) fn start(
             .with_behaviour(|_| {
                 request_response::Behaviour::new(
                     [(PROTOCOL, ProtocolSupport::Full)],
-                    request_response::Config::default()
-                        .with_request_timeout(GROUP_REQUEST_TIMEOUT),
+                    request_response::Config::default().with_request_timeout(GROUP_REQUEST_TIMEOUT),
                 )
             })
             .map_err(|e| crate::Error::Swarm(Box::new(e)))?
@@ -213,11 +212,15 @@ pub(crate) fn start(
         .listen_on(listen.clone())
         .map_err(|e| crate::Error::Swarm(Box::new(e)))?;
     let (tx, mut outbound) = mpsc::channel::<Outbound>(1024);
-    let (answers_tx, mut answers) =
-        mpsc::channel::<(request_response::ResponseChannel<GroupResponse>, GroupResponse)>(1024);
+    let (answers_tx, mut answers) = mpsc::channel::<(
+        request_response::ResponseChannel<GroupResponse>,
+        GroupResponse,
+    )>(1024);
     tokio::spawn(async move {
-        let mut waiting: HashMap<OutboundRequestId, oneshot::Sender<Result<GroupResponse, String>>> =
-            HashMap::new();
+        let mut waiting: HashMap<
+            OutboundRequestId,
+            oneshot::Sender<Result<GroupResponse, String>>,
+        > = HashMap::new();
         loop {
             tokio::select! {
                 Some(out) = outbound.recv() => {

@@ -1,0 +1,394 @@
+//! A coordinator group on real processes: three coordinators replicating the journal with Raft,
+//! real nodes and the real embedder. The leader killed mid-job: a new one takes over, the job
+//! completes exactly as one machine computes it, every unit accepted once in the survivors'
+//! journals, nothing a node delivered lost; the old leader comes back and catches up. A follower
+//! killed: the leader carries on without an election.
+
+mod support;
+
+use std::net::{TcpListener, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use support::{Process, keygen, local_embed, run_hearth, stdout_json, wait_until};
+
+/// A port free on loopback for TCP and UDP alike.
+fn free_port() -> u16 {
+    loop {
+        let tcp = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let port = tcp.local_addr().expect("addr").port();
+        if UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Member {
+    dir: PathBuf,
+    peer_id: String,
+    api: String,
+    args: Vec<String>,
+    process: Option<Process>,
+}
+
+struct Group {
+    tmp: tempfile::TempDir,
+    members: Vec<Member>,
+    nodes: Vec<Process>,
+}
+
+impl Group {
+    fn start(nodes: usize) -> Self {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let mut members: Vec<Member> = (0..3)
+            .map(|i| {
+                let dir = tmp.path().join(format!("c{i}"));
+                let peer_id = keygen(&dir);
+                let http = free_port();
+                Member {
+                    dir,
+                    peer_id,
+                    api: format!("http://127.0.0.1:{http}"),
+                    args: Vec::new(),
+                    process: None,
+                }
+            })
+            .collect();
+        let addrs: Vec<String> = members
+            .iter()
+            .map(|m| {
+                format!(
+                    "/ip4/127.0.0.1/udp/{}/quic-v1/p2p/{}",
+                    free_port(),
+                    m.peer_id
+                )
+            })
+            .collect();
+        for (i, m) in members.iter_mut().enumerate() {
+            let swarm = free_port();
+            m.args = [
+                "coordinator",
+                "--no-mdns",
+                "--open",
+                "--data-dir",
+                m.dir.to_str().expect("utf-8"),
+                "--http",
+                m.api.trim_start_matches("http://"),
+                "--listen",
+                &format!("/ip4/127.0.0.1/udp/{swarm}/quic-v1"),
+                "--group",
+                &addrs.join(","),
+            ]
+            .map(String::from)
+            .to_vec();
+            m.process = Some(Process::start(
+                &format!("coordinator{i}"),
+                tmp.path(),
+                &[],
+                &m.args.iter().map(String::as_str).collect::<Vec<_>>(),
+            ));
+        }
+        let mut group = Self {
+            tmp,
+            members,
+            nodes: Vec::new(),
+        };
+        group.wait_leader(None, Duration::from_secs(60));
+        let apis = group.apis();
+        for i in 0..nodes {
+            let dir = group.tmp.path().join(format!("node{i}"));
+            keygen(&dir);
+            let args = [
+                "node",
+                "--no-mdns",
+                "--max-threads",
+                "1",
+                "--data-dir",
+                dir.to_str().expect("utf-8"),
+                "--join",
+                &apis,
+                "--listen",
+                "/ip4/127.0.0.1/udp/0/quic-v1",
+            ];
+            group.nodes.push(Process::start(
+                &format!("node{i}"),
+                group.tmp.path(),
+                &[],
+                &args,
+            ));
+        }
+        wait_until(Duration::from_secs(60), "every node online", || {
+            let out = run_hearth(&[], &["peers", "--json", "--api", &apis]);
+            let peers: Vec<Value> = serde_json::from_slice(&out.stdout).ok()?;
+            (peers.iter().filter(|p| p["online"] == true).count() == nodes).then_some(())
+        });
+        group
+    }
+
+    /// Every member's API, comma-separated, as `--api` and `--join` take them.
+    fn apis(&self) -> String {
+        self.members
+            .iter()
+            .map(|m| m.api.as_str())
+            .collect::<Vec<_>>()
+            .join(",")
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.tmp.path().join(name)
+    }
+
+    /// `GET /v1/group` of member `i`, if it answers.
+    fn view(&self, i: usize) -> Option<Value> {
+        let out = run_hearth(&[], &["group", "--json", "--api", &self.members[i].api]);
+        out.status.success().then(|| stdout_json(&out))
+    }
+
+    /// Wait until a member that is up says it leads, in a term after `after` (if given), and
+    /// every other member that is up names it; its index and term.
+    fn wait_leader(&self, after: Option<u64>, timeout: Duration) -> (usize, u64) {
+        wait_until(timeout, "a leader the members agree on", || {
+            let up: Vec<usize> = (0..self.members.len())
+                .filter(|&i| self.members[i].process.is_some())
+                .collect();
+            let views: Vec<(usize, Value)> = up
+                .iter()
+                .filter_map(|&i| Some((i, self.view(i)?)))
+                .collect();
+            let (i, view) = views.iter().find(|(_, v)| v["self"]["role"] == "leader")?;
+            let term = view["term"].as_u64()?;
+            if after.is_some_and(|t| term <= t) {
+                return None;
+            }
+            let leader = self.members[*i].peer_id.as_str();
+            views
+                .iter()
+                .all(|(_, v)| v["leader"] == leader)
+                .then_some((*i, term))
+        })
+    }
+
+    fn hearth(&self, args: &[&str]) -> std::process::Output {
+        let apis = self.apis();
+        let mut all = args.to_vec();
+        all.extend(["--api", &apis]);
+        run_hearth(&[], &all)
+    }
+
+    fn job(&self, id: &str, units: bool) -> Value {
+        let mut args = vec!["job", id, "--json"];
+        if units {
+            args.push("--units");
+        }
+        stdout_json(&self.hearth(&args))
+    }
+
+    fn submit(&self, input: &Path) -> String {
+        let out = self.hearth(&[
+            "embed",
+            "--input",
+            input.to_str().expect("utf-8"),
+            "--replicas",
+            "2",
+            "--unit-size",
+            "2",
+            "--detach",
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout)
+            .expect("utf-8")
+            .trim()
+            .to_string()
+    }
+
+    /// `hearth job ID --wait --output`, through every member: rides out a change of leader.
+    fn finish(&self, id: &str) -> Vec<u8> {
+        let output = self.path(&format!("job{id}.jsonl"));
+        let out = self.hearth(&[
+            "job",
+            id,
+            "--wait",
+            "--output",
+            output.to_str().expect("utf-8"),
+        ]);
+        assert!(
+            out.status.success(),
+            "{}\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            self.logs()
+        );
+        std::fs::read(&output).expect("output")
+    }
+
+    fn logs(&self) -> String {
+        self.members
+            .iter()
+            .filter_map(|m| m.process.as_ref())
+            .map(|p| format!("--- {}\n{}", p.name, p.log_text()))
+            .collect()
+    }
+
+    /// Every unit of the job done and accepted exactly once in the journal of the member that
+    /// answers (the leader's; a follower sends the request on to it).
+    fn assert_accepted_once(&self, id: &str, units: u64) {
+        let status = self.job(id, true);
+        assert_eq!(status["state"], "done", "{status}");
+        assert_eq!(status["units_total"], units);
+        for unit in status["units"].as_array().expect("units") {
+            assert_eq!(unit["state"], "done", "{unit}");
+            assert_eq!(
+                unit["journal_accepts"], 1,
+                "accepted other than once: {unit}"
+            );
+        }
+    }
+
+    /// Member `i`'s journal position, as it says.
+    fn position(&self, i: usize) -> Option<u64> {
+        let view = self.view(i)?;
+        let me = view["self"]["peer_id"].clone();
+        view["members"]
+            .as_array()?
+            .iter()
+            .find(|m| m["peer_id"] == me)?["commit_index"]
+            .as_u64()
+    }
+}
+
+/// `n` texts to embed.
+fn write_texts(path: &Path, n: usize) {
+    let words = [
+        "hearth", "group", "raft", "leader", "journal", "quorum", "ember",
+    ];
+    let mut text = String::new();
+    for i in 0..n {
+        let sentence: Vec<&str> = (0..3 + i % 9).map(|k| words[(i * 5 + k * 3) % 7]).collect();
+        text.push_str(&serde_json::json!({ "id": i, "text": sentence.join(" ") }).to_string());
+        text.push('\n');
+    }
+    std::fs::write(path, text).expect("write inputs");
+}
+
+#[test]
+fn the_leader_killed_mid_job_is_replaced_and_nothing_is_lost() {
+    let mut group = Group::start(3);
+    let input = group.path("texts.jsonl");
+    write_texts(&input, 400);
+    let reference = local_embed(&input, &group.path("reference.jsonl"));
+    let (leader, term) = group.wait_leader(None, Duration::from_secs(30));
+    let job = group.submit(&input);
+    wait_until(Duration::from_secs(120), "the job under way", || {
+        (group.job(&job, false)["units_done"].as_u64()? >= 20).then_some(())
+    });
+
+    let killed_at = Instant::now();
+    group.members[leader]
+        .process
+        .take()
+        .expect("running")
+        .kill();
+    let (new_leader, new_term) = group.wait_leader(Some(term), Duration::from_secs(30));
+    let took = killed_at.elapsed();
+    assert_ne!(new_leader, leader);
+    assert!(
+        took < Duration::from_secs(10),
+        "a new leader took {took:?} (the issue asks for under 10 s)"
+    );
+    eprintln!("new leader (term {new_term}) seen {took:?} after the kill");
+
+    let output = group.finish(&job);
+    assert!(
+        output == reference,
+        "the output differs from `hearth local embed`"
+    );
+    group.assert_accepted_once(&job, 200);
+    // The new leader took over a job part done: it replayed a journal that held it.
+    let new_log = group.members[new_leader]
+        .process
+        .as_ref()
+        .expect("running")
+        .log_text();
+    let replayed = new_log
+        .lines()
+        .find(|l| l.contains("journal replayed"))
+        .unwrap_or_else(|| panic!("the new leader did not replay the journal:\n{new_log}"));
+    assert!(replayed.contains("jobs=1"), "{replayed}");
+
+    // Nothing a node delivered was lost: each stops with its outbox empty.
+    for node in &mut group.nodes {
+        assert!(
+            node.terminate(Duration::from_secs(30)).is_some(),
+            "{}",
+            node.name
+        );
+        let log = node.log_text();
+        assert!(
+            log.contains("drained: no work held, every result delivered"),
+            "{}:\n{log}",
+            node.name
+        );
+    }
+
+    // The old leader comes back as a follower and catches up.
+    let member = &mut group.members[leader];
+    member.process = Some(Process::start(
+        "coordinator-restarted",
+        group.tmp.path(),
+        &[],
+        &member.args.iter().map(String::as_str).collect::<Vec<_>>(),
+    ));
+    wait_until(Duration::from_secs(60), "the old leader caught up", || {
+        let theirs = group.position(new_leader)?;
+        let view = group.view(leader)?;
+        (view["self"]["role"] == "follower" && group.position(leader)? == theirs).then_some(())
+    });
+
+    // The other survivor's journal says the same: with the leader stopped, whoever leads next
+    // answers from its own.
+    let stopped = group.members[new_leader].process.take().expect("running");
+    drop(stopped);
+    let (third, _) = group.wait_leader(Some(new_term), Duration::from_secs(30));
+    assert_ne!(third, new_leader);
+    group.assert_accepted_once(&job, 200);
+}
+
+#[test]
+fn a_follower_killed_mid_job_costs_no_election() {
+    let mut group = Group::start(2);
+    let input = group.path("texts.jsonl");
+    write_texts(&input, 200);
+    let reference = local_embed(&input, &group.path("reference.jsonl"));
+    let (leader, term) = group.wait_leader(None, Duration::from_secs(30));
+    let job = group.submit(&input);
+    wait_until(Duration::from_secs(120), "the job under way", || {
+        (group.job(&job, false)["units_done"].as_u64()? >= 10).then_some(())
+    });
+    let follower = (leader + 1) % 3;
+    group.members[follower]
+        .process
+        .take()
+        .expect("running")
+        .kill();
+    let output = group.finish(&job);
+    assert!(
+        output == reference,
+        "the output differs from `hearth local embed`"
+    );
+    group.assert_accepted_once(&job, 100);
+    let view = group.view(leader).expect("the leader answers");
+    assert_eq!(view["self"]["role"], "leader", "{view}");
+    assert_eq!(view["term"], term, "an election was held: {view}");
+    let lost = view["members"]
+        .as_array()
+        .expect("members")
+        .iter()
+        .find(|m| m["peer_id"] == group.members[follower].peer_id.as_str())
+        .cloned()
+        .expect("listed");
+    assert_eq!(lost["role"], "unreachable", "{view}");
+}

@@ -14,6 +14,7 @@ let previous = null; // the last snapshot, for rates
 const jobRates = new Map(); // job id → units/s
 let charts = null;
 let source = null;
+let groupPolling = false;
 
 function status(text, live) {
   const el = $("status");
@@ -247,6 +248,32 @@ function onSnapshot(snap) {
   status(`live · updated ${new Date(snap.time_ms).toLocaleTimeString()}`, true);
 }
 
+// A coordinator group (GET /v1/group, beside the event stream): which member leads, each member's
+// role and how far its journal has come. A lone coordinator answers 404 and the section stays hidden.
+async function pollGroup() {
+  const answer = await fetch("/v1/group", { credentials: "same-origin" }).catch(() => null);
+  if (!answer || !answer.ok) {
+    if (answer && answer.status === 404) return; // not a group: no more polling
+    setTimeout(pollGroup, 2000);
+    return;
+  }
+  const g = await answer.json();
+  $("group-section").hidden = false;
+  const top = Math.max(0, ...g.members.map((m) => m.commit_index ?? 0));
+  $("group-summary").innerHTML = g.leader
+    ? `term ${g.term} · leader <span class="mono" title="${esc(g.leader)}">${esc(short(g.leader))}</span> · this page is served by the ${esc(g.self.role)}`
+    : `term ${g.term} · <span class="gap-text">no leader: an election is under way</span>`;
+  $("group").tBodies[0].innerHTML = g.members
+    .map((m) => {
+      const behind = m.commit_index != null && m.commit_index < top ? ` <small>(${top - m.commit_index} behind)</small>` : "";
+      const position = m.commit_index != null ? `${m.commit_index}${behind}` : "—";
+      return `<tr data-member="${esc(m.peer_id)}" data-role="${esc(m.role)}" data-commit="${m.commit_index ?? ""}" class="${m.role === "leader" ? "leader-row" : m.role === "unreachable" ? "offline" : ""}">
+        <td class="mono" title="${esc(m.peer_id)}">${esc(short(m.peer_id))}</td><td>${esc(m.role)}</td><td>${position}</td><td class="mono">${esc(m.api ?? "—")}</td></tr>`;
+    })
+    .join("");
+  setTimeout(pollGroup, 2000);
+}
+
 function connect() {
   $("login").hidden = true;
   $("main").hidden = false;
@@ -254,6 +281,10 @@ function connect() {
   source = new EventSource("/v1/events");
   source.addEventListener("snapshot", (e) => onSnapshot(JSON.parse(e.data)));
   source.onerror = () => status("disconnected; retrying…", false);
+  if (!groupPolling) {
+    groupPolling = true;
+    pollGroup();
+  }
 }
 
 async function start() {

@@ -9,6 +9,7 @@
 //   HEARTH_BIN=target/debug/hearth node tests/dashboard/dashboard.test.mjs
 import { spawn, execFileSync } from "node:child_process";
 import fs from "node:fs";
+import net from "node:net";
 import os from "node:os";
 import path from "node:path";
 import assert from "node:assert/strict";
@@ -194,8 +195,73 @@ try {
 
   assert.equal(await page.evaluate(() => window.__sameDocument), true, "no reload happened");
   await page.screenshot({ path: path.join(shots, "3-quarantined.png"), fullPage: true });
+  assert.equal(await page.locator("#group-section").isHidden(), true, "a lone coordinator shows no group");
   assert.deepEqual(errors, [], "no script errors on the page");
-  console.log(`dashboard: peers listed, join and leave shown live, job ${job} progress seen at ${progress.length} steps, liar quarantined; screenshots in ${shots}`);
+
+  // A coordinator group: the page shows who leads, each member's role and journal position, as the
+  // members say (`hearth group --json`); the leader killed, a survivor's page shows the new one.
+  const members = [0, 1, 2].map((i) => {
+    const dir = path.join(tmp, `member${i}`);
+    const id = execFileSync(hearth, ["keygen", "--data-dir", dir]).toString().trim().split(/\s+/).pop();
+    return { dir, id, name: `member${i}` };
+  });
+  const ports = await Promise.all(members.map(() => new Promise((resolve) => {
+    const server = net.createServer().listen(0, "127.0.0.1", () => {
+      const { port } = server.address();
+      server.close(() => resolve(port));
+    });
+  })));
+  const group = members.map((m, i) => `/ip4/127.0.0.1/tcp/${ports[i]}/p2p/${m.id}`).join(",");
+  for (const m of members) {
+    start(m.name, ["coordinator", "--open", "--data-dir", m.dir, "--http", "127.0.0.1:0", "--no-mdns",
+      "--listen", "/ip4/127.0.0.1/tcp/0", "--group", group]);
+  }
+  for (const m of members) {
+    m.api = await until(`${m.name}'s API`, 20, () => {
+      try { return fs.readFileSync(path.join(m.dir, "api.url"), "utf8").trim(); } catch { return null; }
+    });
+  }
+  const view = (m) => {
+    try { return JSON.parse(execFileSync(hearth, ["group", "--json", "--api", m.api], { stdio: ["ignore", "pipe", "ignore"] })); } catch { return null; }
+  };
+  const leaderOf = (alive) => {
+    const views = alive.map(view);
+    const leader = views.find((v) => v && v.self.role === "leader");
+    return leader && views.every((v) => v && v.leader === leader.self.peer_id) ? leader : null;
+  };
+  const first = await until("the group's leader", 60, () => leaderOf(members));
+  const groupPage = await browser.newPage({ viewport: { width: 1500, height: 1100 } });
+  groupPage.on("pageerror", (e) => errors.push(String(e)));
+  const follower = members.find((m) => m.id !== first.self.peer_id);
+  await groupPage.goto(follower.api + "/"); // a follower sends the page on to its leader
+  const groupRows = async () => groupPage.locator("#group tbody tr").evaluateAll((rows) =>
+    rows.map((r) => ({ id: r.dataset.member, role: r.dataset.role, commit: r.dataset.commit })));
+  await until("the group on the page, as the members say", 30, async () => {
+    const rows = await groupRows();
+    const now = leaderOf(members);
+    if (!now || rows.length !== 3) return false;
+    return now.members.every((m) => rows.some((r) => r.id === m.peer_id && r.role === m.role && r.commit === String(m.commit_index)));
+  });
+  assert.equal((await groupRows()).filter((r) => r.role === "leader").length, 1, "one leader");
+  const live = async () => (await groupPage.locator("#status").innerText()).startsWith("live");
+  await until("the leader's page live", 30, live);
+  await groupPage.screenshot({ path: path.join(shots, "5-group.png"), fullPage: true });
+
+  const leaderMember = members.find((m) => m.id === first.self.peer_id);
+  children.get(leaderMember.name).kill("SIGKILL");
+  const survivors = members.filter((m) => m !== leaderMember);
+  const second = await until("a new leader", 30, () => leaderOf(survivors));
+  assert.notEqual(second.self.peer_id, leaderMember.id);
+  await groupPage.goto(survivors[0].api + "/");
+  await until("the new leader and the lost one on the page", 30, async () => {
+    const rows = await groupRows();
+    return rows.some((r) => r.id === second.self.peer_id && r.role === "leader")
+      && rows.some((r) => r.id === leaderMember.id && r.role === "unreachable");
+  });
+  await until("the new leader's page live", 30, live);
+  await groupPage.screenshot({ path: path.join(shots, "6-group-leader-lost.png"), fullPage: true });
+  assert.deepEqual(errors, [], "no script errors on the pages");
+  console.log(`dashboard: peers listed, join and leave shown live, job ${job} progress seen at ${progress.length} steps, liar quarantined, group leader and its loss shown; screenshots in ${shots}`);
 } finally {
   await browser.close();
   cleanup();

@@ -238,6 +238,10 @@ pub(crate) struct CoordinatorArgs {
         value_delimiter = ','
     )]
     pub(crate) group: Vec<String>,
+    /// Join an existing coordinator group as a new member: --group gives the members' group
+    /// addresses and this one's; it waits until a member runs `hearth group add ITS_ADDR`.
+    #[arg(long, requires = "group")]
+    pub(crate) group_join: bool,
     /// Serve the API over TLS with this PEM certificate chain (with --tls-key); required off
     /// loopback unless --insecure-http.
     #[arg(long, value_name = "PEM", requires = "tls_key")]
@@ -596,11 +600,18 @@ pub(crate) struct ClientArgs {
     /// Coordinator HTTP API [default: http://127.0.0.1:7070]. Repeat (or comma-separate) to name
     /// every member of a coordinator group: a request goes to the first that answers, and on to
     /// the next when one cannot be reached.
-    #[arg(long, env = "HEARTH_API", value_name = "URL", value_delimiter = ',')]
+    #[arg(
+        long,
+        global = true,
+        env = "HEARTH_API",
+        value_name = "URL",
+        value_delimiter = ','
+    )]
     pub(crate) api: Vec<String>,
     /// API key, sent as a bearer token.
     #[arg(
         long,
+        global = true,
         env = "HEARTH_API_KEY",
         value_name = "KEY",
         hide_env_values = true
@@ -608,7 +619,7 @@ pub(crate) struct ClientArgs {
     pub(crate) api_key: Option<String>,
     /// A PEM certificate to trust for an https --api beside the system's roots (a co-op's own CA,
     /// or the coordinator's self-signed certificate).
-    #[arg(long, env = "HEARTH_CA_CERT", value_name = "PEM")]
+    #[arg(long, global = true, env = "HEARTH_CA_CERT", value_name = "PEM")]
     pub(crate) ca_cert: Option<PathBuf>,
 }
 
@@ -623,12 +634,41 @@ pub(crate) struct PeersArgs {
 
 #[derive(Debug, Args)]
 pub(crate) struct GroupArgs {
+    #[command(subcommand)]
+    pub(crate) command: Option<GroupCommand>,
     #[command(flatten)]
     pub(crate) client: ClientArgs,
+    /// The group's admin key, for add and remove [default: read from DATA_DIR/admin.key; every
+    /// member keeps the group's].
+    #[arg(
+        long,
+        env = "HEARTH_ADMIN_KEY",
+        value_name = "KEY",
+        hide_env_values = true
+    )]
+    pub(crate) admin_key: Option<String>,
+    /// A member's data folder, to read admin.key from [default: ~/.local/share/hearth/coordinator].
+    #[arg(long, global = true, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
     /// Print the member's JSON: {self: {peer_id, role}, leader, term, members: [{peer_id, role,
     /// commit_index, api}]}.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub(crate) json: bool,
+}
+
+#[derive(Debug, Subcommand)]
+pub(crate) enum GroupCommand {
+    /// Add a member (started with `hearth coordinator --group ITS_ADDR --group-join`): it catches
+    /// up from the group's log, then votes.
+    Add {
+        /// Its group address, ending in /p2p/PEER_ID.
+        addr: String,
+    },
+    /// Remove a member (a dead one, before adding its replacement).
+    Remove {
+        /// Its peer id.
+        peer_id: String,
+    },
 }
 
 #[derive(Debug, Args)]

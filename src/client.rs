@@ -130,6 +130,16 @@ impl Client {
         serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
     }
 
+    /// `DELETE path`, answer as JSON.
+    pub(crate) async fn delete<T: DeserializeOwned>(&self, path: &str) -> anyhow::Result<T> {
+        let (url, body) = self
+            .send(path, false, |url| {
+                self.http.delete(url).timeout(UPLOAD_TIMEOUT)
+            })
+            .await?;
+        serde_json::from_slice(&body).with_context(|| format!("{url}: unexpected answer"))
+    }
+
     /// `POST path` with a JSON body, the answer read as JSON lines as they arrive (a stream).
     pub(crate) async fn post_lines(
         &self,

@@ -108,6 +108,54 @@ fn gib(bytes: u64) -> String {
 
 /// `hearth group`: the coordinator group as the member reached sees it.
 pub(crate) async fn group(args: crate::cli::GroupArgs, file: &FileConfig) -> anyhow::Result<()> {
+    if let Some(command) = &args.command {
+        let admin = match &args.admin_key {
+            Some(key) => key.clone(),
+            None => {
+                let dir = match &args.data_dir {
+                    Some(dir) => dir.clone(),
+                    None => crate::config::default_data_dir("coordinator")?,
+                };
+                let path = dir.join(hearth_coordinator::keys::ADMIN_KEY_FILE);
+                std::fs::read_to_string(&path)
+                    .map_err(|e| {
+                        anyhow::anyhow!(
+                            "reading the group's admin key from {}: {e} (pass --admin-key, or --data-dir of a member)",
+                            path.display()
+                        )
+                    })?
+                    .trim()
+                    .to_string()
+            }
+        };
+        let client = Client::new(
+            &crate::cli::ClientArgs {
+                api: args.client.api.clone(),
+                api_key: Some(admin),
+                ca_cert: args.client.ca_cert.clone(),
+            },
+            file,
+        )?;
+        let view: serde_json::Value = match command {
+            crate::cli::GroupCommand::Add { addr } => {
+                eprintln!(
+                    "adding {addr}: it catches up from the group's log first (up to a minute)…"
+                );
+                client
+                    .post(
+                        "/v1/admin/group/members",
+                        &serde_json::json!({ "addr": addr }),
+                    )
+                    .await?
+            }
+            crate::cli::GroupCommand::Remove { peer_id } => {
+                client
+                    .delete(&format!("/v1/admin/group/members/{peer_id}"))
+                    .await?
+            }
+        };
+        return print_group(&view, args.json);
+    }
     let client = Client::new(&args.client, file)?;
     let view: serde_json::Value = client.get("/v1/group").await.map_err(|e| {
         if e.to_string().contains("404") {
@@ -116,8 +164,12 @@ pub(crate) async fn group(args: crate::cli::GroupArgs, file: &FileConfig) -> any
             e
         }
     })?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&view)?);
+    print_group(&view, args.json)
+}
+
+fn print_group(view: &serde_json::Value, json: bool) -> anyhow::Result<()> {
+    if json {
+        println!("{}", serde_json::to_string_pretty(view)?);
         return Ok(());
     }
     let text = |v: &serde_json::Value| v.as_str().unwrap_or("-").to_string();

@@ -77,6 +77,7 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     config.routes = Some(hearth_dashboard::router());
     config.coop = args.coop;
     config.group = args.group;
+    config.group_join = args.group_join;
     #[cfg(feature = "fault-injection")]
     match args.fault {
         None => {}

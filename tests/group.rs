@@ -392,3 +392,189 @@ fn a_follower_killed_mid_job_costs_no_election() {
         .expect("listed");
     assert_eq!(lost["role"], "unreachable", "{view}");
 }
+
+/// API keys are the group's: one made through a follower (sent on to the leader) with the admin key
+/// any member keeps, is known to the next leader with its quota. A dead member is removed and a new
+/// one added: it catches up from the log and votes.
+#[test]
+fn keys_outlive_the_leader_and_a_dead_member_is_replaced() {
+    let mut group = Group::start(0);
+    let (leader, term) = group.wait_leader(None, Duration::from_secs(30));
+    let follower = (leader + 1) % 3;
+    let admin_dir = group.members[follower]
+        .dir
+        .to_str()
+        .expect("utf-8")
+        .to_string();
+    // Every member keeps the group's admin key, written once the group is founded.
+    wait_until(Duration::from_secs(20), "the follower's admin.key", || {
+        std::fs::read_to_string(Path::new(&admin_dir).join("admin.key")).ok()
+    });
+    let made = run_hearth(
+        &[],
+        &[
+            "apikey",
+            "create",
+            "--name",
+            "survivor",
+            "--units-per-day",
+            "77",
+            "--api",
+            &group.members[follower].api,
+            "--data-dir",
+            &admin_dir,
+        ],
+    );
+    assert!(
+        made.status.success(),
+        "{}",
+        String::from_utf8_lossy(&made.stderr)
+    );
+    let key = String::from_utf8(made.stdout).expect("utf-8");
+    assert!(key.trim().starts_with("hk-"), "{key}");
+
+    group.members[leader]
+        .process
+        .take()
+        .expect("running")
+        .kill();
+    let dead = group.members[leader].peer_id.clone();
+    let (now, _) = group.wait_leader(Some(term), Duration::from_secs(30));
+    let listed = run_hearth(
+        &[],
+        &[
+            "apikey",
+            "list",
+            "--json",
+            "--api",
+            &group.apis(),
+            "--data-dir",
+            &admin_dir,
+        ],
+    );
+    assert!(
+        listed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&listed.stderr)
+    );
+    let keys: Value = stdout_json(&listed);
+    let survivor = keys
+        .as_array()
+        .expect("keys")
+        .iter()
+        .find(|k| k["name"] == "survivor")
+        .unwrap_or_else(|| panic!("the new leader does not know the key: {keys}"));
+    assert_eq!(survivor["quota"]["units_per_day"], 77, "{survivor}");
+
+    // Replace the dead member: remove it, start a new one waiting to be added, add it.
+    let removed = run_hearth(
+        &[],
+        &[
+            "group",
+            "remove",
+            &dead,
+            "--api",
+            &group.apis(),
+            "--data-dir",
+            &admin_dir,
+        ],
+    );
+    assert!(
+        removed.status.success(),
+        "{}",
+        String::from_utf8_lossy(&removed.stderr)
+    );
+    let dir = group.path("c3");
+    let peer_id = keygen(&dir);
+    let addr = format!("/ip4/127.0.0.1/udp/{}/quic-v1/p2p/{peer_id}", free_port());
+    let api = format!("http://127.0.0.1:{}", free_port());
+    // It knows the members it joins (it serves Raft to them only) and its own address.
+    let view = group.view(now).expect("the leader answers");
+    let mut list: Vec<String> = group
+        .members
+        .iter()
+        .filter(|m| m.peer_id != dead)
+        .map(|m| {
+            let entry = m.args.iter().position(|a| a == "--group").expect("--group");
+            m.args[entry + 1]
+                .split(',')
+                .find(|a| a.ends_with(&m.peer_id))
+                .expect("its own entry")
+                .to_string()
+        })
+        .collect();
+    assert_eq!(view["members"].as_array().map(Vec::len), Some(2), "{view}");
+    list.push(addr.clone());
+    let group_list = list.join(",");
+    let args: Vec<String> = [
+        "coordinator",
+        "--no-mdns",
+        "--open",
+        "--data-dir",
+        dir.to_str().expect("utf-8"),
+        "--http",
+        api.trim_start_matches("http://"),
+        "--listen",
+        &format!("/ip4/127.0.0.1/udp/{}/quic-v1", free_port()),
+        "--group",
+        &group_list,
+        "--group-join",
+    ]
+    .map(String::from)
+    .to_vec();
+    let process = Process::start(
+        "coordinator-new",
+        group.tmp.path(),
+        &[],
+        &args.iter().map(String::as_str).collect::<Vec<_>>(),
+    );
+    group.members[leader] = Member {
+        dir,
+        peer_id: peer_id.clone(),
+        api,
+        args,
+        process: Some(process),
+    };
+    let added = run_hearth(
+        &[],
+        &[
+            "group",
+            "add",
+            &addr,
+            "--json",
+            "--api",
+            &group.members[now].api,
+            "--data-dir",
+            &admin_dir,
+        ],
+    );
+    assert!(
+        added.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&added.stderr),
+        group.logs()
+    );
+    wait_until(Duration::from_secs(30), "the new member caught up", || {
+        let view = group.view(leader)?;
+        let ids: Vec<&str> = view["members"]
+            .as_array()?
+            .iter()
+            .filter_map(|m| m["peer_id"].as_str())
+            .collect();
+        (view["self"]["role"] == "follower"
+            && ids.len() == 3
+            && ids.contains(&peer_id.as_str())
+            && !ids.contains(&dead.as_str())
+            && group.position(leader)? == group.position(now)?)
+        .then_some(())
+    });
+    // The new member keeps the group's admin key too.
+    let theirs =
+        std::fs::read_to_string(Path::new(&admin_dir).join("admin.key")).expect("admin.key");
+    let mine = group.members[leader].dir.join("admin.key");
+    wait_until(
+        Duration::from_secs(20),
+        "the new member's admin.key",
+        || (std::fs::read_to_string(&mine).ok()? == theirs).then_some(()),
+    );
+}

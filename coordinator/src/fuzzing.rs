@@ -28,7 +28,7 @@ pub fn api(data_dir: &Path, open: bool) -> crate::Result<(Router, String)> {
         open,
         logins: Default::default(),
     };
-    Ok((router(commands, auth), admin))
+    Ok((router(commands, auth, None), admin))
 }
 
 /// What an empty swarm answers: nothing known, nothing routable; a job is taken and fails (no peer

@@ -146,7 +146,11 @@ pub(crate) fn login_cookie(request: &Request) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
-pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
+pub(crate) fn router(
+    commands: mpsc::Sender<Command>,
+    auth: Auth,
+    admin_extra: Option<Router>,
+) -> Router {
     let admin = Router::new()
         .route("/v1/admin/keys", get(list_keys).post(create_key))
         .route("/v1/admin/keys/{id}/revoke", post(revoke_key))
@@ -179,6 +183,10 @@ pub(crate) fn router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
         .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint") })
         .layer(DefaultBodyLimit::max(HTTP_BODY_BYTES_MAX))
         .with_state(commands);
+    let admin = match admin_extra {
+        Some(extra) => admin.merge(extra),
+        None => admin,
+    };
     admin
         .merge(api)
         .layer(middleware::from_fn_with_state(auth, authenticate))

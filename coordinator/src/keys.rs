@@ -77,9 +77,16 @@ pub enum Access {
     },
 }
 
+/// A coordinator group leader's way to store a key record: through Raft, returning once a quorum
+/// has it and it is applied here.
+pub(crate) type Replicate = Box<dyn Fn(&KeyRecord) -> Result<()> + Send + Sync>;
+
 /// The key store.
 pub struct Keys {
-    db: Database,
+    db: std::sync::Arc<Database>,
+    /// In a coordinator group: records go through Raft (and every member's journal file holds
+    /// them) rather than straight into `db`.
+    replicate: Option<Replicate>,
     path: PathBuf,
     admin_hash: String,
     /// Hash → record, for every key (revoked ones too, to say so).
@@ -135,7 +142,38 @@ pub fn admin_key(data_dir: &Path) -> Result<(String, bool)> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(io(e)),
     }
-    let key = format!("hk-admin-{}", random_hex(24)?);
+    let key = new_admin_key()?;
+    write_admin_key(data_dir, &key)?;
+    Ok((key, true))
+}
+
+/// Write `record` into `tx` (a lone coordinator's `keys.redb`, or a group member's journal file
+/// as it applies the group's log).
+pub(crate) fn write_record(
+    tx: &redb::WriteTransaction,
+    path: &Path,
+    record: &KeyRecord,
+) -> Result<()> {
+    let err = |e: &dyn std::fmt::Display| db_error(path, e);
+    let bytes = serde_json::to_vec(record).map_err(|e| err(&e))?;
+    tx.open_table(KEYS)
+        .map_err(|e| err(&e))?
+        .insert(record.id.as_str(), bytes.as_slice())
+        .map_err(|e| err(&e))?;
+    Ok(())
+}
+
+/// Write the admin key to `data_dir` (mode 0600) unless it is there already: a coordinator group's
+/// members all keep the group's.
+pub(crate) fn write_admin_key(data_dir: &Path, key: &str) -> Result<()> {
+    let path = data_dir.join(ADMIN_KEY_FILE);
+    if std::fs::read_to_string(&path).is_ok_and(|t| t.trim() == key) {
+        return Ok(());
+    }
+    let io = |source| Error::Io {
+        path: path.clone(),
+        source,
+    };
     let tmp = path.with_extension(format!("tmp{}", std::process::id()));
     {
         use std::io::Write;
@@ -147,8 +185,12 @@ pub fn admin_key(data_dir: &Path) -> Result<(String, bool)> {
         writeln!(file, "{key}").map_err(io)?;
         file.sync_all().map_err(io)?;
     }
-    std::fs::rename(&tmp, &path).map_err(io)?;
-    Ok((key, true))
+    std::fs::rename(&tmp, &path).map_err(io)
+}
+
+/// A fresh admin key.
+pub(crate) fn new_admin_key() -> Result<String> {
+    Ok(format!("hk-admin-{}", random_hex(24)?))
 }
 
 /// A key's quota that a request would pass: the API answers 429 with this message.
@@ -183,6 +225,26 @@ impl Keys {
         }
         let path = data_dir.join(KEYS_FILE);
         let db = Database::create(&path).map_err(|e| db_error(&path, e))?;
+        Self::load(std::sync::Arc::new(db), path, &admin, None)
+    }
+
+    /// A coordinator group leader's key store: the records in the group's journal file, the
+    /// group's admin key, new records stored through `replicate`.
+    pub(crate) fn replicated(
+        db: std::sync::Arc<Database>,
+        path: PathBuf,
+        admin: &str,
+        replicate: Replicate,
+    ) -> Result<Self> {
+        Self::load(db, path, admin, Some(replicate))
+    }
+
+    fn load(
+        db: std::sync::Arc<Database>,
+        path: PathBuf,
+        admin: &str,
+        replicate: Option<Replicate>,
+    ) -> Result<Self> {
         let tx = db.begin_write().map_err(|e| db_error(&path, e))?;
         tx.open_table(KEYS).map_err(|e| db_error(&path, e))?;
         tx.commit().map_err(|e| db_error(&path, e))?;
@@ -199,8 +261,9 @@ impl Keys {
         }
         Ok(Self {
             db,
+            replicate,
             path,
-            admin_hash: hash(&admin),
+            admin_hash: hash(admin),
             by_hash: RwLock::new(by_hash),
             usage: Default::default(),
         })
@@ -233,13 +296,12 @@ impl Keys {
     }
 
     fn store(&self, record: &KeyRecord) -> Result<()> {
+        if let Some(replicate) = &self.replicate {
+            return replicate(record);
+        }
         let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
-        let bytes = serde_json::to_vec(record).map_err(|e| err(&e))?;
         let tx = self.db.begin_write().map_err(|e| err(&e))?;
-        tx.open_table(KEYS)
-            .map_err(|e| err(&e))?
-            .insert(record.id.as_str(), bytes.as_slice())
-            .map_err(|e| err(&e))?;
+        write_record(&tx, &self.path, record)?;
         tx.commit().map_err(|e| err(&e))
     }
 

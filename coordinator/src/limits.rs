@@ -89,3 +89,6 @@ pub const GROUP_APPEND_ENTRIES_MAX: u64 = 64;
 
 /// Most members a coordinator group has (Raft needs a majority of them up: 3 or 5 is usual).
 pub const GROUP_MEMBERS_MAX: usize = 7;
+
+/// How long adding a member waits for it to catch up from the group's log before it votes.
+pub const GROUP_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);

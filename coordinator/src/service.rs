@@ -63,6 +63,11 @@ pub struct CoordinatorConfig {
     /// The coordinator group this one is a member of (`--group`): each member's group address,
     /// ending in `/p2p/PEER_ID`, this one's among them. Empty: a lone coordinator.
     pub group: Vec<String>,
+    /// A new member of an existing group (`--group-join`): it waits to be added (`hearth group
+    /// add`) rather than found a group of the members it was given.
+    pub group_join: bool,
+    /// More routes behind the admin key, under `/v1/admin/` (a group's membership changes).
+    pub admin_routes: Option<axum::Router>,
 }
 
 impl CoordinatorConfig {
@@ -98,6 +103,8 @@ impl CoordinatorConfig {
             routes: None,
             coop: None,
             group: Vec::new(),
+            group_join: false,
+            admin_routes: None,
         }
     }
 }
@@ -111,7 +118,9 @@ pub async fn run(config: CoordinatorConfig, shutdown: impl Future<Output = ()>) 
     let (key, created) = load_or_create_identity(&config.data_dir)?;
     let (dir, replicas, peers_max) = (config.data_dir.clone(), config.replicas, config.peers_max);
     let work = move || Work::open(&dir, replicas, peers_max);
-    serve(config, key, created, work, shutdown).await
+    let keys_dir = config.data_dir.clone();
+    let keys = move || crate::keys::Keys::open(&keys_dir);
+    serve(config, key, created, work, keys, shutdown).await
 }
 
 /// A member of a coordinator group: follow (answer `GET /v1/group`, send the rest of the API to
@@ -147,7 +156,30 @@ async fn run_group(
     let scheme = if tls.is_some() { "https" } else { "http" };
     let api = format!("{scheme}://{}", config.http);
     write_atomically(&config.data_dir.join(API_URL_FILE), &format!("{api}\n"))?;
-    let group = crate::group::Group::start(&config.data_dir, &member_key, &members, api).await?;
+    let group = crate::group::Group::start(
+        &config.data_dir,
+        &member_key,
+        &members,
+        api,
+        !config.group_join,
+    )
+    .await?;
+    // Every member keeps the group's admin key in its admin.key, once the group is founded, so
+    // `hearth apikey --data-dir` works on any of them.
+    {
+        let (group, dir) = (group.clone(), config.data_dir.clone());
+        tokio::spawn(async move {
+            loop {
+                if let Some(admin) = group.admin_key() {
+                    if let Err(error) = crate::keys::write_admin_key(&dir, &admin) {
+                        tracing::warn!(%error, "cannot write the group's admin key");
+                    }
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        });
+    }
     let shutdown = shutdown.shared();
     let stopped = || shutdown.clone().now_or_never().is_some();
     loop {
@@ -209,12 +241,38 @@ async fn run_group(
             let journal = crate::journal::Journal::replicated(db, path, commit)?;
             Work::with_journal(journal, replicas, peers_max)
         };
+        let admin = group
+            .admin_key()
+            .ok_or_else(|| Error::Refused("the group's admin key is not applied".into()))?;
+        crate::keys::write_admin_key(&config.data_dir, &admin)?;
+        let (db, path, raft) = (group.db.clone(), group.path.clone(), group.raft.clone());
+        let keys = move || {
+            let runtime = tokio::runtime::Handle::current();
+            let failed = path.clone();
+            let replicate: crate::keys::Replicate = Box::new(move |record| {
+                let proposal = crate::group::Proposal::Key(record.clone());
+                let written = async {
+                    raft.client_write(proposal)
+                        .await
+                        .map(drop)
+                        .map_err(|e| e.to_string())
+                };
+                tokio::task::block_in_place(|| runtime.block_on(written)).map_err(|e| {
+                    Error::Journal {
+                        path: failed.clone(),
+                        message: format!("key not committed by the group: {e}"),
+                    }
+                })
+            });
+            crate::keys::Keys::replicated(db, path, &admin, replicate)
+        };
         let mut leading = config.clone();
         let routes = crate::group::routes(group.clone());
         leading.routes = Some(match leading.routes.take() {
             Some(extra) => extra.merge(routes),
             None => routes,
         });
+        leading.admin_routes = Some(crate::group::admin_routes(group.clone()));
         let until = {
             let (group, shutdown) = (group.clone(), shutdown.clone());
             async move {
@@ -224,7 +282,7 @@ async fn run_group(
                 }
             }
         };
-        match serve(leading, identity, false, work, until).await {
+        match serve(leading, identity, false, work, keys, until).await {
             Ok(()) => tracing::info!("stopped leading"),
             Err(error) => tracing::warn!(%error, "stopped leading"),
         }
@@ -258,6 +316,7 @@ async fn serve(
     key: hearth_protocol::SecretKey,
     created: bool,
     work: impl FnOnce() -> Result<Work>,
+    keys: impl FnOnce() -> Result<crate::keys::Keys>,
     shutdown: impl Future<Output = ()>,
 ) -> Result<()> {
     let peer = key.public().peer_id();
@@ -283,7 +342,7 @@ async fn serve(
             .as_ref()
             .map(|(cert, key)| crate::tls::server_config(cert, key))
             .transpose()?;
-        let keys = std::sync::Arc::new(crate::keys::Keys::open(&config.data_dir)?);
+        let keys = std::sync::Arc::new(keys()?);
         if config.open {
             tracing::warn!("--open: the HTTP API needs no key; anyone who can reach {} can use it", config.http);
         }
@@ -320,10 +379,11 @@ async fn serve(
 
         let (commands_tx, commands) = mpsc::channel(COMMAND_QUEUE_MAX);
         let extra_routes = config.routes.clone();
+        let admin_routes = config.admin_routes.clone();
         let (stop_http, http_stopped) = tokio::sync::oneshot::channel::<()>();
         let server = tokio::spawn(
             async move {
-                let mut app = router(commands_tx, auth);
+                let mut app = router(commands_tx, auth, admin_routes);
                 if let Some(routes) = extra_routes {
                     app = app.merge(routes);
                 }

@@ -40,8 +40,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::journal::{Batch, Ticket};
 use crate::limits::{
-    GROUP_APPEND_ENTRIES_MAX, GROUP_ELECTION_TIMEOUT_MS, GROUP_HEARTBEAT_MS, GROUP_MEMBERS_MAX,
-    GROUP_STATUS_TIMEOUT,
+    GROUP_APPEND_ENTRIES_MAX, GROUP_CATCH_UP_WAIT, GROUP_ELECTION_TIMEOUT_MS, GROUP_HEARTBEAT_MS,
+    GROUP_MEMBERS_MAX, GROUP_STATUS_TIMEOUT,
 };
 use crate::{Error, Result};
 
@@ -114,7 +114,11 @@ pub enum Proposal {
         secret: [u8; 32],
         /// The swarm identity's secret key.
         identity: [u8; 32],
+        /// The group's admin key (each member keeps it in its `admin.key`).
+        admin: String,
     },
+    /// An API key made or revoked (its quotas with it).
+    Key(crate::keys::KeyRecord),
 }
 
 openraft::declare_raft_types!(
@@ -216,6 +220,7 @@ impl Group {
         key: &hearth_protocol::SecretKey,
         members: &[Member],
         api: String,
+        found: bool,
     ) -> Result<Arc<Self>> {
         if members.len() > GROUP_MEMBERS_MAX {
             return Err(Error::Refused(format!(
@@ -283,7 +288,9 @@ impl Group {
             .is_initialized()
             .await
             .map_err(|e| Error::Refused(format!("group: {e}")))?;
-        if !initialized {
+        if !initialized && !found {
+            tracing::info!("a new member: waiting to be added to the group (`hearth group add`)");
+        } else if !initialized {
             let nodes: BTreeMap<NodeId, Member> =
                 members.iter().map(|m| (m.node_id(), m.clone())).collect();
             match raft.initialize(nodes).await {
@@ -364,8 +371,13 @@ impl Group {
             getrandom::fill(&mut secret)
                 .and_then(|()| getrandom::fill(&mut identity))
                 .map_err(|e| Error::Refused(format!("no OS randomness: {e}")))?;
+            let admin = crate::keys::new_admin_key()?;
             self.raft
-                .client_write(Proposal::Founding { secret, identity })
+                .client_write(Proposal::Founding {
+                    secret,
+                    identity,
+                    admin,
+                })
                 .await
                 .map_err(|e| Error::Refused(format!("the group was not founded: {e}")))?;
             tracing::info!("group founded: its secret and swarm identity are replicated");
@@ -375,6 +387,87 @@ impl Group {
             .identity()
             .ok_or_else(|| Error::Refused("the group's founding entry is not applied".into()))?;
         Ok(hearth_protocol::SecretKey::from_bytes(&bytes))
+    }
+
+    /// Add `member` to the group, as the leader: first as a learner that catches up from the log
+    /// (within [`GROUP_CATCH_UP_WAIT`]), then as a voter, through Raft's joint consensus.
+    pub(crate) async fn add(&self, member: Member) -> std::result::Result<(), String> {
+        let id = member.node_id();
+        let voters = self
+            .raft
+            .metrics()
+            .borrow()
+            .membership_config
+            .membership()
+            .voter_ids()
+            .count();
+        if voters >= GROUP_MEMBERS_MAX {
+            return Err(format!("a group has at most {GROUP_MEMBERS_MAX} members"));
+        }
+        if let Ok((peer, _)) = member.parsed() {
+            self.allowed
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(peer);
+        }
+        tokio::time::timeout(
+            GROUP_CATCH_UP_WAIT,
+            self.raft.add_learner(id, member.clone(), true),
+        )
+        .await
+        .map_err(|_| {
+            format!(
+                "{} did not catch up within {} s: is it running, with `hearth coordinator --group {} --group-join`?",
+                member.addr,
+                GROUP_CATCH_UP_WAIT.as_secs(),
+                member.addr
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+        self.raft
+            .change_membership(
+                openraft::ChangeMembers::AddVoterIds([id].into_iter().collect()),
+                false,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(member = %member.addr, "member added to the group");
+        Ok(())
+    }
+
+    /// Remove the member with `peer_id` from the group, as the leader.
+    pub(crate) async fn remove(&self, peer_id: &str) -> std::result::Result<(), String> {
+        let metrics = self.raft.metrics().borrow().clone();
+        let membership = metrics.membership_config.membership();
+        let Some((id, _)) = membership.nodes().find(|(_, m)| m.peer_id == peer_id) else {
+            return Err(format!("{peer_id} is not a member of this group"));
+        };
+        let id = *id;
+        let voters = membership.voter_ids().count();
+        if voters <= 1 && membership.voter_ids().any(|v| v == id) {
+            return Err("the last member of a group cannot be removed".into());
+        }
+        self.raft
+            .change_membership(
+                openraft::ChangeMembers::RemoveVoters([id].into_iter().collect()),
+                false,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        self.raft
+            .change_membership(
+                openraft::ChangeMembers::RemoveNodes([id].into_iter().collect()),
+                false,
+            )
+            .await
+            .map_err(|e| e.to_string())?;
+        tracing::info!(member = %peer_id, "member removed from the group");
+        Ok(())
+    }
+
+    /// The group's admin key, once founded.
+    pub(crate) fn admin_key(&self) -> Option<String> {
+        self.store.admin_key()
     }
 
     /// The leader's HTTP API, as it says, when a leader is known.
@@ -503,6 +596,57 @@ pub(crate) fn routes(group: Arc<Group>) -> axum::Router {
             get(
                 |axum::extract::State(group): axum::extract::State<Arc<Group>>| async move {
                     axum::Json(group.view().await)
+                },
+            ),
+        )
+        .with_state(group)
+}
+
+/// The leader's membership changes, behind the admin key: `POST /v1/admin/group/members`
+/// (`{"addr"}`: add the member at this group address) and `DELETE
+/// /v1/admin/group/members/{peer_id}`.
+pub(crate) fn admin_routes(group: Arc<Group>) -> axum::Router {
+    use axum::extract::{Path, State};
+    use axum::http::StatusCode;
+    use axum::response::IntoResponse;
+    use axum::routing::{delete, post};
+    #[derive(Deserialize)]
+    struct Add {
+        addr: String,
+    }
+    let answer = |result: std::result::Result<(), String>, group: Arc<Group>| async move {
+        match result {
+            Ok(()) => axum::Json(group.view().await).into_response(),
+            Err(why) => crate::http::error(StatusCode::CONFLICT, &why),
+        }
+    };
+    axum::Router::new()
+        .route(
+            "/v1/admin/group/members",
+            post(
+                move |State(group): State<Arc<Group>>,
+                      body: std::result::Result<
+                    axum::Json<Add>,
+                    axum::extract::rejection::JsonRejection,
+                >| async move {
+                    let member = match body {
+                        Ok(axum::Json(add)) => Member::parse(&add.addr),
+                        Err(rejection) => {
+                            return crate::http::error(rejection.status(), &rejection.body_text());
+                        }
+                    };
+                    match member {
+                        Ok(member) => answer(group.add(member).await, group).await,
+                        Err(why) => crate::http::error(StatusCode::BAD_REQUEST, &why.to_string()),
+                    }
+                },
+            ),
+        )
+        .route(
+            "/v1/admin/group/members/{peer_id}",
+            delete(
+                move |State(group): State<Arc<Group>>, Path(peer_id): Path<String>| async move {
+                    answer(group.remove(&peer_id).await, group).await
                 },
             ),
         )

@@ -37,6 +37,8 @@ const MEMBERSHIP: &str = "membership";
 /// The group's swarm identity (the secret key nodes know the coordinator by, whichever member
 /// leads), from the founding entry.
 const IDENTITY: &str = "identity";
+/// The group's admin key, from the founding entry.
+const ADMIN: &str = "admin";
 
 type StorageResult<T> = Result<T, StorageError<NodeId>>;
 
@@ -95,6 +97,11 @@ impl Store {
     /// The group's swarm identity, once the founding entry is applied.
     pub(crate) fn identity(&self) -> Option<[u8; 32]> {
         self.get(IDENTITY).ok().flatten()
+    }
+
+    /// The group's admin key, once the founding entry is applied.
+    pub(crate) fn admin_key(&self) -> Option<String> {
+        self.get(ADMIN).ok().flatten()
     }
 
     /// The index of the last entry applied here (0 before any).
@@ -243,7 +250,14 @@ impl RaftStorage<TypeConfig> for Store {
                     crate::journal::write_batches(&tx, &self.path, None, batches)
                         .map_err(write_err)?;
                 }
-                EntryPayload::Normal(Proposal::Founding { secret, identity }) => {
+                EntryPayload::Normal(Proposal::Key(record)) => {
+                    crate::keys::write_record(&tx, &self.path, record).map_err(write_err)?;
+                }
+                EntryPayload::Normal(Proposal::Founding {
+                    secret,
+                    identity,
+                    admin,
+                }) => {
                     // Founded once: a second founding entry (two members both founding after a
                     // lost answer) changes nothing already decided.
                     let founded = tx
@@ -254,11 +268,11 @@ impl RaftStorage<TypeConfig> for Store {
                         .is_some();
                     if !founded {
                         crate::journal::write_secret(&tx, &self.path, secret).map_err(write_err)?;
+                        let mut meta = tx.open_table(RAFT_META).map_err(write_err)?;
                         let bytes = postcard::to_stdvec(identity).map_err(write_err)?;
-                        tx.open_table(RAFT_META)
-                            .map_err(write_err)?
-                            .insert(IDENTITY, bytes.as_slice())
-                            .map_err(write_err)?;
+                        meta.insert(IDENTITY, bytes.as_slice()).map_err(write_err)?;
+                        let bytes = postcard::to_stdvec(admin).map_err(write_err)?;
+                        meta.insert(ADMIN, bytes.as_slice()).map_err(write_err)?;
                     }
                 }
                 EntryPayload::Membership(m) => {

@@ -40,7 +40,13 @@ struct Group {
 
 impl Group {
     fn start(nodes: usize) -> Self {
+        Self::start_with(nodes, |_| Vec::new())
+    }
+
+    /// [`Self::start`], each member given more flags (`extra` of the test's folder).
+    fn start_with(nodes: usize, extra: impl Fn(&Path) -> Vec<String>) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
+        let extra = extra(tmp.path());
         let mut members: Vec<Member> = (0..3)
             .map(|i| {
                 let dir = tmp.path().join(format!("c{i}"));
@@ -82,6 +88,7 @@ impl Group {
             ]
             .map(String::from)
             .to_vec();
+            m.args.extend(extra.iter().cloned());
             m.process = Some(Process::start(
                 &format!("coordinator{i}"),
                 tmp.path(),
@@ -577,4 +584,72 @@ fn keys_outlive_the_leader_and_a_dead_member_is_replaced() {
         "the new member's admin.key",
         || (std::fs::read_to_string(&mine).ok()? == theirs).then_some(()),
     );
+}
+
+/// A co-op revocation handed to the group is kept by every member, so the next leader refuses the
+/// revoked member too.
+#[test]
+fn a_coop_revocation_outlives_the_leader() {
+    let coop = |tmp: &Path| tmp.join("coop");
+    let mut group = Group::start_with(0, |tmp| {
+        let dir = coop(tmp);
+        let out = run_hearth(
+            &[],
+            &["coop", "init", "--dir", dir.to_str().expect("utf-8")],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        vec!["--coop".into(), dir.to_str().expect("utf-8").into()]
+    });
+    let (leader, term) = group.wait_leader(None, Duration::from_secs(30));
+    let member = keygen(&group.path("member"));
+    let coop_dir = coop(group.tmp.path());
+    let revoked = run_hearth(
+        &[],
+        &[
+            "coop",
+            "revoke",
+            &member,
+            "--dir",
+            coop_dir.to_str().expect("utf-8"),
+            "--api",
+            &group.apis(),
+            "--json",
+        ],
+    );
+    assert!(
+        revoked.status.success(),
+        "{}",
+        String::from_utf8_lossy(&revoked.stderr)
+    );
+    let kept = |i: usize| {
+        group.members[i]
+            .dir
+            .join("revoked")
+            .join(format!("{member}.revocation"))
+            .exists()
+    };
+    wait_until(Duration::from_secs(20), "every member kept it", || {
+        (0..3).all(kept).then_some(())
+    });
+    group.members[leader]
+        .process
+        .take()
+        .expect("running")
+        .kill();
+    let (now, _) = group.wait_leader(Some(term), Duration::from_secs(30));
+    let log = group.members[now]
+        .process
+        .as_ref()
+        .expect("running")
+        .log_text();
+    let started = log
+        .lines()
+        .filter(|l| l.contains("co-op swarm: members only"))
+        .last()
+        .unwrap_or_else(|| panic!("the new leader runs no co-op swarm:\n{log}"));
+    assert!(started.contains("revoked=1"), "{started}");
 }

@@ -14,6 +14,17 @@ use hearth_protocol::{PeerId, PublicKey, SecretKey};
 
 use crate::{Error, Result};
 
+/// A coordinator group leader's way to keep a revocation: a Raft entry every member applies
+/// ([`keep_in`] into its own `revoked/`), so the next leader loads it too.
+#[derive(Clone)]
+pub(crate) struct Replicate(pub(crate) std::sync::Arc<dyn Fn(&Revocation) + Send + Sync>);
+
+impl std::fmt::Debug for Replicate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Replicate(..)")
+    }
+}
+
 /// The co-op's state on the coordinator.
 pub(crate) struct Coop {
     public: PublicKey,
@@ -21,6 +32,8 @@ pub(crate) struct Coop {
     /// Revocations loaded at start, for the gate.
     loaded: Vec<Revocation>,
     store: PathBuf,
+    /// In a coordinator group: revocations kept through Raft.
+    replicate: Option<Replicate>,
 }
 
 impl Coop {
@@ -45,6 +58,7 @@ impl Coop {
             public,
             loaded: Vec::new(),
             store,
+            replicate: None,
         };
         for folder in [dir.join("revoked"), coop.store.clone()] {
             let Ok(entries) = std::fs::read_dir(&folder) else {
@@ -54,7 +68,12 @@ impl Coop {
                 let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
                 let revocation = unarmor::<Revocation>(&text);
                 match revocation {
-                    Some(r) if r.verify(&public).is_ok() => coop.loaded.push(r),
+                    // The same revocation in both folders counts once.
+                    Some(r) if r.verify(&public).is_ok() => {
+                        if !coop.loaded.iter().any(|l| l.body.member == r.body.member) {
+                            coop.loaded.push(r);
+                        }
+                    }
                     _ => {
                         tracing::warn!(file = %entry.path().display(), "not a revocation of this co-op; ignored")
                     }
@@ -80,22 +99,38 @@ impl Coop {
         std::mem::take(&mut self.loaded)
     }
 
-    /// Keep a revocation the gate accepted, so it holds after a restart.
+    /// In a coordinator group, keep revocations through `replicate`.
+    pub(crate) fn replicated(mut self, replicate: Option<Replicate>) -> Self {
+        self.replicate = replicate;
+        self
+    }
+
+    /// Keep a revocation the gate accepted, so it holds after a restart (in a group: after a
+    /// change of leader too; the entry is proposed and kept by every member as it applies it).
     pub(crate) fn keep(&self, revocation: &Revocation) -> crate::Result<()> {
-        let member = revocation.body.member;
-        std::fs::create_dir_all(&self.store).map_err(|source| crate::Error::Io {
-            path: self.store.clone(),
-            source,
-        })?;
-        let path = self.store.join(format!("{member}.revocation"));
-        if path.exists() {
+        if let Some(replicate) = &self.replicate {
+            (replicate.0)(revocation);
             return Ok(());
         }
-        let comments = [
-            "Hearth co-op revocation".to_string(),
-            format!("member {member}"),
-        ];
-        std::fs::write(&path, armor(&comments, revocation))
-            .map_err(|source| crate::Error::Io { path, source })
+        keep_in(&self.store, revocation)
     }
+}
+
+/// Keep `revocation` in the folder `store` (a coordinator's `DATA_DIR/revoked/`), once.
+pub(crate) fn keep_in(store: &Path, revocation: &Revocation) -> crate::Result<()> {
+    let member = revocation.body.member;
+    std::fs::create_dir_all(store).map_err(|source| crate::Error::Io {
+        path: store.to_path_buf(),
+        source,
+    })?;
+    let path = store.join(format!("{member}.revocation"));
+    if path.exists() {
+        return Ok(());
+    }
+    let comments = [
+        "Hearth co-op revocation".to_string(),
+        format!("member {member}"),
+    ];
+    std::fs::write(&path, armor(&comments, revocation))
+        .map_err(|source| crate::Error::Io { path, source })
 }

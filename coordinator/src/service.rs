@@ -68,6 +68,8 @@ pub struct CoordinatorConfig {
     pub group_join: bool,
     /// More routes behind the admin key, under `/v1/admin/` (a group's membership changes).
     pub admin_routes: Option<axum::Router>,
+    /// A group leader's way to keep co-op revocations (through Raft).
+    pub(crate) revocations: Option<crate::coop::Replicate>,
 }
 
 impl CoordinatorConfig {
@@ -105,6 +107,7 @@ impl CoordinatorConfig {
             group: Vec::new(),
             group_join: false,
             admin_routes: None,
+            revocations: None,
         }
     }
 }
@@ -273,6 +276,22 @@ async fn run_group(
             None => routes,
         });
         leading.admin_routes = Some(crate::group::admin_routes(group.clone()));
+        // Revocations are kept by every member as it applies them; proposed without waiting (the
+        // gate applies one at once, and it is signed by the co-op key, so it checks anywhere).
+        let raft = group.raft.clone();
+        leading.revocations = Some(crate::coop::Replicate(std::sync::Arc::new(
+            move |revocation: &hearth_protocol::coop::Revocation| {
+                let (raft, proposal) = (
+                    raft.clone(),
+                    crate::group::Proposal::Revocation(revocation.clone()),
+                );
+                tokio::spawn(async move {
+                    if let Err(error) = raft.client_write(proposal).await {
+                        tracing::warn!(%error, "revocation not replicated to the group");
+                    }
+                });
+            },
+        )));
         let until = {
             let (group, shutdown) = (group.clone(), shutdown.clone());
             async move {
@@ -354,7 +373,10 @@ async fn serve(
         let mut coop = config
             .coop
             .as_ref()
-            .map(|dir| crate::coop::Coop::open(dir, &config.data_dir, peer, wall_ms()))
+            .map(|dir| {
+                crate::coop::Coop::open(dir, &config.data_dir, peer, wall_ms())
+                    .map(|coop| coop.replicated(config.revocations.clone()))
+            })
             .transpose()?;
         let mut network = Network::new(key, &config.net)?;
         if let Some(coop) = &mut coop {

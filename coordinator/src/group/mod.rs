@@ -119,6 +119,8 @@ pub enum Proposal {
     },
     /// An API key made or revoked (its quotas with it).
     Key(crate::keys::KeyRecord),
+    /// A co-op revocation the leader accepted: every member keeps it in its `revoked/`.
+    Revocation(hearth_protocol::coop::Revocation),
 }
 
 openraft::declare_raft_types!(

@@ -250,6 +250,15 @@ impl RaftStorage<TypeConfig> for Store {
                     crate::journal::write_batches(&tx, &self.path, None, batches)
                         .map_err(write_err)?;
                 }
+                EntryPayload::Normal(Proposal::Revocation(revocation)) => {
+                    // A file beside the journal (where a lone coordinator keeps them): written
+                    // before the entry is recorded applied, and kept once, so applying it again
+                    // after a crash changes nothing.
+                    let store = self.path.parent().map(|d| d.join("revoked"));
+                    if let Some(store) = store {
+                        crate::coop::keep_in(&store, revocation).map_err(write_err)?;
+                    }
+                }
                 EntryPayload::Normal(Proposal::Key(record)) => {
                     crate::keys::write_record(&tx, &self.path, record).map_err(write_err)?;
                 }

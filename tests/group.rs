@@ -648,8 +648,7 @@ fn a_coop_revocation_outlives_the_leader() {
         .log_text();
     let started = log
         .lines()
-        .filter(|l| l.contains("co-op swarm: members only"))
-        .last()
+        .rfind(|l| l.contains("co-op swarm: members only"))
         .unwrap_or_else(|| panic!("the new leader runs no co-op swarm:\n{log}"));
     assert!(started.contains("revoked=1"), "{started}");
 }

@@ -381,6 +381,32 @@ fn a_follower_killed_mid_job_costs_no_election() {
         .take()
         .expect("running")
         .kill();
+    // The client, asking the leader through these seconds, is answered every time, and the job
+    // goes on (its answers' latency is printed: the leader waits for no one it lost).
+    let leader_api = group.members[leader].api.clone();
+    let mut slowest = Duration::ZERO;
+    let mut done = Vec::new();
+    for _ in 0..10 {
+        let asked = Instant::now();
+        let out = run_hearth(&[], &["job", &job, "--json", "--api", &leader_api]);
+        slowest = slowest.max(asked.elapsed());
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        done.push(
+            stdout_json(&out)["units_done"]
+                .as_u64()
+                .expect("units_done"),
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    eprintln!("after the follower's loss: slowest status answer {slowest:?}; units done {done:?}");
+    assert!(
+        done.last() > done.first() || done.last() == Some(&100),
+        "the job stalled: {done:?}"
+    );
     let output = group.finish(&job);
     assert!(
         output == reference,

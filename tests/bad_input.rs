@@ -39,6 +39,7 @@ fn advert() -> Message {
         links: Vec::new(),
         reachability: Default::default(),
         serves: Vec::new(),
+        fetching: Vec::new(),
         capabilities: Capabilities {
             backend: Backend::Cpu,
             device: "definitely real".into(),

@@ -509,6 +509,23 @@ fn a_stage_that_stops_answering_while_it_fetches_ends_the_session_with_a_clear_e
         "a node part way through its fetch",
         || (1..=3).find(|&i| disk_bytes(&swarm.path(&format!("models{i}"))) > 4 << 20),
     );
+    // What is on its way shows: the fetcher advertises the layers it is fetching, per model.
+    let fetcher = swarm.nodes[stopped].0.clone();
+    let listed = wait_until(Duration::from_secs(20), "the fetch advertised", || {
+        let entry = swarm.peer(&fetcher);
+        let fetching = entry["layers_fetching"].as_array()?.first()?.clone();
+        let ranges = fetching["layers"].as_array()?.clone();
+        (!ranges.is_empty()).then_some(fetching)
+    });
+    let held = swarm.peer(&fetcher)["layers_held"].clone();
+    assert!(
+        listed["layers"]
+            .as_array()
+            .expect("ranges")
+            .iter()
+            .all(|r| r[0].as_u64() < r[1].as_u64() && r[1].as_u64() <= Some(30)),
+        "{listed} (held: {held})"
+    );
     // SIGSTOP: its connections stay open, it answers nothing (as a hung machine would).
     swarm.nodes[stopped].1.pause(true);
     let out = generate.wait_with_output().expect("generate ends");

@@ -97,8 +97,9 @@ function trustText(p) {
 }
 
 // Which layers of each model the swarm holds, and how many times over: one row per peer holding the
-// model whole or in part, one cell per layer; the last row counts the copies, a gap in red, a
-// single copy in amber.
+// model whole or in part (or fetching some of it from peers), one cell per layer; the last row counts
+// the copies, a gap in red, a single copy in amber. Layers on their way (fetched now) are striped
+// and not counted until held.
 function renderCoverage(models, peers) {
   const el = $("coverage");
   const online = peers.filter((p) => p.online);
@@ -117,20 +118,23 @@ function renderCoverage(models, peers) {
           const held = (p.layers_held || []).find((h) => h.model === m.id);
           if (held) ranges = held.layers;
         }
-        if (ranges.length) rows.push({ peer: p.peer_id, ranges });
+        const fetching = ((p.layers_fetching || []).find((h) => h.model === m.id) || { layers: [] }).layers;
+        if (ranges.length || fetching.length) rows.push({ peer: p.peer_id, ranges, fetching });
       }
       const copies = Array.from({ length: m.layers }, (_, l) => rows.filter((r) => r.ranges.some(([a, b]) => l >= a && l < b)).length);
       const covered = copies.filter((c) => c > 0).length;
       const minCopies = Math.min(...copies);
-      const cells = (has) => Array.from({ length: m.layers }, (_, l) => `<td class="${has(l) ? "held" : ""}"></td>`).join("");
+      const within = (list, l) => list.some(([a, b]) => l >= a && l < b);
+      const cells = (r) => Array.from({ length: m.layers }, (_, l) => `<td class="${within(r.ranges, l) ? "held" : within(r.fetching, l) ? "fetching" : ""}"></td>`).join("");
+      const fetchingNow = rows.filter((r) => r.fetching.length).length;
       const head = Array.from({ length: m.layers }, (_, l) => `<th>${l % 5 === 0 ? l : ""}</th>`).join("");
       const peerRows = rows
-        .map((r) => `<tr data-peer="${esc(r.peer)}" data-layers="${r.ranges.map(([a, b]) => `${a}-${b}`).join(",")}"><th class="mono" title="${esc(r.peer)}">${esc(short(r.peer))}</th>${cells((l) => r.ranges.some(([a, b]) => l >= a && l < b))}</tr>`)
+        .map((r) => `<tr data-peer="${esc(r.peer)}" data-layers="${r.ranges.map(([a, b]) => `${a}-${b}`).join(",")}" data-fetching="${r.fetching.map(([a, b]) => `${a}-${b}`).join(",")}"><th class="mono" title="${esc(r.peer)}">${esc(short(r.peer))}</th>${cells(r)}</tr>`)
         .join("");
       const countRow = `<tr class="copies"><th>copies</th>${copies.map((c) => `<td class="${c === 0 ? "gap" : c === 1 ? "single" : "many"}">${c}</td>`).join("")}</tr>`;
       const state = covered < m.layers ? `<span class="gap-text">${m.layers - covered} layers uncovered</span>` : minCopies === 1 ? '<span class="single-text">some layers held once: one peer away from a gap</span>' : `every layer held ${minCopies}+ times`;
       return `<div class="model-coverage" data-model="${esc(m.id)}" data-layers="${m.layers}" data-covered="${covered}" data-min-copies="${minCopies}" data-holders="${rows.length}">
-        <h3>${esc(m.name)} <small>${m.layers} layers · ${covered}/${m.layers} covered · ${state}</small></h3>
+        <h3>${esc(m.name)} <small>${m.layers} layers · ${covered}/${m.layers} covered · ${state}${fetchingNow ? ` · ${fetchingNow} peer${fetchingNow > 1 ? "s" : ""} fetching layers (striped)` : ""}</small></h3>
         <table class="coverage"><thead><tr><th>peer</th>${head}</tr></thead><tbody>${peerRows}${countRow}</tbody></table></div>`;
     })
     .join("");

@@ -348,6 +348,7 @@ mod tests {
             links: Vec::new(),
             reachability: Default::default(),
             serves: Vec::new(),
+            fetching: Vec::new(),
             capabilities: hearth_protocol::Capabilities {
                 backend: hearth_protocol::Backend::Cpu,
                 device: "cpu".into(),

@@ -135,6 +135,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             weights,
             partials,
             prepares: crate::prepare::Prepares::new(&config.models_dir, config.max_disk),
+            fetching_told: Vec::new(),
             behind_nat: config.behind_nat,
             relays: std::collections::HashSet::new(),
             worker,
@@ -226,6 +227,8 @@ struct Node {
     partials: crate::stages::Partials,
     /// Layers being fetched from peers, and what is held of them.
     prepares: crate::prepare::Prepares,
+    /// The fetches under way, as the last advert (or the next) says.
+    fetching_told: Vec<hearth_protocol::HeldLayers>,
     /// `--behind-nat`: reserve a slot on each coordinator's relay.
     behind_nat: bool,
     /// Coordinators whose relay a slot was asked of.
@@ -445,6 +448,13 @@ impl Node {
     /// Layers fetched from peers are held: the stage thread may load stages of them, and the
     /// weights server serves them on; the next advert says how much was received.
     fn on_held(&mut self, held: Vec<crate::prepare::Held>) {
+        // A fetch begun or ended: the coverage views hear of it soon.
+        let fetching = self.prepares.fetching();
+        if fetching != self.fetching_told {
+            self.fetching_told = fetching;
+            self.advert_due = true;
+            self.advertise_if_due();
+        }
         if held.is_empty() {
             return;
         }
@@ -500,6 +510,7 @@ impl Node {
                 .filter_map(hearth_net::from_libp2p_peer_id)
                 .take(hearth_protocol::SERVES_MAX)
                 .collect(),
+            fetching: self.fetching_told.clone(),
             held: self
                 .partials
                 .lock()

@@ -67,6 +67,28 @@ impl Prepares {
         }
     }
 
+    /// The layer ranges being fetched, per model (the ranges asked and not yet held), for adverts.
+    pub(crate) fn fetching(&self) -> Vec<hearth_protocol::HeldLayers> {
+        let mut out: Vec<hearth_protocol::HeldLayers> = self
+            .pending
+            .iter()
+            .take(hearth_protocol::ADVERT_MODELS_MAX)
+            .map(|(model, p)| {
+                let mut layers: Vec<(u32, u32)> = p.waiting.iter().map(|(l, _)| *l).collect();
+                layers.sort_unstable();
+                layers.dedup();
+                layers.truncate(hearth_protocol::HELD_RANGES_MAX);
+                hearth_protocol::HeldLayers {
+                    model: *model,
+                    layers,
+                }
+            })
+            .filter(|h| !h.layers.is_empty())
+            .collect();
+        out.sort_by_key(|h| h.model.0.0);
+        out
+    }
+
     /// Whether `id` is a request of one of the fetches.
     pub(crate) fn owns(&self, id: &RequestId) -> bool {
         self.pending.values().any(|p| p.fetch.owns(id))

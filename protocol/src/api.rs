@@ -48,6 +48,9 @@ pub struct PeerEntry {
     /// Models it holds in part (fetched from peers), with the layer ranges it can serve of each.
     #[serde(default)]
     pub layers_held: Vec<crate::HeldLayers>,
+    /// Layers it is fetching from peers now, per model, as it advertised last.
+    #[serde(default)]
+    pub layers_fetching: Vec<crate::HeldLayers>,
     /// How the coordinator reaches it: `direct`, `hole-punched` (a relayed connection upgraded
     /// by hole punching) or `relayed` (through a relay's circuit); none when not connected.
     #[serde(default)]

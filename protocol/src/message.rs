@@ -28,11 +28,13 @@ impl Message {
                         "an advert lists at most {LINKS_MAX} links"
                     )));
                 }
-                if advert.held.len() > crate::ADVERT_MODELS_MAX
-                    || advert.held.iter().any(|h| h.layers.len() > HELD_RANGES_MAX)
-                {
+                let over = |list: &[HeldLayers]| {
+                    list.len() > crate::ADVERT_MODELS_MAX
+                        || list.iter().any(|h| h.layers.len() > HELD_RANGES_MAX)
+                };
+                if over(&advert.held) || over(&advert.fetching) {
                     return Err(crate::Error::Limit(format!(
-                        "an advert lists at most {} models held in part, {HELD_RANGES_MAX} layer ranges each",
+                        "an advert lists at most {} models held in part (and as many being fetched), {HELD_RANGES_MAX} layer ranges each",
                         crate::ADVERT_MODELS_MAX
                     )));
                 }
@@ -64,6 +66,9 @@ pub struct Advert {
     pub bytes_received: u64,
     /// Models it holds in part (fetched from peers): the layer ranges whose stages it can serve.
     pub held: Vec<HeldLayers>,
+    /// Layers it is fetching from peers now (the ranges asked of it, per model), so a coverage
+    /// view shows what is on its way.
+    pub fetching: Vec<HeldLayers>,
     /// Its own connections to the other peers it works with (at most [`LINKS_MAX`]).
     pub links: Vec<Link>,
     /// Whether peers outside its network can dial it, as AutoNAT found.

@@ -100,6 +100,7 @@ fn advert() -> impl Strategy<Value = Message> {
                     links: Vec::new(),
                     reachability: Default::default(),
                     serves: Vec::new(),
+                    fetching: Vec::new(),
                 })
             },
         )
@@ -178,6 +179,7 @@ fn bad_frames_are_refused_with_the_reason() {
         links: Vec::new(),
         reachability: Default::default(),
         serves: Vec::new(),
+        fetching: Vec::new(),
         capabilities: sample_capabilities(),
     });
     let frame = Signed::seal(&key, &message).expect("fits");
@@ -228,6 +230,7 @@ fn bad_frames_are_refused_with_the_reason() {
         links: Vec::new(),
         reachability: Default::default(),
         serves: Vec::new(),
+        fetching: Vec::new(),
         capabilities: caps,
     });
     assert!(matches!(
@@ -247,6 +250,7 @@ fn bad_frames_are_refused_with_the_reason() {
         links: Vec::new(),
         reachability: Default::default(),
         serves: Vec::new(),
+        fetching: Vec::new(),
         capabilities: caps,
     });
     assert!(matches!(
@@ -265,6 +269,7 @@ fn bad_frames_are_refused_with_the_reason() {
         links: Vec::new(),
         reachability: Default::default(),
         serves: vec![coordinator; hearth_protocol::SERVES_MAX + 1],
+        fetching: Vec::new(),
         capabilities: sample_capabilities(),
     });
     assert!(matches!(

@@ -342,6 +342,7 @@ impl<'a> Sim<'a> {
                     links: Vec::new(),
                     reachability: Default::default(),
                     serves: Vec::new(),
+                    fetching: Vec::new(),
                 };
                 let input = RegistryInput::Advert {
                     from: peer.id,

@@ -49,6 +49,7 @@ struct Record {
     stage_sessions: u32,
     bytes_received: u64,
     held: Vec<hearth_protocol::HeldLayers>,
+    fetching: Vec<hearth_protocol::HeldLayers>,
     links: Vec<hearth_protocol::Link>,
     reachability: hearth_protocol::Reachability,
     first_seen_ms: u64,
@@ -103,6 +104,7 @@ impl Registry {
             record.stage_sessions = advert.stage_sessions;
             record.bytes_received = advert.bytes_received;
             record.held = advert.held;
+            record.fetching = advert.fetching;
             record.links = advert.links;
             record.reachability = advert.reachability;
             record.last_seen_ms = now_ms;
@@ -126,6 +128,7 @@ impl Registry {
                 stage_sessions: advert.stage_sessions,
                 bytes_received: advert.bytes_received,
                 held: advert.held,
+                fetching: advert.fetching,
                 links: advert.links,
                 reachability: advert.reachability,
                 first_seen_ms: now_ms,
@@ -184,6 +187,7 @@ impl Registry {
                 stage_sessions: r.stage_sessions,
                 bytes_received: r.bytes_received,
                 layers_held: r.held.clone(),
+                layers_fetching: r.fetching.clone(),
                 connection: None,
                 links: r.links.clone(),
                 reachability: r.reachability,
@@ -257,6 +261,7 @@ mod tests {
             links: Vec::new(),
             reachability: Default::default(),
             serves: Vec::new(),
+            fetching: Vec::new(),
             capabilities: Capabilities {
                 backend: Backend::Cpu,
                 device: "cpu".into(),

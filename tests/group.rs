@@ -610,6 +610,14 @@ fn keys_outlive_the_leader_and_a_dead_member_is_replaced() {
         "the new member's admin.key",
         || (std::fs::read_to_string(&mine).ok()? == theirs).then_some(()),
     );
+    // The group of the survivor, the new member and the leader loses the leader: the other two
+    // (the new one voting) elect one of themselves.
+    let term_now = group.view(now).expect("the leader answers")["term"]
+        .as_u64()
+        .expect("term");
+    group.members[now].process.take().expect("running").kill();
+    let (next, _) = group.wait_leader(Some(term_now), Duration::from_secs(30));
+    assert_ne!(next, now);
 }
 
 /// A co-op revocation handed to the group is kept by every member, so the next leader refuses the

@@ -186,7 +186,6 @@ async fn run_group(
     let shutdown = shutdown.shared();
     let stopped = || shutdown.clone().now_or_never().is_some();
     loop {
-        group.follow_membership();
         // Following: the small API until elected.
         let listener = bind_retrying(config.http).await?;
         let (stop, stopped_rx) = tokio::sync::oneshot::channel::<()>();

@@ -301,6 +301,28 @@ impl Group {
                 Err(error) => tracing::debug!(%error, "group already initialized"),
             }
         }
+        // Members added later (or their replacements) may speak to this one from the moment the
+        // membership that names them reaches it.
+        {
+            let (mut metrics, allowed) = (raft.metrics(), allowed.clone());
+            tokio::spawn(async move {
+                while metrics.changed().await.is_ok() {
+                    let nodes: Vec<Member> = metrics
+                        .borrow_and_update()
+                        .membership_config
+                        .membership()
+                        .nodes()
+                        .map(|(_, m)| m.clone())
+                        .collect();
+                    let mut allowed = allowed.write().unwrap_or_else(|e| e.into_inner());
+                    for member in nodes {
+                        if let Ok((peer, _)) = member.parsed() {
+                            allowed.insert(peer);
+                        }
+                    }
+                }
+            });
+        }
         tracing::info!(member = %me.addr, "group member started");
         Ok(Arc::new(Self {
             raft,
@@ -344,18 +366,6 @@ impl Group {
             }
             if metrics.changed().await.is_err() {
                 return;
-            }
-        }
-    }
-
-    /// Keep the set of peers allowed to speak to this member to the current membership (and the
-    /// configured members).
-    pub(crate) fn follow_membership(&self) {
-        let metrics = self.raft.metrics().borrow().clone();
-        let mut allowed = self.allowed.write().unwrap_or_else(|e| e.into_inner());
-        for (_, member) in metrics.membership_config.membership().nodes() {
-            if let Ok((peer, _)) = member.parsed() {
-                allowed.insert(peer);
             }
         }
     }

@@ -105,6 +105,18 @@ fn one_line(error: &anyhow::Error) -> String {
 }
 
 fn run(cli: Cli, file: FileConfig) -> anyhow::Result<()> {
+    // A client command's output piped into `head` ends quietly when the pipe closes, as `cat`
+    // does, rather than panicking in println!. (Not for the daemons, whose output is their log.)
+    if !matches!(
+        cli.command,
+        Command::Node(_)
+            | Command::Coordinator(_)
+            | Command::Demo(_)
+            | Command::Bench(_)
+            | Command::Sim(_)
+    ) {
+        default_sigpipe();
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -152,6 +164,18 @@ fn configure_kernels(threads: Option<u32>) {
         if std::env::var_os("CANDLE_BARRIER_POOL_SPIN_LIMIT").is_none() {
             std::env::set_var("CANDLE_BARRIER_POOL_SPIN_LIMIT", KERNEL_SPIN_LIMIT);
         }
+    }
+}
+
+/// Let SIGPIPE end the process (Rust ignores it, so a write to a closed pipe is an error that
+/// println! turns into a panic).
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    #[cfg(unix)]
+    {
+        use nix::sys::signal::{SigHandler, Signal, signal};
+        // SAFETY: resetting a signal to its default disposition installs no handler code.
+        let _ = unsafe { signal(Signal::SIGPIPE, SigHandler::SigDfl) };
     }
 }
 

@@ -658,8 +658,8 @@ pub(crate) struct GroupArgs {
 
 #[derive(Debug, Subcommand)]
 pub(crate) enum GroupCommand {
-    /// Add a member (started with `hearth coordinator --group ITS_ADDR --group-join`): it catches
-    /// up from the group's log, then votes.
+    /// Add a member (started with `hearth coordinator --group MEMBERS,ITS_ADDR --group-join`): it
+    /// catches up from the group's log, then votes.
     Add {
         /// Its group address, ending in /p2p/PEER_ID.
         addr: String,

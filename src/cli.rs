@@ -238,9 +238,13 @@ pub(crate) struct CoordinatorArgs {
         value_delimiter = ','
     )]
     pub(crate) group: Vec<String>,
+    /// The group's members from a file instead: one group address per line (blank lines and
+    /// lines starting with # are skipped); the same file can go to every member.
+    #[arg(long, value_name = "FILE", conflicts_with = "group")]
+    pub(crate) group_file: Option<PathBuf>,
     /// Join an existing coordinator group as a new member: --group gives the members' group
     /// addresses and this one's; it waits until a member runs `hearth group add ITS_ADDR`.
-    #[arg(long, requires = "group")]
+    #[arg(long)]
     pub(crate) group_join: bool,
     /// Serve the API over TLS with this PEM certificate chain (with --tls-key); required off
     /// loopback unless --insecure-http.

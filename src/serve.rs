@@ -76,7 +76,13 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     // The dashboard's page at `/`, beside the API it reads.
     config.routes = Some(hearth_dashboard::router());
     config.coop = args.coop;
-    config.group = args.group;
+    config.group = match &args.group_file {
+        Some(path) => read_group_file(path)?,
+        None => args.group,
+    };
+    if args.group_join && config.group.is_empty() {
+        anyhow::bail!("--group-join needs the group's members: give --group or --group-file");
+    }
     config.group_join = args.group_join;
     #[cfg(feature = "fault-injection")]
     match args.fault {
@@ -94,6 +100,25 @@ pub(crate) async fn coordinator(args: CoordinatorArgs, file: FileConfig) -> anyh
     }
     hearth_coordinator::run(config, shutdown_signal()).await?;
     Ok(())
+}
+
+/// A group file: one member's group address per line; blank lines and `#` comments skipped.
+fn read_group_file(path: &std::path::Path) -> anyhow::Result<Vec<String>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| anyhow::anyhow!("--group-file {}: {e}", path.display()))?;
+    let members: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(String::from)
+        .collect();
+    if members.is_empty() {
+        anyhow::bail!(
+            "--group-file {}: no member addresses in it (one per line, each ending in /p2p/PEER_ID)",
+            path.display()
+        );
+    }
+    Ok(members)
 }
 
 fn non_empty(values: Vec<String>) -> Option<Vec<String>> {

@@ -379,6 +379,61 @@ fn a_port_in_use_an_unreachable_coordinator_and_a_missing_key_say_what_to_do() {
     );
 }
 
+/// A coordinator group's start refused for a bad member list, each saying what to give instead;
+/// `hearth group` against a lone coordinator says it is not in a group.
+#[test]
+fn a_bad_group_says_what_to_give() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = tmp.path().join("c");
+    let dir = dir.to_str().expect("utf-8");
+    let empty = tmp.path().join("empty.txt");
+    std::fs::write(&empty, "# nobody yet\n\n").expect("write");
+    let missing = tmp.path().join("missing.txt");
+    let cases: [(Vec<&str>, &[&str]); 4] = [
+        (
+            vec!["--group-file", missing.to_str().expect("utf-8")],
+            &["--group-file", "No such file"],
+        ),
+        (
+            vec!["--group-file", empty.to_str().expect("utf-8")],
+            &["no member addresses", "/p2p/PEER_ID"],
+        ),
+        (vec!["--group-join"], &["--group-join", "--group-file"]),
+        (
+            vec!["--group", "/ip4/127.0.0.1/udp/7081/quic-v1"],
+            &["does not end in /p2p/PEER_ID", "/p2p/12D3KooW"],
+        ),
+    ];
+    for (extra, said) in cases {
+        let mut args = vec!["coordinator", "--data-dir", dir, "--http", "127.0.0.1:0"];
+        args.extend(extra);
+        let line = one_line_error(&run_hearth(&[], &args));
+        for part in said {
+            assert!(line.contains(part), "{args:?}: {line}");
+        }
+    }
+    // Not one of the members given.
+    let other = tmp.path().join("other");
+    let stranger = support::keygen(&other);
+    let member = format!("/ip4/127.0.0.1/udp/7081/quic-v1/p2p/{stranger}");
+    let line = one_line_error(&run_hearth(
+        &[],
+        &[
+            "coordinator",
+            "--data-dir",
+            dir,
+            "--http",
+            "127.0.0.1:0",
+            "--group",
+            &member,
+        ],
+    ));
+    assert!(
+        line.contains("is not one of --group's members") && line.contains("hearth keygen"),
+        "{line}"
+    );
+}
+
 #[test]
 fn hearth_alone_shows_where_to_start() {
     let out = run_hearth(&[], &[]);

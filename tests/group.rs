@@ -27,6 +27,8 @@ fn free_port() -> u16 {
 struct Member {
     dir: PathBuf,
     peer_id: String,
+    /// Its group address.
+    addr: String,
     api: String,
     args: Vec<String>,
     process: Option<Process>,
@@ -54,6 +56,7 @@ impl Group {
                 let http = free_port();
                 Member {
                     dir,
+                    addr: format!("/ip4/127.0.0.1/udp/{}/quic-v1/p2p/{peer_id}", free_port()),
                     peer_id,
                     api: format!("http://127.0.0.1:{http}"),
                     args: Vec::new(),
@@ -61,16 +64,15 @@ impl Group {
                 }
             })
             .collect();
-        let addrs: Vec<String> = members
-            .iter()
-            .map(|m| {
-                format!(
-                    "/ip4/127.0.0.1/udp/{}/quic-v1/p2p/{}",
-                    free_port(),
-                    m.peer_id
-                )
-            })
-            .collect();
+        let addrs: Vec<String> = members.iter().map(|m| m.addr.clone()).collect();
+        // The last member reads the same list from a group file.
+        let file = tmp.path().join("group.txt");
+        std::fs::write(
+            &file,
+            format!("# the group's members\n\n{}\n", addrs.join("\n")),
+        )
+        .expect("group file");
+        let last = members.len() - 1;
         for (i, m) in members.iter_mut().enumerate() {
             let swarm = free_port();
             m.args = [
@@ -83,11 +85,15 @@ impl Group {
                 m.api.trim_start_matches("http://"),
                 "--listen",
                 &format!("/ip4/127.0.0.1/udp/{swarm}/quic-v1"),
-                "--group",
-                &addrs.join(","),
             ]
             .map(String::from)
             .to_vec();
+            if i == last {
+                m.args
+                    .extend(["--group-file".into(), file.display().to_string()]);
+            } else {
+                m.args.extend(["--group".into(), addrs.join(",")]);
+            }
             m.args.extend(extra.iter().cloned());
             m.process = Some(Process::start(
                 &format!("coordinator{i}"),
@@ -527,14 +533,7 @@ fn keys_outlive_the_leader_and_a_dead_member_is_replaced() {
         .members
         .iter()
         .filter(|m| m.peer_id != dead)
-        .map(|m| {
-            let entry = m.args.iter().position(|a| a == "--group").expect("--group");
-            m.args[entry + 1]
-                .split(',')
-                .find(|a| a.ends_with(&m.peer_id))
-                .expect("its own entry")
-                .to_string()
-        })
+        .map(|m| m.addr.clone())
         .collect();
     assert_eq!(view["members"].as_array().map(Vec::len), Some(2), "{view}");
     list.push(addr.clone());
@@ -563,6 +562,7 @@ fn keys_outlive_the_leader_and_a_dead_member_is_replaced() {
     );
     group.members[leader] = Member {
         dir,
+        addr: addr.clone(),
         peer_id: peer_id.clone(),
         api,
         args,

@@ -273,6 +273,29 @@ impl Group {
     }
 }
 
+/// A raw HTTP/1.0 request to `api` (no redirect followed): the status code and the body.
+fn raw(api: &str, method: &str, path: &str) -> (u16, String) {
+    use std::io::{Read, Write};
+    let host = api.trim_start_matches("http://");
+    let mut stream = std::net::TcpStream::connect(host).expect("connect");
+    let body = if method == "POST" { "{}" } else { "" };
+    write!(
+        stream,
+        "{method} {path} HTTP/1.0\r\nHost: {host}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).expect("read");
+    let code = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = answer.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (code, body)
+}
+
 /// `n` texts to embed.
 fn write_texts(path: &Path, n: usize) {
     let words = [
@@ -430,6 +453,26 @@ fn a_follower_killed_mid_job_costs_no_election() {
         .cloned()
         .expect("listed");
     assert_eq!(lost["role"], "unreachable", "{view}");
+
+    // The other follower answers reads itself, from its replica of the journal, and sends writes
+    // to the leader.
+    let other = (0..3)
+        .find(|&i| i != leader && i != follower)
+        .expect("a third");
+    let api = &group.members[other].api;
+    let (code, body) = raw(api, "GET", &format!("/v1/jobs/{job}"));
+    assert_eq!(code, 200, "{body}");
+    let status: Value = serde_json::from_str(&body).expect("json");
+    assert_eq!(status["state"], "done", "{status}");
+    assert_eq!(status["units_done"], 100, "{status}");
+    let (code, body) = raw(api, "GET", &format!("/v1/jobs/{job}/output"));
+    assert_eq!(code, 200);
+    assert!(
+        body.as_bytes() == reference.as_slice(),
+        "the follower's output differs"
+    );
+    let (code, _) = raw(api, "POST", "/v1/jobs");
+    assert_eq!(code, 307, "a write goes to the leader");
 }
 
 /// API keys are the group's: one made through a follower (sent on to the leader) with the admin key

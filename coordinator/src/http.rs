@@ -146,6 +146,37 @@ pub(crate) fn login_cookie(request: &Request) -> Option<String> {
         .map(|(_, value)| value.to_string())
 }
 
+/// The reads a coordinator group's follower answers itself, from its replica of the journal
+/// (`GET /v1/jobs`, `/v1/jobs/{id}`, its output and receipts), behind the same keys.
+pub(crate) fn read_router(commands: mpsc::Sender<Command>, auth: Auth) -> Router {
+    Router::new()
+        .route("/v1/jobs", get(jobs))
+        .route("/v1/jobs/{id}", get(job))
+        .route("/v1/jobs/{id}/output", get(output))
+        .route("/v1/jobs/{id}/receipts", get(receipts))
+        .with_state(commands)
+        .layer(middleware::from_fn_with_state(auth, authenticate))
+}
+
+/// Whether `request` is one of the reads [`read_router`] answers.
+pub(crate) fn is_read(request: &Request) -> bool {
+    if request.method() != axum::http::Method::GET {
+        return false;
+    }
+    let parts: Vec<&str> = request
+        .uri()
+        .path()
+        .trim_end_matches('/')
+        .split('/')
+        .collect();
+    match parts.as_slice() {
+        ["", "v1", "jobs"] => true,
+        ["", "v1", "jobs", id] => id.parse::<u64>().is_ok(),
+        ["", "v1", "jobs", id, "output" | "receipts"] => id.parse::<u64>().is_ok(),
+        _ => false,
+    }
+}
+
 pub(crate) fn router(
     commands: mpsc::Sender<Command>,
     auth: Auth,

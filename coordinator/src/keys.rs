@@ -269,6 +269,21 @@ impl Keys {
         })
     }
 
+    /// Read the records again (a coordinator group follower's copy, as the group's log adds keys).
+    pub(crate) fn reload(&self) -> Result<()> {
+        let err = |e: &dyn std::fmt::Display| db_error(&self.path, e);
+        let tx = self.db.begin_read().map_err(|e| err(&e))?;
+        let table = tx.open_table(KEYS).map_err(|e| err(&e))?;
+        let mut by_hash = HashMap::new();
+        for row in table.iter().map_err(|e| err(&e))? {
+            let (_, value) = row.map_err(|e| err(&e))?;
+            let record: KeyRecord = serde_json::from_slice(value.value()).map_err(|e| err(&e))?;
+            by_hash.insert(record.hash.clone(), record);
+        }
+        *self.by_hash.write().unwrap_or_else(|e| e.into_inner()) = by_hash;
+        Ok(())
+    }
+
     /// Who presents `secret`: the admin, a live key, or nobody (`Err` says why).
     pub fn check(&self, secret: &str) -> std::result::Result<Access, &'static str> {
         self.check_hash(&hash(secret))

@@ -189,7 +189,9 @@ async fn run_group(
         // Following: the small API until elected.
         let listener = bind_retrying(config.http).await?;
         let (stop, stopped_rx) = tokio::sync::oneshot::channel::<()>();
-        let app = crate::group::follower_routes(group.clone());
+        let reads = follower_reads(&group, &config);
+        let answers_reads = reads.is_some();
+        let app = crate::group::follower_routes(group.clone(), reads);
         let tls_now = tls.clone();
         let server = tokio::spawn(async move {
             match tls_now {
@@ -205,14 +207,24 @@ async fn run_group(
             }
         });
         tracing::info!("following the group's leader");
-        tokio::select! {
-            () = group.until_leader() => {}
-            () = shutdown.clone() => {}
-        }
+        // Founded since this API started (its keys unknown before): start it again with reads.
+        let founded = async {
+            while answers_reads || group.admin_key().is_none() {
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        };
+        let refounded = tokio::select! {
+            () = group.until_leader() => false,
+            () = shutdown.clone() => false,
+            () = founded => true,
+        };
         let _ = stop.send(());
         let _ = server.await;
         if stopped() || group.state() == openraft::ServerState::Shutdown {
             break;
+        }
+        if refounded {
+            continue;
         }
         // Leading: the coordinator proper, on the replicated journal.
         let identity = match group.take_office().await {
@@ -310,6 +322,93 @@ async fn run_group(
     }
     let _ = group.raft.shutdown().await;
     Ok(())
+}
+
+/// A follower's answers to reads: the read routes, behind the group's keys, over a replica of the
+/// scheduler rebuilt from this member's journal whenever it has applied more of the group's log
+/// since the last read. `None` until the group is founded (its admin key applied).
+fn follower_reads(
+    group: &std::sync::Arc<crate::group::Group>,
+    config: &CoordinatorConfig,
+) -> Option<axum::Router> {
+    let admin = group.admin_key()?;
+    let refuse = |path: PathBuf| {
+        move |_: &crate::keys::KeyRecord| -> Result<()> {
+            Err(Error::Refused(format!(
+                "{}: a follower makes no keys",
+                path.display()
+            )))
+        }
+    };
+    let keys = crate::keys::Keys::replicated(
+        group.db.clone(),
+        group.path.clone(),
+        &admin,
+        Box::new(refuse(group.path.clone())),
+    )
+    .map_err(|error| tracing::warn!(%error, "a follower's key store"))
+    .ok()?;
+    let keys = std::sync::Arc::new(keys);
+    let auth = crate::http::Auth {
+        keys: keys.clone(),
+        open: config.open,
+        logins: Default::default(),
+    };
+    let (commands, mut asked) = mpsc::channel::<Command>(COMMAND_QUEUE_MAX);
+    let (group, replicas, peers_max) = (group.clone(), config.replicas, config.peers_max);
+    tokio::spawn(async move {
+        let mut replica: Option<(u64, Work)> = None;
+        while let Some(command) = asked.recv().await {
+            let applied = group.applied_index();
+            if replica.as_ref().is_none_or(|(at, _)| *at != applied) {
+                let _ = keys.reload();
+                let (db, path) = (group.db.clone(), group.path.clone());
+                let failed = path.clone();
+                let commit: crate::journal::Commit = Box::new(move |_| {
+                    Err(Error::Refused(format!(
+                        "{}: a follower's replica writes nothing",
+                        failed.display()
+                    )))
+                });
+                let rebuilt = tokio::task::block_in_place(|| {
+                    crate::journal::Journal::replicated(db, path, commit)
+                        .and_then(|journal| Work::replica(journal, replicas, peers_max))
+                });
+                match rebuilt {
+                    Ok(work) => replica = Some((applied, work)),
+                    Err(error) => {
+                        tracing::warn!(%error, "a follower's replica of the journal");
+                        replica = None;
+                    }
+                }
+            }
+            let Some((_, work)) = &replica else {
+                continue; // the handler answers 503: the command was dropped
+            };
+            match command {
+                Command::Jobs(reply) => drop(reply.send(work.jobs())),
+                Command::Job { id, units, reply } => {
+                    if let Ok(status) = work.status(id, units) {
+                        let _ = reply.send(status);
+                    }
+                }
+                Command::Output {
+                    id,
+                    receipts,
+                    reply,
+                } => {
+                    let answer = if receipts {
+                        work.receipts(id)
+                    } else {
+                        work.output(id)
+                    };
+                    let _ = reply.send(answer);
+                }
+                _ => {}
+            }
+        }
+    });
+    Some(crate::http::read_router(commands, auth))
 }
 
 /// Bind the API's address, waiting a moment for the last holder (this process's other role) to

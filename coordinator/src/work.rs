@@ -72,6 +72,25 @@ impl Work {
         replicas: Option<u32>,
         peers_max: usize,
     ) -> Result<Self> {
+        Self::rebuild(journal, replicas, peers_max, true)
+    }
+
+    /// A coordinator group follower's replica, for the reads it answers: rebuilt from its journal
+    /// as the leader's would be, quietly (it is rebuilt as the journal grows).
+    pub(crate) fn replica(
+        journal: Journal,
+        replicas: Option<u32>,
+        peers_max: usize,
+    ) -> Result<Self> {
+        Self::rebuild(journal, replicas, peers_max, false)
+    }
+
+    fn rebuild(
+        journal: Journal,
+        replicas: Option<u32>,
+        peers_max: usize,
+        log: bool,
+    ) -> Result<Self> {
         let policy = Policy {
             replicas,
             peers_max,
@@ -120,7 +139,7 @@ impl Work {
             }
         }
         work.scheduler.forget_waiting();
-        if inputs > 0 {
+        if inputs > 0 && log {
             tracing::info!(
                 inputs,
                 jobs = work.payloads.len(),

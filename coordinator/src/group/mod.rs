@@ -477,6 +477,11 @@ impl Group {
         Ok(())
     }
 
+    /// The index of the last entry of the group's log this member applied.
+    pub(crate) fn applied_index(&self) -> u64 {
+        self.store.applied_index()
+    }
+
     /// The group's admin key, once founded.
     pub(crate) fn admin_key(&self) -> Option<String> {
         self.store.admin_key()
@@ -665,34 +670,62 @@ pub(crate) fn admin_routes(group: Arc<Group>) -> axum::Router {
         .with_state(group)
 }
 
-/// A follower's API: `GET /v1/group`, and every other request sent to the leader with a 307
-/// (method and body kept), or a 503 with `Retry-After` while no leader is known.
-pub(crate) fn follower_routes(group: Arc<Group>) -> axum::Router {
-    use axum::http::{StatusCode, Uri, header};
+/// Send a request to the leader with a 307 (method and body kept), or answer 503 with
+/// `Retry-After` while no leader is known.
+async fn to_leader(group: &Group, uri: &axum::http::Uri) -> axum::response::Response {
+    use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
-    let redirect = |axum::extract::State(group): axum::extract::State<Arc<Group>>, uri: Uri| async move {
-        match group.leader_api().await {
-            Some(api) if group.state() != ServerState::Leader => {
-                let path = uri.path_and_query().map_or("/", |p| p.as_str());
-                (
-                    StatusCode::TEMPORARY_REDIRECT,
-                    [(header::LOCATION, format!("{api}{path}"))],
-                )
-                    .into_response()
-            }
-            _ => {
-                let mut response = crate::http::error(
-                    StatusCode::SERVICE_UNAVAILABLE,
-                    "the coordinator group has no leader right now (an election is under way): try again in a few seconds",
-                );
-                response
-                    .headers_mut()
-                    .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
-                response
+    match group.leader_api().await {
+        Some(api) if group.state() != ServerState::Leader => {
+            let path = uri.path_and_query().map_or("/", |p| p.as_str());
+            (
+                StatusCode::TEMPORARY_REDIRECT,
+                [(header::LOCATION, format!("{api}{path}"))],
+            )
+                .into_response()
+        }
+        _ => {
+            let mut response = crate::http::error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "the coordinator group has no leader right now (an election is under way): try again in a few seconds",
+            );
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            response
+        }
+    }
+}
+
+/// A follower's API: `GET /v1/group`; the reads `reads` answers (jobs, their status, output and
+/// receipts, from this member's replica of the journal) when given; every other request sent to
+/// the leader ([`to_leader`]).
+pub(crate) fn follower_routes(group: Arc<Group>, reads: Option<axum::Router>) -> axum::Router {
+    let app = match reads {
+        Some(reads) => routes(group.clone()).merge(reads),
+        None => routes(group.clone()),
+    };
+    let fallback = {
+        let group = group.clone();
+        move |uri: axum::http::Uri| {
+            let group = group.clone();
+            async move { to_leader(&group, &uri).await }
+        }
+    };
+    let answered = move |request: axum::extract::Request, next: axum::middleware::Next| {
+        let group = group.clone();
+        async move {
+            let own =
+                request.uri().path() == "/v1/group" && request.method() == axum::http::Method::GET;
+            if own || crate::http::is_read(&request) {
+                next.run(request).await
+            } else {
+                to_leader(&group, request.uri()).await
             }
         }
     };
-    routes(group.clone()).merge(axum::Router::new().fallback(redirect).with_state(group))
+    app.fallback(fallback)
+        .layer(axum::middleware::from_fn(answered))
 }
 
 #[cfg(test)]

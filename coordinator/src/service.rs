@@ -396,14 +396,7 @@ fn follower_reads(
                     id,
                     receipts,
                     reply,
-                } => {
-                    let answer = if receipts {
-                        work.receipts(id)
-                    } else {
-                        work.output(id)
-                    };
-                    let _ = reply.send(answer);
-                }
+                } => drop(reply.send(work.lines(id, receipts))),
                 _ => {}
             }
         }
@@ -880,11 +873,7 @@ impl Coordinator {
                 receipts,
                 reply,
             } => {
-                let answer = if receipts {
-                    self.work.receipts(id)
-                } else {
-                    self.work.output(id)
-                };
+                let answer = self.work.lines(id, receipts);
                 self.reply(move || reply.send(answer));
             }
             Command::Cancel { id, reply } => {

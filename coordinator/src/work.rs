@@ -715,6 +715,19 @@ impl Work {
     }
 
     /// `GET /v1/jobs/{id}/output`: one JSON line per input, in input order.
+    /// Job `id`'s output lines, or its receipts' (`GET /v1/jobs/{id}/output`, `…/receipts`).
+    pub(crate) fn lines(
+        &self,
+        id: u64,
+        receipts: bool,
+    ) -> std::result::Result<String, Unavailable> {
+        if receipts {
+            self.receipts(id)
+        } else {
+            self.output(id)
+        }
+    }
+
     pub(crate) fn output(&self, id: u64) -> std::result::Result<String, Unavailable> {
         let (payload, outputs) = self.accepted_outputs(id)?;
         let mut lines: Vec<String> = vec![String::new(); payload.texts.len()];

@@ -92,3 +92,16 @@ pub const GROUP_MEMBERS_MAX: usize = 7;
 
 /// How long adding a member waits for it to catch up from the group's log before it votes.
 pub const GROUP_CATCH_UP_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Messages to other members, and answers to theirs, waiting for the group's swarm; past it the
+/// sender waits (Raft sends a handful per member per heartbeat).
+pub const GROUP_QUEUE_MAX: usize = 1024;
+
+/// How long a member keeps a connection to another that carries no message (heartbeats keep the
+/// leader's busy).
+pub const GROUP_IDLE_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A follower rebuilds its replica of the scheduler (for the reads it answers) at most this often
+/// while its journal grows: a client polling a follower through a running job would otherwise
+/// replay the whole journal on every poll.
+pub const FOLLOWER_REPLICA_REFRESH: std::time::Duration = std::time::Duration::from_secs(1);

@@ -209,7 +209,10 @@ async fn run_group(
         tracing::info!("following the group's leader");
         // Founded since this API started (its keys unknown before): start it again with reads.
         let founded = async {
-            while answers_reads || group.admin_key().is_none() {
+            if answers_reads {
+                std::future::pending::<()>().await;
+            }
+            while group.admin_key().is_none() {
                 tokio::time::sleep(Duration::from_millis(250)).await;
             }
         };
@@ -357,10 +360,14 @@ fn follower_reads(
     let (commands, mut asked) = mpsc::channel::<Command>(COMMAND_QUEUE_MAX);
     let (group, replicas, peers_max) = (group.clone(), config.replicas, config.peers_max);
     tokio::spawn(async move {
-        let mut replica: Option<(u64, Work)> = None;
+        // The replica, the log index it was rebuilt at, and when.
+        let mut replica: Option<(u64, std::time::Instant, Work)> = None;
         while let Some(command) = asked.recv().await {
             let applied = group.applied_index();
-            if replica.as_ref().is_none_or(|(at, _)| *at != applied) {
+            let stale = replica.as_ref().is_none_or(|(at, when, _)| {
+                *at != applied && when.elapsed() >= crate::limits::FOLLOWER_REPLICA_REFRESH
+            });
+            if stale {
                 let _ = keys.reload();
                 let (db, path) = (group.db.clone(), group.path.clone());
                 let failed = path.clone();
@@ -375,14 +382,14 @@ fn follower_reads(
                         .and_then(|journal| Work::replica(journal, replicas, peers_max))
                 });
                 match rebuilt {
-                    Ok(work) => replica = Some((applied, work)),
+                    Ok(work) => replica = Some((applied, std::time::Instant::now(), work)),
                     Err(error) => {
                         tracing::warn!(%error, "a follower's replica of the journal");
                         replica = None;
                     }
                 }
             }
-            let Some((_, work)) = &replica else {
+            let Some((_, _, work)) = &replica else {
                 continue; // the handler answers 503: the command was dropped
             };
             match command {

@@ -7,7 +7,6 @@
 use std::collections::{HashMap, HashSet};
 use std::io;
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use futures::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, StreamExt};
 use hearth_net::libp2p::request_response::{self, OutboundRequestId, ProtocolSupport};
@@ -24,7 +23,9 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use super::{Member, MemberStatus, NodeId, Raft, TypeConfig};
-use crate::limits::{GROUP_MESSAGE_BYTES_MAX, GROUP_REQUEST_TIMEOUT};
+use crate::limits::{
+    GROUP_IDLE_CONNECTION_TIMEOUT, GROUP_MESSAGE_BYTES_MAX, GROUP_QUEUE_MAX, GROUP_REQUEST_TIMEOUT,
+};
 
 const PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/group/1.0.0");
 
@@ -64,8 +65,16 @@ async fn read_message<T: AsyncRead + Unpin + Send, M: serde::de::DeserializeOwne
             format!("group message of {len} bytes, over {GROUP_MESSAGE_BYTES_MAX}"),
         ));
     }
-    let mut bytes = vec![0u8; len];
-    io.read_exact(&mut bytes).await?;
+    // Grown as the bytes arrive, not allocated at the length claimed: the length comes before
+    // anyone knows whether the sender is a member.
+    let mut bytes = Vec::new();
+    io.take(len as u64).read_to_end(&mut bytes).await?;
+    if bytes.len() != len {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            format!("group message cut short: {} of {len} bytes", bytes.len()),
+        ));
+    }
     postcard::from_bytes(&bytes).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
 }
 
@@ -206,16 +215,16 @@ pub(crate) fn start(
                 )
             })
             .map_err(|e| crate::Error::Swarm(Box::new(e)))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(60)))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(GROUP_IDLE_CONNECTION_TIMEOUT))
             .build();
     swarm
         .listen_on(listen.clone())
         .map_err(|e| crate::Error::Swarm(Box::new(e)))?;
-    let (tx, mut outbound) = mpsc::channel::<Outbound>(1024);
+    let (tx, mut outbound) = mpsc::channel::<Outbound>(GROUP_QUEUE_MAX);
     let (answers_tx, mut answers) = mpsc::channel::<(
         request_response::ResponseChannel<GroupResponse>,
         GroupResponse,
-    )>(1024);
+    )>(GROUP_QUEUE_MAX);
     tokio::spawn(async move {
         let mut waiting: HashMap<
             OutboundRequestId,
@@ -370,5 +379,42 @@ impl RaftNetwork<TypeConfig> for Client {
             GroupResponse::Vote(answer) => answer.map_err(remote),
             other => Err(remote(format!("unexpected answer {other:?}"))),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A message's length is checked against the bound before anything is read, a message shorter
+    /// than it claims is refused, and one written is read back whole.
+    #[test]
+    fn messages_over_the_bound_or_cut_short_are_refused() {
+        futures::executor::block_on(async {
+            let over = ((GROUP_MESSAGE_BYTES_MAX + 1) as u32).to_be_bytes();
+            let mut io = futures::io::Cursor::new(over.to_vec());
+            let error = read_message::<_, GroupRequest>(&mut io)
+                .await
+                .expect_err("over");
+            assert_eq!(error.kind(), io::ErrorKind::InvalidData, "{error}");
+
+            let mut short = 100_000_000u32.to_be_bytes().to_vec();
+            short.extend_from_slice(&[1, 2, 3]);
+            let mut io = futures::io::Cursor::new(short);
+            let error = read_message::<_, GroupRequest>(&mut io)
+                .await
+                .expect_err("short");
+            assert_eq!(error.kind(), io::ErrorKind::UnexpectedEof, "{error}");
+
+            let mut written = futures::io::Cursor::new(Vec::new());
+            write_message(&mut written, &GroupRequest::Status)
+                .await
+                .expect("write");
+            let mut io = futures::io::Cursor::new(written.into_inner());
+            let read = read_message::<_, GroupRequest>(&mut io)
+                .await
+                .expect("read");
+            assert!(matches!(read, GroupRequest::Status));
+        });
     }
 }

@@ -165,9 +165,16 @@ pub(crate) struct NodeArgs {
     /// This node's co-op membership certificate (`hearth coop invite`): presented to the swarm.
     /// The node then deals only with peers that show a valid certificate of the same co-op
     /// (others are refused and, after 10 s without one, cut off), and works only for a
-    /// coordinator that is such a member.
-    #[arg(long, env = "HEARTH_COOP_CERT", value_name = "CERT")]
-    pub(crate) coop_cert: Option<PathBuf>,
+    /// coordinator that is such a member. Give it more than once (or comma-separated) for a node
+    /// in several co-ops (at most 8, one certificate each): each co-op's gossip stays on its own
+    /// topic, and each coordinator gets work only while its co-op admits both.
+    #[arg(
+        long,
+        env = "HEARTH_COOP_CERT",
+        value_name = "CERT",
+        value_delimiter = ','
+    )]
+    pub(crate) coop_cert: Vec<PathBuf>,
     /// Misbehave on purpose, to watch the swarm catch it: wrong-output, bad-signature, replay,
     /// slow, crash-after=N; or emulate distance: delay=MS holds everything the node sends.
     #[cfg(feature = "fault-injection")]

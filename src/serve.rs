@@ -34,9 +34,28 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
     }
     config.max_upload_rate = args.max_upload_rate;
     config.max_disk = args.max_disk;
-    if let Some(path) = &args.coop_cert {
+    if args.coop_cert.len() > hearth_net::coop::COOPS_MAX {
+        anyhow::bail!(
+            "--coop-cert given {} times: a node may be in at most {} co-ops",
+            args.coop_cert.len(),
+            hearth_net::coop::COOPS_MAX
+        );
+    }
+    for path in &args.coop_cert {
         let cert: hearth_protocol::coop::Membership = crate::coop::read_armored(path)?;
-        config.coop_cert = Some(cert);
+        if let Some(twin) = config
+            .coop_certs
+            .iter()
+            .find(|c| c.body.coop == cert.body.coop)
+        {
+            anyhow::bail!(
+                "{} is a second certificate of co-op {} (the first was issued {} ms after the epoch): give one per co-op",
+                path.display(),
+                cert.body.coop.peer_id(),
+                twin.body.issued_ms
+            );
+        }
+        config.coop_certs.push(cert);
     }
     // A forced kernel path this CPU lacks is refused at start, not at the first unit of work.
     if hearth_kernels::compute_device().is_cpu() {

@@ -108,12 +108,18 @@ async fn assert_cut_off(swarm: &mut Swarm<Behaviour>, coordinator: PeerId, addrs
     );
 }
 
+/// Publish `frames` on the advert topic, one at a time.
 async fn publish(swarm: &mut Swarm<Behaviour>, frames: Vec<Vec<u8>>) {
+    publish_on(swarm, ADVERT_TOPIC, frames).await;
+}
+
+/// Publish `frames` on `topic` (a co-op's, for a member), one at a time.
+async fn publish_on(swarm: &mut Swarm<Behaviour>, topic: &str, frames: Vec<Vec<u8>>) {
     for frame in frames {
         swarm
             .behaviour_mut()
             .gossipsub
-            .publish(gossipsub::IdentTopic::new(ADVERT_TOPIC), frame)
+            .publish(gossipsub::IdentTopic::new(topic), frame)
             .expect("publish");
         // Let it go out before the next.
         drive(swarm, Duration::from_millis(300), |_| false).await;
@@ -388,10 +394,17 @@ async fn reserved_member(
     let cert = Message::Membership(hearth_protocol::coop::Membership::issue(
         coop, member, 0, None,
     ));
+    let coop_key = coop.public();
     let (tx, rx) = tokio::sync::oneshot::channel();
     tokio::spawn(async move {
         join(&mut swarm, coordinator, &addrs).await;
-        publish(&mut swarm, vec![Signed::seal(&key, &cert).expect("seal")]).await;
+        let topic = hearth_net::coop::coop_topic(&coop_key);
+        publish_on(
+            &mut swarm,
+            &topic,
+            vec![Signed::seal(&key, &cert).expect("seal")],
+        )
+        .await;
         let circuit = addrs[0].clone().with(Protocol::P2pCircuit);
         loop {
             swarm
@@ -551,7 +564,13 @@ async fn a_coop_relay_refuses_strangers_and_members_past_their_share() {
         None,
     ));
     join(&mut opener, coordinator_id, &addrs).await;
-    publish(&mut opener, vec![Signed::seal(&key, &cert).expect("seal")]).await;
+    let topic = hearth_net::coop::coop_topic(&coop.public());
+    publish_on(
+        &mut opener,
+        &topic,
+        vec![Signed::seal(&key, &cert).expect("seal")],
+    )
+    .await;
     let (established, failed) = dial_through(&mut opener, &relay, &members).await;
     assert_eq!(
         (established, failed),

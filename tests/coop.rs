@@ -342,3 +342,206 @@ fn only_members_are_admitted_and_a_revocation_takes_effect_at_once() {
     );
     coordinator.assert_running();
 }
+
+/// A node with two co-ops' certificates works for each co-op's coordinator; each co-op's swarm
+/// knows only its own members (the shared node's gossip of one co-op never reaches the other's), a
+/// member of one co-op that reaches the other's coordinator is refused as another co-op's, and a
+/// revocation by one co-op leaves the node working for the other.
+#[test]
+fn a_node_in_two_coops_works_for_each_and_a_revocation_by_one_leaves_the_other() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let dir = |name: &str| tmp.path().join(name).to_str().expect("utf-8").to_string();
+    for coop in ["coop-a", "coop-b"] {
+        ok(run_hearth(&[], &["coop", "init", "--dir", &dir(coop)]));
+    }
+    let start_coordinator = |name: &str, coop: &str| {
+        let data = dir(name);
+        let mut process = Process::start(
+            name,
+            tmp.path(),
+            &[],
+            &[
+                "coordinator",
+                "--data-dir",
+                &data,
+                "--http",
+                "127.0.0.1:0",
+                "--open",
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--coop",
+                &dir(coop),
+            ],
+        );
+        let api = wait_for_api(Path::new(&data), &mut process);
+        (process, api)
+    };
+    let (mut coordinator_a, api_a) = start_coordinator("coordinator-a", "coop-a");
+    let (mut coordinator_b, api_b) = start_coordinator("coordinator-b", "coop-b");
+
+    // "both" holds a certificate of each co-op and joins both coordinators; "only-a" and
+    // "intruder" are members of A alone.
+    let names = ["both", "only-a", "intruder"];
+    let ids: Vec<String> = names.iter().map(|n| keygen(Path::new(&dir(n)))).collect();
+    let invite = |i: usize, coop: &str| {
+        let out = dir(&format!("{}-{coop}.cert", names[i]));
+        ok(run_hearth(
+            &[],
+            &[
+                "coop",
+                "invite",
+                &ids[i],
+                "--dir",
+                &dir(coop),
+                "--out",
+                &out,
+            ],
+        ));
+        out
+    };
+    let (both_a, both_b) = (invite(0, "coop-a"), invite(0, "coop-b"));
+    let (only_a, intruder_a) = (invite(1, "coop-a"), invite(2, "coop-a"));
+    let start_node = |name: &str, join: &str, certs: &str| {
+        let data = dir(name);
+        Process::start(
+            name,
+            tmp.path(),
+            &[],
+            &[
+                "node",
+                "--data-dir",
+                &data,
+                "--join",
+                join,
+                "--no-mdns",
+                "--listen",
+                "/ip4/127.0.0.1/tcp/0",
+                "--max-threads",
+                "1",
+                "--coop-cert",
+                certs,
+            ],
+        )
+    };
+    let mut both = start_node(
+        "both",
+        &format!("{api_a},{api_b}"),
+        &format!("{both_a},{both_b}"),
+    );
+    let mut a_only = start_node("only-a", &api_a, &only_a);
+
+    let online = |api: &str, id: &str| {
+        peers(&[], api)
+            .iter()
+            .any(|p| p["peer_id"] == id && p["online"] == true)
+    };
+    wait_until(
+        Duration::from_secs(40),
+        "both swarms' members online",
+        || {
+            (online(&api_a, &ids[0]) && online(&api_a, &ids[1]) && online(&api_b, &ids[0]))
+                .then_some(())
+        },
+    );
+    wait_until(
+        Duration::from_secs(20),
+        "the shared node admitting both coordinators",
+        || {
+            (both
+                .log_text()
+                .matches("the coordinator is a member of our co-op")
+                .count()
+                >= 2)
+                .then_some(())
+        },
+    );
+
+    // A job in each co-op: in A with replicas 2 (both members run every unit), in B with the
+    // shared node its only member.
+    let input = tmp.path().join("texts.jsonl");
+    texts(&input, 40);
+    let input = input.to_str().expect("utf-8");
+    let run_job = |api: &str, replicas: &str| {
+        let args = [
+            "embed",
+            "--input",
+            input,
+            "--detach",
+            "--replicas",
+            replicas,
+            "--unit-size",
+            "4",
+            "--api",
+            api,
+        ];
+        let job = ok(run_hearth(&[], &args));
+        let job = job.split_whitespace().last().expect("job id").to_string();
+        ok(run_hearth(&[], &["job", &job, "--wait", "--api", api]));
+    };
+    run_job(&api_a, "2");
+    run_job(&api_b, "1");
+    let (listed_a, listed_b) = (peers(&[], &api_a), peers(&[], &api_b));
+    assert_eq!(credit(&listed_a, &ids[0]), 40.0, "{listed_a:#?}");
+    assert_eq!(credit(&listed_a, &ids[1]), 40.0, "{listed_a:#?}");
+    assert_eq!(credit(&listed_b, &ids[0]), 40.0, "{listed_b:#?}");
+    // B knows its one member only, though the shared node is meshed with A's other member.
+    assert_eq!(listed_b.len(), 1, "B lists A's member: {listed_b:#?}");
+
+    // A member of A alone that joins B's coordinator is refused as another co-op's member.
+    let _intruder = start_node("intruder", &api_b, &intruder_a);
+    wait_until(
+        Duration::from_secs(40),
+        "B refusing A's member as another co-op's",
+        || {
+            coordinator_b
+                .log_text()
+                .lines()
+                .any(|l| {
+                    l.contains(ids[2].as_str())
+                        && l.contains("refused")
+                        && l.contains("another co-op")
+                })
+                .then_some(())
+        },
+    );
+    assert_eq!(peers(&[], &api_b).len(), 1, "B lists only its member");
+
+    // A revokes the shared node: A's coordinator refuses it, the node says so and stops working
+    // for A, and B's job still runs on it.
+    ok(run_hearth(
+        &[],
+        &[
+            "coop",
+            "revoke",
+            &ids[0],
+            "--dir",
+            &dir("coop-a"),
+            "--api",
+            &api_a,
+        ],
+    ));
+    wait_until(
+        Duration::from_secs(20),
+        "the shared node told of A's revocation",
+        || {
+            both.log_text()
+                .contains("no more work from that co-op's coordinators")
+                .then_some(())
+        },
+    );
+    run_job(&api_b, "1");
+    assert_eq!(credit(&peers(&[], &api_b), &ids[0]), 80.0);
+    run_job(&api_a, "1");
+    let after_a = peers(&[], &api_a);
+    assert_eq!(
+        credit(&after_a, &ids[0]),
+        40.0,
+        "revoked in A: {after_a:#?}"
+    );
+    assert_eq!(credit(&after_a, &ids[1]), 80.0, "{after_a:#?}");
+    both.assert_running();
+    a_only.assert_running();
+    coordinator_a.assert_running();
+    coordinator_b.assert_running();
+}

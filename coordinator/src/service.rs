@@ -478,7 +478,7 @@ async fn serve(
             .transpose()?;
         let mut network = Network::new(key, &config.net)?;
         if let Some(coop) = &mut coop {
-            network.join_coop(*coop.public(), coop.take_loaded());
+            network.join_coop([*coop.public()], coop.take_loaded())?;
         }
         let work = work()?;
 

@@ -51,19 +51,17 @@ impl Default for Gossip {
 }
 
 impl Gossip {
-    /// Sign `message` and publish it on the advert topic. Fails when no subscribed peer is connected
-    /// yet; the caller retries on its next heartbeat.
+    /// Sign `message` and publish it on `topic`. Fails when no subscribed peer is connected yet;
+    /// the caller retries on its next heartbeat.
     pub(crate) fn publish(
         &self,
         swarm: &mut Swarm<Behaviour>,
         key: &SecretKey,
         message: &Message,
+        topic: gossipsub::IdentTopic,
     ) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
         let frame = Signed::seal(key, message)?;
-        swarm
-            .behaviour_mut()
-            .gossipsub
-            .publish(advert_topic(), frame)?;
+        swarm.behaviour_mut().gossipsub.publish(topic, frame)?;
         Ok(())
     }
 
@@ -143,11 +141,19 @@ impl Gossip {
                 // In a co-op swarm, only members' messages go further; outside one, co-op
                 // messages mean nothing and are not forwarded.
                 let direct = from_libp2p_peer_id(&propagation_source) == Some(received.from);
+                // In a co-op swarm, a message counts only on the topic of a co-op of ours (judged
+                // as that co-op's); outside one, only on the advert topic.
                 let mut gate = gate;
+                let topic = message.topic.as_str();
                 let verdict = match gate.as_mut() {
                     _ if flooding => Verdict::Drop,
-                    Some(gate) => gate.judge(received.from, direct, &received.message, Now::read()),
-                    None if coop_message => Verdict::Drop,
+                    Some(gate) => match gate.topic_index(topic) {
+                        Some(i) => {
+                            gate.judge(received.from, direct, i, &received.message, Now::read())
+                        }
+                        None => Verdict::Drop,
+                    },
+                    None if coop_message || topic != ADVERT_TOPIC => Verdict::Drop,
                     None => Verdict::Pass,
                 };
                 swarm

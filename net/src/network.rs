@@ -158,21 +158,28 @@ impl Network {
         })
     }
 
-    /// Make this a co-op swarm: from now on only members of `coop` are dealt with (see
-    /// [`crate::coop`]), and the members in `revocations` never are.
+    /// Make this a co-op swarm: from now on only members of `coops` (one or more, at most
+    /// [`crate::coop::COOPS_MAX`]) are dealt with (see [`crate::coop`]), each co-op's gossip travels on
+    /// its own topic, and the members in `revocations` never are.
     pub fn join_coop(
         &mut self,
-        coop: PublicKey,
+        coops: impl IntoIterator<Item = PublicKey>,
         revocations: impl IntoIterator<Item = Revocation>,
-    ) {
-        let mut gate = Gate::new(coop, self.local_peer());
+    ) -> Result<(), BoxError> {
+        let mut gate = Gate::new(coops, self.local_peer());
         for revocation in revocations {
             if let Err(why) = gate.revoke(revocation, Now::read()) {
                 tracing::warn!(%why, "a revocation of another co-op; ignored");
             }
         }
+        let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
+        for coop in gate.coops() {
+            gossipsub.subscribe(&gossipsub::IdentTopic::new(crate::coop::coop_topic(coop)))?;
+        }
+        gossipsub.unsubscribe(&crate::gossip::advert_topic());
         self.gate = Some(gate);
         self.access.members_only();
+        Ok(())
     }
 
     /// Whether `peer` is a member of this peer's co-op now (always, outside a co-op swarm).
@@ -183,9 +190,24 @@ impl Network {
         }
     }
 
-    /// Whether the co-op revoked `peer`.
+    /// The co-ops of ours whose membership admits `peer` now (none outside a co-op swarm).
+    pub fn coops_of(&mut self, peer: &PeerId) -> Vec<PublicKey> {
+        self.gate
+            .as_mut()
+            .map(|gate| gate.coops_of(peer, Now::read()))
+            .unwrap_or_default()
+    }
+
+    /// Whether one of our co-ops revoked `peer`.
     pub fn is_revoked(&self, peer: &PeerId) -> bool {
         self.gate.as_ref().is_some_and(|gate| gate.is_revoked(peer))
+    }
+
+    /// Whether `coop` revoked `peer`.
+    pub fn is_revoked_in(&self, coop: &PublicKey, peer: &PeerId) -> bool {
+        self.gate
+            .as_ref()
+            .is_some_and(|gate| gate.is_revoked_in(coop, peer))
     }
 
     /// Apply a revocation the co-op signed: refuse the member everything at once and, if it is new,
@@ -326,13 +348,47 @@ impl Network {
             .push_back((tokio::time::Instant::now() + delay, held));
     }
 
-    /// Sign and publish `message` on gossip.
+    /// Sign and publish `message` on gossip: on the advert topic, or in a co-op swarm on the
+    /// topic of the co-op it concerns (a certificate's, a revocation's), else on every co-op's.
     pub fn publish(&mut self, message: &Message) -> Result<(), BoxError> {
         if self.delay.is_some() {
             self.hold(Held::Publish(message.clone()));
             return Ok(());
         }
-        self.gossip.publish(&mut self.swarm, &self.key, message)
+        let topics: Vec<gossipsub::IdentTopic> = match &self.gate {
+            None => vec![crate::gossip::advert_topic()],
+            Some(gate) => {
+                let concerns = match message {
+                    Message::Membership(m) => Some(m.body.coop),
+                    Message::Revocation(r) => Some(r.body.coop),
+                    _ => None,
+                };
+                gate.coops()
+                    .iter()
+                    .filter(|c| concerns.is_none_or(|of| of == **c))
+                    .map(|c| gossipsub::IdentTopic::new(crate::coop::coop_topic(c)))
+                    .collect()
+            }
+        };
+        if topics.is_empty() {
+            return Err("a co-op message of none of this peer's co-ops".into());
+        }
+        // Sent if any topic took it; the error of one that did not is kept for the caller.
+        let mut sent = false;
+        let mut failure = None;
+        for topic in topics {
+            match self
+                .gossip
+                .publish(&mut self.swarm, &self.key, message, topic)
+            {
+                Ok(()) => sent = true,
+                Err(error) => failure = Some(error),
+            }
+        }
+        match failure {
+            Some(error) if !sent => Err(error),
+            _ => Ok(()),
+        }
     }
 
     /// The addresses `peer` says it listens on (as identify last told), at most
@@ -410,9 +466,11 @@ impl Network {
                         .send_response(channel, response);
                 }
                 Held::Publish(message) => {
-                    if let Err(error) = self.gossip.publish(&mut self.swarm, &self.key, &message) {
+                    let delay = self.delay.take();
+                    if let Err(error) = self.publish(&message) {
                         tracing::debug!(%error, "held gossip not sent");
                     }
+                    self.delay = delay;
                 }
                 Held::Request(id, peer, request) => self.put_on_wire(id, peer, request),
             }
@@ -580,7 +638,15 @@ impl Network {
                             message,
                         )
                         .map(NetEvent::Message),
-                    BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, .. }) => {
+                    BehaviourEvent::Gossipsub(gossipsub::Event::Subscribed { peer_id, topic }) => {
+                        if let Some(gate) = &mut self.gate
+                            && let Some(peer) = crate::from_libp2p_peer_id(&peer_id)
+                        {
+                            match gate.topic_index(topic.as_str()) {
+                                Some(i) => gate.subscribed(peer, i, Now::read()),
+                                None => gate.subscribed_elsewhere(peer, topic.as_str()),
+                            }
+                        }
                         Some(NetEvent::Subscribed(peer_id))
                     }
                     BehaviourEvent::Work(event) => self.on_work(event),

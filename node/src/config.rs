@@ -35,9 +35,10 @@ pub struct NodeConfig {
     pub max_disk: Option<u64>,
     /// Behind a NAT: reserve a slot on the relay of each coordinator joined (`--behind-nat`).
     pub behind_nat: bool,
-    /// This node's co-op membership certificate (`--coop-cert`): presented to the swarm, and the
-    /// co-op whose certificate the coordinator must show.
-    pub coop_cert: Option<hearth_protocol::coop::Membership>,
+    /// This node's co-op membership certificates (`--coop-cert`, one per co-op, at most
+    /// [`hearth_net::coop::COOPS_MAX`]): presented to the swarm; a coordinator must show a
+    /// certificate of one of these co-ops.
+    pub coop_certs: Vec<hearth_protocol::coop::Membership>,
     /// Misbehave on purpose, to show the swarm catching it.
     #[cfg(feature = "fault-injection")]
     pub fault: Option<crate::Fault>,
@@ -62,7 +63,7 @@ impl NodeConfig {
             max_upload_rate: None,
             max_disk: None,
             behind_nat: false,
-            coop_cert: None,
+            coop_certs: Vec::new(),
             #[cfg(feature = "fault-injection")]
             fault: None,
         }

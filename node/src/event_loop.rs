@@ -173,20 +173,24 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
             },
             governor: crate::governor::Governor::new(config.idle_only),
             owner_busy: false,
-            coop: config.coop_cert.clone().map(|cert| CoopState {
-                cert,
-                admitted: HashSet::new(),
+            coop: (!config.coop_certs.is_empty()).then(|| CoopState {
+                certs: config.coop_certs.clone(),
+                admitted: HashMap::new(),
             }),
         };
-        if let Some(cert) = &config.coop_cert {
+        if !config.coop_certs.is_empty() {
             let me = node.network.local_peer();
             let now = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-            if let Err(why) = cert.admits(&cert.body.coop, &me, now, |_| false) {
-                tracing::warn!(%why, "this node's co-op certificate does not admit it; the co-op's members will refuse it");
+            for cert in &config.coop_certs {
+                if let Err(why) = cert.admits(&cert.body.coop, &me, now, |_| false) {
+                    tracing::warn!(coop = %cert.body.coop.peer_id().short(), %why, "this node's co-op certificate does not admit it; the co-op's members will refuse it");
+                }
             }
-            node.network.join_coop(cert.body.coop, []);
+            node.network
+                .join_coop(config.coop_certs.iter().map(|c| c.body.coop), [])
+?;
         }
         let result = node
             .event_loop(addr_rx, results, answers, weights_answers, shutdown)
@@ -306,38 +310,71 @@ struct Sent {
 }
 
 struct CoopState {
-    cert: hearth_protocol::coop::Membership,
-    /// The coordinators joined whose membership the gate admitted.
-    admitted: HashSet<hearth_protocol::PeerId>,
+    /// This node's certificates, one per co-op.
+    certs: Vec<hearth_protocol::coop::Membership>,
+    /// The coordinators joined that one of our co-ops admits, and which (the first that still
+    /// admits this node too).
+    admitted: HashMap<hearth_protocol::PeerId, hearth_protocol::PublicKey>,
 }
 
 impl Node {
     /// Whether the node may work for `coordinator` (for any coordinator joined, when `None`):
-    /// outside a co-op always; in one, while that coordinator is an admitted member and this node
-    /// is not revoked.
+    /// outside a co-op always; in co-ops, while that coordinator is an admitted member of one
+    /// that has not revoked this node.
     fn may_work(&self, coordinator: Option<&hearth_protocol::PeerId>) -> bool {
         self.coop.as_ref().is_none_or(|coop| {
-            !self.network.is_revoked(&coop.cert.body.member)
-                && match coordinator {
-                    Some(c) => coop.admitted.contains(c),
-                    None => !coop.admitted.is_empty(),
-                }
+            let me = self.network.local_peer();
+            let ours = |c: &hearth_protocol::PublicKey| !self.network.is_revoked_in(c, &me);
+            match coordinator {
+                Some(c) => coop.admitted.get(c).is_some_and(ours),
+                None => coop.admitted.values().any(ours),
+            }
         })
     }
 
-    /// Follow whether each coordinator joined is (still) a member of our co-op, saying when that
-    /// changes.
+    /// Whether every co-op of this node revoked it.
+    fn revoked_everywhere(&self) -> bool {
+        let me = self.network.local_peer();
+        self.coop.as_ref().is_some_and(|coop| {
+            coop.certs
+                .iter()
+                .all(|c| self.network.is_revoked_in(&c.body.coop, &me))
+        })
+    }
+
+    /// Follow whether each coordinator joined is (still) a member of one of our co-ops that still
+    /// admits this node, saying when that changes.
     fn check_coordinators(&mut self) {
         let connected = self.coordinators();
+        if self.coop.is_none() {
+            return;
+        }
+        let me = self.network.local_peer();
+        let mut verdicts = Vec::new();
+        for peer in &connected {
+            let shared = self
+                .network
+                .coops_of(peer)
+                .into_iter()
+                .find(|c| !self.network.is_revoked_in(c, &me));
+            let why = match shared {
+                Some(_) => None,
+                None => Some(match self.network.member(peer) {
+                    Err(why) => why.to_string(),
+                    Ok(()) => "its co-ops revoked this node".to_string(),
+                }),
+            };
+            verdicts.push((*peer, shared, why));
+        }
         let Some(coop) = &mut self.coop else { return };
-        coop.admitted.retain(|c| connected.contains(c));
-        for peer in connected {
-            match self.network.member(&peer) {
-                Ok(()) if coop.admitted.insert(peer) => {
-                    tracing::info!(coordinator = %peer, "the coordinator is a member of our co-op");
+        coop.admitted.retain(|c, _| connected.contains(c));
+        for (peer, shared, why) in verdicts {
+            match shared {
+                Some(c) if coop.admitted.insert(peer, c) != Some(c) => {
+                    tracing::info!(coordinator = %peer, coop = %c.peer_id().short(), "the coordinator is a member of our co-op");
                 }
-                Err(why) if coop.admitted.remove(&peer) => {
-                    tracing::warn!(coordinator = %peer, %why, "the coordinator is no longer an admitted member of our co-op; taking no work from it");
+                None if coop.admitted.remove(&peer).is_some() => {
+                    tracing::warn!(coordinator = %peer, why = why.as_deref().unwrap_or(""), "the coordinator is no longer an admitted member of our co-op; taking no work from it");
                 }
                 _ => {}
             }
@@ -426,8 +463,7 @@ impl Node {
                         self.owner_busy = busy;
                     }
                     self.check_coordinators();
-                    let revoked = self.coop.as_ref().is_some_and(|c| self.network.is_revoked(&c.cert.body.member));
-                    self.worker.paused = self.owner_busy || revoked;
+                    self.worker.paused = self.owner_busy || self.revoked_everywhere();
                     let coordinators = self.working_for();
                     self.worker.poll(&mut self.network, &coordinators)?;
                 }
@@ -485,10 +521,11 @@ impl Node {
             self.caps.memory_free_bytes = free.min(self.caps.memory_total_bytes);
         }
         if let Some(coop) = &self.coop {
-            // The certificate first, so the coordinator admits us before it reads the advert.
-            let _ = self
-                .network
-                .publish(&Message::Membership(coop.cert.clone()));
+            // The certificates first (each on its co-op's topic), so the coordinator admits us
+            // before it reads the advert.
+            for cert in &coop.certs {
+                let _ = self.network.publish(&Message::Membership(cert.clone()));
+            }
         }
         let advert = Message::Advert(Advert {
             seq: self.seq,
@@ -1016,11 +1053,15 @@ impl Node {
         match message {
             Message::Revocation(r) => {
                 let member = r.body.member;
-                if member == coop.cert.body.member {
+                let of = r.body.coop.peer_id().short();
+                if member == self.network.local_peer() {
                     tracing::warn!(
-                        "this node's co-op membership was revoked; it takes no more work"
+                        coop = %of,
+                        "this node's co-op membership was revoked; it takes no more work from that co-op's coordinators"
                     );
-                } else if coop.admitted.remove(&member) {
+                } else if coop.admitted.get(&member) == Some(&r.body.coop) {
+                    // Checked again on the next poll: another co-op of ours may still admit it.
+                    coop.admitted.remove(&member);
                     tracing::warn!(
                         coordinator = %member,
                         "the coordinator's co-op membership was revoked; taking no work from it"

@@ -284,10 +284,7 @@ pub(crate) fn build_swarm_with(
         .with_quic()
         .with_relay_client(noise::Config::new, yamux::Config::default)?
         .with_behaviour(|key, relay_client| Behaviour::new(key, relay_client, config, access))?
-        .with_swarm_config(|c| {
-            c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
-                .with_substream_upgrade_protocol_override(libp2p::core::upgrade::Version::V1Lazy)
-        })
+        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT))
         .build();
     swarm.behaviour_mut().gossipsub.subscribe(&advert_topic())?;
     for addr in &config.listen {

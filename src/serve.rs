@@ -43,16 +43,15 @@ pub(crate) async fn node(args: NodeArgs, file: FileConfig) -> anyhow::Result<()>
     }
     for path in &args.coop_cert {
         let cert: hearth_protocol::coop::Membership = crate::coop::read_armored(path)?;
-        if let Some(twin) = config
+        if config
             .coop_certs
             .iter()
-            .find(|c| c.body.coop == cert.body.coop)
+            .any(|c| c.body.coop == cert.body.coop)
         {
             anyhow::bail!(
-                "{} is a second certificate of co-op {} (the first was issued {} ms after the epoch): give one per co-op",
+                "{} is a second certificate of co-op {}: give one certificate per co-op (the newest, if one was renewed)",
                 path.display(),
-                cert.body.coop.peer_id(),
-                twin.body.issued_ms
+                cert.body.coop.peer_id()
             );
         }
         config.coop_certs.push(cert);

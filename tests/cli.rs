@@ -501,3 +501,57 @@ fn every_subcommand_says_what_it_does_in_its_first_line() {
     }
     assert!(checked > 30, "{checked} commands checked");
 }
+
+/// `--coop-cert` given wrongly (two certificates of one co-op, a file that is no certificate, more
+/// co-ops than a node may be in) is refused at start, saying what to give.
+#[test]
+fn bad_coop_certificates_say_what_to_give() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let path = |name: &str| tmp.path().join(name).to_str().expect("utf-8").to_string();
+    let node = path("node");
+    let id = support::keygen(std::path::Path::new(&node));
+    let coop = path("coop");
+    assert!(
+        run_hearth(&[], &["coop", "init", "--dir", &coop])
+            .status
+            .success()
+    );
+    for cert in ["one.cert", "two.cert"] {
+        let out = run_hearth(
+            &[],
+            &["coop", "invite", &id, "--dir", &coop, "--out", &path(cert)],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    std::fs::write(path("junk.cert"), "not a certificate\n").expect("write");
+    let twice = format!("{},{}", path("one.cert"), path("two.cert"));
+    let junk = format!("{},{}", path("one.cert"), path("junk.cert"));
+    let many = vec![path("one.cert"); 9].join(",");
+    let cases: [(&str, &[&str]); 3] = [
+        (
+            &twice,
+            &["second certificate of co-op", "one certificate per co-op"],
+        ),
+        (&junk, &["junk.cert", "not a Hearth co-op file"]),
+        (&many, &["given 9 times", "at most 8 co-ops"]),
+    ];
+    for (certs, said) in cases {
+        let args = [
+            "node",
+            "--data-dir",
+            &node,
+            "--join",
+            "http://127.0.0.1:9",
+            "--coop-cert",
+            certs,
+        ];
+        let line = one_line_error(&run_hearth(&[], &args));
+        for part in said {
+            assert!(line.contains(part), "{certs}: {line}");
+        }
+    }
+}

@@ -187,7 +187,9 @@ impl Gate {
     }
 
     /// The co-ops (by index) whose membership admits `peer` now; forgets the memberships that
-    /// stopped admitting it.
+    /// stopped admitting it. What is held was checked whole when it admitted the peer (its
+    /// signature, its member), so only what time and revocations change is checked again: this
+    /// runs for every message and every work request, a chained step's included.
     fn admitting(&mut self, peer: &PeerId, now: Now) -> Vec<usize> {
         let Some(held) = self.admitted.get_mut(peer) else {
             return Vec::new();
@@ -198,10 +200,8 @@ impl Gate {
                 .iter()
                 .position(|c| *c == m.body.coop)
                 .is_some_and(|i| {
-                    m.admits(&coops[i], peer, now.wall_ms, |p| {
-                        revoked.contains_key(&(i, *p))
-                    })
-                    .is_ok()
+                    m.body.expires_ms.is_none_or(|e| now.wall_ms < e)
+                        && !revoked.contains_key(&(i, *peer))
                 })
         });
         let admitting: Vec<usize> = held
@@ -881,5 +881,40 @@ mod tests {
         );
         assert!(!gate.closing.contains_key(&both));
         assert_eq!(gate.check(&both, at(grace)), Ok(()));
+    }
+
+    #[test]
+    fn a_membership_stops_admitting_when_it_expires_or_is_revoked() {
+        let coop = key(1);
+        let member = key(3).public().peer_id();
+        let mut gate = Gate::new([coop.public()], key(9).public().peer_id());
+        let cert = Message::Membership(Membership::issue(&coop, member, 0, Some(1_000)));
+        assert_eq!(
+            gate.judge(member, true, 0, &cert, at(10)),
+            Verdict::Admitted
+        );
+        assert_eq!(gate.check(&member, at(999)), Ok(()));
+        assert_eq!(
+            gate.judge(member, true, 0, &advert(), at(999)),
+            Verdict::Pass
+        );
+        // Past its expiry it admits no more (and is forgotten), without another certificate.
+        assert_eq!(
+            gate.check(&member, at(1_000)),
+            Err(MembershipError::Missing)
+        );
+        assert!(gate.coops_of(&member, at(1_000)).is_empty());
+        // Admitted again by a fresh one, then revoked: refused at once.
+        let fresh = Message::Membership(Membership::issue(&coop, member, 0, None));
+        assert_eq!(
+            gate.judge(member, true, 0, &fresh, at(1_001)),
+            Verdict::Admitted
+        );
+        gate.revoke(Revocation::issue(&coop, member, 2), at(1_002))
+            .expect("signed by the co-op");
+        assert_eq!(
+            gate.check(&member, at(1_002)),
+            Err(MembershipError::Revoked)
+        );
     }
 }

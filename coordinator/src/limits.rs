@@ -101,6 +101,10 @@ pub const GROUP_QUEUE_MAX: usize = 1024;
 /// leader's busy).
 pub const GROUP_IDLE_CONNECTION_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// How often a follower that started before its group was founded looks for the founding (the
+/// group's admin key, applied from the log), to start answering reads behind the group's keys.
+pub const GROUP_FOUNDING_POLL: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// A follower rebuilds its replica of the scheduler (for the reads it answers) at most this often
 /// while its journal grows: a client polling a follower through a running job would otherwise
 /// replay the whole journal on every poll.

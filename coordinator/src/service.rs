@@ -213,7 +213,7 @@ async fn run_group(
                 std::future::pending::<()>().await;
             }
             while group.admin_key().is_none() {
-                tokio::time::sleep(Duration::from_millis(250)).await;
+                tokio::time::sleep(crate::limits::GROUP_FOUNDING_POLL).await;
             }
         };
         let refounded = tokio::select! {
@@ -368,7 +368,9 @@ fn follower_reads(
                 *at != applied && when.elapsed() >= crate::limits::FOLLOWER_REPLICA_REFRESH
             });
             if stale {
-                let _ = keys.reload();
+                if let Err(error) = keys.reload() {
+                    tracing::warn!(%error, "a follower's keys, read again");
+                }
                 let (db, path) = (group.db.clone(), group.path.clone());
                 let failed = path.clone();
                 let commit: crate::journal::Commit = Box::new(move |_| {

@@ -714,7 +714,6 @@ impl Work {
         Ok((payload, outputs))
     }
 
-    /// `GET /v1/jobs/{id}/output`: one JSON line per input, in input order.
     /// Job `id`'s output lines, or its receipts' (`GET /v1/jobs/{id}/output`, `…/receipts`).
     pub(crate) fn lines(
         &self,
@@ -728,6 +727,7 @@ impl Work {
         }
     }
 
+    /// `GET /v1/jobs/{id}/output`: one JSON line per input, in input order.
     pub(crate) fn output(&self, id: u64) -> std::result::Result<String, Unavailable> {
         let (payload, outputs) = self.accepted_outputs(id)?;
         let mut lines: Vec<String> = vec![String::new(); payload.texts.len()];

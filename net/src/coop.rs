@@ -118,6 +118,8 @@ pub fn coop_topic(coop: &PublicKey) -> String {
 #[derive(Debug)]
 pub(crate) struct Gate {
     coops: Vec<PublicKey>,
+    /// Each co-op's gossip topic ([`coop_topic`]), in the order of `coops`.
+    topics: Vec<String>,
     /// This peer, never refused by itself (its own revocation is the role's business).
     me: PeerId,
     /// The memberships that admitted each peer, at most one per co-op.
@@ -152,6 +154,7 @@ impl Gate {
             }
         }
         Self {
+            topics: unique.iter().map(coop_topic).collect(),
             coops: unique,
             me,
             admitted: HashMap::new(),
@@ -176,9 +179,14 @@ impl Gate {
         self.coops.iter().position(|c| c == coop)
     }
 
+    /// Each co-op's gossip topic, in the order of [`Self::coops`].
+    pub(crate) fn topics(&self) -> &[String] {
+        &self.topics
+    }
+
     /// Which of our co-ops' topics `topic` is.
     pub(crate) fn topic_index(&self, topic: &str) -> Option<usize> {
-        self.coops.iter().position(|c| coop_topic(c) == topic)
+        self.topics.iter().position(|t| t == topic)
     }
 
     /// Whether `peer` is revoked by every one of our co-ops: then it is cut off for good.
@@ -245,11 +253,6 @@ impl Gate {
     pub(crate) fn is_revoked_in(&self, coop: &PublicKey, peer: &PeerId) -> bool {
         self.index(coop)
             .is_some_and(|i| self.revoked.contains_key(&(i, *peer)))
-    }
-
-    /// Whether one of our co-ops revoked `peer`.
-    pub(crate) fn is_revoked(&self, peer: &PeerId) -> bool {
-        (0..self.coops.len()).any(|i| self.revoked.contains_key(&(i, *peer)))
     }
 
     /// Judge a gossip message `author` signed, which `direct` says came straight from it, on the

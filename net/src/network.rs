@@ -173,8 +173,8 @@ impl Network {
             }
         }
         let gossipsub = &mut self.swarm.behaviour_mut().gossipsub;
-        for coop in gate.coops() {
-            gossipsub.subscribe(&gossipsub::IdentTopic::new(crate::coop::coop_topic(coop)))?;
+        for topic in gate.topics() {
+            gossipsub.subscribe(&gossipsub::IdentTopic::new(topic))?;
         }
         gossipsub.unsubscribe(&crate::gossip::advert_topic());
         self.gate = Some(gate);
@@ -196,11 +196,6 @@ impl Network {
             .as_mut()
             .map(|gate| gate.coops_of(peer, Now::read()))
             .unwrap_or_default()
-    }
-
-    /// Whether one of our co-ops revoked `peer`.
-    pub fn is_revoked(&self, peer: &PeerId) -> bool {
-        self.gate.as_ref().is_some_and(|gate| gate.is_revoked(peer))
     }
 
     /// Whether `coop` revoked `peer`.
@@ -355,6 +350,11 @@ impl Network {
             self.hold(Held::Publish(message.clone()));
             return Ok(());
         }
+        self.publish_now(message)
+    }
+
+    /// [`Self::publish`] at once, whatever the emulated distance.
+    fn publish_now(&mut self, message: &Message) -> Result<(), BoxError> {
         let topics: Vec<gossipsub::IdentTopic> = match &self.gate {
             None => vec![crate::gossip::advert_topic()],
             Some(gate) => {
@@ -365,8 +365,9 @@ impl Network {
                 };
                 gate.coops()
                     .iter()
-                    .filter(|c| concerns.is_none_or(|of| of == **c))
-                    .map(|c| gossipsub::IdentTopic::new(crate::coop::coop_topic(c)))
+                    .zip(gate.topics())
+                    .filter(|(c, _)| concerns.is_none_or(|of| of == **c))
+                    .map(|(_, topic)| gossipsub::IdentTopic::new(topic))
                     .collect()
             }
         };
@@ -466,11 +467,9 @@ impl Network {
                         .send_response(channel, response);
                 }
                 Held::Publish(message) => {
-                    let delay = self.delay.take();
-                    if let Err(error) = self.publish(&message) {
+                    if let Err(error) = self.publish_now(&message) {
                         tracing::debug!(%error, "held gossip not sent");
                     }
-                    self.delay = delay;
                 }
                 Held::Request(id, peer, request) => self.put_on_wire(id, peer, request),
             }

@@ -188,9 +188,8 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
                     tracing::warn!(coop = %cert.body.coop.peer_id().short(), %why, "this node's co-op certificate does not admit it; the co-op's members will refuse it");
                 }
             }
-            node.network
-                .join_coop(config.coop_certs.iter().map(|c| c.body.coop), [])
-?;
+            let coops = config.coop_certs.iter().map(|c| c.body.coop);
+            node.network.join_coop(coops, [])?;
         }
         let result = node
             .event_loop(addr_rx, results, answers, weights_answers, shutdown)

@@ -1,61 +1,66 @@
 //! Matrices stored as plain floats (GGML's F32, F16 and BF16), as some GGUF files keep small or
 //! sensitive tensors. Products follow llama.cpp's choice of activation type (`vec_dot_type`): the
 //! activations are rounded to the weights' type (f16 for F16, bfloat16 for BF16, as they are for
-//! F32), so each product of two f16 or two bfloat16 values is exact in f32; the products are summed
-//! into eight lanes (value `k` into lane `k mod 8`) and the lanes by [`crate::dot::tree8`]: one fixed
-//! order, no fused multiply-add, so every path gives these bits (every path runs this definition
-//! for now).
+//! F32), once per product ([`round_acts`]), so each product of two f16 or two bfloat16 values is
+//! exact in f32; the products are summed into eight lanes (value `k` into lane `k mod 8`) and the
+//! lanes by [`crate::dot::tree8`]: one fixed order, no fused multiply-add, so every path gives these
+//! bits. [`dot_float_scalar`] is the definition; the AVX2 and NEON products
+//! ([`crate::dot::dot_float_tile`]) load eight values into one register (two on NEON) and add their
+//! products lane by lane, which is this order.
 
 use half::{bf16, f16};
 
 use crate::quant::QKind;
 
-/// Row `w` (`cols` values of `kind`, a float type) · activations `a` (`cols` f32 values).
-pub fn dot_float(kind: QKind, w: &[u8], a: &[f32]) -> f32 {
-    let mut lanes = [0f32; 8];
+/// `x` rounded to the activation type of a `kind` matrix (exact as f32), into `out`.
+pub fn round_acts(kind: QKind, x: &[f32], out: &mut Vec<f32>) {
+    out.clear();
     match kind {
-        QKind::F32 => {
-            for (k, (wb, x)) in w.chunks_exact(4).zip(a).enumerate() {
-                let v = f32::from_le_bytes([wb[0], wb[1], wb[2], wb[3]]);
-                lanes[k % 8] += v * x;
-            }
-        }
-        QKind::F16 => {
-            for (k, (wb, x)) in w.chunks_exact(2).zip(a).enumerate() {
-                let v = f16::from_le_bytes([wb[0], wb[1]]).to_f32();
-                lanes[k % 8] += v * f16::from_f32(*x).to_f32();
-            }
-        }
-        QKind::BF16 => {
-            for (k, (wb, x)) in w.chunks_exact(2).zip(a).enumerate() {
-                let v = bf16::from_le_bytes([wb[0], wb[1]]).to_f32();
-                lanes[k % 8] += v * bf16::from_f32(*x).to_f32();
-            }
-        }
+        QKind::F32 => out.extend_from_slice(x),
+        QKind::F16 => out.extend(x.iter().map(|v| f16::from_f32(*v).to_f32())),
+        QKind::BF16 => out.extend(x.iter().map(|v| bf16::from_f32(*v).to_f32())),
         other => unreachable!("{other:?} is not a float type"),
+    }
+}
+
+/// Weight `k` of row `w` (values of `kind`, a float type) as f32 (exact).
+#[inline(always)]
+pub(crate) fn weight(kind: QKind, w: &[u8], k: usize) -> f32 {
+    match kind {
+        QKind::F32 => f32::from_le_bytes([w[4 * k], w[4 * k + 1], w[4 * k + 2], w[4 * k + 3]]),
+        QKind::F16 => f16::from_le_bytes([w[2 * k], w[2 * k + 1]]).to_f32(),
+        QKind::BF16 => bf16::from_le_bytes([w[2 * k], w[2 * k + 1]]).to_f32(),
+        other => unreachable!("{other:?} is not a float type"),
+    }
+}
+
+/// Adds the products of values `from..` of row `w` and activations `a` into `lanes` (value `k` into
+/// lane `k mod 8`; `from` a multiple of 8), then reduces the lanes: the end of every path's product.
+#[inline(always)]
+pub(crate) fn finish(kind: QKind, w: &[u8], a: &[f32], from: usize, mut lanes: [f32; 8]) -> f32 {
+    for (k, x) in a.iter().enumerate().skip(from) {
+        lanes[k % 8] += weight(kind, w, k) * x;
     }
     crate::dot::tree8(lanes)
 }
 
+/// Row `w` (`a.len()` values of `kind`, a float type) · activations `a` already rounded by
+/// [`round_acts`], on the portable path: the definition every path matches.
+pub fn dot_float_scalar(kind: QKind, w: &[u8], a: &[f32]) -> f32 {
+    finish(kind, w, a, 0, [0.0; 8])
+}
+
+/// Row `w` · activations `a` as they are (rounded here): the product a float matrix gives.
+pub fn dot_float(kind: QKind, w: &[u8], a: &[f32]) -> f32 {
+    let mut rounded = Vec::with_capacity(a.len());
+    round_acts(kind, a, &mut rounded);
+    dot_float_scalar(kind, w, &rounded)
+}
+
 /// Values of `kind` (a float type) as f32 (exact).
 pub fn to_f32(kind: QKind, bytes: &[u8], out: &mut [f32]) {
-    match kind {
-        QKind::F32 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(4)) {
-                *o = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
-            }
-        }
-        QKind::F16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = f16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        QKind::BF16 => {
-            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
-                *o = bf16::from_le_bytes([b[0], b[1]]).to_f32();
-            }
-        }
-        other => unreachable!("{other:?} is not a float type"),
+    for (k, o) in out.iter_mut().enumerate() {
+        *o = weight(kind, bytes, k);
     }
 }
 

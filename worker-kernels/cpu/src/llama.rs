@@ -17,7 +17,7 @@
 use std::ops::Range;
 
 use crate::dot::dot_tile;
-use crate::dot::{dot_k, dot_k_tile};
+use crate::dot::{dot_float_tile, dot_k, dot_k_tile};
 use crate::gguf::{Gguf, Value};
 use crate::math;
 use crate::path::KernelPath;
@@ -280,7 +280,7 @@ impl Kernels {
             .collect();
         let path = self.path;
         let q8k = &acts.q8k;
-        let (floats, cols) = (&acts.f, acts.cols);
+        let floats = acts;
         let acts = &acts.q8;
         self.pool.run(chunks, &|chunk| {
             let i = starts.partition_point(|&s| s <= chunk) - 1;
@@ -288,12 +288,23 @@ impl Kernels {
             let r0 = (chunk - starts[i]) * ROWS_PER_CHUNK;
             let r1 = (r0 + ROWS_PER_CHUNK).min(m.rows);
             if m.kind.is_float() {
+                // A row · tiles of tokens, its values loaded once a tile; the tile never changes a
+                // token's bits.
                 for r in r0..r1 {
-                    for t in 0..floats.len() / cols.max(1) {
-                        let a = &floats[t * cols..(t + 1) * cols];
-                        let o = crate::float::dot_float(m.kind, m.row(r), a);
-                        // SAFETY: chunks cover disjoint rows, so each (t, r) is written by one
-                        // thread only, and the output outlives the job.
+                    // SAFETY (both writes): chunks cover disjoint rows, so each (t, r) is written by
+                    // one thread only, and the output outlives the job.
+                    let mut t = 0;
+                    while t + TOKEN_TILE <= floats.rows {
+                        let tile = std::array::from_fn(|k| floats.float_row(m.kind, t + k));
+                        let outs = dot_float_tile::<TOKEN_TILE>(path, m.kind, m.row(r), tile);
+                        for (k, o) in outs.into_iter().enumerate() {
+                            unsafe { ptrs[i].write((t + k) * m.rows + r, o) };
+                        }
+                        t += TOKEN_TILE;
+                    }
+                    for t in t..floats.rows {
+                        let [o] =
+                            dot_float_tile(path, m.kind, m.row(r), [floats.float_row(m.kind, t)]);
                         unsafe { ptrs[i].write(t * m.rows + r, o) };
                     }
                 }

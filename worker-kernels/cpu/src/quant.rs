@@ -293,8 +293,9 @@ pub struct Acts {
     pub q8: Q8Acts,
     /// Super-blocks of 256 (when a matrix needs them).
     pub q8k: crate::kquant::Q8KActs,
-    /// The activations as they are (when a float matrix needs them).
-    pub f: Vec<f32>,
+    /// The activations rounded for float matrices ([`crate::float::round_acts`]): for F32, F16
+    /// and BF16 matrices, each when one of the matrices is of that type.
+    pub floats: [Vec<f32>; 3],
     /// Rows (tokens).
     pub rows: usize,
     /// Values per row.
@@ -309,15 +310,28 @@ impl Acts {
         if mats.iter().any(|m| !m.kind.is_k() && !m.kind.is_float()) {
             self.q8.quantize(x, cols);
         }
-        if mats.iter().any(|m| m.kind.is_float()) {
-            self.f.clear();
-            self.f.extend_from_slice(x);
+        for (i, kind) in FLOAT_KINDS.into_iter().enumerate() {
+            if mats.iter().any(|m| m.kind == kind) {
+                crate::float::round_acts(kind, x, &mut self.floats[i]);
+            }
         }
         if mats.iter().any(|m| m.kind.is_k()) {
             self.q8k.quantize(x, cols);
         }
     }
+
+    /// Token `t`'s activations rounded for a float matrix of `kind` (quantized for one).
+    pub fn float_row(&self, kind: QKind, t: usize) -> &[f32] {
+        let i = FLOAT_KINDS
+            .iter()
+            .position(|k| *k == kind)
+            .expect("a float type");
+        &self.floats[i][t * self.cols..(t + 1) * self.cols]
+    }
 }
+
+/// The float matrix types, in the order of [`Acts::floats`].
+const FLOAT_KINDS: [QKind; 3] = [QKind::F32, QKind::F16, QKind::BF16];
 
 /// One quantized activation row.
 #[derive(Clone, Copy, Debug)]

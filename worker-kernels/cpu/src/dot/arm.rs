@@ -183,3 +183,55 @@ pub(super) unsafe fn dot_k_neon(kind: QKind, w: &[u8], a: Q8KRow<'_>) -> f32 {
         vget_lane_f32::<0>(s2) + vget_lane_f32::<1>(s2) + offset
     }
 }
+
+/// A float row (F32, F16 or BF16) · activations rounded for it ([`crate::float::round_acts`]):
+/// eight weights at a time in two registers (lanes 0..4 and 4..8), the products added lane by lane
+/// (multiply then add), the rest and the reduction as [`crate::float::dot_float_scalar`] does them;
+/// so its bits.
+///
+/// # Safety
+/// The CPU must have NEON; `w` must hold `a.len()` values of `kind`.
+#[target_feature(enable = "neon")]
+pub(super) unsafe fn dot_float_neon(kind: QKind, w: &[u8], a: &[f32]) -> f32 {
+    let cols = a.len();
+    debug_assert!(w.len() >= cols * kind.block_bytes());
+    let full = cols / 8 * 8;
+    let (mut acc0, mut acc1) = (vdupq_n_f32(0.0), vdupq_n_f32(0.0));
+    let p = w.as_ptr();
+    let mut k = 0;
+    // SAFETY: each load reads values `k..k + 8` with `k + 8 <= full <= cols`, within `w` and `a` as
+    // asserted above; NEON is enabled.
+    unsafe {
+        while k < full {
+            let (w0, w1) = match kind {
+                QKind::F32 => (
+                    vld1q_f32(p.add(4 * k) as *const f32),
+                    vld1q_f32(p.add(4 * k + 16) as *const f32),
+                ),
+                QKind::BF16 => {
+                    let h = vld1q_u16(p.add(2 * k) as *const u16);
+                    (
+                        vreinterpretq_f32_u32(vshll_n_u16::<16>(vget_low_u16(h))),
+                        vreinterpretq_f32_u32(vshll_high_n_u16::<16>(h)),
+                    )
+                }
+                // Rust has no stable f16 vector type: the eight halves through `half` (exact).
+                _ => {
+                    let v: [f32; 8] = std::array::from_fn(|j| crate::float::weight(kind, w, k + j));
+                    (vld1q_f32(v.as_ptr()), vld1q_f32(v.as_ptr().add(4)))
+                }
+            };
+            let x = a.as_ptr().add(k);
+            acc0 = vaddq_f32(acc0, vmulq_f32(w0, vld1q_f32(x)));
+            acc1 = vaddq_f32(acc1, vmulq_f32(w1, vld1q_f32(x.add(4))));
+            k += 8;
+        }
+    }
+    let mut lanes = [0f32; 8];
+    // SAFETY: stores four f32 twice into an eight-f32 array; NEON is enabled.
+    unsafe {
+        vst1q_f32(lanes.as_mut_ptr(), acc0);
+        vst1q_f32(lanes.as_mut_ptr().add(4), acc1);
+    }
+    crate::float::finish(kind, w, a, full, lanes)
+}

@@ -123,6 +123,28 @@ pub fn dot_k_tile<const N: usize>(
     }
 }
 
+/// A float row `w` (F32, F16 or BF16) · each of `N` activation rows rounded for it
+/// ([`crate::float::round_acts`]), on `path` (which the CPU must support); the bits of
+/// [`crate::float::dot_float_scalar`] on every path, the row's values loaded once for all `N` on x86.
+/// AVX-512 runs the AVX2 product.
+pub fn dot_float_tile<const N: usize>(
+    path: KernelPath,
+    kind: QKind,
+    w: &[u8],
+    a: [&[f32]; N],
+) -> [f32; N] {
+    match path {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path was checked against the CPU's features when it was chosen, and both
+        // x86 paths require AVX2 and F16C.
+        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_float_avx2::<N>(kind, w, a) },
+        #[cfg(target_arch = "aarch64")]
+        // SAFETY: as above.
+        KernelPath::Neon => a.map(|a| unsafe { arm::dot_float_neon(kind, w, a) }),
+        _ => a.map(|a| crate::float::dot_float_scalar(kind, w, a)),
+    }
+}
+
 /// Whether `kind` has SIMD paths for blocks of 32 (the K-quants have their own, [`dot_k`]).
 fn has_simd(kind: QKind) -> bool {
     matches!(kind, QKind::Q4_0 | QKind::Q4_1 | QKind::Q5_0 | QKind::Q8_0)
@@ -318,6 +340,54 @@ mod tests {
                         .zip(alone)
                         .all(|(g, w)| g.to_bits() == w.to_bits());
                     assert!(same, "{path} {threads} threads {:?} alone", m.kind);
+                }
+            }
+        }
+    }
+
+    /// Float rows give the definition's bits on every path, for widths with and without a
+    /// remainder past the last eight, with f16 subnormals, values that round differently to f16
+    /// and bfloat16, and large magnitudes; a tile of four gives each token's bits alone.
+    #[test]
+    fn float_rows_give_the_scalar_bits_on_every_path() {
+        let mut rng = Rng(23);
+        for kind in [QKind::F32, QKind::F16, QKind::BF16] {
+            for cols in [1, 7, 8, 9, 40, 517] {
+                let w = random_matrix(kind, 3, cols, &mut rng);
+                let x: Vec<f32> = (0..4 * cols)
+                    .map(|k| match k % 5 {
+                        0 => rng.f32() * 1e-6,
+                        1 => rng.f32() * 3e4,
+                        _ => rng.f32() * 4.0,
+                    })
+                    .collect();
+                let mut rounded = Vec::new();
+                crate::float::round_acts(kind, &x, &mut rounded);
+                let a: [&[f32]; 4] = std::array::from_fn(|t| &rounded[t * cols..(t + 1) * cols]);
+                for r in 0..w.rows {
+                    let want: Vec<u32> = a
+                        .iter()
+                        .map(|a| crate::float::dot_float_scalar(kind, w.row(r), a).to_bits())
+                        .collect();
+                    for (t, want) in want.iter().enumerate() {
+                        let raw = &x[t * cols..(t + 1) * cols];
+                        let defined = crate::float::dot_float(kind, w.row(r), raw);
+                        assert_eq!(
+                            defined.to_bits(),
+                            *want,
+                            "rounding once is rounding each time"
+                        );
+                    }
+                    for path in KernelPath::available() {
+                        let tile = dot_float_tile(path, kind, w.row(r), a);
+                        let alone: Vec<u32> = a
+                            .iter()
+                            .map(|a| dot_float_tile(path, kind, w.row(r), [*a])[0].to_bits())
+                            .collect();
+                        let tile: Vec<u32> = tile.iter().map(|o| o.to_bits()).collect();
+                        assert_eq!(tile, want, "{path} {kind:?} {cols}: a tile of four");
+                        assert_eq!(alone, want, "{path} {kind:?} {cols}: one token");
+                    }
                 }
             }
         }

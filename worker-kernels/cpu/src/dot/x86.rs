@@ -459,3 +459,70 @@ macro_rules! dot2_avx512 {
 
 dot2_avx512!(dot2_avx512, "avx512f,avx512bw,avx2,f16c", false);
 dot2_avx512!(dot2_vnni, "avx512f,avx512bw,avx512vnni,avx2,f16c", true);
+
+/// Adds, for each of the `N` tokens, the products of weights `0..full` (eight at a time, as `load`
+/// gives them) and the token's activations into its accumulator, lane by lane.
+#[inline(always)]
+unsafe fn float_lanes<const N: usize>(
+    full: usize,
+    a: [&[f32]; N],
+    acc: &mut [__m256; N],
+    load: impl Fn(usize) -> __m256,
+) {
+    let mut k = 0;
+    while k < full {
+        // SAFETY: the caller's `full` is a multiple of 8 within every `a[t]` and the row `load`
+        // reads; AVX is enabled in the caller.
+        unsafe {
+            let wv = load(k);
+            for t in 0..N {
+                let x = _mm256_loadu_ps(a[t].as_ptr().add(k));
+                acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(wv, x));
+            }
+        }
+        k += 8;
+    }
+}
+
+/// A float row (F32, F16 or BF16) · each of `N` activation rows rounded for it
+/// ([`crate::float::round_acts`]): eight weights loaded into one register once for all `N`, each
+/// token's products added lane by lane (value `k` into lane `k mod 8`, multiply then add), the rest
+/// and the reduction as [`crate::float::dot_float_scalar`] does them; so its bits.
+///
+/// # Safety
+/// The CPU must have AVX2 and F16C; `w` must hold `a[t].len()` values of `kind` for every `t`.
+#[target_feature(enable = "avx2,f16c")]
+pub(super) unsafe fn dot_float_avx2<const N: usize>(
+    kind: QKind,
+    w: &[u8],
+    a: [&[f32]; N],
+) -> [f32; N] {
+    let cols = a.first().map_or(0, |a| a.len());
+    debug_assert!(a.iter().all(|a| a.len() == cols) && w.len() >= cols * kind.block_bytes());
+    let full = cols / 8 * 8;
+    let mut acc = [_mm256_setzero_ps(); N];
+    let p = w.as_ptr();
+    // SAFETY: each load reads values `k..k + 8` with `k + 8 <= full <= cols`, within `w` as asserted
+    // above; AVX2 and F16C are enabled.
+    unsafe {
+        match kind {
+            QKind::F32 => float_lanes(full, a, &mut acc, |k| {
+                _mm256_loadu_ps(p.add(4 * k) as *const f32)
+            }),
+            QKind::F16 => float_lanes(full, a, &mut acc, |k| {
+                _mm256_cvtph_ps(_mm_loadu_si128(p.add(2 * k) as *const __m128i))
+            }),
+            QKind::BF16 => float_lanes(full, a, &mut acc, |k| {
+                let h = _mm256_cvtepu16_epi32(_mm_loadu_si128(p.add(2 * k) as *const __m128i));
+                _mm256_castsi256_ps(_mm256_slli_epi32::<16>(h))
+            }),
+            other => unreachable!("{other:?} is not a float type"),
+        }
+    }
+    std::array::from_fn(|t| {
+        let mut lanes = [0f32; 8];
+        // SAFETY: stores eight f32 into an eight-f32 array; AVX is enabled.
+        unsafe { _mm256_storeu_ps(lanes.as_mut_ptr(), acc[t]) };
+        crate::float::finish(kind, w, a[t], full, lanes)
+    })
+}

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, VecDeque};
 use std::path::Path;
 
 use hearth_net::Network;
-use hearth_net::libp2p::request_response::ResponseChannel;
+use hearth_net::WorkChannel;
 use hearth_protocol::work::{
     Assignment, UnitOutput, WorkRequest, WorkResponse, digest_canonical, input_digest,
 };
@@ -34,7 +34,7 @@ pub use api::{JobInput, JobView, Refused, SubmitJob, Unavailable, UnitView, outp
 /// What may happen only once the facts behind it are durable.
 pub(crate) enum Effect {
     /// An answer to a node's request.
-    Respond(ResponseChannel<WorkResponse>, Box<WorkResponse>),
+    Respond(WorkChannel, Box<WorkResponse>),
     /// A reply to the API (its value computed when the request came, sent after the commit).
     Reply(Box<dyn FnOnce() + Send>),
 }
@@ -55,7 +55,7 @@ pub(crate) struct Work {
     uncommitted: VecDeque<(Ticket, Uncommitted)>,
     payloads: BTreeMap<u64, JobPayload>,
     accepted: BTreeMap<(u64, u64), PeerId>,
-    parked: BTreeMap<PeerId, (ResponseChannel<WorkResponse>, u64)>,
+    parked: BTreeMap<PeerId, (WorkChannel, u64)>,
     networks: BTreeMap<PeerId, String>,
     next_job: u64,
 }
@@ -220,12 +220,7 @@ impl Work {
     }
 
     /// Answer a node once everything so far is durable.
-    fn respond(
-        &mut self,
-        net: &mut Network,
-        channel: ResponseChannel<WorkResponse>,
-        response: WorkResponse,
-    ) {
+    fn respond(&mut self, net: &mut Network, channel: WorkChannel, response: WorkResponse) {
         self.after_commit(net, Effect::Respond(channel, Box::new(response)));
     }
 
@@ -490,7 +485,7 @@ impl Work {
         now_ms: u64,
         peer: PeerId,
         request: WorkRequest,
-        channel: ResponseChannel<WorkResponse>,
+        channel: WorkChannel,
     ) -> Result<()> {
         match request {
             WorkRequest::Fetch { slots } => {

@@ -102,6 +102,8 @@ mod derived {
         pub gossipsub: gossipsub::Behaviour,
         /// Carries work units and their results ([`crate::WorkCodec`]).
         pub work: request_response::Behaviour<WorkCodec>,
+        /// Long-lived streams for chained steps ([`crate::steps`]).
+        pub steps: libp2p_stream::Behaviour,
         /// A circuit relay for peers behind NATs (`--relay`).
         pub relay: Toggle<relay::Behaviour>,
         /// Reservations on relays, and connections through them.
@@ -198,6 +200,7 @@ impl Behaviour {
                     .with_request_timeout(WORK_REQUEST_TIMEOUT)
                     .with_max_concurrent_streams(WORK_STREAMS_MAX),
             ),
+            steps: libp2p_stream::Behaviour::new(),
             relay: config
                 .relay
                 .then(|| relay::Behaviour::new(peer_id, relay_config(access)))

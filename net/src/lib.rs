@@ -25,6 +25,7 @@ mod network;
 mod penalties;
 mod reach;
 mod relay;
+pub mod steps;
 pub use reach::Reachability;
 pub mod weights;
 mod work;
@@ -37,7 +38,7 @@ pub use gossip::{ADVERT_TOPIC, Received};
 pub use identity_file::{IDENTITY_FILE, IdentityError, load_identity, load_or_create_identity};
 pub use libp2p;
 pub use limits::*;
-pub use network::{NetEvent, Network, RequestId};
+pub use network::{NetEvent, Network, RequestId, WorkChannel};
 pub use penalties::{Flood, FloodGuard};
 pub use work::{WORK_STREAM_PROTOCOL, WorkCodec};
 

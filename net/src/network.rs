@@ -52,7 +52,7 @@ pub enum NetEvent {
         /// What it asks.
         request: WorkRequest,
         /// Where the answer goes.
-        channel: ResponseChannel<WorkResponse>,
+        channel: WorkChannel,
     },
     /// The answer to a work request this peer sent.
     WorkResponse {
@@ -68,6 +68,16 @@ pub enum NetEvent {
         /// Why, for logs.
         error: String,
     },
+}
+
+/// Where the answer to a peer's work request goes: its request-response stream, or for a chained
+/// step the long-lived stream it came on ([`crate::steps`]).
+#[derive(Debug)]
+pub enum WorkChannel {
+    /// A request-response request's.
+    Request(ResponseChannel<WorkResponse>),
+    /// A step's on a step stream.
+    Stream(crate::steps::StreamReply),
 }
 
 /// A work request this peer sent, as [`Network::request`] numbered it (its libp2p id exists only
@@ -111,16 +121,34 @@ pub struct Network {
     /// Work requests in flight with each peer, ours and theirs: a relayed connection superseded by
     /// a direct one is closed only while none is (libp2p's request-response spreads requests over
     /// all of a peer's connections, so the relayed one would keep carrying half the work).
-    in_flight: std::collections::HashMap<libp2p::PeerId, u32>,
+    pub(crate) in_flight: std::collections::HashMap<libp2p::PeerId, u32>,
     /// Our requests on the wire, by libp2p's id.
     on_wire: std::collections::HashMap<OutboundRequestId, RequestId>,
     next_request: u64,
+    /// Opens step streams.
+    control: libp2p_stream::Control,
+    /// Step streams peers open to us.
+    incoming_streams: libp2p_stream::IncomingStreams,
+    /// The writer task of the step stream to each peer we send steps to, and when it started.
+    pub(crate) outgoing: std::collections::HashMap<libp2p::PeerId, (u64, crate::steps::Outgoing)>,
+    /// The reader task of each step stream a peer opened to us, by its number.
+    pub(crate) incoming: std::collections::HashMap<u64, crate::steps::Incoming>,
+    /// Steps we sent on streams and not yet answered, and to whom.
+    pub(crate) on_streams: std::collections::HashMap<RequestId, libp2p::PeerId>,
+    /// What the stream tasks report, and their sender.
+    stream_events: tokio::sync::mpsc::Receiver<crate::steps::StreamEvent>,
+    stream_events_to: tokio::sync::mpsc::Sender<crate::steps::StreamEvent>,
+    /// Numbers step streams.
+    next_stream: u64,
 }
+
+/// Events the stream tasks may have queued for the network.
+const STREAM_EVENTS_QUEUED_MAX: usize = 1024;
 
 /// Something held by an emulated delay until it is due.
 enum Held {
     /// An answer to a peer's request.
-    Respond(ResponseChannel<WorkResponse>, WorkResponse),
+    Respond(WorkChannel, WorkResponse),
     /// A gossip message.
     Publish(Message),
     /// One of our requests.
@@ -131,8 +159,20 @@ impl Network {
     /// Build the swarm for `key` and start listening.
     pub fn new(key: SecretKey, config: &NetConfig) -> Result<Self, BoxError> {
         let access = crate::relay::Access::default();
-        let swarm = crate::behaviour::build_swarm_with(&key, config, &access)?;
+        let mut swarm = crate::behaviour::build_swarm_with(&key, config, &access)?;
+        let mut control = swarm.behaviour_mut().steps.new_control();
+        let incoming_streams = control.accept(crate::steps::STEP_STREAM_PROTOCOL)?;
+        let (stream_events_to, stream_events) =
+            tokio::sync::mpsc::channel(STREAM_EVENTS_QUEUED_MAX);
         Ok(Self {
+            control,
+            incoming_streams,
+            outgoing: std::collections::HashMap::new(),
+            incoming: std::collections::HashMap::new(),
+            on_streams: std::collections::HashMap::new(),
+            stream_events,
+            stream_events_to,
+            next_stream: 0,
             swarm,
             key,
             gossip: Gossip::default(),
@@ -430,25 +470,156 @@ impl Network {
 
     fn put_on_wire(&mut self, id: RequestId, peer: libp2p::PeerId, request: WorkRequest) {
         *self.in_flight.entry(peer).or_default() += 1;
+        if matches!(request, WorkRequest::Chain(_)) {
+            return self.put_on_stream(id, peer, &request);
+        }
         let wire = self.swarm.behaviour_mut().work.send_request(&peer, request);
         self.on_wire.insert(wire, id);
     }
 
+    /// A chained step goes on the step stream to `peer` (opened by its writer task if need be);
+    /// its answer or failure comes back through the stream events.
+    fn put_on_stream(&mut self, id: RequestId, peer: libp2p::PeerId, request: &WorkRequest) {
+        let failed = |network: &mut Self, why: String| {
+            network.work_done(&peer);
+            let failure = crate::steps::StreamEvent::Failed(id, why);
+            // Reported through the queue, as a failure on the wire would be.
+            if network.stream_events_to.try_send(failure).is_err() {
+                tracing::warn!(%peer, "step failure not reported: the stream events are full");
+            }
+        };
+        let message = match crate::steps::encode(request) {
+            Ok(message) => message,
+            Err(why) => return failed(self, why),
+        };
+        if !self.outgoing.get(&peer).is_some_and(|(_, o)| o.is_open()) {
+            if self.outgoing.len() >= crate::steps::STEP_STREAMS_MAX
+                && let Some(oldest) = self
+                    .outgoing
+                    .iter()
+                    .min_by_key(|(_, (n, _))| *n)
+                    .map(|(p, _)| *p)
+            {
+                self.outgoing.remove(&oldest);
+            }
+            let number = self.next_stream;
+            self.next_stream += 1;
+            let writer = crate::steps::Outgoing::start(
+                peer,
+                self.control.clone(),
+                self.stream_events_to.clone(),
+            );
+            self.outgoing.insert(peer, (number, writer));
+        }
+        let (_, writer) = self.outgoing.get(&peer).expect("started above");
+        match writer.send(id, message) {
+            Ok(()) => {
+                self.on_streams.insert(id, peer);
+            }
+            Err(why) => failed(self, why),
+        }
+    }
+
     /// Answer a work request. Returns false if the requester is gone.
-    pub fn respond(
-        &mut self,
-        channel: ResponseChannel<WorkResponse>,
-        response: WorkResponse,
-    ) -> bool {
+    pub fn respond(&mut self, channel: WorkChannel, response: WorkResponse) -> bool {
         if self.delay.is_some() {
             self.hold(Held::Respond(channel, response));
             return true;
         }
-        self.swarm
-            .behaviour_mut()
-            .work
-            .send_response(channel, response)
-            .is_ok()
+        self.respond_now(channel, response)
+    }
+
+    fn respond_now(&mut self, channel: WorkChannel, response: WorkResponse) -> bool {
+        match channel {
+            WorkChannel::Request(channel) => self
+                .swarm
+                .behaviour_mut()
+                .work
+                .send_response(channel, response)
+                .is_ok(),
+            WorkChannel::Stream(reply) => {
+                self.work_done(&reply.peer);
+                self.incoming
+                    .get(&reply.stream)
+                    .is_some_and(|incoming| incoming.answer(&response))
+            }
+        }
+    }
+
+    /// A peer opened a step stream to us: served by a reader task of its own, at most
+    /// [`crate::steps::STEP_STREAMS_MAX`] at once (the oldest closed for a new one).
+    fn on_incoming_stream(&mut self, peer: libp2p::PeerId, stream: libp2p::Stream) {
+        if self.incoming.len() >= crate::steps::STEP_STREAMS_MAX
+            && let Some(oldest) = self.incoming.keys().min().copied()
+        {
+            self.incoming.remove(&oldest);
+        }
+        let number = self.next_stream;
+        self.next_stream += 1;
+        let reader =
+            crate::steps::Incoming::start(peer, number, stream, self.stream_events_to.clone());
+        self.incoming.insert(number, reader);
+    }
+
+    /// What a stream task reported, as the role sees it.
+    fn on_stream_event(&mut self, event: crate::steps::StreamEvent) -> Option<NetEvent> {
+        use crate::steps::StreamEvent;
+        match event {
+            StreamEvent::Answered(id, response) => {
+                let peer = self.on_streams.remove(&id)?;
+                self.work_done(&peer);
+                Some(NetEvent::WorkResponse { id, response })
+            }
+            StreamEvent::Failed(id, error) => {
+                if let Some(peer) = self.on_streams.remove(&id) {
+                    self.work_done(&peer);
+                }
+                Some(NetEvent::WorkFailed { id, error })
+            }
+            StreamEvent::Closed(stream) => {
+                self.incoming.remove(&stream);
+                None
+            }
+            StreamEvent::Step {
+                peer,
+                stream,
+                request,
+            } => {
+                let channel = WorkChannel::Stream(crate::steps::StreamReply { stream, peer });
+                self.on_request(peer, request, channel)
+            }
+        }
+    }
+
+    /// A work request from `peer`, on either kind of stream: checked against the co-op's gate,
+    /// then handed to the role. Counted in flight until answered.
+    fn on_request(
+        &mut self,
+        peer: libp2p::PeerId,
+        request: WorkRequest,
+        channel: WorkChannel,
+    ) -> Option<NetEvent> {
+        // Until our answer is sent or lost (`ResponseSent`, `InboundFailure`, or a stream's).
+        *self.in_flight.entry(peer).or_default() += 1;
+        let Some(from) = crate::from_libp2p_peer_id(&peer) else {
+            tracing::warn!(%peer, "work request from a non-ed25519 peer; dropped");
+            return None;
+        };
+        if let Some(gate) = &mut self.gate
+            && let Err(why) = gate.check(&from, Now::read())
+        {
+            tracing::warn!(peer = %from, %why, "work request refused: not a member of this co-op");
+            self.respond(
+                channel,
+                WorkResponse::Rejected(format!("not a member of this co-op: {why}")),
+            );
+            return None;
+        }
+        Some(NetEvent::WorkRequest {
+            peer: from,
+            request,
+            channel,
+        })
     }
 
     /// Send what is held and due.
@@ -460,11 +631,7 @@ impl Network {
             };
             match held {
                 Held::Respond(channel, response) => {
-                    let _ = self
-                        .swarm
-                        .behaviour_mut()
-                        .work
-                        .send_response(channel, response);
+                    self.respond_now(channel, response);
                 }
                 Held::Publish(message) => {
                     if let Err(error) = self.publish_now(&message) {
@@ -486,6 +653,14 @@ impl Network {
                     continue;
                 }
                 event = self.swarm.select_next_some() => event,
+                Some((peer, stream)) = self.incoming_streams.next() => {
+                    self.on_incoming_stream(peer, stream);
+                    continue;
+                }
+                Some(event) = self.stream_events.recv() => match self.on_stream_event(event) {
+                    Some(event) => return event,
+                    None => continue,
+                },
                 _ = self.clock.tick() => {
                     self.on_clock();
                     continue;
@@ -719,29 +894,7 @@ impl Network {
             request_response::Event::Message { peer, message, .. } => match message {
                 request_response::Message::Request {
                     request, channel, ..
-                } => {
-                    // Until our answer is sent or lost (`ResponseSent`, `InboundFailure`).
-                    *self.in_flight.entry(peer).or_default() += 1;
-                    let Some(from) = crate::from_libp2p_peer_id(&peer) else {
-                        tracing::warn!(%peer, "work request from a non-ed25519 peer; dropped");
-                        return None;
-                    };
-                    if let Some(gate) = &mut self.gate
-                        && let Err(why) = gate.check(&from, Now::read())
-                    {
-                        tracing::warn!(peer = %from, %why, "work request refused: not a member of this co-op");
-                        self.respond(
-                            channel,
-                            WorkResponse::Rejected(format!("not a member of this co-op: {why}")),
-                        );
-                        return None;
-                    }
-                    Some(NetEvent::WorkRequest {
-                        peer: from,
-                        request,
-                        channel,
-                    })
-                }
+                } => self.on_request(peer, request, WorkChannel::Request(channel)),
                 request_response::Message::Response {
                     request_id,
                     response,

@@ -22,7 +22,7 @@ pub struct WorkCodec;
 /// Read one message: frames until the first shorter than the frame limit, each header checked
 /// (against the frame limit and what is left of the message limit) before its bytes are taken,
 /// so the buffer grows only as fast as a peer actually sends.
-async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
+pub(crate) async fn read_message<T: AsyncRead + Unpin + Send>(io: &mut T) -> io::Result<Vec<u8>> {
     let mut reader = work::message_reader();
     let mut piece = Vec::new();
     loop {

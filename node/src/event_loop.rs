@@ -29,7 +29,7 @@ use crate::stages::StageJob;
 use crate::worker::{Finished, Worker};
 use crate::{NodeConfig, Result, capabilities, scan_models};
 use hearth_net::RequestId;
-use hearth_net::libp2p::request_response::ResponseChannel;
+use hearth_net::WorkChannel;
 use hearth_protocol::work::{WorkRequest, WorkResponse};
 
 /// Least time between two adverts sent because a new subscriber appeared.
@@ -225,7 +225,7 @@ struct Node {
     /// Chained steps and reports sent and not yet answered.
     chain_sends: HashMap<RequestId, Sent>,
     /// The model files this node serves to peers fetching them.
-    weights: crate::weights::Weights<ResponseChannel<WorkResponse>>,
+    weights: crate::weights::Weights<WorkChannel>,
     /// Models held in part, shared with the stage thread and the weights server.
     partials: crate::stages::Partials,
     /// Layers being fetched from peers, and what is held of them.
@@ -240,13 +240,7 @@ struct Node {
     /// [`RELAYED_TOLD_MAX`], then forgotten together).
     relayed_told: std::collections::HashSet<(u64, hearth_protocol::PeerId)>,
     /// Checks waiting for the inputs their stage kept, by the fetch's request.
-    check_fetches: HashMap<
-        RequestId,
-        (
-            ResponseChannel<WorkResponse>,
-            Box<hearth_protocol::work::CheckRequest>,
-        ),
-    >,
+    check_fetches: HashMap<RequestId, (WorkChannel, Box<hearth_protocol::work::CheckRequest>)>,
     /// Where resolved join addresses are sent back to the loop.
     addr_tx: mpsc::Sender<(usize, Vec<Multiaddr>)>,
     caps: Capabilities,
@@ -266,14 +260,11 @@ struct Node {
 /// Where a step's answer goes.
 enum Reply {
     /// To the request's sender (the coordinator's stepped sessions, verifiers' replays).
-    Channel(ResponseChannel<WorkResponse>),
+    Channel(WorkChannel),
     /// Along a chained route.
     Chain(Link),
     /// To the coordinator that asked for a check by digests: each step's output digest.
-    Check(
-        ResponseChannel<WorkResponse>,
-        Box<hearth_protocol::work::CheckRequest>,
-    ),
+    Check(WorkChannel, Box<hearth_protocol::work::CheckRequest>),
 }
 
 /// Addresses kept per join peer, the newest first.
@@ -394,7 +385,7 @@ impl Node {
         mut addr_rx: mpsc::Receiver<(usize, Vec<Multiaddr>)>,
         mut results: mpsc::Receiver<Finished>,
         mut answers: mpsc::Receiver<(u64, WorkResponse)>,
-        mut weights_answers: mpsc::Receiver<(ResponseChannel<WorkResponse>, WorkResponse)>,
+        mut weights_answers: mpsc::Receiver<(WorkChannel, WorkResponse)>,
         shutdown: impl Future<Output = ()>,
     ) -> Result<()> {
         let mut poll = tokio::time::interval(Worker::poll_interval());
@@ -595,7 +586,7 @@ impl Node {
         &mut self,
         peer: hearth_protocol::PeerId,
         request: WorkRequest,
-        channel: ResponseChannel<WorkResponse>,
+        channel: WorkChannel,
     ) {
         let from_coordinator = self
             .join
@@ -865,7 +856,7 @@ impl Node {
     /// in the request, then replay.
     fn check_start(
         &mut self,
-        channel: ResponseChannel<WorkResponse>,
+        channel: WorkChannel,
         check: Box<hearth_protocol::work::CheckRequest>,
     ) {
         let Some(source) = &check.source else {
@@ -888,7 +879,7 @@ impl Node {
     /// signed, become the replay's input.
     fn check_fetched(
         &mut self,
-        channel: ResponseChannel<WorkResponse>,
+        channel: WorkChannel,
         check: Box<hearth_protocol::work::CheckRequest>,
         answer: std::result::Result<WorkResponse, String>,
     ) {
@@ -916,7 +907,7 @@ impl Node {
     /// Queue a check's replay (`check`'s forward with its input) on the stage thread.
     fn check_run(
         &mut self,
-        channel: ResponseChannel<WorkResponse>,
+        channel: WorkChannel,
         check: Box<hearth_protocol::work::CheckRequest>,
         replay: hearth_protocol::work::Forward,
     ) {

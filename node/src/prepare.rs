@@ -12,8 +12,8 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use hearth_kernels::{GGUF_HEADER_BYTES_MAX, GgufModel};
+use hearth_net::WorkChannel;
 use hearth_net::fetch::Fetch;
-use hearth_net::libp2p::request_response::ResponseChannel;
 use hearth_net::{Network, RequestId};
 use hearth_protocol::work::{Prepare, WorkRequest, WorkResponse};
 use hearth_protocol::{ModelId, PeerId};
@@ -39,7 +39,7 @@ struct Pending {
     coordinator: PeerId,
     header: Option<GgufModel>,
     /// Layer ranges asked, and who waits for each.
-    waiting: Vec<((u32, u32), ResponseChannel<WorkResponse>)>,
+    waiting: Vec<((u32, u32), WorkChannel)>,
     /// Layer ranges whose bytes are wanted from the fetch.
     wanted: Vec<(u32, u32)>,
 }
@@ -101,7 +101,7 @@ impl Prepares {
         net: &mut Network,
         coordinator: PeerId,
         p: Prepare,
-        channel: ResponseChannel<WorkResponse>,
+        channel: WorkChannel,
     ) -> Vec<Held> {
         if self
             .held

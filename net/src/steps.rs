@@ -1,0 +1,446 @@
+//! Chained steps on long-lived streams: one stream per peer pair and direction, opened on the first
+//! step a stage hands to the next and kept, so a token's hop costs one message on an open QUIC
+//! stream. On request-response each step opened a new stream, and multistream-select's
+//! negotiation waited one round trip before the step could go: on a path of 20–50 ms between peers
+//! that tripled a hop's latency.
+//!
+//! A stream carries [`WorkRequest::Chain`] messages one way and their answers
+//! ([`WorkResponse::Ack`] or a refusal) back, in order, in the work protocol's frames; to the
+//! node's event loop a step sent this way is a request like any other: its answer or failure comes
+//! as [`crate::NetEvent::WorkResponse`] or [`crate::NetEvent::WorkFailed`], and a step received comes
+//! as [`crate::NetEvent::WorkRequest`] answered through [`crate::Network::respond`]. A stream that
+//! breaks fails the steps awaiting their answers, as a closed connection fails requests; a step
+//! whose write fails is written again once on a new stream (a failed write delivered no whole
+//! message, so it cannot arrive twice).
+//!
+//! Each stream is served by a task of its own, beside the swarm's: the writer task per peer we send
+//! to, a reader task per peer that sends to us. They talk to the [`crate::Network`] through
+//! channels; the network keeps at most [`STEP_STREAMS_MAX`] of each kind.
+
+use std::collections::VecDeque;
+use std::time::Duration;
+
+use futures::prelude::*;
+use hearth_protocol::work::{self, WorkRequest, WorkResponse};
+use libp2p::{PeerId, StreamProtocol};
+use tokio::sync::mpsc;
+
+use crate::network::RequestId;
+
+/// The protocol of chained-step streams.
+pub const STEP_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/steps/1");
+
+/// Streams of each direction a peer keeps open (the peers it hands steps to, the peers that hand
+/// steps to it). A stage has one predecessor and one successor per route, so a node in many routes
+/// at once uses a handful; past it the least recently opened is closed.
+pub const STEP_STREAMS_MAX: usize = 64;
+
+/// How long a step sent on a stream waits for its answer. The answer is sent when the next stage
+/// queues the step, not when it has computed it, so it takes a round trip; a stream without an
+/// answer for this long is taken as broken.
+pub const STEP_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Steps queued for one peer's writer task; past it a step fails at once (the peer reads nothing).
+const STEPS_QUEUED_MAX: usize = 256;
+
+/// What the stream tasks tell the network.
+pub(crate) enum StreamEvent {
+    /// A step we sent was answered.
+    Answered(RequestId, WorkResponse),
+    /// A step we sent failed, and why.
+    Failed(RequestId, String),
+    /// A peer sent a step on the incoming stream `stream`.
+    Step {
+        peer: PeerId,
+        stream: u64,
+        request: WorkRequest,
+    },
+    /// The incoming stream `stream` ended.
+    Closed(u64),
+}
+
+/// Where a step received on a stream is answered: the stream it came on.
+#[derive(Debug)]
+pub struct StreamReply {
+    pub(crate) stream: u64,
+    pub(crate) peer: PeerId,
+}
+
+/// A writer task's handle: where to queue steps for its peer.
+pub(crate) struct Outgoing {
+    steps: mpsc::Sender<(RequestId, Vec<u8>)>,
+}
+
+impl Outgoing {
+    /// Start the writer task for `peer`.
+    pub(crate) fn start(
+        peer: PeerId,
+        control: libp2p_stream::Control,
+        events: mpsc::Sender<StreamEvent>,
+    ) -> Self {
+        let (steps, queued) = mpsc::channel(STEPS_QUEUED_MAX);
+        tokio::spawn(write_steps(peer, control, queued, events));
+        Self { steps }
+    }
+
+    /// Queue a step's encoded message; the step back when the queue is full or the task ended.
+    pub(crate) fn send(&self, id: RequestId, message: Vec<u8>) -> Result<(), String> {
+        self.steps.try_send((id, message)).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                format!("{STEPS_QUEUED_MAX} steps already queued for this peer")
+            }
+            mpsc::error::TrySendError::Closed(_) => "its stream task ended".to_string(),
+        })
+    }
+
+    /// Whether the task still runs.
+    pub(crate) fn is_open(&self) -> bool {
+        !self.steps.is_closed()
+    }
+}
+
+/// The encoded message of a chained step, ready for a stream.
+pub(crate) fn encode(request: &WorkRequest) -> Result<Vec<u8>, String> {
+    work::encode(request).map_err(|e| e.to_string())
+}
+
+/// An open stream: where we write, and the answers (or, incoming, the steps) read from it.
+struct Open {
+    write: futures::io::WriteHalf<libp2p::Stream>,
+    read: stream::BoxStream<'static, std::io::Result<Vec<u8>>>,
+}
+
+impl Open {
+    fn new(stream: libp2p::Stream) -> Self {
+        let (read, write) = stream.split();
+        let read = stream::unfold(read, |mut read| async move {
+            let message = crate::work::read_message(&mut read).await;
+            let go_on = message.is_ok();
+            go_on.then_some((message, read))
+        })
+        .boxed();
+        Self { write, read }
+    }
+
+    async fn write(&mut self, message: &[u8]) -> std::io::Result<()> {
+        self.write.write_all(message).await?;
+        self.write.flush().await
+    }
+}
+
+/// The writer task of the steps we send `peer`: opens the stream when a step comes and none is
+/// open, writes each step, and matches the answers read back to the steps in order.
+async fn write_steps(
+    peer: PeerId,
+    mut control: libp2p_stream::Control,
+    mut queued: mpsc::Receiver<(RequestId, Vec<u8>)>,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let mut open: Option<Open> = None;
+    // Steps written and not yet answered, with when they were written.
+    let mut waiting: VecDeque<(RequestId, tokio::time::Instant)> = VecDeque::new();
+    loop {
+        let due = waiting.front().map(|(_, at)| *at + STEP_ANSWER_TIMEOUT);
+        tokio::select! {
+            step = queued.recv() => {
+                let Some((id, message)) = step else { break };
+                // A stream that fails the write is replaced once: a failed write delivered no
+                // whole message.
+                let mut written = Err("not written".to_string());
+                for _ in 0..2 {
+                    if open.is_none() {
+                        match control.open_stream(peer, STEP_STREAM_PROTOCOL).await {
+                            Ok(stream) => open = Some(Open::new(stream)),
+                            Err(e) => {
+                                written = Err(e.to_string());
+                                break;
+                            }
+                        }
+                    }
+                    let stream = open.as_mut().expect("opened above");
+                    match stream.write(&message).await {
+                        Ok(()) => {
+                            written = Ok(());
+                            break;
+                        }
+                        Err(e) => {
+                            written = Err(e.to_string());
+                            open = None;
+                            fail_all(&mut waiting, &events, &written).await;
+                        }
+                    }
+                }
+                match written {
+                    Ok(()) => waiting.push_back((id, tokio::time::Instant::now())),
+                    Err(why) => {
+                        let _ = events.send(StreamEvent::Failed(id, why)).await;
+                    }
+                }
+            }
+            answer = async { open.as_mut().expect("guarded").read.next().await }, if open.is_some() => {
+                let answer = match answer {
+                    Some(Ok(payload)) => work::response_from_payload(&payload).map_err(|e| e.to_string()),
+                    Some(Err(e)) => Err(e.to_string()),
+                    None => Err("the stream closed".to_string()),
+                };
+                match answer {
+                    Ok(response) => match waiting.pop_front() {
+                        Some((id, _)) => {
+                            let _ = events.send(StreamEvent::Answered(id, response)).await;
+                        }
+                        None => {
+                            tracing::debug!(%peer, "an answer to no step; stream closed");
+                            open = None;
+                        }
+                    },
+                    Err(why) => {
+                        tracing::debug!(%peer, %why, "step stream ended");
+                        open = None;
+                        fail_all(&mut waiting, &events, &Err(why)).await;
+                    }
+                }
+            }
+            () = async { tokio::time::sleep_until(due.expect("guarded")).await }, if due.is_some() => {
+                open = None;
+                let why = format!("no answer within {} s", STEP_ANSWER_TIMEOUT.as_secs());
+                fail_all(&mut waiting, &events, &Err(why)).await;
+            }
+        }
+    }
+    fail_all(
+        &mut waiting,
+        &events,
+        &Err("the step stream was closed".into()),
+    )
+    .await;
+}
+
+/// Fail every step awaiting its answer.
+async fn fail_all(
+    waiting: &mut VecDeque<(RequestId, tokio::time::Instant)>,
+    events: &mpsc::Sender<StreamEvent>,
+    why: &Result<(), String>,
+) {
+    let why = why.as_ref().err().cloned().unwrap_or_default();
+    for (id, _) in waiting.drain(..) {
+        let _ = events.send(StreamEvent::Failed(id, why.clone())).await;
+    }
+}
+
+/// A reader task's handle: where to queue the answers to the steps it read.
+pub(crate) struct Incoming {
+    answers: mpsc::Sender<Vec<u8>>,
+}
+
+impl Incoming {
+    /// Start the reader task of `stream`, numbered `id`, from `peer`.
+    pub(crate) fn start(
+        peer: PeerId,
+        id: u64,
+        stream: libp2p::Stream,
+        events: mpsc::Sender<StreamEvent>,
+    ) -> Self {
+        let (answers, queued) = mpsc::channel(STEPS_QUEUED_MAX);
+        tokio::spawn(read_steps(peer, id, stream, queued, events));
+        Self { answers }
+    }
+
+    /// Queue the answer to the oldest step unanswered; false if the stream is gone or its peer
+    /// reads no answers.
+    pub(crate) fn answer(&self, response: &WorkResponse) -> bool {
+        work::encode(response)
+            .ok()
+            .is_some_and(|message| self.answers.try_send(message).is_ok())
+    }
+}
+
+/// The reader task of a stream `peer` sends steps on: each step read goes to the network, each
+/// answer the network gives is written back.
+async fn read_steps(
+    peer: PeerId,
+    id: u64,
+    stream: libp2p::Stream,
+    mut answers: mpsc::Receiver<Vec<u8>>,
+    events: mpsc::Sender<StreamEvent>,
+) {
+    let mut open = Open::new(stream);
+    loop {
+        tokio::select! {
+            message = open.read.next() => {
+                let request = match message {
+                    Some(Ok(payload)) => work::request_from_payload(&payload),
+                    Some(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "step stream ended");
+                        break;
+                    }
+                    None => break,
+                };
+                match request {
+                    Ok(request @ WorkRequest::Chain(_)) => {
+                        let step = StreamEvent::Step { peer, stream: id, request };
+                        if events.send(step).await.is_err() {
+                            break;
+                        }
+                    }
+                    Ok(_) => {
+                        tracing::debug!(%peer, "not a chained step on a step stream; closed");
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::debug!(%peer, error = %e, "undecodable step; stream closed");
+                        break;
+                    }
+                }
+            }
+            answer = answers.recv() => {
+                let Some(answer) = answer else { break };
+                if open.write(&answer).await.is_err() {
+                    break;
+                }
+            }
+        }
+    }
+    let _ = events.send(StreamEvent::Closed(id)).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use hearth_protocol::work::{ChainStep, Forward, StageData};
+    use hearth_protocol::{ModelId, SecretKey};
+
+    use super::*;
+    use crate::{NetConfig, NetEvent, Network, WorkChannel};
+
+    fn network(seed: u8) -> Network {
+        let config = NetConfig {
+            listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("address")],
+            mdns: false,
+            ..NetConfig::default()
+        };
+        Network::new(SecretKey::from_bytes(&[seed; 32]), &config).expect("a network")
+    }
+
+    fn step(n: u64) -> WorkRequest {
+        WorkRequest::Chain(Box::new(ChainStep {
+            epoch: 1,
+            forward: Forward {
+                session: 7,
+                step: n,
+                model: ModelId::of_bytes(b"a model"),
+                layers: (0, 4),
+                pos: u32::try_from(n).expect("small"),
+                input: StageData::Tokens(vec![u32::try_from(n).expect("small")]),
+                all_positions: false,
+                sampling: None,
+            },
+            receipts: Vec::new(),
+            previous: None,
+            rtts: Vec::new(),
+        }))
+    }
+
+    /// The next event of `a` that `pick` wants, driving `b` meanwhile (answering what `b` is sent
+    /// with `answer`).
+    async fn next_of(
+        a: &mut Network,
+        b: &mut Network,
+        answer: &mut dyn FnMut(u64) -> WorkResponse,
+        pick: &mut dyn FnMut(NetEvent) -> Option<NetEvent>,
+    ) -> NetEvent {
+        let wait = async {
+            loop {
+                tokio::select! {
+                    event = a.next() => if let Some(event) = pick(event) { return event },
+                    event = b.next() => if let NetEvent::WorkRequest { request: WorkRequest::Chain(s), channel, .. } = event {
+                        assert!(matches!(channel, WorkChannel::Stream(_)), "a step comes on its stream");
+                        b.respond(channel, answer(s.forward.step));
+                    },
+                }
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(20), wait)
+            .await
+            .expect("in time")
+    }
+
+    /// Steps to a peer go on one stream, kept open; each gets its own answer, in order; the steps
+    /// waiting for an answer fail when the peer goes away.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn steps_share_one_stream_and_fail_when_the_peer_goes() {
+        let mut a = network(1);
+        let mut b = network(2);
+        let address = loop {
+            if let NetEvent::Listening(address) = b.next().await {
+                break address;
+            }
+        };
+        let b_peer = *b.swarm.local_peer_id();
+        a.swarm
+            .dial(address.with(libp2p::multiaddr::Protocol::P2p(b_peer)))
+            .expect("dial");
+        let to = crate::from_libp2p_peer_id(&b_peer).expect("ed25519");
+        let mut answer = |n: u64| {
+            if n == 1 {
+                WorkResponse::Rejected("step 1 refused".into())
+            } else {
+                WorkResponse::Ack
+            }
+        };
+        let ids: Vec<_> = (0..3).map(|n| a.request(&to, step(n))).collect();
+        let mut answers = std::collections::HashMap::new();
+        while answers.len() < ids.len() {
+            let event = next_of(&mut a, &mut b, &mut answer, &mut |e| match e {
+                NetEvent::WorkResponse { .. } | NetEvent::WorkFailed { .. } => Some(e),
+                _ => None,
+            })
+            .await;
+            match event {
+                NetEvent::WorkResponse { id, response } => answers.insert(id, Ok(response)),
+                NetEvent::WorkFailed { id, error } => answers.insert(id, Err(error)),
+                _ => unreachable!("picked"),
+            };
+        }
+        assert_eq!(answers[&ids[0]], Ok(WorkResponse::Ack));
+        assert_eq!(
+            answers[&ids[1]],
+            Ok(WorkResponse::Rejected("step 1 refused".into()))
+        );
+        assert_eq!(answers[&ids[2]], Ok(WorkResponse::Ack));
+        assert_eq!(b.incoming.len(), 1, "one stream carried the three steps");
+        assert_eq!(a.outgoing.len(), 1);
+        assert!(a.on_streams.is_empty() && a.in_flight.is_empty() && b.in_flight.is_empty());
+
+        // A step that `b` never answers fails when `b` goes away, and says so.
+        let unanswered = a.request(&to, step(3));
+        let got = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                tokio::select! {
+                    event = a.next() => match event {
+                        NetEvent::WorkFailed { id, error } => break (id, error),
+                        NetEvent::WorkResponse { id, .. } => panic!("{id:?} answered"),
+                        _ => {}
+                    },
+                    event = b.next() => if let NetEvent::WorkRequest { .. } = event {
+                        // Taken, never answered: the peer goes away with it.
+                        break (unanswered, String::new());
+                    },
+                }
+            }
+        })
+        .await
+        .expect("in time");
+        assert_eq!(got.0, unanswered);
+        drop(b);
+        let (id, error) = tokio::time::timeout(Duration::from_secs(20), async {
+            loop {
+                if let NetEvent::WorkFailed { id, error } = a.next().await {
+                    break (id, error);
+                }
+            }
+        })
+        .await
+        .expect("the step fails when its peer goes");
+        assert_eq!(id, unanswered);
+        assert!(!error.is_empty());
+    }
+}

@@ -546,9 +546,20 @@ impl Network {
         }
     }
 
-    /// A peer opened a step stream to us: served by a reader task of its own, at most
-    /// [`crate::steps::STEP_STREAMS_MAX`] at once (the oldest closed for a new one).
+    /// A peer opened a step stream to us: served by a reader task of its own. A peer has one at a
+    /// time (a new one replaces its old one, which it opens only when the old one broke), in a
+    /// co-op only a member, and at most [`crate::steps::STEP_STREAMS_MAX`] peers at once (the
+    /// oldest stream closed for a new one).
     fn on_incoming_stream(&mut self, peer: libp2p::PeerId, stream: libp2p::Stream) {
+        if let Some(gate) = &mut self.gate {
+            let admitted = crate::from_libp2p_peer_id(&peer)
+                .is_some_and(|from| gate.check(&from, Now::read()).is_ok());
+            if !admitted {
+                tracing::debug!(%peer, "step stream from a peer this co-op does not admit; closed");
+                return;
+            }
+        }
+        self.incoming.retain(|_, incoming| incoming.peer != peer);
         if self.incoming.len() >= crate::steps::STEP_STREAMS_MAX
             && let Some(oldest) = self.incoming.keys().min().copied()
         {

@@ -30,9 +30,9 @@ use crate::network::RequestId;
 /// The protocol of chained-step streams.
 pub const STEP_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/steps/1");
 
-/// Streams of each direction a peer keeps open (the peers it hands steps to, the peers that hand
-/// steps to it). A stage has one predecessor and one successor per route, so a node in many routes
-/// at once uses a handful; past it the least recently opened is closed.
+/// Streams of each direction a peer keeps open, one per peer (the peers it hands steps to, the
+/// peers that hand steps to it). A stage has one predecessor and one successor per route, so a
+/// node in many routes at once uses a handful; past it the least recently opened is closed.
 pub const STEP_STREAMS_MAX: usize = 64;
 
 /// How long a step sent on a stream waits for its answer. The answer is sent when the next stage
@@ -229,6 +229,8 @@ async fn fail_all(
 
 /// A reader task's handle: where to queue the answers to the steps it read.
 pub(crate) struct Incoming {
+    /// Who sends on it.
+    pub(crate) peer: PeerId,
     answers: mpsc::Sender<Vec<u8>>,
 }
 
@@ -242,7 +244,7 @@ impl Incoming {
     ) -> Self {
         let (answers, queued) = mpsc::channel(STEPS_QUEUED_MAX);
         tokio::spawn(read_steps(peer, id, stream, queued, events));
-        Self { answers }
+        Self { peer, answers }
     }
 
     /// Queue the answer to the oldest step unanswered; false if the stream is gone or its peer
@@ -410,8 +412,21 @@ mod tests {
         assert_eq!(a.outgoing.len(), 1);
         assert!(a.on_streams.is_empty() && a.in_flight.is_empty() && b.in_flight.is_empty());
 
+        // A new stream from the same peer (its old one closed) replaces the old one at `b`.
+        a.outgoing.clear();
+        let again = a.request(&to, step(3));
+        let event = next_of(&mut a, &mut b, &mut answer, &mut |e| match e {
+            NetEvent::WorkResponse { .. } | NetEvent::WorkFailed { .. } => Some(e),
+            _ => None,
+        })
+        .await;
+        assert!(
+            matches!(event, NetEvent::WorkResponse { id, response: WorkResponse::Ack } if id == again)
+        );
+        assert_eq!(b.incoming.len(), 1, "one stream per peer at b");
+
         // A step that `b` never answers fails when `b` goes away, and says so.
-        let unanswered = a.request(&to, step(3));
+        let unanswered = a.request(&to, step(4));
         let got = tokio::time::timeout(Duration::from_secs(20), async {
             loop {
                 tokio::select! {

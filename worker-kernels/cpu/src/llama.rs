@@ -383,6 +383,59 @@ impl Kernels {
     }
 }
 
+/// One query head's attention over its session's cached keys and values: positions
+/// `first..=last`, each key and value `at..at + q.len()` of its row of `stride` values.
+struct Attend<'a> {
+    q: &'a [f32],
+    keys: &'a [f32],
+    values: &'a [f32],
+    stride: usize,
+    at: usize,
+    first: usize,
+    last: usize,
+    scale: f32,
+}
+
+impl Attend<'_> {
+    /// Scores, softmax, then the scores' sum of the values, into `acc` (`scores` is scratch). On
+    /// x86 paths compiled for AVX2: the same operations lane by lane in wider registers, so the
+    /// same bits (no fused multiply-add either way).
+    fn run(&self, path: KernelPath, scores: &mut Vec<f32>, acc: &mut [f32]) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
+            // SAFETY: the path was checked against the CPU's features when it was chosen, and
+            // both x86 paths require AVX2.
+            return unsafe { self.run_avx2(scores, acc) };
+        }
+        let _ = path;
+        self.run_portable(scores, acc);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2")]
+    unsafe fn run_avx2(&self, scores: &mut Vec<f32>, acc: &mut [f32]) {
+        self.run_portable(scores, acc);
+    }
+
+    #[inline(always)]
+    fn run_portable(&self, scores: &mut Vec<f32>, acc: &mut [f32]) {
+        let hd = self.q.len();
+        scores.clear();
+        for j in self.first..=self.last {
+            let key = &self.keys[j * self.stride + self.at..][..hd];
+            scores.push(math::dot_f32(self.q, key) * self.scale);
+        }
+        math::softmax(scores);
+        acc.fill(0.0);
+        for (j, p) in (self.first..).zip(scores.iter()) {
+            let value = &self.values[j * self.stride + self.at..][..hd];
+            for (a, v) in acc.iter_mut().zip(value) {
+                *a += p * v;
+            }
+        }
+    }
+}
+
 /// A raw output pointer shared by the threads of one job, each writing its own elements.
 #[derive(Clone, Copy)]
 struct Out(*mut f32);
@@ -922,6 +975,7 @@ impl LlamaRange {
         }
         let out = Out(s.attn.as_mut_ptr());
         let (q, rows) = (&s.q, &rows);
+        let path = k.path;
         k.pool.run(pairs.div_ceil(HEADS_PER_CHUNK), &|chunk| {
             let mut scores = Vec::new();
             let mut acc = vec![0f32; hd];
@@ -929,22 +983,18 @@ impl LlamaRange {
                 let (t, head) = (pair / c.heads, pair % c.heads);
                 let (kc, vc, p) = rows[t];
                 let kvh = head / group;
-                let qv = &q[t * qw + head * hd..t * qw + (head + 1) * hd];
-                // A sliding layer attends to its last `window` positions only.
-                let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
-                scores.clear();
-                for j in first..=p {
-                    let kv = &kc[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                    scores.push(math::dot_f32(qv, kv) * scale);
-                }
-                math::softmax(&mut scores);
-                acc.fill(0.0);
-                for (j, p) in (first..).zip(&scores) {
-                    let vv = &vc[j * kvw + kvh * hd..j * kvw + (kvh + 1) * hd];
-                    for (a, v) in acc.iter_mut().zip(vv) {
-                        *a += p * v;
-                    }
-                }
+                let one = Attend {
+                    q: &q[t * qw + head * hd..t * qw + (head + 1) * hd],
+                    keys: kc,
+                    values: vc,
+                    stride: kvw,
+                    at: kvh * hd,
+                    // A sliding layer attends to its last `window` positions only.
+                    first: window.map_or(0, |w| (p + 1).saturating_sub(w)),
+                    last: p,
+                    scale,
+                };
+                one.run(path, &mut scores, &mut acc);
                 for (d, a) in acc.iter().enumerate() {
                     // SAFETY: each (token, head) pair is one chunk's alone; `attn` outlives the job.
                     unsafe { out.write(t * qw + head * hd + d, *a) };

@@ -4,7 +4,7 @@
 //! reduced in a fixed order.
 
 /// `Σ a_i · b_i` in eight interleaved partial sums reduced by [`crate::dot::tree8`]'s rule.
-#[inline]
+#[inline(always)]
 pub fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let mut ca = a.chunks_exact(8);
@@ -28,7 +28,7 @@ fn sum_squares(x: &[f32]) -> f32 {
 
 /// `e^x` in f32: `x = n·ln2 + r` (Cody–Waite), a degree-7 polynomial for `e^r`, then `2^n` by exponent
 /// bits. Relative error below 2e-7; 0 below −87.3, +∞ above 88.7, NaN for NaN.
-#[inline]
+#[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
     const LN2_HI: f32 = 0.693_145_75;
     const LN2_LO: f32 = 1.428_606_8e-6;
@@ -190,7 +190,7 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 }
 
 /// Softmax in place: `e^(x − max) / Σ`, the sum taken in order.
-#[inline]
+#[inline(always)]
 pub fn softmax(x: &mut [f32]) {
     let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
     let mut sum = 0f32;

@@ -160,11 +160,10 @@ pub(crate) fn dot_tile<const N: usize>(
     w1: Option<&[u8]>,
     a: [ActRow<'_>; N],
 ) -> [(f32, f32); N] {
-    let path = match (path, kind) {
-        (_, kind) if !has_simd(kind) => KernelPath::Scalar,
-        // The two-row AVX-512 product covers Q4_1 and Q8_0; these run AVX2's one-row product.
-        (KernelPath::Avx512, QKind::Q4_0 | QKind::Q5_0) => KernelPath::Avx2,
-        (path, _) => path,
+    let path = if has_simd(kind) {
+        path
+    } else {
+        KernelPath::Scalar
     };
     match path {
         #[cfg(target_arch = "x86_64")]
@@ -437,10 +436,7 @@ mod tests {
                                 "{path}: a tile of three gives each token's bits"
                             );
                             #[cfg(target_arch = "x86_64")]
-                            if path == KernelPath::Avx512
-                                && pair.is_some()
-                                && matches!(kind, QKind::Q4_1 | QKind::Q8_0)
-                            {
+                            if path == KernelPath::Avx512 && pair.is_some() {
                                 // SAFETY: the path is supported, so AVX-512 F/BW, AVX2 and F16C are.
                                 let plain = unsafe {
                                     x86::dot2_avx512(kind, w.row(r), w.row(r + 1), [a])[0]

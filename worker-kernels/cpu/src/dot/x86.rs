@@ -66,6 +66,40 @@ unsafe fn signed_block(
     }
 }
 
+/// The 32 signed weights of a `Q4_0` or `Q5_0` block at `blk` (nibbles, with `Q5_0`'s fifth bits,
+/// less the type's bias), in order.
+#[inline(always)]
+unsafe fn signed_4_5(kind: QKind, blk: *const u8) -> __m256i {
+    // SAFETY: the caller's `blk` points at a whole block of `kind`; AVX2 is enabled in every caller.
+    unsafe {
+        let mask = _mm_set1_epi8(0x0F);
+        let (qs_at, bias) = if kind == QKind::Q4_0 { (2, 8) } else { (6, 16) };
+        let qs = _mm_loadu_si128(blk.add(qs_at) as *const __m128i);
+        let lo = _mm_and_si128(qs, mask);
+        let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
+        let mut q = _mm256_set_m128i(hi, lo);
+        if kind == QKind::Q5_0 {
+            // Bit k of the block's u32 as 16 in byte k (llama.cpp's bytes_from_bits_32).
+            let bits = (blk.add(2) as *const i32).read_unaligned();
+            let spread = _mm256_shuffle_epi8(
+                _mm256_set1_epi32(bits),
+                _mm256_set_epi64x(
+                    0x0303_0303_0303_0303,
+                    0x0202_0202_0202_0202,
+                    0x0101_0101_0101_0101,
+                    0,
+                ),
+            );
+            let set = _mm256_cmpeq_epi8(
+                _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)),
+                _mm256_set1_epi64x(-1),
+            );
+            q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(16)));
+        }
+        _mm256_sub_epi8(q, _mm256_set1_epi8(bias))
+    }
+}
+
 /// One row · each of `N` activation rows: each block's weights unpacked once for all `N` (a
 /// prefill's tile of tokens), each row's sums and float accumulation those it gets alone (a single
 /// product is a tile of one).
@@ -110,35 +144,11 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
                 }
             }
             QKind::Q4_0 | QKind::Q5_0 => {
-                let mask = _mm_set1_epi8(0x0F);
                 let size = kind.block_bytes();
-                let (qs_at, bias) = if kind == QKind::Q4_0 { (2, 8) } else { (6, 16) };
                 for b in 0..blocks {
                     let blk = w.as_ptr().add(b * size);
                     _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
-                    let qs = _mm_loadu_si128(blk.add(qs_at) as *const __m128i);
-                    let lo = _mm_and_si128(qs, mask);
-                    let hi = _mm_and_si128(_mm_srli_epi16::<4>(qs), mask);
-                    let mut q = _mm256_set_m128i(hi, lo);
-                    if kind == QKind::Q5_0 {
-                        // Bit k of the block's u32 as 16 in byte k (llama.cpp's bytes_from_bits_32).
-                        let bits = (blk.add(2) as *const i32).read_unaligned();
-                        let spread = _mm256_shuffle_epi8(
-                            _mm256_set1_epi32(bits),
-                            _mm256_set_epi64x(
-                                0x0303_0303_0303_0303,
-                                0x0202_0202_0202_0202,
-                                0x0101_0101_0101_0101,
-                                0,
-                            ),
-                        );
-                        let set = _mm256_cmpeq_epi8(
-                            _mm256_or_si256(spread, _mm256_set1_epi64x(0x7fbf_dfef_f7fb_fdfe)),
-                            _mm256_set1_epi64x(-1),
-                        );
-                        q = _mm256_or_si256(q, _mm256_and_si256(set, _mm256_set1_epi8(16)));
-                    }
-                    let wv = _mm256_sub_epi8(q, _mm256_set1_epi8(bias));
+                    let wv = signed_4_5(kind, blk);
                     for (t, a) in a.iter().enumerate() {
                         acc[t] = signed_block(acc[t], wv, blk, *a, b);
                     }
@@ -390,9 +400,7 @@ macro_rules! dot2_avx512 {
                             );
                         }
                     }
-                    QKind::Q4_0
-                    | QKind::Q5_0
-                    | QKind::Q4K
+                    QKind::Q4K
                     | QKind::Q5K
                     | QKind::Q6K
                     | QKind::F32
@@ -400,21 +408,24 @@ macro_rules! dot2_avx512 {
                     | QKind::BF16 => {
                         unreachable!("dot_tile sends {kind:?} to the portable path")
                     }
-                    QKind::Q8_0 => {
-                        // 256-bit halves: row 0, row 1.
+                    QKind::Q8_0 | QKind::Q4_0 | QKind::Q5_0 => {
+                        // 256-bit halves: row 0, row 1, each block's 32 signed weights.
                         let spread =
                             _mm512_setr_epi32(0, 0, 0, 0, 0, 0, 0, 0, 2, 2, 2, 2, 2, 2, 2, 2);
+                        let size = kind.block_bytes();
+                        let signed = |p: *const u8| match kind {
+                            QKind::Q8_0 => _mm256_loadu_si256(p.add(2) as *const __m256i),
+                            _ => signed_4_5(kind, p),
+                        };
                         for b in 0..blocks {
-                            let p0 = w0.as_ptr().add(b * Q8_0_BYTES);
-                            let p1 = w1.as_ptr().add(b * Q8_0_BYTES);
+                            let p0 = w0.as_ptr().add(b * size);
+                            let p1 = w1.as_ptr().add(b * size);
                             if N == 1 {
                                 _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(PREFETCH) as *const i8);
                             }
                             let wv = _mm512_inserti64x4::<1>(
-                                _mm512_castsi256_si512(_mm256_loadu_si256(
-                                    p0.add(2) as *const __m256i
-                                )),
-                                _mm256_loadu_si256(p1.add(2) as *const __m256i),
+                                _mm512_castsi256_si512(signed(p0)),
+                                signed(p1),
                             );
                             let negative = _mm512_movepi8_mask(wv);
                             let wabs = _mm512_abs_epi8(wv);

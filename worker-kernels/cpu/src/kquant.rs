@@ -57,18 +57,31 @@ pub(crate) fn scale_min(j: usize, q: &[u8]) -> (u8, u8) {
     }
 }
 
-/// The eight scales and eight mins of a `Q4_K`/`Q5_K` super-block (its bytes `4..16`), and
-/// `Σ_k m(k) · q_a[k]` from the activations' sums of 16.
+/// The eight scales of a `Q4_K`/`Q5_K` super-block (its bytes `4..16`), and
+/// `Σ_k m(k) · q_a[k]` from the activations' sums of 16 ([`mins_sum`]). NEON's product reads them
+/// per token; AVX2's unpacks the scales once a tile.
+#[cfg(target_arch = "aarch64")]
 #[inline(always)]
 pub(crate) fn scales_and_mins(packed: &[u8], bsums: &[i16; QK_K / 16]) -> ([i32; 8], i32) {
     let mut scales = [0i32; 8];
-    let mut mins = 0i32;
-    for (j, scale) in scales.iter_mut().enumerate() {
+    let mut mins = [0i32; 8];
+    for j in 0..8 {
         let (sc, m) = scale_min(j, packed);
-        *scale = i32::from(sc);
-        mins += i32::from(m) * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+        scales[j] = i32::from(sc);
+        mins[j] = i32::from(m);
     }
-    (scales, mins)
+    (scales, mins_sum(&mins, bsums))
+}
+
+/// `Σ_k m(k) · q_a[k]` of a super-block whose eight mins are `mins`, from the activations' sums
+/// of 16, in order.
+#[inline(always)]
+pub(crate) fn mins_sum(mins: &[i32; 8], bsums: &[i16; QK_K / 16]) -> i32 {
+    let mut sum = 0i32;
+    for (j, m) in mins.iter().enumerate() {
+        sum += m * (i32::from(bsums[2 * j]) + i32::from(bsums[2 * j + 1]));
+    }
+    sum
 }
 
 /// A super-block's 256 integer values and, per value, its integer scale (and min, for the

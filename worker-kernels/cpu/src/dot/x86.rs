@@ -6,7 +6,7 @@
 
 use std::arch::x86_64::*;
 
-use crate::kquant::{Q8KRow, QK_K, scales_and_mins};
+use crate::kquant::{Q8KRow, QK_K};
 use crate::quant::{ActRow, BLOCK, Q4_1_BYTES, Q8_0_BYTES, QKind};
 
 /// The f16 pair at `p` (`d`, then `m` for Q4_1) as f32, through F16C.
@@ -193,7 +193,6 @@ pub(super) unsafe fn dot_k_avx2<const N: usize>(
         a.iter()
             .all(|r| r.d.len() == blocks && r.qs.len() >= blocks * QK_K)
     );
-    let ones = _mm256_set1_epi16(1);
     let nibbles = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); N];
     let mut offset = [0f32; N];
@@ -206,6 +205,7 @@ pub(super) unsafe fn dot_k_avx2<const N: usize>(
             // integer scales, unpacked once.
             let mut q = [_mm256_setzero_si256(); 8];
             let mut sv = [_mm256_setzero_si256(); 8];
+            let mut group_mins = [0i32; 8];
             let (d, dmin) = match kind {
                 QKind::Q6K => {
                     let scales = blk.add(192) as *const i8;
@@ -225,8 +225,10 @@ pub(super) unsafe fn dot_k_avx2<const N: usize>(
                             let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), twos);
                             // q + 32, unsigned for `maddubs`; the 32 comes off after.
                             q[4 * n + t] = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
-                            let s0 = i32::from(*scales.add(8 * n + 2 * t));
-                            let s1 = i32::from(*scales.add(8 * n + 2 * t + 1));
+                            // As 16-bit pairs: `madd` by them sums a pair and scales it in one.
+                            let s0 = i32::from(*scales.add(8 * n + 2 * t)) & 0xffff;
+                            let s1 = i32::from(*scales.add(8 * n + 2 * t + 1)) & 0xffff;
+                            let (s0, s1) = (s0 | s0 << 16, s1 | s1 << 16);
                             sv[4 * n + t] = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
                         }
                     }
@@ -257,35 +259,41 @@ pub(super) unsafe fn dot_k_avx2<const N: usize>(
                             q[s] = v;
                         }
                     }
+                    // The groups' 6-bit scales as 16-bit (`madd` by them sums each pair and
+                    // scales it), and their mins.
+                    let packed = std::slice::from_raw_parts(blk.add(4), 12);
+                    for (j, v) in sv.iter_mut().enumerate() {
+                        let (scale, min) = crate::kquant::scale_min(j, packed);
+                        *v = _mm256_set1_epi16(i16::from(scale));
+                        group_mins[j] = i32::from(min);
+                    }
                     halves(blk)
                 }
             };
-            let packed = std::slice::from_raw_parts(blk.add(4), 12);
             for (t, row) in a.iter().enumerate() {
                 let aq = row.qs.as_ptr().add(b * QK_K);
                 let group = |g: usize| _mm256_loadu_si256(aq.add(32 * g) as *const __m256i);
                 let mut p = _mm256_setzero_si256();
                 let mins = if kind == QKind::Q6K {
+                    // Each lane's scaled sums, `madd` by the 16-bit scales: exactly the
+                    // integers of summing by ones and then multiplying (no sum of two 16-bit
+                    // products of a pair reaches 2³¹).
                     let thirty_two = _mm256_set1_epi8(32);
                     for g in 0..8 {
                         let av = group(g);
                         let prod = _mm256_sub_epi32(
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], av), ones),
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(thirty_two, av), ones),
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], av), sv[g]),
+                            _mm256_madd_epi16(_mm256_maddubs_epi16(thirty_two, av), sv[g]),
                         );
-                        p = _mm256_add_epi32(p, _mm256_mullo_epi32(prod, sv[g]));
+                        p = _mm256_add_epi32(p, prod);
                     }
                     0
                 } else {
-                    let (scales, mins) = scales_and_mins(packed, row.bsums.get_unchecked(b));
-                    for (g, scale) in scales.iter().enumerate() {
-                        let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], group(g)), ones);
-                        p = _mm256_add_epi32(
-                            p,
-                            _mm256_mullo_epi32(prod, _mm256_set1_epi32(*scale)),
-                        );
+                    for (g, scale) in sv.iter().enumerate() {
+                        let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], group(g)), *scale);
+                        p = _mm256_add_epi32(p, prod);
                     }
-                    mins
+                    crate::kquant::mins_sum(&group_mins, row.bsums.get_unchecked(b))
                 };
                 let ad = *row.d.get_unchecked(b);
                 let dd = _mm256_set1_ps(d * ad);

@@ -35,9 +35,9 @@ pub const STEP_STREAM_PROTOCOL: StreamProtocol = StreamProtocol::new("/hearth/st
 /// node in many routes at once uses a handful; past it the least recently opened is closed.
 pub const STEP_STREAMS_MAX: usize = 64;
 
-/// How long a step sent on a stream waits for its answer. The answer is sent when the next stage
-/// queues the step, not when it has computed it, so it takes a round trip; a stream without an
-/// answer for this long is taken as broken.
+/// How long a step sent on a stream waits for its answer, and for its stream to open and take it.
+/// The answer is sent when the next stage queues the step, not when it has computed it, so it takes
+/// a round trip; a stream without an answer for this long is taken as broken.
 pub const STEP_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Steps queued for one peer's writer task; past it a step fails at once (the peer reads nothing).
@@ -149,24 +149,44 @@ async fn write_steps(
                 let mut written = Err("not written".to_string());
                 for _ in 0..2 {
                     if open.is_none() {
-                        match control.open_stream(peer, STEP_STREAM_PROTOCOL).await {
-                            Ok(stream) => open = Some(Open::new(stream)),
-                            Err(e) => {
+                        let opening = control.open_stream(peer, STEP_STREAM_PROTOCOL);
+                        match tokio::time::timeout(STEP_ANSWER_TIMEOUT, opening).await {
+                            Ok(Ok(stream)) => open = Some(Open::new(stream)),
+                            Ok(Err(e)) => {
                                 written = Err(e.to_string());
+                                break;
+                            }
+                            Err(_) => {
+                                written = Err(format!(
+                                    "no stream opened within {} s",
+                                    STEP_ANSWER_TIMEOUT.as_secs()
+                                ));
                                 break;
                             }
                         }
                     }
                     let stream = open.as_mut().expect("opened above");
-                    match stream.write(&message).await {
-                        Ok(()) => {
+                    // A peer that stopped reading (a stopped process) holds a write at its flow
+                    // control window: bounded like an answer.
+                    let write = tokio::time::timeout(STEP_ANSWER_TIMEOUT, stream.write(&message));
+                    match write.await {
+                        Ok(Ok(())) => {
                             written = Ok(());
                             break;
                         }
-                        Err(e) => {
+                        Ok(Err(e)) => {
                             written = Err(e.to_string());
                             open = None;
                             fail_all(&mut waiting, &events, &written).await;
+                        }
+                        Err(_) => {
+                            written = Err(format!(
+                                "not taken within {} s",
+                                STEP_ANSWER_TIMEOUT.as_secs()
+                            ));
+                            open = None;
+                            fail_all(&mut waiting, &events, &written).await;
+                            break;
                         }
                     }
                 }

@@ -113,10 +113,12 @@ struct Open {
 impl Open {
     fn new(stream: libp2p::Stream) -> Self {
         let (read, write) = stream.split();
-        let read = stream::unfold(read, |mut read| async move {
+        // Each message, then the error that ended the stream (if any), then the end.
+        let read = stream::unfold(Some(read), |read| async move {
+            let mut read = read?;
             let message = crate::work::read_message(&mut read).await;
-            let go_on = message.is_ok();
-            go_on.then_some((message, read))
+            let next = message.is_ok().then_some(read);
+            Some((message, next))
         })
         .boxed();
         Self { write, read }

@@ -10,8 +10,8 @@
 //! as [`crate::NetEvent::WorkResponse`] or [`crate::NetEvent::WorkFailed`], and a step received comes
 //! as [`crate::NetEvent::WorkRequest`] answered through [`crate::Network::respond`]. A stream that
 //! breaks fails the steps awaiting their answers, as a closed connection fails requests; a step
-//! whose write fails is written again once on a new stream (a failed write delivered no whole
-//! message, so it cannot arrive twice).
+//! whose write fails before the stream took all of it is written again once on a new stream (none
+//! of it can arrive as a message, so it cannot arrive twice).
 //!
 //! Each stream is served by a task of its own, beside the swarm's: the writer task per peer we send
 //! to, a reader task per peer that sends to us. They talk to the [`crate::Network`] through
@@ -124,9 +124,12 @@ impl Open {
         Self { write, read }
     }
 
-    async fn write(&mut self, message: &[u8]) -> std::io::Result<()> {
-        self.write.write_all(message).await?;
-        self.write.flush().await
+    /// Write `message` whole. `Err((true, _))`: the write failed before the whole message was
+    /// taken, so none of it can arrive as a message; `Err((false, _))`: it was taken but not
+    /// flushed, so it may.
+    async fn write(&mut self, message: &[u8]) -> Result<(), (bool, std::io::Error)> {
+        self.write.write_all(message).await.map_err(|e| (true, e))?;
+        self.write.flush().await.map_err(|e| (false, e))
     }
 }
 
@@ -146,8 +149,8 @@ async fn write_steps(
         tokio::select! {
             step = queued.recv() => {
                 let Some((id, message)) = step else { break };
-                // A stream that fails the write is replaced once: a failed write delivered no
-                // whole message.
+                // A stream that fails the write before taking the whole message is replaced
+                // once: none of it can arrive as a message.
                 let mut written = Err("not written".to_string());
                 for _ in 0..2 {
                     if open.is_none() {
@@ -176,10 +179,13 @@ async fn write_steps(
                             written = Ok(());
                             break;
                         }
-                        Ok(Err(e)) => {
+                        Ok(Err((unsent, e))) => {
                             written = Err(e.to_string());
                             open = None;
                             fail_all(&mut waiting, &events, &written).await;
+                            if !unsent {
+                                break;
+                            }
                         }
                         Err(_) => {
                             written = Err(format!(

@@ -17,7 +17,7 @@
 use std::ops::Range;
 
 use crate::dot::dot_tile;
-use crate::dot::{dot_float_tile, dot_k, dot_k_tile};
+use crate::dot::{dot_float_tile, dot2_k_tile};
 use crate::gguf::{Gguf, Value};
 use crate::math;
 use crate::path::KernelPath;
@@ -311,24 +311,34 @@ impl Kernels {
                 return;
             }
             if m.kind.is_k() {
-                // A row · tiles of tokens, its super-blocks unpacked once a tile; the tile never
-                // changes a token's bits.
-                for r in r0..r1 {
-                    // SAFETY (both writes): chunks cover disjoint rows, so each (t, r) is written by
-                    // one thread only, and the output outlives the job.
+                // A row pair · tiles of tokens, their super-blocks unpacked once a tile; the
+                // tile and the pair never change a token's bits.
+                let mut r = r0;
+                while r < r1 {
+                    let (w0, w1) = (m.row(r), (r + 1 < r1).then(|| m.row(r + 1)));
+                    let write = |t: usize, (o0, o1): (f32, f32)| {
+                        // SAFETY: chunks cover disjoint rows, so each (t, r) is written by one
+                        // thread only, and the output outlives the job.
+                        unsafe {
+                            ptrs[i].write(t * m.rows + r, o0);
+                            if w1.is_some() {
+                                ptrs[i].write(t * m.rows + r + 1, o1);
+                            }
+                        }
+                    };
                     let mut t = 0;
                     while t + TOKEN_TILE <= q8k.rows {
                         let tile = std::array::from_fn(|k| q8k.row(t + k));
-                        let outs = dot_k_tile::<TOKEN_TILE>(path, m.kind, m.row(r), tile);
+                        let outs = dot2_k_tile::<TOKEN_TILE>(path, m.kind, w0, w1, tile);
                         for (k, o) in outs.into_iter().enumerate() {
-                            unsafe { ptrs[i].write((t + k) * m.rows + r, o) };
+                            write(t + k, o);
                         }
                         t += TOKEN_TILE;
                     }
                     for t in t..q8k.rows {
-                        let o = dot_k(path, m.kind, m.row(r), q8k.row(t));
-                        unsafe { ptrs[i].write(t * m.rows + r, o) };
+                        write(t, dot2_k_tile(path, m.kind, w0, w1, [q8k.row(t)])[0]);
                     }
+                    r += 2;
                 }
                 return;
             }

@@ -123,6 +123,27 @@ pub fn dot_k_tile<const N: usize>(
     }
 }
 
+/// [`dot_k_tile`] of rows `w0` and `w1` (when given) with each of `N` activation rows:
+/// `[(w0 · a[t], w1 · a[t])]`, 0 for a missing `w1`; AVX-512 takes the two rows at once.
+pub fn dot2_k_tile<const N: usize>(
+    path: KernelPath,
+    kind: QKind,
+    w0: &[u8],
+    w1: Option<&[u8]>,
+    a: [crate::kquant::Q8KRow<'_>; N],
+) -> [(f32, f32); N] {
+    match (path, w1) {
+        #[cfg(target_arch = "x86_64")]
+        // SAFETY: the path was checked against the CPU's features when it was chosen.
+        (KernelPath::Avx512, Some(w1)) => unsafe { x86::dot2_k_avx512::<N>(kind, w0, w1, a) },
+        _ => {
+            let r0 = dot_k_tile(path, kind, w0, a);
+            let r1 = w1.map_or([0.0; N], |w1| dot_k_tile(path, kind, w1, a));
+            std::array::from_fn(|t| (r0[t], r1[t]))
+        }
+    }
+}
+
 /// A float row `w` (F32, F16 or BF16) · each of `N` activation rows rounded for it
 /// ([`crate::float::round_acts`]), on `path` (which the CPU must support); the bits of
 /// [`crate::float::dot_float_scalar`] on every path, the row's values loaded once for all `N` on x86.

@@ -172,10 +172,94 @@ pub(super) unsafe fn dot_avx2<const N: usize>(
     }
 }
 
+/// A K-quant super-block unpacked for the products: its eight groups of 32 weights (unsigned for
+/// `maddubs`; Q6_K's are `q + 32`), each group's scales as 16-bit pairs (`madd` by them sums a
+/// pair and scales it), its eight mins (Q4_K/Q5_K), and its scales `d` and `dmin`.
+struct KBlock {
+    q: [__m256i; 8],
+    sv: [__m256i; 8],
+    mins: [i32; 8],
+    d: f32,
+    dmin: f32,
+}
+
+/// Unpack the super-block of `kind` at `blk`.
+#[inline(always)]
+unsafe fn unpack_k(kind: QKind, blk: *const u8) -> KBlock {
+    // SAFETY: the caller's `blk` points at a whole super-block of `kind`; AVX2 and F16C are
+    // enabled in every caller.
+    unsafe {
+        let nibbles = _mm256_set1_epi8(0x0F);
+        let mut k = KBlock {
+            q: [_mm256_setzero_si256(); 8],
+            sv: [_mm256_setzero_si256(); 8],
+            mins: [0; 8],
+            d: 0.0,
+            dmin: 0.0,
+        };
+        if kind == QKind::Q6K {
+            let scales = blk.add(192) as *const i8;
+            let twos = _mm256_set1_epi8(3);
+            for n in 0..2 {
+                let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
+                for t in 0..4 {
+                    let ql = _mm256_loadu_si256(blk.add(64 * n + 32 * (t % 2)) as *const __m256i);
+                    let low = if t < 2 {
+                        _mm256_and_si256(ql, nibbles)
+                    } else {
+                        _mm256_and_si256(_mm256_srli_epi16::<4>(ql), nibbles)
+                    };
+                    let shift = _mm_cvtsi32_si128(2 * t as i32);
+                    let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), twos);
+                    // q + 32, unsigned for `maddubs`; the 32 comes off after.
+                    k.q[4 * n + t] = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
+                    let s0 = i32::from(*scales.add(8 * n + 2 * t)) & 0xffff;
+                    let s1 = i32::from(*scales.add(8 * n + 2 * t + 1)) & 0xffff;
+                    let (s0, s1) = (s0 | s0 << 16, s1 | s1 << 16);
+                    k.sv[4 * n + t] = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
+                }
+            }
+            k.d = halves(blk.add(208)).0;
+            return k;
+        }
+        let (qs, qh) = if kind == QKind::Q5K {
+            (48, Some(_mm256_loadu_si256(blk.add(16) as *const __m256i)))
+        } else {
+            (16, None)
+        };
+        let one = _mm256_set1_epi8(1);
+        for c in 0..4 {
+            let bytes = _mm256_loadu_si256(blk.add(qs + 32 * c) as *const __m256i);
+            let low_high = [
+                _mm256_and_si256(bytes, nibbles),
+                _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), nibbles),
+            ];
+            for (h, mut v) in low_high.into_iter().enumerate() {
+                let s = 2 * c + h;
+                if let Some(qh) = qh {
+                    let bit =
+                        _mm256_and_si256(_mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32)), one);
+                    v = _mm256_or_si256(v, _mm256_slli_epi16::<4>(bit));
+                }
+                k.q[s] = v;
+            }
+        }
+        // The groups' 6-bit scales and their mins.
+        let packed = std::slice::from_raw_parts(blk.add(4), 12);
+        for j in 0..8 {
+            let (scale, min) = crate::kquant::scale_min(j, packed);
+            k.sv[j] = _mm256_set1_epi16(i16::from(scale));
+            k.mins[j] = i32::from(min);
+        }
+        (k.d, k.dmin) = halves(blk);
+        k
+    }
+}
+
 /// One K-quant row · each of `N` `Q8_K` activation rows ([`crate::kquant::dot_k_scalar`], bit for
 /// bit): each 32-value group's products summed four by four into eight 32-bit lanes (`maddubs`, then
-/// `madd`), times the group's integer scales, added up exactly over the super-block. A super-block's
-/// weights are unpacked once for all `N` rows (a prefill's tile of tokens); each row's sums and float
+/// `madd` by the group's scales), added up exactly over the super-block. A super-block's weights are
+/// unpacked once for all `N` rows (a prefill's tile of tokens); each row's sums and float
 /// accumulation are those it gets alone.
 ///
 /// # Safety
@@ -193,118 +277,114 @@ pub(super) unsafe fn dot_k_avx2<const N: usize>(
         a.iter()
             .all(|r| r.d.len() == blocks && r.qs.len() >= blocks * QK_K)
     );
-    let nibbles = _mm256_set1_epi8(0x0F);
     let mut acc = [_mm256_setzero_ps(); N];
     let mut offset = [0f32; N];
     // SAFETY: every pointer below stays within `w` and each `a[t].qs` as asserted above.
     unsafe {
+        let thirty_two = _mm256_set1_epi8(32);
         for b in 0..blocks {
             let blk = w.as_ptr().add(b * size);
             _mm_prefetch::<_MM_HINT_T0>(blk.wrapping_add(PREFETCH) as *const i8);
-            // The super-block's eight groups of 32 weights (unsigned for `maddubs`) and their
-            // integer scales, unpacked once.
-            let mut q = [_mm256_setzero_si256(); 8];
-            let mut sv = [_mm256_setzero_si256(); 8];
-            let mut group_mins = [0i32; 8];
-            let (d, dmin) = match kind {
-                QKind::Q6K => {
-                    let scales = blk.add(192) as *const i8;
-                    let twos = _mm256_set1_epi8(3);
-                    for n in 0..2 {
-                        let qh = _mm256_loadu_si256(blk.add(128 + 32 * n) as *const __m256i);
-                        for t in 0..4 {
-                            let ql = _mm256_loadu_si256(
-                                blk.add(64 * n + 32 * (t % 2)) as *const __m256i
-                            );
-                            let low = if t < 2 {
-                                _mm256_and_si256(ql, nibbles)
-                            } else {
-                                _mm256_and_si256(_mm256_srli_epi16::<4>(ql), nibbles)
-                            };
-                            let shift = _mm_cvtsi32_si128(2 * t as i32);
-                            let high = _mm256_and_si256(_mm256_srl_epi16(qh, shift), twos);
-                            // q + 32, unsigned for `maddubs`; the 32 comes off after.
-                            q[4 * n + t] = _mm256_or_si256(low, _mm256_slli_epi16::<4>(high));
-                            // As 16-bit pairs: `madd` by them sums a pair and scales it in one.
-                            let s0 = i32::from(*scales.add(8 * n + 2 * t)) & 0xffff;
-                            let s1 = i32::from(*scales.add(8 * n + 2 * t + 1)) & 0xffff;
-                            let (s0, s1) = (s0 | s0 << 16, s1 | s1 << 16);
-                            sv[4 * n + t] = _mm256_setr_epi32(s0, s0, s0, s0, s1, s1, s1, s1);
-                        }
-                    }
-                    (halves(blk.add(208)).0, 0.0)
-                }
-                _ => {
-                    let (qs, qh) = if kind == QKind::Q5K {
-                        (48, Some(_mm256_loadu_si256(blk.add(16) as *const __m256i)))
-                    } else {
-                        (16, None)
-                    };
-                    let one = _mm256_set1_epi8(1);
-                    for c in 0..4 {
-                        let bytes = _mm256_loadu_si256(blk.add(qs + 32 * c) as *const __m256i);
-                        let low_high = [
-                            _mm256_and_si256(bytes, nibbles),
-                            _mm256_and_si256(_mm256_srli_epi16::<4>(bytes), nibbles),
-                        ];
-                        for (h, mut v) in low_high.into_iter().enumerate() {
-                            let s = 2 * c + h;
-                            if let Some(qh) = qh {
-                                let bit = _mm256_and_si256(
-                                    _mm256_srl_epi16(qh, _mm_cvtsi32_si128(s as i32)),
-                                    one,
-                                );
-                                v = _mm256_or_si256(v, _mm256_slli_epi16::<4>(bit));
-                            }
-                            q[s] = v;
-                        }
-                    }
-                    // The groups' 6-bit scales as 16-bit (`madd` by them sums each pair and
-                    // scales it), and their mins.
-                    let packed = std::slice::from_raw_parts(blk.add(4), 12);
-                    for (j, v) in sv.iter_mut().enumerate() {
-                        let (scale, min) = crate::kquant::scale_min(j, packed);
-                        *v = _mm256_set1_epi16(i16::from(scale));
-                        group_mins[j] = i32::from(min);
-                    }
-                    halves(blk)
-                }
-            };
+            let k = unpack_k(kind, blk);
             for (t, row) in a.iter().enumerate() {
                 let aq = row.qs.as_ptr().add(b * QK_K);
-                let group = |g: usize| _mm256_loadu_si256(aq.add(32 * g) as *const __m256i);
                 let mut p = _mm256_setzero_si256();
-                let mins = if kind == QKind::Q6K {
-                    // Each lane's scaled sums, `madd` by the 16-bit scales: exactly the
-                    // integers of summing by ones and then multiplying (no sum of two 16-bit
-                    // products of a pair reaches 2³¹).
-                    let thirty_two = _mm256_set1_epi8(32);
-                    for g in 0..8 {
-                        let av = group(g);
-                        let prod = _mm256_sub_epi32(
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], av), sv[g]),
-                            _mm256_madd_epi16(_mm256_maddubs_epi16(thirty_two, av), sv[g]),
-                        );
-                        p = _mm256_add_epi32(p, prod);
+                for g in 0..8 {
+                    let av = _mm256_loadu_si256(aq.add(32 * g) as *const __m256i);
+                    // Each lane's scaled sums (no sum of two 16-bit products of a pair reaches
+                    // 2³¹); Q6_K's `q + 32` less 32 times the activations.
+                    let mut prod = _mm256_madd_epi16(_mm256_maddubs_epi16(k.q[g], av), k.sv[g]);
+                    if kind == QKind::Q6K {
+                        let bias = _mm256_madd_epi16(_mm256_maddubs_epi16(thirty_two, av), k.sv[g]);
+                        prod = _mm256_sub_epi32(prod, bias);
                     }
-                    0
-                } else {
-                    for (g, scale) in sv.iter().enumerate() {
-                        let prod = _mm256_madd_epi16(_mm256_maddubs_epi16(q[g], group(g)), *scale);
-                        p = _mm256_add_epi32(p, prod);
-                    }
-                    crate::kquant::mins_sum(&group_mins, row.bsums.get_unchecked(b))
-                };
+                    p = _mm256_add_epi32(p, prod);
+                }
                 let ad = *row.d.get_unchecked(b);
-                let dd = _mm256_set1_ps(d * ad);
+                let dd = _mm256_set1_ps(k.d * ad);
                 acc[t] = _mm256_add_ps(acc[t], _mm256_mul_ps(dd, _mm256_cvtepi32_ps(p)));
                 if kind != QKind::Q6K {
-                    let dm = dmin * ad;
-                    offset[t] -= dm * mins as f32;
+                    let mins = crate::kquant::mins_sum(&k.mins, row.bsums.get_unchecked(b));
+                    offset[t] -= (k.dmin * ad) * mins as f32;
                 }
             }
         }
         std::array::from_fn(|t| hsum8(acc[t]) + offset[t])
+    }
+}
+
+/// Two K-quant rows · each of `N` `Q8_K` activation rows on AVX-512: each row's super-blocks
+/// unpacked as [`dot_k_avx2`] does, row 0 in the low 256 bits and row 1 in the high, so every
+/// lane's integers and float operations are [`dot_k_avx2`]'s: its bits, two rows at a time.
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BW, AVX2 and F16C; `w0` and `w1` must each hold `a[t].d.len()`
+/// super-blocks of `kind`, a K-quant.
+#[target_feature(enable = "avx512f,avx512bw,avx2,f16c")]
+pub(super) unsafe fn dot2_k_avx512<const N: usize>(
+    kind: QKind,
+    w0: &[u8],
+    w1: &[u8],
+    a: [Q8KRow<'_>; N],
+) -> [(f32, f32); N] {
+    let blocks = a[0].d.len();
+    let size = kind.block_bytes();
+    assert!(kind.is_k() && w0.len().min(w1.len()) >= blocks * size);
+    assert!(
+        a.iter()
+            .all(|r| r.d.len() == blocks && r.qs.len() >= blocks * QK_K)
+    );
+    let mut acc = [_mm512_setzero_ps(); N];
+    let mut offset = [(0f32, 0f32); N];
+    // SAFETY: every pointer below stays within `w0`, `w1` and each `a[t].qs` as asserted above.
+    unsafe {
+        let thirty_two = _mm512_set1_epi8(32);
+        let both = |x: __m256i, y: __m256i| _mm512_inserti64x4::<1>(_mm512_castsi256_si512(x), y);
+        for b in 0..blocks {
+            let (p0, p1) = (w0.as_ptr().add(b * size), w1.as_ptr().add(b * size));
+            if N == 1 {
+                _mm_prefetch::<_MM_HINT_T0>(p0.wrapping_add(PREFETCH) as *const i8);
+                _mm_prefetch::<_MM_HINT_T0>(p1.wrapping_add(PREFETCH) as *const i8);
+            }
+            let (k0, k1) = (unpack_k(kind, p0), unpack_k(kind, p1));
+            let q: [__m512i; 8] = std::array::from_fn(|g| both(k0.q[g], k1.q[g]));
+            let sv: [__m512i; 8] = std::array::from_fn(|g| both(k0.sv[g], k1.sv[g]));
+            for (t, row) in a.iter().enumerate() {
+                let aq = row.qs.as_ptr().add(b * QK_K);
+                let mut p = _mm512_setzero_si512();
+                for g in 0..8 {
+                    let av = _mm512_broadcast_i64x4(_mm256_loadu_si256(
+                        aq.add(32 * g) as *const __m256i
+                    ));
+                    let mut prod = _mm512_madd_epi16(_mm512_maddubs_epi16(q[g], av), sv[g]);
+                    if kind == QKind::Q6K {
+                        let bias = _mm512_madd_epi16(_mm512_maddubs_epi16(thirty_two, av), sv[g]);
+                        prod = _mm512_sub_epi32(prod, bias);
+                    }
+                    p = _mm512_add_epi32(p, prod);
+                }
+                let ad = *row.d.get_unchecked(b);
+                let dd = _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                    _mm512_castps_pd(_mm512_castps256_ps512(_mm256_set1_ps(k0.d * ad))),
+                    _mm256_castps_pd(_mm256_set1_ps(k1.d * ad)),
+                ));
+                acc[t] = _mm512_add_ps(acc[t], _mm512_mul_ps(dd, _mm512_cvtepi32_ps(p)));
+                if kind != QKind::Q6K {
+                    let bsums = row.bsums.get_unchecked(b);
+                    let m0 = crate::kquant::mins_sum(&k0.mins, bsums);
+                    let m1 = crate::kquant::mins_sum(&k1.mins, bsums);
+                    offset[t].0 -= (k0.dmin * ad) * m0 as f32;
+                    offset[t].1 -= (k1.dmin * ad) * m1 as f32;
+                }
+            }
+        }
+        std::array::from_fn(|t| {
+            let high = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(acc[t])));
+            (
+                hsum8(_mm512_castps512_ps256(acc[t])) + offset[t].0,
+                hsum8(high) + offset[t].1,
+            )
+        })
     }
 }
 

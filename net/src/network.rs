@@ -140,6 +140,10 @@ pub struct Network {
     stream_events_to: tokio::sync::mpsc::Sender<crate::steps::StreamEvent>,
     /// Numbers step streams.
     next_stream: u64,
+    /// Steps that failed before reaching a stream task (not encodable, the peer's queue full),
+    /// told to the role by the next [`Self::next`]: one per step sent, so bounded by the role's
+    /// own sends.
+    failed_now: std::collections::VecDeque<(RequestId, String)>,
 }
 
 /// Events the stream tasks may have queued for the network.
@@ -173,6 +177,7 @@ impl Network {
             stream_events,
             stream_events_to,
             next_stream: 0,
+            failed_now: std::collections::VecDeque::new(),
             swarm,
             key,
             gossip: Gossip::default(),
@@ -480,13 +485,10 @@ impl Network {
     /// A chained step goes on the step stream to `peer` (opened by its writer task if need be);
     /// its answer or failure comes back through the stream events.
     fn put_on_stream(&mut self, id: RequestId, peer: libp2p::PeerId, request: &WorkRequest) {
+        // Reported by the next `next`, as a failure on the wire would be.
         let failed = |network: &mut Self, why: String| {
             network.work_done(&peer);
-            let failure = crate::steps::StreamEvent::Failed(id, why);
-            // Reported through the queue, as a failure on the wire would be.
-            if network.stream_events_to.try_send(failure).is_err() {
-                tracing::warn!(%peer, "step failure not reported: the stream events are full");
-            }
+            network.failed_now.push_back((id, why));
         };
         let message = match crate::steps::encode(request) {
             Ok(message) => message,
@@ -657,6 +659,9 @@ impl Network {
     /// The next event the role acts on. Cancel-safe: events are handled whole between awaits.
     pub async fn next(&mut self) -> NetEvent {
         loop {
+            if let Some((id, error)) = self.failed_now.pop_front() {
+                return NetEvent::WorkFailed { id, error };
+            }
             let due = self.held.front().map(|(due, _)| *due);
             let event = tokio::select! {
                 () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {

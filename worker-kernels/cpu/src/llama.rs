@@ -280,7 +280,7 @@ impl Kernels {
             .collect();
         let path = self.path;
         let q8k = &acts.q8k;
-        let floats = acts;
+        let (floats, cols) = (acts, acts.cols);
         let acts = &acts.q8;
         self.pool.run(chunks, &|chunk| {
             let i = starts.partition_point(|&s| s <= chunk) - 1;
@@ -290,12 +290,14 @@ impl Kernels {
             if m.kind.is_float() {
                 // A row · tiles of tokens, its values loaded once a tile; the tile never changes a
                 // token's bits.
+                let x = floats.floats_for(m.kind);
+                let token = |t: usize| &x[t * cols..(t + 1) * cols];
                 for r in r0..r1 {
                     // SAFETY (both writes): chunks cover disjoint rows, so each (t, r) is written by
                     // one thread only, and the output outlives the job.
                     let mut t = 0;
                     while t + TOKEN_TILE <= floats.rows {
-                        let tile = std::array::from_fn(|k| floats.float_row(m.kind, t + k));
+                        let tile = std::array::from_fn(|k| token(t + k));
                         let outs = dot_float_tile::<TOKEN_TILE>(path, m.kind, m.row(r), tile);
                         for (k, o) in outs.into_iter().enumerate() {
                             unsafe { ptrs[i].write((t + k) * m.rows + r, o) };
@@ -303,8 +305,7 @@ impl Kernels {
                         t += TOKEN_TILE;
                     }
                     for t in t..floats.rows {
-                        let [o] =
-                            dot_float_tile(path, m.kind, m.row(r), [floats.float_row(m.kind, t)]);
+                        let [o] = dot_float_tile(path, m.kind, m.row(r), [token(t)]);
                         unsafe { ptrs[i].write(t * m.rows + r, o) };
                     }
                 }

@@ -320,13 +320,13 @@ impl Acts {
         }
     }
 
-    /// Token `t`'s activations rounded for a float matrix of `kind` (quantized for one).
-    pub fn float_row(&self, kind: QKind, t: usize) -> &[f32] {
+    /// The activations rounded for a float matrix of `kind` (quantized for one), `cols` a token.
+    pub fn floats_for(&self, kind: QKind) -> &[f32] {
         let i = FLOAT_KINDS
             .iter()
             .position(|k| *k == kind)
             .expect("a float type");
-        &self.floats[i][t * self.cols..(t + 1) * self.cols]
+        &self.floats[i]
     }
 }
 

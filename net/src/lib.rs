@@ -18,6 +18,7 @@ pub mod coop;
 mod discovery;
 pub mod fetch;
 mod gossip;
+mod hold;
 mod identity_file;
 pub mod inbound;
 mod limits;

@@ -112,10 +112,8 @@ pub struct Network {
     reserve_again: Vec<(std::time::Instant, Multiaddr, std::time::Duration)>,
     /// The last round trip ping measured to each connected peer.
     rtts: std::collections::HashMap<libp2p::PeerId, std::time::Duration>,
-    /// Emulated distance (`--fault delay=MS`): how long what this process sends is held.
-    delay: Option<std::time::Duration>,
-    /// What is held, in the order it was sent (all for the same time, so due in order).
-    held: std::collections::VecDeque<(tokio::time::Instant, Held)>,
+    /// Emulated distance (`--fault delay=MS`): what this process sends, held MS milliseconds.
+    hold: Option<crate::hold::Hold<Held>>,
     /// The addresses each connected peer says it listens on (identify), for routes to hand on.
     listen_addrs: std::collections::HashMap<libp2p::PeerId, Vec<Multiaddr>>,
     /// Work requests in flight with each peer, ours and theirs: a relayed connection superseded by
@@ -189,8 +187,10 @@ impl Network {
             reserve_again: Vec::new(),
             reserved_ever: false,
             rtts: std::collections::HashMap::new(),
-            delay: config.send_delay.filter(|d| !d.is_zero()),
-            held: std::collections::VecDeque::new(),
+            hold: match config.send_delay.filter(|d| !d.is_zero()) {
+                Some(delay) => Some(crate::hold::Hold::new(delay)?),
+                None => None,
+            },
             on_wire: std::collections::HashMap::new(),
             in_flight: std::collections::HashMap::new(),
             listen_addrs: std::collections::HashMap::new(),
@@ -382,16 +382,17 @@ impl Network {
         self.key.public().peer_id()
     }
 
+    /// Hold `held` for the emulated distance (callers check there is one).
     fn hold(&mut self, held: Held) {
-        let delay = self.delay.unwrap_or_default();
-        self.held
-            .push_back((tokio::time::Instant::now() + delay, held));
+        if let Some(hold) = &mut self.hold {
+            hold.push(held);
+        }
     }
 
     /// Sign and publish `message` on gossip: on the advert topic, or in a co-op swarm on the
     /// topic of the co-op it concerns (a certificate's, a revocation's), else on every co-op's.
     pub fn publish(&mut self, message: &Message) -> Result<(), BoxError> {
-        if self.delay.is_some() {
+        if self.hold.is_some() {
             self.hold(Held::Publish(message.clone()));
             return Ok(());
         }
@@ -465,7 +466,7 @@ impl Network {
         let peer = crate::to_libp2p_peer_id(peer);
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        if self.delay.is_some() {
+        if self.hold.is_some() {
             self.hold(Held::Request(id, peer, request));
         } else {
             self.put_on_wire(id, peer, request);
@@ -524,7 +525,7 @@ impl Network {
 
     /// Answer a work request. Returns false if the requester is gone.
     pub fn respond(&mut self, channel: WorkChannel, response: WorkResponse) -> bool {
-        if self.delay.is_some() {
+        if self.hold.is_some() {
             self.hold(Held::Respond(channel, response));
             return true;
         }
@@ -637,11 +638,8 @@ impl Network {
 
     /// Send what is held and due.
     fn release_held(&mut self) {
-        let now = tokio::time::Instant::now();
-        while self.held.front().is_some_and(|(due, _)| *due <= now) {
-            let Some((_, held)) = self.held.pop_front() else {
-                break;
-            };
+        let due = self.hold.as_mut().map(|h| h.take_due()).unwrap_or_default();
+        for held in due {
             match held {
                 Held::Respond(channel, response) => {
                     self.respond_now(channel, response);
@@ -662,9 +660,10 @@ impl Network {
             if let Some((id, error)) = self.failed_now.pop_front() {
                 return NetEvent::WorkFailed { id, error };
             }
-            let due = self.held.front().map(|(due, _)| *due);
+            let hold = self.hold.as_mut();
+            let holding = hold.is_some();
             let event = tokio::select! {
-                () = async { tokio::time::sleep_until(due.unwrap_or_else(tokio::time::Instant::now)).await }, if due.is_some() => {
+                () = async move { if let Some(hold) = hold { hold.woken().await } }, if holding => {
                     self.release_held();
                     continue;
                 }

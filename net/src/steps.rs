@@ -342,9 +342,15 @@ mod tests {
     use crate::{NetConfig, NetEvent, Network, WorkChannel};
 
     fn network(seed: u8) -> Network {
+        network_at(seed, None)
+    }
+
+    /// A network whose every message is held `delay` (`--fault delay`).
+    fn network_at(seed: u8, delay: Option<Duration>) -> Network {
         let config = NetConfig {
             listen: vec!["/ip4/127.0.0.1/udp/0/quic-v1".parse().expect("address")],
             mdns: false,
+            send_delay: delay,
             ..NetConfig::default()
         };
         Network::new(SecretKey::from_bytes(&[seed; 32]), &config).expect("a network")
@@ -393,12 +399,11 @@ mod tests {
             .expect("in time")
     }
 
-    /// Steps to a peer go on one stream, kept open; each gets its own answer, in order; the steps
-    /// waiting for an answer fail when the peer goes away.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn steps_share_one_stream_and_fail_when_the_peer_goes() {
-        let mut a = network(1);
-        let mut b = network(2);
+    /// Two networks, `a` connected to `b`, and `b`'s peer id.
+    async fn connected(
+        mut a: Network,
+        mut b: Network,
+    ) -> (Network, Network, hearth_protocol::PeerId) {
         let address = loop {
             if let NetEvent::Listening(address) = b.next().await {
                 break address;
@@ -409,6 +414,46 @@ mod tests {
             .dial(address.with(libp2p::multiaddr::Protocol::P2p(b_peer)))
             .expect("dial");
         let to = crate::from_libp2p_peer_id(&b_peer).expect("ed25519");
+        (a, b, to)
+    }
+
+    /// An emulated distance (`--fault delay`) holds a step and its answer each for the delay,
+    /// and never lets one out early.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_delay_holds_steps_and_answers_for_their_time() {
+        let delay = Duration::from_millis(40);
+        let (mut a, mut b, to) =
+            connected(network_at(3, Some(delay)), network_at(4, Some(delay))).await;
+        for n in 0..3 {
+            let sent = std::time::Instant::now();
+            let id = a.request(&to, step(n));
+            let event = next_of(
+                &mut a,
+                &mut b,
+                &mut |_| WorkResponse::Ack,
+                &mut |e| match e {
+                    NetEvent::WorkResponse { .. } | NetEvent::WorkFailed { .. } => Some(e),
+                    _ => None,
+                },
+            )
+            .await;
+            assert!(
+                matches!(event, NetEvent::WorkResponse { id: got, response: WorkResponse::Ack } if got == id),
+                "{event:?}"
+            );
+            assert!(
+                sent.elapsed() >= 2 * delay,
+                "the step and its answer were each held {delay:?}: {:?}",
+                sent.elapsed()
+            );
+        }
+    }
+
+    /// Steps to a peer go on one stream, kept open; each gets its own answer, in order; the steps
+    /// waiting for an answer fail when the peer goes away.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn steps_share_one_stream_and_fail_when_the_peer_goes() {
+        let (mut a, mut b, to) = connected(network(1), network(2)).await;
         let mut answer = |n: u64| {
             if n == 1 {
                 WorkResponse::Rejected("step 1 refused".into())

@@ -3,9 +3,11 @@
 //! One run, one machine: greedy decoding of the default model in this process at 1 thread, then a
 //! local swarm (a coordinator and 3 nodes at `--max-threads 1`) generating the same tokens as
 //! pipelines of 2 and 3 stages, with verification off and at its default (`window`). Each figure is
-//! decode tokens/s (after the first token); a token's time is split into compute (the single
-//! process's time per token) and network (the rest), and the coordinator's CPU time per token is
-//! read from `/proc`. Then [`CONCURRENT`] sessions at once on 3 stages, their total tokens/s beside
+//! decode tokens/s (after the first token), beside the single process run again before each of its
+//! runs (the fastest of those: a shared machine's speed drifts over the minutes a benchmark takes,
+//! and a baseline taken once at the start flattered or wronged every ratio after it); a token's
+//! time is split into compute (that single process's time per token) and network (the rest), and
+//! the coordinator's CPU time per token is read from `/proc`. Then [`CONCURRENT`] sessions at once on 3 stages, their total tokens/s beside
 //! one session's (both over the whole request, prefill included); and a second swarm whose every
 //! process runs `--fault delay=DELAY_MS`, on 3 stages, beside the ideal `1 / (compute + 3 ×
 //! DELAY_MS)` of a chain whose stages hand each token on once.
@@ -40,30 +42,29 @@ pub(crate) async fn run(
     let prompt = tokenizer.encode(PROMPT, false)?;
     // The swarm is asked for the model by id, which needs no name bound anywhere.
     let id = model.id.to_string();
-    let mut stage = Stage::load(
-        &model,
-        0..model.config.layers,
-        &hearth_kernels::compute_device(),
-    )?;
-    generate_greedy(&mut stage, &tokenizer.ends, &prompt, 4, 0)?; // warm up
-    let mut single = 0f64;
-    let mut single_tokens = Vec::new();
-    for i in 0..repeats {
-        let run = generate_greedy(
-            &mut stage,
-            &tokenizer.ends,
-            &prompt,
-            tokens as usize,
-            1 + u64::from(i),
-        )?;
-        single =
-            single.max((run.token_ids.len() - 1) as f64 / (run.total - run.prefill).as_secs_f64());
-        single_tokens = run.token_ids;
+    let mut single = Single {
+        stage: Stage::load(
+            &model,
+            0..model.config.layers,
+            &hearth_kernels::compute_device(),
+        )?,
+        ends: tokenizer.ends.clone(),
+        prompt,
+        tokens,
+        runs: 0,
+        fastest: 0.0,
+    };
+    single.warm_up()?;
+    for _ in 0..repeats {
+        single.run()?;
     }
+    let single_tokens = single.expected()?;
     let threads = candle_core::utils::get_num_threads();
-    drop(stage);
     if !json {
-        println!("single process, {threads} thread(s): {single:.1} tokens/s");
+        println!(
+            "single process, {threads} thread(s): {:.1} tokens/s (measured again beside every pipeline run)",
+            single.fastest
+        );
     }
 
     let mut swarm = Children::in_temp_dir("hearth-bench-pipeline")?;
@@ -74,7 +75,7 @@ pub(crate) async fn run(
         repeats,
         quiet: json,
     };
-    let result = pipelines(&mut swarm, models, &bench, &[]).await;
+    let result = pipelines(&mut swarm, models, &bench, &mut single, &[]).await;
     let result = match result {
         Ok(runs) => concurrent(&swarm, &bench).await.map(|c| (runs, c)),
         Err(e) => Err(e),
@@ -85,26 +86,30 @@ pub(crate) async fn run(
     // The same 3 stages with every message held DELAY_MS, on a fresh swarm.
     let mut far = Children::in_temp_dir("hearth-bench-pipeline-far")?;
     let delay = format!("delay={DELAY_MS}");
-    let result = pipelines(&mut far, models, &bench, &["--fault", &delay]).await;
+    let result = pipelines(&mut far, models, &bench, &mut single, &["--fault", &delay]).await;
     far.finish(result.is_err(), false).await;
-    let far_runs = result?;
-    let far_run = far_runs
-        .iter()
+    let far_run = result?
+        .into_iter()
         .find(|r| r.stages == 3 && r.verify == "off")
-        .map(|r| r.tokens_per_s)
-        .unwrap_or(0.0);
+        .ok_or_else(|| anyhow::anyhow!("no 3-stage run at a distance"))?;
 
-    let single_ms = 1e3 / single;
-    let ideal_far = 1e3 / (single_ms + 3.0 * f64::from(DELAY_MS));
+    // Each pipeline beside the single process measured in the same stretch of time (the fastest
+    // of the runs taken between its own): the machine's speed drifts over a benchmark.
+    let far_single_ms = 1e3 / far_run.single_tokens_per_s;
+    let ideal_far = 1e3 / (far_single_ms + 3.0 * f64::from(DELAY_MS));
+    let far_run = far_run.tokens_per_s;
+    let single = single.fastest;
     let rows: Vec<Value> = runs
         .iter()
         .map(|r| {
             let per_token_ms = 1e3 / r.tokens_per_s;
+            let single_ms = 1e3 / r.single_tokens_per_s;
             json!({
                 "stages": r.stages,
                 "verify": r.verify,
                 "decode_tokens_per_s": r.tokens_per_s,
-                "ratio": r.tokens_per_s / single,
+                "single_decode_tokens_per_s": r.single_tokens_per_s,
+                "ratio": r.tokens_per_s / r.single_tokens_per_s,
                 "per_hop_ms": (per_token_ms - single_ms) / f64::from(r.stages),
                 "compute_ms_per_token": single_ms,
                 "network_ms_per_token": per_token_ms - single_ms,
@@ -124,6 +129,7 @@ pub(crate) async fn run(
         "delay_ms": DELAY_MS,
         "stages": 3,
         "decode_tokens_per_s": far_run,
+        "single_decode_tokens_per_s": 1e3 / far_single_ms,
         "ideal_tokens_per_s": ideal_far,
         "ratio_to_ideal": far_run / ideal_far,
     });
@@ -146,23 +152,24 @@ pub(crate) async fn run(
             "\n{tokens} tokens greedy, each figure the fastest of {repeats} runs; pipelines: {NODES} nodes × 1 thread + coordinator on 127.0.0.1"
         );
         println!(
-            "  {:<32} {:>9}  {:>6}  {:>11}  {:>10}  {:>10}",
-            "", "tokens/s", "ratio", "ms per hop", "network ms", "coord. CPU"
+            "  {:<32} {:>9}  {:>9}  {:>6}  {:>11}  {:>10}  {:>10}",
+            "", "tokens/s", "single", "ratio", "ms per hop", "network ms", "coord. CPU"
         );
         println!(
-            "  {:<32} {single:>9.1}  {:>6.2}",
+            "  {:<32} {single:>9.1}  {single:>9.1}  {:>6.2}",
             format!("single process ({threads} thread)"),
             1.0
         );
         for r in &rows {
             println!(
-                "  {:<32} {:>9.1}  {:>6.2}  {:>11.2}  {:>10.2}  {:>7.2} ms",
+                "  {:<32} {:>9.1}  {:>9.1}  {:>6.2}  {:>11.2}  {:>10.2}  {:>7.2} ms",
                 format!(
                     "{} stages, verify {}",
                     r["stages"],
                     r["verify"].as_str().unwrap_or("")
                 ),
                 r["decode_tokens_per_s"].as_f64().unwrap_or(0.0),
+                r["single_decode_tokens_per_s"].as_f64().unwrap_or(0.0),
                 r["ratio"].as_f64().unwrap_or(0.0),
                 r["per_hop_ms"].as_f64().unwrap_or(0.0),
                 r["network_ms_per_token"].as_f64().unwrap_or(0.0),
@@ -181,11 +188,58 @@ pub(crate) async fn run(
     Ok(())
 }
 
+/// Greedy decoding in this process on one stage of every layer: the baseline, measured again
+/// beside each pipeline run.
+struct Single {
+    stage: Stage,
+    ends: Vec<u32>,
+    prompt: Vec<u32>,
+    tokens: u32,
+    /// Runs so far (each its own session).
+    runs: u64,
+    /// The fastest decode tokens/s of every run so far.
+    fastest: f64,
+}
+
+impl Single {
+    fn warm_up(&mut self) -> anyhow::Result<()> {
+        generate_greedy(&mut self.stage, &self.ends, &self.prompt, 4, 0)?;
+        Ok(())
+    }
+
+    /// One run's tokens and decode tokens/s.
+    fn run_tokens(&mut self) -> anyhow::Result<(Vec<u32>, f64)> {
+        self.runs += 1;
+        let run = generate_greedy(
+            &mut self.stage,
+            &self.ends,
+            &self.prompt,
+            self.tokens as usize,
+            self.runs,
+        )?;
+        let speed = (run.token_ids.len() - 1) as f64 / (run.total - run.prefill).as_secs_f64();
+        self.fastest = self.fastest.max(speed);
+        Ok((run.token_ids, speed))
+    }
+
+    /// One run's decode tokens/s.
+    fn run(&mut self) -> anyhow::Result<f64> {
+        Ok(self.run_tokens()?.1)
+    }
+
+    /// The tokens every pipeline must give.
+    fn expected(&mut self) -> anyhow::Result<Vec<u32>> {
+        Ok(self.run_tokens()?.0)
+    }
+}
+
 /// One pipeline's figures.
 struct Run {
     stages: u32,
     verify: &'static str,
     tokens_per_s: f64,
+    /// The single process's fastest run among those taken between this pipeline's runs.
+    single_tokens_per_s: f64,
     round_trip_ms: f64,
     coordinator_cpu_ms_per_token: Option<f64>,
 }
@@ -203,11 +257,12 @@ struct Bench<'a> {
 }
 
 /// Start the swarm (every process with `extra` flags); run each pipeline `bench.repeats` times and
-/// keep its fastest run.
+/// keep its fastest run, and the fastest of the single process's runs taken before each of them.
 async fn pipelines(
     swarm: &mut Children,
     models: &Path,
     bench: &Bench<'_>,
+    single: &mut Single,
     extra: &[&str],
 ) -> anyhow::Result<Vec<Run>> {
     swarm.start_swarm_with(models, NODES, extra).await?;
@@ -223,7 +278,9 @@ async fn pipelines(
         // Load the stages' layers before timing.
         let _: Value = client.post("/v1/generate", &request(2)).await?;
         let mut best: Option<Run> = None;
+        let mut beside = 0f64;
         for _ in 0..bench.repeats {
+            beside = beside.max(single.run()?);
             let cpu_before = swarm.cpu_ms("coordinator");
             let summary: Value = client.post("/v1/generate", &request(bench.tokens)).await?;
             let cpu_after = swarm.cpu_ms("coordinator");
@@ -243,6 +300,7 @@ async fn pipelines(
                     stages,
                     verify,
                     tokens_per_s,
+                    single_tokens_per_s: 0.0,
                     round_trip_ms,
                     coordinator_cpu_ms_per_token: cpu_before
                         .zip(cpu_after)
@@ -250,10 +308,11 @@ async fn pipelines(
                 });
             }
         }
-        let run = best.expect("at least one run");
+        let mut run = best.expect("at least one run");
+        run.single_tokens_per_s = beside;
         if !bench.quiet {
             println!(
-                "{stages} stages, verify {verify}: {:.1} tokens/s",
+                "{stages} stages, verify {verify}: {:.1} tokens/s (single process beside it: {beside:.1})",
                 run.tokens_per_s
             );
         }
@@ -293,14 +352,13 @@ async fn concurrent(swarm: &Children, bench: &Bench<'_>) -> anyhow::Result<(f64,
         }
         Ok(())
     };
+    // One session and then all of them, in turns: the machine's speed drifts over a benchmark.
     let (mut one_session, mut together) = (0f64, 0f64);
     for _ in 0..bench.repeats {
         let started = std::time::Instant::now();
         let one: Value = client.post("/v1/generate", &request).await?;
         check(&one)?;
         one_session = one_session.max(f64::from(bench.tokens) / started.elapsed().as_secs_f64());
-    }
-    for _ in 0..bench.repeats {
         let started = std::time::Instant::now();
         let all = futures::future::join_all(
             (0..CONCURRENT).map(|_| client.post::<Value>("/v1/generate", &request)),

@@ -25,8 +25,9 @@ pub(crate) async fn run(args: BenchArgs, file: &FileConfig) -> anyhow::Result<()
         BenchCommand::Local {
             model,
             layers,
+            batch,
             json,
-        } => local(model, layers, json, &models),
+        } => local(model, layers, batch, json, &models),
         BenchCommand::Swarm {
             texts,
             unit_size,
@@ -106,6 +107,7 @@ fn layer_weight_bytes(
 fn local(
     model: Option<std::path::PathBuf>,
     layers: Option<std::ops::Range<usize>>,
+    batch: Option<u32>,
     json: bool,
     models: &std::path::Path,
 ) -> anyhow::Result<()> {
@@ -164,6 +166,38 @@ fn local(
         v[v.len() / 2]
     };
     let (prompt_tps, decode_tps) = (median(&mut prefill), median(&mut decode));
+    // N sessions decoding together: each step is one batch of N one-row items, as a stage runs
+    // the steps of several sessions queued together.
+    let batch_tps = match batch {
+        None => None,
+        Some(n) => {
+            let sessions: Vec<u64> = (0..u64::from(n)).map(|s| 1_000 + s).collect();
+            let mut runs = Vec::new();
+            for _ in 0..RUNS {
+                for &session in &sessions {
+                    stage.forward(session, input(&prompt)?, 0, false)?;
+                }
+                let start = Instant::now();
+                for step in 0..DECODE_TOKENS {
+                    let items = sessions
+                        .iter()
+                        .map(|&s| {
+                            let token = [prompt[step % prompt.len()]];
+                            Ok((s, input(&token)?, PROMPT_TOKENS + step, false))
+                        })
+                        .collect::<anyhow::Result<Vec<_>>>()?;
+                    for out in stage.forward_batch(items) {
+                        out?;
+                    }
+                }
+                runs.push((n as usize * DECODE_TOKENS) as f64 / start.elapsed().as_secs_f64());
+                for &session in &sessions {
+                    stage.end_session(session);
+                }
+            }
+            Some((n, median(&mut runs)))
+        }
+    };
     let threads = stage.threads();
     let kernel_path = stage.kernel_path();
     let after = memory();
@@ -182,6 +216,11 @@ fn local(
                 "decode_tok_s": decode_tps,
                 "prompt_tokens_per_s": prompt_tps,
                 "decode_tokens_per_s": decode_tps,
+                "batch": batch_tps.map(|(n, tps)| json!({
+                    "sessions": n,
+                    "decode_tokens_per_s": tps,
+                    "ratio_to_one": tps / decode_tps,
+                })),
                 "layers": [range.start, range.end],
                 "file_bytes": file_bytes,
                 "layers_weight_bytes": weights,
@@ -199,6 +238,12 @@ fn local(
             "  prompt  {prompt_tps:>8.1} tokens/s  ({PROMPT_TOKENS}-token prefill, median of {RUNS})"
         );
         println!("  decode  {decode_tps:>8.1} tokens/s  ({DECODE_TOKENS} steps, median of {RUNS})");
+        if let Some((n, tps)) = batch_tps {
+            println!(
+                "  batch   {tps:>8.1} tokens/s  ({n} sessions decoding at once, in all; {:.2}× one session)",
+                tps / decode_tps
+            );
+        }
         let mib = |b: u64| b as f64 / (1024.0 * 1024.0);
         if let Some((rss, peak)) = after {
             println!(

@@ -862,6 +862,10 @@ pub(crate) enum BenchCommand {
         /// is not 0), and report its memory beside the bytes of the weights those layers need.
         #[arg(long, value_name = "A..B", value_parser = parse_layers)]
         layers: Option<std::ops::Range<usize>>,
+        /// Also decode N sessions at once, each step one pass over the weights for all of them
+        /// (a stage's continuous batching), and report their tokens/s in all beside one session's.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(2..=64))]
+        batch: Option<u32>,
         /// Print JSON: {threads, kernel_path, prompt_tok_s, decode_tok_s, rss_bytes, …}.
         #[arg(long)]
         json: bool,

@@ -150,13 +150,17 @@ fn hearth_kernel_path_forces_a_path_and_every_path_gives_the_same_logits_digest(
 #[test]
 fn bench_local_reports_speeds_threads_and_kernel_path() {
     let out = json(&run_hearth_env(
-        &["bench", "--threads", "1", "local", "--json"],
+        &["bench", "--threads", "1", "local", "--batch", "2", "--json"],
         &[],
     ));
     for field in ["decode_tok_s", "prompt_tok_s"] {
         let v = out[field].as_f64().unwrap_or(0.0);
         assert!(v > 0.0 && v.is_finite(), "{field}: {out}");
     }
+    // Two sessions decoding at once, through the stage's batched pass.
+    assert_eq!(out["batch"]["sessions"], 2, "{out}");
+    let together = out["batch"]["decode_tokens_per_s"].as_f64().unwrap_or(0.0);
+    assert!(together > 0.0 && together.is_finite(), "{out}");
     assert_eq!(out["threads"], 1, "{out}");
     assert!(
         ["scalar", "avx2", "avx512", "neon"].contains(&out["kernel_path"].as_str().unwrap_or("")),

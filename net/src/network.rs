@@ -476,7 +476,7 @@ impl Network {
 
     fn put_on_wire(&mut self, id: RequestId, peer: libp2p::PeerId, request: WorkRequest) {
         *self.in_flight.entry(peer).or_default() += 1;
-        if matches!(request, WorkRequest::Chain(_)) {
+        if crate::steps::goes_on_shared_stream(&request) {
             return self.put_on_stream(id, peer, &request);
         }
         let wire = self.swarm.behaviour_mut().work.send_request(&peer, request);

@@ -13,6 +13,10 @@
 //! whose write fails before the stream took all of it is written again once on a new stream (none
 //! of it can arrive as a message, so it cannot arrive twice).
 //!
+//! A step carrying more than [`STEP_STREAM_INLINE_BYTES_MAX`] of hidden states (a long prompt's
+//! prefill) goes on a stream of its own instead, as a request: on the shared stream it would hold
+//! up every other session's steps to that peer behind it for as long as it takes to send.
+//!
 //! Each stream is served by a task of its own, beside the swarm's: the writer task per peer we send
 //! to, a reader task per peer that sends to us. They talk to the [`crate::Network`] through
 //! channels; the network keeps at most [`STEP_STREAMS_MAX`] of each kind.
@@ -39,6 +43,27 @@ pub const STEP_STREAMS_MAX: usize = 64;
 /// The answer is sent when the next stage queues the step, not when it has computed it, so it takes
 /// a round trip; a stream without an answer for this long is taken as broken.
 pub const STEP_ANSWER_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most bytes of hidden states a step carries on the shared stream to its peer. A bigger one goes
+/// on a stream of its own, so the small steps of other sessions queued behind it on the shared
+/// stream are not held up while it is sent (head-of-line blocking): over a home link of 100
+/// Mbit/s, a 4,000-token prefill of a model 4,096 wide (64 MiB) would hold every other session's
+/// tokens to that peer for over 5 s. Its own stream costs one more round trip to negotiate, little
+/// beside sending it; this limit's worst wait at 100 Mbit/s is 21 ms. Decode steps (one row, or a
+/// few) stay on the shared stream.
+pub const STEP_STREAM_INLINE_BYTES_MAX: usize = 256 * 1024;
+
+/// Whether `request` is a chained step small enough for the shared stream
+/// ([`STEP_STREAM_INLINE_BYTES_MAX`]).
+pub(crate) fn goes_on_shared_stream(request: &WorkRequest) -> bool {
+    match request {
+        WorkRequest::Chain(step) => match &step.forward.input {
+            work::StageData::Hidden { bytes, .. } => bytes.len() <= STEP_STREAM_INLINE_BYTES_MAX,
+            work::StageData::Tokens(ids) => ids.len() * 4 <= STEP_STREAM_INLINE_BYTES_MAX,
+        },
+        _ => false,
+    }
+}
 
 /// Steps queued for one peer's writer task; past it a step fails at once (the peer reads nothing).
 const STEPS_QUEUED_MAX: usize = 256;
@@ -447,6 +472,57 @@ mod tests {
                 sent.elapsed()
             );
         }
+    }
+
+    /// A step of more hidden states than the shared stream carries goes as a request on a stream
+    /// of its own; the small steps after it still go on the shared stream; both are answered.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_big_step_goes_on_a_stream_of_its_own() {
+        let (mut a, mut b, to) = connected(network(5), network(6)).await;
+        let big = {
+            let WorkRequest::Chain(mut s) = step(0) else {
+                unreachable!("a chained step")
+            };
+            let rows = 200;
+            s.forward.input = StageData::hidden(rows, &vec![0.5; rows as usize * 576]);
+            WorkRequest::Chain(s)
+        };
+        assert!(!goes_on_shared_stream(&big) && goes_on_shared_stream(&step(1)));
+        let ids = [a.request(&to, big), a.request(&to, step(1))];
+        let (mut answered, mut kinds) = (Vec::new(), Vec::new());
+        tokio::time::timeout(Duration::from_secs(20), async {
+            while answered.len() < 2 {
+                tokio::select! {
+                    event = a.next() => match event {
+                        NetEvent::WorkResponse { id, response } => {
+                            assert_eq!(response, WorkResponse::Ack);
+                            answered.push(id);
+                        }
+                        NetEvent::WorkFailed { id, error } => panic!("{id:?} failed: {error}"),
+                        _ => {}
+                    },
+                    event = b.next() => if let NetEvent::WorkRequest { request: WorkRequest::Chain(s), channel, .. } = event {
+                        kinds.push((s.forward.step, matches!(channel, WorkChannel::Stream(_))));
+                        b.respond(channel, WorkResponse::Ack);
+                    },
+                }
+            }
+        })
+        .await
+        .expect("both answered in time");
+        answered.sort();
+        assert_eq!(answered, ids.to_vec());
+        kinds.sort();
+        assert_eq!(
+            kinds,
+            vec![(0, false), (1, true)],
+            "(step, on the shared stream)"
+        );
+        assert_eq!(
+            b.incoming.len(),
+            1,
+            "the small step opened the shared stream"
+        );
     }
 
     /// Steps to a peer go on one stream, kept open; each gets its own answer, in order; the steps

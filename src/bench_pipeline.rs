@@ -7,10 +7,11 @@
 //! runs (the fastest of those: a shared machine's speed drifts over the minutes a benchmark takes,
 //! and a baseline taken once at the start flattered or wronged every ratio after it); a token's
 //! time is split into compute (that single process's time per token) and network (the rest), and
-//! the coordinator's CPU time per token is read from `/proc`. Then [`CONCURRENT`] sessions at once on 3 stages, their total tokens/s beside
-//! one session's (both over the whole request, prefill included); and a second swarm whose every
-//! process runs `--fault delay=DELAY_MS`, on 3 stages, beside the ideal `1 / (compute + 3 ×
-//! DELAY_MS)` of a chain whose stages hand each token on once.
+//! the coordinator's CPU time per token is read from `/proc`. Then [`CONCURRENT`] sessions at once
+//! on 3 stages, their total tokens/s beside one session's (both over the whole request, prefill
+//! included, taken in turns); and a second swarm whose every process runs `--fault
+//! delay=DELAY_MS`, on 3 stages, beside the ideal `1 / (compute + 3 × DELAY_MS)` of a chain whose
+//! stages hand each token on once.
 
 use std::path::Path;
 

@@ -422,10 +422,86 @@ impl Attend<'_> {
         self.run_portable(scores, acc);
     }
 
+    /// [`Self::run_portable`]'s operations in AVX2 registers: four positions' scores at a time,
+    /// each in its own register whose lane `j` sums the dimensions `≡ j mod 8` in order (as
+    /// [`math::dot_f32`] does) before [`crate::dot::tree8`]; then the values' sums 64 dimensions
+    /// at a time, held in eight registers across every position, each lane one dimension's sum in
+    /// position order. Independent sums side by side instead of one chain of additions; the same
+    /// operations on each value, so the same bits.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
     unsafe fn run_avx2(&self, scores: &mut Vec<f32>, acc: &mut [f32]) {
-        self.run_portable(scores, acc);
+        use std::arch::x86_64::*;
+        /// `out[..8 R] = Σ_i scores_i · values(i)[..8 R]`, the sums held in `R` registers.
+        #[inline(always)]
+        unsafe fn sums<const R: usize>(
+            scores: &[f32],
+            values: impl Fn(usize) -> *const f32,
+            out: *mut f32,
+        ) {
+            // SAFETY (the loads and stores): the caller gives pointers to at least 8 R floats.
+            unsafe {
+                let mut a = [_mm256_setzero_ps(); R];
+                for (i, &p) in scores.iter().enumerate() {
+                    let (pv, v) = (_mm256_set1_ps(p), values(i));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, _mm256_loadu_ps(v.add(8 * r))));
+                    }
+                }
+                for (r, a) in a.into_iter().enumerate() {
+                    _mm256_storeu_ps(out.add(8 * r), a);
+                }
+            }
+        }
+        let hd = self.q.len();
+        if !hd.is_multiple_of(8) || acc.len() != hd {
+            return self.run_portable(scores, acc);
+        }
+        let key = |j: usize| &self.keys[j * self.stride + self.at..][..hd];
+        let value = |j: usize| &self.values[j * self.stride + self.at..][..hd];
+        let q = self.q.as_ptr();
+        scores.clear();
+        let mut j = self.first;
+        while j + 4 <= self.last + 1 {
+            let k = [key(j), key(j + 1), key(j + 2), key(j + 3)].map(<[f32]>::as_ptr);
+            // SAFETY: every load is of 8 floats at `c < hd`, `hd` a multiple of 8, from a slice
+            // of `hd` floats.
+            unsafe {
+                let mut s = [_mm256_setzero_ps(); 4];
+                for c in (0..hd).step_by(8) {
+                    let x = _mm256_loadu_ps(q.add(c));
+                    for (s, k) in s.iter_mut().zip(k) {
+                        *s = _mm256_add_ps(*s, _mm256_mul_ps(x, _mm256_loadu_ps(k.add(c))));
+                    }
+                }
+                for s in s {
+                    let mut lanes = [0f32; 8];
+                    _mm256_storeu_ps(lanes.as_mut_ptr(), s);
+                    scores.push(crate::dot::tree8(lanes) * self.scale);
+                }
+            }
+            j += 4;
+        }
+        for j in j..=self.last {
+            scores.push(math::dot_f32(self.q, key(j)) * self.scale);
+        }
+        // SAFETY: AVX2, as this function's.
+        unsafe { math::softmax_avx2(scores) };
+        let mut d0 = 0;
+        while d0 < hd {
+            let at = |i: usize| value(self.first + i)[d0..].as_ptr();
+            let out = acc[d0..].as_mut_ptr();
+            // SAFETY: at least 64 (or 8) floats from `d0` in every value row and in `acc`.
+            unsafe {
+                if d0 + 64 <= hd {
+                    sums::<8>(scores, at, out);
+                    d0 += 64;
+                } else {
+                    sums::<1>(scores, at, out);
+                    d0 += 8;
+                }
+            }
+        }
     }
 
     #[inline(always)]
@@ -1088,6 +1164,69 @@ impl Scratch {
             up: vec![0.0; seq * c.ffn],
             rope: Default::default(),
             rope_sliding: Default::default(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The AVX2 attention gives the portable definition's bits: head widths of 8, 64, 72 and 256,
+    /// a position or many, the first position not 0, and large and tiny values.
+    #[test]
+    fn attention_on_avx2_gives_the_portable_bits() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            let mut seed = 0x2545_f491_4f6c_dd1du64;
+            let mut next = || {
+                seed ^= seed << 13;
+                seed ^= seed >> 7;
+                seed ^= seed << 17;
+                let unit = (seed >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+                if seed.is_multiple_of(17) {
+                    unit * 1e4
+                } else if seed.is_multiple_of(13) {
+                    unit * 1e-6
+                } else {
+                    unit
+                }
+            };
+            for hd in [8, 64, 72, 256] {
+                for positions in [1, 3, 4, 9, 70] {
+                    let stride = hd * 2;
+                    let q: Vec<f32> = (0..hd).map(|_| next()).collect();
+                    let keys: Vec<f32> = (0..positions * stride).map(|_| next()).collect();
+                    let values: Vec<f32> = (0..positions * stride).map(|_| next()).collect();
+                    let first = positions / 3;
+                    let attend = Attend {
+                        q: &q,
+                        keys: &keys,
+                        values: &values,
+                        stride,
+                        at: hd,
+                        first,
+                        last: positions - 1,
+                        scale: 0.125,
+                    };
+                    let (mut s0, mut s1) = (Vec::new(), Vec::new());
+                    let (mut a0, mut a1) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
+                    attend.run_portable(&mut s0, &mut a0);
+                    // SAFETY: AVX2 was detected above.
+                    unsafe { attend.run_avx2(&mut s1, &mut a1) };
+                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                    assert_eq!(
+                        bits(&s0),
+                        bits(&s1),
+                        "scores, width {hd}, {positions} positions"
+                    );
+                    assert_eq!(
+                        bits(&a0),
+                        bits(&a1),
+                        "sums, width {hd}, {positions} positions"
+                    );
+                }
+            }
         }
     }
 }

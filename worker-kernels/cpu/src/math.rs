@@ -26,37 +26,102 @@ fn sum_squares(x: &[f32]) -> f32 {
     dot_f32(x, x)
 }
 
+/// [`exp_f32`]'s split of ln 2 and its polynomial's coefficients, highest first.
+const EXP_LN2_HI: f32 = 0.693_145_75;
+const EXP_LN2_LO: f32 = 1.428_606_8e-6;
+const EXP_POLY: [f32; 8] = [
+    1.0 / 5040.0,
+    1.0 / 720.0,
+    1.0 / 120.0,
+    1.0 / 24.0,
+    1.0 / 6.0,
+    0.5,
+    1.0,
+    1.0,
+];
+/// Above it [`exp_f32`] is +∞; below [`EXP_ZERO_BELOW`], 0.
+const EXP_INFINITE_ABOVE: f32 = 88.72;
+const EXP_ZERO_BELOW: f32 = -87.33;
+
 /// `e^x` in f32: `x = n·ln2 + r` (Cody–Waite), a degree-7 polynomial for `e^r`, then `2^n` by exponent
 /// bits. Relative error below 2e-7; 0 below −87.3, +∞ above 88.7, NaN for NaN.
 #[inline(always)]
 pub fn exp_f32(x: f32) -> f32 {
-    const LN2_HI: f32 = 0.693_145_75;
-    const LN2_LO: f32 = 1.428_606_8e-6;
     if x.is_nan() {
         return x;
     }
-    if x > 88.72 {
+    if x > EXP_INFINITE_ABOVE {
         return f32::INFINITY;
     }
-    if x < -87.33 {
+    if x < EXP_ZERO_BELOW {
         return 0.0;
     }
     let n = (x * std::f32::consts::LOG2_E).round();
-    let r = (x - n * LN2_HI) - n * LN2_LO;
+    let r = (x - n * EXP_LN2_HI) - n * EXP_LN2_LO;
     // e^r for |r| ≤ 0.35: Taylor coefficients to r⁷/7!, Horner's rule.
-    let mut p = 1.0 / 5040.0;
-    p = p * r + 1.0 / 720.0;
-    p = p * r + 1.0 / 120.0;
-    p = p * r + 1.0 / 24.0;
-    p = p * r + 1.0 / 6.0;
-    p = p * r + 0.5;
-    p = p * r + 1.0;
-    p = p * r + 1.0;
+    let mut p = EXP_POLY[0];
+    for c in &EXP_POLY[1..] {
+        p = p * r + c;
+    }
     // n is within −126..=128 here; split 2^n in two steps so n = 128 and subnormal results work.
     let n = n as i32;
     let half = n / 2;
     let scale = |k: i32| f32::from_bits(((k + 127) as u32) << 23);
     p * scale(half) * scale(n - half)
+}
+
+/// [`exp_f32`] of eight values in an AVX2 register, each lane the same operations in the same
+/// order (so the same bits): `round` (half away from zero) as truncation and a step away from zero
+/// where the dropped fraction is at least one half, `n / 2` as Rust's division (toward zero).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub unsafe fn exp_f32_avx2(x: std::arch::x86_64::__m256) -> std::arch::x86_64::__m256 {
+    use std::arch::x86_64::*;
+    let sign = _mm256_set1_ps(-0.0);
+    let t = _mm256_mul_ps(x, _mm256_set1_ps(std::f32::consts::LOG2_E));
+    let whole = _mm256_round_ps(t, _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+    // Exact: `whole` is `t` with its fraction's bits cleared.
+    let fraction = _mm256_andnot_ps(sign, _mm256_sub_ps(t, whole));
+    let away = _mm256_cmp_ps(fraction, _mm256_set1_ps(0.5), _CMP_GE_OQ);
+    let step = _mm256_and_ps(
+        away,
+        _mm256_or_ps(_mm256_set1_ps(1.0), _mm256_and_ps(sign, t)),
+    );
+    let n = _mm256_add_ps(whole, step);
+    let r = _mm256_sub_ps(
+        _mm256_sub_ps(x, _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2_HI))),
+        _mm256_mul_ps(n, _mm256_set1_ps(EXP_LN2_LO)),
+    );
+    let mut p = _mm256_set1_ps(EXP_POLY[0]);
+    for &c in &EXP_POLY[1..] {
+        p = _mm256_add_ps(_mm256_mul_ps(p, r), _mm256_set1_ps(c));
+    }
+    let n = _mm256_cvttps_epi32(n);
+    let half = _mm256_srai_epi32::<1>(_mm256_add_epi32(n, _mm256_srli_epi32::<31>(n)));
+    let scale = |k: __m256i| {
+        _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
+            k,
+            _mm256_set1_epi32(127),
+        )))
+    };
+    let e = _mm256_mul_ps(
+        _mm256_mul_ps(p, scale(half)),
+        scale(_mm256_sub_epi32(n, half)),
+    );
+    let e = _mm256_blendv_ps(
+        e,
+        _mm256_set1_ps(f32::INFINITY),
+        _mm256_cmp_ps(x, _mm256_set1_ps(EXP_INFINITE_ABOVE), _CMP_GT_OQ),
+    );
+    let e = _mm256_blendv_ps(
+        e,
+        _mm256_setzero_ps(),
+        _mm256_cmp_ps(x, _mm256_set1_ps(EXP_ZERO_BELOW), _CMP_LT_OQ),
+    );
+    _mm256_blendv_ps(e, x, _mm256_cmp_ps(x, x, _CMP_UNORD_Q))
 }
 
 /// `e^x` in f64, the same construction with a degree-13 polynomial (for tables built at load).
@@ -204,6 +269,37 @@ pub fn softmax(x: &mut [f32]) {
     }
 }
 
+/// [`softmax`] with its exponentials eight at a time ([`exp_f32_avx2`]); the maximum, the sum (in
+/// order) and the scaling as [`softmax`] takes them, so the same bits.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub unsafe fn softmax_avx2(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let mut chunks = x.chunks_exact_mut(8);
+    for chunk in &mut chunks {
+        // SAFETY: eight floats in and out of `chunk`; AVX2 per the caller.
+        unsafe {
+            let v = _mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), _mm256_set1_ps(max));
+            _mm256_storeu_ps(chunk.as_mut_ptr(), exp_f32_avx2(v));
+        }
+    }
+    for v in chunks.into_remainder() {
+        *v = exp_f32(*v - max);
+    }
+    let mut sum = 0f32;
+    for v in x.iter() {
+        sum += *v;
+    }
+    let inv = 1.0 / sum;
+    for v in x.iter_mut() {
+        *v *= inv;
+    }
+}
+
 /// `silu(g) · u = g / (1 + e^−g) · u`, in place in `g`.
 #[inline]
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
@@ -243,6 +339,65 @@ mod tests {
                 (f64::from(g[0]) - want).abs() <= 1e-6 * (1.0 + want.abs()),
                 "{x}"
             );
+        }
+    }
+
+    /// Eight at a time on AVX2, the scalar bits: every edge (NaN, ±∞, the clamps, ties of the
+    /// rounding, subnormal results) and a sweep; softmax of rows of every length up to 40.
+    #[test]
+    fn exp_and_softmax_on_avx2_give_the_scalar_bits() {
+        #[cfg(target_arch = "x86_64")]
+        if std::is_x86_feature_detected!("avx2") {
+            use std::arch::x86_64::*;
+            let mut xs = vec![
+                f32::NAN,
+                f32::INFINITY,
+                f32::NEG_INFINITY,
+                0.0,
+                -0.0,
+                EXP_INFINITE_ABOVE,
+                EXP_INFINITE_ABOVE.next_up(),
+                EXP_ZERO_BELOW,
+                EXP_ZERO_BELOW.next_down(),
+                -87.0,
+                -86.5,
+                88.5,
+                1e30,
+                -1e30,
+            ];
+            // Where x · log2(e) is a half: the rounding's ties, and their neighbours.
+            for k in -126..128 {
+                let x = (k as f32 + 0.5) / std::f32::consts::LOG2_E;
+                xs.extend([x, x.next_up(), x.next_down()]);
+            }
+            xs.extend((-9000..9000).map(|i| i as f32 * 0.0107));
+            while xs.len() % 8 != 0 {
+                xs.push(1.0);
+            }
+            for chunk in xs.chunks_exact(8) {
+                let mut out = [0f32; 8];
+                // SAFETY: AVX2 was detected above; eight floats in and out.
+                unsafe {
+                    _mm256_storeu_ps(
+                        out.as_mut_ptr(),
+                        exp_f32_avx2(_mm256_loadu_ps(chunk.as_ptr())),
+                    );
+                }
+                for (x, got) in chunk.iter().zip(out) {
+                    assert_eq!(got.to_bits(), exp_f32(*x).to_bits(), "e^{x}");
+                }
+            }
+            for len in 1..=40 {
+                let row: Vec<f32> = (0..len)
+                    .map(|i| ((i * 37) % 23) as f32 * 1.7 - 20.0)
+                    .collect();
+                let (mut a, mut b) = (row.clone(), row);
+                softmax(&mut a);
+                // SAFETY: AVX2 was detected above.
+                unsafe { softmax_avx2(&mut b) };
+                let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+                assert_eq!(bits(&a), bits(&b), "{len}");
+            }
         }
     }
 

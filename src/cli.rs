@@ -889,7 +889,8 @@ pub(crate) enum BenchCommand {
         #[arg(long, default_value_t = 3, value_name = "N",
               value_parser = clap::value_parser!(u32).range(1..=20))]
         runs: u32,
-        /// Print JSON: {single_decode_tokens_per_s, runs: [{stages, verify, decode_tokens_per_s, ratio, per_hop_ms}]}.
+        /// Print JSON: {single_decode_tokens_per_s, runs: [{stages, verify, decode_tokens_per_s,
+        /// single_decode_tokens_per_s, ratio, per_hop_ms}], concurrent, distance}.
         #[arg(long)]
         json: bool,
     },

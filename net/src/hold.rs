@@ -15,9 +15,10 @@ pub(crate) struct Hold<T> {
     delay: Duration,
     /// Held items in the order they were sent: all held for the same time, so due in order.
     held: VecDeque<(Instant, T)>,
-    /// Each held item's due time, to the timer thread.
+    /// Each held item's due time, to the timer thread. Unbounded, as `held` is: one entry per
+    /// message the process sends within one delay (a few milliseconds of them).
     to_timer: std::sync::mpsc::Sender<Instant>,
-    /// One wake-up from the timer thread per held item, once it is due.
+    /// One wake-up from the timer thread per held item, once it is due (bounded as `to_timer`).
     wakes: tokio::sync::mpsc::UnboundedReceiver<()>,
 }
 

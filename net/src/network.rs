@@ -382,18 +382,11 @@ impl Network {
         self.key.public().peer_id()
     }
 
-    /// Hold `held` for the emulated distance (callers check there is one).
-    fn hold(&mut self, held: Held) {
-        if let Some(hold) = &mut self.hold {
-            hold.push(held);
-        }
-    }
-
     /// Sign and publish `message` on gossip: on the advert topic, or in a co-op swarm on the
     /// topic of the co-op it concerns (a certificate's, a revocation's), else on every co-op's.
     pub fn publish(&mut self, message: &Message) -> Result<(), BoxError> {
-        if self.hold.is_some() {
-            self.hold(Held::Publish(message.clone()));
+        if let Some(hold) = &mut self.hold {
+            hold.push(Held::Publish(message.clone()));
             return Ok(());
         }
         self.publish_now(message)
@@ -466,8 +459,8 @@ impl Network {
         let peer = crate::to_libp2p_peer_id(peer);
         let id = RequestId(self.next_request);
         self.next_request += 1;
-        if self.hold.is_some() {
-            self.hold(Held::Request(id, peer, request));
+        if let Some(hold) = &mut self.hold {
+            hold.push(Held::Request(id, peer, request));
         } else {
             self.put_on_wire(id, peer, request);
         }
@@ -525,8 +518,8 @@ impl Network {
 
     /// Answer a work request. Returns false if the requester is gone.
     pub fn respond(&mut self, channel: WorkChannel, response: WorkResponse) -> bool {
-        if self.hold.is_some() {
-            self.hold(Held::Respond(channel, response));
+        if let Some(hold) = &mut self.hold {
+            hold.push(Held::Respond(channel, response));
             return true;
         }
         self.respond_now(channel, response)

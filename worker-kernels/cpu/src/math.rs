@@ -257,12 +257,24 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32, out: &mut [f32]) {
 /// Softmax in place: `e^(x − max) / Σ`, the sum taken in order.
 #[inline(always)]
 pub fn softmax(x: &mut [f32]) {
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
-    let mut sum = 0f32;
+    let max = max_of(x);
     for v in x.iter_mut() {
         *v = exp_f32(*v - max);
-        sum += *v;
     }
+    scale_to_one(x);
+}
+
+/// The largest of `x` (NaNs skipped, as `f32::max` does): what softmax subtracts on every path.
+#[inline(always)]
+fn max_of(x: &[f32]) -> f32 {
+    x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v))
+}
+
+/// Divide every value by their sum, taken in order from the first: softmax's last step on every
+/// path.
+#[inline(always)]
+fn scale_to_one(x: &mut [f32]) {
+    let sum = x.iter().fold(0f32, |sum, v| sum + v);
     let inv = 1.0 / sum;
     for v in x.iter_mut() {
         *v *= inv;
@@ -278,7 +290,7 @@ pub fn softmax(x: &mut [f32]) {
 #[target_feature(enable = "avx2")]
 pub unsafe fn softmax_avx2(x: &mut [f32]) {
     use std::arch::x86_64::*;
-    let max = x.iter().fold(f32::NEG_INFINITY, |m, &v| m.max(v));
+    let max = max_of(x);
     let mut chunks = x.chunks_exact_mut(8);
     for chunk in &mut chunks {
         // SAFETY: eight floats in and out of `chunk`; AVX2 per the caller.
@@ -290,14 +302,7 @@ pub unsafe fn softmax_avx2(x: &mut [f32]) {
     for v in chunks.into_remainder() {
         *v = exp_f32(*v - max);
     }
-    let mut sum = 0f32;
-    for v in x.iter() {
-        sum += *v;
-    }
-    let inv = 1.0 / sum;
-    for v in x.iter_mut() {
-        *v *= inv;
-    }
+    scale_to_one(x);
 }
 
 /// `silu(g) · u = g / (1 + e^−g) · u`, in place in `g`.

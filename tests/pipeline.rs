@@ -6,6 +6,7 @@ mod support;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
+use hearth_coordinator::STAGE_SESSIONS_MAX;
 use serde_json::Value;
 use support::local_swarm::Swarm;
 use support::{hearth, run_hearth, stdout_json, wait_until};
@@ -31,6 +32,29 @@ fn sessions(api: &str) -> Option<Vec<Value>> {
     stream.read_to_string(&mut response).ok()?;
     let (_, body) = response.split_once("\r\n\r\n")?;
     serde_json::from_str(body).ok()
+}
+
+/// `POST /v1/generate` of `body` to an open API at `api`, with a plain HTTP/1.1 request: the
+/// status line, the headers (lower-cased) and the body.
+fn post_generate(api: &str, body: &Value) -> (String, String, String) {
+    use std::io::{Read, Write};
+    let addr = api
+        .strip_prefix("http://")
+        .expect("http")
+        .trim_end_matches('/');
+    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
+    let body = body.to_string();
+    write!(
+        stream,
+        "POST /v1/generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut response = String::new();
+    stream.read_to_string(&mut response).expect("read");
+    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    (status.to_string(), headers.to_lowercase(), body.to_string())
 }
 
 fn local_tokens(prompt: &str, max_tokens: &str) -> Value {
@@ -499,6 +523,53 @@ fn a_chained_pipeline_hands_steps_along_and_survives_a_killed_stage() {
             prompts[i % 4]
         );
     }
+
+    // Every peer serving as many sessions as a stage may: the next request is refused at once
+    // with 503, the reason and when to try again, not queued behind them or left hanging; and
+    // served again once they end.
+    let full = STAGE_SESSIONS_MAX;
+    let mut clients: Vec<_> = (0..full)
+        .map(|_| {
+            Command::new(hearth())
+                .args(["generate", "--prompt", PROMPTS[0], "--max-tokens", "1000"])
+                .args(["--stream", "--verify", "off", "--stages", "3"])
+                .args(["--api", &swarm.api])
+                .env_remove("HEARTH_CONFIG")
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .expect("start hearth generate")
+        })
+        .collect();
+    let running =
+        || sessions(&swarm.api).map(|all| all.iter().filter(|s| s["state"] == "running").count());
+    wait_until(
+        Duration::from_secs(120),
+        "every peer serving as many sessions as a stage may",
+        || (running()? == full).then_some(()),
+    );
+    let request = serde_json::json!({
+        "model": "smollm2-135m-instruct-q4_1", "prompt": PROMPTS[1], "max_tokens": 4, "stages": 3
+    });
+    let (status, headers, body) = post_generate(&swarm.api, &request);
+    assert!(status.contains(" 503 "), "{status}: {body}");
+    assert!(headers.contains("retry-after: 2"), "{headers}");
+    assert!(
+        body.contains("no route for model smollm2-135m-instruct-q4_1: 3 stages asked, but 3 of the 3 online peers")
+            && body.contains(&format!("already serve {full} sessions each, 0 have room; try again shortly")),
+        "{body}"
+    );
+    for client in &mut clients {
+        client.kill().expect("kill a client");
+        let _ = client.wait();
+    }
+    wait_until(Duration::from_secs(30), "the sessions ending", || {
+        (running()? == 0).then_some(())
+    });
+    let (status, _, body) = post_generate(&swarm.api, &request);
+    assert!(status.contains(" 200 "), "{status}: {body}");
+    let ids = serde_json::from_str::<Value>(&body).expect("summary")["token_ids"].clone();
+    assert_eq!(ids, local_tokens(PROMPTS[1], "4"), "{body}");
 
     // A client that goes away: every stage frees the session (the chain stops at once).
     client_gone_frees_every_stage(&swarm, &["--verify", "off"]);

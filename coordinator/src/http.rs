@@ -691,7 +691,15 @@ pub(crate) async fn ask<T>(
 /// A generation refused: 503 when the swarm cannot serve it now, 400 when the request is at fault.
 pub(crate) fn refused(refusal: &Refusal) -> Response {
     let status = match refusal {
-        Refusal::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+        Refusal::Unavailable(why) => {
+            // When to try again: the swarm is busy or short of peers for now.
+            let mut response = error(StatusCode::SERVICE_UNAVAILABLE, why);
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(RETRY_AFTER_S),
+            );
+            return response;
+        }
         Refusal::Invalid(_) => StatusCode::BAD_REQUEST,
         Refusal::NoModel(why) => {
             return error_with_code(StatusCode::NOT_FOUND, why, "model_not_found");
@@ -699,6 +707,10 @@ pub(crate) fn refused(refusal: &Refusal) -> Response {
     };
     error(status, &refusal.to_string())
 }
+
+/// The `Retry-After` (seconds) of a generation refused for now (503): sessions of a few dozen
+/// tokens end within seconds, and peers that went away are replaced about as fast.
+pub(crate) const RETRY_AFTER_S: u16 = 2;
 
 pub(crate) fn error(status: StatusCode, message: &str) -> Response {
     let code = match status {

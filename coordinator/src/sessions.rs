@@ -452,13 +452,16 @@ impl Sessions {
         let stages = request
             .stages
             .map_or(STAGES_DEFAULT.min(holders).max(1), |k| k as usize);
+        // The model as the request named it (the id when it named none).
+        let named = request.model.clone().unwrap_or_else(|| model.to_string());
         let route = plan_within(&candidates, layers, stages, &llm.footprint).map_err(|e| {
-            Unavailable(if busy > 0 {
+            Unavailable(if busy > 0 && candidates.len() < stages {
                 format!(
-                    "no route for model {model}: {busy} of the {holders} online peers holding it already serve {STAGE_SESSIONS_MAX} sessions each; try again shortly ({e})"
+                    "no route for model {named}: {stages} stages asked, but {busy} of the {holders} online peers that hold it or can fetch it already serve {STAGE_SESSIONS_MAX} sessions each, {} have room; try again shortly",
+                    candidates.len()
                 )
             } else {
-                format!("no route for model {model}: {e}")
+                format!("no route for model {named}: {e}")
             })
         })?;
         let session = self.next;

@@ -94,6 +94,8 @@ fn add(dir: &Path, file: &Path, name: Option<&str>, json: bool) -> anyhow::Resul
         .map_err(|e| anyhow::anyhow!("{e}: not added (its tokenizer is one Hearth cannot read)"))?;
     let id = model.id;
     let mut names = ModelNames::load(dir)?;
+    // A name that named another model moves to this one: say so.
+    let moved = name.and_then(|n| names.0.get(n).filter(|old| **old != id).copied());
     if let Some(name) = name {
         names.bind(name, id).map_err(anyhow::Error::msg)?;
     }
@@ -142,9 +144,12 @@ fn add(dir: &Path, file: &Path, name: Option<&str>, json: bool) -> anyhow::Resul
     if json {
         println!(
             "{}",
-            json!({ "id": id.to_string(), "name": shown, "path": path, "copied": copied })
+            json!({ "id": id.to_string(), "name": shown, "path": path, "copied": copied, "moved_from": moved.map(|m| m.to_string()) })
         );
     } else {
+        if let (Some(old), Some(name)) = (moved, name) {
+            println!("{name:?} named {old} until now; it names this file from now on");
+        }
         println!(
             "{shown}: {} ({} layers), id {id}, in {}",
             model.config.arch,
@@ -387,24 +392,62 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
         .iter()
         .flat_map(|m| m.files.iter().map(|f| dir.join(f.path)))
         .collect();
+    // Model files added or put there by hand: under the names bound to them (`names`), their
+    // architecture read from the file.
+    let names = ModelNames::load(dir)?;
     for (path, id) in hearth_node::scan_models(dir)? {
         if !catalogued.contains(&path) {
-            rows.push(json!({ "name": path.file_name().map(|n| n.to_string_lossy()), "kind": null, "status": "present", "id": id, "path": path }));
+            let bound: Vec<&str> = names
+                .0
+                .iter()
+                .filter(|(_, bound)| **bound == id)
+                .map(|(n, _)| n.as_str())
+                .collect();
+            let (kind, status, arch, problem) = match GgufModel::open(&path) {
+                Ok(model) => ("llm", "present", Some(model.config.arch.clone()), None),
+                Err(e) => ("-", "unusable", None, Some(e.to_string())),
+            };
+            rows.push(json!({ "name": path.file_name().map(|n| n.to_string_lossy()), "names": bound, "kind": kind, "arch": arch, "status": status, "problem": problem, "id": id, "path": path }));
         }
     }
     if json {
         println!("{}", serde_json::Value::Array(rows));
         return Ok(());
     }
-    println!("{:<28}  {:<5}  {:<8}  ID", "NAME", "KIND", "STATUS");
-    for row in &rows {
+    // What a request's `model` takes: the catalogue's or the bound names (and the file's name
+    // beside them), else the id.
+    let shown: Vec<String> = rows
+        .iter()
+        .map(|row| {
+            let file = row["name"].as_str().unwrap_or("?");
+            match row["names"].as_array().filter(|n| !n.is_empty()) {
+                Some(bound) => {
+                    let bound: Vec<&str> = bound.iter().filter_map(|n| n.as_str()).collect();
+                    format!("{} ({file})", bound.join(", "))
+                }
+                None => file.to_string(),
+            }
+        })
+        .collect();
+    let width = shown
+        .iter()
+        .map(|s| s.chars().count())
+        .max()
+        .unwrap_or(0)
+        .max(4);
+    println!("{:<width$}  {:<5}  {:<8}  ID", "NAME", "KIND", "STATUS");
+    for (row, name) in rows.iter().zip(&shown) {
         println!(
-            "{:<28}  {:<5}  {:<8}  {}",
-            row["name"].as_str().unwrap_or("?"),
+            "{name:<width$}  {:<5}  {:<8}  {}",
             row["kind"].as_str().unwrap_or("-"),
             row["status"].as_str().unwrap_or("?"),
             row["id"].as_str().unwrap_or("?")
         );
+    }
+    for (row, name) in rows.iter().zip(&shown) {
+        if let Some(problem) = row["problem"].as_str() {
+            println!("{name} is not used: {problem}");
+        }
     }
     println!("models folder: {}", dir.display());
     Ok(())

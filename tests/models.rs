@@ -15,6 +15,12 @@ fn listed(dir: &std::path::Path) -> Vec<Value> {
     serde_json::from_value(stdout_json(&models(dir, &["list", "--json"]))).expect("an array")
 }
 
+/// The names bound to the listed model file of id `id`.
+fn row_names(listed: &[Value], id: &str) -> Vec<String> {
+    let row = listed.iter().find(|m| m["id"] == id).expect("listed");
+    serde_json::from_value(row["names"].clone()).expect("names")
+}
+
 #[test]
 fn a_corrupt_file_is_reported_and_fetched_again() {
     let tmp = tempfile::tempdir().expect("tempdir");
@@ -191,6 +197,50 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("names.json")).expect("names.json"))
             .expect("JSON");
     assert_eq!(names["house"], id.as_str());
+    assert_eq!(again["moved_from"], Value::Null, "{again}");
+
+    // The list shows the file under its bound name, as the model it is; a file dropped in the
+    // folder that is no model it can run is listed as unusable, with why.
+    std::fs::write(dir.join("cut.gguf"), &bytes[..bytes.len() / 2]).expect("write");
+    let rows = listed(&dir);
+    let row = |file: &str| {
+        rows.iter()
+            .find(|m| m["name"] == file)
+            .unwrap_or_else(|| panic!("{file} listed: {rows:?}"))
+            .clone()
+    };
+    let own = row("own.gguf");
+    assert_eq!(
+        (
+            &own["id"],
+            &own["names"],
+            &own["kind"],
+            &own["arch"],
+            &own["status"]
+        ),
+        (
+            &Value::from(id.as_str()),
+            &serde_json::json!(["house"]),
+            &Value::from("llm"),
+            &Value::from("llama"),
+            &Value::from("present")
+        ),
+        "{own}"
+    );
+    let cut = row("cut.gguf");
+    assert_eq!(cut["status"], "unusable", "{cut}");
+    assert!(
+        cut["problem"]
+            .as_str()
+            .is_some_and(|p| p.contains("cut short")),
+        "{cut}"
+    );
+    let table = String::from_utf8_lossy(&models(&dir, &["list"]).stdout).into_owned();
+    assert!(
+        table.contains("house (own.gguf)") && table.contains("cut.gguf is not used: "),
+        "{table}"
+    );
+    std::fs::remove_file(dir.join("cut.gguf")).expect("remove");
 
     // The name runs it on one machine, as the file does.
     let run = |model: &str| {
@@ -235,6 +285,26 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
         "{}",
         String::from_utf8_lossy(&taken.stderr)
     );
+    // A name bound again to another file moves to it, and says so.
+    let other = tmp.path().join("other.gguf");
+    bytes.extend_from_slice(b", rebuilt");
+    std::fs::write(&other, &bytes).expect("write");
+    let other_id = hearth_protocol::ModelId::of_bytes(&bytes).to_string();
+    let other_arg = other.to_str().expect("utf-8");
+    let moved = stdout_json(&models(
+        &dir,
+        &["add", other_arg, "--name", "house", "--json"],
+    ));
+    assert_eq!(
+        (&moved["id"], &moved["moved_from"]),
+        (&Value::from(other_id.as_str()), &Value::from(id.as_str())),
+        "{moved}"
+    );
+    assert_eq!(row_names(&listed(&dir), &id), Vec::<String>::new());
+    assert_eq!(
+        row_names(&listed(&dir), &other_id),
+        vec!["house".to_string()]
+    );
     let unknown = run_hearth_env(
         &[
             "local",
@@ -253,5 +323,37 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
         String::from_utf8_lossy(&unknown.stderr).contains("no model in"),
         "{}",
         String::from_utf8_lossy(&unknown.stderr)
+    );
+}
+
+/// A node offers only the model files it can run: a GGUF file cut short in its models folder is
+/// left out of its adverts (the coordinator would route sessions to it), with a warning that says
+/// why; the whole file beside it is offered.
+#[test]
+fn a_node_offers_only_the_model_files_it_can_run() {
+    use support::local_swarm::Swarm;
+    let mut swarm = Swarm::start_bare(&[]);
+    let folder = swarm.path("models0");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let whole = std::fs::read(support::models_dir().join("smollm2-135m-instruct-q4_1.gguf"))
+        .expect("the default model is fetched (`hearth models fetch`)");
+    std::fs::write(folder.join("smollm2-135m-instruct-q4_1.gguf"), &whole).expect("write");
+    let cut = &whole[..whole.len() / 2];
+    std::fs::write(folder.join("half.gguf"), cut).expect("write");
+    let (whole_id, cut_id) = (
+        hearth_protocol::ModelId::of_bytes(&whole).to_string(),
+        hearth_protocol::ModelId::of_bytes(cut).to_string(),
+    );
+    swarm.start_node_with(0, None, &["--models", folder.to_str().expect("utf-8")]);
+    swarm.wait_online(1);
+    let peers = support::peers(&[], &swarm.api);
+    let offered: Vec<String> =
+        serde_json::from_value(peers[0]["capabilities"]["models"].clone()).expect("models");
+    assert!(offered.contains(&whole_id), "{offered:?}");
+    assert!(!offered.contains(&cut_id), "{offered:?}");
+    let log = swarm.nodes[0].1.log_text();
+    assert!(
+        log.contains("not served: ") && log.contains("half.gguf: the file is cut short"),
+        "{log}"
     );
 }

@@ -64,7 +64,7 @@ pub async fn run(config: NodeConfig, shutdown: impl Future<Output = ()>) -> Resu
         })
         .await
         .expect("hardware probe does not panic");
-        let models = models?;
+        let models = usable(models?);
         let mut caps = capabilities(
             &hardware,
             config.threads,
@@ -1274,4 +1274,26 @@ impl Join {
             tracing::info!(%peer, "connected to join peer");
         }
     }
+}
+
+/// The model files of `found` this node can serve: a GGUF file that does not parse as a model
+/// Hearth runs (cut short, another format renamed, an architecture it does not know) is left out
+/// of its adverts with a warning, rather than offered to coordinators that would route to it.
+fn usable(
+    found: Vec<(std::path::PathBuf, hearth_protocol::ModelId)>,
+) -> Vec<(std::path::PathBuf, hearth_protocol::ModelId)> {
+    found
+        .into_iter()
+        .filter(|(path, _)| {
+            // Its id was just hashed (and kept beside it), so this reads only its header.
+            let gguf = path.extension().is_some_and(|e| e == "gguf");
+            match gguf.then(|| hearth_kernels::GgufModel::open(path)) {
+                Some(Err(e)) => {
+                    tracing::warn!("not served: {e}");
+                    false
+                }
+                _ => true,
+            }
+        })
+        .collect()
 }

@@ -236,12 +236,12 @@ impl Client {
     }
 }
 
-/// A coordinator group's follower that knows no leader yet: 503 with `Retry-After`.
+/// A coordinator group's follower that knows no leader yet: 503 with [`hearth_coordinator::group::NO_LEADER_HEADER`].
 fn no_leader(response: &reqwest::Response) -> bool {
     response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
         && response
             .headers()
-            .contains_key(reqwest::header::RETRY_AFTER)
+            .contains_key(hearth_coordinator::group::NO_LEADER_HEADER)
 }
 
 /// "The coordinator did not answer at all" (as opposed to answering no), with the message to show.

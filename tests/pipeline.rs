@@ -524,9 +524,99 @@ fn a_chained_pipeline_hands_steps_along_and_survives_a_killed_stage() {
         );
     }
 
-    // Every peer serving as many sessions as a stage may: the next request is refused at once
-    // with 503, the reason and when to try again, not queued behind them or left hanging; and
-    // served again once they end.
+    // A client that goes away: every stage frees the session (the chain stops at once).
+    client_gone_frees_every_stage(&swarm, &["--verify", "off"]);
+
+    // A stage killed mid-generation: replaced, the chain restarted from the tokens so far, and the
+    // output unchanged.
+    let prompt = PROMPTS[1];
+    let result = generate_killing_a_stage(&mut swarm, prompt, "200", &["--verify", "off"]);
+    assert_eq!(result["token_ids"], local_tokens(prompt, "200"), "{result}");
+    let reroutes = result["reroutes"].as_array().expect("reroutes");
+    let killed = &swarm.nodes[1].0;
+    assert_eq!(reroutes.len(), 1, "{result}");
+    assert_eq!(&reroutes[0]["failed_peer"], killed, "{result}");
+    let route = result["route"].as_array().expect("route");
+    assert!(route.iter().all(|h| &h["peer_id"] != killed), "{result}");
+}
+
+/// CPU ticks (user and system, 1/100 s) the process `pid` has used, from `/proc`.
+fn cpu_ticks(pid: u32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).expect("/proc/PID/stat");
+    // The fields after the command name (in parentheses, which may hold spaces).
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .expect("stat")
+        .1
+        .split_whitespace()
+        .collect();
+    fields[11].parse::<u64>().expect("utime") + fields[12].parse::<u64>().expect("stime")
+}
+
+/// A chain runs between its stages without the coordinator, so a coordinator that crashes must not
+/// leave them generating to the end of `max_tokens` for nobody: the last stage's report goes
+/// undelivered, the chain stops there, and the nodes go idle.
+#[test]
+fn a_chain_stops_when_its_coordinator_is_gone() {
+    let mut swarm = Swarm::start(&[None, None, None]);
+    let mut client = Command::new(hearth())
+        .args(["generate", "--prompt", PROMPTS[2], "--max-tokens", "3000"])
+        .args(["--stream", "--verify", "off", "--stages", "3"])
+        .args(["--api", &swarm.api])
+        .env_remove("HEARTH_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hearth generate");
+    wait_until(Duration::from_secs(120), "a session with 3 tokens", || {
+        sessions(&swarm.api)?
+            .iter()
+            .any(|s| s["state"] == "running" && s["tokens"].as_u64() >= Some(3))
+            .then_some(())
+    });
+    swarm.coordinator.kill();
+    let gone = std::time::Instant::now();
+    wait_until(
+        Duration::from_secs(30),
+        "the last stage stopping the chain",
+        || {
+            swarm
+                .nodes
+                .iter()
+                .any(|(_, node)| node.log_text().contains("the chain stops here"))
+                .then_some(())
+        },
+    );
+    // Idle: the three nodes together use under a tenth of a core over a second (generating, the
+    // chain keeps about one core busy).
+    let pids: Vec<u32> = swarm.nodes.iter().map(|(_, n)| n.child.id()).collect();
+    let ticks = || pids.iter().map(|&pid| cpu_ticks(pid)).sum::<u64>();
+    let mut window = (std::time::Instant::now(), ticks());
+    wait_until(Duration::from_secs(30), "the nodes going idle", || {
+        let elapsed = window.0.elapsed();
+        if elapsed < Duration::from_secs(1) {
+            return None;
+        }
+        let used = ticks() - window.1;
+        let idle = (used as f64) < elapsed.as_secs_f64() * 100.0 * 0.1;
+        window = (std::time::Instant::now(), ticks());
+        idle.then_some(())
+    });
+    println!(
+        "coordinator gone: the chain stopped and the nodes went idle {:.1} s later",
+        gone.elapsed().as_secs_f64()
+    );
+    let _ = client.kill();
+    let _ = client.wait();
+}
+
+/// Every peer serving as many sessions as a stage may: the next request is refused at once with
+/// 503, the reason and when to try again, not queued behind them or left hanging; and served again
+/// once they end. Every node holds what it sends for 250 ms (`--fault delay`), so the sessions that
+/// fill the swarm step slowly and leave the cores to the tests running beside this one.
+#[test]
+fn a_swarm_whose_peers_are_all_busy_refuses_at_once_and_serves_again() {
+    let swarm = Swarm::start(&[Some("delay=250"), Some("delay=250"), Some("delay=250")]);
     let full = STAGE_SESSIONS_MAX;
     let mut clients: Vec<_> = (0..full)
         .map(|_| {
@@ -559,6 +649,14 @@ fn a_chained_pipeline_hands_steps_along_and_survives_a_killed_stage() {
             && body.contains(&format!("already serve {full} sessions each, 0 have room; try again shortly")),
         "{body}"
     );
+    // The CLI shows the same reason (a 503 with Retry-After is an answer, not a group without a
+    // leader to try elsewhere).
+    let out = swarm.hearth(&["generate", "--prompt", PROMPTS[1], "--max-tokens", "4"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && stderr.contains("have room; try again shortly"),
+        "{stderr}"
+    );
     for client in &mut clients {
         client.kill().expect("kill a client");
         let _ = client.wait();
@@ -570,19 +668,4 @@ fn a_chained_pipeline_hands_steps_along_and_survives_a_killed_stage() {
     assert!(status.contains(" 200 "), "{status}: {body}");
     let ids = serde_json::from_str::<Value>(&body).expect("summary")["token_ids"].clone();
     assert_eq!(ids, local_tokens(PROMPTS[1], "4"), "{body}");
-
-    // A client that goes away: every stage frees the session (the chain stops at once).
-    client_gone_frees_every_stage(&swarm, &["--verify", "off"]);
-
-    // A stage killed mid-generation: replaced, the chain restarted from the tokens so far, and the
-    // output unchanged.
-    let prompt = PROMPTS[1];
-    let result = generate_killing_a_stage(&mut swarm, prompt, "200", &["--verify", "off"]);
-    assert_eq!(result["token_ids"], local_tokens(prompt, "200"), "{result}");
-    let reroutes = result["reroutes"].as_array().expect("reroutes");
-    let killed = &swarm.nodes[1].0;
-    assert_eq!(reroutes.len(), 1, "{result}");
-    assert_eq!(&reroutes[0]["failed_peer"], killed, "{result}");
-    let route = result["route"].as_array().expect("route");
-    assert!(route.iter().all(|h| &h["peer_id"] != killed), "{result}");
 }

@@ -708,12 +708,7 @@ impl Node {
                 }
             },
             WorkRequest::EndSession { session } => {
-                // Recorded at once (steps queued before it are refused); the stage thread is
-                // woken to free the session's caches, or sees it before its next step.
-                self.routes.end(session);
-                self.kept.end(session);
-                self.ends.end(session, self.next_step);
-                let _ = self.stages.try_send(StageJob::End);
+                self.end_session(session);
                 self.network.respond(channel, WorkResponse::Ack);
             }
             WorkRequest::Fetch { .. }
@@ -1002,8 +997,23 @@ impl Node {
         );
     }
 
+    /// Stop serving `session` here: recorded at once (steps queued before it are refused, and a
+    /// chained step for it is handed on no further); the stage thread is woken to free the
+    /// session's caches, or sees it before its next step.
+    fn end_session(&mut self, session: u64) {
+        self.routes.end(session);
+        self.kept.end(session);
+        self.ends.end(session, self.next_step);
+        let _ = self.stages.try_send(StageJob::End);
+    }
+
     /// The answer to a chained message this node sent: a refusal or a failure to deliver is
-    /// reported to the session's coordinator (unless it was the report to the coordinator itself).
+    /// reported to the session's coordinator. A report to the coordinator itself that is refused
+    /// or cannot be delivered ends the session here, the last stage: the chain runs without the
+    /// coordinator, so a coordinator that crashed or dropped the session would otherwise leave its
+    /// stages generating to the end of `max_tokens` for nobody. (A coordinator that still wants
+    /// the session restarts it from its tokens when the report does not come, as after any lost
+    /// step.)
     fn chain_sent(&mut self, sent: Sent, answer: std::result::Result<WorkResponse, String>) {
         let reason = match answer {
             Ok(WorkResponse::Ack) => return,
@@ -1019,7 +1029,8 @@ impl Node {
             return;
         };
         if sent.to == coordinator {
-            tracing::warn!(session = sent.session, step = sent.step, %reason, "step report not taken");
+            tracing::warn!(session = sent.session, step = sent.step, %reason, "step report not taken; the chain stops here");
+            self.end_session(sent.session);
             return;
         }
         let link = Link {

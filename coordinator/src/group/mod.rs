@@ -672,6 +672,11 @@ pub(crate) fn admin_routes(group: Arc<Group>) -> axum::Router {
 
 /// Send a request to the leader with a 307 (method and body kept), or answer 503 with
 /// `Retry-After` while no leader is known.
+/// The header a member's 503 carries when the group has no leader to send the request to, so a
+/// client tries the group's other members (a 503 for a generation the swarm cannot serve now has
+/// `Retry-After` too, and is an answer, not a reason to try elsewhere).
+pub const NO_LEADER_HEADER: &str = "x-hearth-no-leader";
+
 async fn to_leader(group: &Group, uri: &axum::http::Uri) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;
@@ -689,9 +694,9 @@ async fn to_leader(group: &Group, uri: &axum::http::Uri) -> axum::response::Resp
                 StatusCode::SERVICE_UNAVAILABLE,
                 "the coordinator group has no leader right now (an election is under way): try again in a few seconds",
             );
-            response
-                .headers_mut()
-                .insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            let headers = response.headers_mut();
+            headers.insert(header::RETRY_AFTER, header::HeaderValue::from_static("1"));
+            headers.insert(NO_LEADER_HEADER, header::HeaderValue::from_static("1"));
             response
         }
     }

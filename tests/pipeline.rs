@@ -57,6 +57,32 @@ fn post_generate(api: &str, body: &Value) -> (String, String, String) {
     (status.to_string(), headers.to_lowercase(), body.to_string())
 }
 
+/// Wait until a session of the coordinator at `api` is running with at least `tokens` tokens.
+fn wait_for_tokens(api: &str, tokens: u64) {
+    wait_until(
+        Duration::from_secs(120),
+        "a running session's tokens",
+        || {
+            sessions(api)?
+                .iter()
+                .any(|s| s["state"] == "running" && s["tokens"].as_u64() >= Some(tokens))
+                .then_some(())
+        },
+    );
+}
+
+/// `hearth generate ARGS --api API` started in the background, its output thrown away.
+fn spawn_generate(api: &str, args: &[&str]) -> std::process::Child {
+    Command::new(hearth())
+        .args(args)
+        .args(["--api", api])
+        .env_remove("HEARTH_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start hearth generate")
+}
+
 fn local_tokens(prompt: &str, max_tokens: &str) -> Value {
     stdout_json(&run_hearth(
         &[],
@@ -267,12 +293,7 @@ fn generate_losing_a_stage(
         .stderr(Stdio::piped())
         .spawn()
         .expect("start hearth generate");
-    wait_until(Duration::from_secs(120), "a session with 3 tokens", || {
-        sessions(&swarm.api)?
-            .iter()
-            .any(|s| s["state"] == "running" && s["tokens"].as_u64() >= Some(3))
-            .then_some(())
-    });
+    wait_for_tokens(&swarm.api, 3);
     if stop {
         swarm.nodes[1].1.pause(true);
     } else {
@@ -559,21 +580,12 @@ fn cpu_ticks(pid: u32) -> u64 {
 #[test]
 fn a_chain_stops_when_its_coordinator_is_gone() {
     let mut swarm = Swarm::start(&[None, None, None]);
-    let mut client = Command::new(hearth())
-        .args(["generate", "--prompt", PROMPTS[2], "--max-tokens", "3000"])
-        .args(["--stream", "--verify", "off", "--stages", "3"])
-        .args(["--api", &swarm.api])
-        .env_remove("HEARTH_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("start hearth generate");
-    wait_until(Duration::from_secs(120), "a session with 3 tokens", || {
-        sessions(&swarm.api)?
-            .iter()
-            .any(|s| s["state"] == "running" && s["tokens"].as_u64() >= Some(3))
-            .then_some(())
-    });
+    let args = ["generate", "--prompt", PROMPTS[2], "--max-tokens", "3000"];
+    let mut client = spawn_generate(
+        &swarm.api,
+        &[&args[..], &["--stream", "--verify", "off", "--stages", "3"]].concat(),
+    );
+    wait_for_tokens(&swarm.api, 3);
     swarm.coordinator.kill();
     let gone = std::time::Instant::now();
     wait_until(
@@ -620,15 +632,11 @@ fn a_swarm_whose_peers_are_all_busy_refuses_at_once_and_serves_again() {
     let full = STAGE_SESSIONS_MAX;
     let mut clients: Vec<_> = (0..full)
         .map(|_| {
-            Command::new(hearth())
-                .args(["generate", "--prompt", PROMPTS[0], "--max-tokens", "1000"])
-                .args(["--stream", "--verify", "off", "--stages", "3"])
-                .args(["--api", &swarm.api])
-                .env_remove("HEARTH_CONFIG")
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .expect("start hearth generate")
+            let args = ["generate", "--prompt", PROMPTS[0], "--max-tokens", "1000"];
+            spawn_generate(
+                &swarm.api,
+                &[&args[..], &["--stream", "--verify", "off", "--stages", "3"]].concat(),
+            )
         })
         .collect();
     let running =

@@ -203,6 +203,18 @@ fn the_official_openai_client_works_against_the_swarm() {
         assert_eq!(holders, nodes, "{model}");
     }
 
+    // One model retrieved by name: what the list says of it.
+    let retrieved = &out["retrieved"];
+    let hearth_id = retrieved["hearth"]["id"].as_str().expect("its id");
+    assert_eq!(retrieved["id"], GEMMA, "{retrieved}");
+    assert_eq!(out["holders"][GEMMA], retrieved["holders"], "{retrieved}");
+    assert!(
+        hearth_kernels::CATALOG
+            .iter()
+            .any(|c| c.name == GEMMA && c.files[0].blake3 == hearth_id),
+        "{retrieved}"
+    );
+
     // Gemma 3 through the same swarm: its chat equals one machine's, over its own turn format;
     // a generation that ends at the end of turn leaves that token out, as the API does.
     let question = "What is the capital of France?";
@@ -379,6 +391,7 @@ fn the_official_openai_client_works_against_the_swarm() {
         ("missing_key", 401, "missing API key"),
         ("revoked_key", 401, "revoked"),
         ("unknown_model", 404, "gpt-9"),
+        ("retrieve_unknown", 404, "gpt-9"),
         ("too_many_tokens", 400, "max_tokens"),
         ("past_context", 400, "context"),
         ("malformed_json", 400, ""),

@@ -26,6 +26,10 @@ def main():
     listed = client.models.list().data
     out = {"models": [m.id for m in listed]}
     out["holders"] = {m.id: (m.model_extra or {}).get("holders") for m in listed}
+    # One model by name, as `client.models.retrieve` asks for it.
+    got = client.models.retrieve(GEMMA)
+    out["retrieved"] = {"id": got.id, "holders": (got.model_extra or {}).get("holders"),
+                        "hearth": (got.model_extra or {}).get("hearth")}
 
     # A second model in the same swarm: Gemma 3, over its own tokenizer and turn format.
     gemma = client.chat.completions.create(model=GEMMA, messages=QUESTION, temperature=0, max_tokens=24)
@@ -102,6 +106,7 @@ def main():
                                  .models.list())
     out["unknown_model"] = failure(lambda: client.chat.completions.create(
         model="gpt-9", messages=QUESTION, max_tokens=4))
+    out["retrieve_unknown"] = failure(lambda: client.models.retrieve("gpt-9"))
     out["too_many_tokens"] = failure(lambda: client.chat.completions.create(
         model=LLM, messages=QUESTION, max_tokens=1_000_000))
     out["past_context"] = failure(lambda: client.completions.create(

@@ -18,8 +18,8 @@
 
 use std::time::{Duration, Instant};
 
-use axum::extract::State;
 use axum::extract::rejection::JsonRejection;
+use axum::extract::{Path, State};
 use axum::http::StatusCode;
 use axum::response::sse::{Event, Sse};
 use axum::response::{IntoResponse, Response};
@@ -30,7 +30,7 @@ use hearth_protocol::work::Sampling;
 use serde_json::{Value, json};
 use tokio::sync::mpsc;
 
-use crate::http::{Command, Meter, ask, error, error_with_code};
+use crate::http::{Command, Meter, ModelEntry, ask, error, error_with_code};
 use crate::limits::{
     JOB_INPUTS_MAX, OPENAI_EMBED_WAIT, OPENAI_MAX_TOKENS_DEFAULT, STOP_SEQUENCES_MAX,
 };
@@ -42,6 +42,7 @@ type Commands = State<mpsc::Sender<Command>>;
 pub(crate) fn routes() -> Router<mpsc::Sender<Command>> {
     Router::new()
         .route("/v1/models", get(models))
+        .route("/v1/models/{model}", get(model))
         .route("/v1/chat/completions", post(chat))
         .route("/v1/completions", post(completions))
         .route("/v1/embeddings", post(embeddings))
@@ -86,26 +87,47 @@ async fn models(State(commands): Commands) -> Response {
         Ok(models) => models,
         Err(response) => return response,
     };
-    let data: Vec<Value> = models
-        .iter()
-        .map(|m| {
-            let holders: Vec<String> = m.holders.iter().map(ToString::to_string).collect();
-            json!({
-                "id": m.name,
-                "object": "model",
-                "created": 0,
-                "owned_by": "hearth",
-                "holders": holders,
-                "hearth": {
-                    "id": m.id.to_string(),
-                    "kind": match m.kind { ModelKind::Llm => "llm", ModelKind::Embedder => "embedder" },
-                    "peers_online": holders.len(),
-                    "layers": m.layers,
-                },
-            })
-        })
-        .collect();
+    let data: Vec<Value> = models.iter().map(model_json).collect();
     Json(json!({ "object": "list", "data": data })).into_response()
+}
+
+/// `GET /v1/models/{model}` (OpenAI's retrieve): the model `GET /v1/models` lists by that name, or
+/// by its blake3 id; else OpenAI's 404 `model_not_found`.
+async fn model(State(commands): Commands, Path(wanted): Path<String>) -> Response {
+    let models = match ask(&commands, Command::Models).await {
+        Ok(models) => models,
+        Err(response) => return response,
+    };
+    let id = wanted.to_ascii_lowercase();
+    match models
+        .iter()
+        .find(|m| m.name == wanted || m.id.to_string() == id)
+    {
+        Some(m) => Json(model_json(m)).into_response(),
+        None => error_with_code(
+            StatusCode::NOT_FOUND,
+            &format!("the model `{wanted}` does not exist here (see GET /v1/models)"),
+            "model_not_found",
+        ),
+    }
+}
+
+/// One model as `GET /v1/models` lists it: OpenAI's fields, its `holders`, and Hearth's own.
+fn model_json(m: &ModelEntry) -> Value {
+    let holders: Vec<String> = m.holders.iter().map(ToString::to_string).collect();
+    json!({
+        "id": m.name,
+        "object": "model",
+        "created": 0,
+        "owned_by": "hearth",
+        "holders": holders,
+        "hearth": {
+            "id": m.id.to_string(),
+            "kind": match m.kind { ModelKind::Llm => "llm", ModelKind::Embedder => "embedder" },
+            "peers_online": holders.len(),
+            "layers": m.layers,
+        },
+    })
 }
 
 mod embeddings;

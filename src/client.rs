@@ -236,7 +236,8 @@ impl Client {
     }
 }
 
-/// A coordinator group's follower that knows no leader yet: 503 with [`hearth_coordinator::group::NO_LEADER_HEADER`].
+/// A coordinator group's follower that knows no leader yet: 503 with
+/// [`hearth_coordinator::group::NO_LEADER_HEADER`].
 fn no_leader(response: &reqwest::Response) -> bool {
     response.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE
         && response

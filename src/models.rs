@@ -403,10 +403,15 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
                 .filter(|(_, bound)| **bound == id)
                 .map(|(n, _)| n.as_str())
                 .collect();
-            let (kind, status, arch, problem) = match GgufModel::open(&path) {
-                Ok(model) => ("llm", "present", Some(model.config.arch.clone()), None),
-                Err(e) => ("-", "unusable", None, Some(e.to_string())),
-            };
+            // A GGUF file is checked as a node checks it before offering it; another file (an
+            // embedder's weights) is listed as it is.
+            let gguf = path.extension().is_some_and(|e| e == "gguf");
+            let (kind, status, arch, problem) =
+                match gguf.then(|| GgufModel::open_hashed(&path, id)) {
+                    Some(Ok(model)) => ("llm", "present", Some(model.config.arch.clone()), None),
+                    Some(Err(e)) => ("-", "unusable", None, Some(e.to_string())),
+                    None => ("-", "present", None, None),
+                };
             rows.push(json!({ "name": path.file_name().map(|n| n.to_string_lossy()), "names": bound, "kind": kind, "arch": arch, "status": status, "problem": problem, "id": id, "path": path }));
         }
     }

@@ -241,6 +241,17 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
         "{table}"
     );
     std::fs::remove_file(dir.join("cut.gguf")).expect("remove");
+    // An embedder's weights of the operator's own are listed as they are, not as a broken GGUF.
+    let own_embedder = dir.join("own-embedder");
+    std::fs::create_dir_all(&own_embedder).expect("mkdir");
+    std::fs::write(own_embedder.join("model.safetensors"), b"weights").expect("write");
+    let rows = listed(&dir);
+    let weights = rows
+        .iter()
+        .find(|m| m["name"] == "model.safetensors")
+        .unwrap_or_else(|| panic!("the embedder's weights listed: {rows:?}"));
+    assert_eq!(weights["status"], "present", "{weights}");
+    std::fs::remove_dir_all(&own_embedder).expect("remove");
 
     // The name runs it on one machine, as the file does.
     let run = |model: &str| {

@@ -17,44 +17,42 @@ const PROMPTS: [&str; 3] = [
     "Volunteer computing lets people",
 ];
 
-/// The coordinator's pipeline sessions (`GET /v1/sessions` of an open API at `api`), read with a
-/// plain HTTP/1.1 request.
-fn sessions(api: &str) -> Option<Vec<Value>> {
+/// A plain HTTP/1.1 request to an open API at `api` (`body` POSTed as JSON when given, else a
+/// GET): the status line, the headers (lower-cased) and the body; `None` when it cannot be sent or
+/// read (a coordinator not up, or gone).
+fn http(api: &str, path: &str, body: Option<&Value>) -> Option<(String, String, String)> {
     use std::io::{Read, Write};
     let addr = api.strip_prefix("http://")?.trim_end_matches('/');
     let mut stream = std::net::TcpStream::connect(addr).ok()?;
-    write!(
-        stream,
-        "GET /v1/sessions HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
+    let head = format!("Host: {addr}\r\nConnection: close");
+    match body {
+        Some(body) => {
+            let body = body.to_string();
+            write!(
+                stream,
+                "POST {path} HTTP/1.1\r\n{head}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+                body.len()
+            )
+        }
+        None => write!(stream, "GET {path} HTTP/1.1\r\n{head}\r\n\r\n"),
+    }
     .ok()?;
     let mut response = String::new();
     stream.read_to_string(&mut response).ok()?;
-    let (_, body) = response.split_once("\r\n\r\n")?;
-    serde_json::from_str(body).ok()
+    let (head, body) = response.split_once("\r\n\r\n")?;
+    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
+    Some((status.to_string(), headers.to_lowercase(), body.to_string()))
 }
 
-/// `POST /v1/generate` of `body` to an open API at `api`, with a plain HTTP/1.1 request: the
-/// status line, the headers (lower-cased) and the body.
+/// The coordinator's pipeline sessions (`GET /v1/sessions` of an open API at `api`).
+fn sessions(api: &str) -> Option<Vec<Value>> {
+    serde_json::from_str(&http(api, "/v1/sessions", None)?.2).ok()
+}
+
+/// `POST /v1/generate` of `body` to an open API at `api`: the status line, the headers
+/// (lower-cased) and the body.
 fn post_generate(api: &str, body: &Value) -> (String, String, String) {
-    use std::io::{Read, Write};
-    let addr = api
-        .strip_prefix("http://")
-        .expect("http")
-        .trim_end_matches('/');
-    let mut stream = std::net::TcpStream::connect(addr).expect("connect");
-    let body = body.to_string();
-    write!(
-        stream,
-        "POST /v1/generate HTTP/1.1\r\nHost: {addr}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    )
-    .expect("send");
-    let mut response = String::new();
-    stream.read_to_string(&mut response).expect("read");
-    let (head, body) = response.split_once("\r\n\r\n").expect("a response");
-    let (status, headers) = head.split_once("\r\n").unwrap_or((head, ""));
-    (status.to_string(), headers.to_lowercase(), body.to_string())
+    http(api, "/v1/generate", Some(body)).expect("the coordinator answers")
 }
 
 /// Wait until a session of the coordinator at `api` is running with at least `tokens` tokens.

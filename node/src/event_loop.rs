@@ -1295,10 +1295,9 @@ fn usable(
 ) -> Vec<(std::path::PathBuf, hearth_protocol::ModelId)> {
     found
         .into_iter()
-        .filter(|(path, _)| {
-            // Its id was just hashed (and kept beside it), so this reads only its header.
+        .filter(|(path, id)| {
             let gguf = path.extension().is_some_and(|e| e == "gguf");
-            match gguf.then(|| hearth_kernels::GgufModel::open(path)) {
+            match gguf.then(|| hearth_kernels::GgufModel::open_hashed(path, *id)) {
                 Some(Err(e)) => {
                     tracing::warn!("not served: {e}");
                     false

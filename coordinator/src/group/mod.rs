@@ -670,13 +670,13 @@ pub(crate) fn admin_routes(group: Arc<Group>) -> axum::Router {
         .with_state(group)
 }
 
-/// Send a request to the leader with a 307 (method and body kept), or answer 503 with
-/// `Retry-After` while no leader is known.
 /// The header a member's 503 carries when the group has no leader to send the request to, so a
 /// client tries the group's other members (a 503 for a generation the swarm cannot serve now has
 /// `Retry-After` too, and is an answer, not a reason to try elsewhere).
 pub const NO_LEADER_HEADER: &str = "x-hearth-no-leader";
 
+/// Send a request to the leader with a 307 (method and body kept), or answer 503 with
+/// `Retry-After` and [`NO_LEADER_HEADER`] while no leader is known.
 async fn to_leader(group: &Group, uri: &axum::http::Uri) -> axum::response::Response {
     use axum::http::{StatusCode, header};
     use axum::response::IntoResponse;

@@ -59,11 +59,22 @@ pub struct GgufModel {
 impl GgufModel {
     /// Open `path`, read its metadata, and check it is a llama-family model Hearth can run.
     pub fn open(path: &Path) -> Result<Self> {
-        let io = |source| Error::Io {
+        let id = model_id(path).map_err(|source| Error::Io {
             path: path.into(),
             source,
-        };
-        let len = std::fs::metadata(path).map_err(io)?.len();
+        })?;
+        Self::open_hashed(path, id)
+    }
+
+    /// [`Self::open`] of a file whose blake3 the caller has just computed as `id` (a scan of a
+    /// models folder): every check, without reading the whole file again.
+    pub fn open_hashed(path: &Path, id: ModelId) -> Result<Self> {
+        let len = std::fs::metadata(path)
+            .map_err(|source| Error::Io {
+                path: path.into(),
+                source,
+            })?
+            .len();
         let catalogued = crate::catalog::catalogued_in(path);
         if let Some(file) = catalogued
             && len != file.size
@@ -77,7 +88,6 @@ impl GgufModel {
                 ),
             });
         }
-        let id = model_id(path).map_err(io)?;
         if let Some(file) = catalogued
             && id.to_string() != file.blake3
         {

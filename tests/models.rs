@@ -340,6 +340,32 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
 /// A node offers only the model files it can run: a GGUF file cut short in its models folder is
 /// left out of its adverts (the coordinator would route sessions to it), with a warning that says
 /// why; the whole file beside it is offered.
+/// A GGUF (version 3) file of architecture `arch` holding one `rows × 256` tensor of GGML type
+/// `ggml_type` (`bytes` of data) and no other metadata: what a file in a type Hearth does not run
+/// looks like to the checks that come before any other.
+fn gguf_of_type(arch: &str, tensor: &str, ggml_type: u32, bytes: usize) -> Vec<u8> {
+    fn string(out: &mut Vec<u8>, s: &str) {
+        out.extend((s.len() as u64).to_le_bytes());
+        out.extend(s.as_bytes());
+    }
+    let mut out = b"GGUF".to_vec();
+    out.extend(3u32.to_le_bytes());
+    out.extend(1u64.to_le_bytes()); // tensors
+    out.extend(1u64.to_le_bytes()); // metadata entries
+    string(&mut out, "general.architecture");
+    out.extend(8u32.to_le_bytes()); // a string
+    string(&mut out, arch);
+    string(&mut out, tensor);
+    out.extend(2u32.to_le_bytes()); // dimensions
+    out.extend(256u64.to_le_bytes());
+    out.extend(1u64.to_le_bytes());
+    out.extend(ggml_type.to_le_bytes());
+    out.extend(0u64.to_le_bytes()); // offset
+    out.resize(out.len().next_multiple_of(32), 0);
+    out.resize(out.len() + bytes, 0);
+    out
+}
+
 #[test]
 fn a_node_offers_only_the_model_files_it_can_run() {
     use support::local_swarm::Swarm;
@@ -351,20 +377,75 @@ fn a_node_offers_only_the_model_files_it_can_run() {
     std::fs::write(folder.join("smollm2-135m-instruct-q4_1.gguf"), &whole).expect("write");
     let cut = &whole[..whole.len() / 2];
     std::fs::write(folder.join("half.gguf"), cut).expect("write");
+    // A Qwen 2 model in Q3_K (110 bytes a 256-value super-block), which no kernels Hearth has run
+    // (only llama models fall back to candle's), and one in IQ4_XS, a type candle cannot even read.
+    let q3k = gguf_of_type("qwen2", "blk.0.attn_q.weight", 11, 110);
+    let iq4xs = gguf_of_type("qwen2", "blk.0.attn_q.weight", 23, 136);
+    std::fs::write(folder.join("q3k.gguf"), &q3k).expect("write");
+    std::fs::write(folder.join("iq4xs.gguf"), &iq4xs).expect("write");
     let (whole_id, cut_id) = (
         hearth_protocol::ModelId::of_bytes(&whole).to_string(),
         hearth_protocol::ModelId::of_bytes(cut).to_string(),
     );
+    let (q3k_id, iq4xs_id) = (
+        hearth_protocol::ModelId::of_bytes(&q3k).to_string(),
+        hearth_protocol::ModelId::of_bytes(&iq4xs).to_string(),
+    );
+    // What the folder's owner is told: each file's reason, by `hearth models list` and by
+    // `hearth local generate` of the file.
+    let rows = listed(&folder);
+    for (file, why) in [
+        (
+            "q3k.gguf",
+            "tensor blk.0.attn_q.weight is Q3_K, which Hearth's CPU kernels do not run",
+        ),
+        (
+            "iq4xs.gguf",
+            "a tensor is IQ4_XS (GGML type 23), which Hearth does not run",
+        ),
+    ] {
+        let row = rows
+            .iter()
+            .find(|m| m["name"] == file)
+            .unwrap_or_else(|| panic!("{file} listed: {rows:?}"));
+        assert_eq!(row["status"], "unusable", "{row}");
+        assert!(
+            row["problem"].as_str().is_some_and(|p| p.contains(why)),
+            "{row}"
+        );
+        let path = folder.join(file);
+        let out = run_hearth_env(
+            &[
+                "local",
+                "generate",
+                "--model",
+                path.to_str().expect("utf-8"),
+                "--prompt",
+                "hi",
+            ],
+            &[],
+        );
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{stderr}");
+    }
     swarm.start_node_with(0, None, &["--models", folder.to_str().expect("utf-8")]);
     swarm.wait_online(1);
     let peers = support::peers(&[], &swarm.api);
     let offered: Vec<String> =
         serde_json::from_value(peers[0]["capabilities"]["models"].clone()).expect("models");
     assert!(offered.contains(&whole_id), "{offered:?}");
-    assert!(!offered.contains(&cut_id), "{offered:?}");
+    for id in [&cut_id, &q3k_id, &iq4xs_id] {
+        assert!(!offered.contains(id), "{id} in {offered:?}");
+    }
     let log = swarm.nodes[0].1.log_text();
-    assert!(
-        log.contains("not served: ") && log.contains("half.gguf: the file is cut short"),
-        "{log}"
-    );
+    for file in [
+        "half.gguf: the file is cut short",
+        "q3k.gguf: tensor blk.0.attn_q.weight is Q3_K",
+        "iq4xs.gguf: a tensor is IQ4_XS",
+    ] {
+        assert!(
+            log.contains("not served: ") && log.contains(file),
+            "{file}: {log}"
+        );
+    }
 }

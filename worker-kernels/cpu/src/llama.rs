@@ -626,8 +626,10 @@ fn matrix(g: &Gguf, name: &str, rows: usize, cols: usize) -> Result<QMatrix, Str
         .ok_or_else(|| format!("tensor {name} missing"))?;
     let kind = QKind::from_ggml(info.ggml_type).ok_or_else(|| {
         format!(
-            "tensor {name} has GGML type {}; Hearth's CPU kernels run Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K",
-            info.ggml_type
+            "tensor {name} is {} (GGML type {}); Hearth's CPU kernels run {}",
+            crate::quant::ggml_type_name(info.ggml_type).unwrap_or("of an unknown type"),
+            info.ggml_type,
+            crate::quant::KINDS_RUN
         )
     })?;
     if info.dims != [cols, rows] {

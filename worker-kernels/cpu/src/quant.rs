@@ -51,6 +51,57 @@ pub enum QKind {
     BF16,
 }
 
+/// The GGML tensor types Hearth's CPU kernels run, as messages name them.
+pub const KINDS_RUN: &str = "F32, F16, BF16, Q4_0, Q4_1, Q5_0, Q8_0, Q4_K, Q5_K and Q6_K";
+
+/// The name llama.cpp gives GGUF's tensor type id `ggml_type` (`Q3_K`, `IQ4_XS`, …), for messages;
+/// `None` for an id no GGML release has used.
+pub fn ggml_type_name(ggml_type: u32) -> Option<&'static str> {
+    const NAMES: [&str; 40] = [
+        "F32",
+        "F16",
+        "Q4_0",
+        "Q4_1",
+        "Q4_2",
+        "Q4_3",
+        "Q5_0",
+        "Q5_1",
+        "Q8_0",
+        "Q8_1",
+        "Q2_K",
+        "Q3_K",
+        "Q4_K",
+        "Q5_K",
+        "Q6_K",
+        "Q8_K",
+        "IQ2_XXS",
+        "IQ2_XS",
+        "IQ3_XXS",
+        "IQ1_S",
+        "IQ4_NL",
+        "IQ3_S",
+        "IQ2_S",
+        "IQ4_XS",
+        "I8",
+        "I16",
+        "I32",
+        "I64",
+        "F64",
+        "IQ1_M",
+        "BF16",
+        "Q4_0_4_4",
+        "Q4_0_4_8",
+        "Q4_0_8_8",
+        "TQ1_0",
+        "TQ2_0",
+        "IQ4_NL_4_4",
+        "IQ4_NL_4_8",
+        "IQ4_NL_8_8",
+        "MXFP4",
+    ];
+    NAMES.get(ggml_type as usize).copied()
+}
+
 impl QKind {
     /// The kind GGUF's type id `ggml_type` names, if Hearth reads it.
     pub fn from_ggml(ggml_type: u32) -> Option<Self> {

@@ -7,8 +7,8 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use candle_core::Device;
-use candle_core::quantized::QTensor;
 use candle_core::quantized::gguf_file::{Content, Value};
+use candle_core::quantized::{GgmlDType, QTensor};
 use hearth_protocol::ModelId;
 
 use crate::{Error, Result, model_id};
@@ -135,7 +135,7 @@ impl GgufModel {
         })?);
         let content = Content::read(&mut reader).map_err(|e| Error::Model {
             path: path.into(),
-            reason: format!("not a GGUF file ({})", first_line(&e)),
+            reason: unreadable(&e),
         })?;
         Self::from_content(content, path, id)
     }
@@ -159,7 +159,7 @@ impl GgufModel {
             Err(_) if reader.ran_out => Ok(None),
             Err(e) => Err(Error::Model {
                 path,
-                reason: format!("not a GGUF file ({})", first_line(&e)),
+                reason: unreadable(&e),
             }),
         }
     }
@@ -179,6 +179,23 @@ impl GgufModel {
             return Err(bad(format!(
                 "architecture {arch:?} is not supported ({})",
                 hearth_cpu::ARCHITECTURES.join(", ")
+            )));
+        }
+        // Only the llama architecture also runs on candle's kernels (a GPU's, or the CPU's for a
+        // type Hearth's do not run): any other model in such a type cannot run anywhere, and a
+        // node must not offer it.
+        if arch != "llama"
+            && let Some((name, dtype)) = content
+                .tensor_infos
+                .iter()
+                .map(|(name, info)| (name, info.ggml_dtype))
+                .filter(|(_, dtype)| !hearth_runs(*dtype))
+                .min_by_key(|(name, _)| name.as_str())
+        {
+            return Err(bad(format!(
+                "tensor {name} is {}, which Hearth's CPU kernels do not run ({}); only llama-architecture models run in other types (on candle's kernels), and this one is {arch}",
+                dtype_name(dtype),
+                hearth_cpu::quant::KINDS_RUN
             )));
         }
         let get = |key: &str| -> Result<&Value> {
@@ -359,6 +376,63 @@ impl std::io::Seek for Prefix<'_> {
 }
 
 /// candle's errors carry a backtrace when RUST_BACKTRACE is set; a user needs the first line.
+/// Why candle's GGUF reader refused a file: a tensor type it does not know (the IQ and ternary
+/// quantizations, which neither Hearth's kernels nor candle's run) said as such, anything else as
+/// not a GGUF file.
+fn unreadable(error: &candle_core::Error) -> String {
+    let text = first_line(error);
+    // candle 0.11's words for a type id it has no variant for.
+    if let Some(id) = text
+        .strip_prefix("unknown dtype for tensor ")
+        .and_then(|id| id.trim().parse::<u32>().ok())
+    {
+        let name = hearth_cpu::quant::ggml_type_name(id).unwrap_or("an unknown type");
+        return format!(
+            "a tensor is {name} (GGML type {id}), which Hearth does not run: Hearth's CPU kernels run {}; get the model as one of those (Q4_K_M is the usual choice)",
+            hearth_cpu::quant::KINDS_RUN
+        );
+    }
+    format!("not a GGUF file ({text})")
+}
+
+/// Whether Hearth's CPU kernels run tensors of `dtype`.
+fn hearth_runs(dtype: GgmlDType) -> bool {
+    matches!(
+        dtype,
+        GgmlDType::F32
+            | GgmlDType::F16
+            | GgmlDType::BF16
+            | GgmlDType::Q4_0
+            | GgmlDType::Q4_1
+            | GgmlDType::Q5_0
+            | GgmlDType::Q8_0
+            | GgmlDType::Q4K
+            | GgmlDType::Q5K
+            | GgmlDType::Q6K
+    )
+}
+
+/// `dtype` as llama.cpp names it.
+fn dtype_name(dtype: GgmlDType) -> &'static str {
+    match dtype {
+        GgmlDType::F32 => "F32",
+        GgmlDType::F16 => "F16",
+        GgmlDType::BF16 => "BF16",
+        GgmlDType::Q4_0 => "Q4_0",
+        GgmlDType::Q4_1 => "Q4_1",
+        GgmlDType::Q5_0 => "Q5_0",
+        GgmlDType::Q5_1 => "Q5_1",
+        GgmlDType::Q8_0 => "Q8_0",
+        GgmlDType::Q8_1 => "Q8_1",
+        GgmlDType::Q2K => "Q2_K",
+        GgmlDType::Q3K => "Q3_K",
+        GgmlDType::Q4K => "Q4_K",
+        GgmlDType::Q5K => "Q5_K",
+        GgmlDType::Q6K => "Q6_K",
+        GgmlDType::Q8K => "Q8_K",
+    }
+}
+
 fn first_line(error: &impl std::fmt::Display) -> String {
     error
         .to_string()

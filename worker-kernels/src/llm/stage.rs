@@ -184,7 +184,10 @@ impl Stage {
             .map_or_else(candle_core::utils::get_num_threads, |(_, k)| k.threads())
     }
 
-    fn load_candle(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
+    /// Load `layers` onto candle's kernels on `device`: what a GPU runs, and what the CPU runs for
+    /// a llama-architecture model in a type Hearth's kernels do not (`Q2_K`, `Q3_K`, `Q5_1`, …).
+    /// Their bits are candle's, not the same on every machine.
+    pub fn load_candle(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
         let config = model.config.clone();
         if config.arch != "llama" {
             return Err(Error::Model {
@@ -239,7 +242,28 @@ impl Stage {
         } else {
             None
         };
-        let (cos, sin) = rope_tables(&config, device)?;
+        // Llama 3's RoPE frequency scaling: each frequency divided by its factor, as Hearth's
+        // kernels and llama.cpp do (without it every position past the first is rotated wrong).
+        let factors = if model.has_tensor("rope_freqs.weight") {
+            let factors = dense("rope_freqs.weight")?
+                .to_device(&Device::Cpu)?
+                .flatten_all()?
+                .to_vec1::<f32>()?;
+            if factors.len() != config.head_dim / 2 {
+                return Err(Error::Model {
+                    path: model.path().into(),
+                    reason: format!(
+                        "rope_freqs.weight has {} factors, expected {} (half the head width)",
+                        factors.len(),
+                        config.head_dim / 2
+                    ),
+                });
+            }
+            Some(factors)
+        } else {
+            None
+        };
+        let (cos, sin) = rope_tables(&config, factors.as_deref(), device)?;
         Ok(Self {
             config,
             cpu: None,
@@ -578,10 +602,17 @@ impl Stage {
 }
 
 /// `cos` and `sin` of every position's rotation angles, `[context, head_dim / 2]`.
-fn rope_tables(c: &LlmConfig, device: &Device) -> Result<(Tensor, Tensor)> {
+fn rope_tables(
+    c: &LlmConfig,
+    factors: Option<&[f32]>,
+    device: &Device,
+) -> Result<(Tensor, Tensor)> {
     let half = c.head_dim / 2;
     let inv_freq: Vec<f32> = (0..half)
-        .map(|i| 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32))
+        .map(|i| {
+            let freq = 1.0 / c.rope_base.powf(2.0 * i as f32 / c.head_dim as f32);
+            factors.map_or(freq, |f| freq / f[i])
+        })
         .collect();
     let inv_freq = Tensor::from_vec(inv_freq, (1, half), device)?;
     let positions = Tensor::arange(0u32, c.context as u32, device)?

@@ -344,6 +344,17 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
 /// `ggml_type` (`bytes` of data) and no other metadata: what a file in a type Hearth does not run
 /// looks like to the checks that come before any other.
 fn gguf_of_type(arch: &str, tensor: &str, ggml_type: u32, bytes: usize) -> Vec<u8> {
+    gguf_file(arch, &[], tensor, ggml_type, bytes)
+}
+
+/// [`gguf_of_type`] with `u16` metadata `extra` beside the architecture (`split.count`, …).
+fn gguf_file(
+    arch: &str,
+    extra: &[(&str, u16)],
+    tensor: &str,
+    ggml_type: u32,
+    bytes: usize,
+) -> Vec<u8> {
     fn string(out: &mut Vec<u8>, s: &str) {
         out.extend((s.len() as u64).to_le_bytes());
         out.extend(s.as_bytes());
@@ -351,10 +362,15 @@ fn gguf_of_type(arch: &str, tensor: &str, ggml_type: u32, bytes: usize) -> Vec<u
     let mut out = b"GGUF".to_vec();
     out.extend(3u32.to_le_bytes());
     out.extend(1u64.to_le_bytes()); // tensors
-    out.extend(1u64.to_le_bytes()); // metadata entries
+    out.extend((1 + extra.len() as u64).to_le_bytes()); // metadata entries
     string(&mut out, "general.architecture");
     out.extend(8u32.to_le_bytes()); // a string
     string(&mut out, arch);
+    for (key, value) in extra {
+        string(&mut out, key);
+        out.extend(2u32.to_le_bytes()); // a u16
+        out.extend(value.to_le_bytes());
+    }
     string(&mut out, tensor);
     out.extend(2u32.to_le_bytes()); // dimensions
     out.extend(256u64.to_le_bytes());
@@ -381,15 +397,25 @@ fn a_node_offers_only_the_model_files_it_can_run() {
     // (only llama models fall back to candle's), and one in IQ4_XS, a type candle cannot even read.
     let q3k = gguf_of_type("qwen2", "blk.0.attn_q.weight", 11, 110);
     let iq4xs = gguf_of_type("qwen2", "blk.0.attn_q.weight", 23, 136);
+    // The first of two parts llama.cpp's gguf-split cut a model into.
+    let part = gguf_file(
+        "llama",
+        &[("split.no", 0), ("split.count", 2)],
+        "blk.0.attn_q.weight",
+        12,
+        144,
+    );
+    std::fs::write(folder.join("part.gguf"), &part).expect("write");
     std::fs::write(folder.join("q3k.gguf"), &q3k).expect("write");
     std::fs::write(folder.join("iq4xs.gguf"), &iq4xs).expect("write");
     let (whole_id, cut_id) = (
         hearth_protocol::ModelId::of_bytes(&whole).to_string(),
         hearth_protocol::ModelId::of_bytes(cut).to_string(),
     );
-    let (q3k_id, iq4xs_id) = (
+    let (q3k_id, iq4xs_id, part_id) = (
         hearth_protocol::ModelId::of_bytes(&q3k).to_string(),
         hearth_protocol::ModelId::of_bytes(&iq4xs).to_string(),
+        hearth_protocol::ModelId::of_bytes(&part).to_string(),
     );
     // What the folder's owner is told: each file's reason, by `hearth models list` and by
     // `hearth local generate` of the file.
@@ -402,6 +428,10 @@ fn a_node_offers_only_the_model_files_it_can_run() {
         (
             "iq4xs.gguf",
             "a tensor is IQ4_XS (GGML type 23), which Hearth does not run",
+        ),
+        (
+            "part.gguf",
+            "this is part 1 of 2 of a model split by llama.cpp's gguf-split",
         ),
     ] {
         let row = rows
@@ -434,7 +464,7 @@ fn a_node_offers_only_the_model_files_it_can_run() {
     let offered: Vec<String> =
         serde_json::from_value(peers[0]["capabilities"]["models"].clone()).expect("models");
     assert!(offered.contains(&whole_id), "{offered:?}");
-    for id in [&cut_id, &q3k_id, &iq4xs_id] {
+    for id in [&cut_id, &q3k_id, &iq4xs_id, &part_id] {
         assert!(!offered.contains(id), "{id} in {offered:?}");
     }
     let log = swarm.nodes[0].1.log_text();
@@ -442,6 +472,7 @@ fn a_node_offers_only_the_model_files_it_can_run() {
         "half.gguf: the file is cut short",
         "q3k.gguf: tensor blk.0.attn_q.weight is Q3_K",
         "iq4xs.gguf: a tensor is IQ4_XS",
+        "part.gguf: this is part 1 of 2",
     ] {
         assert!(
             log.contains("not served: ") && log.contains(file),

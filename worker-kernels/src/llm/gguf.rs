@@ -169,6 +169,24 @@ impl GgufModel {
             path: path.into(),
             reason,
         };
+        // A model cut into parts by llama.cpp's gguf-split: each part holds some of the tensors
+        // (the later ones no metadata at all), and Hearth runs a model from one file.
+        if let Some(count) = content
+            .metadata
+            .get("split.count")
+            .and_then(|v| v.to_u64().ok())
+            .filter(|&count| count > 1)
+        {
+            let no = content
+                .metadata
+                .get("split.no")
+                .and_then(|v| v.to_u64().ok())
+                .unwrap_or(0);
+            return Err(bad(format!(
+                "this is part {} of {count} of a model split by llama.cpp's gguf-split, and Hearth runs a model from one file: join the parts with `llama-gguf-split --merge FIRST-PART.gguf WHOLE.gguf`, then add that",
+                no + 1
+            )));
+        }
         let arch = content
             .metadata
             .get("general.architecture")

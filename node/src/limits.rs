@@ -47,8 +47,17 @@ pub const STAGE_BATCH_MAX: usize = 16;
 /// sessions decoding beside it for longer than it must.
 pub const STAGE_BATCH_ROWS_MAX: usize = 64;
 
-/// A pipeline session's caches are freed after this long unused (a driver that vanished).
-pub const STAGE_SESSION_TTL: Duration = Duration::from_secs(300);
+/// A pipeline session's route and caches are freed after this long unused (a coordinator that
+/// went away without ending it; one that is there ends its sessions on every stage itself). Longer
+/// than the coordinator may wait for one step (`hearth_net::WORK_REQUEST_TIMEOUT`, a long prefill
+/// on slow peers): the first stage's route sits unused while the stages after it work through a
+/// prompt of thousands of tokens, and it must still be there when the last stage hands it the
+/// first token. (At 300 s, an 8,170-token prompt through 3 stages on the 2-core box, 6.3 minutes,
+/// found the first stage's route forgotten; the honest stage was blamed and the prefill rerun.)
+pub const STAGE_SESSION_TTL: Duration =
+    Duration::from_secs(hearth_net::WORK_REQUEST_TIMEOUT.as_secs() + 60);
+
+const _: () = assert!(STAGE_SESSION_TTL.as_secs() > hearth_net::WORK_REQUEST_TIMEOUT.as_secs());
 
 /// Layer ranges a node keeps loaded at once; the least recently used is dropped for a new one.
 pub const STAGES_LOADED_MAX: usize = 4;

@@ -121,7 +121,9 @@ impl Stage {
     /// Load `layers` of `model` onto `device`: only those blocks, plus the token embedding on the first
     /// stage and the final norm and LM head on the last.
     pub fn load(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
-        if device.is_cpu() {
+        // Candle's stage runs the llama architecture only: on a GPU node the others run on the
+        // node's CPU, on Hearth's kernels, rather than not at all.
+        if device.is_cpu() || model.config.arch != "llama" {
             let kernels = cpu_kernels()?;
             match Self::load_cpu(model, layers.clone(), kernels) {
                 Ok(stage) => return Ok(stage),

@@ -406,16 +406,30 @@ fn a_node_offers_only_the_model_files_it_can_run() {
         144,
     );
     std::fs::write(folder.join("part.gguf"), &part).expect("write");
+    // The Qwen 2 test model with a header that claims 6 layers where the file holds 4.
+    let mut lie = std::fs::read(support::models_dir().join("hearth-test-qwen2-q4_k_m.gguf"))
+        .expect("the test models are made (scripts/test-models)");
+    let key = b"qwen2.block_count";
+    let at = lie
+        .windows(key.len())
+        .position(|w| w == key)
+        .expect("the key")
+        + key.len();
+    // The value's type (4: a u32), then the value.
+    assert_eq!(lie[at..at + 8], [4, 0, 0, 0, 4, 0, 0, 0]);
+    lie[at + 4] = 6;
+    std::fs::write(folder.join("lie.gguf"), &lie).expect("write");
     std::fs::write(folder.join("q3k.gguf"), &q3k).expect("write");
     std::fs::write(folder.join("iq4xs.gguf"), &iq4xs).expect("write");
     let (whole_id, cut_id) = (
         hearth_protocol::ModelId::of_bytes(&whole).to_string(),
         hearth_protocol::ModelId::of_bytes(cut).to_string(),
     );
-    let (q3k_id, iq4xs_id, part_id) = (
+    let (q3k_id, iq4xs_id, part_id, lie_id) = (
         hearth_protocol::ModelId::of_bytes(&q3k).to_string(),
         hearth_protocol::ModelId::of_bytes(&iq4xs).to_string(),
         hearth_protocol::ModelId::of_bytes(&part).to_string(),
+        hearth_protocol::ModelId::of_bytes(&lie).to_string(),
     );
     // What the folder's owner is told: each file's reason, by `hearth models list` and by
     // `hearth local generate` of the file.
@@ -432,6 +446,10 @@ fn a_node_offers_only_the_model_files_it_can_run() {
         (
             "part.gguf",
             "this is part 1 of 2 of a model split by llama.cpp's gguf-split",
+        ),
+        (
+            "lie.gguf",
+            "tensor blk.4.attn_q.bias missing (the file is not the model its header describes)",
         ),
     ] {
         let row = rows
@@ -464,7 +482,7 @@ fn a_node_offers_only_the_model_files_it_can_run() {
     let offered: Vec<String> =
         serde_json::from_value(peers[0]["capabilities"]["models"].clone()).expect("models");
     assert!(offered.contains(&whole_id), "{offered:?}");
-    for id in [&cut_id, &q3k_id, &iq4xs_id, &part_id] {
+    for id in [&cut_id, &q3k_id, &iq4xs_id, &part_id, &lie_id] {
         assert!(!offered.contains(id), "{id} in {offered:?}");
     }
     let log = swarm.nodes[0].1.log_text();
@@ -473,6 +491,7 @@ fn a_node_offers_only_the_model_files_it_can_run() {
         "q3k.gguf: tensor blk.0.attn_q.weight is Q3_K",
         "iq4xs.gguf: a tensor is IQ4_XS",
         "part.gguf: this is part 1 of 2",
+        "lie.gguf: tensor blk.4.attn_q.bias missing",
     ] {
         assert!(
             log.contains("not served: ") && log.contains(file),

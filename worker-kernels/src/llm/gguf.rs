@@ -123,6 +123,26 @@ impl GgufModel {
                 ),
             });
         }
+        // Every tensor its architecture needs, of the shape and type the metadata implies: a
+        // header that claims more layers, or other widths, than the file holds is found here, not
+        // when a stage of the missing layers is asked for. (The file is mapped, not read: this
+        // costs milliseconds.) A llama model in a type only candle runs is checked when loaded.
+        if model
+            .content
+            .tensor_infos
+            .values()
+            .all(|t| hearth_runs(t.ggml_dtype))
+        {
+            hearth_cpu::Gguf::open(path)
+                .and_then(|g| hearth_cpu::LlamaRange::load(&g, 0..model.config.layers))
+                .map_err(|reason| Error::Model {
+                    path: path.into(),
+                    reason: format!(
+                        "{} (the file is not the model its header describes)",
+                        reason.trim_start_matches(&format!("{}: ", path.display()))
+                    ),
+                })?;
+        }
         Ok(model)
     }
 

@@ -239,7 +239,9 @@ impl Server {
             .get(&(f.model, f.layers.0, f.layers.1))
             .is_some_and(Stage::batch_invariant);
         let numeric_class = if batch_invariant {
-            self.class.clone()
+            // Hearth's CPU kernels: the CPU class's bits, on a GPU node too (a model candle
+            // does not run is computed on its CPU).
+            hearth_kernels::batch_invariant_llm_class()
         } else {
             format!("{}{}", self.class, hearth_kernels::CANDLE_STAGE_SUFFIX)
         };

@@ -127,12 +127,7 @@ impl GgufModel {
         // header that claims more layers, or other widths, than the file holds is found here, not
         // when a stage of the missing layers is asked for. (The file is mapped, not read: this
         // costs milliseconds.) A llama model in a type only candle runs is checked when loaded.
-        if model
-            .content
-            .tensor_infos
-            .values()
-            .all(|t| hearth_runs(t.ggml_dtype))
-        {
+        if model.foreign_tensor().is_none() {
             hearth_cpu::Gguf::open(path)
                 .and_then(|g| hearth_cpu::LlamaRange::load(&g, 0..model.config.layers))
                 .map_err(|reason| Error::Model {
@@ -223,16 +218,10 @@ impl GgufModel {
         // type Hearth's do not run): any other model in such a type cannot run anywhere, and a
         // node must not offer it.
         if arch != "llama"
-            && let Some((name, dtype)) = content
-                .tensor_infos
-                .iter()
-                .map(|(name, info)| (name, info.ggml_dtype))
-                .filter(|(_, dtype)| !hearth_runs(*dtype))
-                .min_by_key(|(name, _)| name.as_str())
+            && let Some((name, dtype)) = foreign_tensor(&content)
         {
             return Err(bad(format!(
-                "tensor {name} is {}, which Hearth's CPU kernels do not run ({}); only llama-architecture models run in other types (on candle's kernels), and this one is {arch}",
-                dtype_name(dtype),
+                "tensor {name} is {dtype}, which Hearth's CPU kernels do not run ({}); only llama-architecture models run in other types (on candle's kernels), and this one is {arch}",
                 hearth_cpu::quant::KINDS_RUN
             )));
         }
@@ -359,6 +348,13 @@ impl GgufModel {
         merged
     }
 
+    /// The first tensor (by name) in a type Hearth's CPU kernels do not run, with its type: such a
+    /// model (only the llama architecture is let in with one) runs on candle's kernels, every layer
+    /// of it, so that its stages compute what one machine computes.
+    pub fn foreign_tensor(&self) -> Option<(String, &'static str)> {
+        foreign_tensor(&self.content)
+    }
+
     /// Whether the file holds a tensor called `name`.
     pub fn has_tensor(&self, name: &str) -> bool {
         self.content.tensor_infos.contains_key(name)
@@ -431,6 +427,16 @@ fn unreadable(error: &candle_core::Error) -> String {
         );
     }
     format!("not a GGUF file ({text})")
+}
+
+/// The first tensor (by name) of `content` in a type Hearth's CPU kernels do not run, with its type.
+fn foreign_tensor(content: &Content) -> Option<(String, &'static str)> {
+    content
+        .tensor_infos
+        .iter()
+        .filter(|(_, info)| !hearth_runs(info.ggml_dtype))
+        .min_by_key(|(name, _)| name.as_str())
+        .map(|(name, info)| (name.clone(), dtype_name(info.ggml_dtype)))
 }
 
 /// Whether Hearth's CPU kernels run tensors of `dtype`.

@@ -121,19 +121,22 @@ impl Stage {
     /// Load `layers` of `model` onto `device`: only those blocks, plus the token embedding on the first
     /// stage and the final norm and LM head on the last.
     pub fn load(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
-        // Candle's stage runs the llama architecture only: on a GPU node the others run on the
-        // node's CPU, on Hearth's kernels, rather than not at all.
-        if device.is_cpu() || model.config.arch != "llama" {
-            let kernels = cpu_kernels()?;
-            match Self::load_cpu(model, layers.clone(), kernels) {
-                Ok(stage) => return Ok(stage),
-                Err(Error::Model { reason, .. }) if reason.contains("GGML type") => {
-                    tracing::warn!(%reason, "Hearth's CPU kernels cannot run this model; using candle's");
+        match backend(
+            device.is_cpu(),
+            &model.config.arch,
+            model.foreign_tensor().is_none(),
+        ) {
+            Backend::HearthCpu => Self::load_cpu(model, layers, cpu_kernels()?),
+            Backend::Candle => {
+                if let Some((tensor, kind)) = model.foreign_tensor() {
+                    tracing::warn!(
+                        %tensor, kind,
+                        "Hearth's CPU kernels do not run this model's {kind} tensors; every stage of it runs on candle's"
+                    );
                 }
-                Err(error) => return Err(error),
+                Self::load_candle(model, layers, device)
             }
         }
-        Self::load_candle(model, layers, device)
     }
 
     /// Load `layers` onto Hearth's CPU kernels `kernels` (any path, any threads: the bits are the
@@ -624,6 +627,29 @@ fn rope_tables(
     Ok((angles.cos()?, angles.sin()?))
 }
 
+/// Which kernels run a stage.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Backend {
+    /// Hearth's own CPU kernels.
+    HearthCpu,
+    /// Candle's, on the node's device.
+    Candle,
+}
+
+/// The kernels for a stage of a model of `arch` on a node whose device is the CPU (`cpu`) or not,
+/// when Hearth's kernels run every tensor type in the model (`hearth_runs_all`). Decided for the
+/// whole model, not the stage's range: a llama model with one tensor Hearth's kernels do not run
+/// runs every range on candle, so that a route's stages compute the bits one machine computes (a
+/// route that mixed the two parted from `hearth local generate` where two tokens nearly tied).
+/// Candle's stage runs the llama architecture only: on a GPU node the others run on the CPU.
+fn backend(cpu: bool, arch: &str, hearth_runs_all: bool) -> Backend {
+    if hearth_runs_all && (cpu || arch != "llama") {
+        Backend::HearthCpu
+    } else {
+        Backend::Candle
+    }
+}
+
 /// Additive mask hiding later positions: `[seq, pos + seq]`, 0 where visible, -inf where not. One
 /// token attends to everything before it and needs none.
 fn causal_mask(seq: usize, pos: usize, device: &Device) -> Result<Option<Tensor>> {
@@ -647,4 +673,24 @@ fn repeat_kv(x: &Tensor, group: usize) -> Result<Tensor> {
     Ok(x.unsqueeze(2)?
         .expand((b, heads, group, n, d))?
         .reshape((b, heads * group, n, d))?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Backend, backend};
+
+    #[test]
+    fn the_kernels_are_chosen_for_the_whole_model() {
+        // Every type Hearth runs: its kernels on a CPU node; on a GPU node, candle for llama
+        // (which candle runs) and the CPU kernels for the rest (which it does not).
+        assert_eq!(backend(true, "llama", true), Backend::HearthCpu);
+        assert_eq!(backend(true, "gemma3", true), Backend::HearthCpu);
+        assert_eq!(backend(false, "llama", true), Backend::Candle);
+        assert_eq!(backend(false, "qwen2", true), Backend::HearthCpu);
+        // A llama model with one tensor Hearth does not run (a Q3_K_M file's Q3_K, a
+        // requantized one's Q5_1): candle for every range, whether that range holds the tensor
+        // or not.
+        assert_eq!(backend(true, "llama", false), Backend::Candle);
+        assert_eq!(backend(false, "llama", false), Backend::Candle);
+    }
 }

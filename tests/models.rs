@@ -337,10 +337,7 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
     );
 }
 
-/// A node offers only the model files it can run: a GGUF file cut short in its models folder is
-/// left out of its adverts (the coordinator would route sessions to it), with a warning that says
-/// why; the whole file beside it is offered.
-/// A GGUF (version 3) file of architecture `arch` holding one `rows × 256` tensor of GGML type
+/// A GGUF (version 3) file of architecture `arch` holding one 256-value tensor of GGML type
 /// `ggml_type` (`bytes` of data) and no other metadata: what a file in a type Hearth does not run
 /// looks like to the checks that come before any other.
 fn gguf_of_type(arch: &str, tensor: &str, ggml_type: u32, bytes: usize) -> Vec<u8> {
@@ -382,6 +379,11 @@ fn gguf_file(
     out
 }
 
+/// A node offers only the model files it can run: a GGUF file cut short in its models folder, one
+/// of a type no kernels Hearth has run, one candle cannot even read, one part of a split model and
+/// one whose header claims layers the file does not hold are left out of its adverts (the
+/// coordinator would route sessions to them), each with a warning that says why; the whole file
+/// beside them is offered. `hearth models list` and `hearth local generate` give the same reasons.
 #[test]
 fn a_node_offers_only_the_model_files_it_can_run() {
     use support::local_swarm::Swarm;
@@ -498,4 +500,106 @@ fn a_node_offers_only_the_model_files_it_can_run() {
             "{file}: {log}"
         );
     }
+}
+
+/// A llama model with one tensor Hearth's kernels do not run (the Llama 3 test model in BF16 with
+/// its first layer's value matrix requantized to Q5_1, as a requantized download can come) runs on
+/// candle's kernels in every stage, whether the stage's layers hold that tensor or not: a 3-stage
+/// route's tokens equal `hearth local generate`'s, and every receipt names candle's class. (When
+/// the kernels were chosen per range, the ranges without the tensor ran on Hearth's and the route
+/// mixed two numerics.)
+#[test]
+fn a_llama_model_hearth_runs_only_in_part_runs_wholly_on_candle_in_a_route() {
+    use candle_core::quantized::{GgmlDType, QTensor, gguf_file};
+    use support::local_swarm::Swarm;
+
+    let source = support::models_dir().join("hearth-test-llama3-bf16.gguf");
+    let mut reader = std::io::BufReader::new(
+        std::fs::File::open(&source).expect("the test models are made (scripts/test-models)"),
+    );
+    let content = gguf_file::Content::read(&mut reader).expect("a GGUF");
+    let cpu = candle_core::Device::Cpu;
+    let tensors: Vec<(String, QTensor)> = content
+        .tensor_infos
+        .keys()
+        .map(|name| {
+            let t = content.tensor(&mut reader, name, &cpu).expect("tensor");
+            let t = if name == "blk.0.attn_v.weight" {
+                QTensor::quantize(&t.dequantize(&cpu).expect("f32"), GgmlDType::Q5_1).expect("Q5_1")
+            } else {
+                t
+            };
+            (name.clone(), t)
+        })
+        .collect();
+    let swarm = Swarm::start_bare(&[]);
+    let folder = swarm.path("models");
+    std::fs::create_dir_all(&folder).expect("mkdir");
+    let file = folder.join("mixed.gguf");
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut out = std::fs::File::create(&file).expect("create");
+    gguf_file::write(&mut out, &metadata, &refs).expect("write");
+    drop(out);
+    let id = hearth_protocol::ModelId::of_bytes(&std::fs::read(&file).expect("read")).to_string();
+
+    let mut swarm = swarm;
+    for i in 0..3 {
+        swarm.start_node_with(i, None, &["--models", folder.to_str().expect("utf-8")]);
+    }
+    swarm.wait_online(3);
+    let prompt = "One, two, three,";
+    let alone = stdout_json(&run_hearth_env(
+        &[
+            "local",
+            "generate",
+            "--model",
+            file.to_str().expect("utf-8"),
+            "--prompt",
+            prompt,
+            "--max-tokens",
+            "12",
+            "--json",
+        ],
+        &[],
+    ));
+    let routed = stdout_json(&swarm.hearth(&[
+        "generate",
+        "--model",
+        &id,
+        "--prompt",
+        prompt,
+        "--max-tokens",
+        "12",
+        "--stages",
+        "3",
+        "--verify",
+        "off",
+        "--json",
+    ]));
+    assert_eq!(
+        routed["route"].as_array().map(Vec::len),
+        Some(3),
+        "{routed}"
+    );
+    assert_eq!(routed["token_ids"], alone["token_ids"], "{routed}");
+    let classes: std::collections::BTreeSet<String> = routed["receipts"]
+        .as_array()
+        .expect("receipts")
+        .iter()
+        .map(|r| {
+            r["body"]["numeric_class"]
+                .as_str()
+                .expect("class")
+                .to_string()
+        })
+        .collect();
+    assert!(
+        !classes.is_empty() && classes.iter().all(|c| c.ends_with("+candle")),
+        "{classes:?}"
+    );
 }

@@ -409,7 +409,6 @@ impl std::io::Seek for Prefix<'_> {
     }
 }
 
-/// candle's errors carry a backtrace when RUST_BACKTRACE is set; a user needs the first line.
 /// Why candle's GGUF reader refused a file: a tensor type it does not know (the IQ and ternary
 /// quantizations, which neither Hearth's kernels nor candle's run) said as such, anything else as
 /// not a GGUF file.
@@ -477,6 +476,7 @@ fn dtype_name(dtype: GgmlDType) -> &'static str {
     }
 }
 
+/// candle's errors carry a backtrace when RUST_BACKTRACE is set; a user needs the first line.
 fn first_line(error: &impl std::fmt::Display) -> String {
     error
         .to_string()

@@ -408,11 +408,22 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
             let gguf = path.extension().is_some_and(|e| e == "gguf");
             let (kind, status, arch, problem) =
                 match gguf.then(|| GgufModel::open_hashed(&path, id)) {
-                    Some(Ok(model)) => ("llm", "present", Some(model.config.arch.clone()), None),
+                    Some(Ok(model)) => ("llm", "present", Some(model), None),
                     Some(Err(e)) => ("-", "unusable", None, Some(e.to_string())),
                     None => ("-", "present", None, None),
                 };
-            rows.push(json!({ "name": path.file_name().map(|n| n.to_string_lossy()), "names": bound, "kind": kind, "arch": arch, "status": status, "problem": problem, "id": id, "path": path }));
+            // Which kernels run it on a CPU: Hearth's, or candle's for a llama model with a
+            // tensor in a type Hearth's do not run (slower, and its bits are candle's).
+            let foreign = arch.as_ref().and_then(GgufModel::foreign_tensor);
+            let kernels = arch.as_ref().map(|_| {
+                if foreign.is_some() {
+                    "candle"
+                } else {
+                    "hearth"
+                }
+            });
+            let arch = arch.map(|m| m.config.arch);
+            rows.push(json!({ "name": path.file_name().map(|n| n.to_string_lossy()), "names": bound, "kind": kind, "arch": arch, "kernels": kernels, "because": foreign.map(|(tensor, kind)| format!("tensor {tensor} is {kind}")), "status": status, "problem": problem, "id": id, "path": path }));
         }
     }
     if json {
@@ -452,6 +463,11 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
     for (row, name) in rows.iter().zip(&shown) {
         if let Some(problem) = row["problem"].as_str() {
             println!("{name} is not used: {problem}");
+        }
+        if let Some(because) = row["because"].as_str() {
+            println!(
+                "{name} runs on candle's kernels, not Hearth's ({because}): slower, and its bits are candle's"
+            );
         }
     }
     println!("models folder: {}", dir.display());

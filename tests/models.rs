@@ -216,6 +216,7 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
             &own["names"],
             &own["kind"],
             &own["arch"],
+            &own["kernels"],
             &own["status"]
         ),
         (
@@ -223,6 +224,7 @@ fn a_model_added_by_file_is_named_by_its_operator_and_runs() {
             &serde_json::json!(["house"]),
             &Value::from("llm"),
             &Value::from("llama"),
+            &Value::from("hearth"),
             &Value::from("present")
         ),
         "{own}"
@@ -546,6 +548,20 @@ fn a_llama_model_hearth_runs_only_in_part_runs_wholly_on_candle_in_a_route() {
     gguf_file::write(&mut out, &metadata, &refs).expect("write");
     drop(out);
     let id = hearth_protocol::ModelId::of_bytes(&std::fs::read(&file).expect("read")).to_string();
+    // `hearth models list` says which kernels run it, and why.
+    let rows = listed(&folder);
+    let row = rows
+        .iter()
+        .find(|m| m["name"] == "mixed.gguf")
+        .unwrap_or_else(|| panic!("listed: {rows:?}"));
+    assert_eq!(
+        (&row["kernels"], &row["because"]),
+        (
+            &Value::from("candle"),
+            &Value::from("tensor blk.0.attn_v.weight is Q5_1")
+        ),
+        "{row}"
+    );
 
     let mut swarm = swarm;
     for i in 0..3 {

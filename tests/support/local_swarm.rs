@@ -7,9 +7,7 @@ use std::time::Duration;
 use serde_json::Value;
 use tempfile::TempDir;
 
-use super::{
-    Process, keygen, peers, peers_with_key, run_hearth, stdout_json, wait_for_api, wait_until,
-};
+use super::{Process, keygen, peers, peers_with_key, run_hearth, stdout_json, wait_until};
 
 /// Two distinct free ports on loopback, free for TCP and UDP alike (the swarm listens on QUIC and TCP
 /// at one port). Every socket is held until both are chosen, so the two cannot coincide.
@@ -64,36 +62,45 @@ impl Swarm {
     fn start_custom(faults: &[Option<&str>], open: bool, extra: &[&str]) -> Self {
         let tmp = tempfile::tempdir().expect("tempdir");
         let dir = tmp.path().join("coordinator");
-        let [port, http] = free_ports();
-        let coordinator_args: Vec<String> = [
-            "coordinator",
-            "--no-mdns",
-            "--data-dir",
-            dir.to_str().expect("utf-8"),
-            "--http",
-            &format!("127.0.0.1:{http}"),
-            "--listen",
-            &format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
-            "--listen",
-            &format!("/ip4/127.0.0.1/tcp/{port}"),
-        ]
-        .map(String::from)
-        .to_vec();
-        let mut coordinator_args = coordinator_args;
-        if open {
-            coordinator_args.push("--open".into());
-        }
-        coordinator_args.extend(extra.iter().map(|a| a.to_string()));
-        let mut coordinator = Process::start(
-            "coordinator",
-            tmp.path(),
-            &[],
-            &coordinator_args
-                .iter()
-                .map(String::as_str)
-                .collect::<Vec<_>>(),
-        );
-        let api = wait_for_api(&dir, &mut coordinator);
+        // The ports are free when picked but not held until the coordinator binds them: a process
+        // another test starts meanwhile can take one. Then pick others (a few times at most).
+        let mut attempt = 0;
+        let (coordinator, coordinator_args, api) = loop {
+            attempt += 1;
+            let [port, http] = free_ports();
+            let mut coordinator_args: Vec<String> = [
+                "coordinator",
+                "--no-mdns",
+                "--data-dir",
+                dir.to_str().expect("utf-8"),
+                "--http",
+                &format!("127.0.0.1:{http}"),
+                "--listen",
+                &format!("/ip4/127.0.0.1/udp/{port}/quic-v1"),
+                "--listen",
+                &format!("/ip4/127.0.0.1/tcp/{port}"),
+            ]
+            .map(String::from)
+            .to_vec();
+            if open {
+                coordinator_args.push("--open".into());
+            }
+            coordinator_args.extend(extra.iter().map(|a| a.to_string()));
+            let mut coordinator = Process::start(
+                "coordinator",
+                tmp.path(),
+                &[],
+                &coordinator_args
+                    .iter()
+                    .map(String::as_str)
+                    .collect::<Vec<_>>(),
+            );
+            match super::try_wait_for_api(&dir, &mut coordinator) {
+                Ok(api) => break (coordinator, coordinator_args, api),
+                Err(log) if attempt < 5 && log.contains("in use") => continue,
+                Err(log) => panic!("coordinator exited; log:\n{log}"),
+            }
+        };
         let admin_key = (!open).then(|| {
             std::fs::read_to_string(dir.join("admin.key"))
                 .expect("the coordinator writes its admin key at start")

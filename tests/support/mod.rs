@@ -166,6 +166,20 @@ pub fn wait_for_api(data_dir: &Path, coordinator: &mut Process) -> String {
     })
 }
 
+/// [`wait_for_api`], or the coordinator's log if it exited first (a port taken meanwhile).
+#[allow(dead_code)] // Not every test binary that includes the support module uses it.
+pub fn try_wait_for_api(data_dir: &Path, coordinator: &mut Process) -> Result<String, String> {
+    let file = data_dir.join("api.url");
+    wait_until(Duration::from_secs(20), "coordinator API", || {
+        if let Ok(Some(_)) = coordinator.child.try_wait() {
+            return Some(Err(coordinator.log_text()));
+        }
+        std::fs::read_to_string(&file)
+            .ok()
+            .map(|s| Ok(s.trim().to_string()))
+    })
+}
+
 /// Poll `check` every 200 ms until it returns `Some`, or panic after `timeout` naming `what`.
 pub fn wait_until<T>(timeout: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let start = Instant::now();

@@ -406,7 +406,7 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
             // A GGUF file is checked as a node checks it before offering it; another file (an
             // embedder's weights) is listed as it is.
             let gguf = path.extension().is_some_and(|e| e == "gguf");
-            let (kind, status, arch, problem) =
+            let (kind, status, model, problem) =
                 match gguf.then(|| GgufModel::open_hashed(&path, id)) {
                     Some(Ok(model)) => ("llm", "present", Some(model), None),
                     Some(Err(e)) => ("-", "unusable", None, Some(e.to_string())),
@@ -414,15 +414,13 @@ fn list(dir: &Path, json: bool) -> anyhow::Result<()> {
                 };
             // Which kernels run it on a CPU: Hearth's, or candle's for a llama model with a
             // tensor in a type Hearth's do not run (slower, and its bits are candle's).
-            let foreign = arch.as_ref().and_then(GgufModel::foreign_tensor);
-            let kernels = arch.as_ref().map(|_| {
-                if foreign.is_some() {
-                    "candle"
-                } else {
-                    "hearth"
-                }
-            });
-            let arch = arch.map(|m| m.config.arch);
+            let foreign = model.as_ref().and_then(GgufModel::foreign_tensor);
+            let kernels = match (&model, &foreign) {
+                (None, _) => None,
+                (Some(_), None) => Some("hearth"),
+                (Some(_), Some(_)) => Some("candle"),
+            };
+            let arch = model.map(|m| m.config.arch);
             rows.push(json!({ "name": path.file_name().map(|n| n.to_string_lossy()), "names": bound, "kind": kind, "arch": arch, "kernels": kernels, "because": foreign.map(|(tensor, kind)| format!("tensor {tensor} is {kind}")), "status": status, "problem": problem, "id": id, "path": path }));
         }
     }

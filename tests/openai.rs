@@ -392,6 +392,7 @@ fn the_official_openai_client_works_against_the_swarm() {
         ("revoked_key", 401, "revoked"),
         ("unknown_model", 404, "gpt-9"),
         ("retrieve_unknown", 404, "gpt-9"),
+        ("retrieve_slashed", 404, "meta-llama/gpt-9"),
         ("too_many_tokens", 400, "max_tokens"),
         ("past_context", 400, "context"),
         ("malformed_json", 400, ""),

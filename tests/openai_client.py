@@ -107,6 +107,7 @@ def main():
     out["unknown_model"] = failure(lambda: client.chat.completions.create(
         model="gpt-9", messages=QUESTION, max_tokens=4))
     out["retrieve_unknown"] = failure(lambda: client.models.retrieve("gpt-9"))
+    out["retrieve_slashed"] = failure(lambda: client.models.retrieve("meta-llama/gpt-9"))
     out["too_many_tokens"] = failure(lambda: client.chat.completions.create(
         model=LLM, messages=QUESTION, max_tokens=1_000_000))
     out["past_context"] = failure(lambda: client.completions.create(

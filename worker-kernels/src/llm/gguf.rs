@@ -433,46 +433,35 @@ fn foreign_tensor(content: &Content) -> Option<(String, &'static str)> {
     content
         .tensor_infos
         .iter()
-        .filter(|(_, info)| !hearth_runs(info.ggml_dtype))
+        .map(|(name, info)| (name, ggml_id(info.ggml_dtype)))
+        .filter(|(_, id)| hearth_cpu::quant::QKind::from_ggml(*id).is_none())
         .min_by_key(|(name, _)| name.as_str())
-        .map(|(name, info)| (name.clone(), dtype_name(info.ggml_dtype)))
+        .map(|(name, id)| {
+            let kind = hearth_cpu::quant::ggml_type_name(id).unwrap_or("of an unknown type");
+            (name.clone(), kind)
+        })
 }
 
-/// Whether Hearth's CPU kernels run tensors of `dtype`.
-fn hearth_runs(dtype: GgmlDType) -> bool {
-    matches!(
-        dtype,
-        GgmlDType::F32
-            | GgmlDType::F16
-            | GgmlDType::BF16
-            | GgmlDType::Q4_0
-            | GgmlDType::Q4_1
-            | GgmlDType::Q5_0
-            | GgmlDType::Q8_0
-            | GgmlDType::Q4K
-            | GgmlDType::Q5K
-            | GgmlDType::Q6K
-    )
-}
-
-/// `dtype` as llama.cpp names it.
-fn dtype_name(dtype: GgmlDType) -> &'static str {
+/// GGUF's type id of `dtype` (candle keeps its own `to_u32` to itself), so that which types
+/// Hearth's kernels run ([`hearth_cpu::quant::QKind::from_ggml`]) and what they are called
+/// ([`hearth_cpu::quant::ggml_type_name`]) are each said in one place.
+fn ggml_id(dtype: GgmlDType) -> u32 {
     match dtype {
-        GgmlDType::F32 => "F32",
-        GgmlDType::F16 => "F16",
-        GgmlDType::BF16 => "BF16",
-        GgmlDType::Q4_0 => "Q4_0",
-        GgmlDType::Q4_1 => "Q4_1",
-        GgmlDType::Q5_0 => "Q5_0",
-        GgmlDType::Q5_1 => "Q5_1",
-        GgmlDType::Q8_0 => "Q8_0",
-        GgmlDType::Q8_1 => "Q8_1",
-        GgmlDType::Q2K => "Q2_K",
-        GgmlDType::Q3K => "Q3_K",
-        GgmlDType::Q4K => "Q4_K",
-        GgmlDType::Q5K => "Q5_K",
-        GgmlDType::Q6K => "Q6_K",
-        GgmlDType::Q8K => "Q8_K",
+        GgmlDType::F32 => 0,
+        GgmlDType::F16 => 1,
+        GgmlDType::Q4_0 => 2,
+        GgmlDType::Q4_1 => 3,
+        GgmlDType::Q5_0 => 6,
+        GgmlDType::Q5_1 => 7,
+        GgmlDType::Q8_0 => 8,
+        GgmlDType::Q8_1 => 9,
+        GgmlDType::Q2K => 10,
+        GgmlDType::Q3K => 11,
+        GgmlDType::Q4K => 12,
+        GgmlDType::Q5K => 13,
+        GgmlDType::Q6K => 14,
+        GgmlDType::Q8K => 15,
+        GgmlDType::BF16 => 30,
     }
 }
 

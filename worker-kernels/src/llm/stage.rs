@@ -121,14 +121,11 @@ impl Stage {
     /// Load `layers` of `model` onto `device`: only those blocks, plus the token embedding on the first
     /// stage and the final norm and LM head on the last.
     pub fn load(model: &GgufModel, layers: Range<usize>, device: &Device) -> Result<Self> {
-        match backend(
-            device.is_cpu(),
-            &model.config.arch,
-            model.foreign_tensor().is_none(),
-        ) {
+        let foreign = model.foreign_tensor();
+        match backend(device.is_cpu(), &model.config.arch, foreign.is_none()) {
             Backend::HearthCpu => Self::load_cpu(model, layers, cpu_kernels()?),
             Backend::Candle => {
-                if let Some((tensor, kind)) = model.foreign_tensor() {
+                if let Some((tensor, kind)) = foreign {
                     tracing::warn!(
                         %tensor, kind,
                         "Hearth's CPU kernels do not run this model's {kind} tensors; every stage of it runs on candle's"

@@ -31,7 +31,8 @@ pub const ARCHITECTURES: [&str; 5] = ["llama", "mistral", "qwen2", "qwen3", "gem
 const ROWS_PER_CHUNK: usize = 16;
 /// Tokens a row pair is multiplied with at once in a prefill.
 const TOKEN_TILE: usize = 4;
-/// Token-head pairs of attention per piece of work.
+/// Token-head pairs of attention per piece of work (at least one token's heads that share a
+/// key-value head).
 const HEADS_PER_CHUNK: usize = 4;
 
 /// A model's hyper-parameters, from GGUF metadata.
@@ -394,10 +395,14 @@ impl Kernels {
     }
 }
 
-/// One query head's attention over its session's cached keys and values: positions
-/// `first..=last`, each key and value `at..at + q.len()` of its row of `stride` values.
+/// Query heads that share one key-value head attending over their session's cached keys and
+/// values: positions `first..=last`, each key and value `at..at + hd` of its row of `stride` values.
+/// `q` holds the heads' queries one after another, `hd` values each. Every head's scores, softmax
+/// and sums are its own, in the definition's order ([`Self::run_portable`]); the x86 paths take
+/// the same operations lane by lane in wider registers, so every path gives the same bits.
 struct Attend<'a> {
     q: &'a [f32],
+    hd: usize,
     keys: &'a [f32],
     values: &'a [f32],
     stride: usize,
@@ -407,30 +412,67 @@ struct Attend<'a> {
     scale: f32,
 }
 
+/// Heads the AVX-512 attention takes at once (each loaded key and value serves all of them).
+const ATTEND_ROWS: usize = 4;
+
 impl Attend<'_> {
-    /// Scores, softmax, then the scores' sum of the values, into `acc` (`scores` is scratch). On
-    /// x86 paths compiled for AVX2: the same operations lane by lane in wider registers, so the
-    /// same bits (no fused multiply-add either way).
+    /// Every head's scores, softmax, then the scores' sum of the values, into `acc` (`hd` values
+    /// a head, as `q`; `scores` is scratch).
     fn run(&self, path: KernelPath, scores: &mut Vec<f32>, acc: &mut [f32]) {
+        let hd = self.hd;
         #[cfg(target_arch = "x86_64")]
-        if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) {
-            // SAFETY: the path was checked against the CPU's features when it was chosen, and
-            // both x86 paths require AVX2.
-            return unsafe { self.run_avx2(scores, acc) };
+        if path == KernelPath::Avx512 && hd.is_multiple_of(16) {
+            let mut row = 0;
+            let rows = self.q.len() / hd;
+            while row < rows {
+                let n = (rows - row).min(ATTEND_ROWS);
+                let (q, acc) = (
+                    &self.q[row * hd..][..n * hd],
+                    &mut acc[row * hd..][..n * hd],
+                );
+                // SAFETY: the path was checked against the CPU's features when it was chosen.
+                unsafe {
+                    match n {
+                        1 => self.run_avx512::<1>(q, scores, acc),
+                        2 => self.run_avx512::<2>(q, scores, acc),
+                        3 => self.run_avx512::<3>(q, scores, acc),
+                        _ => self.run_avx512::<ATTEND_ROWS>(q, scores, acc),
+                    }
+                }
+                row += n;
+            }
+            return;
         }
-        let _ = path;
-        self.run_portable(scores, acc);
+        for (q, acc) in self.q.chunks_exact(hd).zip(acc.chunks_exact_mut(hd)) {
+            #[cfg(target_arch = "x86_64")]
+            if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) && hd.is_multiple_of(8) {
+                // SAFETY: the path was checked against the CPU's features when it was chosen,
+                // and both x86 paths require AVX2.
+                unsafe { self.run_avx2(q, scores, acc) };
+                continue;
+            }
+            let _ = path;
+            self.run_portable(q, scores, acc);
+        }
     }
 
-    /// [`Self::run_portable`]'s operations in AVX2 registers: four positions' scores at a time,
-    /// each in its own register whose lane `j` sums the dimensions `≡ j mod 8` in order (as
-    /// [`math::dot_f32`] does) before [`crate::dot::tree8`]; then the values' sums 64 dimensions
-    /// at a time, held in eight registers across every position, each lane one dimension's sum in
-    /// position order. Independent sums side by side instead of one chain of additions; the same
-    /// operations on each value, so the same bits.
+    fn key(&self, j: usize) -> &[f32] {
+        &self.keys[j * self.stride + self.at..][..self.hd]
+    }
+
+    fn value(&self, j: usize) -> &[f32] {
+        &self.values[j * self.stride + self.at..][..self.hd]
+    }
+
+    /// [`Self::run_portable`]'s operations in AVX2 registers, for one head (`q`, `hd` a multiple
+    /// of 8): four positions' scores at a time, each in its own register whose lane `j` sums the
+    /// dimensions `≡ j mod 8` in order (as [`math::dot_f32`] does) before [`crate::dot::tree8`];
+    /// then the values' sums 64 dimensions at a time, held in eight registers across every
+    /// position, each lane one dimension's sum in position order. Independent sums side by side
+    /// instead of one chain of additions; the same operations on each value, so the same bits.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, scores: &mut Vec<f32>, acc: &mut [f32]) {
+    unsafe fn run_avx2(&self, q: &[f32], scores: &mut Vec<f32>, acc: &mut [f32]) {
         use std::arch::x86_64::*;
         /// `out[..8 R] = Σ_i scores_i · values(i)[..8 R]`, the sums held in `R` registers.
         #[inline(always)]
@@ -453,23 +495,19 @@ impl Attend<'_> {
                 }
             }
         }
-        let hd = self.q.len();
-        if !hd.is_multiple_of(8) || acc.len() != hd {
-            return self.run_portable(scores, acc);
-        }
-        let key = |j: usize| &self.keys[j * self.stride + self.at..][..hd];
-        let value = |j: usize| &self.values[j * self.stride + self.at..][..hd];
-        let q = self.q.as_ptr();
+        let hd = self.hd;
+        assert!(hd.is_multiple_of(8) && q.len() == hd && acc.len() == hd);
+        let qp = q.as_ptr();
         scores.clear();
         let mut j = self.first;
         while j + 4 <= self.last + 1 {
-            let k = [key(j), key(j + 1), key(j + 2), key(j + 3)].map(<[f32]>::as_ptr);
+            let k = [j, j + 1, j + 2, j + 3].map(|j| self.key(j).as_ptr());
             // SAFETY: every load is of 8 floats at `c < hd`, `hd` a multiple of 8, from a slice
             // of `hd` floats.
             unsafe {
                 let mut s = [_mm256_setzero_ps(); 4];
                 for c in (0..hd).step_by(8) {
-                    let x = _mm256_loadu_ps(q.add(c));
+                    let x = _mm256_loadu_ps(qp.add(c));
                     for (s, k) in s.iter_mut().zip(k) {
                         *s = _mm256_add_ps(*s, _mm256_mul_ps(x, _mm256_loadu_ps(k.add(c))));
                     }
@@ -483,13 +521,13 @@ impl Attend<'_> {
             j += 4;
         }
         for j in j..=self.last {
-            scores.push(math::dot_f32(self.q, key(j)) * self.scale);
+            scores.push(math::dot_f32(q, self.key(j)) * self.scale);
         }
         // SAFETY: AVX2, as this function's.
         unsafe { math::softmax_avx2(scores) };
         let mut d0 = 0;
         while d0 < hd {
-            let at = |i: usize| value(self.first + i)[d0..].as_ptr();
+            let at = |i: usize| self.value(self.first + i)[d0..].as_ptr();
             let out = acc[d0..].as_mut_ptr();
             // SAFETY: at least 64 (or 8) floats from `d0` in every value row and in `acc`.
             unsafe {
@@ -504,19 +542,141 @@ impl Attend<'_> {
         }
     }
 
+    /// [`Self::run_avx2`]'s operations for `R` heads at once (`q`, `hd` a multiple of 16) in
+    /// AVX-512 registers, each key and value loaded once for all of them: two positions' keys side
+    /// by side in a register (a head's query dimensions in both halves), eight positions' scores a
+    /// head at a time, their lanes reduced by [`crate::dot::tree8`]'s rule for all eight at once;
+    /// then the values' sums 16 dimensions a register. Each value meets the same operations in the
+    /// same order as on the portable path, so the same bits.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx512f,avx2")]
+    unsafe fn run_avx512<const R: usize>(&self, q: &[f32], scores: &mut Vec<f32>, acc: &mut [f32]) {
+        use std::arch::x86_64::*;
+        /// `out_r[..16 W] = Σ_i scores_r(i) · values(i)[..16 W]` for every head `r` (its scores
+        /// from `scores + r n`, its sums to `out + r hd`), the sums held in `R W` registers.
+        #[inline(always)]
+        unsafe fn sums<const R: usize, const W: usize>(
+            scores: *const f32,
+            n: usize,
+            values: impl Fn(usize) -> *const f32,
+            out: *mut f32,
+            hd: usize,
+        ) {
+            // SAFETY (the loads and stores): the caller gives `R n` scores and pointers to at
+            // least 16 W floats a value row and a head's output.
+            unsafe {
+                let mut a = [[_mm512_setzero_ps(); W]; R];
+                for i in 0..n {
+                    let v = values(i);
+                    let v: [__m512; W] = std::array::from_fn(|w| _mm512_loadu_ps(v.add(16 * w)));
+                    for (r, a) in a.iter_mut().enumerate() {
+                        let p = _mm512_set1_ps(*scores.add(r * n + i));
+                        for (a, v) in a.iter_mut().zip(v) {
+                            *a = _mm512_add_ps(*a, _mm512_mul_ps(p, v));
+                        }
+                    }
+                }
+                for (r, a) in a.into_iter().enumerate() {
+                    for (w, a) in a.into_iter().enumerate() {
+                        _mm512_storeu_ps(out.add(r * hd + 16 * w), a);
+                    }
+                }
+            }
+        }
+        let hd = self.hd;
+        assert!(hd.is_multiple_of(16) && q.len() == R * hd && acc.len() == R * hd);
+        let n = self.last + 1 - self.first;
+        scores.clear();
+        scores.resize(R * n, 0.0);
+        let (qp, sp) = (q.as_ptr(), scores.as_mut_ptr());
+        let mut j = self.first;
+        // SAFETY: every load is of 8 floats at `c < hd`, `hd` a multiple of 8, from a slice of
+        // `hd` floats (or a head's `hd` of `q`); every store is of 8 scores of a head's `n`.
+        unsafe {
+            let scale = _mm256_set1_ps(self.scale);
+            // Where each of the eight scores lies after the reduction below.
+            let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
+            while j + 8 <= self.last + 1 {
+                let k: [*const f32; 8] = std::array::from_fn(|i| self.key(j + i).as_ptr());
+                // Head `r`'s register `i` holds positions `2i` (low half) and `2i + 1` (high).
+                let mut s = [[_mm512_setzero_ps(); 4]; R];
+                for c in (0..hd).step_by(8) {
+                    let pairs: [__m512; 4] = std::array::from_fn(|i| {
+                        _mm512_castpd_ps(_mm512_insertf64x4::<1>(
+                            _mm512_castpd256_pd512(_mm256_castps_pd(_mm256_loadu_ps(
+                                k[2 * i].add(c),
+                            ))),
+                            _mm256_castps_pd(_mm256_loadu_ps(k[2 * i + 1].add(c))),
+                        ))
+                    });
+                    for (r, s) in s.iter_mut().enumerate() {
+                        let x = _mm512_castpd_ps(_mm512_broadcast_f64x4(_mm256_castps_pd(
+                            _mm256_loadu_ps(qp.add(r * hd + c)),
+                        )));
+                        for (s, pair) in s.iter_mut().zip(pairs) {
+                            *s = _mm512_add_ps(*s, _mm512_mul_ps(x, pair));
+                        }
+                    }
+                }
+                for (r, s) in s.into_iter().enumerate() {
+                    // tree8 on all eight: a position's lanes 0..4 plus its lanes 4..8 …
+                    let lo = |a, b| _mm512_shuffle_f32x4::<0b10_00_10_00>(a, b);
+                    let hi = |a, b| _mm512_shuffle_f32x4::<0b11_01_11_01>(a, b);
+                    // … (register quarter `p` is position `p`, or `4 + p`) …
+                    let s03 = _mm512_add_ps(lo(s[0], s[1]), hi(s[0], s[1]));
+                    let s47 = _mm512_add_ps(lo(s[2], s[3]), hi(s[2], s[3]));
+                    // … then lanes 0 + 2 and 1 + 3 of each …
+                    let u = _mm512_add_ps(
+                        _mm512_shuffle_ps::<0b01_00_01_00>(s03, s47),
+                        _mm512_shuffle_ps::<0b11_10_11_10>(s03, s47),
+                    );
+                    // … and their sum: quarter `p` lane 0 is position `p`'s, lane 1 `4 + p`'s.
+                    let u = _mm512_add_ps(
+                        _mm512_shuffle_ps::<0b10_00_10_00>(u, u),
+                        _mm512_shuffle_ps::<0b11_01_11_01>(u, u),
+                    );
+                    let eight = _mm512_castps512_ps256(_mm512_permutexvar_ps(order, u));
+                    _mm256_storeu_ps(sp.add(r * n + j - self.first), _mm256_mul_ps(eight, scale));
+                }
+                j += 8;
+            }
+        }
+        for (q, scores) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(n)) {
+            for j in j..=self.last {
+                scores[j - self.first] = math::dot_f32(q, self.key(j)) * self.scale;
+            }
+        }
+        // SAFETY: AVX2, as this function's.
+        unsafe { math::softmax_rows_avx2::<R>(scores) };
+        let mut d0 = 0;
+        while d0 < hd {
+            let at = |i: usize| self.value(self.first + i)[d0..].as_ptr();
+            let out = acc[d0..].as_mut_ptr();
+            // SAFETY: `R n` scores; at least 64 (or 16) floats from `d0` in every value row and
+            // in every head's `acc`.
+            unsafe {
+                if d0 + 64 <= hd {
+                    sums::<R, 4>(scores.as_ptr(), n, at, out, hd);
+                    d0 += 64;
+                } else {
+                    sums::<R, 1>(scores.as_ptr(), n, at, out, hd);
+                    d0 += 16;
+                }
+            }
+        }
+    }
+
+    /// The definition, for one head (`q`).
     #[inline(always)]
-    fn run_portable(&self, scores: &mut Vec<f32>, acc: &mut [f32]) {
-        let hd = self.q.len();
+    fn run_portable(&self, q: &[f32], scores: &mut Vec<f32>, acc: &mut [f32]) {
         scores.clear();
         for j in self.first..=self.last {
-            let key = &self.keys[j * self.stride + self.at..][..hd];
-            scores.push(math::dot_f32(self.q, key) * self.scale);
+            scores.push(math::dot_f32(q, self.key(j)) * self.scale);
         }
         math::softmax(scores);
         acc.fill(0.0);
         for (j, p) in (self.first..).zip(scores.iter()) {
-            let value = &self.values[j * self.stride + self.at..][..hd];
-            for (a, v) in acc.iter_mut().zip(value) {
+            for (a, v) in acc.iter_mut().zip(self.value(j)) {
                 *a += p * v;
             }
         }
@@ -1049,12 +1209,13 @@ impl LlamaRange {
             vc.extend_from_slice(&s.v[rows]);
         }
 
-        // Attention, one (token, head) pair at a time, in parallel; each token within its own
-        // session's keys and values.
+        // Attention, one token's heads that share a key-value head at a time, in parallel; each
+        // token within its own session's keys and values.
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let seq = x.len() / h;
-        let pairs = seq * c.heads;
+        let units = seq * c.kv_heads;
+        let per_chunk = (HEADS_PER_CHUNK / group).max(1);
         // Per row: its session's keys, values, and the position it attends up to.
         let mut rows: Vec<(&[f32], &[f32], usize)> = Vec::with_capacity(seq);
         for (seg, kv) in segs.iter().zip(kvs.iter()) {
@@ -1065,15 +1226,17 @@ impl LlamaRange {
         let out = Out(s.attn.as_mut_ptr());
         let (q, rows) = (&s.q, &rows);
         let path = k.path;
-        k.pool.run(pairs.div_ceil(HEADS_PER_CHUNK), &|chunk| {
+        k.pool.run(units.div_ceil(per_chunk), &|chunk| {
             let mut scores = Vec::new();
-            let mut acc = vec![0f32; hd];
-            for pair in chunk * HEADS_PER_CHUNK..((chunk + 1) * HEADS_PER_CHUNK).min(pairs) {
-                let (t, head) = (pair / c.heads, pair % c.heads);
+            let mut acc = vec![0f32; group * hd];
+            for unit in chunk * per_chunk..((chunk + 1) * per_chunk).min(units) {
+                let (t, kvh) = (unit / c.kv_heads, unit % c.kv_heads);
                 let (kc, vc, p) = rows[t];
-                let kvh = head / group;
-                let one = Attend {
-                    q: &q[t * qw + head * hd..t * qw + (head + 1) * hd],
+                // This token's heads `kvh · group ..`, one after another in `q` and in `attn`.
+                let at = t * qw + kvh * group * hd;
+                let heads = Attend {
+                    q: &q[at..at + group * hd],
+                    hd,
                     keys: kc,
                     values: vc,
                     stride: kvw,
@@ -1083,10 +1246,11 @@ impl LlamaRange {
                     last: p,
                     scale,
                 };
-                one.run(path, &mut scores, &mut acc);
+                heads.run(path, &mut scores, &mut acc);
                 for (d, a) in acc.iter().enumerate() {
-                    // SAFETY: each (token, head) pair is one chunk's alone; `attn` outlives the job.
-                    unsafe { out.write(t * qw + head * hd + d, *a) };
+                    // SAFETY: each (token, key-value head) unit is one chunk's alone; `attn`
+                    // outlives the job.
+                    unsafe { out.write(at + d, *a) };
                 }
             }
         });
@@ -1174,12 +1338,13 @@ impl Scratch {
 mod tests {
     use super::*;
 
-    /// The AVX2 attention gives the portable definition's bits: head widths of 8, 64, 72 and 256,
-    /// a position or many, the first position not 0, and large and tiny values.
+    /// The x86 attentions give the portable definition's bits: head widths of 8, 16, 64, 72, 80
+    /// and 256, one to six heads sharing a key-value head, a position or many, the first position
+    /// not 0, and large and tiny values.
     #[test]
-    fn attention_on_avx2_gives_the_portable_bits() {
+    fn attention_on_every_x86_path_gives_the_portable_bits() {
         #[cfg(target_arch = "x86_64")]
-        if std::is_x86_feature_detected!("avx2") {
+        {
             let mut seed = 0x2545_f491_4f6c_dd1du64;
             let mut next = || {
                 seed ^= seed << 13;
@@ -1194,39 +1359,43 @@ mod tests {
                     unit
                 }
             };
-            for hd in [8, 64, 72, 256] {
-                for positions in [1, 3, 4, 9, 70] {
-                    let stride = hd * 2;
-                    let q: Vec<f32> = (0..hd).map(|_| next()).collect();
-                    let keys: Vec<f32> = (0..positions * stride).map(|_| next()).collect();
-                    let values: Vec<f32> = (0..positions * stride).map(|_| next()).collect();
-                    let first = positions / 3;
-                    let attend = Attend {
-                        q: &q,
-                        keys: &keys,
-                        values: &values,
-                        stride,
-                        at: hd,
-                        first,
-                        last: positions - 1,
-                        scale: 0.125,
-                    };
-                    let (mut s0, mut s1) = (Vec::new(), Vec::new());
-                    let (mut a0, mut a1) = (vec![f32::NAN; hd], vec![f32::NAN; hd]);
-                    attend.run_portable(&mut s0, &mut a0);
-                    // SAFETY: AVX2 was detected above.
-                    unsafe { attend.run_avx2(&mut s1, &mut a1) };
-                    let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-                    assert_eq!(
-                        bits(&s0),
-                        bits(&s1),
-                        "scores, width {hd}, {positions} positions"
-                    );
-                    assert_eq!(
-                        bits(&a0),
-                        bits(&a1),
-                        "sums, width {hd}, {positions} positions"
-                    );
+            let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+            for hd in [8, 16, 64, 72, 80, 256] {
+                for heads in 1..=6 {
+                    for positions in [1, 3, 4, 8, 9, 17, 70] {
+                        let stride = hd * 2;
+                        let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
+                        let keys: Vec<f32> = (0..positions * stride).map(|_| next()).collect();
+                        let values: Vec<f32> = (0..positions * stride).map(|_| next()).collect();
+                        let attend = Attend {
+                            q: &q,
+                            hd,
+                            keys: &keys,
+                            values: &values,
+                            stride,
+                            at: hd,
+                            first: positions / 3,
+                            last: positions - 1,
+                            scale: 0.125,
+                        };
+                        let mut scores = Vec::new();
+                        let mut want = vec![f32::NAN; heads * hd];
+                        for (q, acc) in q.chunks_exact(hd).zip(want.chunks_exact_mut(hd)) {
+                            attend.run_portable(q, &mut scores, acc);
+                        }
+                        for path in [KernelPath::Avx2, KernelPath::Avx512] {
+                            if !path.supported() {
+                                continue;
+                            }
+                            let mut got = vec![f32::NAN; heads * hd];
+                            attend.run(path, &mut scores, &mut got);
+                            assert_eq!(
+                                bits(&want),
+                                bits(&got),
+                                "{path:?}, width {hd}, {heads} heads, {positions} positions"
+                            );
+                        }
+                    }
                 }
             }
         }

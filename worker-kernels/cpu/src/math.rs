@@ -305,6 +305,58 @@ pub unsafe fn softmax_avx2(x: &mut [f32]) {
     scale_to_one(x);
 }
 
+/// [`softmax`] of each of the `R` rows of `x` (one after another, equally long): the maximum
+/// taken eight lanes at a time (the same value: a maximum does not depend on its order, and the
+/// sign of a zero maximum changes no difference from it), the exponentials eight at a time
+/// ([`exp_f32_avx2`]), and the rows' sums, each in order, side by side; so the same bits.
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+pub unsafe fn softmax_rows_avx2<const R: usize>(x: &mut [f32]) {
+    use std::arch::x86_64::*;
+    let n = x.len() / R;
+    assert_eq!(n * R, x.len());
+    for row in x.chunks_exact_mut(n) {
+        let mut chunks = row.chunks_exact(8);
+        // SAFETY: eight floats from each chunk; AVX2 per the caller.
+        let max = unsafe {
+            // `max_ps(v, m)` is `m` where `v` is a NaN: NaNs are skipped, as `f32::max` does.
+            let mut m = _mm256_set1_ps(f32::NEG_INFINITY);
+            for chunk in &mut chunks {
+                m = _mm256_max_ps(_mm256_loadu_ps(chunk.as_ptr()), m);
+            }
+            let mut lanes = [0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), m);
+            max_of(&lanes).max(max_of(chunks.remainder()))
+        };
+        let mut chunks = row.chunks_exact_mut(8);
+        for chunk in &mut chunks {
+            // SAFETY: eight floats in and out of `chunk`; AVX2 per the caller.
+            unsafe {
+                let v = _mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), _mm256_set1_ps(max));
+                _mm256_storeu_ps(chunk.as_mut_ptr(), exp_f32_avx2(v));
+            }
+        }
+        for v in chunks.into_remainder() {
+            *v = exp_f32(*v - max);
+        }
+    }
+    let mut sums = [0f32; R];
+    for i in 0..n {
+        for (r, sum) in sums.iter_mut().enumerate() {
+            *sum += x[r * n + i];
+        }
+    }
+    for (row, sum) in x.chunks_exact_mut(n).zip(sums) {
+        let inv = 1.0 / sum;
+        for v in row.iter_mut() {
+            *v *= inv;
+        }
+    }
+}
+
 /// `silu(g) · u = g / (1 + e^−g) · u`, in place in `g`.
 #[inline]
 pub fn silu_mul(g: &mut [f32], u: &[f32]) {
@@ -396,12 +448,33 @@ mod tests {
                 let row: Vec<f32> = (0..len)
                     .map(|i| ((i * 37) % 23) as f32 * 1.7 - 20.0)
                     .collect();
-                let (mut a, mut b) = (row.clone(), row);
+                let (mut a, mut b) = (row.clone(), row.clone());
                 softmax(&mut a);
                 // SAFETY: AVX2 was detected above.
                 unsafe { softmax_avx2(&mut b) };
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&a), bits(&b), "{len}");
+                // Four rows at once: this one, it with zeros of both signs and minus infinity
+                // among it, its magnitudes negated with zeros of both signs (the maximum a zero),
+                // and it negated.
+                let mixed = |with: [f32; 3]| -> Vec<f32> {
+                    let rows = row.iter().enumerate();
+                    rows.map(|(i, v)| if i % 4 == 0 { *v } else { with[i % 4 - 1] })
+                        .collect()
+                };
+                let other = mixed([0.0, -0.0, f32::NEG_INFINITY]);
+                let zeros: Vec<f32> = (row.iter().enumerate())
+                    .map(|(i, v)| [-v.abs(), -0.0, 0.0, -1.0][i % 4])
+                    .collect();
+                let negated: Vec<f32> = row.iter().map(|v| -v).collect();
+                let four = [row, other, zeros, negated];
+                let mut rows = four.concat();
+                // SAFETY: AVX2 was detected above.
+                unsafe { softmax_rows_avx2::<4>(&mut rows) };
+                for (i, mut want) in four.into_iter().enumerate() {
+                    softmax(&mut want);
+                    assert_eq!(bits(&want), bits(&rows[i * len..][..len]), "{len}, row {i}");
+                }
             }
         }
     }

@@ -414,6 +414,8 @@ struct Attend<'a> {
 
 /// Heads the AVX-512 attention takes at once (each loaded key and value serves all of them).
 const ATTEND_ROWS: usize = 4;
+/// Heads the AVX2 attention takes at once (its sixteen registers hold three heads' sums).
+const ATTEND_ROWS_AVX2: usize = 3;
 
 impl Attend<'_> {
     /// Every head's scores, softmax, then the scores' sum of the values, into `acc` (`hd` values
@@ -443,15 +445,31 @@ impl Attend<'_> {
             }
             return;
         }
-        for (q, acc) in self.q.chunks_exact(hd).zip(acc.chunks_exact_mut(hd)) {
-            #[cfg(target_arch = "x86_64")]
-            if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) && hd.is_multiple_of(8) {
+        #[cfg(target_arch = "x86_64")]
+        if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) && hd.is_multiple_of(8) {
+            let mut row = 0;
+            let rows = self.q.len() / hd;
+            while row < rows {
+                let n = (rows - row).min(ATTEND_ROWS_AVX2);
+                let (q, acc) = (
+                    &self.q[row * hd..][..n * hd],
+                    &mut acc[row * hd..][..n * hd],
+                );
                 // SAFETY: the path was checked against the CPU's features when it was chosen,
                 // and both x86 paths require AVX2.
-                unsafe { self.run_avx2(q, scores, acc) };
-                continue;
+                unsafe {
+                    match n {
+                        1 => self.run_avx2::<1>(q, scores, acc),
+                        2 => self.run_avx2::<2>(q, scores, acc),
+                        _ => self.run_avx2::<ATTEND_ROWS_AVX2>(q, scores, acc),
+                    }
+                }
+                row += n;
             }
-            let _ = path;
+            return;
+        }
+        let _ = path;
+        for (q, acc) in self.q.chunks_exact(hd).zip(acc.chunks_exact_mut(hd)) {
             self.run_portable(q, scores, acc);
         }
     }
@@ -464,78 +482,118 @@ impl Attend<'_> {
         &self.values[j * self.stride + self.at..][..self.hd]
     }
 
-    /// [`Self::run_portable`]'s operations in AVX2 registers, for one head (`q`, `hd` a multiple
-    /// of 8): four positions' scores at a time, each in its own register whose lane `j` sums the
-    /// dimensions `≡ j mod 8` in order (as [`math::dot_f32`] does) before [`crate::dot::tree8`];
-    /// then the values' sums 64 dimensions at a time, held in eight registers across every
-    /// position, each lane one dimension's sum in position order. Independent sums side by side
-    /// instead of one chain of additions; the same operations on each value, so the same bits.
+    /// [`Self::run_portable`]'s operations in AVX2 registers for `R` heads at once (`q`, `hd` a
+    /// multiple of 8), each key and value loaded once for all of them: four positions' scores a
+    /// head at a time, each in its own register whose lane `j` sums the dimensions `≡ j mod 8` in
+    /// order (as [`math::dot_f32`] does), the four reduced by [`crate::dot::tree8`]'s rule
+    /// together; then the values' sums 32 dimensions a head at a time, held in four registers
+    /// across every position, each lane one dimension's sum in position order. Independent sums
+    /// side by side instead of one chain of additions; the same operations on each value, so the
+    /// same bits.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2(&self, q: &[f32], scores: &mut Vec<f32>, acc: &mut [f32]) {
+    unsafe fn run_avx2<const R: usize>(&self, q: &[f32], scores: &mut Vec<f32>, acc: &mut [f32]) {
         use std::arch::x86_64::*;
-        /// `out[..8 R] = Σ_i scores_i · values(i)[..8 R]`, the sums held in `R` registers.
+        /// `out_r[..8 W] = Σ_i scores_r(i) · values(i)[..8 W]` for every head `r` (its scores
+        /// from `scores + r n`, its sums to `out + r hd`), the sums held in `R W` registers.
         #[inline(always)]
-        unsafe fn sums<const R: usize>(
-            scores: &[f32],
+        unsafe fn sums<const R: usize, const W: usize>(
+            scores: *const f32,
+            n: usize,
             values: impl Fn(usize) -> *const f32,
             out: *mut f32,
+            hd: usize,
         ) {
-            // SAFETY (the loads and stores): the caller gives pointers to at least 8 R floats.
+            // SAFETY (the loads and stores): the caller gives `R n` scores and pointers to at
+            // least 8 W floats a value row and a head's output.
             unsafe {
-                let mut a = [_mm256_setzero_ps(); R];
-                for (i, &p) in scores.iter().enumerate() {
-                    let (pv, v) = (_mm256_set1_ps(p), values(i));
+                let mut a = [[_mm256_setzero_ps(); W]; R];
+                for i in 0..n {
+                    let v = values(i);
                     for (r, a) in a.iter_mut().enumerate() {
-                        *a = _mm256_add_ps(*a, _mm256_mul_ps(pv, _mm256_loadu_ps(v.add(8 * r))));
+                        let p = _mm256_set1_ps(*scores.add(r * n + i));
+                        for (w, a) in a.iter_mut().enumerate() {
+                            *a = _mm256_add_ps(*a, _mm256_mul_ps(p, _mm256_loadu_ps(v.add(8 * w))));
+                        }
                     }
                 }
                 for (r, a) in a.into_iter().enumerate() {
-                    _mm256_storeu_ps(out.add(8 * r), a);
+                    for (w, a) in a.into_iter().enumerate() {
+                        _mm256_storeu_ps(out.add(r * hd + 8 * w), a);
+                    }
                 }
             }
         }
         let hd = self.hd;
-        assert!(hd.is_multiple_of(8) && q.len() == hd && acc.len() == hd);
-        let qp = q.as_ptr();
+        assert!(hd.is_multiple_of(8) && q.len() == R * hd && acc.len() == R * hd);
+        let n = self.last + 1 - self.first;
         scores.clear();
+        scores.resize(R * n, 0.0);
+        let (qp, sp) = (q.as_ptr(), scores.as_mut_ptr());
         let mut j = self.first;
-        while j + 4 <= self.last + 1 {
-            let k = [j, j + 1, j + 2, j + 3].map(|j| self.key(j).as_ptr());
-            // SAFETY: every load is of 8 floats at `c < hd`, `hd` a multiple of 8, from a slice
-            // of `hd` floats.
-            unsafe {
-                let mut s = [_mm256_setzero_ps(); 4];
+        // SAFETY: every load is of 8 floats at `c < hd`, `hd` a multiple of 8, from a slice of
+        // `hd` floats (or a head's `hd` of `q`); every store is of 4 scores of a head's `n`.
+        unsafe {
+            let scale = _mm_set1_ps(self.scale);
+            while j + 4 <= self.last + 1 {
+                let k: [*const f32; 4] = std::array::from_fn(|i| self.key(j + i).as_ptr());
+                let mut s = [[_mm256_setzero_ps(); 4]; R];
                 for c in (0..hd).step_by(8) {
-                    let x = _mm256_loadu_ps(qp.add(c));
-                    for (s, k) in s.iter_mut().zip(k) {
-                        *s = _mm256_add_ps(*s, _mm256_mul_ps(x, _mm256_loadu_ps(k.add(c))));
+                    for (i, k) in k.iter().enumerate() {
+                        let k = _mm256_loadu_ps(k.add(c));
+                        for (r, s) in s.iter_mut().enumerate() {
+                            let x = _mm256_loadu_ps(qp.add(r * hd + c));
+                            s[i] = _mm256_add_ps(s[i], _mm256_mul_ps(x, k));
+                        }
                     }
                 }
-                for s in s {
-                    let mut lanes = [0f32; 8];
-                    _mm256_storeu_ps(lanes.as_mut_ptr(), s);
-                    scores.push(crate::dot::tree8(lanes) * self.scale);
+                for (r, s) in s.into_iter().enumerate() {
+                    // tree8 on all four: a position's lanes 0..4 plus its lanes 4..8 (halves:
+                    // positions 0 and 1, 2 and 3) …
+                    let s01 = _mm256_add_ps(
+                        _mm256_permute2f128_ps::<0x20>(s[0], s[1]),
+                        _mm256_permute2f128_ps::<0x31>(s[0], s[1]),
+                    );
+                    let s23 = _mm256_add_ps(
+                        _mm256_permute2f128_ps::<0x20>(s[2], s[3]),
+                        _mm256_permute2f128_ps::<0x31>(s[2], s[3]),
+                    );
+                    // … then lanes 0 + 2 and 1 + 3 of each …
+                    let u = _mm256_add_ps(
+                        _mm256_shuffle_ps::<0b01_00_01_00>(s01, s23),
+                        _mm256_shuffle_ps::<0b11_10_11_10>(s01, s23),
+                    );
+                    // … and their sum: half `h` lane 0 is position `h`'s, lane 1 `2 + h`'s.
+                    let u = _mm256_add_ps(
+                        _mm256_shuffle_ps::<0b10_00_10_00>(u, u),
+                        _mm256_shuffle_ps::<0b11_01_11_01>(u, u),
+                    );
+                    let four =
+                        _mm_unpacklo_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps::<1>(u));
+                    _mm_storeu_ps(sp.add(r * n + j - self.first), _mm_mul_ps(four, scale));
                 }
+                j += 4;
             }
-            j += 4;
         }
-        for j in j..=self.last {
-            scores.push(math::dot_f32(q, self.key(j)) * self.scale);
+        for (q, scores) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(n)) {
+            for j in j..=self.last {
+                scores[j - self.first] = math::dot_f32(q, self.key(j)) * self.scale;
+            }
         }
         // SAFETY: AVX2, as this function's.
-        unsafe { math::softmax_avx2(scores) };
+        unsafe { math::softmax_rows_avx2::<R>(scores) };
         let mut d0 = 0;
         while d0 < hd {
             let at = |i: usize| self.value(self.first + i)[d0..].as_ptr();
             let out = acc[d0..].as_mut_ptr();
-            // SAFETY: at least 64 (or 8) floats from `d0` in every value row and in `acc`.
+            // SAFETY: `R n` scores; at least 32 (or 8) floats from `d0` in every value row and
+            // in every head's `acc`.
             unsafe {
-                if d0 + 64 <= hd {
-                    sums::<8>(scores, at, out);
-                    d0 += 64;
+                if d0 + 32 <= hd {
+                    sums::<R, 4>(scores.as_ptr(), n, at, out, hd);
+                    d0 += 32;
                 } else {
-                    sums::<1>(scores, at, out);
+                    sums::<R, 1>(scores.as_ptr(), n, at, out, hd);
                     d0 += 8;
                 }
             }

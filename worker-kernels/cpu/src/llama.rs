@@ -396,10 +396,13 @@ impl Kernels {
 }
 
 /// Query heads that share one key-value head attending over their session's cached keys and
-/// values: positions `first..=last`, each key and value `at..at + hd` of its row of `stride` values.
-/// `q` holds the heads' queries one after another, `hd` values each. Every head's scores, softmax
-/// and sums are its own, in the definition's order ([`Self::run_portable`]); the x86 paths take
-/// the same operations lane by lane in wider registers, so every path gives the same bits.
+/// values, each key and value `at..at + hd` of its row of `stride` values. `q` holds the heads'
+/// queries one after another, `hd` values each; head `r` attends to positions `spans[r]`
+/// (`first..=last`: heads of one token share a span, a later token's reaches one further). Every
+/// head's scores, softmax and sums are its own, in the definition's order
+/// ([`Self::run_portable`]); the x86 paths take several heads at once, each key and value loaded
+/// once for all of them, with the same operations lane by lane in wider registers, so every path
+/// gives the same bits.
 struct Attend<'a> {
     q: &'a [f32],
     hd: usize,
@@ -407,38 +410,88 @@ struct Attend<'a> {
     values: &'a [f32],
     stride: usize,
     at: usize,
-    first: usize,
-    last: usize,
+    spans: &'a [(usize, usize)],
     scale: f32,
 }
 
-/// Heads the AVX-512 attention takes at once (each loaded key and value serves all of them).
-const ATTEND_ROWS: usize = 4;
+/// Heads the AVX-512 attention takes at once (its 32 registers hold six heads' sums).
+const ATTEND_ROWS: usize = 6;
 /// Heads the AVX2 attention takes at once (its sixteen registers hold three heads' sums).
 const ATTEND_ROWS_AVX2: usize = 3;
+
+/// Heads a path's attention takes at once, for heads `hd` wide.
+fn attend_rows(path: KernelPath, hd: usize) -> usize {
+    match path {
+        KernelPath::Avx512 if hd.is_multiple_of(16) => ATTEND_ROWS,
+        KernelPath::Avx2 | KernelPath::Avx512 if hd.is_multiple_of(8) => ATTEND_ROWS_AVX2,
+        _ => 1,
+    }
+}
+
+/// Where each head's scores start in the scratch (their spans' lengths one after another), and the
+/// positions every head attends to (`first..end`, empty when the spans do not meet).
+fn span_layout<const R: usize>(
+    spans: [(usize, usize); R],
+) -> ([usize; R], [usize; R], usize, usize) {
+    let lens = spans.map(|(first, last)| last + 1 - first);
+    let mut base = [0; R];
+    for r in 1..R {
+        base[r] = base[r - 1] + lens[r - 1];
+    }
+    let first = spans.iter().map(|s| s.0).max().unwrap_or(0);
+    let end = spans.iter().map(|s| s.1 + 1).min().unwrap_or(0).max(first);
+    (lens, base, first, end)
+}
+
+/// The values' sums of `$r` heads over their spans with `$sums`, `$w` registers a head: each
+/// head's positions before the ones they all attend to on its own, those for all heads at once,
+/// then each head's positions after them; every sum goes on in position order.
+macro_rules! spans_pass {
+    ($sums:ident, $r:expr, $w:literal, $spans:expr, $sp:expr, $base:expr, $first:expr, $end:expr,
+     $value:expr, $out:expr, $hd:expr) => {{
+        let (spans, sp, base, first, end, out, hd) = ($spans, $sp, $base, $first, $end, $out, $hd);
+        let value = &$value;
+        for (r, &(f, l)) in spans.iter().enumerate() {
+            let before = f..first.min(l + 1);
+            if !before.is_empty() {
+                let s = [sp.add(base[r])];
+                $sums::<1, $w>(s, before.len(), |i| value(f + i), out.add(r * hd), hd);
+            }
+        }
+        if first < end {
+            let s: [*const f32; $r] = std::array::from_fn(|r| sp.add(base[r] + first - spans[r].0));
+            $sums::<$r, $w>(s, end - first, |i| value(first + i), out, hd);
+        }
+        for (r, &(f, l)) in spans.iter().enumerate() {
+            let after = end.max(f)..l + 1;
+            if !after.is_empty() {
+                let (s, at) = ([sp.add(base[r] + after.start - f)], after.start);
+                $sums::<1, $w>(s, after.len(), |i| value(at + i), out.add(r * hd), hd);
+            }
+        }
+    }};
+}
 
 impl Attend<'_> {
     /// Every head's scores, softmax, then the scores' sum of the values, into `acc` (`hd` values
     /// a head, as `q`; `scores` is scratch).
     fn run(&self, path: KernelPath, scores: &mut Vec<f32>, acc: &mut [f32]) {
-        let hd = self.hd;
+        let (hd, rows) = (self.hd, self.spans.len());
+        assert!(self.q.len() == rows * hd && acc.len() == rows * hd);
         #[cfg(target_arch = "x86_64")]
         if path == KernelPath::Avx512 && hd.is_multiple_of(16) {
             let mut row = 0;
-            let rows = self.q.len() / hd;
             while row < rows {
                 let n = (rows - row).min(ATTEND_ROWS);
-                let (q, acc) = (
-                    &self.q[row * hd..][..n * hd],
-                    &mut acc[row * hd..][..n * hd],
-                );
                 // SAFETY: the path was checked against the CPU's features when it was chosen.
                 unsafe {
                     match n {
-                        1 => self.run_avx512::<1>(q, scores, acc),
-                        2 => self.run_avx512::<2>(q, scores, acc),
-                        3 => self.run_avx512::<3>(q, scores, acc),
-                        _ => self.run_avx512::<ATTEND_ROWS>(q, scores, acc),
+                        1 => self.run_avx512::<1>(row, scores, acc),
+                        2 => self.run_avx512::<2>(row, scores, acc),
+                        3 => self.run_avx512::<3>(row, scores, acc),
+                        4 => self.run_avx512::<4>(row, scores, acc),
+                        5 => self.run_avx512::<5>(row, scores, acc),
+                        _ => self.run_avx512::<ATTEND_ROWS>(row, scores, acc),
                     }
                 }
                 row += n;
@@ -448,20 +501,15 @@ impl Attend<'_> {
         #[cfg(target_arch = "x86_64")]
         if matches!(path, KernelPath::Avx2 | KernelPath::Avx512) && hd.is_multiple_of(8) {
             let mut row = 0;
-            let rows = self.q.len() / hd;
             while row < rows {
                 let n = (rows - row).min(ATTEND_ROWS_AVX2);
-                let (q, acc) = (
-                    &self.q[row * hd..][..n * hd],
-                    &mut acc[row * hd..][..n * hd],
-                );
                 // SAFETY: the path was checked against the CPU's features when it was chosen,
                 // and both x86 paths require AVX2.
                 unsafe {
                     match n {
-                        1 => self.run_avx2::<1>(q, scores, acc),
-                        2 => self.run_avx2::<2>(q, scores, acc),
-                        _ => self.run_avx2::<ATTEND_ROWS_AVX2>(q, scores, acc),
+                        1 => self.run_avx2::<1>(row, scores, acc),
+                        2 => self.run_avx2::<2>(row, scores, acc),
+                        _ => self.run_avx2::<ATTEND_ROWS_AVX2>(row, scores, acc),
                     }
                 }
                 row += n;
@@ -469,8 +517,8 @@ impl Attend<'_> {
             return;
         }
         let _ = path;
-        for (q, acc) in self.q.chunks_exact(hd).zip(acc.chunks_exact_mut(hd)) {
-            self.run_portable(q, scores, acc);
+        for (row, acc) in acc.chunks_exact_mut(hd).enumerate() {
+            self.run_portable(row, scores, acc);
         }
     }
 
@@ -482,36 +530,62 @@ impl Attend<'_> {
         &self.values[j * self.stride + self.at..][..self.hd]
     }
 
-    /// [`Self::run_portable`]'s operations in AVX2 registers for `R` heads at once (`q`, `hd` a
-    /// multiple of 8), each key and value loaded once for all of them: four positions' scores a
-    /// head at a time, each in its own register whose lane `j` sums the dimensions `≡ j mod 8` in
-    /// order (as [`math::dot_f32`] does), the four reduced by [`crate::dot::tree8`]'s rule
-    /// together; then the values' sums 32 dimensions a head at a time, held in four registers
-    /// across every position, each lane one dimension's sum in position order. Independent sums
-    /// side by side instead of one chain of additions; the same operations on each value, so the
-    /// same bits.
+    /// Head `row`'s query.
+    fn query(&self, row: usize) -> &[f32] {
+        &self.q[row * self.hd..][..self.hd]
+    }
+
+    /// Each head's scores at the positions the blocks of the positions all share did not give:
+    /// one at a time, as [`math::dot_f32`] does.
+    fn other_scores<const R: usize>(
+        &self,
+        row0: usize,
+        scores: &mut [f32],
+        base: [usize; R],
+        shared: std::ops::Range<usize>,
+    ) {
+        for r in 0..R {
+            let (first, last) = self.spans[row0 + r];
+            for j in (first..=last).filter(|j| !shared.contains(j)) {
+                scores[base[r] + j - first] =
+                    math::dot_f32(self.query(row0 + r), self.key(j)) * self.scale;
+            }
+        }
+    }
+
+    /// [`Self::run_portable`]'s operations in AVX2 registers for the `R` heads from `row0` (`hd`
+    /// a multiple of 8), each key and value loaded once for all of them: at the positions they
+    /// all attend to, four positions' scores a head at a time, each in its own register whose lane
+    /// `j` sums the dimensions `≡ j mod 8` in order (as [`math::dot_f32`] does), the four reduced
+    /// by [`crate::dot::tree8`]'s rule together; then the values' sums 32 dimensions a head at a
+    /// time, held in four registers across the positions, each lane one dimension's sum in
+    /// position order (a head's positions before and after the shared ones added on their own, in
+    /// order). Independent sums side by side instead of one chain of additions; the same
+    /// operations on each value, so the same bits.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx2")]
-    unsafe fn run_avx2<const R: usize>(&self, q: &[f32], scores: &mut Vec<f32>, acc: &mut [f32]) {
+    unsafe fn run_avx2<const R: usize>(&self, row0: usize, scores: &mut Vec<f32>, acc: &mut [f32]) {
         use std::arch::x86_64::*;
-        /// `out_r[..8 W] = Σ_i scores_r(i) · values(i)[..8 W]` for every head `r` (its scores
-        /// from `scores + r n`, its sums to `out + r hd`), the sums held in `R W` registers.
+        /// `out_r[..8 W] += Σ_i scores_r[i] · values(i)[..8 W]` for every head `r` (its sums at
+        /// `out + r hd`), over `n` positions, the sums held in `R W` registers.
         #[inline(always)]
         unsafe fn sums<const R: usize, const W: usize>(
-            scores: *const f32,
+            scores: [*const f32; R],
             n: usize,
             values: impl Fn(usize) -> *const f32,
             out: *mut f32,
             hd: usize,
         ) {
-            // SAFETY (the loads and stores): the caller gives `R n` scores and pointers to at
-            // least 8 W floats a value row and a head's output.
+            // SAFETY (the loads and stores): the caller gives `n` scores a head and pointers to
+            // at least 8 W floats a value row and a head's output.
             unsafe {
-                let mut a = [[_mm256_setzero_ps(); W]; R];
+                let mut a: [[__m256; W]; R] = std::array::from_fn(|r| {
+                    std::array::from_fn(|w| _mm256_loadu_ps(out.add(r * hd + 8 * w)))
+                });
                 for i in 0..n {
                     let v = values(i);
-                    for (r, a) in a.iter_mut().enumerate() {
-                        let p = _mm256_set1_ps(*scores.add(r * n + i));
+                    for (a, s) in a.iter_mut().zip(scores) {
+                        let p = _mm256_set1_ps(*s.add(i));
                         for (w, a) in a.iter_mut().enumerate() {
                             *a = _mm256_add_ps(*a, _mm256_mul_ps(p, _mm256_loadu_ps(v.add(8 * w))));
                         }
@@ -525,17 +599,18 @@ impl Attend<'_> {
             }
         }
         let hd = self.hd;
-        assert!(hd.is_multiple_of(8) && q.len() == R * hd && acc.len() == R * hd);
-        let n = self.last + 1 - self.first;
+        assert!(hd.is_multiple_of(8) && (row0 + R) * hd <= acc.len());
+        let spans: [(usize, usize); R] = std::array::from_fn(|r| self.spans[row0 + r]);
+        let (lens, base, first, end) = span_layout(spans);
         scores.clear();
-        scores.resize(R * n, 0.0);
-        let (qp, sp) = (q.as_ptr(), scores.as_mut_ptr());
-        let mut j = self.first;
+        scores.resize(lens.iter().sum(), 0.0);
+        let (qp, sp) = (self.q[row0 * hd..].as_ptr(), scores.as_mut_ptr());
+        let mut j = first;
         // SAFETY: every load is of 8 floats at `c < hd`, `hd` a multiple of 8, from a slice of
-        // `hd` floats (or a head's `hd` of `q`); every store is of 4 scores of a head's `n`.
+        // `hd` floats (or a head's `hd` of `q`); every store is of 4 scores within a head's.
         unsafe {
             let scale = _mm_set1_ps(self.scale);
-            while j + 4 <= self.last + 1 {
+            while j + 4 <= end {
                 let k: [*const f32; 4] = std::array::from_fn(|i| self.key(j + i).as_ptr());
                 let mut s = [[_mm256_setzero_ps(); 4]; R];
                 for c in (0..hd).step_by(8) {
@@ -570,37 +645,37 @@ impl Attend<'_> {
                     );
                     let four =
                         _mm_unpacklo_ps(_mm256_castps256_ps128(u), _mm256_extractf128_ps::<1>(u));
-                    _mm_storeu_ps(sp.add(r * n + j - self.first), _mm_mul_ps(four, scale));
+                    let at = sp.add(base[r] + j - spans[r].0);
+                    _mm_storeu_ps(at, _mm_mul_ps(four, scale));
                 }
                 j += 4;
             }
         }
-        for (q, scores) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(n)) {
-            for j in j..=self.last {
-                scores[j - self.first] = math::dot_f32(q, self.key(j)) * self.scale;
-            }
-        }
+        self.other_scores(row0, scores, base, first..j);
         // SAFETY: AVX2, as this function's.
-        unsafe { math::softmax_rows_avx2::<R>(scores) };
+        unsafe { math::softmax_rows_avx2::<R>(scores, lens) };
+        let acc = &mut acc[row0 * hd..(row0 + R) * hd];
+        acc.fill(0.0);
+        let sp = scores.as_ptr();
         let mut d0 = 0;
         while d0 < hd {
-            let at = |i: usize| self.value(self.first + i)[d0..].as_ptr();
+            let value = |j: usize| self.value(j)[d0..].as_ptr();
             let out = acc[d0..].as_mut_ptr();
-            // SAFETY: `R n` scores; at least 32 (or 8) floats from `d0` in every value row and
-            // in every head's `acc`.
+            // SAFETY: `R` heads' scores at their spans; at least 32 (or 8) floats from `d0` in
+            // every value row and in every head's `acc`.
             unsafe {
                 if d0 + 32 <= hd {
-                    sums::<R, 4>(scores.as_ptr(), n, at, out, hd);
+                    spans_pass!(sums, R, 4, spans, sp, base, first, end, value, out, hd);
                     d0 += 32;
                 } else {
-                    sums::<R, 1>(scores.as_ptr(), n, at, out, hd);
+                    spans_pass!(sums, R, 1, spans, sp, base, first, end, value, out, hd);
                     d0 += 8;
                 }
             }
         }
     }
 
-    /// [`Self::run_avx2`]'s operations for `R` heads at once (`q`, `hd` a multiple of 16) in
+    /// [`Self::run_avx2`]'s operations for the `R` heads from `row0` (`hd` a multiple of 16) in
     /// AVX-512 registers, each key and value loaded once for all of them: two positions' keys side
     /// by side in a register (a head's query dimensions in both halves), eight positions' scores a
     /// head at a time, their lanes reduced by [`crate::dot::tree8`]'s rule for all eight at once;
@@ -608,27 +683,34 @@ impl Attend<'_> {
     /// same order as on the portable path, so the same bits.
     #[cfg(target_arch = "x86_64")]
     #[target_feature(enable = "avx512f,avx2")]
-    unsafe fn run_avx512<const R: usize>(&self, q: &[f32], scores: &mut Vec<f32>, acc: &mut [f32]) {
+    unsafe fn run_avx512<const R: usize>(
+        &self,
+        row0: usize,
+        scores: &mut Vec<f32>,
+        acc: &mut [f32],
+    ) {
         use std::arch::x86_64::*;
-        /// `out_r[..16 W] = Σ_i scores_r(i) · values(i)[..16 W]` for every head `r` (its scores
-        /// from `scores + r n`, its sums to `out + r hd`), the sums held in `R W` registers.
+        /// `out_r[..16 W] += Σ_i scores_r[i] · values(i)[..16 W]` for every head `r` (its sums
+        /// at `out + r hd`), over `n` positions, the sums held in `R W` registers.
         #[inline(always)]
         unsafe fn sums<const R: usize, const W: usize>(
-            scores: *const f32,
+            scores: [*const f32; R],
             n: usize,
             values: impl Fn(usize) -> *const f32,
             out: *mut f32,
             hd: usize,
         ) {
-            // SAFETY (the loads and stores): the caller gives `R n` scores and pointers to at
-            // least 16 W floats a value row and a head's output.
+            // SAFETY (the loads and stores): the caller gives `n` scores a head and pointers to
+            // at least 16 W floats a value row and a head's output.
             unsafe {
-                let mut a = [[_mm512_setzero_ps(); W]; R];
+                let mut a: [[__m512; W]; R] = std::array::from_fn(|r| {
+                    std::array::from_fn(|w| _mm512_loadu_ps(out.add(r * hd + 16 * w)))
+                });
                 for i in 0..n {
                     let v = values(i);
                     let v: [__m512; W] = std::array::from_fn(|w| _mm512_loadu_ps(v.add(16 * w)));
-                    for (r, a) in a.iter_mut().enumerate() {
-                        let p = _mm512_set1_ps(*scores.add(r * n + i));
+                    for (a, s) in a.iter_mut().zip(scores) {
+                        let p = _mm512_set1_ps(*s.add(i));
                         for (a, v) in a.iter_mut().zip(v) {
                             *a = _mm512_add_ps(*a, _mm512_mul_ps(p, v));
                         }
@@ -642,19 +724,20 @@ impl Attend<'_> {
             }
         }
         let hd = self.hd;
-        assert!(hd.is_multiple_of(16) && q.len() == R * hd && acc.len() == R * hd);
-        let n = self.last + 1 - self.first;
+        assert!(hd.is_multiple_of(16) && (row0 + R) * hd <= acc.len());
+        let spans: [(usize, usize); R] = std::array::from_fn(|r| self.spans[row0 + r]);
+        let (lens, base, first, end) = span_layout(spans);
         scores.clear();
-        scores.resize(R * n, 0.0);
-        let (qp, sp) = (q.as_ptr(), scores.as_mut_ptr());
-        let mut j = self.first;
+        scores.resize(lens.iter().sum(), 0.0);
+        let (qp, sp) = (self.q[row0 * hd..].as_ptr(), scores.as_mut_ptr());
+        let mut j = first;
         // SAFETY: every load is of 8 floats at `c < hd`, `hd` a multiple of 8, from a slice of
-        // `hd` floats (or a head's `hd` of `q`); every store is of 8 scores of a head's `n`.
+        // `hd` floats (or a head's `hd` of `q`); every store is of 8 scores within a head's.
         unsafe {
             let scale = _mm256_set1_ps(self.scale);
             // Where each of the eight scores lies after the reduction below.
             let order = _mm512_setr_epi32(0, 4, 8, 12, 1, 5, 9, 13, 0, 0, 0, 0, 0, 0, 0, 0);
-            while j + 8 <= self.last + 1 {
+            while j + 8 <= end {
                 let k: [*const f32; 8] = std::array::from_fn(|i| self.key(j + i).as_ptr());
                 // Head `r`'s register `i` holds positions `2i` (low half) and `2i + 1` (high).
                 let mut s = [[_mm512_setzero_ps(); 4]; R];
@@ -694,46 +777,47 @@ impl Attend<'_> {
                         _mm512_shuffle_ps::<0b11_01_11_01>(u, u),
                     );
                     let eight = _mm512_castps512_ps256(_mm512_permutexvar_ps(order, u));
-                    _mm256_storeu_ps(sp.add(r * n + j - self.first), _mm256_mul_ps(eight, scale));
+                    let at = sp.add(base[r] + j - spans[r].0);
+                    _mm256_storeu_ps(at, _mm256_mul_ps(eight, scale));
                 }
                 j += 8;
             }
         }
-        for (q, scores) in q.chunks_exact(hd).zip(scores.chunks_exact_mut(n)) {
-            for j in j..=self.last {
-                scores[j - self.first] = math::dot_f32(q, self.key(j)) * self.scale;
-            }
-        }
+        self.other_scores(row0, scores, base, first..j);
         // SAFETY: AVX2, as this function's.
-        unsafe { math::softmax_rows_avx2::<R>(scores) };
+        unsafe { math::softmax_rows_avx2::<R>(scores, lens) };
+        let acc = &mut acc[row0 * hd..(row0 + R) * hd];
+        acc.fill(0.0);
+        let sp = scores.as_ptr();
         let mut d0 = 0;
         while d0 < hd {
-            let at = |i: usize| self.value(self.first + i)[d0..].as_ptr();
+            let value = |j: usize| self.value(j)[d0..].as_ptr();
             let out = acc[d0..].as_mut_ptr();
-            // SAFETY: `R n` scores; at least 64 (or 16) floats from `d0` in every value row and
-            // in every head's `acc`.
+            // SAFETY: `R` heads' scores at their spans; at least 64 (or 16) floats from `d0` in
+            // every value row and in every head's `acc`.
             unsafe {
                 if d0 + 64 <= hd {
-                    sums::<R, 4>(scores.as_ptr(), n, at, out, hd);
+                    spans_pass!(sums, R, 4, spans, sp, base, first, end, value, out, hd);
                     d0 += 64;
                 } else {
-                    sums::<R, 1>(scores.as_ptr(), n, at, out, hd);
+                    spans_pass!(sums, R, 1, spans, sp, base, first, end, value, out, hd);
                     d0 += 16;
                 }
             }
         }
     }
 
-    /// The definition, for one head (`q`).
+    /// The definition, for head `row`.
     #[inline(always)]
-    fn run_portable(&self, q: &[f32], scores: &mut Vec<f32>, acc: &mut [f32]) {
+    fn run_portable(&self, row: usize, scores: &mut Vec<f32>, acc: &mut [f32]) {
+        let (first, last) = self.spans[row];
         scores.clear();
-        for j in self.first..=self.last {
-            scores.push(math::dot_f32(q, self.key(j)) * self.scale);
+        for j in first..=last {
+            scores.push(math::dot_f32(self.query(row), self.key(j)) * self.scale);
         }
         math::softmax(scores);
         acc.fill(0.0);
-        for (j, p) in (self.first..).zip(scores.iter()) {
+        for (j, p) in (first..).zip(scores.iter()) {
             for (a, v) in acc.iter_mut().zip(self.value(j)) {
                 *a += p * v;
             }
@@ -1267,48 +1351,67 @@ impl LlamaRange {
             vc.extend_from_slice(&s.v[rows]);
         }
 
-        // Attention, one token's heads that share a key-value head at a time, in parallel; each
-        // token within its own session's keys and values.
+        // Attention: a few of a session's consecutive tokens and their heads that share a
+        // key-value head at a time, in parallel; each token within its own session's keys and
+        // values.
         let group = c.heads / c.kv_heads;
         let scale = 1.0 / (hd as f32).sqrt();
         let seq = x.len() / h;
-        let units = seq * c.kv_heads;
-        let per_chunk = (HEADS_PER_CHUNK / group).max(1);
+        // Tokens a unit takes: as many as the path's attention takes heads at once.
+        let tile = (attend_rows(k.path, hd) / group).max(1);
         // Per row: its session's keys, values, and the position it attends up to.
         let mut rows: Vec<(&[f32], &[f32], usize)> = Vec::with_capacity(seq);
+        // Units of work: (first row, rows, key-value head).
+        let mut units = Vec::new();
         for (seg, kv) in segs.iter().zip(kvs.iter()) {
             for i in 0..seg.rows {
                 rows.push((&kv.0[..], &kv.1[..], seg.pos + i));
             }
+            for i in (0..seg.rows).step_by(tile) {
+                let n = tile.min(seg.rows - i);
+                units.extend((0..c.kv_heads).map(|kvh| (seg.start + i, n, kvh)));
+            }
         }
+        let per_chunk = (HEADS_PER_CHUNK / (group * tile)).max(1);
         let out = Out(s.attn.as_mut_ptr());
-        let (q, rows) = (&s.q, &rows);
+        let (q, rows, units) = (&s.q, &rows, &units);
         let path = k.path;
-        k.pool.run(units.div_ceil(per_chunk), &|chunk| {
-            let mut scores = Vec::new();
-            let mut acc = vec![0f32; group * hd];
-            for unit in chunk * per_chunk..((chunk + 1) * per_chunk).min(units) {
-                let (t, kvh) = (unit / c.kv_heads, unit % c.kv_heads);
-                let (kc, vc, p) = rows[t];
-                // This token's heads `kvh · group ..`, one after another in `q` and in `attn`.
-                let at = t * qw + kvh * group * hd;
+        let width = group * hd;
+        k.pool.run(units.len().div_ceil(per_chunk), &|chunk| {
+            let (mut scores, mut queries, mut spans, mut acc) = (vec![], vec![], vec![], vec![]);
+            for &(t0, n, kvh) in
+                &units[chunk * per_chunk..((chunk + 1) * per_chunk).min(units.len())]
+            {
+                let (kc, vc, _) = rows[t0];
+                // Token `t`'s heads `kvh · group ..` are `width` values at `t · qw + kvh · width`,
+                // in `q` and in `attn`.
+                queries.clear();
+                spans.clear();
+                for t in t0..t0 + n {
+                    queries.extend_from_slice(&q[t * qw + kvh * width..][..width]);
+                    let p = rows[t].2;
+                    // A sliding layer attends to its last `window` positions only.
+                    let first = window.map_or(0, |w| (p + 1).saturating_sub(w));
+                    spans.extend(std::iter::repeat_n((first, p), group));
+                }
+                acc.resize(n * width, 0.0);
                 let heads = Attend {
-                    q: &q[at..at + group * hd],
+                    q: &queries,
                     hd,
                     keys: kc,
                     values: vc,
                     stride: kvw,
                     at: kvh * hd,
-                    // A sliding layer attends to its last `window` positions only.
-                    first: window.map_or(0, |w| (p + 1).saturating_sub(w)),
-                    last: p,
+                    spans: &spans,
                     scale,
                 };
                 heads.run(path, &mut scores, &mut acc);
-                for (d, a) in acc.iter().enumerate() {
-                    // SAFETY: each (token, key-value head) unit is one chunk's alone; `attn`
-                    // outlives the job.
-                    unsafe { out.write(at + d, *a) };
+                for (t, acc) in (t0..).zip(acc.chunks_exact(width)) {
+                    for (d, a) in acc.iter().enumerate() {
+                        // SAFETY: each (token, key-value head) is one unit's alone; `attn`
+                        // outlives the job.
+                        unsafe { out.write(t * qw + kvh * width + d, *a) };
+                    }
                 }
             }
         });
@@ -1397,8 +1500,9 @@ mod tests {
     use super::*;
 
     /// The x86 attentions give the portable definition's bits: head widths of 8, 16, 64, 72, 80
-    /// and 256, one to six heads sharing a key-value head, a position or many, the first position
-    /// not 0, and large and tiny values.
+    /// and 256, one to eight heads sharing a key-value head, their spans the same, a later token's
+    /// reaching one further (causal), or both ends a step on (sliding), a position or many, the
+    /// first position not 0, and large and tiny values.
     #[test]
     fn attention_on_every_x86_path_gives_the_portable_bits() {
         #[cfg(target_arch = "x86_64")]
@@ -1419,39 +1523,49 @@ mod tests {
             };
             let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
             for hd in [8, 16, 64, 72, 80, 256] {
-                for heads in 1..=6 {
+                for heads in 1..=8 {
                     for positions in [1, 3, 4, 8, 9, 17, 70] {
-                        let stride = hd * 2;
-                        let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
-                        let keys: Vec<f32> = (0..positions * stride).map(|_| next()).collect();
-                        let values: Vec<f32> = (0..positions * stride).map(|_| next()).collect();
-                        let attend = Attend {
-                            q: &q,
-                            hd,
-                            keys: &keys,
-                            values: &values,
-                            stride,
-                            at: hd,
-                            first: positions / 3,
-                            last: positions - 1,
-                            scale: 0.125,
-                        };
-                        let mut scores = Vec::new();
-                        let mut want = vec![f32::NAN; heads * hd];
-                        for (q, acc) in q.chunks_exact(hd).zip(want.chunks_exact_mut(hd)) {
-                            attend.run_portable(q, &mut scores, acc);
-                        }
-                        for path in [KernelPath::Avx2, KernelPath::Avx512] {
-                            if !path.supported() {
-                                continue;
+                        for (group, slide) in [(heads, 0), (1, 0), (2, 0), (3, 0), (2, 1), (1, 1)] {
+                            let stride = hd * 2;
+                            let q: Vec<f32> = (0..heads * hd).map(|_| next()).collect();
+                            let room = positions + heads;
+                            let keys: Vec<f32> = (0..room * stride).map(|_| next()).collect();
+                            let values: Vec<f32> = (0..room * stride).map(|_| next()).collect();
+                            // Head `r` is of token `r / group`, each token a position further on.
+                            let spans: Vec<(usize, usize)> = (0..heads)
+                                .map(|r| {
+                                    let t = r / group;
+                                    (positions / 3 + slide * t, positions - 1 + t)
+                                })
+                                .collect();
+                            let attend = Attend {
+                                q: &q,
+                                hd,
+                                keys: &keys,
+                                values: &values,
+                                stride,
+                                at: hd,
+                                spans: &spans,
+                                scale: 0.125,
+                            };
+                            let mut scores = Vec::new();
+                            let mut want = vec![f32::NAN; heads * hd];
+                            for (row, acc) in want.chunks_exact_mut(hd).enumerate() {
+                                attend.run_portable(row, &mut scores, acc);
                             }
-                            let mut got = vec![f32::NAN; heads * hd];
-                            attend.run(path, &mut scores, &mut got);
-                            assert_eq!(
-                                bits(&want),
-                                bits(&got),
-                                "{path:?}, width {hd}, {heads} heads, {positions} positions"
-                            );
+                            for path in [KernelPath::Avx2, KernelPath::Avx512] {
+                                if !path.supported() {
+                                    continue;
+                                }
+                                let mut got = vec![f32::NAN; heads * hd];
+                                attend.run(path, &mut scores, &mut got);
+                                assert_eq!(
+                                    bits(&want),
+                                    bits(&got),
+                                    "{path:?}, width {hd}, {heads} heads in groups of {group} \
+                                     (slide {slide}), {positions} positions"
+                                );
+                            }
                         }
                     }
                 }

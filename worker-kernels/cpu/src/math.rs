@@ -305,20 +305,25 @@ pub unsafe fn softmax_avx2(x: &mut [f32]) {
     scale_to_one(x);
 }
 
-/// [`softmax`] of each of the `R` rows of `x` (one after another, equally long): the maximum
-/// taken eight lanes at a time (the same value: a maximum does not depend on its order, and the
-/// sign of a zero maximum changes no difference from it), the exponentials eight at a time
+/// [`softmax`] of each of the `R` rows of `x` (one after another, `lens` long): the maximum taken
+/// eight lanes at a time (the same value: a maximum does not depend on its order, and the sign of
+/// a zero maximum changes no difference from it), the exponentials eight at a time
 /// ([`exp_f32_avx2`]), and the rows' sums, each in order, side by side; so the same bits.
 ///
 /// # Safety
 /// The CPU must have AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
-pub unsafe fn softmax_rows_avx2<const R: usize>(x: &mut [f32]) {
+pub unsafe fn softmax_rows_avx2<const R: usize>(x: &mut [f32], lens: [usize; R]) {
     use std::arch::x86_64::*;
-    let n = x.len() / R;
-    assert_eq!(n * R, x.len());
-    for row in x.chunks_exact_mut(n) {
+    assert_eq!(lens.iter().sum::<usize>(), x.len());
+    let mut rest = &mut x[..];
+    let mut rows: [&mut [f32]; R] = std::array::from_fn(|r| {
+        let (row, tail) = std::mem::take(&mut rest).split_at_mut(lens[r]);
+        rest = tail;
+        row
+    });
+    for row in rows.iter_mut() {
         let mut chunks = row.chunks_exact(8);
         // SAFETY: eight floats from each chunk; AVX2 per the caller.
         let max = unsafe {
@@ -343,13 +348,20 @@ pub unsafe fn softmax_rows_avx2<const R: usize>(x: &mut [f32]) {
             *v = exp_f32(*v - max);
         }
     }
+    // Each row's sum in order; the rows' first `common` terms side by side.
+    let common = lens.iter().copied().min().unwrap_or(0);
     let mut sums = [0f32; R];
-    for i in 0..n {
-        for (r, sum) in sums.iter_mut().enumerate() {
-            *sum += x[r * n + i];
+    for i in 0..common {
+        for (sum, row) in sums.iter_mut().zip(rows.iter()) {
+            *sum += row[i];
         }
     }
-    for (row, sum) in x.chunks_exact_mut(n).zip(sums) {
+    for (sum, row) in sums.iter_mut().zip(rows.iter()) {
+        for v in &row[common..] {
+            *sum += v;
+        }
+    }
+    for (row, sum) in rows.iter_mut().zip(sums) {
         let inv = 1.0 / sum;
         for v in row.iter_mut() {
             *v *= inv;
@@ -444,7 +456,7 @@ mod tests {
                     assert_eq!(got.to_bits(), exp_f32(*x).to_bits(), "e^{x}");
                 }
             }
-            for len in 1..=40 {
+            for len in 1..=40usize {
                 let row: Vec<f32> = (0..len)
                     .map(|i| ((i * 37) % 23) as f32 * 1.7 - 20.0)
                     .collect();
@@ -467,13 +479,23 @@ mod tests {
                     .map(|(i, v)| [-v.abs(), -0.0, 0.0, -1.0][i % 4])
                     .collect();
                 let negated: Vec<f32> = row.iter().map(|v| -v).collect();
-                let four = [row, other, zeros, negated];
-                let mut rows = four.concat();
-                // SAFETY: AVX2 was detected above.
-                unsafe { softmax_rows_avx2::<4>(&mut rows) };
-                for (i, mut want) in four.into_iter().enumerate() {
-                    softmax(&mut want);
-                    assert_eq!(bits(&want), bits(&rows[i * len..][..len]), "{len}, row {i}");
+                // Rows of other lengths too: the last three cut short by 0, 1 and 5 values.
+                for cut in [0, 1, 5] {
+                    let mut four = [row.clone(), other.clone(), zeros.clone(), negated.clone()];
+                    for (i, r) in four.iter_mut().enumerate().skip(1) {
+                        r.truncate(len.saturating_sub(cut * i / 3).max(1));
+                    }
+                    let lens = four.clone().map(|r| r.len());
+                    let mut rows = four.concat();
+                    // SAFETY: AVX2 was detected above.
+                    unsafe { softmax_rows_avx2::<4>(&mut rows, lens) };
+                    let mut at = 0;
+                    for (i, mut want) in four.into_iter().enumerate() {
+                        softmax(&mut want);
+                        let got = &rows[at..at + want.len()];
+                        assert_eq!(bits(&want), bits(got), "{len} cut {cut}, row {i}");
+                        at += want.len();
+                    }
                 }
             }
         }

@@ -288,12 +288,64 @@ pub(super) async fn run(
     let events = futures::StreamExt::flat_map(lines, |events| {
         futures::stream::iter(events.into_iter().map(Ok::<_, std::convert::Infallible>))
     });
-    Sse::new(events).into_response()
+    event_stream(events, SSE_KEEP_ALIVE)
+}
+
+/// How long a stream of server-sent events stays silent before it sends a comment line: a long
+/// prompt's prefill can take minutes before the first token, and proxies and clients drop a
+/// connection that says nothing for a minute or so. Clients skip comment lines.
+const SSE_KEEP_ALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `events` as server-sent events, a comment line (`:`) after every `every` of silence.
+fn event_stream(
+    events: impl futures::Stream<Item = Result<Event, std::convert::Infallible>> + Send + 'static,
+    every: std::time::Duration,
+) -> Response {
+    let keep_alive = axum::response::sse::KeepAlive::new().interval(every);
+    Sse::new(events).keep_alive(keep_alive).into_response()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stream with nothing to say yet sends comment lines, then its events as they come.
+    #[tokio::test]
+    async fn a_silent_event_stream_sends_comment_lines_until_its_events_come() {
+        let every = std::time::Duration::from_millis(20);
+        let (send, events) = tokio::sync::mpsc::unbounded_channel::<Event>();
+        let events =
+            futures::StreamExt::map(tokio_stream_of(events), Ok::<_, std::convert::Infallible>);
+        let mut body = event_stream(events, every).into_body().into_data_stream();
+        let mut next = async || {
+            let frame = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                futures::StreamExt::next(&mut body),
+            );
+            let frame = frame
+                .await
+                .expect("a frame within 10 s")
+                .expect("the stream goes on");
+            String::from_utf8(frame.expect("a frame").to_vec()).expect("UTF-8")
+        };
+        for _ in 0..2 {
+            assert_eq!(next().await, ":\n\n", "a comment line while silent");
+        }
+        send.send(Event::default().data("token"))
+            .expect("stream open");
+        let mut frame = next().await;
+        while frame == ":\n\n" {
+            frame = next().await;
+        }
+        assert_eq!(frame, "data: token\n\n");
+    }
+
+    /// An unbounded receiver as a stream.
+    fn tokio_stream_of<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::UnboundedReceiver<T>,
+    ) -> impl futures::Stream<Item = T> + Send + 'static {
+        futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
 
     #[test]
     fn stop_sequences_cut_the_text_and_hold_back_their_starts() {

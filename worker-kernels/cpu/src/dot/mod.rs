@@ -99,7 +99,7 @@ pub fn dot_k(path: KernelPath, kind: QKind, w: &[u8], a: crate::kquant::Q8KRow<'
         #[cfg(target_arch = "x86_64")]
         // SAFETY: the path was checked against the CPU's features when it was chosen, and both
         // x86 paths require AVX2 and F16C.
-        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_k_avx2::<1>(kind, w, [a])[0] },
+        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_k_avx2::<1>(kind, w, &[a])[0] },
         #[cfg(target_arch = "aarch64")]
         // SAFETY: as above.
         KernelPath::Neon => unsafe { arm::dot_k_neon(kind, w, a) },
@@ -118,7 +118,7 @@ pub fn dot_k_tile<const N: usize>(
     match path {
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as in `dot_k`.
-        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_k_avx2::<N>(kind, w, a) },
+        KernelPath::Avx2 | KernelPath::Avx512 => unsafe { x86::dot_k_avx2::<N>(kind, w, &a) },
         _ => a.map(|row| dot_k(path, kind, w, row)),
     }
 }
@@ -196,14 +196,14 @@ pub(crate) fn dot_tile<const N: usize>(
                     x86::dot2_vnni(kind, w0, w1, a)
                 }
                 Some(w1) => x86::dot2_avx512(kind, w0, w1, a),
-                None => x86::dot_avx2::<N>(kind, w0, a).map(|o| (o, 0.0)),
+                None => x86::dot_avx2::<N>(kind, w0, &a).map(|o| (o, 0.0)),
             }
         },
         #[cfg(target_arch = "x86_64")]
         // SAFETY: as above. Each row's blocks are unpacked once for the whole tile.
         KernelPath::Avx2 => unsafe {
-            let r0 = x86::dot_avx2::<N>(kind, w0, a);
-            let r1 = w1.map_or([0.0; N], |w1| x86::dot_avx2::<N>(kind, w1, a));
+            let r0 = x86::dot_avx2::<N>(kind, w0, &a);
+            let r1 = w1.map_or([0.0; N], |w1| x86::dot_avx2::<N>(kind, w1, &a));
             std::array::from_fn(|t| (r0[t], r1[t]))
         },
         #[cfg(target_arch = "aarch64")]

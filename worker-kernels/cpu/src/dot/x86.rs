@@ -110,7 +110,7 @@ unsafe fn signed_4_5(kind: QKind, blk: *const u8) -> __m256i {
 pub(super) unsafe fn dot_avx2<const N: usize>(
     kind: QKind,
     w: &[u8],
-    a: [ActRow<'_>; N],
+    a: &[ActRow<'_>; N],
 ) -> [f32; N] {
     let blocks = a[0].d.len();
     assert!(w.len() >= blocks * kind.block_bytes());
@@ -268,7 +268,7 @@ unsafe fn unpack_k(kind: QKind, blk: *const u8) -> KBlock {
 pub(super) unsafe fn dot_k_avx2<const N: usize>(
     kind: QKind,
     w: &[u8],
-    a: [Q8KRow<'_>; N],
+    a: &[Q8KRow<'_>; N],
 ) -> [f32; N] {
     let blocks = a[0].d.len();
     let size = kind.block_bytes();

@@ -281,30 +281,6 @@ fn scale_to_one(x: &mut [f32]) {
     }
 }
 
-/// [`softmax`] with its exponentials eight at a time ([`exp_f32_avx2`]); the maximum, the sum (in
-/// order) and the scaling as [`softmax`] takes them, so the same bits.
-///
-/// # Safety
-/// The CPU must have AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-pub unsafe fn softmax_avx2(x: &mut [f32]) {
-    use std::arch::x86_64::*;
-    let max = max_of(x);
-    let mut chunks = x.chunks_exact_mut(8);
-    for chunk in &mut chunks {
-        // SAFETY: eight floats in and out of `chunk`; AVX2 per the caller.
-        unsafe {
-            let v = _mm256_sub_ps(_mm256_loadu_ps(chunk.as_ptr()), _mm256_set1_ps(max));
-            _mm256_storeu_ps(chunk.as_mut_ptr(), exp_f32_avx2(v));
-        }
-    }
-    for v in chunks.into_remainder() {
-        *v = exp_f32(*v - max);
-    }
-    scale_to_one(x);
-}
-
 /// [`softmax`] of each of the `R` rows of `x` (one after another, `lens` long): the maximum taken
 /// eight lanes at a time (the same value: a maximum does not depend on its order, and the sign of
 /// a zero maximum changes no difference from it), the exponentials eight at a time
@@ -463,7 +439,7 @@ mod tests {
                 let (mut a, mut b) = (row.clone(), row.clone());
                 softmax(&mut a);
                 // SAFETY: AVX2 was detected above.
-                unsafe { softmax_avx2(&mut b) };
+                unsafe { softmax_rows_avx2::<1>(&mut b, [len]) };
                 let bits = |v: &[f32]| v.iter().map(|x| x.to_bits()).collect::<Vec<_>>();
                 assert_eq!(bits(&a), bits(&b), "{len}");
                 // Four rows at once: this one, it with zeros of both signs and minus infinity

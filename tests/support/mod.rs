@@ -157,17 +157,11 @@ pub fn peers_with_key(prefix: &[&str], api: &str, key: Option<&str>) -> Vec<Valu
 
 /// Wait for the coordinator in `data_dir` to write its API URL.
 pub fn wait_for_api(data_dir: &Path, coordinator: &mut Process) -> String {
-    let file = data_dir.join("api.url");
-    wait_until(Duration::from_secs(20), "coordinator API", || {
-        coordinator.assert_running();
-        std::fs::read_to_string(&file)
-            .ok()
-            .map(|s| s.trim().to_string())
-    })
+    try_wait_for_api(data_dir, coordinator)
+        .unwrap_or_else(|log| panic!("{} exited; log:\n{log}", coordinator.name))
 }
 
 /// [`wait_for_api`], or the coordinator's log if it exited first (a port taken meanwhile).
-#[allow(dead_code)] // Not every test binary that includes the support module uses it.
 pub fn try_wait_for_api(data_dir: &Path, coordinator: &mut Process) -> Result<String, String> {
     let file = data_dir.join("api.url");
     wait_until(Duration::from_secs(20), "coordinator API", || {
